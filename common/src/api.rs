@@ -1,0 +1,10 @@
+//! Generated protobuf and gRPC code for package `rauta.v1` (see proto/).
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("rauta.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every RAUTA proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/rauta_descriptor.bin"));

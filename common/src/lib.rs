@@ -1,0 +1,6 @@
+//! Code shared by `rauta-controller` and `rauta-proxy`: the generated discovery API and the
+//! protocol constants both sides must agree on.
+
+pub mod api;
+pub mod hash;
+pub mod types;

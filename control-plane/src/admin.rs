@@ -1,0 +1,158 @@
+//! The admin gRPC service: connected proxies and snapshots, for grpcurl.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rauta_common::api::v1::admin_server::Admin;
+use rauta_common::api::v1::{
+    GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse, ListSnapshotsRequest,
+    ListSnapshotsResponse, Nack, ProxyStatus, Snapshot as SnapshotMessage, SnapshotSummary,
+    TypeStatus,
+};
+use rauta_common::types::ResourceType;
+use tonic::{Request, Response, Status};
+
+use crate::cache::SnapshotCache;
+use crate::objects::ObjectRef;
+use crate::registry::ProxyRegistry;
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    cache: Arc<SnapshotCache>,
+    registry: Arc<ProxyRegistry>,
+}
+
+impl AdminService {
+    pub fn new(cache: Arc<SnapshotCache>, registry: Arc<ProxyRegistry>) -> Self {
+        AdminService { cache, registry }
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn parse_gateway(s: &str) -> Result<ObjectRef, Status> {
+    ObjectRef::parse(s).ok_or_else(|| {
+        Status::invalid_argument(format!("gateway must be \"namespace/name\", got {s:?}"))
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_proxies(
+        &self,
+        request: Request<ListProxiesRequest>,
+    ) -> Result<Response<ListProxiesResponse>, Status> {
+        let filter = request.into_inner().gateway;
+        let filter = if filter.is_empty() {
+            None
+        } else {
+            Some(parse_gateway(&filter)?)
+        };
+        let proxies = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|p| filter.as_ref().is_none_or(|g| *g == p.gateway))
+            .map(|p| {
+                let current = self
+                    .cache
+                    .get(&p.gateway)
+                    .map(|s| s.version.to_string())
+                    .unwrap_or_default();
+                ProxyStatus {
+                    id: p.id,
+                    gateway: p.gateway.to_string(),
+                    peer_address: p.peer.map(|a| a.to_string()).unwrap_or_default(),
+                    connected_since: Some(timestamp(p.connected_since)),
+                    build_version: p.build_version,
+                    types: p
+                        .types
+                        .into_iter()
+                        .map(|(ty, t)| TypeStatus {
+                            type_url: ty.type_url().to_owned(),
+                            in_sync: t.pending_version.is_empty() && t.acked_version == current,
+                            acked_version: t.acked_version,
+                            acked_resources: t.acked_resources,
+                            pending_version: t.pending_version,
+                            last_nack: t.last_nack.map(|n| Nack {
+                                version: n.version,
+                                message: n.message,
+                                at: Some(timestamp(n.at)),
+                            }),
+                            resources_sent: t.resources_sent,
+                            resumed_resources: t.resumed_resources,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListProxiesResponse { proxies }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let snapshots = self
+            .cache
+            .all()
+            .into_iter()
+            .map(|s| SnapshotSummary {
+                gateway: s.gateway.to_string(),
+                version: s.version.to_string(),
+                created_at: Some(timestamp(s.created_at)),
+                resource_counts: ResourceType::ALL
+                    .into_iter()
+                    .map(|ty| {
+                        (
+                            ty.type_url().to_owned(),
+                            u32::try_from(s.count(ty)).unwrap_or(u32::MAX),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<SnapshotMessage>, Status> {
+        let req = request.into_inner();
+        let gateway = parse_gateway(&req.gateway)?;
+        let ty = match req.type_url.as_str() {
+            "" => None,
+            t => Some(
+                ResourceType::parse(t)
+                    .ok_or_else(|| Status::invalid_argument(format!("unknown type {t:?}")))?,
+            ),
+        };
+        let snapshot = self
+            .cache
+            .get(&gateway)
+            .ok_or_else(|| Status::not_found(format!("no snapshot for Gateway {gateway}")))?;
+        let resources: Vec<_> = snapshot
+            .resources
+            .iter()
+            .filter(|(t, _)| ty.is_none_or(|want| want == **t))
+            .flat_map(|(_, by_name)| by_name.values())
+            .filter(|r| req.name.is_empty() || r.name == req.name)
+            .map(|r| r.as_ref().clone())
+            .collect();
+        if !req.name.is_empty() && resources.is_empty() {
+            return Err(Status::not_found(format!(
+                "no resource named {:?} in Gateway {gateway}",
+                req.name
+            )));
+        }
+        Ok(Response::new(SnapshotMessage {
+            gateway: gateway.to_string(),
+            version: snapshot.version.to_string(),
+            created_at: Some(timestamp(snapshot.created_at)),
+            resources,
+        }))
+    }
+}

@@ -1,0 +1,390 @@
+//! The discovery server: one task per proxy stream, following the proxy's Gateway snapshot
+//! and sending per-type deltas with make-before-break ordering and one response in flight
+//! per type (so a slow proxy only coalesces versions, it never makes the server buffer).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use rauta_common::api::v1::discovery_server::Discovery;
+use rauta_common::api::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use rauta_common::types::{ResourceType, WILDCARD};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::cache::SnapshotCache;
+use crate::metrics::ControllerMetrics;
+use crate::objects::ObjectRef;
+use crate::registry::{NackRecord, ProxyRecord, ProxyRegistry, Registration};
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    cache: Arc<SnapshotCache>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<ControllerMetrics>,
+}
+
+impl DiscoveryService {
+    pub fn new(
+        cache: Arc<SnapshotCache>,
+        registry: Arc<ProxyRegistry>,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
+        DiscoveryService {
+            cache,
+            registry,
+            metrics,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type DeltaResourcesStream = ResponseStream;
+
+    async fn delta_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let node = first.node.clone().unwrap_or_default();
+        let gateway = gateway_of(&node)?;
+        let (tx, rx) = mpsc::channel(ResourceType::ALL.len());
+        let snapshots = self.cache.subscribe(&gateway);
+        let registration = self.registry.register(ProxyRecord {
+            id: node.id.clone(),
+            gateway: gateway.clone(),
+            peer,
+            connected_since: SystemTime::now(),
+            build_version: node.build_version.clone(),
+            types: BTreeMap::new(),
+        });
+        info!(proxy = %node.id, %gateway, ?peer, "proxy connected");
+        let stream = ProxyStream {
+            node_id: node.id,
+            gateway,
+            registration,
+            metrics: Arc::clone(&self.metrics),
+            types: BTreeMap::new(),
+            next_nonce: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(first, inbound, snapshots));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn gateway_of(node: &Node) -> Result<ObjectRef, Status> {
+    if node.id.is_empty() || node.gateway_namespace.is_empty() || node.gateway_name.is_empty() {
+        return Err(Status::invalid_argument(
+            "the first request must carry node.id, node.gateway_namespace and node.gateway_name",
+        ));
+    }
+    Ok(ObjectRef::new(&node.gateway_namespace, &node.gateway_name))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    nonce: String,
+    version: u64,
+    /// name -> Some(version) for an upsert, None for a removal.
+    changes: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug)]
+struct TypeState {
+    subscription: Subscription,
+    /// What the proxy holds, as of its last ACK (or its initial_resource_versions).
+    known: BTreeMap<String, String>,
+    pending: Option<Pending>,
+    /// Snapshot version the proxy NACKed; not sent again until the snapshot moves on.
+    rejected_version: Option<u64>,
+    /// Subscribed names to report as absent even if the proxy never had them.
+    announce_absent: BTreeSet<String>,
+    sent_any: bool,
+}
+
+impl TypeState {
+    fn new(subscription: Subscription, known: BTreeMap<String, String>) -> Self {
+        TypeState {
+            subscription,
+            known,
+            pending: None,
+            rejected_version: None,
+            announce_absent: BTreeSet::new(),
+            sent_any: false,
+        }
+    }
+
+    /// Upserts and removals that would bring the proxy to `snapshot` for type `ty`.
+    fn diff(
+        &self,
+        snapshot: &Snapshot,
+        ty: ResourceType,
+        allow_removals: bool,
+    ) -> Vec<(String, Option<String>)> {
+        let current = snapshot.of_type(ty);
+        let mut changes = Vec::new();
+        for (name, resource) in current.into_iter().flatten() {
+            if self.subscription.contains(name) && self.known.get(name) != Some(&resource.version) {
+                changes.push((name.clone(), Some(resource.version.clone())));
+            }
+        }
+        if allow_removals {
+            for name in self.known.keys().chain(&self.announce_absent) {
+                let exists = current.is_some_and(|c| c.contains_key(name));
+                if (!exists || !self.subscription.contains(name))
+                    && !changes.iter().any(|(n, _)| n == name)
+                {
+                    changes.push((name.clone(), None));
+                }
+            }
+        }
+        changes
+    }
+}
+
+struct ProxyStream {
+    node_id: String,
+    gateway: ObjectRef,
+    registration: Registration,
+    metrics: Arc<ControllerMetrics>,
+    types: BTreeMap<ResourceType, TypeState>,
+    next_nonce: u64,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl ProxyStream {
+    async fn run(
+        mut self,
+        first: DeltaDiscoveryRequest,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) {
+        self.metrics.connected_proxies.inc();
+        let mut request = Some(first);
+        loop {
+            if let Some(req) = request.take()
+                && let Err(status) = self.handle_request(req)
+            {
+                let _ = self.tx.send(Err(status)).await;
+                break;
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            if self.push(&snapshot).await.is_err() {
+                break; // The proxy went away.
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => request = Some(req),
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(proxy = %self.node_id, %status, "stream error");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => if changed.is_err() { break },
+            }
+        }
+        self.metrics.connected_proxies.dec();
+        info!(proxy = %self.node_id, gateway = %self.gateway, "proxy disconnected");
+    }
+
+    fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        let Some(ty) = ResourceType::parse(&req.type_url) else {
+            return Err(Status::invalid_argument(format!(
+                "unknown type_url {:?}",
+                req.type_url
+            )));
+        };
+        let state = match self.types.get_mut(&ty) {
+            Some(state) => state,
+            None => {
+                // First request of this type on this stream: it opens the subscription.
+                let names: BTreeSet<String> =
+                    req.resource_names_subscribe.iter().cloned().collect();
+                let subscription = if names.is_empty() || names.contains(WILDCARD) {
+                    Subscription::Wildcard
+                } else {
+                    Subscription::Names(BTreeSet::new())
+                };
+                let resumed = req.initial_resource_versions.len();
+                self.registration.update_type(ty, |r| {
+                    r.resumed_resources = u32::try_from(resumed).unwrap_or(u32::MAX)
+                });
+                let known = req.initial_resource_versions.clone().into_iter().collect();
+                self.types
+                    .entry(ty)
+                    .or_insert(TypeState::new(subscription, known))
+            }
+        };
+        if !req.response_nonce.is_empty() {
+            match &state.pending {
+                Some(p) if p.nonce == req.response_nonce => {
+                    let pending = state.pending.take().expect("checked above");
+                    let version = pending.version.to_string();
+                    if let Some(error) = &req.error_detail {
+                        warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, message = %error.message, "proxy rejected update (NACK)");
+                        state.rejected_version = Some(pending.version);
+                        self.metrics
+                            .nacks
+                            .with_label_values(&[ty.short_name()])
+                            .inc();
+                        let nack = NackRecord {
+                            version,
+                            message: error.message.clone(),
+                            at: SystemTime::now(),
+                        };
+                        self.registration.update_type(ty, |r| {
+                            r.last_nack = Some(nack);
+                            r.pending_version.clear();
+                        });
+                    } else {
+                        for (name, change) in pending.changes {
+                            match change {
+                                Some(v) => state.known.insert(name, v),
+                                None => state.known.remove(&name),
+                            };
+                        }
+                        let count = u32::try_from(state.known.len()).unwrap_or(u32::MAX);
+                        debug!(proxy = %self.node_id, ty = ty.short_name(), %version, "ACK");
+                        self.registration.update_type(ty, |r| {
+                            r.acked_version = version;
+                            r.acked_resources = count;
+                            r.pending_version.clear();
+                        });
+                    }
+                }
+                // A nonce from an older response: the proxy is catching up, nothing to do.
+                _ => {
+                    debug!(proxy = %self.node_id, nonce = %req.response_nonce, "stale nonce ignored")
+                }
+            }
+        }
+        // Subscription changes after the first request (explicit names only).
+        if let Subscription::Names(names) = &mut state.subscription {
+            for name in &req.resource_names_subscribe {
+                if name == WILDCARD {
+                    state.subscription = Subscription::Wildcard;
+                    break;
+                }
+                if names.insert(name.clone()) {
+                    state.announce_absent.insert(name.clone());
+                    state.rejected_version = None;
+                }
+            }
+        }
+        if let Subscription::Names(names) = &mut state.subscription {
+            for name in &req.resource_names_unsubscribe {
+                names.remove(name);
+                state.known.remove(name);
+                state.announce_absent.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what each type lacks, in make-before-break order: clusters, endpoints, listeners,
+    /// route tables; cluster and endpoint removals wait until routes no longer need them.
+    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+        let routes_settled = [ResourceType::Listener, ResourceType::RouteTable]
+            .iter()
+            .all(|ty| {
+                self.types.get(ty).is_none_or(|s| {
+                    s.pending.is_none()
+                        && (s.rejected_version == Some(snapshot.version)
+                            || s.diff(snapshot, *ty, true).is_empty())
+                })
+            });
+        for ty in ResourceType::ALL {
+            let Some(state) = self.types.get_mut(&ty) else {
+                continue;
+            };
+            let allow_removals =
+                routes_settled || !matches!(ty, ResourceType::Cluster | ResourceType::Endpoints);
+            let blocked = state.rejected_version == Some(snapshot.version);
+            let changes = if blocked {
+                Vec::new()
+            } else {
+                state.diff(snapshot, ty, allow_removals)
+            };
+            if state.pending.is_some() {
+                if changes.is_empty() {
+                    continue;
+                }
+                break; // Later types wait for this one, to keep the order.
+            }
+            if changes.is_empty() && (state.sent_any || blocked) {
+                continue;
+            }
+            let current = snapshot.of_type(ty);
+            let mut resources = Vec::new();
+            let mut removed = Vec::new();
+            for (name, change) in &changes {
+                match change {
+                    Some(_) => {
+                        if let Some(r) = current.and_then(|c| c.get(name)) {
+                            resources.push(r.as_ref().clone());
+                        }
+                    }
+                    None => removed.push(name.clone()),
+                }
+            }
+            self.next_nonce += 1;
+            let nonce = self.next_nonce.to_string();
+            let sent = resources.len() as u64;
+            let response = DeltaDiscoveryResponse {
+                system_version_info: snapshot.version.to_string(),
+                type_url: ty.type_url().to_owned(),
+                resources,
+                removed_resources: removed,
+                nonce: nonce.clone(),
+            };
+            state.announce_absent.clear();
+            state.sent_any = true;
+            state.pending = Some(Pending {
+                nonce,
+                version: snapshot.version,
+                changes,
+            });
+            let version = snapshot.version.to_string();
+            self.registration.update_type(ty, |r| {
+                r.resources_sent += sent;
+                r.pending_version = version;
+            });
+            self.metrics
+                .resources_sent
+                .with_label_values(&[ty.short_name()])
+                .inc_by(sent);
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}

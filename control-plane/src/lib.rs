@@ -1,0 +1,16 @@
+//! rauta-controller: reads Gateway API objects, translates them into per-Gateway snapshots
+//! and streams those to proxies.
+//!
+//! Data flows one way: `source` → `translator` → `cache` (snapshots) → `discovery` (gRPC).
+
+pub mod admin;
+pub mod cache;
+pub mod discovery;
+pub mod metrics;
+pub mod objects;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
+pub mod source;
+pub mod standalone;
+pub mod translator;

@@ -1,0 +1,282 @@
+//! The set of Kubernetes objects the translator reads, keyed by namespace and name.
+//! Every source (directory of YAML, Kubernetes watches) fills one of these.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Namespace and name of an object; the namespace is empty for cluster-scoped kinds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses "namespace/name".
+    pub fn parse(s: &str) -> Option<ObjectRef> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/'))
+            .then(|| ObjectRef::new(ns, name))
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// The object kinds RAUTA reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    Service,
+    EndpointSlice,
+    Secret,
+    Namespace,
+}
+
+impl Kind {
+    /// Recognises a manifest by apiVersion and kind.
+    pub fn from_type_meta(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        match (group, kind) {
+            ("gateway.networking.k8s.io", "GatewayClass") => Some(Kind::GatewayClass),
+            ("gateway.networking.k8s.io", "Gateway") => Some(Kind::Gateway),
+            ("gateway.networking.k8s.io", "HTTPRoute") => Some(Kind::HttpRoute),
+            ("gateway.networking.k8s.io", "ReferenceGrant") => Some(Kind::ReferenceGrant),
+            ("", "Service") => Some(Kind::Service),
+            ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
+            ("", "Secret") => Some(Kind::Secret),
+            ("", "Namespace") => Some(Kind::Namespace),
+            _ => None,
+        }
+    }
+
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Secret => "Secret",
+            Kind::Namespace => "Namespace",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a manifest could not become an object.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("document is not a mapping with apiVersion and kind")]
+    NoTypeMeta,
+    #[error("metadata.name is missing")]
+    NoName,
+    #[error("invalid {kind} {name}: {source}")]
+    Invalid {
+        kind: Kind,
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
+/// All objects known to a source, one map per kind.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectSet {
+    pub gateway_classes: BTreeMap<ObjectRef, GatewayClass>,
+    pub gateways: BTreeMap<ObjectRef, Gateway>,
+    pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub secrets: BTreeMap<ObjectRef, Secret>,
+    pub namespaces: BTreeMap<ObjectRef, Namespace>,
+}
+
+/// One decoded object of any supported kind.
+#[derive(Debug, Clone)]
+pub enum Object {
+    GatewayClass(Box<GatewayClass>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    ReferenceGrant(Box<ReferenceGrant>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Secret(Box<Secret>),
+    Namespace(Box<Namespace>),
+}
+
+/// The kind and key a manifest claims, readable even when the rest of it is invalid.
+pub fn identify(value: &Value) -> Result<(Option<Kind>, ObjectRef), ObjectError> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or(ObjectError::NoTypeMeta)?;
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or(ObjectError::NoTypeMeta)?;
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .ok_or(ObjectError::NoName)?;
+    let kind = Kind::from_type_meta(api_version, kind);
+    let namespace = match kind {
+        Some(k) if !k.is_namespaced() => "",
+        _ => meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default"),
+    };
+    Ok((kind, ObjectRef::new(namespace, name)))
+}
+
+impl Object {
+    /// Decodes a manifest of a known kind. Namespaced objects without a namespace get "default",
+    /// as `kubectl apply` would.
+    pub fn decode(kind: Kind, key: &ObjectRef, mut value: Value) -> Result<Object, ObjectError> {
+        if kind.is_namespaced()
+            && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            meta.insert("namespace".into(), Value::String(key.namespace.clone()));
+        }
+        fn de<T: DeserializeOwned>(
+            kind: Kind,
+            key: &ObjectRef,
+            v: Value,
+        ) -> Result<Box<T>, ObjectError> {
+            serde_json::from_value(v)
+                .map(Box::new)
+                .map_err(|source| ObjectError::Invalid {
+                    kind,
+                    name: key.to_string(),
+                    source,
+                })
+        }
+        Ok(match kind {
+            Kind::GatewayClass => Object::GatewayClass(de(kind, key, value)?),
+            Kind::Gateway => Object::Gateway(de(kind, key, value)?),
+            Kind::HttpRoute => Object::HttpRoute(de(kind, key, value)?),
+            Kind::ReferenceGrant => Object::ReferenceGrant(de(kind, key, value)?),
+            Kind::Service => Object::Service(de(kind, key, value)?),
+            Kind::EndpointSlice => Object::EndpointSlice(de(kind, key, value)?),
+            Kind::Secret => Object::Secret(de(kind, key, value)?),
+            Kind::Namespace => Object::Namespace(de(kind, key, value)?),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+}
+
+impl ObjectSet {
+    /// Adds or replaces an object. Returns false if an object of that kind and key already existed.
+    pub fn insert(&mut self, key: ObjectRef, object: Object) -> bool {
+        match object {
+            Object::GatewayClass(o) => self.gateway_classes.insert(key, *o).is_none(),
+            Object::Gateway(o) => self.gateways.insert(key, *o).is_none(),
+            Object::HttpRoute(o) => self.http_routes.insert(key, *o).is_none(),
+            Object::ReferenceGrant(o) => self.reference_grants.insert(key, *o).is_none(),
+            Object::Service(o) => self.services.insert(key, *o).is_none(),
+            Object::EndpointSlice(o) => self.endpoint_slices.insert(key, *o).is_none(),
+            Object::Secret(o) => self.secrets.insert(key, *o).is_none(),
+            Object::Namespace(o) => self.namespaces.insert(key, *o).is_none(),
+        }
+    }
+
+    /// Total number of objects.
+    pub fn len(&self) -> usize {
+        self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.reference_grants.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.secrets.len()
+            + self.namespaces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identify_defaults_namespace_and_ignores_it_for_cluster_scoped() {
+        let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"}});
+        assert_eq!(
+            identify(&route).unwrap(),
+            (Some(Kind::HttpRoute), ObjectRef::new("default", "r"))
+        );
+        let class = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "c", "namespace": "x"}});
+        assert_eq!(
+            identify(&class).unwrap(),
+            (Some(Kind::GatewayClass), ObjectRef::new("", "c"))
+        );
+        let other =
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}});
+        assert_eq!(identify(&other).unwrap().0, None);
+        assert!(matches!(
+            identify(&json!({"kind": "Service"})),
+            Err(ObjectError::NoTypeMeta)
+        ));
+    }
+
+    #[test]
+    fn decode_reports_schema_errors_with_the_object_name() {
+        let bad = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": "nope"}});
+        let (kind, key) = identify(&bad).unwrap();
+        let err = Object::decode(kind.unwrap(), &key, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid Service default/s:"), "{err}");
+    }
+}

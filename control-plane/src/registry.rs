@@ -1,0 +1,112 @@
+//! Connected proxies and what each has ACKed, for the admin service and metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use rauta_common::types::ResourceType;
+
+use crate::objects::ObjectRef;
+
+#[derive(Debug, Clone)]
+pub struct NackRecord {
+    pub version: String,
+    pub message: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TypeRecord {
+    pub acked_version: String,
+    pub acked_resources: u32,
+    pub pending_version: String,
+    pub last_nack: Option<NackRecord>,
+    pub resources_sent: u64,
+    pub resumed_resources: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyRecord {
+    pub id: String,
+    pub gateway: ObjectRef,
+    pub peer: Option<SocketAddr>,
+    pub connected_since: SystemTime,
+    pub build_version: String,
+    pub types: BTreeMap<ResourceType, TypeRecord>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProxyRegistry {
+    next_stream: AtomicU64,
+    streams: Mutex<BTreeMap<u64, ProxyRecord>>,
+}
+
+/// Removes its stream from the registry when dropped (the stream ended).
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<ProxyRegistry>,
+    stream: u64,
+}
+
+impl Registration {
+    pub fn update(&self, f: impl FnOnce(&mut ProxyRecord)) {
+        let mut streams = self
+            .registry
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(record) = streams.get_mut(&self.stream) {
+            f(record);
+        }
+    }
+
+    pub fn update_type(&self, ty: ResourceType, f: impl FnOnce(&mut TypeRecord)) {
+        self.update(|r| f(r.types.entry(ty).or_default()));
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut streams = self
+            .registry
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        streams.remove(&self.stream);
+    }
+}
+
+impl ProxyRegistry {
+    pub fn register(self: &Arc<Self>, record: ProxyRecord) -> Registration {
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.insert(stream, record);
+        Registration {
+            registry: Arc::clone(self),
+            stream,
+        }
+    }
+
+    /// Every connected proxy, ordered by gateway then id.
+    pub fn list(&self) -> Vec<ProxyRecord> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = streams.values().cloned().collect();
+        out.sort_by(|a, b| {
+            (&a.gateway, &a.id, a.connected_since).cmp(&(&b.gateway, &b.id, b.connected_since))
+        });
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,102 @@
+//! Versioned, immutable snapshots of one Gateway's resources.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use prost::Message;
+use rauta_common::api::v1::Resource;
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::hash::fnv1a64;
+use rauta_common::types::ResourceType;
+
+use crate::objects::ObjectRef;
+use crate::translator::ResourceSet;
+
+/// Everything one Gateway's proxies should have, at one version.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub gateway: ObjectRef,
+    /// Increases by one each time the content changes; 0 is the empty initial snapshot.
+    pub version: u64,
+    pub created_at: SystemTime,
+    /// Resources by type then name; each carries its content hash as version.
+    pub resources: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
+}
+
+/// The content version of a resource: a hash of its encoding.
+pub fn content_version(name: &str, payload: &Payload) -> String {
+    let encoded = Resource {
+        name: name.to_owned(),
+        version: String::new(),
+        payload: Some(payload.clone()),
+    }
+    .encode_to_vec();
+    format!("{:016x}", fnv1a64(&encoded))
+}
+
+impl Snapshot {
+    pub fn empty(gateway: ObjectRef) -> Self {
+        Snapshot {
+            gateway,
+            version: 0,
+            created_at: SystemTime::now(),
+            resources: BTreeMap::new(),
+        }
+    }
+
+    /// Builds a snapshot from translated resources, computing each resource's version.
+    pub fn build(gateway: ObjectRef, version: u64, set: ResourceSet) -> Self {
+        let resources = set
+            .into_iter()
+            .map(|(ty, by_name)| {
+                let by_name = by_name
+                    .into_iter()
+                    .map(|(name, payload)| {
+                        let version = content_version(&name, &payload);
+                        (
+                            name.clone(),
+                            Arc::new(Resource {
+                                name,
+                                version,
+                                payload: Some(payload),
+                            }),
+                        )
+                    })
+                    .collect();
+                (ty, by_name)
+            })
+            .filter(|(_, by_name): &(_, BTreeMap<_, _>)| !by_name.is_empty())
+            .collect();
+        Snapshot {
+            gateway,
+            version,
+            created_at: SystemTime::now(),
+            resources,
+        }
+    }
+
+    /// Whether two snapshots hold the same resources at the same content versions.
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        self.resources.len() == other.resources.len()
+            && self
+                .resources
+                .iter()
+                .zip(&other.resources)
+                .all(|((ta, a), (tb, b))| {
+                    ta == tb
+                        && a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
+                })
+    }
+
+    pub fn of_type(&self, ty: ResourceType) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.resources.get(&ty)
+    }
+
+    pub fn count(&self, ty: ResourceType) -> usize {
+        self.of_type(ty).map_or(0, BTreeMap::len)
+    }
+}

@@ -1,0 +1,121 @@
+//! Standalone mode: watch a directory, and on every change load, translate and publish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::cache::SnapshotCache;
+use crate::metrics::ControllerMetrics;
+use crate::source::DirectorySource;
+use crate::translator::status::StatusReport;
+use crate::translator::translate;
+
+/// Quiet period after a file event before reloading: editors write files in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub struct Standalone {
+    source: DirectorySource,
+    controller_name: String,
+    cache: Arc<SnapshotCache>,
+    metrics: Arc<ControllerMetrics>,
+    last_status: StatusReport,
+    last_problems: Vec<String>,
+}
+
+impl Standalone {
+    pub fn new(
+        source: DirectorySource,
+        controller_name: String,
+        cache: Arc<SnapshotCache>,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
+        Standalone {
+            source,
+            controller_name,
+            cache,
+            metrics,
+            last_status: StatusReport::default(),
+            last_problems: Vec::new(),
+        }
+    }
+
+    /// Loads, translates and publishes once.
+    pub fn sync(&mut self) {
+        let report = self.source.load();
+        let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        if problems != self.last_problems {
+            for p in &problems {
+                warn!(problem = %p, "configuration problem");
+            }
+            if problems.is_empty() && !self.last_problems.is_empty() {
+                info!("configuration problems resolved");
+            }
+        }
+        self.metrics
+            .config_problems
+            .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
+        self.last_problems = problems;
+
+        let translation = translate(&report.objects, &self.controller_name);
+        self.metrics.translations.inc();
+        log_status_changes(&self.last_status, &translation.status);
+        self.last_status = translation.status;
+        let summary = self.cache.update(translation.gateways);
+        for (gateway, version) in summary.changed {
+            info!(%gateway, version, "new snapshot");
+            self.metrics
+                .snapshot_version
+                .with_label_values(&[&gateway.to_string()])
+                .set(i64::try_from(version).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Syncs now, then after every change in the directory, forever.
+    pub async fn run(mut self) -> Result<(), notify::Error> {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // A full channel already holds a pending reload.
+                    let _ = tx.try_send(());
+                }
+            })?;
+        watcher.watch(self.source.dir(), RecursiveMode::NonRecursive)?;
+        info!(dir = %self.source.dir().display(), "watching configuration directory");
+        self.sync();
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            self.sync();
+        }
+        Ok(())
+    }
+}
+
+/// Logs conditions that are not True, when they change, so a person sees why a route is not served.
+fn log_status_changes(old: &StatusReport, new: &StatusReport) {
+    for (key, status) in &new.http_routes {
+        if old.http_routes.get(key) == Some(status) {
+            continue;
+        }
+        for parent in &status.parents {
+            for c in parent.conditions.iter().filter(|c| !c.is_true()) {
+                warn!(route = %key, parent = %format!("{}/{}", parent.parent_ref.namespace, parent.parent_ref.name), condition = %c.type_, reason = %c.reason, message = %c.message, "HTTPRoute condition");
+            }
+        }
+    }
+    for (key, status) in &new.gateways {
+        if old.gateways.get(key) == Some(status) {
+            continue;
+        }
+        for l in &status.listeners {
+            for c in l.conditions.iter().filter(|c| !c.is_true()) {
+                warn!(gateway = %key, listener = %l.name, condition = %c.type_, reason = %c.reason, message = %c.message, "Gateway listener condition");
+            }
+        }
+        info!(gateway = %key, listeners = status.listeners.len(), attached_routes = status.listeners.iter().map(|l| l.attached_routes).sum::<i32>(), "Gateway status");
+    }
+}

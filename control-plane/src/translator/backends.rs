@@ -1,0 +1,202 @@
+//! Resolves a route's backendRef to a Cluster and its endpoints.
+
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rauta_common::api::v1::{
+    Cluster, ClusterEndpoints, Endpoint, LoadBalancerPolicy, UpstreamProtocol,
+};
+
+use crate::objects::{ObjectRef, ObjectSet};
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// A backendRef as written, with defaults not yet applied.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendRef<'a> {
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub port: Option<i32>,
+}
+
+/// Why a backendRef cannot be used; `reason` is the ResolvedRefs condition reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A usable backend: its cluster and current endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedBackend {
+    pub cluster: Cluster,
+    pub endpoints: ClusterEndpoints,
+}
+
+/// Whether a ReferenceGrant in `to_namespace` lets `from_kind` objects in `from_namespace`
+/// refer to the `to_group`/`to_kind` object `to_name`.
+pub fn reference_granted(
+    objects: &ObjectSet,
+    from_kind: &str,
+    from_namespace: &str,
+    to_group: &str,
+    to_kind: &str,
+    to_namespace: &str,
+    to_name: &str,
+) -> bool {
+    objects
+        .reference_grants
+        .iter()
+        .filter(|(key, _)| key.namespace == to_namespace)
+        .any(|(_, grant)| {
+            let from_ok = grant.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace
+            });
+            let to_ok = grant.spec.to.iter().any(|t| {
+                t.group == to_group
+                    && t.kind == to_kind
+                    && t.name.as_deref().is_none_or(|n| n == to_name)
+            });
+            from_ok && to_ok
+        })
+}
+
+/// Resolves a backendRef of an HTTPRoute in `route_namespace`.
+pub fn resolve(
+    objects: &ObjectSet,
+    route_namespace: &str,
+    backend: BackendRef<'_>,
+) -> Result<ResolvedBackend, RefProblem> {
+    let group = backend.group.unwrap_or("");
+    let kind = backend.kind.unwrap_or("Service");
+    if !(group.is_empty() || group == "core") || kind != "Service" {
+        return Err(RefProblem {
+            reason: "InvalidKind",
+            message: format!(
+                "backendRef {}: kind {kind:?} in group {group:?} is not supported",
+                backend.name
+            ),
+        });
+    }
+    let namespace = backend.namespace.unwrap_or(route_namespace);
+    if namespace != route_namespace
+        && !reference_granted(
+            objects,
+            "HTTPRoute",
+            route_namespace,
+            "",
+            "Service",
+            namespace,
+            backend.name,
+        )
+    {
+        return Err(RefProblem {
+            reason: "RefNotPermitted",
+            message: format!(
+                "backendRef {namespace}/{}: no ReferenceGrant allows it",
+                backend.name
+            ),
+        });
+    }
+    let key = ObjectRef::new(namespace, backend.name);
+    let Some(service) = objects.services.get(&key) else {
+        return Err(RefProblem {
+            reason: "BackendNotFound",
+            message: format!("Service {key} not found"),
+        });
+    };
+    let Some(port) = backend.port else {
+        return Err(RefProblem {
+            reason: "UnsupportedValue",
+            message: format!("backendRef {key}: port is required for a Service"),
+        });
+    };
+    let service_port = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.port == port))
+        .ok_or_else(|| RefProblem {
+            reason: "BackendNotFound",
+            message: format!("Service {key} has no port {port}"),
+        })?;
+    let cluster_name = format!("{key}:{port}");
+    let protocol = match service_port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
+        _ => UpstreamProtocol::Http1,
+    };
+    let cluster = Cluster {
+        name: cluster_name.clone(),
+        protocol: protocol as i32,
+        lb_policy: LoadBalancerPolicy::Maglev as i32,
+        connect_timeout: None,
+        request_timeout: None,
+    };
+    let endpoints = ClusterEndpoints {
+        cluster: cluster_name,
+        endpoints: endpoints_of(objects, &key, service_port),
+    };
+    Ok(ResolvedBackend { cluster, endpoints })
+}
+
+/// The endpoints EndpointSlices list for one Service port, in a stable order.
+fn endpoints_of(
+    objects: &ObjectSet,
+    service: &ObjectRef,
+    service_port: &ServicePort,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let slices = objects.endpoint_slices.iter().filter(|(key, slice)| {
+        key.namespace == service.namespace
+            && slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&service.name)
+    });
+    for (_, slice) in slices {
+        let port = match &slice.ports {
+            // EndpointSlice ports carry the Service port's name; an unnamed port matches unnamed.
+            Some(ports) => ports
+                .iter()
+                .find(|p| {
+                    p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or("")
+                })
+                .and_then(|p| p.port),
+            None => None,
+        };
+        let port = port.or(match &service_port.target_port {
+            Some(IntOrString::Int(p)) => Some(*p),
+            None => Some(service_port.port),
+            Some(IntOrString::String(_)) => None,
+        });
+        let Some(port) = port
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| (1..=65535).contains(p))
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            // Per the EndpointSlice API, an unset ready condition means ready.
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            for address in &endpoint.addresses {
+                out.push(Endpoint {
+                    address: address.clone(),
+                    port,
+                    weight: 1,
+                    ready,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    out
+}

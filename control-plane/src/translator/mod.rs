@@ -1,0 +1,459 @@
+//! The translator: a pure function from Gateway API objects to one resource set per Gateway
+//! plus the status of every object involved. No I/O, no clock: tests call it directly.
+
+pub mod backends;
+pub mod hostnames;
+mod routes;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+};
+use gateway_api::httproutes::HttpRouteParentRefs;
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::{Listener, ListenerProtocol, RouteTable, VirtualHost};
+use rauta_common::types::ResourceType;
+
+use crate::objects::{ObjectRef, ObjectSet};
+use routes::{CompiledRoute, MatchEntry};
+use status::{
+    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef, RouteParentStatus,
+    RouteStatus, StatusReport, set_condition,
+};
+
+/// The controllerName RAUTA answers for in GatewayClass.spec.controllerName.
+pub const DEFAULT_CONTROLLER_NAME: &str = "rauta.dev/gateway-controller";
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Resources of one Gateway by type, then name.
+pub type ResourceSet = BTreeMap<ResourceType, BTreeMap<String, Payload>>;
+
+/// The translator's output.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// One entry per Gateway of an accepted GatewayClass, even if it has no resources.
+    pub gateways: BTreeMap<ObjectRef, ResourceSet>,
+    pub status: StatusReport,
+}
+
+fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.generation.unwrap_or(0)
+}
+
+/// A Gateway listener as the translator sees it.
+struct ListenerView<'a> {
+    spec: &'a GatewayListeners,
+    valid: bool,
+    /// (hostnames, compiled route) for every route attached to this listener.
+    attached: Vec<(Vec<String>, ObjectRef)>,
+}
+
+struct GatewayView<'a> {
+    key: ObjectRef,
+    generation: i64,
+    listeners: Vec<ListenerView<'a>>,
+}
+
+/// Translates every object. `controller_name` selects the GatewayClasses RAUTA owns.
+pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
+    let mut out = Translation::default();
+
+    let mut classes = BTreeSet::new();
+    for (key, class) in &objects.gateway_classes {
+        if class.spec.controller_name == controller_name {
+            classes.insert(key.name.clone());
+            let accepted = Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "",
+                generation(&class.metadata),
+            );
+            out.status.gateway_classes.insert(
+                key.clone(),
+                GatewayClassStatus {
+                    conditions: vec![accepted],
+                },
+            );
+        }
+    }
+
+    let mut gateways: BTreeMap<ObjectRef, GatewayView<'_>> = objects
+        .gateways
+        .iter()
+        .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
+        .map(|(key, gw)| (key.clone(), gateway_view(key, gw)))
+        .collect();
+
+    let mut compiled: BTreeMap<ObjectRef, CompiledRoute> = BTreeMap::new();
+    for (key, route) in &objects.http_routes {
+        let generation = generation(&route.metadata);
+        let mut parents = Vec::new();
+        for parent in route.spec.parent_refs.iter().flatten() {
+            let parent_ref = explicit_parent_ref(parent, &key.namespace);
+            if parent_ref.group != GATEWAY_GROUP || parent_ref.kind != "Gateway" {
+                continue;
+            }
+            let gw_key = ObjectRef::new(&parent_ref.namespace, &parent_ref.name);
+            let Some(gateway) = gateways.get_mut(&gw_key) else {
+                continue; // Not a Gateway of ours: another controller writes this status.
+            };
+            let route_compiled = compiled
+                .entry(key.clone())
+                .or_insert_with(|| routes::compile(objects, key, route));
+            let conditions = attach(
+                objects,
+                gateway,
+                key,
+                route.spec.hostnames.as_deref().unwrap_or_default(),
+                &parent_ref,
+                route_compiled,
+                generation,
+            );
+            parents.push(RouteParentStatus {
+                parent_ref,
+                controller_name: controller_name.to_owned(),
+                conditions,
+            });
+        }
+        if !parents.is_empty() {
+            out.status
+                .http_routes
+                .insert(key.clone(), RouteStatus { parents });
+        }
+    }
+
+    for (key, gateway) in gateways {
+        let (resources, status) = build_gateway(&gateway, &compiled);
+        out.gateways.insert(key.clone(), resources);
+        out.status.gateways.insert(key, status);
+    }
+    out
+}
+
+fn gateway_view<'a>(key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
+    let listeners = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|spec| ListenerView {
+            spec,
+            valid: spec.protocol == "HTTP",
+            attached: Vec::new(),
+        })
+        .collect();
+    GatewayView {
+        key: key.clone(),
+        generation: generation(&gw.metadata),
+        listeners,
+    }
+}
+
+fn explicit_parent_ref(p: &HttpRouteParentRefs, route_namespace: &str) -> ParentRef {
+    ParentRef {
+        group: p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_owned()),
+        kind: p.kind.clone().unwrap_or_else(|| "Gateway".to_owned()),
+        namespace: p
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route_namespace.to_owned()),
+        name: p.name.clone(),
+        section_name: p.section_name.clone(),
+        port: p.port,
+    }
+}
+
+fn namespace_allowed(
+    objects: &ObjectSet,
+    listener: &GatewayListeners,
+    gateway_ns: &str,
+    route_ns: &str,
+) -> bool {
+    let namespaces = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => gateway_ns == route_ns,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => true,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
+                return false;
+            };
+            let labels = objects
+                .namespaces
+                .get(&ObjectRef::new("", route_ns))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
+            let labels_ok = selector
+                .match_labels
+                .iter()
+                .flatten()
+                .all(|(k, v)| labels.get(k) == Some(v));
+            let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+                let value = labels.get(&e.key);
+                let values = e.values.as_deref().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            });
+            labels_ok && exprs_ok
+        }
+    }
+}
+
+fn kind_allowed(listener: &GatewayListeners) -> bool {
+    match listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_ref())
+    {
+        None => true,
+        Some(kinds) if kinds.is_empty() => true,
+        Some(kinds) => kinds.iter().any(|k| {
+            k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        }),
+    }
+}
+
+/// Attaches a route to the matching listeners of one Gateway; returns the parent conditions.
+fn attach(
+    objects: &ObjectSet,
+    gateway: &mut GatewayView<'_>,
+    route_key: &ObjectRef,
+    route_hostnames: &[String],
+    parent: &ParentRef,
+    compiled: &CompiledRoute,
+    generation: i64,
+) -> Vec<Condition> {
+    let accepted = |ok: bool, reason: &str, msg: String| {
+        Condition::new("Accepted", ok, reason, msg, generation)
+    };
+    let mut conditions = Vec::new();
+    let resolved = match &compiled.ref_problem {
+        Some(p) => Condition::new(
+            "ResolvedRefs",
+            false,
+            p.reason,
+            p.message.clone(),
+            generation,
+        ),
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
+    };
+    if let Some(msg) = &compiled.unsupported {
+        conditions.push(accepted(false, "UnsupportedValue", msg.clone()));
+        conditions.push(resolved);
+        return conditions;
+    }
+    let gateway_ns = gateway.key.namespace.clone();
+    let candidates: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            parent
+                .section_name
+                .as_deref()
+                .is_none_or(|s| s == l.spec.name)
+        })
+        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.spec.port))
+        .map(|(i, _)| i)
+        .collect();
+    let mut reason = if candidates.is_empty() {
+        Some((
+            "NoMatchingParent",
+            "no listener matches the parentRef's sectionName and port",
+        ))
+    } else {
+        None
+    };
+    let allowed: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| {
+            let l = gateway.listeners[i].spec;
+            namespace_allowed(objects, l, &gateway_ns, &route_key.namespace) && kind_allowed(l)
+        })
+        .collect();
+    if reason.is_none() && allowed.is_empty() {
+        reason = Some((
+            "NotAllowedByListeners",
+            "no matching listener allows routes from this namespace or of this kind",
+        ));
+    }
+    let mut attached_any = false;
+    for i in allowed {
+        let listener = &mut gateway.listeners[i];
+        if !listener.valid {
+            continue;
+        }
+        if let Some(hosts) =
+            hostnames::intersect(listener.spec.hostname.as_deref(), route_hostnames)
+        {
+            listener.attached.push((hosts, route_key.clone()));
+            attached_any = true;
+        }
+    }
+    if reason.is_none() && !attached_any {
+        reason = Some((
+            "NoMatchingListenerHostname",
+            "no listener hostname intersects the route's hostnames",
+        ));
+    }
+    match reason {
+        Some((reason, msg)) => conditions.push(accepted(false, reason, msg.to_owned())),
+        None => conditions.push(accepted(true, "Accepted", String::new())),
+    }
+    set_condition(&mut conditions, resolved);
+    conditions
+}
+
+/// Builds a Gateway's resources from its attached routes, and its status.
+fn build_gateway(
+    gateway: &GatewayView<'_>,
+    compiled: &BTreeMap<ObjectRef, CompiledRoute>,
+) -> (crate::translator::ResourceSet, GatewayStatus) {
+    let mut resources = ResourceSet::new();
+    let mut status = GatewayStatus::default();
+    // Listeners sharing a port share a socket; their hostnames become virtual hosts.
+    let mut ports: BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)> =
+        BTreeMap::new();
+    for listener in &gateway.listeners {
+        let spec = listener.spec;
+        let mut conditions = Vec::new();
+        let g = gateway.generation;
+        let port = u32::try_from(spec.port)
+            .ok()
+            .filter(|p| (1..=65535).contains(p));
+        if !listener.valid || port.is_none() {
+            let msg = format!(
+                "protocol {:?} is not supported on this listener",
+                spec.protocol
+            );
+            conditions.push(Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedProtocol",
+                msg.clone(),
+                g,
+            ));
+            conditions.push(Condition::new("Programmed", false, "Invalid", msg, g));
+            conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g));
+            status.listeners.push(ListenerStatus {
+                name: spec.name.clone(),
+                attached_routes: 0,
+                supported_kinds: vec![],
+                conditions,
+            });
+            continue;
+        }
+        let (hostnames, vhosts) = ports.entry(port.unwrap_or_default()).or_default();
+        if let Some(h) = &spec.hostname {
+            hostnames.push(h.to_ascii_lowercase());
+        }
+        for (hosts, route) in &listener.attached {
+            let Some(route) = compiled.get(route) else {
+                continue;
+            };
+            for host in hosts {
+                vhosts
+                    .entry(host.clone())
+                    .or_default()
+                    .extend(route.entries.iter().cloned());
+            }
+            let clusters = resources.entry(ResourceType::Cluster).or_default();
+            for backend in &route.backends {
+                clusters.insert(
+                    backend.cluster.name.clone(),
+                    Payload::Cluster(backend.cluster.clone()),
+                );
+            }
+            let endpoints = resources.entry(ResourceType::Endpoints).or_default();
+            for backend in &route.backends {
+                endpoints.insert(
+                    backend.endpoints.cluster.clone(),
+                    Payload::Endpoints(backend.endpoints.clone()),
+                );
+            }
+        }
+        let routes: BTreeSet<&ObjectRef> = listener.attached.iter().map(|(_, r)| r).collect();
+        let valid_kinds = kind_allowed(spec);
+        conditions.push(Condition::new("Accepted", true, "Accepted", "", g));
+        conditions.push(Condition::new("Programmed", true, "Programmed", "", g));
+        conditions.push(if valid_kinds {
+            Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g)
+        } else {
+            Condition::new(
+                "ResolvedRefs",
+                false,
+                "InvalidRouteKinds",
+                "only HTTPRoute is supported",
+                g,
+            )
+        });
+        status.listeners.push(ListenerStatus {
+            name: spec.name.clone(),
+            attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
+            supported_kinds: if valid_kinds {
+                vec!["HTTPRoute".to_owned()]
+            } else {
+                vec![]
+            },
+            conditions,
+        });
+    }
+    for (port, (mut hostnames, vhosts)) in ports {
+        let name = format!("http-{port}");
+        hostnames.sort();
+        hostnames.dedup();
+        let virtual_hosts = vhosts
+            .into_iter()
+            .map(|(domain, mut entries)| {
+                entries.sort();
+                VirtualHost {
+                    name: domain.clone(),
+                    domains: vec![domain],
+                    rules: entries.into_iter().map(|e| e.rule).collect(),
+                }
+            })
+            .collect();
+        let listener = Listener {
+            name: name.clone(),
+            port,
+            protocol: ListenerProtocol::Http as i32,
+            hostnames,
+            route_table: name.clone(),
+        };
+        resources
+            .entry(ResourceType::Listener)
+            .or_default()
+            .insert(name.clone(), Payload::Listener(listener));
+        let table = RouteTable {
+            name: name.clone(),
+            virtual_hosts,
+        };
+        resources
+            .entry(ResourceType::RouteTable)
+            .or_default()
+            .insert(name, Payload::RouteTable(table));
+    }
+    let any_valid = gateway.listeners.iter().any(|l| l.valid);
+    let g = gateway.generation;
+    status
+        .conditions
+        .push(Condition::new("Accepted", true, "Accepted", "", g));
+    status.conditions.push(if any_valid {
+        Condition::new("Programmed", true, "Programmed", "", g)
+    } else {
+        Condition::new("Programmed", false, "Invalid", "no valid listener", g)
+    });
+    (resources, status)
+}
+
+#[cfg(test)]
+mod tests;

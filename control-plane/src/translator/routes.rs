@@ -1,0 +1,229 @@
+//! Compiles one HTTPRoute into route-table rules ordered by Gateway API precedence.
+
+use std::cmp::{Ordering, Reverse};
+
+use gateway_api::httproutes::{
+    HttpRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesPathType,
+};
+use rauta_common::api::v1::{
+    DirectResponse, ForwardAction, HeaderMatch, PathMatch, PathMatchKind, RouteMatch, RouteRule,
+    WeightedCluster, route_rule::Action,
+};
+
+use super::backends::{self, BackendRef, RefProblem, ResolvedBackend};
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// Precedence of one match among all matches of all routes on a host (spec: HTTPRouteRule).
+/// Smaller sorts first and wins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    path_kind: u8,
+    path_len: Reverse<usize>,
+    has_method: Reverse<bool>,
+    headers: Reverse<usize>,
+    query_params: Reverse<usize>,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    route: ObjectRef,
+    rule: usize,
+    matched: usize,
+}
+
+/// One match of one rule, ready to be placed in a virtual host.
+#[derive(Debug, Clone)]
+pub struct MatchEntry {
+    pub precedence: Precedence,
+    pub rule: RouteRule,
+}
+
+impl PartialEq for MatchEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.precedence == other.precedence
+    }
+}
+impl Eq for MatchEntry {}
+impl PartialOrd for MatchEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MatchEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.precedence.cmp(&other.precedence)
+    }
+}
+
+/// Everything a route contributes, whichever parent it attaches to.
+#[derive(Debug, Default)]
+pub struct CompiledRoute {
+    pub entries: Vec<MatchEntry>,
+    pub backends: Vec<ResolvedBackend>,
+    /// First backendRef problem, for the ResolvedRefs condition.
+    pub ref_problem: Option<RefProblem>,
+    /// A feature of the route this build cannot serve; the route is not accepted.
+    pub unsupported: Option<String>,
+}
+
+pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> CompiledRoute {
+    let mut out = CompiledRoute::default();
+    let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let name = match &rule.name {
+            Some(n) if !n.is_empty() => format!("{key}/{n}"),
+            _ => format!("{key}/rule/{rule_index}"),
+        };
+        let action = compile_action(objects, &key.namespace, rule, &mut out);
+        let default_match = [HttpRouteRulesMatches::default()];
+        let matches = match rule.matches.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ => &default_match,
+        };
+        for (match_index, m) in matches.iter().enumerate() {
+            let route_match = match compile_match(m) {
+                Ok(rm) => rm,
+                Err(msg) => {
+                    out.unsupported.get_or_insert(msg);
+                    continue;
+                }
+            };
+            let path = route_match
+                .path
+                .as_ref()
+                .map_or(("", PathMatchKind::Prefix), |p| {
+                    (p.value.as_str(), p.kind())
+                });
+            let precedence = Precedence {
+                path_kind: if path.1 == PathMatchKind::Exact { 0 } else { 1 },
+                path_len: Reverse(path.0.len()),
+                has_method: Reverse(m.method.is_some()),
+                headers: Reverse(m.headers.as_ref().map_or(0, Vec::len)),
+                query_params: Reverse(m.query_params.as_ref().map_or(0, Vec::len)),
+                created,
+                route: key.clone(),
+                rule: rule_index,
+                matched: match_index,
+            };
+            let rule = RouteRule {
+                name: name.clone(),
+                matches: vec![route_match],
+                action: Some(action.clone()),
+            };
+            out.entries.push(MatchEntry { precedence, rule });
+        }
+    }
+    out
+}
+
+fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
+    if m.method.is_some() {
+        return Err("method matches are not supported yet".into());
+    }
+    if m.query_params.as_ref().is_some_and(|q| !q.is_empty()) {
+        return Err("query parameter matches are not supported yet".into());
+    }
+    let (kind, value) = match &m.path {
+        None => (PathMatchKind::Prefix, "/".to_owned()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".to_owned());
+            let kind = match p.r#type {
+                None | Some(HttpRouteRulesMatchesPathType::PathPrefix) => PathMatchKind::Prefix,
+                Some(HttpRouteRulesMatchesPathType::Exact) => PathMatchKind::Exact,
+                Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
+                    return Err("RegularExpression path matches are not supported yet".into());
+                }
+            };
+            if !value.starts_with('/') {
+                return Err(format!("path {value:?} must start with '/'"));
+            }
+            (kind, value)
+        }
+    };
+    let mut headers = Vec::new();
+    for h in m.headers.iter().flatten() {
+        if matches!(
+            h.r#type,
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+        ) {
+            return Err("RegularExpression header matches are not supported yet".into());
+        }
+        // Multiple matches on the same header name: only the first counts (spec).
+        if !headers
+            .iter()
+            .any(|x: &HeaderMatch| x.name.eq_ignore_ascii_case(&h.name))
+        {
+            headers.push(HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+            });
+        }
+    }
+    Ok(RouteMatch {
+        path: Some(PathMatch {
+            kind: kind as i32,
+            value,
+        }),
+        headers,
+    })
+}
+
+fn compile_action(
+    objects: &ObjectSet,
+    namespace: &str,
+    rule: &HttpRouteRules,
+    out: &mut CompiledRoute,
+) -> Action {
+    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+        out.unsupported
+            .get_or_insert_with(|| "filters are not supported yet".into());
+    }
+    let refs = rule.backend_refs.as_deref().unwrap_or_default();
+    if refs.is_empty() {
+        // A rule without backends answers 500 (spec: HTTPRouteRule.backendRefs).
+        return Action::DirectResponse(DirectResponse {
+            status: 500,
+            body: String::new(),
+        });
+    }
+    let mut clusters = Vec::new();
+    let mut invalid_weight = 0u32;
+    for r in refs {
+        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
+        let backend = BackendRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        };
+        match backends::resolve(objects, namespace, backend) {
+            Ok(resolved) => {
+                clusters.push(WeightedCluster {
+                    cluster: resolved.cluster.name.clone(),
+                    weight,
+                });
+                if !out
+                    .backends
+                    .iter()
+                    .any(|b| b.cluster.name == resolved.cluster.name)
+                {
+                    out.backends.push(resolved);
+                }
+            }
+            Err(problem) => {
+                invalid_weight = invalid_weight.saturating_add(weight);
+                out.ref_problem.get_or_insert(problem);
+            }
+        }
+    }
+    if clusters.iter().all(|c| c.weight == 0) && invalid_weight > 0 {
+        // Only invalid backends carry weight: every request gets 500 (spec).
+        return Action::DirectResponse(DirectResponse {
+            status: 500,
+            body: String::new(),
+        });
+    }
+    Action::Forward(ForwardAction {
+        clusters,
+        invalid_weight,
+    })
+}
