@@ -1,1 +1,146 @@
-fn main() {}
+//! `rauta-proxy` command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rauta_common::api::v1::Node;
+use rauta_proxy::admin;
+use rauta_proxy::applier::Applier;
+use rauta_proxy::listeners::ListenerManager;
+use rauta_proxy::metrics::ProxyMetrics;
+use rauta_proxy::shared::Shared;
+use rauta_proxy::xds::XdsClient;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// RAUTA's data plane: serves one Gateway with the configuration streamed by rauta-controller.
+#[derive(Debug, Parser)]
+#[command(name = "rauta-proxy", version)]
+struct Args {
+    /// URL of the controller's gRPC server.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18000")]
+    controller: String,
+    /// The Gateway this proxy serves, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
+    gateway: (String, String),
+    /// Address of the admin endpoint (/metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    admin_listen: SocketAddr,
+    /// Added to every Gateway listener port when binding (port 80 -> 80+N), so a laptop or a test
+    /// can serve privileged ports without root.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    listener_port_offset: u16,
+    /// Address the Gateway listeners bind to.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Identity reported to the controller; defaults to HOSTNAME-PID.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Longest wait between reconnection attempts to the controller, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    max_reconnect_backoff_ms: u64,
+    /// Request-serving worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_gateway(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        anyhow::ensure!(n > 0, "--worker-threads must be at least 1");
+        runtime.worker_threads(n);
+    }
+    runtime
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = ProxyMetrics::new().context("registering metrics")?;
+    let shared = Arc::new(Shared::new(metrics.clone()));
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
+    info!(addr = %admin_listener.local_addr()?, "admin listening");
+    tokio::spawn(admin::serve(admin_listener, Arc::clone(&shared)));
+
+    let node_id = args.node_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "proxy".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let (namespace, name) = args.gateway;
+    info!(node = %node_id, gateway = %format!("{namespace}/{name}"), controller = %args.controller, "starting");
+    let node = Node {
+        id: node_id,
+        gateway_namespace: namespace,
+        gateway_name: name,
+        build_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let listeners = ListenerManager::new(
+        args.bind_address,
+        args.listener_port_offset,
+        Arc::clone(&shared),
+    );
+    let applier = Applier::new(listeners, Arc::clone(&shared));
+    let client = XdsClient::new(
+        args.controller,
+        node,
+        Duration::from_millis(args.max_reconnect_backoff_ms.max(1)),
+        metrics,
+    );
+    tokio::select! {
+        _ = client.run(applier) => {},
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

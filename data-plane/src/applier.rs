@@ -1,0 +1,70 @@
+//! Applies discovery responses: validate everything off the request path, then publish the
+//! new routing state with one swap. A response that fails validation changes nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rauta_common::api::v1::DeltaDiscoveryResponse;
+use rauta_common::types::ResourceType;
+use tracing::info;
+
+use crate::listeners::ListenerManager;
+use crate::routing::RoutingState;
+use crate::shared::Shared;
+use crate::store::ResourceStore;
+use crate::upstream::ClientCache;
+
+pub struct Applier {
+    store: ResourceStore,
+    clients: ClientCache,
+    listeners: ListenerManager,
+    shared: Arc<Shared>,
+    applied: BTreeSet<ResourceType>,
+}
+
+impl Applier {
+    pub fn new(listeners: ListenerManager, shared: Arc<Shared>) -> Self {
+        Applier {
+            store: ResourceStore::default(),
+            clients: ClientCache::default(),
+            listeners,
+            shared,
+            applied: BTreeSet::new(),
+        }
+    }
+
+    /// Applies one response, or explains why it was rejected (the NACK message).
+    pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+        let ty = ResourceType::parse(&response.type_url)
+            .ok_or_else(|| format!("unknown type_url {:?}", response.type_url))?;
+        let candidate = self.store.with_response(ty, response)?;
+        let previous = self.shared.state.load();
+        let (state, listener_specs) = RoutingState::build(
+            &candidate,
+            &previous,
+            &mut self.clients,
+            &self.shared.metrics,
+        )?;
+        let prepared = self.listeners.prepare(&listener_specs)?;
+        self.store = candidate;
+        self.shared.state.store(Arc::new(state));
+        self.listeners.commit(prepared);
+        if let Ok(v) = response.system_version_info.parse::<i64>() {
+            self.shared
+                .metrics
+                .snapshot_version
+                .with_label_values(&[ty.short_name()])
+                .set(v);
+        }
+        if self.applied.insert(ty) && self.applied.len() == ResourceType::ALL.len() {
+            info!("all resource types applied: ready");
+            self.shared.set_ready();
+        }
+        Ok(())
+    }
+
+    /// What the proxy holds of a type, to resume a stream without resending it.
+    pub fn known_versions(&self, ty: ResourceType) -> HashMap<String, String> {
+        self.store.known_versions(ty)
+    }
+}

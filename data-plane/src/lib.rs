@@ -1,0 +1,17 @@
+//! rauta-proxy: the data plane.
+//!
+//! Data flows one way: `xds` (stream) → `applier` (validate, `store`, build `routing` state,
+//! open `listeners`) → `shared` (one atomic swap) → `proxy` (request path).
+
+pub mod admin;
+pub mod applier;
+pub mod cluster;
+pub mod listeners;
+pub mod maglev;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod shared;
+pub mod store;
+pub mod upstream;
+pub mod xds;

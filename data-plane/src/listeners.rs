@@ -1,0 +1,196 @@
+//! Opens and closes the proxy's listening sockets to follow the snapshot. New sockets are
+//! bound before a snapshot is accepted, so a port that cannot be bound NACKs the snapshot.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::proxy;
+use crate::routing::ListenerSpec;
+use crate::shared::Shared;
+
+#[derive(Debug)]
+struct ActiveListener {
+    port: u16,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Sockets bound for a snapshot that is not committed yet.
+#[derive(Debug, Default)]
+pub struct PreparedListeners {
+    new: Vec<(ListenerSpec, TcpListener)>,
+    keep: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ListenerManager {
+    bind_ip: IpAddr,
+    port_offset: u16,
+    shared: Arc<Shared>,
+    active: HashMap<String, ActiveListener>,
+}
+
+impl ListenerManager {
+    pub fn new(bind_ip: IpAddr, port_offset: u16, shared: Arc<Shared>) -> Self {
+        ListenerManager {
+            bind_ip,
+            port_offset,
+            shared,
+            active: HashMap::new(),
+        }
+    }
+
+    /// Binds what `specs` adds; nothing changes until [`ListenerManager::commit`].
+    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<PreparedListeners, String> {
+        let mut prepared = PreparedListeners::default();
+        for spec in specs {
+            if self
+                .active
+                .get(&spec.name)
+                .is_some_and(|a| a.port == spec.port)
+            {
+                prepared.keep.push(spec.name.clone());
+                continue;
+            }
+            let port = spec.port.checked_add(self.port_offset).ok_or_else(|| {
+                format!(
+                    "listener {}: port {} + offset {} exceeds 65535",
+                    spec.name, spec.port, self.port_offset
+                )
+            })?;
+            let addr = SocketAddr::new(self.bind_ip, port);
+            // A port moving between listeners in one snapshot is still held by the old socket.
+            let held = self
+                .active
+                .values()
+                .find(|a| a.local.port() == port)
+                .map(|a| a.local);
+            let listener = match held {
+                Some(_) => bind_reusing(addr),
+                None => bind(addr),
+            }
+            .map_err(|e| format!("listener {}: cannot bind {addr}: {e}", spec.name))?;
+            prepared.new.push((spec.clone(), listener));
+        }
+        Ok(prepared)
+    }
+
+    /// Starts the new sockets and closes those the snapshot no longer has. Connections already
+    /// accepted on a closed socket run to completion.
+    pub fn commit(&mut self, prepared: PreparedListeners) {
+        let wanted: Vec<&str> = prepared
+            .keep
+            .iter()
+            .map(String::as_str)
+            .chain(prepared.new.iter().map(|(s, _)| s.name.as_str()))
+            .collect();
+        self.active.retain(|name, active| {
+            let keep = wanted.contains(&name.as_str())
+                && !prepared.new.iter().any(|(s, _)| s.name == *name);
+            if !keep {
+                info!(listener = %name, addr = %active.local, "closing listener");
+                let _ = active.stop.send(true);
+            }
+            keep
+        });
+        for (spec, listener) in prepared.new {
+            let local = listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::new(self.bind_ip, spec.port));
+            info!(listener = %spec.name, addr = %local, "listening");
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::from(spec.name.as_str()),
+                Arc::clone(&self.shared),
+                stopped,
+            ));
+            self.active.insert(
+                spec.name,
+                ActiveListener {
+                    port: spec.port,
+                    local,
+                    stop,
+                },
+            );
+        }
+    }
+
+    /// Local addresses of the open listeners, by name.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .active
+            .iter()
+            .map(|(n, a)| (n.clone(), a.local))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Lets a restarted proxy rebind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket_for(addr)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn bind_reusing(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket_for(addr)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of file descriptors and similar: keep serving what we have.
+                        debug!(listener = %name, %err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let name = Arc::clone(&name);
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&name), peer, req));
+                    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                        debug!(%peer, %err, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The proxy's Prometheus metrics. Per-route and per-cluster handles are resolved when a
+//! snapshot is built, so the request path only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    upstream_latency: HistogramVec,
+    pub snapshot_version: IntGaugeVec,
+    pub updates: IntCounterVec,
+    pub controller_connected: IntGauge,
+}
+
+/// Request counters of one route rule, by status class (1xx..5xx).
+#[derive(Debug, Clone)]
+pub struct RouteCounters {
+    by_class: [IntCounter; 5],
+}
+
+impl RouteCounters {
+    #[inline]
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("rauta_proxy".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests answered, by route rule and status class",
+            ),
+            &["route", "status_class"],
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_response_seconds",
+                "Time from sending a request upstream to its response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["cluster"],
+        )?;
+        let snapshot_version = IntGaugeVec::new(
+            Opts::new(
+                "snapshot_version",
+                "Controller snapshot version last applied, by resource type",
+            ),
+            &["type"],
+        )?;
+        let updates = IntCounterVec::new(
+            Opts::new(
+                "config_updates_total",
+                "Discovery responses handled, by type and result (ack, nack)",
+            ),
+            &["type", "result"],
+        )?;
+        let controller_connected =
+            IntGauge::new("controller_connected", "1 while the discovery stream is up")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(snapshot_version.clone()))?;
+        registry.register(Box::new(updates.clone()))?;
+        registry.register(Box::new(controller_connected.clone()))?;
+        Ok(ProxyMetrics {
+            registry,
+            requests,
+            upstream_latency,
+            snapshot_version,
+            updates,
+            controller_connected,
+        })
+    }
+
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|c| self.requests.with_label_values(&[route, c]));
+        RouteCounters { by_class }
+    }
+
+    pub fn upstream_latency(&self, cluster: &str) -> Histogram {
+        self.upstream_latency.with_label_values(&[cluster])
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

@@ -1,0 +1,240 @@
+//! The request path: route, pick a backend and an endpoint, forward. Reads the routing state
+//! through one atomic load; takes no locks; logs only at debug.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::cluster::{ClusterRt, EndpointRt};
+use crate::routing::{ActionRt, Pick};
+use crate::shared::Shared;
+use crate::upstream::Protocol;
+
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static TRAILER: HeaderName = HeaderName::from_static("trailer");
+
+fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// The request's host, lower-cased, without port.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split_once(']').map_or(raw, |(ip, _)| ip)
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Handles one request. Never fails: every problem becomes an HTTP answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let state = shared.state.load_full();
+    let rule = state.route_table(&listener).and_then(|table| {
+        let host = request_host(&req).unwrap_or_default();
+        table
+            .virtual_host(&host)?
+            .route(req.uri().path(), req.headers())
+    });
+    let Some(rule) = rule else {
+        if let Some(c) = &state.no_route {
+            c.record(404);
+        }
+        debug!(%peer, uri = %req.uri(), "no route");
+        return Ok(local(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"no route\n"),
+        ));
+    };
+    let resp = match &rule.action {
+        ActionRt::Direct { status, body } => local(*status, body.clone()),
+        action @ ActionRt::Forward { .. } => match action.pick(rand::random()) {
+            Pick::Invalid => local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(b"invalid backend\n"),
+            ),
+            Pick::Backend(backend) => match &backend.cluster {
+                None => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(b"unknown cluster\n"),
+                ),
+                Some(cluster) => match cluster.pick(peer.ip()) {
+                    None => local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(b"no healthy upstream\n"),
+                    ),
+                    Some(endpoint) => forward(cluster, endpoint, req, peer).await,
+                },
+            },
+        },
+    };
+    rule.counters.record(resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn forward(
+    cluster: &ClusterRt,
+    endpoint: &EndpointRt,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !req.headers().contains_key(HOST)
+        && let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        // HTTP/2 clients send :authority; an HTTP/1.1 upstream needs Host.
+        req.headers_mut().insert(HOST, value);
+    }
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return local(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"invalid request target\n"),
+        );
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = match cluster.protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2c => Version::HTTP_2,
+    };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    append_forwarded_for(headers, peer);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+
+    let started = Instant::now();
+    let sent = cluster.client.request(req);
+    let result = match cluster.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Bytes::from_static(b"upstream request timeout\n"),
+                );
+            }
+        },
+        None => sent.await,
+    };
+    cluster.latency.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.version = Version::default();
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(err) => {
+            debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, "upstream request failed");
+            local(
+                StatusCode::BAD_GATEWAY,
+                Bytes::from_static(b"upstream connect error\n"),
+            )
+        }
+    }
+}
+
+/// Removes connection-scoped headers (RFC 9110 section 7.6.1), keeping `te: trailers` for gRPC.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
+        append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+    }
+}

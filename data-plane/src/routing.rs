@@ -1,0 +1,435 @@
+//! The immutable routing state the request path reads: listeners → route tables → virtual
+//! hosts → ordered rules → clusters. Built and validated from a [`ResourceStore`] off the request
+//! path, then published with one atomic swap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::route_rule::Action;
+use rauta_common::api::v1::{ListenerProtocol, PathMatchKind, RouteTable, VirtualHost};
+use rauta_common::types::ResourceType;
+
+use crate::cluster::ClusterRt;
+use crate::metrics::{ProxyMetrics, RouteCounters};
+use crate::store::ResourceStore;
+use crate::upstream::ClientCache;
+
+#[derive(Debug)]
+enum PathRt {
+    Exact(Box<str>),
+    /// Without a trailing slash; matches itself and anything below it.
+    Prefix(Box<str>),
+}
+
+impl PathRt {
+    #[inline]
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathRt::Exact(p) => path == &**p,
+            PathRt::Prefix(p) => {
+                p.is_empty()
+                    || (path.starts_with(&**p)
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MatchRt {
+    path: PathRt,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl MatchRt {
+    #[inline]
+    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
+    }
+}
+
+#[derive(Debug)]
+pub struct WeightedBackend {
+    /// `None` when the cluster is not (yet) in the snapshot: answered with 503.
+    pub cluster: Option<Arc<ClusterRt>>,
+    cumulative: u32,
+}
+
+#[derive(Debug)]
+pub enum ActionRt {
+    Forward {
+        backends: Vec<WeightedBackend>,
+        total: u32,
+    },
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+/// What a weighted pick produced.
+pub enum Pick<'a> {
+    Backend(&'a WeightedBackend),
+    /// The share of invalid backends, or no weight at all: 500.
+    Invalid,
+}
+
+impl ActionRt {
+    /// Picks a backend by weight from a uniform random number.
+    #[inline]
+    pub fn pick(&self, random: u32) -> Pick<'_> {
+        let ActionRt::Forward { backends, total } = self else {
+            return Pick::Invalid;
+        };
+        if *total == 0 {
+            return Pick::Invalid;
+        }
+        let r = random % total;
+        backends
+            .iter()
+            .find(|b| r < b.cumulative)
+            .map_or(Pick::Invalid, Pick::Backend)
+    }
+}
+
+#[derive(Debug)]
+pub struct RuleRt {
+    pub name: Arc<str>,
+    matches: Vec<MatchRt>,
+    pub action: ActionRt,
+    pub counters: RouteCounters,
+}
+
+#[derive(Debug)]
+pub struct VirtualHostRt {
+    pub name: String,
+    rules: Vec<RuleRt>,
+}
+
+impl VirtualHostRt {
+    /// The first rule matching the request, in precedence order.
+    #[inline]
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&RuleRt> {
+        self.rules
+            .iter()
+            .find(|r| r.matches.iter().any(|m| m.matches(path, headers)))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTableRt {
+    exact: HashMap<Box<str>, usize>,
+    /// (suffix with its leading dot, vhost), longest suffix first.
+    wildcards: Vec<(Box<str>, usize)>,
+    any: Option<usize>,
+    vhosts: Vec<VirtualHostRt>,
+}
+
+impl RouteTableRt {
+    /// The virtual host for a lower-case host without port: exact, then longest wildcard, then "*".
+    #[inline]
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHostRt> {
+        let index = self.exact.get(host).copied().or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+                .map(|(_, i)| *i)
+                .or(self.any)
+        })?;
+        self.vhosts.get(index)
+    }
+}
+
+/// Everything the request path needs, at one configuration version.
+#[derive(Debug, Default)]
+pub struct RoutingState {
+    /// Listener name -> its route table (`None` until the table arrives: 404).
+    listeners: HashMap<String, Option<Arc<RouteTableRt>>>,
+    /// Cluster name -> (cluster version, endpoints version, runtime), to reuse unchanged clusters.
+    clusters: HashMap<String, (String, String, Arc<ClusterRt>)>,
+    pub no_route: Option<RouteCounters>,
+}
+
+/// A listener the proxy must have open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub port: u16,
+}
+
+impl RoutingState {
+    #[inline]
+    pub fn route_table(&self, listener: &str) -> Option<&RouteTableRt> {
+        self.listeners.get(listener).and_then(|t| t.as_deref())
+    }
+
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+
+    /// Validates `store` and builds the state; reuses clusters of `previous` that did not change.
+    pub fn build(
+        store: &ResourceStore,
+        previous: &RoutingState,
+        clients: &mut ClientCache,
+        metrics: &ProxyMetrics,
+    ) -> Result<(RoutingState, Vec<ListenerSpec>), String> {
+        let mut clusters = HashMap::new();
+        for resource in store.resources(ResourceType::Cluster) {
+            let Some(Payload::Cluster(cluster)) = &resource.payload else {
+                continue;
+            };
+            let endpoints = store.get(ResourceType::Endpoints, &cluster.name);
+            let endpoints_version = endpoints.map(|e| e.version.clone()).unwrap_or_default();
+            let reuse = previous
+                .clusters
+                .get(&cluster.name)
+                .filter(|(cv, ev, _)| *cv == resource.version && *ev == endpoints_version)
+                .map(|(_, _, rt)| Arc::clone(rt));
+            let rt = match reuse {
+                Some(rt) => rt,
+                None => {
+                    let endpoints = endpoints.and_then(|e| match &e.payload {
+                        Some(Payload::Endpoints(e)) => Some(e),
+                        _ => None,
+                    });
+                    Arc::new(ClusterRt::build(
+                        cluster,
+                        endpoints,
+                        clients,
+                        metrics.upstream_latency(&cluster.name),
+                    )?)
+                }
+            };
+            clusters.insert(
+                cluster.name.clone(),
+                (resource.version.clone(), endpoints_version, rt),
+            );
+        }
+
+        let mut tables = HashMap::new();
+        for resource in store.resources(ResourceType::RouteTable) {
+            let Some(Payload::RouteTable(table)) = &resource.payload else {
+                continue;
+            };
+            let rt = build_route_table(table, &clusters, metrics)
+                .map_err(|e| format!("route table {}: {e}", table.name))?;
+            tables.insert(table.name.clone(), Arc::new(rt));
+        }
+
+        let mut listeners = HashMap::new();
+        let mut specs: Vec<ListenerSpec> = Vec::new();
+        for resource in store.resources(ResourceType::Listener) {
+            let Some(Payload::Listener(l)) = &resource.payload else {
+                continue;
+            };
+            if ListenerProtocol::try_from(l.protocol) != Ok(ListenerProtocol::Http) {
+                return Err(format!(
+                    "listener {}: unsupported protocol {}",
+                    l.name, l.protocol
+                ));
+            }
+            let port = u16::try_from(l.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("listener {}: invalid port {}", l.name, l.port))?;
+            if let Some(other) = specs.iter().find(|s| s.port == port) {
+                return Err(format!(
+                    "listeners {} and {} both use port {port}",
+                    other.name, l.name
+                ));
+            }
+            specs.push(ListenerSpec {
+                name: l.name.clone(),
+                port,
+            });
+            listeners.insert(l.name.clone(), tables.get(&l.route_table).cloned());
+        }
+        let no_route = Some(metrics.route_counters(""));
+        Ok((
+            RoutingState {
+                listeners,
+                clusters,
+                no_route,
+            },
+            specs,
+        ))
+    }
+}
+
+fn build_route_table(
+    table: &RouteTable,
+    clusters: &HashMap<String, (String, String, Arc<ClusterRt>)>,
+    metrics: &ProxyMetrics,
+) -> Result<RouteTableRt, String> {
+    let mut rt = RouteTableRt::default();
+    for vhost in &table.virtual_hosts {
+        let index = rt.vhosts.len();
+        rt.vhosts.push(build_vhost(vhost, clusters, metrics)?);
+        for domain in &vhost.domains {
+            let domain = domain.to_ascii_lowercase();
+            if domain == "*" {
+                if rt.any.replace(index).is_some() {
+                    return Err("two virtual hosts claim \"*\"".into());
+                }
+            } else if let Some(suffix) = domain.strip_prefix('*') {
+                if !suffix.starts_with('.') || suffix.len() < 2 {
+                    return Err(format!("invalid wildcard domain {domain:?}"));
+                }
+                rt.wildcards.push((suffix.into(), index));
+            } else if domain.is_empty() || domain.contains(['*', '/', ' ', ':']) {
+                return Err(format!("invalid domain {domain:?}"));
+            } else if rt.exact.insert(domain.clone().into(), index).is_some() {
+                return Err(format!("two virtual hosts claim {domain:?}"));
+            }
+        }
+    }
+    rt.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    Ok(rt)
+}
+
+fn build_vhost(
+    vhost: &VirtualHost,
+    clusters: &HashMap<String, (String, String, Arc<ClusterRt>)>,
+    metrics: &ProxyMetrics,
+) -> Result<VirtualHostRt, String> {
+    let mut rules = Vec::with_capacity(vhost.rules.len());
+    for rule in &vhost.rules {
+        let err = |msg: String| format!("virtual host {}: rule {}: {msg}", vhost.name, rule.name);
+        if rule.matches.is_empty() {
+            return Err(err("no matches".into()));
+        }
+        let mut matches = Vec::with_capacity(rule.matches.len());
+        for m in &rule.matches {
+            let path = m
+                .path
+                .as_ref()
+                .ok_or_else(|| err("match without path".into()))?;
+            if !path.value.starts_with('/') {
+                return Err(err(format!(
+                    "path {:?} does not start with '/'",
+                    path.value
+                )));
+            }
+            let path = match PathMatchKind::try_from(path.kind) {
+                Ok(PathMatchKind::Exact) => PathRt::Exact(path.value.as_str().into()),
+                Ok(PathMatchKind::Prefix) => {
+                    PathRt::Prefix(path.value.trim_end_matches('/').into())
+                }
+                _ => return Err(err(format!("unsupported path match kind {}", path.kind))),
+            };
+            let mut headers = Vec::with_capacity(m.headers.len());
+            for h in &m.headers {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| err(format!("invalid header name {:?}", h.name)))?;
+                let value = HeaderValue::from_str(&h.value)
+                    .map_err(|_| err(format!("invalid header value for {:?}", h.name)))?;
+                headers.push((name, value));
+            }
+            matches.push(MatchRt { path, headers });
+        }
+        let action = match &rule.action {
+            None => {
+                return Err(err(
+                    "no action (is the controller newer than this proxy?)".into()
+                ));
+            }
+            Some(Action::DirectResponse(d)) => {
+                let status = u16::try_from(d.status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .ok_or_else(|| err(format!("invalid status {}", d.status)))?;
+                ActionRt::Direct {
+                    status,
+                    body: Bytes::from(d.body.clone()),
+                }
+            }
+            Some(Action::Forward(f)) => {
+                let mut backends = Vec::with_capacity(f.clusters.len());
+                let mut cumulative: u32 = 0;
+                for wc in f.clusters.iter().filter(|c| c.weight > 0) {
+                    cumulative = cumulative
+                        .checked_add(wc.weight)
+                        .ok_or_else(|| err("weights overflow".into()))?;
+                    let cluster = clusters.get(&wc.cluster).map(|(_, _, c)| Arc::clone(c));
+                    backends.push(WeightedBackend {
+                        cluster,
+                        cumulative,
+                    });
+                }
+                let total = cumulative
+                    .checked_add(f.invalid_weight)
+                    .ok_or_else(|| err("weights overflow".into()))?;
+                ActionRt::Forward { backends, total }
+            }
+        };
+        rules.push(RuleRt {
+            name: Arc::from(rule.name.as_str()),
+            matches,
+            action,
+            counters: metrics.route_counters(&rule.name),
+        });
+    }
+    Ok(VirtualHostRt {
+        name: vhost.name.clone(),
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matches_at_segment_boundaries() {
+        let p = PathRt::Prefix("/foo".into());
+        assert!(p.matches("/foo"));
+        assert!(p.matches("/foo/"));
+        assert!(p.matches("/foo/bar"));
+        assert!(!p.matches("/foobar"));
+        assert!(!p.matches("/"));
+        let root = PathRt::Prefix("".into());
+        assert!(root.matches("/") && root.matches("/anything"));
+        let exact = PathRt::Exact("/foo".into());
+        assert!(exact.matches("/foo") && !exact.matches("/foo/"));
+    }
+
+    #[test]
+    fn weighted_pick_follows_cumulative_weights_and_invalid_share() {
+        let action = ActionRt::Forward {
+            backends: vec![
+                WeightedBackend {
+                    cluster: None,
+                    cumulative: 1,
+                },
+                WeightedBackend {
+                    cluster: None,
+                    cumulative: 4,
+                },
+            ],
+            total: 5,
+        };
+        let picks: Vec<Option<u32>> = (0..5)
+            .map(|r| match action.pick(r) {
+                Pick::Backend(b) => Some(b.cumulative),
+                Pick::Invalid => None,
+            })
+            .collect();
+        assert_eq!(picks, [Some(1), Some(4), Some(4), Some(4), None]);
+        assert!(matches!(
+            ActionRt::Forward {
+                backends: vec![],
+                total: 0
+            }
+            .pick(7),
+            Pick::Invalid
+        ));
+    }
+}

@@ -1,0 +1,361 @@
+//! Starts the real binaries on 127.0.0.1 and talks to them like a user would.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rauta_common::api::v1::admin_client::AdminClient;
+use rauta_common::api::v1::{ListProxiesRequest, ProxyStatus};
+use tonic::transport::Channel;
+
+/// Directory holding the workspace's built binaries (target/debug or target/release): the
+/// test executable lives in its `deps/` subdirectory.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir")
+    } else {
+        deps
+    };
+    dir.to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process that is killed when dropped; its stderr goes to a log file.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stderr(file).stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// The process log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+pub struct Controller {
+    pub process: Process,
+    pub grpc: SocketAddr,
+    pub config_dir: PathBuf,
+}
+
+impl Controller {
+    pub fn start(config_dir: &Path, work: &Path) -> Controller {
+        Self::start_on(
+            config_dir,
+            work,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        )
+    }
+
+    pub fn start_on(config_dir: &Path, work: &Path, grpc: SocketAddr) -> Controller {
+        let mut cmd = Command::new(bin("rauta-controller"));
+        cmd.arg("--config-dir")
+            .arg(config_dir)
+            .arg("--grpc-listen")
+            .arg(grpc.to_string())
+            .stdout(Stdio::null());
+        let log = work.join(format!("controller-{}.log", grpc.port()));
+        let process = Process::spawn("rauta-controller", cmd, log);
+        let controller = Controller {
+            process,
+            grpc,
+            config_dir: config_dir.to_owned(),
+        };
+        wait_for_port(grpc, Duration::from_secs(20));
+        controller
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(self.url())
+            .await
+            .expect("admin client")
+    }
+
+    pub async fn proxies(&self) -> Vec<ProxyStatus> {
+        self.admin()
+            .await
+            .list_proxies(ListProxiesRequest::default())
+            .await
+            .expect("ListProxies")
+            .into_inner()
+            .proxies
+    }
+}
+
+pub struct Proxy {
+    pub process: Process,
+    pub admin: SocketAddr,
+    pub port_offset: u16,
+}
+
+impl Proxy {
+    pub fn start(controller_url: &str, gateway: &str, port_offset: u16, work: &Path) -> Proxy {
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut cmd = Command::new(bin("rauta-proxy"));
+        cmd.args([
+            "--controller",
+            controller_url,
+            "--gateway",
+            gateway,
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--listener-port-offset")
+        .arg(port_offset.to_string())
+        .args(["--max-reconnect-backoff-ms", "500", "--node-id"])
+        .arg(format!("test-proxy-{}", admin.port()))
+        .stdout(Stdio::null());
+        let process = Process::spawn(
+            "rauta-proxy",
+            cmd,
+            work.join(format!("proxy-{}.log", admin.port())),
+        );
+        wait_for_port(admin, Duration::from_secs(20));
+        Proxy {
+            process,
+            admin,
+            port_offset,
+        }
+    }
+
+    /// Address of a Gateway listener port on this proxy.
+    pub fn listener(&self, gateway_port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, gateway_port + self.port_offset))
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        eventually(Duration::from_secs(20), || async {
+            http_get(&url, None).await.is_ok_and(|r| r.status == 200)
+        })
+        .await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.admin), None)
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+}
+
+/// An echo backend process (see rauta-echo).
+pub struct Echo {
+    pub process: Process,
+    pub http: SocketAddr,
+    pub pod: String,
+}
+
+impl Echo {
+    pub fn start(pod: &str, namespace: &str, work: &Path) -> Echo {
+        let mut cmd = Command::new(bin("rauta-echo"));
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--pod",
+            pod,
+            "--namespace",
+            namespace,
+        ])
+        .stdout(Stdio::piped());
+        let mut process = Process::spawn("rauta-echo", cmd, work.join(format!("echo-{pod}.log")));
+        let stdout = process.child.stdout.take().expect("echo stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("echo banner");
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected echo banner {line:?}"));
+        // Keep draining stdout (one line per request) so the echo never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Echo {
+            process,
+            http,
+            pod: pod.to_owned(),
+        }
+    }
+}
+
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The echoed JSON, if the answer came from an echo backend.
+    pub fn echo(&self) -> Option<serde_json::Value> {
+        let json = self
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/json");
+        json.then(|| serde_json::from_str(&self.body).ok())
+            .flatten()
+    }
+
+    /// The echo backend's pod name, or "" if the answer did not come from one.
+    pub fn pod(&self) -> String {
+        self.echo()
+            .and_then(|v| v["pod"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection, with an optional Host header.
+pub async fn http_get(url: &str, host: Option<&str>) -> Result<HttpResponse, String> {
+    http_request(url, host, &[], None).await
+}
+
+/// One HTTP/1.1 GET on a fresh connection, with extra headers and a chosen local address.
+pub async fn http_request(
+    url: &str,
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+    local: Option<std::net::IpAddr>,
+) -> Result<HttpResponse, String> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(local);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let mut req = http::Request::get(url);
+    if let Some(h) = host {
+        req = req.header(http::header::HOST, h);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -1,0 +1,68 @@
+//! Gateway API manifests for tests, as YAML text (what a user would write).
+
+use std::net::SocketAddr;
+
+pub const CONTROLLER_NAME: &str = "rauta.dev/gateway-controller";
+
+pub fn gateway_class(name: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: {name}\nspec:\n  controllerName: {CONTROLLER_NAME}\n"
+    )
+}
+
+/// A Gateway with HTTP listeners `(name, port, hostname)`, allowing routes from all namespaces.
+pub fn gateway(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    listeners: &[(&str, u16, Option<&str>)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  gatewayClassName: {class}\n  listeners:\n"
+    );
+    for (lname, port, hostname) in listeners {
+        s.push_str(&format!("  - name: {lname}\n    protocol: HTTP\n    port: {port}\n    allowedRoutes:\n      namespaces:\n        from: All\n"));
+        if let Some(h) = hostname {
+            s.push_str(&format!("    hostname: \"{h}\"\n"));
+        }
+    }
+    s
+}
+
+/// A Service with port 8080 named "http", and one EndpointSlice per endpoint address (each
+/// echo instance listens on its own port).
+pub fn service(namespace: &str, name: &str, endpoints: &[SocketAddr]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  ports:\n  - name: http\n    port: 8080\n    targetPort: 3000\n"
+    );
+    for (i, ep) in endpoints.iter().enumerate() {
+        s.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {}\nendpoints:\n- addresses: [\"{}\"]\n  conditions:\n    ready: true\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    s
+}
+
+/// An HTTPRoute; `rules` is the YAML list under `spec.rules`, indented by two spaces.
+pub fn http_route(
+    namespace: &str,
+    name: &str,
+    gateway: (&str, &str),
+    hostnames: &[&str],
+    rules: &str,
+) -> String {
+    let hosts: Vec<String> = hostnames.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  parentRefs:\n  - name: {}\n    namespace: {}\n  hostnames: [{}]\n  rules:\n{rules}",
+        gateway.1,
+        gateway.0,
+        hosts.join(", ")
+    )
+}
+
+/// Joins manifests into one multi-document YAML file.
+pub fn documents(docs: &[String]) -> String {
+    docs.join("---\n")
+}
