@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod hash;
+pub mod process;
 pub mod types;

@@ -129,6 +129,8 @@ struct TypeState {
     /// Subscribed names to report as absent even if the proxy never had them.
     announce_absent: BTreeSet<String>,
     sent_any: bool,
+    /// Snapshot version whose content for this type the proxy holds (ACKed or unchanged).
+    current_version: Option<u64>,
 }
 
 impl TypeState {
@@ -140,6 +142,7 @@ impl TypeState {
             rejected_version: None,
             announce_absent: BTreeSet::new(),
             sent_any: false,
+            current_version: None,
         }
     }
 
@@ -273,6 +276,7 @@ impl ProxyStream {
                                 None => state.known.remove(&name),
                             };
                         }
+                        state.current_version = Some(pending.version);
                         let count = u32::try_from(state.known.len()).unwrap_or(u32::MAX);
                         debug!(proxy = %self.node_id, ty = ty.short_name(), %version, "ACK");
                         self.registration.update_type(ty, |r| {
@@ -342,6 +346,13 @@ impl ProxyStream {
                 break; // Later types wait for this one, to keep the order.
             }
             if changes.is_empty() && (state.sent_any || blocked) {
+                if !blocked && state.current_version != Some(snapshot.version) {
+                    // Nothing of this type changed: what the proxy holds is this version's content.
+                    state.current_version = Some(snapshot.version);
+                    let version = snapshot.version.to_string();
+                    self.registration
+                        .update_type(ty, |r| r.acked_version = version);
+                }
                 continue;
             }
             let current = snapshot.of_type(ty);

@@ -359,3 +359,47 @@ pub async fn http_request(
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+/// A scratch directory with a `config/` subdirectory the controller watches.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).expect("config dir");
+        Workspace { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a config file atomically (write + rename, as editors and kubectl-like tools do).
+    pub fn write(&self, name: &str, content: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write config");
+        std::fs::rename(&tmp, self.config.join(name)).expect("rename config");
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.config.join(name)).expect("remove config");
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether every type of every listed proxy has ACKed the current version with nothing pending.
+pub fn all_in_sync(proxies: &[ProxyStatus]) -> bool {
+    !proxies.is_empty()
+        && proxies
+            .iter()
+            .all(|p| p.types.len() == 4 && p.types.iter().all(|t| t.in_sync))
+}

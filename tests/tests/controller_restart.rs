@@ -1,0 +1,83 @@
+//! The proxy keeps serving while the controller is away, reconnects when it is back, and
+//! resumes: it presents the versions it holds and receives only what changed.
+
+use std::time::Duration;
+
+use rauta_tests::harness::{
+    Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
+};
+use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+
+fn route(path: &str) -> String {
+    http_route(
+        "apps",
+        "web",
+        ("infra", "gw"),
+        &[],
+        &format!(
+            "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: echo, port: 8080}}\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_survives_controller_restart_and_resumes() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    ws.write(
+        "infra.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "echo", &[echo.http]),
+        ]),
+    );
+    ws.write("route.yaml", &route("/old"));
+    let mut controller = Controller::start(&ws.config, ws.path());
+    let grpc = controller.grpc;
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let old = format!("http://{}/old", proxy.listener(80));
+    let new = format!("http://{}/new", proxy.listener(80));
+    assert_eq!(http_get(&old, None).await.unwrap().status, 200);
+
+    // Controller gone: the proxy keeps serving its last configuration.
+    controller.process.kill();
+    for _ in 0..20 {
+        assert_eq!(http_get(&old, None).await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics_url = format!("http://{}/metrics", proxy.admin);
+    eventually(Duration::from_secs(5), || async {
+        http_get(&metrics_url, None)
+            .await
+            .is_ok_and(|r| r.body.contains("rauta_proxy_controller_connected 0"))
+    })
+    .await;
+
+    // Change the route while the controller is down, then bring it back on the same address.
+    ws.write("route.yaml", &route("/new"));
+    let controller = Controller::start_on(&ws.config, ws.path(), grpc);
+    eventually(Duration::from_secs(15), || async {
+        http_get(&new, None).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(http_get(&old, None).await.unwrap().status, 404);
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+
+    // Resumed: the proxy presented what it had; only the changed route table was sent.
+    let proxies = controller.proxies().await;
+    assert_eq!(proxies.len(), 1, "{proxies:?}");
+    for t in &proxies[0].types {
+        assert_eq!(t.resumed_resources, 1, "{t:?}");
+        let expected_sent = if t.type_url.ends_with("RouteTable") {
+            1
+        } else {
+            0
+        };
+        assert_eq!(t.resources_sent, expected_sent, "{t:?}");
+    }
+}

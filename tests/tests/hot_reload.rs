@@ -1,0 +1,116 @@
+//! Editing the watched YAML changes routing without restarting anything, and the admin
+//! service shows the proxy ACKing each new version.
+
+use std::time::Duration;
+
+use rauta_common::api::v1::ListSnapshotsRequest;
+use rauta_tests::harness::{
+    Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
+};
+use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+
+fn route(backend: &str, path: &str) -> String {
+    http_route(
+        "apps",
+        "web",
+        ("infra", "gw"),
+        &[],
+        &format!(
+            "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: {backend}, port: 8080}}\n"
+        ),
+    )
+}
+
+async fn snapshot_version(controller: &Controller) -> String {
+    let snapshots = controller
+        .admin()
+        .await
+        .list_snapshots(ListSnapshotsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    snapshots
+        .iter()
+        .find(|s| s.gateway == "infra/gw")
+        .map(|s| s.version.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_edits_change_routing_live() {
+    let ws = Workspace::new();
+    let blue = Echo::start("blue-1-a", "apps", ws.path());
+    let green = Echo::start("green-1-a", "apps", ws.path());
+    ws.write(
+        "infra.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "blue", &[blue.http]),
+            service("apps", "green", &[green.http]),
+        ]),
+    );
+    ws.write("route.yaml", &route("blue", "/"));
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/app", proxy.listener(80));
+    assert_eq!(http_get(&url, None).await.unwrap().pod(), blue.pod);
+    let v1 = snapshot_version(&controller).await;
+
+    // Point the route at green: traffic moves, with no restart.
+    ws.write("route.yaml", &route("green", "/"));
+    eventually(Duration::from_secs(10), || async {
+        http_get(&url, None)
+            .await
+            .is_ok_and(|r| r.pod() == green.pod)
+    })
+    .await;
+    let v2 = snapshot_version(&controller).await;
+    assert!(
+        v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(),
+        "{v1} -> {v2}"
+    );
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+    let proxies = controller.proxies().await;
+    assert_eq!(proxies.len(), 1);
+    let route_table = proxies[0]
+        .types
+        .iter()
+        .find(|t| t.type_url.ends_with("RouteTable"))
+        .unwrap();
+    assert_eq!(route_table.acked_version, v2);
+    assert!(route_table.last_nack.is_none());
+
+    // Rewriting a file with the same content does not make a new version.
+    ws.write("route.yaml", &route("green", "/"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(snapshot_version(&controller).await, v2);
+
+    // Deleting the route: 404, and the proxy ACKs the version without it.
+    ws.remove("route.yaml");
+    eventually(Duration::from_secs(10), || async {
+        http_get(&url, None).await.is_ok_and(|r| r.status == 404)
+    })
+    .await;
+    let v3 = snapshot_version(&controller).await;
+    assert_ne!(v3, v2);
+    eventually(Duration::from_secs(10), || async {
+        let proxies = controller.proxies().await;
+        all_in_sync(&proxies)
+            && proxies[0].types.iter().all(|t| {
+                t.acked_version == v3 || t.acked_resources == 0 || t.type_url.ends_with("Listener")
+            })
+    })
+    .await;
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("rauta_proxy_snapshot_version{type=\"route_table\"} ")
+    );
+}

@@ -1,0 +1,116 @@
+//! A snapshot the proxy cannot apply (here: a new listener port that is already taken) is
+//! NACKed; the reason shows in the admin service and traffic keeps flowing on the old state.
+//! The next snapshot that the proxy can apply is accepted again.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use rauta_tests::harness::{
+    Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
+};
+use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    let route = http_route(
+        "apps",
+        "web",
+        ("infra", "gw"),
+        &[],
+        "  - backendRefs:\n    - {name: echo, port: 8080}\n",
+    );
+    let base = |listeners: &[(&str, u16, Option<&str>)]| {
+        documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", listeners),
+            service("apps", "echo", &[echo.http]),
+            route.clone(),
+        ])
+    };
+    ws.write("all.yaml", &base(&[("http", 80, None)]));
+    let controller = Controller::start(&ws.config, ws.path());
+    let offset = free_port() - 80;
+    let proxy = Proxy::start(&controller.url(), "infra/gw", offset, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/", proxy.listener(80));
+    assert_eq!(http_get(&url, None).await.unwrap().status, 200);
+
+    // Something else holds the port the new listener needs.
+    let extra_port = loop {
+        let p = free_port();
+        if p > offset && p - offset != 80 {
+            break p - offset;
+        }
+    };
+    let squatter = TcpListener::bind(("127.0.0.1", extra_port + offset)).unwrap();
+    ws.write(
+        "all.yaml",
+        &base(&[("http", 80, None), ("extra", extra_port, None)]),
+    );
+
+    eventually(Duration::from_secs(10), || async {
+        let proxies = controller.proxies().await;
+        proxies.iter().any(|p| {
+            p.types.iter().any(|t| {
+                t.last_nack
+                    .as_ref()
+                    .is_some_and(|n| n.message.contains("cannot bind"))
+            })
+        })
+    })
+    .await;
+    let proxies = controller.proxies().await;
+    let listener = proxies[0]
+        .types
+        .iter()
+        .find(|t| t.type_url.ends_with("Listener"))
+        .unwrap();
+    let nack = listener.last_nack.as_ref().unwrap();
+    assert!(nack.message.contains("listener http-"), "{nack:?}");
+    assert!(
+        !listener.in_sync,
+        "a NACKed type is not in sync: {listener:?}"
+    );
+    assert!(proxy.process.log_text().contains("rejected update (NACK)"));
+    for _ in 0..10 {
+        assert_eq!(
+            http_get(&url, None).await.unwrap().status,
+            200,
+            "old state keeps serving"
+        );
+    }
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("rauta_proxy_config_updates_total{result=\"nack\",type=\"listener\"} 1")
+    );
+
+    // The configuration moves on (the extra listener to a free port): the next version is
+    // accepted and the new port serves.
+    let free_extra = loop {
+        let p = free_port();
+        if p > offset && p - offset != 80 && p - offset != extra_port {
+            break p - offset;
+        }
+    };
+    ws.write(
+        "all.yaml",
+        &base(&[("http", 80, None), ("extra", free_extra, None)]),
+    );
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+    let extra_url = format!("http://{}/", proxy.listener(free_extra));
+    eventually(Duration::from_secs(10), || async {
+        http_get(&extra_url, None)
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(http_get(&url, None).await.unwrap().status, 200);
+    drop(squatter);
+}
