@@ -161,13 +161,19 @@ impl TypeState {
             }
         }
         if allow_removals {
-            for name in self.known.keys().chain(&self.announce_absent) {
+            for name in self.known.keys() {
                 let exists = current.is_some_and(|c| c.contains_key(name));
-                if (!exists || !self.subscription.contains(name))
-                    && !changes.iter().any(|(n, _)| n == name)
-                {
+                if !exists || !self.subscription.contains(name) {
                     changes.push((name.clone(), None));
                 }
+            }
+        }
+        // Names the proxy asked for but never had: "does not exist" is news, not a removal, so
+        // it never waits for routes to settle.
+        for name in &self.announce_absent {
+            let exists = current.is_some_and(|c| c.contains_key(name));
+            if !exists && !self.known.contains_key(name) {
+                changes.push((name.clone(), None));
             }
         }
         changes

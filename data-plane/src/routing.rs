@@ -291,7 +291,7 @@ fn build_route_table(
             }
         }
     }
-    rt.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    rt.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
     Ok(rt)
 }
 

@@ -145,6 +145,17 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Parses manifests from YAML text (for tests and tools): the objects, and the problems found.
+pub fn parse_manifests(text: &str) -> (ObjectSet, Vec<LoadProblem>) {
+    let mut problems = Vec::new();
+    let objects = parse_file(Path::new("<text>"), text, FileObjects::new(), &mut problems);
+    let mut set = ObjectSet::default();
+    for ((_, key), object) in objects {
+        set.insert(key, object);
+    }
+    (set, problems)
+}
+
 /// Parses one file. On a YAML syntax error the whole previous state of the file is kept.
 fn parse_file(
     path: &Path,

@@ -2,4 +2,4 @@
 
 pub mod directory;
 
-pub use directory::{DirectorySource, LoadProblem, LoadReport};
+pub use directory::{DirectorySource, LoadProblem, LoadReport, parse_manifests};

@@ -22,9 +22,7 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     let listener = listener.to_ascii_lowercase();
     let mut out: Vec<String> = Vec::new();
     for host in route.iter().map(|h| h.to_ascii_lowercase()) {
-        let matched = if host == listener {
-            Some(host)
-        } else if covered_by(&host, &listener) {
+        let matched = if host == listener || covered_by(&host, &listener) {
             Some(host)
         } else if covered_by(&listener, &host) {
             Some(listener.clone())

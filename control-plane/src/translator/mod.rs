@@ -27,6 +27,9 @@ use status::{
 pub const DEFAULT_CONTROLLER_NAME: &str = "rauta.dev/gateway-controller";
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Per port: the listener hostnames, and match entries by virtual-host domain.
+type PortRoutes = BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)>;
+
 /// Resources of one Gateway by type, then name.
 pub type ResourceSet = BTreeMap<ResourceType, BTreeMap<String, Payload>>;
 
@@ -321,8 +324,7 @@ fn build_gateway(
     let mut resources = ResourceSet::new();
     let mut status = GatewayStatus::default();
     // Listeners sharing a port share a socket; their hostnames become virtual hosts.
-    let mut ports: BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)> =
-        BTreeMap::new();
+    let mut ports = PortRoutes::new();
     for listener in &gateway.listeners {
         let spec = listener.spec;
         let mut conditions = Vec::new();

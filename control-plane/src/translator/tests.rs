@@ -1,1 +1,401 @@
+//! Translator tests: Gateway API objects in, resources and status out. No I/O.
 
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::route_rule::Action;
+use rauta_common::api::v1::{ClusterEndpoints, PathMatchKind, RouteTable, UpstreamProtocol};
+use rauta_common::types::ResourceType;
+
+use super::status::Condition;
+use super::*;
+use crate::source::parse_manifests;
+
+const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: rauta}
+spec: {controllerName: rauta.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, generation: 3}
+spec:
+  gatewayClassName: rauta
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: same-ns, port: 8080, protocol: HTTP}
+  - {name: foo, port: 8081, protocol: HTTP, hostname: "*.foo.com", allowedRoutes: {namespaces: {from: All}}}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: foreign, namespace: infra}
+spec:
+  gatewayClassName: other
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec:
+  ports:
+  - {name: http, port: 8080, targetPort: 3000}
+  - {name: grpc, port: 8081, targetPort: 3001, appProtocol: kubernetes.io/h2c}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: apps, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 3000}, {name: grpc, port: 3001}]
+endpoints:
+- addresses: [10.0.0.2]
+  conditions: {ready: true}
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.3]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: unrelated, namespace: apps, labels: {kubernetes.io/service-name: other}}
+addressType: IPv4
+ports: [{name: http, port: 1}]
+endpoints: [{addresses: [10.9.9.9]}]
+"#;
+
+fn translate_yaml(extra: &str) -> Translation {
+    let (objects, problems) = parse_manifests(&format!("{BASE}---\n{extra}"));
+    assert!(problems.is_empty(), "{problems:?}");
+    translate(&objects, DEFAULT_CONTROLLER_NAME)
+}
+
+fn gw() -> ObjectRef {
+    ObjectRef::new("infra", "gw")
+}
+
+fn route_table<'a>(t: &'a Translation, name: &str) -> &'a RouteTable {
+    match &t.gateways[&gw()][&ResourceType::RouteTable][name] {
+        Payload::RouteTable(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn parent_conditions(t: &Translation, route: &str) -> Vec<Condition> {
+    let (ns, name) = route.split_once('/').unwrap();
+    t.status.http_routes[&ObjectRef::new(ns, name)].parents[0]
+        .conditions
+        .clone()
+}
+
+fn condition(conditions: &[Condition], type_: &str) -> (String, String) {
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {conditions:?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn route(name: &str, extra_meta: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: apps{extra_meta}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra, sectionName: http}}]\n{spec}\n---\n"
+    )
+}
+
+#[test]
+fn gateways_of_other_classes_are_ignored() {
+    let t = translate_yaml("");
+    assert_eq!(t.gateways.keys().collect::<Vec<_>>(), [&gw()]);
+    assert_eq!(t.status.gateway_classes.len(), 1);
+    assert!(t.status.gateway_classes[&ObjectRef::new("", "rauta")].conditions[0].is_true());
+}
+
+#[test]
+fn rules_are_ordered_by_gateway_api_precedence() {
+    let backend = "    backendRefs: [{name: web, port: 8080}]";
+    let yaml = [
+        route("a-prefix", ", creationTimestamp: '2020-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /foo}}}}]\n{backend}")),
+        route("b-exact", ", creationTimestamp: '2021-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: Exact, value: /foo}}}}]\n{backend}")),
+        route("c-longer", ", creationTimestamp: '2022-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /foo/bar}}}}]\n{backend}")),
+        route("d-headers", ", creationTimestamp: '2023-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /foo}}, headers: [{{name: a, value: b}}]}}]\n{backend}")),
+        // Same match as a-prefix but newer: loses the tie to the older route.
+        route("0-newer", ", creationTimestamp: '2024-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /foo}}}}]\n{backend}")),
+        // Same match and timestamp as each other: alphabetical order decides.
+        route("z-same", ", creationTimestamp: '2025-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /x}}}}]\n{backend}")),
+        route("y-same", ", creationTimestamp: '2025-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /x}}}}]\n{backend}")),
+    ]
+    .concat();
+    let t = translate_yaml(&yaml);
+    let table = route_table(&t, "http-80");
+    assert_eq!(table.virtual_hosts.len(), 1);
+    assert_eq!(table.virtual_hosts[0].domains, ["*"]);
+    let order: Vec<&str> = table.virtual_hosts[0]
+        .rules
+        .iter()
+        .map(|r| r.name.split('/').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "b-exact",
+            "c-longer",
+            "d-headers",
+            "a-prefix",
+            "0-newer",
+            "y-same",
+            "z-same"
+        ]
+    );
+    let first = &table.virtual_hosts[0].rules[0].matches[0];
+    assert_eq!(first.path.as_ref().unwrap().kind(), PathMatchKind::Exact);
+}
+
+#[test]
+fn rule_without_matches_gets_prefix_slash_and_named_rules_keep_their_name() {
+    let t = translate_yaml(&route(
+        "r",
+        "",
+        "  rules:\n  - name: main\n    backendRefs: [{name: web, port: 8080}]",
+    ));
+    let rule = &route_table(&t, "http-80").virtual_hosts[0].rules[0];
+    assert_eq!(rule.name, "apps/r/main");
+    let path = rule.matches[0].path.as_ref().unwrap();
+    assert_eq!(
+        (path.kind(), path.value.as_str()),
+        (PathMatchKind::Prefix, "/")
+    );
+}
+
+#[test]
+fn service_ports_resolve_through_endpoint_slices() {
+    let t = translate_yaml(&route(
+        "r",
+        "",
+        "  rules:\n  - backendRefs: [{name: web, port: 8080, weight: 2}, {name: web, port: 8081}]",
+    ));
+    let resources = &t.gateways[&gw()];
+    let endpoints = |name: &str| match &resources[&ResourceType::Endpoints][name] {
+        Payload::Endpoints(e) => e.clone(),
+        other => panic!("{other:?}"),
+    };
+    let http: ClusterEndpoints = endpoints("apps/web:8080");
+    let got: Vec<(String, u32, bool)> = http
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.port, e.ready))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1".into(), 3000, true),
+            ("10.0.0.2".into(), 3000, true),
+            ("10.0.0.3".into(), 3000, false)
+        ]
+    );
+    assert_eq!(endpoints("apps/web:8081").endpoints[0].port, 3001);
+    match &resources[&ResourceType::Cluster]["apps/web:8081"] {
+        Payload::Cluster(c) => assert_eq!(c.protocol(), UpstreamProtocol::H2c),
+        other => panic!("{other:?}"),
+    }
+    let rule = &route_table(&t, "http-80").virtual_hosts[0].rules[0];
+    let Some(Action::Forward(f)) = &rule.action else {
+        panic!("{rule:?}")
+    };
+    let weights: Vec<(&str, u32)> = f
+        .clusters
+        .iter()
+        .map(|c| (c.cluster.as_str(), c.weight))
+        .collect();
+    assert_eq!(weights, [("apps/web:8080", 2), ("apps/web:8081", 1)]);
+    assert_eq!(f.invalid_weight, 0);
+    assert_eq!(
+        condition(&parent_conditions(&t, "apps/r"), "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+}
+
+#[test]
+fn unresolvable_backends_get_their_reason_and_a_500_share() {
+    let cases = [
+        ("{name: missing, port: 8080}", "BackendNotFound"),
+        ("{name: web, port: 9999}", "BackendNotFound"),
+        ("{name: web}", "UnsupportedValue"),
+        ("{name: web, port: 8080, kind: Pod}", "InvalidKind"),
+        (
+            "{name: web, port: 8080, namespace: infra}",
+            "RefNotPermitted",
+        ),
+    ];
+    for (backend, reason) in cases {
+        let t = translate_yaml(&route(
+            "r",
+            "",
+            &format!(
+                "  rules:\n  - backendRefs: [{backend}, {{name: web, port: 8080, weight: 3}}]"
+            ),
+        ));
+        assert_eq!(
+            condition(&parent_conditions(&t, "apps/r"), "ResolvedRefs"),
+            ("False".into(), reason.into()),
+            "{backend}"
+        );
+        assert_eq!(
+            condition(&parent_conditions(&t, "apps/r"), "Accepted"),
+            ("True".into(), "Accepted".into())
+        );
+        let rule = &route_table(&t, "http-80").virtual_hosts[0].rules[0];
+        let Some(Action::Forward(f)) = &rule.action else {
+            panic!("{rule:?}")
+        };
+        assert_eq!(f.invalid_weight, 1, "{backend}");
+        assert_eq!(f.clusters.len(), 1);
+    }
+    // Only invalid backends, or none at all: every request gets 500.
+    for rules in [
+        "  rules:\n  - backendRefs: [{name: missing, port: 1}]",
+        "  rules:\n  - matches: [{path: {value: /}}]",
+    ] {
+        let t = translate_yaml(&route("r", "", rules));
+        let rule = &route_table(&t, "http-80").virtual_hosts[0].rules[0];
+        assert!(
+            matches!(&rule.action, Some(Action::DirectResponse(d)) if d.status == 500),
+            "{rule:?}"
+        );
+    }
+}
+
+#[test]
+fn reference_grant_permits_cross_namespace_backends() {
+    let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: other}]\n  to: [{group: '', kind: Service, name: web}]\n---\n";
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: other}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules:\n  - backendRefs: [{name: web, namespace: apps, port: 8080}]\n";
+    let without = translate_yaml(route);
+    assert_eq!(
+        condition(&parent_conditions(&without, "other/r"), "ResolvedRefs").1,
+        "RefNotPermitted"
+    );
+    let with = translate_yaml(&format!("{grant}{route}"));
+    assert_eq!(
+        condition(&parent_conditions(&with, "other/r"), "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+}
+
+#[test]
+fn parent_attachment_reasons() {
+    let spec = "  rules:\n  - backendRefs: [{name: web, port: 8080}]";
+    let with_parent = |parent: &str, hostnames: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps, generation: 7}}\nspec:\n  parentRefs: [{parent}]\n  hostnames: {hostnames}\n{spec}\n"
+        )
+    };
+    let accepted = |t: &Translation| condition(&parent_conditions(t, "apps/r"), "Accepted");
+
+    let t = translate_yaml(&with_parent(
+        "{name: gw, namespace: infra, sectionName: nope}",
+        "[]",
+    ));
+    assert_eq!(accepted(&t), ("False".into(), "NoMatchingParent".into()));
+    let t = translate_yaml(&with_parent(
+        "{name: gw, namespace: infra, port: 1234}",
+        "[]",
+    ));
+    assert_eq!(accepted(&t), ("False".into(), "NoMatchingParent".into()));
+    // The same-ns listener only admits routes from the Gateway's own namespace.
+    let t = translate_yaml(&with_parent(
+        "{name: gw, namespace: infra, sectionName: same-ns}",
+        "[]",
+    ));
+    assert_eq!(
+        accepted(&t),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
+    let t = translate_yaml(&with_parent(
+        "{name: gw, namespace: infra, sectionName: foo}",
+        "[bar.com]",
+    ));
+    assert_eq!(
+        accepted(&t),
+        ("False".into(), "NoMatchingListenerHostname".into())
+    );
+    // A route for a Gateway of another controller gets no status from us.
+    let t = translate_yaml(&with_parent("{name: foreign, namespace: infra}", "[]"));
+    assert!(t.status.http_routes.is_empty());
+
+    let t = translate_yaml(&with_parent(
+        "{name: gw, namespace: infra}",
+        "[a.foo.com, other.org]",
+    ));
+    assert_eq!(accepted(&t), ("True".into(), "Accepted".into()));
+    assert!(
+        parent_conditions(&t, "apps/r")
+            .iter()
+            .all(|c| c.observed_generation == 7)
+    );
+    let parent = &t.status.http_routes[&ObjectRef::new("apps", "r")].parents[0];
+    assert_eq!(
+        (
+            parent.parent_ref.group.as_str(),
+            parent.parent_ref.kind.as_str()
+        ),
+        ("gateway.networking.k8s.io", "Gateway")
+    );
+    // Attached to http (any host) with both names, and to foo with the intersection only.
+    let domains = |table: &str| {
+        route_table(&t, table)
+            .virtual_hosts
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(domains("http-80"), ["a.foo.com", "other.org"]);
+    assert_eq!(domains("http-8081"), ["a.foo.com"]);
+    let listeners = &t.status.gateways[&gw()].listeners;
+    let attached: Vec<(&str, i32)> = listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.attached_routes))
+        .collect();
+    assert_eq!(
+        attached,
+        [("http", 1), ("same-ns", 0), ("foo", 1), ("tcp", 0)]
+    );
+}
+
+#[test]
+fn unsupported_listener_protocol_is_reported_and_not_served() {
+    let t = translate_yaml("");
+    let gw_status = &t.status.gateways[&gw()];
+    let tcp = gw_status
+        .listeners
+        .iter()
+        .find(|l| l.name == "tcp")
+        .unwrap();
+    assert_eq!(
+        condition(&tcp.conditions, "Accepted"),
+        ("False".into(), "UnsupportedProtocol".into())
+    );
+    assert!(
+        gw_status
+            .conditions
+            .iter()
+            .all(|c| c.is_true() && c.observed_generation == 3)
+    );
+    let listeners: Vec<&String> = t.gateways[&gw()][&ResourceType::Listener].keys().collect();
+    assert_eq!(listeners, ["http-80", "http-8080", "http-8081"]);
+}
+
+#[test]
+fn unsupported_match_features_reject_the_route_instead_of_misrouting() {
+    let t = translate_yaml(&route(
+        "r",
+        "",
+        "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/a.*'}}]\n    backendRefs: [{name: web, port: 8080}]",
+    ));
+    let (status, reason) = condition(&parent_conditions(&t, "apps/r"), "Accepted");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "UnsupportedValue")
+    );
+    assert!(route_table(&t, "http-80").virtual_hosts.is_empty());
+}
