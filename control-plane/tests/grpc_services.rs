@@ -17,26 +17,56 @@ async fn start() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let metrics = Arc::new(ControllerMetrics::new().unwrap());
-    tokio::spawn(serve_grpc(listener, Arc::new(SnapshotCache::new()), Arc::new(ProxyRegistry::default()), metrics));
+    tokio::spawn(serve_grpc(
+        listener,
+        Arc::new(SnapshotCache::new()),
+        Arc::new(ProxyRegistry::default()),
+        metrics,
+    ));
     url
 }
 
 async fn channel(url: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
-async fn reflect(url: &str, request: v1::server_reflection_request::MessageRequest) -> v1::server_reflection_response::MessageResponse {
+async fn reflect(
+    url: &str,
+    request: v1::server_reflection_request::MessageRequest,
+) -> v1::server_reflection_response::MessageResponse {
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel(url).await);
-    let req = v1::ServerReflectionRequest { host: String::new(), message_request: Some(request) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-    stream.next().await.unwrap().unwrap().message_response.unwrap()
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    stream
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
 }
 
-async fn file_descriptors(url: &str, request: v1::server_reflection_request::MessageRequest) -> Vec<prost_types::FileDescriptorProto> {
+async fn file_descriptors(
+    url: &str,
+    request: v1::server_reflection_request::MessageRequest,
+) -> Vec<prost_types::FileDescriptorProto> {
     match reflect(url, request).await {
-        v1::server_reflection_response::MessageResponse::FileDescriptorResponse(r) => {
-            r.file_descriptor_proto.iter().map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap()).collect()
-        }
+        v1::server_reflection_response::MessageResponse::FileDescriptorResponse(r) => r
+            .file_descriptor_proto
+            .iter()
+            .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
+            .collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -51,15 +81,33 @@ async fn reflection_lists_services_and_resolves_every_dependency() {
         }
         other => panic!("{other:?}"),
     };
-    for want in ["rauta.v1.Discovery", "rauta.v1.Admin", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
-        assert!(services.iter().any(|s| s == want), "{want} missing from {services:?}");
+    for want in [
+        "rauta.v1.Discovery",
+        "rauta.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            services.iter().any(|s| s == want),
+            "{want} missing from {services:?}"
+        );
     }
     // grpcurl describes a method by fetching the file of its service, then each import by name.
     let mut pending: Vec<String> = Vec::new();
-    for file in file_descriptors(&url, MessageRequest::FileContainingSymbol("rauta.v1.Admin".into())).await {
+    for file in file_descriptors(
+        &url,
+        MessageRequest::FileContainingSymbol("rauta.v1.Admin".into()),
+    )
+    .await
+    {
         pending.extend(file.dependency);
     }
-    assert!(pending.iter().any(|d| d == "google/protobuf/timestamp.proto"), "{pending:?}");
+    assert!(
+        pending
+            .iter()
+            .any(|d| d == "google/protobuf/timestamp.proto"),
+        "{pending:?}"
+    );
     let mut seen = Vec::new();
     while let Some(name) = pending.pop() {
         if seen.contains(&name) {
@@ -72,38 +120,73 @@ async fn reflection_lists_services_and_resolves_every_dependency() {
         }
         seen.push(name);
     }
-    assert!(seen.iter().any(|s| s == "rauta/v1/resources.proto"), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "rauta/v1/resources.proto"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
 async fn reflection_v1alpha_and_health_answer() {
     let url = start().await;
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&url).await);
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&url).await);
     let req = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.next().await.unwrap().unwrap();
     assert!(format!("{resp:?}").contains("rauta.v1.Admin"));
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&url).await);
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "rauta.v1.Discovery".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "rauta.v1.Discovery".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
 async fn admin_reports_unknown_gateways_and_bad_arguments_clearly() {
     let url = start().await;
     let mut admin = AdminClient::connect(url).await.unwrap();
-    assert!(admin.list_snapshots(ListSnapshotsRequest {}).await.unwrap().into_inner().snapshots.is_empty());
-    let err = admin.get_snapshot(GetSnapshotRequest { gateway: "nope".into(), ..Default::default() }).await.unwrap_err();
+    assert!(
+        admin
+            .list_snapshots(ListSnapshotsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshots
+            .is_empty()
+    );
+    let err = admin
+        .get_snapshot(GetSnapshotRequest {
+            gateway: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = admin.get_snapshot(GetSnapshotRequest { gateway: "a/b".into(), ..Default::default() }).await.unwrap_err();
+    let err = admin
+        .get_snapshot(GetSnapshotRequest {
+            gateway: "a/b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
