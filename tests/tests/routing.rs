@@ -88,6 +88,14 @@ async fn routes_by_path_header_and_weight() {
     assert_eq!(echo["path"], "/exact");
     assert_eq!(echo["host"], "example.com");
     assert_eq!(echo["headers"]["X-Forwarded-For"][0], "127.0.0.1");
+    // The same listener speaks cleartext HTTP/2 with prior knowledge.
+    let h2 = h2c_get(&format!("{base}/exact"), "example.com").await;
+    assert_eq!(h2["pod"], api.pod.as_str());
+    assert_eq!(
+        h2["host"], "example.com",
+        "the :authority reaches an HTTP/1.1 upstream as Host"
+    );
+    assert_eq!(h2["proto"], "HTTP/1.1");
     // Exact does not match a longer path, and no other rule takes /exact/more.
     let r = http_get(&format!("{base}/exact/more"), Some("example.com"))
         .await
@@ -207,4 +215,30 @@ async fn routes_by_path_header_and_weight() {
         !controller.proxies().await.is_empty()
     })
     .await;
+}
+
+/// One GET over cleartext HTTP/2 with prior knowledge on a raw connection, so :authority can
+/// name the virtual host while the socket goes to the proxy; returns the echoed JSON.
+async fn h2c_get(url: &str, authority_host: &str) -> serde_json::Value {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = url.parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let target = format!("http://{authority_host}{}", uri.path());
+    let req = http::Request::get(target)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
 }
