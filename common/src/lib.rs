@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod hash;
+pub mod plain_http;
 pub mod process;
 pub mod types;

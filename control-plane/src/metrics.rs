@@ -1,18 +1,13 @@
 //! The controller's Prometheus metrics and the HTTP endpoint that serves them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::StatusCode;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use rauta_common::plain_http;
 use tokio::net::TcpListener;
-use tracing::debug;
 
 #[derive(Debug, Clone)]
 pub struct ControllerMetrics {
@@ -71,38 +66,12 @@ impl ControllerMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the listener fails.
+/// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
-    loop {
-        let (stream, peer): (_, SocketAddr) = match listener.accept().await {
-            Ok(s) => s,
-            Err(err) => {
-                debug!(%err, "metrics accept failed");
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.render()),
-                        "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
-                        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
-                    };
-                    Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::from(body)))
-                }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %err, "metrics connection ended with an error");
-            }
-        });
-    }
+    plain_http::serve(listener, move |path| match path {
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
+        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+    })
+    .await;
 }

@@ -62,6 +62,29 @@ pub fn http_route(
     )
 }
 
+/// An HTTPRoute in `apps` attached to Gateway infra/gw: one PathPrefix rule to `backend` port 8080.
+pub fn prefix_route(name: &str, path: &str, backend: &str) -> String {
+    let rule = format!(
+        "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: {backend}, port: 8080}}\n"
+    );
+    http_route("apps", name, ("infra", "gw"), &[], &rule)
+}
+
+/// GatewayClass "rauta", Gateway infra/gw with one HTTP listener on port 80, and the
+/// Services `(name, endpoints)` in namespace `apps`.
+pub fn infra(services: &[(&str, &[std::net::SocketAddr])]) -> String {
+    let mut docs = vec![
+        gateway_class("rauta"),
+        gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+    ];
+    docs.extend(
+        services
+            .iter()
+            .map(|(name, eps)| service("apps", name, eps)),
+    );
+    documents(&docs)
+}
+
 /// Joins manifests into one multi-document YAML file.
 pub fn documents(docs: &[String]) -> String {
     docs.join("---\n")

@@ -6,33 +6,14 @@ use std::time::Duration;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
-use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
-
-fn route(path: &str) -> String {
-    http_route(
-        "apps",
-        "web",
-        ("infra", "gw"),
-        &[],
-        &format!(
-            "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: echo, port: 8080}}\n"
-        ),
-    )
-}
+use rauta_tests::manifests::{infra, prefix_route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_survives_controller_restart_and_resumes() {
     let ws = Workspace::new();
     let echo = Echo::start("echo-1-a", "apps", ws.path());
-    ws.write(
-        "infra.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            service("apps", "echo", &[echo.http]),
-        ]),
-    );
-    ws.write("route.yaml", &route("/old"));
+    ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
+    ws.write("route.yaml", &prefix_route("web", "/old", "echo"));
     let mut controller = Controller::start(&ws.config, ws.path());
     let grpc = controller.grpc;
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
@@ -56,7 +37,7 @@ async fn proxy_survives_controller_restart_and_resumes() {
     .await;
 
     // Change the route while the controller is down, then bring it back on the same address.
-    ws.write("route.yaml", &route("/new"));
+    ws.write("route.yaml", &prefix_route("web", "/new", "echo"));
     let controller = Controller::start_on(&ws.config, ws.path(), grpc);
     eventually(Duration::from_secs(15), || async {
         http_get(&new, None).await.is_ok_and(|r| r.status == 200)

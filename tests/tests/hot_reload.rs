@@ -7,19 +7,7 @@ use rauta_common::api::v1::ListSnapshotsRequest;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
-use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
-
-fn route(backend: &str, path: &str) -> String {
-    http_route(
-        "apps",
-        "web",
-        ("infra", "gw"),
-        &[],
-        &format!(
-            "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: {backend}, port: 8080}}\n"
-        ),
-    )
-}
+use rauta_tests::manifests::{infra, prefix_route};
 
 async fn snapshot_version(controller: &Controller) -> String {
     let snapshots = controller
@@ -44,14 +32,9 @@ async fn yaml_edits_change_routing_live() {
     let green = Echo::start("green-1-a", "apps", ws.path());
     ws.write(
         "infra.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            service("apps", "blue", &[blue.http]),
-            service("apps", "green", &[green.http]),
-        ]),
+        &infra(&[("blue", &[blue.http]), ("green", &[green.http])]),
     );
-    ws.write("route.yaml", &route("blue", "/"));
+    ws.write("route.yaml", &prefix_route("web", "/", "blue"));
     let controller = Controller::start(&ws.config, ws.path());
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
     proxy.wait_ready().await;
@@ -60,7 +43,7 @@ async fn yaml_edits_change_routing_live() {
     let v1 = snapshot_version(&controller).await;
 
     // Point the route at green: traffic moves, with no restart.
-    ws.write("route.yaml", &route("green", "/"));
+    ws.write("route.yaml", &prefix_route("web", "/", "green"));
     eventually(Duration::from_secs(10), || async {
         http_get(&url, None)
             .await
@@ -87,7 +70,7 @@ async fn yaml_edits_change_routing_live() {
     assert!(route_table.last_nack.is_none());
 
     // Rewriting a file with the same content does not make a new version.
-    ws.write("route.yaml", &route("green", "/"));
+    ws.write("route.yaml", &prefix_route("web", "/", "green"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(snapshot_version(&controller).await, v2);
 

@@ -4,36 +4,17 @@
 use std::time::Duration;
 
 use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, eventually, free_port, http_get};
-use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
-
-fn route(name: &str, path: &str) -> String {
-    http_route(
-        "apps",
-        name,
-        ("infra", "gw"),
-        &[],
-        &format!(
-            "  - matches:\n    - path: {{type: PathPrefix, value: {path}}}\n    backendRefs:\n    - {{name: echo, port: 8080}}\n"
-        ),
-    )
-}
+use rauta_tests::manifests::{infra, prefix_route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_yaml_is_reported_and_ignored() {
     let ws = Workspace::new();
     let echo = Echo::start("echo-1-a", "apps", ws.path());
-    ws.write(
-        "infra.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            service("apps", "echo", &[echo.http]),
-        ]),
-    );
-    ws.write("good.yaml", &route("good", "/good"));
+    ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
+    ws.write("good.yaml", &prefix_route("good", "/good", "echo"));
     ws.write("broken.yaml", "apiVersion: v1\nkind: [this is not closed\n");
     // Second document invalid (rules must be a list); the first stays usable.
-    ws.write("mixed.yaml", &format!("{}---\n{}", route("mixed-ok", "/mixed"), "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: mixed-bad, namespace: apps}\nspec:\n  rules: 42\n"));
+    ws.write("mixed.yaml", &format!("{}---\n{}", prefix_route("mixed-ok", "/mixed", "echo"), "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: mixed-bad, namespace: apps}\nspec:\n  rules: 42\n"));
 
     let controller = Controller::start(&ws.config, ws.path());
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
@@ -82,7 +63,7 @@ async fn bad_yaml_is_reported_and_ignored() {
     }
 
     // Fixing it brings the new content in.
-    ws.write("good.yaml", &route("good", "/fixed"));
+    ws.write("good.yaml", &prefix_route("good", "/fixed", "echo"));
     eventually(Duration::from_secs(10), || async {
         http_get(&format!("{base}/fixed"), None)
             .await

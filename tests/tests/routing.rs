@@ -166,34 +166,17 @@ async fn routes_by_path_header_and_weight() {
 
     // Errors: no ready endpoint 503, upstream refusing connections 502, unresolved backend 500,
     // unknown host 404.
-    assert_eq!(
-        http_get(&format!("{base}/empty"), Some("example.com"))
+    for (path, host, status) in [
+        ("/empty", "example.com", 503),
+        ("/dead", "example.com", 502),
+        ("/missing", "example.com", 500),
+        ("/exact", "other.org", 404),
+    ] {
+        let r = http_get(&format!("{base}{path}"), Some(host))
             .await
-            .unwrap()
-            .status,
-        503
-    );
-    assert_eq!(
-        http_get(&format!("{base}/dead"), Some("example.com"))
-            .await
-            .unwrap()
-            .status,
-        502
-    );
-    assert_eq!(
-        http_get(&format!("{base}/missing"), Some("example.com"))
-            .await
-            .unwrap()
-            .status,
-        500
-    );
-    assert_eq!(
-        http_get(&format!("{base}/exact"), Some("other.org"))
-            .await
-            .unwrap()
-            .status,
-        404
-    );
+            .unwrap();
+        assert_eq!(r.status, status, "{path} on {host}: {r:?}");
+    }
 
     // The requests show up in Prometheus metrics per route rule and status class.
     let metrics = proxy.metrics().await;

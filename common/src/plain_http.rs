@@ -1,0 +1,44 @@
+//! A tiny HTTP server for operational endpoints (metrics, health), used by both binaries.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+/// Serves every request with `respond(path)` until the task is dropped.
+pub async fn serve<F>(listener: TcpListener, respond: F)
+where
+    F: Fn(&str) -> (StatusCode, Vec<u8>) + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(err) => {
+                debug!(%err, "accept failed");
+                continue;
+            }
+        };
+        let respond = Arc::clone(&respond);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (status, body) = respond(req.uri().path());
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = status;
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+}
