@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use rauta_common::api::v1::admin_server::Admin;
 use rauta_common::api::v1::{
     GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse, ListSnapshotsRequest,
-    ListSnapshotsResponse, Nack, ProxyStatus, Snapshot as SnapshotMessage, SnapshotSummary,
-    TypeStatus,
+    ListSnapshotsResponse, ListStatusesRequest, ListStatusesResponse, Nack, ProxyStatus,
+    Snapshot as SnapshotMessage, SnapshotSummary, TypeStatus,
 };
 use rauta_common::types::ResourceType;
 use tonic::{Request, Response, Status};
@@ -15,16 +15,26 @@ use tonic::{Request, Response, Status};
 use crate::cache::SnapshotCache;
 use crate::objects::ObjectRef;
 use crate::registry::ProxyRegistry;
+use crate::status_store::StatusStore;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
     cache: Arc<SnapshotCache>,
     registry: Arc<ProxyRegistry>,
+    statuses: Arc<StatusStore>,
 }
 
 impl AdminService {
-    pub fn new(cache: Arc<SnapshotCache>, registry: Arc<ProxyRegistry>) -> Self {
-        AdminService { cache, registry }
+    pub fn new(
+        cache: Arc<SnapshotCache>,
+        registry: Arc<ProxyRegistry>,
+        statuses: Arc<StatusStore>,
+    ) -> Self {
+        AdminService {
+            cache,
+            registry,
+            statuses,
+        }
     }
 }
 
@@ -154,5 +164,21 @@ impl Admin for AdminService {
             created_at: Some(timestamp(snapshot.created_at)),
             resources,
         }))
+    }
+
+    async fn list_statuses(
+        &self,
+        request: Request<ListStatusesRequest>,
+    ) -> Result<Response<ListStatusesResponse>, Status> {
+        let req = request.into_inner();
+        let objects = self
+            .statuses
+            .render(&self.registry)
+            .into_iter()
+            .filter(|o| req.kind.is_empty() || o.kind == req.kind)
+            .filter(|o| req.namespace.is_empty() || o.namespace == req.namespace)
+            .filter(|o| req.name.is_empty() || o.name == req.name)
+            .collect();
+        Ok(Response::new(ListStatusesResponse { objects }))
     }
 }

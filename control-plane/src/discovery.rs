@@ -69,6 +69,7 @@ impl Discovery for DiscoveryService {
             peer,
             connected_since: SystemTime::now(),
             build_version: node.build_version.clone(),
+            addresses: node.addresses.clone(),
             types: BTreeMap::new(),
         });
         info!(proxy = %node.id, %gateway, ?peer, "proxy connected");

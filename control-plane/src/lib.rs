@@ -13,4 +13,7 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod standalone;
+pub mod state;
+pub mod status_files;
+pub mod status_store;
 pub mod translator;

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
-use rauta_controller::cache::SnapshotCache;
-use rauta_controller::metrics::{self, ControllerMetrics};
-use rauta_controller::registry::ProxyRegistry;
+use rauta_controller::metrics;
 use rauta_controller::server::serve_grpc;
 use rauta_controller::source::DirectorySource;
 use rauta_controller::standalone::Standalone;
+use rauta_controller::state::ControllerState;
+use rauta_controller::status_files;
 use rauta_controller::translator::DEFAULT_CONTROLLER_NAME;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -30,6 +30,12 @@ struct Args {
     /// Address of the Prometheus endpoint (/metrics, /healthz); off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Where status files are written (one YAML per object); default: DIR/status.
+    #[arg(long, value_name = "DIR")]
+    status_dir: Option<PathBuf>,
+    /// Do not write status files.
+    #[arg(long, conflicts_with = "status_dir")]
+    no_status_files: bool,
     /// GatewayClass spec.controllerName this controller owns.
     #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
@@ -48,9 +54,7 @@ async fn main() -> anyhow::Result<()> {
         args.config_dir.display()
     );
 
-    let metrics = Arc::new(ControllerMetrics::new().context("registering metrics")?);
-    let cache = Arc::new(SnapshotCache::new());
-    let registry = Arc::new(ProxyRegistry::default());
+    let state = ControllerState::new().context("registering metrics")?;
 
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
@@ -61,16 +65,26 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding --metrics-listen {addr}"))?;
         info!(addr = %listener.local_addr()?, "metrics listening");
-        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
+        tokio::spawn(metrics::serve(listener, Arc::clone(&state.metrics)));
+    }
+    if !args.no_status_files {
+        let dir = args
+            .status_dir
+            .unwrap_or_else(|| args.config_dir.join("status"));
+        info!(dir = %dir.display(), "writing status files");
+        tokio::spawn(status_files::run(
+            dir,
+            Arc::clone(&state.statuses),
+            Arc::clone(&state.registry),
+        ));
     }
 
     let standalone = Standalone::new(
         DirectorySource::new(&args.config_dir),
         args.controller_name,
-        Arc::clone(&cache),
-        Arc::clone(&metrics),
+        state.clone(),
     );
-    let server = serve_grpc(grpc, cache, registry, metrics);
+    let server = serve_grpc(grpc, state);
     tokio::select! {
         res = server => res.context("gRPC server")?,
         res = standalone.run() => res.context("watching the configuration directory")?,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use rauta_common::types::ResourceType;
+use tokio::sync::watch;
 
 use crate::objects::ObjectRef;
 
@@ -34,13 +35,27 @@ pub struct ProxyRecord {
     pub peer: Option<SocketAddr>,
     pub connected_since: SystemTime,
     pub build_version: String,
+    /// Addresses the proxy serves the Gateway on (Node.addresses).
+    pub addresses: Vec<String>,
     pub types: BTreeMap<ResourceType, TypeRecord>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProxyRegistry {
     next_stream: AtomicU64,
     streams: Mutex<BTreeMap<u64, ProxyRecord>>,
+    /// Bumped whenever a proxy connects or disconnects (Gateway addresses may change).
+    membership: watch::Sender<u64>,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> Self {
+        ProxyRegistry {
+            next_stream: AtomicU64::new(0),
+            streams: Mutex::default(),
+            membership: watch::Sender::new(0),
+        }
+    }
 }
 
 /// Removes its stream from the registry when dropped (the stream ended).
@@ -75,6 +90,8 @@ impl Drop for Registration {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         streams.remove(&self.stream);
+        drop(streams);
+        self.registry.membership.send_modify(|n| *n += 1);
     }
 }
 
@@ -83,6 +100,8 @@ impl ProxyRegistry {
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         streams.insert(stream, record);
+        drop(streams);
+        self.membership.send_modify(|n| *n += 1);
         Registration {
             registry: Arc::clone(self),
             stream,
@@ -96,6 +115,24 @@ impl ProxyRegistry {
         out.sort_by(|a, b| {
             (&a.gateway, &a.id, a.connected_since).cmp(&(&b.gateway, &b.id, b.connected_since))
         });
+        out
+    }
+
+    /// Follows proxy connects and disconnects.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+
+    /// Distinct addresses of the proxies serving `gateway`, sorted.
+    pub fn addresses(&self, gateway: &ObjectRef) -> Vec<String> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<String> = streams
+            .values()
+            .filter(|p| p.gateway == *gateway)
+            .flat_map(|p| p.addresses.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
         out
     }
 

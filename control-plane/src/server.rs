@@ -9,10 +9,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
-use crate::cache::SnapshotCache;
 use crate::discovery::DiscoveryService;
-use crate::metrics::ControllerMetrics;
-use crate::registry::ProxyRegistry;
+use crate::state::ControllerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -23,12 +21,13 @@ pub enum ServerError {
 }
 
 /// Serves until the listener fails.
-pub async fn serve_grpc(
-    listener: TcpListener,
-    cache: Arc<SnapshotCache>,
-    registry: Arc<ProxyRegistry>,
-    metrics: Arc<ControllerMetrics>,
-) -> Result<(), ServerError> {
+pub async fn serve_grpc(listener: TcpListener, state: ControllerState) -> Result<(), ServerError> {
+    let ControllerState {
+        cache,
+        registry,
+        statuses,
+        metrics,
+    } = state;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -52,7 +51,9 @@ pub async fn serve_grpc(
             Arc::clone(&registry),
             metrics,
         )))
-        .add_service(AdminServer::new(AdminService::new(cache, registry)))
+        .add_service(AdminServer::new(AdminService::new(
+            cache, registry, statuses,
+        )))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(health)

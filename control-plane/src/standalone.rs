@@ -1,15 +1,13 @@
 //! Standalone mode: watch a directory, and on every change load, translate and publish.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::cache::SnapshotCache;
-use crate::metrics::ControllerMetrics;
 use crate::source::DirectorySource;
+use crate::state::ControllerState;
 use crate::translator::status::StatusReport;
 use crate::translator::translate;
 
@@ -19,25 +17,16 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub struct Standalone {
     source: DirectorySource,
     controller_name: String,
-    cache: Arc<SnapshotCache>,
-    metrics: Arc<ControllerMetrics>,
-    last_status: StatusReport,
+    state: ControllerState,
     last_problems: Vec<String>,
 }
 
 impl Standalone {
-    pub fn new(
-        source: DirectorySource,
-        controller_name: String,
-        cache: Arc<SnapshotCache>,
-        metrics: Arc<ControllerMetrics>,
-    ) -> Self {
+    pub fn new(source: DirectorySource, controller_name: String, state: ControllerState) -> Self {
         Standalone {
             source,
             controller_name,
-            cache,
-            metrics,
-            last_status: StatusReport::default(),
+            state,
             last_problems: Vec::new(),
         }
     }
@@ -54,19 +43,21 @@ impl Standalone {
                 info!("configuration problems resolved");
             }
         }
-        self.metrics
+        self.state
+            .metrics
             .config_problems
             .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
         self.last_problems = problems;
 
         let translation = translate(&report.objects, &self.controller_name);
-        self.metrics.translations.inc();
-        log_status_changes(&self.last_status, &translation.status);
-        self.last_status = translation.status;
-        let summary = self.cache.update(translation.gateways);
+        self.state.metrics.translations.inc();
+        log_status_changes(&self.state.statuses.report(), &translation.status);
+        self.state.statuses.publish(translation.status);
+        let summary = self.state.cache.update(translation.gateways);
         for (gateway, version) in summary.changed {
             info!(%gateway, version, "new snapshot");
-            self.metrics
+            self.state
+                .metrics
                 .snapshot_version
                 .with_label_values(&[&gateway.to_string()])
                 .set(i64::try_from(version).unwrap_or(i64::MAX));

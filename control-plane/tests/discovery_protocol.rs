@@ -14,10 +14,9 @@ use rauta_common::api::v1::{
 };
 use rauta_common::types::ResourceType;
 use rauta_controller::cache::SnapshotCache;
-use rauta_controller::metrics::ControllerMetrics;
 use rauta_controller::objects::ObjectRef;
-use rauta_controller::registry::ProxyRegistry;
 use rauta_controller::server::serve_grpc;
+use rauta_controller::state::ControllerState;
 use rauta_controller::translator::ResourceSet;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,16 +84,11 @@ struct TestServer {
 }
 
 async fn start_server() -> TestServer {
-    let cache = Arc::new(SnapshotCache::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let metrics = Arc::new(ControllerMetrics::new().unwrap());
-    tokio::spawn(serve_grpc(
-        listener,
-        Arc::clone(&cache),
-        Arc::new(ProxyRegistry::default()),
-        metrics,
-    ));
+    let state = ControllerState::new().unwrap();
+    let cache = Arc::clone(&state.cache);
+    tokio::spawn(serve_grpc(listener, state));
     TestServer { cache, url }
 }
 
@@ -123,6 +117,7 @@ impl FakeProxy {
                     gateway_namespace: "infra".into(),
                     gateway_name: "gw".into(),
                     build_version: "t".into(),
+                    addresses: vec!["127.0.0.9".into()],
                 }),
                 type_url: ty.type_url().into(),
                 resource_names_subscribe: subscribe,

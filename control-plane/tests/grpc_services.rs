@@ -1,28 +1,19 @@
 //! What grpcurl relies on: reflection (v1 and v1alpha) lists our services and serves every
 //! file they need, health reports SERVING, and the admin service answers.
 
-use std::sync::Arc;
-
 use prost::Message;
 use rauta_common::api::v1::admin_client::AdminClient;
 use rauta_common::api::v1::{GetSnapshotRequest, ListSnapshotsRequest};
-use rauta_controller::cache::SnapshotCache;
-use rauta_controller::metrics::ControllerMetrics;
-use rauta_controller::registry::ProxyRegistry;
 use rauta_controller::server::serve_grpc;
+use rauta_controller::state::ControllerState;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::{v1, v1alpha};
 
 async fn start() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let metrics = Arc::new(ControllerMetrics::new().unwrap());
-    tokio::spawn(serve_grpc(
-        listener,
-        Arc::new(SnapshotCache::new()),
-        Arc::new(ProxyRegistry::default()),
-        metrics,
-    ));
+    let state = ControllerState::new().unwrap();
+    tokio::spawn(serve_grpc(listener, state));
     url
 }
 

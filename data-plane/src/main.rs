@@ -37,6 +37,10 @@ struct Args {
     /// Address the Gateway listeners bind to.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     bind_address: IpAddr,
+    /// Address clients use to reach this proxy, reported in the Gateway's status (repeatable);
+    /// defaults to --bind-address unless that is a wildcard address.
+    #[arg(long, value_name = "ADDR")]
+    advertise_address: Vec<String>,
     /// Identity reported to the controller; defaults to HOSTNAME-PID.
     #[arg(long)]
     node_id: Option<String>,
@@ -92,11 +96,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let (namespace, name) = args.gateway;
     info!(node = %node_id, gateway = %format!("{namespace}/{name}"), controller = %args.controller, "starting");
+    let mut addresses = args.advertise_address;
+    if addresses.is_empty() && !args.bind_address.is_unspecified() {
+        addresses.push(args.bind_address.to_string());
+    }
     let node = Node {
         id: node_id,
         gateway_namespace: namespace,
         gateway_name: name,
         build_version: env!("CARGO_PKG_VERSION").to_owned(),
+        addresses,
     };
     let listeners = ListenerManager::new(
         args.bind_address,

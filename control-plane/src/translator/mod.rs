@@ -27,6 +27,10 @@ use status::{
 pub const DEFAULT_CONTROLLER_NAME: &str = "rauta.dev/gateway-controller";
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Gateway API features this build implements, reported in GatewayClass status. Only features
+/// whose conformance cases pass belong here (see tests/conformance).
+pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+
 /// Per port: the listener hostnames, and match entries by virtual-host domain.
 type PortRoutes = BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)>;
 
@@ -77,7 +81,12 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             out.status.gateway_classes.insert(
                 key.clone(),
                 GatewayClassStatus {
+                    generation: generation(&class.metadata),
                     conditions: vec![accepted],
+                    supported_features: SUPPORTED_FEATURES
+                        .iter()
+                        .map(|f| (*f).to_owned())
+                        .collect(),
                 },
             );
         }
@@ -122,9 +131,13 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             });
         }
         if !parents.is_empty() {
-            out.status
-                .http_routes
-                .insert(key.clone(), RouteStatus { parents });
+            out.status.http_routes.insert(
+                key.clone(),
+                RouteStatus {
+                    generation,
+                    parents,
+                },
+            );
         }
     }
 
@@ -322,7 +335,10 @@ fn build_gateway(
     compiled: &BTreeMap<ObjectRef, CompiledRoute>,
 ) -> (crate::translator::ResourceSet, GatewayStatus) {
     let mut resources = ResourceSet::new();
-    let mut status = GatewayStatus::default();
+    let mut status = GatewayStatus {
+        generation: gateway.generation,
+        ..GatewayStatus::default()
+    };
     // Listeners sharing a port share a socket; their hostnames become virtual hosts.
     let mut ports = PortRoutes::new();
     for listener in &gateway.listeners {

@@ -51,8 +51,12 @@ pub fn set_condition(conditions: &mut Vec<Condition>, condition: Condition) {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewayClassStatus {
+    #[serde(skip)]
+    pub generation: i64,
     pub conditions: Vec<Condition>,
+    pub supported_features: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -66,6 +70,8 @@ pub struct ListenerStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GatewayStatus {
+    #[serde(skip)]
+    pub generation: i64,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
 }
@@ -94,6 +100,8 @@ pub struct RouteParentStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RouteStatus {
+    #[serde(skip)]
+    pub generation: i64,
     pub parents: Vec<RouteParentStatus>,
 }
 

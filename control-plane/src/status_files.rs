@@ -1,0 +1,128 @@
+//! Writes every object's status as a YAML file (`<Kind>.<namespace>.<name>.yaml`) into a
+//! directory, so a person sees in standalone mode what Kubernetes users see with kubectl.
+//! A file is rewritten only when its content changes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rauta_common::api::v1 as api;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::registry::ProxyRegistry;
+use crate::status_store::StatusStore;
+
+fn time(t: Option<&prost_types::Timestamp>) -> Value {
+    let ts = t.and_then(|t| k8s_openapi::jiff::Timestamp::new(t.seconds, 0).ok());
+    ts.map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+fn conditions(cs: &[api::Condition]) -> Value {
+    cs.iter()
+        .map(|c| {
+            json!({
+                "type": c.r#type, "status": c.status, "reason": c.reason, "message": c.message,
+                "observedGeneration": c.observed_generation,
+                "lastTransitionTime": time(c.last_transition_time.as_ref()),
+            })
+        })
+        .collect()
+}
+
+/// The object with its status, in the shape `kubectl get -o yaml` prints.
+pub fn to_manifest(o: &api::ObjectStatus) -> Value {
+    let mut metadata = json!({"name": o.name, "generation": o.generation});
+    if !o.namespace.is_empty() {
+        metadata["namespace"] = json!(o.namespace);
+    }
+    let status = match o.kind.as_str() {
+        "GatewayClass" => json!({
+            "conditions": conditions(&o.conditions),
+            "supportedFeatures": o.supported_features.iter().map(|f| json!({"name": f})).collect::<Vec<_>>(),
+        }),
+        "Gateway" => json!({
+            "addresses": o.addresses.iter().map(|a| json!({"type": a.r#type, "value": a.value})).collect::<Vec<_>>(),
+            "conditions": conditions(&o.conditions),
+            "listeners": o.listeners.iter().map(|l| json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": k.group, "kind": k.kind})).collect::<Vec<_>>(),
+                "conditions": conditions(&l.conditions),
+            })).collect::<Vec<_>>(),
+        }),
+        _ => json!({
+            "parents": o.parents.iter().map(|p| {
+                let r = p.parent_ref.clone().unwrap_or_default();
+                let mut parent_ref = json!({"group": r.group, "kind": r.kind, "namespace": r.namespace, "name": r.name});
+                if let Some(s) = r.section_name { parent_ref["sectionName"] = json!(s); }
+                if let Some(port) = r.port { parent_ref["port"] = json!(port); }
+                json!({"parentRef": parent_ref, "controllerName": p.controller_name, "conditions": conditions(&p.conditions)})
+            }).collect::<Vec<_>>(),
+        }),
+    };
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": o.kind, "metadata": metadata, "status": status})
+}
+
+fn file_name(o: &api::ObjectStatus) -> String {
+    if o.namespace.is_empty() {
+        format!("{}.{}.yaml", o.kind, o.name)
+    } else {
+        format!("{}.{}.{}.yaml", o.kind, o.namespace, o.name)
+    }
+}
+
+/// Writes the current statuses; returns the files it owns now.
+fn write_all(
+    dir: &Path,
+    store: &StatusStore,
+    registry: &ProxyRegistry,
+    previous: &BTreeMap<PathBuf, String>,
+) -> BTreeMap<PathBuf, String> {
+    let mut current = BTreeMap::new();
+    for object in store.render(registry) {
+        let path = dir.join(file_name(&object));
+        let text = match serde_saphyr::to_string(&to_manifest(&object)) {
+            Ok(t) => t,
+            Err(err) => {
+                warn!(%err, "cannot render status as YAML");
+                continue;
+            }
+        };
+        if previous.get(&path) != Some(&text) {
+            let tmp = dir.join(format!(".{}.tmp", file_name(&object)));
+            if let Err(err) =
+                std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path))
+            {
+                warn!(path = %path.display(), %err, "cannot write status file");
+                continue;
+            }
+        }
+        current.insert(path, text);
+    }
+    for gone in previous.keys().filter(|p| !current.contains_key(*p)) {
+        let _ = std::fs::remove_file(gone);
+    }
+    current
+}
+
+/// Keeps `dir` in step with the status store and proxy membership, forever.
+pub async fn run(dir: PathBuf, store: Arc<StatusStore>, registry: Arc<ProxyRegistry>) {
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        warn!(dir = %dir.display(), %err, "cannot create the status directory; status files are off");
+        return;
+    }
+    let mut statuses = store.subscribe();
+    let mut members = registry.subscribe();
+    let mut written = BTreeMap::new();
+    loop {
+        written = write_all(&dir, &store, &registry, &written);
+        tokio::select! {
+            r = statuses.changed() => if r.is_err() { return },
+            r = members.changed() => if r.is_err() { return },
+        }
+        // Coalesce bursts (a config reload and a reconnecting fleet).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

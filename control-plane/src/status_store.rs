@@ -1,0 +1,301 @@
+//! The status of every owned object: the translator's latest report, merged with what only
+//! the running system knows (Gateway addresses from connected proxies, transition times).
+//! Read by the admin service, the status-file writer, and (later) the Kubernetes writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use rauta_common::api::v1 as api;
+use tokio::sync::watch;
+
+use crate::objects::ObjectRef;
+use crate::registry::ProxyRegistry;
+use crate::translator::status::{Condition, StatusReport};
+
+/// (kind, object, scope within the object, condition type)
+type TransitionKey = (&'static str, ObjectRef, String, String);
+
+#[derive(Debug)]
+struct Inner {
+    report: Arc<StatusReport>,
+    /// When each condition last changed status or reason.
+    transitions: HashMap<TransitionKey, (String, String, SystemTime)>,
+}
+
+#[derive(Debug)]
+pub struct StatusStore {
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for StatusStore {
+    fn default() -> Self {
+        StatusStore {
+            inner: Mutex::new(Inner {
+                report: Arc::default(),
+                transitions: HashMap::new(),
+            }),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
+    let mut out = Vec::new();
+    for (key, s) in &report.gateway_classes {
+        out.extend(s.conditions.iter().map(|c| {
+            (
+                ("GatewayClass", key.clone(), String::new(), c.type_.clone()),
+                c,
+            )
+        }));
+    }
+    for (key, s) in &report.gateways {
+        out.extend(
+            s.conditions
+                .iter()
+                .map(|c| (("Gateway", key.clone(), String::new(), c.type_.clone()), c)),
+        );
+        for l in &s.listeners {
+            let scope = format!("listener/{}", l.name);
+            out.extend(
+                l.conditions
+                    .iter()
+                    .map(|c| (("Gateway", key.clone(), scope.clone(), c.type_.clone()), c)),
+            );
+        }
+    }
+    for (key, s) in &report.http_routes {
+        for p in &s.parents {
+            let r = &p.parent_ref;
+            let scope = format!(
+                "parent/{}/{}/{}/{:?}/{:?}",
+                r.kind, r.namespace, r.name, r.section_name, r.port
+            );
+            out.extend(p.conditions.iter().map(|c| {
+                (
+                    ("HTTPRoute", key.clone(), scope.clone(), c.type_.clone()),
+                    c,
+                )
+            }));
+        }
+    }
+    out
+}
+
+impl StatusStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes a new report; returns false (and notifies nobody) if nothing changed.
+    pub fn publish(&self, report: StatusReport) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if *inner.report == report {
+            return false;
+        }
+        let now = SystemTime::now();
+        let mut transitions = HashMap::new();
+        for (key, c) in conditions_in(&report) {
+            let entry = match inner.transitions.remove(&key) {
+                Some((status, reason, at)) if status == c.status && reason == c.reason => {
+                    (status, reason, at)
+                }
+                _ => (c.status.clone(), c.reason.clone(), now),
+            };
+            transitions.insert(key, entry);
+        }
+        inner.transitions = transitions;
+        inner.report = Arc::new(report);
+        drop(inner);
+        self.changed.send_modify(|n| *n += 1);
+        true
+    }
+
+    pub fn report(&self) -> Arc<StatusReport> {
+        Arc::clone(
+            &self
+                .inner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .report,
+        )
+    }
+
+    /// Follows published changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Every object's status as the admin API shows it, ordered by kind, namespace, name.
+    pub fn render(&self, registry: &ProxyRegistry) -> Vec<api::ObjectStatus> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let condition = |kind: &'static str, key: &ObjectRef, scope: &str, c: &Condition| {
+            let at = inner
+                .transitions
+                .get(&(kind, key.clone(), scope.to_owned(), c.type_.clone()))
+                .map_or(SystemTime::UNIX_EPOCH, |t| t.2);
+            api::Condition {
+                r#type: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                observed_generation: c.observed_generation,
+                last_transition_time: Some(prost_types::Timestamp::from(at)),
+            }
+        };
+        let report = &inner.report;
+        let mut out = Vec::new();
+        for (key, s) in &report.gateway_classes {
+            out.push(api::ObjectStatus {
+                kind: "GatewayClass".into(),
+                namespace: String::new(),
+                name: key.name.clone(),
+                generation: s.generation,
+                conditions: s
+                    .conditions
+                    .iter()
+                    .map(|c| condition("GatewayClass", key, "", c))
+                    .collect(),
+                supported_features: s.supported_features.clone(),
+                ..Default::default()
+            });
+        }
+        for (key, s) in &report.gateways {
+            let addresses = registry
+                .addresses(key)
+                .into_iter()
+                .map(|value| {
+                    let r#type = if value.parse::<std::net::IpAddr>().is_ok() {
+                        "IPAddress"
+                    } else {
+                        "Hostname"
+                    };
+                    api::GatewayAddress {
+                        r#type: r#type.into(),
+                        value,
+                    }
+                })
+                .collect();
+            out.push(api::ObjectStatus {
+                kind: "Gateway".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                generation: s.generation,
+                conditions: s
+                    .conditions
+                    .iter()
+                    .map(|c| condition("Gateway", key, "", c))
+                    .collect(),
+                listeners: s
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        let scope = format!("listener/{}", l.name);
+                        api::ListenerStatus {
+                            name: l.name.clone(),
+                            attached_routes: l.attached_routes,
+                            supported_kinds: l
+                                .supported_kinds
+                                .iter()
+                                .map(|k| api::RouteGroupKind {
+                                    group: "gateway.networking.k8s.io".into(),
+                                    kind: k.clone(),
+                                })
+                                .collect(),
+                            conditions: l
+                                .conditions
+                                .iter()
+                                .map(|c| condition("Gateway", key, &scope, c))
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+                addresses,
+                ..Default::default()
+            });
+        }
+        for (key, s) in &report.http_routes {
+            out.push(api::ObjectStatus {
+                kind: "HTTPRoute".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                generation: s.generation,
+                parents: s
+                    .parents
+                    .iter()
+                    .map(|p| {
+                        let r = &p.parent_ref;
+                        let scope = format!(
+                            "parent/{}/{}/{}/{:?}/{:?}",
+                            r.kind, r.namespace, r.name, r.section_name, r.port
+                        );
+                        api::RouteParentStatus {
+                            parent_ref: Some(api::ParentReference {
+                                group: r.group.clone(),
+                                kind: r.kind.clone(),
+                                namespace: r.namespace.clone(),
+                                name: r.name.clone(),
+                                section_name: r.section_name.clone(),
+                                port: r.port,
+                            }),
+                            controller_name: p.controller_name.clone(),
+                            conditions: p
+                                .conditions
+                                .iter()
+                                .map(|c| condition("HTTPRoute", key, &scope, c))
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translator::status::{GatewayClassStatus, StatusReport};
+
+    fn report(reason: &str) -> StatusReport {
+        let mut r = StatusReport::default();
+        r.gateway_classes.insert(
+            ObjectRef::new("", "c"),
+            GatewayClassStatus {
+                generation: 1,
+                conditions: vec![Condition::new("Accepted", true, reason, "", 1)],
+                supported_features: vec![],
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_or_reason_changes() {
+        let store = StatusStore::new();
+        let registry = ProxyRegistry::default();
+        assert!(store.publish(report("Accepted")));
+        let t1 = store.render(&registry)[0].conditions[0].last_transition_time;
+        assert!(!store.publish(report("Accepted")), "same report: no change");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut with_message = report("Accepted");
+        with_message
+            .gateway_classes
+            .values_mut()
+            .for_each(|s| s.conditions[0].message = "m".into());
+        assert!(store.publish(with_message));
+        assert_eq!(
+            store.render(&registry)[0].conditions[0].last_transition_time,
+            t1
+        );
+        assert!(store.publish(report("Other")));
+        assert_ne!(
+            store.render(&registry)[0].conditions[0].last_transition_time,
+            t1
+        );
+    }
+}
