@@ -1,6 +1,21 @@
-//! Pure helpers of the echo backend, shared with tests.
+//! An HTTP echo backend compatible with the Gateway API conformance suite's `echo-basic`
+//! (see tests/conformance/upstream/ECHO.md): it answers with a JSON description of the request
+//! and its own identity, and can be asked for statuses, delays and response headers.
 
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
 
 /// Who an echo instance claims to be (a Kubernetes pod).
 #[derive(Debug, Clone, Default)]
@@ -61,6 +76,256 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * scale;
     }
     Some(Duration::from_secs_f64(total))
+}
+
+
+/// An echo backend instance: one HTTP/1.1 port and optionally one h2c port.
+pub struct EchoServer {
+    pub http: SocketAddr,
+    pub h2c: Option<SocketAddr>,
+    echo: Arc<Echo>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Binds and starts serving; ports 0 pick free ones.
+    pub async fn start(bind: IpAddr, http_port: u16, h2c_port: Option<u16>, identity: EchoIdentity) -> std::io::Result<EchoServer> {
+        let http = TcpListener::bind((bind, http_port)).await?;
+        let http_addr = http.local_addr()?;
+        let h2c = match h2c_port {
+            Some(p) => Some(TcpListener::bind((bind, p)).await?),
+            None => None,
+        };
+        let h2c_addr = h2c.as_ref().map(TcpListener::local_addr).transpose()?;
+        let echo = Arc::new(Echo {
+            identity,
+            http_port: http_addr.port(),
+            retries: Mutex::new(HashMap::new()),
+            received: Mutex::new(Vec::new()),
+        });
+        let mut tasks = vec![tokio::spawn(serve(http, Arc::clone(&echo), false))];
+        if let Some(h2c) = h2c {
+            tasks.push(tokio::spawn(serve(h2c, Arc::clone(&echo), true)));
+        }
+        Ok(EchoServer { http: http_addr, h2c: h2c_addr, echo, tasks })
+    }
+
+    pub fn identity(&self) -> &EchoIdentity {
+        &self.echo.identity
+    }
+
+    /// Raw request targets echoed so far, oldest first (what upstream reads from pod logs).
+    pub fn received(&self) -> Vec<String> {
+        self.echo.received.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Echo {
+    identity: EchoIdentity,
+    http_port: u16,
+    /// Retry simulator state: attempts seen per uuid.
+    retries: Mutex<HashMap<String, u64>>,
+    /// Raw targets of echoed requests.
+    received: Mutex<Vec<String>>,
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+impl Echo {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        h2c_only: bool,
+    ) -> Result<Response<Body>, Infallible> {
+        if h2c_only && req.version() != Version::HTTP_2 {
+            return Ok(text(StatusCode::BAD_REQUEST, "Expected h2c request"));
+        }
+        let raw_target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let collapsed = req.uri().path().replace("//", "/");
+        let query = req.uri().query().unwrap_or("");
+        if collapsed == "/health" {
+            return Ok(text(StatusCode::OK, "OK"));
+        }
+        if let Some(code) = raw_target.strip_prefix("/status/") {
+            if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
+                let status = code
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok());
+                return Ok(status.map_or_else(
+                    || text(StatusCode::BAD_REQUEST, "invalid status"),
+                    |s| text(s, ""),
+                ));
+            }
+            return Ok(text(StatusCode::BAD_REQUEST, "invalid status"));
+        }
+        if collapsed.starts_with("/retry") {
+            let Some(uuid) = query_param(query, "uuid") else {
+                return Ok(text(StatusCode::BAD_REQUEST, "uuid is required"));
+            };
+            let Some(succeed_after) =
+                query_param(query, "succeedAfter").and_then(|v| v.parse::<u64>().ok())
+            else {
+                return Ok(text(StatusCode::BAD_REQUEST, "succeedAfter is required"));
+            };
+            let attempt = {
+                let mut map = self.retries.lock().unwrap_or_else(PoisonError::into_inner);
+                let count = map.entry(uuid.to_owned()).or_insert(0);
+                let before = *count;
+                if before < succeed_after {
+                    *count += 1;
+                }
+                before
+            };
+            if attempt < succeed_after {
+                if let Some(d) = query_param(query, "delayRetry").and_then(parse_go_duration) {
+                    tokio::time::sleep(d).await;
+                }
+                let status = query_param(query, "responseCode")
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .and_then(|c| StatusCode::from_u16(c).ok());
+                // echo-basic resets the connection when no responseCode is given; this build
+                // answers 503 instead (the gateway's retry policy treats both as retriable).
+                return Ok(text(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE), ""));
+            }
+        }
+        if let Some(delay) = query_param(query, "delay") {
+            match parse_go_duration(delay) {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    let body = json!({ "message": format!("time: invalid duration \"{delay}\"") })
+                        .to_string();
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    return Ok(r);
+                }
+            }
+        }
+        tracing::debug!("Echoing back request made to {raw_target} to client ({peer})");
+        self.received.lock().unwrap_or_else(PoisonError::into_inner).push(raw_target.clone());
+        let host = match req.version() {
+            Version::HTTP_2 => req.uri().authority().map(|a| a.as_str().to_owned()),
+            _ => None,
+        }
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in req.headers() {
+            if name == http::header::HOST {
+                continue;
+            }
+            headers
+                .entry(canonical_header_name(name.as_str()))
+                .or_default()
+                .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        }
+        let proto = match req.version() {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let set_headers = req
+            .headers()
+            .get("x-echo-set-header")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let method = req.method().to_string();
+        // Drain the request body so HTTP/1.1 keep-alive stays usable.
+        let _ = req.into_body().collect().await;
+        let body = json!({
+            "path": raw_target,
+            "host": host,
+            "method": method,
+            "proto": proto,
+            "headers": headers,
+            "httpPort": self.http_port.to_string(),
+            "namespace": self.identity.namespace,
+            "ingress": self.identity.ingress,
+            "service": self.identity.service,
+            "pod": self.identity.pod,
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        let mut extra: Vec<(String, String)> = Vec::new();
+        for item in set_headers.split(',').filter(|i| !i.trim().is_empty()) {
+            if let Some((name, value)) = item.split_once(':') {
+                let (name, value) = (name.trim().to_owned(), value.trim().to_owned());
+                match extra.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => {
+                        v.push(',');
+                        v.push_str(&value);
+                    }
+                    None => extra.push((name, value)),
+                }
+            }
+        }
+        for (name, value) in extra {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                h.append(n, v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+async fn serve(listener: TcpListener, echo: Arc<Echo>, h2c_only: bool) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let echo = Arc::clone(&echo);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| Arc::clone(&echo).handle(req, peer, h2c_only));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 #[cfg(test)]
