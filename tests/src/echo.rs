@@ -78,7 +78,6 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
-
 /// An echo backend instance: one HTTP/1.1 port and optionally one h2c port.
 pub struct EchoServer {
     pub http: SocketAddr,
@@ -89,7 +88,12 @@ pub struct EchoServer {
 
 impl EchoServer {
     /// Binds and starts serving; ports 0 pick free ones.
-    pub async fn start(bind: IpAddr, http_port: u16, h2c_port: Option<u16>, identity: EchoIdentity) -> std::io::Result<EchoServer> {
+    pub async fn start(
+        bind: IpAddr,
+        http_port: u16,
+        h2c_port: Option<u16>,
+        identity: EchoIdentity,
+    ) -> std::io::Result<EchoServer> {
         let http = TcpListener::bind((bind, http_port)).await?;
         let http_addr = http.local_addr()?;
         let h2c = match h2c_port {
@@ -107,7 +111,12 @@ impl EchoServer {
         if let Some(h2c) = h2c {
             tasks.push(tokio::spawn(serve(h2c, Arc::clone(&echo), true)));
         }
-        Ok(EchoServer { http: http_addr, h2c: h2c_addr, echo, tasks })
+        Ok(EchoServer {
+            http: http_addr,
+            h2c: h2c_addr,
+            echo,
+            tasks,
+        })
     }
 
     pub fn identity(&self) -> &EchoIdentity {
@@ -116,7 +125,11 @@ impl EchoServer {
 
     /// Raw request targets echoed so far, oldest first (what upstream reads from pod logs).
     pub fn received(&self) -> Vec<String> {
-        self.echo.received.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.echo
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -229,7 +242,10 @@ impl Echo {
             }
         }
         tracing::debug!("Echoing back request made to {raw_target} to client ({peer})");
-        self.received.lock().unwrap_or_else(PoisonError::into_inner).push(raw_target.clone());
+        self.received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(raw_target.clone());
         let host = match req.version() {
             Version::HTTP_2 => req.uri().authority().map(|a| a.as_str().to_owned()),
             _ => None,

@@ -140,6 +140,13 @@ impl Controller {
         format!("http://{}", self.grpc)
     }
 
+    /// An admin client, or why none could be had.
+    pub async fn try_admin(&self) -> Result<AdminClient<Channel>, String> {
+        AdminClient::connect(self.url())
+            .await
+            .map_err(|e| format!("admin client: {e}"))
+    }
+
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::connect(self.url())
             .await
@@ -161,10 +168,28 @@ pub struct Proxy {
     pub process: Process,
     pub admin: SocketAddr,
     pub port_offset: u16,
+    pub bind: Ipv4Addr,
 }
 
 impl Proxy {
     pub fn start(controller_url: &str, gateway: &str, port_offset: u16, work: &Path) -> Proxy {
+        Self::start_on(
+            controller_url,
+            gateway,
+            port_offset,
+            Ipv4Addr::LOCALHOST,
+            work,
+        )
+    }
+
+    /// Starts a proxy whose Gateway listeners bind `bind` (any 127.0.0.0/8 address works).
+    pub fn start_on(
+        controller_url: &str,
+        gateway: &str,
+        port_offset: u16,
+        bind: Ipv4Addr,
+        work: &Path,
+    ) -> Proxy {
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut cmd = Command::new(bin("rauta-proxy"));
         cmd.args([
@@ -173,8 +198,8 @@ impl Proxy {
             "--gateway",
             gateway,
             "--bind-address",
-            "127.0.0.1",
         ])
+        .arg(bind.to_string())
         .arg("--admin-listen")
         .arg(admin.to_string())
         .arg("--listener-port-offset")
@@ -192,12 +217,13 @@ impl Proxy {
             process,
             admin,
             port_offset,
+            bind,
         }
     }
 
     /// Address of a Gateway listener port on this proxy.
     pub fn listener(&self, gateway_port: u16) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, gateway_port + self.port_offset))
+        SocketAddr::from((self.bind, gateway_port + self.port_offset))
     }
 
     /// Waits until /readyz answers 200.

@@ -1,6 +1,7 @@
 //! Helpers for RAUTA's end-to-end tests: the echo backend's pure parts and a harness that
 //! starts the real binaries on 127.0.0.1.
 
+pub mod conformance;
 pub mod echo;
 pub mod harness;
 pub mod manifests;

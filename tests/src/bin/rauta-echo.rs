@@ -37,7 +37,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let identity = EchoIdentity { pod: args.pod, namespace: args.namespace, service: args.service, ingress: args.ingress };
+    let identity = EchoIdentity {
+        pod: args.pod,
+        namespace: args.namespace,
+        service: args.service,
+        ingress: args.ingress,
+    };
     let server = EchoServer::start(args.bind, args.http_port, args.h2c_port, identity)
         .await
         .with_context(|| format!("binding ports {} / {:?}", args.http_port, args.h2c_port))?;
@@ -47,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
         server.http,
         server.h2c.map(|a| format!(" h2c={a}")).unwrap_or_default()
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }

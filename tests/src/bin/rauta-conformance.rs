@@ -1,0 +1,51 @@
+//! `rauta-conformance`: replays the upstream Gateway API conformance cases against the real
+//! rauta-controller and rauta-proxy binaries, without a cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rauta_tests::conformance::runner::{self, Options};
+
+/// Runs Gateway API conformance cases (upstream's HTTP suite, as data) against RAUTA.
+#[derive(Debug, Parser)]
+#[command(name = "rauta-conformance", version)]
+struct Args {
+    /// Directory laid out like upstream's suite as data: base/, tests/, cases/.
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/upstream"))]
+    cases: PathBuf,
+    /// Run only this case (repeatable).
+    #[arg(long, value_name = "NAME")]
+    run: Vec<String>,
+    /// Longest wait, in seconds, for any check that must eventually hold.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    budget: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rauta-conformance: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        cases_dir: args.cases,
+        only: args.run,
+        budget: Duration::from_secs(args.budget.max(1)),
+    };
+    match runtime.block_on(runner::run(&opts)) {
+        Ok(t) if t.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("rauta-conformance: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

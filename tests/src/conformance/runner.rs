@@ -1,0 +1,363 @@
+//! Runs cases one at a time on top of the base manifests and reports each as PASS, FAIL (with
+//! the first mismatch) or SKIP (with the reason), then `conformance: N passed, M failed, K skipped`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rauta_common::api::v1::ListStatusesRequest;
+use serde_json::Value;
+
+use super::case::{Case, Expect, NsName, Phase, load_cases};
+use super::http::{self, Target};
+use super::status::{self, StatusView};
+use super::world::{CLASS_NAME, World};
+
+/// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
+const SUPPORTED_NEEDS: &[&str] = &["h2c"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cases_dir: PathBuf,
+    /// Run only these cases (all when empty).
+    pub only: Vec<String>,
+    /// Longest wait for any eventually-true check (upstream allows 30-180 s).
+    pub budget: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+async fn view(world: &World) -> Result<StatusView, String> {
+    let mut admin = world.controller.try_admin().await?;
+    let objects = admin
+        .list_statuses(ListStatusesRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .objects;
+    Ok(StatusView { objects })
+}
+
+/// Polls `check` against fresh statuses until it holds or the budget runs out.
+async fn eventually_status<F>(world: &World, budget: Duration, check: F) -> Result<(), String>
+where
+    F: Fn(&StatusView, &World) -> Result<(), String>,
+{
+    let deadline = Instant::now() + budget;
+    loop {
+        let result = match view(world).await {
+            Ok(v) => check(&v, world),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn skip_reason(case: &Case, features: &BTreeSet<String>) -> Option<String> {
+    if let Some(f) = case
+        .extended_features
+        .iter()
+        .find(|f| !features.contains(*f))
+    {
+        return Some(format!("missing feature {f}"));
+    }
+    if case.needs.iter().any(|n| n == "kubernetes") {
+        return Some(
+            "needs a Kubernetes cluster (generated pods, Service ClusterIPs or infrastructure)"
+                .into(),
+        );
+    }
+    case.needs
+        .iter()
+        .find(|n| !SUPPORTED_NEEDS.contains(&n.as_str()))
+        .map(|n| format!("needs {n}, not implemented yet"))
+}
+
+/// Runs every selected case; prints one line each and the summary line.
+pub async fn run(opts: &Options) -> Result<Totals, String> {
+    let mut cases = load_cases(&opts.cases_dir)?;
+    if !opts.only.is_empty() {
+        let known: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        if let Some(missing) = opts.only.iter().find(|n| !known.contains(n.as_str())) {
+            return Err(format!("no case named {missing:?}"));
+        }
+        cases.retain(|c| opts.only.contains(&c.name));
+    }
+    let mut world = World::start(&opts.cases_dir.join("base/manifests.yaml")).await?;
+    let mut features = BTreeSet::new();
+    eventually_status(&world, Duration::from_secs(20), |v, _| {
+        match v.get("GatewayClass", "", CLASS_NAME) {
+            Some(c)
+                if c.conditions
+                    .iter()
+                    .any(|c| c.r#type == "Accepted" && c.status == "True") =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("GatewayClass {CLASS_NAME} is not Accepted")),
+        }
+    })
+    .await?;
+    if let Some(class) = view(&world).await?.get("GatewayClass", "", CLASS_NAME) {
+        features.extend(class.supported_features.iter().cloned());
+    }
+    let mut totals = Totals::default();
+    for case in &cases {
+        let outcome = match skip_reason(case, &features) {
+            Some(reason) => Outcome::Skip(reason),
+            None => run_case(&mut world, case, opts).await,
+        };
+        match &outcome {
+            Outcome::Pass => {
+                totals.passed += 1;
+                println!("PASS {}", case.name);
+            }
+            Outcome::Fail(why) => {
+                totals.failed += 1;
+                println!("FAIL {}: {why}", case.name);
+            }
+            Outcome::Skip(why) => {
+                totals.skipped += 1;
+                println!("SKIP {}: {why}", case.name);
+            }
+        }
+    }
+    println!(
+        "conformance: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.skipped
+    );
+    Ok(totals)
+}
+
+async fn run_case(world: &mut World, case: &Case, opts: &Options) -> Outcome {
+    if let Err(e) = world.apply_case(&opts.cases_dir, &case.manifests).await {
+        return Outcome::Fail(format!("applying manifests: {e}"));
+    }
+    let result = run_steps(world, case, opts).await;
+    let cleared = world.clear_case();
+    // Let the controller drop the case's objects before the next case looks at statuses.
+    let gone = eventually_status(world, Duration::from_secs(10), |v, _| {
+        let leftover = case_routes(case)
+            .into_iter()
+            .find(|(ns, name)| v.get("HTTPRoute", ns, name).is_some());
+        leftover.map_or(Ok(()), |(ns, name)| {
+            Err(format!("HTTPRoute {ns}/{name} still has status"))
+        })
+    })
+    .await;
+    match (result, cleared, gone) {
+        (Err(e), _, _) => Outcome::Fail(e),
+        (Ok(()), Err(e), _) | (Ok(()), Ok(()), Err(e)) => {
+            Outcome::Fail(format!("cleaning up: {e}"))
+        }
+        (Ok(()), Ok(()), Ok(())) => Outcome::Pass,
+    }
+}
+
+fn case_routes(case: &Case) -> Vec<(String, String)> {
+    case.routes_must_be_accepted
+        .iter()
+        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .collect()
+}
+
+async fn run_steps(world: &mut World, case: &Case, opts: &Options) -> Result<(), String> {
+    // Proxies first: a Gateway has an address once a proxy serves it.
+    let mut gateways: Vec<NsName> = case.gateway.iter().cloned().collect();
+    gateways.extend(case.expect.iter().filter_map(|e| e.gateway.clone()));
+    gateways.extend(
+        case.routes_must_be_accepted
+            .iter()
+            .filter(|r| r.parent.kind.as_deref().unwrap_or("Gateway") == "Gateway")
+            .map(|r| NsName {
+                namespace: r.parent.namespace.clone(),
+                name: r.parent.name.clone(),
+            }),
+    );
+    for gw in &gateways {
+        if world.object("Gateway", &gw.namespace, &gw.name).is_some() {
+            world.gateway_ip(gw);
+        }
+    }
+    for route in &case.routes_must_be_accepted {
+        eventually_status(world, opts.budget, |v, w| {
+            status::route_accepted(route, v, w)
+        })
+        .await
+        .map_err(|e| format!("route {}/{} not accepted: {e}", route.namespace, route.name))?;
+    }
+    check_statuses(world, &case.status_expectations, opts).await?;
+    for expect in &case.expect {
+        run_expect(world, case, expect, opts).await?;
+    }
+    for extra in &case.extra_assertions {
+        run_extra(world, case, extra).await?;
+    }
+    for phase in &case.phases {
+        let steps: Vec<&Phase> = if phase.steps.is_empty() {
+            vec![phase]
+        } else {
+            phase.steps.iter().collect()
+        };
+        for step in steps {
+            if let Some(action) = &step.action {
+                world.act(action).await.map_err(|e| {
+                    format!("phase {:?}: {e}", step.description.as_deref().unwrap_or(""))
+                })?;
+            }
+            check_statuses(world, &step.status_expectations, opts).await?;
+            for expect in &step.expect {
+                run_expect(world, case, expect, opts).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_statuses(world: &World, checks: &[Value], opts: &Options) -> Result<(), String> {
+    for c in checks {
+        eventually_status(world, opts.budget, |v, w| status::check(c, v, w)).await?;
+    }
+    Ok(())
+}
+
+fn target(world: &mut World, case: &Case, expect: &Expect) -> Result<(Target, String), String> {
+    let gw = expect
+        .gateway
+        .clone()
+        .or_else(|| case.gateway.clone())
+        .ok_or("expect entry without a gateway")?;
+    let port = match expect.port {
+        Some(p) => p,
+        None => world
+            .first_listener_port(&gw)
+            .ok_or_else(|| format!("Gateway {}/{} has no listener", gw.namespace, gw.name))?,
+    };
+    let scheme = expect.scheme.clone().unwrap_or_else(|| "http".into());
+    if scheme != "http" {
+        return Err(format!(
+            "scheme {scheme} is not supported by this runner yet"
+        ));
+    }
+    let socket = world.listener_addr(&gw, port);
+    let authority = if port == 80 {
+        socket.ip().to_string()
+    } else {
+        format!("{}:{port}", socket.ip())
+    };
+    Ok((Target { socket, authority }, scheme))
+}
+
+async fn run_expect(
+    world: &mut World,
+    case: &Case,
+    expect: &Expect,
+    opts: &Options,
+) -> Result<(), String> {
+    let (target, scheme) = target(world, case, expect)?;
+    let label = expect.name.clone().unwrap_or_else(|| {
+        format!(
+            "{} {}",
+            expect.request.method.as_deref().unwrap_or("GET"),
+            expect.request.path
+        )
+    });
+    let path = if expect.mirrored_to.is_empty() {
+        expect.request.path.clone()
+    } else {
+        http::path_with_request_id(
+            &expect.request.path,
+            &format!("{:032x}", rand::random::<u128>()),
+        )
+    };
+    http::run(
+        expect,
+        &target,
+        &path,
+        &scheme,
+        opts.budget.min(Duration::from_secs(30)),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{label} (host {:?}): {e}",
+            expect.request.host.as_deref().unwrap_or(&target.authority)
+        )
+    })?;
+    for mirror in &expect.mirrored_to {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !world
+            .received_by(&mirror.namespace, &mirror.name)
+            .contains(&path)
+        {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{label}: mirror {}/{} never received {path}",
+                    mirror.namespace, mirror.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), String> {
+    match extra["type"].as_str() {
+        Some("weighted_distribution") => {
+            let expect: Expect = serde_json::from_value(serde_json::json!({
+                "request": extra["request"], "response": {"status": [200]},
+                "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
+            }))
+            .map_err(|e| e.to_string())?;
+            let (target, _) = target(world, case, &expect)?;
+            let total = extra["total_requests"].as_u64().unwrap_or(500) as usize;
+            let concurrency = extra["concurrency"].as_u64().unwrap_or(10) as usize;
+            let tolerance = extra["tolerance"].as_f64().unwrap_or(0.05);
+            let attempts = extra["max_attempts"].as_u64().unwrap_or(10);
+            let weights = extra["expected_weights"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let mut last = String::new();
+            for _ in 0..attempts {
+                let seen = http::distribution(&expect, &target, total, concurrency).await?;
+                let mut ok = true;
+                for (backend, w) in &weights {
+                    let w = w.as_f64().unwrap_or(0.0);
+                    let got = seen.get(backend).copied().unwrap_or(0.0);
+                    if (w == 0.0 && got > 0.0) || (got - w).abs() > tolerance {
+                        ok = false;
+                    }
+                }
+                if seen.keys().any(|b| !weights.contains_key(b)) {
+                    ok = false;
+                }
+                if ok {
+                    return Ok(());
+                }
+                last = format!("observed shares {seen:?}, want {weights:?} +/- {tolerance}");
+            }
+            Err(last)
+        }
+        other => Err(format!(
+            "extra assertion {other:?} is not supported by this runner"
+        )),
+    }
+}

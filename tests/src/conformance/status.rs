@@ -1,0 +1,360 @@
+//! Status checks (`routes_must_be_accepted`, `status_expectations`) against the controller's
+//! `ListStatuses`, judged as upstream's helpers judge them.
+
+use rauta_common::api::v1::{Condition, ObjectStatus};
+use serde_json::Value;
+
+use super::case::RouteAccepted;
+use super::world::{CONTROLLER_NAME, World};
+
+/// Every object status the controller reports, fetched once per poll.
+pub struct StatusView {
+    pub objects: Vec<ObjectStatus>,
+}
+
+impl StatusView {
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&ObjectStatus> {
+        let namespace = if kind == "GatewayClass" {
+            ""
+        } else {
+            namespace
+        };
+        self.objects
+            .iter()
+            .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+    }
+}
+
+fn s(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Checks that `have` contains each condition listed in `want` (type, status, reason; a null
+/// reason matches any).
+fn has_conditions(have: &[Condition], want: &Value, what: &str) -> Result<(), String> {
+    for w in want.as_array().into_iter().flatten() {
+        let ty = s(w, "type");
+        let status = s(w, "status");
+        let reason = w.get("reason").and_then(Value::as_str);
+        let found = have.iter().find(|c| c.r#type == ty);
+        match found {
+            Some(c) if c.status == status && reason.is_none_or(|r| r == c.reason) => {}
+            Some(c) => {
+                return Err(format!(
+                    "{what}: condition {ty} is {}/{} ({}), want {status}/{}",
+                    c.status,
+                    c.reason,
+                    c.message,
+                    reason.unwrap_or("any")
+                ));
+            }
+            None => return Err(format!("{what}: no {ty} condition")),
+        }
+    }
+    Ok(())
+}
+
+fn latest_generation(have: &[Condition], generation: i64, what: &str) -> Result<(), String> {
+    match have.iter().find(|c| c.observed_generation != generation) {
+        Some(c) => Err(format!(
+            "{what}: condition {} has observedGeneration {}, want {generation}",
+            c.r#type, c.observed_generation
+        )),
+        None => Ok(()),
+    }
+}
+
+fn current_generation(world: &World, kind: &str, ns: &str, name: &str) -> Result<i64, String> {
+    world
+        .generation(kind, ns, name)
+        .ok_or_else(|| format!("{kind} {ns}/{name} is not in the manifests"))
+}
+
+fn gateway<'a>(
+    view: &'a StatusView,
+    world: &World,
+    ns: &str,
+    name: &str,
+) -> Result<(&'a ObjectStatus, i64), String> {
+    let g = current_generation(world, "Gateway", ns, name)?;
+    let status = view
+        .get("Gateway", ns, name)
+        .ok_or_else(|| format!("Gateway {ns}/{name} has no status"))?;
+    Ok((status, g))
+}
+
+/// upstream `GatewayAndHTTPRoutesMustBeAccepted` for one route.
+pub fn route_accepted(
+    entry: &RouteAccepted,
+    view: &StatusView,
+    world: &World,
+) -> Result<(), String> {
+    let parent = &entry.parent;
+    let parent_kind = parent.kind.as_deref().unwrap_or("Gateway");
+    if parent_kind == "Gateway" {
+        let (gw, g) = gateway(view, world, &parent.namespace, &parent.name)?;
+        if !gw.addresses.iter().any(|a| !a.r#type.is_empty()) {
+            return Err(format!(
+                "Gateway {}/{} has no address",
+                parent.namespace, parent.name
+            ));
+        }
+        latest_generation(&gw.conditions, g, "Gateway")?;
+        for l in &gw.listeners {
+            let want = serde_json::json!([
+                {"type": "ResolvedRefs", "status": "True"}, {"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "True"}
+            ]);
+            has_conditions(&l.conditions, &want, &format!("listener {}", l.name))?;
+        }
+    }
+    let rg = current_generation(world, "HTTPRoute", &entry.namespace, &entry.name)?;
+    let route = view
+        .get("HTTPRoute", &entry.namespace, &entry.name)
+        .ok_or_else(|| format!("HTTPRoute {}/{} has no status", entry.namespace, entry.name))?;
+    for p in &route.parents {
+        latest_generation(&p.conditions, rg, "HTTPRoute parent")?;
+    }
+    let found = route.parents.iter().find(|p| {
+        let r = p.parent_ref.clone().unwrap_or_default();
+        p.controller_name == CONTROLLER_NAME
+            && r.group == "gateway.networking.k8s.io"
+            && r.kind == parent_kind
+            && r.name == parent.name
+            && (r.namespace == parent.namespace
+                || (r.namespace.is_empty() && entry.namespace == parent.namespace))
+    });
+    let p = found.ok_or_else(|| {
+        format!(
+            "HTTPRoute {}/{} has no status for parent {}",
+            entry.namespace, entry.name, parent.name
+        )
+    })?;
+    has_conditions(
+        &p.conditions,
+        &serde_json::json!([{"type": "Accepted", "status": "True", "reason": "Accepted"}]),
+        "HTTPRoute parent",
+    )
+}
+
+/// One entry of `status_expectations`.
+pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> {
+    let (ns, name) = (s(c, "namespace"), s(c, "name"));
+    let check = s(c, "check");
+    match check.as_str() {
+        "route_parent_conditions" => {
+            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let route = view
+                .get("HTTPRoute", &ns, &name)
+                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            let (pns, pname) = (s(&c["parent"], "namespace"), s(&c["parent"], "name"));
+            let entry = route.parents.iter().find(|p| {
+                let r = p.parent_ref.clone().unwrap_or_default();
+                r.name == pname && (r.namespace.is_empty() || r.namespace == pns)
+            });
+            let entry = entry.ok_or_else(|| {
+                format!("HTTPRoute {ns}/{name} has no status for parent {pns}/{pname}")
+            })?;
+            has_conditions(&entry.conditions, &c["conditions"], "HTTPRoute parent")?;
+            latest_generation(&entry.conditions, g, "HTTPRoute parent")
+        }
+        "route_no_accepted_parents" => match view.get("HTTPRoute", &ns, &name) {
+            None => Ok(()),
+            Some(r) if r.parents.is_empty() => Ok(()),
+            Some(r)
+                if r.parents.len() == 1
+                    && r.parents[0]
+                        .conditions
+                        .iter()
+                        .any(|c| c.r#type == "Accepted" && c.status == "False") =>
+            {
+                Ok(())
+            }
+            Some(r) => Err(format!(
+                "HTTPRoute {ns}/{name} has accepted parents: {:?}",
+                r.parents
+            )),
+        },
+        "route_parents" => {
+            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let route = view
+                .get("HTTPRoute", &ns, &name)
+                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            let namespace_required = c["namespace_required"].as_bool().unwrap_or(false);
+            for want in c["parents"].as_array().into_iter().flatten() {
+                let wr = &want["parent_ref"];
+                let found = route.parents.iter().find(|p| {
+                    let r = p.parent_ref.clone().unwrap_or_default();
+                    r.group == s(wr, "group")
+                        && r.kind == s(wr, "kind")
+                        && r.name == s(wr, "name")
+                        && (r.namespace == s(wr, "namespace")
+                            || (!namespace_required && r.namespace.is_empty()))
+                });
+                let p = found.ok_or_else(|| {
+                    format!(
+                        "HTTPRoute {ns}/{name} has no status for parent {}",
+                        s(wr, "name")
+                    )
+                })?;
+                has_conditions(&p.conditions, &want["conditions"], "HTTPRoute parent")?;
+                latest_generation(&p.conditions, g, "HTTPRoute parent")?;
+            }
+            Ok(())
+        }
+        "route_conditions_latest_generation" => {
+            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let route = view
+                .get("HTTPRoute", &ns, &name)
+                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            route
+                .parents
+                .iter()
+                .try_for_each(|p| latest_generation(&p.conditions, g, "HTTPRoute parent"))
+        }
+        "gateway_conditions" => {
+            let (gw, g) = gateway(view, world, &ns, &name)?;
+            has_conditions(&gw.conditions, &c["conditions"], "Gateway")?;
+            latest_generation(&gw.conditions, g, "Gateway")
+        }
+        "gateway_conditions_latest_generation" => {
+            let (gw, g) = gateway(view, world, &ns, &name)?;
+            latest_generation(&gw.conditions, g, "Gateway")
+        }
+        "gateway_listeners_exact" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            let want = c["listeners"].as_array().cloned().unwrap_or_default();
+            if gw.listeners.len() != want.len() {
+                return Err(format!(
+                    "Gateway {ns}/{name} has {} listener statuses, want {}",
+                    gw.listeners.len(),
+                    want.len()
+                ));
+            }
+            for w in &want {
+                let lname = s(w, "name");
+                let l = gw
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == lname)
+                    .ok_or_else(|| format!("no status for listener {lname}"))?;
+                let kinds = w["supported_kinds"].as_array().cloned().unwrap_or_default();
+                if kinds.is_empty() && !l.supported_kinds.is_empty() {
+                    return Err(format!(
+                        "listener {lname}: supportedKinds {:?}, want none",
+                        l.supported_kinds
+                    ));
+                }
+                for k in &kinds {
+                    let group = k
+                        .get("group")
+                        .and_then(Value::as_str)
+                        .unwrap_or("gateway.networking.k8s.io");
+                    if !l
+                        .supported_kinds
+                        .iter()
+                        .any(|h| h.kind == s(k, "kind") && h.group == group)
+                    {
+                        return Err(format!(
+                            "listener {lname}: supportedKinds lacks {}",
+                            s(k, "kind")
+                        ));
+                    }
+                }
+                if let Some(n) = w["attached_routes"].as_i64()
+                    && i64::from(l.attached_routes) != n
+                {
+                    return Err(format!(
+                        "listener {lname}: attachedRoutes {}, want {n}",
+                        l.attached_routes
+                    ));
+                }
+                has_conditions(
+                    &l.conditions,
+                    &w["conditions"],
+                    &format!("listener {lname}"),
+                )?;
+            }
+            Ok(())
+        }
+        "gateway_listener_conditions" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            let lname = s(c, "listener");
+            let l = gw
+                .listeners
+                .iter()
+                .find(|l| l.name == lname)
+                .ok_or_else(|| format!("no status for listener {lname}"))?;
+            has_conditions(
+                &l.conditions,
+                &c["conditions"],
+                &format!("listener {lname}"),
+            )
+        }
+        "gateway_zero_attached_routes" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            match gw.listeners.as_slice() {
+                [] => Ok(()),
+                [l] if l.attached_routes == 0 => Ok(()),
+                ls => Err(format!(
+                    "Gateway {ns}/{name}: listeners {:?}",
+                    ls.iter()
+                        .map(|l| (&l.name, l.attached_routes))
+                        .collect::<Vec<_>>()
+                )),
+            }
+        }
+        "gateway_has_address" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            if gw.addresses.iter().any(|a| !a.r#type.is_empty()) {
+                Ok(())
+            } else {
+                Err(format!("Gateway {ns}/{name} has no address"))
+            }
+        }
+        "namespace_gateways_ready" => {
+            for obj in world.objects_of("Gateway", &ns) {
+                if obj["metadata"]["annotations"]["gateway-api/skip-this-for-readiness"].as_str()
+                    == Some("true")
+                {
+                    continue;
+                }
+                let gname = s(&obj["metadata"], "name");
+                let (gw, g) = gateway(view, world, &ns, &gname)?;
+                let want = serde_json::json!([{"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "True"}]);
+                has_conditions(&gw.conditions, &want, &format!("Gateway {ns}/{gname}"))?;
+                latest_generation(&gw.conditions, g, &format!("Gateway {ns}/{gname}"))?;
+            }
+            Ok(())
+        }
+        "gatewayclass_accepted_any" | "gatewayclass_conditions_latest_generation" => {
+            let g = current_generation(world, "GatewayClass", "", &name)?;
+            let class = view
+                .get("GatewayClass", "", &name)
+                .ok_or_else(|| format!("GatewayClass {name} has no status"))?;
+            if check == "gatewayclass_accepted_any"
+                && !class.conditions.iter().any(|c| c.r#type == "Accepted")
+            {
+                return Err(format!("GatewayClass {name} has no Accepted condition"));
+            }
+            latest_generation(&class.conditions, g, "GatewayClass")
+        }
+        "generation_changed" => {
+            let kind = s(c, "kind");
+            let now = world.generation(&kind, &ns, &name);
+            let before = world.generation_before_action(&kind, &ns, &name);
+            if now.is_some() && now != before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{kind} {ns}/{name}: generation did not change ({before:?})"
+                ))
+            }
+        }
+        other => Err(format!(
+            "status check {other:?} is not supported by this runner"
+        )),
+    }
+}

@@ -1,0 +1,533 @@
+//! A cluster without Kubernetes: objects written into the controller's config directory,
+//! echo instances standing in for the pods of every Deployment, EndpointSlices generated from
+//! Service selectors, and one rauta-proxy per Gateway under test, each on its own loopback IP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::case::{Action, NsName};
+use crate::echo::{EchoIdentity, EchoServer};
+use crate::harness::{Controller, Proxy};
+
+/// The GatewayClass every Gateway in the suite is switched to, and its controller.
+pub const CLASS_NAME: &str = "rauta";
+pub const CONTROLLER_NAME: &str = "rauta.dev/gateway-controller";
+/// Gateway listener port P is served on P + this.
+pub const PORT_OFFSET: u16 = 20000;
+
+/// (kind, namespace, name); namespace empty for cluster-scoped kinds.
+pub type ObjKey = (String, String, String);
+
+fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "GatewayClass" | "Namespace")
+}
+
+pub fn key_of(v: &Value) -> Option<ObjKey> {
+    let kind = v.get("kind")?.as_str()?.to_owned();
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_owned();
+    let ns = if is_cluster_scoped(&kind) {
+        String::new()
+    } else {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned()
+    };
+    Some((kind, ns, name))
+}
+
+/// Reads a multi-document YAML file into JSON values.
+pub fn read_manifests(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn random_alnum(n: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)]))
+        .collect()
+}
+
+/// Pods of one Deployment.
+struct Pods {
+    labels: BTreeMap<String, String>,
+    instances: Vec<EchoServer>,
+}
+
+pub struct World {
+    work: tempfile::TempDir,
+    config: PathBuf,
+    pub controller: Controller,
+    proxies: BTreeMap<NsName, Proxy>,
+    next_ip: u8,
+    base: BTreeMap<ObjKey, Value>,
+    case: BTreeMap<ObjKey, Value>,
+    /// Base objects as they were before the case (a case may patch them).
+    base_before_case: BTreeMap<ObjKey, Value>,
+    deployments: BTreeMap<ObjKey, Pods>,
+    /// Generations before the last action, for `generation_changed`.
+    generations_before: BTreeMap<ObjKey, i64>,
+}
+
+impl World {
+    /// Starts the controller with the base manifests (and their backends) applied.
+    pub async fn start(base_manifests: &Path) -> Result<World, String> {
+        let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = work.path().join("config");
+        std::fs::create_dir(&config).map_err(|e| e.to_string())?;
+        let controller = Controller::start(&config, work.path());
+        let mut world = World {
+            work,
+            config,
+            controller,
+            proxies: BTreeMap::new(),
+            next_ip: 10,
+            base: BTreeMap::new(),
+            case: BTreeMap::new(),
+            base_before_case: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            generations_before: BTreeMap::new(),
+        };
+        let class = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": CLASS_NAME}, "spec": {"controllerName": CONTROLLER_NAME},
+        });
+        let mut docs = vec![class];
+        docs.extend(read_manifests(base_manifests)?);
+        for doc in docs {
+            world.insert(doc, false).await?;
+        }
+        world.write_files()?;
+        Ok(world)
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Adds (or replaces) an object as `kubectl apply` would, starting pods for Deployments.
+    async fn insert(&mut self, mut doc: Value, in_case: bool) -> Result<(), String> {
+        let key = key_of(&doc).ok_or_else(|| format!("manifest without kind/name: {doc}"))?;
+        let (kind, ns, name) = &key;
+        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+            if !is_cluster_scoped(kind) {
+                meta.insert("namespace".into(), json!(ns));
+            }
+            meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("generation".into(), json!(1));
+        }
+        match kind.as_str() {
+            "Gateway" => doc["spec"]["gatewayClassName"] = json!(CLASS_NAME),
+            "GatewayClass" if *name != CLASS_NAME => {
+                doc["spec"]["controllerName"] = json!(CONTROLLER_NAME)
+            }
+            "Deployment" => self.start_pods(&key, &doc).await?,
+            _ => {}
+        }
+        if in_case {
+            &mut self.case
+        } else {
+            &mut self.base
+        }
+        .insert(key, doc);
+        Ok(())
+    }
+
+    async fn start_pods(&mut self, key: &ObjKey, doc: &Value) -> Result<(), String> {
+        let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1).max(1);
+        let labels: BTreeMap<String, String> = doc["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let replica_set = random_alnum(9);
+        let mut instances = Vec::new();
+        for _ in 0..replicas {
+            let identity = EchoIdentity {
+                pod: format!("{}-{replica_set}-{}", key.2, random_alnum(5)),
+                namespace: key.1.clone(),
+                ..Default::default()
+            };
+            let server = EchoServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Some(0), identity)
+                .await
+                .map_err(|e| format!("starting echo for {}/{}: {e}", key.1, key.2))?;
+            instances.push(server);
+        }
+        self.deployments
+            .insert(key.clone(), Pods { labels, instances });
+        Ok(())
+    }
+
+    /// Applies a case's manifests on top of the base.
+    pub async fn apply_case(&mut self, dir: &Path, manifests: &[String]) -> Result<(), String> {
+        self.base_before_case = self.base.clone();
+        for m in manifests {
+            for doc in read_manifests(&dir.join(m))? {
+                self.insert(doc, true).await?;
+            }
+        }
+        self.write_files()
+    }
+
+    /// Deletes the case's objects, restores base objects it changed, stops its proxies.
+    pub fn clear_case(&mut self) -> Result<(), String> {
+        let case_keys: Vec<ObjKey> = self.case.keys().cloned().collect();
+        for key in &case_keys {
+            self.deployments.remove(key);
+        }
+        self.case.clear();
+        self.base = std::mem::take(&mut self.base_before_case);
+        let base_gateways: BTreeSet<NsName> = self.gateways_in(&self.base);
+        self.proxies.retain(|gw, _| base_gateways.contains(gw));
+        self.write_files()
+    }
+
+    fn gateways_in(&self, map: &BTreeMap<ObjKey, Value>) -> BTreeSet<NsName> {
+        map.keys()
+            .filter(|k| k.0 == "Gateway")
+            .map(|k| NsName {
+                namespace: k.1.clone(),
+                name: k.2.clone(),
+            })
+            .collect()
+    }
+
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
+        let ns = if is_cluster_scoped(kind) {
+            ""
+        } else {
+            namespace
+        };
+        let key = (kind.to_owned(), ns.to_owned(), name.to_owned());
+        self.case.get(&key).or_else(|| self.base.get(&key))
+    }
+
+    /// The generation the runner last gave an object (what an API server would report).
+    pub fn generation(&self, kind: &str, namespace: &str, name: &str) -> Option<i64> {
+        self.object(kind, namespace, name)
+            .and_then(|v| v["metadata"]["generation"].as_i64())
+    }
+
+    pub fn generation_before_action(&self, kind: &str, namespace: &str, name: &str) -> Option<i64> {
+        let ns = if is_cluster_scoped(kind) {
+            ""
+        } else {
+            namespace
+        };
+        self.generations_before
+            .get(&(kind.to_owned(), ns.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// Objects of a kind in a namespace (for namespace-wide checks).
+    pub fn objects_of(&self, kind: &str, namespace: &str) -> Vec<&Value> {
+        self.base
+            .iter()
+            .chain(self.case.iter())
+            .filter(|(k, _)| k.0 == kind && k.1 == namespace)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Carries out a phase action (create, delete, patch).
+    pub async fn act(&mut self, action: &Action) -> Result<(), String> {
+        let ns = if is_cluster_scoped(&action.kind) {
+            String::new()
+        } else {
+            action.namespace.clone()
+        };
+        let key = (action.kind.clone(), ns, action.name.clone());
+        self.generations_before = self
+            .base
+            .iter()
+            .chain(self.case.iter())
+            .filter_map(|(k, v)| Some((k.clone(), v["metadata"]["generation"].as_i64()?)))
+            .collect();
+        match action.op.as_str() {
+            "delete" => {
+                self.case
+                    .remove(&key)
+                    .or_else(|| self.base.remove(&key))
+                    .ok_or_else(|| format!("delete: no {key:?}"))?;
+                self.deployments.remove(&key);
+            }
+            "create" => {
+                let manifest = action
+                    .rest
+                    .get("manifest")
+                    .cloned()
+                    .ok_or("create without manifest")?;
+                self.insert(manifest, true).await?;
+            }
+            "patch" => {
+                let in_case = self.case.contains_key(&key);
+                let map = if in_case {
+                    &mut self.case
+                } else {
+                    &mut self.base
+                };
+                let object = map
+                    .get_mut(&key)
+                    .ok_or_else(|| format!("patch: no {key:?}"))?;
+                let spec_before = object.get("spec").cloned();
+                apply_patch(object, &action.rest)?;
+                if object.get("spec").cloned() != spec_before {
+                    let g = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                    object["metadata"]["generation"] = json!(g + 1);
+                }
+            }
+            other => return Err(format!("unsupported action {other:?}")),
+        }
+        self.write_files()
+    }
+
+    /// The address requests for a Gateway go to (its proxy's IP), starting the proxy if needed.
+    pub fn gateway_ip(&mut self, gw: &NsName) -> Ipv4Addr {
+        if let Some(p) = self.proxies.get(gw) {
+            return p.bind;
+        }
+        let ip = Ipv4Addr::new(127, 0, 0, self.next_ip);
+        self.next_ip = self.next_ip.wrapping_add(1).max(10);
+        let proxy = Proxy::start_on(
+            &self.controller.url(),
+            &format!("{}/{}", gw.namespace, gw.name),
+            PORT_OFFSET,
+            ip,
+            self.work.path(),
+        );
+        self.proxies.insert(gw.clone(), proxy);
+        ip
+    }
+
+    /// The socket for a Gateway listener port.
+    pub fn listener_addr(&mut self, gw: &NsName, port: u16) -> SocketAddr {
+        SocketAddr::from((self.gateway_ip(gw), port + PORT_OFFSET))
+    }
+
+    /// The port of a Gateway's first listener.
+    pub fn first_listener_port(&self, gw: &NsName) -> Option<u16> {
+        let v = self.object("Gateway", &gw.namespace, &gw.name)?;
+        v["spec"]["listeners"][0]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+    }
+
+    /// Raw request targets received by the pods of a Deployment.
+    pub fn received_by(&self, namespace: &str, deployment: &str) -> Vec<String> {
+        let key = (
+            "Deployment".to_owned(),
+            namespace.to_owned(),
+            deployment.to_owned(),
+        );
+        self.deployments
+            .get(&key)
+            .map(|p| p.instances.iter().flat_map(EchoServer::received).collect())
+            .unwrap_or_default()
+    }
+
+    fn endpoint_slices(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for ((kind, ns, name), svc) in self.base.iter().chain(self.case.iter()) {
+            if kind != "Service" {
+                continue;
+            }
+            let Some(selector) = svc["spec"]["selector"].as_object() else {
+                continue;
+            };
+            let pods = self.deployments.iter().filter(|((_, dns, _), pods)| {
+                dns == ns
+                    && !selector.is_empty()
+                    && selector
+                        .iter()
+                        .all(|(k, v)| pods.labels.get(k).map(String::as_str) == v.as_str())
+            });
+            for ((_, _, deployment), pods) in pods {
+                for (i, instance) in pods.instances.iter().enumerate() {
+                    let ports: Vec<Value> = svc["spec"]["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| {
+                            let local =
+                                match p["targetPort"].as_u64().or_else(|| p["port"].as_u64())? {
+                                    3000 => instance.http.port(),
+                                    3001 => instance.h2c?.port(),
+                                    _ => return None, // TLS echo ports are not served yet.
+                                };
+                            let mut port = json!({"port": local, "protocol": "TCP"});
+                            if let Some(n) = p["name"].as_str() {
+                                port["name"] = json!(n);
+                            }
+                            Some(port)
+                        })
+                        .collect();
+                    if ports.is_empty() {
+                        continue;
+                    }
+                    out.push(json!({
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": format!("{name}-{deployment}-{i}"), "namespace": ns,
+                                     "labels": {"kubernetes.io/service-name": name}},
+                        "addressType": "IPv4",
+                        "ports": ports,
+                        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                                       "targetRef": {"kind": "Pod", "name": instance.identity().pod, "namespace": ns}}],
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    fn write_files(&self) -> Result<(), String> {
+        let relevant = |v: &&Value| !matches!(v["kind"].as_str(), Some("Deployment" | "Pod"));
+        let render = |docs: Vec<&Value>| {
+            docs.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        };
+        let slices = self.endpoint_slices();
+        write_atomic(
+            &self.config,
+            "base.yaml",
+            &render(self.base.values().filter(relevant).collect()),
+        )?;
+        write_atomic(
+            &self.config,
+            "case.yaml",
+            &render(self.case.values().filter(relevant).collect()),
+        )?;
+        write_atomic(
+            &self.config,
+            "endpoints.yaml",
+            &render(slices.iter().collect()),
+        )
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    let tmp = dir.parent().unwrap_or(dir).join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
+        .map_err(|e| format!("writing {name}: {e}"))
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil-from-days (Howard Hinnant), to avoid a date-time dependency for one timestamp.
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Applies a phase patch: `set` (dotted path → value), `append` (list path → element) and the
+/// test-specific `remove_listener` (listener name).
+fn apply_patch(object: &mut Value, patch: &serde_json::Map<String, Value>) -> Result<(), String> {
+    for (op, body) in patch {
+        match op.as_str() {
+            "set" => {
+                for (path, value) in body.as_object().ok_or("set: not a map")? {
+                    *path_mut(object, path)? = value.clone();
+                }
+            }
+            "append" => {
+                for (path, value) in body.as_object().ok_or("append: not a map")? {
+                    let slot = path_mut(object, path)?;
+                    if slot.is_null() {
+                        *slot = json!([]);
+                    }
+                    slot.as_array_mut()
+                        .ok_or_else(|| format!("append: {path} is not a list"))?
+                        .push(value.clone());
+                }
+            }
+            "remove_listener" => {
+                let name = body.as_str().ok_or("remove_listener: not a name")?;
+                let listeners = object["spec"]["listeners"]
+                    .as_array_mut()
+                    .ok_or("no spec.listeners")?;
+                listeners.retain(|l| l["name"].as_str() != Some(name));
+            }
+            "description" | "manifest" => {}
+            other => return Err(format!("unsupported patch operation {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn path_mut<'a>(object: &'a mut Value, path: &str) -> Result<&'a mut Value, String> {
+    let mut cur = object;
+    for part in path.split('.') {
+        cur = match cur {
+            Value::Object(map) => map.entry(part.to_owned()).or_insert(Value::Null),
+            Value::Array(list) => {
+                let i: usize = part
+                    .parse()
+                    .map_err(|_| format!("{path}: {part} is not an index"))?;
+                list.get_mut(i)
+                    .ok_or_else(|| format!("{path}: index {i} out of range"))?
+            }
+            Value::Null => {
+                *cur = json!({});
+                cur.as_object_mut()
+                    .ok_or("unreachable")?
+                    .entry(part.to_owned())
+                    .or_insert(Value::Null)
+            }
+            _ => return Err(format!("{path}: {part} is not a field")),
+        };
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_set_append_and_remove() {
+        let mut v = json!({"spec": {"listeners": [{"name": "a"}, {"name": "b"}]}});
+        let patch = json!({"set": {"spec.listeners.0.port": 8080, "spec.new.x": 1}, "append": {"spec.listeners": {"name": "c"}}, "remove_listener": "b"});
+        apply_patch(&mut v, patch.as_object().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({"spec": {"listeners": [{"name": "a", "port": 8080}, {"name": "c"}], "new": {"x": 1}}})
+        );
+        assert!(apply_patch(&mut v, json!({"frobnicate": 1}).as_object().unwrap()).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+}
