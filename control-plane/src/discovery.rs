@@ -125,8 +125,9 @@ struct TypeState {
     /// What the proxy holds, as of its last ACK (or its initial_resource_versions).
     known: BTreeMap<String, String>,
     pending: Option<Pending>,
-    /// Snapshot version the proxy NACKed; not sent again until the snapshot moves on.
-    rejected_version: Option<u64>,
+    /// The changes of the last NACKed response. While the same content is still due, it is
+    /// not sent again (the proxy would refuse it again) and later types wait behind it.
+    rejected: Option<Vec<(String, Option<String>)>>,
     /// Subscribed names to report as absent even if the proxy never had them.
     announce_absent: BTreeSet<String>,
     sent_any: bool,
@@ -140,7 +141,7 @@ impl TypeState {
             subscription,
             known,
             pending: None,
-            rejected_version: None,
+            rejected: None,
             announce_absent: BTreeSet::new(),
             sent_any: false,
             current_version: None,
@@ -262,7 +263,7 @@ impl ProxyStream {
                     let version = pending.version.to_string();
                     if let Some(error) = &req.error_detail {
                         warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, message = %error.message, "proxy rejected update (NACK)");
-                        state.rejected_version = Some(pending.version);
+                        state.rejected = Some(pending.changes.clone());
                         self.metrics
                             .nacks
                             .with_label_values(&[ty.short_name()])
@@ -308,7 +309,7 @@ impl ProxyStream {
                 }
                 if names.insert(name.clone()) {
                     state.announce_absent.insert(name.clone());
-                    state.rejected_version = None;
+                    state.rejected = None;
                 }
             }
         }
@@ -325,14 +326,14 @@ impl ProxyStream {
     /// Sends what each type lacks, in make-before-break order: clusters, endpoints, listeners,
     /// route tables; cluster and endpoint removals wait until routes no longer need them.
     async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+        // Routes are settled when both route types are subscribed, nothing is in flight, and the
+        // proxy holds this version's content (a rejected route table is not settled).
         let routes_settled = [ResourceType::Listener, ResourceType::RouteTable]
             .iter()
             .all(|ty| {
-                self.types.get(ty).is_none_or(|s| {
-                    s.pending.is_none()
-                        && (s.rejected_version == Some(snapshot.version)
-                            || s.diff(snapshot, *ty, true).is_empty())
-                })
+                self.types
+                    .get(ty)
+                    .is_some_and(|s| s.pending.is_none() && s.diff(snapshot, *ty, true).is_empty())
             });
         for ty in ResourceType::ALL {
             let Some(state) = self.types.get_mut(&ty) else {
@@ -340,20 +341,23 @@ impl ProxyStream {
             };
             let allow_removals =
                 routes_settled || !matches!(ty, ResourceType::Cluster | ResourceType::Endpoints);
-            let blocked = state.rejected_version == Some(snapshot.version);
-            let changes = if blocked {
-                Vec::new()
-            } else {
-                state.diff(snapshot, ty, allow_removals)
-            };
+            let changes = state.diff(snapshot, ty, allow_removals);
             if state.pending.is_some() {
                 if changes.is_empty() {
                     continue;
                 }
                 break; // Later types wait for this one, to keep the order.
             }
-            if changes.is_empty() && (state.sent_any || blocked) {
-                if !blocked && state.current_version != Some(snapshot.version) {
+            if let Some(rejected) = &state.rejected
+                && !changes.is_empty()
+                && rejected.iter().all(|r| changes.contains(r))
+            {
+                // What the proxy refused is still due unchanged: sending it again would only be
+                // refused again, and later types must not run ahead of it.
+                break;
+            }
+            if changes.is_empty() && state.sent_any {
+                if state.current_version != Some(snapshot.version) {
                     // Nothing of this type changed: what the proxy holds is this version's content.
                     state.current_version = Some(snapshot.version);
                     let version = snapshot.version.to_string();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use prometheus::Histogram;
 use rauta_common::api::v1::{Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol};
+use tracing::debug;
 
 use crate::maglev::{MaglevTable, hash_key};
 use crate::upstream::{ClientCache, HttpClient, Protocol};
@@ -51,6 +52,7 @@ impl ClusterRt {
         endpoints: Option<&ClusterEndpoints>,
         clients: &mut ClientCache,
         latency: Histogram,
+        min_table_size: usize,
     ) -> Result<ClusterRt, String> {
         let name = &cluster.name;
         let protocol = match UpstreamProtocol::try_from(cluster.protocol) {
@@ -76,27 +78,32 @@ impl ClusterRt {
             .map(|e| e.endpoints.as_slice())
             .unwrap_or_default()
         {
-            let ip: IpAddr = ep.address.parse().map_err(|_| {
-                format!("cluster {name}: invalid endpoint address {:?}", ep.address)
-            })?;
-            let port = u16::try_from(ep.port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("cluster {name}: invalid endpoint port {}", ep.port))?;
             if !ep.ready {
                 continue;
             }
+            // One unusable address must not cost the whole cluster: skip it and keep the rest.
+            let (Ok(ip), Ok(port)) = (ep.address.parse::<IpAddr>(), u16::try_from(ep.port)) else {
+                debug!(cluster = %name, address = %ep.address, port = ep.port, "skipping unusable endpoint");
+                continue;
+            };
+            if port == 0 {
+                continue;
+            }
             let addr = SocketAddr::new(ip, port);
-            let authority = Authority::try_from(addr.to_string().as_str())
-                .map_err(|e| format!("cluster {name}: {e}"))?;
+            let Ok(authority) = Authority::try_from(addr.to_string().as_str()) else {
+                continue;
+            };
             ready.push(EndpointRt { addr, authority });
             weights.push(ep.weight);
         }
+
         let picker = match policy {
             LoadBalancerPolicy::RoundRobin => Picker::RoundRobin(AtomicUsize::new(0)),
             LoadBalancerPolicy::Unspecified | LoadBalancerPolicy::Maglev => {
                 let ids: Vec<String> = ready.iter().map(|e| e.addr.to_string()).collect();
-                match MaglevTable::build(&ids, &weights) {
+                // Never shrink a cluster's table: a size change would remap most clients.
+                let size = MaglevTable::size_for(ids.len()).max(min_table_size);
+                match MaglevTable::build_with_size(&ids, &weights, size) {
                     Some(table) => Picker::Maglev(table),
                     None => Picker::RoundRobin(AtomicUsize::new(0)),
                 }
@@ -127,6 +134,14 @@ impl ClusterRt {
             Picker::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len(),
         };
         self.endpoints.get(index)
+    }
+
+    /// Size of the Maglev table (0 for other pickers).
+    pub fn table_size(&self) -> usize {
+        match &self.picker {
+            Picker::Maglev(t) => t.len(),
+            Picker::RoundRobin(_) => 0,
+        }
     }
 
     pub fn ready_endpoints(&self) -> usize {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -112,14 +114,18 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if !req.headers().contains_key(HOST)
-        && let Some(value) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    if let Some(value) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
-        // HTTP/2 clients send :authority; an HTTP/1.1 upstream needs Host.
+        // The authority the request was routed by is the one the upstream must see: HTTP/2
+        // clients send :authority instead of Host, and for an absolute-form HTTP/1.1 target the
+        // URI's authority overrides Host (RFC 9112 section 3.2.2).
         req.headers_mut().insert(HOST, value);
+    }
+    if cluster.protocol == Protocol::Http1 {
+        join_cookies(req.headers_mut());
     }
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
@@ -171,6 +177,22 @@ async fn forward(
                 Bytes::from_static(b"upstream connect error\n"),
             )
         }
+    }
+}
+
+/// HTTP/2 clients may split Cookie into several fields; HTTP/1.1 allows only one
+/// (RFC 9113 section 8.2.3), joined with "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, v);
     }
 }
 
@@ -228,6 +250,15 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    #[test]
+    fn cookies_are_joined_for_http1() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

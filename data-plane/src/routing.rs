@@ -200,11 +200,16 @@ impl RoutingState {
                         Some(Payload::Endpoints(e)) => Some(e),
                         _ => None,
                     });
+                    let min_table_size = previous
+                        .clusters
+                        .get(&cluster.name)
+                        .map_or(0, |(_, _, rt)| rt.table_size());
                     Arc::new(ClusterRt::build(
                         cluster,
                         endpoints,
                         clients,
                         metrics.upstream_latency(&cluster.name),
+                        min_table_size,
                     )?)
                 }
             };
@@ -329,7 +334,7 @@ fn build_vhost(
             for h in &m.headers {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| err(format!("invalid header name {:?}", h.name)))?;
-                let value = HeaderValue::from_str(&h.value)
+                let value = HeaderValue::from_bytes(h.value.as_bytes())
                     .map_err(|_| err(format!("invalid header value for {:?}", h.name)))?;
                 headers.push((name, value));
             }

@@ -158,6 +158,10 @@ fn endpoints_of(
                 == Some(&service.name)
     });
     for (_, slice) in slices {
+        // FQDN slices name hosts, not addresses; the proxy connects to IPs only.
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
         let port = match &slice.ports {
             // EndpointSlice ports carry the Service port's name; an unnamed port matches unnamed.
             Some(ports) => ports
@@ -197,6 +201,13 @@ fn endpoints_of(
         }
     }
     out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-    out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    // The same address in two slices (a rollout): it is ready if either copy says so.
+    out.dedup_by(|later, kept| {
+        let same = later.address == kept.address && later.port == kept.port;
+        if same {
+            kept.ready |= later.ready;
+        }
+        same
+    });
     out
 }

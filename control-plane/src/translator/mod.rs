@@ -29,7 +29,15 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Gateway API features this build implements, reported in GatewayClass status. Only features
 /// whose conformance cases pass belong here (see tests/conformance).
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "GatewayPort8080",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteBackendProtocolH2C",
+];
 
 /// Per port: the listener hostnames, and match entries by virtual-host domain.
 type PortRoutes = BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)>;
@@ -60,6 +68,8 @@ struct ListenerView<'a> {
 struct GatewayView<'a> {
     key: ObjectRef,
     generation: i64,
+    /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
+    invalid_parameters: Option<String>,
     listeners: Vec<ListenerView<'a>>,
 }
 
@@ -160,9 +170,22 @@ fn gateway_view<'a>(key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
             attached: Vec::new(),
         })
         .collect();
+    // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
+    let invalid_parameters = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+        .map(|p| {
+            format!(
+                "parametersRef {}/{} {} is not supported",
+                p.group, p.kind, p.name
+            )
+        });
     GatewayView {
         key: key.clone(),
         generation: generation(&gw.metadata),
+        invalid_parameters,
         listeners,
     }
 }
@@ -198,11 +221,15 @@ fn namespace_allowed(
             let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
                 return false;
             };
-            let labels = objects
+            let mut labels = objects
                 .namespaces
                 .get(&ObjectRef::new("", route_ns))
                 .and_then(|n| n.metadata.labels.clone())
                 .unwrap_or_default();
+            // The API server puts this label on every Namespace; a directory of YAML may not.
+            labels
+                .entry("kubernetes.io/metadata.name".to_owned())
+                .or_insert_with(|| route_ns.to_owned());
             let labels_ok = selector
                 .match_labels
                 .iter()
@@ -373,6 +400,9 @@ fn build_gateway(
         let (hostnames, vhosts) = ports.entry(port.unwrap_or_default()).or_default();
         if let Some(h) = &spec.hostname {
             hostnames.push(h.to_ascii_lowercase());
+            // Listener isolation: a request for this listener's hostname is this listener's,
+            // even when it has no routes (then 404), never another listener's "*".
+            vhosts.entry(h.to_ascii_lowercase()).or_default();
         }
         for (hosts, route) in &listener.attached {
             let Some(route) = compiled.get(route) else {
@@ -461,15 +491,45 @@ fn build_gateway(
             .insert(name, Payload::RouteTable(table));
     }
     let any_valid = gateway.listeners.iter().any(|l| l.valid);
+    let all_valid = gateway.listeners.iter().all(|l| l.valid);
     let g = gateway.generation;
-    status
-        .conditions
-        .push(Condition::new("Accepted", true, "Accepted", "", g));
-    status.conditions.push(if any_valid {
+    let accepted = if let Some(reason) = &gateway.invalid_parameters {
+        Condition::new("Accepted", false, "InvalidParameters", reason.clone(), g)
+    } else if !any_valid {
+        Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+            g,
+        )
+    } else if !all_valid {
+        Condition::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            "some listeners are invalid",
+            g,
+        )
+    } else {
+        Condition::new("Accepted", true, "Accepted", "", g)
+    };
+    let programmed = accepted.is_true();
+    status.conditions.push(accepted);
+    status.conditions.push(if programmed {
         Condition::new("Programmed", true, "Programmed", "", g)
     } else {
-        Condition::new("Programmed", false, "Invalid", "no valid listener", g)
+        Condition::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "the Gateway is not accepted",
+            g,
+        )
     });
+    if !programmed {
+        resources.clear();
+    }
     (resources, status)
 }
 

@@ -350,7 +350,14 @@ fn parent_attachment_reasons() {
             .collect::<Vec<_>>()
     };
     assert_eq!(domains("http-80"), ["a.foo.com", "other.org"]);
-    assert_eq!(domains("http-8081"), ["a.foo.com"]);
+    // Listener isolation: the listener's own hostname has a virtual host even where no route
+    // serves it, so such requests get 404 instead of falling through to another listener.
+    assert_eq!(domains("http-8081"), ["*.foo.com", "a.foo.com"]);
+    assert!(
+        route_table(&t, "http-8081").virtual_hosts[0]
+            .rules
+            .is_empty()
+    );
     let listeners = &t.status.gateways[&gw()].listeners;
     let attached: Vec<(&str, i32)> = listeners
         .iter()
