@@ -63,6 +63,7 @@ fn resources(cluster: &str) -> ResourceSet {
             }],
             invalid_weight: 0,
         })),
+        ..Default::default()
     };
     set.entry(ResourceType::RouteTable).or_default().insert(
         "http-80".into(),

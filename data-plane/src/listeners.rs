@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::proxy;
+use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::Shared;
 
@@ -112,7 +112,10 @@ impl ListenerManager {
             let (stop, stopped) = watch::channel(false);
             tokio::spawn(accept_loop(
                 listener,
-                Arc::from(spec.name.as_str()),
+                Arc::new(ListenerCtx {
+                    name: Arc::from(spec.name.as_str()),
+                    port: spec.port,
+                }),
                 Arc::clone(&self.shared),
                 stopped,
             ));
@@ -165,7 +168,7 @@ fn bind_reusing(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    name: Arc<str>,
+    ctx: Arc<ListenerCtx>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -181,17 +184,17 @@ async fn accept_loop(
                     Ok(a) => a,
                     Err(err) => {
                         // Out of file descriptors and similar: keep serving what we have.
-                        debug!(listener = %name, %err, "accept failed");
+                        debug!(listener = %ctx.name, %err, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
-                let name = Arc::clone(&name);
+                let ctx = Arc::clone(&ctx);
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&name), peer, req));
+                    let service = service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), peer, req));
                     if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                         debug!(%peer, %err, "connection ended with an error");
                     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::cluster::{ClusterRt, EndpointRt};
-use crate::routing::{ActionRt, Pick};
+use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt};
 use crate::shared::Shared;
 use crate::upstream::Protocol;
 
@@ -53,21 +53,33 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// The Gateway listener a connection arrived on.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    /// The Gateway's port for this listener (not the local port, which may be offset).
+    pub port: u16,
+}
+
 /// Handles one request. Never fails: every problem becomes an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
-    listener: Arc<str>,
+    listener: Arc<ListenerCtx>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = shared.state.load_full();
-    let rule = state.route_table(&listener).and_then(|table| {
-        let host = request_host(&req).unwrap_or_default();
-        table
-            .virtual_host(&host)?
-            .route(req.uri().path(), req.headers())
-    });
-    let Some(rule) = rule else {
+    let host = request_host(&req).unwrap_or_default();
+    let view = RequestView {
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let routed = state
+        .route_table(&listener.name)
+        .and_then(|table| table.virtual_host(&host)?.route(&view));
+    let Some((rule, matched)) = routed else {
         if let Some(c) = &state.no_route {
             c.record(404);
         }
@@ -77,8 +89,31 @@ pub async fn handle(
             Bytes::from_static(b"no route\n"),
         ));
     };
-    let resp = match &rule.action {
+    let mut resp = match &rule.action {
         ActionRt::Direct { status, body } => local(*status, body.clone()),
+        ActionRt::Redirect(redirect) => {
+            let location = redirect.location(
+                "http",
+                &host,
+                req.uri().path(),
+                req.uri().query(),
+                listener.port,
+                matched.prefix(),
+            );
+            let mut r = local(redirect.status, Bytes::new());
+            match HeaderValue::from_str(&location) {
+                Ok(v) => {
+                    r.headers_mut().insert(LOCATION, v);
+                }
+                Err(_) => {
+                    r = local(
+                        StatusCode::BAD_REQUEST,
+                        Bytes::from_static(b"cannot redirect this request\n"),
+                    )
+                }
+            }
+            r
+        }
         action @ ActionRt::Forward { .. } => match action.pick(rand::random()) {
             Pick::Invalid => local(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,11 +129,14 @@ pub async fn handle(
                         StatusCode::SERVICE_UNAVAILABLE,
                         Bytes::from_static(b"no healthy upstream\n"),
                     ),
-                    Some(endpoint) => forward(cluster, endpoint, req, peer).await,
+                    Some(endpoint) => forward(cluster, endpoint, rule, matched, req, peer).await,
                 },
             },
         },
     };
+    if let Some(ops) = &rule.response_headers {
+        ops.apply(resp.headers_mut());
+    }
     rule.counters.record(resp.status().as_u16());
     Ok(resp)
 }
@@ -106,14 +144,34 @@ pub async fn handle(
 async fn forward(
     cluster: &ClusterRt,
     endpoint: &EndpointRt,
+    rule: &RuleRt,
+    matched: &MatchRt,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = match rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        Some(rewrite) => {
+            let new_path = rewrite.apply(req.uri().path(), matched.prefix());
+            let target = match req.uri().query() {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            match PathAndQuery::try_from(target) {
+                Ok(p) => p,
+                Err(_) => {
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        Bytes::from_static(b"invalid rewritten path\n"),
+                    );
+                }
+            }
+        }
+        None => req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     if let Some(value) = req
         .uri()
         .authority()
@@ -126,6 +184,12 @@ async fn forward(
     }
     if cluster.protocol == Protocol::Http1 {
         join_cookies(req.headers_mut());
+    }
+    if let Some(ops) = &rule.request_headers {
+        ops.apply(req.headers_mut());
+    }
+    if let Some(host) = rule.rewrite.as_ref().and_then(|r| r.host.clone()) {
+        req.headers_mut().insert(HOST, host);
     }
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::route_rule::Action;
 use rauta_common::api::v1::{ListenerProtocol, PathMatchKind, RouteTable, VirtualHost};
 use rauta_common::types::ResourceType;
 
 use crate::cluster::ClusterRt;
+use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteCounters};
 use crate::store::ResourceStore;
 use crate::upstream::ClientCache;
@@ -39,19 +40,52 @@ impl PathRt {
 }
 
 #[derive(Debug)]
-struct MatchRt {
+pub struct MatchRt {
     path: PathRt,
     headers: Vec<(HeaderName, HeaderValue)>,
+    query: Vec<(Box<str>, Box<str>)>,
+    method: Option<Method>,
+}
+
+/// The parts of a request that routing looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// The first value of a query parameter, undecoded.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| match kv.split_once('=') {
+        Some((k, v)) if k == name => Some(v),
+        None if kv == name => Some(""),
+        _ => None,
+    })
 }
 
 impl MatchRt {
     #[inline]
-    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
-        self.path.matches(path)
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.path.matches(req.path)
+            && self.method.as_ref().is_none_or(|m| m == req.method)
             && self
                 .headers
                 .iter()
-                .all(|(name, value)| headers.get(name) == Some(value))
+                .all(|(name, value)| req.headers.get(name) == Some(value))
+            && self
+                .query
+                .iter()
+                .all(|(name, value)| req.query.and_then(|q| query_param(q, name)) == Some(&**value))
+    }
+
+    /// The PathPrefix this match matched on (without trailing slash), for prefix rewrites.
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathRt::Prefix(p) => Some(p),
+            PathRt::Exact(_) => None,
+        }
     }
 }
 
@@ -68,6 +102,7 @@ pub enum ActionRt {
         backends: Vec<WeightedBackend>,
         total: u32,
     },
+    Redirect(RedirectRt),
     Direct {
         status: StatusCode,
         body: Bytes,
@@ -104,6 +139,9 @@ pub struct RuleRt {
     pub name: Arc<str>,
     matches: Vec<MatchRt>,
     pub action: ActionRt,
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
+    pub rewrite: Option<Rewrite>,
     pub counters: RouteCounters,
 }
 
@@ -116,10 +154,10 @@ pub struct VirtualHostRt {
 impl VirtualHostRt {
     /// The first rule matching the request, in precedence order.
     #[inline]
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&RuleRt> {
+    pub fn route(&self, req: &RequestView<'_>) -> Option<(&RuleRt, &MatchRt)> {
         self.rules
             .iter()
-            .find(|r| r.matches.iter().any(|m| m.matches(path, headers)))
+            .find_map(|r| r.matches.iter().find(|m| m.matches(req)).map(|m| (r, m)))
     }
 }
 
@@ -338,7 +376,24 @@ fn build_vhost(
                     .map_err(|_| err(format!("invalid header value for {:?}", h.name)))?;
                 headers.push((name, value));
             }
-            matches.push(MatchRt { path, headers });
+            let query = m
+                .query_params
+                .iter()
+                .map(|q| (q.name.as_str().into(), q.value.as_str().into()))
+                .collect();
+            let method = match m.method.as_str() {
+                "" => None,
+                name => Some(
+                    Method::from_bytes(name.as_bytes())
+                        .map_err(|_| err(format!("invalid method {name:?}")))?,
+                ),
+            };
+            matches.push(MatchRt {
+                path,
+                headers,
+                query,
+                method,
+            });
         }
         let action = match &rule.action {
             None => {
@@ -356,6 +411,7 @@ fn build_vhost(
                     body: Bytes::from(d.body.clone()),
                 }
             }
+            Some(Action::Redirect(r)) => ActionRt::Redirect(RedirectRt::build(r).map_err(err)?),
             Some(Action::Forward(f)) => {
                 let mut backends = Vec::with_capacity(f.clusters.len());
                 let mut cumulative: u32 = 0;
@@ -375,10 +431,31 @@ fn build_vhost(
                 ActionRt::Forward { backends, total }
             }
         };
+        let request_headers = rule
+            .request_headers
+            .as_ref()
+            .map(HeaderOps::build)
+            .transpose()
+            .map_err(err)?;
+        let response_headers = rule
+            .response_headers
+            .as_ref()
+            .map(HeaderOps::build)
+            .transpose()
+            .map_err(err)?;
+        let rewrite = rule
+            .url_rewrite
+            .as_ref()
+            .map(Rewrite::build)
+            .transpose()
+            .map_err(err)?;
         rules.push(RuleRt {
             name: Arc::from(rule.name.as_str()),
             matches,
             action,
+            request_headers,
+            response_headers,
+            rewrite,
             counters: metrics.route_counters(&rule.name),
         });
     }
@@ -503,11 +580,13 @@ mod build_tests {
                     })
                     .into_iter()
                     .collect(),
+                ..Default::default()
             }],
             action: Some(Action::DirectResponse(DirectResponse {
                 status: 204,
                 body: String::new(),
             })),
+            ..Default::default()
         }
     }
 

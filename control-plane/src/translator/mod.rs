@@ -2,6 +2,7 @@
 //! plus the status of every object involved. No I/O, no clock: tests call it directly.
 
 pub mod backends;
+mod filters;
 pub mod hostnames;
 mod routes;
 pub mod status;
@@ -37,6 +38,12 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRoutePortRedirect",
+    "HTTPRoutePathRedirect",
+    "HTTPRouteHostRewrite",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
 ];
 
 /// Per port: the listener hostnames, and match entries by virtual-host domain.

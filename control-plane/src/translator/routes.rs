@@ -4,14 +4,15 @@ use std::cmp::{Ordering, Reverse};
 
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
-    DirectResponse, ForwardAction, HeaderMatch, PathMatch, PathMatchKind, RouteMatch, RouteRule,
-    WeightedCluster, route_rule::Action,
+    DirectResponse, ForwardAction, HeaderMatch, PathMatch, PathMatchKind, QueryParamMatch,
+    RouteMatch, RouteRule, WeightedCluster, route_rule::Action,
 };
 
 use super::backends::{self, BackendRef, RefProblem, ResolvedBackend};
+use super::filters;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// Precedence of one match among all matches of all routes on a host (spec: HTTPRouteRule).
@@ -72,11 +73,27 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
             Some(n) if !n.is_empty() => format!("{key}/{n}"),
             _ => format!("{key}/rule/{rule_index}"),
         };
-        let action = compile_action(objects, &key.namespace, rule, &mut out);
         let default_match = [HttpRouteRulesMatches::default()];
         let matches = match rule.matches.as_deref() {
             Some(m) if !m.is_empty() => m,
             _ => &default_match,
+        };
+        let prefix_ok = matches.iter().all(|m| {
+            m.path.as_ref().is_none_or(|p| {
+                p.r#type.is_none() || p.r#type == Some(HttpRouteRulesMatchesPathType::PathPrefix)
+            })
+        });
+        let filters = match filters::compile(rule.filters.as_deref().unwrap_or_default(), prefix_ok)
+        {
+            Ok(f) => f,
+            Err(msg) => {
+                out.unsupported.get_or_insert(msg);
+                filters::RuleFilters::default()
+            }
+        };
+        let action = match &filters.redirect {
+            Some(redirect) => Action::Redirect(redirect.clone()),
+            None => compile_action(objects, &key.namespace, rule, &mut out),
         };
         for (match_index, m) in matches.iter().enumerate() {
             let route_match = match compile_match(m) {
@@ -107,6 +124,9 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 name: name.clone(),
                 matches: vec![route_match],
                 action: Some(action.clone()),
+                request_headers: filters.request_headers.clone(),
+                response_headers: filters.response_headers.clone(),
+                url_rewrite: filters.url_rewrite.clone(),
             };
             out.entries.push(MatchEntry { precedence, rule });
         }
@@ -115,11 +135,28 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
 }
 
 fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
-    if m.method.is_some() {
-        return Err("method matches are not supported yet".into());
-    }
-    if m.query_params.as_ref().is_some_and(|q| !q.is_empty()) {
-        return Err("query parameter matches are not supported yet".into());
+    let method = match &m.method {
+        Some(method) => serde_json::to_value(method)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or("unreadable method match")?,
+        None => String::new(),
+    };
+    let mut query_params: Vec<QueryParamMatch> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        if matches!(
+            q.r#type,
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+        ) {
+            return Err("RegularExpression query parameter matches are not supported yet".into());
+        }
+        // Multiple matches on the same parameter: only the first counts (spec).
+        if !query_params.iter().any(|x| x.name == q.name) {
+            query_params.push(QueryParamMatch {
+                name: q.name.clone(),
+                value: q.value.clone(),
+            });
+        }
     }
     let (kind, value) = match &m.path {
         None => (PathMatchKind::Prefix, "/".to_owned()),
@@ -163,6 +200,8 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
             value,
         }),
         headers,
+        query_params,
+        method,
     })
 }
 
@@ -172,10 +211,6 @@ fn compile_action(
     rule: &HttpRouteRules,
     out: &mut CompiledRoute,
 ) -> Action {
-    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        out.unsupported
-            .get_or_insert_with(|| "filters are not supported yet".into());
-    }
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     if refs.is_empty() {
         // A rule without backends answers 500 (spec: HTTPRouteRule.backendRefs).

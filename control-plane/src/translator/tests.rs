@@ -406,3 +406,88 @@ fn unsupported_match_features_reject_the_route_instead_of_misrouting() {
     );
     assert!(route_table(&t, "http-80").virtual_hosts.is_empty());
 }
+
+#[test]
+fn filters_and_extra_matches_compile_into_the_rule() {
+    let spec = r#"  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /old}
+      method: POST
+      queryParams: [{name: a, value: "1"}, {name: a, value: "2"}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: X-Set, value: s}]
+        add: [{name: X-Add, value: a}]
+        remove: [X-Gone]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: X-Resp, value: r}]
+    - type: URLRewrite
+      urlRewrite:
+        hostname: internal.example
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+    backendRefs: [{name: web, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /moved}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: example.org, statusCode: 301, path: {type: ReplaceFullPath, replaceFullPath: /here}}"#;
+    let t = translate_yaml(&route("r", "", spec));
+    assert_eq!(
+        condition(&parent_conditions(&t, "apps/r"), "Accepted").0,
+        "True"
+    );
+    let rules = &route_table(&t, "http-80").virtual_hosts[0].rules;
+    let rewrite_rule = rules.iter().find(|r| r.name == "apps/r/rule/0").unwrap();
+    let m = &rewrite_rule.matches[0];
+    assert_eq!(m.method, "POST");
+    assert_eq!(
+        m.query_params.len(),
+        1,
+        "only the first match on a parameter name counts"
+    );
+    let req = rewrite_rule.request_headers.as_ref().unwrap();
+    assert_eq!(
+        (
+            req.set[0].name.as_str(),
+            req.add[0].name.as_str(),
+            req.remove[0].as_str()
+        ),
+        ("x-set", "x-add", "x-gone")
+    );
+    assert_eq!(
+        rewrite_rule.response_headers.as_ref().unwrap().set[0].value,
+        "r"
+    );
+    assert_eq!(
+        rewrite_rule.url_rewrite.as_ref().unwrap().hostname,
+        "internal.example"
+    );
+    let redirect_rule = rules.iter().find(|r| r.name == "apps/r/rule/1").unwrap();
+    let Some(Action::Redirect(r)) = &redirect_rule.action else {
+        panic!("{redirect_rule:?}")
+    };
+    assert_eq!(
+        (r.scheme.as_str(), r.hostname.as_str(), r.status_code),
+        ("https", "example.org", 301)
+    );
+}
+
+#[test]
+fn invalid_or_unsupported_filters_reject_the_route() {
+    let cases = [
+        // ReplacePrefixMatch needs a PathPrefix match.
+        "  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web, port: 8080}}}]\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]",
+        "  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'bad name', value: x}]}}]\n    backendRefs: [{name: web, port: 8080}]",
+    ];
+    for spec in cases {
+        let t = translate_yaml(&route("r", "", spec));
+        assert_eq!(
+            condition(&parent_conditions(&t, "apps/r"), "Accepted"),
+            ("False".into(), "UnsupportedValue".into()),
+            "{spec}"
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Compiles an HTTPRoute rule's filters (RequestHeaderModifier, ResponseHeaderModifier,
+//! RequestRedirect, URLRewrite) into route-table fields.
+
+use gateway_api::httproutes::{
+    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+};
+use rauta_common::api::v1::{
+    HeaderModifier, HeaderValue, PathModifier, Redirect, UrlRewrite, path_modifier,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What a rule's filters ask for.
+#[derive(Debug, Default, Clone)]
+pub struct RuleFilters {
+    pub redirect: Option<Redirect>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub url_rewrite: Option<UrlRewrite>,
+}
+
+/// The request and response header modifier types are distinct generated structs of the same
+/// shape; read both through their JSON form.
+fn header_modifier(m: &impl Serialize) -> Result<HeaderModifier, String> {
+    let v = serde_json::to_value(m).map_err(|e| e.to_string())?;
+    let pairs = |key: &str| -> Vec<HeaderValue> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| {
+                Some(HeaderValue {
+                    name: h.get("name")?.as_str()?.to_ascii_lowercase(),
+                    value: h.get("value")?.as_str()?.to_owned(),
+                })
+            })
+            .collect()
+    };
+    let remove = v
+        .get("remove")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    let modifier = HeaderModifier {
+        set: pairs("set"),
+        add: pairs("add"),
+        remove,
+    };
+    for h in modifier.set.iter().chain(&modifier.add) {
+        if http_header_name_ok(&h.name).is_err()
+            || h.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
+            return Err(format!("invalid header {:?}", h.name));
+        }
+    }
+    Ok(modifier)
+}
+
+fn http_header_name_ok(name: &str) -> Result<(), ()> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    prefix_ok: bool,
+) -> Result<Option<PathModifier>, String> {
+    match (full, prefix) {
+        (Some(f), _) => Ok(Some(PathModifier {
+            kind: Some(path_modifier::Kind::ReplaceFullPath(f.clone())),
+        })),
+        (None, Some(p)) if prefix_ok => Ok(Some(PathModifier {
+            kind: Some(path_modifier::Kind::ReplacePrefixMatch(p.clone())),
+        })),
+        (None, Some(_)) => {
+            Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into())
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `prefix_ok`: all of the rule's matches are PathPrefix matches (ReplacePrefixMatch needs it).
+pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<RuleFilters, String> {
+    let mut out = RuleFilters::default();
+    for f in filters {
+        match f.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                let m = f
+                    .request_header_modifier
+                    .as_ref()
+                    .ok_or("RequestHeaderModifier without requestHeaderModifier")?;
+                out.request_headers = Some(header_modifier(m)?);
+            }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                let m = f
+                    .response_header_modifier
+                    .as_ref()
+                    .ok_or("ResponseHeaderModifier without responseHeaderModifier")?;
+                out.response_headers = Some(header_modifier(m)?);
+            }
+            HttpRouteRulesFiltersType::RequestRedirect => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or("RequestRedirect without requestRedirect")?;
+                let status_code = match r.status_code {
+                    None => 302,
+                    Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u32,
+                    Some(c) => return Err(format!("redirect status code {c} is not supported")),
+                };
+                let path = r.path.as_ref();
+                out.redirect = Some(Redirect {
+                    scheme: match r.scheme {
+                        Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
+                        Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
+                        None => String::new(),
+                    },
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                    path: path_modifier(
+                        path.and_then(|p| p.replace_full_path.as_ref()),
+                        path.and_then(|p| p.replace_prefix_match.as_ref()),
+                        prefix_ok,
+                    )?,
+                    status_code,
+                });
+            }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                let r = f
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or("URLRewrite without urlRewrite")?;
+                let path = r.path.as_ref();
+                out.url_rewrite = Some(UrlRewrite {
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: path_modifier(
+                        path.and_then(|p| p.replace_full_path.as_ref()),
+                        path.and_then(|p| p.replace_prefix_match.as_ref()),
+                        prefix_ok,
+                    )?,
+                });
+            }
+            HttpRouteRulesFiltersType::RequestMirror => {
+                return Err("the RequestMirror filter is not supported yet".into());
+            }
+            HttpRouteRulesFiltersType::Cors => {
+                return Err("the CORS filter is not supported yet".into());
+            }
+            HttpRouteRulesFiltersType::ExtensionRef => {
+                return Err("ExtensionRef filters are not supported".into());
+            }
+        }
+    }
+    if out.redirect.is_some() && out.url_rewrite.is_some() {
+        return Err("RequestRedirect and URLRewrite cannot be used together".into());
+    }
+    Ok(out)
+}
