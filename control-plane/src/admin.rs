@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use rauta_common::api::v1::Resource;
 use rauta_common::api::v1::admin_server::Admin;
+use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
     GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse, ListSnapshotsRequest,
     ListSnapshotsResponse, ListStatusesRequest, ListStatusesResponse, Nack, ProxyStatus,
@@ -150,7 +152,7 @@ impl Admin for AdminService {
             .filter(|(t, _)| ty.is_none_or(|want| want == **t))
             .flat_map(|(_, by_name)| by_name.values())
             .filter(|r| req.name.is_empty() || r.name == req.name)
-            .map(|r| r.as_ref().clone())
+            .map(|r| redacted(r.as_ref()))
             .collect();
         if !req.name.is_empty() && resources.is_empty() {
             return Err(Status::not_found(format!(
@@ -182,3 +184,17 @@ impl Admin for AdminService {
         Ok(Response::new(ListStatusesResponse { objects }))
     }
 }
+
+/// A copy of a resource without private key material: admin output is for people and logs.
+fn redacted(resource: &Resource) -> Resource {
+    let mut r = resource.clone();
+    if let Some(Payload::Listener(l)) = &mut r.payload {
+        for c in &mut l.certificates {
+            c.private_key_pem = REDACTED.to_owned();
+        }
+    }
+    r
+}
+
+/// What the admin service shows instead of a private key.
+pub const REDACTED: &str = "[redacted]";

@@ -51,6 +51,7 @@ fn resources(cluster: &str) -> ResourceSet {
             protocol: 1,
             hostnames: vec![],
             route_table: "http-80".into(),
+            certificates: vec![],
         }),
     );
     let rule = RouteRule {

@@ -14,5 +14,6 @@ pub mod proxy;
 pub mod routing;
 pub mod shared;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::proxy::{self, ListenerCtx};
@@ -18,6 +19,8 @@ use crate::shared::Shared;
 
 /// Longest wait for a request's headers; a client that trickles them (slowloris) is cut off.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 struct ActiveListener {
@@ -70,17 +73,8 @@ impl ListenerManager {
                 )
             })?;
             let addr = SocketAddr::new(self.bind_ip, port);
-            // A port moving between listeners in one snapshot is still held by the old socket.
-            let held = self
-                .active
-                .values()
-                .find(|a| a.local.port() == port)
-                .map(|a| a.local);
-            let listener = match held {
-                Some(_) => bind_reusing(addr),
-                None => bind(addr),
-            }
-            .map_err(|e| format!("listener {}: cannot bind {addr}: {e}", spec.name))?;
+            let listener = bind(addr)
+                .map_err(|e| format!("listener {}: cannot bind {addr}: {e}", spec.name))?;
             prepared.new.push((spec.clone(), listener));
         }
         Ok(prepared)
@@ -115,6 +109,7 @@ impl ListenerManager {
                 Arc::new(ListenerCtx {
                     name: Arc::from(spec.name.as_str()),
                     port: spec.port,
+                    tls: spec.tls,
                 }),
                 Arc::clone(&self.shared),
                 stopped,
@@ -150,18 +145,14 @@ fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     };
     // Lets a restarted proxy rebind while old connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // Lets a listener that changes name (protocol) open its new socket on the same port
+    // before the old one closes; a foreign socket without SO_REUSEPORT still conflicts.
+    socket.set_reuseport(true)?;
     Ok(socket)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket_for(addr)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-fn bind_reusing(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket_for(addr)?;
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
@@ -194,8 +185,31 @@ async fn accept_loop(
                 let ctx = Arc::clone(&ctx);
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), peer, req));
-                    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                    let service = {
+                        let (shared, ctx) = (Arc::clone(&shared), Arc::clone(&ctx));
+                        service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), peer, req))
+                    };
+                    let served = if ctx.tls {
+                        // The configuration of the current snapshot: certificates change without
+                        // reopening the socket.
+                        let Some(config) = shared.state.load().tls_config(&ctx.name) else { return };
+                        let handshake = TlsAcceptor::from(config).accept(stream);
+                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(err)) => {
+                                debug!(%peer, %err, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
+                    } else {
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                    };
+                    if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");
                     }
                 });

@@ -59,6 +59,14 @@ pub struct ListenerCtx {
     pub name: Arc<str>,
     /// The Gateway's port for this listener (not the local port, which may be offset).
     pub port: u16,
+    /// Whether connections arrive over TLS.
+    pub tls: bool,
+}
+
+impl ListenerCtx {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
 }
 
 /// Handles one request. Never fails: every problem becomes an HTTP answer.
@@ -93,7 +101,7 @@ pub async fn handle(
         ActionRt::Direct { status, body } => local(*status, body.clone()),
         ActionRt::Redirect(redirect) => {
             let location = redirect.location(
-                "http",
+                listener.scheme(),
                 &host,
                 req.uri().path(),
                 req.uri().query(),
@@ -129,7 +137,18 @@ pub async fn handle(
                         StatusCode::SERVICE_UNAVAILABLE,
                         Bytes::from_static(b"no healthy upstream\n"),
                     ),
-                    Some(endpoint) => forward(cluster, endpoint, rule, matched, req, peer).await,
+                    Some(endpoint) => {
+                        forward(
+                            cluster,
+                            endpoint,
+                            rule,
+                            matched,
+                            req,
+                            peer,
+                            listener.scheme(),
+                        )
+                        .await
+                    }
                 },
             },
         },
@@ -148,6 +167,7 @@ async fn forward(
     matched: &MatchRt,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    scheme: &'static str,
 ) -> Response<ProxyBody> {
     let path = match rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
         Some(rewrite) => {
@@ -210,7 +230,7 @@ async fn forward(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     append_forwarded_for(headers, peer);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 
     let started = Instant::now();
     let sent = cluster.client.request(req);

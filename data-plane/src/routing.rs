@@ -16,6 +16,7 @@ use crate::cluster::ClusterRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteCounters};
 use crate::store::ResourceStore;
+use crate::tls;
 use crate::upstream::ClientCache;
 
 #[derive(Debug)]
@@ -192,6 +193,8 @@ pub struct RoutingState {
     listeners: HashMap<String, Option<Arc<RouteTableRt>>>,
     /// Cluster name -> (cluster version, endpoints version, runtime), to reuse unchanged clusters.
     clusters: HashMap<String, (String, String, Arc<ClusterRt>)>,
+    /// HTTPS listener name -> (listener resource version, TLS configuration).
+    tls: HashMap<String, (String, Arc<rustls::ServerConfig>)>,
     pub no_route: Option<RouteCounters>,
 }
 
@@ -200,12 +203,20 @@ pub struct RoutingState {
 pub struct ListenerSpec {
     pub name: String,
     pub port: u16,
+    /// Terminates TLS (its configuration is in the routing state, so certificates can change
+    /// without reopening the socket).
+    pub tls: bool,
 }
 
 impl RoutingState {
     #[inline]
     pub fn route_table(&self, listener: &str) -> Option<&RouteTableRt> {
         self.listeners.get(listener).and_then(|t| t.as_deref())
+    }
+
+    /// The TLS configuration of an HTTPS listener.
+    pub fn tls_config(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.get(listener).map(|(_, c)| Arc::clone(c))
     }
 
     pub fn cluster_count(&self) -> usize {
@@ -268,17 +279,35 @@ impl RoutingState {
         }
 
         let mut listeners = HashMap::new();
+        let mut tls_configs = HashMap::new();
         let mut specs: Vec<ListenerSpec> = Vec::new();
         for resource in store.resources(ResourceType::Listener) {
             let Some(Payload::Listener(l)) = &resource.payload else {
                 continue;
             };
-            if ListenerProtocol::try_from(l.protocol) != Ok(ListenerProtocol::Http) {
-                return Err(format!(
-                    "listener {}: unsupported protocol {}",
-                    l.name, l.protocol
-                ));
-            }
+            let tls = match ListenerProtocol::try_from(l.protocol) {
+                Ok(ListenerProtocol::Http) => false,
+                Ok(ListenerProtocol::Https) => {
+                    // Reuse the TLS configuration while the listener resource is unchanged.
+                    let config = match previous
+                        .tls
+                        .get(&l.name)
+                        .filter(|(v, _)| *v == resource.version)
+                    {
+                        Some((_, config)) => Arc::clone(config),
+                        None => tls::server_config(&l.certificates)
+                            .map_err(|e| format!("listener {}: {e}", l.name))?,
+                    };
+                    tls_configs.insert(l.name.clone(), (resource.version.clone(), config));
+                    true
+                }
+                _ => {
+                    return Err(format!(
+                        "listener {}: unsupported protocol {}",
+                        l.name, l.protocol
+                    ));
+                }
+            };
             let port = u16::try_from(l.port)
                 .ok()
                 .filter(|p| *p != 0)
@@ -292,6 +321,7 @@ impl RoutingState {
             specs.push(ListenerSpec {
                 name: l.name.clone(),
                 port,
+                tls,
             });
             listeners.insert(l.name.clone(), tables.get(&l.route_table).cloned());
         }
@@ -300,6 +330,7 @@ impl RoutingState {
             RoutingState {
                 listeners,
                 clusters,
+                tls: tls_configs,
                 no_route,
             },
             specs,
@@ -554,6 +585,7 @@ mod build_tests {
                         protocol: 1,
                         hostnames: vec![],
                         route_table: "t".into(),
+                        certificates: vec![],
                     };
                     resource(n, Payload::Listener(l))
                 })
@@ -622,7 +654,8 @@ mod build_tests {
             listeners,
             [ListenerSpec {
                 name: "http-80".into(),
-                port: 80
+                port: 80,
+                tls: false,
             }]
         );
         let table = state.route_table("http-80").unwrap();

@@ -6,6 +6,7 @@ mod filters;
 pub mod hostnames;
 mod routes;
 pub mod status;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +15,9 @@ use gateway_api::gateways::{
 };
 use gateway_api::httproutes::HttpRouteParentRefs;
 use rauta_common::api::v1::resource::Payload;
-use rauta_common::api::v1::{Listener, ListenerProtocol, RouteTable, VirtualHost};
+use rauta_common::api::v1::{
+    Listener, ListenerProtocol, RouteTable, ServerCertificate, VirtualHost,
+};
 use rauta_common::types::ResourceType;
 
 use crate::objects::{ObjectRef, ObjectSet};
@@ -46,8 +49,17 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute308RedirectStatusCode",
 ];
 
-/// Per port: the listener hostnames, and match entries by virtual-host domain.
-type PortRoutes = BTreeMap<u32, (Vec<String>, BTreeMap<String, Vec<MatchEntry>>)>;
+/// The Gateway listeners sharing one port (and so one proxy socket).
+#[derive(Default)]
+struct PortListeners {
+    protocol: ListenerProtocol,
+    hostnames: Vec<String>,
+    /// Match entries by virtual-host domain.
+    vhosts: BTreeMap<String, Vec<MatchEntry>>,
+    certificates: Vec<ServerCertificate>,
+}
+
+type PortRoutes = BTreeMap<u32, PortListeners>;
 
 /// Resources of one Gateway by type, then name.
 pub type ResourceSet = BTreeMap<ResourceType, BTreeMap<String, Payload>>;
@@ -67,9 +79,24 @@ fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 /// A Gateway listener as the translator sees it.
 struct ListenerView<'a> {
     spec: &'a GatewayListeners,
+    /// Set when the listener cannot be served.
+    problem: Option<ListenerProblem>,
     valid: bool,
+    protocol: ListenerProtocol,
+    certificates: Vec<ServerCertificate>,
     /// (hostnames, compiled route) for every route attached to this listener.
     attached: Vec<(Vec<String>, ObjectRef)>,
+}
+
+/// Why a listener is not served, as its conditions will say.
+struct ListenerProblem {
+    /// None: the listener is still Accepted; Some(reason): Accepted=False with that reason.
+    not_accepted: Option<&'static str>,
+    /// Some(reason): ResolvedRefs=False with that reason.
+    unresolved: Option<&'static str>,
+    message: String,
+    /// Whether the listener reports HTTPRoute as a supported kind.
+    routes_supported: bool,
 }
 
 struct GatewayView<'a> {
@@ -113,7 +140,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         .gateways
         .iter()
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
-        .map(|(key, gw)| (key.clone(), gateway_view(key, gw)))
+        .map(|(key, gw)| (key.clone(), gateway_view(objects, key, gw)))
         .collect();
 
     let mut compiled: BTreeMap<ObjectRef, CompiledRoute> = BTreeMap::new();
@@ -166,15 +193,44 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
     out
 }
 
-fn gateway_view<'a>(key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
+fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
     let listeners = gw
         .spec
         .listeners
         .iter()
-        .map(|spec| ListenerView {
-            spec,
-            valid: spec.protocol == "HTTP",
-            attached: Vec::new(),
+        .map(|spec| {
+            let (protocol, certificates, problem) = match spec.protocol.as_str() {
+                "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
+                "HTTPS" => match tls::listener_certificates(objects, &key.namespace, spec) {
+                    Ok(certs) => (ListenerProtocol::Https, certs, None),
+                    Err(p) => {
+                        let problem = ListenerProblem {
+                            not_accepted: (!p.accepted).then_some(p.reason),
+                            unresolved: p.accepted.then_some(p.reason),
+                            message: p.message,
+                            routes_supported: true,
+                        };
+                        (ListenerProtocol::Https, Vec::new(), Some(problem))
+                    }
+                },
+                other => {
+                    let problem = ListenerProblem {
+                        not_accepted: Some("UnsupportedProtocol"),
+                        unresolved: None,
+                        message: format!("protocol {other:?} is not supported"),
+                        routes_supported: false,
+                    };
+                    (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
+                }
+            };
+            ListenerView {
+                spec,
+                valid: problem.is_none(),
+                problem,
+                protocol,
+                certificates,
+                attached: Vec::new(),
+            }
         })
         .collect();
     // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
@@ -382,20 +438,52 @@ fn build_gateway(
         let port = u32::try_from(spec.port)
             .ok()
             .filter(|p| (1..=65535).contains(p));
-        if !listener.valid || port.is_none() {
-            let msg = format!(
-                "protocol {:?} is not supported on this listener",
-                spec.protocol
-            );
+        if let Some(p) = &listener.problem {
+            conditions.push(match p.not_accepted {
+                Some(reason) => Condition::new("Accepted", false, reason, p.message.clone(), g),
+                None => Condition::new("Accepted", true, "Accepted", "", g),
+            });
+            conditions.push(match p.unresolved {
+                Some(reason) => Condition::new("ResolvedRefs", false, reason, p.message.clone(), g),
+                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g),
+            });
+            conditions.push(Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                p.message.clone(),
+                g,
+            ));
+            let kinds = if p.routes_supported && kind_allowed(spec) {
+                vec!["HTTPRoute".to_owned()]
+            } else {
+                vec![]
+            };
+            status.listeners.push(ListenerStatus {
+                name: spec.name.clone(),
+                attached_routes: 0,
+                supported_kinds: kinds,
+                conditions,
+            });
+            continue;
+        }
+        let Some(port) = port else { continue };
+        let entry = ports.entry(port).or_insert_with(|| PortListeners {
+            protocol: listener.protocol,
+            ..Default::default()
+        });
+        if entry.protocol != listener.protocol {
+            // Two protocols on one port cannot share a socket; the first listener keeps it.
+            let msg = format!("port {port} is already used with another protocol");
             conditions.push(Condition::new(
                 "Accepted",
                 false,
-                "UnsupportedProtocol",
+                "PortUnavailable",
                 msg.clone(),
                 g,
             ));
-            conditions.push(Condition::new("Programmed", false, "Invalid", msg, g));
             conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g));
+            conditions.push(Condition::new("Programmed", false, "Invalid", msg, g));
             status.listeners.push(ListenerStatus {
                 name: spec.name.clone(),
                 attached_routes: 0,
@@ -404,7 +492,10 @@ fn build_gateway(
             });
             continue;
         }
-        let (hostnames, vhosts) = ports.entry(port.unwrap_or_default()).or_default();
+        entry
+            .certificates
+            .extend(listener.certificates.iter().cloned());
+        let (hostnames, vhosts) = (&mut entry.hostnames, &mut entry.vhosts);
         if let Some(h) = &spec.hostname {
             hostnames.push(h.to_ascii_lowercase());
             // Listener isolation: a request for this listener's hostname is this listener's,
@@ -462,8 +553,20 @@ fn build_gateway(
             conditions,
         });
     }
-    for (port, (mut hostnames, vhosts)) in ports {
-        let name = format!("http-{port}");
+    for (
+        port,
+        PortListeners {
+            protocol,
+            mut hostnames,
+            vhosts,
+            certificates,
+        },
+    ) in ports
+    {
+        let name = match protocol {
+            ListenerProtocol::Https => format!("https-{port}"),
+            _ => format!("http-{port}"),
+        };
         hostnames.sort();
         hostnames.dedup();
         let virtual_hosts = vhosts
@@ -480,9 +583,10 @@ fn build_gateway(
         let listener = Listener {
             name: name.clone(),
             port,
-            protocol: ListenerProtocol::Http as i32,
+            protocol: protocol as i32,
             hostnames,
             route_table: name.clone(),
+            certificates,
         };
         resources
             .entry(ResourceType::Listener)
@@ -497,8 +601,10 @@ fn build_gateway(
             .or_default()
             .insert(name, Payload::RouteTable(table));
     }
-    let any_valid = gateway.listeners.iter().any(|l| l.valid);
-    let all_valid = gateway.listeners.iter().all(|l| l.valid);
+    let accepted_listener =
+        |l: &ListenerView<'_>| l.problem.as_ref().is_none_or(|p| p.not_accepted.is_none());
+    let any_valid = gateway.listeners.iter().any(accepted_listener);
+    let all_valid = gateway.listeners.iter().all(accepted_listener);
     let g = gateway.generation;
     let accepted = if let Some(reason) = &gateway.invalid_parameters {
         Condition::new("Accepted", false, "InvalidParameters", reason.clone(), g)
@@ -521,7 +627,7 @@ fn build_gateway(
     } else {
         Condition::new("Accepted", true, "Accepted", "", g)
     };
-    let programmed = accepted.is_true();
+    let programmed = accepted.is_true() && gateway.listeners.iter().any(|l| l.valid);
     status.conditions.push(accepted);
     status.conditions.push(if programmed {
         Condition::new("Programmed", true, "Programmed", "", g)

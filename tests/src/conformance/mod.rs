@@ -2,6 +2,7 @@
 //! `rauta-conformance` binary. See tests/conformance/upstream/README.md for the case format.
 
 pub mod case;
+pub mod certs;
 pub mod http;
 pub mod runner;
 pub mod status;

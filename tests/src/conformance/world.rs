@@ -102,6 +102,7 @@ impl World {
         });
         let mut docs = vec![class];
         docs.extend(read_manifests(base_manifests)?);
+        docs.extend(super::certs::generated_objects()?);
         for doc in docs {
             world.insert(doc, false).await?;
         }

@@ -1,0 +1,155 @@
+//! TLS termination: a rustls server configuration per HTTPS listener, choosing the certificate
+//! by SNI (exact name, then the longest wildcard, then the default certificate).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rauta_common::api::v1::ServerCertificate;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// (suffix with its leading dot, key), longest suffix first.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        self.exact
+            .get(&name)
+            .or_else(|| {
+                self.wildcard
+                    .iter()
+                    .find(|(suffix, _)| {
+                        name.len() > suffix.len() && name.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, k)| k)
+            })
+            .or(self.default.as_ref())
+            .cloned()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(
+    provider: &CryptoProvider,
+    cert: &ServerCertificate,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.certificate_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("certificate chain holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// A server configuration for an HTTPS listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
+pub fn server_config(certificates: &[ServerCertificate]) -> Result<Arc<ServerConfig>, String> {
+    if certificates.is_empty() {
+        return Err("an HTTPS listener needs at least one certificate".into());
+    }
+    let provider = provider();
+    let mut resolver = SniResolver::default();
+    for cert in certificates {
+        let key = certified_key(&provider, cert)?;
+        if cert.server_names.is_empty() {
+            resolver.default.get_or_insert_with(|| Arc::clone(&key));
+        }
+        for name in &cert.server_names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => resolver
+                    .wildcard
+                    .push((suffix.to_owned(), Arc::clone(&key))),
+                Some(_) => return Err(format!("invalid server name {name:?}")),
+                None => {
+                    resolver
+                        .exact
+                        .entry(name)
+                        .or_insert_with(|| Arc::clone(&key));
+                }
+            }
+        }
+    }
+    resolver
+        .wildcard
+        .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str], sans: &[&str]) -> ServerCertificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let c = params.self_signed(&key).unwrap();
+        ServerCertificate {
+            server_names: names.iter().map(|s| s.to_string()).collect(),
+            certificate_chain_pem: c.pem(),
+            private_key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let provider = provider();
+        let mut r = SniResolver::default();
+        let a = certified_key(&provider, &cert(&["a.example.com"], &["a.example.com"])).unwrap();
+        let w = certified_key(&provider, &cert(&["*.example.com"], &["*.example.com"])).unwrap();
+        let d = certified_key(&provider, &cert(&[], &["default"])).unwrap();
+        r.exact.insert("a.example.com".into(), Arc::clone(&a));
+        r.wildcard.push((".example.com".into(), Arc::clone(&w)));
+        r.default = Some(Arc::clone(&d));
+        assert!(Arc::ptr_eq(&r.pick(Some("A.example.com")).unwrap(), &a));
+        assert!(Arc::ptr_eq(&r.pick(Some("b.example.com")).unwrap(), &w));
+        assert!(Arc::ptr_eq(&r.pick(Some("example.com")).unwrap(), &d));
+        assert!(Arc::ptr_eq(&r.pick(None).unwrap(), &d));
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_not_a_panic() {
+        let mut c = cert(&[], &["x"]);
+        c.private_key_pem = "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n".into();
+        assert!(server_config(&[c]).is_err());
+        assert!(server_config(&[]).is_err());
+        assert!(server_config(&[cert(&["*bad"], &["x"])]).is_err());
+        assert!(server_config(&[cert(&["ok.example"], &["ok.example"])]).is_ok());
+    }
+}
