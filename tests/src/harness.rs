@@ -429,3 +429,99 @@ pub fn all_in_sync(proxies: &[ProxyStatus]) -> bool {
             .iter()
             .all(|p| p.types.len() == 4 && p.types.iter().all(|t| t.in_sync))
 }
+
+/// What an HTTPS request saw.
+#[derive(Debug)]
+pub struct TlsResponse {
+    pub status: u16,
+    pub version: http::Version,
+    pub body: String,
+    /// The server's leaf certificate (DER).
+    pub peer_certificate: Vec<u8>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// One HTTPS GET on a fresh connection to `addr`, sending SNI `server_name`, trusting only the
+/// PEM certificates in `trusted`, offering ALPN h2 and http/1.1 when `h2` is set.
+pub async fn https_get(
+    addr: SocketAddr,
+    server_name: &str,
+    trusted: &[&str],
+    h2: bool,
+    path: &str,
+) -> Result<TlsResponse, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let peer_certificate = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let negotiated_h2 = alpn.as_deref() == Some(b"h2");
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let resp = if negotiated_h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://{server_name}{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, server_name)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(TlsResponse {
+        status,
+        version,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        peer_certificate,
+        alpn,
+    })
+}

@@ -89,3 +89,36 @@ pub fn infra(services: &[(&str, &[std::net::SocketAddr])]) -> String {
 pub fn documents(docs: &[String]) -> String {
     docs.join("---\n")
 }
+
+/// A kubernetes.io/tls Secret.
+pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata:\n  name: {name}\n  namespace: {namespace}\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert_pem),
+        b64(key_pem)
+    )
+}
+
+/// A Gateway with HTTPS listeners `(name, port, hostname, secret)` terminating TLS with the
+/// Secret of that name, allowing routes from all namespaces.
+pub fn https_gateway(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    listeners: &[(&str, u16, Option<&str>, &str)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  gatewayClassName: {class}\n  listeners:\n"
+    );
+    for (lname, port, hostname, secret) in listeners {
+        s.push_str(&format!(
+            "  - name: {lname}\n    protocol: HTTPS\n    port: {port}\n    tls:\n      mode: Terminate\n      certificateRefs:\n      - name: {secret}\n    allowedRoutes:\n      namespaces:\n        from: All\n"
+        ));
+        if let Some(h) = hostname {
+            s.push_str(&format!("    hostname: \"{h}\"\n"));
+        }
+    }
+    s
+}
