@@ -20,6 +20,117 @@ pub struct Target {
     pub socket: SocketAddr,
     /// The Gateway address as a client would write it in a URL ("127.0.0.10", "127.0.0.10:8080").
     pub authority: String,
+    /// For https: the SNI to send and the PEM certificates to trust.
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub server_name: String,
+    pub trusted_pem: Vec<String>,
+}
+
+/// Upstream's clients trust the listener certificate itself ("clients trust this cert
+/// directly"), and Go accepts wildcards such as `*.org` that webpki refuses. So the runner pins:
+/// the server's leaf must be one of the trusted certificates; handshake signatures are still
+/// verified with the provider's algorithms.
+#[derive(Debug)]
+struct PinnedCertificates {
+    pinned: Vec<rustls_pki_types::CertificateDer<'static>>,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificates {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn tls_connect(
+    tcp: tokio::net::TcpStream,
+    tls: &ClientTls,
+    h2: bool,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut pinned = Vec::new();
+    for pem in &tls.trusted_pem {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            pinned.push(cert.map_err(|e| e.to_string())?);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = std::sync::Arc::new(PinnedCertificates {
+        pinned,
+        provider: std::sync::Arc::clone(&provider),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let name = rustls_pki_types::ServerName::try_from(tls.server_name.clone())
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))
 }
 
 /// What came back.
@@ -44,7 +155,7 @@ pub async fn send(expect: &Expect, target: &Target, path: &str) -> Result<Observ
         .iter()
         .map(|(k, v)| format!("{k}:{v}"))
         .collect();
-    let h2 = r.protocol.as_deref() == Some("H2C_PRIOR_KNOWLEDGE");
+    let h2 = matches!(r.protocol.as_deref(), Some("H2C_PRIOR_KNOWLEDGE" | "H2"));
     let uri = if h2 {
         format!("http://{host}{path}")
     } else {
@@ -66,25 +177,11 @@ pub async fn send(expect: &Expect, target: &Target, path: &str) -> Result<Observ
         let tcp = tokio::net::TcpStream::connect(target.socket)
             .await
             .map_err(|e| format!("connect {}: {e}", target.socket))?;
-        let resp = if h2 {
-            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            tokio::spawn(conn);
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(conn);
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?
+        let resp = match &target.tls {
+            Some(tls) => {
+                exchange_on(TokioIo::new(tls_connect(tcp, tls, h2).await?), h2, req).await?
+            }
+            None => exchange_on(TokioIo::new(tcp), h2, req).await?,
         };
         let status = resp.status().as_u16();
         let version = resp.version();
@@ -113,6 +210,36 @@ pub async fn send(expect: &Expect, target: &Target, path: &str) -> Result<Observ
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| "request timed out".to_owned())?
+}
+
+async fn exchange_on<T>(
+    io: T,
+    h2: bool,
+    req: Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))
+    }
 }
 
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {

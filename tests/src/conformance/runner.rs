@@ -14,7 +14,7 @@ use super::status::{self, StatusView};
 use super::world::{CLASS_NAME, World};
 
 /// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
-const SUPPORTED_NEEDS: &[&str] = &["h2c"];
+const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -247,18 +247,46 @@ fn target(world: &mut World, case: &Case, expect: &Expect) -> Result<(Target, St
             .ok_or_else(|| format!("Gateway {}/{} has no listener", gw.namespace, gw.name))?,
     };
     let scheme = expect.scheme.clone().unwrap_or_else(|| "http".into());
-    if scheme != "http" {
-        return Err(format!(
-            "scheme {scheme} is not supported by this runner yet"
-        ));
-    }
+    let tls = match scheme.as_str() {
+        "http" => None,
+        "https" => {
+            let t = expect.tls.clone().unwrap_or_default();
+            if t.get("client_cert_from_secret")
+                .is_some_and(|c| !c.is_null())
+            {
+                return Err("client certificates are not supported by this runner yet".into());
+            }
+            let server_name = t["server_name"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| expect.request.host.clone())
+                .unwrap_or_default();
+            let trusted_pem = match t["ca_from_secret"].as_str() {
+                Some(r) => vec![world.secret_text(r, "tls.crt")?],
+                None => Vec::new(),
+            };
+            Some(http::ClientTls {
+                server_name,
+                trusted_pem,
+            })
+        }
+        other => return Err(format!("scheme {other} is not supported")),
+    };
     let socket = world.listener_addr(&gw, port);
-    let authority = if port == 80 {
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let authority = if port == default_port {
         socket.ip().to_string()
     } else {
         format!("{}:{port}", socket.ip())
     };
-    Ok((Target { socket, authority }, scheme))
+    Ok((
+        Target {
+            socket,
+            authority,
+            tls,
+        },
+        scheme,
+    ))
 }
 
 async fn run_expect(

@@ -324,6 +324,24 @@ impl World {
             .and_then(|p| u16::try_from(p).ok())
     }
 
+    /// A key of a Secret ("namespace/name"), decoded.
+    pub fn secret_text(&self, reference: &str, key: &str) -> Result<String, String> {
+        use base64::Engine;
+        let (ns, name) = reference
+            .split_once('/')
+            .ok_or_else(|| format!("bad secret reference {reference:?}"))?;
+        let secret = self
+            .object("Secret", ns, name)
+            .ok_or_else(|| format!("no Secret {reference}"))?;
+        let encoded = secret["data"][key]
+            .as_str()
+            .ok_or_else(|| format!("Secret {reference} has no {key}"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("Secret {reference}: {e}"))?;
+        String::from_utf8(bytes).map_err(|e| format!("Secret {reference}: {e}"))
+    }
+
     /// Raw request targets received by the pods of a Deployment.
     pub fn received_by(&self, namespace: &str, deployment: &str) -> Vec<String> {
         let key = (
