@@ -234,7 +234,16 @@ async fn forward(
 
     let started = Instant::now();
     let sent = cluster.client.request(req);
-    let result = match cluster.request_timeout {
+    // The tightest of the cluster's, the rule's backendRequest and the rule's request timeouts.
+    let limit = [
+        cluster.request_timeout,
+        rule.backend_timeout,
+        rule.request_timeout,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let result = match limit {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
             Err(_) => {

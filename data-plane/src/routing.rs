@@ -143,6 +143,10 @@ pub struct RuleRt {
     pub request_headers: Option<HeaderOps>,
     pub response_headers: Option<HeaderOps>,
     pub rewrite: Option<Rewrite>,
+    /// timeouts.request: until the response headers.
+    pub request_timeout: Option<std::time::Duration>,
+    /// timeouts.backendRequest: one attempt at the backend.
+    pub backend_timeout: Option<std::time::Duration>,
     pub counters: RouteCounters,
 }
 
@@ -480,6 +484,15 @@ fn build_vhost(
             .map(Rewrite::build)
             .transpose()
             .map_err(err)?;
+        let timeout = |d: Option<&prost_types::Duration>, what: &str| {
+            d.map(|d| std::time::Duration::try_from(*d).map_err(|e| err(format!("{what}: {e}"))))
+                .transpose()
+        };
+        let request_timeout = timeout(rule.request_timeout.as_ref(), "request_timeout")?;
+        let backend_timeout = timeout(
+            rule.backend_request_timeout.as_ref(),
+            "backend_request_timeout",
+        )?;
         rules.push(RuleRt {
             name: Arc::from(rule.name.as_str()),
             matches,
@@ -487,6 +500,8 @@ fn build_vhost(
             request_headers,
             response_headers,
             rewrite,
+            request_timeout,
+            backend_timeout,
             counters: metrics.route_counters(&rule.name),
         });
     }

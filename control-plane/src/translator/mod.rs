@@ -39,6 +39,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ReferenceGrant",
     "GatewayPort8080",
     "HTTPRouteDestinationPortMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRouteRequestTimeout",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteQueryParamMatching",

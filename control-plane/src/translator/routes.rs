@@ -91,6 +91,13 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 filters::RuleFilters::default()
             }
         };
+        let timeouts = match compile_timeouts(rule) {
+            Ok(t) => t,
+            Err(msg) => {
+                out.unsupported.get_or_insert(msg);
+                (None, None)
+            }
+        };
         let action = match &filters.redirect {
             Some(redirect) => Action::Redirect(redirect.clone()),
             None => compile_action(objects, &key.namespace, rule, &mut out),
@@ -124,6 +131,8 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 name: name.clone(),
                 matches: vec![route_match],
                 action: Some(action.clone()),
+                request_timeout: timeouts.0,
+                backend_request_timeout: timeouts.1,
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),
@@ -261,4 +270,35 @@ fn compile_action(
         clusters,
         invalid_weight,
     })
+}
+
+fn parse_timeout(
+    field: &str,
+    value: Option<&String>,
+) -> Result<Option<std::time::Duration>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let d: gateway_api::Duration = value
+        .parse()
+        .map_err(|e| format!("timeouts.{field} {value:?}: {e}"))?;
+    let d = std::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    // "0s" disables the timeout (spec).
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// (request, backendRequest) timeouts of a rule.
+fn compile_timeouts(
+    rule: &HttpRouteRules,
+) -> Result<(Option<prost_types::Duration>, Option<prost_types::Duration>), String> {
+    let Some(t) = &rule.timeouts else {
+        return Ok((None, None));
+    };
+    let request = parse_timeout("request", t.request.as_ref())?;
+    let backend = parse_timeout("backendRequest", t.backend_request.as_ref())?;
+    if let (Some(r), Some(b)) = (request, backend)
+        && b > r
+    {
+        return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+    }
+    let proto = |d: std::time::Duration| prost_types::Duration::try_from(d).ok();
+    Ok((request.and_then(proto), backend.and_then(proto)))
 }

@@ -14,7 +14,7 @@ use super::status::{self, StatusView};
 use super::world::{CLASS_NAME, World};
 
 /// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
-const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2"];
+const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
