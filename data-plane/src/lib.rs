@@ -10,6 +10,7 @@ pub mod filters;
 pub mod listeners;
 pub mod maglev;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod routing;
 pub mod shared;

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::cluster::{ClusterRt, EndpointRt};
+use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt};
 use crate::shared::Shared;
 use crate::upstream::Protocol;
@@ -211,6 +212,28 @@ async fn forward(
     if let Some(host) = rule.rewrite.as_ref().and_then(|r| r.host.clone()) {
         req.headers_mut().insert(HOST, host);
     }
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    append_forwarded_for(headers, peer);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    let (mut parts, incoming) = req.into_parts();
+    let body = if rule.mirrors.is_empty() {
+        Either::Left(incoming)
+    } else {
+        match mirror::buffer_body(incoming).await {
+            Ok((body, Some(bytes))) => {
+                mirror::send_copies(&rule.mirrors, &parts, &path, &bytes, peer.ip());
+                body
+            }
+            Ok((body, None)) => body,
+            Err(_) => {
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"cannot read the request body\n"),
+                );
+            }
+        }
+    };
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(endpoint.authority.clone())
@@ -222,15 +245,12 @@ async fn forward(
             Bytes::from_static(b"invalid request target\n"),
         );
     };
-    *req.uri_mut() = uri;
-    *req.version_mut() = match cluster.protocol {
+    parts.uri = uri;
+    parts.version = match cluster.protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::H2c => Version::HTTP_2,
     };
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    append_forwarded_for(headers, peer);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    let req = Request::from_parts(parts, body);
 
     let started = Instant::now();
     let sent = cluster.client.request(req);

@@ -15,6 +15,7 @@ use rauta_common::types::ResourceType;
 use crate::cluster::ClusterRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteCounters};
+use crate::mirror::MirrorRt;
 use crate::store::ResourceStore;
 use crate::tls;
 use crate::upstream::ClientCache;
@@ -147,6 +148,7 @@ pub struct RuleRt {
     pub request_timeout: Option<std::time::Duration>,
     /// timeouts.backendRequest: one attempt at the backend.
     pub backend_timeout: Option<std::time::Duration>,
+    pub mirrors: Vec<MirrorRt>,
     pub counters: RouteCounters,
 }
 
@@ -502,6 +504,15 @@ fn build_vhost(
             rewrite,
             request_timeout,
             backend_timeout,
+            mirrors: rule
+                .mirrors
+                .iter()
+                .map(|m| MirrorRt {
+                    cluster: clusters.get(&m.cluster).map(|(_, _, c)| Arc::clone(c)),
+                    numerator: m.numerator,
+                    denominator: m.denominator,
+                })
+                .collect(),
             counters: metrics.route_counters(&rule.name),
         });
     }

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,7 +18,11 @@ pub enum Protocol {
     H2c,
 }
 
-pub type HttpClient = Client<HttpConnector, Incoming>;
+/// What the proxy sends upstream: the client's body streamed through, or a buffered one
+/// (mirrored requests).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
 /// Clients keyed by protocol and connect timeout, so pools survive snapshot swaps.
 #[derive(Debug, Default)]

@@ -17,6 +17,19 @@ pub struct RuleFilters {
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub url_rewrite: Option<UrlRewrite>,
+    pub mirrors: Vec<MirrorRef>,
+}
+
+/// A RequestMirror filter before its backend is resolved.
+#[derive(Debug, Clone)]
+pub struct MirrorRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i32>,
+    /// Share of requests to mirror: (numerator, denominator).
+    pub fraction: (u32, u32),
 }
 
 /// The request and response header modifier types are distinct generated structs of the same
@@ -148,7 +161,33 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 });
             }
             HttpRouteRulesFiltersType::RequestMirror => {
-                return Err("the RequestMirror filter is not supported yet".into());
+                let m = f
+                    .request_mirror
+                    .as_ref()
+                    .ok_or("RequestMirror without requestMirror")?;
+                let fraction = match (&m.fraction, m.percent) {
+                    (Some(f), _) => {
+                        let den = u32::try_from(f.denominator.unwrap_or(100))
+                            .map_err(|_| "mirror fraction denominator out of range")?;
+                        let num = u32::try_from(f.numerator)
+                            .map_err(|_| "mirror fraction numerator out of range")?;
+                        if den == 0 || num > den {
+                            return Err("mirror fraction must be between 0 and 1".into());
+                        }
+                        (num, den)
+                    }
+                    (None, Some(p)) => (u32::try_from(p.clamp(0, 100)).unwrap_or(100), 100),
+                    (None, None) => (1, 1),
+                };
+                let b = &m.backend_ref;
+                out.mirrors.push(MirrorRef {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
+                    fraction,
+                });
             }
             HttpRouteRulesFiltersType::Cors => {
                 return Err("the CORS filter is not supported yet".into());

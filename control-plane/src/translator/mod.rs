@@ -41,6 +41,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteParentRefPort",
     "HTTPRouteRequestTimeout",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteQueryParamMatching",

@@ -7,7 +7,7 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
-    DirectResponse, ForwardAction, HeaderMatch, PathMatch, PathMatchKind, QueryParamMatch,
+    DirectResponse, ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch,
     RouteMatch, RouteRule, WeightedCluster, route_rule::Action,
 };
 
@@ -98,6 +98,36 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 (None, None)
             }
         };
+        let mirrors: Vec<Mirror> = filters
+            .mirrors
+            .iter()
+            .filter_map(|m| {
+                let backend = BackendRef {
+                    group: m.group.as_deref(),
+                    kind: m.kind.as_deref(),
+                    name: &m.name,
+                    namespace: m.namespace.as_deref(),
+                    port: m.port,
+                };
+                match backends::resolve(objects, &key.namespace, backend) {
+                    Ok(resolved) => {
+                        let cluster = resolved.cluster.name.clone();
+                        if !out.backends.iter().any(|b| b.cluster.name == cluster) {
+                            out.backends.push(resolved);
+                        }
+                        Some(Mirror {
+                            cluster,
+                            numerator: m.fraction.0,
+                            denominator: m.fraction.1,
+                        })
+                    }
+                    Err(problem) => {
+                        out.ref_problem.get_or_insert(problem);
+                        None
+                    }
+                }
+            })
+            .collect();
         let action = match &filters.redirect {
             Some(redirect) => Action::Redirect(redirect.clone()),
             None => compile_action(objects, &key.namespace, rule, &mut out),
@@ -133,6 +163,7 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 action: Some(action.clone()),
                 request_timeout: timeouts.0,
                 backend_request_timeout: timeouts.1,
+                mirrors: mirrors.clone(),
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),

@@ -14,7 +14,7 @@ use super::status::{self, StatusView};
 use super::world::{CLASS_NAME, World};
 
 /// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
-const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts"];
+const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts", "mirror"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -326,6 +326,12 @@ async fn run_expect(
         )
     })?;
     for mirror in &expect.mirrored_to {
+        if let Some(percent) = mirror.percent.filter(|p| *p < 100.0) {
+            mirror_distribution(world, expect, &target, &scheme, mirror, percent)
+                .await
+                .map_err(|e| format!("{label}: {e}"))?;
+            continue;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !world
             .received_by(&mirror.namespace, &mirror.name)
@@ -341,6 +347,65 @@ async fn run_expect(
         }
     }
     Ok(())
+}
+
+/// Upstream's percentage-mirror check: 500 requests sharing one request id; the mirror's count
+/// must lie within 3 standard deviations of Binomial(500, percent). Up to 5 attempts.
+async fn mirror_distribution(
+    world: &World,
+    expect: &Expect,
+    target: &Target,
+    scheme: &str,
+    mirror: &super::case::Mirror,
+    percent: f64,
+) -> Result<(), String> {
+    const N: usize = 500;
+    let p = percent / 100.0;
+    let (mean, sd) = (N as f64 * p, (N as f64 * p * (1.0 - p)).sqrt());
+    let mut last = String::new();
+    for _ in 0..5 {
+        let path = http::path_with_request_id(
+            &expect.request.path,
+            &format!("{:032x}", rand::random::<u128>()),
+        );
+        let mut sent = 0;
+        while sent < N {
+            let batch: Vec<_> = (0..10.min(N - sent))
+                .map(|_| {
+                    let (e, t, p, s) = (
+                        expect.clone(),
+                        target.clone(),
+                        path.clone(),
+                        scheme.to_owned(),
+                    );
+                    tokio::spawn(async move {
+                        let o = http::send(&e, &t, &p).await?;
+                        http::compare(&e, &o, &p, &s)
+                    })
+                })
+                .collect();
+            for task in batch {
+                task.await.map_err(|e| e.to_string())??;
+            }
+            sent += 10;
+        }
+        // Copies are sent in the background; give the last ones a moment.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let count = world
+            .received_by(&mirror.namespace, &mirror.name)
+            .iter()
+            .filter(|t| **t == path)
+            .count() as f64;
+        if (count - mean).abs() <= 3.0 * sd {
+            return Ok(());
+        }
+        last = format!(
+            "mirror {} got {count} of {N} copies, want {mean:.0} +/- {:.0}",
+            mirror.name,
+            3.0 * sd
+        );
+    }
+    Err(last)
 }
 
 async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), String> {

@@ -1,0 +1,99 @@
+//! RequestMirror: copies of a request sent to other clusters, answers discarded. Only bodies
+//! small enough to hold in memory are mirrored; a larger request is forwarded unmirrored
+//! rather than delayed.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Uri, Version};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Incoming};
+use tracing::debug;
+
+use crate::cluster::ClusterRt;
+use crate::upstream::{Protocol, UpstreamBody};
+
+/// Largest request body that is buffered for mirroring.
+pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
+/// Longest a mirrored copy may take; nobody waits for it.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct MirrorRt {
+    /// `None` when the cluster is not in the snapshot: nothing is sent.
+    pub cluster: Option<Arc<ClusterRt>>,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl MirrorRt {
+    fn sampled(&self) -> bool {
+        self.denominator == 0
+            || self.numerator >= self.denominator
+            || (self.numerator > 0 && rand::random_range(0..self.denominator) < self.numerator)
+    }
+}
+
+/// Reads a small body into memory so it can be sent more than once. Returns the body to
+/// forward, and the bytes for the copies (`None`: too large or of unknown size, not mirrored).
+pub async fn buffer_body(
+    incoming: Incoming,
+) -> Result<(UpstreamBody, Option<Bytes>), hyper::Error> {
+    if incoming.is_end_stream() {
+        return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
+    }
+    if incoming
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > MIRROR_BODY_LIMIT)
+    {
+        return Ok((Either::Left(incoming), None));
+    }
+    let bytes = incoming.collect().await?.to_bytes();
+    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
+}
+
+/// Sends one copy per sampled mirror, in the background.
+pub fn send_copies(
+    mirrors: &[MirrorRt],
+    parts: &Parts,
+    path: &PathAndQuery,
+    body: &Bytes,
+    client: IpAddr,
+) {
+    for mirror in mirrors.iter().filter(|m| m.sampled()) {
+        let Some(cluster) = mirror.cluster.clone() else {
+            continue;
+        };
+        let Some(endpoint) = cluster.pick(client) else {
+            continue;
+        };
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(path.clone())
+            .build();
+        let Ok(uri) = uri else { continue };
+        let mut copy = Request::new(Either::Right(Full::new(body.clone())));
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = uri;
+        *copy.headers_mut() = parts.headers.clone();
+        *copy.version_mut() = match cluster.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2c => Version::HTTP_2,
+        };
+        tokio::spawn(async move {
+            match tokio::time::timeout(MIRROR_TIMEOUT, cluster.client.request(copy)).await {
+                Ok(Ok(resp)) => {
+                    let _ = resp.into_body().collect().await;
+                }
+                Ok(Err(err)) => debug!(cluster = %cluster.name, %err, "mirror request failed"),
+                Err(_) => debug!(cluster = %cluster.name, "mirror request timed out"),
+            }
+        });
+    }
+}
