@@ -61,6 +61,7 @@ fn resources(cluster: &str) -> ResourceSet {
             clusters: vec![WeightedCluster {
                 cluster: cluster.into(),
                 weight: 1,
+                ..Default::default()
             }],
             invalid_weight: 0,
         })),

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::mirror;
-use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt};
+use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
 use crate::upstream::Protocol;
 
@@ -139,16 +139,17 @@ pub async fn handle(
                         Bytes::from_static(b"no healthy upstream\n"),
                     ),
                     Some(endpoint) => {
-                        forward(
-                            cluster,
-                            endpoint,
+                        let picked = Picked {
                             rule,
                             matched,
-                            req,
-                            peer,
-                            listener.scheme(),
-                        )
-                        .await
+                            backend,
+                        };
+                        let mut r =
+                            forward(cluster, endpoint, picked, req, peer, listener.scheme()).await;
+                        if let Some(ops) = &backend.response_headers {
+                            ops.apply(r.headers_mut());
+                        }
+                        r
                     }
                 },
             },
@@ -161,11 +162,22 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// What routing chose for a request.
+#[derive(Clone, Copy)]
+struct Picked<'a> {
+    rule: &'a RuleRt,
+    matched: &'a MatchRt,
+    backend: &'a WeightedBackend,
+}
+
 async fn forward(
     cluster: &ClusterRt,
     endpoint: &EndpointRt,
-    rule: &RuleRt,
-    matched: &MatchRt,
+    Picked {
+        rule,
+        matched,
+        backend,
+    }: Picked<'_>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
@@ -207,6 +219,9 @@ async fn forward(
         join_cookies(req.headers_mut());
     }
     if let Some(ops) = &rule.request_headers {
+        ops.apply(req.headers_mut());
+    }
+    if let Some(ops) = &backend.request_headers {
         ops.apply(req.headers_mut());
     }
     if let Some(host) = rule.rewrite.as_ref().and_then(|r| r.host.clone()) {

@@ -95,6 +95,9 @@ impl MatchRt {
 pub struct WeightedBackend {
     /// `None` when the cluster is not (yet) in the snapshot: answered with 503.
     pub cluster: Option<Arc<ClusterRt>>,
+    /// backendRef filters.
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
     cumulative: u32,
 }
 
@@ -457,8 +460,22 @@ fn build_vhost(
                         .checked_add(wc.weight)
                         .ok_or_else(|| err("weights overflow".into()))?;
                     let cluster = clusters.get(&wc.cluster).map(|(_, _, c)| Arc::clone(c));
+                    let request_headers = wc
+                        .request_headers
+                        .as_ref()
+                        .map(HeaderOps::build)
+                        .transpose()
+                        .map_err(err)?;
+                    let response_headers = wc
+                        .response_headers
+                        .as_ref()
+                        .map(HeaderOps::build)
+                        .transpose()
+                        .map_err(err)?;
                     backends.push(WeightedBackend {
                         cluster,
+                        request_headers,
+                        response_headers,
                         cumulative,
                     });
                 }
@@ -546,10 +563,14 @@ mod tests {
             backends: vec![
                 WeightedBackend {
                     cluster: None,
+                    request_headers: None,
+                    response_headers: None,
                     cumulative: 1,
                 },
                 WeightedBackend {
                     cluster: None,
+                    request_headers: None,
+                    response_headers: None,
                     cumulative: 4,
                 },
             ],

@@ -42,6 +42,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteParentRefPort",
     "HTTPRouteRequestTimeout",
     "HTTPRouteRequestMirror",
+    "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteBackendProtocolH2C",

@@ -272,9 +272,16 @@ fn compile_action(
         };
         match backends::resolve(objects, namespace, backend) {
             Ok(resolved) => {
+                let filters = backend_filters(r.filters.as_deref().unwrap_or_default())
+                    .unwrap_or_else(|msg| {
+                        out.unsupported.get_or_insert(msg);
+                        filters::RuleFilters::default()
+                    });
                 clusters.push(WeightedCluster {
                     cluster: resolved.cluster.name.clone(),
                     weight,
+                    request_headers: filters.request_headers,
+                    response_headers: filters.response_headers,
                 });
                 if !out
                     .backends
@@ -332,4 +339,22 @@ fn compile_timeouts(
     }
     let proto = |d: std::time::Duration| prost_types::Duration::try_from(d).ok();
     Ok((request.and_then(proto), backend.and_then(proto)))
+}
+
+/// backendRef filters: the same shapes as rule filters, but only header modifiers apply.
+fn backend_filters(
+    filters: &[gateway_api::httproutes::HttpRouteRulesBackendRefsFilters],
+) -> Result<filters::RuleFilters, String> {
+    // The generated backendRef filter type mirrors the rule filter type field for field.
+    let as_rule_filters: Vec<gateway_api::httproutes::HttpRouteRulesFilters> = filters
+        .iter()
+        .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("backendRef filter: {e}"))?;
+    let compiled = filters::compile(&as_rule_filters, false)?;
+    if compiled.redirect.is_some() || compiled.url_rewrite.is_some() || !compiled.mirrors.is_empty()
+    {
+        return Err("only header modifier filters are supported on backendRefs".into());
+    }
+    Ok(compiled)
 }

@@ -446,6 +446,33 @@ async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), 
             }
             Err(last)
         }
+        Some("backend_header_names_pod") => {
+            let expect: Expect = serde_json::from_value(serde_json::json!({
+                "request": extra["request"], "response": {"status": [200]},
+                "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
+            }))
+            .map_err(|e| e.to_string())?;
+            let (target, _) = target(world, case, &expect)?;
+            let header = extra["header"].as_str().unwrap_or("Backend");
+            for _ in 0..extra["count"].as_u64().unwrap_or(100) {
+                let o = http::send(&expect, &target, &expect.request.path).await?;
+                let echo = o
+                    .echo
+                    .ok_or_else(|| format!("status {} without an echo answer", o.status))?;
+                let values: Vec<&str> = echo["headers"]
+                    .as_object()
+                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(header)))
+                    .and_then(|(_, v)| v.as_array())
+                    .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+                    .unwrap_or_default();
+                let pod = echo["pod"].as_str().unwrap_or("");
+                match values.as_slice() {
+                    [one] if pod.starts_with(one) => {}
+                    _ => return Err(format!("pod {pod} saw {header} = {values:?}")),
+                }
+            }
+            Ok(())
+        }
         other => Err(format!(
             "extra assertion {other:?} is not supported by this runner"
         )),
