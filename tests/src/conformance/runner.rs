@@ -408,15 +408,25 @@ async fn mirror_distribution(
     Err(last)
 }
 
+/// The request an extra assertion sends: its `request`, answered 200 by the case's namespace.
+fn extra_request(
+    world: &mut World,
+    case: &Case,
+    extra: &Value,
+) -> Result<(Expect, Target), String> {
+    let expect: Expect = serde_json::from_value(serde_json::json!({
+        "request": extra["request"], "response": {"status": [200]},
+        "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
+    }))
+    .map_err(|e| e.to_string())?;
+    let (target, _) = target(world, case, &expect)?;
+    Ok((expect, target))
+}
+
 async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), String> {
     match extra["type"].as_str() {
         Some("weighted_distribution") => {
-            let expect: Expect = serde_json::from_value(serde_json::json!({
-                "request": extra["request"], "response": {"status": [200]},
-                "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
-            }))
-            .map_err(|e| e.to_string())?;
-            let (target, _) = target(world, case, &expect)?;
+            let (expect, target) = extra_request(world, case, extra)?;
             let total = extra["total_requests"].as_u64().unwrap_or(500) as usize;
             let concurrency = extra["concurrency"].as_u64().unwrap_or(10) as usize;
             let tolerance = extra["tolerance"].as_f64().unwrap_or(0.05);
@@ -447,12 +457,7 @@ async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), 
             Err(last)
         }
         Some("backend_header_names_pod") => {
-            let expect: Expect = serde_json::from_value(serde_json::json!({
-                "request": extra["request"], "response": {"status": [200]},
-                "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
-            }))
-            .map_err(|e| e.to_string())?;
-            let (target, _) = target(world, case, &expect)?;
+            let (expect, target) = extra_request(world, case, extra)?;
             let header = extra["header"].as_str().unwrap_or("Backend");
             for _ in 0..extra["count"].as_u64().unwrap_or(100) {
                 let o = http::send(&expect, &target, &expect.request.path).await?;
