@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
@@ -17,6 +18,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::cluster::{ClusterRt, EndpointRt};
+use crate::cors::CorsRt;
 use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
@@ -98,6 +100,19 @@ pub async fn handle(
             Bytes::from_static(b"no route\n"),
         ));
     };
+    if let Some(cors) = &rule.cors
+        && CorsRt::is_preflight(req.method(), req.headers())
+    {
+        let mut resp = local(StatusCode::NO_CONTENT, Bytes::new());
+        resp.headers_mut()
+            .extend(cors.preflight_headers(req.headers()));
+        rule.counters.record(resp.status().as_u16());
+        return Ok(resp);
+    }
+    let origin = rule
+        .cors
+        .as_ref()
+        .and_then(|_| req.headers().get(ORIGIN).cloned());
     let mut resp = match &rule.action {
         ActionRt::Direct { status, body } => local(*status, body.clone()),
         ActionRt::Redirect(redirect) => {
@@ -157,6 +172,9 @@ pub async fn handle(
     };
     if let Some(ops) = &rule.response_headers {
         ops.apply(resp.headers_mut());
+    }
+    if let Some(cors) = &rule.cors {
+        cors.decorate(origin.as_ref(), resp.headers_mut());
     }
     rule.counters.record(resp.status().as_u16());
     Ok(resp)

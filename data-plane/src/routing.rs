@@ -13,6 +13,7 @@ use rauta_common::api::v1::{ListenerProtocol, PathMatchKind, RouteTable, Virtual
 use rauta_common::types::ResourceType;
 
 use crate::cluster::ClusterRt;
+use crate::cors::CorsRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteCounters};
 use crate::mirror::MirrorRt;
@@ -152,6 +153,7 @@ pub struct RuleRt {
     /// timeouts.backendRequest: one attempt at the backend.
     pub backend_timeout: Option<std::time::Duration>,
     pub mirrors: Vec<MirrorRt>,
+    pub cors: Option<CorsRt>,
     pub counters: RouteCounters,
 }
 
@@ -530,6 +532,12 @@ fn build_vhost(
                     denominator: m.denominator,
                 })
                 .collect(),
+            cors: rule
+                .cors
+                .as_ref()
+                .map(CorsRt::build)
+                .transpose()
+                .map_err(err)?,
             counters: metrics.route_counters(&rule.name),
         });
     }

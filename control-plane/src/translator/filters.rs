@@ -5,7 +5,7 @@ use gateway_api::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
 };
 use rauta_common::api::v1::{
-    HeaderModifier, HeaderValue, PathModifier, Redirect, UrlRewrite, path_modifier,
+    CorsPolicy, HeaderModifier, HeaderValue, PathModifier, Redirect, UrlRewrite, path_modifier,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +18,7 @@ pub struct RuleFilters {
     pub response_headers: Option<HeaderModifier>,
     pub url_rewrite: Option<UrlRewrite>,
     pub mirrors: Vec<MirrorRef>,
+    pub cors: Option<CorsPolicy>,
 }
 
 /// A RequestMirror filter before its backend is resolved.
@@ -190,7 +191,17 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 });
             }
             HttpRouteRulesFiltersType::Cors => {
-                return Err("the CORS filter is not supported yet".into());
+                let c = f.cors.as_ref().ok_or("CORS without cors")?;
+                let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+                out.cors = Some(CorsPolicy {
+                    allow_origins: list(&c.allow_origins),
+                    allow_methods: list(&c.allow_methods),
+                    allow_headers: list(&c.allow_headers),
+                    expose_headers: list(&c.expose_headers),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    // The CRD defaults maxAge to 5 seconds.
+                    max_age_seconds: u32::try_from(c.max_age.unwrap_or(5)).unwrap_or(0),
+                });
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
                 return Err("ExtensionRef filters are not supported".into());

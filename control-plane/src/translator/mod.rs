@@ -42,6 +42,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteParentRefPort",
     "HTTPRouteRequestTimeout",
     "HTTPRouteRequestMirror",
+    "HTTPRouteCORS",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteNamedRouteRule",

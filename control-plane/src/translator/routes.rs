@@ -164,6 +164,7 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 request_timeout: timeouts.0,
                 backend_request_timeout: timeouts.1,
                 mirrors: mirrors.clone(),
+                cors: filters.cors.clone(),
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),
@@ -352,7 +353,10 @@ fn backend_filters(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("backendRef filter: {e}"))?;
     let compiled = filters::compile(&as_rule_filters, false)?;
-    if compiled.redirect.is_some() || compiled.url_rewrite.is_some() || !compiled.mirrors.is_empty()
+    if compiled.redirect.is_some()
+        || compiled.url_rewrite.is_some()
+        || !compiled.mirrors.is_empty()
+        || compiled.cors.is_some()
     {
         return Err("only header modifier filters are supported on backendRefs".into());
     }
