@@ -17,5 +17,6 @@ pub mod routing;
 pub mod shared;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod xds;

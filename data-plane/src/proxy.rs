@@ -22,6 +22,7 @@ use crate::cors::CorsRt;
 use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
+use crate::upgrade;
 use crate::upstream::Protocol;
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -245,12 +246,19 @@ async fn forward(
     if let Some(host) = rule.rewrite.as_ref().and_then(|r| r.host.clone()) {
         req.headers_mut().insert(HOST, host);
     }
+    // An upgrade (WebSocket) needs an HTTP/1.1 upstream; over h2c it goes as a plain request.
+    let upgrade = upgrade::requested(req.version(), req.headers())
+        .filter(|_| cluster.protocol == Protocol::Http1);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     append_forwarded_for(headers, peer);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if let Some(protocol) = &upgrade {
+        upgrade::restore_headers(headers, protocol);
+    }
     let (mut parts, incoming) = req.into_parts();
-    let body = if rule.mirrors.is_empty() {
+    let body = if rule.mirrors.is_empty() || upgrade.is_some() {
         Either::Left(incoming)
     } else {
         match mirror::buffer_body(incoming).await {
@@ -310,7 +318,17 @@ async fn forward(
     };
     cluster.latency.observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            if let (Some(downstream), Some(protocol)) = (downstream_upgrade, &upgrade)
+                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                upgrade::splice(downstream, &mut resp);
+                let (mut parts, _) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                upgrade::restore_headers(&mut parts.headers, protocol);
+                parts.version = Version::default();
+                return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+            }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts.version = Version::default();

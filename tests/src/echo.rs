@@ -78,6 +78,59 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    let has = |name: http::header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
+}
+
+/// `/ws`: completes the WebSocket handshake and echoes every text and binary message.
+fn accept_websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        while let Some(Ok(message)) = rx.next().await {
+            match message {
+                Message::Text(_) | Message::Binary(_) => {
+                    if tx.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
 /// An echo backend instance: one HTTP/1.1 port and optionally one h2c port.
 pub struct EchoServer {
     pub http: SocketAddr,
@@ -173,6 +226,9 @@ impl Echo {
         peer: SocketAddr,
         h2c_only: bool,
     ) -> Result<Response<Body>, Infallible> {
+        if req.uri().path() == "/ws" && is_websocket_upgrade(req.headers()) {
+            return Ok(accept_websocket(req));
+        }
         if h2c_only && req.version() != Version::HTTP_2 {
             return Ok(text(StatusCode::BAD_REQUEST, "Expected h2c request"));
         }

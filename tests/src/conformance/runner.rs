@@ -14,7 +14,7 @@ use super::status::{self, StatusView};
 use super::world::{CLASS_NAME, World};
 
 /// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
-const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts", "mirror"];
+const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts", "mirror", "websocket"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -408,6 +408,43 @@ async fn mirror_distribution(
     Err(last)
 }
 
+/// Dials ws://<gateway>/ws, sends a text and a binary message and expects both back.
+async fn websocket_echo(target: &Target, origin: &str) -> Result<(), String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::Message;
+    let mut request = format!("ws://{}/ws", target.authority)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "origin",
+        origin.parse().map_err(|_| "bad origin".to_owned())?,
+    );
+    let tcp = tokio::net::TcpStream::connect(target.socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        for message in [
+            Message::text("Websocket Support!"),
+            Message::binary(vec![1u8, 2, 3, 4, 5, 6, 7]),
+        ] {
+            ws.send(message.clone()).await.map_err(|e| e.to_string())?;
+            match ws.next().await {
+                Some(Ok(echoed)) if echoed == message => {}
+                other => return Err(format!("sent {message:?}, got {other:?}")),
+            }
+        }
+        let _ = ws.close(None).await;
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
 /// The request an extra assertion sends: its `request`, answered 200 by the case's namespace.
 fn extra_request(
     world: &mut World,
@@ -477,6 +514,36 @@ async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), 
                 }
             }
             Ok(())
+        }
+        Some("websocket_echo") => {
+            let (_, target) = extra_request(
+                world,
+                case,
+                &serde_json::json!({"request": {"path": "/ws"}}),
+            )?;
+            let origin = extra["origin"]
+                .as_str()
+                .unwrap_or("ws://gateway")
+                .to_owned();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut streak = 0;
+            loop {
+                match websocket_echo(&target, &origin).await {
+                    Ok(()) => {
+                        streak += 1;
+                        if streak == 3 {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!("WebSocket echo: {e}"));
+                    }
+                    Err(_) => {
+                        streak = 0;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }
         other => Err(format!(
             "extra assertion {other:?} is not supported by this runner"

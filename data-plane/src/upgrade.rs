@@ -1,0 +1,48 @@
+//! HTTP/1.1 protocol upgrades (WebSocket and others): the Upgrade request is forwarded, and
+//! when the upstream answers 101 both upgraded connections are spliced together.
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+/// The requested protocol, when the request asks to upgrade its connection.
+pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    wants.then(|| headers.get(UPGRADE).cloned()).flatten()
+}
+
+/// Puts back the hop-by-hop headers an upgrade needs (they were stripped with the others).
+pub fn restore_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol.clone());
+}
+
+/// After a 101 from upstream: splices the client's and the upstream's upgraded connections
+/// in the background, until either side closes.
+pub fn splice<B>(downstream: OnUpgrade, upstream: &mut Response<B>) {
+    if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let upstream = hyper::upgrade::on(upstream);
+    tokio::spawn(async move {
+        match tokio::join!(downstream, upstream) {
+            (Ok(down), Ok(up)) => {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    debug!(%err, "upgraded connection ended with an error");
+                }
+            }
+            (down, up) => debug!(down = ?down.err(), up = ?up.err(), "upgrade failed"),
+        }
+    });
+}
