@@ -107,14 +107,13 @@ fn accept_websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         .await;
         let (mut tx, mut rx) = ws.split();
         while let Some(Ok(message)) = rx.next().await {
-            match message {
-                Message::Text(_) | Message::Binary(_) => {
-                    if tx.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            let done = match message {
+                Message::Text(_) | Message::Binary(_) => tx.send(message).await.is_err(),
+                Message::Close(_) => true,
+                _ => false,
+            };
+            if done {
+                break;
             }
         }
     });
