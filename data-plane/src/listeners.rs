@@ -185,9 +185,10 @@ async fn accept_loop(
                 let ctx = Arc::clone(&ctx);
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let service = {
+                                        let service = |sni: Option<Arc<str>>| {
                         let (shared, ctx) = (Arc::clone(&shared), Arc::clone(&ctx));
-                        service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), peer, req))
+                        let conn = Arc::new(proxy::Connection { peer, sni });
+                        service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), Arc::clone(&conn), req))
                     };
                     let served = if ctx.tls {
                         // The configuration of the current snapshot: certificates change without
@@ -205,9 +206,10 @@ async fn accept_loop(
                                 return;
                             }
                         };
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
+                                                let sni = tls.get_ref().1.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)).await
                     } else {
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)).await
                     };
                     if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");

@@ -57,6 +57,14 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// One client connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// The TLS server name the client sent (lower case), on HTTPS listeners.
+    pub sni: Option<Arc<str>>,
+}
+
 /// The Gateway listener a connection arrived on.
 #[derive(Debug)]
 pub struct ListenerCtx {
@@ -77,11 +85,21 @@ impl ListenerCtx {
 pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerCtx>,
-    peer: SocketAddr,
+    conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let peer = conn.peer;
     let state = shared.state.load_full();
     let host = request_host(&req).unwrap_or_default();
+    if let (Some(sni), Some(names)) = (&conn.sni, state.listener_names(&listener.name))
+        && names.listener_for(sni) != names.listener_for(&host)
+    {
+        // The TLS connection was set up for another listener than this Host's (RFC 9110 15.5.20).
+        return Ok(local(
+            StatusCode::MISDIRECTED_REQUEST,
+            Bytes::from_static(b"misdirected request\n"),
+        ));
+    }
     let view = RequestView {
         path: req.uri().path(),
         query: req.uri().query(),

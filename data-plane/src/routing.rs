@@ -204,8 +204,8 @@ pub struct RoutingState {
     listeners: HashMap<String, Option<Arc<RouteTableRt>>>,
     /// Cluster name -> (cluster version, endpoints version, runtime), to reuse unchanged clusters.
     clusters: HashMap<String, (String, String, Arc<ClusterRt>)>,
-    /// HTTPS listener name -> (listener resource version, TLS configuration).
-    tls: HashMap<String, (String, Arc<rustls::ServerConfig>)>,
+    /// HTTPS listener name -> (listener resource version, TLS configuration, names by listener).
+    tls: HashMap<String, (String, Arc<rustls::ServerConfig>, Arc<tls::ListenerNames>)>,
     pub no_route: Option<RouteCounters>,
 }
 
@@ -225,9 +225,14 @@ impl RoutingState {
         self.listeners.get(listener).and_then(|t| t.as_deref())
     }
 
+    /// Which Gateway listener names belong to, on an HTTPS listener.
+    pub fn listener_names(&self, listener: &str) -> Option<&tls::ListenerNames> {
+        self.tls.get(listener).map(|(_, _, n)| n.as_ref())
+    }
+
     /// The TLS configuration of an HTTPS listener.
     pub fn tls_config(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls.get(listener).map(|(_, c)| Arc::clone(c))
+        self.tls.get(listener).map(|(_, c, _)| Arc::clone(c))
     }
 
     pub fn cluster_count(&self) -> usize {
@@ -300,16 +305,19 @@ impl RoutingState {
                 Ok(ListenerProtocol::Http) => false,
                 Ok(ListenerProtocol::Https) => {
                     // Reuse the TLS configuration while the listener resource is unchanged.
-                    let config = match previous
+                    let (config, names) = match previous
                         .tls
                         .get(&l.name)
-                        .filter(|(v, _)| *v == resource.version)
+                        .filter(|(v, _, _)| *v == resource.version)
                     {
-                        Some((_, config)) => Arc::clone(config),
-                        None => tls::server_config(&l.certificates)
-                            .map_err(|e| format!("listener {}: {e}", l.name))?,
+                        Some((_, config, names)) => (Arc::clone(config), Arc::clone(names)),
+                        None => (
+                            tls::server_config(&l.certificates)
+                                .map_err(|e| format!("listener {}: {e}", l.name))?,
+                            Arc::new(tls::ListenerNames::from_certificates(&l.certificates)),
+                        ),
                     };
-                    tls_configs.insert(l.name.clone(), (resource.version.clone(), config));
+                    tls_configs.insert(l.name.clone(), (resource.version.clone(), config, names));
                     true
                 }
                 _ => {

@@ -70,6 +70,53 @@ fn certified_key(
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
+/// Which Gateway listener a name belongs to on an HTTPS socket: the listener whose hostname is
+/// the exact name, else the longest wildcard, else the listener without hostname. Used to
+/// refuse requests whose Host belongs to another listener than their SNI (421).
+#[derive(Debug, Default)]
+pub struct ListenerNames {
+    exact: std::collections::HashSet<String>,
+    /// Wildcard suffixes with their leading dot, longest first.
+    wildcards: Vec<String>,
+    has_default: bool,
+}
+
+impl ListenerNames {
+    pub fn from_certificates(certificates: &[ServerCertificate]) -> ListenerNames {
+        let mut names = ListenerNames::default();
+        for c in certificates {
+            names.has_default |= c.server_names.is_empty();
+            for n in &c.server_names {
+                let n = n.to_ascii_lowercase();
+                match n.strip_prefix('*') {
+                    Some(suffix) => names.wildcards.push(suffix.to_owned()),
+                    None => {
+                        names.exact.insert(n);
+                    }
+                }
+            }
+        }
+        names.wildcards.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        names.wildcards.dedup();
+        names
+    }
+
+    /// The listener hostname `name` falls under ("" for the listener without hostname).
+    pub fn listener_for<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if let Some(exact) = self.exact.get(name) {
+            return Some(exact);
+        }
+        if let Some(w) = self
+            .wildcards
+            .iter()
+            .find(|w| name.len() > w.len() && name.ends_with(w.as_str()))
+        {
+            return Some(w);
+        }
+        self.has_default.then_some("")
+    }
+}
+
 /// A server configuration for an HTTPS listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
 pub fn server_config(certificates: &[ServerCertificate]) -> Result<Arc<ServerConfig>, String> {
     if certificates.is_empty() {
@@ -141,6 +188,33 @@ mod tests {
         assert!(Arc::ptr_eq(&r.pick(Some("b.example.com")).unwrap(), &w));
         assert!(Arc::ptr_eq(&r.pick(Some("example.com")).unwrap(), &d));
         assert!(Arc::ptr_eq(&r.pick(None).unwrap(), &d));
+    }
+
+    #[test]
+    fn names_resolve_to_their_listener() {
+        let names = ListenerNames::from_certificates(&[
+            cert(&[], &["d"]),
+            cert(&["second.example.org"], &["x"]),
+            cert(&["*.wildcard.org"], &["x"]),
+            cert(&["fourth.wildcard.org"], &["x"]),
+        ]);
+        assert_eq!(names.listener_for("example.org"), Some(""));
+        assert_eq!(
+            names.listener_for("second.example.org"),
+            Some("second.example.org")
+        );
+        assert_eq!(
+            names.listener_for("third.wildcard.org"),
+            Some(".wildcard.org")
+        );
+        assert_eq!(
+            names.listener_for("fourth.wildcard.org"),
+            Some("fourth.wildcard.org")
+        );
+        assert_eq!(
+            ListenerNames::from_certificates(&[cert(&["a.b"], &["a.b"])]).listener_for("c.d"),
+            None
+        );
     }
 
     #[test]

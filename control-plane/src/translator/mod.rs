@@ -38,6 +38,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute",
     "ReferenceGrant",
     "GatewayPort8080",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteParentRefPort",
     "HTTPRouteRequestTimeout",
