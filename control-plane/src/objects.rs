@@ -8,7 +8,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -57,6 +57,7 @@ pub enum Kind {
     EndpointSlice,
     Secret,
     Namespace,
+    ConfigMap,
 }
 
 impl Kind {
@@ -72,6 +73,7 @@ impl Kind {
             ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
             ("", "Secret") => Some(Kind::Secret),
             ("", "Namespace") => Some(Kind::Namespace),
+            ("", "ConfigMap") => Some(Kind::ConfigMap),
             _ => None,
         }
     }
@@ -92,6 +94,7 @@ impl fmt::Display for Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
             Kind::Namespace => "Namespace",
+            Kind::ConfigMap => "ConfigMap",
         };
         f.write_str(s)
     }
@@ -123,6 +126,7 @@ pub struct ObjectSet {
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub namespaces: BTreeMap<ObjectRef, Namespace>,
+    pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
 }
 
 /// One decoded object of any supported kind.
@@ -136,6 +140,7 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
     Namespace(Box<Namespace>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
@@ -195,6 +200,7 @@ impl Object {
             Kind::EndpointSlice => Object::EndpointSlice(de(kind, key, value)?),
             Kind::Secret => Object::Secret(de(kind, key, value)?),
             Kind::Namespace => Object::Namespace(de(kind, key, value)?),
+            Kind::ConfigMap => Object::ConfigMap(de(kind, key, value)?),
         })
     }
 
@@ -208,6 +214,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
             Object::Namespace(_) => Kind::Namespace,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 }
@@ -224,6 +231,7 @@ impl ObjectSet {
             Object::EndpointSlice(o) => self.endpoint_slices.insert(key, *o).is_none(),
             Object::Secret(o) => self.secrets.insert(key, *o).is_none(),
             Object::Namespace(o) => self.namespaces.insert(key, *o).is_none(),
+            Object::ConfigMap(o) => self.config_maps.insert(key, *o).is_none(),
         }
     }
 
@@ -237,6 +245,7 @@ impl ObjectSet {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.config_maps.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -52,6 +52,7 @@ fn resources(cluster: &str) -> ResourceSet {
             hostnames: vec![],
             route_table: "http-80".into(),
             certificates: vec![],
+            client_validation: None,
         }),
     );
     let rule = RouteRule {

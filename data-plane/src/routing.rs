@@ -312,7 +312,7 @@ impl RoutingState {
                     {
                         Some((_, config, names)) => (Arc::clone(config), Arc::clone(names)),
                         None => (
-                            tls::server_config(&l.certificates)
+                            tls::server_config(&l.certificates, l.client_validation.as_ref())
                                 .map_err(|e| format!("listener {}: {e}", l.name))?,
                             Arc::new(tls::ListenerNames::from_certificates(&l.certificates)),
                         ),
@@ -649,6 +649,7 @@ mod build_tests {
                         hostnames: vec![],
                         route_table: "t".into(),
                         certificates: vec![],
+                        client_validation: None,
                     };
                     resource(n, Payload::Listener(l))
                 })

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rauta_common::api::v1::ServerCertificate;
+use rauta_common::api::v1::{ClientValidation, ServerCertificate};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -117,8 +118,83 @@ impl ListenerNames {
     }
 }
 
+/// Verifies client certificates against the listener's CAs; with AllowInsecureFallback it still
+/// asks for a certificate but lets every client in.
+fn client_verifier(
+    provider: &Arc<CryptoProvider>,
+    v: &ClientValidation,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(v.ca_certificates_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| format!("client CA: {e}"))?)
+            .map_err(|e| format!("client CA: {e}"))?;
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+            .build()
+            .map_err(|e| format!("client CA: {e}"))?;
+    if v.allow_insecure_fallback {
+        Ok(Arc::new(InsecureFallback(verifier)))
+    } else {
+        Ok(verifier)
+    }
+}
+
+/// AllowInsecureFallback: offer client authentication, accept whatever comes (or nothing).
+#[derive(Debug)]
+struct InsecureFallback(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for InsecureFallback {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// A server configuration for an HTTPS listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
-pub fn server_config(certificates: &[ServerCertificate]) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(
+    certificates: &[ServerCertificate],
+    validation: Option<&ClientValidation>,
+) -> Result<Arc<ServerConfig>, String> {
     if certificates.is_empty() {
         return Err("an HTTPS listener needs at least one certificate".into());
     }
@@ -148,11 +224,14 @@ pub fn server_config(certificates: &[ServerCertificate]) -> Result<Arc<ServerCon
     resolver
         .wildcard
         .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| e.to_string())?;
+    let builder = match validation {
+        None => builder.with_no_client_auth(),
+        Some(v) => builder.with_client_cert_verifier(client_verifier(&provider, v)?),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -221,9 +300,9 @@ mod tests {
     fn bad_pem_is_an_error_not_a_panic() {
         let mut c = cert(&[], &["x"]);
         c.private_key_pem = "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n".into();
-        assert!(server_config(&[c]).is_err());
-        assert!(server_config(&[]).is_err());
-        assert!(server_config(&[cert(&["*bad"], &["x"])]).is_err());
-        assert!(server_config(&[cert(&["ok.example"], &["ok.example"])]).is_ok());
+        assert!(server_config(&[c], None).is_err());
+        assert!(server_config(&[], None).is_err());
+        assert!(server_config(&[cert(&["*bad"], &["x"])], None).is_err());
+        assert!(server_config(&[cert(&["ok.example"], &["ok.example"])], None).is_ok());
     }
 }

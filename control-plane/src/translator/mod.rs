@@ -16,7 +16,7 @@ use gateway_api::gateways::{
 use gateway_api::httproutes::HttpRouteParentRefs;
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
-    Listener, ListenerProtocol, RouteTable, ServerCertificate, VirtualHost,
+    ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate, VirtualHost,
 };
 use rauta_common::types::ResourceType;
 
@@ -38,6 +38,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute",
     "ReferenceGrant",
     "GatewayPort8080",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteParentRefPort",
@@ -65,6 +67,7 @@ struct PortListeners {
     /// Match entries by virtual-host domain.
     vhosts: BTreeMap<String, Vec<MatchEntry>>,
     certificates: Vec<ServerCertificate>,
+    client_validation: Option<ClientValidation>,
 }
 
 type PortRoutes = BTreeMap<u32, PortListeners>;
@@ -92,6 +95,7 @@ struct ListenerView<'a> {
     valid: bool,
     protocol: ListenerProtocol,
     certificates: Vec<ServerCertificate>,
+    client_validation: Option<ClientValidation>,
     /// (hostnames, compiled route) for every route attached to this listener.
     attached: Vec<(Vec<String>, ObjectRef)>,
 }
@@ -112,6 +116,8 @@ struct GatewayView<'a> {
     generation: i64,
     /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
     invalid_parameters: Option<String>,
+    /// Some port uses frontend validation mode AllowInsecureFallback.
+    insecure_frontend_validation: bool,
     listeners: Vec<ListenerView<'a>>,
 }
 
@@ -202,45 +208,56 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
 }
 
 fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
-    let listeners = gw
-        .spec
-        .listeners
-        .iter()
-        .map(|spec| {
-            let (protocol, certificates, problem) = match spec.protocol.as_str() {
-                "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
-                "HTTPS" => match tls::listener_certificates(objects, &key.namespace, spec) {
-                    Ok(certs) => (ListenerProtocol::Https, certs, None),
-                    Err(p) => {
+    let listeners =
+        gw.spec
+            .listeners
+            .iter()
+            .map(|spec| {
+                let mut client_validation = None;
+                let (protocol, certificates, problem) = match spec.protocol.as_str() {
+                    "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
+                    "HTTPS" => match tls::listener_certificates(objects, &key.namespace, spec)
+                        .and_then(|certs| {
+                            Ok((
+                                certs,
+                                tls::client_validation(objects, gw, &key.namespace, spec)?,
+                            ))
+                        }) {
+                        Ok((certs, validation)) => {
+                            client_validation = validation;
+                            (ListenerProtocol::Https, certs, None)
+                        }
+                        Err(p) => {
+                            let problem = ListenerProblem {
+                                not_accepted: p.not_accepted,
+                                unresolved: p.unresolved,
+                                message: p.message,
+                                routes_supported: true,
+                            };
+                            (ListenerProtocol::Https, Vec::new(), Some(problem))
+                        }
+                    },
+                    other => {
                         let problem = ListenerProblem {
-                            not_accepted: (!p.accepted).then_some(p.reason),
-                            unresolved: p.accepted.then_some(p.reason),
-                            message: p.message,
-                            routes_supported: true,
+                            not_accepted: Some("UnsupportedProtocol"),
+                            unresolved: None,
+                            message: format!("protocol {other:?} is not supported"),
+                            routes_supported: false,
                         };
-                        (ListenerProtocol::Https, Vec::new(), Some(problem))
+                        (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
                     }
-                },
-                other => {
-                    let problem = ListenerProblem {
-                        not_accepted: Some("UnsupportedProtocol"),
-                        unresolved: None,
-                        message: format!("protocol {other:?} is not supported"),
-                        routes_supported: false,
-                    };
-                    (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
+                };
+                ListenerView {
+                    spec,
+                    valid: problem.is_none(),
+                    problem,
+                    protocol,
+                    certificates,
+                    client_validation,
+                    attached: Vec::new(),
                 }
-            };
-            ListenerView {
-                spec,
-                valid: problem.is_none(),
-                problem,
-                protocol,
-                certificates,
-                attached: Vec::new(),
-            }
-        })
-        .collect();
+            })
+            .collect();
     // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
     let invalid_parameters = gw
         .spec
@@ -257,6 +274,7 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
         key: key.clone(),
         generation: generation(&gw.metadata),
         invalid_parameters,
+        insecure_frontend_validation: tls::insecure_fallback(gw),
         listeners,
     }
 }
@@ -503,6 +521,10 @@ fn build_gateway(
         entry
             .certificates
             .extend(listener.certificates.iter().cloned());
+        entry.client_validation = entry
+            .client_validation
+            .take()
+            .or_else(|| listener.client_validation.clone());
         let (hostnames, vhosts) = (&mut entry.hostnames, &mut entry.vhosts);
         if let Some(h) = &spec.hostname {
             hostnames.push(h.to_ascii_lowercase());
@@ -568,6 +590,7 @@ fn build_gateway(
             mut hostnames,
             vhosts,
             certificates,
+            client_validation,
         },
     ) in ports
     {
@@ -595,6 +618,7 @@ fn build_gateway(
             hostnames,
             route_table: name.clone(),
             certificates,
+            client_validation,
         };
         resources
             .entry(ResourceType::Listener)
@@ -636,6 +660,15 @@ fn build_gateway(
         Condition::new("Accepted", true, "Accepted", "", g)
     };
     let programmed = accepted.is_true() && gateway.listeners.iter().any(|l| l.valid);
+    if gateway.insecure_frontend_validation {
+        status.conditions.push(Condition::new(
+            "InsecureFrontendValidationMode",
+            true,
+            "ConfigurationChanged",
+            "some ports accept clients without a valid certificate (AllowInsecureFallback)",
+            g,
+        ));
+    }
     status.conditions.push(accepted);
     status.conditions.push(if programmed {
         Condition::new("Programmed", true, "Programmed", "", g)

@@ -1,28 +1,161 @@
 //! HTTPS listeners: resolves `tls.certificateRefs` to Secrets and validates their PEM.
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersTlsMode};
-use rauta_common::api::v1::ServerCertificate;
+use rauta_common::api::v1::{ClientValidation, ServerCertificate};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::backends::reference_granted;
 use crate::objects::{ObjectRef, ObjectSet};
 
-/// Why a listener's TLS settings cannot be served: the condition reason and a message.
+/// Why a listener's TLS settings cannot be served, as its conditions will say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsProblem {
-    /// True when the listener is still Accepted (a reference problem, not a bad spec).
-    pub accepted: bool,
-    pub reason: &'static str,
+    /// Some(reason): Accepted=False with that reason.
+    pub not_accepted: Option<&'static str>,
+    /// Some(reason): ResolvedRefs=False with that reason.
+    pub unresolved: Option<&'static str>,
     pub message: String,
 }
 
+/// `accepted`: the listener stays Accepted and `reason` goes to ResolvedRefs; otherwise
+/// `reason` goes to Accepted.
 fn problem(accepted: bool, reason: &'static str, message: impl Into<String>) -> TlsProblem {
-    TlsProblem {
-        accepted,
-        reason,
-        message: message.into(),
+    if accepted {
+        TlsProblem {
+            not_accepted: None,
+            unresolved: Some(reason),
+            message: message.into(),
+        }
+    } else {
+        TlsProblem {
+            not_accepted: Some(reason),
+            unresolved: None,
+            message: message.into(),
+        }
     }
+}
+
+/// The validation settings of spec.tls.frontend (the default and per-port types share a shape).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FrontendValidation {
+    #[serde(default)]
+    ca_certificate_refs: Vec<CaRef>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CaRef {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// The frontend validation that applies to `port`: its perPort entry, else the default.
+fn validation_for(
+    gateway: &gateway_api::gateways::Gateway,
+    port: i32,
+) -> Option<FrontendValidation> {
+    let frontend = gateway.spec.tls.as_ref()?.frontend.as_ref()?;
+    let value = match frontend.per_port.iter().flatten().find(|p| p.port == port) {
+        Some(p) => serde_json::to_value(&p.tls.validation).ok()?,
+        None => serde_json::to_value(&frontend.default.validation).ok()?,
+    };
+    serde_json::from_value::<Option<FrontendValidation>>(value)
+        .ok()
+        .flatten()
+}
+
+/// Whether any port of the Gateway accepts connections without a valid client certificate.
+pub fn insecure_fallback(gateway: &gateway_api::gateways::Gateway) -> bool {
+    gateway.spec.listeners.iter().any(|l| {
+        validation_for(gateway, l.port)
+            .is_some_and(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
+    })
+}
+
+/// The client-certificate validation of an HTTPS listener, or why it cannot be served.
+pub fn client_validation(
+    objects: &ObjectSet,
+    gateway: &gateway_api::gateways::Gateway,
+    gateway_namespace: &str,
+    listener: &GatewayListeners,
+) -> Result<Option<ClientValidation>, TlsProblem> {
+    let Some(validation) = validation_for(gateway, listener.port) else {
+        return Ok(None);
+    };
+    if validation.ca_certificate_refs.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason, message: String| TlsProblem {
+        not_accepted: Some("NoValidCACertificate"),
+        unresolved: Some(reason),
+        message,
+    };
+    let mut bundle = String::new();
+    for r in &validation.ca_certificate_refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("ConfigMap");
+        if !(group.is_empty() || group == "core") || kind != "ConfigMap" {
+            return Err(invalid(
+                "InvalidCACertificateKind",
+                format!("caCertificateRef {}: kind {kind} is not supported", r.name),
+            ));
+        }
+        let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
+        if namespace != gateway_namespace
+            && !reference_granted(
+                objects,
+                "Gateway",
+                gateway_namespace,
+                "",
+                "ConfigMap",
+                namespace,
+                &r.name,
+            )
+        {
+            return Err(invalid(
+                "RefNotPermitted",
+                format!(
+                    "ConfigMap {namespace}/{}: no ReferenceGrant allows it",
+                    r.name
+                ),
+            ));
+        }
+        let key = ObjectRef::new(namespace, &r.name);
+        let pem = objects
+            .config_maps
+            .get(&key)
+            .and_then(|cm| cm.data.as_ref())
+            .and_then(|d| d.get("ca.crt"))
+            .ok_or_else(|| {
+                invalid(
+                    "InvalidCACertificateRef",
+                    format!("ConfigMap {key} with ca.crt not found"),
+                )
+            })?;
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+        if !certs.is_ok_and(|c| !c.is_empty()) {
+            return Err(invalid(
+                "InvalidCACertificateRef",
+                format!("ConfigMap {key}: ca.crt holds no PEM certificate"),
+            ));
+        }
+        bundle.push_str(pem);
+        if !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+    }
+    Ok(Some(ClientValidation {
+        ca_certificates_pem: bundle,
+        allow_insecure_fallback: validation.mode.as_deref() == Some("AllowInsecureFallback"),
+    }))
 }
 
 fn secret_key<'a>(

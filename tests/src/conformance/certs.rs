@@ -104,6 +104,11 @@ pub fn generated_objects() -> Result<Vec<Value>, String> {
             &self_signed(&["*", "*.org", "*.wildcard.org"])?,
         ),
     ];
+    out.push(ca_config_map(
+        "gateway-conformance-web-backend",
+        "web-backend-cm",
+        &authority("web-backend-ca")?,
+    ));
     let a = authority("tls-validity-checks-ca")?;
     out.push(ca_config_map(
         INFRA,

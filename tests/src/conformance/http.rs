@@ -28,6 +28,8 @@ pub struct Target {
 pub struct ClientTls {
     pub server_name: String,
     pub trusted_pem: Vec<String>,
+    /// (certificate chain, private key) PEM to present when the server asks.
+    pub client_cert: Option<(String, String)>,
 }
 
 /// Upstream's clients trust the listener certificate itself ("clients trust this cert
@@ -114,12 +116,24 @@ async fn tls_connect(
         pinned,
         provider: std::sync::Arc::clone(&provider),
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &tls.client_cert {
+        None => config.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| format!("client key: {e}"))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+    };
     config.alpn_protocols = vec![if h2 {
         b"h2".to_vec()
     } else {

@@ -14,7 +14,15 @@ use super::status::{self, StatusView};
 use super::world::{CLASS_NAME, World};
 
 /// `needs` this runner and RAUTA can serve today. Anything else is reported as a skip.
-const SUPPORTED_NEEDS: &[&str] = &["h2c", "tls", "h2", "timeouts", "mirror", "websocket"];
+const SUPPORTED_NEEDS: &[&str] = &[
+    "h2c",
+    "tls",
+    "h2",
+    "timeouts",
+    "mirror",
+    "websocket",
+    "mtls",
+];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -251,11 +259,13 @@ fn target(world: &mut World, case: &Case, expect: &Expect) -> Result<(Target, St
         "http" => None,
         "https" => {
             let t = expect.tls.clone().unwrap_or_default();
-            if t.get("client_cert_from_secret")
-                .is_some_and(|c| !c.is_null())
-            {
-                return Err("client certificates are not supported by this runner yet".into());
-            }
+            let client_cert = match t["client_cert_from_secret"].as_str() {
+                Some(r) => Some((
+                    world.secret_text(r, "tls.crt")?,
+                    world.secret_text(r, "tls.key")?,
+                )),
+                None => None,
+            };
             let server_name = t["server_name"]
                 .as_str()
                 .map(str::to_owned)
@@ -268,6 +278,7 @@ fn target(world: &mut World, case: &Case, expect: &Expect) -> Result<(Target, St
             Some(http::ClientTls {
                 server_name,
                 trusted_pem,
+                client_cert,
             })
         }
         other => return Err(format!("scheme {other} is not supported")),
