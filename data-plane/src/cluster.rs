@@ -136,6 +136,13 @@ impl ClusterRt {
         self.endpoints.get(index)
     }
 
+    /// The endpoint `n` places after the usual pick: retries go elsewhere when they can.
+    pub fn pick_nth(&self, client: IpAddr, n: usize) -> Option<&EndpointRt> {
+        let first = self.pick(client)?;
+        let index = self.endpoints.iter().position(|e| e.addr == first.addr)?;
+        self.endpoints.get((index + n) % self.endpoints.len())
+    }
+
     /// Size of the Maglev table (0 for other pickers).
     pub fn table_size(&self) -> usize {
         match &self.picker {

@@ -275,16 +275,12 @@ async fn forward(
     if let Some(protocol) = &upgrade {
         upgrade::restore_headers(headers, protocol);
     }
-    let (mut parts, incoming) = req.into_parts();
-    let body = if rule.mirrors.is_empty() || upgrade.is_some() {
-        Either::Left(incoming)
-    } else {
+    let (parts, incoming) = req.into_parts();
+    // A body held in memory can be sent more than once: to mirrors, and again on retries.
+    let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
+    let (mut body, replay) = if wants_copy {
         match mirror::buffer_body(incoming).await {
-            Ok((body, Some(bytes))) => {
-                mirror::send_copies(&rule.mirrors, &parts, &path, &bytes, peer.ip());
-                body
-            }
-            Ok((body, None)) => body,
+            Ok(b) => b,
             Err(_) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -292,27 +288,18 @@ async fn forward(
                 );
             }
         }
+    } else {
+        (Either::Left(incoming), None)
     };
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build();
-    let Ok(uri) = uri else {
-        return local(
-            StatusCode::BAD_REQUEST,
-            Bytes::from_static(b"invalid request target\n"),
-        );
-    };
-    parts.uri = uri;
-    parts.version = match cluster.protocol {
+    if let Some(bytes) = &replay
+        && !rule.mirrors.is_empty()
+    {
+        mirror::send_copies(&rule.mirrors, &parts, &path, bytes, peer.ip());
+    }
+    let version = match cluster.protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::H2c => Version::HTTP_2,
     };
-    let req = Request::from_parts(parts, body);
-
-    let started = Instant::now();
-    let sent = cluster.client.request(req);
     // The tightest of the cluster's, the rule's backendRequest and the rule's request timeouts.
     let limit = [
         cluster.request_timeout,
@@ -322,19 +309,67 @@ async fn forward(
     .into_iter()
     .flatten()
     .min();
-    let result = match limit {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Bytes::from_static(b"upstream request timeout\n"),
-                );
-            }
-        },
-        None => sent.await,
+    let retries = match (&rule.retry, &replay) {
+        (Some(retry), Some(_)) => retry.attempts,
+        _ => 0,
     };
-    cluster.latency.observe(started.elapsed().as_secs_f64());
+    let mut endpoint = endpoint;
+    let mut attempt = 0;
+    let result = loop {
+        let Ok(uri) = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(path.clone())
+            .build()
+        else {
+            return local(
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"invalid request target\n"),
+            );
+        };
+        let attempt_body = match &replay {
+            Some(bytes) if attempt > 0 => Either::Right(Full::new(bytes.clone())),
+            _ => std::mem::replace(&mut body, Either::Right(Full::new(Bytes::new()))),
+        };
+        let mut req = Request::new(attempt_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = parts.headers.clone();
+        let started = Instant::now();
+        let sent = cluster.client.request(req);
+        let outcome = match limit {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Bytes::from_static(b"upstream request timeout\n"),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        cluster.latency.observe(started.elapsed().as_secs_f64());
+        let failed = match (&outcome, &rule.retry) {
+            (Err(_), _) => true,
+            (Ok(r), Some(retry)) => retry.codes.contains(&r.status().as_u16()),
+            (Ok(_), None) => false,
+        };
+        if !failed || attempt >= retries {
+            break outcome;
+        }
+        if let Err(err) = &outcome {
+            debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, attempt, "upstream attempt failed; retrying");
+        }
+        attempt += 1;
+        endpoint = cluster
+            .pick_nth(peer.ip(), attempt as usize)
+            .unwrap_or(endpoint);
+        if let Some(backoff) = rule.retry.as_ref().map(|r| r.backoff) {
+            tokio::time::sleep(backoff).await;
+        }
+    };
     match result {
         Ok(mut resp) => {
             if let (Some(downstream), Some(protocol)) = (downstream_upgrade, &upgrade)

@@ -140,6 +140,36 @@ impl ActionRt {
     }
 }
 
+/// A rule's retry policy at run time.
+#[derive(Debug)]
+pub struct RetryRt {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub codes: Vec<u16>,
+    pub backoff: std::time::Duration,
+}
+
+impl RetryRt {
+    fn build(r: &rauta_common::api::v1::RetryPolicy) -> Result<RetryRt, String> {
+        let codes = r
+            .codes
+            .iter()
+            .map(|c| u16::try_from(*c).map_err(|_| format!("invalid retry code {c}")))
+            .collect::<Result<_, _>>()?;
+        let backoff = match &r.backoff {
+            Some(d) => {
+                std::time::Duration::try_from(*d).map_err(|e| format!("retry backoff: {e}"))?
+            }
+            None => std::time::Duration::from_millis(25),
+        };
+        Ok(RetryRt {
+            attempts: r.attempts.min(10),
+            codes,
+            backoff,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct RuleRt {
     pub name: Arc<str>,
@@ -154,6 +184,7 @@ pub struct RuleRt {
     pub backend_timeout: Option<std::time::Duration>,
     pub mirrors: Vec<MirrorRt>,
     pub cors: Option<CorsRt>,
+    pub retry: Option<RetryRt>,
     pub counters: RouteCounters,
 }
 
@@ -544,6 +575,12 @@ fn build_vhost(
                 .cors
                 .as_ref()
                 .map(CorsRt::build)
+                .transpose()
+                .map_err(err)?,
+            retry: rule
+                .retry
+                .as_ref()
+                .map(RetryRt::build)
                 .transpose()
                 .map_err(err)?,
             counters: metrics.route_counters(&rule.name),

@@ -1,7 +1,7 @@
 //! Compiles an HTTPRoute rule's filters (RequestHeaderModifier, ResponseHeaderModifier,
 //! RequestRedirect, URLRewrite) into route-table fields.
 
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
 };
 use rauta_common::api::v1::{
@@ -202,6 +202,9 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                     // The CRD defaults maxAge to 5 seconds.
                     max_age_seconds: u32::try_from(c.max_age.unwrap_or(5)).unwrap_or(0),
                 });
+            }
+            HttpRouteRulesFiltersType::ExternalAuth => {
+                return Err("the ExternalAuth filter is not supported yet".into());
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
                 return Err("ExtensionRef filters are not supported".into());

@@ -10,10 +10,10 @@ mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gateway_api::experimental::httproutes::HttpRouteParentRefs;
 use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
 };
-use gateway_api::httproutes::HttpRouteParentRefs;
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
     ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate, VirtualHost,
@@ -44,6 +44,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteParentRefPort",
     "HTTPRouteRequestTimeout",
+    "HTTPRouteRetry",
     "HTTPRouteRequestMirror",
     "HTTPRouteCORS",
     "HTTPRouteBackendRequestHeaderModification",

@@ -2,13 +2,13 @@
 
 use std::cmp::{Ordering, Reverse};
 
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
     DirectResponse, ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch,
-    RouteMatch, RouteRule, WeightedCluster, route_rule::Action,
+    RetryPolicy, RouteMatch, RouteRule, WeightedCluster, route_rule::Action,
 };
 
 use super::backends::{self, BackendRef, RefProblem, ResolvedBackend};
@@ -91,6 +91,13 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 filters::RuleFilters::default()
             }
         };
+        let retry = match compile_retry(rule) {
+            Ok(r) => r,
+            Err(msg) => {
+                out.unsupported.get_or_insert(msg);
+                None
+            }
+        };
         let timeouts = match compile_timeouts(rule) {
             Ok(t) => t,
             Err(msg) => {
@@ -165,6 +172,7 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                 backend_request_timeout: timeouts.1,
                 mirrors: mirrors.clone(),
                 cors: filters.cors.clone(),
+                retry: retry.clone(),
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),
@@ -344,14 +352,15 @@ fn compile_timeouts(
 
 /// backendRef filters: the same shapes as rule filters, but only header modifiers apply.
 fn backend_filters(
-    filters: &[gateway_api::httproutes::HttpRouteRulesBackendRefsFilters],
+    filters: &[gateway_api::experimental::httproutes::HttpRouteRulesBackendRefsFilters],
 ) -> Result<filters::RuleFilters, String> {
     // The generated backendRef filter type mirrors the rule filter type field for field.
-    let as_rule_filters: Vec<gateway_api::httproutes::HttpRouteRulesFilters> = filters
-        .iter()
-        .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("backendRef filter: {e}"))?;
+    let as_rule_filters: Vec<gateway_api::experimental::httproutes::HttpRouteRulesFilters> =
+        filters
+            .iter()
+            .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("backendRef filter: {e}"))?;
     let compiled = filters::compile(&as_rule_filters, false)?;
     if compiled.redirect.is_some()
         || compiled.url_rewrite.is_some()
@@ -361,4 +370,31 @@ fn backend_filters(
         return Err("only header modifier filters are supported on backendRefs".into());
     }
     Ok(compiled)
+}
+
+/// A rule's retry policy (GEP-1731): attempts are retries after the first try.
+fn compile_retry(rule: &HttpRouteRules) -> Result<Option<RetryPolicy>, String> {
+    let Some(r) = &rule.retry else {
+        return Ok(None);
+    };
+    let attempts = u32::try_from(r.attempts.unwrap_or(1))
+        .map_err(|_| "retry.attempts must not be negative")?;
+    let codes = r
+        .codes
+        .iter()
+        .flatten()
+        .map(|c| {
+            u32::try_from(*c)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| format!("retry code {c} is not an error status"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let backoff = parse_timeout("retry.backoff", r.backoff.as_ref())?
+        .and_then(|d| prost_types::Duration::try_from(d).ok());
+    Ok((attempts > 0).then_some(RetryPolicy {
+        attempts,
+        codes,
+        backoff,
+    }))
 }

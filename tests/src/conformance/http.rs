@@ -496,6 +496,31 @@ fn with_request_id(expected: &str, sent: &str, original: &str) -> String {
     }
 }
 
+/// Replaces every `{uuid}` with a new random UUID (version 4 layout).
+pub fn fresh_placeholders(path: &str) -> String {
+    if !path.contains("{uuid}") {
+        return path.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(i) = rest.find("{uuid}") {
+        let n: u128 = rand::random::<u128>() & !(0xf << 76) | (0x4 << 76);
+        let hex = format!("{n:032x}");
+        out.push_str(&rest[..i]);
+        out.push_str(&format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        ));
+        rest = &rest[i + 6..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The request path with upstream's mirror request id appended.
 pub fn path_with_request_id(path: &str, id: &str) -> String {
     format!(
@@ -517,6 +542,8 @@ pub async fn run(
         "eventually_consistent" => {
             let mut streak = 0;
             loop {
+                // "{uuid}" stands for a fresh random UUID on every attempt (upstream).
+                let path = &fresh_placeholders(path);
                 let result = match send(expect, target, path).await {
                     Ok(observed) => compare(expect, &observed, path, scheme),
                     Err(e) => Err(e),

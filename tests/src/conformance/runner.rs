@@ -22,6 +22,7 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "mirror",
     "websocket",
     "mtls",
+    "retry-echo",
 ];
 
 #[derive(Debug, Clone)]
