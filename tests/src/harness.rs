@@ -153,6 +153,24 @@ impl Controller {
             .expect("admin client")
     }
 
+    /// The current snapshot version of a Gateway ("namespace/name"), or "" if it has none.
+    pub async fn snapshot_version(&self, gateway: &str) -> String {
+        let req = rauta_common::api::v1::ListSnapshotsRequest {};
+        let snapshots = self
+            .admin()
+            .await
+            .list_snapshots(req)
+            .await
+            .expect("ListSnapshots")
+            .into_inner()
+            .snapshots;
+        snapshots
+            .iter()
+            .find(|s| s.gateway == gateway)
+            .map(|s| s.version.clone())
+            .unwrap_or_default()
+    }
+
     pub async fn proxies(&self) -> Vec<ProxyStatus> {
         self.admin()
             .await

@@ -3,27 +3,10 @@
 
 use std::time::Duration;
 
-use rauta_common::api::v1::ListSnapshotsRequest;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
 use rauta_tests::manifests::{infra, prefix_route};
-
-async fn snapshot_version(controller: &Controller) -> String {
-    let snapshots = controller
-        .admin()
-        .await
-        .list_snapshots(ListSnapshotsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshots;
-    snapshots
-        .iter()
-        .find(|s| s.gateway == "infra/gw")
-        .map(|s| s.version.clone())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yaml_edits_change_routing_live() {
@@ -40,7 +23,7 @@ async fn yaml_edits_change_routing_live() {
     proxy.wait_ready().await;
     let url = format!("http://{}/app", proxy.listener(80));
     assert_eq!(http_get(&url, None).await.unwrap().pod(), blue.pod);
-    let v1 = snapshot_version(&controller).await;
+    let v1 = controller.snapshot_version("infra/gw").await;
 
     // Point the route at green: traffic moves, with no restart.
     ws.write("route.yaml", &prefix_route("web", "/", "green"));
@@ -50,7 +33,7 @@ async fn yaml_edits_change_routing_live() {
             .is_ok_and(|r| r.pod() == green.pod)
     })
     .await;
-    let v2 = snapshot_version(&controller).await;
+    let v2 = controller.snapshot_version("infra/gw").await;
     assert!(
         v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(),
         "{v1} -> {v2}"
@@ -72,7 +55,7 @@ async fn yaml_edits_change_routing_live() {
     // Rewriting a file with the same content does not make a new version.
     ws.write("route.yaml", &prefix_route("web", "/", "green"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(snapshot_version(&controller).await, v2);
+    assert_eq!(controller.snapshot_version("infra/gw").await, v2);
 
     // Deleting the route: 404, and the proxy ACKs the version without it.
     ws.remove("route.yaml");
@@ -80,7 +63,7 @@ async fn yaml_edits_change_routing_live() {
         http_get(&url, None).await.is_ok_and(|r| r.status == 404)
     })
     .await;
-    let v3 = snapshot_version(&controller).await;
+    let v3 = controller.snapshot_version("infra/gw").await;
     assert_ne!(v3, v2);
     eventually(Duration::from_secs(10), || async {
         let proxies = controller.proxies().await;

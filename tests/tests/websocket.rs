@@ -4,29 +4,12 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rauta_common::api::v1::ListSnapshotsRequest;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
 use rauta_tests::manifests::{infra, prefix_route};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
-
-async fn version(controller: &Controller) -> String {
-    let snapshots = controller
-        .admin()
-        .await
-        .list_snapshots(ListSnapshotsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshots;
-    snapshots
-        .iter()
-        .find(|s| s.gateway == "infra/gw")
-        .map(|s| s.version.clone())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_survives_a_snapshot_swap() {
@@ -55,10 +38,10 @@ async fn websocket_survives_a_snapshot_swap() {
     );
 
     // A new version that keeps the route (another route is added).
-    let before = version(&controller).await;
+    let before = controller.snapshot_version("infra/gw").await;
     ws_dir.write("other.yaml", &prefix_route("other", "/other", "echo"));
     eventually(Duration::from_secs(10), || async {
-        version(&controller).await != before
+        controller.snapshot_version("infra/gw").await != before
     })
     .await;
     eventually(Duration::from_secs(10), || async {

@@ -36,6 +36,60 @@ fn problem(accepted: bool, reason: &'static str, message: impl Into<String>) -> 
     }
 }
 
+/// A Gateway's reference to a core-group object (Secret, ConfigMap), as written.
+struct CoreRef<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: &'a str,
+    namespace: Option<&'a str>,
+}
+
+/// Why a [`CoreRef`] cannot be followed; the caller picks the condition reason.
+enum RefError {
+    /// Not the expected group and kind.
+    Kind(String),
+    /// In another namespace without a ReferenceGrant.
+    NotPermitted(String),
+}
+
+impl CoreRef<'_> {
+    /// The referenced object's key, when it is a `kind` the Gateway may use. Existence is the
+    /// caller's check.
+    fn resolve(
+        &self,
+        objects: &ObjectSet,
+        gateway_namespace: &str,
+        kind: &str,
+    ) -> Result<ObjectRef, RefError> {
+        let group = self.group.unwrap_or("");
+        let actual = self.kind.unwrap_or(kind);
+        if !(group.is_empty() || group == "core") || actual != kind {
+            return Err(RefError::Kind(format!(
+                "reference {}: {actual} in group {group:?} is not a core {kind}",
+                self.name
+            )));
+        }
+        let namespace = self.namespace.unwrap_or(gateway_namespace);
+        if namespace != gateway_namespace
+            && !reference_granted(
+                objects,
+                "Gateway",
+                gateway_namespace,
+                "",
+                kind,
+                namespace,
+                self.name,
+            )
+        {
+            return Err(RefError::NotPermitted(format!(
+                "{kind} {namespace}/{}: no ReferenceGrant allows it",
+                self.name
+            )));
+        }
+        Ok(ObjectRef::new(namespace, self.name))
+    }
+}
+
 /// The validation settings of spec.tls.frontend (the default and per-port types share a shape).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -100,35 +154,21 @@ pub fn client_validation(
     };
     let mut bundle = String::new();
     for r in &validation.ca_certificate_refs {
-        let group = r.group.as_deref().unwrap_or("");
-        let kind = r.kind.as_deref().unwrap_or("ConfigMap");
-        if !(group.is_empty() || group == "core") || kind != "ConfigMap" {
-            return Err(invalid(
-                "InvalidCACertificateKind",
-                format!("caCertificateRef {}: kind {kind} is not supported", r.name),
-            ));
-        }
-        let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
-        if namespace != gateway_namespace
-            && !reference_granted(
-                objects,
-                "Gateway",
-                gateway_namespace,
-                "",
-                "ConfigMap",
-                namespace,
-                &r.name,
-            )
-        {
-            return Err(invalid(
-                "RefNotPermitted",
-                format!(
-                    "ConfigMap {namespace}/{}: no ReferenceGrant allows it",
-                    r.name
-                ),
-            ));
-        }
-        let key = ObjectRef::new(namespace, &r.name);
+        let target = CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        };
+        let key = match target.resolve(objects, gateway_namespace, "ConfigMap") {
+            Ok(key) => key,
+            Err(RefError::Kind(message)) => {
+                return Err(invalid("InvalidCACertificateKind", message));
+            }
+            Err(RefError::NotPermitted(message)) => {
+                return Err(invalid("RefNotPermitted", message));
+            }
+        };
         let pem = objects
             .config_maps
             .get(&key)
@@ -219,34 +259,21 @@ pub fn listener_certificates(
         .collect();
     let mut out = Vec::new();
     for r in refs {
-        let group = r.group.as_deref().unwrap_or("");
-        let kind = r.kind.as_deref().unwrap_or("Secret");
-        if !(group.is_empty() || group == "core") || kind != "Secret" {
-            return Err(problem(
-                true,
-                "InvalidCertificateRef",
-                format!("certificateRef {}: only core Secrets are supported", r.name),
-            ));
-        }
-        let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
-        if namespace != gateway_namespace
-            && !reference_granted(
-                objects,
-                "Gateway",
-                gateway_namespace,
-                "",
-                "Secret",
-                namespace,
-                &r.name,
-            )
-        {
-            return Err(problem(
-                true,
-                "RefNotPermitted",
-                format!("Secret {namespace}/{}: no ReferenceGrant allows it", r.name),
-            ));
-        }
-        let key = ObjectRef::new(namespace, &r.name);
+        let target = CoreRef {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+        };
+        let key = match target.resolve(objects, gateway_namespace, "Secret") {
+            Ok(key) => key,
+            Err(RefError::Kind(message)) => {
+                return Err(problem(true, "InvalidCertificateRef", message));
+            }
+            Err(RefError::NotPermitted(message)) => {
+                return Err(problem(true, "RefNotPermitted", message));
+            }
+        };
         let secret = objects.secrets.get(&key).ok_or_else(|| {
             problem(
                 true,
