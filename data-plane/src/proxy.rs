@@ -89,6 +89,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let peer = conn.peer;
+    let mut req = req;
+    if let Some(normalized) = normalized_target(req.uri()) {
+        // Route and forward the same path: "/public/../admin" must not match "/public".
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(normalized);
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                return Ok(local(
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"invalid request target\n"),
+                ));
+            }
+        }
+    }
     let state = shared.state.load_full();
     let host = request_host(&req).unwrap_or_default();
     if let (Some(sni), Some(names)) = (&conn.sni, state.listener_names(&listener.name))
@@ -397,6 +412,41 @@ async fn forward(
     }
 }
 
+/// The request target with "." and ".." path segments resolved (RFC 3986 section 5.2.4), or
+/// `None` when the path has none (the common case, no allocation).
+fn normalized_target(uri: &Uri) -> Option<PathAndQuery> {
+    let path = uri.path();
+    let has_dots = path.split('/').any(|s| s == "." || s == "..");
+    if !has_dots {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let normalized = format!("/{}", out.join("/"));
+    let target = match uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    PathAndQuery::try_from(target).ok()
+}
+
 /// HTTP/2 clients may split Cookie into several fields; HTTP/1.1 allows only one
 /// (RFC 9113 section 8.2.3), joined with "; ".
 fn join_cookies(headers: &mut HeaderMap) {
@@ -467,6 +517,18 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_before_routing() {
+        let n =
+            |t: &str| normalized_target(&t.parse::<Uri>().unwrap()).map(|p| p.as_str().to_owned());
+        assert_eq!(n("/public/../admin"), Some("/admin".into()));
+        assert_eq!(n("/a/./b/../c?x=1"), Some("/a/c?x=1".into()));
+        assert_eq!(n("/../../etc"), Some("/etc".into()));
+        assert_eq!(n("/a/b/.."), Some("/a/".into()));
+        assert_eq!(n("/a/b"), None);
+        assert_eq!(n("/a..b/.c"), None);
     }
 
     #[test]

@@ -88,6 +88,12 @@ async fn routes_by_path_header_and_weight() {
     assert_eq!(echo["path"], "/exact");
     assert_eq!(echo["host"], "example.com");
     assert_eq!(echo["headers"]["X-Forwarded-For"][0], "127.0.0.1");
+    // Dot segments are resolved before routing, and the backend sees the resolved path.
+    let r = http_get(&format!("{base}/web/../exact"), Some("example.com"))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.pod()), (200, api.pod.clone()), "{r:?}");
+    assert_eq!(r.echo().unwrap()["path"], "/exact");
     // The same listener speaks cleartext HTTP/2 with prior knowledge.
     let h2 = h2c_get(&format!("{base}/exact"), "example.com").await;
     assert_eq!(h2["pod"], api.pod.as_str());
