@@ -136,11 +136,14 @@ impl ClusterRt {
         self.endpoints.get(index)
     }
 
-    /// The endpoint `n` places after the usual pick: retries go elsewhere when they can.
-    pub fn pick_nth(&self, client: IpAddr, n: usize) -> Option<&EndpointRt> {
-        let first = self.pick(client)?;
-        let index = self.endpoints.iter().position(|e| e.addr == first.addr)?;
-        self.endpoints.get((index + n) % self.endpoints.len())
+    /// The endpoint `n` places after `first`: retries go elsewhere when they can.
+    pub fn nth_after<'a>(&'a self, first: &'a EndpointRt, n: usize) -> &'a EndpointRt {
+        let Some(index) = self.endpoints.iter().position(|e| e.addr == first.addr) else {
+            return first;
+        };
+        self.endpoints
+            .get((index + n) % self.endpoints.len())
+            .unwrap_or(first)
     }
 
     /// Size of the Maglev table (0 for other pickers).

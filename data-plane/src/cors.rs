@@ -13,8 +13,9 @@ use rauta_common::api::v1::CorsPolicy;
 enum OriginPattern {
     Any,
     Exact(String),
-    /// scheme and host suffix with its leading dot: "https://*.bar.com" -> ("https", ".bar.com").
-    Wildcard(String, String),
+    /// "https://*.bar.com:8443" -> ("https", ".bar.com", Some("8443")); without a port the
+    /// origin must have none either.
+    Wildcard(String, String, Option<String>),
 }
 
 #[derive(Debug)]
@@ -27,6 +28,14 @@ pub struct CorsRt {
     expose: Option<HeaderValue>,
     credentials: bool,
     max_age: Option<HeaderValue>,
+}
+
+/// "host:port" -> ("host", Some("port")); a host without a numeric port is returned whole.
+fn split_port(hostport: &str) -> (&str, Option<&str>) {
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (hostport, None),
+    }
 }
 
 fn joined(items: &[String]) -> Result<Option<HeaderValue>, String> {
@@ -56,10 +65,13 @@ impl CorsRt {
                 let (scheme, host) = o
                     .split_once("://")
                     .ok_or_else(|| format!("invalid CORS origin {o:?}"))?;
+                let (host, port) = split_port(host);
                 Ok(match host.strip_prefix('*') {
-                    Some(suffix) if suffix.starts_with('.') => {
-                        OriginPattern::Wildcard(scheme.to_owned(), suffix.to_owned())
-                    }
+                    Some(suffix) if suffix.starts_with('.') => OriginPattern::Wildcard(
+                        scheme.to_owned(),
+                        suffix.to_owned(),
+                        port.map(str::to_owned),
+                    ),
                     Some(_) => return Err(format!("invalid CORS origin {o:?}")),
                     None => OriginPattern::Exact(o.clone()),
                 })
@@ -71,7 +83,12 @@ impl CorsRt {
             methods: joined(&p.allow_methods)?,
             any_header: p.allow_headers.iter().any(|h| h == "*"),
             headers: joined(&p.allow_headers)?,
-            expose: joined(&p.expose_headers)?,
+            // "*" exposes everything, but only without credentials (Fetch standard).
+            expose: if p.expose_headers.iter().any(|h| h == "*") && !p.allow_credentials {
+                Some(HeaderValue::from_static("*"))
+            } else {
+                joined(&p.expose_headers)?
+            },
             credentials: p.allow_credentials,
             max_age: (p.max_age_seconds > 0).then(|| HeaderValue::from(p.max_age_seconds)),
         })
@@ -82,13 +99,13 @@ impl CorsRt {
         self.origins.iter().any(|p| match p {
             OriginPattern::Any => true,
             OriginPattern::Exact(o) => *o == origin,
-            OriginPattern::Wildcard(scheme, suffix) => {
+            OriginPattern::Wildcard(scheme, suffix, want_port) => {
                 origin.split_once("://").is_some_and(|(s, rest)| {
-                    let host = rest
-                        .rsplit_once(':')
-                        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                        .map_or(rest, |(h, _)| h);
-                    s == scheme && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    let (host, port) = split_port(rest);
+                    s == scheme
+                        && host.len() > suffix.len()
+                        && host.ends_with(suffix.as_str())
+                        && port == want_port.as_deref()
                 })
             }
         })
@@ -178,10 +195,14 @@ mod tests {
     fn origins_match_exactly_or_by_host_wildcard() {
         let p = policy(&["https://www.foo.com", "https://*.bar.com"], false);
         assert!(p.allows("https://www.foo.com"));
+        assert!(p.allows("https://www.bar.com") && p.allows("https://a.b.bar.com"));
         assert!(
-            p.allows("https://www.bar.com")
-                && p.allows("https://a.b.bar.com")
-                && p.allows("https://x.bar.com:8443")
+            !p.allows("https://x.bar.com:8443"),
+            "a pattern without port matches only origins without port"
+        );
+        let with_port = policy(&["https://*.bar.com:8443"], false);
+        assert!(
+            with_port.allows("https://x.bar.com:8443") && !with_port.allows("https://x.bar.com")
         );
         assert!(
             !p.allows("https://foobar.com")

@@ -21,6 +21,14 @@ use crate::upstream::{Protocol, UpstreamBody};
 pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 /// Longest a mirrored copy may take; nobody waits for it.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a small body to arrive before it is forwarded.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Copies in flight at most, process-wide: beyond that copies are dropped, so a slow mirror
+/// cannot make the proxy hold unbounded memory.
+const MAX_COPIES_IN_FLIGHT: usize = 1024;
+
+static COPIES_IN_FLIGHT: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_COPIES_IN_FLIGHT);
 
 #[derive(Debug)]
 pub struct MirrorRt {
@@ -38,11 +46,18 @@ impl MirrorRt {
     }
 }
 
+/// Why a body could not be buffered.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the request body: {0}")]
+    Read(hyper::Error),
+    #[error("the request body did not arrive in time")]
+    TimedOut,
+}
+
 /// Reads a small body into memory so it can be sent more than once. Returns the body to
 /// forward, and the bytes for the copies (`None`: too large or of unknown size, not mirrored).
-pub async fn buffer_body(
-    incoming: Incoming,
-) -> Result<(UpstreamBody, Option<Bytes>), hyper::Error> {
+pub async fn buffer_body(incoming: Incoming) -> Result<(UpstreamBody, Option<Bytes>), BodyError> {
     if incoming.is_end_stream() {
         return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
     }
@@ -53,7 +68,11 @@ pub async fn buffer_body(
     {
         return Ok((Either::Left(incoming), None));
     }
-    let bytes = incoming.collect().await?.to_bytes();
+    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, incoming.collect())
+        .await
+        .map_err(|_| BodyError::TimedOut)?
+        .map_err(BodyError::Read)?
+        .to_bytes();
     Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
 }
 
@@ -67,6 +86,10 @@ pub fn send_copies(
 ) {
     for mirror in mirrors.iter().filter(|m| m.sampled()) {
         let Some(cluster) = mirror.cluster.clone() else {
+            continue;
+        };
+        let Ok(permit) = COPIES_IN_FLIGHT.try_acquire() else {
+            debug!(cluster = %cluster.name, "too many mirror copies in flight; copy dropped");
             continue;
         };
         let Some(endpoint) = cluster.pick(client) else {
@@ -87,6 +110,7 @@ pub fn send_copies(
             Protocol::H2c => Version::HTTP_2,
         };
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(MIRROR_TIMEOUT, cluster.client.request(copy)).await {
                 Ok(Ok(resp)) => {
                     let _ = resp.into_body().collect().await;

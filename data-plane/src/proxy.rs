@@ -91,6 +91,12 @@ pub async fn handle(
     let peer = conn.peer;
     let mut req = req;
     if let Some(normalized) = normalized_target(req.uri()) {
+        let Some(normalized) = normalized else {
+            return Ok(local(
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"invalid request target\n"),
+            ));
+        };
         // Route and forward the same path: "/public/../admin" must not match "/public".
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = Some(normalized);
@@ -257,6 +263,12 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
+    // An upgrade (WebSocket) needs an HTTP/1.1 upstream; over h2c it goes as a plain request.
+    let upgrade = upgrade::requested(req.version(), req.headers())
+        .filter(|_| cluster.protocol == Protocol::Http1);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // First, so that a client's Connection header cannot remove headers the gateway sets below.
+    strip_hop_by_hop(req.headers_mut());
     if let Some(value) = req
         .uri()
         .authority()
@@ -273,18 +285,10 @@ async fn forward(
     if let Some(ops) = &rule.request_headers {
         ops.apply(req.headers_mut());
     }
-    if let Some(ops) = &backend.request_headers {
-        ops.apply(req.headers_mut());
-    }
     if let Some(host) = rule.rewrite.as_ref().and_then(|r| r.host.clone()) {
         req.headers_mut().insert(HOST, host);
     }
-    // An upgrade (WebSocket) needs an HTTP/1.1 upstream; over h2c it goes as a plain request.
-    let upgrade = upgrade::requested(req.version(), req.headers())
-        .filter(|_| cluster.protocol == Protocol::Http1);
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
     append_forwarded_for(headers, peer);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     if let Some(protocol) = &upgrade {
@@ -315,19 +319,18 @@ async fn forward(
         Protocol::Http1 => Version::HTTP_11,
         Protocol::H2c => Version::HTTP_2,
     };
-    // The tightest of the cluster's, the rule's backendRequest and the rule's request timeouts.
-    let limit = [
-        cluster.request_timeout,
-        rule.backend_timeout,
-        rule.request_timeout,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    // timeouts.request bounds the whole exchange, retries and backoff included; the cluster's
+    // and the rule's backendRequest timeouts bound each attempt.
+    let deadline = rule.request_timeout.map(|t| Instant::now() + t);
+    let attempt_limit = [cluster.request_timeout, rule.backend_timeout]
+        .into_iter()
+        .flatten()
+        .min();
     let retries = match (&rule.retry, &replay) {
         (Some(retry), Some(_)) => retry.attempts,
         _ => 0,
     };
+    let first = endpoint;
     let mut endpoint = endpoint;
     let mut attempt = 0;
     let result = loop {
@@ -351,42 +354,60 @@ async fn forward(
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = parts.headers.clone();
+        // backendRef filters apply to this backend only, not to mirrored copies.
+        if let Some(ops) = &backend.request_headers {
+            ops.apply(req.headers_mut());
+        }
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = [attempt_limit, remaining].into_iter().flatten().min();
         let started = Instant::now();
         let sent = cluster.client.request(req);
         let outcome = match limit {
-            Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(r) => r,
-                Err(_) => {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        cluster.latency.observe(started.elapsed().as_secs_f64());
+        let timed_out = outcome.is_err();
+        if timed_out && deadline.is_some_and(|d| Instant::now() >= d) {
+            return local(
+                StatusCode::GATEWAY_TIMEOUT,
+                Bytes::from_static(b"upstream request timeout\n"),
+            );
+        }
+        let failed = match (&outcome, &rule.retry) {
+            (Err(()), _) | (Ok(Err(_)), _) => true,
+            (Ok(Ok(r)), Some(retry)) => retry.codes.contains(&r.status().as_u16()),
+            (Ok(Ok(_)), None) => false,
+        };
+        if !failed || attempt >= retries {
+            match outcome {
+                Ok(result) => break result,
+                Err(()) => {
                     return local(
                         StatusCode::GATEWAY_TIMEOUT,
                         Bytes::from_static(b"upstream request timeout\n"),
                     );
                 }
-            },
-            None => sent.await,
-        };
-        cluster.latency.observe(started.elapsed().as_secs_f64());
-        let failed = match (&outcome, &rule.retry) {
-            (Err(_), _) => true,
-            (Ok(r), Some(retry)) => retry.codes.contains(&r.status().as_u16()),
-            (Ok(_), None) => false,
-        };
-        if !failed || attempt >= retries {
-            break outcome;
+            }
         }
-        if let Err(err) = &outcome {
+        if let Ok(Err(err)) = &outcome {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, attempt, "upstream attempt failed; retrying");
         }
         attempt += 1;
-        endpoint = cluster
-            .pick_nth(peer.ip(), attempt as usize)
-            .unwrap_or(endpoint);
+        endpoint = cluster.nth_after(first, attempt as usize);
         if let Some(backoff) = rule.retry.as_ref().map(|r| r.backoff) {
             tokio::time::sleep(backoff).await;
         }
     };
     match result {
         Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+                // An upgrade nobody asked for cannot be relayed.
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    Bytes::from_static(b"unexpected protocol switch from upstream\n"),
+                );
+            }
             if let (Some(downstream), Some(protocol)) = (downstream_upgrade, &upgrade)
                 && resp.status() == StatusCode::SWITCHING_PROTOCOLS
             {
@@ -412,11 +433,25 @@ async fn forward(
     }
 }
 
-/// The request target with "." and ".." path segments resolved (RFC 3986 section 5.2.4), or
-/// `None` when the path has none (the common case, no allocation).
-fn normalized_target(uri: &Uri) -> Option<PathAndQuery> {
+/// A path segment that means "." or ".." once %2e is decoded.
+fn dot_segment(segment: &str) -> Option<&'static str> {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    match decoded.as_str() {
+        "." => Some("."),
+        ".." => Some(".."),
+        _ => None,
+    }
+}
+
+/// The request target with "." and ".." path segments (also written %2e) resolved, RFC 3986
+/// section 5.2.4. `None` when the path has none (the common case, no allocation);
+/// `Some(None)` when the result is not a valid target.
+fn normalized_target(uri: &Uri) -> Option<Option<PathAndQuery>> {
     let path = uri.path();
-    let has_dots = path.split('/').any(|s| s == "." || s == "..");
+    // Only segments starting with '.' or '%' can be dot segments: no allocation otherwise.
+    let has_dots = path
+        .split('/')
+        .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some());
     if !has_dots {
         return None;
     }
@@ -424,7 +459,7 @@ fn normalized_target(uri: &Uri) -> Option<PathAndQuery> {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     for (i, segment) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        match *segment {
+        match dot_segment(segment).unwrap_or(segment) {
             "." => {
                 if last {
                     out.push("");
@@ -444,7 +479,7 @@ fn normalized_target(uri: &Uri) -> Option<PathAndQuery> {
         Some(q) => format!("{normalized}?{q}"),
         None => normalized,
     };
-    PathAndQuery::try_from(target).ok()
+    Some(PathAndQuery::try_from(target).ok())
 }
 
 /// HTTP/2 clients may split Cookie into several fields; HTTP/1.1 allows only one
@@ -521,14 +556,18 @@ mod tests {
 
     #[test]
     fn dot_segments_are_resolved_before_routing() {
-        let n =
-            |t: &str| normalized_target(&t.parse::<Uri>().unwrap()).map(|p| p.as_str().to_owned());
+        let n = |t: &str| {
+            normalized_target(&t.parse::<Uri>().unwrap()).map(|p| p.unwrap().as_str().to_owned())
+        };
         assert_eq!(n("/public/../admin"), Some("/admin".into()));
         assert_eq!(n("/a/./b/../c?x=1"), Some("/a/c?x=1".into()));
         assert_eq!(n("/../../etc"), Some("/etc".into()));
         assert_eq!(n("/a/b/.."), Some("/a/".into()));
         assert_eq!(n("/a/b"), None);
         assert_eq!(n("/a..b/.c"), None);
+        assert_eq!(n("/public/%2e%2E/admin"), Some("/admin".into()));
+        assert_eq!(n("/public/.%2e/x"), Some("/x".into()));
+        assert_eq!(n("/%2Fetc"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! HTTP/1.1 protocol upgrades (WebSocket and others): the Upgrade request is forwarded, and
+//! HTTP/1.1 WebSocket upgrades: the Upgrade request is forwarded, and
 //! when the upstream answers 101 both upgraded connections are spliced together.
 
 use http::header::{CONNECTION, UPGRADE};
@@ -18,7 +18,13 @@ pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         })
     });
-    wants.then(|| headers.get(UPGRADE).cloned()).flatten()
+    // Only WebSocket: relaying other protocols (h2c above all) would let a client tunnel
+    // requests to the backend past routing and filters.
+    let protocol = headers.get(UPGRADE)?;
+    let websocket = protocol
+        .to_str()
+        .is_ok_and(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    (wants && websocket).then(|| protocol.clone())
 }
 
 /// Puts back the hop-by-hop headers an upgrade needs (they were stripped with the others).
@@ -45,4 +51,33 @@ pub fn splice<B>(downstream: OnUpgrade, upstream: &mut Response<B>) {
             (down, up) => debug!(down = ?down.err(), up = ?up.err(), "upgrade failed"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(connection: &str, upgrade: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_str(connection).unwrap());
+        h.insert(UPGRADE, HeaderValue::from_str(upgrade).unwrap());
+        h
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_relayed() {
+        assert!(
+            requested(
+                Version::HTTP_11,
+                &headers("keep-alive, Upgrade", "WebSocket")
+            )
+            .is_some()
+        );
+        assert!(
+            requested(Version::HTTP_11, &headers("Upgrade, HTTP2-Settings", "h2c")).is_none(),
+            "h2c smuggling"
+        );
+        assert!(requested(Version::HTTP_11, &headers("keep-alive", "websocket")).is_none());
+        assert!(requested(Version::HTTP_2, &headers("upgrade", "websocket")).is_none());
+    }
 }

@@ -111,25 +111,30 @@ struct CaRef {
     namespace: Option<String>,
 }
 
-/// The frontend validation that applies to `port`: its perPort entry, else the default.
+/// The frontend validation that applies to `port`: its perPort entry, else the default. An
+/// unreadable setting is an error, never "no validation" (fail closed).
 fn validation_for(
     gateway: &gateway_api::gateways::Gateway,
     port: i32,
-) -> Option<FrontendValidation> {
-    let frontend = gateway.spec.tls.as_ref()?.frontend.as_ref()?;
-    let value = match frontend.per_port.iter().flatten().find(|p| p.port == port) {
-        Some(p) => serde_json::to_value(&p.tls.validation).ok()?,
-        None => serde_json::to_value(&frontend.default.validation).ok()?,
+) -> Result<Option<FrontendValidation>, String> {
+    let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return Ok(None);
     };
-    serde_json::from_value::<Option<FrontendValidation>>(value)
-        .ok()
-        .flatten()
+    let value = match frontend.per_port.iter().flatten().find(|p| p.port == port) {
+        Some(p) => serde_json::to_value(&p.tls.validation),
+        None => serde_json::to_value(&frontend.default.validation),
+    };
+    value
+        .and_then(serde_json::from_value::<Option<FrontendValidation>>)
+        .map_err(|e| format!("frontend validation for port {port}: {e}"))
 }
 
 /// Whether any port of the Gateway accepts connections without a valid client certificate.
 pub fn insecure_fallback(gateway: &gateway_api::gateways::Gateway) -> bool {
     gateway.spec.listeners.iter().any(|l| {
         validation_for(gateway, l.port)
+            .ok()
+            .flatten()
             .is_some_and(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
     })
 }
@@ -141,7 +146,12 @@ pub fn client_validation(
     gateway_namespace: &str,
     listener: &GatewayListeners,
 ) -> Result<Option<ClientValidation>, TlsProblem> {
-    let Some(validation) = validation_for(gateway, listener.port) else {
+    let validation = validation_for(gateway, listener.port).map_err(|message| TlsProblem {
+        not_accepted: Some("NoValidCACertificate"),
+        unresolved: Some("InvalidCACertificateRef"),
+        message,
+    })?;
+    let Some(validation) = validation else {
         return Ok(None);
     };
     if validation.ca_certificate_refs.is_empty() {
