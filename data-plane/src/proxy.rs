@@ -1,6 +1,7 @@
 //! The request path: route, pick a backend and an endpoint, forward. Reads the routing state
 //! through one atomic load; takes no locks; logs only at debug.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
 }
 
 /// The request's host, lower-cased, without port.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
@@ -54,7 +55,12 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
             .map_or(raw, |(h, _)| h)
     };
-    Some(host.to_ascii_lowercase())
+    // Hosts are nearly always lower case already: borrow then.
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// One client connection.
@@ -111,7 +117,7 @@ pub async fn handle(
         }
     }
     let state = shared.state.load_full();
-    let host = request_host(&req).unwrap_or_default();
+    let host = request_host(&req).unwrap_or(Cow::Borrowed(""));
     if let (Some(sni), Some(names)) = (&conn.sni, state.listener_names(&listener.name))
         && names.listener_for(sni) != names.listener_for(&host)
     {
@@ -294,7 +300,7 @@ async fn forward(
     if let Some(protocol) = &upgrade {
         upgrade::restore_headers(headers, protocol);
     }
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
     let (mut body, replay) = if wants_copy {
@@ -353,7 +359,12 @@ async fn forward(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = version;
-        *req.headers_mut() = parts.headers.clone();
+        // The last attempt (usually the only one) takes the headers; earlier ones copy them.
+        *req.headers_mut() = if attempt >= retries {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         // backendRef filters apply to this backend only, not to mirrored copies.
         if let Some(ops) = &backend.request_headers {
             ops.apply(req.headers_mut());
