@@ -110,6 +110,8 @@ struct ListenerProblem {
     message: String,
     /// Whether the listener reports HTTPRoute as a supported kind.
     routes_supported: bool,
+    /// Some(reason): Conflicted=True with that reason.
+    conflict: Option<&'static str>,
 }
 
 struct GatewayView<'a> {
@@ -209,7 +211,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
 }
 
 fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
-    let listeners =
+    let mut listeners =
         gw.spec
             .listeners
             .iter()
@@ -234,6 +236,7 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
                                 unresolved: p.unresolved,
                                 message: p.message,
                                 routes_supported: true,
+                                conflict: None,
                             };
                             (ListenerProtocol::Https, Vec::new(), Some(problem))
                         }
@@ -244,6 +247,7 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
                             unresolved: None,
                             message: format!("protocol {other:?} is not supported"),
                             routes_supported: false,
+                            conflict: None,
                         };
                         (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
                     }
@@ -258,7 +262,8 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
                     attached: Vec::new(),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+    mark_hostname_conflicts(&mut listeners);
     // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
     let invalid_parameters = gw
         .spec
@@ -277,6 +282,33 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
         invalid_parameters,
         insecure_frontend_validation: tls::insecure_fallback(gw),
         listeners,
+    }
+}
+
+/// Listeners with the same port and hostname as an earlier listener cannot be told apart: the
+/// first keeps them, the later ones are Conflicted (HostnameConflict) and serve nothing.
+fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
+    let mut seen: BTreeSet<(i32, String)> = BTreeSet::new();
+    for l in listeners.iter_mut().filter(|l| l.valid) {
+        let hostname = l
+            .spec
+            .hostname
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !seen.insert((l.spec.port, hostname.clone())) {
+            l.valid = false;
+            l.problem = Some(ListenerProblem {
+                not_accepted: Some("HostnameConflict"),
+                unresolved: None,
+                message: format!(
+                    "another listener already serves port {} for hostname {hostname:?}",
+                    l.spec.port
+                ),
+                routes_supported: true,
+                conflict: Some("HostnameConflict"),
+            });
+        }
     }
 }
 
@@ -466,6 +498,15 @@ fn build_gateway(
             .ok()
             .filter(|p| (1..=65535).contains(p));
         if let Some(p) = &listener.problem {
+            if let Some(reason) = p.conflict {
+                conditions.push(Condition::new(
+                    "Conflicted",
+                    true,
+                    reason,
+                    p.message.clone(),
+                    g,
+                ));
+            }
             conditions.push(match p.not_accepted {
                 Some(reason) => Condition::new("Accepted", false, reason, p.message.clone(), g),
                 None => Condition::new("Accepted", true, "Accepted", "", g),
@@ -502,6 +543,13 @@ fn build_gateway(
         if entry.protocol != listener.protocol {
             // Two protocols on one port cannot share a socket; the first listener keeps it.
             let msg = format!("port {port} is already used with another protocol");
+            conditions.push(Condition::new(
+                "Conflicted",
+                true,
+                "ProtocolConflict",
+                msg.clone(),
+                g,
+            ));
             conditions.push(Condition::new(
                 "Accepted",
                 false,
@@ -560,6 +608,7 @@ fn build_gateway(
         }
         let routes: BTreeSet<&ObjectRef> = listener.attached.iter().map(|(_, r)| r).collect();
         let valid_kinds = kind_allowed(spec);
+        conditions.push(Condition::new("Conflicted", false, "NoConflicts", "", g));
         conditions.push(Condition::new("Accepted", true, "Accepted", "", g));
         conditions.push(Condition::new("Programmed", true, "Programmed", "", g));
         conditions.push(if valid_kinds {

@@ -491,3 +491,49 @@ fn invalid_or_unsupported_filters_reject_the_route() {
         );
     }
 }
+
+#[test]
+fn conflicting_listeners_are_reported_and_not_served() {
+    let yaml = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: conflicts, namespace: infra}
+spec:
+  gatewayClassName: rauta
+  listeners:
+  - {name: first, port: 7000, protocol: HTTP, hostname: a.example}
+  - {name: same-host, port: 7000, protocol: HTTP, hostname: A.example}
+  - {name: other-host, port: 7000, protocol: HTTP, hostname: b.example}
+  - {name: plain, port: 7001, protocol: HTTP}
+  - {name: tls-same-port, port: 7001, protocol: HTTPS, tls: {certificateRefs: [{name: missing}]}}
+"#;
+    let t = translate_yaml(yaml);
+    let status = &t.status.gateways[&ObjectRef::new("infra", "conflicts")];
+    let listener = |name: &str| status.listeners.iter().find(|l| l.name == name).unwrap();
+    assert_eq!(
+        condition(&listener("first").conditions, "Conflicted"),
+        ("False".into(), "NoConflicts".into())
+    );
+    assert_eq!(
+        condition(&listener("other-host").conditions, "Conflicted"),
+        ("False".into(), "NoConflicts".into())
+    );
+    assert_eq!(
+        condition(&listener("same-host").conditions, "Conflicted"),
+        ("True".into(), "HostnameConflict".into())
+    );
+    assert_eq!(
+        condition(&listener("same-host").conditions, "Programmed").0,
+        "False"
+    );
+    // Still one route table for the port, with the two distinct hostnames only.
+    let resources = &t.gateways[&ObjectRef::new("infra", "conflicts")];
+    let Payload::RouteTable(table) = &resources[&ResourceType::RouteTable]["http-7000"] else {
+        panic!()
+    };
+    let domains: Vec<&str> = table
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(domains, ["a.example", "b.example"]);
+}
