@@ -47,6 +47,11 @@ impl SnapshotCache {
                 sender.send_replace(Arc::new(candidate));
             }
         }
+        // Forget Gateways that have no content and nobody following them (a proxy that named a
+        // Gateway which never existed, or one deleted after its proxies left).
+        map.retain(|_, sender| {
+            sender.receiver_count() > 0 || !sender.borrow().resources.is_empty()
+        });
         summary
     }
 
@@ -115,9 +120,25 @@ mod tests {
     fn a_gateway_that_disappears_gets_an_empty_snapshot() {
         let cache = SnapshotCache::new();
         let gw = ObjectRef::new("ns", "gw");
+        let proxy = cache.subscribe(&gw);
         cache.update(BTreeMap::from([(gw.clone(), set("a"))]));
         assert_eq!(cache.update(BTreeMap::new()).changed, vec![(gw.clone(), 2)]);
-        assert!(cache.get(&gw).unwrap().resources.is_empty());
+        assert!(
+            proxy.borrow().resources.is_empty(),
+            "its proxies are told to drop everything"
+        );
+    }
+
+    #[test]
+    fn empty_unfollowed_gateways_are_forgotten() {
+        let cache = SnapshotCache::new();
+        let ghost = ObjectRef::new("ns", "never-existed");
+        let rx = cache.subscribe(&ghost);
+        cache.update(BTreeMap::new());
+        assert!(cache.get(&ghost).is_some(), "kept while a proxy follows it");
+        drop(rx);
+        cache.update(BTreeMap::new());
+        assert!(cache.get(&ghost).is_none());
     }
 
     #[test]
