@@ -135,15 +135,4 @@ impl ProxyRegistry {
         out.dedup();
         out
     }
-
-    pub fn len(&self) -> usize {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -153,8 +153,4 @@ impl ClusterRt {
             Picker::RoundRobin(_) => 0,
         }
     }
-
-    pub fn ready_endpoints(&self) -> usize {
-        self.endpoints.len()
-    }
 }

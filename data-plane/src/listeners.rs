@@ -124,17 +124,6 @@ impl ListenerManager {
             );
         }
     }
-
-    /// Local addresses of the open listeners, by name.
-    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .active
-            .iter()
-            .map(|(n, a)| (n.clone(), a.local))
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {

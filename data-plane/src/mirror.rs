@@ -1,6 +1,6 @@
 //! RequestMirror: copies of a request sent to other clusters, answers discarded. Only bodies
-//! small enough to hold in memory are mirrored; a larger request is forwarded unmirrored
-//! rather than delayed.
+//! small enough to hold in memory (`upstream::buffer_body`) are mirrored; a larger request is
+//! forwarded unmirrored rather than delayed.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,18 +11,13 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Incoming};
 use tracing::debug;
 
 use crate::cluster::ClusterRt;
-use crate::upstream::{Protocol, UpstreamBody};
+use crate::upstream::Protocol;
 
-/// Largest request body that is buffered for mirroring.
-pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 /// Longest a mirrored copy may take; nobody waits for it.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a small body to arrive before it is forwarded.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Copies in flight at most, process-wide: beyond that copies are dropped, so a slow mirror
 /// cannot make the proxy hold unbounded memory.
 const MAX_COPIES_IN_FLIGHT: usize = 1024;
@@ -44,36 +39,6 @@ impl MirrorRt {
             || self.numerator >= self.denominator
             || (self.numerator > 0 && rand::random_range(0..self.denominator) < self.numerator)
     }
-}
-
-/// Why a body could not be buffered.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("reading the request body: {0}")]
-    Read(hyper::Error),
-    #[error("the request body did not arrive in time")]
-    TimedOut,
-}
-
-/// Reads a small body into memory so it can be sent more than once. Returns the body to
-/// forward, and the bytes for the copies (`None`: too large or of unknown size, not mirrored).
-pub async fn buffer_body(incoming: Incoming) -> Result<(UpstreamBody, Option<Bytes>), BodyError> {
-    if incoming.is_end_stream() {
-        return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
-    }
-    if incoming
-        .size_hint()
-        .upper()
-        .is_none_or(|n| n > MIRROR_BODY_LIMIT)
-    {
-        return Ok((Either::Left(incoming), None));
-    }
-    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, incoming.collect())
-        .await
-        .map_err(|_| BodyError::TimedOut)?
-        .map_err(BodyError::Read)?
-        .to_bytes();
-    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
 }
 
 /// Sends one copy per sampled mirror, in the background.

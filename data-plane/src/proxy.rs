@@ -24,7 +24,7 @@ use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
 use crate::upgrade;
-use crate::upstream::Protocol;
+use crate::upstream::{self, Protocol};
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -304,7 +304,7 @@ async fn forward(
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
     let (mut body, replay) = if wants_copy {
-        match mirror::buffer_body(incoming).await {
+        match upstream::buffer_body(incoming).await {
             Ok(b) => b,
             Err(_) => {
                 return local(

@@ -266,10 +266,6 @@ impl RoutingState {
         self.tls.get(listener).map(|(_, c, _)| Arc::clone(c))
     }
 
-    pub fn cluster_count(&self) -> usize {
-        self.clusters.len()
-    }
-
     /// Validates `store` and builds the state; reuses clusters of `previous` that did not change.
     pub fn build(
         store: &ResourceStore,

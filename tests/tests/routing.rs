@@ -141,27 +141,23 @@ async fn routes_by_path_header_and_weight() {
     let mut pods_seen = HashMap::new();
     for last in 2..40u8 {
         let source: IpAddr = format!("127.0.0.{last}").parse().unwrap();
-        let first = http_request(
-            &format!("{base}/sticky"),
-            Some("example.com"),
-            &[],
-            Some(source),
-        )
-        .await
-        .unwrap()
-        .pod();
-        for _ in 0..3 {
-            let again = http_request(
+        let mut pods = Vec::new();
+        for _ in 0..4 {
+            let r = http_request(
                 &format!("{base}/sticky"),
                 Some("example.com"),
                 &[],
                 Some(source),
             )
             .await
-            .unwrap()
-            .pod();
-            assert_eq!(again, first, "source {source} moved between endpoints");
+            .unwrap();
+            pods.push(r.pod());
         }
+        let first = pods[0].clone();
+        assert!(
+            pods.iter().all(|p| *p == first),
+            "source {source} moved between endpoints: {pods:?}"
+        );
         *pods_seen.entry(first).or_insert(0) += 1;
     }
     assert_eq!(

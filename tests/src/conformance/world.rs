@@ -110,10 +110,6 @@ impl World {
         Ok(world)
     }
 
-    pub fn work_dir(&self) -> &Path {
-        self.work.path()
-    }
-
     /// Adds (or replaces) an object as `kubectl apply` would, starting pods for Deployments.
     async fn insert(&mut self, mut doc: Value, in_case: bool) -> Result<(), String> {
         let key = key_of(&doc).ok_or_else(|| format!("manifest without kind/name: {doc}"))?;
