@@ -188,10 +188,18 @@ impl Admin for AdminService {
 /// A copy of a resource without private key material: admin output is for people and logs.
 fn redacted(resource: &Resource) -> Resource {
     let mut r = resource.clone();
-    if let Some(Payload::Listener(l)) = &mut r.payload {
-        for c in &mut l.certificates {
-            c.private_key_pem = REDACTED.to_owned();
+    match &mut r.payload {
+        Some(Payload::Listener(l)) => {
+            for c in &mut l.certificates {
+                c.private_key_pem = REDACTED.to_owned();
+            }
         }
+        Some(Payload::Cluster(c)) => {
+            if let Some(cert) = c.tls.as_mut().and_then(|t| t.client_certificate.as_mut()) {
+                cert.private_key_pem = REDACTED.to_owned();
+            }
+        }
+        _ => {}
     }
     r
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
@@ -58,6 +59,7 @@ pub enum Kind {
     Secret,
     Namespace,
     ConfigMap,
+    BackendTlsPolicy,
 }
 
 impl Kind {
@@ -74,6 +76,7 @@ impl Kind {
             ("", "Secret") => Some(Kind::Secret),
             ("", "Namespace") => Some(Kind::Namespace),
             ("", "ConfigMap") => Some(Kind::ConfigMap),
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => Some(Kind::BackendTlsPolicy),
             _ => None,
         }
     }
@@ -95,6 +98,7 @@ impl fmt::Display for Kind {
             Kind::Secret => "Secret",
             Kind::Namespace => "Namespace",
             Kind::ConfigMap => "ConfigMap",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
         };
         f.write_str(s)
     }
@@ -127,6 +131,7 @@ pub struct ObjectSet {
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub namespaces: BTreeMap<ObjectRef, Namespace>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
+    pub backend_tls_policies: BTreeMap<ObjectRef, BackendTlsPolicy>,
 }
 
 /// One decoded object of any supported kind.
@@ -141,6 +146,7 @@ pub enum Object {
     Secret(Box<Secret>),
     Namespace(Box<Namespace>),
     ConfigMap(Box<ConfigMap>),
+    BackendTlsPolicy(Box<BackendTlsPolicy>),
 }
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
@@ -201,6 +207,7 @@ impl Object {
             Kind::Secret => Object::Secret(de(kind, key, value)?),
             Kind::Namespace => Object::Namespace(de(kind, key, value)?),
             Kind::ConfigMap => Object::ConfigMap(de(kind, key, value)?),
+            Kind::BackendTlsPolicy => Object::BackendTlsPolicy(de(kind, key, value)?),
         })
     }
 
@@ -215,6 +222,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::Namespace(_) => Kind::Namespace,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
         }
     }
 }
@@ -232,6 +240,7 @@ impl ObjectSet {
             Object::Secret(o) => self.secrets.insert(key, *o).is_none(),
             Object::Namespace(o) => self.namespaces.insert(key, *o).is_none(),
             Object::ConfigMap(o) => self.config_maps.insert(key, *o).is_none(),
+            Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, *o).is_none(),
         }
     }
 
@@ -246,6 +255,7 @@ impl ObjectSet {
             + self.secrets.len()
             + self.namespaces.len()
             + self.config_maps.len()
+            + self.backend_tls_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

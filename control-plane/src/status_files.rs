@@ -31,6 +31,18 @@ fn conditions(cs: &[api::Condition]) -> Value {
         .collect()
 }
 
+fn parent_ref(r: api::ParentReference) -> Value {
+    let mut out =
+        json!({"group": r.group, "kind": r.kind, "namespace": r.namespace, "name": r.name});
+    if let Some(s) = r.section_name {
+        out["sectionName"] = json!(s);
+    }
+    if let Some(port) = r.port {
+        out["port"] = json!(port);
+    }
+    out
+}
+
 /// The object with its status, in the shape `kubectl get -o yaml` prints.
 pub fn to_manifest(o: &api::ObjectStatus) -> Value {
     let mut metadata = json!({"name": o.name, "generation": o.generation});
@@ -52,14 +64,19 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
                 "conditions": conditions(&l.conditions),
             })).collect::<Vec<_>>(),
         }),
+        "BackendTLSPolicy" => json!({
+            "ancestors": o.ancestors.iter().map(|a| json!({
+                "ancestorRef": parent_ref(a.ancestor_ref.clone().unwrap_or_default()),
+                "controllerName": a.controller_name,
+                "conditions": conditions(&a.conditions),
+            })).collect::<Vec<_>>(),
+        }),
         _ => json!({
-            "parents": o.parents.iter().map(|p| {
-                let r = p.parent_ref.clone().unwrap_or_default();
-                let mut parent_ref = json!({"group": r.group, "kind": r.kind, "namespace": r.namespace, "name": r.name});
-                if let Some(s) = r.section_name { parent_ref["sectionName"] = json!(s); }
-                if let Some(port) = r.port { parent_ref["port"] = json!(port); }
-                json!({"parentRef": parent_ref, "controllerName": p.controller_name, "conditions": conditions(&p.conditions)})
-            }).collect::<Vec<_>>(),
+            "parents": o.parents.iter().map(|p| json!({
+                "parentRef": parent_ref(p.parent_ref.clone().unwrap_or_default()),
+                "controllerName": p.controller_name,
+                "conditions": conditions(&p.conditions),
+            })).collect::<Vec<_>>(),
         }),
     };
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": o.kind, "metadata": metadata, "status": status})

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::objects::ObjectRef;
 use crate::registry::ProxyRegistry;
-use crate::translator::status::{Condition, StatusReport};
+use crate::translator::status::{Condition, ParentRef, RouteParentStatus, StatusReport};
 
 /// (kind, object, scope within the object, condition type)
 type TransitionKey = (&'static str, ObjectRef, String, String);
@@ -66,22 +66,35 @@ fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
             );
         }
     }
-    for (key, s) in &report.http_routes {
-        for p in &s.parents {
-            let r = &p.parent_ref;
-            let scope = format!(
-                "parent/{}/{}/{}/{:?}/{:?}",
-                r.kind, r.namespace, r.name, r.section_name, r.port
+    let parents = report
+        .http_routes
+        .iter()
+        .map(|(key, s)| ("HTTPRoute", key, &s.parents))
+        .chain(
+            report
+                .backend_tls_policies
+                .iter()
+                .map(|(key, s)| ("BackendTLSPolicy", key, &s.ancestors)),
+        );
+    for (kind, key, entries) in parents {
+        for p in entries {
+            let scope = parent_scope(&p.parent_ref);
+            out.extend(
+                p.conditions
+                    .iter()
+                    .map(|c| ((kind, key.clone(), scope.clone(), c.type_.clone()), c)),
             );
-            out.extend(p.conditions.iter().map(|c| {
-                (
-                    ("HTTPRoute", key.clone(), scope.clone(), c.type_.clone()),
-                    c,
-                )
-            }));
         }
     }
     out
+}
+
+/// Where a route-parent or policy-ancestor condition lives, for transition bookkeeping.
+fn parent_scope(r: &ParentRef) -> String {
+    format!(
+        "parent/{}/{}/{}/{:?}/{:?}",
+        r.kind, r.namespace, r.name, r.section_name, r.port
+    )
 }
 
 impl StatusStore {
@@ -216,21 +229,13 @@ impl StatusStore {
                 ..Default::default()
             });
         }
-        for (key, s) in &report.http_routes {
-            out.push(api::ObjectStatus {
-                kind: "HTTPRoute".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                generation: s.generation,
-                parents: s
-                    .parents
+        let parent_entries =
+            |kind: &'static str, key: &ObjectRef, entries: &[RouteParentStatus]| {
+                entries
                     .iter()
                     .map(|p| {
                         let r = &p.parent_ref;
-                        let scope = format!(
-                            "parent/{}/{}/{}/{:?}/{:?}",
-                            r.kind, r.namespace, r.name, r.section_name, r.port
-                        );
+                        let scope = parent_scope(r);
                         api::RouteParentStatus {
                             parent_ref: Some(api::ParentReference {
                                 group: r.group.clone(),
@@ -244,9 +249,34 @@ impl StatusStore {
                             conditions: p
                                 .conditions
                                 .iter()
-                                .map(|c| condition("HTTPRoute", key, &scope, c))
+                                .map(|c| condition(kind, key, &scope, c))
                                 .collect(),
                         }
+                    })
+                    .collect::<Vec<_>>()
+            };
+        for (key, s) in &report.http_routes {
+            out.push(api::ObjectStatus {
+                kind: "HTTPRoute".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                generation: s.generation,
+                parents: parent_entries("HTTPRoute", key, &s.parents),
+                ..Default::default()
+            });
+        }
+        for (key, s) in &report.backend_tls_policies {
+            out.push(api::ObjectStatus {
+                kind: "BackendTLSPolicy".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                generation: s.generation,
+                ancestors: parent_entries("BackendTLSPolicy", key, &s.ancestors)
+                    .into_iter()
+                    .map(|p| api::PolicyAncestorStatus {
+                        ancestor_ref: p.parent_ref,
+                        controller_name: p.controller_name,
+                        conditions: p.conditions,
                     })
                     .collect(),
                 ..Default::default()

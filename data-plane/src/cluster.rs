@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use prometheus::Histogram;
 use rauta_common::api::v1::{Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol};
 use tracing::debug;
@@ -33,6 +33,8 @@ enum Picker {
 pub struct ClusterRt {
     pub name: Arc<str>,
     pub protocol: Protocol,
+    /// `https` when the endpoints speak TLS (the connector picks TLS by scheme).
+    pub scheme: Scheme,
     pub request_timeout: Option<Duration>,
     pub client: Arc<HttpClient>,
     pub latency: Histogram,
@@ -113,7 +115,14 @@ impl ClusterRt {
             name: Arc::from(name.as_str()),
             protocol,
             request_timeout,
-            client: clients.get(protocol, connect_timeout),
+            scheme: if cluster.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            client: clients
+                .get(protocol, connect_timeout, cluster.tls.as_ref())
+                .map_err(|e| format!("cluster {name}: tls: {e}"))?,
             latency,
             endpoints: ready,
             picker,

@@ -19,4 +19,5 @@ pub mod store;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod xds;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use tracing::debug;
@@ -61,7 +61,7 @@ pub fn send_copies(
             continue;
         };
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(cluster.scheme.clone())
             .authority(endpoint.authority.clone())
             .path_and_query(path.clone())
             .build();

@@ -12,7 +12,7 @@ use http::header::{
     CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN, TE, TRANSFER_ENCODING,
     UPGRADE,
 };
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -341,7 +341,7 @@ async fn forward(
     let mut attempt = 0;
     let result = loop {
         let Ok(uri) = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(cluster.scheme.clone())
             .authority(endpoint.authority.clone())
             .path_and_query(path.clone())
             .build()

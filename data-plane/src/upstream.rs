@@ -8,9 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prost::Message;
+use rauta_common::api::v1::UpstreamTls;
 
 /// The wire protocol to the endpoints of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,34 +26,73 @@ pub enum Protocol {
 /// (mirrored requests).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+/// One client type for cleartext and TLS clusters: the connector speaks TLS for `https` URIs
+/// only, so a cleartext cluster never touches its TLS settings.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// Clients keyed by protocol and connect timeout, so pools survive snapshot swaps.
+/// Pool identity: protocol, connect timeout and a digest of the TLS settings.
+type ClientKey = (Protocol, Duration, Option<u64>);
+
+/// Clients keyed by their settings, so pools survive snapshot swaps that do not change them.
 #[derive(Debug, Default)]
 pub struct ClientCache {
-    clients: HashMap<(Protocol, Duration), Arc<HttpClient>>,
+    clients: HashMap<ClientKey, Arc<HttpClient>>,
 }
 
 impl ClientCache {
-    pub fn get(&mut self, protocol: Protocol, connect_timeout: Duration) -> Arc<HttpClient> {
-        Arc::clone(
-            self.clients
-                .entry((protocol, connect_timeout))
-                .or_insert_with(|| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    connector.set_connect_timeout(Some(connect_timeout));
-                    let mut builder = Client::builder(TokioExecutor::new());
-                    builder
-                        .timer(TokioTimer::new())
-                        .pool_timer(TokioTimer::new())
-                        .pool_idle_timeout(Duration::from_secs(90));
-                    if protocol == Protocol::H2c {
-                        builder.http2_only(true);
-                    }
-                    Arc::new(builder.build(connector))
-                }),
-        )
+    /// The pooled client for these settings; `tls` set means the endpoints speak TLS.
+    pub fn get(
+        &mut self,
+        protocol: Protocol,
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Arc<HttpClient>, String> {
+        let key = (
+            protocol,
+            connect_timeout,
+            tls.map(|t| rauta_common::hash::fnv1a64(&t.encode_to_vec())),
+        );
+        if let Some(client) = self.clients.get(&key) {
+            return Ok(Arc::clone(client));
+        }
+        let config = match tls {
+            Some(tls) => crate::upstream_tls::client_config(tls)?,
+            None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS versions: {e}"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        let https = match tls {
+            Some(t) => {
+                let name = rustls_pki_types::ServerName::try_from(t.server_name.clone())
+                    .map_err(|e| format!("server_name {:?}: {e}", t.server_name))?;
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => https,
+        };
+        let connector = match protocol {
+            Protocol::Http1 => https.enable_http1().wrap_connector(http),
+            Protocol::H2c => https.enable_http2().wrap_connector(http),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+        if protocol == Protocol::H2c {
+            builder.http2_only(true);
+        }
+        let client = Arc::new(builder.build(connector));
+        self.clients.insert(key, Arc::clone(&client));
+        Ok(client)
     }
 }
 

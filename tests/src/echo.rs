@@ -130,10 +130,115 @@ fn accept_websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
-/// An echo backend instance: one HTTP/1.1 port and optionally one h2c port.
+/// What the echo server reports about a TLS connection (echo-basic's `tls` field).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsDetails {
+    pub version: String,
+    pub server_name: String,
+    pub negotiated_protocol: String,
+    pub cipher_suite: String,
+    /// PEM of each certificate the client presented, leaf first.
+    pub peer_certificates: Vec<String>,
+}
+
+impl TlsDetails {
+    fn of(conn: &rustls::ServerConnection) -> TlsDetails {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "",
+        };
+        TlsDetails {
+            version: version.to_owned(),
+            server_name: conn.server_name().unwrap_or_default().to_owned(),
+            negotiated_protocol: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            cipher_suite: conn
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            peer_certificates: conn
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| pem_certificate(c.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+/// PEM text of a DER certificate, as Go's pem.EncodeToMemory writes it.
+pub fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Server-side TLS settings of an echo instance (echo-basic's TLS_* variables).
+pub struct EchoTls {
+    /// PEM certificate chain and key (TLS_SERVER_CERT, TLS_SERVER_PRIVKEY).
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// PEM CAs (TLS_CLIENT_CACERTS): client certificates are requested and, if sent, verified.
+    pub client_cas_pem: Option<String>,
+}
+
+impl EchoTls {
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| format!("key: {e}"))?;
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.client_cas_pem {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots
+                        .add(cert.map_err(|e| format!("client CAs: {e}"))?)
+                        .map_err(|e| format!("client CAs: {e}"))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("client CAs: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("certificate: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// An echo backend instance: one HTTP/1.1 port, optionally one h2c port and one HTTPS port.
 pub struct EchoServer {
     pub http: SocketAddr,
     pub h2c: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     echo: Arc<Echo>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -166,9 +271,50 @@ impl EchoServer {
         Ok(EchoServer {
             http: http_addr,
             h2c: h2c_addr,
+            https: None,
             echo,
             tasks,
         })
+    }
+
+    /// Also serves HTTPS (HTTP/1.1 or HTTP/2 by ALPN) on `port` (0 picks one).
+    pub async fn serve_tls(
+        &mut self,
+        bind: IpAddr,
+        port: u16,
+        tls: &EchoTls,
+    ) -> Result<SocketAddr, String> {
+        let config = tls.server_config()?;
+        let listener = TcpListener::bind((bind, port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let echo = Arc::clone(&self.echo);
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, echo) = (acceptor.clone(), Arc::clone(&echo));
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let details = Arc::new(TlsDetails::of(stream.get_ref().1));
+                    let service = service_fn(move |req| {
+                        Arc::clone(&echo).handle(req, peer, false, Some(Arc::clone(&details)))
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }));
+        self.https = Some(addr);
+        Ok(addr)
     }
 
     pub fn identity(&self) -> &EchoIdentity {
@@ -224,6 +370,7 @@ impl Echo {
         req: Request<Incoming>,
         peer: SocketAddr,
         h2c_only: bool,
+        tls: Option<Arc<TlsDetails>>,
     ) -> Result<Response<Body>, Infallible> {
         if req.uri().path() == "/ws" && is_websocket_upgrade(req.headers()) {
             return Ok(accept_websocket(req));
@@ -336,7 +483,7 @@ impl Echo {
         let method = req.method().to_string();
         // Drain the request body so HTTP/1.1 keep-alive stays usable.
         let _ = req.into_body().collect().await;
-        let body = json!({
+        let mut body = json!({
             "path": raw_target,
             "host": host,
             "method": method,
@@ -348,6 +495,9 @@ impl Echo {
             "service": self.identity.service,
             "pod": self.identity.pod,
         });
+        if let Some(tls) = &tls {
+            body["tls"] = json!(tls.as_ref());
+        }
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         let h = resp.headers_mut();
         h.insert(
@@ -390,7 +540,8 @@ async fn serve(listener: TcpListener, echo: Arc<Echo>, h2c_only: bool) {
         };
         let echo = Arc::clone(&echo);
         tokio::spawn(async move {
-            let service = service_fn(move |req| Arc::clone(&echo).handle(req, peer, h2c_only));
+            let service =
+                service_fn(move |req| Arc::clone(&echo).handle(req, peer, h2c_only, None));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -83,7 +83,8 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        // RAUTA_TEST_LOGS=1 prints every process log, e.g. to debug a conformance case.
+        if std::thread::panicking() || std::env::var_os("RAUTA_TEST_LOGS").is_some() {
             eprintln!(
                 "----- {} log ({}) -----\n{}",
                 self.name,

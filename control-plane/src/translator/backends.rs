@@ -6,6 +6,7 @@ use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, Endpoint, LoadBalancerPolicy, UpstreamProtocol,
 };
 
+use super::backend_tls::{self, ServicePortKey};
 use crate::objects::{ObjectRef, ObjectSet};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -33,6 +34,8 @@ pub struct RefProblem {
 pub struct ResolvedBackend {
     pub cluster: Cluster,
     pub endpoints: ClusterEndpoints,
+    /// The Service port, as BackendTLSPolicies target it.
+    pub service_port: ServicePortKey,
 }
 
 /// Whether a ReferenceGrant in `to_namespace` lets `from_kind` objects in `from_namespace`
@@ -133,12 +136,18 @@ pub fn resolve(
         lb_policy: LoadBalancerPolicy::Maglev as i32,
         connect_timeout: None,
         request_timeout: None,
+        tls: backend_tls::policy_for(objects, &key, service_port.name.as_deref())
+            .and_then(|policy| backend_tls::upstream_tls(objects, &policy)),
     };
     let endpoints = ClusterEndpoints {
         cluster: cluster_name,
         endpoints: endpoints_of(objects, &key, service_port),
     };
-    Ok(ResolvedBackend { cluster, endpoints })
+    Ok(ResolvedBackend {
+        cluster,
+        endpoints,
+        service_port: (key, service_port.name.clone()),
+    })
 }
 
 /// The endpoints EndpointSlices list for one Service port, in a stable order.

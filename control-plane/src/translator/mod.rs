@@ -1,6 +1,7 @@
 //! The translator: a pure function from Gateway API objects to one resource set per Gateway
 //! plus the status of every object involved. No I/O, no clock: tests call it directly.
 
+pub mod backend_tls;
 pub mod backends;
 mod filters;
 pub mod hostnames;
@@ -16,15 +17,16 @@ use gateway_api::gateways::{
 };
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
-    ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate, VirtualHost,
+    ClientCertificate, ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate,
+    VirtualHost,
 };
 use rauta_common::types::ResourceType;
 
 use crate::objects::{ObjectRef, ObjectSet};
 use routes::{CompiledRoute, MatchEntry};
 use status::{
-    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef, RouteParentStatus,
-    RouteStatus, StatusReport, set_condition,
+    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef, PolicyStatus,
+    RouteParentStatus, RouteStatus, StatusReport, set_condition,
 };
 
 /// The controllerName RAUTA answers for in GatewayClass.spec.controllerName.
@@ -58,6 +60,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteHostRewrite",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
+    "GatewayBackendClientCertificate",
 ];
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
@@ -121,6 +126,9 @@ struct GatewayView<'a> {
     invalid_parameters: Option<String>,
     /// Some port uses frontend validation mode AllowInsecureFallback.
     insecure_frontend_validation: bool,
+    /// spec.tls.backend.clientCertificateRef: None when unset, else the certificate or why it
+    /// cannot be used (the Gateway's ResolvedRefs reason and message).
+    backend_client_certificate: Option<Result<ClientCertificate, (&'static str, String)>>,
     listeners: Vec<ListenerView<'a>>,
 }
 
@@ -202,6 +210,13 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         }
     }
 
+    policy_statuses(
+        objects,
+        controller_name,
+        &gateways,
+        &compiled,
+        &mut out.status,
+    );
     for (key, gateway) in gateways {
         let (resources, status) = build_gateway(&gateway, &compiled);
         out.gateways.insert(key.clone(), resources);
@@ -281,6 +296,8 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
         generation: generation(&gw.metadata),
         invalid_parameters,
         insecure_frontend_validation: tls::insecure_fallback(gw),
+        backend_client_certificate: tls::backend_client_certificate(objects, gw, &key.namespace)
+            .transpose(),
         listeners,
     }
 }
@@ -593,10 +610,13 @@ fn build_gateway(
             }
             let clusters = resources.entry(ResourceType::Cluster).or_default();
             for backend in &route.backends {
-                clusters.insert(
-                    backend.cluster.name.clone(),
-                    Payload::Cluster(backend.cluster.clone()),
-                );
+                let mut cluster = backend.cluster.clone();
+                if let (Some(tls), Some(Ok(cert))) =
+                    (&mut cluster.tls, &gateway.backend_client_certificate)
+                {
+                    tls.client_certificate = Some(cert.clone());
+                }
+                clusters.insert(cluster.name.clone(), Payload::Cluster(cluster));
             }
             let endpoints = resources.entry(ResourceType::Endpoints).or_default();
             for backend in &route.backends {
@@ -720,6 +740,21 @@ fn build_gateway(
         ));
     }
     status.conditions.push(accepted);
+    match &gateway.backend_client_certificate {
+        Some(Err((reason, message))) => status.conditions.push(Condition::new(
+            "ResolvedRefs",
+            false,
+            reason,
+            message.clone(),
+            g,
+        )),
+        Some(Ok(_)) => {
+            status
+                .conditions
+                .push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g));
+        }
+        None => {}
+    }
     status.conditions.push(if programmed {
         Condition::new("Programmed", true, "Programmed", "", g)
     } else {
@@ -735,6 +770,51 @@ fn build_gateway(
         resources.clear();
     }
     (resources, status)
+}
+
+/// BackendTLSPolicy status: every policy naming a Service port that a route attached to one of
+/// our Gateways uses gets that Gateway as an ancestor.
+fn policy_statuses(
+    objects: &ObjectSet,
+    controller_name: &str,
+    gateways: &BTreeMap<ObjectRef, GatewayView<'_>>,
+    compiled: &BTreeMap<ObjectRef, CompiledRoute>,
+    out: &mut StatusReport,
+) {
+    for (gw_key, gateway) in gateways {
+        let used: BTreeSet<backend_tls::ServicePortKey> = gateway
+            .listeners
+            .iter()
+            .flat_map(|l| &l.attached)
+            .filter_map(|(_, route)| compiled.get(route))
+            .flat_map(|c| &c.backends)
+            .map(|b| b.service_port.clone())
+            .collect();
+        for policy in backend_tls::policies_targeting(objects, &used) {
+            let entry = out
+                .backend_tls_policies
+                .entry(policy.clone())
+                .or_insert_with(|| PolicyStatus {
+                    generation: objects
+                        .backend_tls_policies
+                        .get(policy)
+                        .map_or(0, |p| generation(&p.metadata)),
+                    ancestors: Vec::new(),
+                });
+            entry.ancestors.push(RouteParentStatus {
+                parent_ref: ParentRef {
+                    group: GATEWAY_GROUP.to_owned(),
+                    kind: "Gateway".to_owned(),
+                    namespace: gw_key.namespace.clone(),
+                    name: gw_key.name.clone(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: controller_name.to_owned(),
+                conditions: backend_tls::conditions(objects, policy),
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -105,6 +105,14 @@ pub struct RouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
+/// A policy's status: one entry per ancestor (a Gateway), shaped like a route's parent entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    #[serde(skip)]
+    pub generation: i64,
+    pub ancestors: Vec<RouteParentStatus>,
+}
+
 /// Status of every object the translator looked at and owns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +120,7 @@ pub struct StatusReport {
     pub gateway_classes: BTreeMap<ObjectRef, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 impl serde::Serialize for ObjectRef {

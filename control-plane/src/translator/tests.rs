@@ -537,3 +537,185 @@ spec:
         .collect();
     assert_eq!(domains, ["a.example", "b.example"]);
 }
+
+const FAKE_CA: &str = "-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n";
+
+fn backend_tls_objects(policies: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ca, namespace: apps}}
+data: {{ca.crt: "{FAKE_CA}"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: not-a-ca, namespace: apps}}
+data: {{ca.crt: "hello"}}
+---
+{}{policies}"#,
+        route(
+            "tls",
+            "",
+            "  rules: [{backendRefs: [{name: web, port: 8080}, {name: web, port: 8081}]}]"
+        )
+    )
+}
+
+fn policy(name: &str, created: &str, target: &str, validation: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: apps, generation: 2, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: [{target}]\n  validation: {validation}\n---\n"
+    )
+}
+
+fn policy_conditions(t: &Translation, name: &str) -> Vec<Condition> {
+    let status = &t.status.backend_tls_policies[&ObjectRef::new("apps", name)];
+    assert_eq!(status.ancestors.len(), 1, "{status:?}");
+    assert_eq!(status.ancestors[0].parent_ref.name, "gw");
+    status.ancestors[0].conditions.clone()
+}
+
+fn cluster(t: &Translation, name: &str) -> rauta_common::api::v1::Cluster {
+    match &t.gateways[&gw()][&ResourceType::Cluster][name] {
+        Payload::Cluster(c) => c.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn backend_tls_policy_configures_the_cluster_and_reports_accepted() {
+    let t = translate_yaml(&backend_tls_objects(&policy(
+        "p",
+        "2026-01-01T00:00:00Z",
+        "{group: '', kind: Service, name: web, sectionName: http}",
+        "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: Web.Example.com, subjectAltNames: [{type: URI, uri: 'spiffe://x/y'}, {type: Hostname, hostname: a.example.com}]}",
+    )));
+    let conditions = policy_conditions(&t, "p");
+    assert_eq!(
+        condition(&conditions, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        condition(&conditions, "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+    assert!(conditions.iter().all(|c| c.observed_generation == 2));
+    let tls = cluster(&t, "apps/web:8080")
+        .tls
+        .expect("TLS for the targeted port");
+    assert_eq!(tls.server_name, "web.example.com");
+    assert_eq!(tls.ca_certificates_pem, FAKE_CA.replace("\\n", "\n"));
+    assert_eq!(tls.subject_alt_names.len(), 2);
+    // sectionName limits the policy to its port.
+    assert!(cluster(&t, "apps/web:8081").tls.is_none());
+}
+
+#[test]
+fn backend_tls_policy_conflicts_and_section_precedence() {
+    let policies = [
+        policy("older", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: older.example.com}"),
+        policy("newer", "2026-02-01T00:00:00Z", "{group: '', kind: Service, name: web}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: newer.example.com}"),
+        // Same age as "older": the name breaks the tie.
+        policy("a-tie", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: grpc}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: section.example.com}"),
+        policy("b-tie", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: grpc}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: loser.example.com}"),
+    ]
+    .concat();
+    let t = translate_yaml(&backend_tls_objects(&policies));
+    assert_eq!(
+        condition(&policy_conditions(&t, "older"), "Accepted").1,
+        "Accepted"
+    );
+    assert_eq!(
+        condition(&policy_conditions(&t, "newer"), "Accepted"),
+        ("False".into(), "Conflicted".into())
+    );
+    assert_eq!(
+        condition(&policy_conditions(&t, "a-tie"), "Accepted").1,
+        "Accepted"
+    );
+    assert_eq!(
+        condition(&policy_conditions(&t, "b-tie"), "Accepted").1,
+        "Conflicted"
+    );
+    // The port named by a section policy uses it; the other port the whole-Service winner.
+    assert_eq!(
+        cluster(&t, "apps/web:8081").tls.unwrap().server_name,
+        "section.example.com"
+    );
+    assert_eq!(
+        cluster(&t, "apps/web:8080").tls.unwrap().server_name,
+        "older.example.com"
+    );
+}
+
+#[test]
+fn backend_tls_policy_with_invalid_ca_refs_fails_closed() {
+    let policies = [
+        policy("missing", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: http}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: nope}], hostname: a.example.com}"),
+        policy("malformed", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: grpc}", "{caCertificateRefs: [{group: '', kind: ConfigMap, name: not-a-ca}], hostname: a.example.com}"),
+        policy("kind", "2026-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: grpc}", "{caCertificateRefs: [{group: '', kind: Secret, name: ca}], hostname: a.example.com}"),
+    ]
+    .concat();
+    let t = translate_yaml(&backend_tls_objects(&policies));
+    for (name, reason) in [
+        ("missing", "InvalidCACertificateRef"),
+        ("malformed", "InvalidCACertificateRef"),
+        ("kind", "InvalidKind"),
+    ] {
+        let c = policy_conditions(&t, name);
+        assert_eq!(
+            condition(&c, "Accepted"),
+            ("False".into(), "NoValidCACertificate".into()),
+            "{name}"
+        );
+        assert_eq!(
+            condition(&c, "ResolvedRefs"),
+            ("False".into(), reason.into()),
+            "{name}"
+        );
+    }
+    // The cluster still speaks TLS, with nothing to trust: connections fail (a 5xx), never
+    // fall back to cleartext.
+    let tls = cluster(&t, "apps/web:8080").tls.unwrap();
+    assert!(tls.ca_certificates_pem.is_empty() && !tls.system_roots);
+}
+
+#[test]
+fn gateway_backend_client_certificate_reasons() {
+    let gateway = |name: &str, r: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: rauta\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n  tls: {{backend: {{clientCertificateRef: {r}}}}}\n---\n"
+        )
+    };
+    let docs = [
+        gateway("ok", "{name: client}"),
+        gateway("missing", "{name: nope}"),
+        gateway("group", "{group: example.com, kind: Secret, name: client}"),
+        gateway("kind", "{kind: ConfigMap, name: client}"),
+        gateway("cross-ns", "{name: client, namespace: apps}"),
+    ]
+    .concat();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: client, namespace: infra}\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"\n---\n";
+    let t = translate_yaml(&format!("{secret}{docs}"));
+    for (name, status, reason) in [
+        ("ok", "True", "ResolvedRefs"),
+        ("missing", "False", "InvalidClientCertificateRef"),
+        ("group", "False", "InvalidClientCertificateRef"),
+        ("kind", "False", "InvalidClientCertificateRef"),
+        ("cross-ns", "False", "RefNotPermitted"),
+    ] {
+        let s = &t.status.gateways[&ObjectRef::new("infra", name)];
+        assert_eq!(
+            condition(&s.conditions, "ResolvedRefs"),
+            (status.into(), reason.into()),
+            "{name}"
+        );
+        assert!(condition(&s.conditions, "Accepted").0 == "True", "{name}");
+    }
+    // Without the field there is no Gateway-level ResolvedRefs condition.
+    assert!(
+        t.status.gateways[&gw()]
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "ResolvedRefs")
+    );
+}

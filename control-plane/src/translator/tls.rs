@@ -1,7 +1,7 @@
 //! HTTPS listeners: resolves `tls.certificateRefs` to Secrets and validates their PEM.
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersTlsMode};
-use rauta_common::api::v1::{ClientValidation, ServerCertificate};
+use rauta_common::api::v1::{ClientCertificate, ClientValidation, ServerCertificate};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -179,24 +179,8 @@ pub fn client_validation(
                 return Err(invalid("RefNotPermitted", message));
             }
         };
-        let pem = objects
-            .config_maps
-            .get(&key)
-            .and_then(|cm| cm.data.as_ref())
-            .and_then(|d| d.get("ca.crt"))
-            .ok_or_else(|| {
-                invalid(
-                    "InvalidCACertificateRef",
-                    format!("ConfigMap {key} with ca.crt not found"),
-                )
-            })?;
-        let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
-        if !certs.is_ok_and(|c| !c.is_empty()) {
-            return Err(invalid(
-                "InvalidCACertificateRef",
-                format!("ConfigMap {key}: ca.crt holds no PEM certificate"),
-            ));
-        }
+        let pem = config_map_ca(objects, &key)
+            .map_err(|message| invalid("InvalidCACertificateRef", message))?;
         bundle.push_str(pem);
         if !bundle.ends_with('\n') {
             bundle.push('\n');
@@ -205,6 +189,65 @@ pub fn client_validation(
     Ok(Some(ClientValidation {
         ca_certificates_pem: bundle,
         allow_insecure_fallback: validation.mode.as_deref() == Some("AllowInsecureFallback"),
+    }))
+}
+
+/// The PEM in a ConfigMap's `ca.crt`, when it holds at least one certificate.
+pub fn config_map_ca<'a>(objects: &'a ObjectSet, key: &ObjectRef) -> Result<&'a str, String> {
+    let pem = objects
+        .config_maps
+        .get(key)
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|d| d.get("ca.crt"))
+        .ok_or_else(|| format!("ConfigMap {key} with ca.crt not found"))?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+    if !certs.is_ok_and(|c| !c.is_empty()) {
+        return Err(format!("ConfigMap {key}: ca.crt holds no PEM certificate"));
+    }
+    Ok(pem)
+}
+
+/// The certificate a Gateway presents to TLS backends (spec.tls.backend.clientCertificateRef),
+/// or the ResolvedRefs reason and message saying why it cannot be used.
+pub fn backend_client_certificate(
+    objects: &ObjectSet,
+    gateway: &gateway_api::gateways::Gateway,
+    gateway_namespace: &str,
+) -> Result<Option<ClientCertificate>, (&'static str, String)> {
+    let Some(r) = gateway
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let target = CoreRef {
+        group: r.group.as_deref(),
+        kind: r.kind.as_deref(),
+        name: &r.name,
+        namespace: r.namespace.as_deref(),
+    };
+    let invalid = |message: String| ("InvalidClientCertificateRef", message);
+    let key = match target.resolve(objects, gateway_namespace, "Secret") {
+        Ok(key) => key,
+        Err(RefError::Kind(message)) => return Err(invalid(message)),
+        Err(RefError::NotPermitted(message)) => return Err(("RefNotPermitted", message)),
+    };
+    let secret = objects
+        .secrets
+        .get(&key)
+        .ok_or_else(|| invalid(format!("Secret {key} not found")))?;
+    let (Some(chain), Some(private_key)) =
+        (secret_key(secret, "tls.crt"), secret_key(secret, "tls.key"))
+    else {
+        return Err(invalid(format!("Secret {key} lacks tls.crt or tls.key")));
+    };
+    validate_pem(&chain, &private_key).map_err(|e| invalid(format!("Secret {key}: {e}")))?;
+    Ok(Some(ClientCertificate {
+        certificate_chain_pem: String::from_utf8_lossy(&chain).into_owned(),
+        private_key_pem: String::from_utf8_lossy(&private_key).into_owned(),
     }))
 }
 

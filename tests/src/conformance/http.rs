@@ -282,6 +282,16 @@ fn echo_str<'a>(echo: Option<&'a Value>, field: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// The DER bytes of every certificate in a PEM text.
+fn pem_der(pem: &str) -> Vec<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 fn squash(s: &str, ignore_whitespace: bool) -> String {
     if ignore_whitespace {
         s.chars().filter(|c| !c.is_whitespace()).collect()
@@ -326,6 +336,8 @@ pub fn compare(
                 method: expect.request.method.clone(),
                 path: Some(expect.request.path.clone()),
                 headers: expect.request.headers.clone(),
+                sni: expect.request.sni.clone(),
+                client_cert: expect.request.client_cert.clone(),
                 ..Default::default()
             });
         let want_method = expected.method.clone().unwrap_or_else(|| "GET".into());
@@ -395,8 +407,27 @@ pub fn compare(
                 echo_str(echo, "pod")
             ));
         }
-        if expected.sni.is_some() || expected.client_cert.is_some() {
-            return Err("TLS details are not checked by this runner yet".into());
+        let tls = echo.and_then(|e| e.get("tls"));
+        if let Some(sni) = &expected.sni {
+            let seen = tls.and_then(|t| t["serverName"].as_str()).unwrap_or("");
+            if seen != sni {
+                return Err(format!(
+                    "backend saw TLS server name {seen:?}, want {sni:?}"
+                ));
+            }
+        }
+        if let Some(cert) = &expected.client_cert {
+            // Compared as certificates, not text: PEM line endings differ between encoders.
+            let want = pem_der(cert);
+            let presented = tls
+                .and_then(|t| t["peerCertificates"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|p| !want.is_empty() && pem_der(p) == want);
+            if !presented {
+                return Err("backend did not see the expected client certificate".into());
+            }
         }
         return Ok(());
     }

@@ -341,6 +341,39 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
             }
             latest_generation(&class.conditions, g, "GatewayClass")
         }
+        "policy_ancestor_conditions" | "policy_conditions_latest_generation" => {
+            let kind = s(c, "kind");
+            let g = current_generation(world, &kind, &ns, &name)?;
+            let policy = view
+                .get(&kind, &ns, &name)
+                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+            if check == "policy_conditions_latest_generation" {
+                if policy.ancestors.is_empty() {
+                    return Err(format!("{kind} {ns}/{name} has no ancestors"));
+                }
+                for a in &policy.ancestors {
+                    latest_generation(&a.conditions, g, &format!("{kind} ancestor"))?;
+                }
+                return Ok(());
+            }
+            let (ans, aname) = (s(&c["ancestor"], "namespace"), s(&c["ancestor"], "name"));
+            let entry = policy
+                .ancestors
+                .iter()
+                .find(|a| {
+                    let r = a.ancestor_ref.clone().unwrap_or_default();
+                    r.name == aname && (r.namespace.is_empty() || r.namespace == ans)
+                })
+                .ok_or_else(|| {
+                    format!("{kind} {ns}/{name} has no status for ancestor {ans}/{aname}")
+                })?;
+            has_conditions(
+                &entry.conditions,
+                &c["conditions"],
+                &format!("{kind} ancestor"),
+            )?;
+            latest_generation(&entry.conditions, g, &format!("{kind} ancestor"))
+        }
         "generation_changed" => {
             let kind = s(c, "kind");
             let now = world.generation(&kind, &ns, &name);

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::case::{Action, NsName};
-use crate::echo::{EchoIdentity, EchoServer};
+use crate::echo::{EchoIdentity, EchoServer, EchoTls};
 use crate::harness::{Controller, Proxy};
 
 /// The GatewayClass every Gateway in the suite is switched to, and its controller.
@@ -63,7 +63,6 @@ struct Pods {
 }
 
 pub struct World {
-    work: tempfile::TempDir,
     config: PathBuf,
     pub controller: Controller,
     proxies: BTreeMap<NsName, Proxy>,
@@ -75,6 +74,10 @@ pub struct World {
     deployments: BTreeMap<ObjKey, Pods>,
     /// Generations before the last action, for `generation_changed`.
     generations_before: BTreeMap<ObjKey, i64>,
+    /// Values a phase patch replaced, for a later `"<original value>"` patch.
+    originals: BTreeMap<(ObjKey, String), Value>,
+    /// Declared last so it is removed after the processes (and their logs) are gone.
+    work: tempfile::TempDir,
 }
 
 impl World {
@@ -95,14 +98,16 @@ impl World {
             base_before_case: BTreeMap::new(),
             deployments: BTreeMap::new(),
             generations_before: BTreeMap::new(),
+            originals: BTreeMap::new(),
         };
         let class = json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
             "metadata": {"name": CLASS_NAME}, "spec": {"controllerName": CONTROLLER_NAME},
         });
-        let mut docs = vec![class];
+        // Generated Secrets first: TLS backends in the base manifests mount them.
+        let mut docs = super::certs::generated_objects()?;
+        docs.push(class);
         docs.extend(read_manifests(base_manifests)?);
-        docs.extend(super::certs::generated_objects()?);
         for doc in docs {
             world.insert(doc, false).await?;
         }
@@ -149,6 +154,9 @@ impl World {
             })
             .unwrap_or_default();
         let replica_set = random_alnum(9);
+        let tls = self
+            .echo_tls(&key.1, &doc["spec"]["template"]["spec"])
+            .map_err(|e| format!("Deployment {}/{}: {e}", key.1, key.2))?;
         let mut instances = Vec::new();
         for _ in 0..replicas {
             let identity = EchoIdentity {
@@ -156,14 +164,88 @@ impl World {
                 namespace: key.1.clone(),
                 ..Default::default()
             };
-            let server = EchoServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Some(0), identity)
+            let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let mut server = EchoServer::start(localhost, 0, Some(0), identity)
                 .await
                 .map_err(|e| format!("starting echo for {}/{}: {e}", key.1, key.2))?;
+            if let Some(tls) = &tls {
+                server
+                    .serve_tls(localhost, 0, tls)
+                    .await
+                    .map_err(|e| format!("starting TLS echo for {}/{}: {e}", key.1, key.2))?;
+            }
             instances.push(server);
         }
         self.deployments
             .insert(key.clone(), Pods { labels, instances });
         Ok(())
+    }
+
+    /// The TLS settings echo-basic would read from a pod's TLS_* variables and mounted files.
+    fn echo_tls(&self, namespace: &str, pod: &Value) -> Result<Option<EchoTls>, String> {
+        let env = |name: &str| {
+            pod["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str())
+        };
+        let (Some(cert), Some(key)) = (env("TLS_SERVER_CERT"), env("TLS_SERVER_PRIVKEY")) else {
+            return Ok(None);
+        };
+        Ok(Some(EchoTls {
+            chain_pem: self.mounted_file(namespace, pod, cert)?,
+            key_pem: self.mounted_file(namespace, pod, key)?,
+            client_cas_pem: env("TLS_CLIENT_CACERTS")
+                .map(|p| self.mounted_file(namespace, pod, p))
+                .transpose()?,
+        }))
+    }
+
+    /// The content of a file a pod sees through a Secret or ConfigMap volume.
+    fn mounted_file(&self, namespace: &str, pod: &Value, path: &str) -> Result<String, String> {
+        let mounts = pod["containers"][0]["volumeMounts"].as_array();
+        let (mount, file) = mounts
+            .into_iter()
+            .flatten()
+            .find_map(|m| {
+                let dir = m["mountPath"].as_str()?.trim_end_matches('/');
+                let file = path.strip_prefix(dir)?.strip_prefix('/')?;
+                Some((m["name"].as_str()?, file))
+            })
+            .ok_or_else(|| format!("{path} is not on a mounted volume"))?;
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount)
+            .ok_or_else(|| format!("volume {mount} is not defined"))?;
+        let (source, kind) = if volume["secret"].is_object() {
+            (&volume["secret"], "Secret")
+        } else {
+            (&volume["configMap"], "ConfigMap")
+        };
+        let object_name = source["secretName"]
+            .as_str()
+            .or_else(|| source["name"].as_str())
+            .ok_or_else(|| format!("volume {mount} names no object"))?;
+        let data_key = source["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["path"] == file)
+            .and_then(|i| i["key"].as_str())
+            .unwrap_or(file);
+        let reference = format!("{namespace}/{object_name}");
+        if kind == "Secret" {
+            self.secret_text(&reference, data_key)
+        } else {
+            self.object("ConfigMap", namespace, object_name)
+                .and_then(|cm| cm["data"][data_key].as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("ConfigMap {reference} has no {data_key}"))
+        }
     }
 
     /// Applies a case's manifests on top of the base.
@@ -184,6 +266,7 @@ impl World {
             self.deployments.remove(key);
         }
         self.case.clear();
+        self.originals.clear();
         self.base = std::mem::take(&mut self.base_before_case);
         let base_gateways: BTreeSet<NsName> = self.gateways_in(&self.base);
         self.proxies.retain(|gw, _| base_gateways.contains(gw));
@@ -251,6 +334,10 @@ impl World {
             .chain(self.case.iter())
             .filter_map(|(k, v)| Some((k.clone(), v["metadata"]["generation"].as_i64()?)))
             .collect();
+        let mut rest = match self.expand_value(&Value::Object(action.rest.clone()))? {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
         match action.op.as_str() {
             "delete" => {
                 self.case
@@ -260,11 +347,22 @@ impl World {
                 self.deployments.remove(&key);
             }
             "create" => {
-                let manifest = action
-                    .rest
-                    .get("manifest")
-                    .cloned()
-                    .ok_or("create without manifest")?;
+                let manifest = match rest.get("manifest") {
+                    Some(m) => m.clone(),
+                    None => {
+                        // A small object given inline (e.g. a ConfigMap and its data).
+                        let mut m = json!({
+                            "apiVersion": if matches!(action.kind.as_str(), "ConfigMap" | "Secret") { "v1" } else { "gateway.networking.k8s.io/v1" },
+                            "kind": action.kind, "metadata": {"name": action.name, "namespace": action.namespace},
+                        });
+                        for (k, v) in &rest {
+                            if k != "description" {
+                                m[k] = v.clone();
+                            }
+                        }
+                        m
+                    }
+                };
                 self.insert(manifest, true).await?;
             }
             "patch" => {
@@ -278,7 +376,23 @@ impl World {
                     .get_mut(&key)
                     .ok_or_else(|| format!("patch: no {key:?}"))?;
                 let spec_before = object.get("spec").cloned();
-                apply_patch(object, &action.rest)?;
+                if let Some(set) = rest.get_mut("set").and_then(Value::as_object_mut) {
+                    for (path, value) in set.iter_mut() {
+                        let slot = (key.clone(), path.clone());
+                        if value == "<original value>" {
+                            *value = self
+                                .originals
+                                .get(&slot)
+                                .cloned()
+                                .ok_or_else(|| format!("no original value of {path}"))?;
+                        } else if let std::collections::btree_map::Entry::Vacant(e) =
+                            self.originals.entry(slot)
+                        {
+                            e.insert(path_mut(&mut object.clone(), path)?.clone());
+                        }
+                    }
+                }
+                apply_patch(object, &rest)?;
                 if object.get("spec").cloned() != spec_before {
                     let g = object["metadata"]["generation"].as_i64().unwrap_or(1);
                     object["metadata"]["generation"] = json!(g + 1);
@@ -320,6 +434,56 @@ impl World {
             .and_then(|p| u16::try_from(p).ok())
     }
 
+    /// Replaces `{secret:ns/name:key}` and `{configmap:ns/name:key}` with that content.
+    pub fn expand(&self, text: &str) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{secret:").or_else(|| rest.find("{configmap:")) {
+            let end = rest[start..]
+                .find('}')
+                .map(|e| start + e)
+                .ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
+            let (kind, spec) = rest[start + 1..end]
+                .split_once(':')
+                .ok_or_else(|| format!("bad placeholder in {text:?}"))?;
+            let (reference, key) = spec
+                .rsplit_once(':')
+                .ok_or_else(|| format!("bad placeholder in {text:?}"))?;
+            let value = if kind == "secret" {
+                self.secret_text(reference, key)?
+            } else {
+                let (ns, name) = reference.split_once('/').unwrap_or(("", reference));
+                self.object("ConfigMap", ns, name)
+                    .and_then(|cm| cm["data"][key].as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("ConfigMap {reference} has no {key}"))?
+            };
+            out.push_str(&rest[..start]);
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn expand_value(&self, v: &Value) -> Result<Value, String> {
+        Ok(match v {
+            Value::String(s) => Value::String(self.expand(s)?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.expand_value(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.expand_value(v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
     /// A key of a Secret ("namespace/name"), decoded.
     pub fn secret_text(&self, reference: &str, key: &str) -> Result<String, String> {
         use base64::Engine;
@@ -353,6 +517,27 @@ impl World {
 
     fn endpoint_slices(&self) -> Vec<Value> {
         let mut out = Vec::new();
+        // Manual IPv4 slices get the infra-backend-v1 pods, as upstream fills them before its
+        // requests; one slice per pod, since each local pod listens on its own port.
+        for ((_, ns, name), slice) in self.case.iter().filter(|(_, v)| is_manual_slice(v)) {
+            let pods = self.deployments.get(&(
+                "Deployment".to_owned(),
+                ns.clone(),
+                MANUAL_SLICE_BACKEND.to_owned(),
+            ));
+            for (i, instance) in pods.into_iter().flat_map(|p| &p.instances).enumerate() {
+                let mut filled = slice.clone();
+                filled["metadata"]["name"] = json!(format!("{name}-{i}"));
+                for port in filled["ports"].as_array_mut().into_iter().flatten() {
+                    if port["port"] == 3000 {
+                        port["port"] = json!(instance.http.port());
+                    }
+                }
+                filled["endpoints"] = json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                    "targetRef": {"kind": "Pod", "name": instance.identity().pod, "namespace": ns}}]);
+                out.push(filled);
+            }
+        }
         for ((kind, ns, name), svc) in self.base.iter().chain(self.case.iter()) {
             if kind != "Service" {
                 continue;
@@ -378,7 +563,8 @@ impl World {
                                 match p["targetPort"].as_u64().or_else(|| p["port"].as_u64())? {
                                     3000 => instance.http.port(),
                                     3001 => instance.h2c?.port(),
-                                    _ => return None, // TLS echo ports are not served yet.
+                                    8443 => instance.https?.port(),
+                                    _ => return None,
                                 };
                             let mut port = json!({"port": local, "protocol": "TCP"});
                             if let Some(n) = p["name"].as_str() {
@@ -406,7 +592,9 @@ impl World {
     }
 
     fn write_files(&self) -> Result<(), String> {
-        let relevant = |v: &&Value| !matches!(v["kind"].as_str(), Some("Deployment" | "Pod"));
+        let relevant = |v: &&Value| {
+            !matches!(v["kind"].as_str(), Some("Deployment" | "Pod")) && !is_manual_slice(v)
+        };
         let render = |docs: Vec<&Value>| {
             docs.iter()
                 .map(|d| d.to_string())
@@ -430,6 +618,17 @@ impl World {
             &render(slices.iter().collect()),
         )
     }
+}
+
+/// The Deployment whose pods fill manual EndpointSlices (HTTPRouteServiceTypes).
+const MANUAL_SLICE_BACKEND: &str = "infra-backend-v1";
+
+/// An IPv4 EndpointSlice a case ships without endpoints, for the harness to fill. IPv6 slices
+/// stay empty: the local pods listen on IPv4 loopback only, like a single-stack cluster.
+fn is_manual_slice(v: &Value) -> bool {
+    v["kind"] == "EndpointSlice"
+        && v["addressType"] == "IPv4"
+        && v["endpoints"].as_array().is_none_or(Vec::is_empty)
 }
 
 fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), String> {
@@ -498,9 +697,29 @@ fn apply_patch(object: &mut Value, patch: &serde_json::Map<String, Value>) -> Re
     Ok(())
 }
 
+/// Splits a dotted path; `\\.` is a dot inside a key (`data.ca\\.crt`).
+fn split_path(path: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'.') => {
+                chars.next();
+                current.push('.');
+            }
+            '.' => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    parts
+}
+
 fn path_mut<'a>(object: &'a mut Value, path: &str) -> Result<&'a mut Value, String> {
     let mut cur = object;
-    for part in path.split('.') {
+    for part in split_path(path) {
+        let part = part.as_str();
         cur = match cur {
             Value::Object(map) => map.entry(part.to_owned()).or_insert(Value::Null),
             Value::Array(list) => {
@@ -526,6 +745,12 @@ fn path_mut<'a>(object: &'a mut Value, path: &str) -> Result<&'a mut Value, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_dots_stay_in_keys() {
+        assert_eq!(split_path("data.ca\\.crt"), ["data", "ca.crt"]);
+        assert_eq!(split_path("spec.rules.0"), ["spec", "rules", "0"]);
+    }
 
     #[test]
     fn patches_set_append_and_remove() {
