@@ -8,6 +8,7 @@ use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -60,6 +61,7 @@ pub enum Kind {
     Namespace,
     ConfigMap,
     BackendTlsPolicy,
+    ListenerSet,
 }
 
 impl Kind {
@@ -77,6 +79,7 @@ impl Kind {
             ("", "Namespace") => Some(Kind::Namespace),
             ("", "ConfigMap") => Some(Kind::ConfigMap),
             ("gateway.networking.k8s.io", "BackendTLSPolicy") => Some(Kind::BackendTlsPolicy),
+            ("gateway.networking.k8s.io", "ListenerSet") => Some(Kind::ListenerSet),
             _ => None,
         }
     }
@@ -99,6 +102,7 @@ impl fmt::Display for Kind {
             Kind::Namespace => "Namespace",
             Kind::ConfigMap => "ConfigMap",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
+            Kind::ListenerSet => "ListenerSet",
         };
         f.write_str(s)
     }
@@ -132,6 +136,7 @@ pub struct ObjectSet {
     pub namespaces: BTreeMap<ObjectRef, Namespace>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
     pub backend_tls_policies: BTreeMap<ObjectRef, BackendTlsPolicy>,
+    pub listener_sets: BTreeMap<ObjectRef, ListenerSet>,
 }
 
 /// One decoded object of any supported kind.
@@ -147,6 +152,7 @@ pub enum Object {
     Namespace(Box<Namespace>),
     ConfigMap(Box<ConfigMap>),
     BackendTlsPolicy(Box<BackendTlsPolicy>),
+    ListenerSet(Box<ListenerSet>),
 }
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
@@ -208,6 +214,7 @@ impl Object {
             Kind::Namespace => Object::Namespace(de(kind, key, value)?),
             Kind::ConfigMap => Object::ConfigMap(de(kind, key, value)?),
             Kind::BackendTlsPolicy => Object::BackendTlsPolicy(de(kind, key, value)?),
+            Kind::ListenerSet => Object::ListenerSet(de(kind, key, value)?),
         })
     }
 
@@ -223,6 +230,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
+            Object::ListenerSet(_) => Kind::ListenerSet,
         }
     }
 }
@@ -241,6 +249,7 @@ impl ObjectSet {
             Object::Namespace(o) => self.namespaces.insert(key, *o).is_none(),
             Object::ConfigMap(o) => self.config_maps.insert(key, *o).is_none(),
             Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, *o).is_none(),
+            Object::ListenerSet(o) => self.listener_sets.insert(key, *o).is_none(),
         }
     }
 
@@ -256,6 +265,7 @@ impl ObjectSet {
             + self.namespaces.len()
             + self.config_maps.len()
             + self.backend_tls_policies.len()
+            + self.listener_sets.len()
     }
 
     pub fn is_empty(&self) -> bool {

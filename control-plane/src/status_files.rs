@@ -31,6 +31,19 @@ fn conditions(cs: &[api::Condition]) -> Value {
         .collect()
 }
 
+fn listeners(ls: &[api::ListenerStatus]) -> Value {
+    ls.iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": k.group, "kind": k.kind})).collect::<Vec<_>>(),
+                "conditions": conditions(&l.conditions),
+            })
+        })
+        .collect()
+}
+
 fn parent_ref(r: api::ParentReference) -> Value {
     let mut out =
         json!({"group": r.group, "kind": r.kind, "namespace": r.namespace, "name": r.name});
@@ -57,12 +70,12 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
         "Gateway" => json!({
             "addresses": o.addresses.iter().map(|a| json!({"type": a.r#type, "value": a.value})).collect::<Vec<_>>(),
             "conditions": conditions(&o.conditions),
-            "listeners": o.listeners.iter().map(|l| json!({
-                "name": l.name,
-                "attachedRoutes": l.attached_routes,
-                "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": k.group, "kind": k.kind})).collect::<Vec<_>>(),
-                "conditions": conditions(&l.conditions),
-            })).collect::<Vec<_>>(),
+            "listeners": listeners(&o.listeners),
+            "attachedListenerSets": o.attached_listener_sets,
+        }),
+        "ListenerSet" => json!({
+            "conditions": conditions(&o.conditions),
+            "listeners": listeners(&o.listeners),
         }),
         "BackendTLSPolicy" => json!({
             "ancestors": o.ancestors.iter().map(|a| json!({

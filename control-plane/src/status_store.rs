@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::objects::ObjectRef;
 use crate::registry::ProxyRegistry;
-use crate::translator::status::{Condition, ParentRef, RouteParentStatus, StatusReport};
+use crate::translator::status::{
+    Condition, ListenerStatus, ParentRef, RouteParentStatus, StatusReport,
+};
 
 /// (kind, object, scope within the object, condition type)
 type TransitionKey = (&'static str, ObjectRef, String, String);
@@ -64,6 +66,23 @@ fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
                     .iter()
                     .map(|c| (("Gateway", key.clone(), scope.clone(), c.type_.clone()), c)),
             );
+        }
+    }
+    for (key, s) in &report.listener_sets {
+        out.extend(s.conditions.iter().map(|c| {
+            (
+                ("ListenerSet", key.clone(), String::new(), c.type_.clone()),
+                c,
+            )
+        }));
+        for l in &s.listeners {
+            let scope = format!("listener/{}", l.name);
+            out.extend(l.conditions.iter().map(|c| {
+                (
+                    ("ListenerSet", key.clone(), scope.clone(), c.type_.clone()),
+                    c,
+                )
+            }));
         }
     }
     let parents = report
@@ -175,6 +194,45 @@ impl StatusStore {
                 ..Default::default()
             });
         }
+        let listeners = |kind: &'static str, key: &ObjectRef, ls: &[ListenerStatus]| {
+            ls.iter()
+                .map(|l| {
+                    let scope = format!("listener/{}", l.name);
+                    api::ListenerStatus {
+                        name: l.name.clone(),
+                        attached_routes: l.attached_routes,
+                        supported_kinds: l
+                            .supported_kinds
+                            .iter()
+                            .map(|k| api::RouteGroupKind {
+                                group: "gateway.networking.k8s.io".into(),
+                                kind: k.clone(),
+                            })
+                            .collect(),
+                        conditions: l
+                            .conditions
+                            .iter()
+                            .map(|c| condition(kind, key, &scope, c))
+                            .collect(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        for (key, s) in &report.listener_sets {
+            out.push(api::ObjectStatus {
+                kind: "ListenerSet".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                generation: s.generation,
+                conditions: s
+                    .conditions
+                    .iter()
+                    .map(|c| condition("ListenerSet", key, "", c))
+                    .collect(),
+                listeners: listeners("ListenerSet", key, &s.listeners),
+                ..Default::default()
+            });
+        }
         for (key, s) in &report.gateways {
             let addresses = registry
                 .addresses(key)
@@ -201,30 +259,8 @@ impl StatusStore {
                     .iter()
                     .map(|c| condition("Gateway", key, "", c))
                     .collect(),
-                listeners: s
-                    .listeners
-                    .iter()
-                    .map(|l| {
-                        let scope = format!("listener/{}", l.name);
-                        api::ListenerStatus {
-                            name: l.name.clone(),
-                            attached_routes: l.attached_routes,
-                            supported_kinds: l
-                                .supported_kinds
-                                .iter()
-                                .map(|k| api::RouteGroupKind {
-                                    group: "gateway.networking.k8s.io".into(),
-                                    kind: k.clone(),
-                                })
-                                .collect(),
-                            conditions: l
-                                .conditions
-                                .iter()
-                                .map(|c| condition("Gateway", key, &scope, c))
-                                .collect(),
-                        }
-                    })
-                    .collect(),
+                listeners: listeners("Gateway", key, &s.listeners),
+                attached_listener_sets: s.attached_listener_sets,
                 addresses,
                 ..Default::default()
             });

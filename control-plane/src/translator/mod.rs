@@ -5,10 +5,12 @@ pub mod backend_tls;
 pub mod backends;
 mod filters;
 pub mod hostnames;
+mod listener_sets;
 mod routes;
 pub mod status;
 mod tls;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_api::experimental::httproutes::HttpRouteParentRefs;
@@ -25,8 +27,8 @@ use rauta_common::types::ResourceType;
 use crate::objects::{ObjectRef, ObjectSet};
 use routes::{CompiledRoute, MatchEntry};
 use status::{
-    Condition, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef, PolicyStatus,
-    RouteParentStatus, RouteStatus, StatusReport, set_condition,
+    Condition, GatewayClassStatus, GatewayStatus, ListenerSetStatus, ListenerStatus, ParentRef,
+    PolicyStatus, RouteParentStatus, RouteStatus, StatusReport, set_condition,
 };
 
 /// The controllerName RAUTA answers for in GatewayClass.spec.controllerName.
@@ -63,6 +65,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
     "GatewayBackendClientCertificate",
+    "ListenerSet",
 ];
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
@@ -95,7 +98,11 @@ fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 
 /// A Gateway listener as the translator sees it.
 struct ListenerView<'a> {
-    spec: &'a GatewayListeners,
+    spec: Cow<'a, GatewayListeners>,
+    /// The ListenerSet the listener comes from; None for the Gateway's own listeners.
+    owner: Option<ObjectRef>,
+    /// Namespace of the listener's owner ("Same" in allowedRoutes means this one).
+    namespace: String,
     /// Set when the listener cannot be served.
     problem: Option<ListenerProblem>,
     valid: bool,
@@ -120,7 +127,6 @@ struct ListenerProblem {
 }
 
 struct GatewayView<'a> {
-    key: ObjectRef,
     generation: i64,
     /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
     invalid_parameters: Option<String>,
@@ -130,6 +136,8 @@ struct GatewayView<'a> {
     /// cannot be used (the Gateway's ResolvedRefs reason and message).
     backend_client_certificate: Option<Result<ClientCertificate, (&'static str, String)>>,
     listeners: Vec<ListenerView<'a>>,
+    /// ListenerSets naming this Gateway as parent, allowed or not.
+    listener_sets: Vec<listener_sets::ListenerSetView<'a>>,
 }
 
 /// Translates every object. `controller_name` selects the GatewayClasses RAUTA owns.
@@ -174,11 +182,18 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         let mut parents = Vec::new();
         for parent in route.spec.parent_refs.iter().flatten() {
             let parent_ref = explicit_parent_ref(parent, &key.namespace);
-            if parent_ref.group != GATEWAY_GROUP || parent_ref.kind != "Gateway" {
+            if parent_ref.group != GATEWAY_GROUP {
                 continue;
             }
-            let gw_key = ObjectRef::new(&parent_ref.namespace, &parent_ref.name);
-            let Some(gateway) = gateways.get_mut(&gw_key) else {
+            let parent_key = ObjectRef::new(&parent_ref.namespace, &parent_ref.name);
+            let gateway = match parent_ref.kind.as_str() {
+                "Gateway" => gateways.get_mut(&parent_key),
+                "ListenerSet" => gateways
+                    .values_mut()
+                    .find(|g| g.listener_sets.iter().any(|s| s.key == parent_key)),
+                _ => continue,
+            };
+            let Some(gateway) = gateway else {
                 continue; // Not a Gateway of ours: another controller writes this status.
             };
             let route_compiled = compiled
@@ -218,66 +233,90 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         &mut out.status,
     );
     for (key, gateway) in gateways {
-        let (resources, status) = build_gateway(&gateway, &compiled);
+        let (resources, status, set_statuses) = build_gateway(&gateway, &compiled);
         out.gateways.insert(key.clone(), resources);
         out.status.gateways.insert(key, status);
+        out.status.listener_sets.extend(set_statuses);
     }
     out
 }
 
-fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
-    let mut listeners =
-        gw.spec
-            .listeners
-            .iter()
-            .map(|spec| {
-                let mut client_validation = None;
-                let (protocol, certificates, problem) = match spec.protocol.as_str() {
-                    "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
-                    "HTTPS" => match tls::listener_certificates(objects, &key.namespace, spec)
-                        .and_then(|certs| {
-                            Ok((
-                                certs,
-                                tls::client_validation(objects, gw, &key.namespace, spec)?,
-                            ))
-                        }) {
-                        Ok((certs, validation)) => {
-                            client_validation = validation;
-                            (ListenerProtocol::Https, certs, None)
-                        }
-                        Err(p) => {
-                            let problem = ListenerProblem {
-                                not_accepted: p.not_accepted,
-                                unresolved: p.unresolved,
-                                message: p.message,
-                                routes_supported: true,
-                                conflict: None,
-                            };
-                            (ListenerProtocol::Https, Vec::new(), Some(problem))
-                        }
-                    },
-                    other => {
-                        let problem = ListenerProblem {
-                            not_accepted: Some("UnsupportedProtocol"),
-                            unresolved: None,
-                            message: format!("protocol {other:?} is not supported"),
-                            routes_supported: false,
-                            conflict: None,
-                        };
-                        (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
-                    }
+/// A listener as the translator sees it, with its TLS settings resolved.
+fn listener_view<'a>(
+    objects: &ObjectSet,
+    gw: &Gateway,
+    spec: Cow<'a, GatewayListeners>,
+    owner: Option<ObjectRef>,
+    namespace: &str,
+) -> ListenerView<'a> {
+    let mut client_validation = None;
+    let (protocol, certificates, problem) = match spec.protocol.as_str() {
+        "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
+        "HTTPS" => match tls::listener_certificates(objects, namespace, &spec).and_then(|certs| {
+            Ok((
+                certs,
+                tls::client_validation(objects, gw, namespace, &spec)?,
+            ))
+        }) {
+            Ok((certs, validation)) => {
+                client_validation = validation;
+                (ListenerProtocol::Https, certs, None)
+            }
+            Err(p) => {
+                let problem = ListenerProblem {
+                    not_accepted: p.not_accepted,
+                    unresolved: p.unresolved,
+                    message: p.message,
+                    routes_supported: true,
+                    conflict: None,
                 };
-                ListenerView {
-                    spec,
-                    valid: problem.is_none(),
-                    problem,
-                    protocol,
-                    certificates,
-                    client_validation,
-                    attached: Vec::new(),
-                }
-            })
-            .collect::<Vec<_>>();
+                (ListenerProtocol::Https, Vec::new(), Some(problem))
+            }
+        },
+        other => {
+            let problem = ListenerProblem {
+                not_accepted: Some("UnsupportedProtocol"),
+                unresolved: None,
+                message: format!("protocol {other:?} is not supported"),
+                routes_supported: false,
+                conflict: None,
+            };
+            (ListenerProtocol::Unspecified, Vec::new(), Some(problem))
+        }
+    };
+    ListenerView {
+        spec,
+        owner,
+        namespace: namespace.to_owned(),
+        valid: problem.is_none(),
+        problem,
+        protocol,
+        certificates,
+        client_validation,
+        attached: Vec::new(),
+    }
+}
+
+fn gateway_view<'a>(objects: &'a ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> GatewayView<'a> {
+    let mut listeners: Vec<ListenerView<'a>> = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|spec| listener_view(objects, gw, Cow::Borrowed(spec), None, &key.namespace))
+        .collect();
+    let sets = listener_sets::of_gateway(objects, key, gw);
+    for set in sets.iter().filter(|s| s.allowed.is_ok()) {
+        // Listeners that cannot be read were refused when the file was parsed; none here.
+        for spec in listener_sets::as_gateway_listeners(set.set).unwrap_or_default() {
+            listeners.push(listener_view(
+                objects,
+                gw,
+                Cow::Owned(spec),
+                Some(set.key.clone()),
+                &set.key.namespace,
+            ));
+        }
+    }
     mark_hostname_conflicts(&mut listeners);
     // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
     let invalid_parameters = gw
@@ -292,10 +331,10 @@ fn gateway_view<'a>(objects: &ObjectSet, key: &ObjectRef, gw: &'a Gateway) -> Ga
             )
         });
     GatewayView {
-        key: key.clone(),
         generation: generation(&gw.metadata),
         invalid_parameters,
         insecure_frontend_validation: tls::insecure_fallback(gw),
+        listener_sets: sets,
         backend_client_certificate: tls::backend_client_certificate(objects, gw, &key.namespace)
             .transpose(),
         listeners,
@@ -343,10 +382,11 @@ fn explicit_parent_ref(p: &HttpRouteParentRefs, route_namespace: &str) -> Parent
     }
 }
 
+/// `owner_ns`: namespace of the listener's Gateway or ListenerSet ("Same" refers to it).
 fn namespace_allowed(
     objects: &ObjectSet,
     listener: &GatewayListeners,
-    gateway_ns: &str,
+    owner_ns: &str,
     route_ns: &str,
 ) -> bool {
     let namespaces = listener
@@ -354,40 +394,60 @@ fn namespace_allowed(
         .as_ref()
         .and_then(|a| a.namespaces.as_ref());
     match namespaces.and_then(|n| n.from.as_ref()) {
-        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => gateway_ns == route_ns,
+        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => owner_ns == route_ns,
         Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => true,
-        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
-            let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
-                return false;
-            };
-            let mut labels = objects
-                .namespaces
-                .get(&ObjectRef::new("", route_ns))
-                .and_then(|n| n.metadata.labels.clone())
-                .unwrap_or_default();
-            // The API server puts this label on every Namespace; a directory of YAML may not.
-            labels
-                .entry("kubernetes.io/metadata.name".to_owned())
-                .or_insert_with(|| route_ns.to_owned());
-            let labels_ok = selector
-                .match_labels
-                .iter()
-                .flatten()
-                .all(|(k, v)| labels.get(k) == Some(v));
-            let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-                let value = labels.get(&e.key);
-                let values = e.values.as_deref().unwrap_or_default();
-                match e.operator.as_str() {
-                    "In" => value.is_some_and(|v| values.contains(v)),
-                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            });
-            labels_ok && exprs_ok
-        }
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => namespaces
+            .and_then(|n| n.selector.as_ref())
+            .is_some_and(|s| {
+                let expressions: Vec<(String, String, Vec<String>)> = s
+                    .match_expressions
+                    .iter()
+                    .flatten()
+                    .map(|e| {
+                        (
+                            e.key.clone(),
+                            e.operator.clone(),
+                            e.values.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                labels_match(objects, route_ns, s.match_labels.as_ref(), &expressions)
+            }),
     }
+}
+
+/// Whether a namespace's labels satisfy a label selector (matchLabels and matchExpressions as
+/// (key, operator, values)).
+fn labels_match(
+    objects: &ObjectSet,
+    namespace: &str,
+    match_labels: Option<&BTreeMap<String, String>>,
+    expressions: &[(String, String, Vec<String>)],
+) -> bool {
+    let mut labels = objects
+        .namespaces
+        .get(&ObjectRef::new("", namespace))
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
+    // The API server puts this label on every Namespace; a directory of YAML may not.
+    labels
+        .entry("kubernetes.io/metadata.name".to_owned())
+        .or_insert_with(|| namespace.to_owned());
+    let labels_ok = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = expressions.iter().all(|(key, operator, values)| {
+        let value = labels.get(key);
+        match operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
 }
 
 fn kind_allowed(listener: &GatewayListeners) -> bool {
@@ -433,11 +493,16 @@ fn attach(
         conditions.push(resolved);
         return conditions;
     }
-    let gateway_ns = gateway.key.namespace.clone();
+    // A Gateway parentRef reaches the Gateway's own listeners, a ListenerSet parentRef only
+    // that set's.
+    let owner =
+        (parent.kind == "ListenerSet").then(|| ObjectRef::new(&parent.namespace, &parent.name));
+    let owner = owner.as_ref();
     let candidates: Vec<usize> = gateway
         .listeners
         .iter()
         .enumerate()
+        .filter(|(_, l)| l.owner.as_ref() == owner)
         .filter(|(_, l)| {
             parent
                 .section_name
@@ -458,8 +523,9 @@ fn attach(
     let allowed: Vec<usize> = candidates
         .into_iter()
         .filter(|&i| {
-            let l = gateway.listeners[i].spec;
-            namespace_allowed(objects, l, &gateway_ns, &route_key.namespace) && kind_allowed(l)
+            let l = &gateway.listeners[i];
+            namespace_allowed(objects, &l.spec, &l.namespace, &route_key.namespace)
+                && kind_allowed(&l.spec)
         })
         .collect();
     if reason.is_none() && allowed.is_empty() {
@@ -499,7 +565,11 @@ fn attach(
 fn build_gateway(
     gateway: &GatewayView<'_>,
     compiled: &BTreeMap<ObjectRef, CompiledRoute>,
-) -> (crate::translator::ResourceSet, GatewayStatus) {
+) -> (
+    crate::translator::ResourceSet,
+    GatewayStatus,
+    BTreeMap<ObjectRef, ListenerSetStatus>,
+) {
     let mut resources = ResourceSet::new();
     let mut status = GatewayStatus {
         generation: gateway.generation,
@@ -507,8 +577,11 @@ fn build_gateway(
     };
     // Listeners sharing a port share a socket; their hostnames become virtual hosts.
     let mut ports = PortRoutes::new();
+    // Listener statuses, in listener order, with the ListenerSet they belong to.
+    let mut listener_statuses: Vec<(Option<&ObjectRef>, ListenerStatus)> = Vec::new();
     for listener in &gateway.listeners {
-        let spec = listener.spec;
+        let spec = &listener.spec;
+        let owner = listener.owner.as_ref();
         let mut conditions = Vec::new();
         let g = gateway.generation;
         let port = u32::try_from(spec.port)
@@ -544,12 +617,15 @@ fn build_gateway(
             } else {
                 vec![]
             };
-            status.listeners.push(ListenerStatus {
-                name: spec.name.clone(),
-                attached_routes: 0,
-                supported_kinds: kinds,
-                conditions,
-            });
+            listener_statuses.push((
+                owner,
+                ListenerStatus {
+                    name: spec.name.clone(),
+                    attached_routes: 0,
+                    supported_kinds: kinds,
+                    conditions,
+                },
+            ));
             continue;
         }
         let Some(port) = port else { continue };
@@ -576,12 +652,15 @@ fn build_gateway(
             ));
             conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g));
             conditions.push(Condition::new("Programmed", false, "Invalid", msg, g));
-            status.listeners.push(ListenerStatus {
-                name: spec.name.clone(),
-                attached_routes: 0,
-                supported_kinds: vec![],
-                conditions,
-            });
+            listener_statuses.push((
+                owner,
+                ListenerStatus {
+                    name: spec.name.clone(),
+                    attached_routes: 0,
+                    supported_kinds: vec![],
+                    conditions,
+                },
+            ));
             continue;
         }
         entry
@@ -642,17 +721,34 @@ fn build_gateway(
                 g,
             )
         });
-        status.listeners.push(ListenerStatus {
-            name: spec.name.clone(),
-            attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
-            supported_kinds: if valid_kinds {
-                vec!["HTTPRoute".to_owned()]
-            } else {
-                vec![]
+        listener_statuses.push((
+            owner,
+            ListenerStatus {
+                name: spec.name.clone(),
+                attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
+                supported_kinds: if valid_kinds {
+                    vec!["HTTPRoute".to_owned()]
+                } else {
+                    vec![]
+                },
+                conditions,
             },
-            conditions,
-        });
+        ));
     }
+    let mut set_statuses = listener_set_statuses(gateway, &listener_statuses);
+    status.listeners = listener_statuses
+        .into_iter()
+        .filter(|(owner, _)| owner.is_none())
+        .map(|(_, l)| l)
+        .collect();
+    status.attached_listener_sets = i32::try_from(
+        gateway
+            .listener_sets
+            .iter()
+            .filter(|s| s.allowed.is_ok())
+            .count(),
+    )
+    .unwrap_or(i32::MAX);
     for (
         port,
         PortListeners {
@@ -705,8 +801,10 @@ fn build_gateway(
     }
     let accepted_listener =
         |l: &ListenerView<'_>| l.problem.as_ref().is_none_or(|p| p.not_accepted.is_none());
-    let any_valid = gateway.listeners.iter().any(accepted_listener);
-    let all_valid = gateway.listeners.iter().all(accepted_listener);
+    // The Gateway's own listeners decide its Accepted; a ListenerSet's decide the set's.
+    let own = || gateway.listeners.iter().filter(|l| l.owner.is_none());
+    let any_valid = own().any(accepted_listener);
+    let all_valid = own().all(accepted_listener);
     let g = gateway.generation;
     let accepted = if let Some(reason) = &gateway.invalid_parameters {
         Condition::new("Accepted", false, "InvalidParameters", reason.clone(), g)
@@ -768,8 +866,93 @@ fn build_gateway(
     });
     if !programmed {
         resources.clear();
+        for set in set_statuses.values_mut() {
+            for c in &mut set.conditions {
+                if c.type_ == "Programmed" {
+                    *c = Condition::new(
+                        "Programmed",
+                        false,
+                        "Invalid",
+                        "the parent Gateway is not programmed",
+                        c.observed_generation,
+                    );
+                }
+            }
+        }
     }
-    (resources, status)
+    (resources, status, set_statuses)
+}
+
+/// The status of each ListenerSet of a Gateway, from its listeners' statuses.
+fn listener_set_statuses(
+    gateway: &GatewayView<'_>,
+    listeners: &[(Option<&ObjectRef>, ListenerStatus)],
+) -> BTreeMap<ObjectRef, ListenerSetStatus> {
+    let mut out = BTreeMap::new();
+    for set in &gateway.listener_sets {
+        let g = set.generation;
+        let mine: Vec<ListenerStatus> = listeners
+            .iter()
+            .filter(|(owner, _)| *owner == Some(&set.key))
+            .map(|(_, l)| l.clone())
+            .collect();
+        let conditions = match &set.allowed {
+            Err(message) => vec![
+                Condition::new("Accepted", false, "NotAllowed", message.clone(), g),
+                Condition::new("Programmed", false, "NotAllowed", message.clone(), g),
+            ],
+            Ok(()) => {
+                let accepted = |l: &ListenerStatus| {
+                    l.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Accepted" && c.is_true())
+                };
+                if mine.iter().all(accepted) {
+                    vec![
+                        Condition::new("Accepted", true, "Accepted", "", g),
+                        Condition::new("Programmed", true, "Programmed", "", g),
+                    ]
+                } else if mine.iter().any(accepted) {
+                    vec![
+                        Condition::new(
+                            "Accepted",
+                            true,
+                            "ListenersNotValid",
+                            "some listeners are invalid",
+                            g,
+                        ),
+                        Condition::new("Programmed", true, "Programmed", "", g),
+                    ]
+                } else {
+                    vec![
+                        Condition::new(
+                            "Accepted",
+                            false,
+                            "ListenersNotValid",
+                            "no listener is valid",
+                            g,
+                        ),
+                        Condition::new(
+                            "Programmed",
+                            false,
+                            "ListenersNotValid",
+                            "no listener is valid",
+                            g,
+                        ),
+                    ]
+                }
+            }
+        };
+        out.insert(
+            set.key.clone(),
+            ListenerSetStatus {
+                generation: g,
+                conditions,
+                listeners: mine,
+            },
+        );
+    }
+    out
 }
 
 /// BackendTLSPolicy status: every policy naming a Service port that a route attached to one of

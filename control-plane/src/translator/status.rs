@@ -69,7 +69,19 @@ pub struct ListenerStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
+    #[serde(skip)]
+    pub generation: i64,
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
+    /// ListenerSets the Gateway accepted.
+    pub attached_listener_sets: i32,
+}
+
+/// A ListenerSet's status: like a Gateway's, for the listeners it adds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ListenerSetStatus {
     #[serde(skip)]
     pub generation: i64,
     pub conditions: Vec<Condition>,
@@ -121,6 +133,7 @@ pub struct StatusReport {
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
 }
 
 impl serde::Serialize for ObjectRef {

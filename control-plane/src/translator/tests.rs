@@ -719,3 +719,117 @@ fn gateway_backend_client_certificate_reasons() {
             .all(|c| c.type_ != "ResolvedRefs")
     );
 }
+
+fn listener_set(name: &str, ns: &str, gateway: &str, listeners: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\nmetadata: {{name: {name}, namespace: {ns}, generation: 4}}\nspec:\n  parentRef: {{name: {gateway}, namespace: infra}}\n  listeners: {listeners}\n---\n"
+    )
+}
+
+#[test]
+fn listener_sets_add_listeners_to_gateways_that_allow_them() {
+    let open_gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: open, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  allowedListeners: {namespaces: {from: All}}\n  listeners: [{name: own, port: 80, protocol: HTTP, hostname: own.example.com, allowedRoutes: {namespaces: {from: All}}}]\n---\n";
+    let sets = [
+        listener_set(
+            "team",
+            "apps",
+            "open",
+            "[{name: team, port: 80, protocol: HTTP, hostname: team.example.com}]",
+        ),
+        // Same hostname and port as the Gateway's own listener: the Gateway's keeps it.
+        listener_set(
+            "clash",
+            "apps",
+            "open",
+            "[{name: clash, port: 80, protocol: HTTP, hostname: own.example.com}]",
+        ),
+        // The BASE Gateway sets no allowedListeners: it takes no ListenerSets.
+        listener_set(
+            "refused",
+            "apps",
+            "gw",
+            "[{name: x, port: 80, protocol: HTTP}]",
+        ),
+    ]
+    .concat();
+    let ls_route = |name: &str, parent: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  parentRefs: [{parent}]\n  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]\n---\n"
+        )
+    };
+    let routes = [
+        ls_route(
+            "to-set",
+            "{kind: ListenerSet, group: gateway.networking.k8s.io, name: team}",
+        ),
+        ls_route("to-gateway", "{name: open, namespace: infra}"),
+        // A sectionName that exists only on the ListenerSet does not match via the Gateway.
+        ls_route(
+            "wrong-parent",
+            "{name: open, namespace: infra, sectionName: team}",
+        ),
+        // Same for the Gateway listener (infra) means apps here: the ListenerSet's namespace.
+        ls_route(
+            "section",
+            "{kind: ListenerSet, group: gateway.networking.k8s.io, name: team, sectionName: team}",
+        ),
+    ]
+    .concat();
+    let t = translate_yaml(&format!("{open_gateway}{sets}{routes}"));
+    let open = &t.status.gateways[&ObjectRef::new("infra", "open")];
+    assert_eq!(open.attached_listener_sets, 2);
+    assert_eq!(open.listeners.len(), 1, "own listeners only: {open:?}");
+    assert_eq!(open.listeners[0].attached_routes, 1);
+    let team = &t.status.listener_sets[&ObjectRef::new("apps", "team")];
+    assert_eq!(
+        condition(&team.conditions, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(team.listeners[0].attached_routes, 2);
+    assert!(team.conditions.iter().all(|c| c.observed_generation == 4));
+    let clash = &t.status.listener_sets[&ObjectRef::new("apps", "clash")];
+    assert_eq!(
+        condition(&clash.listeners[0].conditions, "Conflicted").1,
+        "HostnameConflict"
+    );
+    assert_eq!(
+        condition(&clash.conditions, "Accepted").1,
+        "ListenersNotValid"
+    );
+    let refused = &t.status.listener_sets[&ObjectRef::new("apps", "refused")];
+    assert_eq!(
+        condition(&refused.conditions, "Accepted"),
+        ("False".into(), "NotAllowed".into())
+    );
+    assert_eq!(t.status.gateways[&gw()].attached_listener_sets, 0);
+    let parent =
+        |route: &str| t.status.http_routes[&ObjectRef::new("apps", route)].parents[0].clone();
+    assert_eq!(parent("to-set").parent_ref.kind, "ListenerSet");
+    assert_eq!(
+        condition(&parent("to-set").conditions, "Accepted").1,
+        "Accepted"
+    );
+    assert_eq!(
+        condition(&parent("to-gateway").conditions, "Accepted").1,
+        "Accepted"
+    );
+    assert_eq!(
+        condition(&parent("wrong-parent").conditions, "Accepted").1,
+        "NoMatchingParent"
+    );
+    assert_eq!(
+        condition(&parent("section").conditions, "Accepted").1,
+        "Accepted"
+    );
+    // Both hostnames are served on the Gateway's one port-80 socket.
+    let open_tables = &t.gateways[&ObjectRef::new("infra", "open")];
+    let Payload::RouteTable(table) = &open_tables[&ResourceType::RouteTable]["http-80"] else {
+        panic!("no http-80 table");
+    };
+    let domains: Vec<&str> = table
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(domains, ["own.example.com", "team.example.com"]);
+}

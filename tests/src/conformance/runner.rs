@@ -24,6 +24,7 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "mtls",
     "retry-echo",
     "backend-tls",
+    "listenerset",
 ];
 
 #[derive(Debug, Clone)]

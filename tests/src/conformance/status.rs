@@ -223,12 +223,20 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
             let (gw, g) = gateway(view, world, &ns, &name)?;
             latest_generation(&gw.conditions, g, "Gateway")
         }
-        "gateway_listeners_exact" => {
-            let (gw, _) = gateway(view, world, &ns, &name)?;
+        "gateway_listeners_exact" | "listenerset_listeners_exact" => {
+            let kind = if check == "gateway_listeners_exact" {
+                "Gateway"
+            } else {
+                "ListenerSet"
+            };
+            let g = current_generation(world, kind, &ns, &name)?;
+            let gw = view
+                .get(kind, &ns, &name)
+                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
             let want = c["listeners"].as_array().cloned().unwrap_or_default();
             if gw.listeners.len() != want.len() {
                 return Err(format!(
-                    "Gateway {ns}/{name} has {} listener statuses, want {}",
+                    "{kind} {ns}/{name} has {} listener statuses, want {}",
                     gw.listeners.len(),
                     want.len()
                 ));
@@ -276,8 +284,21 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
                     &w["conditions"],
                     &format!("listener {lname}"),
                 )?;
+                latest_generation(&l.conditions, g, &format!("listener {lname}"))?;
             }
             Ok(())
+        }
+        "gateway_attached_listener_sets" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            let want = c["attached_listener_sets"].as_i64().unwrap_or(0);
+            if i64::from(gw.attached_listener_sets) == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Gateway {ns}/{name}: attachedListenerSets {}, want {want}",
+                    gw.attached_listener_sets
+                ))
+            }
         }
         "gateway_listener_conditions" => {
             let (gw, _) = gateway(view, world, &ns, &name)?;
