@@ -234,31 +234,58 @@ impl StatusStore {
             });
         }
         for (key, s) in &report.gateways {
-            let addresses = registry
-                .addresses(key)
-                .into_iter()
-                .map(|value| {
-                    let r#type = if value.parse::<std::net::IpAddr>().is_ok() {
-                        "IPAddress"
-                    } else {
-                        "Hostname"
-                    };
-                    api::GatewayAddress {
-                        r#type: r#type.into(),
-                        value,
-                    }
-                })
+            let served = registry.addresses(key);
+            let typed = |value: &String| api::GatewayAddress {
+                r#type: if value.parse::<std::net::IpAddr>().is_ok() {
+                    "IPAddress"
+                } else {
+                    "Hostname"
+                }
+                .into(),
+                value: value.clone(),
+            };
+            let mut conditions: Vec<api::Condition> = s
+                .conditions
+                .iter()
+                .map(|c| condition("Gateway", key, "", c))
                 .collect();
+            // Requested addresses: status lists those the Gateway's proxies serve, and the
+            // Gateway is not programmed until they serve all of them.
+            let addresses = if s.requested_addresses.is_empty() {
+                served.iter().map(typed).collect()
+            } else {
+                let missing: Vec<&str> = s
+                    .requested_addresses
+                    .iter()
+                    .filter(|(_, v)| !served.contains(v))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                if !missing.is_empty()
+                    && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
+                    && c.status == "True"
+                {
+                    c.status = "False".into();
+                    c.reason = "AddressNotUsable".into();
+                    c.message = format!(
+                        "no connected proxy of this Gateway serves {}",
+                        missing.join(", ")
+                    );
+                }
+                s.requested_addresses
+                    .iter()
+                    .filter(|(_, v)| served.contains(v))
+                    .map(|(ty, value)| api::GatewayAddress {
+                        r#type: ty.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            };
             out.push(api::ObjectStatus {
                 kind: "Gateway".into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 generation: s.generation,
-                conditions: s
-                    .conditions
-                    .iter()
-                    .map(|c| condition("Gateway", key, "", c))
-                    .collect(),
+                conditions,
                 listeners: listeners("Gateway", key, &s.listeners),
                 attached_listener_sets: s.attached_listener_sets,
                 addresses,
@@ -338,6 +365,51 @@ mod tests {
             },
         );
         r
+    }
+
+    #[test]
+    fn requested_addresses_must_be_served_by_a_proxy() {
+        use crate::registry::ProxyRecord;
+        use crate::translator::status::GatewayStatus;
+        let gw = ObjectRef::new("infra", "gw");
+        let mut r = StatusReport::default();
+        r.gateways.insert(
+            gw.clone(),
+            GatewayStatus {
+                generation: 1,
+                conditions: vec![Condition::new("Programmed", true, "Programmed", "", 1)],
+                requested_addresses: vec![
+                    ("IPAddress".into(), "10.0.0.1".into()),
+                    ("IPAddress".into(), "10.0.0.2".into()),
+                ],
+                ..Default::default()
+            },
+        );
+        let store = StatusStore::new();
+        store.publish(r);
+        let registry = std::sync::Arc::new(ProxyRegistry::default());
+        let proxy = |addresses: &[&str]| ProxyRecord {
+            id: "p".into(),
+            gateway: gw.clone(),
+            peer: None,
+            connected_since: SystemTime::now(),
+            build_version: String::new(),
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            types: Default::default(),
+        };
+        let _first = registry.register(proxy(&["10.0.0.1", "10.0.0.9"]));
+        let status = &store.render(&registry)[0];
+        let values: Vec<&str> = status.addresses.iter().map(|a| a.value.as_str()).collect();
+        assert_eq!(
+            values,
+            ["10.0.0.1"],
+            "only requested addresses that are served"
+        );
+        assert_eq!(status.conditions[0].reason, "AddressNotUsable");
+        let _second = registry.register(proxy(&["10.0.0.2"]));
+        let status = &store.render(&registry)[0];
+        assert_eq!(status.addresses.len(), 2);
+        assert_eq!(status.conditions[0].reason, "Programmed");
     }
 
     #[test]

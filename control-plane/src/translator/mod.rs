@@ -66,6 +66,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicySANValidation",
     "GatewayBackendClientCertificate",
     "ListenerSet",
+    "GatewayStaticAddresses",
+    "GatewayAddressEmpty",
 ];
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
@@ -128,6 +130,8 @@ struct ListenerProblem {
 
 struct GatewayView<'a> {
     generation: i64,
+    /// spec.addresses: the requested (type, value) pairs, or why one cannot be honoured.
+    addresses: Result<Vec<(String, String)>, String>,
     /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
     invalid_parameters: Option<String>,
     /// Some port uses frontend validation mode AllowInsecureFallback.
@@ -334,11 +338,33 @@ fn gateway_view<'a>(objects: &'a ObjectSet, key: &ObjectRef, gw: &'a Gateway) ->
         generation: generation(&gw.metadata),
         invalid_parameters,
         insecure_frontend_validation: tls::insecure_fallback(gw),
+        addresses: requested_addresses(gw),
         listener_sets: sets,
         backend_client_certificate: tls::backend_client_certificate(objects, gw, &key.namespace)
             .transpose(),
         listeners,
     }
+}
+
+/// spec.addresses entries that name an address, as (type, value). RAUTA's proxies report
+/// IP addresses, so only IPAddress can be honoured; an entry without a value asks for any
+/// address and constrains nothing.
+fn requested_addresses(gw: &Gateway) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for a in gw.spec.addresses.iter().flatten() {
+        let ty = a.r#type.as_deref().unwrap_or("IPAddress");
+        if ty != "IPAddress" {
+            return Err(format!("address type {ty:?} is not supported"));
+        }
+        let Some(value) = a.value.as_deref().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let ip: std::net::IpAddr = value
+            .parse()
+            .map_err(|_| format!("address {value:?} is not an IP address"))?;
+        out.push((ty.to_owned(), ip.to_string()));
+    }
+    Ok(out)
 }
 
 /// Listeners with the same port and hostname as an earlier listener cannot be told apart: the
@@ -808,6 +834,8 @@ fn build_gateway(
     let g = gateway.generation;
     let accepted = if let Some(reason) = &gateway.invalid_parameters {
         Condition::new("Accepted", false, "InvalidParameters", reason.clone(), g)
+    } else if let Err(message) = &gateway.addresses {
+        Condition::new("Accepted", false, "UnsupportedAddress", message.clone(), g)
     } else if !any_valid {
         Condition::new(
             "Accepted",
@@ -828,6 +856,7 @@ fn build_gateway(
         Condition::new("Accepted", true, "Accepted", "", g)
     };
     let programmed = accepted.is_true() && gateway.listeners.iter().any(|l| l.valid);
+    status.requested_addresses = gateway.addresses.clone().unwrap_or_default();
     if gateway.insecure_frontend_validation {
         status.conditions.push(Condition::new(
             "InsecureFrontendValidationMode",

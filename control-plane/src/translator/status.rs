@@ -77,6 +77,11 @@ pub struct GatewayStatus {
     pub listeners: Vec<ListenerStatus>,
     /// ListenerSets the Gateway accepted.
     pub attached_listener_sets: i32,
+    /// spec.addresses with a value, as (type, value): status may list only these, and the
+    /// Gateway is programmed only when its proxies serve every one (checked where the proxies
+    /// are known, not here).
+    #[serde(skip)]
+    pub requested_addresses: Vec<(String, String)>,
 }
 
 /// A ListenerSet's status: like a Gateway's, for the listeners it adds.

@@ -833,3 +833,40 @@ fn listener_sets_add_listeners_to_gateways_that_allow_them() {
         .collect();
     assert_eq!(domains, ["own.example.com", "team.example.com"]);
 }
+
+#[test]
+fn gateway_addresses_of_unsupported_types_are_refused() {
+    let gateway = |name: &str, addresses: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: rauta\n  addresses: {addresses}\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n---\n"
+        )
+    };
+    let docs = [
+        gateway("typed", "[{type: example.com/custom, value: x}]"),
+        gateway("not-ip", "[{type: IPAddress, value: not-an-ip}]"),
+        gateway("any", "[{type: IPAddress}]"),
+        gateway("fixed", "[{value: 10.0.0.7}]"),
+    ]
+    .concat();
+    let t = translate_yaml(&docs);
+    let status = |name: &str| t.status.gateways[&ObjectRef::new("infra", name)].clone();
+    for name in ["typed", "not-ip"] {
+        assert_eq!(
+            condition(&status(name).conditions, "Accepted"),
+            ("False".into(), "UnsupportedAddress".into()),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        condition(&status("any").conditions, "Accepted").1,
+        "Accepted"
+    );
+    assert!(
+        status("any").requested_addresses.is_empty(),
+        "no value: any address"
+    );
+    assert_eq!(
+        status("fixed").requested_addresses,
+        [("IPAddress".to_owned(), "10.0.0.7".to_owned())]
+    );
+}

@@ -25,6 +25,7 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "retry-echo",
     "backend-tls",
     "listenerset",
+    "static-addresses",
 ];
 
 #[derive(Debug, Clone)]

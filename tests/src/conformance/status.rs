@@ -288,6 +288,58 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
             }
             Ok(())
         }
+        "gateway_status_addresses" => {
+            let (gw, _) = gateway(view, world, &ns, &name)?;
+            let count = c["count"].as_u64().unwrap_or(0) as usize;
+            if gw.addresses.len() != count {
+                return Err(format!(
+                    "Gateway {ns}/{name} has {} status addresses, want {count}",
+                    gw.addresses.len()
+                ));
+            }
+            let values = |which: &str| match which {
+                "usable" => world.usable_addresses.clone(),
+                "unusable" => world.unusable_addresses.clone(),
+                // The invalid entry's value, as the manifest wrote it.
+                _ => vec!["fake address teehee!".to_owned()],
+            };
+            if let Some(which) = c["must_contain"].as_str() {
+                for v in values(which) {
+                    if !gw.addresses.iter().any(|a| a.value == v) {
+                        return Err(format!("status addresses lack {which} {v}"));
+                    }
+                }
+            }
+            for which in c["must_not_contain"].as_array().into_iter().flatten() {
+                for v in values(which.as_str().unwrap_or("")) {
+                    if gw.addresses.iter().any(|a| a.value == v) {
+                        return Err(format!("status addresses contain {v}"));
+                    }
+                }
+            }
+            if c["type_must_match_spec"] == true {
+                let spec = world
+                    .object("Gateway", &ns, &name)
+                    .map(|g| g["spec"]["addresses"].clone())
+                    .unwrap_or_default();
+                for a in &gw.addresses {
+                    let want = spec
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|s| s["value"] == a.value.as_str())
+                        .and_then(|s| s["type"].as_str())
+                        .unwrap_or("IPAddress");
+                    if a.r#type != want {
+                        return Err(format!(
+                            "address {} has type {}, spec says {want}",
+                            a.value, a.r#type
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
         "gateway_attached_listener_sets" => {
             let (gw, _) = gateway(view, world, &ns, &name)?;
             let want = c["attached_listener_sets"].as_i64().unwrap_or(0);

@@ -76,6 +76,9 @@ pub struct World {
     generations_before: BTreeMap<ObjKey, i64>,
     /// Values a phase patch replaced, for a later `"<original value>"` patch.
     originals: BTreeMap<(ObjKey, String), Value>,
+    /// What PLACEHOLDER_USABLE_ADDRS / PLACEHOLDER_UNUSABLE_ADDRS became.
+    pub usable_addresses: Vec<String>,
+    pub unusable_addresses: Vec<String>,
     /// Declared last so it is removed after the processes (and their logs) are gone.
     work: tempfile::TempDir,
 }
@@ -99,6 +102,8 @@ impl World {
             deployments: BTreeMap::new(),
             generations_before: BTreeMap::new(),
             originals: BTreeMap::new(),
+            usable_addresses: Vec::new(),
+            unusable_addresses: Vec::new(),
         };
         let class = json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
@@ -127,7 +132,10 @@ impl World {
             meta.insert("generation".into(), json!(1));
         }
         match kind.as_str() {
-            "Gateway" => doc["spec"]["gatewayClassName"] = json!(CLASS_NAME),
+            "Gateway" => {
+                doc["spec"]["gatewayClassName"] = json!(CLASS_NAME);
+                self.fill_static_addresses(ns, name, &mut doc);
+            }
             "GatewayClass" if *name != CLASS_NAME => {
                 doc["spec"]["controllerName"] = json!(CONTROLLER_NAME)
             }
@@ -179,6 +187,35 @@ impl World {
         self.deployments
             .insert(key.clone(), Pods { labels, instances });
         Ok(())
+    }
+
+    /// Replaces the static-address placeholders as upstream's suite flags would: the usable
+    /// address is the one the Gateway's proxy listens on, the unusable one a TEST-NET-1
+    /// address no proxy has.
+    fn fill_static_addresses(&mut self, ns: &str, name: &str, doc: &mut Value) {
+        let Some(addresses) = doc["spec"]["addresses"].as_array_mut() else {
+            return;
+        };
+        for a in addresses.iter_mut() {
+            let value = match a["value"].as_str() {
+                Some("PLACEHOLDER_USABLE_ADDRS") => {
+                    let gw = NsName {
+                        namespace: ns.to_owned(),
+                        name: name.to_owned(),
+                    };
+                    let ip = self.gateway_ip(&gw).to_string();
+                    self.usable_addresses.push(ip.clone());
+                    ip
+                }
+                Some("PLACEHOLDER_UNUSABLE_ADDRS") => {
+                    let ip = "192.0.2.1".to_owned();
+                    self.unusable_addresses.push(ip.clone());
+                    ip
+                }
+                _ => continue,
+            };
+            *a = json!({"type": "IPAddress", "value": value});
+        }
     }
 
     /// The TLS settings echo-basic would read from a pod's TLS_* variables and mounted files.
@@ -267,6 +304,8 @@ impl World {
         }
         self.case.clear();
         self.originals.clear();
+        self.usable_addresses.clear();
+        self.unusable_addresses.clear();
         self.base = std::mem::take(&mut self.base_before_case);
         let base_gateways: BTreeSet<NsName> = self.gateways_in(&self.base);
         self.proxies.retain(|gw, _| base_gateways.contains(gw));
@@ -390,6 +429,30 @@ impl World {
                         {
                             e.insert(path_mut(&mut object.clone(), path)?.clone());
                         }
+                    }
+                }
+                if let Some(i) = rest.remove("remove_address_index").and_then(|i| i.as_u64()) {
+                    let list = object["spec"]["addresses"]
+                        .as_array_mut()
+                        .ok_or("remove_address_index: no spec.addresses")?;
+                    let i = usize::try_from(i).unwrap_or(usize::MAX);
+                    if i >= list.len() {
+                        return Err(format!("remove_address_index: no address {i}"));
+                    }
+                    list.remove(i);
+                }
+                if let Some(which) = rest.remove("remove_address") {
+                    let values = match which.as_str() {
+                        Some("unusable") => self.unusable_addresses.clone(),
+                        Some("usable") => self.usable_addresses.clone(),
+                        _ => return Err(format!("remove_address: unknown {which}")),
+                    };
+                    if let Some(list) = object["spec"]["addresses"].as_array_mut() {
+                        list.retain(|a| {
+                            a["value"]
+                                .as_str()
+                                .is_none_or(|v| !values.iter().any(|u| u == v))
+                        });
                     }
                 }
                 apply_patch(object, &rest)?;
