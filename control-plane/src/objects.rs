@@ -10,6 +10,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
@@ -62,6 +63,7 @@ pub enum Kind {
     ConfigMap,
     BackendTlsPolicy,
     ListenerSet,
+    TlsRoute,
 }
 
 impl Kind {
@@ -80,6 +82,7 @@ impl Kind {
             ("", "ConfigMap") => Some(Kind::ConfigMap),
             ("gateway.networking.k8s.io", "BackendTLSPolicy") => Some(Kind::BackendTlsPolicy),
             ("gateway.networking.k8s.io", "ListenerSet") => Some(Kind::ListenerSet),
+            ("gateway.networking.k8s.io", "TLSRoute") => Some(Kind::TlsRoute),
             _ => None,
         }
     }
@@ -103,6 +106,7 @@ impl fmt::Display for Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::ListenerSet => "ListenerSet",
+            Kind::TlsRoute => "TLSRoute",
         };
         f.write_str(s)
     }
@@ -137,6 +141,7 @@ pub struct ObjectSet {
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
     pub backend_tls_policies: BTreeMap<ObjectRef, BackendTlsPolicy>,
     pub listener_sets: BTreeMap<ObjectRef, ListenerSet>,
+    pub tls_routes: BTreeMap<ObjectRef, TlsRoute>,
 }
 
 /// One decoded object of any supported kind.
@@ -153,6 +158,7 @@ pub enum Object {
     ConfigMap(Box<ConfigMap>),
     BackendTlsPolicy(Box<BackendTlsPolicy>),
     ListenerSet(Box<ListenerSet>),
+    TlsRoute(Box<TlsRoute>),
 }
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
@@ -215,6 +221,7 @@ impl Object {
             Kind::ConfigMap => Object::ConfigMap(de(kind, key, value)?),
             Kind::BackendTlsPolicy => Object::BackendTlsPolicy(de(kind, key, value)?),
             Kind::ListenerSet => Object::ListenerSet(de(kind, key, value)?),
+            Kind::TlsRoute => Object::TlsRoute(de(kind, key, value)?),
         })
     }
 
@@ -231,6 +238,7 @@ impl Object {
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Object::ListenerSet(_) => Kind::ListenerSet,
+            Object::TlsRoute(_) => Kind::TlsRoute,
         }
     }
 }
@@ -250,6 +258,7 @@ impl ObjectSet {
             Object::ConfigMap(o) => self.config_maps.insert(key, *o).is_none(),
             Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, *o).is_none(),
             Object::ListenerSet(o) => self.listener_sets.insert(key, *o).is_none(),
+            Object::TlsRoute(o) => self.tls_routes.insert(key, *o).is_none(),
         }
     }
 
@@ -266,6 +275,7 @@ impl ObjectSet {
             + self.config_maps.len()
             + self.backend_tls_policies.len()
             + self.listener_sets.len()
+            + self.tls_routes.len()
     }
 
     pub fn is_empty(&self) -> bool {

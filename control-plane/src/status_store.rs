@@ -91,6 +91,12 @@ fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
         .map(|(key, s)| ("HTTPRoute", key, &s.parents))
         .chain(
             report
+                .tls_routes
+                .iter()
+                .map(|(key, s)| ("TLSRoute", key, &s.parents)),
+        )
+        .chain(
+            report
                 .backend_tls_policies
                 .iter()
                 .map(|(key, s)| ("BackendTLSPolicy", key, &s.ancestors)),
@@ -318,13 +324,18 @@ impl StatusStore {
                     })
                     .collect::<Vec<_>>()
             };
-        for (key, s) in &report.http_routes {
+        let routes = report
+            .http_routes
+            .iter()
+            .map(|r| ("HTTPRoute", r))
+            .chain(report.tls_routes.iter().map(|r| ("TLSRoute", r)));
+        for (kind, (key, s)) in routes {
             out.push(api::ObjectStatus {
-                kind: "HTTPRoute".into(),
+                kind: kind.into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 generation: s.generation,
-                parents: parent_entries("HTTPRoute", key, &s.parents),
+                parents: parent_entries(kind, key, &s.parents),
                 ..Default::default()
             });
         }

@@ -110,6 +110,7 @@ impl ListenerManager {
                     name: Arc::from(spec.name.as_str()),
                     port: spec.port,
                     tls: spec.tls,
+                    passthrough: spec.passthrough,
                 }),
                 Arc::clone(&self.shared),
                 stopped,
@@ -172,6 +173,10 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let ctx = Arc::clone(&ctx);
+                if ctx.passthrough {
+                    tokio::spawn(crate::passthrough::serve(shared, ctx, stream, peer));
+                    continue;
+                }
                 let builder = builder.clone();
                 tokio::spawn(async move {
                                         let service = |sni: Option<Arc<str>>| {

@@ -79,6 +79,8 @@ pub struct ListenerCtx {
     pub port: u16,
     /// Whether connections arrive over TLS.
     pub tls: bool,
+    /// Whether connections are relayed untouched (TLS passthrough) instead of served as HTTP.
+    pub passthrough: bool,
 }
 
 impl ListenerCtx {

@@ -195,6 +195,11 @@ pub struct VirtualHostRt {
 }
 
 impl VirtualHostRt {
+    /// The rule a TLS passthrough connection uses: the first (TLSRoutes have no matches).
+    pub fn first_rule(&self) -> Option<&RuleRt> {
+        self.rules.first()
+    }
+
     /// The first rule matching the request, in precedence order.
     #[inline]
     pub fn route(&self, req: &RequestView<'_>) -> Option<(&RuleRt, &MatchRt)> {
@@ -248,6 +253,8 @@ pub struct ListenerSpec {
     /// Terminates TLS (its configuration is in the routing state, so certificates can change
     /// without reopening the socket).
     pub tls: bool,
+    /// Relays TLS untouched, routed by the ClientHello's server name.
+    pub passthrough: bool,
 }
 
 impl RoutingState {
@@ -328,8 +335,9 @@ impl RoutingState {
             let Some(Payload::Listener(l)) = &resource.payload else {
                 continue;
             };
+            let passthrough = l.protocol == ListenerProtocol::TlsPassthrough as i32;
             let tls = match ListenerProtocol::try_from(l.protocol) {
-                Ok(ListenerProtocol::Http) => false,
+                Ok(ListenerProtocol::Http | ListenerProtocol::TlsPassthrough) => false,
                 Ok(ListenerProtocol::Https) => {
                     // Reuse the TLS configuration while the listener resource is unchanged.
                     let (config, names) = match previous
@@ -368,6 +376,7 @@ impl RoutingState {
                 name: l.name.clone(),
                 port,
                 tls,
+                passthrough,
             });
             listeners.insert(l.name.clone(), tables.get(&l.route_table).cloned());
         }
@@ -753,6 +762,7 @@ mod build_tests {
                 name: "http-80".into(),
                 port: 80,
                 tls: false,
+                passthrough: false,
             }]
         );
         let table = state.route_table("http-80").unwrap();

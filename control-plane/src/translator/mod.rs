@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_api::experimental::httproutes::HttpRouteParentRefs;
 use gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
 };
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
@@ -68,7 +68,27 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ListenerSet",
     "GatewayStaticAddresses",
     "GatewayAddressEmpty",
+    "TLSRoute",
 ];
+
+/// The route kinds RAUTA serves; a listener serves exactly one, chosen by its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RouteKind {
+    Http,
+    Tls,
+}
+
+impl RouteKind {
+    fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Tls => "TLSRoute",
+        }
+    }
+}
+
+/// A route of either kind (an HTTPRoute and a TLSRoute may share a name).
+type RouteId = (RouteKind, ObjectRef);
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
 #[derive(Default)]
@@ -111,8 +131,10 @@ struct ListenerView<'a> {
     protocol: ListenerProtocol,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
+    /// The route kind this listener's protocol serves.
+    route_kind: RouteKind,
     /// (hostnames, compiled route) for every route attached to this listener.
-    attached: Vec<(Vec<String>, ObjectRef)>,
+    attached: Vec<(Vec<String>, RouteId)>,
 }
 
 /// Why a listener is not served, as its conditions will say.
@@ -180,8 +202,27 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         .map(|(key, gw)| (key.clone(), gateway_view(objects, key, gw)))
         .collect();
 
-    let mut compiled: BTreeMap<ObjectRef, CompiledRoute> = BTreeMap::new();
-    for (key, route) in &objects.http_routes {
+    // TLSRoutes share the HTTPRoute shape for what matters here (parentRefs, hostnames,
+    // backendRefs); read as such, they go through the same attachment and backend resolution.
+    let tls_routes: Vec<(ObjectRef, gateway_api::experimental::httproutes::HttpRoute)> = objects
+        .tls_routes
+        .iter()
+        .filter_map(|(key, r)| {
+            let value = serde_json::json!({
+                "metadata": r.metadata,
+                "spec": {"parentRefs": r.spec.parent_refs, "hostnames": r.spec.hostnames, "rules": r.spec.rules},
+            });
+            Some((key.clone(), serde_json::from_value(value).ok()?))
+        })
+        .collect();
+    let all_routes = objects
+        .http_routes
+        .iter()
+        .map(|(k, r)| (RouteKind::Http, k, r))
+        .chain(tls_routes.iter().map(|(k, r)| (RouteKind::Tls, k, r)));
+    let mut compiled: BTreeMap<RouteId, CompiledRoute> = BTreeMap::new();
+    for (kind, key, route) in all_routes {
+        let id: RouteId = (kind, key.clone());
         let generation = generation(&route.metadata);
         let mut parents = Vec::new();
         for parent in route.spec.parent_refs.iter().flatten() {
@@ -201,12 +242,12 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
                 continue; // Not a Gateway of ours: another controller writes this status.
             };
             let route_compiled = compiled
-                .entry(key.clone())
+                .entry(id.clone())
                 .or_insert_with(|| routes::compile(objects, key, route));
             let conditions = attach(
                 objects,
                 gateway,
-                key,
+                &id,
                 route.spec.hostnames.as_deref().unwrap_or_default(),
                 &parent_ref,
                 route_compiled,
@@ -219,7 +260,11 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             });
         }
         if !parents.is_empty() {
-            out.status.http_routes.insert(
+            let statuses = match kind {
+                RouteKind::Http => &mut out.status.http_routes,
+                RouteKind::Tls => &mut out.status.tls_routes,
+            };
+            statuses.insert(
                 key.clone(),
                 RouteStatus {
                     generation,
@@ -256,6 +301,22 @@ fn listener_view<'a>(
     let mut client_validation = None;
     let (protocol, certificates, problem) = match spec.protocol.as_str() {
         "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
+        "TLS"
+            if spec.tls.as_ref().and_then(|t| t.mode.as_ref())
+                == Some(&GatewayListenersTlsMode::Passthrough) =>
+        {
+            (ListenerProtocol::TlsPassthrough, Vec::new(), None)
+        }
+        "TLS" => {
+            let problem = ListenerProblem {
+                not_accepted: Some("UnsupportedValue"),
+                unresolved: None,
+                message: "TLS listeners support tls.mode Passthrough only".into(),
+                routes_supported: true,
+                conflict: None,
+            };
+            (ListenerProtocol::TlsPassthrough, Vec::new(), Some(problem))
+        }
         "HTTPS" => match tls::listener_certificates(objects, namespace, &spec).and_then(|certs| {
             Ok((
                 certs,
@@ -289,6 +350,11 @@ fn listener_view<'a>(
         }
     };
     ListenerView {
+        route_kind: if protocol == ListenerProtocol::TlsPassthrough {
+            RouteKind::Tls
+        } else {
+            RouteKind::Http
+        },
         spec,
         owner,
         namespace: namespace.to_owned(),
@@ -476,7 +542,8 @@ fn labels_match(
     labels_ok && exprs_ok
 }
 
-fn kind_allowed(listener: &GatewayListeners) -> bool {
+/// Whether the listener's allowedRoutes.kinds admits `kind` (unset or empty admits it).
+fn kind_allowed(listener: &GatewayListeners, kind: RouteKind) -> bool {
     match listener
         .allowed_routes
         .as_ref()
@@ -485,7 +552,7 @@ fn kind_allowed(listener: &GatewayListeners) -> bool {
         None => true,
         Some(kinds) if kinds.is_empty() => true,
         Some(kinds) => kinds.iter().any(|k| {
-            k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            k.kind == kind.name() && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         }),
     }
 }
@@ -494,7 +561,7 @@ fn kind_allowed(listener: &GatewayListeners) -> bool {
 fn attach(
     objects: &ObjectSet,
     gateway: &mut GatewayView<'_>,
-    route_key: &ObjectRef,
+    route: &RouteId,
     route_hostnames: &[String],
     parent: &ParentRef,
     compiled: &CompiledRoute,
@@ -550,8 +617,9 @@ fn attach(
         .into_iter()
         .filter(|&i| {
             let l = &gateway.listeners[i];
-            namespace_allowed(objects, &l.spec, &l.namespace, &route_key.namespace)
-                && kind_allowed(&l.spec)
+            l.route_kind == route.0
+                && namespace_allowed(objects, &l.spec, &l.namespace, &route.1.namespace)
+                && kind_allowed(&l.spec, route.0)
         })
         .collect();
     if reason.is_none() && allowed.is_empty() {
@@ -569,7 +637,7 @@ fn attach(
         if let Some(hosts) =
             hostnames::intersect(listener.spec.hostname.as_deref(), route_hostnames)
         {
-            listener.attached.push((hosts, route_key.clone()));
+            listener.attached.push((hosts, route.clone()));
             attached_any = true;
         }
     }
@@ -590,7 +658,7 @@ fn attach(
 /// Builds a Gateway's resources from its attached routes, and its status.
 fn build_gateway(
     gateway: &GatewayView<'_>,
-    compiled: &BTreeMap<ObjectRef, CompiledRoute>,
+    compiled: &BTreeMap<RouteId, CompiledRoute>,
 ) -> (
     crate::translator::ResourceSet,
     GatewayStatus,
@@ -638,8 +706,8 @@ fn build_gateway(
                 p.message.clone(),
                 g,
             ));
-            let kinds = if p.routes_supported && kind_allowed(spec) {
-                vec!["HTTPRoute".to_owned()]
+            let kinds = if p.routes_supported && kind_allowed(spec, listener.route_kind) {
+                vec![listener.route_kind.name().to_owned()]
             } else {
                 vec![]
             };
@@ -731,8 +799,8 @@ fn build_gateway(
                 );
             }
         }
-        let routes: BTreeSet<&ObjectRef> = listener.attached.iter().map(|(_, r)| r).collect();
-        let valid_kinds = kind_allowed(spec);
+        let routes: BTreeSet<&RouteId> = listener.attached.iter().map(|(_, r)| r).collect();
+        let valid_kinds = kind_allowed(spec, listener.route_kind);
         conditions.push(Condition::new("Conflicted", false, "NoConflicts", "", g));
         conditions.push(Condition::new("Accepted", true, "Accepted", "", g));
         conditions.push(Condition::new("Programmed", true, "Programmed", "", g));
@@ -743,7 +811,7 @@ fn build_gateway(
                 "ResolvedRefs",
                 false,
                 "InvalidRouteKinds",
-                "only HTTPRoute is supported",
+                format!("only {} is supported", listener.route_kind.name()),
                 g,
             )
         });
@@ -753,7 +821,7 @@ fn build_gateway(
                 name: spec.name.clone(),
                 attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
                 supported_kinds: if valid_kinds {
-                    vec!["HTTPRoute".to_owned()]
+                    vec![listener.route_kind.name().to_owned()]
                 } else {
                     vec![]
                 },
@@ -788,6 +856,7 @@ fn build_gateway(
     {
         let name = match protocol {
             ListenerProtocol::Https => format!("https-{port}"),
+            ListenerProtocol::TlsPassthrough => format!("tls-{port}"),
             _ => format!("http-{port}"),
         };
         hostnames.sort();
@@ -990,7 +1059,7 @@ fn policy_statuses(
     objects: &ObjectSet,
     controller_name: &str,
     gateways: &BTreeMap<ObjectRef, GatewayView<'_>>,
-    compiled: &BTreeMap<ObjectRef, CompiledRoute>,
+    compiled: &BTreeMap<RouteId, CompiledRoute>,
     out: &mut StatusReport,
 ) {
     for (gw_key, gateway) in gateways {

@@ -139,6 +139,7 @@ pub struct StatusReport {
     pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
     pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
+    pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
 }
 
 impl serde::Serialize for ObjectRef {

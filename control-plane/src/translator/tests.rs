@@ -870,3 +870,40 @@ fn gateway_addresses_of_unsupported_types_are_refused() {
         [("IPAddress".to_owned(), "10.0.0.7".to_owned())]
     );
 }
+
+#[test]
+fn tls_listeners_take_tls_routes_only() {
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: pass, port: 443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: term, port: 8443, protocol: TLS, tls: {mode: Terminate, certificateRefs: [{name: x}]}}\n---\n";
+    let tls_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {name: web, namespace: apps}\nspec:\n  parentRefs: [{name: tls, namespace: infra}]\n  hostnames: [a.example.com]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n---\n";
+    // Same name as the TLSRoute: the two kinds keep separate statuses.
+    let http_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\nspec:\n  parentRefs: [{name: tls, namespace: infra, sectionName: pass}]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n---\n";
+    let t = translate_yaml(&format!("{gateway}{tls_route}{http_route}"));
+    let key = ObjectRef::new("apps", "web");
+    let tls_parent = &t.status.tls_routes[&key].parents[0];
+    assert_eq!(condition(&tls_parent.conditions, "Accepted").1, "Accepted");
+    let http_parent = &t.status.http_routes[&key].parents[0];
+    assert_eq!(
+        condition(&http_parent.conditions, "Accepted"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
+    let status = &t.status.gateways[&ObjectRef::new("infra", "tls")];
+    let pass = &status.listeners[0];
+    assert_eq!(
+        (pass.attached_routes, pass.supported_kinds.clone()),
+        (1, vec!["TLSRoute".to_owned()])
+    );
+    let term = &status.listeners[1];
+    assert_eq!(
+        condition(&term.conditions, "Accepted"),
+        ("False".into(), "UnsupportedValue".into())
+    );
+    let resources = &t.gateways[&ObjectRef::new("infra", "tls")];
+    let Payload::Listener(l) = &resources[&ResourceType::Listener]["tls-443"] else {
+        panic!("no tls-443 listener");
+    };
+    assert_eq!(l.protocol, ListenerProtocol::TlsPassthrough as i32);
+    let Payload::RouteTable(table) = &resources[&ResourceType::RouteTable]["tls-443"] else {
+        panic!("no tls-443 table");
+    };
+    assert_eq!(table.virtual_hosts[0].name, "a.example.com");
+}
