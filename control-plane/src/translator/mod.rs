@@ -436,7 +436,9 @@ fn requested_addresses(gw: &Gateway) -> Result<Vec<(String, String)>, String> {
 /// Listeners with the same port and hostname as an earlier listener cannot be told apart: the
 /// first keeps them, the later ones are Conflicted (HostnameConflict) and serve nothing.
 fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
-    let mut seen: BTreeSet<(i32, String)> = BTreeSet::new();
+    // Keyed by protocol too: the same port with another protocol is a ProtocolConflict, which
+    // build_gateway reports.
+    let mut seen: BTreeSet<(i32, i32, String)> = BTreeSet::new();
     for l in listeners.iter_mut().filter(|l| l.valid) {
         let hostname = l
             .spec
@@ -444,7 +446,7 @@ fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
             .as_deref()
             .unwrap_or("")
             .to_ascii_lowercase();
-        if !seen.insert((l.spec.port, hostname.clone())) {
+        if !seen.insert((l.spec.port, l.protocol as i32, hostname.clone())) {
             l.valid = false;
             l.problem = Some(ListenerProblem {
                 not_accepted: Some("HostnameConflict"),

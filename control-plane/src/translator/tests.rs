@@ -907,3 +907,97 @@ fn tls_listeners_take_tls_routes_only() {
     };
     assert_eq!(table.virtual_hosts[0].name, "a.example.com");
 }
+
+#[test]
+fn listener_and_gateway_reasons() {
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: infra}\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"\n---\n";
+    let listeners = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: reasons, namespace: infra}
+spec:
+  gatewayClassName: rauta
+  listeners:
+  - {name: plain, port: 7000, protocol: HTTP}
+  - {name: same-port-tls, port: 7000, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
+  - {name: missing-cert, port: 7001, protocol: HTTPS, tls: {certificateRefs: [{name: nope}]}}
+  - {name: foreign-cert, port: 7002, protocol: HTTPS, tls: {certificateRefs: [{name: cert, namespace: apps}]}}
+  - {name: no-tls, port: 7003, protocol: HTTPS}
+  - {name: grpc-only, port: 7004, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+---
+"#;
+    let frontend = |name: &str, refs: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: rauta\n  tls: {{frontend: {{default: {{validation: {{caCertificateRefs: [{refs}], mode: AllowInsecureFallback}}}}}}}}\n  listeners: [{{name: https, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}]\n---\n"
+        )
+    };
+    let params = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: params, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  infrastructure: {parametersRef: {group: example.com, kind: Config, name: x}}\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n---\n";
+    let t = translate_yaml(&format!(
+        "{secret}{listeners}{}{}{params}",
+        frontend("ca-missing", "{group: '', kind: ConfigMap, name: nope}"),
+        frontend("ca-kind", "{group: '', kind: Secret, name: cert}"),
+    ));
+    let gateway = |name: &str| t.status.gateways[&ObjectRef::new("infra", name)].clone();
+    let listener = |gw: &str, name: &str| {
+        gateway(gw)
+            .listeners
+            .into_iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .conditions
+    };
+    let r = |gw: &str, name: &str, ty: &str| condition(&listener(gw, name), ty);
+    let no = |reason: &str| ("False".to_owned(), reason.to_owned());
+    let yes = |reason: &str| ("True".to_owned(), reason.to_owned());
+    assert_eq!(
+        r("reasons", "same-port-tls", "Conflicted"),
+        yes("ProtocolConflict")
+    );
+    assert_eq!(
+        r("reasons", "same-port-tls", "Accepted"),
+        no("PortUnavailable")
+    );
+    assert_eq!(
+        r("reasons", "missing-cert", "ResolvedRefs"),
+        no("InvalidCertificateRef")
+    );
+    assert_eq!(
+        r("reasons", "foreign-cert", "ResolvedRefs"),
+        no("RefNotPermitted")
+    );
+    assert_eq!(
+        r("reasons", "no-tls", "Accepted"),
+        no("InvalidTLSConfiguration")
+    );
+    assert_eq!(
+        r("reasons", "grpc-only", "ResolvedRefs"),
+        no("InvalidRouteKinds")
+    );
+    assert_eq!(
+        r("ca-missing", "https", "Accepted"),
+        no("NoValidCACertificate")
+    );
+    assert_eq!(
+        r("ca-missing", "https", "ResolvedRefs"),
+        no("InvalidCACertificateRef")
+    );
+    assert_eq!(
+        r("ca-kind", "https", "ResolvedRefs"),
+        no("InvalidCACertificateKind")
+    );
+    assert_eq!(
+        condition(
+            &gateway("ca-missing").conditions,
+            "InsecureFrontendValidationMode"
+        ),
+        yes("ConfigurationChanged")
+    );
+    assert_eq!(
+        condition(&gateway("params").conditions, "Accepted"),
+        no("InvalidParameters")
+    );
+    // Some listeners invalid: still accepted, with the reason saying so.
+    assert_eq!(
+        condition(&gateway("reasons").conditions, "Accepted"),
+        yes("ListenersNotValid")
+    );
+}
