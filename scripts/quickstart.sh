@@ -40,9 +40,9 @@ echo "==> starting echo backends on 127.0.0.1:9101-9103"
 "$bin/rauta-echo" --http-port 9102 --pod web-v2-5d6e-c3d4 --namespace default >"$logs/web-v2.log" 2>&1 & pids+=($!)
 "$bin/rauta-echo" --http-port 9103 --pod api-8a7b-e5f6 --namespace default >"$logs/api.log" 2>&1 & pids+=($!)
 
-echo "==> starting rauta-controller (config: $config_dir, gRPC 127.0.0.1:18000, metrics 127.0.0.1:18001)"
+echo "==> starting rauta-controller (config: $config_dir, gRPC 127.0.0.1:18000 in plaintext on loopback, metrics 127.0.0.1:18001)"
 "$bin/rauta-controller" --config-dir "$config_dir" --grpc-listen 127.0.0.1:18000 --metrics-listen 127.0.0.1:18001 \
-  2>"$logs/controller.log" & pids+=($!)
+  --plaintext 2>"$logs/controller.log" & pids+=($!)
 wait_http http://127.0.0.1:18001/healthz "rauta-controller"
 
 echo "==> starting rauta-proxy for Gateway default/example (port 80 -> 127.0.0.1:8080, admin 127.0.0.1:15000)"

@@ -2,6 +2,7 @@
 //! protocol constants both sides must agree on.
 
 pub mod api;
+pub mod credentials;
 pub mod hash;
 pub mod plain_http;
 pub mod process;

@@ -85,6 +85,7 @@ impl Admin for AdminService {
                         .map(|(ty, t)| TypeStatus {
                             type_url: ty.type_url().to_owned(),
                             in_sync: t.pending_version.is_empty() && t.acked_version == current,
+                            rejecting: t.rejecting,
                             acked_version: t.acked_version,
                             acked_resources: t.acked_resources,
                             pending_version: t.pending_version,

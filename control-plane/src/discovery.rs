@@ -275,6 +275,7 @@ impl ProxyStream {
                         };
                         self.registration.update_type(ty, |r| {
                             r.last_nack = Some(nack);
+                            r.rejecting = true;
                             r.pending_version.clear();
                         });
                     } else {
@@ -290,6 +291,7 @@ impl ProxyStream {
                         self.registration.update_type(ty, |r| {
                             r.acked_version = version;
                             r.acked_resources = count;
+                            r.rejecting = false;
                             r.pending_version.clear();
                         });
                     }

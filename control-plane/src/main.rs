@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
 use rauta_controller::metrics;
-use rauta_controller::server::serve_grpc;
+use rauta_controller::server::{ServerOptions, serve_grpc};
 use rauta_controller::source::DirectorySource;
 use rauta_controller::standalone::Standalone;
 use rauta_controller::state::ControllerState;
@@ -42,6 +43,55 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// PEM certificate chain of the gRPC server (TLS). Reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC server.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle; proxies must present a client certificate it signed (mTLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// File with a bearer token every discovery and admin call must carry. Reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Serve gRPC without TLS. Snapshots carry TLS private keys: use only on loopback or a
+    /// network only proxies can reach (the standalone quickstart does).
+    #[arg(long, conflicts_with = "tls_cert")]
+    plaintext: bool,
+    /// Do not serve gRPC reflection.
+    #[arg(long)]
+    no_reflection: bool,
+}
+
+/// The gRPC server's security from the flags: TLS unless plaintext was asked for.
+fn server_options(args: &Args) -> anyhow::Result<ServerOptions> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let identity = ReloadingIdentity::start(cert, key)?;
+            let client_ca = args
+                .client_ca
+                .as_deref()
+                .map(ReloadingRoots::start)
+                .transpose()?;
+            Some(Arc::new(credentials::server_config(identity, client_ca)?))
+        }
+        _ if args.plaintext => None,
+        _ => anyhow::bail!(
+            "the discovery channel carries TLS private keys: give --tls-cert and --tls-key \
+             (and --client-ca for mTLS), or --plaintext to serve it unencrypted"
+        ),
+    };
+    let token = args
+        .auth_token_file
+        .as_deref()
+        .map(ReloadingToken::start)
+        .transpose()?;
+    Ok(ServerOptions {
+        tls,
+        token,
+        reflection: !args.no_reflection,
+    })
 }
 
 #[tokio::main]
@@ -55,11 +105,18 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let state = ControllerState::new().context("registering metrics")?;
+    let options = server_options(&args)?;
 
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("binding --grpc-listen {}", args.grpc_listen))?;
-    info!(addr = %grpc.local_addr()?, "gRPC server listening (discovery, admin, reflection, health)");
+    info!(
+        addr = %grpc.local_addr()?,
+        tls = options.tls.is_some(),
+        token = options.token.is_some(),
+        reflection = options.reflection,
+        "gRPC server listening (discovery, admin, health)"
+    );
     if let Some(addr) = args.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -84,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         args.controller_name,
         state.clone(),
     );
-    let server = serve_grpc(grpc, state);
+    let server = serve_grpc(grpc, state, options);
     tokio::select! {
         res = server => res.context("gRPC server")?,
         res = standalone.run() => res.context("watching the configuration directory")?,

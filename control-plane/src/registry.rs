@@ -24,6 +24,8 @@ pub struct TypeRecord {
     pub acked_resources: u32,
     pub pending_version: String,
     pub last_nack: Option<NackRecord>,
+    /// The proxy rejected the latest version it was sent and has not accepted one since.
+    pub rejecting: bool,
     pub resources_sent: u64,
     pub resumed_resources: u32,
 }
@@ -78,7 +80,17 @@ impl Registration {
     }
 
     pub fn update_type(&self, ty: ResourceType, f: impl FnOnce(&mut TypeRecord)) {
-        self.update(|r| f(r.types.entry(ty).or_default()));
+        let mut flipped = false;
+        self.update(|r| {
+            let record = r.types.entry(ty).or_default();
+            let before = record.rejecting;
+            f(record);
+            flipped = before != record.rejecting;
+        });
+        // Whether a proxy rejects its config shows in Gateway status: tell the status writers.
+        if flipped {
+            self.registry.membership.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -106,6 +118,28 @@ impl ProxyRegistry {
             registry: Arc::clone(self),
             stream,
         }
+    }
+
+    /// What the Gateway's connected proxies currently reject: one line per proxy and type, with
+    /// the proxy's reason.
+    pub fn rejections(&self, gateway: &ObjectRef) -> Vec<String> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for p in streams.values().filter(|p| p.gateway == *gateway) {
+            for (ty, t) in p.types.iter().filter(|(_, t)| t.rejecting) {
+                if let Some(nack) = &t.last_nack {
+                    out.push(format!(
+                        "proxy {} rejected {} version {}: {}",
+                        p.id,
+                        ty.short_name(),
+                        nack.version,
+                        nack.message
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Every connected proxy, ordered by gateway then id.

@@ -1,12 +1,19 @@
-//! The controller's gRPC server: discovery, admin, reflection and health on one port.
+//! The controller's gRPC server: discovery, admin, reflection and health on one port, over
+//! TLS or mTLS (certificates reloaded on rotation) or, when asked for, plaintext; discovery and
+//! admin calls may also have to carry a bearer token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rauta_common::api::FILE_DESCRIPTOR_SET;
 use rauta_common::api::v1::admin_server::AdminServer;
 use rauta_common::api::v1::discovery_server::DiscoveryServer;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use rauta_common::credentials::ReloadingToken;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Status};
+use tracing::debug;
 
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
@@ -20,22 +27,117 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How the gRPC port is secured and what it offers.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// TLS, with client certificates required when the config has a client verifier (mTLS).
+    /// None: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A bearer token every Discovery and Admin call must carry (`authorization: Bearer ...`).
+    pub token: Option<Arc<ReloadingToken>>,
+    /// Serve gRPC reflection (what grpcurl uses to find the services).
+    pub reflection: bool,
+}
+
+impl ServerOptions {
+    /// Plaintext, no token, reflection on: the standalone quickstart and tests.
+    pub fn plaintext() -> Self {
+        ServerOptions {
+            tls: None,
+            token: None,
+            reflection: true,
+        }
+    }
+}
+
+/// Checks the bearer token, when one is configured.
+#[derive(Clone)]
+struct BearerAuth(Option<Arc<ReloadingToken>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.0 else {
+            return Ok(req);
+        };
+        match req.metadata().get("authorization") {
+            Some(v) if token.accepts(v.as_bytes()) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing authorization: Bearer <token>",
+            )),
+        }
+    }
+}
+
+/// Longest time a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections after their TLS handshake; failed handshakes are dropped (and logged
+/// at debug) without holding up the others.
+fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = handshaken.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 /// Serves until the listener fails.
-pub async fn serve_grpc(listener: TcpListener, state: ControllerState) -> Result<(), ServerError> {
+pub async fn serve_grpc(
+    listener: TcpListener,
+    state: ControllerState,
+    options: ServerOptions,
+) -> Result<(), ServerError> {
     let ControllerState {
         cache,
         registry,
         statuses,
         metrics,
     } = state;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = if options.reflection {
+        (
+            Some(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .build_v1()?,
+            ),
+            Some(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .build_v1alpha()?,
+            ),
+        )
+    } else {
+        (None, None)
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<DiscoveryServer<DiscoveryService>>()
@@ -44,20 +146,31 @@ pub async fn serve_grpc(listener: TcpListener, state: ControllerState) -> Result
         .set_serving::<AdminServer<AdminService>>()
         .await;
 
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(DiscoveryServer::new(DiscoveryService::new(
-            Arc::clone(&cache),
-            Arc::clone(&registry),
-            metrics,
-        )))
-        .add_service(AdminServer::new(AdminService::new(
-            cache, registry, statuses,
-        )))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(health)
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await?;
+    let auth = BearerAuth(options.token);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(DiscoveryServer::with_interceptor(
+            DiscoveryService::new(Arc::clone(&cache), Arc::clone(&registry), metrics),
+            auth.clone(),
+        ))
+        .add_service(AdminServer::with_interceptor(
+            AdminService::new(cache, registry, statuses),
+            auth,
+        ))
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(health);
+    match options.tls {
+        Some(config) => {
+            router
+                .serve_with_incoming(tls_incoming(listener, config))
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await?
+        }
+    }
     Ok(())
 }

@@ -255,6 +255,15 @@ impl StatusStore {
                 .iter()
                 .map(|c| condition("Gateway", key, "", c))
                 .collect();
+            // A proxy that rejects the Gateway's config: not programmed, with its reason.
+            let rejections = registry.rejections(key);
+            if !rejections.is_empty()
+                && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
+            {
+                c.status = "False".into();
+                c.reason = "Invalid".into();
+                c.message = rejections.join("; ");
+            }
             // Requested addresses: status lists those the Gateway's proxies serve, and the
             // Gateway is not programmed until they serve all of them.
             let addresses = if s.requested_addresses.is_empty() {

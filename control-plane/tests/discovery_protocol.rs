@@ -15,7 +15,7 @@ use rauta_common::api::v1::{
 use rauta_common::types::ResourceType;
 use rauta_controller::cache::SnapshotCache;
 use rauta_controller::objects::ObjectRef;
-use rauta_controller::server::serve_grpc;
+use rauta_controller::server::{ServerOptions, serve_grpc};
 use rauta_controller::state::ControllerState;
 use rauta_controller::translator::ResourceSet;
 use tokio::sync::mpsc;
@@ -92,7 +92,7 @@ async fn start_server() -> TestServer {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = ControllerState::new().unwrap();
     let cache = Arc::clone(&state.cache);
-    tokio::spawn(serve_grpc(listener, state));
+    tokio::spawn(serve_grpc(listener, state, ServerOptions::plaintext()));
     TestServer { cache, url }
 }
 

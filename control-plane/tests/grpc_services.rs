@@ -4,7 +4,7 @@
 use prost::Message;
 use rauta_common::api::v1::admin_client::AdminClient;
 use rauta_common::api::v1::{GetSnapshotRequest, ListSnapshotsRequest};
-use rauta_controller::server::serve_grpc;
+use rauta_controller::server::{ServerOptions, serve_grpc};
 use rauta_controller::state::ControllerState;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::{v1, v1alpha};
@@ -13,7 +13,7 @@ async fn start() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = ControllerState::new().unwrap();
-    tokio::spawn(serve_grpc(listener, state));
+    tokio::spawn(serve_grpc(listener, state, ServerOptions::plaintext()));
     url
 }
 
@@ -180,4 +180,49 @@ async fn admin_reports_unknown_gateways_and_bad_arguments_clearly() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn token_guards_admin_and_reflection_can_be_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let options = ServerOptions {
+        tls: None,
+        token: Some(rauta_common::credentials::ReloadingToken::start(&token_file).unwrap()),
+        reflection: false,
+    };
+    tokio::spawn(serve_grpc(
+        listener,
+        ControllerState::new().unwrap(),
+        options,
+    ));
+    let ch = channel(&url).await;
+
+    let status = AdminClient::new(ch.clone())
+        .list_snapshots(ListSnapshotsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let mut authed = AdminClient::with_interceptor(ch.clone(), |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert("authorization", "Bearer t0ken".parse().unwrap());
+        Ok(req)
+    });
+    assert!(authed.list_snapshots(ListSnapshotsRequest {}).await.is_ok());
+
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let status = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 }

@@ -1,19 +1,22 @@
 //! `rauta-proxy` command line.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use rauta_common::api::v1::Node;
+use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
 use rauta_proxy::admin;
 use rauta_proxy::applier::Applier;
 use rauta_proxy::listeners::ListenerManager;
 use rauta_proxy::metrics::ProxyMetrics;
 use rauta_proxy::shared::Shared;
-use rauta_proxy::xds::XdsClient;
+use rauta_proxy::xds::{ChannelSecurity, XdsClient};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -21,9 +24,25 @@ use tracing::info;
 #[derive(Debug, Parser)]
 #[command(name = "rauta-proxy", version)]
 struct Args {
-    /// URL of the controller's gRPC server.
+    /// URL of the controller's gRPC server: https://HOST:PORT (TLS, needs --controller-ca) or
+    /// http://HOST:PORT (plaintext).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18000")]
     controller: String,
+    /// PEM CA bundle the controller's certificate must chain to. Reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    controller_ca: Option<PathBuf>,
+    /// Name the controller's certificate must carry; default: the URL's host.
+    #[arg(long, value_name = "NAME")]
+    controller_server_name: Option<String>,
+    /// PEM client certificate presented to the controller (mTLS). Reloaded when it changes.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// File with the bearer token the controller expects. Reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
     /// The Gateway this proxy serves, as NAMESPACE/NAME.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
     gateway: (String, String),
@@ -55,6 +74,43 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// The discovery channel's security from the flags.
+fn channel_security(args: &Args) -> anyhow::Result<ChannelSecurity> {
+    let uri: http::Uri = args
+        .controller
+        .parse()
+        .with_context(|| format!("--controller {:?}", args.controller))?;
+    let tls = match (uri.scheme_str(), &args.controller_ca) {
+        (Some("https"), Some(ca)) => {
+            let roots = ReloadingRoots::start(ca)?;
+            let identity = match (&args.client_cert, &args.client_key) {
+                (Some(cert), Some(key)) => Some(ReloadingIdentity::start(cert, key)?),
+                _ => None,
+            };
+            let name = args
+                .controller_server_name
+                .clone()
+                .or_else(|| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .context("--controller has no host")?;
+            let name = ServerName::try_from(name.clone())
+                .with_context(|| format!("controller server name {name:?}"))?;
+            Some((Arc::new(credentials::client_config(roots, identity)?), name))
+        }
+        (Some("https"), None) => anyhow::bail!("an https:// --controller needs --controller-ca"),
+        (Some("http"), _) if args.controller_ca.is_some() || args.client_cert.is_some() => {
+            anyhow::bail!("--controller-ca and --client-cert need an https:// --controller")
+        }
+        (Some("http"), _) => None,
+        _ => anyhow::bail!("--controller must be an http:// or https:// URL"),
+    };
+    let token = args
+        .auth_token_file
+        .as_deref()
+        .map(ReloadingToken::start)
+        .transpose()?;
+    Ok(ChannelSecurity { tls, token })
+}
+
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -80,6 +136,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let security = channel_security(&args)?;
     let metrics = ProxyMetrics::new().context("registering metrics")?;
     let shared = Arc::new(Shared::new(metrics.clone()));
     let admin_listener = TcpListener::bind(args.admin_listen)
@@ -118,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node,
         Duration::from_millis(args.max_reconnect_backoff_ms.max(1)),
         metrics,
+        security,
     );
     tokio::select! {
         _ = client.run(applier) => {},

@@ -12,6 +12,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+
+use rauta_common::credentials::ReloadingToken;
+use rustls_pki_types::ServerName;
+
 use crate::applier::Applier;
 use crate::metrics::ProxyMetrics;
 
@@ -29,11 +34,22 @@ pub enum StreamError {
     Closed,
 }
 
+/// How the discovery connection is secured.
+#[derive(Clone, Default)]
+pub struct ChannelSecurity {
+    /// TLS (mTLS when the config presents a client certificate) and the name the controller's
+    /// certificate must carry. None: plaintext.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Bearer token sent with the stream.
+    pub token: Option<Arc<ReloadingToken>>,
+}
+
 pub struct XdsClient {
     controller: String,
     node: Node,
     max_backoff: Duration,
     metrics: ProxyMetrics,
+    security: ChannelSecurity,
 }
 
 impl XdsClient {
@@ -42,12 +58,14 @@ impl XdsClient {
         node: Node,
         max_backoff: Duration,
         metrics: ProxyMetrics,
+        security: ChannelSecurity,
     ) -> Self {
         XdsClient {
             controller,
             node,
             max_backoff,
             metrics,
+            security,
         }
     }
 
@@ -80,13 +98,36 @@ impl XdsClient {
         applier: &mut Applier,
         received: &mut bool,
     ) -> Result<(), StreamError> {
-        let endpoint = Endpoint::from_shared(self.controller.clone())
+        // TLS is done by our connector, so tonic sees a plain http:// endpoint.
+        let address = match self.controller.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => self.controller.clone(),
+        };
+        let endpoint = Endpoint::from_shared(address)
             .map_err(StreamError::Address)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
-        let mut client = DiscoveryClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+        let channel = match &self.security.tls {
+            Some((config, name)) => {
+                let connector = tls_connector(Arc::clone(config), name.clone());
+                endpoint.connect_with_connector(connector).await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(StreamError::Connect)?;
+        let token = self.security.token.clone();
+        let mut client =
+            DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                if let Some(token) = &token {
+                    let value = token.header_value().parse().map_err(|_| {
+                        tonic::Status::internal("token is not a valid header value")
+                    })?;
+                    req.metadata_mut().insert("authorization", value);
+                }
+                Ok(req)
+            })
+            .max_decoding_message_size(256 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(ResourceType::ALL.len() * 2);
         for (i, ty) in ResourceType::ALL.into_iter().enumerate() {
             let request = DeltaDiscoveryRequest {
@@ -139,4 +180,36 @@ impl XdsClient {
         }
         Ok(())
     }
+}
+
+/// Connects to the controller over TLS: TCP to the URI's host and port, then a handshake that
+/// checks the controller's certificate for `name` (and presents ours, for mTLS).
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ 'static {
+    tower::service_fn(move |uri: http::Uri| {
+        let (connector, name) = (
+            tokio_rustls::TlsConnector::from(Arc::clone(&config)),
+            name.clone(),
+        );
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or("localhost")
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
+    })
 }

@@ -111,11 +111,23 @@ impl Controller {
     }
 
     pub fn start_on(config_dir: &Path, work: &Path, grpc: SocketAddr) -> Controller {
+        Self::start_with(config_dir, work, grpc, &["--plaintext"])
+    }
+
+    /// Starts with these extra flags (e.g. TLS instead of `--plaintext`); does not wait for
+    /// anything but the port.
+    pub fn start_with(
+        config_dir: &Path,
+        work: &Path,
+        grpc: SocketAddr,
+        extra: &[&str],
+    ) -> Controller {
         let mut cmd = Command::new(bin("rauta-controller"));
         cmd.arg("--config-dir")
             .arg(config_dir)
             .arg("--grpc-listen")
             .arg(grpc.to_string())
+            .args(extra)
             .stdout(Stdio::null());
         let log = work.join(format!("controller-{}.log", grpc.port()));
         let process = Process::spawn("rauta-controller", cmd, log);
@@ -200,6 +212,18 @@ impl Proxy {
         bind: Ipv4Addr,
         work: &Path,
     ) -> Proxy {
+        Self::start_with(controller_url, gateway, port_offset, bind, work, &[])
+    }
+
+    /// Starts with extra flags (e.g. the discovery channel's TLS settings).
+    pub fn start_with(
+        controller_url: &str,
+        gateway: &str,
+        port_offset: u16,
+        bind: Ipv4Addr,
+        work: &Path,
+        extra: &[&str],
+    ) -> Proxy {
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut cmd = Command::new(bin("rauta-proxy"));
         cmd.args([
@@ -216,6 +240,7 @@ impl Proxy {
         .arg(port_offset.to_string())
         .args(["--max-reconnect-backoff-ms", "500", "--node-id"])
         .arg(format!("test-proxy-{}", admin.port()))
+        .args(extra)
         .stdout(Stdio::null());
         let process = Process::spawn(
             "rauta-proxy",

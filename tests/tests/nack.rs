@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use rauta_common::api::v1::ListStatusesRequest;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
@@ -73,7 +74,44 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
         !listener.in_sync,
         "a NACKed type is not in sync: {listener:?}"
     );
+    assert!(listener.rejecting, "{listener:?}");
     assert!(proxy.process.log_text().contains("rejected update (NACK)"));
+    // The rejection reaches the Gateway's status, over gRPC and in the status file.
+    let programmed = || async {
+        let statuses = controller
+            .admin()
+            .await
+            .list_statuses(ListStatusesRequest {
+                kind: "Gateway".into(),
+                namespace: "infra".into(),
+                name: "gw".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .objects;
+        statuses[0]
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Programmed")
+            .cloned()
+            .unwrap()
+    };
+    let c = programmed().await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Invalid"),
+        "{c:?}"
+    );
+    assert!(
+        c.message.contains("rejected listener") && c.message.contains("cannot bind"),
+        "{c:?}"
+    );
+    let file = ws.config.join("status").join("Gateway.infra.gw.yaml");
+    eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("cannot bind"))
+    })
+    .await;
     for _ in 0..10 {
         assert_eq!(
             http_get(&url, None).await.unwrap().status,
@@ -112,5 +150,10 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
     })
     .await;
     assert_eq!(http_get(&url, None).await.unwrap().status, 200);
+    assert_eq!(
+        programmed().await.status,
+        "True",
+        "accepted again: programmed"
+    );
     drop(squatter);
 }
