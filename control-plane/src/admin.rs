@@ -7,9 +7,10 @@ use rauta_common::api::v1::Resource;
 use rauta_common::api::v1::admin_server::Admin;
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
-    GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse, ListSnapshotsRequest,
-    ListSnapshotsResponse, ListStatusesRequest, ListStatusesResponse, Nack, ProxyStatus,
-    Snapshot as SnapshotMessage, SnapshotSummary, TypeStatus,
+    DiffSnapshotsRequest, GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse,
+    ListSnapshotsRequest, ListSnapshotsResponse, ListStatusesRequest, ListStatusesResponse, Nack,
+    ProxyStatus, Snapshot as SnapshotMessage, SnapshotDiff, SnapshotSummary, TypeStatus,
+    WatchVersionsRequest,
 };
 use rauta_common::types::ResourceType;
 use tonic::{Request, Response, Status};
@@ -169,6 +170,22 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn diff_snapshots(
+        &self,
+        request: Request<DiffSnapshotsRequest>,
+    ) -> Result<Response<SnapshotDiff>, Status> {
+        crate::inspect::diff(&self.cache, request.get_ref()).map(Response::new)
+    }
+
+    type WatchVersionsStream = crate::inspect::VersionStream;
+
+    async fn watch_versions(
+        &self,
+        request: Request<WatchVersionsRequest>,
+    ) -> Result<Response<Self::WatchVersionsStream>, Status> {
+        crate::inspect::watch(&self.cache, &self.registry, request.get_ref()).map(Response::new)
+    }
+
     async fn list_statuses(
         &self,
         request: Request<ListStatusesRequest>,
@@ -187,7 +204,7 @@ impl Admin for AdminService {
 }
 
 /// A copy of a resource without private key material: admin output is for people and logs.
-fn redacted(resource: &Resource) -> Resource {
+pub fn redacted(resource: &Resource) -> Resource {
     let mut r = resource.clone();
     match &mut r.payload {
         Some(Payload::Listener(l)) => {

@@ -2,18 +2,50 @@
 //! Gateway that every proxy stream of that Gateway follows. One translation serves all
 //! proxies of a Gateway.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
-use tokio::sync::watch;
+use rauta_common::api::v1::{VersionEvent, version_event};
+use tokio::sync::{broadcast, watch};
 
 use crate::objects::ObjectRef;
 use crate::snapshot::Snapshot;
 use crate::translator::ResourceSet;
 
-#[derive(Debug, Default)]
+/// Snapshots kept per Gateway for DiffSnapshots.
+pub const HISTORY: usize = 32;
+
+#[derive(Debug)]
+struct GatewayEntry {
+    current: watch::Sender<Arc<Snapshot>>,
+    /// The last HISTORY versions, oldest first (the current one last).
+    history: VecDeque<Arc<Snapshot>>,
+}
+
+impl GatewayEntry {
+    fn new(gateway: &ObjectRef) -> Self {
+        GatewayEntry {
+            current: watch::Sender::new(Arc::new(Snapshot::empty(gateway.clone()))),
+            history: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct SnapshotCache {
-    gateways: Mutex<BTreeMap<ObjectRef, watch::Sender<Arc<Snapshot>>>>,
+    gateways: Mutex<BTreeMap<ObjectRef, GatewayEntry>>,
+    /// New snapshot versions, for WatchVersions.
+    events: broadcast::Sender<VersionEvent>,
+}
+
+impl Default for SnapshotCache {
+    fn default() -> Self {
+        SnapshotCache {
+            gateways: Mutex::default(),
+            events: broadcast::Sender::new(1024),
+        }
+    }
 }
 
 /// What an update changed.
@@ -37,20 +69,31 @@ impl SnapshotCache {
         }
         let mut summary = UpdateSummary::default();
         for (key, set) in gateways {
-            let sender = map
+            let entry = map
                 .entry(key.clone())
-                .or_insert_with(|| watch::Sender::new(Arc::new(Snapshot::empty(key.clone()))));
-            let current = sender.borrow().clone();
+                .or_insert_with(|| GatewayEntry::new(&key));
+            let current = entry.current.borrow().clone();
             let candidate = Snapshot::build(key.clone(), current.version + 1, set);
             if !candidate.same_content(&current) {
-                summary.changed.push((key, candidate.version));
-                sender.send_replace(Arc::new(candidate));
+                summary.changed.push((key.clone(), candidate.version));
+                let candidate = Arc::new(candidate);
+                if entry.history.len() == HISTORY {
+                    entry.history.pop_front();
+                }
+                entry.history.push_back(Arc::clone(&candidate));
+                entry.current.send_replace(candidate.clone());
+                // Nobody watching is fine.
+                let _ = self.events.send(VersionEvent {
+                    gateway: key.to_string(),
+                    at: Some(prost_types::Timestamp::from(SystemTime::now())),
+                    event: Some(version_event::Event::SnapshotVersion(candidate.version)),
+                });
             }
         }
         // Forget Gateways that have no content and nobody following them (a proxy that named a
         // Gateway which never existed, or one deleted after its proxies left).
-        map.retain(|_, sender| {
-            sender.receiver_count() > 0 || !sender.borrow().resources.is_empty()
+        map.retain(|_, entry| {
+            entry.current.receiver_count() > 0 || !entry.current.borrow().resources.is_empty()
         });
         summary
     }
@@ -59,18 +102,37 @@ impl SnapshotCache {
     pub fn subscribe(&self, gateway: &ObjectRef) -> watch::Receiver<Arc<Snapshot>> {
         let mut map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(gateway.clone())
-            .or_insert_with(|| watch::Sender::new(Arc::new(Snapshot::empty(gateway.clone()))))
+            .or_insert_with(|| GatewayEntry::new(gateway))
+            .current
             .subscribe()
     }
 
     pub fn get(&self, gateway: &ObjectRef) -> Option<Arc<Snapshot>> {
         let map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(gateway).map(|s| s.borrow().clone())
+        map.get(gateway).map(|e| e.current.borrow().clone())
+    }
+
+    /// A kept version of a Gateway's snapshot (0: the empty snapshot it started from).
+    pub fn version(&self, gateway: &ObjectRef, version: u64) -> Option<Arc<Snapshot>> {
+        if version == 0 {
+            return Some(Arc::new(Snapshot::empty(gateway.clone())));
+        }
+        let map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(gateway)?
+            .history
+            .iter()
+            .find(|s| s.version == version)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Snapshot>> {
         let map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
-        map.values().map(|s| s.borrow().clone()).collect()
+        map.values().map(|e| e.current.borrow().clone()).collect()
+    }
+
+    /// New snapshot versions from now on.
+    pub fn events(&self) -> broadcast::Receiver<VersionEvent> {
+        self.events.subscribe()
     }
 }
 
@@ -114,6 +176,8 @@ mod tests {
         let two = BTreeMap::from([(gw.clone(), set("b"))]);
         assert_eq!(cache.update(two).changed, vec![(gw.clone(), 2)]);
         assert_eq!(rx.borrow().count(ResourceType::Cluster), 1);
+        assert_eq!(cache.version(&gw, 1).unwrap().version, 1, "kept for diffs");
+        assert!(cache.version(&gw, 3).is_none());
     }
 
     #[test]

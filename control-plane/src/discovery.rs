@@ -273,6 +273,8 @@ impl ProxyStream {
                             message: error.message.clone(),
                             at: SystemTime::now(),
                         };
+                        self.registration
+                            .answered(ty, &nack.version, Some(&nack.message));
                         self.registration.update_type(ty, |r| {
                             r.last_nack = Some(nack);
                             r.rejecting = true;
@@ -288,6 +290,7 @@ impl ProxyStream {
                         state.current_version = Some(pending.version);
                         let count = u32::try_from(state.known.len()).unwrap_or(u32::MAX);
                         debug!(proxy = %self.node_id, ty = ty.short_name(), %version, "ACK");
+                        self.registration.answered(ty, &version, None);
                         self.registration.update_type(ty, |r| {
                             r.acked_version = version;
                             r.acked_resources = count;

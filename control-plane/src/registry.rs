@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use rauta_common::api::v1::{ProxyVersion, VersionEvent, version_event};
 use rauta_common::types::ResourceType;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::objects::ObjectRef;
 
@@ -48,6 +49,8 @@ pub struct ProxyRegistry {
     streams: Mutex<BTreeMap<u64, ProxyRecord>>,
     /// Bumped whenever a proxy connects or disconnects (Gateway addresses may change).
     membership: watch::Sender<u64>,
+    /// Proxy ACKs and NACKs, for WatchVersions.
+    events: broadcast::Sender<VersionEvent>,
 }
 
 impl Default for ProxyRegistry {
@@ -56,6 +59,7 @@ impl Default for ProxyRegistry {
             next_stream: AtomicU64::new(0),
             streams: Mutex::default(),
             membership: watch::Sender::new(0),
+            events: broadcast::Sender::new(1024),
         }
     }
 }
@@ -77,6 +81,33 @@ impl Registration {
         if let Some(record) = streams.get_mut(&self.stream) {
             f(record);
         }
+    }
+
+    /// Publishes a proxy's ACK (`nack` None) or NACK of a version, for WatchVersions.
+    pub fn answered(&self, ty: ResourceType, version: &str, nack: Option<&str>) {
+        let (proxy, gateway) = {
+            let streams = self
+                .registry
+                .streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match streams.get(&self.stream) {
+                Some(r) => (r.id.clone(), r.gateway.to_string()),
+                None => return,
+            }
+        };
+        // Nobody watching is fine.
+        let _ = self.registry.events.send(VersionEvent {
+            gateway,
+            at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            event: Some(version_event::Event::Proxy(ProxyVersion {
+                proxy,
+                type_url: ty.type_url().to_owned(),
+                version: version.to_owned(),
+                accepted: nack.is_none(),
+                message: nack.unwrap_or_default().to_owned(),
+            })),
+        });
     }
 
     pub fn update_type(&self, ty: ResourceType, f: impl FnOnce(&mut TypeRecord)) {
@@ -140,6 +171,11 @@ impl ProxyRegistry {
         }
         out.sort();
         out
+    }
+
+    /// Proxy ACKs and NACKs from now on.
+    pub fn events(&self) -> broadcast::Receiver<VersionEvent> {
+        self.events.subscribe()
     }
 
     /// Every connected proxy, ordered by gateway then id.

@@ -3,5 +3,6 @@
 
 pub mod conformance;
 pub mod echo;
+pub mod grpc_dynamic;
 pub mod harness;
 pub mod manifests;
