@@ -43,7 +43,7 @@ impl Default for SnapshotCache {
     fn default() -> Self {
         SnapshotCache {
             gateways: Mutex::default(),
-            events: broadcast::Sender::new(1024),
+            events: broadcast::Sender::new(8192),
         }
     }
 }

@@ -14,6 +14,7 @@ pub struct ControllerMetrics {
     pub registry: Registry,
     pub connected_proxies: IntGauge,
     pub translations: IntCounter,
+    pub endpoint_refreshes: IntCounter,
     pub config_problems: IntGauge,
     pub snapshot_version: IntGaugeVec,
     pub nacks: IntCounterVec,
@@ -25,6 +26,10 @@ impl ControllerMetrics {
         let registry = Registry::new_custom(Some("rauta_controller".into()), None)?;
         let connected_proxies = IntGauge::new("connected_proxies", "Open discovery streams")?;
         let translations = IntCounter::new("translations_total", "Translations run")?;
+        let endpoint_refreshes = IntCounter::new(
+            "endpoint_refreshes_total",
+            "Changes that touched only EndpointSlices, served without re-translating routes",
+        )?;
         let config_problems = IntGauge::new(
             "config_problems",
             "Problems found by the last load of the configuration",
@@ -43,6 +48,7 @@ impl ControllerMetrics {
         )?;
         registry.register(Box::new(connected_proxies.clone()))?;
         registry.register(Box::new(translations.clone()))?;
+        registry.register(Box::new(endpoint_refreshes.clone()))?;
         registry.register(Box::new(config_problems.clone()))?;
         registry.register(Box::new(snapshot_version.clone()))?;
         registry.register(Box::new(nacks.clone()))?;
@@ -51,6 +57,7 @@ impl ControllerMetrics {
             registry,
             connected_proxies,
             translations,
+            endpoint_refreshes,
             config_problems,
             snapshot_version,
             nacks,

@@ -281,6 +281,22 @@ impl ObjectSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether the two sets differ at most in their EndpointSlices: such a change moves
+    /// endpoints only, and takes the fast path that does not re-translate routes.
+    pub fn same_except_endpoints(&self, other: &ObjectSet) -> bool {
+        self.gateway_classes == other.gateway_classes
+            && self.gateways == other.gateways
+            && self.http_routes == other.http_routes
+            && self.reference_grants == other.reference_grants
+            && self.services == other.services
+            && self.secrets == other.secrets
+            && self.namespaces == other.namespaces
+            && self.config_maps == other.config_maps
+            && self.backend_tls_policies == other.backend_tls_policies
+            && self.listener_sets == other.listener_sets
+            && self.tls_routes == other.tls_routes
+    }
 }
 
 #[cfg(test)]

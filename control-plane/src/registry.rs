@@ -59,7 +59,7 @@ impl Default for ProxyRegistry {
             next_stream: AtomicU64::new(0),
             streams: Mutex::default(),
             membership: watch::Sender::new(0),
-            events: broadcast::Sender::new(1024),
+            events: broadcast::Sender::new(8192),
         }
     }
 }

@@ -8,8 +8,11 @@ use tracing::{info, warn};
 
 use crate::source::DirectorySource;
 use crate::state::ControllerState;
+use std::collections::BTreeMap;
+
+use crate::objects::{ObjectRef, ObjectSet};
 use crate::translator::status::StatusReport;
-use crate::translator::translate;
+use crate::translator::{ResourceSet, backends, translate};
 
 /// Quiet period after a file event before reloading: editors write files in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -19,6 +22,8 @@ pub struct Standalone {
     controller_name: String,
     state: ControllerState,
     last_problems: Vec<String>,
+    /// The objects and resources of the last publication, for the endpoint fast path.
+    last: Option<(ObjectSet, BTreeMap<ObjectRef, ResourceSet>)>,
 }
 
 impl Standalone {
@@ -28,6 +33,7 @@ impl Standalone {
             controller_name,
             state,
             last_problems: Vec::new(),
+            last: None,
         }
     }
 
@@ -49,11 +55,27 @@ impl Standalone {
             .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
         self.last_problems = problems;
 
-        let translation = translate(&report.objects, &self.controller_name);
-        self.state.metrics.translations.inc();
-        log_status_changes(&self.state.statuses.report(), &translation.status);
-        self.state.statuses.publish(translation.status);
-        let summary = self.state.cache.update(translation.gateways);
+        let gateways = match self.last.take() {
+            // Only EndpointSlices changed: new endpoints for the clusters already translated;
+            // routes, listeners and status stay as they are.
+            Some((objects, mut gateways)) if objects.same_except_endpoints(&report.objects) => {
+                for set in gateways.values_mut() {
+                    backends::refresh_endpoints(&report.objects, set);
+                }
+                self.state.metrics.endpoint_refreshes.inc();
+                info!("only EndpointSlices changed: endpoints refreshed, routes not re-translated");
+                gateways
+            }
+            _ => {
+                let translation = translate(&report.objects, &self.controller_name);
+                self.state.metrics.translations.inc();
+                log_status_changes(&self.state.statuses.report(), &translation.status);
+                self.state.statuses.publish(translation.status);
+                translation.gateways
+            }
+        };
+        self.last = Some((report.objects, gateways.clone()));
+        let summary = self.state.cache.update(gateways);
         for (gateway, version) in summary.changed {
             info!(%gateway, version, "new snapshot");
             self.state

@@ -44,11 +44,20 @@ pub struct LoadReport {
 
 type FileObjects = BTreeMap<(Kind, ObjectRef), Object>;
 
+/// What the last read of a file gave: a hash of its text, and the problems it had. A file
+/// whose text did not change is not parsed again.
+#[derive(Debug, Default)]
+struct FileRead {
+    text_hash: u64,
+    problems: Vec<LoadProblem>,
+}
+
 /// Reads a directory and remembers each file's last good objects.
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
     last_good: BTreeMap<PathBuf, FileObjects>,
+    last_read: BTreeMap<PathBuf, FileRead>,
 }
 
 impl DirectorySource {
@@ -56,6 +65,7 @@ impl DirectorySource {
         DirectorySource {
             dir: dir.into(),
             last_good: BTreeMap::new(),
+            last_read: BTreeMap::new(),
         }
     }
 
@@ -82,11 +92,33 @@ impl DirectorySource {
             }
         };
         self.last_good.retain(|path, _| files.contains(path));
+        self.last_read.retain(|path, _| files.contains(path));
         for path in files {
             let previous = self.last_good.remove(&path).unwrap_or_default();
             let current = match std::fs::read_to_string(&path) {
-                Ok(text) => parse_file(&path, &text, previous, &mut problems),
+                Ok(text) => {
+                    let text_hash = rauta_common::hash::fnv1a64(text.as_bytes());
+                    match self.last_read.get(&path) {
+                        // Unchanged since the last read: same objects, same problems.
+                        Some(read) if read.text_hash == text_hash => {
+                            problems.extend(read.problems.iter().cloned());
+                            previous
+                        }
+                        _ => {
+                            let mut found = Vec::new();
+                            let objects = parse_file(&path, &text, previous, &mut found);
+                            problems.extend(found.iter().cloned());
+                            let read = FileRead {
+                                text_hash,
+                                problems: found,
+                            };
+                            self.last_read.insert(path.clone(), read);
+                            objects
+                        }
+                    }
+                }
                 Err(err) => {
+                    self.last_read.remove(&path);
                     problems.push(LoadProblem {
                         file: path.clone(),
                         document: None,

@@ -150,6 +150,43 @@ pub fn resolve(
     })
 }
 
+/// Recomputes the endpoints of every cluster in a Gateway's resources from the current
+/// EndpointSlices, leaving everything else as translated: the fast path for changes that touch
+/// only EndpointSlices. Gives what a full translation would.
+pub fn refresh_endpoints(objects: &ObjectSet, set: &mut super::ResourceSet) {
+    use rauta_common::api::v1::resource::Payload;
+    use rauta_common::types::ResourceType;
+    let clusters: Vec<String> = set
+        .get(&ResourceType::Cluster)
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    let endpoints = set.entry(ResourceType::Endpoints).or_default();
+    for name in clusters {
+        // Cluster names are "namespace/service:port" (see `resolve`).
+        let Some((service, port)) = name.rsplit_once(':') else {
+            continue;
+        };
+        let (Some(key), Ok(port)) = (ObjectRef::parse(service), port.parse::<i32>()) else {
+            continue;
+        };
+        let service_port = objects
+            .services
+            .get(&key)
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port));
+        if let Some(service_port) = service_port {
+            endpoints.insert(
+                name.clone(),
+                Payload::Endpoints(ClusterEndpoints {
+                    cluster: name.clone(),
+                    endpoints: endpoints_of(objects, &key, service_port),
+                }),
+            );
+        }
+    }
+}
+
 /// The endpoints EndpointSlices list for one Service port, in a stable order.
 fn endpoints_of(
     objects: &ObjectSet,

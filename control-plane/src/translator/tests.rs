@@ -1001,3 +1001,28 @@ spec:
         yes("ListenersNotValid")
     );
 }
+
+#[test]
+fn endpoint_refresh_matches_a_full_translation() {
+    let routes = route(
+        "web",
+        "",
+        "  rules: [{backendRefs: [{name: web, port: 8080}, {name: web, port: 8081}]}]",
+    );
+    let before = translate_yaml(&routes);
+    let moved = format!(
+        "{routes}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-new, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{{addresses: [10.0.0.9]}}]\n---\n"
+    );
+    let (objects, problems) = parse_manifests(&format!("{BASE}---\n{moved}"));
+    assert!(problems.is_empty(), "{problems:?}");
+    let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
+    let mut refreshed = before.gateways.clone();
+    for set in refreshed.values_mut() {
+        backends::refresh_endpoints(&objects, set);
+    }
+    assert_eq!(refreshed, full.gateways);
+    assert_ne!(
+        before.gateways, full.gateways,
+        "the slice did change the endpoints"
+    );
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Propagation benchmark: the real rauta-controller, N simulated proxies speaking the real
+# discovery protocol (one HTTP/2 connection each, ACKing at once), route edits and endpoint
+# changes written to the watched directory. Prints a markdown table and, last,
+# propagation_p99_ms_1000_proxies=X. Not a test: numbers depend on the machine.
+#
+#   benches/propagation.sh                 # 10,100,1000 proxies; 10..10000 routes
+#   benches/propagation.sh --repeats 10    # extra flags go to rauta-propagation (see --help)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet -p rauta-controller -p rauta-tests --bin rauta-controller --bin rauta-propagation
+
+echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "latency: from writing the file to each proxy receiving the new version (the directory source"
+echo "debounces file events for up to 50 ms); in brackets, from the controller publishing the version."
+echo
+exec target/release/rauta-propagation "$@"

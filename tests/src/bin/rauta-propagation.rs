@@ -1,0 +1,473 @@
+//! Propagation benchmark (run by benches/propagation.sh): starts the real `rauta-controller`,
+//! connects N simulated proxies that speak the real discovery protocol (each its own HTTP/2
+//! connection, ACKing every response at once), then changes the configuration and measures,
+//! per change, the time from the file write until each proxy has the new version, the bytes
+//! each proxy received, and the controller's CPU time and memory.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use prost::Message;
+use rauta_common::api::v1::admin_client::AdminClient;
+use rauta_common::api::v1::discovery_client::DiscoveryClient;
+use rauta_common::api::v1::{
+    DeltaDiscoveryRequest, ListSnapshotsRequest, Node, WatchVersionsRequest, version_event,
+};
+use rauta_common::types::{ResourceType, WILDCARD};
+use rauta_tests::harness::{Controller, free_port};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Debug, Parser)]
+#[command(name = "rauta-propagation")]
+struct Args {
+    /// Simulated proxy counts to measure with the default route count.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    proxies: Vec<usize>,
+    /// Route counts to measure with --routes-proxies proxies.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+    routes: Vec<usize>,
+    /// Routes in the proxy-count runs.
+    #[arg(long, default_value_t = 100)]
+    default_routes: usize,
+    /// Proxies in the route-count runs.
+    #[arg(long, default_value_t = 100)]
+    routes_proxies: usize,
+    /// Changes of each kind per run.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+/// One response a simulated proxy got: when, of which type and version, how big.
+#[derive(Debug, Clone)]
+struct Received {
+    proxy: usize,
+    ty: ResourceType,
+    version: u64,
+    bytes: usize,
+    at: Instant,
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+async fn sim_proxy(url: String, index: usize, log: Log) -> Result<(), String> {
+    let mut client = DiscoveryClient::connect(url)
+        .await
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    for (i, ty) in ResourceType::ALL.into_iter().enumerate() {
+        let node = Node {
+            id: format!("sim-{index}"),
+            gateway_namespace: "bench".into(),
+            gateway_name: "gw".into(),
+            ..Default::default()
+        };
+        let req = DeltaDiscoveryRequest {
+            node: (i == 0).then_some(node),
+            type_url: ty.type_url().into(),
+            resource_names_subscribe: vec![WILDCARD.into()],
+            ..Default::default()
+        };
+        tx.send(req).await.map_err(|e| e.to_string())?;
+    }
+    let mut inbound = client
+        .delta_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    while let Some(response) = inbound.message().await.map_err(|e| e.to_string())? {
+        let ack = DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        tx.send(ack).await.map_err(|e| e.to_string())?;
+        if let Some(ty) = ResourceType::parse(&response.type_url) {
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Received {
+                    proxy: index,
+                    ty,
+                    version: response.system_version_info.parse().unwrap_or(0),
+                    bytes: response.encoded_len(),
+                    at: Instant::now(),
+                });
+        }
+    }
+    Ok(())
+}
+
+fn gateway_yaml() -> String {
+    "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: rauta}\nspec: {controllerName: rauta.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: bench}\nspec:\n  gatewayClassName: rauta\n  listeners: [{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: bench}\nspec:\n  ports: [{name: http, port: 8080, targetPort: 3000}]\n".into()
+}
+
+fn endpoints_yaml(count: usize) -> String {
+    let endpoints: Vec<String> = (0..count)
+        .map(|i| format!("- addresses: [10.1.{}.{}]", i / 250, i % 250 + 1))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-1, namespace: bench, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints:\n{}\n",
+        endpoints.join("\n")
+    )
+}
+
+/// Routes `from..to`, each its own path prefix; `tag` changes one route's path.
+fn routes_yaml(from: usize, to: usize, edited: Option<(usize, usize)>) -> String {
+    (from..to)
+        .map(|i| {
+            let suffix = match edited {
+                Some((which, tag)) if which == i => format!("-v{tag}"),
+                _ => String::new(),
+            };
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{i}, namespace: bench}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /r{i}{suffix}}}}}]\n    backendRefs: [{{name: svc, port: 8080}}]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+const ROUTES_PER_FILE: usize = 500;
+
+fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.parent().unwrap_or(dir).join(format!(".{name}"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// utime+stime of a process, in milliseconds, and its resident memory in MiB.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields after the command: state is index 0, utime 11, stime 12 (clock ticks, 100/s).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu_ms = (ticks(11) + ticks(12)) * 10.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu_ms, rss_kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    proxies: usize,
+    routes: usize,
+    route_ms: Vec<f64>,
+    endpoint_ms: Vec<f64>,
+    /// From the controller publishing the version (seen on WatchVersions) to each proxy.
+    route_publish_ms: Vec<f64>,
+    endpoint_publish_ms: Vec<f64>,
+    route_bytes: Vec<f64>,
+    endpoint_bytes: Vec<f64>,
+    cpu_ms_per_change: f64,
+    rss_mib: f64,
+}
+
+/// When each snapshot version was published, as WatchVersions reported it.
+type Published = Arc<Mutex<BTreeMap<u64, Instant>>>;
+
+struct Bench {
+    published: Published,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    controller: Controller,
+    admin: AdminClient<tonic::transport::Channel>,
+    log: Log,
+    proxies: usize,
+    config: std::path::PathBuf,
+}
+
+impl Bench {
+    async fn version(&mut self) -> u64 {
+        let snapshots = self
+            .admin
+            .list_snapshots(ListSnapshotsRequest {})
+            .await
+            .map(|r| r.into_inner().snapshots)
+            .unwrap_or_default();
+        snapshots
+            .iter()
+            .find(|s| s.gateway == "bench/gw")
+            .and_then(|s| s.version.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Each proxy's delay (ms) from the publication of the first version above `before`.
+    fn delays_since_publish(&self, ty: ResourceType, before: u64, t0: Instant) -> Vec<f64> {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some((&version, &at)) = published.range(before + 1..).next() else {
+            return Vec::new();
+        };
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut first: BTreeMap<usize, Instant> = BTreeMap::new();
+        for r in log
+            .iter()
+            .filter(|r| r.at >= t0 && r.ty == ty && r.version >= version)
+        {
+            first.entry(r.proxy).or_insert(r.at);
+        }
+        first
+            .values()
+            .map(|t| t.saturating_duration_since(at).as_secs_f64() * 1000.0)
+            .collect()
+    }
+
+    /// Waits until every proxy got type `ty` at a version above `before`; returns each proxy's
+    /// delay from `t0` (ms) and bytes received (all types) since `t0`.
+    async fn settle(&self, ty: ResourceType, before: u64, t0: Instant) -> (Vec<f64>, Vec<f64>) {
+        let deadline = t0 + Duration::from_secs(60);
+        loop {
+            let (done, delays, bytes) = {
+                let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut first: BTreeMap<usize, Instant> = BTreeMap::new();
+                let mut bytes: BTreeMap<usize, usize> = BTreeMap::new();
+                for r in log.iter().filter(|r| r.at >= t0) {
+                    *bytes.entry(r.proxy).or_default() += r.bytes;
+                    if r.ty == ty && r.version > before {
+                        first.entry(r.proxy).or_insert(r.at);
+                    }
+                }
+                let delays: Vec<f64> = first
+                    .values()
+                    .map(|at| at.duration_since(t0).as_secs_f64() * 1000.0)
+                    .collect();
+                let bytes: Vec<f64> = (0..self.proxies)
+                    .map(|p| bytes.get(&p).copied().unwrap_or(0) as f64)
+                    .collect();
+                (first.len() == self.proxies, delays, bytes)
+            };
+            if done || Instant::now() > deadline {
+                if !done {
+                    let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                    let have: std::collections::BTreeSet<usize> = log
+                        .iter()
+                        .filter(|r| r.at >= t0 && r.ty == ty && r.version > before)
+                        .map(|r| r.proxy)
+                        .collect();
+                    let missing: Vec<usize> =
+                        (0..self.proxies).filter(|p| !have.contains(p)).collect();
+                    eprintln!(
+                        "warning: only {} of {} proxies got {} after version {before}; missing {:?}",
+                        delays.len(),
+                        self.proxies,
+                        ty.short_name(),
+                        &missing[..missing.len().min(10)]
+                    );
+                    if let Some(p) = missing.first() {
+                        let last: Vec<String> = log
+                            .iter()
+                            .filter(|r| r.proxy == *p)
+                            .map(|r| format!("{}@{}", r.ty.short_name(), r.version))
+                            .collect();
+                        eprintln!("  proxy {p} received: {last:?}");
+                    }
+                }
+                return (delays, bytes);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = work.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    write_atomic(&config, "gateway.yaml", &gateway_yaml());
+    write_atomic(&config, "endpoints.yaml", &endpoints_yaml(3));
+    for start in (0..routes).step_by(ROUTES_PER_FILE) {
+        let end = (start + ROUTES_PER_FILE).min(routes);
+        write_atomic(
+            &config,
+            &format!("routes-{start}.yaml"),
+            &routes_yaml(start, end, None),
+        );
+    }
+    let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let controller = Controller::start_with(
+        &config,
+        work.path(),
+        grpc,
+        &["--plaintext", "--no-status-files"],
+    );
+    let admin = AdminClient::connect(controller.url())
+        .await
+        .expect("admin")
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let log: Log = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..proxies {
+        let (url, log) = (controller.url(), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = sim_proxy(url, i, log).await {
+                eprintln!("sim proxy {i}: {e}");
+            }
+        }));
+    }
+    let published: Published = Arc::default();
+    let mut watch = admin
+        .clone()
+        .watch_versions(WatchVersionsRequest {
+            gateway: "bench/gw".into(),
+        })
+        .await
+        .expect("WatchVersions")
+        .into_inner();
+    let feed = Arc::clone(&published);
+    tasks.push(tokio::spawn(async move {
+        while let Ok(Some(event)) = watch.message().await {
+            if let Some(version_event::Event::SnapshotVersion(v)) = event.event {
+                feed.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(v)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    }));
+    let mut bench = Bench {
+        published,
+        tasks,
+        controller,
+        admin,
+        log,
+        proxies,
+        config,
+    };
+    // Everyone has the initial snapshot (route tables come last).
+    let _ = bench.settle(ResourceType::RouteTable, 0, start).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let pid = bench.controller.process.pid();
+    let (cpu_before, _) = process_usage(pid);
+    let mut row = Row {
+        proxies,
+        routes,
+        ..Default::default()
+    };
+    for n in 0..repeats {
+        // A route edit: one route's path changes in its file.
+        let before = bench.version().await;
+        let which = (n * 7919) % routes;
+        let start = which / ROUTES_PER_FILE * ROUTES_PER_FILE;
+        let end = (start + ROUTES_PER_FILE).min(routes);
+        let t0 = Instant::now();
+        write_atomic(
+            &bench.config,
+            &format!("routes-{start}.yaml"),
+            &routes_yaml(start, end, Some((which, n))),
+        );
+        let (delays, bytes) = bench.settle(ResourceType::RouteTable, before, t0).await;
+        row.route_publish_ms.extend(bench.delays_since_publish(
+            ResourceType::RouteTable,
+            before,
+            t0,
+        ));
+        row.route_ms.extend(delays);
+        row.route_bytes.extend(bytes);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // An endpoint change: one more address in the Service's EndpointSlice.
+        let before = bench.version().await;
+        let t0 = Instant::now();
+        write_atomic(&bench.config, "endpoints.yaml", &endpoints_yaml(4 + n));
+        let (delays, bytes) = bench.settle(ResourceType::Endpoints, before, t0).await;
+        row.endpoint_publish_ms.extend(bench.delays_since_publish(
+            ResourceType::Endpoints,
+            before,
+            t0,
+        ));
+        row.endpoint_ms.extend(delays);
+        row.endpoint_bytes.extend(bytes);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (cpu_after, rss) = process_usage(pid);
+    row.cpu_ms_per_change = (cpu_after - cpu_before) / (2 * repeats) as f64;
+    row.rss_mib = rss;
+    for task in &bench.tasks {
+        task.abort();
+    }
+    row
+}
+
+fn summary(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (percentile(&v, 50.0), percentile(&v, 99.0))
+}
+
+fn print_row(r: &Row) {
+    let (rp50, rp99) = summary(&r.route_ms);
+    let (ep50, ep99) = summary(&r.endpoint_ms);
+    let (_, rpub99) = summary(&r.route_publish_ms);
+    let (_, epub99) = summary(&r.endpoint_publish_ms);
+    let (rb, _) = summary(&r.route_bytes);
+    let (eb, _) = summary(&r.endpoint_bytes);
+    println!(
+        "| {:>5} | {:>6} | {:>6.1} / {:>6.1} ({:>6.1}) | {:>6.1} / {:>6.1} ({:>6.1}) | {:>8.0} | {:>6.0} | {:>7.1} | {:>6.1} |",
+        r.proxies,
+        r.routes,
+        rp50,
+        rp99,
+        rpub99,
+        ep50,
+        ep99,
+        epub99,
+        rb,
+        eb,
+        r.cpu_ms_per_change,
+        r.rss_mib
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    println!(
+        "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms/change | controller RSS MiB |"
+    );
+    println!(
+        "|------:|-------:|------------------------:|------------------------:|---------:|-------:|--------:|-------:|"
+    );
+    let mut p99_at_1000 = None;
+    for &n in &args.proxies {
+        let row = run(n, args.default_routes, args.repeats).await;
+        print_row(&row);
+        if n == 1000 {
+            p99_at_1000 = Some(summary(&row.route_ms).1.max(summary(&row.endpoint_ms).1));
+        }
+    }
+    for &routes in &args.routes {
+        let row = run(args.routes_proxies, routes, args.repeats).await;
+        print_row(&row);
+    }
+    if let Some(p99) = p99_at_1000 {
+        println!("propagation_p99_ms_1000_proxies={p99:.1}");
+    }
+}
