@@ -53,6 +53,9 @@ impl Default for SnapshotCache {
 pub struct UpdateSummary {
     /// Gateways whose snapshot got a new version, with that version.
     pub changed: Vec<(ObjectRef, u64)>,
+    /// Gateways whose new content was not published because a reference in it does not
+    /// resolve; their proxies keep the previous version.
+    pub inconsistent: Vec<(ObjectRef, String)>,
 }
 
 impl SnapshotCache {
@@ -74,6 +77,10 @@ impl SnapshotCache {
                 .or_insert_with(|| GatewayEntry::new(&key));
             let current = entry.current.borrow().clone();
             let candidate = Snapshot::build(key.clone(), current.version + 1, set);
+            if let Err(problem) = candidate.check_references() {
+                summary.inconsistent.push((key, problem));
+                continue;
+            }
             if !candidate.same_content(&current) {
                 summary.changed.push((key.clone(), candidate.version));
                 let candidate = Arc::new(candidate);
@@ -140,7 +147,10 @@ impl SnapshotCache {
 mod tests {
     use super::*;
     use rauta_common::api::v1::resource::Payload;
-    use rauta_common::api::v1::{Cluster, Listener};
+    use rauta_common::api::v1::route_rule::Action;
+    use rauta_common::api::v1::{
+        Cluster, ForwardAction, Listener, RouteRule, RouteTable, VirtualHost, WeightedCluster,
+    };
     use rauta_common::types::ResourceType;
 
     fn set(cluster: &str) -> ResourceSet {
@@ -157,9 +167,32 @@ mod tests {
             Payload::Listener(Listener {
                 name: "http-80".into(),
                 port: 80,
+                route_table: "http-80".into(),
                 ..Default::default()
             }),
         );
+        // Only what reference checking looks at: one host whose rule forwards to `cluster`.
+        let forward = ForwardAction {
+            clusters: vec![WeightedCluster {
+                cluster: cluster.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let host = VirtualHost {
+            rules: vec![RouteRule {
+                action: Some(Action::Forward(forward)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let table = RouteTable {
+            name: "http-80".into(),
+            virtual_hosts: vec![host],
+        };
+        s.entry(ResourceType::RouteTable)
+            .or_default()
+            .insert("http-80".into(), Payload::RouteTable(table));
         s
     }
 
@@ -178,6 +211,28 @@ mod tests {
         assert_eq!(rx.borrow().count(ResourceType::Cluster), 1);
         assert_eq!(cache.version(&gw, 1).unwrap().version, 1, "kept for diffs");
         assert!(cache.version(&gw, 3).is_none());
+    }
+
+    #[test]
+    fn inconsistent_content_is_not_published() {
+        let cache = SnapshotCache::new();
+        let gw = ObjectRef::new("ns", "gw");
+        cache.update(BTreeMap::from([(gw.clone(), set("a"))]));
+        // A rule forwarding to a cluster the set lacks.
+        let mut broken = set("b");
+        broken.remove(&ResourceType::Cluster);
+        let summary = cache.update(BTreeMap::from([(gw.clone(), broken)]));
+        assert!(summary.changed.is_empty());
+        assert_eq!(summary.inconsistent.len(), 1, "{summary:?}");
+        assert!(
+            summary.inconsistent[0].1.contains("cluster b"),
+            "{summary:?}"
+        );
+        assert_eq!(
+            cache.get(&gw).unwrap().version,
+            1,
+            "the previous version stays"
+        );
     }
 
     #[test]

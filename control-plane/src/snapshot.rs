@@ -92,6 +92,56 @@ impl Snapshot {
                 })
     }
 
+    /// Checks that every reference resolves inside the snapshot: each listener's route table,
+    /// each cluster a rule forwards or mirrors to. The translator builds them so; this keeps a
+    /// bug there from reaching a fleet as a config every proxy would reject.
+    pub fn check_references(&self) -> Result<(), String> {
+        use rauta_common::api::v1::route_rule::Action;
+        let has =
+            |ty: ResourceType, name: &str| self.of_type(ty).is_some_and(|m| m.contains_key(name));
+        for r in self
+            .of_type(ResourceType::Listener)
+            .into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+        {
+            if let Some(Payload::Listener(l)) = &r.payload
+                && !has(ResourceType::RouteTable, &l.route_table)
+            {
+                return Err(format!(
+                    "listener {} names route table {}, which is missing",
+                    l.name, l.route_table
+                ));
+            }
+        }
+        for r in self
+            .of_type(ResourceType::RouteTable)
+            .into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+        {
+            let Some(Payload::RouteTable(t)) = &r.payload else {
+                continue;
+            };
+            for rule in t.virtual_hosts.iter().flat_map(|v| &v.rules) {
+                let forwards = match &rule.action {
+                    Some(Action::Forward(f)) => f.clusters.iter().map(|c| &c.cluster).collect(),
+                    _ => Vec::new(),
+                };
+                let mirrors = rule.mirrors.iter().map(|m| &m.cluster);
+                for cluster in forwards.into_iter().chain(mirrors) {
+                    if !has(ResourceType::Cluster, cluster) {
+                        return Err(format!(
+                            "route table {} rule {} names cluster {cluster}, which is missing",
+                            t.name, rule.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn of_type(&self, ty: ResourceType) -> Option<&BTreeMap<String, Arc<Resource>>> {
         self.resources.get(&ty)
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::source::DirectorySource;
 use crate::state::ControllerState;
@@ -76,6 +76,9 @@ impl Standalone {
         };
         self.last = Some((report.objects, gateways.clone()));
         let summary = self.state.cache.update(gateways);
+        for (gateway, problem) in &summary.inconsistent {
+            error!(%gateway, %problem, "translation produced an inconsistent snapshot; not published, proxies keep the previous version");
+        }
         for (gateway, version) in summary.changed {
             info!(%gateway, version, "new snapshot");
             self.state

@@ -376,3 +376,65 @@ async fn a_stream_without_node_identity_is_refused() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("node.id"), "{err}");
 }
+
+/// The endpoints a version of `resources` would carry for `cluster`, to tell versions apart.
+fn with_endpoint(cluster: &str, port: u32) -> ResourceSet {
+    let mut set = resources(cluster);
+    set.entry(ResourceType::Endpoints).or_default().insert(
+        cluster.into(),
+        Payload::Endpoints(ClusterEndpoints {
+            cluster: cluster.into(),
+            endpoints: vec![rauta_common::api::v1::Endpoint {
+                address: "10.0.0.1".into(),
+                port,
+                weight: 1,
+                ready: true,
+            }],
+        }),
+    );
+    set
+}
+
+#[tokio::test]
+async fn a_slow_proxy_holds_back_nobody_and_gets_the_latest_version_only() {
+    let server = start_server().await;
+    server
+        .cache
+        .update(BTreeMap::from([(gateway(), with_endpoint("a", 1))]));
+    let mut slow = FakeProxy::connect(&server.url, &HashMap::new(), None).await;
+    slow.sync_all().await;
+    let mut fast = FakeProxy::connect(&server.url, &HashMap::new(), None).await;
+    fast.sync_all().await;
+
+    // Version 2: the slow proxy receives it and does not answer.
+    server
+        .cache
+        .update(BTreeMap::from([(gateway(), with_endpoint("a", 2))]));
+    let unanswered = slow.next().await;
+    assert_eq!(unanswered.system_version_info, "2");
+    let r = fast.next().await;
+    fast.ack(&r).await;
+
+    // Versions 3..=20 while it is silent: the fast proxy gets each one; nothing more is queued
+    // for the slow one (one response in flight per type).
+    for port in 3..=20 {
+        server
+            .cache
+            .update(BTreeMap::from([(gateway(), with_endpoint("a", port))]));
+        let r = fast.next().await;
+        assert_eq!(r.system_version_info, port.to_string());
+        fast.ack(&r).await;
+    }
+    assert!(slow.nothing_within(Duration::from_millis(200)).await);
+
+    // Its ACK arrives at last: it gets one response, straight at the latest content.
+    slow.ack(&unanswered).await;
+    let caught_up = slow.next().await;
+    assert_eq!(caught_up.system_version_info, "20");
+    let Some(Payload::Endpoints(e)) = &caught_up.resources[0].payload else {
+        panic!("{caught_up:?}");
+    };
+    assert_eq!(e.endpoints[0].port, 20);
+    slow.ack(&caught_up).await;
+    assert!(slow.nothing_within(Duration::from_millis(200)).await);
+}
