@@ -4,6 +4,7 @@
 pub mod api;
 pub mod credentials;
 pub mod hash;
+pub mod matching;
 pub mod plain_http;
 pub mod process;
 pub mod types;

@@ -9,8 +9,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::route_rule::Action;
-use rauta_common::api::v1::{ListenerProtocol, PathMatchKind, RouteTable, VirtualHost};
+use rauta_common::api::v1::{
+    ListenerProtocol, PathMatchKind, RouteTable, ValueMatchKind, VirtualHost,
+};
 use rauta_common::types::ResourceType;
+use regex::Regex;
 
 use crate::cluster::ClusterRt;
 use crate::cors::CorsRt;
@@ -26,6 +29,8 @@ enum PathRt {
     Exact(Box<str>),
     /// Without a trailing slash; matches itself and anything below it.
     Prefix(Box<str>),
+    /// Anchored at both ends.
+    Regex(Regex),
 }
 
 impl PathRt {
@@ -38,6 +43,35 @@ impl PathRt {
                     || (path.starts_with(&**p)
                         && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             }
+            PathRt::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// A header or query parameter value condition.
+#[derive(Debug)]
+enum ValueRt<T> {
+    Exact(T),
+    /// Anchored at both ends; a header value that is not UTF-8 never matches.
+    Regex(Regex),
+}
+
+impl ValueRt<HeaderValue> {
+    #[inline]
+    fn matches(&self, value: &HeaderValue) -> bool {
+        match self {
+            ValueRt::Exact(v) => v == value,
+            ValueRt::Regex(re) => value.to_str().is_ok_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+impl ValueRt<Box<str>> {
+    #[inline]
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueRt::Exact(v) => **v == *value,
+            ValueRt::Regex(re) => re.is_match(value),
         }
     }
 }
@@ -45,8 +79,8 @@ impl PathRt {
 #[derive(Debug)]
 pub struct MatchRt {
     path: PathRt,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    query: Vec<(Box<str>, Box<str>)>,
+    headers: Vec<(HeaderName, ValueRt<HeaderValue>)>,
+    query: Vec<(Box<str>, ValueRt<Box<str>>)>,
     method: Option<Method>,
 }
 
@@ -76,18 +110,19 @@ impl MatchRt {
             && self
                 .headers
                 .iter()
-                .all(|(name, value)| req.headers.get(name) == Some(value))
-            && self
-                .query
-                .iter()
-                .all(|(name, value)| req.query.and_then(|q| query_param(q, name)) == Some(&**value))
+                .all(|(name, value)| req.headers.get(name).is_some_and(|v| value.matches(v)))
+            && self.query.iter().all(|(name, value)| {
+                req.query
+                    .and_then(|q| query_param(q, name))
+                    .is_some_and(|v| value.matches(v))
+            })
     }
 
     /// The PathPrefix this match matched on (without trailing slash), for prefix rewrites.
     pub fn prefix(&self) -> Option<&str> {
         match &self.path {
             PathRt::Prefix(p) => Some(p),
-            PathRt::Exact(_) => None,
+            PathRt::Exact(_) | PathRt::Regex(_) => None,
         }
     }
 }
@@ -424,6 +459,11 @@ fn build_route_table(
     Ok(rt)
 }
 
+fn regex(pattern: &str) -> Result<Regex, String> {
+    rauta_common::matching::full_match(pattern)
+        .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
+}
+
 fn build_vhost(
     vhost: &VirtualHost,
     clusters: &HashMap<String, (String, String, Arc<ClusterRt>)>,
@@ -441,32 +481,42 @@ fn build_vhost(
                 .path
                 .as_ref()
                 .ok_or_else(|| err("match without path".into()))?;
-            if !path.value.starts_with('/') {
+            let kind = PathMatchKind::try_from(path.kind);
+            if kind != Ok(PathMatchKind::Regex) && !path.value.starts_with('/') {
                 return Err(err(format!(
                     "path {:?} does not start with '/'",
                     path.value
                 )));
             }
-            let path = match PathMatchKind::try_from(path.kind) {
+            let path = match kind {
                 Ok(PathMatchKind::Exact) => PathRt::Exact(path.value.as_str().into()),
                 Ok(PathMatchKind::Prefix) => {
                     PathRt::Prefix(path.value.trim_end_matches('/').into())
                 }
+                Ok(PathMatchKind::Regex) => PathRt::Regex(regex(&path.value).map_err(err)?),
                 _ => return Err(err(format!("unsupported path match kind {}", path.kind))),
             };
             let mut headers = Vec::with_capacity(m.headers.len());
             for h in &m.headers {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| err(format!("invalid header name {:?}", h.name)))?;
-                let value = HeaderValue::from_bytes(h.value.as_bytes())
-                    .map_err(|_| err(format!("invalid header value for {:?}", h.name)))?;
+                let value = match h.kind() {
+                    ValueMatchKind::Exact => ValueRt::Exact(
+                        HeaderValue::from_bytes(h.value.as_bytes())
+                            .map_err(|_| err(format!("invalid header value for {:?}", h.name)))?,
+                    ),
+                    ValueMatchKind::Regex => ValueRt::Regex(regex(&h.value).map_err(err)?),
+                };
                 headers.push((name, value));
             }
-            let query = m
-                .query_params
-                .iter()
-                .map(|q| (q.name.as_str().into(), q.value.as_str().into()))
-                .collect();
+            let mut query = Vec::with_capacity(m.query_params.len());
+            for q in &m.query_params {
+                let value = match q.kind() {
+                    ValueMatchKind::Exact => ValueRt::Exact(q.value.as_str().into()),
+                    ValueMatchKind::Regex => ValueRt::Regex(regex(&q.value).map_err(err)?),
+                };
+                query.push((q.name.as_str().into(), value));
+            }
             let method = match m.method.as_str() {
                 "" => None,
                 name => Some(
@@ -715,6 +765,7 @@ mod build_tests {
                     .map(|(n, v)| HeaderMatch {
                         name: n.into(),
                         value: v.into(),
+                        ..Default::default()
                     })
                     .into_iter()
                     .collect(),
@@ -788,6 +839,25 @@ mod build_tests {
             (
                 store_with(table(&["*."], vec![rule("/", None)]), &[]),
                 "invalid wildcard domain",
+            ),
+            (
+                store_with(
+                    table(
+                        &["*"],
+                        vec![RouteRule {
+                            matches: vec![RouteMatch {
+                                path: Some(PathMatch {
+                                    kind: PathMatchKind::Regex as i32,
+                                    value: "/a((".into(),
+                                }),
+                                ..Default::default()
+                            }],
+                            ..rule("/", None)
+                        }],
+                    ),
+                    &[],
+                ),
+                "invalid regular expression",
             ),
             (
                 store_with(

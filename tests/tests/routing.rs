@@ -1,5 +1,5 @@
-//! Requests through the real proxy reach the right backend: exact and prefix paths, header
-//! matches, weights, Maglev stickiness, and the documented error statuses.
+//! Requests through the real proxy reach the right backend: exact, prefix and regular-expression
+//! paths, header and query matches, weights, Maglev stickiness, and the documented error statuses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +38,14 @@ async fn routes_by_path_header_and_weight() {
     backendRefs:
     - {name: web-v1, port: 8080, weight: 3}
     - {name: web-v2, port: 8080, weight: 1}
+  - matches:
+    - path: {type: RegularExpression, value: "/items/[0-9]+"}
+      headers:
+      - {type: RegularExpression, name: X-Tier, value: "gold|silver"}
+      queryParams:
+      - {type: RegularExpression, name: v, value: "[0-9]+"}
+    backendRefs:
+    - {name: api, port: 8080}
   - matches:
     - path: {type: PathPrefix, value: /sticky}
     backendRefs:
@@ -107,6 +115,29 @@ async fn routes_by_path_header_and_weight() {
         .await
         .unwrap();
     assert_eq!(r.status, 404);
+
+    // Regular expressions match the whole path, header value and query parameter.
+    for (path, tier, status) in [
+        ("/items/42?v=7", "gold", 200),
+        ("/items/42?v=7", "silver", 200),
+        ("/items/42?v=7", "bronze", 404),
+        ("/items/42?v=x", "gold", 404),
+        ("/items/42/more?v=7", "gold", 404),
+        ("/x/items/42?v=7", "gold", 404),
+    ] {
+        let r = http_request(
+            &format!("{base}{path}"),
+            Some("example.com"),
+            &[("x-tier", tier)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, status, "{path} {tier}: {r:?}");
+        if status == 200 {
+            assert_eq!(r.pod(), api.pod, "{path} {tier}");
+        }
+    }
 
     // Header match wins over the plain prefix (more header matches = higher precedence).
     for _ in 0..10 {

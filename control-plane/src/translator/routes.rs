@@ -8,7 +8,7 @@ use gateway_api::experimental::httproutes::{
 };
 use rauta_common::api::v1::{
     DirectResponse, ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch,
-    RetryPolicy, RouteMatch, RouteRule, WeightedCluster, route_rule::Action,
+    RetryPolicy, RouteMatch, RouteRule, ValueMatchKind, WeightedCluster, route_rule::Action,
 };
 
 use super::backends::{self, BackendRef, RefProblem, ResolvedBackend};
@@ -154,7 +154,14 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                     (p.value.as_str(), p.kind())
                 });
             let precedence = Precedence {
-                path_kind: if path.1 == PathMatchKind::Exact { 0 } else { 1 },
+                // Exact, then RegularExpression, then PathPrefix (the spec leaves regular
+                // expressions to implementations; Envoy Gateway orders them so too, which keeps
+                // a PathPrefix "/" from shadowing every pattern).
+                path_kind: match path.1 {
+                    PathMatchKind::Exact => 0,
+                    PathMatchKind::Regex => 1,
+                    _ => 2,
+                },
                 path_len: Reverse(path.0.len()),
                 has_method: Reverse(m.method.is_some()),
                 headers: Reverse(m.headers.as_ref().map_or(0, Vec::len)),
@@ -183,6 +190,13 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
     out
 }
 
+/// A pattern the proxies could not compile is the route's problem, reported in its status.
+fn check_regex(what: &str, pattern: &str) -> Result<(), String> {
+    rauta_common::matching::full_match(pattern)
+        .map(drop)
+        .map_err(|e| format!("invalid RegularExpression {what} match {pattern:?}: {e}"))
+}
+
 fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     let method = match &m.method {
         Some(method) => serde_json::to_value(method)
@@ -193,17 +207,19 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     };
     let mut query_params: Vec<QueryParamMatch> = Vec::new();
     for q in m.query_params.iter().flatten() {
-        if matches!(
-            q.r#type,
-            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
-        ) {
-            return Err("RegularExpression query parameter matches are not supported yet".into());
-        }
+        let kind = match q.r#type {
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                check_regex("query parameter", &q.value)?;
+                ValueMatchKind::Regex
+            }
+            _ => ValueMatchKind::Exact,
+        };
         // Multiple matches on the same parameter: only the first counts (spec).
         if !query_params.iter().any(|x| x.name == q.name) {
             query_params.push(QueryParamMatch {
                 name: q.name.clone(),
                 value: q.value.clone(),
+                kind: kind as i32,
             });
         }
     }
@@ -215,10 +231,11 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
                 None | Some(HttpRouteRulesMatchesPathType::PathPrefix) => PathMatchKind::Prefix,
                 Some(HttpRouteRulesMatchesPathType::Exact) => PathMatchKind::Exact,
                 Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
-                    return Err("RegularExpression path matches are not supported yet".into());
+                    check_regex("path", &value)?;
+                    PathMatchKind::Regex
                 }
             };
-            if !value.starts_with('/') {
+            if kind != PathMatchKind::Regex && !value.starts_with('/') {
                 return Err(format!("path {value:?} must start with '/'"));
             }
             (kind, value)
@@ -226,12 +243,13 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     };
     let mut headers = Vec::new();
     for h in m.headers.iter().flatten() {
-        if matches!(
-            h.r#type,
-            Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
-        ) {
-            return Err("RegularExpression header matches are not supported yet".into());
-        }
+        let kind = match h.r#type {
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                check_regex("header", &h.value)?;
+                ValueMatchKind::Regex
+            }
+            _ => ValueMatchKind::Exact,
+        };
         // Multiple matches on the same header name: only the first counts (spec).
         if !headers
             .iter()
@@ -240,6 +258,7 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
             headers.push(HeaderMatch {
                 name: h.name.to_ascii_lowercase(),
                 value: h.value.clone(),
+                kind: kind as i32,
             });
         }
     }

@@ -2,7 +2,9 @@
 
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::route_rule::Action;
-use rauta_common::api::v1::{ClusterEndpoints, PathMatchKind, RouteTable, UpstreamProtocol};
+use rauta_common::api::v1::{
+    ClusterEndpoints, PathMatchKind, RouteTable, UpstreamProtocol, ValueMatchKind,
+};
 use rauta_common::types::ResourceType;
 
 use super::status::Condition;
@@ -125,6 +127,8 @@ fn rules_are_ordered_by_gateway_api_precedence() {
         // Same match and timestamp as each other: alphabetical order decides.
         route("z-same", ", creationTimestamp: '2025-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /x}}}}]\n{backend}")),
         route("y-same", ", creationTimestamp: '2025-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /x}}}}]\n{backend}")),
+        // Regular expressions sit between Exact and PathPrefix.
+        route("e-regex", ", creationTimestamp: '2026-01-01T00:00:00Z'", &format!("  rules:\n  - matches: [{{path: {{type: RegularExpression, value: '/r/[0-9]+'}}}}]\n{backend}")),
     ]
     .concat();
     let t = translate_yaml(&yaml);
@@ -140,6 +144,7 @@ fn rules_are_ordered_by_gateway_api_precedence() {
         order,
         [
             "b-exact",
+            "e-regex",
             "c-longer",
             "d-headers",
             "a-prefix",
@@ -393,18 +398,52 @@ fn unsupported_listener_protocol_is_reported_and_not_served() {
 }
 
 #[test]
-fn unsupported_match_features_reject_the_route_instead_of_misrouting() {
+fn invalid_regular_expressions_reject_the_route_instead_of_misrouting() {
+    for bad in [
+        "[{path: {type: RegularExpression, value: '/a(('}}]",
+        "[{headers: [{type: RegularExpression, name: x, value: '(?=look)'}]}]",
+        "[{queryParams: [{type: RegularExpression, name: q, value: '[z-a]'}]}]",
+    ] {
+        let t = translate_yaml(&route(
+            "r",
+            "",
+            &format!("  rules:\n  - matches: {bad}\n    backendRefs: [{{name: web, port: 8080}}]"),
+        ));
+        let conditions = parent_conditions(&t, "apps/r");
+        let (status, reason) = condition(&conditions, "Accepted");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "UnsupportedValue"),
+            "{bad}"
+        );
+        let message = &conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap()
+            .message;
+        assert!(message.contains("invalid RegularExpression"), "{message}");
+        assert!(route_table(&t, "http-80").virtual_hosts.is_empty(), "{bad}");
+    }
+}
+
+#[test]
+fn regular_expression_matches_compile_into_the_rule() {
     let t = translate_yaml(&route(
         "r",
         "",
-        "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/a.*'}}]\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}, headers: [{type: RegularExpression, name: X-Tier, value: 'gold|silver'}], queryParams: [{type: RegularExpression, name: id, value: '[0-9]{3}'}]}]\n    backendRefs: [{name: web, port: 8080}]",
     ));
-    let (status, reason) = condition(&parent_conditions(&t, "apps/r"), "Accepted");
+    let m = &route_table(&t, "http-80").virtual_hosts[0].rules[0].matches[0];
+    let path = m.path.as_ref().unwrap();
     assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "UnsupportedValue")
+        (path.kind(), path.value.as_str()),
+        (PathMatchKind::Regex, "/v[0-9]+/.*")
     );
-    assert!(route_table(&t, "http-80").virtual_hosts.is_empty());
+    assert_eq!(
+        (m.headers[0].name.as_str(), m.headers[0].kind()),
+        ("x-tier", ValueMatchKind::Regex)
+    );
+    assert_eq!(m.query_params[0].kind(), ValueMatchKind::Regex);
 }
 
 #[test]
