@@ -21,6 +21,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .compile_fds(fds.clone())?;
+    // The controller's Discovery server, generated a second time with every type taken from the
+    // module above except the response, which is the pre-encoded wire form (crate::wire). Only
+    // the service is kept: messages and other services come from the first pass.
+    let mut server_only = fds;
+    for file in &mut server_only.file {
+        file.message_type.clear();
+        file.enum_type.clear();
+        let is_discovery = file.name() == "rauta/v1/discovery.proto";
+        file.service
+            .retain(|s| is_discovery && s.name() == "Discovery");
+    }
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&wire_dir)
+        .extern_path(".rauta.v1", "crate::api::v1")
+        .extern_path(
+            ".rauta.v1.DeltaDiscoveryResponse",
+            "crate::wire::EncodedDeltaResponse",
+        )
+        .compile_fds(server_only)?;
     Ok(())
 }

@@ -8,3 +8,4 @@ pub mod matching;
 pub mod plain_http;
 pub mod process;
 pub mod types;
+pub mod wire;

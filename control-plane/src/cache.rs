@@ -76,7 +76,7 @@ impl SnapshotCache {
                 .entry(key.clone())
                 .or_insert_with(|| GatewayEntry::new(&key));
             let current = entry.current.borrow().clone();
-            let candidate = Snapshot::build(key.clone(), current.version + 1, set);
+            let candidate = Snapshot::build(key.clone(), current.version + 1, set, &current);
             if let Err(problem) = candidate.check_references() {
                 summary.inconsistent.push((key, problem));
                 continue;
@@ -262,9 +262,18 @@ mod tests {
 
     #[test]
     fn equal_content_gives_equal_resource_versions() {
-        let a = Snapshot::build(ObjectRef::new("n", "g"), 1, set("a"));
-        let b = Snapshot::build(ObjectRef::new("n", "g"), 7, set("a"));
+        let empty = Snapshot::empty(ObjectRef::new("n", "g"));
+        let a = Snapshot::build(ObjectRef::new("n", "g"), 1, set("a"), &empty);
+        let b = Snapshot::build(ObjectRef::new("n", "g"), 7, set("a"), &empty);
         assert!(a.same_content(&b));
+        let c = Snapshot::build(ObjectRef::new("n", "g"), 8, set("a"), &a);
+        let shared =
+            |s: &Snapshot| Arc::clone(&s.of_type(ResourceType::Listener).unwrap()["http-80"]);
+        assert!(
+            Arc::ptr_eq(&shared(&a), &shared(&c)),
+            "unchanged resources are shared with the previous version"
+        );
+        assert!(!Arc::ptr_eq(&shared(&a), &shared(&b)));
         let va = &a.of_type(ResourceType::Cluster).unwrap()["a"].version;
         let vb = &b.of_type(ResourceType::Cluster).unwrap()["a"].version;
         assert_eq!(va, vb);

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
-use rauta_common::api::v1::discovery_server::Discovery;
-use rauta_common::api::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use rauta_common::api::v1::{DeltaDiscoveryRequest, Node};
 use rauta_common::types::{ResourceType, WILDCARD};
+use rauta_common::wire::EncodedDeltaResponse;
+use rauta_common::wire::server::discovery_server::Discovery;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -43,7 +44,7 @@ impl DiscoveryService {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDeltaResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
@@ -189,7 +190,7 @@ struct ProxyStream {
     metrics: Arc<ControllerMetrics>,
     types: BTreeMap<ResourceType, TypeState>,
     next_nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<EncodedDeltaResponse, Status>>,
 }
 
 impl ProxyStream {
@@ -378,7 +379,7 @@ impl ProxyStream {
                 match change {
                     Some(_) => {
                         if let Some(r) = current.and_then(|c| c.get(name)) {
-                            resources.push(r.as_ref().clone());
+                            resources.push(r.wire.clone());
                         }
                     }
                     None => removed.push(name.clone()),
@@ -387,7 +388,7 @@ impl ProxyStream {
             self.next_nonce += 1;
             let nonce = self.next_nonce.to_string();
             let sent = resources.len() as u64;
-            let response = DeltaDiscoveryResponse {
+            let response = EncodedDeltaResponse {
                 system_version_info: snapshot.version.to_string(),
                 type_url: ty.type_url().to_owned(),
                 resources,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
@@ -130,35 +131,44 @@ pub enum ObjectError {
 /// All objects known to a source, one map per kind.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectSet {
-    pub gateway_classes: BTreeMap<ObjectRef, GatewayClass>,
-    pub gateways: BTreeMap<ObjectRef, Gateway>,
-    pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
-    pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
-    pub secrets: BTreeMap<ObjectRef, Secret>,
-    pub namespaces: BTreeMap<ObjectRef, Namespace>,
-    pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
-    pub backend_tls_policies: BTreeMap<ObjectRef, BackendTlsPolicy>,
-    pub listener_sets: BTreeMap<ObjectRef, ListenerSet>,
-    pub tls_routes: BTreeMap<ObjectRef, TlsRoute>,
+    pub gateway_classes: BTreeMap<ObjectRef, Arc<GatewayClass>>,
+    pub gateways: BTreeMap<ObjectRef, Arc<Gateway>>,
+    pub http_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
+    pub reference_grants: BTreeMap<ObjectRef, Arc<ReferenceGrant>>,
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectRef, Arc<Secret>>,
+    pub namespaces: BTreeMap<ObjectRef, Arc<Namespace>>,
+    pub config_maps: BTreeMap<ObjectRef, Arc<ConfigMap>>,
+    pub backend_tls_policies: BTreeMap<ObjectRef, Arc<BackendTlsPolicy>>,
+    pub listener_sets: BTreeMap<ObjectRef, Arc<ListenerSet>>,
+    pub tls_routes: BTreeMap<ObjectRef, Arc<TlsRoute>>,
 }
 
 /// One decoded object of any supported kind.
 #[derive(Debug, Clone)]
 pub enum Object {
-    GatewayClass(Box<GatewayClass>),
-    Gateway(Box<Gateway>),
-    HttpRoute(Box<HttpRoute>),
-    ReferenceGrant(Box<ReferenceGrant>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Secret(Box<Secret>),
-    Namespace(Box<Namespace>),
-    ConfigMap(Box<ConfigMap>),
-    BackendTlsPolicy(Box<BackendTlsPolicy>),
-    ListenerSet(Box<ListenerSet>),
-    TlsRoute(Box<TlsRoute>),
+    GatewayClass(Arc<GatewayClass>),
+    Gateway(Arc<Gateway>),
+    HttpRoute(Arc<HttpRoute>),
+    ReferenceGrant(Arc<ReferenceGrant>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<Secret>),
+    Namespace(Arc<Namespace>),
+    ConfigMap(Arc<ConfigMap>),
+    BackendTlsPolicy(Arc<BackendTlsPolicy>),
+    ListenerSet(Arc<ListenerSet>),
+    TlsRoute(Arc<TlsRoute>),
+}
+
+/// Equal maps; objects a source did not re-read are the same allocation, so most comparisons
+/// are a pointer check rather than a walk through a large spec.
+fn same<T: PartialEq>(a: &BTreeMap<ObjectRef, Arc<T>>, b: &BTreeMap<ObjectRef, Arc<T>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
 }
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
@@ -200,9 +210,9 @@ impl Object {
             kind: Kind,
             key: &ObjectRef,
             v: Value,
-        ) -> Result<Box<T>, ObjectError> {
+        ) -> Result<Arc<T>, ObjectError> {
             serde_json::from_value(v)
-                .map(Box::new)
+                .map(Arc::new)
                 .map_err(|source| ObjectError::Invalid {
                     kind,
                     name: key.to_string(),
@@ -247,18 +257,18 @@ impl ObjectSet {
     /// Adds or replaces an object. Returns false if an object of that kind and key already existed.
     pub fn insert(&mut self, key: ObjectRef, object: Object) -> bool {
         match object {
-            Object::GatewayClass(o) => self.gateway_classes.insert(key, *o).is_none(),
-            Object::Gateway(o) => self.gateways.insert(key, *o).is_none(),
-            Object::HttpRoute(o) => self.http_routes.insert(key, *o).is_none(),
-            Object::ReferenceGrant(o) => self.reference_grants.insert(key, *o).is_none(),
-            Object::Service(o) => self.services.insert(key, *o).is_none(),
-            Object::EndpointSlice(o) => self.endpoint_slices.insert(key, *o).is_none(),
-            Object::Secret(o) => self.secrets.insert(key, *o).is_none(),
-            Object::Namespace(o) => self.namespaces.insert(key, *o).is_none(),
-            Object::ConfigMap(o) => self.config_maps.insert(key, *o).is_none(),
-            Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, *o).is_none(),
-            Object::ListenerSet(o) => self.listener_sets.insert(key, *o).is_none(),
-            Object::TlsRoute(o) => self.tls_routes.insert(key, *o).is_none(),
+            Object::GatewayClass(o) => self.gateway_classes.insert(key, o).is_none(),
+            Object::Gateway(o) => self.gateways.insert(key, o).is_none(),
+            Object::HttpRoute(o) => self.http_routes.insert(key, o).is_none(),
+            Object::ReferenceGrant(o) => self.reference_grants.insert(key, o).is_none(),
+            Object::Service(o) => self.services.insert(key, o).is_none(),
+            Object::EndpointSlice(o) => self.endpoint_slices.insert(key, o).is_none(),
+            Object::Secret(o) => self.secrets.insert(key, o).is_none(),
+            Object::Namespace(o) => self.namespaces.insert(key, o).is_none(),
+            Object::ConfigMap(o) => self.config_maps.insert(key, o).is_none(),
+            Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, o).is_none(),
+            Object::ListenerSet(o) => self.listener_sets.insert(key, o).is_none(),
+            Object::TlsRoute(o) => self.tls_routes.insert(key, o).is_none(),
         }
     }
 
@@ -285,17 +295,22 @@ impl ObjectSet {
     /// Whether the two sets differ at most in their EndpointSlices: such a change moves
     /// endpoints only, and takes the fast path that does not re-translate routes.
     pub fn same_except_endpoints(&self, other: &ObjectSet) -> bool {
-        self.gateway_classes == other.gateway_classes
-            && self.gateways == other.gateways
-            && self.http_routes == other.http_routes
-            && self.reference_grants == other.reference_grants
-            && self.services == other.services
-            && self.secrets == other.secrets
-            && self.namespaces == other.namespaces
-            && self.config_maps == other.config_maps
-            && self.backend_tls_policies == other.backend_tls_policies
-            && self.listener_sets == other.listener_sets
-            && self.tls_routes == other.tls_routes
+        same(&self.gateway_classes, &other.gateway_classes)
+            && same(&self.gateways, &other.gateways)
+            && same(&self.http_routes, &other.http_routes)
+            && same(&self.reference_grants, &other.reference_grants)
+            && same(&self.services, &other.services)
+            && same(&self.secrets, &other.secrets)
+            && same(&self.namespaces, &other.namespaces)
+            && same(&self.config_maps, &other.config_maps)
+            && same(&self.backend_tls_policies, &other.backend_tls_policies)
+            && same(&self.listener_sets, &other.listener_sets)
+            && same(&self.tls_routes, &other.tls_routes)
+    }
+
+    /// Whether nothing at all differs.
+    pub fn same_as(&self, other: &ObjectSet) -> bool {
+        self.same_except_endpoints(other) && same(&self.endpoint_slices, &other.endpoint_slices)
     }
 }
 

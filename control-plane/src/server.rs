@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rauta_common::api::FILE_DESCRIPTOR_SET;
 use rauta_common::api::v1::admin_server::AdminServer;
-use rauta_common::api::v1::discovery_server::DiscoveryServer;
 use rauta_common::credentials::ReloadingToken;
+use rauta_common::wire::server::discovery_server::DiscoveryServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use prost::Message;
 use rauta_common::api::v1::Resource;
 use rauta_common::api::v1::resource::Payload;
@@ -13,6 +14,29 @@ use rauta_common::types::ResourceType;
 use crate::objects::ObjectRef;
 use crate::translator::ResourceSet;
 
+/// One resource of a snapshot, with its encoding: every proxy stream sends the same bytes, so
+/// a fleet costs one encoding per changed resource rather than one copy per proxy.
+#[derive(Debug)]
+pub struct SharedResource {
+    resource: Resource,
+    /// `resource` encoded as a `rauta.v1.Resource` message.
+    pub wire: Bytes,
+}
+
+impl SharedResource {
+    pub fn new(resource: Resource) -> Self {
+        let wire = Bytes::from(resource.encode_to_vec());
+        SharedResource { resource, wire }
+    }
+}
+
+impl std::ops::Deref for SharedResource {
+    type Target = Resource;
+    fn deref(&self) -> &Resource {
+        &self.resource
+    }
+}
+
 /// Everything one Gateway's proxies should have, at one version.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -21,7 +45,7 @@ pub struct Snapshot {
     pub version: u64,
     pub created_at: SystemTime,
     /// Resources by type then name; each carries its content hash as version.
-    pub resources: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
+    pub resources: BTreeMap<ResourceType, BTreeMap<String, Arc<SharedResource>>>,
 }
 
 /// The content version of a resource: a hash of its encoding.
@@ -46,22 +70,26 @@ impl Snapshot {
     }
 
     /// Builds a snapshot from translated resources, computing each resource's version.
-    pub fn build(gateway: ObjectRef, version: u64, set: ResourceSet) -> Self {
+    /// Resources whose content `previous` already has are shared with it, so the history kept
+    /// for diffs costs only what changed between versions.
+    pub fn build(gateway: ObjectRef, version: u64, set: ResourceSet, previous: &Snapshot) -> Self {
         let resources = set
             .into_iter()
             .map(|(ty, by_name)| {
+                let before = previous.of_type(ty);
                 let by_name = by_name
                     .into_iter()
                     .map(|(name, payload)| {
                         let version = content_version(&name, &payload);
-                        (
-                            name.clone(),
-                            Arc::new(Resource {
-                                name,
+                        let resource = match before.and_then(|b| b.get(&name)) {
+                            Some(same) if same.version == version => Arc::clone(same),
+                            _ => Arc::new(SharedResource::new(Resource {
+                                name: name.clone(),
                                 version,
                                 payload: Some(payload),
-                            }),
-                        )
+                            })),
+                        };
+                        (name, resource)
                     })
                     .collect();
                 (ty, by_name)
@@ -142,7 +170,7 @@ impl Snapshot {
         Ok(())
     }
 
-    pub fn of_type(&self, ty: ResourceType) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    pub fn of_type(&self, ty: ResourceType) -> Option<&BTreeMap<String, Arc<SharedResource>>> {
         self.resources.get(&ty)
     }
 

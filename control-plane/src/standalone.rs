@@ -55,6 +55,12 @@ impl Standalone {
             .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
         self.last_problems = problems;
 
+        if let Some((objects, _)) = &self.last
+            && objects.same_as(&report.objects)
+        {
+            // A file was touched but no object changed (or a change was undone): nothing to do.
+            return;
+        }
         let gateways = match self.last.take() {
             // Only EndpointSlices changed: new endpoints for the clusters already translated;
             // routes, listeners and status stay as they are.
@@ -92,9 +98,19 @@ impl Standalone {
     /// Syncs now, then after every change in the directory, forever.
     pub async fn run(mut self) -> Result<(), notify::Error> {
         let (tx, mut rx) = mpsc::channel::<()>(1);
+        let dir = self.source.dir().to_path_buf();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Only manifests directly in the directory count: status files written into a
+                // subdirectory (or an editor's swap files) must not trigger reloads.
+                let relevant = event.is_ok_and(|e| {
+                    e.paths.is_empty()
+                        || e.need_rescan()
+                        || e.paths.iter().any(|p| {
+                            p.parent() == Some(dir.as_path()) && crate::source::is_manifest_name(p)
+                        })
+                });
+                if relevant {
                     // A full channel already holds a pending reload.
                     let _ = tx.try_send(());
                 }
@@ -118,7 +134,7 @@ fn log_status_changes(old: &StatusReport, new: &StatusReport) {
             continue;
         }
         for parent in &status.parents {
-            for c in parent.conditions.iter().filter(|c| !c.is_true()) {
+            for c in parent.conditions.iter().filter(|c| c.is_problem()) {
                 warn!(route = %key, parent = %format!("{}/{}", parent.parent_ref.namespace, parent.parent_ref.name), condition = %c.type_, reason = %c.reason, message = %c.message, "HTTPRoute condition");
             }
         }
@@ -128,7 +144,7 @@ fn log_status_changes(old: &StatusReport, new: &StatusReport) {
             continue;
         }
         for l in &status.listeners {
-            for c in l.conditions.iter().filter(|c| !c.is_true()) {
+            for c in l.conditions.iter().filter(|c| c.is_problem()) {
                 warn!(gateway = %key, listener = %l.name, condition = %c.type_, reason = %c.reason, message = %c.message, "Gateway listener condition");
             }
         }

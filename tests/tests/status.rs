@@ -99,3 +99,68 @@ async fn statuses_are_served_and_written_to_files() {
         objects[2]
     );
 }
+
+/// Status files are written inside the watched directory; writing them (or rewriting a manifest
+/// with the same content) must not make the controller reload and re-translate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_files_and_unchanged_rewrites_do_not_reload() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    let infra_yaml = infra(&[("echo", &[echo.http])]);
+    ws.write("infra.yaml", &infra_yaml);
+    ws.write("good.yaml", &prefix_route("good", "/", "echo"));
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let controller = Controller::start_with(
+        &ws.config,
+        ws.path(),
+        grpc,
+        &["--plaintext", "--metrics-listen", &metrics_addr],
+    );
+    let counters = || async {
+        let text = rauta_tests::harness::http_get(&format!("http://{metrics_addr}/metrics"), None)
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        (
+            value("rauta_controller_translations_total"),
+            value("rauta_controller_endpoint_refreshes_total"),
+        )
+    };
+    let status_file = ws.config.join("status").join("HTTPRoute.apps.good.yaml");
+    eventually(Duration::from_secs(10), || async { status_file.exists() }).await;
+    eventually(Duration::from_secs(10), || async {
+        counters().await.0 == Some(1)
+    })
+    .await;
+    let before = counters().await;
+    assert_eq!(before, (Some(1), Some(0)), "one translation at start");
+
+    // Status files keep being written (a proxy connecting changes the Gateway's addresses), a
+    // stray file appears in the status directory, a manifest is rewritten unchanged.
+    let _proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    let gateway_file = ws.config.join("status").join("Gateway.infra.gw.yaml");
+    eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&gateway_file).is_ok_and(|t| t.contains("127.0.0.1"))
+    })
+    .await;
+    std::fs::write(ws.config.join("status").join("note.yaml"), "x: 1\n").unwrap();
+    ws.write("infra.yaml", &infra_yaml);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        counters().await,
+        before,
+        "nothing changed, nothing re-translated"
+    );
+
+    // A real change still goes through.
+    ws.write("good.yaml", &prefix_route("good", "/other", "echo"));
+    eventually(Duration::from_secs(10), || async {
+        counters().await.0 == Some(2)
+    })
+    .await;
+}

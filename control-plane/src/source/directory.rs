@@ -157,19 +157,24 @@ impl DirectorySource {
     }
 }
 
+/// Whether a file name is one the source reads: `*.yaml` or `*.yml`, not hidden.
+pub fn is_manifest_name(path: &Path) -> bool {
+    let is_yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    is_yaml && !hidden
+}
+
 fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if is_yaml && !hidden && path.is_file() {
+        if is_manifest_name(&path) && path.is_file() {
             files.push(path);
         }
     }

@@ -2,4 +2,4 @@
 
 pub mod directory;
 
-pub use directory::{DirectorySource, LoadProblem, LoadReport, parse_manifests};
+pub use directory::{DirectorySource, LoadProblem, LoadReport, is_manifest_name, parse_manifests};

@@ -218,7 +218,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
     let all_routes = objects
         .http_routes
         .iter()
-        .map(|(k, r)| (RouteKind::Http, k, r))
+        .map(|(k, r)| (RouteKind::Http, k, &**r))
         .chain(tls_routes.iter().map(|(k, r)| (RouteKind::Tls, k, r)));
     let mut compiled: BTreeMap<RouteId, CompiledRoute> = BTreeMap::new();
     for (kind, key, route) in all_routes {

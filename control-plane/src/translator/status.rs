@@ -40,6 +40,15 @@ impl Condition {
     pub fn is_true(&self) -> bool {
         self.status == "True"
     }
+
+    /// Whether the condition reports a problem. Most types are good when True; a few
+    /// (Conflicted, OverlappingTLSConfig) are good when False.
+    pub fn is_problem(&self) -> bool {
+        match self.type_.as_str() {
+            "Conflicted" | "OverlappingTLSConfig" => self.is_true(),
+            _ => !self.is_true(),
+        }
+    }
 }
 
 /// Replaces the condition of the same type, or appends it.
