@@ -3,18 +3,15 @@
 //! per type (so a slow proxy only coalesces versions, it never makes the server buffer).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures::Stream;
 use rauta_common::api::v1::{DeltaDiscoveryRequest, Node};
 use rauta_common::types::{ResourceType, WILDCARD};
 use rauta_common::wire::EncodedDeltaResponse;
-use rauta_common::wire::server::discovery_server::Discovery;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::cache::SnapshotCache;
@@ -44,18 +41,14 @@ impl DiscoveryService {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDeltaResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type DeltaResourcesStream = ResponseStream;
-
-    async fn delta_resources(
+impl DiscoveryService {
+    /// Opens one proxy's stream: reads its first request, registers it and starts the task that
+    /// follows its Gateway's snapshots. The receiver yields the responses to send.
+    pub async fn open(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
+        peer: Option<SocketAddr>,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<Result<EncodedDeltaResponse, Status>>, Status> {
         let first = inbound
             .message()
             .await?
@@ -84,7 +77,7 @@ impl Discovery for DiscoveryService {
             tx,
         };
         tokio::spawn(stream.run(first, inbound, snapshots));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 

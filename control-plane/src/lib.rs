@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cache;
 pub mod discovery;
+pub mod discovery_server;
 pub mod inspect;
 pub mod metrics;
 pub mod objects;

@@ -8,15 +8,16 @@ use std::time::Duration;
 use rauta_common::api::FILE_DESCRIPTOR_SET;
 use rauta_common::api::v1::admin_server::AdminServer;
 use rauta_common::credentials::ReloadingToken;
-use rauta_common::wire::server::discovery_server::DiscoveryServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 use tracing::debug;
 
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
+use crate::discovery_server::DiscoveryServer;
 use crate::state::ControllerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +140,7 @@ pub async fn serve_grpc(
         (None, None)
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DiscoveryServer<DiscoveryService>>()
-        .await;
+    health_reporter.set_serving::<DiscoveryServer>().await;
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
@@ -149,8 +148,12 @@ pub async fn serve_grpc(
     let auth = BearerAuth(options.token);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(DiscoveryServer::with_interceptor(
-            DiscoveryService::new(Arc::clone(&cache), Arc::clone(&registry), metrics),
+        .add_service(InterceptedService::new(
+            DiscoveryServer::new(DiscoveryService::new(
+                Arc::clone(&cache),
+                Arc::clone(&registry),
+                metrics,
+            )),
             auth.clone(),
         ))
         .add_service(AdminServer::with_interceptor(

@@ -187,6 +187,8 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
             out.entries.push(MatchEntry { precedence, rule });
         }
     }
+    // Compiled routes live until the next translation, thousands at a time.
+    out.entries.shrink_to_fit();
     out
 }
 

@@ -155,13 +155,17 @@ fn process_usage(pid: u32) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     let cpu_ms = (ticks(11) + ticks(12)) * 10.0;
+    (cpu_ms, memory_kb(pid, "VmRSS:") / 1024.0)
+}
+
+/// A memory figure from /proc/PID/status (VmRSS: resident now, VmHWM: peak resident), in kB.
+fn memory_kb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu_ms, rss_kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -185,6 +189,7 @@ struct Row {
     endpoint_bytes: Vec<f64>,
     cpu_ms_per_change: f64,
     rss_mib: f64,
+    peak_rss_mib: f64,
 }
 
 /// When each snapshot version was published, as WatchVersions reported it.
@@ -407,9 +412,13 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         row.endpoint_bytes.extend(bytes);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (cpu_after, rss) = process_usage(pid);
+    let (cpu_after, _) = process_usage(pid);
     row.cpu_ms_per_change = (cpu_after - cpu_before) / (2 * repeats) as f64;
-    row.rss_mib = rss;
+    row.peak_rss_mib = memory_kb(pid, "VmHWM:") / 1024.0;
+    // Resident memory once the last change has settled (the allocator returns freed pages
+    // within a second or two).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    row.rss_mib = process_usage(pid).1;
     for task in &bench.tasks {
         task.abort();
     }
@@ -430,7 +439,7 @@ fn print_row(r: &Row) {
     let (rb, _) = summary(&r.route_bytes);
     let (eb, _) = summary(&r.endpoint_bytes);
     println!(
-        "| {:>5} | {:>6} | {:>6.1} / {:>6.1} ({:>6.1}) | {:>6.1} / {:>6.1} ({:>6.1}) | {:>8.0} | {:>6.0} | {:>7.1} | {:>6.1} |",
+        "| {:>5} | {:>6} | {:>6.1} / {:>6.1} ({:>6.1}) | {:>6.1} / {:>6.1} ({:>6.1}) | {:>8.0} | {:>6.0} | {:>7.1} | {:>6.1} / {:>6.1} |",
         r.proxies,
         r.routes,
         rp50,
@@ -442,7 +451,8 @@ fn print_row(r: &Row) {
         rb,
         eb,
         r.cpu_ms_per_change,
-        r.rss_mib
+        r.rss_mib,
+        r.peak_rss_mib
     );
 }
 
@@ -450,10 +460,10 @@ fn print_row(r: &Row) {
 async fn main() {
     let args = Args::parse();
     println!(
-        "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms/change | controller RSS MiB |"
+        "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms/change | controller RSS MiB settled / peak |"
     );
     println!(
-        "|------:|-------:|------------------------:|------------------------:|---------:|-------:|--------:|-------:|"
+        "|------:|-------:|------------------------:|------------------------:|---------:|-------:|--------:|---------------:|"
     );
     let mut p99_at_1000 = None;
     for &n in &args.proxies {
