@@ -10,7 +10,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, string};
 
 /// Resources at most this large are copied into the surrounding chunk; larger ones are sent as
 /// their own shared chunk.
-const COPY_BELOW: usize = 1024;
+const COPY_BELOW: usize = 16 * 1024;
 
 /// `rauta.v1.DeltaDiscoveryResponse` with pre-encoded `rauta.v1.Resource`s. Field numbers
 /// follow proto/rauta/v1/discovery.proto.
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn frames_the_public_response() {
         // One small resource (copied) and one large one (shared).
-        let resources: Vec<Resource> = [("a", 10), ("b", 5000)]
+        let resources: Vec<Resource> = [("a", 10), ("b", 40_000)]
             .into_iter()
             .map(|(name, size)| Resource {
                 name: name.into(),
