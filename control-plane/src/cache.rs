@@ -35,6 +35,9 @@ impl GatewayEntry {
 #[derive(Debug)]
 pub struct SnapshotCache {
     gateways: Mutex<BTreeMap<ObjectRef, GatewayEntry>>,
+    /// False until the source's first full load has been published: until then every snapshot
+    /// is empty, and a proxy served one would drop its routes (or, new, report ready with none).
+    synced: watch::Sender<bool>,
     /// New snapshot versions, for WatchVersions.
     events: broadcast::Sender<VersionEvent>,
 }
@@ -43,6 +46,7 @@ impl Default for SnapshotCache {
     fn default() -> Self {
         SnapshotCache {
             gateways: Mutex::default(),
+            synced: watch::Sender::new(false),
             events: broadcast::Sender::new(8192),
         }
     }
@@ -102,7 +106,15 @@ impl SnapshotCache {
         map.retain(|_, entry| {
             entry.current.receiver_count() > 0 || !entry.current.borrow().resources.is_empty()
         });
+        self.synced.send_replace(true);
         summary
+    }
+
+    /// Resolves once the first update has been published.
+    pub async fn synced(&self) {
+        let mut synced = self.synced.subscribe();
+        // Err only if the cache is gone, and then nobody waits on it.
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Follows a Gateway's snapshots; an unknown Gateway starts with an empty snapshot.

@@ -76,7 +76,13 @@ impl DiscoveryService {
             next_nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(first, inbound, snapshots));
+        let cache = Arc::clone(&self.cache);
+        tokio::spawn(async move {
+            // A controller that just started has nothing to say yet: an empty snapshot would
+            // make a resuming proxy drop every route it serves.
+            cache.synced().await;
+            stream.run(first, inbound, snapshots).await;
+        });
         Ok(rx)
     }
 }

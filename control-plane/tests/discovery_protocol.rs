@@ -377,6 +377,31 @@ async fn a_stream_without_node_identity_is_refused() {
     assert!(err.message().contains("node.id"), "{err}");
 }
 
+#[tokio::test]
+async fn nothing_is_sent_before_the_first_load_is_published() {
+    let server = start_server().await;
+    // A proxy resuming after a controller restart: it holds cluster "a".
+    let known = HashMap::from([(
+        ResourceType::Cluster,
+        HashMap::from([("a".to_owned(), "v-old".to_owned())]),
+    )]);
+    let mut proxy = FakeProxy::connect(&server.url, &known, None).await;
+    assert!(
+        proxy.nothing_within(Duration::from_millis(300)).await,
+        "an empty snapshot before the first load would remove what the proxy serves"
+    );
+    server
+        .cache
+        .update(BTreeMap::from([(gateway(), resources("a"))]));
+    let responses = proxy.sync_all().await;
+    assert!(
+        responses.iter().all(|r| r.removed_resources.is_empty()),
+        "{:?}",
+        responses.iter().map(summary).collect::<Vec<_>>()
+    );
+    assert!(responses.iter().all(|r| r.system_version_info == "1"));
+}
+
 /// The endpoints a version of `resources` would carry for `cluster`, to tell versions apart.
 fn with_endpoint(cluster: &str, port: u32) -> ResourceSet {
     let mut set = resources(cluster);

@@ -12,6 +12,9 @@ fn respond(shared: &Shared, path: &str) -> (StatusCode, Vec<u8>) {
     match path {
         "/metrics" => (StatusCode::OK, shared.metrics.render()),
         "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
+        "/readyz" if shared.is_draining() => {
+            (StatusCode::SERVICE_UNAVAILABLE, b"draining\n".to_vec())
+        }
         "/readyz" if shared.is_ready() => (StatusCode::OK, b"ready\n".to_vec()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -15,7 +16,7 @@ use tracing::{debug, info};
 
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
-use crate::shared::Shared;
+use crate::shared::{Shared, drain_started};
 
 /// Longest wait for a request's headers; a client that trickles them (slowloris) is cut off.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -158,6 +159,7 @@ async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut drain = shared.drain_watch();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -173,8 +175,12 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let ctx = Arc::clone(&ctx);
+                let open = shared.drain_watch();
                 if ctx.passthrough {
-                    tokio::spawn(crate::passthrough::serve(shared, ctx, stream, peer));
+                    tokio::spawn(async move {
+                        crate::passthrough::serve(shared, ctx, stream, peer).await;
+                        drop(open);
+                    });
                     continue;
                 }
                 let builder = builder.clone();
@@ -201,9 +207,9 @@ async fn accept_loop(
                             }
                         };
                                                 let sni = tls.get_ref().1.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)).await
+                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)), open).await
                     } else {
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)).await
+                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)), open).await
                     };
                     if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");
@@ -211,6 +217,22 @@ async fn accept_loop(
                 });
             }
             _ = stop.changed() => break,
+            _ = drain_started(&mut drain) => break,
         }
     }
+}
+
+/// Serves a connection until it ends; once draining starts it finishes the requests in flight
+/// and closes (HTTP/1.1: after the current response, at once if idle; HTTP/2: GOAWAY).
+async fn serve_draining<C: GracefulConnection>(
+    conn: C,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        _ = drain_started(&mut drain) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }

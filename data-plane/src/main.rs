@@ -18,7 +18,7 @@ use rauta_proxy::shared::Shared;
 use rauta_proxy::xds::{ChannelSecurity, XdsClient};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 /// RAUTA's data plane: serves one Gateway with the configuration streamed by rauta-controller.
 #[derive(Debug, Parser)]
@@ -72,6 +72,10 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// On SIGTERM, how long open connections may take to finish before the proxy exits anyway
+    /// (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    drain_timeout: u64,
 }
 
 /// The discovery channel's security from the flags.
@@ -179,7 +183,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = client.run(applier) => {},
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = shutdown_signal() => {},
+    }
+    // Stop accepting, let what is open finish, then exit: a rolling update drops nothing.
+    shared.start_drain();
+    let grace = Duration::from_secs(args.drain_timeout);
+    info!(
+        open = shared.open_connections(),
+        ?grace,
+        "draining: no new connections, finishing open ones"
+    );
+    match tokio::time::timeout(grace, shared.drained()).await {
+        Ok(()) => info!("drained; exiting"),
+        Err(_) => warn!(
+            open = shared.open_connections(),
+            "grace period over; exiting with connections still open"
+        ),
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingState;
@@ -13,6 +14,9 @@ pub struct Shared {
     pub state: ArcSwap<RoutingState>,
     pub metrics: ProxyMetrics,
     ready: AtomicBool,
+    /// True once draining (SIGTERM). Every listener and open downstream connection holds a
+    /// receiver, so the receiver count is what is still open.
+    drain: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -21,6 +25,7 @@ impl Shared {
             state: ArcSwap::from_pointee(RoutingState::default()),
             metrics,
             ready: AtomicBool::new(false),
+            drain: watch::Sender::new(false),
         }
     }
 
@@ -31,5 +36,40 @@ impl Shared {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Starts draining: listeners stop accepting, open connections finish what they are doing
+    /// and close, /readyz answers 503.
+    pub fn start_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    /// Held by a listener or connection for as long as it is open; tells it when to drain.
+    pub fn drain_watch(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Resolves once no listener or connection is open any more.
+    pub async fn drained(&self) {
+        self.drain.closed().await;
+    }
+
+    /// Listeners and connections still open.
+    pub fn open_connections(&self) -> usize {
+        self.drain.receiver_count()
+    }
+}
+
+/// Resolves once draining has started (at once if it already has).
+pub async fn drain_started(drain: &mut watch::Receiver<bool>) {
+    while !*drain.borrow_and_update() {
+        if drain.changed().await.is_err() {
+            // The process is going away without a drain.
+            std::future::pending::<()>().await;
+        }
     }
 }
