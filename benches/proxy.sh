@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Proxy benchmark: rauta-proxy against nginx and HAProxy as reverse proxies in front of the same
+# nginx backend, measured in one run, alternating targets, every repeat.
+#
+# Generator, backend and proxy share ONE CPU (taskset): on a 2-vCPU VM, splitting them across
+# CPUs mostly measures cross-CPU wake-ups. What matters is each proxy's CPU time per request
+# (user+system from /proc/PID/stat over the run, divided by the requests served) and the
+# latency it adds at one connection. Not a test: figures depend on the machine.
+#
+#   benches/proxy.sh                      # 3 repeats of 5 s per target and protocol
+#   REPEATS=5 DURATION=10 benches/proxy.sh
+#
+# Last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's, HTTP/1.1; lower is better).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+REPEATS=${REPEATS:-3}
+DURATION=${DURATION:-5}
+CPU=${BENCH_CPU:-0}
+OTHER_CPU=$(( (CPU + 1) % $(nproc) ))
+ROUTES_FOR_RSS=${ROUTES_FOR_RSS:-10000}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} (Debian packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+cargo build --release --quiet -p rauta-controller -p rauta-proxy --bin rauta-controller --bin rauta-proxy
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+BACKEND=18081 BACKEND_H2=18082
+NGINX=18091 NGINX_H2=18092 HAPROXY=18093 RAUTA=18094
+
+# Background servers are started with taskset directly (not through a shell function), so
+# that $! is the server's own pid.
+pinned() { taskset -c "$CPU" "$@"; }
+
+# --- backend: nginx answering a tiny body, HTTP/1.1 and h2c ---------------------------------
+mkdir -p "$work/backend" "$work/nginx"
+cat >"$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$BACKEND_H2 http2; location / { return 200 "ok\n"; } }
+}
+EOF
+taskset -c "$CPU" nginx -c "$work/backend/nginx.conf" -p "$work/backend" &
+pids+=($!)
+
+# --- nginx as a reverse proxy: 1 worker, upstream keepalive -----------------------------------
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    listen 127.0.0.1:$NGINX_H2 http2;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+taskset -c "$CPU" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+nginx_master=$!
+
+# --- HAProxy: one thread, connection reuse -------------------------------------------------
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY
+  default_backend be
+backend be
+  server b1 127.0.0.1:$BACKEND
+EOF
+taskset -c "$CPU" haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+haproxy_pid=$!
+
+# --- RAUTA: the controller (on the other CPU) and one proxy with one worker thread ----------
+mkdir -p "$work/config"
+cat >"$work/config/bench.yaml" <<EOF
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: rauta}
+spec: {controllerName: rauta.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: bench}
+spec:
+  gatewayClassName: rauta
+  listeners: [{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: $BACKEND}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: backend-1, namespace: bench, labels: {kubernetes.io/service-name: backend}}
+addressType: IPv4
+ports: [{name: http, port: $BACKEND}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: all, namespace: bench}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: backend, port: 80}]}]
+EOF
+taskset -c "$OTHER_CPU" target/release/rauta-controller --config-dir "$work/config" --no-status-files \
+  --grpc-listen 127.0.0.1:18095 --plaintext 2>"$work/controller.log" &
+pids+=($!)
+taskset -c "$CPU" target/release/rauta-proxy --controller http://127.0.0.1:18095 --gateway bench/gw \
+  --bind-address 127.0.0.1 --listener-port-offset $((RAUTA - 80)) --admin-listen 127.0.0.1:18096 \
+  --worker-threads 1 2>"$work/proxy.log" &
+pids+=($!)
+rauta_pid=$!
+
+wait_http() {
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing answers on port $1" >&2
+  exit 1
+}
+for port in $BACKEND $NGINX $HAPROXY $RAUTA; do wait_http "$port"; done
+# Something else on a port (a leftover run) would answer for a server that failed to start.
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
+done
+
+# CPU ticks (user+system) of a process and its children threads; 100 ticks per second.
+ticks() {
+  local total=0 p
+  for p in "$@"; do
+    total=$(( total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat") ))
+  done
+  echo "$total"
+}
+nginx_pids() { echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"; }
+pids_of() {
+  case $1 in
+    nginx) nginx_pids ;;
+    haproxy) echo "$haproxy_pid" ;;
+    rauta) echo "$rauta_pid" ;;
+    direct) echo "" ;;
+  esac
+}
+port_of() {
+  case $1:$2 in
+    direct:h1) echo $BACKEND ;; direct:h2c) echo $BACKEND_H2 ;;
+    nginx:h1) echo $NGINX ;; nginx:h2c) echo $NGINX_H2 ;;
+    haproxy:*) echo $HAPROXY ;;
+    rauta:*) echo $RAUTA ;;
+  esac
+}
+
+# One load run: prints "requests rps cpu_us_per_req".
+run_load() {
+  local target=$1 proto=$2 conns=$3 port out before after requests rps
+  port=$(port_of "$target" "$proto")
+  local procs; procs=$(pids_of "$target")
+  before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  if [ "$proto" = h1 ]; then
+    out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "http://127.0.0.1:$port/")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  else
+    local streams=8; [ "$conns" = 1 ] && streams=1
+    out=$(pinned h2load -c"$conns" -m"$streams" -D "$DURATION" "http://127.0.0.1:$port/")
+    requests=$(echo "$out" | awk '/^requests:/ {print $8}')
+    rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+  fi
+  after=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  awk -v r="$requests" -v rps="$rps" -v t=$((after - before)) \
+    'BEGIN { printf "%d %.0f %.2f\n", r, rps, (r > 0 ? t * 10000 / r : 0) }'
+}
+
+targets=(direct nginx haproxy rauta)
+declare -A rps cpu lat
+for _ in $(seq 1 "$REPEATS"); do
+  for proto in h1 h2c; do
+    for t in "${targets[@]}"; do
+      conns=32; [ $proto = h2c ] && conns=4
+      read -r _ r c < <(run_load "$t" "$proto" "$conns")
+      rps[$t:$proto]+="$r "
+      cpu[$t:$proto]+="$c "
+      read -r _ r1 _ < <(run_load "$t" "$proto" 1)
+      lat[$t:$proto]+="$(awk -v r="$r1" 'BEGIN { printf "%.1f", 1e6 / r }') "
+    done
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%s [%s-%s]", m, a[1], a[NR]}'; }
+med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo
+echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"
+echo "HTTP/1.1: wrk -t1 -c32 keep-alive; h2c: h2load -c4 -m8 prior knowledge; latency: one connection, 1e6/(req/s)"
+echo
+printf "| %-7s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
+printf "|%s|%s|%s|%s|%s|\n" --------- ------- ------------------------------ ---------------------------- ------------------
+for proto in h1 h2c; do
+  base=$(echo "${lat[direct:$proto]}" | med)
+  for t in "${targets[@]}"; do
+    l=$(echo "${lat[$t:$proto]}" | med)
+    added=$(awk -v l="$l" -v b="$base" 'BEGIN { printf "%+.1f", l - b }')
+    c="-"; [ "$t" != direct ] && c=$(echo "${cpu[$t:$proto]}" | median)
+    printf "| %-7s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
+  done
+done
+
+# Memory: idle, then with ROUTES_FOR_RSS routes (one hostname each) loaded.
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$rauta_pid/status"; }
+echo
+echo "rauta-proxy RSS: $(rss) MiB with 1 route"
+# 500 routes per file: the YAML reader refuses files of more than 1024 documents.
+python3 - "$work/config" "$ROUTES_FOR_RSS" <<'EOF'
+import sys
+folder, n = sys.argv[1], int(sys.argv[2])
+docs = [f"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{i}, namespace: bench}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [r{i}.example.com]\n  rules: [{{matches: [{{path: {{type: PathPrefix, value: /r{i}}}}}], filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-route, value: r{i}}}]}}}}], backendRefs: [{{name: backend, port: 80}}]}}]\n" for i in range(n)]
+for start in range(0, n, 500):
+    open(f"{folder}/routes-{start // 500:03}.yaml", "w").write("---\n".join(docs[start:start + 500]))
+EOF
+last="r$((ROUTES_FOR_RSS - 1)).example.com"
+# The catch-all route answers every host too: wait for the last new route's own header.
+arrived=
+for _ in $(seq 1 600); do
+  if curl -s -D - -o /dev/null -H "Host: $last" "http://127.0.0.1:$RAUTA/r$((ROUTES_FOR_RSS - 1))/x" |
+    grep -qi "^x-route: r$((ROUTES_FOR_RSS - 1))"; then
+    arrived=1
+    break
+  fi
+  sleep 0.1
+done
+[ -n "$arrived" ] || { echo "the $ROUTES_FOR_RSS routes did not arrive" >&2; exit 1; }
+echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes"
+
+n_cpu=$(echo "${cpu[nginx:h1]}" | med)
+r_cpu=$(echo "${cpu[rauta:h1]}" | med)
+awk -v r="$r_cpu" -v n="$n_cpu" 'BEGIN { printf "cpu_per_req_vs_nginx=%.2f\n", r / n }'
