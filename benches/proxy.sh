@@ -52,12 +52,17 @@ pinned() { taskset -c "$CPU" "$@"; }
 
 # --- backend: nginx answering a tiny body, HTTP/1.1 and h2c ---------------------------------
 mkdir -p "$work/backend" "$work/nginx"
-cat >"$work/backend/nginx.conf" <<EOF
+# What both nginx instances share: one worker, in the foreground, files under their folder.
+nginx_head() {
+  cat <<EOF
 worker_processes 1;
 daemon off;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log;
 events { worker_connections 4096; }
+EOF
+}
+{ nginx_head backend; cat <<EOF
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -65,16 +70,12 @@ http {
   server { listen 127.0.0.1:$BACKEND_H2 http2; location / { return 200 "ok\n"; } }
 }
 EOF
+} >"$work/backend/nginx.conf"
 taskset -c "$CPU" nginx -c "$work/backend/nginx.conf" -p "$work/backend" &
 pids+=($!)
 
 # --- nginx as a reverse proxy: 1 worker, upstream keepalive -----------------------------------
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
+{ nginx_head nginx; cat <<EOF
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -90,6 +91,7 @@ http {
   }
 }
 EOF
+} >"$work/nginx/nginx.conf"
 taskset -c "$CPU" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 nginx_master=$!
