@@ -12,11 +12,11 @@ use crate::listeners::ListenerManager;
 use crate::routing::RoutingState;
 use crate::shared::Shared;
 use crate::store::ResourceStore;
-use crate::upstream::ClientCache;
+use crate::upstream::UpstreamPools;
 
 pub struct Applier {
     store: ResourceStore,
-    clients: ClientCache,
+    pools: UpstreamPools,
     listeners: ListenerManager,
     shared: Arc<Shared>,
     applied: BTreeSet<ResourceType>,
@@ -26,7 +26,7 @@ impl Applier {
     pub fn new(listeners: ListenerManager, shared: Arc<Shared>) -> Self {
         Applier {
             store: ResourceStore::default(),
-            clients: ClientCache::default(),
+            pools: UpstreamPools::default(),
             listeners,
             shared,
             applied: BTreeSet::new(),
@@ -39,16 +39,15 @@ impl Applier {
             .ok_or_else(|| format!("unknown type_url {:?}", response.type_url))?;
         let candidate = self.store.with_response(ty, response)?;
         let previous = self.shared.state.load();
-        let (state, listener_specs) = RoutingState::build(
-            &candidate,
-            &previous,
-            &mut self.clients,
-            &self.shared.metrics,
-        )?;
+        let (state, listener_specs) =
+            RoutingState::build(&candidate, &previous, &mut self.pools, &self.shared.metrics)?;
+        drop(previous);
         let prepared = self.listeners.prepare(&listener_specs)?;
         self.store = candidate;
         self.shared.state.store(Arc::new(state));
         self.listeners.commit(prepared);
+        // Endpoints the new state dropped: their pools close once in-flight requests finish.
+        self.pools.prune();
         if let Ok(v) = response.system_version_info.parse::<i64>() {
             self.shared
                 .metrics

@@ -5,21 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use prometheus::Histogram;
 use rauta_common::api::v1::{Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol};
 use tracing::debug;
 
 use crate::maglev::{MaglevTable, hash_key};
-use crate::upstream::{ClientCache, HttpClient, Protocol};
+use crate::metrics::ProxyMetrics;
+use crate::upstream::{EndpointPool, Protocol, UpstreamPools};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A ready endpoint with its URI authority prepared once.
+/// A ready endpoint and its connection pool.
 #[derive(Debug, Clone)]
 pub struct EndpointRt {
     pub addr: SocketAddr,
-    pub authority: Authority,
+    pub pool: Arc<EndpointPool>,
 }
 
 #[derive(Debug)]
@@ -33,10 +33,7 @@ enum Picker {
 pub struct ClusterRt {
     pub name: Arc<str>,
     pub protocol: Protocol,
-    /// `https` when the endpoints speak TLS (the connector picks TLS by scheme).
-    pub scheme: Scheme,
     pub request_timeout: Option<Duration>,
-    pub client: Arc<HttpClient>,
     pub latency: Histogram,
     endpoints: Vec<EndpointRt>,
     picker: Picker,
@@ -52,8 +49,8 @@ impl ClusterRt {
     pub fn build(
         cluster: &Cluster,
         endpoints: Option<&ClusterEndpoints>,
-        clients: &mut ClientCache,
-        latency: Histogram,
+        pools: &mut UpstreamPools,
+        metrics: &ProxyMetrics,
         min_table_size: usize,
     ) -> Result<ClusterRt, String> {
         let name = &cluster.name;
@@ -74,6 +71,13 @@ impl ClusterRt {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let request_timeout = duration(cluster.request_timeout.as_ref())
             .map_err(|e| format!("cluster {name}: request_timeout: {e}"))?;
+        // Checked even without endpoints: bad TLS settings NACK the snapshot.
+        let tls = cluster
+            .tls
+            .as_ref()
+            .map(|t| pools.tls(protocol, t))
+            .transpose()
+            .map_err(|e| format!("cluster {name}: tls: {e}"))?;
         let mut ready = Vec::new();
         let mut weights = Vec::new();
         for ep in endpoints
@@ -92,10 +96,8 @@ impl ClusterRt {
                 continue;
             }
             let addr = SocketAddr::new(ip, port);
-            let Ok(authority) = Authority::try_from(addr.to_string().as_str()) else {
-                continue;
-            };
-            ready.push(EndpointRt { addr, authority });
+            let pool = pools.endpoint(addr, protocol, connect_timeout, tls.as_ref(), metrics);
+            ready.push(EndpointRt { addr, pool });
             weights.push(ep.weight);
         }
 
@@ -115,15 +117,7 @@ impl ClusterRt {
             name: Arc::from(name.as_str()),
             protocol,
             request_timeout,
-            scheme: if cluster.tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
-            client: clients
-                .get(protocol, connect_timeout, cluster.tls.as_ref())
-                .map_err(|e| format!("cluster {name}: tls: {e}"))?,
-            latency,
+            latency: metrics.upstream_latency(name),
             endpoints: ready,
             picker,
         })

@@ -21,4 +21,5 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_tls;
+pub mod workers;
 pub mod xds;

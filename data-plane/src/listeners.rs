@@ -1,5 +1,7 @@
 //! Opens and closes the proxy's listening sockets to follow the snapshot. New sockets are
 //! bound before a snapshot is accepted, so a port that cannot be bound NACKs the snapshot.
+//! Each worker accepts on its own SO_REUSEPORT socket for every listener; the kernel spreads
+//! new connections across them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +19,7 @@ use tracing::{debug, info};
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::{Shared, drain_started};
+use crate::workers::Workers;
 
 /// Longest wait for a request's headers; a client that trickles them (slowloris) is cut off.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -33,7 +36,8 @@ struct ActiveListener {
 /// Sockets bound for a snapshot that is not committed yet.
 #[derive(Debug, Default)]
 pub struct PreparedListeners {
-    new: Vec<(ListenerSpec, TcpListener)>,
+    /// Per new listener, one socket per worker.
+    new: Vec<(ListenerSpec, Vec<std::net::TcpListener>)>,
     keep: Vec<String>,
 }
 
@@ -42,15 +46,17 @@ pub struct ListenerManager {
     bind_ip: IpAddr,
     port_offset: u16,
     shared: Arc<Shared>,
+    workers: Workers,
     active: HashMap<String, ActiveListener>,
 }
 
 impl ListenerManager {
-    pub fn new(bind_ip: IpAddr, port_offset: u16, shared: Arc<Shared>) -> Self {
+    pub fn new(bind_ip: IpAddr, port_offset: u16, shared: Arc<Shared>, workers: Workers) -> Self {
         ListenerManager {
             bind_ip,
             port_offset,
             shared,
+            workers,
             active: HashMap::new(),
         }
     }
@@ -74,9 +80,9 @@ impl ListenerManager {
                 )
             })?;
             let addr = SocketAddr::new(self.bind_ip, port);
-            let listener = bind(addr)
+            let sockets = bind_per_worker(addr, self.workers.len())
                 .map_err(|e| format!("listener {}: cannot bind {addr}: {e}", spec.name))?;
-            prepared.new.push((spec.clone(), listener));
+            prepared.new.push((spec.clone(), sockets));
         }
         Ok(prepared)
     }
@@ -99,23 +105,32 @@ impl ListenerManager {
             }
             keep
         });
-        for (spec, listener) in prepared.new {
-            let local = listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(self.bind_ip, spec.port));
-            info!(listener = %spec.name, addr = %local, "listening");
+        for (spec, sockets) in prepared.new {
+            let local = sockets
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or_else(|| SocketAddr::new(self.bind_ip, spec.port));
+            info!(listener = %spec.name, addr = %local, workers = sockets.len(), "listening");
             let (stop, stopped) = watch::channel(false);
-            tokio::spawn(accept_loop(
-                listener,
-                Arc::new(ListenerCtx {
-                    name: Arc::from(spec.name.as_str()),
-                    port: spec.port,
-                    tls: spec.tls,
-                    passthrough: spec.passthrough,
-                }),
-                Arc::clone(&self.shared),
-                stopped,
-            ));
+            let ctx = Arc::new(ListenerCtx {
+                name: Arc::from(spec.name.as_str()),
+                port: spec.port,
+                tls: spec.tls,
+                passthrough: spec.passthrough,
+            });
+            for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
+                let (ctx, shared, stopped) =
+                    (Arc::clone(&ctx), Arc::clone(&self.shared), stopped.clone());
+                // Registered with the worker's own reactor, inside the worker.
+                worker.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, ctx, shared, stopped).await,
+                        Err(err) => {
+                            tracing::error!(listener = %ctx.name, %err, "cannot register socket")
+                        }
+                    }
+                });
+            }
             self.active.insert(
                 spec.name,
                 ActiveListener {
@@ -142,10 +157,23 @@ fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket_for(addr)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// One listening socket per worker on the same address (SO_REUSEPORT), handed over
+/// unregistered so each worker registers its own with its reactor.
+fn bind_per_worker(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let socket = socket_for(addr)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?.into_std()?;
+        // Port 0 picks a port once; the other workers' sockets join that one.
+        addr = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
 }
 
 async fn accept_loop(

@@ -14,6 +14,9 @@ pub struct ProxyMetrics {
     pub snapshot_version: IntGaugeVec,
     pub updates: IntCounterVec,
     pub controller_connected: IntGauge,
+    pool_open: IntGaugeVec,
+    pool_created: IntCounterVec,
+    pool_failed: IntCounterVec,
 }
 
 /// Request counters of one route rule, by status class (1xx..5xx).
@@ -67,6 +70,30 @@ impl ProxyMetrics {
         )?;
         let controller_connected =
             IntGauge::new("controller_connected", "1 while the discovery stream is up")?;
+        let pool_open = IntGaugeVec::new(
+            Opts::new(
+                "upstream_connections_open",
+                "Upstream connections open, by endpoint",
+            ),
+            &["endpoint"],
+        )?;
+        let pool_created = IntCounterVec::new(
+            Opts::new(
+                "upstream_connections_created_total",
+                "Upstream connections established, by endpoint",
+            ),
+            &["endpoint"],
+        )?;
+        let pool_failed = IntCounterVec::new(
+            Opts::new(
+                "upstream_connect_failures_total",
+                "Upstream connection attempts that failed (refused, timed out, TLS or HTTP handshake), by endpoint",
+            ),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(pool_open.clone()))?;
+        registry.register(Box::new(pool_created.clone()))?;
+        registry.register(Box::new(pool_failed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(snapshot_version.clone()))?;
@@ -79,6 +106,9 @@ impl ProxyMetrics {
             snapshot_version,
             updates,
             controller_connected,
+            pool_open,
+            pool_created,
+            pool_failed,
         })
     }
 
@@ -90,6 +120,14 @@ impl ProxyMetrics {
 
     pub fn upstream_latency(&self, cluster: &str) -> Histogram {
         self.upstream_latency.with_label_values(&[cluster])
+    }
+
+    pub fn pool_stats(&self, endpoint: &str) -> crate::upstream::PoolStats {
+        crate::upstream::PoolStats {
+            open: self.pool_open.with_label_values(&[endpoint]),
+            created: self.pool_created.with_label_values(&[endpoint]),
+            failed: self.pool_failed.with_label_values(&[endpoint]),
+        }
     }
 
     pub fn render(&self) -> Vec<u8> {

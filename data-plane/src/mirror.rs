@@ -9,12 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Uri, Version};
+use http::{Request, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use tracing::debug;
 
 use crate::cluster::ClusterRt;
-use crate::upstream::Protocol;
 
 /// Longest a mirrored copy may take; nobody waits for it.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,23 +59,14 @@ pub fn send_copies(
         let Some(endpoint) = cluster.pick(client) else {
             continue;
         };
-        let uri = Uri::builder()
-            .scheme(cluster.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path.clone())
-            .build();
-        let Ok(uri) = uri else { continue };
+        let pool = Arc::clone(&endpoint.pool);
         let mut copy = Request::new(Either::Right(Full::new(body.clone())));
         *copy.method_mut() = parts.method.clone();
-        *copy.uri_mut() = uri;
+        *copy.uri_mut() = Uri::from(path.clone());
         *copy.headers_mut() = parts.headers.clone();
-        *copy.version_mut() = match cluster.protocol {
-            Protocol::Http1 => Version::HTTP_11,
-            Protocol::H2c => Version::HTTP_2,
-        };
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(MIRROR_TIMEOUT, cluster.client.request(copy)).await {
+            match tokio::time::timeout(MIRROR_TIMEOUT, pool.send(copy, false)).await {
                 Ok(Ok(resp)) => {
                     let _ = resp.into_body().collect().await;
                 }

@@ -24,9 +24,9 @@ use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
 use crate::upgrade;
-use crate::upstream::{self, Protocol};
+use crate::upstream::{self, Protocol, ResponseBody};
 
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -323,10 +323,6 @@ async fn forward(
     {
         mirror::send_copies(&rule.mirrors, &parts, &path, bytes, peer.ip());
     }
-    let version = match cluster.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::H2c => Version::HTTP_2,
-    };
     // timeouts.request bounds the whole exchange, retries and backoff included; the cluster's
     // and the rule's backendRequest timeouts bound each attempt.
     let deadline = rule.request_timeout.map(|t| Instant::now() + t);
@@ -342,25 +338,13 @@ async fn forward(
     let mut endpoint = endpoint;
     let mut attempt = 0;
     let result = loop {
-        let Ok(uri) = Uri::builder()
-            .scheme(cluster.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path.clone())
-            .build()
-        else {
-            return local(
-                StatusCode::BAD_REQUEST,
-                Bytes::from_static(b"invalid request target\n"),
-            );
-        };
         let attempt_body = match &replay {
             Some(bytes) if attempt > 0 => Either::Right(Full::new(bytes.clone())),
             _ => std::mem::replace(&mut body, Either::Right(Full::new(Bytes::new()))),
         };
         let mut req = Request::new(attempt_body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
+        *req.uri_mut() = Uri::from(path.clone());
         // The last attempt (usually the only one) takes the headers; earlier ones copy them.
         *req.headers_mut() = if attempt >= retries {
             std::mem::take(&mut parts.headers)
@@ -374,7 +358,7 @@ async fn forward(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = [attempt_limit, remaining].into_iter().flatten().min();
         let started = Instant::now();
-        let sent = cluster.client.request(req);
+        let sent = endpoint.pool.send(req, upgrade.is_some());
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
             None => Ok(sent.await),

@@ -22,7 +22,7 @@ use crate::metrics::{ProxyMetrics, RouteCounters};
 use crate::mirror::MirrorRt;
 use crate::store::ResourceStore;
 use crate::tls;
-use crate::upstream::ClientCache;
+use crate::upstream::UpstreamPools;
 
 #[derive(Debug)]
 enum PathRt {
@@ -312,7 +312,7 @@ impl RoutingState {
     pub fn build(
         store: &ResourceStore,
         previous: &RoutingState,
-        clients: &mut ClientCache,
+        pools: &mut UpstreamPools,
         metrics: &ProxyMetrics,
     ) -> Result<(RoutingState, Vec<ListenerSpec>), String> {
         let mut clusters = HashMap::new();
@@ -341,8 +341,8 @@ impl RoutingState {
                     Arc::new(ClusterRt::build(
                         cluster,
                         endpoints,
-                        clients,
-                        metrics.upstream_latency(&cluster.name),
+                        pools,
+                        metrics,
                         min_table_size,
                     )?)
                 }
@@ -795,7 +795,7 @@ mod build_tests {
         RoutingState::build(
             store,
             &RoutingState::default(),
-            &mut ClientCache::default(),
+            &mut UpstreamPools::default(),
             &metrics,
         )
     }

@@ -1,21 +1,37 @@
-//! Pooled upstream HTTP clients, shared by every cluster with the same settings, and the
-//! request bodies held in memory to be sent more than once.
+//! Upstream connections: one pool per endpoint, split into one shard per worker so that a
+//! request only ever uses connections owned by its own thread (no lock contention, no
+//! cross-thread wake-ups). HTTP/1.1 connections are kept alive and reused one request at a
+//! time; an HTTP/2 endpoint gets one multiplexed connection per worker, which carries the
+//! client's :authority (not the endpoint's address).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Incoming};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{IntCounter, IntGauge};
 use prost::Message;
 use rauta_common::api::v1::UpstreamTls;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::debug;
 
-/// The wire protocol to the endpoints of a cluster.
+use crate::metrics::ProxyMetrics;
+use crate::workers;
+
+/// The wire protocol to the endpoints of a cluster (over TLS when the cluster has TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http1,
@@ -23,76 +39,540 @@ pub enum Protocol {
 }
 
 /// What the proxy sends upstream: the client's body streamed through, or a buffered one
-/// (mirrored requests).
+/// (mirrors, retries).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-/// One client type for cleartext and TLS clusters: the connector speaks TLS for `https` URIs
-/// only, so a cleartext cluster never touches its TLS settings.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed when released.
+const MAX_IDLE_PER_SHARD: usize = 64;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 PING interval on upstream connections, to notice dead peers.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Pool identity: protocol, connect timeout and a digest of the TLS settings.
-type ClientKey = (Protocol, Duration, Option<u64>);
-
-/// Clients keyed by their settings, so pools survive snapshot swaps that do not change them.
-#[derive(Debug, Default)]
-pub struct ClientCache {
-    clients: HashMap<ClientKey, Arc<HttpClient>>,
+/// Why a request could not be sent upstream or got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer within {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
-impl ClientCache {
-    /// The pooled client for these settings; `tls` set means the endpoints speak TLS.
-    pub fn get(
+impl UpstreamError {
+    /// No connection could be made (as opposed to a failure on an open connection).
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, UpstreamError::Request { .. })
+    }
+}
+
+/// The client TLS settings of pools with the same UpstreamTls and protocol.
+pub struct TlsRt {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsRt")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connection counters of one endpoint.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub open: IntGauge,
+    pub created: IntCounter,
+    pub failed: IntCounter,
+}
+
+#[derive(Debug)]
+struct IdleH1 {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    idle: Vec<IdleH1>,
+    h2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+/// The connections to one endpoint, shared by every cluster that reaches it with the same
+/// protocol, TLS and connect timeout; survives snapshot swaps that keep the endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    addr: SocketAddr,
+    /// `ip:port`, the Host of a request that has none.
+    authority: HeaderValue,
+    protocol: Protocol,
+    connect_timeout: Duration,
+    tls: Option<Arc<TlsRt>>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Per shard: held while an HTTP/2 connection is being made, so that a burst of requests
+    /// waits for one connection instead of opening one each.
+    h2_connecting: Box<[tokio::sync::Mutex<()>]>,
+    stats: PoolStats,
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl EndpointPool {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn shard(&self) -> usize {
+        workers::current() % self.shards.len()
+    }
+
+    /// Sends a request (origin-form URI, Host header set) and returns the response; the
+    /// connection goes back to the pool when the response body has been read. An `upgrade`
+    /// request's connection is handed over to the upgrade and never pooled.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let req = self.prepare(req);
+        match self.protocol {
+            Protocol::Http1 => self.send_h1(req, upgrade).await,
+            Protocol::H2c => self.send_h2(req).await,
+        }
+    }
+
+    /// The request in the form the protocol wants: HTTP/1.1 origin-form with Host, or HTTP/2
+    /// with the Host moved to :authority.
+    fn prepare(&self, mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match self.protocol {
+            Protocol::Http1 => {
+                *req.version_mut() = Version::HTTP_11;
+                if req.uri().authority().is_some() {
+                    *req.uri_mut() = Uri::from(path);
+                }
+                if !req.headers().contains_key(HOST) {
+                    req.headers_mut().insert(HOST, self.authority.clone());
+                }
+            }
+            Protocol::H2c => {
+                *req.version_mut() = Version::HTTP_2;
+                let host = req.headers_mut().remove(HOST);
+                let authority = host
+                    .as_ref()
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .or_else(|| Authority::try_from(self.authority.as_bytes()).ok());
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(if self.tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                });
+                parts.authority = authority;
+                parts.path_and_query = Some(path);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        req
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let shard = self.shard();
+        loop {
+            let (mut sender, reused) = match self.checkout_h1(shard) {
+                Some(sender) => (sender, true),
+                None => (self.connect_h1().await?, false),
+            };
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let release = (!upgrade).then(|| Release {
+                        sender,
+                        pool: Arc::clone(self),
+                        shard,
+                    });
+                    return Ok(ResponseBody::new(resp, release));
+                }
+                Err(mut err) => match err.take_message() {
+                    // A kept-alive connection the upstream closed meanwhile: nothing was sent,
+                    // so the request goes again on another connection.
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(UpstreamError::Request {
+                            addr: self.addr,
+                            source: err.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    fn checkout_h1(&self, shard: usize) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut shard = lock(&self.shards[shard]);
+        while let Some(idle) = shard.idle.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn release_h1(&self, shard: usize, sender: http1::SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut shard = lock(&self.shards[shard]);
+        if shard.idle.len() < MAX_IDLE_PER_SHARD {
+            shard.idle.push(IdleH1 {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let shard = self.shard();
+        let (mut sender, reused) = match self.current_h2(shard) {
+            Some(sender) => (sender, true),
+            None => {
+                let _connecting = self.h2_connecting[shard].lock().await;
+                match self.current_h2(shard) {
+                    Some(sender) => (sender, true),
+                    None => (self.connect_h2(shard).await?, false),
+                }
+            }
+        };
+        let result = match sender.try_send_request(req).await {
+            Err(mut err) if reused => match err.take_message() {
+                // The connection went away before the request was sent: once more, afresh.
+                Some(unsent) => {
+                    let mut fresh = self.connect_h2(shard).await?;
+                    fresh.send_request(unsent).await
+                }
+                None => Err(err.into_error()),
+            },
+            Err(err) => Err(err.into_error()),
+            Ok(resp) => Ok(resp),
+        };
+        result
+            .map(|resp| ResponseBody::new(resp, None))
+            .map_err(|source| UpstreamError::Request {
+                addr: self.addr,
+                source,
+            })
+    }
+
+    fn current_h2(&self, shard: usize) -> Option<http2::SendRequest<UpstreamBody>> {
+        lock(&self.shards[shard])
+            .h2
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        match self.connect().await? {
+            Either::Left(tcp) => self.start_h1(tcp).await,
+            Either::Right(tls) => self.start_h1(tls).await,
+        }
+    }
+
+    async fn start_h1<I>(&self, io: I) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| self.handshake_failed(source))?;
+        let open = self.opened();
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                debug!(%err, "upstream connection ended with an error");
+            }
+            open.dec();
+        });
+        Ok(sender)
+    }
+
+    /// A new HTTP/2 connection, stored as the shard's connection for later requests.
+    async fn connect_h2(
+        &self,
+        shard: usize,
+    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let sender = match self.connect().await? {
+            Either::Left(tcp) => self.start_h2(tcp).await?,
+            Either::Right(tls) => self.start_h2(tls).await?,
+        };
+        lock(&self.shards[shard]).h2 = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn start_h2<I>(&self, io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| self.handshake_failed(source))?;
+        let open = self.opened();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(%err, "upstream HTTP/2 connection ended with an error");
+            }
+            open.dec();
+        });
+        Ok(sender)
+    }
+
+    fn handshake_failed(&self, source: hyper::Error) -> UpstreamError {
+        self.stats.failed.inc();
+        UpstreamError::Handshake {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    fn opened(&self) -> IntGauge {
+        self.stats.created.inc();
+        self.stats.open.inc();
+        self.stats.open.clone()
+    }
+
+    /// A TCP connection within the connect timeout, with TLS on top when configured.
+    async fn connect(
+        &self,
+    ) -> Result<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, UpstreamError> {
+        let started = Instant::now();
+        let timed_out = || UpstreamError::ConnectTimeout {
+            addr: self.addr,
+            timeout: self.connect_timeout,
+        };
+        let result = async {
+            let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|source| UpstreamError::Connect {
+                    addr: self.addr,
+                    source,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &self.tls else {
+                return Ok(Either::Left(tcp));
+            };
+            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            tokio::time::timeout(left, handshake)
+                .await
+                .map_err(|_| timed_out())?
+                .map(Either::Right)
+                .map_err(|source| UpstreamError::Tls {
+                    addr: self.addr,
+                    source,
+                })
+        }
+        .await;
+        if result.is_err() {
+            self.stats.failed.inc();
+        }
+        result
+    }
+}
+
+/// Puts an HTTP/1.1 connection back into its pool once the response has been read.
+#[derive(Debug)]
+struct Release {
+    sender: http1::SendRequest<UpstreamBody>,
+    pool: Arc<EndpointPool>,
+    shard: usize,
+}
+
+/// An upstream response body; when it ends cleanly its connection can carry the next request.
+/// Dropped early (the client went away), the connection is closed instead.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl ResponseBody {
+    fn new(resp: Response<Incoming>, release: Option<Release>) -> Response<ResponseBody> {
+        resp.map(|inner| {
+            let mut body = ResponseBody { inner, release };
+            body.release_if_done();
+            body
+        })
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(r) = self.release.take()
+        {
+            r.pool.release_h1(r.shard, r.sender);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = self.release.take() {
+                    r.pool.release_h1(r.shard, r.sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Pool identity: endpoint, protocol, connect timeout and a digest of the TLS settings.
+type PoolKey = (SocketAddr, Protocol, Duration, Option<u64>);
+
+/// Every endpoint pool, keyed by its settings, so pools survive snapshot swaps that keep them.
+#[derive(Debug, Default)]
+pub struct UpstreamPools {
+    pools: HashMap<PoolKey, Arc<EndpointPool>>,
+    tls: HashMap<(u64, Protocol), Arc<TlsRt>>,
+}
+
+/// The TLS settings of a cluster, validated once and shared by its endpoints' pools.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    digest: u64,
+    rt: Arc<TlsRt>,
+}
+
+impl UpstreamPools {
+    /// Validates a cluster's upstream TLS settings; an error NACKs the snapshot.
+    pub fn tls(&mut self, protocol: Protocol, tls: &UpstreamTls) -> Result<ClusterTls, String> {
+        let digest = rauta_common::hash::fnv1a64(&tls.encode_to_vec());
+        if let Some(rt) = self.tls.get(&(digest, protocol)) {
+            return Ok(ClusterTls {
+                digest,
+                rt: Arc::clone(rt),
+            });
+        }
+        let mut config = crate::upstream_tls::client_config(tls)?;
+        config.alpn_protocols = match protocol {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::H2c => vec![b"h2".to_vec()],
+        };
+        let server_name = ServerName::try_from(tls.server_name.clone())
+            .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
+        let rt = Arc::new(TlsRt {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        });
+        self.tls.insert((digest, protocol), Arc::clone(&rt));
+        Ok(ClusterTls { digest, rt })
+    }
+
+    /// The pool for an endpoint with these settings, existing or new.
+    pub fn endpoint(
         &mut self,
+        addr: SocketAddr,
         protocol: Protocol,
         connect_timeout: Duration,
-        tls: Option<&UpstreamTls>,
-    ) -> Result<Arc<HttpClient>, String> {
-        let key = (
-            protocol,
-            connect_timeout,
-            tls.map(|t| rauta_common::hash::fnv1a64(&t.encode_to_vec())),
-        );
-        if let Some(client) = self.clients.get(&key) {
-            return Ok(Arc::clone(client));
-        }
-        let config = match tls {
-            Some(tls) => crate::upstream_tls::client_config(tls)?,
-            None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS versions: {e}"))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http();
-        let https = match tls {
-            Some(t) => {
-                let name = rustls_pki_types::ServerName::try_from(t.server_name.clone())
-                    .map_err(|e| format!("server_name {:?}: {e}", t.server_name))?;
-                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => https,
-        };
-        let connector = match protocol {
-            Protocol::Http1 => https.enable_http1().wrap_connector(http),
-            Protocol::H2c => https.enable_http2().wrap_connector(http),
-        };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90));
-        if protocol == Protocol::H2c {
-            builder.http2_only(true);
-        }
-        let client = Arc::new(builder.build(connector));
-        self.clients.insert(key, Arc::clone(&client));
-        Ok(client)
+        tls: Option<&ClusterTls>,
+        metrics: &ProxyMetrics,
+    ) -> Arc<EndpointPool> {
+        let key = (addr, protocol, connect_timeout, tls.map(|t| t.digest));
+        let pool = self.pools.entry(key).or_insert_with(|| {
+            let shards = (0..workers::count()).map(|_| Mutex::default()).collect();
+            let h2_connecting = (0..workers::count())
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect();
+            Arc::new(EndpointPool {
+                addr,
+                authority: HeaderValue::from_str(&addr.to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                protocol,
+                connect_timeout,
+                tls: tls.map(|t| Arc::clone(&t.rt)),
+                shards,
+                h2_connecting,
+                stats: metrics.pool_stats(&addr.to_string()),
+            })
+        });
+        Arc::clone(pool)
+    }
+
+    /// Forgets pools and TLS settings nothing uses any more (their connections close).
+    pub fn prune(&mut self) {
+        self.pools.retain(|_, pool| Arc::strong_count(pool) > 1);
+        self.tls.retain(|_, tls| Arc::strong_count(tls) > 1);
+    }
+
+    /// Pools currently known.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
     }
 }
 
