@@ -139,6 +139,14 @@ fn log_status_changes(old: &StatusReport, new: &StatusReport) {
             }
         }
     }
+    for (service, problems) in &new.service_annotations {
+        if old.service_annotations.get(service) == Some(problems) {
+            continue;
+        }
+        for problem in problems {
+            warn!(%service, "{problem}");
+        }
+    }
     for (key, status) in &new.gateways {
         if old.gateways.get(key) == Some(status) {
             continue;

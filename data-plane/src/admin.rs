@@ -10,7 +10,11 @@ use crate::shared::Shared;
 
 fn respond(shared: &Shared, path: &str) -> (StatusCode, Vec<u8>) {
     match path {
-        "/metrics" => (StatusCode::OK, shared.metrics.render()),
+        "/metrics" => {
+            // Ejections end by time, not by an event: the gauge is read off the state.
+            shared.state.load().record_ejections(&shared.metrics);
+            (StatusCode::OK, shared.metrics.render())
+        }
         "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
         "/readyz" if shared.is_draining() => {
             (StatusCode::SERVICE_UNAVAILABLE, b"draining\n".to_vec())

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::{HeaderMap, HeaderName};
 use prometheus::Histogram;
-use rauta_common::api::v1::{Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol};
-use tracing::debug;
+use rauta_common::api::v1::{
+    Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol, hash_key,
+};
+use tracing::{debug, info};
 
 use crate::maglev::{MaglevTable, hash_key};
 use crate::metrics::ProxyMetrics;
+use crate::outlier::OutlierPolicy;
 use crate::upstream::{EndpointPool, Protocol, UpstreamPools};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,10 +26,19 @@ pub struct EndpointRt {
     pub pool: Arc<EndpointPool>,
 }
 
+/// What Maglev hashes.
+#[derive(Debug)]
+enum HashOn {
+    SourceIp,
+    Header(HeaderName),
+    Cookie(String),
+}
+
 #[derive(Debug)]
 enum Picker {
-    Maglev(MaglevTable),
+    Maglev(MaglevTable, HashOn),
     RoundRobin(AtomicUsize),
+    LeastRequest,
 }
 
 /// A cluster as the request path uses it.
@@ -37,6 +50,7 @@ pub struct ClusterRt {
     pub latency: Histogram,
     endpoints: Vec<EndpointRt>,
     picker: Picker,
+    outlier: Option<OutlierPolicy>,
 }
 
 fn duration(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, String> {
@@ -101,17 +115,39 @@ impl ClusterRt {
             weights.push(ep.weight);
         }
 
+        let hash_on = match cluster.hash_key.as_ref().and_then(|k| k.key.as_ref()) {
+            None => HashOn::SourceIp,
+            Some(hash_key::Key::Header(h)) => HashOn::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|e| format!("cluster {name}: hash_key header {h:?}: {e}"))?,
+            ),
+            Some(hash_key::Key::Cookie(c)) => HashOn::Cookie(c.clone()),
+        };
         let picker = match policy {
             LoadBalancerPolicy::RoundRobin => Picker::RoundRobin(AtomicUsize::new(0)),
+            LoadBalancerPolicy::LeastRequest => Picker::LeastRequest,
             LoadBalancerPolicy::Unspecified | LoadBalancerPolicy::Maglev => {
                 let ids: Vec<String> = ready.iter().map(|e| e.addr.to_string()).collect();
                 // Never shrink a cluster's table: a size change would remap most clients.
                 let size = MaglevTable::size_for(ids.len()).max(min_table_size);
                 match MaglevTable::build_with_size(&ids, &weights, size) {
-                    Some(table) => Picker::Maglev(table),
+                    Some(table) => Picker::Maglev(table, hash_on),
                     None => Picker::RoundRobin(AtomicUsize::new(0)),
                 }
             }
+        };
+        let outlier = match &cluster.outlier_detection {
+            Some(o) if o.consecutive_failures > 0 => Some(OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: duration(o.base_ejection_time.as_ref())
+                    .map_err(|e| format!("cluster {name}: base_ejection_time: {e}"))?
+                    .unwrap_or(Duration::from_secs(30)),
+                max_ejection_percent: match o.max_ejection_percent {
+                    0 => 50,
+                    p => p.min(100),
+                },
+            }),
+            _ => None,
         };
         Ok(ClusterRt {
             name: Arc::from(name.as_str()),
@@ -120,23 +156,75 @@ impl ClusterRt {
             latency: metrics.upstream_latency(name),
             endpoints: ready,
             picker,
+            outlier,
         })
     }
 
-    /// Picks a ready endpoint for a client; `None` when the cluster has none.
+    /// Picks a ready endpoint for a request, passing over ejected ones while others are
+    /// left; `None` when the cluster has none.
     #[inline]
-    pub fn pick(&self, client: IpAddr) -> Option<&EndpointRt> {
-        if self.endpoints.is_empty() {
+    pub fn pick(&self, client: IpAddr, headers: &HeaderMap) -> Option<&EndpointRt> {
+        let count = self.endpoints.len();
+        if count == 0 {
             return None;
         }
         let index = match &self.picker {
-            Picker::Maglev(table) => match client {
-                IpAddr::V4(ip) => table.get(hash_key(&ip.octets())),
-                IpAddr::V6(ip) => table.get(hash_key(&ip.octets())),
-            },
-            Picker::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len(),
+            Picker::Maglev(table, hash_on) => table.get(request_hash(hash_on, client, headers)),
+            Picker::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % count,
+            Picker::LeastRequest => {
+                // Power of two choices: two endpoints at random, the one with fewer in flight.
+                let r: u64 = rand::random();
+                let a = (r as usize) % count;
+                let b = ((r >> 32) as usize) % count;
+                let load = |i: usize| {
+                    let h = self.endpoints[i].pool.health();
+                    (h.is_ejected(), h.in_flight())
+                };
+                if load(b) < load(a) { b } else { a }
+            }
         };
-        self.endpoints.get(index)
+        self.healthy_from(index)
+    }
+
+    /// The first endpoint from `index` on that is not ejected; `index`'s when all are.
+    fn healthy_from(&self, index: usize) -> Option<&EndpointRt> {
+        let first = self.endpoints.get(index)?;
+        if self.outlier.is_none() || !first.pool.health().is_ejected() {
+            return Some(first);
+        }
+        let count = self.endpoints.len();
+        (1..count)
+            .map(|n| &self.endpoints[(index + n) % count])
+            .find(|e| !e.pool.health().is_ejected())
+            .or(Some(first))
+    }
+
+    /// Records how a request to `endpoint` went (`failed`: 5xx, connect error, reset or
+    /// timeout) and ejects the endpoint when it keeps failing.
+    pub fn report(&self, endpoint: &EndpointRt, failed: bool) {
+        let Some(policy) = &self.outlier else { return };
+        let health = endpoint.pool.health();
+        if !failed {
+            health.succeeded(policy);
+            return;
+        }
+        if !health.failed(policy) {
+            return;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.pool.health().is_ejected())
+            .count();
+        if policy.may_eject(ejected, self.endpoints.len()) {
+            let period = health.eject(policy);
+            info!(cluster = %self.name, endpoint = %endpoint.addr, ?period, "endpoint ejected after consecutive failures");
+        }
+    }
+
+    /// The ready endpoints.
+    pub fn endpoints(&self) -> &[EndpointRt] {
+        &self.endpoints
     }
 
     /// The endpoint `n` places after `first`: retries go elsewhere when they can.
@@ -152,8 +240,70 @@ impl ClusterRt {
     /// Size of the Maglev table (0 for other pickers).
     pub fn table_size(&self) -> usize {
         match &self.picker {
-            Picker::Maglev(t) => t.len(),
-            Picker::RoundRobin(_) => 0,
+            Picker::Maglev(t, _) => t.len(),
+            Picker::RoundRobin(_) | Picker::LeastRequest => 0,
         }
+    }
+}
+
+/// The hash of what a request is balanced on; the source address when the header or cookie
+/// is missing.
+fn request_hash(hash_on: &HashOn, client: IpAddr, headers: &HeaderMap) -> u64 {
+    let value = match hash_on {
+        HashOn::SourceIp => None,
+        HashOn::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        HashOn::Cookie(name) => cookie(headers, name),
+    };
+    match (value, client) {
+        (Some(v), _) => hash_key(v),
+        (None, IpAddr::V4(ip)) => hash_key(&ip.octets()),
+        (None, IpAddr::V6(ip)) => hash_key(&ip.octets()),
+    }
+}
+
+/// A cookie's value from the Cookie header(s).
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(value.trim_ascii_end())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; session=abc ".parse().unwrap());
+        h.append(http::header::COOKIE, "sessionx=2".parse().unwrap());
+        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "a"), Some(&b"1"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
+        assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn the_hash_follows_the_key_and_falls_back_to_the_source() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        let on_header = HashOn::Header(HeaderName::from_static("x-user"));
+        assert_eq!(
+            request_hash(&on_header, ip, &h),
+            request_hash(&on_header, other, &h),
+            "same user, different addresses"
+        );
+        assert_eq!(
+            request_hash(&on_header, ip, &HeaderMap::new()),
+            request_hash(&HashOn::SourceIp, ip, &h)
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod listeners;
 pub mod maglev;
 pub mod metrics;
 pub mod mirror;
+pub mod outlier;
 pub mod passthrough;
 pub mod proxy;
 pub mod routing;

@@ -17,6 +17,8 @@ pub struct ProxyMetrics {
     pool_open: IntGaugeVec,
     pool_created: IntCounterVec,
     pool_failed: IntCounterVec,
+    outlier_ejections: IntCounterVec,
+    pub endpoint_ejected: IntGaugeVec,
 }
 
 /// Request counters of one route rule, by status class (1xx..5xx).
@@ -91,6 +93,22 @@ impl ProxyMetrics {
             ),
             &["endpoint"],
         )?;
+        let outlier_ejections = IntCounterVec::new(
+            Opts::new(
+                "outlier_ejections_total",
+                "Times an endpoint was taken out of the rotation after consecutive failures",
+            ),
+            &["endpoint"],
+        )?;
+        let endpoint_ejected = IntGaugeVec::new(
+            Opts::new(
+                "endpoint_ejected",
+                "1 while an endpoint is ejected (circuit open), 0 otherwise; by cluster and endpoint",
+            ),
+            &["cluster", "endpoint"],
+        )?;
+        registry.register(Box::new(outlier_ejections.clone()))?;
+        registry.register(Box::new(endpoint_ejected.clone()))?;
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(pool_created.clone()))?;
         registry.register(Box::new(pool_failed.clone()))?;
@@ -109,6 +127,8 @@ impl ProxyMetrics {
             pool_open,
             pool_created,
             pool_failed,
+            outlier_ejections,
+            endpoint_ejected,
         })
     }
 
@@ -128,6 +148,10 @@ impl ProxyMetrics {
             created: self.pool_created.with_label_values(&[endpoint]),
             failed: self.pool_failed.with_label_values(&[endpoint]),
         }
+    }
+
+    pub fn outlier_ejections(&self, endpoint: &str) -> IntCounter {
+        self.outlier_ejections.with_label_values(&[endpoint])
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -56,7 +56,7 @@ pub fn send_copies(
             debug!(cluster = %cluster.name, "too many mirror copies in flight; copy dropped");
             continue;
         };
-        let Some(endpoint) = cluster.pick(client) else {
+        let Some(endpoint) = cluster.pick(client, &parts.headers) else {
             continue;
         };
         let pool = Arc::clone(&endpoint.pool);

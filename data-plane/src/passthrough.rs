@@ -108,7 +108,11 @@ pub async fn serve(
         let Pick::Backend(backend) = rule.action.pick(rand::random()) else {
             return;
         };
-        let Some(endpoint) = backend.cluster.as_ref().and_then(|c| c.pick(peer.ip())) else {
+        let Some(endpoint) = backend
+            .cluster
+            .as_ref()
+            .and_then(|c| c.pick(peer.ip(), &http::HeaderMap::new()))
+        else {
             debug!(%peer, %name, "no ready endpoint; closing");
             return;
         };

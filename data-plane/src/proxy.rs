@@ -196,7 +196,7 @@ pub async fn handle(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Bytes::from_static(b"unknown cluster\n"),
                 ),
-                Some(cluster) => match cluster.pick(peer.ip()) {
+                Some(cluster) => match cluster.pick(peer.ip(), req.headers()) {
                     None => local(
                         StatusCode::SERVICE_UNAVAILABLE,
                         Bytes::from_static(b"no healthy upstream\n"),
@@ -358,12 +358,19 @@ async fn forward(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = [attempt_limit, remaining].into_iter().flatten().min();
         let started = Instant::now();
+        let in_flight = endpoint.pool.health().start_request();
         let sent = endpoint.pool.send(req, upgrade.is_some());
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
         };
+        drop(in_flight);
         cluster.latency.observe(started.elapsed().as_secs_f64());
+        let endpoint_failed = match &outcome {
+            Ok(Ok(resp)) => resp.status().is_server_error(),
+            Ok(Err(_)) | Err(()) => true,
+        };
+        cluster.report(endpoint, endpoint_failed);
         let timed_out = outcome.is_err();
         if timed_out && deadline.is_some_and(|d| Instant::now() >= d) {
             return local(

@@ -303,6 +303,19 @@ impl RoutingState {
         self.tls.get(listener).map(|(_, _, n)| n.as_ref())
     }
 
+    /// Sets the per-endpoint ejection gauge from the clusters' current endpoints.
+    pub fn record_ejections(&self, metrics: &ProxyMetrics) {
+        metrics.endpoint_ejected.reset();
+        for (name, (_, _, cluster)) in &self.clusters {
+            for endpoint in cluster.endpoints() {
+                metrics
+                    .endpoint_ejected
+                    .with_label_values(&[name.as_str(), &endpoint.addr.to_string()])
+                    .set(i64::from(endpoint.pool.health().is_ejected()));
+            }
+        }
+    }
+
     /// The TLS configuration of an HTTPS listener.
     pub fn tls_config(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.get(listener).map(|(_, c, _)| Arc::clone(c))

@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::metrics::ProxyMetrics;
+use crate::outlier::EndpointHealth;
 use crate::workers;
 
 /// The wire protocol to the endpoints of a cluster (over TLS when the cluster has TLS).
@@ -132,6 +133,7 @@ pub struct EndpointPool {
     /// waits for one connection instead of opening one each.
     h2_connecting: Box<[tokio::sync::Mutex<()>]>,
     stats: PoolStats,
+    health: EndpointHealth,
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -145,6 +147,11 @@ impl EndpointPool {
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// Passive health, shared by every cluster that reaches this endpoint.
+    pub fn health(&self) -> &EndpointHealth {
+        &self.health
     }
 
     fn shard(&self) -> usize {
@@ -555,6 +562,7 @@ impl UpstreamPools {
                 shards,
                 h2_connecting,
                 stats: metrics.pool_stats(&addr.to_string()),
+                health: EndpointHealth::new(metrics.outlier_ejections(&addr.to_string())),
             })
         });
         Arc::clone(pool)

@@ -45,6 +45,22 @@ pub fn service(namespace: &str, name: &str, endpoints: &[SocketAddr]) -> String 
     s
 }
 
+/// [`service`] with `rauta.dev/*` (or any) annotations on the Service.
+pub fn annotated_service(
+    namespace: &str,
+    name: &str,
+    endpoints: &[SocketAddr],
+    annotations: &[(&str, &str)],
+) -> String {
+    let plain = service(namespace, name, endpoints);
+    let meta = format!("metadata:\n  name: {name}\n  namespace: {namespace}\n");
+    let mut annotated = format!("{meta}  annotations:\n");
+    for (k, v) in annotations {
+        annotated.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    plain.replacen(&meta, &annotated, 1)
+}
+
 /// An HTTPRoute; `rules` is the YAML list under `spec.rules`, indented by two spaces.
 pub fn http_route(
     namespace: &str,

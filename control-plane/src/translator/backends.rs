@@ -2,9 +2,7 @@
 
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rauta_common::api::v1::{
-    Cluster, ClusterEndpoints, Endpoint, LoadBalancerPolicy, UpstreamProtocol,
-};
+use rauta_common::api::v1::{Cluster, ClusterEndpoints, Endpoint, UpstreamProtocol};
 
 use super::backend_tls::{self, ServicePortKey};
 use crate::objects::{ObjectRef, ObjectSet};
@@ -130,14 +128,17 @@ pub fn resolve(
         Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
         _ => UpstreamProtocol::Http1,
     };
+    let policy = super::service_policy::from_annotations(service.metadata.annotations.as_ref());
     let cluster = Cluster {
         name: cluster_name.clone(),
         protocol: protocol as i32,
-        lb_policy: LoadBalancerPolicy::Maglev as i32,
-        connect_timeout: None,
+        lb_policy: policy.lb_policy as i32,
+        connect_timeout: policy.connect_timeout,
         request_timeout: None,
         tls: backend_tls::policy_for(objects, &key, service_port.name.as_deref())
             .and_then(|policy| backend_tls::upstream_tls(objects, &policy)),
+        outlier_detection: Some(policy.outlier_detection),
+        hash_key: policy.hash_key,
     };
     let endpoints = ClusterEndpoints {
         cluster: cluster_name,

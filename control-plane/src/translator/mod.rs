@@ -7,6 +7,7 @@ mod filters;
 pub mod hostnames;
 mod listener_sets;
 mod routes;
+pub mod service_policy;
 pub mod status;
 mod tls;
 
@@ -1064,6 +1065,17 @@ fn policy_statuses(
     compiled: &BTreeMap<RouteId, CompiledRoute>,
     out: &mut StatusReport,
 ) {
+    for backend in compiled.values().flat_map(|c| &c.backends) {
+        let service = &backend.service_port.0;
+        let problems = objects
+            .services
+            .get(service)
+            .map(|s| service_policy::from_annotations(s.metadata.annotations.as_ref()).problems)
+            .unwrap_or_default();
+        if !problems.is_empty() {
+            out.service_annotations.insert(service.clone(), problems);
+        }
+    }
     for (gw_key, gateway) in gateways {
         let used: BTreeSet<backend_tls::ServicePortKey> = gateway
             .listeners

@@ -1,0 +1,227 @@
+//! Endpoint choice: outlier detection ejects an endpoint that keeps failing and takes it back
+//! once it recovers; Maglev can hash a header (session affinity) instead of the source
+//! address; least-request spreads requests. Settings come from `rauta.dev/*` annotations on
+//! the Service.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, free_port, http_request};
+use rauta_tests::manifests::{annotated_service, documents, gateway, gateway_class, http_route};
+
+/// A backend answering 503 until `healthy` is set, then 200; counts requests.
+struct Flaky {
+    addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn flaky() -> Flaky {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (Arc::clone(&healthy), Arc::clone(&hits));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (h, n) = (Arc::clone(&h), Arc::clone(&n));
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let status = if h.load(Ordering::SeqCst) { 200 } else { 503 };
+                    async move {
+                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"flaky\n")));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Flaky {
+        addr,
+        healthy,
+        hits,
+    }
+}
+
+fn metric(metrics: &str, line_prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn route(name: &str, host: &str, service: &str) -> String {
+    http_route(
+        "apps",
+        name,
+        ("infra", "gw"),
+        &[host],
+        &format!("  - backendRefs: [{{name: {service}, port: 8080}}]\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_taken_back() {
+    let ws = Workspace::new();
+    let good = Echo::start("echo-good", "apps", ws.path());
+    let bad = flaky().await;
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            annotated_service(
+                "apps",
+                "mixed",
+                &[good.http, bad.addr],
+                &[
+                    ("rauta.dev/load-balancer", "round-robin"),
+                    ("rauta.dev/outlier-consecutive-failures", "3"),
+                    ("rauta.dev/outlier-base-ejection-time", "2s"),
+                ],
+            ),
+            route("web", "web.example", "mixed"),
+        ]),
+    );
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/", proxy.listener(80));
+
+    // Round robin alternates: the flaky endpoint answers 503 three times, then is ejected
+    // and every later request goes to the good one.
+    let mut statuses = Vec::new();
+    for _ in 0..14 {
+        statuses.push(
+            http_request(&url, Some("web.example"), &[], None)
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(bad.hits.load(Ordering::SeqCst), 3, "statuses {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 3);
+    assert!(
+        statuses[8..].iter().all(|s| *s == 200),
+        "statuses {statuses:?}"
+    );
+    let metrics = proxy.metrics().await;
+    let bad_label = format!("endpoint=\"{}\"", bad.addr);
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("rauta_proxy_outlier_ejections_total{{{bad_label}}} ")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("rauta_proxy_endpoint_ejected{{cluster=\"apps/mixed:8080\",{bad_label}}} ")
+        ),
+        1.0
+    );
+
+    // Recovered, and the ejection period over: it gets requests again.
+    bad.healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    for _ in 0..6 {
+        let r = http_request(&url, Some("web.example"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert!(bad.hits.load(Ordering::SeqCst) > 3, "back in the rotation");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("rauta_proxy_endpoint_ejected{{cluster=\"apps/mixed:8080\",{bad_label}}} ")
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_affinity_and_least_request() {
+    let ws = Workspace::new();
+    let a = Echo::start("echo-a", "apps", ws.path());
+    let b = Echo::start("echo-b", "apps", ws.path());
+    let both = [a.http, b.http];
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            annotated_service(
+                "apps",
+                "sticky",
+                &both,
+                &[("rauta.dev/hash-on", "header:x-user")],
+            ),
+            annotated_service(
+                "apps",
+                "spread",
+                &both,
+                &[("rauta.dev/load-balancer", "least-request")],
+            ),
+            route("sticky", "sticky.example", "sticky"),
+            route("spread", "spread.example", "spread"),
+        ]),
+    );
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/", proxy.listener(80));
+
+    // One user, many source addresses: always the same endpoint.
+    let mut seen = BTreeSet::new();
+    for last in 2..14u8 {
+        let source: IpAddr = format!("127.0.0.{last}").parse().unwrap();
+        let r = http_request(
+            &url,
+            Some("sticky.example"),
+            &[("x-user", "alice")],
+            Some(source),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        seen.insert(r.pod());
+    }
+    assert_eq!(seen.len(), 1, "alice moved between {seen:?}");
+    // Many users from one address: both endpoints.
+    let mut seen = BTreeSet::new();
+    for user in 0..24 {
+        let user = format!("user-{user}");
+        let r = http_request(&url, Some("sticky.example"), &[("x-user", &user)], None)
+            .await
+            .unwrap();
+        seen.insert(r.pod());
+    }
+    assert_eq!(seen.len(), 2, "users all on {seen:?}");
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        seen.insert(
+            http_request(&url, Some("spread.example"), &[], None)
+                .await
+                .unwrap()
+                .pod(),
+        );
+    }
+    assert_eq!(seen.len(), 2, "least-request used only {seen:?}");
+}
