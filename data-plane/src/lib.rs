@@ -8,6 +8,7 @@ pub mod applier;
 pub mod cluster;
 pub mod cors;
 pub mod filters;
+pub mod limits;
 pub mod listeners;
 pub mod maglev;
 pub mod metrics;

@@ -13,9 +13,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use crate::limits::{Activity, TrackedIo};
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::{Shared, drain_started};
@@ -182,11 +184,18 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limits = shared.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let mut drain = shared.drain_watch();
     loop {
         tokio::select! {
@@ -211,11 +220,13 @@ async fn accept_loop(
                     });
                     continue;
                 }
+                let activity = Arc::new(Activity::default());
+                let stream = TrackedIo::new(stream, Arc::clone(&activity));
                 let builder = builder.clone();
                 tokio::spawn(async move {
                                         let service = |sni: Option<Arc<str>>| {
                         let (shared, ctx) = (Arc::clone(&shared), Arc::clone(&ctx));
-                        let conn = Arc::new(proxy::Connection { peer, sni });
+                        let conn = Arc::new(proxy::Connection { peer, sni, activity: Arc::clone(&activity) });
                         service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), Arc::clone(&conn), req))
                     };
                     let served = if ctx.tls {
@@ -235,9 +246,9 @@ async fn accept_loop(
                             }
                         };
                                                 let sni = tls.get_ref().1.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
-                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)), open).await
+                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)), open, &activity, limits.idle_timeout).await
                     } else {
-                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)), open).await
+                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)), open, &activity, limits.idle_timeout).await
                     };
                     if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");
@@ -250,16 +261,31 @@ async fn accept_loop(
     }
 }
 
-/// Serves a connection until it ends; once draining starts it finishes the requests in flight
-/// and closes (HTTP/1.1: after the current response, at once if idle; HTTP/2: GOAWAY).
+/// Serves a connection until it ends; once draining starts, or once the connection has been
+/// idle (no request open, no bytes moving) for between one and two `idle_timeout`s, it finishes
+/// the requests in flight and closes (HTTP/1.1: after the current response, at once if idle;
+/// HTTP/2: GOAWAY).
 async fn serve_draining<C: GracefulConnection>(
     conn: C,
     mut drain: watch::Receiver<bool>,
+    activity: &Activity,
+    idle_timeout: Duration,
 ) -> Result<(), C::Error> {
     tokio::pin!(conn);
-    tokio::select! {
-        served = conn.as_mut() => return served,
-        _ = drain_started(&mut drain) => {}
+    let mut idle_check = tokio::time::interval_at(Instant::now() + idle_timeout, idle_timeout);
+    let mut mark = activity.mark();
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => return served,
+            _ = drain_started(&mut drain) => break,
+            _ = idle_check.tick() => {
+                if activity.idle_since(mark) {
+                    debug!("closing idle connection");
+                    break;
+                }
+                mark = activity.mark();
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await

@@ -12,6 +12,7 @@ use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, Reloadi
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
 use rauta_proxy::admin;
 use rauta_proxy::applier::Applier;
+use rauta_proxy::limits::Limits;
 use rauta_proxy::listeners::ListenerManager;
 use rauta_proxy::metrics::ProxyMetrics;
 use rauta_proxy::shared::Shared;
@@ -78,6 +79,22 @@ struct Args {
     /// (keep it below the pod's terminationGracePeriodSeconds).
     #[arg(long, value_name = "SECONDS", default_value_t = 25)]
     drain_timeout: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    max_request_header_bytes: u32,
+    /// Most header fields in a request; more gets 431.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_request_headers: u32,
+    /// Largest request body in bytes; larger gets 413. 0: unlimited.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    max_request_body_bytes: u64,
+    /// Seconds a client connection may stay idle (no request open, no bytes moving) before
+    /// it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 75,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
 }
 
 /// The discovery channel's security from the flags.
@@ -156,7 +173,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let security = channel_security(&args)?;
     let metrics = ProxyMetrics::new().context("registering metrics")?;
-    let shared = Arc::new(Shared::new(metrics.clone()));
+    let limits = Limits {
+        max_header_bytes: args.max_request_header_bytes as usize,
+        max_headers: args.max_request_headers as usize,
+        max_body_bytes: (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+    };
+    let shared = Arc::new(Shared::new(metrics.clone(), limits));
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::cors::CorsRt;
+use crate::limits::{Activity, RequestBody, is_body_too_large};
 use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
@@ -67,6 +68,8 @@ fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
 #[derive(Debug)]
 pub struct Connection {
     pub peer: SocketAddr,
+    /// Requests and bytes on the connection, for the idle timeout.
+    pub activity: Arc<Activity>,
     /// The TLS server name the client sent (lower case), on HTTPS listeners.
     pub sni: Option<Arc<str>>,
 }
@@ -97,7 +100,17 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let peer = conn.peer;
+    let _open = conn.activity.request();
     let mut req = req;
+    if let Some(limit) = shared.limits.max_body_bytes
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > limit)
+    {
+        return Ok(body_too_large());
+    }
     if let Some(normalized) = normalized_target(req.uri()) {
         let Some(normalized) = normalized else {
             return Ok(local(
@@ -207,8 +220,12 @@ pub async fn handle(
                             matched,
                             backend,
                         };
-                        let mut r =
-                            forward(cluster, endpoint, picked, req, peer, listener.scheme()).await;
+                        let client = Client {
+                            peer,
+                            scheme: listener.scheme(),
+                            max_body: shared.limits.max_body_bytes,
+                        };
+                        let mut r = forward(cluster, endpoint, picked, req, client).await;
                         if let Some(ops) = &backend.response_headers {
                             ops.apply(r.headers_mut());
                         }
@@ -228,6 +245,21 @@ pub async fn handle(
     Ok(resp)
 }
 
+fn body_too_large() -> Response<ProxyBody> {
+    local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Bytes::from_static(b"request body too large\n"),
+    )
+}
+
+/// Who sent the request, and what they may send.
+#[derive(Clone, Copy)]
+struct Client {
+    peer: SocketAddr,
+    scheme: &'static str,
+    max_body: Option<u64>,
+}
+
 /// What routing chose for a request.
 #[derive(Clone, Copy)]
 struct Picked<'a> {
@@ -245,8 +277,11 @@ async fn forward(
         backend,
     }: Picked<'_>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
+    Client {
+        peer,
+        scheme,
+        max_body,
+    }: Client,
 ) -> Response<ProxyBody> {
     let path = match rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
         Some(rewrite) => {
@@ -303,11 +338,13 @@ async fn forward(
         upgrade::restore_headers(headers, protocol);
     }
     let (mut parts, incoming) = req.into_parts();
+    let incoming = RequestBody::new(incoming, max_body);
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
     let (mut body, replay) = if wants_copy {
         match upstream::buffer_body(incoming).await {
             Ok(b) => b,
+            Err(err) if is_body_too_large(&err) => return body_too_large(),
             Err(_) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -368,6 +405,8 @@ async fn forward(
         cluster.latency.observe(started.elapsed().as_secs_f64());
         let endpoint_failed = match &outcome {
             Ok(Ok(resp)) => resp.status().is_server_error(),
+            // The client's fault, not the endpoint's.
+            Ok(Err(err)) if is_body_too_large(err) => false,
             Ok(Err(_)) | Err(()) => true,
         };
         cluster.report(endpoint, endpoint_failed);
@@ -427,6 +466,7 @@ async fn forward(
             parts.version = Version::default();
             Response::from_parts(parts, Either::Left(body))
         }
+        Err(err) if is_body_too_large(&err) => body_too_large(),
         Err(err) => {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, "upstream request failed");
             local(

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::limits::Limits;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingState;
 
@@ -13,6 +14,7 @@ pub struct Shared {
     /// The current routing state; requests load it once and keep it until they finish.
     pub state: ArcSwap<RoutingState>,
     pub metrics: ProxyMetrics,
+    pub limits: Limits,
     ready: AtomicBool,
     /// True once draining (SIGTERM). Every listener and open downstream connection holds a
     /// receiver, so the receiver count is what is still open.
@@ -20,10 +22,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: ProxyMetrics) -> Self {
+    pub fn new(metrics: ProxyMetrics, limits: Limits) -> Self {
         Shared {
             state: ArcSwap::from_pointee(RoutingState::default()),
             metrics,
+            limits,
             ready: AtomicBool::new(false),
             drain: watch::Sender::new(false),
         }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::limits::{RequestBody, RequestBodyError};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::EndpointHealth;
 use crate::workers;
@@ -41,7 +42,7 @@ pub enum Protocol {
 
 /// What the proxy sends upstream: the client's body streamed through, or a buffered one
 /// (mirrors, retries).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<RequestBody, Full<Bytes>>;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed when released.
 const MAX_IDLE_PER_SHARD: usize = 64;
@@ -592,15 +593,17 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a body could not be buffered.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("reading the request body: {0}")]
-    Read(hyper::Error),
+    #[error(transparent)]
+    Read(RequestBodyError),
     #[error("the request body did not arrive in time")]
     TimedOut,
 }
 
 /// Reads a small body into memory so it can be sent more than once. Returns the body to
 /// forward, and the bytes for the copies (`None`: too large or of unknown size; it is streamed once, not mirrored or retried).
-pub async fn buffer_body(incoming: Incoming) -> Result<(UpstreamBody, Option<Bytes>), BodyError> {
+pub async fn buffer_body(
+    incoming: RequestBody,
+) -> Result<(UpstreamBody, Option<Bytes>), BodyError> {
     if incoming.is_end_stream() {
         return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
     }
