@@ -7,5 +7,6 @@ pub mod hash;
 pub mod matching;
 pub mod plain_http;
 pub mod process;
+pub mod redact;
 pub mod types;
 pub mod wire;

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rauta_common::api::v1::Resource;
 use rauta_common::api::v1::admin_server::Admin;
-use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
     DiffSnapshotsRequest, GetSnapshotRequest, ListProxiesRequest, ListProxiesResponse,
     ListSnapshotsRequest, ListSnapshotsResponse, ListStatusesRequest, ListStatusesResponse, Nack,
@@ -203,24 +201,4 @@ impl Admin for AdminService {
     }
 }
 
-/// A copy of a resource without private key material: admin output is for people and logs.
-pub fn redacted(resource: &Resource) -> Resource {
-    let mut r = resource.clone();
-    match &mut r.payload {
-        Some(Payload::Listener(l)) => {
-            for c in &mut l.certificates {
-                c.private_key_pem = REDACTED.to_owned();
-            }
-        }
-        Some(Payload::Cluster(c)) => {
-            if let Some(cert) = c.tls.as_mut().and_then(|t| t.client_certificate.as_mut()) {
-                cert.private_key_pem = REDACTED.to_owned();
-            }
-        }
-        _ => {}
-    }
-    r
-}
-
-/// What the admin service shows instead of a private key.
-pub const REDACTED: &str = "[redacted]";
+pub use rauta_common::redact::{REDACTED, redacted};

@@ -76,9 +76,13 @@ impl ControllerMetrics {
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
     plain_http::serve(listener, move |path| match path {
-        "/metrics" => (StatusCode::OK, metrics.render()),
-        "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
-        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+        "/metrics" => (StatusCode::OK, plain_http::PROMETHEUS, metrics.render()),
+        "/healthz" => (StatusCode::OK, plain_http::TEXT, b"ok\n".to_vec()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            plain_http::TEXT,
+            b"not found\n".to_vec(),
+        ),
     })
     .await;
 }

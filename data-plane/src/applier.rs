@@ -15,7 +15,7 @@ use crate::store::ResourceStore;
 use crate::upstream::UpstreamPools;
 
 pub struct Applier {
-    store: ResourceStore,
+    store: Arc<ResourceStore>,
     pools: UpstreamPools,
     listeners: ListenerManager,
     shared: Arc<Shared>,
@@ -25,7 +25,7 @@ pub struct Applier {
 impl Applier {
     pub fn new(listeners: ListenerManager, shared: Arc<Shared>) -> Self {
         Applier {
-            store: ResourceStore::default(),
+            store: Arc::default(),
             pools: UpstreamPools::default(),
             listeners,
             shared,
@@ -43,8 +43,9 @@ impl Applier {
             RoutingState::build(&candidate, &previous, &mut self.pools, &self.shared.metrics)?;
         drop(previous);
         let prepared = self.listeners.prepare(&listener_specs)?;
-        self.store = candidate;
+        self.store = Arc::new(candidate);
         self.shared.state.store(Arc::new(state));
+        self.shared.config.store(Arc::clone(&self.store));
         self.listeners.commit(prepared);
         // Endpoints the new state dropped: their pools close once in-flight requests finish.
         self.pools.prune();

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod applier;
 pub mod cluster;
+pub mod config_dump;
 pub mod cors;
 pub mod filters;
 pub mod limits;

@@ -303,6 +303,13 @@ impl RoutingState {
         self.tls.get(listener).map(|(_, _, n)| n.as_ref())
     }
 
+    /// Every cluster, by name.
+    pub fn clusters(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
+        self.clusters
+            .iter()
+            .map(|(name, (_, _, rt))| (name.as_str(), rt.as_ref()))
+    }
+
     /// Sets the per-endpoint ejection gauge from the clusters' current endpoints.
     pub fn record_ejections(&self, metrics: &ProxyMetrics) {
         metrics.endpoint_ejected.reset();

@@ -8,11 +8,14 @@ use tokio::sync::watch;
 use crate::limits::Limits;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingState;
+use crate::store::ResourceStore;
 
 #[derive(Debug)]
 pub struct Shared {
     /// The current routing state; requests load it once and keep it until they finish.
     pub state: ArcSwap<RoutingState>,
+    /// The resources the routing state was built from, for the admin dump.
+    pub config: ArcSwap<ResourceStore>,
     pub metrics: ProxyMetrics,
     pub limits: Limits,
     ready: AtomicBool,
@@ -25,6 +28,7 @@ impl Shared {
     pub fn new(metrics: ProxyMetrics, limits: Limits) -> Self {
         Shared {
             state: ArcSwap::from_pointee(RoutingState::default()),
+            config: ArcSwap::from_pointee(ResourceStore::default()),
             metrics,
             limits,
             ready: AtomicBool::new(false),

@@ -150,6 +150,11 @@ impl EndpointPool {
         self.protocol
     }
 
+    /// Connections to the endpoint open now.
+    pub fn open_connections(&self) -> i64 {
+        self.stats.open.get()
+    }
+
     /// Passive health, shared by every cluster that reaches this endpoint.
     pub fn health(&self) -> &EndpointHealth {
         &self.health

@@ -298,6 +298,15 @@ impl Proxy {
         .await;
     }
 
+    /// The admin /config_dump document.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let r = http_get(&format!("http://{}/config_dump", self.admin), None)
+            .await
+            .expect("GET /config_dump");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("config_dump is JSON")
+    }
+
     pub async fn metrics(&self) -> String {
         http_get(&format!("http://{}/metrics", self.admin), None)
             .await

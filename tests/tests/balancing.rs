@@ -135,6 +135,30 @@ async fn a_failing_endpoint_is_ejected_and_taken_back() {
         1.0
     );
 
+    // The admin dump shows the settings from the annotations and the endpoint's state.
+    let dump = proxy.config_dump().await;
+    let cluster = dump["resources"]["cluster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "apps/mixed:8080")
+        .expect("cluster in the dump");
+    assert_eq!(
+        cluster["cluster"]["lbPolicy"],
+        "LOAD_BALANCER_POLICY_ROUND_ROBIN"
+    );
+    assert_eq!(
+        cluster["cluster"]["outlierDetection"]["consecutiveFailures"],
+        3
+    );
+    let state = dump["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == bad.addr.to_string())
+        .expect("endpoint state in the dump");
+    assert_eq!(state["ejected"], true);
+
     // Recovered, and the ejection period over: it gets requests again.
     bad.healthy.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(2300)).await;

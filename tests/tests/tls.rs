@@ -57,6 +57,11 @@ async fn https_listeners_terminate_tls_by_sni_and_rotate_certificates() {
     let controller = Controller::start(&ws.config, ws.path());
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 443, ws.path());
     proxy.wait_ready().await;
+    // The admin dump shows the listener's certificates but never their keys.
+    let dump = proxy.config_dump().await.to_string();
+    assert!(dump.contains("BEGIN CERTIFICATE"), "{dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "a key in the dump");
+    assert!(dump.contains("[redacted]"));
     let addr = proxy.listener(443);
     let trusted = [default_cert.as_str(), secure_cert.as_str()];
 

@@ -1,0 +1,74 @@
+//! `/config_dump` on the admin port: the configuration this proxy serves right now, as JSON
+//! (the resources as last applied, private keys redacted) and the live state of every
+//! endpoint (ejected, requests in flight, open connections), for a person debugging routing.
+
+use std::sync::OnceLock;
+
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use rauta_common::api::FILE_DESCRIPTOR_SET;
+use rauta_common::redact::redacted;
+use rauta_common::types::ResourceType;
+use serde_json::{Map, Value, json};
+
+use crate::shared::Shared;
+
+fn resource_descriptor() -> Option<&'static MessageDescriptor> {
+    static DESCRIPTOR: OnceLock<Option<MessageDescriptor>> = OnceLock::new();
+    DESCRIPTOR
+        .get_or_init(|| {
+            DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+                .ok()?
+                .get_message_by_name("rauta.v1.Resource")
+        })
+        .as_ref()
+}
+
+/// The dump, as JSON text.
+pub fn render(shared: &Shared) -> Vec<u8> {
+    let store = shared.config.load();
+    let mut versions = Map::new();
+    let mut resources = Map::new();
+    for ty in ResourceType::ALL {
+        if let Some(v) = store.version(ty) {
+            versions.insert(ty.short_name().into(), Value::String(v.to_owned()));
+        }
+        let items: Vec<Value> = store
+            .resources(ty)
+            .map(|r| {
+                let bytes = redacted(r).encode_to_vec();
+                resource_descriptor()
+                    .and_then(|d| DynamicMessage::decode(d.clone(), bytes.as_slice()).ok())
+                    .and_then(|m| serde_json::to_value(&m).ok())
+                    .unwrap_or_else(|| json!({ "name": r.name, "version": r.version }))
+            })
+            .collect();
+        resources.insert(ty.short_name().into(), Value::Array(items));
+    }
+    let state = shared.state.load();
+    let endpoints: Vec<Value> = state
+        .clusters()
+        .flat_map(|(name, cluster)| {
+            cluster.endpoints().iter().map(move |e| {
+                let health = e.pool.health();
+                json!({
+                    "cluster": name,
+                    "endpoint": e.addr.to_string(),
+                    "ejected": health.is_ejected(),
+                    "requestsInFlight": health.in_flight(),
+                    "openConnections": e.pool.open_connections(),
+                })
+            })
+        })
+        .collect();
+    let dump = json!({
+        "ready": shared.is_ready(),
+        "draining": shared.is_draining(),
+        "versions": versions,
+        "resources": resources,
+        "endpoints": endpoints,
+    });
+    let mut out = serde_json::to_vec_pretty(&dump).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
