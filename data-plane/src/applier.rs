@@ -37,6 +37,7 @@ impl Applier {
     pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
         let ty = ResourceType::parse(&response.type_url)
             .ok_or_else(|| format!("unknown type_url {:?}", response.type_url))?;
+        let timer = self.shared.metrics.apply_duration.start_timer();
         let candidate = self.store.with_response(ty, response)?;
         let previous = self.shared.state.load();
         let (state, listener_specs) =
@@ -47,6 +48,7 @@ impl Applier {
         self.shared.state.store(Arc::new(state));
         self.shared.config.store(Arc::clone(&self.store));
         self.listeners.commit(prepared);
+        timer.observe_duration();
         // Endpoints the new state dropped: their pools close once in-flight requests finish.
         self.pools.prune();
         if let Ok(v) = response.system_version_info.parse::<i64>() {

@@ -3,6 +3,7 @@
 //! Data flows one way: `xds` (stream) → `applier` (validate, `store`, build `routing` state,
 //! open `listeners`) → `shared` (one atomic swap) → `proxy` (request path).
 
+pub mod access_log;
 pub mod admin;
 pub mod applier;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod routing;
 pub mod shared;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_tls;

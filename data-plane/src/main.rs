@@ -10,6 +10,7 @@ use clap::Parser;
 use rauta_common::api::v1::Node;
 use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
+use rauta_proxy::access_log::AccessLog;
 use rauta_proxy::admin;
 use rauta_proxy::applier::Applier;
 use rauta_proxy::limits::Limits;
@@ -95,6 +96,25 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 75,
           value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
+    /// Access log: one JSON line per request on stdout.
+    #[arg(long, value_enum, default_value = "off")]
+    access_log: AccessLogMode,
+    /// Share of requests written to the access log, from 0 to 1.
+    #[arg(long, value_name = "RATE", default_value_t = 1.0, value_parser = sample_rate)]
+    access_log_sample: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AccessLogMode {
+    Off,
+    Json,
+}
+
+fn sample_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a number from 0 to 1, got {s:?}")),
+    }
 }
 
 /// The discovery channel's security from the flags.
@@ -179,7 +199,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_body_bytes: (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes),
         idle_timeout: Duration::from_secs(args.idle_timeout),
     };
-    let shared = Arc::new(Shared::new(metrics.clone(), limits));
+    let access_log = match args.access_log {
+        AccessLogMode::Off => None,
+        AccessLogMode::Json => Some(
+            AccessLog::start(args.access_log_sample, metrics.access_log_dropped.clone())
+                .context("starting the access log writer")?,
+        ),
+    };
+    let shared = Arc::new(Shared::new(metrics.clone(), limits, access_log));
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;

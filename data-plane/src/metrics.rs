@@ -19,21 +19,32 @@ pub struct ProxyMetrics {
     pool_failed: IntCounterVec,
     outlier_ejections: IntCounterVec,
     pub endpoint_ejected: IntGaugeVec,
+    route_duration: HistogramVec,
+    pub apply_duration: Histogram,
+    pub access_log_dropped: IntCounter,
 }
 
-/// Request counters of one route rule, by status class (1xx..5xx).
+/// Request counters of one route rule, by status class (1xx..5xx), and its latency.
 #[derive(Debug, Clone)]
 pub struct RouteCounters {
     by_class: [IntCounter; 5],
+    duration: Histogram,
 }
 
 impl RouteCounters {
+    /// Counts an answered request that arrived at `started`.
     #[inline]
-    pub fn record(&self, status: u16) {
+    pub fn record(&self, status: u16, started: std::time::Instant) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
+        self.duration.observe(started.elapsed().as_secs_f64());
     }
 }
+
+/// Latency buckets in seconds, from half a millisecond to ten seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl ProxyMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -50,12 +61,31 @@ impl ProxyMetrics {
                 "upstream_response_seconds",
                 "Time from sending a request upstream to its response headers",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["cluster"],
         )?;
+        let route_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from a request's arrival to its response headers, by route rule",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let apply_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "config_apply_seconds",
+                "Time to validate a discovery response and swap in the new routing state",
+            )
+            .buckets(vec![0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )?;
+        registry.register(Box::new(route_duration.clone()))?;
+        registry.register(Box::new(apply_duration.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         let snapshot_version = IntGaugeVec::new(
             Opts::new(
                 "snapshot_version",
@@ -129,13 +159,19 @@ impl ProxyMetrics {
             pool_failed,
             outlier_ejections,
             endpoint_ejected,
+            route_duration,
+            apply_duration,
+            access_log_dropped,
         })
     }
 
     pub fn route_counters(&self, route: &str) -> RouteCounters {
         let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|c| self.requests.with_label_values(&[route, c]));
-        RouteCounters { by_class }
+        RouteCounters {
+            by_class,
+            duration: self.route_duration.with_label_values(&[route]),
+        }
     }
 
     pub fn upstream_latency(&self, cluster: &str) -> Histogram {

@@ -18,12 +18,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::access_log;
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::cors::CorsRt;
 use crate::limits::{Activity, RequestBody, is_body_too_large};
 use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
+use crate::trace::TraceContext;
 use crate::upgrade;
 use crate::upstream::{self, Protocol, ResponseBody};
 
@@ -92,6 +94,55 @@ impl ListenerCtx {
     }
 }
 
+/// What the access log and the route's metrics learn while a request is served.
+#[derive(Default)]
+struct Served {
+    /// Filled only when the request is logged.
+    log: Option<LogDetails>,
+}
+
+#[derive(Default)]
+struct LogDetails {
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    trace: Option<TraceContext>,
+}
+
+/// The request line of a logged request, taken before the request is forwarded.
+struct LoggedRequest {
+    method: http::Method,
+    authority: String,
+    path: String,
+    protocol: &'static str,
+    user_agent: Option<String>,
+    start_time: String,
+}
+
+impl LoggedRequest {
+    fn of(req: &Request<Incoming>) -> LoggedRequest {
+        LoggedRequest {
+            method: req.method().clone(),
+            authority: request_host(req).unwrap_or_default().into_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent: req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            start_time: jiff::Timestamp::now().to_string(),
+        }
+    }
+}
+
 /// Handles one request. Never fails: every problem becomes an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -99,8 +150,47 @@ pub async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let peer = conn.peer;
     let _open = conn.activity.request();
+    let started = Instant::now();
+    let logged = shared
+        .access_log
+        .as_ref()
+        .filter(|log| log.sampled())
+        .map(|_| LoggedRequest::of(&req));
+    let mut served = Served {
+        log: logged.as_ref().map(|_| LogDetails::default()),
+    };
+    let resp = serve(&shared, &listener, &conn, req, started, &mut served).await;
+    if let (Some(log), Some(request), Some(details)) = (&shared.access_log, logged, served.log) {
+        log.record(&access_log::Entry {
+            start_time: request.start_time,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            listener: &listener.name,
+            client: conn.peer,
+            method: request.method.as_str(),
+            authority: &request.authority,
+            path: &request.path,
+            protocol: request.protocol,
+            status: resp.status().as_u16(),
+            route: details.route.as_deref(),
+            cluster: details.cluster.as_deref(),
+            upstream: details.upstream,
+            trace_id: details.trace.map(|t| t.trace_id_hex()),
+            user_agent: request.user_agent.as_deref(),
+        });
+    }
+    Ok(resp)
+}
+
+async fn serve(
+    shared: &Shared,
+    listener: &ListenerCtx,
+    conn: &Connection,
+    req: Request<Incoming>,
+    started: Instant,
+    served: &mut Served,
+) -> Response<ProxyBody> {
+    let peer = conn.peer;
     let mut req = req;
     if let Some(limit) = shared.limits.max_body_bytes
         && req
@@ -109,14 +199,14 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|len| len > limit)
     {
-        return Ok(body_too_large());
+        return body_too_large();
     }
     if let Some(normalized) = normalized_target(req.uri()) {
         let Some(normalized) = normalized else {
-            return Ok(local(
+            return local(
                 StatusCode::BAD_REQUEST,
                 Bytes::from_static(b"invalid request target\n"),
-            ));
+            );
         };
         // Route and forward the same path: "/public/../admin" must not match "/public".
         let mut parts = req.uri().clone().into_parts();
@@ -124,10 +214,10 @@ pub async fn handle(
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
-                return Ok(local(
+                return local(
                     StatusCode::BAD_REQUEST,
                     Bytes::from_static(b"invalid request target\n"),
-                ));
+                );
             }
         }
     }
@@ -137,10 +227,10 @@ pub async fn handle(
         && names.listener_for(sni) != names.listener_for(&host)
     {
         // The TLS connection was set up for another listener than this Host's (RFC 9110 15.5.20).
-        return Ok(local(
+        return local(
             StatusCode::MISDIRECTED_REQUEST,
             Bytes::from_static(b"misdirected request\n"),
-        ));
+        );
     }
     let view = RequestView {
         path: req.uri().path(),
@@ -153,22 +243,22 @@ pub async fn handle(
         .and_then(|table| table.virtual_host(&host)?.route(&view));
     let Some((rule, matched)) = routed else {
         if let Some(c) = &state.no_route {
-            c.record(404);
+            c.record(404, started);
         }
         debug!(%peer, uri = %req.uri(), "no route");
-        return Ok(local(
-            StatusCode::NOT_FOUND,
-            Bytes::from_static(b"no route\n"),
-        ));
+        return local(StatusCode::NOT_FOUND, Bytes::from_static(b"no route\n"));
     };
+    if let Some(log) = &mut served.log {
+        log.route = Some(Arc::clone(&rule.name));
+    }
     if let Some(cors) = &rule.cors
         && CorsRt::is_preflight(req.method(), req.headers())
     {
         let mut resp = local(StatusCode::NO_CONTENT, Bytes::new());
         resp.headers_mut()
             .extend(cors.preflight_headers(req.headers()));
-        rule.counters.record(resp.status().as_u16());
-        return Ok(resp);
+        rule.counters.record(resp.status().as_u16(), started);
+        return resp;
     }
     let origin = rule
         .cors
@@ -215,6 +305,13 @@ pub async fn handle(
                         Bytes::from_static(b"no healthy upstream\n"),
                     ),
                     Some(endpoint) => {
+                        let mut req = req;
+                        let trace = TraceContext::propagate(req.headers_mut());
+                        if let Some(log) = &mut served.log {
+                            log.cluster = Some(Arc::clone(&cluster.name));
+                            log.upstream = Some(endpoint.addr);
+                            log.trace = Some(trace);
+                        }
                         let picked = Picked {
                             rule,
                             matched,
@@ -241,8 +338,8 @@ pub async fn handle(
     if let Some(cors) = &rule.cors {
         cors.decorate(origin.as_ref(), resp.headers_mut());
     }
-    rule.counters.record(resp.status().as_u16());
-    Ok(resp)
+    rule.counters.record(resp.status().as_u16(), started);
+    resp
 }
 
 fn body_too_large() -> Response<ProxyBody> {

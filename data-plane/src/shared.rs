@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::access_log::AccessLog;
 use crate::limits::Limits;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingState;
@@ -18,6 +21,8 @@ pub struct Shared {
     pub config: ArcSwap<ResourceStore>,
     pub metrics: ProxyMetrics,
     pub limits: Limits,
+    /// Set when access logging is on.
+    pub access_log: Option<Arc<AccessLog>>,
     ready: AtomicBool,
     /// True once draining (SIGTERM). Every listener and open downstream connection holds a
     /// receiver, so the receiver count is what is still open.
@@ -25,12 +30,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: ProxyMetrics, limits: Limits) -> Self {
+    pub fn new(metrics: ProxyMetrics, limits: Limits, access_log: Option<Arc<AccessLog>>) -> Self {
         Shared {
             state: ArcSwap::from_pointee(RoutingState::default()),
             config: ArcSwap::from_pointee(ResourceStore::default()),
             metrics,
             limits,
+            access_log,
             ready: AtomicBool::new(false),
             drain: watch::Sender::new(false),
         }

@@ -216,6 +216,8 @@ impl Controller {
 
 pub struct Proxy {
     pub process: Process,
+    /// Where the proxy's stdout (the access log) goes.
+    pub stdout: PathBuf,
     pub admin: SocketAddr,
     pub port_offset: u16,
     pub bind: Ipv4Addr,
@@ -268,8 +270,9 @@ impl Proxy {
         .arg(port_offset.to_string())
         .args(["--max-reconnect-backoff-ms", "500", "--node-id"])
         .arg(format!("test-proxy-{}", admin.port()))
-        .args(extra)
-        .stdout(Stdio::null());
+        .args(extra);
+        let stdout = work.join(format!("proxy-{}.out", admin.port()));
+        cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"));
         let process = Process::spawn(
             "rauta-proxy",
             cmd,
@@ -278,6 +281,7 @@ impl Proxy {
         wait_for_port(admin, Duration::from_secs(20));
         Proxy {
             process,
+            stdout,
             admin,
             port_offset,
             bind,

@@ -1,0 +1,160 @@
+//! W3C Trace Context (traceparent): the proxy continues the client's trace, or starts one,
+//! and tells the upstream its own span as the parent. `tracestate` passes through untouched.
+
+use std::fmt::Write;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The trace a forwarded request belongs to, and the proxy's span in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The proxy's span: the parent the upstream sees.
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+fn hex_bytes<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        // Upper case is invalid in traceparent.
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// (trace id, parent span id, flags) of a valid traceparent value.
+pub fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    // version "-" trace-id "-" parent-id "-" flags; later versions may append "-" fields.
+    if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
+        return None;
+    }
+    let version = hex_bytes::<1>(&value[0..2])?[0];
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let trace_id = hex_bytes::<16>(&value[3..35])?;
+    let parent = hex_bytes::<8>(&value[36..52])?;
+    let flags = hex_bytes::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace_id, parent, flags))
+}
+
+impl TraceContext {
+    /// Continues the request's trace (a new trace when it has no valid traceparent) and sets
+    /// the traceparent the upstream will see.
+    pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
+        let inherited = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
+        let mut span_id: [u8; 8] = rand::random();
+        if span_id == [0; 8] {
+            span_id[7] = 1;
+        }
+        let ctx = match inherited {
+            Some((trace_id, _, flags)) => TraceContext {
+                trace_id,
+                span_id,
+                flags: flags & 0x01,
+            },
+            None => {
+                let mut trace_id: [u8; 16] = rand::random();
+                if trace_id == [0; 16] {
+                    trace_id[15] = 1;
+                }
+                TraceContext {
+                    trace_id,
+                    span_id,
+                    flags: 0,
+                }
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&ctx.header()) {
+            headers.insert(&TRACEPARENT, v);
+        }
+        ctx
+    }
+
+    /// The traceparent value naming the proxy's span as parent.
+    pub fn header(&self) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        s.push_str(&self.trace_id_hex());
+        s.push('-');
+        for b in self.span_id {
+            let _ = write!(s, "{b:02x}");
+        }
+        let _ = write!(s, "-{:02x}", self.flags);
+        s
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.trace_id {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_the_spec_example_and_refuses_bad_ones() {
+        let (trace, parent, flags) = parse(VALID.as_bytes()).unwrap();
+        assert_eq!(trace[0], 0x4b);
+        assert_eq!(parent[7], 0xb7);
+        assert_eq!(flags, 1);
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad}");
+        }
+        assert!(
+            parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some(),
+            "a later version may add fields"
+        );
+    }
+
+    #[test]
+    fn continues_a_trace_with_a_new_parent() {
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
+        let ctx = TraceContext::propagate(&mut h);
+        let sent = h.get(&TRACEPARENT).unwrap().to_str().unwrap().to_owned();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(sent.ends_with("-01"));
+        assert_ne!(
+            &sent[36..52],
+            "00f067aa0ba902b7",
+            "the proxy's own span is the parent"
+        );
+        assert_eq!(ctx.header(), sent);
+
+        let mut fresh = HeaderMap::new();
+        let ctx = TraceContext::propagate(&mut fresh);
+        let (trace, _, flags) = parse(fresh.get(&TRACEPARENT).unwrap().as_bytes()).unwrap();
+        assert_eq!((trace, flags), (ctx.trace_id, 0));
+    }
+}
