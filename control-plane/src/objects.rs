@@ -9,6 +9,7 @@ use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
@@ -65,6 +66,7 @@ pub enum Kind {
     BackendTlsPolicy,
     ListenerSet,
     TlsRoute,
+    GrpcRoute,
 }
 
 impl Kind {
@@ -84,6 +86,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "BackendTLSPolicy") => Some(Kind::BackendTlsPolicy),
             ("gateway.networking.k8s.io", "ListenerSet") => Some(Kind::ListenerSet),
             ("gateway.networking.k8s.io", "TLSRoute") => Some(Kind::TlsRoute),
+            ("gateway.networking.k8s.io", "GRPCRoute") => Some(Kind::GrpcRoute),
             _ => None,
         }
     }
@@ -108,6 +111,7 @@ impl fmt::Display for Kind {
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::ListenerSet => "ListenerSet",
             Kind::TlsRoute => "TLSRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         };
         f.write_str(s)
     }
@@ -143,6 +147,7 @@ pub struct ObjectSet {
     pub backend_tls_policies: BTreeMap<ObjectRef, Arc<BackendTlsPolicy>>,
     pub listener_sets: BTreeMap<ObjectRef, Arc<ListenerSet>>,
     pub tls_routes: BTreeMap<ObjectRef, Arc<TlsRoute>>,
+    pub grpc_routes: BTreeMap<ObjectRef, Arc<GrpcRoute>>,
 }
 
 /// One decoded object of any supported kind.
@@ -160,6 +165,7 @@ pub enum Object {
     BackendTlsPolicy(Arc<BackendTlsPolicy>),
     ListenerSet(Arc<ListenerSet>),
     TlsRoute(Arc<TlsRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
 }
 
 /// Equal maps; objects a source did not re-read are the same allocation, so most comparisons
@@ -232,6 +238,7 @@ impl Object {
             Kind::BackendTlsPolicy => Object::BackendTlsPolicy(de(kind, key, value)?),
             Kind::ListenerSet => Object::ListenerSet(de(kind, key, value)?),
             Kind::TlsRoute => Object::TlsRoute(de(kind, key, value)?),
+            Kind::GrpcRoute => Object::GrpcRoute(de(kind, key, value)?),
         })
     }
 
@@ -249,6 +256,7 @@ impl Object {
             Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Object::ListenerSet(_) => Kind::ListenerSet,
             Object::TlsRoute(_) => Kind::TlsRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
         }
     }
 }
@@ -269,6 +277,7 @@ impl ObjectSet {
             Object::BackendTlsPolicy(o) => self.backend_tls_policies.insert(key, o).is_none(),
             Object::ListenerSet(o) => self.listener_sets.insert(key, o).is_none(),
             Object::TlsRoute(o) => self.tls_routes.insert(key, o).is_none(),
+            Object::GrpcRoute(o) => self.grpc_routes.insert(key, o).is_none(),
         }
     }
 
@@ -286,6 +295,7 @@ impl ObjectSet {
             + self.backend_tls_policies.len()
             + self.listener_sets.len()
             + self.tls_routes.len()
+            + self.grpc_routes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -306,6 +316,7 @@ impl ObjectSet {
             && same(&self.backend_tls_policies, &other.backend_tls_policies)
             && same(&self.listener_sets, &other.listener_sets)
             && same(&self.tls_routes, &other.tls_routes)
+            && same(&self.grpc_routes, &other.grpc_routes)
     }
 
     /// Whether nothing at all differs.

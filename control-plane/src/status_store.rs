@@ -97,6 +97,12 @@ fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
         )
         .chain(
             report
+                .grpc_routes
+                .iter()
+                .map(|(key, s)| ("GRPCRoute", key, &s.parents)),
+        )
+        .chain(
+            report
                 .backend_tls_policies
                 .iter()
                 .map(|(key, s)| ("BackendTLSPolicy", key, &s.ancestors)),
@@ -337,7 +343,8 @@ impl StatusStore {
             .http_routes
             .iter()
             .map(|r| ("HTTPRoute", r))
-            .chain(report.tls_routes.iter().map(|r| ("TLSRoute", r)));
+            .chain(report.tls_routes.iter().map(|r| ("TLSRoute", r)))
+            .chain(report.grpc_routes.iter().map(|r| ("GRPCRoute", r)));
         for (kind, (key, s)) in routes {
             out.push(api::ObjectStatus {
                 kind: kind.into(),

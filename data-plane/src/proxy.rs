@@ -37,8 +37,13 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static TRAILER: HeaderName = HeaderName::from_static("trailer");
 
+/// Marks an answer the proxy made itself, with its text (gRPC callers get it as grpc-message).
+#[derive(Debug, Clone)]
+struct LocalReply(Bytes);
+
 fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(body)));
+    let mut resp = Response::new(Either::Right(Full::new(body.clone())));
+    resp.extensions_mut().insert(LocalReply(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -143,6 +148,49 @@ impl LoggedRequest {
     }
 }
 
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status the proxy answered itself (gRPC's HTTP-to-gRPC table).
+fn grpc_status_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "13",             // INTERNAL
+        401 => "16",             // UNAUTHENTICATED
+        403 => "7",              // PERMISSION_DENIED
+        404 => "12",             // UNIMPLEMENTED
+        429 | 502..=504 => "14", // UNAVAILABLE
+        _ => "2",                // UNKNOWN
+    }
+}
+
+/// A proxy-generated error as a gRPC client expects it: HTTP 200, no body, and the status in
+/// grpc-status / grpc-message (a "trailers-only" response), as Envoy answers gRPC calls.
+fn grpc_local_reply(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    let message = parts
+        .extensions
+        .get::<LocalReply>()
+        .map(|r| String::from_utf8_lossy(&r.0).trim().to_owned())
+        .unwrap_or_default();
+    parts.headers.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from_static(grpc_status_for(parts.status)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("grpc-message"), v);
+    }
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    parts.status = StatusCode::OK;
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+}
+
 /// Handles one request. Never fails: every problem becomes an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -160,7 +208,11 @@ pub async fn handle(
     let mut served = Served {
         log: logged.as_ref().map(|_| LogDetails::default()),
     };
-    let resp = serve(&shared, &listener, &conn, req, started, &mut served).await;
+    let grpc = is_grpc(req.headers());
+    let mut resp = serve(&shared, &listener, &conn, req, started, &mut served).await;
+    if grpc && resp.status().as_u16() >= 400 && resp.extensions().get::<LocalReply>().is_some() {
+        resp = grpc_local_reply(resp);
+    }
     if let (Some(log), Some(request), Some(details)) = (&shared.access_log, logged, served.log) {
         log.record(&access_log::Entry {
             start_time: request.start_time,

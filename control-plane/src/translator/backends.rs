@@ -64,10 +64,23 @@ pub fn reference_granted(
         })
 }
 
-/// Resolves a backendRef of an HTTPRoute in `route_namespace`.
+/// What refers to a backend: the route's kind (the `from` of a ReferenceGrant) and whether it
+/// carries gRPC, which needs HTTP/2 to the backend whatever the Service port says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Referrer {
+    pub kind: &'static str,
+    pub grpc: bool,
+}
+
+/// Appended to the name of a cluster reached over HTTP/2 for gRPC routes, so that it does
+/// not clash with the HTTP/1.1 cluster of the same Service port.
+pub const GRPC_CLUSTER_SUFFIX: &str = "/grpc";
+
+/// Resolves a backendRef of a route in `route_namespace`.
 pub fn resolve(
     objects: &ObjectSet,
     route_namespace: &str,
+    referrer: Referrer,
     backend: BackendRef<'_>,
 ) -> Result<ResolvedBackend, RefProblem> {
     let group = backend.group.unwrap_or("");
@@ -85,7 +98,7 @@ pub fn resolve(
     if namespace != route_namespace
         && !reference_granted(
             objects,
-            "HTTPRoute",
+            referrer.kind,
             route_namespace,
             "",
             "Service",
@@ -123,10 +136,15 @@ pub fn resolve(
             reason: "BackendNotFound",
             message: format!("Service {key} has no port {port}"),
         })?;
-    let cluster_name = format!("{key}:{port}");
     let protocol = match service_port.app_protocol.as_deref() {
+        _ if referrer.grpc => UpstreamProtocol::H2c,
         Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
         _ => UpstreamProtocol::Http1,
+    };
+    let cluster_name = if referrer.grpc {
+        format!("{key}:{port}{GRPC_CLUSTER_SUFFIX}")
+    } else {
+        format!("{key}:{port}")
     };
     let policy = super::service_policy::from_annotations(service.metadata.annotations.as_ref());
     let cluster = Cluster {
@@ -167,6 +185,7 @@ pub fn refresh_endpoints(objects: &ObjectSet, set: &mut super::ResourceSet) {
         let Some((service, port)) = name.rsplit_once(':') else {
             continue;
         };
+        let port = port.strip_suffix(GRPC_CLUSTER_SUFFIX).unwrap_or(port);
         let (Some(key), Ok(port)) = (ObjectRef::parse(service), port.parse::<i32>()) else {
             continue;
         };

@@ -4,6 +4,7 @@
 pub mod backend_tls;
 pub mod backends;
 mod filters;
+mod grpc;
 pub mod hostnames;
 mod listener_sets;
 mod routes;
@@ -77,6 +78,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 enum RouteKind {
     Http,
     Tls,
+    Grpc,
 }
 
 impl RouteKind {
@@ -84,9 +86,22 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Tls => "TLSRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+
+    fn referrer(self) -> backends::Referrer {
+        backends::Referrer {
+            kind: self.name(),
+            grpc: self == RouteKind::Grpc,
         }
     }
 }
+
+/// What HTTP and HTTPS listeners serve.
+const HTTP_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Http, RouteKind::Grpc];
+/// What TLS passthrough listeners serve.
+const TLS_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Tls];
 
 /// A route of either kind (an HTTPRoute and a TLSRoute may share a name).
 type RouteId = (RouteKind, ObjectRef);
@@ -132,8 +147,8 @@ struct ListenerView<'a> {
     protocol: ListenerProtocol,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
-    /// The route kind this listener's protocol serves.
-    route_kind: RouteKind,
+    /// The route kinds this listener's protocol serves.
+    route_kinds: &'static [RouteKind],
     /// (hostnames, compiled route) for every route attached to this listener.
     attached: Vec<(Vec<String>, RouteId)>,
 }
@@ -216,11 +231,18 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             Some((key.clone(), serde_json::from_value(value).ok()?))
         })
         .collect();
+    // GRPCRoutes become HTTP/2 routes matching on the path gRPC puts the method in.
+    let grpc_routes: Vec<(ObjectRef, gateway_api::experimental::httproutes::HttpRoute)> = objects
+        .grpc_routes
+        .iter()
+        .filter_map(|(key, r)| Some((key.clone(), grpc::as_http_route(r)?)))
+        .collect();
     let all_routes = objects
         .http_routes
         .iter()
         .map(|(k, r)| (RouteKind::Http, k, &**r))
-        .chain(tls_routes.iter().map(|(k, r)| (RouteKind::Tls, k, r)));
+        .chain(tls_routes.iter().map(|(k, r)| (RouteKind::Tls, k, r)))
+        .chain(grpc_routes.iter().map(|(k, r)| (RouteKind::Grpc, k, r)));
     let mut compiled: BTreeMap<RouteId, CompiledRoute> = BTreeMap::new();
     for (kind, key, route) in all_routes {
         let id: RouteId = (kind, key.clone());
@@ -244,7 +266,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             };
             let route_compiled = compiled
                 .entry(id.clone())
-                .or_insert_with(|| routes::compile(objects, key, route));
+                .or_insert_with(|| routes::compile(objects, key, route, kind.referrer()));
             let conditions = attach(
                 objects,
                 gateway,
@@ -264,6 +286,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
             let statuses = match kind {
                 RouteKind::Http => &mut out.status.http_routes,
                 RouteKind::Tls => &mut out.status.tls_routes,
+                RouteKind::Grpc => &mut out.status.grpc_routes,
             };
             statuses.insert(
                 key.clone(),
@@ -351,10 +374,10 @@ fn listener_view<'a>(
         }
     };
     ListenerView {
-        route_kind: if protocol == ListenerProtocol::TlsPassthrough {
-            RouteKind::Tls
+        route_kinds: if protocol == ListenerProtocol::TlsPassthrough {
+            TLS_ROUTE_KINDS
         } else {
-            RouteKind::Http
+            HTTP_ROUTE_KINDS
         },
         spec,
         owner,
@@ -546,6 +569,33 @@ fn labels_match(
 }
 
 /// Whether the listener's allowedRoutes.kinds admits `kind` (unset or empty admits it).
+/// The kinds a listener serves (its protocol's, narrowed by allowedRoutes.kinds), and
+/// whether every kind allowedRoutes lists is one it can serve (else InvalidRouteKinds).
+fn listener_kinds(listener: &GatewayListeners, supported: &[RouteKind]) -> (Vec<String>, bool) {
+    let listed = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_deref())
+        .filter(|k| !k.is_empty());
+    let Some(listed) = listed else {
+        return (
+            supported.iter().map(|k| k.name().to_owned()).collect(),
+            true,
+        );
+    };
+    let mut kinds: Vec<String> = Vec::new();
+    let mut all_valid = true;
+    for k in listed {
+        let group_ok = k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP;
+        match supported.iter().find(|s| group_ok && s.name() == k.kind) {
+            Some(s) if !kinds.iter().any(|n| n == s.name()) => kinds.push(s.name().to_owned()),
+            Some(_) => {}
+            None => all_valid = false,
+        }
+    }
+    (kinds, all_valid)
+}
+
 fn kind_allowed(listener: &GatewayListeners, kind: RouteKind) -> bool {
     match listener
         .allowed_routes
@@ -620,7 +670,7 @@ fn attach(
         .into_iter()
         .filter(|&i| {
             let l = &gateway.listeners[i];
-            l.route_kind == route.0
+            l.route_kinds.contains(&route.0)
                 && namespace_allowed(objects, &l.spec, &l.namespace, &route.1.namespace)
                 && kind_allowed(&l.spec, route.0)
         })
@@ -709,8 +759,8 @@ fn build_gateway(
                 p.message.clone(),
                 g,
             ));
-            let kinds = if p.routes_supported && kind_allowed(spec, listener.route_kind) {
-                vec![listener.route_kind.name().to_owned()]
+            let kinds = if p.routes_supported {
+                listener_kinds(spec, listener.route_kinds).0
             } else {
                 vec![]
             };
@@ -803,7 +853,7 @@ fn build_gateway(
             }
         }
         let routes: BTreeSet<&RouteId> = listener.attached.iter().map(|(_, r)| r).collect();
-        let valid_kinds = kind_allowed(spec, listener.route_kind);
+        let (kinds, valid_kinds) = listener_kinds(spec, listener.route_kinds);
         conditions.push(Condition::new("Conflicted", false, "NoConflicts", "", g));
         conditions.push(Condition::new("Accepted", true, "Accepted", "", g));
         conditions.push(Condition::new("Programmed", true, "Programmed", "", g));
@@ -814,7 +864,15 @@ fn build_gateway(
                 "ResolvedRefs",
                 false,
                 "InvalidRouteKinds",
-                format!("only {} is supported", listener.route_kind.name()),
+                format!(
+                    "supported route kinds: {}",
+                    listener
+                        .route_kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 g,
             )
         });
@@ -823,11 +881,7 @@ fn build_gateway(
             ListenerStatus {
                 name: spec.name.clone(),
                 attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
-                supported_kinds: if valid_kinds {
-                    vec![listener.route_kind.name().to_owned()]
-                } else {
-                    vec![]
-                },
+                supported_kinds: kinds,
                 conditions,
             },
         ));

@@ -11,7 +11,7 @@ use rauta_common::api::v1::{
     RetryPolicy, RouteMatch, RouteRule, ValueMatchKind, WeightedCluster, route_rule::Action,
 };
 
-use super::backends::{self, BackendRef, RefProblem, ResolvedBackend};
+use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::filters;
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -65,7 +65,12 @@ pub struct CompiledRoute {
     pub unsupported: Option<String>,
 }
 
-pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> CompiledRoute {
+pub fn compile(
+    objects: &ObjectSet,
+    key: &ObjectRef,
+    route: &HttpRoute,
+    referrer: Referrer,
+) -> CompiledRoute {
     let mut out = CompiledRoute::default();
     let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0);
     for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
@@ -116,7 +121,7 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
                     namespace: m.namespace.as_deref(),
                     port: m.port,
                 };
-                match backends::resolve(objects, &key.namespace, backend) {
+                match backends::resolve(objects, &key.namespace, referrer, backend) {
                     Ok(resolved) => {
                         let cluster = resolved.cluster.name.clone();
                         if !out.backends.iter().any(|b| b.cluster.name == cluster) {
@@ -137,7 +142,7 @@ pub fn compile(objects: &ObjectSet, key: &ObjectRef, route: &HttpRoute) -> Compi
             .collect();
         let action = match &filters.redirect {
             Some(redirect) => Action::Redirect(redirect.clone()),
-            None => compile_action(objects, &key.namespace, rule, &mut out),
+            None => compile_action(objects, &key.namespace, referrer, rule, &mut out),
         };
         for (match_index, m) in matches.iter().enumerate() {
             let route_match = match compile_match(m) {
@@ -278,6 +283,7 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
 fn compile_action(
     objects: &ObjectSet,
     namespace: &str,
+    referrer: Referrer,
     rule: &HttpRouteRules,
     out: &mut CompiledRoute,
 ) -> Action {
@@ -300,7 +306,7 @@ fn compile_action(
             namespace: r.namespace.as_deref(),
             port: r.port,
         };
-        match backends::resolve(objects, namespace, backend) {
+        match backends::resolve(objects, namespace, referrer, backend) {
             Ok(resolved) => {
                 let filters = backend_filters(r.filters.as_deref().unwrap_or_default())
                     .unwrap_or_else(|msg| {

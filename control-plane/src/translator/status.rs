@@ -149,6 +149,7 @@ pub struct StatusReport {
     pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
     /// Services used by a route whose `rauta.dev/*` annotations could not all be used, and why
     /// (the defaults apply instead).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

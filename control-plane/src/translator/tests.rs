@@ -962,6 +962,7 @@ spec:
   - {name: foreign-cert, port: 7002, protocol: HTTPS, tls: {certificateRefs: [{name: cert, namespace: apps}]}}
   - {name: no-tls, port: 7003, protocol: HTTPS}
   - {name: grpc-only, port: 7004, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+  - {name: tcp-and-grpc, port: 7005, protocol: HTTP, allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: GRPCRoute}]}}
 ---
 "#;
     let frontend = |name: &str, refs: &str| {
@@ -1009,8 +1010,23 @@ spec:
     );
     assert_eq!(
         r("reasons", "grpc-only", "ResolvedRefs"),
+        yes("ResolvedRefs")
+    );
+    assert_eq!(
+        r("reasons", "tcp-and-grpc", "ResolvedRefs"),
         no("InvalidRouteKinds")
     );
+    let kinds = |name: &str| {
+        gateway("reasons")
+            .listeners
+            .into_iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .supported_kinds
+    };
+    assert_eq!(kinds("grpc-only"), ["GRPCRoute"]);
+    assert_eq!(kinds("tcp-and-grpc"), ["GRPCRoute"], "the valid kinds only");
+    assert_eq!(kinds("plain"), ["HTTPRoute", "GRPCRoute"]);
     assert_eq!(
         r("ca-missing", "https", "Accepted"),
         no("NoValidCACertificate")
@@ -1041,13 +1057,55 @@ spec:
     );
 }
 
+/// A GRPCRoute on the same Service port as HTTPRoutes use over HTTP/1.1.
+const GRPC_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: rpc, namespace: apps}\nspec:\n  parentRefs: [{name: gw, namespace: infra, sectionName: http}]\n  hostnames: [rpc.example]\n  rules:\n  - matches: [{method: {service: pkg.Echo, method: Say}}, {method: {service: pkg.Admin}}]\n    backendRefs: [{name: web, port: 8080}]\n---\n";
+
+#[test]
+fn grpc_routes_match_methods_and_reach_backends_over_http2() {
+    let t = translate_yaml(GRPC_ROUTE);
+    let status = &t.status.grpc_routes[&ObjectRef::new("apps", "rpc")].parents[0].conditions;
+    assert_eq!(
+        condition(status, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        condition(status, "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+    let c = cluster(&t, "apps/web:8080/grpc");
+    assert_eq!(
+        c.protocol,
+        UpstreamProtocol::H2c as i32,
+        "port 8080 has no appProtocol"
+    );
+    let table = route_table(&t, "http-80");
+    let vhost = table
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains == ["rpc.example"])
+        .expect("rpc.example virtual host");
+    let paths: Vec<(i32, String)> = vhost
+        .rules
+        .iter()
+        .flat_map(|r| &r.matches)
+        .filter_map(|m| m.path.as_ref().map(|p| (p.kind, p.value.clone())))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (PathMatchKind::Exact as i32, "/pkg.Echo/Say".to_owned()),
+            (PathMatchKind::Prefix as i32, "/pkg.Admin".to_owned()),
+        ]
+    );
+}
+
 #[test]
 fn endpoint_refresh_matches_a_full_translation() {
     let routes = route(
         "web",
         "",
         "  rules: [{backendRefs: [{name: web, port: 8080}, {name: web, port: 8081}]}]",
-    );
+    ) + GRPC_ROUTE;
     let before = translate_yaml(&routes);
     let moved = format!(
         "{routes}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-new, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{{addresses: [10.0.0.9]}}]\n---\n"
