@@ -51,6 +51,7 @@ impl Applier {
         timer.observe_duration();
         // Endpoints the new state dropped: their pools close once in-flight requests finish.
         self.pools.prune();
+        self.shared.metrics.prune_routes();
         if let Ok(v) = response.system_version_info.parse::<i64>() {
             self.shared
                 .metrics

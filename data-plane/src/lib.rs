@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod outlier;
 pub mod passthrough;
 pub mod proxy;
+pub mod route_stats;
 pub mod routing;
 pub mod shared;
 pub mod store;

@@ -1,6 +1,8 @@
 //! The proxy's Prometheus metrics. Per-route and per-cluster handles are resolved when a
 //! snapshot is built, so the request path only touches atomics.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -9,7 +11,7 @@ use prometheus::{
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
     pub registry: Registry,
-    requests: IntCounterVec,
+    routes: Arc<RouteStatsRegistry>,
     upstream_latency: HistogramVec,
     pub snapshot_version: IntGaugeVec,
     pub updates: IntCounterVec,
@@ -19,27 +21,12 @@ pub struct ProxyMetrics {
     pool_failed: IntCounterVec,
     outlier_ejections: IntCounterVec,
     pub endpoint_ejected: IntGaugeVec,
-    route_duration: HistogramVec,
     pub apply_duration: Histogram,
     pub access_log_dropped: IntCounter,
 }
 
-/// Request counters of one route rule, by status class (1xx..5xx), and its latency.
-#[derive(Debug, Clone)]
-pub struct RouteCounters {
-    by_class: [IntCounter; 5],
-    duration: Histogram,
-}
-
-impl RouteCounters {
-    /// Counts an answered request that arrived at `started`.
-    #[inline]
-    pub fn record(&self, status: u16, started: std::time::Instant) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].inc();
-        self.duration.observe(started.elapsed().as_secs_f64());
-    }
-}
+pub use crate::route_stats::RouteStats;
+use crate::route_stats::RouteStatsRegistry;
 
 /// Latency buckets in seconds, from half a millisecond to ten seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -49,13 +36,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
 impl ProxyMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("rauta_proxy".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests answered, by route rule and status class",
-            ),
-            &["route", "status_class"],
-        )?;
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "upstream_response_seconds",
@@ -63,14 +43,6 @@ impl ProxyMetrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["cluster"],
-        )?;
-        let route_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from a request's arrival to its response headers, by route rule",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
         )?;
         let apply_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -83,7 +55,6 @@ impl ProxyMetrics {
             "access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
         )?;
-        registry.register(Box::new(route_duration.clone()))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let snapshot_version = IntGaugeVec::new(
@@ -142,14 +113,13 @@ impl ProxyMetrics {
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(pool_created.clone()))?;
         registry.register(Box::new(pool_failed.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(snapshot_version.clone()))?;
         registry.register(Box::new(updates.clone()))?;
         registry.register(Box::new(controller_connected.clone()))?;
         Ok(ProxyMetrics {
             registry,
-            requests,
+            routes: Arc::default(),
             upstream_latency,
             snapshot_version,
             updates,
@@ -159,19 +129,19 @@ impl ProxyMetrics {
             pool_failed,
             outlier_ejections,
             endpoint_ejected,
-            route_duration,
             apply_duration,
             access_log_dropped,
         })
     }
 
-    pub fn route_counters(&self, route: &str) -> RouteCounters {
-        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .map(|c| self.requests.with_label_values(&[route, c]));
-        RouteCounters {
-            by_class,
-            duration: self.route_duration.with_label_values(&[route]),
-        }
+    /// The counters of a route rule (the same ones across snapshot swaps).
+    pub fn route_counters(&self, route: &str) -> Arc<RouteStats> {
+        self.routes.route(route)
+    }
+
+    /// Forgets the counters of routes nothing uses any more.
+    pub fn prune_routes(&self) {
+        self.routes.prune();
     }
 
     pub fn upstream_latency(&self, cluster: &str) -> Histogram {
@@ -193,6 +163,9 @@ impl ProxyMetrics {
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut routes = String::new();
+        self.routes.render("rauta_proxy_", &mut routes);
+        buf.extend_from_slice(routes.as_bytes());
         buf
     }
 }

@@ -18,7 +18,7 @@ use regex::Regex;
 use crate::cluster::ClusterRt;
 use crate::cors::CorsRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
-use crate::metrics::{ProxyMetrics, RouteCounters};
+use crate::metrics::{ProxyMetrics, RouteStats};
 use crate::mirror::MirrorRt;
 use crate::store::ResourceStore;
 use crate::tls;
@@ -220,7 +220,7 @@ pub struct RuleRt {
     pub mirrors: Vec<MirrorRt>,
     pub cors: Option<CorsRt>,
     pub retry: Option<RetryRt>,
-    pub counters: RouteCounters,
+    pub counters: Arc<RouteStats>,
 }
 
 #[derive(Debug)]
@@ -277,7 +277,7 @@ pub struct RoutingState {
     clusters: HashMap<String, (String, String, Arc<ClusterRt>)>,
     /// HTTPS listener name -> (listener resource version, TLS configuration, names by listener).
     tls: HashMap<String, (String, Arc<rustls::ServerConfig>, Arc<tls::ListenerNames>)>,
-    pub no_route: Option<RouteCounters>,
+    pub no_route: Option<Arc<RouteStats>>,
 }
 
 /// A listener the proxy must have open.
