@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol, hash_key,
 };
@@ -41,6 +41,49 @@ enum Picker {
     LeastRequest,
 }
 
+/// Retries may add at most this share of the requests in flight to a cluster...
+const RETRY_BUDGET_PERCENT: usize = 20;
+/// ...but this many retries are always allowed (Envoy's retry budget defaults).
+const RETRY_BUDGET_MIN: usize = 3;
+
+/// Caps retries to a share of the traffic, so that retries cannot multiply the load on a
+/// cluster that is failing (a retry storm).
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+/// Holds one unit of a [`RetryBudget`] counter until dropped.
+#[derive(Debug)]
+pub struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl RetryBudget {
+    /// Counts a request in flight.
+    pub fn request(&self) -> Held<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Held(&self.requests)
+    }
+
+    /// A slot for one retry, if the budget has one.
+    pub fn try_retry(&self) -> Option<Held<'_>> {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let allowed = (requests * RETRY_BUDGET_PERCENT / 100).max(RETRY_BUDGET_MIN);
+        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            Some(Held(&self.retries))
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// A cluster as the request path uses it.
 #[derive(Debug)]
 pub struct ClusterRt {
@@ -48,6 +91,10 @@ pub struct ClusterRt {
     pub protocol: Protocol,
     pub request_timeout: Option<Duration>,
     pub latency: Histogram,
+    pub retry_budget: RetryBudget,
+    /// Retries sent, and retries the budget refused.
+    pub retries: IntCounter,
+    pub retries_refused: IntCounter,
     endpoints: Vec<EndpointRt>,
     picker: Picker,
     outlier: Option<OutlierPolicy>,
@@ -154,6 +201,9 @@ impl ClusterRt {
             protocol,
             request_timeout,
             latency: metrics.upstream_latency(name),
+            retry_budget: RetryBudget::default(),
+            retries: metrics.retries(name),
+            retries_refused: metrics.retries_refused(name),
             endpoints: ready,
             picker,
             outlier,
@@ -277,6 +327,22 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_budget_allows_a_share_of_the_traffic() {
+        let budget = RetryBudget::default();
+        let requests: Vec<_> = (0..50).map(|_| budget.request()).collect();
+        let granted: Vec<_> = (0..20).filter_map(|_| budget.try_retry()).collect();
+        assert_eq!(granted.len(), 10, "20% of 50 in flight");
+        drop(granted);
+        drop(requests);
+        let few: Vec<_> = (0..10).filter_map(|_| budget.try_retry()).collect();
+        assert_eq!(
+            few.len(),
+            RETRY_BUDGET_MIN,
+            "the minimum with nothing in flight"
+        );
+    }
 
     #[test]
     fn cookies_are_found_among_others() {

@@ -23,6 +23,8 @@ pub struct ProxyMetrics {
     pub endpoint_ejected: IntGaugeVec,
     pub apply_duration: Histogram,
     pub access_log_dropped: IntCounter,
+    retries: IntCounterVec,
+    retries_refused: IntCounterVec,
 }
 
 pub use crate::route_stats::RouteStats;
@@ -56,6 +58,19 @@ impl ProxyMetrics {
             "Access log lines dropped because the writer fell behind",
         )?;
         registry.register(Box::new(apply_duration.clone()))?;
+        let retries = IntCounterVec::new(
+            Opts::new("upstream_retries_total", "Retries sent, by cluster"),
+            &["cluster"],
+        )?;
+        let retries_refused = IntCounterVec::new(
+            Opts::new(
+                "upstream_retries_refused_total",
+                "Retries not sent because the cluster's retry budget was used up, by cluster",
+            ),
+            &["cluster"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(retries_refused.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let snapshot_version = IntGaugeVec::new(
             Opts::new(
@@ -131,6 +146,8 @@ impl ProxyMetrics {
             endpoint_ejected,
             apply_duration,
             access_log_dropped,
+            retries,
+            retries_refused,
         })
     }
 
@@ -142,6 +159,14 @@ impl ProxyMetrics {
     /// Forgets the counters of routes nothing uses any more.
     pub fn prune_routes(&self) {
         self.routes.prune();
+    }
+
+    pub fn retries(&self, cluster: &str) -> IntCounter {
+        self.retries.with_label_values(&[cluster])
+    }
+
+    pub fn retries_refused(&self, cluster: &str) -> IntCounter {
+        self.retries_refused.with_label_values(&[cluster])
     }
 
     pub fn upstream_latency(&self, cluster: &str) -> Histogram {

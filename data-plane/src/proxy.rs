@@ -523,6 +523,8 @@ async fn forward(
     let first = endpoint;
     let mut endpoint = endpoint;
     let mut attempt = 0;
+    let _in_flight = cluster.retry_budget.request();
+    let mut _retry_slot = None;
     let result = loop {
         let attempt_body = match &replay {
             Some(bytes) if attempt > 0 => Either::Right(Full::new(bytes.clone())),
@@ -571,7 +573,16 @@ async fn forward(
             (Ok(Ok(r)), Some(retry)) => retry.codes.contains(&r.status().as_u16()),
             (Ok(Ok(_)), None) => false,
         };
-        if !failed || attempt >= retries {
+        let retry_slot = if failed && attempt < retries {
+            let slot = cluster.retry_budget.try_retry();
+            if slot.is_none() {
+                cluster.retries_refused.inc();
+            }
+            slot
+        } else {
+            None
+        };
+        if retry_slot.is_none() {
             match outcome {
                 Ok(result) => break result,
                 Err(()) => {
@@ -585,6 +596,9 @@ async fn forward(
         if let Ok(Err(err)) = &outcome {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, attempt, "upstream attempt failed; retrying");
         }
+        // The slot of the previous retry (if any) is released: that attempt is over.
+        _retry_slot = retry_slot;
+        cluster.retries.inc();
         attempt += 1;
         endpoint = cluster.nth_after(first, attempt as usize);
         if let Some(backoff) = rule.retry.as_ref().map(|r| r.backoff) {

@@ -49,4 +49,14 @@ async fn a_retry_reaches_the_other_endpoint() {
         plain_failures > 0,
         "some clients should map to the dead endpoint without retries"
     );
+    // Retries are counted per cluster.
+    let metrics = proxy.metrics().await;
+    let retries = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rauta_proxy_upstream_retries_total{cluster=\"apps/mixed:8080\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retries >= 1.0, "{metrics}");
 }
