@@ -280,7 +280,11 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$arrived" ] || { echo "the $ROUTES_FOR_RSS routes did not arrive" >&2; exit 1; }
-echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes"
+on_arrival=$(rss)
+# Building the new state needs the old and the new side by side; jemalloc hands the old one
+# back to the system within about a second.
+sleep 3
+echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes, settled ($on_arrival MiB when the last route arrived)"
 
 n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)

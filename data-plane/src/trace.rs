@@ -1,8 +1,6 @@
 //! W3C Trace Context (traceparent): the proxy continues the client's trace, or starts one,
 //! and tells the upstream its own span as the parent. `tracestate` passes through untouched.
 
-use std::fmt::Write;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -14,6 +12,15 @@ pub struct TraceContext {
     /// The proxy's span: the parent the upstream sees.
     pub span_id: [u8; 8],
     pub flags: u8,
+}
+
+/// Lower-case hex, without the formatting machinery (this runs for every request).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 fn hex_bytes<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
@@ -91,20 +98,17 @@ impl TraceContext {
     pub fn header(&self) -> String {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
-        s.push_str(&self.trace_id_hex());
+        push_hex(&mut s, &self.trace_id);
         s.push('-');
-        for b in self.span_id {
-            let _ = write!(s, "{b:02x}");
-        }
-        let _ = write!(s, "-{:02x}", self.flags);
+        push_hex(&mut s, &self.span_id);
+        s.push('-');
+        push_hex(&mut s, &[self.flags]);
         s
     }
 
     pub fn trace_id_hex(&self) -> String {
         let mut s = String::with_capacity(32);
-        for b in self.trace_id {
-            let _ = write!(s, "{b:02x}");
-        }
+        push_hex(&mut s, &self.trace_id);
         s
     }
 }

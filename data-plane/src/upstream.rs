@@ -229,7 +229,9 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.checkout_h1(shard) {
                 Some(sender) => (sender, true),
-                None => (self.connect_h1().await?, false),
+                // Boxed, as every connect path: a TLS handshake future is large, and inline it
+                // would make every request's future (moved around per request) that large.
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -292,7 +294,7 @@ impl EndpointPool {
                 let _connecting = self.h2_connecting[shard].lock().await;
                 match self.current_h2(shard) {
                     Some(sender) => (sender, true),
-                    None => (self.connect_h2(shard).await?, false),
+                    None => (Box::pin(self.connect_h2(shard)).await?, false),
                 }
             }
         };
@@ -300,7 +302,7 @@ impl EndpointPool {
             Err(mut err) if reused => match err.take_message() {
                 // The connection went away before the request was sent: once more, afresh.
                 Some(unsent) => {
-                    let mut fresh = self.connect_h2(shard).await?;
+                    let mut fresh = Box::pin(self.connect_h2(shard)).await?;
                     fresh.send_request(unsent).await
                 }
                 None => Err(err.into_error()),
