@@ -50,7 +50,7 @@ impl Applier {
         self.listeners.commit(prepared);
         timer.observe_duration();
         // Endpoints the new state dropped: their pools close once in-flight requests finish.
-        self.pools.prune();
+        self.pools.prune(&self.shared.metrics);
         self.shared.metrics.prune_routes();
         if let Ok(v) = response.system_version_info.parse::<i64>() {
             self.shared

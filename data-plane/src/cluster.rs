@@ -277,14 +277,20 @@ impl ClusterRt {
         &self.endpoints
     }
 
-    /// The endpoint `n` places after `first`: retries go elsewhere when they can.
+    /// The endpoint `n` places after `first` (or the next one not ejected): retries go
+    /// elsewhere when they can.
     pub fn nth_after<'a>(&'a self, first: &'a EndpointRt, n: usize) -> &'a EndpointRt {
         let Some(index) = self.endpoints.iter().position(|e| e.addr == first.addr) else {
             return first;
         };
-        self.endpoints
-            .get((index + n) % self.endpoints.len())
+        self.healthy_from((index + n) % self.endpoints.len())
             .unwrap_or(first)
+    }
+
+    /// Whether the picker needs each endpoint's requests in flight (least request).
+    #[inline]
+    pub fn balances_on_load(&self) -> bool {
+        matches!(self.picker, Picker::LeastRequest)
     }
 
     /// Size of the Maglev table (0 for other pickers).

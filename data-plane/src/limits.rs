@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,21 +51,36 @@ pub enum RequestBodyError {
     Read(#[from] hyper::Error),
 }
 
-/// Whether an error, or any error it wraps, is a body over the limit.
-pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<BodyTooLarge>()
-            || matches!(
-                e.downcast_ref::<RequestBodyError>(),
-                Some(RequestBodyError::TooLarge(_))
-            )
-        {
-            return true;
-        }
-        current = e.source();
+/// What happened to a request body, readable after it was handed to an upstream connection
+/// (HTTP/2 clients do not report body errors back, and the pool must know whether the
+/// upload finished before it reuses the connection).
+#[derive(Debug, Default)]
+pub struct BodyState(AtomicU8);
+
+const BODY_DONE: u8 = 1;
+const BODY_TOO_LARGE: u8 = 2;
+const BODY_CLIENT_ERROR: u8 = 4;
+
+impl BodyState {
+    fn set(&self, flag: u8) {
+        self.0.fetch_or(flag, Ordering::Relaxed);
     }
-    false
+
+    /// The whole body was read from the client.
+    pub fn is_done(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & BODY_DONE != 0
+    }
+
+    /// The body went over the size limit.
+    pub fn is_too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & BODY_TOO_LARGE != 0
+    }
+
+    /// Reading the body failed on the client's side (too large, or the client went away):
+    /// whatever the upstream attempt then did is not the endpoint's fault.
+    pub fn client_failed(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & (BODY_TOO_LARGE | BODY_CLIENT_ERROR) != 0
+    }
 }
 
 /// A client's request body, cut off with an error past the limit.
@@ -74,15 +89,26 @@ pub struct RequestBody {
     inner: Incoming,
     remaining: Option<u64>,
     limit: u64,
+    state: Arc<BodyState>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        let state = Arc::new(BodyState::default());
+        if inner.is_end_stream() {
+            state.set(BODY_DONE);
+        }
         RequestBody {
             inner,
             remaining: limit,
             limit: limit.unwrap_or(u64::MAX),
+            state,
         }
+    }
+
+    /// What happens to this body, to be read once it has been sent.
+    pub fn state(&self) -> Arc<BodyState> {
+        Arc::clone(&self.state)
     }
 }
 
@@ -96,17 +122,27 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                self.state.set(BODY_CLIENT_ERROR);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                self.state.set(BODY_DONE);
+                return Poll::Ready(None);
+            }
             Poll::Pending => return Poll::Pending,
         };
         if let (Some(remaining), Some(data)) = (self.remaining, frame.data_ref()) {
             let len = data.len() as u64;
             if len > remaining {
+                self.state.set(BODY_TOO_LARGE);
                 let limit = self.limit;
                 return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
             }
             self.remaining = Some(remaining - len);
+        }
+        if self.inner.is_end_stream() {
+            self.state.set(BODY_DONE);
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -233,18 +269,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn body_too_large_is_found_in_a_chain() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] BodyTooLarge);
-        let e = Outer(BodyTooLarge { limit: 1 });
-        assert!(is_body_too_large(&e));
-        let wrapped = RequestBodyError::TooLarge(BodyTooLarge { limit: 1 });
-        assert!(is_body_too_large(&wrapped));
-        assert!(!is_body_too_large(&std::io::Error::other("x")));
-    }
 
     #[test]
     fn activity_marks_idle_only_without_io_or_requests() {

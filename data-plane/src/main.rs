@@ -86,7 +86,7 @@ struct Args {
     max_request_header_bytes: u32,
     /// Most header fields in a request; more gets 431.
     #[arg(long, value_name = "N", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_request_headers: u32,
     /// Largest request body in bytes; larger gets 413. 0: unlimited.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]

@@ -181,6 +181,15 @@ impl ProxyMetrics {
         }
     }
 
+    /// Drops the series of an endpoint no cluster uses any more (pods come and go; their
+    /// addresses must not pile up in every scrape).
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        let _ = self.pool_open.remove_label_values(&[endpoint]);
+        let _ = self.pool_created.remove_label_values(&[endpoint]);
+        let _ = self.pool_failed.remove_label_values(&[endpoint]);
+        let _ = self.outlier_ejections.remove_label_values(&[endpoint]);
+    }
+
     pub fn outlier_ejections(&self, endpoint: &str) -> IntCounter {
         self.outlier_ejections.with_label_values(&[endpoint])
     }

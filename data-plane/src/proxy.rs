@@ -21,7 +21,7 @@ use tracing::debug;
 use crate::access_log;
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::cors::CorsRt;
-use crate::limits::{Activity, RequestBody, is_body_too_large};
+use crate::limits::{Activity, RequestBody};
 use crate::mirror;
 use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
 use crate::shared::Shared;
@@ -490,12 +490,13 @@ async fn forward(
     }
     let (mut parts, incoming) = req.into_parts();
     let incoming = RequestBody::new(incoming, max_body);
+    let body_state = incoming.state();
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
     let (mut body, replay) = if wants_copy {
         match upstream::buffer_body(incoming).await {
             Ok(b) => b,
-            Err(err) if is_body_too_large(&err) => return body_too_large(),
+            Err(_) if body_state.is_too_large() => return body_too_large(),
             Err(_) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -525,7 +526,8 @@ async fn forward(
     let first = endpoint;
     let mut endpoint = endpoint;
     let mut attempt = 0;
-    let _in_flight = cluster.retry_budget.request();
+    // Only requests that may retry count towards (and against) the retry budget.
+    let _in_flight = (retries > 0).then(|| cluster.retry_budget.request());
     let mut _retry_slot = None;
     let result = loop {
         let attempt_body = match &replay {
@@ -548,7 +550,9 @@ async fn forward(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = [attempt_limit, remaining].into_iter().flatten().min();
         let started = Instant::now();
-        let in_flight = endpoint.pool.health().start_request();
+        let in_flight = cluster
+            .balances_on_load()
+            .then(|| endpoint.pool.health().start_request());
         let sent = endpoint.pool.send(req, upgrade.is_some());
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
@@ -558,8 +562,8 @@ async fn forward(
         cluster.latency.observe(started.elapsed().as_secs_f64());
         let endpoint_failed = match &outcome {
             Ok(Ok(resp)) => resp.status().is_server_error(),
-            // The client's fault, not the endpoint's.
-            Ok(Err(err)) if is_body_too_large(err) => false,
+            // The client's fault (body too large, client gone), not the endpoint's.
+            Ok(Err(_)) if body_state.client_failed() => false,
             Ok(Err(_)) | Err(()) => true,
         };
         cluster.report(endpoint, endpoint_failed);
@@ -631,7 +635,7 @@ async fn forward(
             parts.version = Version::default();
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(err) if is_body_too_large(&err) => body_too_large(),
+        Err(_) if body_state.is_too_large() => body_too_large(),
         Err(err) => {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, "upstream request failed");
             local(

@@ -4,7 +4,7 @@
 //! time; an HTTP/2 endpoint gets one multiplexed connection per worker, which carries the
 //! client's :authority (not the endpoint's address).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::limits::{RequestBody, RequestBodyError};
+use crate::limits::{BodyState, RequestBody, RequestBodyError};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::EndpointHealth;
 use crate::workers;
@@ -71,6 +71,8 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("connecting to {addr}: failed while this request waited for it")]
+    ConnectFailedMeanwhile { addr: SocketAddr },
     #[error("request to {addr}: {source}")]
     Request {
         addr: SocketAddr,
@@ -115,8 +117,12 @@ struct IdleH1 {
 
 #[derive(Debug, Default)]
 struct Shard {
-    idle: Vec<IdleH1>,
+    /// Oldest first: expired connections are dropped from the front, reuse takes the back.
+    idle: VecDeque<IdleH1>,
     h2: Option<http2::SendRequest<UpstreamBody>>,
+    /// When the last HTTP/2 connect failed: requests that waited for that attempt fail with
+    /// it instead of each trying (and timing out) in turn.
+    h2_failed_at: Option<Instant>,
 }
 
 /// The connections to one endpoint, shared by every cluster that reaches it with the same
@@ -173,8 +179,12 @@ impl EndpointPool {
         upgrade: bool,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let req = self.prepare(req);
+        let body = match req.body() {
+            Either::Left(streamed) => Some(streamed.state()),
+            Either::Right(_) => None,
+        };
         match self.protocol {
-            Protocol::Http1 => self.send_h1(req, upgrade).await,
+            Protocol::Http1 => self.send_h1(req, upgrade, body).await,
             Protocol::H2c => self.send_h2(req).await,
         }
     }
@@ -224,6 +234,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         upgrade: bool,
+        body: Option<Arc<BodyState>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let shard = self.shard();
         loop {
@@ -242,6 +253,7 @@ impl EndpointPool {
                         sender,
                         pool: Arc::clone(self),
                         shard,
+                        request_body: body,
                     });
                     return Ok(ResponseBody::new(resp, release));
                 }
@@ -262,7 +274,7 @@ impl EndpointPool {
 
     fn checkout_h1(&self, shard: usize) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut shard = lock(&self.shards[shard]);
-        while let Some(idle) = shard.idle.pop() {
+        while let Some(idle) = shard.idle.pop_back() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
                 return Some(idle.sender);
             }
@@ -274,12 +286,19 @@ impl EndpointPool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut shard = lock(&self.shards[shard]);
+        // Connections that sat unused past the idle timeout are closed here, not kept until
+        // the upstream closes them.
+        while shard
+            .idle
+            .front()
+            .is_some_and(|i| i.sender.is_closed() || now.duration_since(i.since) >= IDLE_TIMEOUT)
+        {
+            shard.idle.pop_front();
+        }
         if shard.idle.len() < MAX_IDLE_PER_SHARD {
-            shard.idle.push(IdleH1 {
-                sender,
-                since: Instant::now(),
-            });
+            shard.idle.push_back(IdleH1 { sender, since: now });
         }
     }
 
@@ -290,19 +309,13 @@ impl EndpointPool {
         let shard = self.shard();
         let (mut sender, reused) = match self.current_h2(shard) {
             Some(sender) => (sender, true),
-            None => {
-                let _connecting = self.h2_connecting[shard].lock().await;
-                match self.current_h2(shard) {
-                    Some(sender) => (sender, true),
-                    None => (Box::pin(self.connect_h2(shard)).await?, false),
-                }
-            }
+            None => (self.connect_h2_once(shard).await?, false),
         };
         let result = match sender.try_send_request(req).await {
             Err(mut err) if reused => match err.take_message() {
                 // The connection went away before the request was sent: once more, afresh.
                 Some(unsent) => {
-                    let mut fresh = Box::pin(self.connect_h2(shard)).await?;
+                    let mut fresh = self.connect_h2_once(shard).await?;
                     fresh.send_request(unsent).await
                 }
                 None => Err(err.into_error()),
@@ -316,6 +329,31 @@ impl EndpointPool {
                 addr: self.addr,
                 source,
             })
+    }
+
+    /// The shard's HTTP/2 connection, made by this request or by the one it waited for. When
+    /// the attempt it waited for failed, it fails too rather than trying again at once.
+    async fn connect_h2_once(
+        &self,
+        shard: usize,
+    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let asked = Instant::now();
+        let _connecting = self.h2_connecting[shard].lock().await;
+        if let Some(sender) = self.current_h2(shard) {
+            return Ok(sender);
+        }
+        if lock(&self.shards[shard])
+            .h2_failed_at
+            .is_some_and(|failed| failed >= asked)
+        {
+            return Err(UpstreamError::ConnectFailedMeanwhile { addr: self.addr });
+        }
+        // Boxed: a TLS handshake future is large (see send_h1).
+        let connected = Box::pin(self.connect_h2(shard)).await;
+        if connected.is_err() {
+            lock(&self.shards[shard]).h2_failed_at = Some(Instant::now());
+        }
+        connected
     }
 
     fn current_h2(&self, shard: usize) -> Option<http2::SendRequest<UpstreamBody>> {
@@ -444,6 +482,17 @@ struct Release {
     sender: http1::SendRequest<UpstreamBody>,
     pool: Arc<EndpointPool>,
     shard: usize,
+    /// The streamed request body, if any: a connection still uploading (the upstream answered
+    /// early) would hold the next request until the upload ends, so it is closed instead.
+    request_body: Option<Arc<BodyState>>,
+}
+
+impl Release {
+    fn release(self) {
+        if self.request_body.as_ref().is_none_or(|b| b.is_done()) {
+            self.pool.release_h1(self.shard, self.sender);
+        }
+    }
 }
 
 /// An upstream response body; when it ends cleanly its connection can carry the next request.
@@ -467,7 +516,7 @@ impl ResponseBody {
         if self.inner.is_end_stream()
             && let Some(r) = self.release.take()
         {
-            r.pool.release_h1(r.shard, r.sender);
+            r.release();
         }
     }
 }
@@ -484,7 +533,7 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(None) => {
                 if let Some(r) = self.release.take() {
-                    r.pool.release_h1(r.shard, r.sender);
+                    r.release();
                 }
             }
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
@@ -576,9 +625,22 @@ impl UpstreamPools {
         Arc::clone(pool)
     }
 
-    /// Forgets pools and TLS settings nothing uses any more (their connections close).
-    pub fn prune(&mut self) {
-        self.pools.retain(|_, pool| Arc::strong_count(pool) > 1);
+    /// Forgets pools and TLS settings nothing uses any more (their connections close), and
+    /// the metric series of endpoints no pool reaches any more.
+    pub fn prune(&mut self, metrics: &ProxyMetrics) {
+        let mut gone = Vec::new();
+        self.pools.retain(|key, pool| {
+            let used = Arc::strong_count(pool) > 1;
+            if !used {
+                gone.push(key.0);
+            }
+            used
+        });
+        for addr in gone {
+            if !self.pools.keys().any(|k| k.0 == addr) {
+                metrics.forget_endpoint(&addr.to_string());
+            }
+        }
         self.tls.retain(|_, tls| Arc::strong_count(tls) > 1);
     }
 

@@ -74,9 +74,12 @@ pub fn compile(
     let mut out = CompiledRoute::default();
     let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0);
     for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        // A GRPCRoute may share its namespace and name with an HTTPRoute: its rules (metrics,
+        // access log) are told apart by a prefix.
+        let kind = if referrer.grpc { "grpc:" } else { "" };
         let name = match &rule.name {
-            Some(n) if !n.is_empty() => format!("{key}/{n}"),
-            _ => format!("{key}/rule/{rule_index}"),
+            Some(n) if !n.is_empty() => format!("{kind}{key}/{n}"),
+            _ => format!("{kind}{key}/rule/{rule_index}"),
         };
         let default_match = [HttpRouteRulesMatches::default()];
         let matches = match rule.matches.as_deref() {
