@@ -739,12 +739,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    use std::fmt::Write;
+    // One allocation, handed to the header value without a copy (this runs per request).
+    let mut value = String::with_capacity(48);
+    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        value.push_str(prior);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{}", peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
 }

@@ -88,7 +88,7 @@ impl TraceContext {
                 }
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&ctx.header()) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ctx.header())) {
             headers.insert(&TRACEPARENT, v);
         }
         ctx

@@ -121,3 +121,86 @@ fn out_of_range_limits_are_usage_errors() {
         "{stderr}"
     );
 }
+
+/// A Service whose port speaks h2c, with one EndpointSlice per endpoint.
+fn h2c_service(name: &str, endpoints: &[SocketAddr]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  ports: [{{name: h2, port: 8081, targetPort: 3001, appProtocol: kubernetes.io/h2c}}]\n"
+    );
+    for (i, ep) in endpoints.iter().enumerate() {
+        s.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: h2, port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_to_an_http2_backend_is_413_and_not_the_backends_fault() {
+    use rauta_tests::echo::{EchoIdentity, EchoServer};
+    use rauta_tests::manifests::{documents, gateway, gateway_class, http_route};
+    let ws = Workspace::new();
+    let mut backends = Vec::new();
+    for pod in ["h2-a", "h2-b"] {
+        let identity = EchoIdentity {
+            pod: pod.into(),
+            namespace: "apps".into(),
+            service: String::new(),
+            ingress: String::new(),
+        };
+        let server = EchoServer::start(Ipv4Addr::LOCALHOST.into(), 0, Some(0), identity)
+            .await
+            .unwrap();
+        backends.push(server);
+    }
+    let endpoints: Vec<SocketAddr> = backends.iter().map(|b| b.h2c.unwrap()).collect();
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            h2c_service("multiplexed", &endpoints),
+            http_route(
+                "apps",
+                "h2",
+                ("infra", "gw"),
+                &["h2.example"],
+                "  - backendRefs: [{name: multiplexed, port: 8081}]\n",
+            ),
+        ]),
+    );
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        ws.path(),
+        &["--max-request-body-bytes", "1024"],
+    );
+    proxy.wait_ready().await;
+    let addr = proxy.listener(80);
+
+    // Streamed (chunked) past the limit, towards HTTP/2 upstreams: 413 each time, and more
+    // times than the outlier threshold (5) without any endpoint being ejected.
+    let chunk = "c".repeat(700);
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\nHost: h2.example\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2bc\r\n{chunk}\r\n2bc\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    for _ in 0..8 {
+        assert_eq!(status_of(&raw(addr, chunked.as_bytes()).await), "413");
+    }
+    let ok = http_request(&format!("http://{addr}/"), Some("h2.example"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    let metrics = proxy.metrics().await;
+    let ejections: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rauta_proxy_outlier_ejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(ejections, 0.0, "{metrics}");
+}
