@@ -45,6 +45,22 @@ pub fn service(namespace: &str, name: &str, endpoints: &[SocketAddr]) -> String 
     s
 }
 
+/// A Service whose port 8081 speaks h2c (appProtocol kubernetes.io/h2c), with one
+/// EndpointSlice per endpoint address.
+pub fn h2c_service(namespace: &str, name: &str, endpoints: &[SocketAddr]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  ports: [{{name: h2, port: 8081, targetPort: 3001, appProtocol: kubernetes.io/h2c}}]\n"
+    );
+    for (i, ep) in endpoints.iter().enumerate() {
+        s.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: h2, port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    s
+}
+
 /// [`service`] with `rauta.dev/*` (or any) annotations on the Service.
 pub fn annotated_service(
     namespace: &str,

@@ -122,25 +122,10 @@ fn out_of_range_limits_are_usage_errors() {
     );
 }
 
-/// A Service whose port speaks h2c, with one EndpointSlice per endpoint.
-fn h2c_service(name: &str, endpoints: &[SocketAddr]) -> String {
-    let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  ports: [{{name: h2, port: 8081, targetPort: 3001, appProtocol: kubernetes.io/h2c}}]\n"
-    );
-    for (i, ep) in endpoints.iter().enumerate() {
-        s.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: h2, port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
-            ep.port(),
-            ep.ip()
-        ));
-    }
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upload_to_an_http2_backend_is_413_and_not_the_backends_fault() {
     use rauta_tests::echo::{EchoIdentity, EchoServer};
-    use rauta_tests::manifests::{documents, gateway, gateway_class, http_route};
+    use rauta_tests::manifests::{documents, gateway, gateway_class, h2c_service, http_route};
     let ws = Workspace::new();
     let mut backends = Vec::new();
     for pod in ["h2-a", "h2-b"] {
@@ -161,7 +146,7 @@ async fn an_oversized_upload_to_an_http2_backend_is_413_and_not_the_backends_fau
         &documents(&[
             gateway_class("rauta"),
             gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            h2c_service("multiplexed", &endpoints),
+            h2c_service("apps", "multiplexed", &endpoints),
             http_route(
                 "apps",
                 "h2",

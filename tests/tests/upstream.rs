@@ -5,18 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rauta_tests::echo::{EchoIdentity, EchoServer};
 use rauta_tests::harness::{Controller, Proxy, Workspace, free_port, http_get};
-use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+use rauta_tests::manifests::{documents, gateway, gateway_class, h2c_service, http_route, service};
 
 const WORKERS: usize = 2;
-
-/// A Service whose port speaks h2c (appProtocol kubernetes.io/h2c), with one endpoint.
-fn h2c_service(namespace: &str, name: &str, endpoint: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  ports: [{{name: grpc, port: 8081, targetPort: 3001, appProtocol: kubernetes.io/h2c}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-0, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: grpc, port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
-        endpoint.port(),
-        endpoint.ip()
-    )
-}
 
 /// The value of a per-endpoint metric, 0 when absent.
 fn endpoint_metric(metrics: &str, name: &str, endpoint: SocketAddr) -> f64 {
@@ -62,7 +53,7 @@ async fn pools_reuse_connections_and_h2_keeps_the_authority() {
             gateway_class("rauta"),
             gateway("infra", "gw", "rauta", &[("http", 80, None)]),
             service("apps", "plain", &[echo.http]),
-            h2c_service("apps", "multiplexed", h2c),
+            h2c_service("apps", "multiplexed", &[h2c]),
             service("apps", "dead", &[dead]),
             http_route(
                 "apps",
