@@ -360,6 +360,22 @@ impl Echo {
     }
 }
 
+/// A controller on `ws`'s configuration and one proxy (with `flags`) for Gateway infra/gw,
+/// its listener ports offset to a free range; returns once the proxy is ready.
+pub async fn start_gateway(ws: &Workspace, flags: &[&str]) -> (Controller, Proxy) {
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        ws.path(),
+        flags,
+    );
+    proxy.wait_ready().await;
+    (controller, proxy)
+}
+
 pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, free_port, http_request};
+use rauta_tests::harness::{Echo, Workspace, http_request, start_gateway};
 use rauta_tests::manifests::{annotated_service, documents, gateway, gateway_class, http_route};
 
 /// A backend answering 503 until `healthy` is set, then 200; counts requests.
@@ -96,9 +96,7 @@ async fn a_failing_endpoint_is_ejected_and_taken_back() {
             route("web", "web.example", "mixed"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway(&ws, &[]).await;
     let url = format!("http://{}/", proxy.listener(80));
 
     // Round robin alternates: the flaky endpoint answers 503 three times, then is ejected
@@ -206,9 +204,7 @@ async fn header_affinity_and_least_request() {
             route("spread", "spread.example", "spread"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway(&ws, &[]).await;
     let url = format!("http://{}/", proxy.listener(80));
 
     // One user, many source addresses: always the same endpoint.

@@ -3,11 +3,10 @@
 //! although its Service port says nothing about the protocol, gRPC status codes carried in
 //! trailers come back intact, and an unmatched method is not routed.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use rauta_common::api::v1::ListStatusesRequest;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port};
+use rauta_tests::harness::{Workspace, eventually, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, service};
 use tonic::Code;
 use tonic::transport::{Endpoint, Server};
@@ -53,16 +52,7 @@ async fn grpc_route_matches_service_method_and_keeps_trailers() {
             ROUTE.to_owned(),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &[],
-    );
-    proxy.wait_ready().await;
+    let (controller, proxy) = start_gateway(&ws, &[]).await;
 
     let channel = Endpoint::from_shared(format!("http://{}", proxy.listener(80)))
         .unwrap()
@@ -108,7 +98,7 @@ async fn grpc_route_matches_service_method_and_keeps_trailers() {
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 
     // The route's status says it is accepted and its backend resolved.
-    let mut admin = controller.admin().await;
+    let admin = controller.admin().await;
     eventually(Duration::from_secs(5), || {
         let mut admin = admin.clone();
         async move {
@@ -131,5 +121,4 @@ async fn grpc_route_matches_service_method_and_keeps_trailers() {
         }
     })
     .await;
-    let _ = &mut admin;
 }

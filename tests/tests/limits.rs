@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, bin, free_port, http_request};
+use rauta_tests::harness::{Echo, Workspace, bin, http_request, start_gateway};
 use rauta_tests::manifests::{infra, prefix_route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,13 +28,8 @@ async fn limits_answer_4xx_and_idle_connections_close() {
     let echo = Echo::start("echo-limits", "apps", ws.path());
     ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
     ws.write("route.yaml", &prefix_route("web", "/", "echo"));
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
+    let (_controller, proxy) = start_gateway(
+        &ws,
         &[
             "--max-request-header-bytes",
             "8192",
@@ -45,8 +40,8 @@ async fn limits_answer_4xx_and_idle_connections_close() {
             "--idle-timeout",
             "1",
         ],
-    );
-    proxy.wait_ready().await;
+    )
+    .await;
     let addr = proxy.listener(80);
     let url = format!("http://{addr}/");
 
@@ -156,16 +151,7 @@ async fn an_oversized_upload_to_an_http2_backend_is_413_and_not_the_backends_fau
             ),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &["--max-request-body-bytes", "1024"],
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway(&ws, &["--max-request-body-bytes", "1024"]).await;
     let addr = proxy.listener(80);
 
     // Streamed (chunked) past the limit, towards HTTP/2 upstreams: 413 each time, and more

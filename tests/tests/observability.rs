@@ -2,12 +2,9 @@
 //! upstream, a JSON access log line with the route, cluster, endpoint and trace id, and the
 //! per-route latency histogram and config-apply time in the metrics.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use rauta_tests::harness::{
-    Controller, Echo, Proxy, Workspace, eventually, free_port, http_request,
-};
+use rauta_tests::harness::{Echo, Workspace, eventually, http_request, start_gateway};
 use rauta_tests::manifests::{infra, prefix_route};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -25,16 +22,7 @@ async fn traceparent_access_log_and_route_metrics() {
     let echo = Echo::start("echo-obs", "apps", ws.path());
     ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
     ws.write("route.yaml", &prefix_route("web", "/", "echo"));
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &["--access-log", "json"],
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway(&ws, &["--access-log", "json"]).await;
     let base = format!("http://{}", proxy.listener(80));
 
     // A client's trace is continued: same trace id and sampling, the proxy's span as parent.

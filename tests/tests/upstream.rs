@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rauta_tests::echo::{EchoIdentity, EchoServer};
-use rauta_tests::harness::{Controller, Proxy, Workspace, free_port, http_get};
+use rauta_tests::harness::{Workspace, free_port, http_get, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, h2c_service, http_route, service};
 
 const WORKERS: usize = 2;
@@ -17,17 +17,6 @@ fn endpoint_metric(metrics: &str, name: &str, endpoint: SocketAddr) -> f64 {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-fn start_proxy(controller: &Controller, ws: &Workspace) -> Proxy {
-    Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &["--worker-threads", &WORKERS.to_string()],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +67,8 @@ async fn pools_reuse_connections_and_h2_keeps_the_authority() {
             ),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = start_proxy(&controller, &ws);
-    proxy.wait_ready().await;
+    let workers = WORKERS.to_string();
+    let (_controller, proxy) = start_gateway(&ws, &["--worker-threads", &workers]).await;
     let url = format!("http://{}/pool", proxy.listener(80));
 
     // HTTP/1.1: 20 requests one after another, each on a new client connection, reuse at
