@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use prometheus::{Histogram, IntCounter};
 use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol, hash_key,
@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::maglev::{MaglevTable, hash_key};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::OutlierPolicy;
+use crate::routing::RequestHeaders;
 use crate::upstream::{EndpointPool, Protocol, UpstreamPools};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,7 +214,7 @@ impl ClusterRt {
     /// Picks a ready endpoint for a request, passing over ejected ones while others are
     /// left; `None` when the cluster has none.
     #[inline]
-    pub fn pick(&self, client: IpAddr, headers: &HeaderMap) -> Option<&EndpointRt> {
+    pub fn pick(&self, client: IpAddr, headers: RequestHeaders<'_>) -> Option<&EndpointRt> {
         let count = self.endpoints.len();
         if count == 0 {
             return None;
@@ -304,10 +305,10 @@ impl ClusterRt {
 
 /// The hash of what a request is balanced on; the source address when the header or cookie
 /// is missing.
-fn request_hash(hash_on: &HashOn, client: IpAddr, headers: &HeaderMap) -> u64 {
+fn request_hash(hash_on: &HashOn, client: IpAddr, headers: RequestHeaders<'_>) -> u64 {
     let value = match hash_on {
         HashOn::SourceIp => None,
-        HashOn::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        HashOn::Header(name) => headers.get(name),
         HashOn::Cookie(name) => cookie(headers, name),
     };
     match (value, client) {
@@ -318,11 +319,10 @@ fn request_hash(hash_on: &HashOn, client: IpAddr, headers: &HeaderMap) -> u64 {
 }
 
 /// A cookie's value from the Cookie header(s).
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+fn cookie<'a>(headers: RequestHeaders<'a>, name: &str) -> Option<&'a [u8]> {
     headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .get_all(&http::header::COOKIE)
+        .flat_map(|v| v.split(|b| *b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii_start();
             let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
@@ -350,15 +350,32 @@ mod tests {
         );
     }
 
+    use http::HeaderMap;
+
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
         h.append(http::header::COOKIE, "a=1; session=abc ".parse().unwrap());
         h.append(http::header::COOKIE, "sessionx=2".parse().unwrap());
-        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
-        assert_eq!(cookie(&h, "a"), Some(&b"1"[..]));
-        assert_eq!(cookie(&h, "sess"), None);
-        assert_eq!(cookie(&h, "b"), None);
+        let h = RequestHeaders::Map(&h);
+        assert_eq!(cookie(h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(h, "a"), Some(&b"1"[..]));
+        assert_eq!(cookie(h, "sess"), None);
+        assert_eq!(cookie(h, "b"), None);
+        let raw = [
+            httparse::Header {
+                name: "Cookie",
+                value: b"a=1; session=raw",
+            },
+            httparse::Header {
+                name: "x",
+                value: b"session=no",
+            },
+        ];
+        assert_eq!(
+            cookie(RequestHeaders::Raw(&raw), "session"),
+            Some(&b"raw"[..])
+        );
     }
 
     #[test]
@@ -368,14 +385,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user", "alice".parse().unwrap());
         let on_header = HashOn::Header(HeaderName::from_static("x-user"));
+        let (h, none) = (RequestHeaders::Map(&h), HeaderMap::new());
         assert_eq!(
-            request_hash(&on_header, ip, &h),
-            request_hash(&on_header, other, &h),
+            request_hash(&on_header, ip, h),
+            request_hash(&on_header, other, h),
             "same user, different addresses"
         );
         assert_eq!(
-            request_hash(&on_header, ip, &HeaderMap::new()),
-            request_hash(&HashOn::SourceIp, ip, &h)
+            request_hash(&on_header, ip, RequestHeaders::Map(&none)),
+            request_hash(&HashOn::SourceIp, ip, h)
         );
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config_dump;
 pub mod cors;
 pub mod filters;
+pub mod h1;
 pub mod limits;
 pub mod listeners;
 pub mod maglev;

@@ -7,24 +7,26 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use crate::h1;
 use crate::limits::{Activity, TrackedIo};
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::{Shared, drain_started};
 use crate::workers::Workers;
 
-/// Longest wait for a request's headers; a client that trickles them (slowloris) is cut off.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+use crate::h1::HEADER_READ_TIMEOUT;
 /// Longest wait for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -224,11 +226,6 @@ async fn accept_loop(
                 let stream = TrackedIo::new(stream, Arc::clone(&activity));
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                                        let service = |sni: Option<Arc<str>>| {
-                        let (shared, ctx) = (Arc::clone(&shared), Arc::clone(&ctx));
-                        let conn = Arc::new(proxy::Connection { peer, sni, activity: Arc::clone(&activity) });
-                        service_fn(move |req| proxy::handle(Arc::clone(&shared), Arc::clone(&ctx), Arc::clone(&conn), req))
-                    };
                     let served = if ctx.tls {
                         // The configuration of the current snapshot: certificates change without
                         // reopening the socket.
@@ -245,10 +242,14 @@ async fn accept_loop(
                                 return;
                             }
                         };
-                                                let sni = tls.get_ref().1.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
-                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(tls), service(sni)), open, &activity, limits.idle_timeout).await
+                        let (_, session) = tls.get_ref();
+                        let sni = session.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
+                        let h2 = session.alpn_protocol() == Some(b"h2");
+                        let conn = Arc::new(proxy::Connection { peer, sni, activity });
+                        serve_http(tls, !h2, conn, shared, ctx, builder, open).await
                     } else {
-                        serve_draining(builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None)), open, &activity, limits.idle_timeout).await
+                        let conn = Arc::new(proxy::Connection { peer, sni: None, activity });
+                        serve_http(stream, true, conn, shared, ctx, builder, open).await
                     };
                     if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");
@@ -259,6 +260,48 @@ async fn accept_loop(
             _ = drain_started(&mut drain) => break,
         }
     }
+}
+
+/// Serves an HTTP connection: on the HTTP/1.1 fast path while it takes the requests (when
+/// `fast`), then with hyper.
+async fn serve_http<IO>(
+    mut io: IO,
+    fast: bool,
+    conn: Arc<proxy::Connection>,
+    shared: Arc<Shared>,
+    ctx: Arc<ListenerCtx>,
+    builder: auto::Builder<TokioExecutor>,
+    mut open: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let prefix = if fast {
+        match h1::serve(&mut io, &shared, &ctx, &conn, &mut open).await {
+            h1::Ended::Closed => return Ok(()),
+            h1::Ended::Handoff(prefix) => prefix,
+        }
+    } else {
+        Bytes::new()
+    };
+    let idle_timeout = shared.limits.idle_timeout;
+    let activity = Arc::clone(&conn.activity);
+    let service = service_fn(move |req| {
+        proxy::handle(
+            Arc::clone(&shared),
+            Arc::clone(&ctx),
+            Arc::clone(&conn),
+            req,
+        )
+    });
+    let io = TokioIo::new(h1::Rewind::new(prefix, io));
+    serve_draining(
+        builder.serve_connection_with_upgrades(io, service),
+        open,
+        &activity,
+        idle_timeout,
+    )
+    .await
 }
 
 /// Serves a connection until it ends; once draining starts, or once the connection has been

@@ -23,6 +23,10 @@ pub struct ProxyMetrics {
     pub endpoint_ejected: IntGaugeVec,
     pub apply_duration: Histogram,
     pub access_log_dropped: IntCounter,
+    /// Requests served on the HTTP/1.1 fast path.
+    pub fast_path_requests: IntCounter,
+    /// Connections the fast path handed to hyper at a request it does not take.
+    pub fast_path_handoffs: IntCounter,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
 }
@@ -58,6 +62,17 @@ impl ProxyMetrics {
             "Access log lines dropped because the writer fell behind",
         )?;
         registry.register(Box::new(apply_duration.clone()))?;
+        let fast_path_requests = IntCounter::new(
+            "http1_fast_path_requests_total",
+            "HTTP/1.1 requests served on the fast path (parsed in place, no header maps)",
+        )?;
+        let fast_path_handoffs = IntCounter::new(
+            "http1_fast_path_handoffs_total",
+            "HTTP/1.1 connections handed from the fast path to the general path, at the first \
+             request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
+        )?;
+        registry.register(Box::new(fast_path_requests.clone()))?;
+        registry.register(Box::new(fast_path_handoffs.clone()))?;
         let retries = IntCounterVec::new(
             Opts::new("upstream_retries_total", "Retries sent, by cluster"),
             &["cluster"],
@@ -146,6 +161,8 @@ impl ProxyMetrics {
             endpoint_ejected,
             apply_duration,
             access_log_dropped,
+            fast_path_requests,
+            fast_path_handoffs,
             retries,
             retries_refused,
         })

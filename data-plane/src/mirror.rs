@@ -56,7 +56,9 @@ pub fn send_copies(
             debug!(cluster = %cluster.name, "too many mirror copies in flight; copy dropped");
             continue;
         };
-        let Some(endpoint) = cluster.pick(client, &parts.headers) else {
+        let Some(endpoint) =
+            cluster.pick(client, crate::routing::RequestHeaders::Map(&parts.headers))
+        else {
             continue;
         };
         let pool = Arc::clone(&endpoint.pool);

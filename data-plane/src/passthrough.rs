@@ -111,7 +111,7 @@ pub async fn serve(
         let Some(endpoint) = backend
             .cluster
             .as_ref()
-            .and_then(|c| c.pick(peer.ip(), &http::HeaderMap::new()))
+            .and_then(|c| c.pick(peer.ip(), crate::routing::RequestHeaders::Raw(&[])))
         else {
             debug!(%peer, %name, "no ready endpoint; closing");
             return;

@@ -23,7 +23,9 @@ use crate::cluster::{ClusterRt, EndpointRt};
 use crate::cors::CorsRt;
 use crate::limits::{Activity, RequestBody};
 use crate::mirror;
-use crate::routing::{ActionRt, MatchRt, Pick, RequestView, RuleRt, WeightedBackend};
+use crate::routing::{
+    ActionRt, MatchRt, Pick, RequestHeaders, RequestView, RuleRt, WeightedBackend,
+};
 use crate::shared::Shared;
 use crate::trace::TraceContext;
 use crate::upgrade;
@@ -56,19 +58,24 @@ fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
     };
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split_once(']').map_or(raw, |(ip, _)| ip)
-    } else {
-        raw.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(raw, |(h, _)| h)
-    };
+    let host = without_port(raw);
     // Hosts are nearly always lower case already: borrow then.
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
     })
+}
+
+/// A Host value without its port (and an IPv6 literal without brackets).
+pub(crate) fn without_port(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
+        rest.split_once(']').map_or(raw, |(ip, _)| ip)
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+    }
 }
 
 /// One client connection.
@@ -289,8 +296,8 @@ async fn serve(
     let view = RequestView {
         path: req.uri().path(),
         query: req.uri().query(),
-        method: req.method(),
-        headers: req.headers(),
+        method: req.method().as_str(),
+        headers: RequestHeaders::Map(req.headers()),
     };
     let routed = state
         .route_table(&listener.name)
@@ -353,36 +360,38 @@ async fn serve(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Bytes::from_static(b"unknown cluster\n"),
                 ),
-                Some(cluster) => match cluster.pick(peer.ip(), req.headers()) {
-                    None => local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Bytes::from_static(b"no healthy upstream\n"),
-                    ),
-                    Some(endpoint) => {
-                        let mut req = req;
-                        let trace = TraceContext::propagate(req.headers_mut());
-                        if let Some(log) = &mut served.log {
-                            log.cluster = Some(Arc::clone(&cluster.name));
-                            log.upstream = Some(endpoint.addr);
-                            log.trace = Some(trace);
+                Some(cluster) => {
+                    match cluster.pick(peer.ip(), RequestHeaders::Map(req.headers())) {
+                        None => local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Bytes::from_static(b"no healthy upstream\n"),
+                        ),
+                        Some(endpoint) => {
+                            let mut req = req;
+                            let trace = TraceContext::propagate(req.headers_mut());
+                            if let Some(log) = &mut served.log {
+                                log.cluster = Some(Arc::clone(&cluster.name));
+                                log.upstream = Some(endpoint.addr);
+                                log.trace = Some(trace);
+                            }
+                            let picked = Picked {
+                                rule,
+                                matched,
+                                backend,
+                            };
+                            let client = Client {
+                                peer,
+                                scheme: listener.scheme(),
+                                max_body: shared.limits.max_body_bytes,
+                            };
+                            let mut r = forward(cluster, endpoint, picked, req, client).await;
+                            if let Some(ops) = &backend.response_headers {
+                                ops.apply(r.headers_mut());
+                            }
+                            r
                         }
-                        let picked = Picked {
-                            rule,
-                            matched,
-                            backend,
-                        };
-                        let client = Client {
-                            peer,
-                            scheme: listener.scheme(),
-                            max_body: shared.limits.max_body_bytes,
-                        };
-                        let mut r = forward(cluster, endpoint, picked, req, client).await;
-                        if let Some(ops) = &backend.response_headers {
-                            ops.apply(r.headers_mut());
-                        }
-                        r
                     }
-                },
+                }
             },
         },
     };
@@ -656,16 +665,19 @@ fn dot_segment(segment: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a path has "." or ".." segments (also written %2e).
+pub(crate) fn has_dot_segments(path: &str) -> bool {
+    // Only segments starting with '.' or '%' can be dot segments: no allocation otherwise.
+    path.split('/')
+        .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some())
+}
+
 /// The request target with "." and ".." path segments (also written %2e) resolved, RFC 3986
 /// section 5.2.4. `None` when the path has none (the common case, no allocation);
 /// `Some(None)` when the result is not a valid target.
 fn normalized_target(uri: &Uri) -> Option<Option<PathAndQuery>> {
     let path = uri.path();
-    // Only segments starting with '.' or '%' can be dot segments: no allocation otherwise.
-    let has_dots = path
-        .split('/')
-        .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some());
-    if !has_dots {
+    if !has_dot_segments(path) {
         return None;
     }
     let mut out: Vec<&str> = Vec::new();

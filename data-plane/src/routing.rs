@@ -58,10 +58,16 @@ enum ValueRt<T> {
 
 impl ValueRt<HeaderValue> {
     #[inline]
-    fn matches(&self, value: &HeaderValue) -> bool {
+    fn matches(&self, value: &[u8]) -> bool {
         match self {
-            ValueRt::Exact(v) => v == value,
-            ValueRt::Regex(re) => value.to_str().is_ok_and(|v| re.is_match(v)),
+            ValueRt::Exact(v) => v.as_bytes() == value,
+            // Visible ASCII only, as HeaderValue::to_str.
+            ValueRt::Regex(re) => value
+                .iter()
+                .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+                .then(|| std::str::from_utf8(value).ok())
+                .flatten()
+                .is_some_and(|v| re.is_match(v)),
         }
     }
 }
@@ -89,8 +95,44 @@ pub struct MatchRt {
 pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub method: &'a Method,
-    pub headers: &'a HeaderMap,
+    pub method: &'a str,
+    pub headers: RequestHeaders<'a>,
+}
+
+/// A request's header fields: parsed into a map by hyper, or still the raw fields of the
+/// HTTP/1.1 fast path (which never builds a map).
+#[derive(Debug, Clone, Copy)]
+pub enum RequestHeaders<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// The first value of a header.
+    #[inline]
+    pub fn get(&self, name: &HeaderName) -> Option<&'a [u8]> {
+        match *self {
+            RequestHeaders::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+            RequestHeaders::Raw(fields) => fields
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+                .map(|h| h.value),
+        }
+    }
+
+    /// Every value of a header, in order.
+    pub fn get_all(self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let (map, raw) = match self {
+            RequestHeaders::Map(map) => (Some(map.get_all(name).iter()), None),
+            RequestHeaders::Raw(fields) => (None, Some(fields.iter())),
+        };
+        map.into_iter().flatten().map(HeaderValue::as_bytes).chain(
+            raw.into_iter()
+                .flatten()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name.as_str()))
+                .map(|h| h.value),
+        )
+    }
 }
 
 /// The first value of a query parameter, undecoded.
@@ -106,7 +148,10 @@ impl MatchRt {
     #[inline]
     fn matches(&self, req: &RequestView<'_>) -> bool {
         self.path.matches(req.path)
-            && self.method.as_ref().is_none_or(|m| m == req.method)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.as_str() == req.method)
             && self
                 .headers
                 .iter()

@@ -15,12 +15,17 @@ pub struct TraceContext {
 }
 
 /// Lower-case hex, without the formatting machinery (this runs for every request).
-fn push_hex(out: &mut String, bytes: &[u8]) {
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
     }
+}
+
+/// Hex digits are ASCII: the conversion cannot fail.
+fn ascii(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 fn hex_bytes<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
@@ -65,12 +70,22 @@ impl TraceContext {
     /// Continues the request's trace (a new trace when it has no valid traceparent) and sets
     /// the traceparent the upstream will see.
     pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
-        let inherited = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
+        let ctx = TraceContext::continue_from(headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ctx.header())) {
+            headers.insert(&TRACEPARENT, v);
+        }
+        ctx
+    }
+
+    /// The proxy's span in the trace of a request with this traceparent (a new trace when it
+    /// has none or an invalid one).
+    pub fn continue_from(traceparent: Option<&[u8]>) -> TraceContext {
+        let inherited = traceparent.and_then(parse);
         let mut span_id: [u8; 8] = rand::random();
         if span_id == [0; 8] {
             span_id[7] = 1;
         }
-        let ctx = match inherited {
+        match inherited {
             Some((trace_id, _, flags)) => TraceContext {
                 trace_id,
                 span_id,
@@ -87,29 +102,30 @@ impl TraceContext {
                     flags: 0,
                 }
             }
-        };
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ctx.header())) {
-            headers.insert(&TRACEPARENT, v);
         }
-        ctx
     }
 
     /// The traceparent value naming the proxy's span as parent.
     pub fn header(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        s.push('-');
-        push_hex(&mut s, &[self.flags]);
-        s
+        let mut s = Vec::with_capacity(55);
+        self.write_header(&mut s);
+        ascii(s)
+    }
+
+    /// Appends the traceparent value to a head being written.
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"00-");
+        push_hex(out, &self.trace_id);
+        out.push(b'-');
+        push_hex(out, &self.span_id);
+        out.push(b'-');
+        push_hex(out, &[self.flags]);
     }
 
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
+        let mut s = Vec::with_capacity(32);
         push_hex(&mut s, &self.trace_id);
-        s
+        ascii(s)
     }
 }
 

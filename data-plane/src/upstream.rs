@@ -115,10 +115,35 @@ struct IdleH1 {
     since: Instant,
 }
 
+/// A plain TCP connection to an endpoint, for the HTTP/1.1 fast path ([`crate::h1`]), which
+/// speaks HTTP on it itself; counted as open until dropped.
+#[derive(Debug)]
+pub struct RawConn {
+    pub stream: TcpStream,
+    _open: OpenConn,
+}
+
+#[derive(Debug)]
+struct OpenConn(IntGauge);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Debug)]
+struct IdleRaw {
+    conn: RawConn,
+    since: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     /// Oldest first: expired connections are dropped from the front, reuse takes the back.
     idle: VecDeque<IdleH1>,
+    /// Idle connections of the fast path, in the same order.
+    raw_idle: VecDeque<IdleRaw>,
     h2: Option<http2::SendRequest<UpstreamBody>>,
     /// When the last HTTP/2 connect failed: requests that waited for that attempt fail with
     /// it instead of each trying (and timing out) in turn.
@@ -302,6 +327,51 @@ impl EndpointPool {
         }
     }
 
+    /// Whether the HTTP/1.1 fast path can reach this endpoint (plain HTTP/1.1, no TLS).
+    pub fn serves_raw(&self) -> bool {
+        self.protocol == Protocol::Http1 && self.tls.is_none()
+    }
+
+    /// An idle fast-path connection of this worker, newest first; it may have been closed by
+    /// the upstream meanwhile, which the caller finds out (and retries) on first use.
+    pub fn checkout_raw(&self) -> Option<RawConn> {
+        let mut shard = lock(&self.shards[self.shard()]);
+        while let Some(idle) = shard.raw_idle.pop_back() {
+            if idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// A new fast-path connection, within the connect timeout.
+    pub async fn connect_raw(&self) -> Result<RawConn, UpstreamError> {
+        let stream = self
+            .connect_tcp()
+            .await
+            .inspect_err(|_| self.stats.failed.inc())?;
+        Ok(RawConn {
+            stream,
+            _open: OpenConn(self.opened()),
+        })
+    }
+
+    /// Keeps a fast-path connection that finished a response for the next request.
+    pub fn release_raw(&self, conn: RawConn) {
+        let now = Instant::now();
+        let mut shard = lock(&self.shards[self.shard()]);
+        while shard
+            .raw_idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+        {
+            shard.raw_idle.pop_front();
+        }
+        if shard.raw_idle.len() < MAX_IDLE_PER_SHARD {
+            shard.raw_idle.push_back(IdleRaw { conn, since: now });
+        }
+    }
+
     async fn send_h2(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
@@ -436,6 +506,22 @@ impl EndpointPool {
         self.stats.open.clone()
     }
 
+    /// A TCP connection within the connect timeout (not counted: callers count failures).
+    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr: self.addr,
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
     /// A TCP connection within the connect timeout, with TLS on top when configured.
     async fn connect(
         &self,
@@ -446,14 +532,7 @@ impl EndpointPool {
             timeout: self.connect_timeout,
         };
         let result = async {
-            let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|source| UpstreamError::Connect {
-                    addr: self.addr,
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = self.connect_tcp().await?;
             let Some(tls) = &self.tls else {
                 return Ok(Either::Left(tcp));
             };

@@ -1,0 +1,409 @@
+//! The HTTP/1.1 fast path. Through hyper, a proxied request costs a header map built on each
+//! side, a server dispatcher, and a client dispatcher with a channel in between: most of the
+//! proxy's CPU for a small request. This path parses the client's head in place (httparse),
+//! routes on the raw fields, writes the upstream head straight from them into one buffer, and
+//! relays the response head and body the same way, over pooled plain upstream connections:
+//! one read and one write on each side per request, nothing built per header.
+//!
+//! It takes the requests it fully understands: HTTP/1.1, an origin-form target, no body or a
+//! Content-Length body small enough to hold, routed to a rule that forwards to a plain
+//! HTTP/1.1 cluster without filters, mirrors, retries or CORS. At the first request it does not
+//! take, the connection goes to hyper with the bytes read so far, and stays there: everything
+//! this path does not implement is decided in one place, hyper's path.
+
+mod body;
+mod request;
+mod response;
+mod rewind;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::access_log;
+use crate::proxy::{Connection, ListenerCtx};
+use crate::shared::{Shared, drain_started};
+use crate::upstream::{RawConn, UpstreamError};
+
+use body::{BadChunk, Framing};
+use request::{Plan, Planned, RequestCtx};
+use response::{BadResponse, Parsed, ResponseHead};
+pub use rewind::Rewind;
+
+/// Longest wait for a request's head (and held body) once its first byte arrived; a client
+/// that trickles them (slowloris) is cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read size on both sides.
+const READ_CHUNK: usize = 16 * 1024;
+/// A body part this small goes out in the same write as the head.
+const COALESCE: usize = 16 * 1024;
+
+/// How the fast path left a connection.
+pub enum Ended {
+    Closed,
+    /// For hyper, with the bytes read and not served.
+    Handoff(Bytes),
+}
+
+/// Serves a client connection's requests for as long as the fast path takes them.
+pub async fn serve<IO>(
+    io: &mut IO,
+    shared: &Shared,
+    listener: &ListenerCtx,
+    conn: &Connection,
+    drain: &mut watch::Receiver<bool>,
+) -> Ended
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut upstream_request = Vec::with_capacity(1024);
+    let mut ubuf = BytesMut::new();
+    let mut down = Vec::with_capacity(1024);
+    loop {
+        if buf.is_empty() && !next_request(io, &mut buf, drain, shared.limits.idle_timeout).await {
+            return Ended::Closed;
+        }
+        let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+        let state = shared.state.load_full();
+        let plan = loop {
+            let cx = RequestCtx {
+                listener,
+                conn,
+                limits: &shared.limits,
+                logged: shared.access_log.as_ref().is_some_and(|l| l.sampled()),
+            };
+            match request::plan(&buf, &state, cx, &mut upstream_request) {
+                Planned::Go(plan) => break plan,
+                Planned::Handoff => {
+                    shared.metrics.fast_path_handoffs.inc();
+                    return Ended::Handoff(buf.freeze());
+                }
+                Planned::Partial => {
+                    if !read_more(io, &mut buf, deadline).await {
+                        return Ended::Closed;
+                    }
+                }
+            }
+        };
+        buf.advance(plan.len);
+        shared.metrics.fast_path_requests.inc();
+        let exchange = Exchange {
+            plan: &plan,
+            request: &upstream_request,
+            close: plan.close || shared.is_draining(),
+        };
+        let keep_open = exchange
+            .run(io, &mut ubuf, &mut down, shared, listener, conn)
+            .await;
+        if !keep_open || plan.close || shared.is_draining() {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Waits for the first bytes of the next request; false when the connection is to close (the
+/// client left, it stayed idle too long, or the proxy drains).
+async fn next_request<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    drain: &mut watch::Receiver<bool>,
+    idle_timeout: Duration,
+) -> bool {
+    buf.reserve(READ_CHUNK);
+    tokio::select! {
+        read = tokio::time::timeout(idle_timeout, io.read_buf(buf)) => matches!(read, Ok(Ok(n)) if n > 0),
+        _ = drain_started(drain) => false,
+    }
+}
+
+async fn read_more<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> bool {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    matches!(
+        tokio::time::timeout_at(deadline, io.read_buf(buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// Why an upstream exchange produced no response.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    #[error("no response within the timeout")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("upstream closed the connection before a response")]
+    Closed,
+    #[error(transparent)]
+    Response(#[from] BadResponse),
+}
+
+/// How one attempt on a connection failed.
+struct AttemptError {
+    failure: Failure,
+    /// The request may have reached the upstream: some of it was written and something (or
+    /// nothing but a close) came back.
+    sent: bool,
+    /// Part of a response arrived.
+    received: bool,
+}
+
+/// One request's way to the upstream and back.
+struct Exchange<'a, 's> {
+    plan: &'a Plan<'s>,
+    request: &'a [u8],
+    /// The client connection closes after the response.
+    close: bool,
+}
+
+impl Exchange<'_, '_> {
+    /// Forwards the request and relays the response; false when the client connection must
+    /// close (a response cut short, or a client gone).
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut IO,
+        ubuf: &mut BytesMut,
+        down: &mut Vec<u8>,
+        shared: &Shared,
+        listener: &ListenerCtx,
+        conn: &Connection,
+    ) -> bool {
+        let Plan {
+            rule,
+            cluster,
+            endpoint,
+            ..
+        } = *self.plan;
+        let started = Instant::now();
+        let limit = [
+            cluster.request_timeout,
+            rule.backend_timeout,
+            rule.request_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let in_flight = cluster
+            .balances_on_load()
+            .then(|| endpoint.pool.health().start_request());
+        let result = match limit {
+            Some(limit) => tokio::time::timeout(limit, self.response_head(ubuf, down))
+                .await
+                .unwrap_or(Err(Failure::Timeout)),
+            None => self.response_head(ubuf, down).await,
+        };
+        drop(in_flight);
+        cluster.latency.observe(started.elapsed().as_secs_f64());
+        let status = match &result {
+            Ok((_, head)) => head.status,
+            Err(Failure::Timeout) => 504,
+            Err(_) => 502,
+        };
+        cluster.report(endpoint, status >= 500);
+        rule.counters.record(status, started);
+        if let (Some(log), Some(line)) = (&shared.access_log, &self.plan.log) {
+            log.record(&access_log::Entry {
+                start_time: line.start_time.clone(),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                listener: &listener.name,
+                client: conn.peer,
+                method: &line.method,
+                authority: &line.authority,
+                path: &line.path,
+                protocol: "HTTP/1.1",
+                status,
+                route: Some(&line.route),
+                cluster: Some(&line.cluster),
+                upstream: Some(endpoint.addr),
+                trace_id: Some(line.trace_id.clone()),
+                user_agent: line.user_agent.as_deref(),
+            });
+        }
+        let (mut upstream, head) = match result {
+            Ok(ok) => ok,
+            Err(failure) => {
+                debug!(cluster = %cluster.name, upstream = %endpoint.addr, %failure, "upstream request failed");
+                let body: &[u8] = if status == 504 {
+                    b"upstream request timeout\n"
+                } else {
+                    b"upstream connect error\n"
+                };
+                local_reply(down, status, body, self.close);
+                return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !self.close;
+            }
+        };
+        ubuf.advance(head.len);
+        match relay(io, &mut upstream.stream, ubuf, down, head.framing).await {
+            Ok(ended_cleanly) => {
+                if ended_cleanly && head.reusable {
+                    endpoint.pool.release_raw(upstream);
+                }
+                io.flush().await.is_ok() && !head.close
+            }
+            Err(err) => {
+                debug!(upstream = %endpoint.addr, %err, "response relay cut short");
+                false
+            }
+        }
+    }
+
+    /// Sends the request and reads the response head (written for the client into `down`),
+    /// on a pooled connection when there is one. A pooled connection the upstream closed
+    /// meanwhile is replaced by a new one, when sending again is safe.
+    async fn response_head(
+        &self,
+        ubuf: &mut BytesMut,
+        down: &mut Vec<u8>,
+    ) -> Result<(RawConn, ResponseHead), Failure> {
+        let pool = &self.plan.endpoint.pool;
+        let (mut upstream, mut reused) = match pool.checkout_raw() {
+            Some(c) => (c, true),
+            None => (pool.connect_raw().await?, false),
+        };
+        loop {
+            match self.attempt(&mut upstream.stream, ubuf, down).await {
+                Ok(head) => return Ok((upstream, head)),
+                Err(e) if reused && !e.received && (!e.sent || self.plan.idempotent) => {
+                    upstream = pool.connect_raw().await?;
+                    reused = false;
+                }
+                Err(e) => return Err(e.failure),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        stream: &mut TcpStream,
+        ubuf: &mut BytesMut,
+        down: &mut Vec<u8>,
+    ) -> Result<ResponseHead, AttemptError> {
+        ubuf.clear();
+        let fail = |failure: Failure, sent: bool, received: bool| AttemptError {
+            failure,
+            sent,
+            received,
+        };
+        // A write to a connection the upstream already closed fails before anything is sent.
+        stream
+            .write_all(self.request)
+            .await
+            .map_err(|e| fail(e.into(), false, false))?;
+        loop {
+            if ubuf.capacity() - ubuf.len() < 1024 {
+                ubuf.reserve(READ_CHUNK);
+            }
+            let n = stream
+                .read_buf(ubuf)
+                .await
+                .map_err(|e| fail(e.into(), true, !ubuf.is_empty()))?;
+            if n == 0 {
+                return Err(fail(Failure::Closed, true, !ubuf.is_empty()));
+            }
+            loop {
+                match response::parse(ubuf, self.plan.head, self.close, down) {
+                    Ok(Parsed::Final(head)) => return Ok(head),
+                    Ok(Parsed::Interim(len)) => ubuf.advance(len),
+                    Ok(Parsed::Partial) => break,
+                    Err(bad) => return Err(fail(bad.into(), true, true)),
+                }
+            }
+        }
+    }
+}
+
+/// Why a response could not be relayed to the end.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("upstream: {0}")]
+    Upstream(std::io::Error),
+    #[error("upstream closed the connection mid-body")]
+    Truncated,
+    #[error("upstream: {0}")]
+    Framing(#[from] BadChunk),
+    #[error("client: {0}")]
+    Client(std::io::Error),
+}
+
+/// Sends the response head (in `down`) and body to the client, the body as the upstream
+/// framed it. `ubuf` holds what was read after the head. True when the body ended exactly at
+/// the end of what was read: the upstream connection is then at a message boundary.
+async fn relay<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    upstream: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    down: &mut Vec<u8>,
+    mut framing: Framing,
+) -> Result<bool, RelayError> {
+    let (take, mut done) = framing.consume(ubuf)?;
+    if take <= COALESCE {
+        down.extend_from_slice(&ubuf[..take]);
+        io.write_all(down).await.map_err(RelayError::Client)?;
+    } else {
+        io.write_all(down).await.map_err(RelayError::Client)?;
+        io.write_all(&ubuf[..take])
+            .await
+            .map_err(RelayError::Client)?;
+    }
+    let mut extra = ubuf.len() - take;
+    while !done {
+        ubuf.clear();
+        ubuf.reserve(READ_CHUNK);
+        let n = upstream
+            .read_buf(ubuf)
+            .await
+            .map_err(RelayError::Upstream)?;
+        if n == 0 {
+            return match framing {
+                Framing::UntilClose => Ok(false),
+                _ => Err(RelayError::Truncated),
+            };
+        }
+        let (take, ended) = framing.consume(ubuf)?;
+        io.write_all(&ubuf[..take])
+            .await
+            .map_err(RelayError::Client)?;
+        extra = ubuf.len() - take;
+        done = ended;
+    }
+    ubuf.clear();
+    Ok(extra == 0)
+}
+
+/// An answer the fast path makes itself: the upstream failed or timed out.
+fn local_reply(out: &mut Vec<u8>, status: u16, body: &[u8], close: bool) {
+    use std::io::Write;
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    out.extend_from_slice(body);
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower)
+}
+
+/// The comma-separated elements of a field value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}

@@ -1,0 +1,401 @@
+//! Deciding whether the fast path takes a request, and writing the upstream's request head
+//! straight from the client's parsed fields.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::cluster::{ClusterRt, EndpointRt};
+use crate::limits::Limits;
+use crate::proxy::{Connection, ListenerCtx, has_dot_segments, without_port};
+use crate::routing::{ActionRt, Pick, RequestHeaders, RequestView, RoutingState, RuleRt};
+use crate::trace::TraceContext;
+use crate::upstream::Protocol;
+
+use super::{is, tokens};
+
+/// Header fields parsed in place per request. A request with more goes to hyper, which
+/// applies the configured limit.
+const MAX_FIELDS: usize = 100;
+/// The largest request body the fast path holds (it sends head and body in one write, and can
+/// send them again); larger bodies are streamed by hyper.
+pub const MAX_HELD_BODY: u64 = 64 * 1024;
+
+/// Who asks, and where.
+#[derive(Clone, Copy)]
+pub struct RequestCtx<'a> {
+    pub listener: &'a ListenerCtx,
+    pub conn: &'a Connection,
+    pub limits: &'a Limits,
+    /// Whether this request is in the access log sample.
+    pub logged: bool,
+}
+
+/// What the fast path does with a request whose bytes are in the buffer.
+pub struct Plan<'s> {
+    pub rule: &'s RuleRt,
+    pub cluster: &'s ClusterRt,
+    pub endpoint: &'s EndpointRt,
+    /// The request's bytes (head and body) in the buffer.
+    pub len: usize,
+    /// The client asked for the connection to close after this response.
+    pub close: bool,
+    /// A HEAD request: the response has no body, whatever its headers say.
+    pub head: bool,
+    /// Safe to send again when a kept-alive upstream connection turns out to be closed.
+    pub idempotent: bool,
+    pub log: Option<Box<LogLine>>,
+}
+
+/// The request line of a logged request.
+pub struct LogLine {
+    pub start_time: String,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub user_agent: Option<String>,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub trace_id: String,
+}
+
+pub enum Planned<'s> {
+    Go(Plan<'s>),
+    /// The head, or the body, is not all here yet.
+    Partial,
+    /// Not for the fast path: hyper serves it (and the rest of the connection).
+    Handoff,
+}
+
+/// Whether a header is named in a Connection header (and so must not be forwarded).
+fn listed(name: &str, connection: &[&[u8]]) -> bool {
+    connection
+        .iter()
+        .flat_map(|v| tokens(v))
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Targets hyper's URI parser takes as they are; others go to hyper, which decides.
+fn plain_target(target: &str) -> bool {
+    target.starts_with('/')
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b))
+}
+
+fn rule_is_plain(rule: &RuleRt) -> bool {
+    matches!(rule.action, ActionRt::Forward { .. })
+        && rule.cors.is_none()
+        && rule.mirrors.is_empty()
+        && rule.retry.is_none()
+        && rule.rewrite.is_none()
+        && rule.request_headers.is_none()
+        && rule.response_headers.is_none()
+}
+
+/// Parses the request at the start of `buf` and, when the fast path takes it, writes the
+/// upstream request (head and body) into `out`.
+pub fn plan<'s>(
+    buf: &[u8],
+    state: &'s RoutingState,
+    cx: RequestCtx<'_>,
+    out: &mut Vec<u8>,
+) -> Planned<'s> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= cx.limits.max_header_bytes => n,
+        Ok(httparse::Status::Partial) if buf.len() < cx.limits.max_header_bytes => {
+            return Planned::Partial;
+        }
+        // Too large, too many fields, malformed: hyper gives the 4xx.
+        _ => return Planned::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Planned::Handoff;
+    };
+    let fields = &*req.headers;
+    if fields.len() > cx.limits.max_headers
+        || method == "CONNECT"
+        || !plain_target(target)
+        || has_dot_segments(target.split_once('?').map_or(target, |(p, _)| p))
+    {
+        return Planned::Handoff;
+    }
+    let mut host = None;
+    let mut hosts = 0;
+    let mut length: Option<u64> = None;
+    let mut close = false;
+    let mut connection_lists = false;
+    for field in fields {
+        let name = field.name;
+        if is(name, "host") {
+            hosts += 1;
+            host = Some(field.value);
+        } else if is(name, "content-length") {
+            let parsed = std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok());
+            match (length, parsed) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Planned::Handoff,
+            }
+        } else if is(name, "transfer-encoding") || is(name, "expect") || is(name, "upgrade") {
+            return Planned::Handoff;
+        } else if is(name, "connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Planned::Handoff;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    connection_lists = true;
+                }
+            }
+        } else if is(name, "content-type") && field.value.starts_with(b"application/grpc") {
+            return Planned::Handoff;
+        }
+    }
+    let length = length.unwrap_or(0);
+    let Some(host) = host.filter(|_| hosts == 1) else {
+        return Planned::Handoff;
+    };
+    let Ok(host) = std::str::from_utf8(host).map(without_port) else {
+        return Planned::Handoff;
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase() || b == b'[')
+        || length > MAX_HELD_BODY
+        || cx.limits.max_body_bytes.is_some_and(|max| length > max)
+    {
+        return Planned::Handoff;
+    }
+    if let (Some(sni), Some(names)) = (&cx.conn.sni, state.listener_names(&cx.listener.name))
+        && names.listener_for(sni) != names.listener_for(host)
+    {
+        return Planned::Handoff;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let view = RequestView {
+        path,
+        query,
+        method,
+        headers: RequestHeaders::Raw(fields),
+    };
+    let Some((rule, _)) = state
+        .route_table(&cx.listener.name)
+        .and_then(|table| table.virtual_host(host)?.route(&view))
+    else {
+        return Planned::Handoff;
+    };
+    if !rule_is_plain(rule) {
+        return Planned::Handoff;
+    }
+    let Pick::Backend(backend) = rule.action.pick(rand::random()) else {
+        return Planned::Handoff;
+    };
+    let Some(cluster) = backend
+        .cluster
+        .as_deref()
+        .filter(|c| c.protocol == Protocol::Http1)
+        .filter(|_| backend.request_headers.is_none() && backend.response_headers.is_none())
+    else {
+        return Planned::Handoff;
+    };
+    let Some(endpoint) = cluster
+        .pick(cx.conn.peer.ip(), RequestHeaders::Raw(fields))
+        .filter(|e| e.pool.serves_raw())
+    else {
+        return Planned::Handoff;
+    };
+    let len = head_len + length as usize;
+    if buf.len() < len {
+        return Planned::Partial;
+    }
+    let traceparent = fields
+        .iter()
+        .find(|f| is(f.name, "traceparent"))
+        .map(|f| f.value);
+    let trace = TraceContext::continue_from(traceparent);
+    let connection: Vec<&[u8]> = if connection_lists {
+        fields
+            .iter()
+            .filter(|f| is(f.name, "connection"))
+            .map(|f| f.value)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    write_head(
+        out,
+        (method, target),
+        fields,
+        &connection,
+        Forwarded {
+            peer: cx.conn.peer.ip(),
+            scheme: if cx.listener.tls { "https" } else { "http" },
+            trace: &trace,
+        },
+    );
+    out.extend_from_slice(&buf[head_len..len]);
+    let log = cx.logged.then(|| {
+        Box::new(LogLine {
+            start_time: jiff::Timestamp::now().to_string(),
+            method: method.to_owned(),
+            authority: host.to_owned(),
+            path: target.to_owned(),
+            user_agent: fields
+                .iter()
+                .find(|f| is(f.name, "user-agent"))
+                .and_then(|f| std::str::from_utf8(f.value).ok())
+                .map(str::to_owned),
+            route: Arc::clone(&rule.name),
+            cluster: Arc::clone(&cluster.name),
+            trace_id: trace.trace_id_hex(),
+        })
+    });
+    Planned::Go(Plan {
+        rule,
+        cluster,
+        endpoint,
+        len,
+        close,
+        head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        log,
+    })
+}
+
+/// What the gateway adds to a forwarded request.
+struct Forwarded<'a> {
+    peer: IpAddr,
+    scheme: &'static str,
+    trace: &'a TraceContext,
+}
+
+/// Connection-scoped fields are dropped (RFC 9110 section 7.6.1) and the gateway's own added:
+/// the same request hyper's path sends, in the client's field order and spelling.
+fn write_head(
+    out: &mut Vec<u8>,
+    (method, target): (&str, &str),
+    fields: &[httparse::Header<'_>],
+    connection: &[&[u8]],
+    forwarded: Forwarded<'_>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for field in fields {
+        let name = field.name;
+        let dropped = is(name, "connection")
+            || is(name, "keep-alive")
+            || is(name, "proxy-connection")
+            || is(name, "trailer")
+            || (is(name, "te") && !field.value.eq_ignore_ascii_case(b"trailers"))
+            || is(name, "x-forwarded-for")
+            || is(name, "x-forwarded-proto")
+            || is(name, "traceparent")
+            || (!connection.is_empty() && listed(name, connection));
+        if !dropped {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(field.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prior in fields.iter().filter(|f| is(f.name, "x-forwarded-for")) {
+        out.extend_from_slice(prior.value);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}", forwarded.peer);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(forwarded.scheme.as_bytes());
+    out.extend_from_slice(b"\r\ntraceparent: ");
+    forwarded.trace.write_header(out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_head_drops_connection_fields_and_adds_the_gateways() {
+        let fields = [
+            httparse::Header {
+                name: "Host",
+                value: b"example.com",
+            },
+            httparse::Header {
+                name: "Connection",
+                value: b"keep-alive, X-Secret",
+            },
+            httparse::Header {
+                name: "x-secret",
+                value: b"1",
+            },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"10.0.0.1",
+            },
+            httparse::Header {
+                name: "TE",
+                value: b"trailers",
+            },
+            httparse::Header {
+                name: "Keep-Alive",
+                value: b"timeout=5",
+            },
+            httparse::Header {
+                name: "Accept",
+                value: b"*/*",
+            },
+        ];
+        let trace = TraceContext::continue_from(Some(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            ("GET", "/a?b=1"),
+            &fields,
+            &[b"keep-alive, X-Secret"],
+            Forwarded {
+                peer: "127.0.0.1".parse().unwrap(),
+                scheme: "http",
+                trace: &trace,
+            },
+        );
+        let text = String::from_utf8(out).unwrap();
+        let expected = format!(
+            "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             traceparent: {}\r\n\r\n",
+            trace.header()
+        );
+        assert_eq!(text, expected);
+        assert!(
+            trace
+                .header()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+    }
+
+    #[test]
+    fn only_plain_origin_form_targets_are_taken() {
+        assert!(plain_target("/a/b?c=d&e=%20"));
+        assert!(!plain_target("*"));
+        assert!(!plain_target("http://example.com/"));
+        assert!(!plain_target("/a|b"));
+        assert!(!plain_target("/caf\u{e9}"));
+    }
+}

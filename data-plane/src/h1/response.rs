@@ -1,0 +1,263 @@
+//! Reading an upstream's response head and writing the client's from it.
+
+use super::body::{ChunkScanner, Framing};
+use super::{is, tokens};
+
+/// Header fields parsed per response; more is refused, as hyper's client refuses them.
+const MAX_FIELDS: usize = 100;
+/// The longest response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A response head, already written for the client.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// The head's length in the upstream's bytes.
+    pub len: usize,
+    pub framing: Framing,
+    /// The upstream connection can carry another request once the body has been read.
+    pub reusable: bool,
+    /// The client connection closes after this response.
+    pub close: bool,
+}
+
+pub enum Parsed {
+    Final(ResponseHead),
+    /// An interim (1xx) response of this length: skipped, as hyper's client skips them.
+    Interim(usize),
+    Partial,
+}
+
+/// What is wrong with an upstream's response.
+#[derive(Debug, thiserror::Error)]
+pub enum BadResponse {
+    #[error("malformed response head: {0}")]
+    Malformed(#[from] httparse::Error),
+    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
+    TooLarge,
+    #[error("conflicting message length")]
+    Length,
+    #[error("protocol switch nobody asked for")]
+    Switch,
+}
+
+/// Parses the response head at the start of `data` and writes the client's head into `out`.
+/// `head_request`: the request was HEAD; `close`: the client connection closes after it.
+pub fn parse(
+    data: &[u8],
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, BadResponse> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(data)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial if data.len() > MAX_RESPONSE_HEAD => {
+            return Err(BadResponse::TooLarge);
+        }
+        httparse::Status::Partial => return Ok(Parsed::Partial),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Ok(Parsed::Partial);
+    };
+    match status {
+        101 => return Err(BadResponse::Switch),
+        100..=199 => return Ok(Parsed::Interim(len)),
+        _ => {}
+    }
+    let fields = &*resp.headers;
+    let mut chunked = None;
+    let mut length = None;
+    let mut upstream_closes = version == 0;
+    let mut connection_lists = false;
+    for field in fields {
+        if is(field.name, "transfer-encoding") {
+            chunked = tokens(field.value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if is(field.name, "content-length") {
+            let parsed: Option<u64> = std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok());
+            match (length, parsed) {
+                (_, None) => return Err(BadResponse::Length),
+                (Some(a), Some(b)) if a != b => return Err(BadResponse::Length),
+                (_, parsed) => length = parsed,
+            }
+        } else if is(field.name, "connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    upstream_closes = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    upstream_closes &= version != 0;
+                } else if !token.is_empty() {
+                    connection_lists = true;
+                }
+            }
+        }
+    }
+    // A message with both is how requests get smuggled (RFC 9112 section 6.3).
+    if chunked.is_some() && length.is_some() {
+        return Err(BadResponse::Length);
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(ChunkScanner::default()),
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let until_close = framing == Framing::UntilClose;
+    let close = close || until_close;
+    write_head(out, (status, resp.reason), fields, connection_lists, close);
+    Ok(Parsed::Final(ResponseHead {
+        status,
+        len,
+        framing,
+        reusable: !upstream_closes && !until_close,
+        close,
+    }))
+}
+
+fn write_head(
+    out: &mut Vec<u8>,
+    (status, reason): (u16, Option<&str>),
+    fields: &[httparse::Header<'_>],
+    connection_lists: bool,
+    close: bool,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    let reason = reason.filter(|r| !r.is_empty()).or_else(|| {
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+    });
+    out.extend_from_slice(reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let connection: Vec<&[u8]> = if connection_lists {
+        fields
+            .iter()
+            .filter(|f| is(f.name, "connection"))
+            .map(|f| f.value)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for field in fields {
+        let name = field.name;
+        let dropped = is(name, "connection")
+            || is(name, "keep-alive")
+            || is(name, "proxy-connection")
+            || is(name, "upgrade")
+            || is(name, "te")
+            || connection
+                .iter()
+                .flat_map(|v| tokens(v))
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+        if !dropped {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(field.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(data: &[u8], head_request: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        match parse(data, head_request, false, &mut out).unwrap() {
+            Parsed::Final(h) => (h, String::from_utf8(out).unwrap()),
+            _ => panic!("not a final response"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (h, text) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\r\nhello",
+            false,
+        );
+        assert_eq!(
+            (h.status, h.framing, h.reusable, h.close),
+            (200, Framing::Length(5), true, false)
+        );
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked(ChunkScanner::default()));
+        let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::Empty, "a HEAD response has no body");
+        let (h, text) = head(b"HTTP/1.0 200 OK\r\n\r\n", false);
+        assert_eq!(
+            (h.framing, h.reusable, h.close),
+            (Framing::UntilClose, false, true)
+        );
+        assert!(text.ends_with("connection: close\r\n\r\n"));
+        let (h, _) = head(b"HTTP/1.1 204 No Content\r\n\r\n", false);
+        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!h.reusable);
+    }
+
+    #[test]
+    fn smuggling_shapes_and_switches_are_refused() {
+        let mut out = Vec::new();
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(parse(bad, false, false, &mut out).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            parse(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1",
+                false,
+                false,
+                &mut out
+            ),
+            Ok(Parsed::Interim(25))
+        ));
+    }
+
+    #[test]
+    fn fields_named_in_connection_are_dropped_and_close_is_added() {
+        let mut out = Vec::new();
+        let data = b"HTTP/1.1 404 \r\nConnection: x-hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Parsed::Final(h)) = parse(data, false, true, &mut out) else {
+            panic!("not parsed");
+        };
+        assert!(h.close);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nX-End: 2\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+}

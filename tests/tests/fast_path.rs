@@ -1,0 +1,478 @@
+//! The HTTP/1.1 fast path end to end: a raw client and a scripted raw backend on each side of
+//! the real proxy, so every byte of framing is ours to choose. Keep-alive and pooling,
+//! forwarded fields, chunked bodies with trailers, HEAD and 204, close-delimited bodies,
+//! pipelining, a pooled connection the upstream closed, a body cut short, timeouts, a dead
+//! endpoint, and the handoff to the general path in the middle of a connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rauta_tests::harness::{Workspace, free_port, start_gateway};
+use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that answers by path, in framings a library server would not produce.
+struct ScriptedBackend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    async fn start() -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_backend(stream));
+            }
+        });
+        ScriptedBackend { addr, connections }
+    }
+}
+
+/// Serves requests with Content-Length bodies (or none) until the connection ends.
+async fn serve_backend(mut stream: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        while buf.len() < head_len + body_len {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+        let body = buf[head_len..head_len + body_len].to_vec();
+        buf.drain(..head_len + body_len);
+        let reply: Vec<u8> = match path.as_str() {
+            "/chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n"
+                    .to_vec()
+            }
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/until-close" => {
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+                    .await;
+                return;
+            }
+            "/close-after" => {
+                // Closes without saying so: the proxy pools the connection and finds it closed.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+                    .await;
+                return;
+            }
+            "/truncated" => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
+                    .await;
+                return;
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate".to_vec()
+            }
+            "/echo" => {
+                let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                r.extend_from_slice(&body);
+                r
+            }
+            _ => {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Length: {}\r\n\r\n",
+                    head.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(head.as_bytes());
+                r
+            }
+        };
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads until a request head is complete: (head length, path, Content-Length).
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(usize, String, usize)> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut fields);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let length = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            return Some((n, req.path?.to_owned(), length));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A response as the client read it.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client on one connection, reading responses exactly as framed.
+struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// More bytes; false at the end of the connection.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("no bytes within 10 s"),
+        }
+    }
+
+    /// The next response; `head_request`: no body whatever the headers say. Err when the
+    /// connection ends before the response does.
+    async fn response(&mut self, head_request: bool) -> Result<Response, String> {
+        let (status, headers, head_len) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(n) =
+                resp.parse(&self.buf).map_err(|e| e.to_string())?
+            {
+                let headers = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (resp.code.unwrap_or(0), headers, n);
+            }
+            if !self.fill().await {
+                return Err("closed before the head".into());
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut response = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_request || status == 204 {
+            return Ok(response);
+        }
+        if let Some(len) = response.header("content-length") {
+            let len: usize = len.parse().map_err(|_| "bad length")?;
+            while self.buf.len() < len {
+                if !self.fill().await {
+                    return Err(format!(
+                        "closed after {} of {len} body bytes",
+                        self.buf.len()
+                    ));
+                }
+            }
+            response.body = self.buf.drain(..len).collect();
+        } else if response.header("transfer-encoding") == Some("chunked") {
+            // Kept raw: the test checks the chunks and trailers arrive as sent.
+            let end = loop {
+                if let Some(i) = find(&self.buf, b"\r\n0\r\n")
+                    .and_then(|z| find(&self.buf[z + 5..], b"\r\n\r\n").map(|t| z + 5 + t + 4))
+                {
+                    break i;
+                }
+                if !self.fill().await {
+                    return Err("closed mid-chunks".into());
+                }
+            };
+            response.body = self.buf.drain(..end).collect();
+        } else {
+            while self.fill().await {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        Ok(response)
+    }
+
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("rauta_proxy_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn get(path: &str, host: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take() {
+    let backend = ScriptedBackend::start().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ws = Workspace::new();
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "scripted", &[backend.addr]),
+            service("apps", "dead", &[dead]),
+            http_route(
+                "apps",
+                "fast",
+                ("infra", "gw"),
+                &["fast.example"],
+                "  - backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+            http_route(
+                "apps",
+                "timed",
+                ("infra", "gw"),
+                &["timed.example"],
+                "  - timeouts: {request: 500ms}\n    backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+            http_route(
+                "apps",
+                "filtered",
+                ("infra", "gw"),
+                &["filtered.example"],
+                "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-filtered, value: general}]\n    backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+            http_route(
+                "apps",
+                "gone",
+                ("infra", "gw"),
+                &["dead.example"],
+                "  - backendRefs: [{name: dead, port: 8080}]\n",
+            ),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &["--worker-threads", "1"]).await;
+    let addr = proxy.listener(80);
+
+    // Keep-alive on both sides; connection-scoped fields dropped both ways; the gateway's
+    // forwarded fields and trace context added.
+    let mut client = RawClient::connect(addr).await;
+    for _ in 0..5 {
+        client
+            .send(&get(
+                "/headers?x=1",
+                "fast.example",
+                "Connection: keep-alive, x-secret\r\nX-Secret: 1\r\nX-Forwarded-For: 192.0.2.9\r\n\
+                 traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+            ))
+            .await;
+        let r = client.response(false).await.unwrap();
+        assert_eq!(r.status, 200);
+        let seen = r.text();
+        assert!(
+            seen.starts_with("GET /headers?x=1 HTTP/1.1\r\nHost: fast.example\r\n"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("x-forwarded-for: 192.0.2.9, 127.0.0.1\r\n"),
+            "{seen}"
+        );
+        assert!(seen.contains("x-forwarded-proto: http\r\n"), "{seen}");
+        assert!(
+            seen.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{seen}"
+        );
+        for hop in ["X-Secret", "Connection", "00f067aa0ba902b7"] {
+            assert!(!seen.contains(hop), "{hop} was forwarded: {seen}");
+        }
+        assert_eq!((r.header("x-hop"), r.header("connection")), (None, None));
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+
+    // Chunked with extensions and trailers, byte for byte; the connection goes on after it.
+    client.send(&get("/chunked", "fast.example", "")).await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!(
+        r.text(),
+        "5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n"
+    );
+    // A body held and forwarded with its head; HEAD and 204 have no body.
+    client
+        .send(b"POST /echo HTTP/1.1\r\nHost: fast.example\r\nContent-Length: 11\r\n\r\nhello there")
+        .await;
+    assert_eq!(client.response(false).await.unwrap().text(), "hello there");
+    client
+        .send(b"HEAD /head HTTP/1.1\r\nHost: fast.example\r\n\r\n")
+        .await;
+    let r = client.response(true).await.unwrap();
+    assert_eq!((r.status, r.header("content-length")), (200, Some("5")));
+    client.send(&get("/empty", "fast.example", "")).await;
+    assert_eq!(client.response(false).await.unwrap().status, 204);
+    // Pipelined: two requests in one write, two responses in order.
+    let mut two = get("/echo", "fast.example", "");
+    two.extend(b"POST /echo HTTP/1.1\r\nHost: fast.example\r\nContent-Length: 6\r\n\r\nsecond");
+    client.send(&two).await;
+    assert_eq!(client.response(false).await.unwrap().text(), "");
+    assert_eq!(client.response(false).await.unwrap().text(), "second");
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "still one upstream connection"
+    );
+
+    // The upstream closes a pooled connection without saying so: the next GET goes again on
+    // a new connection, unnoticed by the client.
+    client.send(&get("/close-after", "fast.example", "")).await;
+    assert_eq!(client.response(false).await.unwrap().text(), "bye");
+    client.send(&get("/headers", "fast.example", "")).await;
+    assert_eq!(client.response(false).await.unwrap().status, 200);
+    // A close-delimited body (HTTP/1.0 upstream): relayed whole, then the client connection
+    // closes, as the body's end can only be told by the close.
+    client.send(&get("/until-close", "fast.example", "")).await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!(
+        (r.text().as_str(), r.header("connection")),
+        ("all of it", Some("close"))
+    );
+
+    // A body cut short upstream: the client connection is cut too, never left hanging.
+    let mut client = RawClient::connect(addr).await;
+    client.send(&get("/truncated", "fast.example", "")).await;
+    let err = client.response(false).await.unwrap_err();
+    assert!(err.contains("closed after"), "{err}");
+
+    // Timeouts and a dead endpoint are the proxy's own answers, and the connection stays.
+    let mut client = RawClient::connect(addr).await;
+    client.send(&get("/slow", "timed.example", "")).await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (504, "upstream request timeout\n")
+    );
+    client.send(&get("/", "dead.example", "")).await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (502, "upstream connect error\n")
+    );
+    // Connection: close is honoured.
+    client
+        .send(&get("/headers", "fast.example", "Connection: close\r\n"))
+        .await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(
+        client.closed().await,
+        "the proxy closes after Connection: close"
+    );
+
+    let metrics = proxy.metrics().await;
+    let served = metric(&metrics, "http1_fast_path_requests_total");
+    assert_eq!(served, 18, "every request so far took the fast path");
+    assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 0);
+
+    // Mid-connection handoff: a fast request, then one with a filter (hyper's path), then a
+    // body too large to hold and an unknown host: all answered on the same connection.
+    let mut client = RawClient::connect(addr).await;
+    client.send(&get("/headers", "fast.example", "")).await;
+    assert_eq!(client.response(false).await.unwrap().status, 200);
+    client.send(&get("/headers", "filtered.example", "")).await;
+    let r = client.response(false).await.unwrap();
+    assert!(r.text().contains("x-filtered: general"), "{}", r.text());
+    let large = "x".repeat(70_000);
+    client
+        .send(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: fast.example\r\nContent-Length: 70000\r\n\r\n{large}"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(client.response(false).await.unwrap().text(), large);
+    client.send(&get("/", "nowhere.example", "")).await;
+    assert_eq!(client.response(false).await.unwrap().status, 404);
+    // A malformed request gets a 4xx from the general path.
+    let mut client = RawClient::connect(addr).await;
+    client
+        .send(b"GET / HTTP/1.1\r\nHost fast.example\r\n\r\n")
+        .await;
+    assert_eq!(client.response(false).await.unwrap().status, 400);
+
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "http1_fast_path_requests_total"),
+        served + 1
+    );
+    assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 2);
+    // Both paths count in the same route metrics: 16 + 2 answers from the backend.
+    assert!(
+        metrics.contains(
+            "rauta_proxy_requests_total{route=\"apps/fast/rule/0\",status_class=\"2xx\"} 18\n"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "rauta_proxy_requests_total{route=\"apps/timed/rule/0\",status_class=\"5xx\"} 1\n"
+    ));
+}
