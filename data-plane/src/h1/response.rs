@@ -69,7 +69,8 @@ pub fn parse(
     let fields = &*resp.headers;
     let mut chunked = None;
     let mut length = None;
-    let mut upstream_closes = version == 0;
+    let mut close_token = false;
+    let mut keep_alive_token = false;
     let mut connection_lists = false;
     for field in fields {
         if is(field.name, "transfer-encoding") {
@@ -89,15 +90,17 @@ pub fn parse(
         } else if is(field.name, "connection") {
             for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    upstream_closes = true;
+                    close_token = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    upstream_closes &= version != 0;
+                    keep_alive_token = true;
                 } else if !token.is_empty() {
                     connection_lists = true;
                 }
             }
         }
     }
+    // HTTP/1.0 closes unless asked to keep alive; HTTP/1.1 keeps alive unless asked to close.
+    let upstream_closes = close_token || (version == 0 && !keep_alive_token);
     // A message with both is how requests get smuggled (RFC 9112 section 6.3).
     if chunked.is_some() && length.is_some() {
         return Err(BadResponse::Length);
@@ -215,6 +218,11 @@ mod tests {
             (Framing::UntilClose, false, true)
         );
         assert!(text.ends_with("connection: close\r\n\r\n"));
+        let (h, _) = head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+            false,
+        );
+        assert!(h.reusable, "HTTP/1.0 keep-alive");
         let (h, _) = head(b"HTTP/1.1 204 No Content\r\n\r\n", false);
         assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
         let (h, _) = head(
