@@ -19,6 +19,7 @@ pub struct ProxyMetrics {
     pool_open: IntGaugeVec,
     pool_created: IntCounterVec,
     pool_failed: IntCounterVec,
+    requests_per_connection: HistogramVec,
     outlier_ejections: IntCounterVec,
     pub endpoint_ejected: IntGaugeVec,
     pub apply_duration: Histogram,
@@ -124,6 +125,16 @@ impl ProxyMetrics {
             ),
             &["endpoint"],
         )?;
+        let requests_per_connection = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_requests_per_connection",
+                "Requests (HTTP/2: streams) an upstream connection carried, observed when it \
+                 closes; by protocol",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(requests_per_connection.clone()))?;
         let outlier_ejections = IntCounterVec::new(
             Opts::new(
                 "outlier_ejections_total",
@@ -157,6 +168,7 @@ impl ProxyMetrics {
             pool_open,
             pool_created,
             pool_failed,
+            requests_per_connection,
             outlier_ejections,
             endpoint_ejected,
             apply_duration,
@@ -190,11 +202,20 @@ impl ProxyMetrics {
         self.upstream_latency.with_label_values(&[cluster])
     }
 
-    pub fn pool_stats(&self, endpoint: &str) -> crate::upstream::PoolStats {
+    pub fn pool_stats(
+        &self,
+        endpoint: &str,
+        protocol: crate::upstream::Protocol,
+    ) -> crate::upstream::PoolStats {
+        let protocol = match protocol {
+            crate::upstream::Protocol::Http1 => "http1",
+            crate::upstream::Protocol::H2c => "h2",
+        };
         crate::upstream::PoolStats {
             open: self.pool_open.with_label_values(&[endpoint]),
             created: self.pool_created.with_label_values(&[endpoint]),
             failed: self.pool_failed.with_label_values(&[endpoint]),
+            requests_per_connection: self.requests_per_connection.with_label_values(&[protocol]),
         }
     }
 

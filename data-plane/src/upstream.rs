@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use prost::Message;
 use rauta_common::api::v1::UpstreamTls;
 use rustls_pki_types::ServerName;
@@ -107,11 +108,34 @@ pub struct PoolStats {
     pub open: IntGauge,
     pub created: IntCounter,
     pub failed: IntCounter,
+    /// Requests (HTTP/2: streams) each connection carried, observed when it closes.
+    pub requests_per_connection: Histogram,
 }
+
+/// The requests a connection has carried so far.
+type Requests = Arc<AtomicU64>;
+
+/// A connection's sending side with its request count.
+#[derive(Debug, Clone)]
+struct Counted<S> {
+    sender: S,
+    requests: Requests,
+}
+
+impl<S> Counted<S> {
+    /// The sender, counting one more request on its connection.
+    fn for_request(&mut self) -> &mut S {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        &mut self.sender
+    }
+}
+
+type H1Sender = Counted<http1::SendRequest<UpstreamBody>>;
+type H2Sender = Counted<http2::SendRequest<UpstreamBody>>;
 
 #[derive(Debug)]
 struct IdleH1 {
-    sender: http1::SendRequest<UpstreamBody>,
+    sender: H1Sender,
     since: Instant,
 }
 
@@ -120,15 +144,30 @@ struct IdleH1 {
 #[derive(Debug)]
 pub struct RawConn {
     pub stream: TcpStream,
-    _open: OpenConn,
+    open: OpenConn,
 }
 
+impl RawConn {
+    /// Counts a request sent on this connection.
+    pub fn count_request(&self) {
+        self.open.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream connection in the metrics: counted open until dropped, when the requests it
+/// carried are observed.
 #[derive(Debug)]
-struct OpenConn(IntGauge);
+struct OpenConn {
+    open: IntGauge,
+    per_connection: Histogram,
+    requests: Requests,
+}
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.dec();
+        self.open.dec();
+        self.per_connection
+            .observe(self.requests.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -144,7 +183,7 @@ struct Shard {
     idle: VecDeque<IdleH1>,
     /// Idle connections of the fast path, in the same order.
     raw_idle: VecDeque<IdleRaw>,
-    h2: Option<http2::SendRequest<UpstreamBody>>,
+    h2: Option<H2Sender>,
     /// When the last HTTP/2 connect failed: requests that waited for that attempt fail with
     /// it instead of each trying (and timing out) in turn.
     h2_failed_at: Option<Instant>,
@@ -269,10 +308,10 @@ impl EndpointPool {
                 // would make every request's future (moved around per request) that large.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            if reused && sender.ready().await.is_err() {
+            if reused && sender.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
+            match sender.for_request().try_send_request(req).await {
                 Ok(resp) => {
                     let release = (!upgrade).then(|| Release {
                         sender,
@@ -297,29 +336,27 @@ impl EndpointPool {
         }
     }
 
-    fn checkout_h1(&self, shard: usize) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn checkout_h1(&self, shard: usize) -> Option<H1Sender> {
         let mut shard = lock(&self.shards[shard]);
         while let Some(idle) = shard.idle.pop_back() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+            if !idle.sender.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
                 return Some(idle.sender);
             }
         }
         None
     }
 
-    fn release_h1(&self, shard: usize, sender: http1::SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn release_h1(&self, shard: usize, sender: H1Sender) {
+        if sender.sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut shard = lock(&self.shards[shard]);
         // Connections that sat unused past the idle timeout are closed here, not kept until
         // the upstream closes them.
-        while shard
-            .idle
-            .front()
-            .is_some_and(|i| i.sender.is_closed() || now.duration_since(i.since) >= IDLE_TIMEOUT)
-        {
+        while shard.idle.front().is_some_and(|i| {
+            i.sender.sender.is_closed() || now.duration_since(i.since) >= IDLE_TIMEOUT
+        }) {
             shard.idle.pop_front();
         }
         if shard.idle.len() < MAX_IDLE_PER_SHARD {
@@ -352,7 +389,7 @@ impl EndpointPool {
             .inspect_err(|_| self.stats.failed.inc())?;
         Ok(RawConn {
             stream,
-            _open: OpenConn(self.opened()),
+            open: self.opened(),
         })
     }
 
@@ -381,12 +418,12 @@ impl EndpointPool {
             Some(sender) => (sender, true),
             None => (self.connect_h2_once(shard).await?, false),
         };
-        let result = match sender.try_send_request(req).await {
+        let result = match sender.for_request().try_send_request(req).await {
             Err(mut err) if reused => match err.take_message() {
                 // The connection went away before the request was sent: once more, afresh.
                 Some(unsent) => {
                     let mut fresh = self.connect_h2_once(shard).await?;
-                    fresh.send_request(unsent).await
+                    fresh.for_request().send_request(unsent).await
                 }
                 None => Err(err.into_error()),
             },
@@ -403,10 +440,7 @@ impl EndpointPool {
 
     /// The shard's HTTP/2 connection, made by this request or by the one it waited for. When
     /// the attempt it waited for failed, it fails too rather than trying again at once.
-    async fn connect_h2_once(
-        &self,
-        shard: usize,
-    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_h2_once(&self, shard: usize) -> Result<H2Sender, UpstreamError> {
         let asked = Instant::now();
         let _connecting = self.h2_connecting[shard].lock().await;
         if let Some(sender) = self.current_h2(shard) {
@@ -426,22 +460,22 @@ impl EndpointPool {
         connected
     }
 
-    fn current_h2(&self, shard: usize) -> Option<http2::SendRequest<UpstreamBody>> {
+    fn current_h2(&self, shard: usize) -> Option<H2Sender> {
         lock(&self.shards[shard])
             .h2
             .as_ref()
-            .filter(|s| !s.is_closed())
+            .filter(|s| !s.sender.is_closed())
             .cloned()
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_h1(&self) -> Result<H1Sender, UpstreamError> {
         match self.connect().await? {
             Either::Left(tcp) => self.start_h1(tcp).await,
             Either::Right(tls) => self.start_h1(tls).await,
         }
     }
 
-    async fn start_h1<I>(&self, io: I) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError>
+    async fn start_h1<I>(&self, io: I) -> Result<H1Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -450,20 +484,18 @@ impl EndpointPool {
             .await
             .map_err(|source| self.handshake_failed(source))?;
         let open = self.opened();
+        let requests = Arc::clone(&open.requests);
         tokio::spawn(async move {
             if let Err(err) = conn.with_upgrades().await {
                 debug!(%err, "upstream connection ended with an error");
             }
-            open.dec();
+            drop(open);
         });
-        Ok(sender)
+        Ok(Counted { sender, requests })
     }
 
     /// A new HTTP/2 connection, stored as the shard's connection for later requests.
-    async fn connect_h2(
-        &self,
-        shard: usize,
-    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_h2(&self, shard: usize) -> Result<H2Sender, UpstreamError> {
         let sender = match self.connect().await? {
             Either::Left(tcp) => self.start_h2(tcp).await?,
             Either::Right(tls) => self.start_h2(tls).await?,
@@ -472,7 +504,7 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn start_h2<I>(&self, io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
+    async fn start_h2<I>(&self, io: I) -> Result<H2Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -483,13 +515,14 @@ impl EndpointPool {
             .await
             .map_err(|source| self.handshake_failed(source))?;
         let open = self.opened();
+        let requests = Arc::clone(&open.requests);
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 debug!(%err, "upstream HTTP/2 connection ended with an error");
             }
-            open.dec();
+            drop(open);
         });
-        Ok(sender)
+        Ok(Counted { sender, requests })
     }
 
     fn handshake_failed(&self, source: hyper::Error) -> UpstreamError {
@@ -500,10 +533,14 @@ impl EndpointPool {
         }
     }
 
-    fn opened(&self) -> IntGauge {
+    fn opened(&self) -> OpenConn {
         self.stats.created.inc();
         self.stats.open.inc();
-        self.stats.open.clone()
+        OpenConn {
+            open: self.stats.open.clone(),
+            per_connection: self.stats.requests_per_connection.clone(),
+            requests: Requests::default(),
+        }
     }
 
     /// A TCP connection within the connect timeout (not counted: callers count failures).
@@ -558,7 +595,7 @@ impl EndpointPool {
 /// Puts an HTTP/1.1 connection back into its pool once the response has been read.
 #[derive(Debug)]
 struct Release {
-    sender: http1::SendRequest<UpstreamBody>,
+    sender: H1Sender,
     pool: Arc<EndpointPool>,
     shard: usize,
     /// The streamed request body, if any: a connection still uploading (the upstream answered
@@ -697,7 +734,7 @@ impl UpstreamPools {
                 tls: tls.map(|t| Arc::clone(&t.rt)),
                 shards,
                 h2_connecting,
-                stats: metrics.pool_stats(&addr.to_string()),
+                stats: metrics.pool_stats(&addr.to_string(), protocol),
                 health: EndpointHealth::new(metrics.outlier_ejections(&addr.to_string())),
             })
         });

@@ -431,6 +431,16 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
     let served = metric(&metrics, "http1_fast_path_requests_total");
     assert_eq!(served, 18, "every request so far took the fast path");
     assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 0);
+    // Upstream connections closed so far and the requests each carried: 12 on the first
+    // (closed by /close-after), 2 on its replacement (/until-close), 1 (/truncated), 0 (the
+    // timed-out /slow). The last one is still open.
+    let per_connection = |what: &str| {
+        metric(
+            &metrics,
+            &format!("upstream_requests_per_connection_{what}{{protocol=\"http1\"}}"),
+        )
+    };
+    assert_eq!((per_connection("count"), per_connection("sum")), (4, 15));
 
     // Mid-connection handoff: a fast request, then one with a filter (hyper's path), then a
     // body too large to hold and an unknown host: all answered on the same connection.

@@ -2,9 +2,10 @@
 //! per worker carrying the client's :authority, and failed connects counted per endpoint.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use rauta_tests::echo::{EchoIdentity, EchoServer};
-use rauta_tests::harness::{Workspace, free_port, http_get, start_gateway};
+use rauta_tests::harness::{Workspace, eventually, free_port, http_get, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, h2c_service, http_route, service};
 
 const WORKERS: usize = 2;
@@ -118,4 +119,36 @@ async fn pools_reuse_connections_and_h2_keeps_the_authority() {
         endpoint_metric(&metrics, "upstream_connections_open", dead),
         0.0
     );
+
+    // The h2c Service goes away: its connections close, and the requests they carried (all
+    // 40 streams) are observed.
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "plain", &[echo.http]),
+            http_route(
+                "apps",
+                "h1",
+                ("infra", "gw"),
+                &["h1.example"],
+                &rules("plain", 8080),
+            ),
+        ]),
+    );
+    let streams = |metrics: &str, what: &str| {
+        let prefix =
+            format!("rauta_proxy_upstream_requests_per_connection_{what}{{protocol=\"h2\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        (streams(&metrics, "count"), streams(&metrics, "sum")) == (created, 40.0)
+    })
+    .await;
 }

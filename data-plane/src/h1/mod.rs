@@ -274,7 +274,10 @@ impl Exchange<'_, '_> {
         };
         loop {
             match self.attempt(&mut upstream.stream, ubuf, down).await {
-                Ok(head) => return Ok((upstream, head)),
+                Ok(head) => {
+                    upstream.count_request();
+                    return Ok((upstream, head));
+                }
                 Err(e) if reused && !e.received && (!e.sent || self.plan.idempotent) => {
                     upstream = pool.connect_raw().await?;
                     reused = false;
