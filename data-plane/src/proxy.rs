@@ -754,7 +754,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     use std::fmt::Write;
     // One allocation, handed to the header value without a copy (this runs per request).
     let mut value = String::with_capacity(48);
-    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // Several fields are one list (RFC 9110 section 5.3), as the fast path sends them.
+    for prior in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         value.push_str(prior);
         value.push_str(", ");
     }
@@ -813,5 +818,11 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
         append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        append_forwarded_for(&mut h, "127.0.0.2:9".parse().unwrap());
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 127.0.0.1, 192.0.2.1, 127.0.0.2"]
+        );
     }
 }

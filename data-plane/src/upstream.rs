@@ -369,13 +369,20 @@ impl EndpointPool {
         self.protocol == Protocol::Http1 && self.tls.is_none()
     }
 
-    /// An idle fast-path connection of this worker, newest first; it may have been closed by
-    /// the upstream meanwhile, which the caller finds out (and retries) on first use.
+    /// An idle fast-path connection of this worker, newest first, that the upstream has not
+    /// closed (nor sent anything on) meanwhile.
     pub fn checkout_raw(&self) -> Option<RawConn> {
         let mut shard = lock(&self.shards[self.shard()]);
         while let Some(idle) = shard.raw_idle.pop_back() {
-            if idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.conn);
+            if idle.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            // This read usually costs nothing extra: it is the one that would otherwise find
+            // no response yet right after the request is written.
+            match idle.conn.stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.conn),
+                // Closed (an empty read), bytes nobody asked for, or an error: not reusable.
+                _ => {}
             }
         }
         None

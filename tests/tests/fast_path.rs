@@ -59,6 +59,10 @@ async fn serve_backend(mut stream: TcpStream) {
                 5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n"
                     .to_vec()
             }
+            // Connection naming a framing field must not take the framing away.
+            "/chunked-listed" => b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\n\
+                Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
             "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
             "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             "/until-close" => {
@@ -228,9 +232,15 @@ impl RawClient {
         } else if response.header("transfer-encoding") == Some("chunked") {
             // Kept raw: the test checks the chunks and trailers arrive as sent.
             let end = loop {
-                if let Some(i) = find(&self.buf, b"\r\n0\r\n")
-                    .and_then(|z| find(&self.buf[z + 5..], b"\r\n\r\n").map(|t| z + 5 + t + 4))
-                {
+                // After the last chunk: the empty line at once, or trailer fields and then it.
+                if let Some(i) = find(&self.buf, b"\r\n0\r\n").and_then(|z| {
+                    let rest = &self.buf[z + 5..];
+                    if rest.starts_with(b"\r\n") {
+                        Some(z + 7)
+                    } else {
+                        find(rest, b"\r\n\r\n").map(|t| z + 5 + t + 4)
+                    }
+                }) {
                     break i;
                 }
                 if !self.fill().await {
@@ -357,6 +367,14 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
         r.text(),
         "5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n"
     );
+    client
+        .send(&get("/chunked-listed", "fast.example", ""))
+        .await;
+    let r = client.response(false).await.unwrap();
+    assert_eq!(
+        (r.header("transfer-encoding"), r.text().as_str()),
+        (Some("chunked"), "5\r\nhello\r\n0\r\n\r\n")
+    );
     // A body held and forwarded with its head; HEAD and 204 have no body.
     client
         .send(b"POST /echo HTTP/1.1\r\nHost: fast.example\r\nContent-Length: 11\r\n\r\nhello there")
@@ -429,9 +447,9 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
 
     let metrics = proxy.metrics().await;
     let served = metric(&metrics, "http1_fast_path_requests_total");
-    assert_eq!(served, 18, "every request so far took the fast path");
+    assert_eq!(served, 19, "every request so far took the fast path");
     assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 0);
-    // Upstream connections closed so far and the requests each carried: 12 on the first
+    // Upstream connections closed so far and the requests each carried: 13 on the first
     // (closed by /close-after), 2 on its replacement (/until-close), 1 (/truncated), 0 (the
     // timed-out /slow). The last one is still open.
     let per_connection = |what: &str| {
@@ -440,7 +458,7 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
             &format!("upstream_requests_per_connection_{what}{{protocol=\"http1\"}}"),
         )
     };
-    assert_eq!((per_connection("count"), per_connection("sum")), (4, 15));
+    assert_eq!((per_connection("count"), per_connection("sum")), (4, 16));
 
     // Mid-connection handoff: a fast request, then one with a filter (hyper's path), then a
     // body too large to hold and an unknown host: all answered on the same connection.
@@ -462,6 +480,44 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
     assert_eq!(client.response(false).await.unwrap().text(), large);
     client.send(&get("/", "nowhere.example", "")).await;
     assert_eq!(client.response(false).await.unwrap().status, 404);
+    // What the fast path must not take goes to the general path, each on its own connection:
+    // a Connection header naming Content-Length (dropping it would smuggle the body in as a
+    // second request), a target with a fragment (hyper routes it without), and a body that
+    // does not come with its head (streamed, not held).
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: fast.example\r\n\r\n";
+    let mut client = RawClient::connect(addr).await;
+    client
+        .send(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: fast.example\r\nConnection: content-length\r\n\
+                 Content-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        client.response(false).await.unwrap().text(),
+        smuggled,
+        "one request, body intact"
+    );
+    let mut client = RawClient::connect(addr).await;
+    client
+        .send(&get("/headers#fragment", "fast.example", ""))
+        .await;
+    let r = client.response(false).await.unwrap();
+    assert!(
+        r.text().starts_with("GET /headers HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+    let mut client = RawClient::connect(addr).await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nHost: fast.example\r\nContent-Length: 5\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client.send(b"later").await;
+    assert_eq!(client.response(false).await.unwrap().text(), "later");
     // A malformed request gets a 4xx from the general path.
     let mut client = RawClient::connect(addr).await;
     client
@@ -474,11 +530,11 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
         metric(&metrics, "http1_fast_path_requests_total"),
         served + 1
     );
-    assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 2);
-    // Both paths count in the same route metrics: 16 + 2 answers from the backend.
+    assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 5);
+    // Both paths count in the same route metrics: 17 + 5 answers from the backend.
     assert!(
         metrics.contains(
-            "rauta_proxy_requests_total{route=\"apps/fast/rule/0\",status_class=\"2xx\"} 18\n"
+            "rauta_proxy_requests_total{route=\"apps/fast/rule/0\",status_class=\"2xx\"} 22\n"
         ),
         "{metrics}"
     );

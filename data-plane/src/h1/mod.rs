@@ -41,6 +41,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 16 * 1024;
 /// A body part this small goes out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
+/// How long a request body that did not come with its head is waited for before the request
+/// goes to the general path, which streams it.
+const BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// How the fast path left a connection.
 pub enum Ended {
@@ -66,8 +69,9 @@ where
     let mut down = Vec::with_capacity(1024);
     loop {
         if buf.is_empty() && !next_request(io, &mut buf, drain, shared.limits.idle_timeout).await {
-            return Ended::Closed;
+            return close(io).await;
         }
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
         let state = shared.state.load_full();
         let plan = loop {
@@ -83,9 +87,25 @@ where
                     shared.metrics.fast_path_handoffs.inc();
                     return Ended::Handoff(buf.freeze());
                 }
-                Planned::Partial => {
-                    if !read_more(io, &mut buf, deadline).await {
-                        return Ended::Closed;
+                Planned::Partial => match read_more(io, &mut buf, deadline, drain).await {
+                    Read::More => {}
+                    Read::Ended => return close(io).await,
+                    // A head not complete in time (slowloris): closed, as hyper does.
+                    Read::Late => return close(io).await,
+                },
+                Planned::Body(len) => {
+                    // Bodies usually come with their head; one that trickles in is hyper's to
+                    // stream, rather than held here (and the head planned again per read).
+                    let soon = deadline.min(tokio::time::Instant::now() + BODY_WAIT);
+                    while buf.len() < len {
+                        match read_more(io, &mut buf, soon, drain).await {
+                            Read::More => {}
+                            Read::Ended => return close(io).await,
+                            Read::Late => {
+                                shared.metrics.fast_path_handoffs.inc();
+                                return Ended::Handoff(buf.freeze());
+                            }
+                        }
                     }
                 }
             }
@@ -95,15 +115,23 @@ where
         let exchange = Exchange {
             plan: &plan,
             request: &upstream_request,
-            close: plan.close || shared.is_draining(),
+            shared,
+            close: plan.close,
+            started,
         };
-        let keep_open = exchange
-            .run(io, &mut ubuf, &mut down, shared, listener, conn)
-            .await;
-        if !keep_open || plan.close || shared.is_draining() {
-            return Ended::Closed;
+        let keep_open = exchange.run(io, &mut ubuf, &mut down, listener, conn).await;
+        if !keep_open {
+            return close(io).await;
         }
     }
+}
+
+/// Closes the client connection the polite way: FIN after the last response (TLS:
+/// close_notify first), so that a response framed by the close reads as complete and unread
+/// pipelined bytes do not turn the close into a reset that could discard it.
+async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) -> Ended {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    Ended::Closed
 }
 
 /// Waits for the first bytes of the next request; false when the connection is to close (the
@@ -121,18 +149,32 @@ async fn next_request<IO: AsyncRead + Unpin>(
     }
 }
 
+/// How waiting for more of a request went.
+enum Read {
+    More,
+    /// The client left, or the proxy drains.
+    Ended,
+    /// The deadline passed.
+    Late,
+}
+
 async fn read_more<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
     deadline: tokio::time::Instant,
-) -> bool {
+    drain: &mut watch::Receiver<bool>,
+) -> Read {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
-    matches!(
-        tokio::time::timeout_at(deadline, io.read_buf(buf)).await,
-        Ok(Ok(n)) if n > 0
-    )
+    tokio::select! {
+        read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
+            Ok(Ok(n)) if n > 0 => Read::More,
+            Ok(_) => Read::Ended,
+            Err(_) => Read::Late,
+        },
+        _ = drain_started(drain) => Read::Ended,
+    }
 }
 
 /// Why an upstream exchange produced no response.
@@ -164,22 +206,25 @@ struct AttemptError {
 struct Exchange<'a, 's> {
     plan: &'a Plan<'s>,
     request: &'a [u8],
-    /// The client connection closes after the response.
+    shared: &'a Shared,
+    /// The client asked for the connection to close after the response.
     close: bool,
+    /// When the request's first byte arrived.
+    started: Instant,
 }
 
 impl Exchange<'_, '_> {
-    /// Forwards the request and relays the response; false when the client connection must
-    /// close (a response cut short, or a client gone).
+    /// Forwards the request and relays the response; false when the client connection is to
+    /// close (asked for, draining, a response framed by the close or cut short, a client gone).
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: &mut IO,
         ubuf: &mut BytesMut,
         down: &mut Vec<u8>,
-        shared: &Shared,
         listener: &ListenerCtx,
         conn: &Connection,
     ) -> bool {
+        let shared = self.shared;
         let Plan {
             rule,
             cluster,
@@ -212,11 +257,11 @@ impl Exchange<'_, '_> {
             Err(_) => 502,
         };
         cluster.report(endpoint, status >= 500);
-        rule.counters.record(status, started);
+        rule.counters.record(status, self.started);
         if let (Some(log), Some(line)) = (&shared.access_log, &self.plan.log) {
             log.record(&access_log::Entry {
                 start_time: line.start_time.clone(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
                 listener: &listener.name,
                 client: conn.peer,
                 method: &line.method,
@@ -240,8 +285,9 @@ impl Exchange<'_, '_> {
                 } else {
                     b"upstream connect error\n"
                 };
-                local_reply(down, status, body, self.close);
-                return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !self.close;
+                let close = self.close || shared.is_draining();
+                local_reply(down, status, body, close);
+                return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !close;
             }
         };
         ubuf.advance(head.len);
@@ -299,7 +345,8 @@ impl Exchange<'_, '_> {
             sent,
             received,
         };
-        // A write to a connection the upstream already closed fails before anything is sent.
+        // A write fails when the upstream reset the connection; after a mere FIN it succeeds,
+        // and the close shows as an empty read.
         stream
             .write_all(self.request)
             .await
@@ -316,7 +363,9 @@ impl Exchange<'_, '_> {
                 return Err(fail(Failure::Closed, true, !ubuf.is_empty()));
             }
             loop {
-                match response::parse(ubuf, self.plan.head, self.close, down) {
+                // Draining: this response announces the close that follows it.
+                let close = self.close || self.shared.is_draining();
+                match response::parse(ubuf, self.plan.head, close, down) {
                     Ok(Parsed::Final(head)) => return Ok(head),
                     Ok(Parsed::Interim(len)) => ubuf.advance(len),
                     Ok(Parsed::Partial) => break,

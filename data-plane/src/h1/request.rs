@@ -61,8 +61,11 @@ pub struct LogLine {
 
 pub enum Planned<'s> {
     Go(Plan<'s>),
-    /// The head, or the body, is not all here yet.
+    /// The head is not all here yet.
     Partial,
+    /// The head is, and the fast path takes the request, but its body is not all here: the
+    /// request needs this many bytes in the buffer.
+    Body(usize),
     /// Not for the fast path: hyper serves it (and the rest of the connection).
     Handoff,
 }
@@ -80,7 +83,9 @@ fn plain_target(target: &str) -> bool {
     target.starts_with('/')
         && target
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b))
+            // hyper's URI parser ends the target at '#': routing on the raw bytes would then
+            // route another path than the general one.
+            .all(|b| b.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&b))
 }
 
 fn rule_is_plain(rule: &RuleRt) -> bool {
@@ -127,6 +132,7 @@ pub fn plan<'s>(
     let mut length: Option<u64> = None;
     let mut close = false;
     let mut connection_lists = false;
+    let mut cookies = 0;
     for field in fields {
         let name = field.name;
         if is(name, "host") {
@@ -147,7 +153,13 @@ pub fn plan<'s>(
             for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                } else if token.eq_ignore_ascii_case(b"upgrade")
+                    || token.eq_ignore_ascii_case(b"content-length")
+                    || token.eq_ignore_ascii_case(b"transfer-encoding")
+                    || token.eq_ignore_ascii_case(b"host")
+                {
+                    // Dropping a framing field (or Host) as hop-by-hop would desynchronise the
+                    // upstream connection from the bytes sent on it.
                     return Planned::Handoff;
                 } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
                     connection_lists = true;
@@ -155,7 +167,13 @@ pub fn plan<'s>(
             }
         } else if is(name, "content-type") && field.value.starts_with(b"application/grpc") {
             return Planned::Handoff;
+        } else if is(name, "cookie") {
+            cookies += 1;
         }
+    }
+    if cookies > 1 {
+        // The general path joins them into one field for HTTP/1.1 upstreams.
+        return Planned::Handoff;
     }
     let length = length.unwrap_or(0);
     let Some(host) = host.filter(|_| hosts == 1) else {
@@ -213,7 +231,7 @@ pub fn plan<'s>(
     };
     let len = head_len + length as usize;
     if buf.len() < len {
-        return Planned::Partial;
+        return Planned::Body(len);
     }
     let traceparent = fields
         .iter()
@@ -396,6 +414,7 @@ mod tests {
         assert!(!plain_target("*"));
         assert!(!plain_target("http://example.com/"));
         assert!(!plain_target("/a|b"));
+        assert!(!plain_target("/admin#x"));
         assert!(!plain_target("/caf\u{e9}"));
     }
 }

@@ -165,10 +165,13 @@ fn write_head(
             || is(name, "proxy-connection")
             || is(name, "upgrade")
             || is(name, "te")
-            || connection
-                .iter()
-                .flat_map(|v| tokens(v))
-                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+            // Framing fields stay whatever Connection lists: the body is relayed as framed.
+            || (!is(name, "content-length")
+                && !is(name, "transfer-encoding")
+                && connection
+                    .iter()
+                    .flat_map(|v| tokens(v))
+                    .any(|t| t.eq_ignore_ascii_case(name.as_bytes())));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -258,7 +261,7 @@ mod tests {
     #[test]
     fn fields_named_in_connection_are_dropped_and_close_is_added() {
         let mut out = Vec::new();
-        let data = b"HTTP/1.1 404 \r\nConnection: x-hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n";
+        let data = b"HTTP/1.1 404 \r\nConnection: x-hop, content-length\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n";
         let Ok(Parsed::Final(h)) = parse(data, false, true, &mut out) else {
             panic!("not parsed");
         };
