@@ -319,7 +319,7 @@ fn request_hash(hash_on: &HashOn, client: IpAddr, headers: RequestHeaders<'_>) -
 }
 
 /// A cookie's value from the Cookie header(s).
-fn cookie<'a>(headers: RequestHeaders<'a>, name: &str) -> Option<&'a [u8]> {
+pub(crate) fn cookie<'a>(headers: RequestHeaders<'a>, name: &str) -> Option<&'a [u8]> {
     headers
         .get_all(&http::header::COOKIE)
         .flat_map(|v| v.split(|b| *b == b';'))

@@ -21,6 +21,7 @@ pub mod passthrough;
 pub mod proxy;
 pub mod route_stats;
 pub mod routing;
+pub mod session;
 pub mod shared;
 pub mod store;
 pub mod tls;

@@ -350,50 +350,49 @@ async fn serve(
             }
             r
         }
-        action @ ActionRt::Forward { .. } => match action.pick(rand::random()) {
-            Pick::Invalid => local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Bytes::from_static(b"invalid backend\n"),
-            ),
-            Pick::Backend(backend) => match &backend.cluster {
-                None => local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Bytes::from_static(b"unknown cluster\n"),
-                ),
-                Some(cluster) => {
-                    match cluster.pick(peer.ip(), RequestHeaders::Map(req.headers())) {
-                        None => local(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Bytes::from_static(b"no healthy upstream\n"),
-                        ),
-                        Some(endpoint) => {
-                            let mut req = req;
-                            let trace = TraceContext::propagate(req.headers_mut());
-                            if let Some(log) = &mut served.log {
-                                log.cluster = Some(Arc::clone(&cluster.name));
-                                log.upstream = Some(endpoint.addr);
-                                log.trace = Some(trace);
-                            }
-                            let picked = Picked {
-                                rule,
-                                matched,
-                                backend,
-                            };
-                            let client = Client {
-                                peer,
-                                scheme: listener.scheme(),
-                                max_body: shared.limits.max_body_bytes,
-                            };
-                            let mut r = forward(cluster, endpoint, picked, req, client).await;
-                            if let Some(ops) = &backend.response_headers {
-                                ops.apply(r.headers_mut());
-                            }
-                            r
-                        }
+        action @ ActionRt::Forward { backends, .. } => {
+            let brought = rule
+                .session
+                .as_ref()
+                .and_then(|s| s.of_request(RequestHeaders::Map(req.headers())));
+            let target = match brought.and_then(|s| sticky_target(backends, s.endpoint)) {
+                Some(sticky) => Ok(sticky),
+                None => pick_target(action, peer, req.headers()),
+            };
+            match target {
+                Err((status, text)) => local(status, Bytes::from_static(text)),
+                Ok((backend, cluster, endpoint)) => {
+                    let mut req = req;
+                    let trace = TraceContext::propagate(req.headers_mut());
+                    if let Some(log) = &mut served.log {
+                        log.cluster = Some(Arc::clone(&cluster.name));
+                        log.upstream = Some(endpoint.addr);
+                        log.trace = Some(trace);
                     }
+                    let picked = Picked {
+                        rule,
+                        matched,
+                        backend,
+                    };
+                    let client = Client {
+                        peer,
+                        scheme: listener.scheme(),
+                        max_body: shared.limits.max_body_bytes,
+                    };
+                    let mut r = forward(cluster, endpoint, picked, req, client).await;
+                    if let Some(ops) = &backend.response_headers {
+                        ops.apply(r.headers_mut());
+                    }
+                    if let Some(session) = &rule.session
+                        && r.extensions().get::<LocalReply>().is_none()
+                        && let Some((name, value)) = session.response_header(endpoint.addr, brought)
+                    {
+                        r.headers_mut().append(name, value);
+                    }
+                    r
                 }
-            },
-        },
+            }
+        }
     };
     if let Some(ops) = &rule.response_headers {
         ops.apply(resp.headers_mut());
@@ -403,6 +402,41 @@ async fn serve(
     }
     rule.counters.record(resp.status().as_u16(), started);
     resp
+}
+
+/// The backend, cluster and endpoint of a forward action that serve `addr` (a session's
+/// endpoint), when it is still there and not ejected.
+fn sticky_target(
+    backends: &[WeightedBackend],
+    addr: SocketAddr,
+) -> Option<(&WeightedBackend, &ClusterRt, &EndpointRt)> {
+    backends.iter().find_map(|backend| {
+        let cluster = backend.cluster.as_deref()?;
+        let endpoint = cluster
+            .endpoints()
+            .iter()
+            .find(|e| e.addr == addr && !e.pool.health().is_ejected())?;
+        Some((backend, cluster, endpoint))
+    })
+}
+
+/// A backend by weight and an endpoint by the cluster's balancer, or the status and text of
+/// the answer when there is none.
+fn pick_target<'a>(
+    action: &'a ActionRt,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(&'a WeightedBackend, &'a ClusterRt, &'a EndpointRt), (StatusCode, &'static [u8])> {
+    let Pick::Backend(backend) = action.pick(rand::random()) else {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, b"invalid backend\n"));
+    };
+    let Some(cluster) = backend.cluster.as_deref() else {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, b"unknown cluster\n"));
+    };
+    match cluster.pick(peer.ip(), RequestHeaders::Map(headers)) {
+        Some(endpoint) => Ok((backend, cluster, endpoint)),
+        None => Err((StatusCode::SERVICE_UNAVAILABLE, b"no healthy upstream\n")),
+    }
 }
 
 fn body_too_large() -> Response<ProxyBody> {

@@ -20,6 +20,7 @@ use crate::cors::CorsRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteStats};
 use crate::mirror::MirrorRt;
+use crate::session::SessionRt;
 use crate::store::ResourceStore;
 use crate::tls;
 use crate::upstream::UpstreamPools;
@@ -265,6 +266,8 @@ pub struct RuleRt {
     pub mirrors: Vec<MirrorRt>,
     pub cors: Option<CorsRt>,
     pub retry: Option<RetryRt>,
+    /// Sticky sessions (sessionPersistence).
+    pub session: Option<SessionRt>,
     pub counters: Arc<RouteStats>,
 }
 
@@ -701,6 +704,12 @@ fn build_vhost(
                 .retry
                 .as_ref()
                 .map(RetryRt::build)
+                .transpose()
+                .map_err(err)?,
+            session: rule
+                .session_persistence
+                .as_ref()
+                .map(SessionRt::build)
                 .transpose()
                 .map_err(err)?,
             counters: metrics.route_counters(&rule.name),

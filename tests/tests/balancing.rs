@@ -245,3 +245,133 @@ async fn header_affinity_and_least_request() {
     }
     assert_eq!(seen.len(), 2, "least-request used only {seen:?}");
 }
+
+/// The value of a `Set-Cookie` for `name` (without attributes), and its attributes.
+fn set_cookie<'a>(
+    r: &'a rauta_tests::harness::HttpResponse,
+    name: &str,
+) -> Option<(&'a str, &'a str)> {
+    let value = r.headers.get(http::header::SET_COOKIE)?.to_str().ok()?;
+    let rest = value.strip_prefix(name)?.strip_prefix('=')?;
+    Some(rest.split_once(';').unwrap_or((rest, "")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_persistence_keeps_a_session_on_its_endpoint() {
+    let ws = Workspace::new();
+    let a = Echo::start("echo-a", "apps", ws.path());
+    let b = Echo::start("echo-b", "apps", ws.path());
+    let both = [a.http, b.http];
+    let sticky_rule = |persistence: &str| {
+        format!(
+            "  - sessionPersistence: {persistence}\n    backendRefs: [{{name: rotating, port: 8080}}]\n"
+        )
+    };
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            // Round robin: without a session, consecutive requests alternate.
+            annotated_service(
+                "apps",
+                "rotating",
+                &both,
+                &[("rauta.dev/load-balancer", "round-robin")],
+            ),
+            http_route(
+                "apps",
+                "cookie",
+                ("infra", "gw"),
+                &["cookie.example"],
+                &sticky_rule(
+                    "{sessionName: shop, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}",
+                ),
+            ),
+            http_route(
+                "apps",
+                "header",
+                ("infra", "gw"),
+                &["header.example"],
+                &sticky_rule("{type: Header, sessionName: x-session, idleTimeout: 10m}"),
+            ),
+            http_route(
+                "apps",
+                "short",
+                ("infra", "gw"),
+                &["short.example"],
+                &sticky_rule("{sessionName: brief, absoluteTimeout: 1s}"),
+            ),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &[]).await;
+    let url = format!("http://{}/", proxy.listener(80));
+    let get = |host: &'static str, headers: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let r = http_request(&url, Some(host), &headers, None)
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            r
+        }
+    };
+
+    // Cookie: the first answer opens the session (a permanent cookie lives an hour); requests
+    // that bring it back all reach the endpoint that answered first, and get no new cookie.
+    let first = get("cookie.example", vec![]).await;
+    let (token, attributes) = set_cookie(&first, "shop").expect("a session cookie");
+    assert_eq!(attributes, " Path=/; HttpOnly; Max-Age=3600");
+    let cookie = format!("theme=dark; shop={token}");
+    for _ in 0..8 {
+        let r = get("cookie.example", vec![("cookie", cookie.clone())]).await;
+        assert_eq!(r.pod(), first.pod(), "the session moved");
+        assert!(r.headers.get(http::header::SET_COOKIE).is_none());
+    }
+    // Without it, round robin reaches both, each answer opening a session.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let r = get("cookie.example", vec![]).await;
+        assert!(set_cookie(&r, "shop").is_some());
+        seen.insert(r.pod());
+    }
+    assert_eq!(seen.len(), 2, "without a session: {seen:?}");
+    // A token naming no endpoint of the route is ignored, and replaced.
+    let forged = get(
+        "cookie.example",
+        vec![("cookie", "shop=3132372e302e302e313a31.0.0".into())],
+    )
+    .await;
+    assert!(set_cookie(&forged, "shop").is_some());
+
+    // Header: the token comes back in the same header; an idle timeout renews it every time.
+    let first = get("header.example", vec![]).await;
+    let token = first.headers["x-session"].to_str().unwrap().to_owned();
+    for _ in 0..6 {
+        let r = get("header.example", vec![("x-session", token.clone())]).await;
+        assert_eq!(r.pod(), first.pod());
+        assert!(r.headers.contains_key("x-session"), "renewed");
+    }
+
+    // An absolute timeout ends the session: after it, the token no longer pins the endpoint
+    // and a new session starts.
+    let first = get("short.example", vec![]).await;
+    let (token, attributes) = set_cookie(&first, "brief").unwrap();
+    assert_eq!(
+        attributes, " Path=/; HttpOnly",
+        "a session cookie has no Max-Age"
+    );
+    let cookie = format!("brief={token}");
+    let again = get("short.example", vec![("cookie", cookie.clone())]).await;
+    assert_eq!(again.pod(), first.pod());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let r = get("short.example", vec![("cookie", cookie.clone())]).await;
+        assert!(set_cookie(&r, "brief").is_some(), "a new session");
+        seen.insert(r.pod());
+    }
+    assert_eq!(seen.len(), 2, "the expired session still pinned {seen:?}");
+}

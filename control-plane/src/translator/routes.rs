@@ -8,7 +8,8 @@ use gateway_api::experimental::httproutes::{
 };
 use rauta_common::api::v1::{
     DirectResponse, ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch,
-    RetryPolicy, RouteMatch, RouteRule, ValueMatchKind, WeightedCluster, route_rule::Action,
+    RetryPolicy, RouteMatch, RouteRule, SessionPersistence, ValueMatchKind, WeightedCluster,
+    route_rule::Action, session_persistence,
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
@@ -106,6 +107,13 @@ pub fn compile(
                 None
             }
         };
+        let session = match compile_session(rule) {
+            Ok(s) => s,
+            Err(msg) => {
+                out.unsupported.get_or_insert(msg);
+                None
+            }
+        };
         let timeouts = match compile_timeouts(rule) {
             Ok(t) => t,
             Err(msg) => {
@@ -188,6 +196,7 @@ pub fn compile(
                 mirrors: mirrors.clone(),
                 cors: filters.cors.clone(),
                 retry: retry.clone(),
+                session_persistence: session.clone(),
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),
@@ -400,6 +409,58 @@ fn backend_filters(
         return Err("only header modifier filters are supported on backendRefs".into());
     }
     Ok(compiled)
+}
+
+/// The session name when none is given (the spec leaves it to implementations).
+const DEFAULT_SESSION_NAME: &str = "rauta-session";
+
+/// A rule's session persistence (GEP-1619).
+fn compile_session(rule: &HttpRouteRules) -> Result<Option<SessionPersistence>, String> {
+    use gateway_api::experimental::httproutes::{
+        HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
+        HttpRouteRulesSessionPersistenceType as Type,
+    };
+    let Some(p) = &rule.session_persistence else {
+        return Ok(None);
+    };
+    let name = p.session_name.as_deref().unwrap_or(DEFAULT_SESSION_NAME);
+    // A token: valid as a cookie name and as a header name.
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(format!(
+            "sessionPersistence.sessionName {name:?} is not a valid token"
+        ));
+    }
+    let duration = |field: &str, value: Option<&String>| {
+        parse_timeout(&format!("sessionPersistence.{field}"), value)
+            .map(|d| d.and_then(|d| prost_types::Duration::try_from(d).ok()))
+    };
+    let absolute_timeout = duration("absoluteTimeout", p.absolute_timeout.as_ref())?;
+    let idle_timeout = duration("idleTimeout", p.idle_timeout.as_ref())?;
+    let kind = match p.r#type {
+        Some(Type::Header) => session_persistence::Kind::Header,
+        Some(Type::Cookie) | None => session_persistence::Kind::Cookie,
+    };
+    let permanent = kind == session_persistence::Kind::Cookie
+        && p.cookie_config
+            .as_ref()
+            .and_then(|c| c.lifetime_type.as_ref())
+            .is_some_and(|l| *l == Lifetime::Permanent);
+    if permanent && absolute_timeout.is_none() {
+        return Err(
+            "sessionPersistence: a Permanent cookie needs absoluteTimeout (its Max-Age)".into(),
+        );
+    }
+    Ok(Some(SessionPersistence {
+        name: name.to_owned(),
+        kind: kind.into(),
+        absolute_timeout,
+        idle_timeout,
+        permanent,
+    }))
 }
 
 /// A rule's retry policy (GEP-1731): attempts are retries after the first try.

@@ -3,7 +3,8 @@
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::route_rule::Action;
 use rauta_common::api::v1::{
-    ClusterEndpoints, PathMatchKind, RouteTable, UpstreamProtocol, ValueMatchKind,
+    ClusterEndpoints, PathMatchKind, RouteTable, SessionPersistence, UpstreamProtocol,
+    ValueMatchKind, session_persistence,
 };
 use rauta_common::types::ResourceType;
 
@@ -520,6 +521,9 @@ fn invalid_or_unsupported_filters_reject_the_route() {
         "  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: x}}]\n    backendRefs: [{name: web, port: 8080}]",
         "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]",
         "  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'bad name', value: x}]}}]\n    backendRefs: [{name: web, port: 8080}]",
+        // A permanent cookie needs its lifetime; a session name must be a token.
+        "  rules:\n  - sessionPersistence: {cookieConfig: {lifetimeType: Permanent}}\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - sessionPersistence: {sessionName: 'a b'}\n    backendRefs: [{name: web, port: 8080}]",
     ];
     for spec in cases {
         let t = translate_yaml(&route("r", "", spec));
@@ -1121,5 +1125,49 @@ fn endpoint_refresh_matches_a_full_translation() {
     assert_ne!(
         before.gateways, full.gateways,
         "the slice did change the endpoints"
+    );
+}
+
+#[test]
+fn session_persistence_is_compiled_with_defaults() {
+    let t = translate_yaml(&route(
+        "r",
+        "",
+        "  rules:\n  - sessionPersistence: {absoluteTimeout: 1h, idleTimeout: 5m, cookieConfig: {lifetimeType: Permanent}}\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {value: /h}}]\n    sessionPersistence: {type: Header, sessionName: x-s}\n    backendRefs: [{name: web, port: 8080}]",
+    ));
+    assert_eq!(
+        condition(&parent_conditions(&t, "apps/r"), "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    let sessions: Vec<_> = route_table(&t, "http-80")
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.rules)
+        .filter_map(|r| r.session_persistence.clone())
+        .collect();
+    let secs = |s: i64| {
+        Some(prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    assert_eq!(
+        sessions,
+        [
+            SessionPersistence {
+                name: "x-s".into(),
+                kind: session_persistence::Kind::Header.into(),
+                absolute_timeout: None,
+                idle_timeout: None,
+                permanent: false,
+            },
+            SessionPersistence {
+                name: "rauta-session".into(),
+                kind: session_persistence::Kind::Cookie.into(),
+                absolute_timeout: secs(3600),
+                idle_timeout: secs(300),
+                permanent: true,
+            },
+        ]
     );
 }

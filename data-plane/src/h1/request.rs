@@ -93,6 +93,7 @@ fn rule_is_plain(rule: &RuleRt) -> bool {
         && rule.cors.is_none()
         && rule.mirrors.is_empty()
         && rule.retry.is_none()
+        && rule.session.is_none()
         && rule.rewrite.is_none()
         && rule.request_headers.is_none()
         && rule.response_headers.is_none()
