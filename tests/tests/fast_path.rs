@@ -304,10 +304,17 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
             ),
             http_route(
                 "apps",
-                "filtered",
+                "modified",
                 ("infra", "gw"),
-                &["filtered.example"],
-                "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-filtered, value: general}]\n    backendRefs: [{name: scripted, port: 8080}]\n",
+                &["modified.example"],
+                "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-filtered, value: gateway}]\n        add: [{name: x-added, value: one}]\n        remove: [x-drop]\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{name: x-resp, value: set}]\n    backendRefs:\n    - name: scripted\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier: {add: [{name: x-backend, value: b}]}\n",
+            ),
+            http_route(
+                "apps",
+                "rewritten",
+                ("infra", "gw"),
+                &["rewritten.example"],
+                "  - filters:\n    - type: URLRewrite\n      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /headers}}\n    backendRefs: [{name: scripted, port: 8080}]\n",
             ),
             http_route(
                 "apps",
@@ -360,6 +367,29 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
         "one pooled upstream connection"
     );
 
+    // Header modifiers of the rule and the backendRef, applied to the raw fields as the general
+    // path applies them to a map.
+    client
+        .send(&get(
+            "/headers",
+            "modified.example",
+            "X-Filtered: client\r\nX-Drop: 1\r\nX-Resp: upstream\r\n",
+        ))
+        .await;
+    let r = client.response(false).await.unwrap();
+    let seen = r.text();
+    for expected in [
+        "x-filtered: gateway\r\n",
+        "x-added: one\r\n",
+        "x-backend: b\r\n",
+    ] {
+        assert!(seen.contains(expected), "{expected} missing: {seen}");
+    }
+    assert!(
+        !seen.contains("X-Drop") && !seen.contains("client"),
+        "{seen}"
+    );
+    assert_eq!(r.header("x-resp"), Some("set"));
     // Chunked with extensions and trailers, byte for byte; the connection goes on after it.
     client.send(&get("/chunked", "fast.example", "")).await;
     let r = client.response(false).await.unwrap();
@@ -447,9 +477,9 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
 
     let metrics = proxy.metrics().await;
     let served = metric(&metrics, "http1_fast_path_requests_total");
-    assert_eq!(served, 19, "every request so far took the fast path");
+    assert_eq!(served, 20, "every request so far took the fast path");
     assert_eq!(metric(&metrics, "http1_fast_path_handoffs_total"), 0);
-    // Upstream connections closed so far and the requests each carried: 13 on the first
+    // Upstream connections closed so far and the requests each carried: 14 on the first
     // (closed by /close-after), 2 on its replacement (/until-close), 1 (/truncated), 0 (the
     // timed-out /slow). The last one is still open.
     let per_connection = |what: &str| {
@@ -458,16 +488,22 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
             &format!("upstream_requests_per_connection_{what}{{protocol=\"http1\"}}"),
         )
     };
-    assert_eq!((per_connection("count"), per_connection("sum")), (4, 16));
+    assert_eq!((per_connection("count"), per_connection("sum")), (4, 17));
 
-    // Mid-connection handoff: a fast request, then one with a filter (hyper's path), then a
-    // body too large to hold and an unknown host: all answered on the same connection.
+    // Mid-connection handoff: a fast request, then one with a URL rewrite (the general path),
+    // then a body too large to hold and an unknown host: all answered on the same connection.
     let mut client = RawClient::connect(addr).await;
     client.send(&get("/headers", "fast.example", "")).await;
     assert_eq!(client.response(false).await.unwrap().status, 200);
-    client.send(&get("/headers", "filtered.example", "")).await;
+    client
+        .send(&get("/elsewhere", "rewritten.example", ""))
+        .await;
     let r = client.response(false).await.unwrap();
-    assert!(r.text().contains("x-filtered: general"), "{}", r.text());
+    assert!(
+        r.text().starts_with("GET /headers HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
     let large = "x".repeat(70_000);
     client
         .send(

@@ -7,7 +7,8 @@
 //!
 //! It takes the requests it fully understands: HTTP/1.1, an origin-form target, no body or a
 //! Content-Length body small enough to hold, routed to a rule that forwards to a plain
-//! HTTP/1.1 cluster without filters, mirrors, retries or CORS. At the first request it does not
+//! HTTP/1.1 cluster with at most header modifiers (no rewrites, mirrors, retries, CORS or
+//! sessions). At the first request it does not
 //! take, the connection goes to hyper with the bytes read so far, and stays there: everything
 //! this path does not implement is decided in one place, hyper's path.
 
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::access_log;
+use crate::filters::HeaderOps;
 use crate::proxy::{Connection, ListenerCtx};
 use crate::shared::{Shared, drain_started};
 use crate::upstream::{RawConn, UpstreamError};
@@ -365,7 +367,13 @@ impl Exchange<'_, '_> {
             loop {
                 // Draining: this response announces the close that follows it.
                 let close = self.close || self.shared.is_draining();
-                match response::parse(ubuf, self.plan.head, close, down) {
+                let [first, second] = self.plan.response_ops;
+                let ops: &[&HeaderOps] = match (first, second) {
+                    (None, None) => &[],
+                    (Some(a), None) | (None, Some(a)) => &[a],
+                    (Some(a), Some(b)) => &[a, b],
+                };
+                match response::parse(ubuf, self.plan.head, close, ops, down) {
                     Ok(Parsed::Final(head)) => return Ok(head),
                     Ok(Parsed::Interim(len)) => ubuf.advance(len),
                     Ok(Parsed::Partial) => break,

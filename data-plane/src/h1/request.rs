@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::cluster::{ClusterRt, EndpointRt};
+use crate::filters::HeaderOps;
 use crate::limits::Limits;
 use crate::proxy::{Connection, ListenerCtx, has_dot_segments, without_port};
 use crate::routing::{ActionRt, Pick, RequestHeaders, RequestView, RoutingState, RuleRt};
@@ -36,6 +37,8 @@ pub struct Plan<'s> {
     pub rule: &'s RuleRt,
     pub cluster: &'s ClusterRt,
     pub endpoint: &'s EndpointRt,
+    /// Header modifiers for the response, in order.
+    pub response_ops: [Option<&'s HeaderOps>; 2],
     /// The request's bytes (head and body) in the buffer.
     pub len: usize,
     /// The client asked for the connection to close after this response.
@@ -88,6 +91,42 @@ fn plain_target(target: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&b))
 }
 
+/// Request fields the gateway itself sets, drops or reads for framing: header modifiers that
+/// touch them are left to the general path, where the order of those steps is defined.
+const MANAGED_REQUEST_FIELDS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "traceparent",
+];
+/// Response fields the fast path relays framing by.
+const MANAGED_RESPONSE_FIELDS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Whether a request and response header modifier (if any) leave the gateway's own fields be.
+fn plain_ops(request: Option<&HeaderOps>, response: Option<&HeaderOps>) -> bool {
+    request.is_none_or(|ops| !ops.touches(MANAGED_REQUEST_FIELDS))
+        && response.is_none_or(|ops| !ops.touches(MANAGED_RESPONSE_FIELDS))
+}
+
 fn rule_is_plain(rule: &RuleRt) -> bool {
     matches!(rule.action, ActionRt::Forward { .. })
         && rule.cors.is_none()
@@ -95,8 +134,10 @@ fn rule_is_plain(rule: &RuleRt) -> bool {
         && rule.retry.is_none()
         && rule.session.is_none()
         && rule.rewrite.is_none()
-        && rule.request_headers.is_none()
-        && rule.response_headers.is_none()
+        && plain_ops(
+            rule.request_headers.as_ref(),
+            rule.response_headers.as_ref(),
+        )
 }
 
 /// Parses the request at the start of `buf` and, when the fast path takes it, writes the
@@ -220,7 +261,12 @@ pub fn plan<'s>(
         .cluster
         .as_deref()
         .filter(|c| c.protocol == Protocol::Http1)
-        .filter(|_| backend.request_headers.is_none() && backend.response_headers.is_none())
+        .filter(|_| {
+            plain_ops(
+                backend.request_headers.as_ref(),
+                backend.response_headers.as_ref(),
+            )
+        })
     else {
         return Planned::Handoff;
     };
@@ -248,11 +294,17 @@ pub fn plan<'s>(
     } else {
         Vec::new()
     };
+    // In the general path's order: the rule's changes, then the backend's (responses: the
+    // backend's, then the rule's).
+    let request_ops: Vec<&HeaderOps> = [&rule.request_headers, &backend.request_headers]
+        .into_iter()
+        .flatten()
+        .collect();
     write_head(
         out,
         (method, target),
         fields,
-        &connection,
+        (&connection, &request_ops),
         Forwarded {
             peer: cx.conn.peer.ip(),
             scheme: if cx.listener.tls { "https" } else { "http" },
@@ -280,6 +332,10 @@ pub fn plan<'s>(
         rule,
         cluster,
         endpoint,
+        response_ops: [
+            backend.response_headers.as_ref(),
+            rule.response_headers.as_ref(),
+        ],
         len,
         close,
         head: method == "HEAD",
@@ -304,7 +360,7 @@ fn write_head(
     out: &mut Vec<u8>,
     (method, target): (&str, &str),
     fields: &[httparse::Header<'_>],
-    connection: &[&[u8]],
+    (connection, ops): (&[&[u8]], &[&HeaderOps]),
     forwarded: Forwarded<'_>,
 ) {
     out.clear();
@@ -322,11 +378,20 @@ fn write_head(
             || is(name, "x-forwarded-for")
             || is(name, "x-forwarded-proto")
             || is(name, "traceparent")
-            || (!connection.is_empty() && listed(name, connection));
+            || (!connection.is_empty() && listed(name, connection))
+            || (!ops.is_empty() && !HeaderOps::keeps(ops, name));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(field.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if !ops.is_empty() {
+        for (name, value) in HeaderOps::added_by(ops) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -387,7 +452,7 @@ mod tests {
             &mut out,
             ("GET", "/a?b=1"),
             &fields,
-            &[b"keep-alive, X-Secret"],
+            (&[b"keep-alive, X-Secret"], &[]),
             Forwarded {
                 peer: "127.0.0.1".parse().unwrap(),
                 scheme: "http",

@@ -2,6 +2,7 @@
 
 use super::body::{ChunkScanner, Framing};
 use super::{is, tokens};
+use crate::filters::HeaderOps;
 
 /// Header fields parsed per response; more is refused, as hyper's client refuses them.
 const MAX_FIELDS: usize = 100;
@@ -47,6 +48,7 @@ pub fn parse(
     data: &[u8],
     head_request: bool,
     close: bool,
+    ops: &[&HeaderOps],
     out: &mut Vec<u8>,
 ) -> Result<Parsed, BadResponse> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -117,7 +119,13 @@ pub fn parse(
     };
     let until_close = framing == Framing::UntilClose;
     let close = close || until_close;
-    write_head(out, (status, resp.reason), fields, connection_lists, close);
+    write_head(
+        out,
+        (status, resp.reason),
+        fields,
+        (connection_lists, ops),
+        close,
+    );
     Ok(Parsed::Final(ResponseHead {
         status,
         len,
@@ -131,7 +139,7 @@ fn write_head(
     out: &mut Vec<u8>,
     (status, reason): (u16, Option<&str>),
     fields: &[httparse::Header<'_>],
-    connection_lists: bool,
+    (connection_lists, ops): (bool, &[&HeaderOps]),
     close: bool,
 ) {
     out.clear();
@@ -171,11 +179,20 @@ fn write_head(
                 && connection
                     .iter()
                     .flat_map(|v| tokens(v))
-                    .any(|t| t.eq_ignore_ascii_case(name.as_bytes())));
+                    .any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+            || (!ops.is_empty() && !HeaderOps::keeps(ops, name));
         if !dropped {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(field.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if !ops.is_empty() {
+        for (name, value) in HeaderOps::added_by(ops) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -191,7 +208,7 @@ mod tests {
 
     fn head(data: &[u8], head_request: bool) -> (ResponseHead, String) {
         let mut out = Vec::new();
-        match parse(data, head_request, false, &mut out).unwrap() {
+        match parse(data, head_request, false, &[], &mut out).unwrap() {
             Parsed::Final(h) => (h, String::from_utf8(out).unwrap()),
             _ => panic!("not a final response"),
         }
@@ -245,13 +262,14 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
         ] {
-            assert!(parse(bad, false, false, &mut out).is_err(), "{bad:?}");
+            assert!(parse(bad, false, false, &[], &mut out).is_err(), "{bad:?}");
         }
         assert!(matches!(
             parse(
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1",
                 false,
                 false,
+                &[],
                 &mut out
             ),
             Ok(Parsed::Interim(25))
@@ -262,7 +280,7 @@ mod tests {
     fn fields_named_in_connection_are_dropped_and_close_is_added() {
         let mut out = Vec::new();
         let data = b"HTTP/1.1 404 \r\nConnection: x-hop, content-length\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n";
-        let Ok(Parsed::Final(h)) = parse(data, false, true, &mut out) else {
+        let Ok(Parsed::Final(h)) = parse(data, false, true, &[], &mut out) else {
             panic!("not parsed");
         };
         assert!(h.close);
