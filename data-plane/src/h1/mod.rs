@@ -69,9 +69,18 @@ where
     let mut upstream_request = Vec::with_capacity(1024);
     let mut ubuf = BytesMut::new();
     let mut down = Vec::with_capacity(1024);
+    // One timer for the connection's life, pushed back per request: a timer registered anew
+    // per request wakes the runtime's driver (an eventfd write) every time.
+    let idle_timeout = shared.limits.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
-        if buf.is_empty() && !next_request(io, &mut buf, drain, shared.limits.idle_timeout).await {
-            return close(io).await;
+        if buf.is_empty() {
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + idle_timeout);
+            if !next_request(io, &mut buf, drain, idle.as_mut()).await {
+                return close(io).await;
+            }
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
@@ -142,11 +151,12 @@ async fn next_request<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
     drain: &mut watch::Receiver<bool>,
-    idle_timeout: Duration,
+    idle: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> bool {
     buf.reserve(READ_CHUNK);
     tokio::select! {
-        read = tokio::time::timeout(idle_timeout, io.read_buf(buf)) => matches!(read, Ok(Ok(n)) if n > 0),
+        read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
+        _ = idle => false,
         _ = drain_started(drain) => false,
     }
 }
