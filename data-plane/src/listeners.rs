@@ -246,10 +246,12 @@ async fn accept_loop(
                         let sni = session.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
                         let h2 = session.alpn_protocol() == Some(b"h2");
                         let conn = Arc::new(proxy::Connection { peer, sni, activity });
-                        serve_http(tls, !h2, conn, shared, ctx, builder, open).await
+                        let fast = shared.http1_fast_path && !h2;
+                        serve_http(tls, fast, conn, shared, ctx, builder, open).await
                     } else {
                         let conn = Arc::new(proxy::Connection { peer, sni: None, activity });
-                        serve_http(stream, true, conn, shared, ctx, builder, open).await
+                        let fast = shared.http1_fast_path;
+                        serve_http(stream, fast, conn, shared, ctx, builder, open).await
                     };
                     if let Err(err) = served {
                         debug!(%peer, %err, "connection ended with an error");

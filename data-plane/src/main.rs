@@ -102,6 +102,16 @@ struct Args {
     /// Share of requests written to the access log, from 0 to 1.
     #[arg(long, value_name = "RATE", default_value_t = 1.0, value_parser = sample_rate)]
     access_log_sample: f64,
+    /// HTTP/1.1 fast path (docs/architecture.md): plain forwarding without hyper for the
+    /// requests it takes. `off` serves every request on the general path.
+    #[arg(long, value_enum, default_value = "on")]
+    http1_fast_path: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -206,7 +216,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("starting the access log writer")?,
         ),
     };
-    let shared = Arc::new(Shared::new(metrics.clone(), limits, access_log));
+    let mut shared = Shared::new(metrics.clone(), limits, access_log);
+    shared.http1_fast_path = args.http1_fast_path == Switch::On;
+    let shared = Arc::new(shared);
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;

@@ -23,6 +23,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Set when access logging is on.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Whether HTTP/1.1 connections start on the fast path (`h1`).
+    pub http1_fast_path: bool,
     ready: AtomicBool,
     /// True once draining (SIGTERM). Every listener and open downstream connection holds a
     /// receiver, so the receiver count is what is still open.
@@ -37,6 +39,7 @@ impl Shared {
             metrics,
             limits,
             access_log,
+            http1_fast_path: true,
             ready: AtomicBool::new(false),
             drain: watch::Sender::new(false),
         }

@@ -4,12 +4,12 @@
 //! pipelining, a pooled connection the upstream closed, a body cut short, timeouts, a dead
 //! endpoint, and the handoff to the general path in the middle of a connection.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rauta_tests::harness::{Workspace, free_port, start_gateway};
+use rauta_tests::harness::{Proxy, Workspace, free_port, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -577,4 +577,119 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
     assert!(metrics.contains(
         "rauta_proxy_requests_total{route=\"apps/timed/rule/0\",status_class=\"5xx\"} 1\n"
     ));
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A head as a set: request or status line, then the fields with lower-case names, sorted;
+/// the traceparent's span id (new per hop) and the Date a server adds left out.
+fn normalized(head: &str) -> Vec<String> {
+    let mut lines = head.trim_end().split("\r\n");
+    let first = lines.next().unwrap_or_default().to_owned();
+    let mut fields: Vec<String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+        .map(|(n, v)| {
+            let v = v.trim();
+            // The client's trace continued, or a new (random) one started.
+            let v = match (n.eq_ignore_ascii_case("traceparent"), v.get(3..35)) {
+                (true, Some(CLIENT_TRACE)) => CLIENT_TRACE,
+                (true, _) if v.len() == 55 => "a new trace",
+                _ => v,
+            };
+            format!("{}: {v}", n.to_ascii_lowercase())
+        })
+        .collect();
+    fields.sort();
+    let mut out = vec![first];
+    out.extend(fields);
+    out
+}
+
+#[tokio::test]
+async fn both_paths_send_and_answer_the_same() {
+    let backend = ScriptedBackend::start().await;
+    let ws = Workspace::new();
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "scripted", &[backend.addr]),
+            http_route(
+                "apps",
+                "fast",
+                ("infra", "gw"),
+                &["fast.example"],
+                "  - backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+            http_route(
+                "apps",
+                "modified",
+                ("infra", "gw"),
+                &["modified.example"],
+                "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-a, value: set}]\n        add: [{name: x-b, value: added}]\n        remove: [x-c]\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        add: [{name: x-hop, value: rule}]\n        remove: [x-gone]\n    backendRefs:\n    - name: scripted\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier: {set: [{name: x-b, value: backend}], add: [{name: x-a, value: again}]}\n",
+            ),
+        ]),
+    );
+    let (controller, fast) = start_gateway(&ws, &[]).await;
+    let general = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        ws.path(),
+        &["--http1-fast-path", "off"],
+    );
+    general.wait_ready().await;
+
+    // Not compared: chunked responses. The fast path relays chunks as the upstream framed
+    // them, extensions and trailers included (the first test checks that); hyper frames its own
+    // chunks and passes trailers only to clients that sent `TE: trailers`.
+    let requests: Vec<Vec<u8>> = [
+        "GET /headers HTTP/1.1\r\nHost: fast.example\r\n\r\n",
+        "GET /headers?a=1&b=%20 HTTP/1.1\r\nHost: fast.example:80\r\nAccept: */*\r\nUser-Agent: t/1\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHOST: fast.example\r\nX-Forwarded-For: 192.0.2.1\r\nx-forwarded-for: 192.0.2.2, 192.0.2.3\r\nX-Forwarded-Proto: https\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: fast.example\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: fast.example\r\nTE: gzip\r\nTrailer: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: fast.example\r\ntraceparent: 00-zz-bad\r\nCookie: a=1; b=2\r\n\r\n",
+        "POST /headers HTTP/1.1\r\nHost: fast.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        "HEAD /head HTTP/1.1\r\nHost: fast.example\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: modified.example\r\nX-A: client\r\nX-B: client\r\nX-C: client\r\nX-D: client\r\n\r\n",
+    ]
+    .iter()
+    .map(|r| r.as_bytes().to_vec())
+    .collect();
+    for request in &requests {
+        let mut answers = Vec::new();
+        for proxy in [&fast, &general] {
+            let mut client = RawClient::connect(proxy.listener(80)).await;
+            client.send(request).await;
+            let head_request = request.starts_with(b"HEAD");
+            let r = client.response(head_request).await.unwrap();
+            let mut head = format!("HTTP/1.1 {}\r\n", r.status);
+            for (n, v) in &r.headers {
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
+            // The backend echoes the head it received as the body.
+            answers.push((normalized(&head), normalized(&r.text())));
+        }
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "fast path and general path differ for {}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let metrics = fast.metrics().await;
+    assert_eq!(
+        metric(&metrics, "http1_fast_path_requests_total"),
+        requests.len() as u64,
+        "all took the fast path on the first proxy"
+    );
+    assert_eq!(
+        metric(&general.metrics().await, "http1_fast_path_requests_total"),
+        0,
+        "none on the second"
+    );
 }
