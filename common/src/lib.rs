@@ -8,5 +8,6 @@ pub mod matching;
 pub mod plain_http;
 pub mod process;
 pub mod redact;
+pub mod session;
 pub mod types;
 pub mod wire;

@@ -94,7 +94,7 @@ struct Args {
     /// Seconds a client connection may stay idle (no request open, no bytes moving) before
     /// it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 75,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     idle_timeout: u64,
     /// Access log: one JSON line per request on stdout.
     #[arg(long, value_enum, default_value = "off")]

@@ -325,6 +325,7 @@ async fn serve(
         .cors
         .as_ref()
         .and_then(|_| req.headers().get(ORIGIN).cloned());
+    let mut session_token = None;
     let mut resp = match &rule.action {
         ActionRt::Direct { status, body } => local(*status, body.clone()),
         ActionRt::Redirect(redirect) => {
@@ -379,15 +380,17 @@ async fn serve(
                         scheme: listener.scheme(),
                         max_body: shared.limits.max_body_bytes,
                     };
-                    let mut r = forward(cluster, endpoint, picked, req, client).await;
+                    let mut served_by = endpoint.addr;
+                    let mut r =
+                        forward(cluster, endpoint, picked, req, client, &mut served_by).await;
                     if let Some(ops) = &backend.response_headers {
                         ops.apply(r.headers_mut());
                     }
+                    // The endpoint that answered (a retry may have gone elsewhere).
                     if let Some(session) = &rule.session
                         && r.extensions().get::<LocalReply>().is_none()
-                        && let Some((name, value)) = session.response_header(endpoint.addr, brought)
                     {
-                        r.headers_mut().append(name, value);
+                        session_token = session.response_header(served_by, brought, listener.tls);
                     }
                     r
                 }
@@ -399,6 +402,11 @@ async fn serve(
     }
     if let Some(cors) = &rule.cors {
         cors.decorate(origin.as_ref(), resp.headers_mut());
+    }
+    // Last, so that the rule's header changes (say, removing upstream Set-Cookies) cannot
+    // remove the session's own token.
+    if let Some((name, value)) = session_token {
+        resp.headers_mut().append(name, value);
     }
     rule.counters.record(resp.status().as_u16(), started);
     resp
@@ -476,6 +484,7 @@ async fn forward(
         scheme,
         max_body,
     }: Client,
+    served_by: &mut SocketAddr,
 ) -> Response<ProxyBody> {
     let path = match rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
         Some(rewrite) => {
@@ -650,6 +659,7 @@ async fn forward(
         cluster.retries.inc();
         attempt += 1;
         endpoint = cluster.nth_after(first, attempt as usize);
+        *served_by = endpoint.addr;
         if let Some(backoff) = rule.retry.as_ref().map(|r| r.backoff) {
             tokio::time::sleep(backoff).await;
         }

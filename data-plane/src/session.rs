@@ -20,6 +20,8 @@ use crate::routing::RequestHeaders;
 pub struct SessionRt {
     name: HeaderName,
     cookie: Option<Box<str>>,
+    /// The cookie's Path attribute.
+    path: Box<str>,
     absolute: Option<Duration>,
     idle: Option<Duration>,
     permanent: bool,
@@ -65,9 +67,20 @@ impl SessionRt {
             ),
             Kind::Header => (
                 HeaderName::from_bytes(p.name.as_bytes())
-                    .map_err(|_| format!("invalid session header name {:?}", p.name))?,
+                    .ok()
+                    .filter(|n| !rauta_common::session::RESERVED_HEADERS.contains(&n.as_str()))
+                    .ok_or_else(|| format!("invalid session header name {:?}", p.name))?,
                 None,
             ),
+        };
+        let path = match p.cookie_path.as_str() {
+            "" => "/",
+            path if path.starts_with('/')
+                && path.bytes().all(|b| b.is_ascii_graphic() && b != b';') =>
+            {
+                path
+            }
+            path => return Err(format!("invalid session cookie path {path:?}")),
         };
         if cookie.as_deref().is_some_and(|c| {
             c.is_empty()
@@ -79,6 +92,7 @@ impl SessionRt {
         Ok(SessionRt {
             name,
             cookie,
+            path: path.into(),
             absolute: duration(p.absolute_timeout.as_ref())?,
             idle: duration(p.idle_timeout.as_ref())?,
             permanent: p.permanent,
@@ -113,11 +127,13 @@ impl SessionRt {
     }
 
     /// The header that gives the client its token, when it needs one: a new session, or one
-    /// whose idle deadline moves on.
+    /// whose idle deadline moves on. `secure`: the client came over TLS (the cookie is then
+    /// only sent back over TLS).
     pub fn response_header(
         &self,
         endpoint: SocketAddr,
         brought: Option<Session>,
+        secure: bool,
     ) -> Option<(HeaderName, HeaderValue)> {
         let continuing = brought.filter(|s| s.endpoint == endpoint);
         if continuing.is_some() && self.idle.is_none() {
@@ -136,13 +152,19 @@ impl SessionRt {
         let token = format!("{token}.{absolute_deadline}.{idle_deadline}");
         let value = match &self.cookie {
             Some(cookie) => {
-                let mut v = format!("{cookie}={token}; Path=/; HttpOnly");
+                let mut v = format!("{cookie}={token}; Path={}; HttpOnly", self.path);
+                if secure {
+                    v.push_str("; Secure");
+                }
                 if self.permanent {
                     let left = match (continuing, self.absolute) {
-                        (None, Some(absolute)) => absolute.as_secs().max(1),
-                        _ => absolute_deadline.saturating_sub(now).max(1),
+                        // Rounded up, as the deadline in the token.
+                        (None, Some(absolute)) => {
+                            absolute.as_secs() + u64::from(absolute.subsec_nanos() > 0)
+                        }
+                        _ => absolute_deadline.saturating_sub(now),
                     };
-                    v.push_str(&format!("; Max-Age={left}"));
+                    v.push_str(&format!("; Max-Age={}", left.max(1)));
                 }
                 v
             }
@@ -170,6 +192,7 @@ mod tests {
             absolute_timeout: absolute.map(d),
             idle_timeout: idle.map(d),
             permanent,
+            cookie_path: "/shop".into(),
         })
         .unwrap()
     }
@@ -178,12 +201,12 @@ mod tests {
     fn a_cookie_token_names_its_endpoint_until_it_expires() {
         let session = rt(Kind::Cookie, Some(3600), None, true);
         let endpoint: SocketAddr = "10.1.2.3:8080".parse().unwrap();
-        let (name, value) = session.response_header(endpoint, None).unwrap();
+        let (name, value) = session.response_header(endpoint, None, true).unwrap();
         assert_eq!(name, http::header::SET_COOKIE);
         let value = value.to_str().unwrap();
         assert!(value.starts_with("sticky="), "{value}");
         assert!(
-            value.ends_with("; Path=/; HttpOnly; Max-Age=3600"),
+            value.ends_with("; Path=/shop; HttpOnly; Secure; Max-Age=3600"),
             "{value}"
         );
         let token = value["sticky=".len()..].split(';').next().unwrap();
@@ -195,12 +218,16 @@ mod tests {
         let brought = session.of_request(RequestHeaders::Map(&h)).unwrap();
         assert_eq!(brought.endpoint, endpoint);
         assert!(
-            session.response_header(endpoint, Some(brought)).is_none(),
+            session
+                .response_header(endpoint, Some(brought), true)
+                .is_none(),
             "nothing to renew"
         );
         let other: SocketAddr = "10.1.2.4:8080".parse().unwrap();
         assert!(
-            session.response_header(other, Some(brought)).is_some(),
+            session
+                .response_header(other, Some(brought), true)
+                .is_some(),
             "moved: a new token"
         );
 
@@ -227,12 +254,16 @@ mod tests {
     fn a_header_session_with_an_idle_timeout_is_renewed_on_every_answer() {
         let session = rt(Kind::Header, None, Some(60), false);
         let endpoint: SocketAddr = "[::1]:9000".parse().unwrap();
-        let (name, value) = session.response_header(endpoint, None).unwrap();
+        let (name, value) = session.response_header(endpoint, None, false).unwrap();
         assert_eq!(name.as_str(), "sticky");
         let mut h = HeaderMap::new();
         h.insert("sticky", value);
         let brought = session.of_request(RequestHeaders::Map(&h)).unwrap();
         assert_eq!(brought.endpoint, endpoint);
-        assert!(session.response_header(endpoint, Some(brought)).is_some());
+        assert!(
+            session
+                .response_header(endpoint, Some(brought), false)
+                .is_some()
+        );
     }
 }

@@ -262,6 +262,7 @@ async fn session_persistence_keeps_a_session_on_its_endpoint() {
     let a = Echo::start("echo-a", "apps", ws.path());
     let b = Echo::start("echo-b", "apps", ws.path());
     let both = [a.http, b.http];
+    let broken = flaky().await;
     let sticky_rule = |persistence: &str| {
         format!(
             "  - sessionPersistence: {persistence}\n    backendRefs: [{{name: rotating, port: 8080}}]\n"
@@ -279,13 +280,30 @@ async fn session_persistence_keeps_a_session_on_its_endpoint() {
                 &both,
                 &[("rauta.dev/load-balancer", "round-robin")],
             ),
+            annotated_service(
+                "apps",
+                "half-broken",
+                &[broken.addr, a.http],
+                &[("rauta.dev/load-balancer", "round-robin")],
+            ),
+            http_route(
+                "apps",
+                "retried",
+                ("infra", "gw"),
+                &["retried.example"],
+                "  - sessionPersistence: {sessionName: r}\n    retry: {attempts: 1, codes: [503], backoff: 1ms}\n    backendRefs: [{name: half-broken, port: 8080}]\n",
+            ),
             http_route(
                 "apps",
                 "cookie",
                 ("infra", "gw"),
                 &["cookie.example"],
-                &sticky_rule(
-                    "{sessionName: shop, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}",
+                // The rule drops the upstream's own cookies; not the session's.
+                &format!(
+                    "{}    filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier: {{remove: [set-cookie]}}\n",
+                    sticky_rule(
+                        "{sessionName: shop, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}",
+                    )
                 ),
             ),
             http_route(
@@ -374,4 +392,18 @@ async fn session_persistence_keeps_a_session_on_its_endpoint() {
         seen.insert(r.pod());
     }
     assert_eq!(seen.len(), 2, "the expired session still pinned {seen:?}");
+
+    // A first attempt that fails and is retried elsewhere: the token names the endpoint that
+    // answered, never the failing one.
+    for _ in 0..4 {
+        let r = get("retried.example", vec![]).await;
+        assert_eq!(r.pod(), "echo-a");
+        let (token, _) = set_cookie(&r, "r").expect("a session cookie");
+        let hex = token.split('.').next().unwrap();
+        let named: String = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap() as char)
+            .collect();
+        assert_eq!(named, a.http.to_string());
+    }
 }

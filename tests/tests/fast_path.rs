@@ -581,8 +581,9 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// A head as a set: request or status line, then the fields with lower-case names, sorted;
-/// the traceparent's span id (new per hop) and the Date a server adds left out.
+/// A head for comparison: request or status line, then the fields with lower-case names,
+/// ordered by name (the order of one name's values kept); the traceparent's span id (new per
+/// hop) and the Date a server adds left out.
 fn normalized(head: &str) -> Vec<String> {
     let mut lines = head.trim_end().split("\r\n");
     let first = lines.next().unwrap_or_default().to_owned();
@@ -600,7 +601,7 @@ fn normalized(head: &str) -> Vec<String> {
             format!("{}: {v}", n.to_ascii_lowercase())
         })
         .collect();
-    fields.sort();
+    fields.sort_by(|a, b| a.split(':').next().cmp(&b.split(':').next()));
     let mut out = vec![first];
     out.extend(fields);
     out
@@ -609,6 +610,7 @@ fn normalized(head: &str) -> Vec<String> {
 #[tokio::test]
 async fn both_paths_send_and_answer_the_same() {
     let backend = ScriptedBackend::start().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
@@ -616,6 +618,14 @@ async fn both_paths_send_and_answer_the_same() {
             gateway_class("rauta"),
             gateway("infra", "gw", "rauta", &[("http", 80, None)]),
             service("apps", "scripted", &[backend.addr]),
+            service("apps", "dead", &[dead]),
+            http_route(
+                "apps",
+                "dead",
+                ("infra", "gw"),
+                &["dead.example"],
+                "  - filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{name: content-type, value: text/x-gateway}]\n        add: [{name: x-why, value: down}]\n    backendRefs: [{name: dead, port: 8080}]\n",
+            ),
             http_route(
                 "apps",
                 "fast",
@@ -656,6 +666,7 @@ async fn both_paths_send_and_answer_the_same() {
         "POST /headers HTTP/1.1\r\nHost: fast.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
         "HEAD /head HTTP/1.1\r\nHost: fast.example\r\n\r\n",
         "GET /headers HTTP/1.1\r\nHost: modified.example\r\nX-A: client\r\nX-B: client\r\nX-C: client\r\nX-D: client\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: dead.example\r\n\r\n",
     ]
     .iter()
     .map(|r| r.as_bytes().to_vec())

@@ -107,7 +107,7 @@ pub fn compile(
                 None
             }
         };
-        let session = match compile_session(rule) {
+        let session = match compile_session(rule, &name, matches) {
             Ok(s) => s,
             Err(msg) => {
                 out.unsupported.get_or_insert(msg);
@@ -411,11 +411,38 @@ fn backend_filters(
     Ok(compiled)
 }
 
-/// The session name when none is given (the spec leaves it to implementations).
-const DEFAULT_SESSION_NAME: &str = "rauta-session";
+/// The cookie Path of a sticky rule: its path match when all its matches share one Exact or
+/// PathPrefix path, "/" otherwise.
+fn session_cookie_path(matches: &[HttpRouteRulesMatches]) -> String {
+    let paths: Vec<&str> = matches
+        .iter()
+        .map(|m| match &m.path {
+            Some(p) if p.r#type != Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
+                p.value.as_deref().unwrap_or("/")
+            }
+            Some(_) => "/",
+            None => "/",
+        })
+        .collect();
+    match paths.split_first() {
+        Some((first, rest))
+            if rest.iter().all(|p| p == first)
+                && first.starts_with('/')
+                && first.bytes().all(|b| b.is_ascii_graphic() && b != b';') =>
+        {
+            (*first).to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
 
-/// A rule's session persistence (GEP-1619).
-fn compile_session(rule: &HttpRouteRules) -> Result<Option<SessionPersistence>, String> {
+/// A rule's session persistence (GEP-1619). Without a sessionName the name is derived from
+/// the rule's, so that two sticky rules never share (and overwrite) one token.
+fn compile_session(
+    rule: &HttpRouteRules,
+    rule_name: &str,
+    matches: &[HttpRouteRulesMatches],
+) -> Result<Option<SessionPersistence>, String> {
     use gateway_api::experimental::httproutes::{
         HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
         HttpRouteRulesSessionPersistenceType as Type,
@@ -423,7 +450,11 @@ fn compile_session(rule: &HttpRouteRules) -> Result<Option<SessionPersistence>, 
     let Some(p) = &rule.session_persistence else {
         return Ok(None);
     };
-    let name = p.session_name.as_deref().unwrap_or(DEFAULT_SESSION_NAME);
+    let derived = format!(
+        "rauta-session-{:08x}",
+        rauta_common::hash::fnv1a64(rule_name.as_bytes()) as u32
+    );
+    let name = p.session_name.as_deref().unwrap_or(&derived);
     // A token: valid as a cookie name and as a header name.
     if name.is_empty()
         || !name
@@ -444,6 +475,13 @@ fn compile_session(rule: &HttpRouteRules) -> Result<Option<SessionPersistence>, 
         Some(Type::Header) => session_persistence::Kind::Header,
         Some(Type::Cookie) | None => session_persistence::Kind::Cookie,
     };
+    if kind == session_persistence::Kind::Header
+        && rauta_common::session::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+    {
+        return Err(format!(
+            "sessionPersistence.sessionName {name:?} is a header the gateway manages"
+        ));
+    }
     let permanent = kind == session_persistence::Kind::Cookie
         && p.cookie_config
             .as_ref()
@@ -460,6 +498,11 @@ fn compile_session(rule: &HttpRouteRules) -> Result<Option<SessionPersistence>, 
         absolute_timeout,
         idle_timeout,
         permanent,
+        cookie_path: if kind == session_persistence::Kind::Cookie {
+            session_cookie_path(matches)
+        } else {
+            String::new()
+        },
     }))
 }
 

@@ -524,6 +524,7 @@ fn invalid_or_unsupported_filters_reject_the_route() {
         // A permanent cookie needs its lifetime; a session name must be a token.
         "  rules:\n  - sessionPersistence: {cookieConfig: {lifetimeType: Permanent}}\n    backendRefs: [{name: web, port: 8080}]",
         "  rules:\n  - sessionPersistence: {sessionName: 'a b'}\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - sessionPersistence: {type: Header, sessionName: Content-Length}\n    backendRefs: [{name: web, port: 8080}]",
     ];
     for spec in cases {
         let t = translate_yaml(&route("r", "", spec));
@@ -1133,7 +1134,7 @@ fn session_persistence_is_compiled_with_defaults() {
     let t = translate_yaml(&route(
         "r",
         "",
-        "  rules:\n  - sessionPersistence: {absoluteTimeout: 1h, idleTimeout: 5m, cookieConfig: {lifetimeType: Permanent}}\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {value: /h}}]\n    sessionPersistence: {type: Header, sessionName: x-s}\n    backendRefs: [{name: web, port: 8080}]",
+        "  rules:\n  - sessionPersistence: {absoluteTimeout: 1h, idleTimeout: 5m, cookieConfig: {lifetimeType: Permanent}}\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {value: /h}}]\n    sessionPersistence: {type: Header, sessionName: x-s}\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {value: /cart}}]\n    sessionPersistence: {}\n    backendRefs: [{name: web, port: 8080}]",
     ));
     assert_eq!(
         condition(&parent_conditions(&t, "apps/r"), "Accepted"),
@@ -1151,22 +1152,38 @@ fn session_persistence_is_compiled_with_defaults() {
             nanos: 0,
         })
     };
+    let derived = |rule: &str| {
+        format!(
+            "rauta-session-{:08x}",
+            rauta_common::hash::fnv1a64(format!("apps/r/rule/{rule}").as_bytes()) as u32
+        )
+    };
     assert_eq!(
         sessions,
         [
+            SessionPersistence {
+                name: derived("2"),
+                kind: session_persistence::Kind::Cookie.into(),
+                absolute_timeout: None,
+                idle_timeout: None,
+                permanent: false,
+                cookie_path: "/cart".into(),
+            },
             SessionPersistence {
                 name: "x-s".into(),
                 kind: session_persistence::Kind::Header.into(),
                 absolute_timeout: None,
                 idle_timeout: None,
                 permanent: false,
+                cookie_path: String::new(),
             },
             SessionPersistence {
-                name: "rauta-session".into(),
+                name: derived("0"),
                 kind: session_persistence::Kind::Cookie.into(),
                 absolute_timeout: secs(3600),
                 idle_timeout: secs(300),
                 permanent: true,
+                cookie_path: "/".into(),
             },
         ]
     );

@@ -225,7 +225,12 @@ struct Exchange<'a, 's> {
     started: Instant,
 }
 
-impl Exchange<'_, '_> {
+impl<'s> Exchange<'_, 's> {
+    /// The response header modifiers, in the order they apply.
+    fn response_ops(&self) -> Vec<&'s HeaderOps> {
+        self.plan.response_ops.into_iter().flatten().collect()
+    }
+
     /// Forwards the request and relays the response; false when the client connection is to
     /// close (asked for, draining, a response framed by the close or cut short, a client gone).
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -298,7 +303,7 @@ impl Exchange<'_, '_> {
                     b"upstream connect error\n"
                 };
                 let close = self.close || shared.is_draining();
-                local_reply(down, status, body, close);
+                local_reply(down, (status, body), &self.response_ops(), close);
                 return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !close;
             }
         };
@@ -377,13 +382,7 @@ impl Exchange<'_, '_> {
             loop {
                 // Draining: this response announces the close that follows it.
                 let close = self.close || self.shared.is_draining();
-                let [first, second] = self.plan.response_ops;
-                let ops: &[&HeaderOps] = match (first, second) {
-                    (None, None) => &[],
-                    (Some(a), None) | (None, Some(a)) => &[a],
-                    (Some(a), Some(b)) => &[a, b],
-                };
-                match response::parse(ubuf, self.plan.head, close, ops, down) {
+                match response::parse(ubuf, self.plan.head, close, &self.response_ops(), down) {
                     Ok(Parsed::Final(head)) => return Ok(head),
                     Ok(Parsed::Interim(len)) => ubuf.advance(len),
                     Ok(Parsed::Partial) => break,
@@ -452,17 +451,28 @@ async fn relay<IO: AsyncWrite + Unpin>(
     Ok(extra == 0)
 }
 
-/// An answer the fast path makes itself: the upstream failed or timed out.
-fn local_reply(out: &mut Vec<u8>, status: u16, body: &[u8], close: bool) {
+/// An answer the fast path makes itself (the upstream failed or timed out), with the route's
+/// response header modifiers applied as the general path applies them to its own answers.
+fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOps], close: bool) {
     use std::io::Write;
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    if HeaderOps::keeps(ops, "content-type") {
+        out.extend_from_slice(b"content-type: text/plain\r\n");
+    }
+    for (name, value) in HeaderOps::added_by(ops) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n",
+        "content-length: {}\r\n{}\r\n",
         body.len(),
         if close { "connection: close\r\n" } else { "" }
     );
