@@ -3,11 +3,11 @@
 
 pub mod api;
 pub mod credentials;
+pub mod fields;
 pub mod hash;
 pub mod matching;
 pub mod plain_http;
 pub mod process;
 pub mod redact;
-pub mod session;
 pub mod types;
 pub mod wire;

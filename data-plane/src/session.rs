@@ -68,7 +68,7 @@ impl SessionRt {
             Kind::Header => (
                 HeaderName::from_bytes(p.name.as_bytes())
                     .ok()
-                    .filter(|n| !rauta_common::session::RESERVED_HEADERS.contains(&n.as_str()))
+                    .filter(|n| !rauta_common::fields::reserved_for_session(n.as_str()))
                     .ok_or_else(|| format!("invalid session header name {:?}", p.name))?,
                 None,
             ),

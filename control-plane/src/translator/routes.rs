@@ -476,7 +476,7 @@ fn compile_session(
         Some(Type::Cookie) | None => session_persistence::Kind::Cookie,
     };
     if kind == session_persistence::Kind::Header
-        && rauta_common::session::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+        && rauta_common::fields::reserved_for_session(&name.to_ascii_lowercase())
     {
         return Err(format!(
             "sessionPersistence.sessionName {name:?} is a header the gateway manages"

@@ -5,6 +5,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rauta_common::fields::CONNECTION_FIELDS;
+
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::filters::HeaderOps;
 use crate::limits::Limits;
@@ -91,40 +93,23 @@ fn plain_target(target: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&b))
 }
 
-/// Request fields the gateway itself sets, drops or reads for framing: header modifiers that
-/// touch them are left to the general path, where the order of those steps is defined.
-const MANAGED_REQUEST_FIELDS: &[&str] = &[
+/// Request fields the gateway itself sets or reads, besides the connection fields: header
+/// modifiers that touch any of them are left to the general path, where the order of those
+/// steps is defined.
+const GATEWAY_REQUEST_FIELDS: &[&str] = &[
     "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
     "expect",
     "cookie",
     "x-forwarded-for",
     "x-forwarded-proto",
     "traceparent",
 ];
-/// Response fields the fast path relays framing by.
-const MANAGED_RESPONSE_FIELDS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// Whether a request and response header modifier (if any) leave the gateway's own fields be.
 fn plain_ops(request: Option<&HeaderOps>, response: Option<&HeaderOps>) -> bool {
-    request.is_none_or(|ops| !ops.touches(MANAGED_REQUEST_FIELDS))
-        && response.is_none_or(|ops| !ops.touches(MANAGED_RESPONSE_FIELDS))
+    request
+        .is_none_or(|ops| !ops.touches(CONNECTION_FIELDS) && !ops.touches(GATEWAY_REQUEST_FIELDS))
+        && response.is_none_or(|ops| !ops.touches(CONNECTION_FIELDS))
 }
 
 fn rule_is_plain(rule: &RuleRt) -> bool {
