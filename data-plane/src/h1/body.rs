@@ -185,6 +185,51 @@ mod tests {
     }
 
     #[test]
+    fn any_split_of_a_message_ends_in_the_same_place() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..500 {
+            // A random valid message: chunks of random sizes (hex in either case, some with
+            // extensions), maybe trailers, then the start of the next message.
+            let mut message = Vec::new();
+            for _ in 0..rng.random_range(0..5) {
+                let size = rng.random_range(1..300usize);
+                let size_text = if rng.random_bool(0.5) {
+                    format!("{size:x}")
+                } else {
+                    format!("{size:X}")
+                };
+                message.extend(size_text.as_bytes());
+                if rng.random_bool(0.3) {
+                    message.extend(b";name=\"va;l\"");
+                }
+                message.extend(b"\r\n");
+                message.extend((0..size).map(|_| rng.random::<u8>()));
+                message.extend(b"\r\n");
+            }
+            message.extend(b"0\r\n");
+            if rng.random_bool(0.5) {
+                message.extend(b"x-a: 1\r\nx-b: 2\r\n");
+            }
+            message.extend(b"\r\n");
+            let end = message.len();
+            message.extend(b"HTTP/1.1 200 OK\r\n");
+            // Fed in random pieces, the scanner ends exactly at the message's end.
+            let mut scanner = ChunkScanner::default();
+            let mut at = 0;
+            let found = loop {
+                let piece = rng.random_range(1..64).min(message.len() - at);
+                if let Some(n) = scanner.scan(&message[at..at + piece]).unwrap() {
+                    break at + n;
+                }
+                at += piece;
+                assert!(at < message.len(), "no end found");
+            };
+            assert_eq!(found, end);
+        }
+    }
+
+    #[test]
     fn lengths_count_down() {
         let mut f = Framing::Length(5);
         assert_eq!(f.consume(b"abc").unwrap(), (3, false));
