@@ -94,6 +94,18 @@ async fn serve_backend(mut stream: TcpStream) {
                 r.extend_from_slice(&body);
                 r
             }
+            "/echo-chunked" => {
+                // The body in two chunks (or just the last chunk when empty).
+                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                let (a, b) = body.split_at(body.len() / 2);
+                for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                    r.extend(format!("{:x}\r\n", part.len()).as_bytes());
+                    r.extend_from_slice(part);
+                    r.extend(b"\r\n");
+                }
+                r.extend(b"0\r\n\r\n");
+                r
+            }
             _ => {
                 let mut r = format!(
                     "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Length: {}\r\n\r\n",
@@ -232,16 +244,8 @@ impl RawClient {
         } else if response.header("transfer-encoding") == Some("chunked") {
             // Kept raw: the test checks the chunks and trailers arrive as sent.
             let end = loop {
-                // After the last chunk: the empty line at once, or trailer fields and then it.
-                if let Some(i) = find(&self.buf, b"\r\n0\r\n").and_then(|z| {
-                    let rest = &self.buf[z + 5..];
-                    if rest.starts_with(b"\r\n") {
-                        Some(z + 7)
-                    } else {
-                        find(rest, b"\r\n\r\n").map(|t| z + 5 + t + 4)
-                    }
-                }) {
-                    break i;
+                if let Some(end) = chunked_end(&self.buf) {
+                    break end;
                 }
                 if !self.fill().await {
                     return Err("closed mid-chunks".into());
@@ -257,6 +261,32 @@ impl RawClient {
 
     async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
+    }
+}
+
+/// Where a chunked body that starts `buf` ends (after its trailer section), once all of it
+/// is there.
+fn chunked_end(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line = find(&buf[at..], b"\r\n")?;
+        let size_text = std::str::from_utf8(&buf[at..at + line]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            // Trailer fields, then an empty line.
+            loop {
+                let line = find(&buf[at..], b"\r\n")?;
+                at += line + 2;
+                if line == 0 {
+                    return Some(at);
+                }
+            }
+        }
+        at += size + 2;
+        if at > buf.len() {
+            return None;
+        }
     }
 }
 
@@ -703,4 +733,114 @@ async fn both_paths_send_and_answer_the_same() {
         0,
         "none on the second"
     );
+}
+
+/// The body of a chunked response as the client read it (chunks kept raw), decoded.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(raw, b"\r\n").expect("chunk size line");
+        let size_text = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// Many clients at once on two workers, each request with its own body, some pipelined, some
+/// closing, some on the general path: every client gets exactly its own answers back (a pooled
+/// connection handed to the wrong request would show here first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_their_own_answers() {
+    use rand::{Rng, SeedableRng};
+    let backend = ScriptedBackend::start().await;
+    let ws = Workspace::new();
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "scripted", &[backend.addr]),
+            http_route(
+                "apps",
+                "fast",
+                ("infra", "gw"),
+                &["fast.example"],
+                "  - backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+            http_route(
+                "apps",
+                "general",
+                ("infra", "gw"),
+                &["general.example"],
+                "  - retry: {attempts: 1, codes: [503]}\n    backendRefs: [{name: scripted, port: 8080}]\n",
+            ),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &["--worker-threads", "2"]).await;
+    let addr = proxy.listener(80);
+    let clients = (0..24u64).map(|client| async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(client);
+        let mut conn = RawClient::connect(addr).await;
+        let mut answered = 0;
+        for request in 0..30 {
+            let body: String =
+                format!("client {client} request {request} ").repeat(rng.random_range(0..60));
+            let host = if rng.random_bool(0.2) {
+                "general.example"
+            } else {
+                "fast.example"
+            };
+            let path = if rng.random_bool(0.3) {
+                "/echo-chunked"
+            } else {
+                "/echo"
+            };
+            let close = rng.random_bool(0.1);
+            let message = |body: &str| {
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n{}\r\n{body}",
+                    body.len(),
+                    if close { "Connection: close\r\n" } else { "" }
+                )
+            };
+            // Sometimes two at once, the second a different body.
+            let pipelined = !close && rng.random_bool(0.2);
+            let second = format!("second of {client}/{request}");
+            let mut bytes = message(&body);
+            if pipelined {
+                bytes.push_str(&message(&second));
+            }
+            conn.send(bytes.as_bytes()).await;
+            for expected in std::iter::once(&body).chain(pipelined.then_some(&second)) {
+                let r = conn.response(false).await.unwrap();
+                assert_eq!(r.status, 200);
+                let got = if path == "/echo-chunked" {
+                    dechunk(&r.body)
+                } else {
+                    r.body.clone()
+                };
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    *expected,
+                    "client {client}"
+                );
+                answered += 1;
+            }
+            if close {
+                assert!(conn.closed().await);
+                conn = RawClient::connect(addr).await;
+            }
+        }
+        answered
+    });
+    let answered: usize = futures::future::join_all(clients).await.into_iter().sum();
+    assert!(answered >= 24 * 30);
+    let metrics = proxy.metrics().await;
+    assert!(metric(&metrics, "http1_fast_path_requests_total") > 0);
+    assert!(metric(&metrics, "http1_fast_path_handoffs_total") > 0);
 }
