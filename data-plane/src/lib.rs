@@ -19,6 +19,7 @@ pub mod mirror;
 pub mod outlier;
 pub mod passthrough;
 pub mod proxy;
+pub mod raw_stream;
 pub mod route_stats;
 pub mod routing;
 pub mod session;

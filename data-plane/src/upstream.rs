@@ -32,6 +32,7 @@ use tracing::debug;
 use crate::limits::{BodyState, RequestBody, RequestBodyError};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::EndpointHealth;
+use crate::raw_stream::RawStream;
 use crate::workers;
 
 /// The wire protocol to the endpoints of a cluster (over TLS when the cluster has TLS).
@@ -139,11 +140,11 @@ struct IdleH1 {
     since: Instant,
 }
 
-/// A plain TCP connection to an endpoint, for the HTTP/1.1 fast path ([`crate::h1`]), which
-/// speaks HTTP on it itself; counted as open until dropped.
+/// A connection to an endpoint (TLS when the cluster has it) for the HTTP/1.1 fast path
+/// ([`crate::h1`]), which speaks HTTP on it itself; counted as open until dropped.
 #[derive(Debug)]
 pub struct RawConn {
-    pub stream: TcpStream,
+    pub stream: RawStream,
     open: OpenConn,
 }
 
@@ -364,36 +365,31 @@ impl EndpointPool {
         }
     }
 
-    /// Whether the HTTP/1.1 fast path can reach this endpoint (plain HTTP/1.1, no TLS).
+    /// Whether the HTTP/1.1 fast path can reach this endpoint (HTTP/1.1, with or without TLS).
     pub fn serves_raw(&self) -> bool {
-        self.protocol == Protocol::Http1 && self.tls.is_none()
+        self.protocol == Protocol::Http1
     }
 
     /// An idle fast-path connection of this worker, newest first, that the upstream has not
     /// closed (nor sent anything on) meanwhile.
     pub fn checkout_raw(&self) -> Option<RawConn> {
         let mut shard = lock(&self.shards[self.shard()]);
-        while let Some(idle) = shard.raw_idle.pop_back() {
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
-            // This read usually costs nothing extra: it is the one that would otherwise find
-            // no response yet right after the request is written.
-            match idle.conn.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.conn),
-                // Closed (an empty read), bytes nobody asked for, or an error: not reusable.
-                _ => {}
+        while let Some(mut idle) = shard.raw_idle.pop_back() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.stream.is_reusable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// A new fast-path connection, within the connect timeout.
+    /// A new fast-path connection (with the TLS handshake when the cluster has TLS), within
+    /// the connect timeout.
     pub async fn connect_raw(&self) -> Result<RawConn, UpstreamError> {
-        let stream = self
-            .connect_tcp()
-            .await
-            .inspect_err(|_| self.stats.failed.inc())?;
+        // Boxed: a TLS handshake future is large (see send_h1).
+        let stream = match Box::pin(self.connect()).await? {
+            Either::Left(tcp) => RawStream::Plain(tcp),
+            Either::Right(tls) => RawStream::Tls(Box::new(tls)),
+        };
         Ok(RawConn {
             stream,
             open: self.opened(),
@@ -550,7 +546,7 @@ impl EndpointPool {
         }
     }
 
-    /// A TCP connection within the connect timeout (not counted: callers count failures).
+    /// A TCP connection within the connect timeout (not counted: the caller counts failures).
     async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await

@@ -844,3 +844,75 @@ async fn concurrent_clients_get_their_own_answers() {
     assert!(metric(&metrics, "http1_fast_path_requests_total") > 0);
     assert!(metric(&metrics, "http1_fast_path_handoffs_total") > 0);
 }
+
+/// A backend behind a BackendTLSPolicy is reached on the fast path too: the handshake checks
+/// the policy's CA and hostname (sent as SNI), and the TLS connection is kept for the next
+/// requests.
+#[tokio::test]
+async fn tls_backends_are_reached_on_the_fast_path() {
+    use rauta_tests::echo::{EchoIdentity, EchoServer, EchoTls};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["backend.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let identity = EchoIdentity {
+        pod: "echo-tls".into(),
+        namespace: "apps".into(),
+        service: String::new(),
+        ingress: String::new(),
+    };
+    let mut echo = EchoServer::start(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0, None, identity)
+        .await
+        .unwrap();
+    let tls = EchoTls {
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        client_cas_pem: None,
+    };
+    let https = echo
+        .serve_tls(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0, &tls)
+        .await
+        .unwrap();
+    let ca: String = cert.pem().lines().map(|l| format!("    {l}\n")).collect();
+    let ws = Workspace::new();
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "secure", &[https]),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca, namespace: apps}}\ndata:\n  ca.crt: |\n{ca}"
+            ),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: secure, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: secure}]\n  validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: backend.example}\n".to_owned(),
+            http_route(
+                "apps",
+                "secure",
+                ("infra", "gw"),
+                &["secure.example"],
+                "  - backendRefs: [{name: secure, port: 8080}]\n",
+            ),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &[]).await;
+    let mut client = RawClient::connect(proxy.listener(80)).await;
+    for _ in 0..5 {
+        client.send(&get("/tls", "secure.example", "")).await;
+        let r = client.response(false).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(echoed["tls"]["serverName"], "backend.example", "{echoed}");
+        assert_eq!(echoed["tls"]["negotiatedProtocol"], "http/1.1");
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "http1_fast_path_requests_total"), 5);
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("upstream_connections_created_total{{endpoint=\"{https}\"}}")
+        ),
+        1,
+        "one TLS connection for all five"
+    );
+}
