@@ -117,6 +117,17 @@ pub fn infra(services: &[(&str, &[std::net::SocketAddr])]) -> String {
     documents(&docs)
 }
 
+/// GatewayClass "rauta", Gateway infra/gw with one HTTP listener on port 80, then `docs`, as
+/// one multi-document YAML file.
+pub fn on_http_gateway(docs: &[String]) -> String {
+    let mut all = vec![
+        gateway_class("rauta"),
+        gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+    ];
+    all.extend_from_slice(docs);
+    documents(&all)
+}
+
 /// Joins manifests into one multi-document YAML file.
 pub fn documents(docs: &[String]) -> String {
     docs.join("---\n")

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rauta_tests::harness::{Proxy, Workspace, free_port, start_gateway};
-use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
+use rauta_tests::manifests::{http_route, on_http_gateway, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -313,9 +313,7 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+        &on_http_gateway(&[
             service("apps", "scripted", &[backend.addr]),
             service("apps", "dead", &[dead]),
             http_route(
@@ -644,9 +642,7 @@ async fn both_paths_send_and_answer_the_same() {
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+        &on_http_gateway(&[
             service("apps", "scripted", &[backend.addr]),
             service("apps", "dead", &[dead]),
             http_route(
@@ -761,9 +757,7 @@ async fn concurrent_clients_get_their_own_answers() {
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+        &on_http_gateway(&[
             service("apps", "scripted", &[backend.addr]),
             http_route(
                 "apps",
@@ -878,9 +872,7 @@ async fn tls_backends_are_reached_on_the_fast_path() {
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
-        &documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+        &on_http_gateway(&[
             service("apps", "secure", &[https]),
             format!(
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca, namespace: apps}}\ndata:\n  ca.crt: |\n{ca}"
