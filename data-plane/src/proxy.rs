@@ -769,6 +769,20 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// Removes connection-scoped headers (RFC 9110 section 7.6.1), keeping `te: trailers` for gRPC.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&HeaderName; 7] = [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &TRAILER,
+        &TE,
+    ];
+    // Usually there is none (HTTP/2 forbids them): one pass over the names, instead of a
+    // hashed removal per name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -807,7 +821,16 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         value.push_str(prior);
         value.push_str(", ");
     }
-    let _ = write!(value, "{}", peer.ip());
+    match peer.ip() {
+        // Display for an address pads and buffers; the octets written plainly are cheaper.
+        std::net::IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            let _ = write!(value, "{a}.{b}.{c}.{d}");
+        }
+        ip @ std::net::IpAddr::V6(_) => {
+            let _ = write!(value, "{ip}");
+        }
+    }
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
