@@ -302,6 +302,12 @@ fn metric(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An HTTPRoute in `apps` for `host` with one rule to the Service `scripted`.
+fn scripted_route(name: &str, host: &str) -> String {
+    let rule = "  - backendRefs: [{name: scripted, port: 8080}]\n";
+    http_route("apps", name, ("infra", "gw"), &[host], rule)
+}
+
 fn get(path: &str, host: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").into_bytes()
 }
@@ -316,13 +322,7 @@ async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take(
         &on_http_gateway(&[
             service("apps", "scripted", &[backend.addr]),
             service("apps", "dead", &[dead]),
-            http_route(
-                "apps",
-                "fast",
-                ("infra", "gw"),
-                &["fast.example"],
-                "  - backendRefs: [{name: scripted, port: 8080}]\n",
-            ),
+            scripted_route("fast", "fast.example"),
             http_route(
                 "apps",
                 "timed",
@@ -652,13 +652,7 @@ async fn both_paths_send_and_answer_the_same() {
                 &["dead.example"],
                 "  - filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{name: content-type, value: text/x-gateway}]\n        add: [{name: x-why, value: down}]\n    backendRefs: [{name: dead, port: 8080}]\n",
             ),
-            http_route(
-                "apps",
-                "fast",
-                ("infra", "gw"),
-                &["fast.example"],
-                "  - backendRefs: [{name: scripted, port: 8080}]\n",
-            ),
+            scripted_route("fast", "fast.example"),
             http_route(
                 "apps",
                 "modified",
@@ -759,13 +753,7 @@ async fn concurrent_clients_get_their_own_answers() {
         "all.yaml",
         &on_http_gateway(&[
             service("apps", "scripted", &[backend.addr]),
-            http_route(
-                "apps",
-                "fast",
-                ("infra", "gw"),
-                &["fast.example"],
-                "  - backendRefs: [{name: scripted, port: 8080}]\n",
-            ),
+            scripted_route("fast", "fast.example"),
             http_route(
                 "apps",
                 "general",

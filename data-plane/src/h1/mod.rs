@@ -467,12 +467,7 @@ fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOp
     if HeaderOps::keeps(ops, "content-type") {
         out.extend_from_slice(b"content-type: text/plain\r\n");
     }
-    for (name, value) in HeaderOps::added_by(ops) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_added(out, ops);
     let _ = write!(
         out,
         "content-length: {}\r\n{}\r\n",
@@ -484,6 +479,32 @@ fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOp
 
 fn is(name: &str, lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower)
+}
+
+/// Whether a header is named in a Connection header's values (and so not forwarded).
+fn listed(name: &str, connection: &[&[u8]]) -> bool {
+    connection
+        .iter()
+        .flat_map(|v| tokens(v))
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Appends one header field line to a head being written.
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the fields that header modifiers add (in the order they apply).
+fn push_added(out: &mut Vec<u8>, ops: &[&HeaderOps]) {
+    if ops.is_empty() {
+        return;
+    }
+    for (name, value) in HeaderOps::added_by(ops) {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
 }
 
 /// The comma-separated elements of a field value.

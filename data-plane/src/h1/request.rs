@@ -15,7 +15,7 @@ use crate::routing::{ActionRt, Pick, RequestHeaders, RequestView, RoutingState, 
 use crate::trace::TraceContext;
 use crate::upstream::Protocol;
 
-use super::{is, tokens};
+use super::{is, listed, push_added, push_field, tokens};
 
 /// Header fields parsed in place per request. A request with more goes to hyper, which
 /// applies the configured limit.
@@ -73,14 +73,6 @@ pub enum Planned<'s> {
     Body(usize),
     /// Not for the fast path: hyper serves it (and the rest of the connection).
     Handoff,
-}
-
-/// Whether a header is named in a Connection header (and so must not be forwarded).
-fn listed(name: &str, connection: &[&[u8]]) -> bool {
-    connection
-        .iter()
-        .flat_map(|v| tokens(v))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Targets hyper's URI parser takes as they are; others go to hyper, which decides.
@@ -366,20 +358,10 @@ fn write_head(
             || (!connection.is_empty() && listed(name, connection))
             || (!ops.is_empty() && !HeaderOps::keeps(ops, name));
         if !dropped {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(field.value);
-            out.extend_from_slice(b"\r\n");
+            push_field(out, name.as_bytes(), field.value);
         }
     }
-    if !ops.is_empty() {
-        for (name, value) in HeaderOps::added_by(ops) {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    push_added(out, ops);
     out.extend_from_slice(b"x-forwarded-for: ");
     for prior in fields.iter().filter(|f| is(f.name, "x-forwarded-for")) {
         out.extend_from_slice(prior.value);

@@ -1,7 +1,7 @@
 //! Reading an upstream's response head and writing the client's from it.
 
 use super::body::{ChunkScanner, Framing};
-use super::{is, tokens};
+use super::{is, listed, push_added, push_field, tokens};
 use crate::filters::HeaderOps;
 
 /// Header fields parsed per response; more is refused, as hyper's client refuses them.
@@ -176,26 +176,13 @@ fn write_head(
             // Framing fields stay whatever Connection lists: the body is relayed as framed.
             || (!is(name, "content-length")
                 && !is(name, "transfer-encoding")
-                && connection
-                    .iter()
-                    .flat_map(|v| tokens(v))
-                    .any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+                && listed(name, &connection))
             || (!ops.is_empty() && !HeaderOps::keeps(ops, name));
         if !dropped {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(field.value);
-            out.extend_from_slice(b"\r\n");
+            push_field(out, name.as_bytes(), field.value);
         }
     }
-    if !ops.is_empty() {
-        for (name, value) in HeaderOps::added_by(ops) {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    push_added(out, ops);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
