@@ -793,15 +793,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &TRAILER,
-    ] {
-        headers.remove(name);
+    // All but TE, which stays when it is `trailers`.
+    for name in &HOP_BY_HOP[..6] {
+        headers.remove(*name);
     }
     if headers.get(TE).is_some_and(|v| v != "trailers") {
         headers.remove(TE);

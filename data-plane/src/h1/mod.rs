@@ -481,6 +481,19 @@ fn is(name: &str, lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower)
 }
 
+/// The values of a message's Connection fields, when they name other fields (`lists`);
+/// otherwise none, without looking.
+fn connection_values<'a>(fields: &[httparse::Header<'a>], lists: bool) -> Vec<&'a [u8]> {
+    if !lists {
+        return Vec::new();
+    }
+    fields
+        .iter()
+        .filter(|f| is(f.name, "connection"))
+        .map(|f| f.value)
+        .collect()
+}
+
 /// Whether a header is named in a Connection header's values (and so not forwarded).
 fn listed(name: &str, connection: &[&[u8]]) -> bool {
     connection

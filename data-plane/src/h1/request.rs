@@ -15,7 +15,7 @@ use crate::routing::{ActionRt, Pick, RequestHeaders, RequestView, RoutingState, 
 use crate::trace::TraceContext;
 use crate::upstream::Protocol;
 
-use super::{is, listed, push_added, push_field, tokens};
+use super::{connection_values, is, listed, push_added, push_field, tokens};
 
 /// Header fields parsed in place per request. A request with more goes to hyper, which
 /// applies the configured limit.
@@ -262,15 +262,7 @@ pub fn plan<'s>(
         .find(|f| is(f.name, "traceparent"))
         .map(|f| f.value);
     let trace = TraceContext::continue_from(traceparent);
-    let connection: Vec<&[u8]> = if connection_lists {
-        fields
-            .iter()
-            .filter(|f| is(f.name, "connection"))
-            .map(|f| f.value)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let connection = connection_values(fields, connection_lists);
     // In the general path's order: the rule's changes, then the backend's (responses: the
     // backend's, then the rule's).
     let request_ops: Vec<&HeaderOps> = [&rule.request_headers, &backend.request_headers]

@@ -1,7 +1,7 @@
 //! Reading an upstream's response head and writing the client's from it.
 
 use super::body::{ChunkScanner, Framing};
-use super::{is, listed, push_added, push_field, tokens};
+use super::{connection_values, is, listed, push_added, push_field, tokens};
 use crate::filters::HeaderOps;
 
 /// Header fields parsed per response; more is refused, as hyper's client refuses them.
@@ -157,15 +157,7 @@ fn write_head(
     });
     out.extend_from_slice(reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let connection: Vec<&[u8]> = if connection_lists {
-        fields
-            .iter()
-            .filter(|f| is(f.name, "connection"))
-            .map(|f| f.value)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let connection = connection_values(fields, connection_lists);
     for field in fields {
         let name = field.name;
         let dropped = is(name, "connection")
