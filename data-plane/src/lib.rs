@@ -29,6 +29,7 @@ pub mod tls;
 pub mod trace;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_raw;
 pub mod upstream_tls;
 pub mod workers;
 pub mod xds;

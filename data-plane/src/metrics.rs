@@ -28,6 +28,8 @@ pub struct ProxyMetrics {
     pub fast_path_requests: IntCounter,
     /// Connections the fast path handed to hyper at a request it does not take.
     pub fast_path_handoffs: IntCounter,
+    /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
+    upstream_raw_requests: IntCounter,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
 }
@@ -72,8 +74,15 @@ impl ProxyMetrics {
             "HTTP/1.1 connections handed from the fast path to the general path, at the first \
              request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
         )?;
+        let upstream_raw_requests = IntCounter::new(
+            "upstream_raw_requests_total",
+            "Requests without a body that the general path (HTTP/2 clients, and HTTP/1.1 \
+             connections handed off) sent to HTTP/1.1 upstreams on raw connections, not \
+             through hyper's client",
+        )?;
         registry.register(Box::new(fast_path_requests.clone()))?;
         registry.register(Box::new(fast_path_handoffs.clone()))?;
+        registry.register(Box::new(upstream_raw_requests.clone()))?;
         let retries = IntCounterVec::new(
             Opts::new("upstream_retries_total", "Retries sent, by cluster"),
             &["cluster"],
@@ -175,6 +184,7 @@ impl ProxyMetrics {
             access_log_dropped,
             fast_path_requests,
             fast_path_handoffs,
+            upstream_raw_requests,
             retries,
             retries_refused,
         })
@@ -216,6 +226,7 @@ impl ProxyMetrics {
             created: self.pool_created.with_label_values(&[endpoint]),
             failed: self.pool_failed.with_label_values(&[endpoint]),
             requests_per_connection: self.requests_per_connection.with_label_values(&[protocol]),
+            raw_requests: self.upstream_raw_requests.clone(),
         }
     }
 

@@ -68,7 +68,7 @@ pub fn send_copies(
         *copy.headers_mut() = parts.headers.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(MIRROR_TIMEOUT, pool.send(copy, false)).await {
+            match tokio::time::timeout(MIRROR_TIMEOUT, pool.send(copy, false, false)).await {
                 Ok(Ok(resp)) => {
                     let _ = resp.into_body().collect().await;
                 }

@@ -379,6 +379,7 @@ async fn serve(
                         peer,
                         scheme: listener.scheme(),
                         max_body: shared.limits.max_body_bytes,
+                        raw_upstream: shared.http1_fast_path,
                     };
                     let mut served_by = endpoint.addr;
                     let mut r =
@@ -460,6 +461,8 @@ struct Client {
     peer: SocketAddr,
     scheme: &'static str,
     max_body: Option<u64>,
+    /// Requests without a body may go upstream on raw HTTP/1.1 connections.
+    raw_upstream: bool,
 }
 
 /// What routing chose for a request.
@@ -483,6 +486,7 @@ async fn forward(
         peer,
         scheme,
         max_body,
+        raw_upstream,
     }: Client,
     served_by: &mut SocketAddr,
 ) -> Response<ProxyBody> {
@@ -605,7 +609,7 @@ async fn forward(
         let in_flight = cluster
             .balances_on_load()
             .then(|| endpoint.pool.health().start_request());
-        let sent = endpoint.pool.send(req, upgrade.is_some());
+        let sent = endpoint.pool.send(req, upgrade.is_some(), raw_upstream);
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
             None => Ok(sent.await),

@@ -33,6 +33,7 @@ use crate::limits::{BodyState, RequestBody, RequestBodyError};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::EndpointHealth;
 use crate::raw_stream::RawStream;
+use crate::upstream_raw::{self, ExchangeError, RawBody, RawBodyError};
 use crate::workers;
 
 /// The wire protocol to the endpoints of a cluster (over TLS when the cluster has TLS).
@@ -80,12 +81,20 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("request to {addr}: {source}")]
+    Exchange {
+        addr: SocketAddr,
+        source: ExchangeError,
+    },
 }
 
 impl UpstreamError {
     /// No connection could be made (as opposed to a failure on an open connection).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, UpstreamError::Request { .. })
+        !matches!(
+            self,
+            UpstreamError::Request { .. } | UpstreamError::Exchange { .. }
+        )
     }
 }
 
@@ -111,6 +120,8 @@ pub struct PoolStats {
     pub failed: IntCounter,
     /// Requests (HTTP/2: streams) each connection carried, observed when it closes.
     pub requests_per_connection: Histogram,
+    /// Requests the general path sent on raw connections ([`upstream_raw`]).
+    pub raw_requests: IntCounter,
 }
 
 /// The requests a connection has carried so far.
@@ -237,13 +248,22 @@ impl EndpointPool {
 
     /// Sends a request (origin-form URI, Host header set) and returns the response; the
     /// connection goes back to the pool when the response body has been read. An `upgrade`
-    /// request's connection is handed over to the upgrade and never pooled.
+    /// request's connection is handed over to the upgrade and never pooled. `raw`: an
+    /// HTTP/1.1 request without a body may go on a raw connection ([`upstream_raw`]).
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         upgrade: bool,
+        raw: bool,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let req = self.prepare(req);
+        if raw && !upgrade && self.protocol == Protocol::Http1 && upstream_raw::takes(&req) {
+            let resp = Box::pin(upstream_raw::send(self, req)).await?;
+            self.stats.raw_requests.inc();
+            return Ok(resp.map(|raw| ResponseBody {
+                inner: Inner::Raw(raw),
+            }));
+        }
         let body = match req.body() {
             Either::Left(streamed) => Some(streamed.state()),
             Either::Right(_) => None,
@@ -618,22 +638,42 @@ impl Release {
 /// Dropped early (the client went away), the connection is closed instead.
 #[derive(Debug)]
 pub struct ResponseBody {
-    inner: Incoming,
-    release: Option<Release>,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Hyper {
+        body: Incoming,
+        release: Option<Release>,
+    },
+    Raw(RawBody),
+}
+
+/// Why an upstream response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Raw(#[from] RawBodyError),
 }
 
 impl ResponseBody {
     fn new(resp: Response<Incoming>, release: Option<Release>) -> Response<ResponseBody> {
-        resp.map(|inner| {
-            let mut body = ResponseBody { inner, release };
+        resp.map(|body| {
+            let mut body = ResponseBody {
+                inner: Inner::Hyper { body, release },
+            };
             body.release_if_done();
             body
         })
     }
 
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(r) = self.release.take()
+        if let Inner::Hyper { body, release } = &mut self.inner
+            && body.is_end_stream()
+            && let Some(r) = release.take()
         {
             r.release();
         }
@@ -642,32 +682,42 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let (body, release) = match &mut self.inner {
+            Inner::Raw(raw) => return Pin::new(raw).poll_frame(cx).map_err(Into::into),
+            Inner::Hyper { body, release } => (body, release),
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
-                if let Some(r) = self.release.take() {
+                if let Some(r) = release.take() {
                     r.release();
                 }
             }
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
+            Poll::Ready(Some(Err(_))) => *release = None,
             Poll::Pending => {}
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Raw(raw) => raw.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Raw(raw) => raw.size_hint(),
+        }
     }
 }
 

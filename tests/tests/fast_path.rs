@@ -2,7 +2,8 @@
 //! the real proxy, so every byte of framing is ours to choose. Keep-alive and pooling,
 //! forwarded fields, chunked bodies with trailers, HEAD and 204, close-delimited bodies,
 //! pipelining, a pooled connection the upstream closed, a body cut short, timeouts, a dead
-//! endpoint, and the handoff to the general path in the middle of a connection.
+//! endpoint, and the handoff to the general path in the middle of a connection. Also the
+//! general path's own HTTP/1.1 client, which HTTP/2 clients' requests without a body take.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -64,6 +65,12 @@ async fn serve_backend(mut stream: TcpStream) {
                 Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
                 .to_vec(),
             "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            "/interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+            "/bad-length" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec()
+            }
             "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             "/until-close" => {
                 let _ = stream
@@ -894,5 +901,184 @@ async fn tls_backends_are_reached_on_the_fast_path() {
         ),
         1,
         "one TLS connection for all five"
+    );
+}
+
+/// What an HTTP/2 client got: status, fields, body and trailers, or the error it saw.
+type H2Answer = Result<(u16, Vec<String>, Vec<u8>, Vec<String>), String>;
+
+/// Method, target and body.
+type H2Request<'a> = (&'a str, &'a str, &'a str);
+
+fn h2_fields(map: &http::HeaderMap) -> Vec<String> {
+    let mut head = String::new();
+    for (n, v) in map {
+        head.push_str(&format!(
+            "{n}: {}\r\n",
+            String::from_utf8_lossy(v.as_bytes())
+        ));
+    }
+    normalized(&format!("-\r\n{head}"))[1..].to_vec()
+}
+
+async fn h2_exchange(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    (method, target, body): H2Request<'_>,
+    fields: &[(&str, &str)],
+) -> H2Answer {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::builder().method(method).uri(target);
+    for (n, v) in fields {
+        req = req.header(*n, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().map(h2_fields).unwrap_or_default();
+    Ok((
+        parts.status.as_u16(),
+        h2_fields(&parts.headers),
+        collected.to_bytes().to_vec(),
+        trailers,
+    ))
+}
+
+/// HTTP/2 clients' GETs reach HTTP/1.1 upstreams through the proxy's own client (not hyper's):
+/// the same fields sent, and the same answers back, as through hyper's client (the proxy with
+/// `--http1-fast-path off`), for every framing, trailers included; pooled connections the
+/// upstream closed are replaced, and malformed or cut-off responses fail the same way.
+#[tokio::test]
+async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
+    let backend = ScriptedBackend::start().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ws = Workspace::new();
+    ws.write(
+        "all.yaml",
+        &on_http_gateway(&[
+            service("apps", "scripted", &[backend.addr]),
+            service("apps", "dead", &[dead]),
+            http_route(
+                "apps",
+                "dead",
+                ("infra", "gw"),
+                &["dead.example"],
+                "  - backendRefs: [{name: dead, port: 8080}]\n",
+            ),
+            scripted_route("fast", "fast.example"),
+        ]),
+    );
+    let (controller, raw) = start_gateway(&ws, &[]).await;
+    let hyper_client = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        ws.path(),
+        &["--http1-fast-path", "off"],
+    );
+    hyper_client.wait_ready().await;
+    let trace = format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01");
+    let exchanges: Vec<(H2Request, Vec<(&str, &str)>)> = vec![
+        (
+            ("GET", "http://fast.example/headers?q=1", ""),
+            vec![
+                ("x-forwarded-for", "192.0.2.1"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("te", "trailers"),
+                ("traceparent", &trace),
+            ],
+        ),
+        (("GET", "http://fast.example/chunked", ""), vec![]),
+        (("HEAD", "http://fast.example/head", ""), vec![]),
+        (("GET", "http://fast.example/empty", ""), vec![]),
+        (("GET", "http://fast.example/interim", ""), vec![]),
+        (("GET", "http://fast.example/until-close", ""), vec![]),
+        (("GET", "http://fast.example/close-after", ""), vec![]),
+        // On the connection the upstream closed after the last answer, if it was pooled.
+        (("GET", "http://fast.example/headers", ""), vec![]),
+        (("GET", "http://fast.example/bad-length", ""), vec![]),
+        (("GET", "http://fast.example/truncated", ""), vec![]),
+        (("POST", "http://fast.example/echo", "a body"), vec![]),
+        (("GET", "http://dead.example/", ""), vec![]),
+    ];
+    let mut answers: Vec<Vec<H2Answer>> = Vec::new();
+    for proxy in [&raw, &hyper_client] {
+        let tcp = TcpStream::connect(proxy.listener(80)).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut got = Vec::new();
+        for (request, fields) in &exchanges {
+            got.push(h2_exchange(&mut sender, *request, fields).await);
+        }
+        answers.push(got);
+    }
+    for ((request, _), (a, b)) in exchanges.iter().zip(answers[0].iter().zip(&answers[1])) {
+        // A cut-off body fails on both; the error text is the client library's either way.
+        let same = match (a, b) {
+            (Err(_), Err(_)) => true,
+            (Ok((s1, f1, b1, t1)), Ok((s2, f2, b2, t2))) => {
+                let echoed = |b: &[u8]| normalized(&String::from_utf8_lossy(b));
+                (s1, f1, t1) == (s2, f2, t2)
+                    && (b1 == b2 || (request.1.contains("/headers") && echoed(b1) == echoed(b2)))
+            }
+            _ => false,
+        };
+        assert!(same, "{request:?}: raw client {a:?}, hyper's {b:?}");
+    }
+    let got = &answers[0];
+    let ok = |i: usize| got[i].as_ref().unwrap();
+    let echoed = String::from_utf8_lossy(&ok(0).2).into_owned();
+    assert!(
+        echoed.starts_with("GET /headers?q=1 HTTP/1.1\r\n"),
+        "{echoed}"
+    );
+    for field in [
+        "host: fast.example",
+        "cookie: a=1; b=2",
+        "x-forwarded-for: 192.0.2.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+    ] {
+        assert!(
+            echoed.to_ascii_lowercase().contains(field),
+            "{field} in {echoed}"
+        );
+    }
+    assert_eq!(
+        (ok(1).0, ok(1).2.as_slice(), ok(1).3.clone()),
+        (200, &b"hello, world"[..], vec!["x-sum: 12".to_owned()])
+    );
+    assert!(ok(2).1.contains(&"content-length: 5".to_owned()) && ok(2).2.is_empty());
+    assert_eq!(
+        (ok(3).0, ok(4).0, ok(4).2.as_slice()),
+        (204, 200, &b"ok"[..])
+    );
+    assert_eq!(ok(5).2, b"all of it");
+    assert_eq!((ok(6).2.as_slice(), ok(7).0), (&b"bye"[..], 200));
+    assert_eq!(ok(8).0, 502, "conflicting lengths");
+    assert!(
+        got[9].is_err(),
+        "a body cut short is not passed off as whole"
+    );
+    assert_eq!((ok(10).0, ok(10).2.as_slice()), (200, &b"a body"[..]));
+    assert_eq!(ok(11).0, 502);
+    // Nine response heads came through the raw client: not the POST's (hyper's client sent
+    // it), the malformed one's, nor the dead endpoint's. None on the other proxy.
+    assert_eq!(
+        metric(&raw.metrics().await, "upstream_raw_requests_total"),
+        9
+    );
+    assert_eq!(
+        metric(&hyper_client.metrics().await, "upstream_raw_requests_total"),
+        0
     );
 }

@@ -86,9 +86,37 @@ impl ChunkScanner {
 
     /// Advances over `data`; `Some(n)` when the message ends after its first `n` bytes.
     pub fn scan(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        let mut at = 0;
+        while at < data.len() {
+            let step = self.step(&data[at..])?;
+            at += step.consumed;
+            if step.done {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the scanner is in the trailer section (after the last chunk).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self,
+            ChunkScanner::TrailerStart | ChunkScanner::TrailerLine | ChunkScanner::EndLf
+        )
+    }
+
+    /// Advances over framing bytes up to and over the next run of chunk data, stopping early
+    /// where the trailer section starts (so that a decoder can tell trailer bytes apart).
+    pub fn step(&mut self, data: &[u8]) -> Result<Step, BadChunk> {
+        let stop = |at: usize, data: std::ops::Range<usize>, done: bool| Step {
+            consumed: at,
+            data,
+            done,
+        };
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
+            let was_in_trailers = self.in_trailers();
             *self = match *self {
                 ChunkScanner::Size { value, digits } => match hex(b) {
                     // 15 hex digits are 2^60 bytes: more is an attack, not a body.
@@ -109,14 +137,13 @@ impl ChunkScanner {
                 ChunkScanner::Data(left) => {
                     let take =
                         usize::try_from(left).map_or(data.len() - i, |l| l.min(data.len() - i));
-                    i += take;
                     let left = left - take as u64;
                     *self = if left == 0 {
                         ChunkScanner::DataCr
                     } else {
                         ChunkScanner::Data(left)
                     };
-                    continue;
+                    return Ok(stop(i + take, i..i + take, false));
                 }
                 ChunkScanner::DataCr if b == b'\r' => ChunkScanner::DataLf,
                 ChunkScanner::DataCr | ChunkScanner::DataLf if b == b'\n' => Self::default(),
@@ -124,18 +151,32 @@ impl ChunkScanner {
                 ChunkScanner::TrailerStart if b == b'\r' => ChunkScanner::EndLf,
                 ChunkScanner::TrailerStart | ChunkScanner::EndLf if b == b'\n' => {
                     *self = ChunkScanner::Done;
-                    return Ok(Some(i + 1));
+                    return Ok(stop(i + 1, i + 1..i + 1, true));
                 }
-                ChunkScanner::Done => return Ok(Some(i)),
+                ChunkScanner::Done => return Ok(stop(i, i..i, true)),
                 ChunkScanner::EndLf => return Err(BadChunk),
                 ChunkScanner::TrailerStart => ChunkScanner::TrailerLine,
                 ChunkScanner::TrailerLine if b == b'\n' => ChunkScanner::TrailerStart,
                 state @ ChunkScanner::TrailerLine => state,
             };
             i += 1;
+            if !was_in_trailers && self.in_trailers() {
+                return Ok(stop(i, i..i, false));
+            }
         }
-        Ok(None)
+        Ok(stop(i, i..i, false))
     }
+}
+
+/// What one [`ChunkScanner::step`] went over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes consumed, framing and data.
+    pub consumed: usize,
+    /// The chunk data among them (empty when there was none).
+    pub data: std::ops::Range<usize>,
+    /// The message ended with the consumed bytes.
+    pub done: bool,
 }
 
 #[cfg(test)]
@@ -192,6 +233,7 @@ mod tests {
             // A random valid message: chunks of random sizes (hex in either case, some with
             // extensions), maybe trailers, then the start of the next message.
             let mut message = Vec::new();
+            let mut payload = Vec::new();
             for _ in 0..rng.random_range(0..5) {
                 let size = rng.random_range(1..300usize);
                 let size_text = if rng.random_bool(0.5) {
@@ -204,14 +246,18 @@ mod tests {
                     message.extend(b";name=\"va;l\"");
                 }
                 message.extend(b"\r\n");
-                message.extend((0..size).map(|_| rng.random::<u8>()));
+                let data: Vec<u8> = (0..size).map(|_| rng.random::<u8>()).collect();
+                message.extend(&data);
+                payload.extend(data);
                 message.extend(b"\r\n");
             }
             message.extend(b"0\r\n");
+            let mut trailers = Vec::new();
             if rng.random_bool(0.5) {
-                message.extend(b"x-a: 1\r\nx-b: 2\r\n");
+                trailers.extend(b"x-a: 1\r\nx-b: 2\r\n");
             }
-            message.extend(b"\r\n");
+            trailers.extend(b"\r\n");
+            message.extend(&trailers);
             let end = message.len();
             message.extend(b"HTTP/1.1 200 OK\r\n");
             // Fed in random pieces, the scanner ends exactly at the message's end.
@@ -226,6 +272,25 @@ mod tests {
                 assert!(at < message.len(), "no end found");
             };
             assert_eq!(found, end);
+            // Stepped through in random pieces, the data and the trailer section come out.
+            let mut scanner = ChunkScanner::default();
+            let (mut data, mut trailer_bytes) = (Vec::new(), Vec::new());
+            let mut at = 0;
+            loop {
+                let piece = rng.random_range(1..64).min(message.len() - at);
+                let in_trailers = scanner.in_trailers();
+                let step = scanner.step(&message[at..at + piece]).unwrap();
+                let consumed = &message[at..at + step.consumed];
+                data.extend(&message[at..][step.data.clone()]);
+                if in_trailers {
+                    trailer_bytes.extend(consumed);
+                }
+                at += step.consumed;
+                if step.done {
+                    break;
+                }
+            }
+            assert_eq!((at, data, trailer_bytes), (end, payload, trailers));
         }
     }
 

@@ -13,9 +13,9 @@
 //! take, the connection goes to hyper with the bytes read so far, and stays there: everything
 //! this path does not implement is decided in one place, hyper's path.
 
-mod body;
+pub(crate) mod body;
 mod request;
-mod response;
+pub(crate) mod response;
 mod rewind;
 
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@ use super::{connection_values, is, listed, push_added, push_field, tokens};
 use crate::filters::HeaderOps;
 
 /// Header fields parsed per response; more is refused, as hyper's client refuses them.
-const MAX_FIELDS: usize = 100;
+pub const MAX_FIELDS: usize = 100;
 /// The longest response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -42,39 +42,65 @@ pub enum BadResponse {
     Switch,
 }
 
-/// Parses the response head at the start of `data` and writes the client's head into `out`.
-/// `head_request`: the request was HEAD; `close`: the client connection closes after it.
-pub fn parse(
-    data: &[u8],
+/// A final response head as the upstream sent it, with what its framing means.
+#[derive(Debug)]
+pub struct Message<'h, 'b> {
+    pub status: u16,
+    pub reason: Option<&'b str>,
+    /// The head's length in the upstream's bytes.
+    pub len: usize,
+    pub fields: &'h [httparse::Header<'b>],
+    pub framing: Framing,
+    /// The upstream closes the connection after this response.
+    pub upstream_closes: bool,
+    /// Connection lists field names besides close and keep-alive.
+    pub connection_lists: bool,
+}
+
+/// A response head read from an upstream.
+pub enum Head<'h, 'b> {
+    Final(Message<'h, 'b>),
+    /// An interim (1xx) response of this length: skipped, as hyper's client skips them.
+    Interim(usize),
+    Partial,
+}
+
+/// Parses the response head at the start of `data` (`fields` holds its field lines), and
+/// works out how its body is framed (RFC 9112 section 6.3). `head_request`: the request was
+/// HEAD, so no body follows whatever the fields say.
+pub fn parse_message<'h, 'b>(
+    data: &'b [u8],
     head_request: bool,
-    close: bool,
-    ops: &[&HeaderOps],
-    out: &mut Vec<u8>,
-) -> Result<Parsed, BadResponse> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
+    fields: &'h mut [httparse::Header<'b>],
+) -> Result<Head<'h, 'b>, BadResponse> {
+    let mut resp = httparse::Response::new(fields);
     let len = match resp.parse(data)? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial if data.len() > MAX_RESPONSE_HEAD => {
             return Err(BadResponse::TooLarge);
         }
-        httparse::Status::Partial => return Ok(Parsed::Partial),
+        httparse::Status::Partial => return Ok(Head::Partial),
     };
-    let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Ok(Parsed::Partial);
+    let httparse::Response {
+        code,
+        version,
+        reason,
+        headers: fields,
+    } = resp;
+    let (Some(status), Some(version)) = (code, version) else {
+        return Ok(Head::Partial);
     };
     match status {
         101 => return Err(BadResponse::Switch),
-        100..=199 => return Ok(Parsed::Interim(len)),
+        100..=199 => return Ok(Head::Interim(len)),
         _ => {}
     }
-    let fields = &*resp.headers;
     let mut chunked = None;
     let mut length = None;
     let mut close_token = false;
     let mut keep_alive_token = false;
     let mut connection_lists = false;
-    for field in fields {
+    for field in fields.iter() {
         if is(field.name, "transfer-encoding") {
             chunked = tokens(field.value)
                 .last()
@@ -101,8 +127,6 @@ pub fn parse(
             }
         }
     }
-    // HTTP/1.0 closes unless asked to keep alive; HTTP/1.1 keeps alive unless asked to close.
-    let upstream_closes = close_token || (version == 0 && !keep_alive_token);
     // A message with both is how requests get smuggled (RFC 9112 section 6.3).
     if chunked.is_some() && length.is_some() {
         return Err(BadResponse::Length);
@@ -117,20 +141,49 @@ pub fn parse(
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    let until_close = framing == Framing::UntilClose;
-    let close = close || until_close;
+    Ok(Head::Final(Message {
+        status,
+        reason,
+        len,
+        fields,
+        framing,
+        // HTTP/1.0 closes unless asked to keep alive; HTTP/1.1 keeps alive unless asked to
+        // close; a body that ends with the connection ends it.
+        upstream_closes: close_token
+            || (version == 0 && !keep_alive_token)
+            || framing == Framing::UntilClose,
+        connection_lists,
+    }))
+}
+
+/// Parses the response head at the start of `data` and writes the client's head into `out`.
+/// `head_request`: the request was HEAD; `close`: the client connection closes after it.
+pub fn parse(
+    data: &[u8],
+    head_request: bool,
+    close: bool,
+    ops: &[&HeaderOps],
+    out: &mut Vec<u8>,
+) -> Result<Parsed, BadResponse> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let message = match parse_message(data, head_request, &mut fields)? {
+        Head::Final(message) => message,
+        Head::Interim(len) => return Ok(Parsed::Interim(len)),
+        Head::Partial => return Ok(Parsed::Partial),
+    };
+    let close = close || message.framing == Framing::UntilClose;
     write_head(
         out,
-        (status, resp.reason),
-        fields,
-        (connection_lists, ops),
+        (message.status, message.reason),
+        message.fields,
+        (message.connection_lists, ops),
         close,
     );
     Ok(Parsed::Final(ResponseHead {
-        status,
-        len,
-        framing,
-        reusable: !upstream_closes && !until_close,
+        status: message.status,
+        len: message.len,
+        framing: message.framing,
+        reusable: !message.upstream_closes,
         close,
     }))
 }

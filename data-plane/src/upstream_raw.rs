@@ -1,0 +1,366 @@
+//! The general path's HTTP/1.1 client for requests without a body (GET and HEAD, most of
+//! them): the request head is written straight onto a pooled [`RawConn`] and the response read
+//! back in the same task. hyper's client would relay both through a task per connection and a
+//! channel; for HTTP/2 clients, whose requests never take the HTTP/1.1 fast path, that hop was
+//! a good part of the cost of a request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::h1::body::{BadChunk, Framing};
+use crate::h1::response::{self, BadResponse, Head, MAX_FIELDS};
+use crate::raw_stream::RawStream;
+use crate::upstream::{EndpointPool, RawConn, UpstreamBody, UpstreamError};
+
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why a raw exchange failed before the response head was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before the response head")]
+    Closed,
+    #[error(transparent)]
+    Response(#[from] BadResponse),
+    #[error("invalid response field")]
+    Field,
+}
+
+/// Why a raw response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RawBodyError {
+    #[error("upstream: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection mid-body")]
+    Truncated,
+    #[error("upstream: {0}")]
+    Framing(#[from] BadChunk),
+    #[error("upstream: malformed trailer fields")]
+    Trailers,
+}
+
+/// Whether the request can go on a raw connection: no body, and a method whose request the
+/// proxy may send again when a pooled connection turns out closed.
+pub fn takes(req: &Request<UpstreamBody>) -> bool {
+    let empty = match req.body() {
+        Either::Left(streamed) => streamed.is_end_stream(),
+        Either::Right(full) => full.is_end_stream(),
+    };
+    empty
+        && (req.method() == Method::GET || req.method() == Method::HEAD)
+        && !req.headers().contains_key(CONTENT_LENGTH)
+        && !req.headers().contains_key(TRANSFER_ENCODING)
+}
+
+/// Sends `req` (origin-form, Host set: see [`EndpointPool::send`]) and reads the response
+/// head. A pooled connection the upstream closed meanwhile is replaced by a new one.
+pub async fn send(
+    pool: &Arc<EndpointPool>,
+    req: Request<UpstreamBody>,
+) -> Result<Response<RawBody>, UpstreamError> {
+    let mut head = Vec::with_capacity(512);
+    write_request_head(&req, &mut head);
+    let head_request = req.method() == Method::HEAD;
+    let (mut conn, mut reused) = match pool.checkout_raw() {
+        Some(c) => (c, true),
+        None => (pool.connect_raw().await?, false),
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        match attempt(&mut conn.stream, &head, &mut buf, head_request).await {
+            Ok(parts) => {
+                conn.count_request();
+                return Ok(RawBody::response(parts, conn, buf, Arc::clone(pool)));
+            }
+            // Safe to send again: GET and HEAD, and nothing came back.
+            Err((_, false)) if reused => {
+                conn = pool.connect_raw().await?;
+                reused = false;
+            }
+            Err((source, _)) => {
+                return Err(UpstreamError::Exchange {
+                    addr: pool.addr(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Writes the request head and reads up to the end of the response head. An error says
+/// whether anything was received.
+async fn attempt(
+    stream: &mut RawStream,
+    head: &[u8],
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<ResponseStart, (ExchangeError, bool)> {
+    buf.clear();
+    // A write fails when the upstream reset the connection; after a mere FIN it succeeds,
+    // and the close shows as an empty read.
+    // Flushed: over TLS the last record may still sit in the session until then.
+    let sent = async {
+        stream.write_all(head).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| (e.into(), false))?;
+    let mut received = false;
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err((ExchangeError::Closed, received)),
+            Ok(_) => received = true,
+            Err(e) => return Err((e.into(), received)),
+        }
+        if let Some(start) = response_head(buf, head_request).map_err(|e| (e, true))? {
+            return Ok(start);
+        }
+    }
+}
+
+/// A response head: its parts, its body's framing, and whether the connection can carry
+/// another request after it.
+type ResponseStart = (http::response::Parts, Framing, bool);
+
+/// The response head's parts and framing, once `buf` holds a final response head (interim
+/// responses are skipped); the head's bytes are taken out of `buf`.
+fn response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseStart>, ExchangeError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let message = match response::parse_message(buf, head_request, &mut fields)? {
+            Head::Final(message) => message,
+            Head::Interim(len) => {
+                buf.advance(len);
+                continue;
+            }
+            Head::Partial => return Ok(None),
+        };
+        let mut headers = HeaderMap::with_capacity(message.fields.len());
+        for field in message.fields {
+            let name =
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ExchangeError::Field)?;
+            let value = HeaderValue::from_bytes(field.value).map_err(|_| ExchangeError::Field)?;
+            headers.append(name, value);
+        }
+        let status = StatusCode::from_u16(message.status).map_err(|_| ExchangeError::Field)?;
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = Version::HTTP_11;
+        parts.headers = headers;
+        let framing = message.framing;
+        let reusable = !message.upstream_closes;
+        let len = message.len;
+        buf.advance(len);
+        return Ok(Some((parts, framing, reusable)));
+    }
+}
+
+/// `METHOD target HTTP/1.1`, then the fields as they are in the map.
+fn write_request_head(req: &Request<UpstreamBody>, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response body read off a raw connection, de-chunked; when it ends at a message boundary,
+/// the connection goes back to the pool. Dropped early, the connection is closed.
+#[derive(Debug)]
+pub struct RawBody {
+    conn: Option<RawConn>,
+    pool: Arc<EndpointPool>,
+    /// Read and not yet returned.
+    buf: BytesMut,
+    framing: Framing,
+    /// The trailer section's bytes, as they arrive.
+    trailers: Vec<u8>,
+    reusable: bool,
+    done: bool,
+}
+
+impl RawBody {
+    fn response(
+        (parts, framing, reusable): ResponseStart,
+        conn: RawConn,
+        buf: BytesMut,
+        pool: Arc<EndpointPool>,
+    ) -> Response<RawBody> {
+        let mut body = RawBody {
+            conn: Some(conn),
+            pool,
+            buf,
+            framing,
+            trailers: Vec::new(),
+            reusable,
+            done: false,
+        };
+        if framing == Framing::Empty {
+            body.finish();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// The body ended: its connection is kept if nothing past the message was read.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && self.buf.is_empty()
+        {
+            self.pool.release_raw(conn);
+        }
+    }
+
+    /// The next frame from what is in `buf`, if it holds one.
+    fn decode(&mut self) -> Result<Option<Frame<Bytes>>, RawBodyError> {
+        match &mut self.framing {
+            Framing::Empty => {
+                self.finish();
+                Ok(None)
+            }
+            Framing::Length(left) => {
+                let take = usize::try_from(*left).map_or(self.buf.len(), |l| l.min(self.buf.len()));
+                *left -= take as u64;
+                let data = self.buf.split_to(take).freeze();
+                if *left == 0 {
+                    self.finish();
+                }
+                Ok(Some(Frame::data(data)))
+            }
+            Framing::UntilClose => Ok(Some(Frame::data(self.buf.split().freeze()))),
+            Framing::Chunked(scanner) => loop {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let in_trailers = scanner.in_trailers();
+                let step = scanner.step(&self.buf)?;
+                let mut consumed = self.buf.split_to(step.consumed);
+                if in_trailers {
+                    self.trailers.extend_from_slice(&consumed);
+                }
+                if step.done {
+                    let trailers = parse_trailers(&self.trailers)?;
+                    self.finish();
+                    return Ok(trailers.map(Frame::trailers));
+                }
+                if !step.data.is_empty() {
+                    consumed.advance(step.data.start);
+                    return Ok(Some(Frame::data(consumed.freeze())));
+                }
+            },
+        }
+    }
+}
+
+/// The trailer section (ending with its empty line) as fields; none when it is empty.
+fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, RawBodyError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let fields = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err(RawBodyError::Trailers),
+    };
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| RawBodyError::Trailers)?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| RawBodyError::Trailers)?;
+        map.append(name, value);
+    }
+    Ok(Some(map))
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = RawBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RawBodyError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if !this.buf.is_empty() || this.framing == Framing::Empty {
+                match this.decode() {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        this.conn = None;
+                        this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut this.buf
+            ));
+            match read {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(RawBodyError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(left) if !self.done => SizeHint::with_exact(left),
+            _ if self.done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
