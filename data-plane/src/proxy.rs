@@ -378,8 +378,7 @@ async fn serve(
                     let client = Client {
                         peer,
                         scheme: listener.scheme(),
-                        max_body: shared.limits.max_body_bytes,
-                        raw_upstream: shared.http1_fast_path,
+                        shared,
                     };
                     let mut served_by = endpoint.addr;
                     let mut r =
@@ -457,12 +456,10 @@ fn body_too_large() -> Response<ProxyBody> {
 
 /// Who sent the request, and what they may send.
 #[derive(Clone, Copy)]
-struct Client {
+struct Client<'a> {
     peer: SocketAddr,
     scheme: &'static str,
-    max_body: Option<u64>,
-    /// Requests without a body may go upstream on raw HTTP/1.1 connections.
-    raw_upstream: bool,
+    shared: &'a Shared,
 }
 
 /// What routing chose for a request.
@@ -485,9 +482,8 @@ async fn forward(
     Client {
         peer,
         scheme,
-        max_body,
-        raw_upstream,
-    }: Client,
+        shared,
+    }: Client<'_>,
     served_by: &mut SocketAddr,
 ) -> Response<ProxyBody> {
     let path = match rule.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
@@ -545,7 +541,7 @@ async fn forward(
         upgrade::restore_headers(headers, protocol);
     }
     let (mut parts, incoming) = req.into_parts();
-    let incoming = RequestBody::new(incoming, max_body);
+    let incoming = RequestBody::new(incoming, shared.limits.max_body_bytes);
     let body_state = incoming.state();
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
@@ -609,7 +605,9 @@ async fn forward(
         let in_flight = cluster
             .balances_on_load()
             .then(|| endpoint.pool.health().start_request());
-        let sent = endpoint.pool.send(req, upgrade.is_some(), raw_upstream);
+        let sent = endpoint
+            .pool
+            .send(req, upgrade.is_some(), shared.http1_fast_path);
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -680,7 +678,8 @@ async fn forward(
             if let (Some(downstream), Some(protocol)) = (downstream_upgrade, &upgrade)
                 && resp.status() == StatusCode::SWITCHING_PROTOCOLS
             {
-                upgrade::splice(downstream, &mut resp);
+                // The relay counts as an open connection: a drain waits for it.
+                upgrade::splice(downstream, &mut resp, shared.drain_watch());
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 upgrade::restore_headers(&mut parts.headers, protocol);

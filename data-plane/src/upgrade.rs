@@ -5,6 +5,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tracing::debug;
 
 /// The requested protocol, when the request asks to upgrade its connection.
@@ -34,8 +35,9 @@ pub fn restore_headers(headers: &mut HeaderMap, protocol: &HeaderValue) {
 }
 
 /// After a 101 from upstream: splices the client's and the upstream's upgraded connections
-/// in the background, until either side closes.
-pub fn splice<B>(downstream: OnUpgrade, upstream: &mut Response<B>) {
+/// in the background, until either side closes. `open` is held meanwhile, so that a drain
+/// waits for the relay (up to its grace period) as it does for any open connection.
+pub fn splice<B>(downstream: OnUpgrade, upstream: &mut Response<B>, open: watch::Receiver<bool>) {
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
@@ -50,6 +52,7 @@ pub fn splice<B>(downstream: OnUpgrade, upstream: &mut Response<B>) {
             }
             (down, up) => debug!(down = ?down.err(), up = ?up.err(), "upgrade failed"),
         }
+        drop(open);
     });
 }
 

@@ -14,6 +14,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::h1::body::{BadChunk, Framing};
@@ -22,6 +23,8 @@ use crate::raw_stream::RawStream;
 use crate::upstream::{EndpointPool, RawConn, UpstreamBody, UpstreamError};
 
 const READ_CHUNK: usize = 8 * 1024;
+/// The longest trailer section accepted (hyper's client has the same limit).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// Why a raw exchange failed before the response head was read.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,15 @@ fn response_head(
         }
         let status = StatusCode::from_u16(message.status).map_err(|_| ExchangeError::Field)?;
         let (mut parts, ()) = Response::new(()).into_parts();
+        // A reason phrase of the upstream's own goes on to HTTP/1.1 clients, as with hyper's
+        // client (and on the fast path).
+        if let Some(reason) = message
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason())
+            .and_then(|r| ReasonPhrase::try_from(r.as_bytes().to_vec()).ok())
+        {
+            parts.extensions.insert(reason);
+        }
         parts.status = status;
         parts.version = Version::HTTP_11;
         parts.headers = headers;
@@ -259,6 +271,11 @@ impl RawBody {
                 let step = scanner.step(&self.buf)?;
                 let mut consumed = self.buf.split_to(step.consumed);
                 if in_trailers {
+                    // Bounded as hyper's client bounds them: an upstream that never ends its
+                    // trailer section must not grow this without end.
+                    if self.trailers.len() + consumed.len() > MAX_TRAILER_BYTES {
+                        return Err(RawBodyError::Trailers);
+                    }
                     self.trailers.extend_from_slice(&consumed);
                 }
                 if step.done {

@@ -1,6 +1,7 @@
 //! SIGTERM drains the proxy: it stops accepting, answers /readyz with 503, lets the requests in
-//! flight finish, closes idle keep-alive connections, and exits; a request that outlives the
-//! grace period does not keep it alive.
+//! flight finish, closes idle keep-alive connections, and exits; a WebSocket open at SIGTERM
+//! keeps working until it closes; a request that outlives the grace period does not keep it
+//! alive.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -127,4 +128,52 @@ async fn the_grace_period_bounds_the_drain() {
     assert!(status.success(), "{status:?}");
     assert!(proxy.process.log_text().contains("grace period"));
     assert!(stuck.await.unwrap().is_err(), "the stuck request was cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_open_at_sigterm_is_waited_for() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::Message;
+    let ws = Workspace::new();
+    let (_controller, mut proxy, _echo) = start(&ws, "20");
+    proxy.wait_ready().await;
+    let addr = proxy.listener(80);
+    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("before")
+    );
+
+    let terminated = Instant::now();
+    proxy.process.terminate();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Draining, and the WebSocket still relays both ways.
+    assert!(
+        proxy.process.wait_exit(Duration::from_millis(10)).is_none(),
+        "the proxy must wait for the open WebSocket"
+    );
+    socket.send(Message::text("during")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("during")
+    );
+
+    // Once the client closes it, nothing is open: the proxy exits well before its grace period.
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let status = proxy
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("the proxy exits once the WebSocket closed");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(10),
+        "exited {:?} after SIGTERM",
+        terminated.elapsed()
+    );
+    assert!(proxy.process.log_text().contains("drained; exiting"));
 }

@@ -40,10 +40,15 @@ impl ScriptedBackend {
 /// Serves requests with Content-Length bodies (or none) until the connection ends.
 async fn serve_backend(mut stream: TcpStream) {
     let mut buf = Vec::new();
+    let mut drop_next = false;
     loop {
         let Some((head_len, path, body_len)) = read_head(&mut stream, &mut buf).await else {
             return;
         };
+        if drop_next {
+            // Closes on the request that followed /then-drop, unanswered.
+            return;
+        }
         while buf.len() < head_len + body_len {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
@@ -68,6 +73,19 @@ async fn serve_backend(mut stream: TcpStream) {
             "/interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
                 HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                 .to_vec(),
+            "/reason" => b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "/then-drop" => {
+                drop_next = true;
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nkept".to_vec()
+            }
+            "/chunked-cut" => {
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                return;
+            }
             "/bad-length" => {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec()
             }
@@ -1004,6 +1022,7 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
         (("GET", "http://fast.example/headers", ""), vec![]),
         (("GET", "http://fast.example/bad-length", ""), vec![]),
         (("GET", "http://fast.example/truncated", ""), vec![]),
+        (("GET", "http://fast.example/chunked-cut", ""), vec![]),
         (("POST", "http://fast.example/echo", "a body"), vec![]),
         (("GET", "http://dead.example/", ""), vec![]),
     ];
@@ -1069,13 +1088,51 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
         got[9].is_err(),
         "a body cut short is not passed off as whole"
     );
-    assert_eq!((ok(10).0, ok(10).2.as_slice()), (200, &b"a body"[..]));
-    assert_eq!(ok(11).0, 502);
-    // Nine response heads came through the raw client: not the POST's (hyper's client sent
-    // it), the malformed one's, nor the dead endpoint's. None on the other proxy.
+    assert!(got[10].is_err(), "nor a chunked one");
+    assert_eq!((ok(11).0, ok(11).2.as_slice()), (200, &b"a body"[..]));
+    assert_eq!(ok(12).0, 502);
+
+    // A pooled connection the upstream closes on the next request, unanswered: the raw client
+    // sends that GET again on a new connection (hyper's client answered 502 here).
+    let tcp = TcpStream::connect(raw.listener(80)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let kept = h2_exchange(
+        &mut sender,
+        ("GET", "http://fast.example/then-drop", ""),
+        &[],
+    )
+    .await;
+    assert_eq!(kept.unwrap().2, b"kept");
+    let connections = backend.connections.load(Ordering::SeqCst);
+    let again = h2_exchange(&mut sender, ("GET", "http://fast.example/headers", ""), &[]).await;
+    assert_eq!(again.unwrap().0, 200);
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        connections + 1,
+        "sent again on a new connection"
+    );
+
+    // An HTTP/1.1 connection on the general path (HTTP/1.0 requests are handed off) keeps the
+    // upstream's own reason phrase.
+    let mut client = RawClient::connect(raw.listener(80)).await;
+    client
+        .send(b"GET /reason HTTP/1.0\r\nHost: fast.example\r\n\r\n")
+        .await;
+    client.fill().await;
+    let head = String::from_utf8_lossy(&client.buf).into_owned();
+    assert!(head.contains(" 200 Fine Thanks\r\n"), "{head}");
+
+    // These response heads came through the raw client: ten of the exchanges above (not the
+    // POST's, which hyper's client sent, the malformed one's, nor the dead endpoint's), then
+    // /then-drop, /headers and /reason. None on the other proxy.
     assert_eq!(
         metric(&raw.metrics().await, "upstream_raw_requests_total"),
-        9
+        13
     );
     assert_eq!(
         metric(&hyper_client.metrics().await, "upstream_raw_requests_total"),
