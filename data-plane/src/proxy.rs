@@ -781,26 +781,48 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &TRAILER,
         &TE,
     ];
-    // Usually there is none (HTTP/2 forbids them): one pass over the names, instead of a
-    // hashed removal per name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+    // One pass over the names, noting which are there (usually none in a request, HTTP/2
+    // forbids them; Connection and maybe Transfer-Encoding in an HTTP/1.1 response), instead
+    // of a hashed removal per name.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // Fields Connection names go too; `close` and `keep-alive` (nearly always all it says)
+    // name no field but Keep-Alive, which goes anyway.
+    let names_fields = |v: &HeaderValue| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').map(str::trim).any(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !token.eq_ignore_ascii_case("keep-alive")
+            })
+        })
+    };
+    if present & 1 != 0 && headers.get_all(CONNECTION).iter().any(names_fields) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
     // All but TE, which stays when it is `trailers`.
-    for name in &HOP_BY_HOP[..6] {
-        headers.remove(*name);
+    for (i, name) in HOP_BY_HOP[..6].iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
-    if headers.get(TE).is_some_and(|v| v != "trailers") {
+    if present & (1 << 6) != 0 && headers.get(TE).is_some_and(|v| v != "trailers") {
         headers.remove(TE);
     }
 }
@@ -821,8 +843,18 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     match peer.ip() {
         // Display for an address pads and buffers; the octets written plainly are cheaper.
         std::net::IpAddr::V4(ip) => {
-            let [a, b, c, d] = ip.octets();
-            let _ = write!(value, "{a}.{b}.{c}.{d}");
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    value.push('.');
+                }
+                if octet >= 100 {
+                    value.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    value.push(char::from(b'0' + octet / 10 % 10));
+                }
+                value.push(char::from(b'0' + octet % 10));
+            }
         }
         ip @ std::net::IpAddr::V6(_) => {
             let _ = write!(value, "{ip}");
@@ -849,6 +881,14 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["te", "x-keep"]);
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(TE, HeaderValue::from_static("gzip"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
     }
 
     #[test]
@@ -882,6 +922,13 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
         append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        let mut each = HeaderMap::new();
+        append_forwarded_for(&mut each, "255.100.99.0:1".parse().unwrap());
+        append_forwarded_for(&mut each, "[2001:db8::1]:1".parse().unwrap());
+        assert_eq!(
+            each.get(&X_FORWARDED_FOR).unwrap(),
+            "255.100.99.0, 2001:db8::1"
+        );
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
         append_forwarded_for(&mut h, "127.0.0.2:9".parse().unwrap());
         assert_eq!(

@@ -14,14 +14,18 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
-/// Lower-case hex, without the formatting machinery (this runs for every request).
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+/// Lower-case hex into `out` (twice as long as `bytes`), without the formatting machinery
+/// (this runs for every request).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
 }
+
+/// The length of a version 00 traceparent value.
+const TRACEPARENT_LEN: usize = 55;
 
 /// Hex digits are ASCII: the conversion cannot fail.
 fn ascii(bytes: Vec<u8>) -> String {
@@ -71,7 +75,7 @@ impl TraceContext {
     /// the traceparent the upstream will see.
     pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
         let ctx = TraceContext::continue_from(headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ctx.header())) {
+        if let Ok(v) = HeaderValue::from_bytes(&ctx.value()) {
             headers.insert(&TRACEPARENT, v);
         }
         ctx
@@ -107,25 +111,30 @@ impl TraceContext {
 
     /// The traceparent value naming the proxy's span as parent.
     pub fn header(&self) -> String {
-        let mut s = Vec::with_capacity(55);
-        self.write_header(&mut s);
-        ascii(s)
+        ascii(self.value().to_vec())
+    }
+
+    /// The traceparent value, as bytes.
+    fn value(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = [0u8; TRACEPARENT_LEN];
+        out[..3].copy_from_slice(b"00-");
+        hex_into(&mut out[3..35], &self.trace_id);
+        out[35] = b'-';
+        hex_into(&mut out[36..52], &self.span_id);
+        out[52] = b'-';
+        hex_into(&mut out[53..], &[self.flags]);
+        out
     }
 
     /// Appends the traceparent value to a head being written.
     pub fn write_header(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"00-");
-        push_hex(out, &self.trace_id);
-        out.push(b'-');
-        push_hex(out, &self.span_id);
-        out.push(b'-');
-        push_hex(out, &[self.flags]);
+        out.extend_from_slice(&self.value());
     }
 
     pub fn trace_id_hex(&self) -> String {
-        let mut s = Vec::with_capacity(32);
-        push_hex(&mut s, &self.trace_id);
-        ascii(s)
+        let mut hex = [0u8; 32];
+        hex_into(&mut hex, &self.trace_id);
+        ascii(hex.to_vec())
     }
 }
 

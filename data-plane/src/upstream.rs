@@ -258,7 +258,7 @@ impl EndpointPool {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let req = self.prepare(req);
         if raw && !upgrade && self.protocol == Protocol::Http1 && upstream_raw::takes(&req) {
-            let resp = Box::pin(upstream_raw::send(self, req)).await?;
+            let resp = upstream_raw::send(self, req).await?;
             self.stats.raw_requests.inc();
             return Ok(resp.map(|raw| ResponseBody {
                 inner: Inner::Raw(raw),
@@ -268,9 +268,11 @@ impl EndpointPool {
             Either::Left(streamed) => Some(streamed.state()),
             Either::Right(_) => None,
         };
+        // Boxed: hyper's request futures are large, and inline they would make every request's
+        // future (copied into its box, and moved on the way) that much larger.
         match self.protocol {
-            Protocol::Http1 => self.send_h1(req, upgrade, body).await,
-            Protocol::H2c => self.send_h2(req).await,
+            Protocol::Http1 => Box::pin(self.send_h1(req, upgrade, body)).await,
+            Protocol::H2c => Box::pin(self.send_h2(req)).await,
         }
     }
 

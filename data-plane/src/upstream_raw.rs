@@ -138,13 +138,16 @@ async fn attempt(
 type ResponseStart = (http::response::Parts, Framing, bool);
 
 /// The response head's parts and framing, once `buf` holds a final response head (interim
-/// responses are skipped); the head's bytes are taken out of `buf`.
+/// responses are skipped); the head's bytes are taken out of `buf`, and the field values are
+/// slices of them (no copy, no allocation per value).
 fn response_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<ResponseStart>, ExchangeError> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        // Where each field's name and value are in the head.
+        let mut spans = [const { (0..0, 0..0) }; MAX_FIELDS];
         let message = match response::parse_message(buf, head_request, &mut fields)? {
             Head::Final(message) => message,
             Head::Interim(len) => {
@@ -153,31 +156,39 @@ fn response_head(
             }
             Head::Partial => return Ok(None),
         };
-        let mut headers = HeaderMap::with_capacity(message.fields.len());
-        for field in message.fields {
-            let name =
-                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ExchangeError::Field)?;
-            let value = HeaderValue::from_bytes(field.value).map_err(|_| ExchangeError::Field)?;
-            headers.append(name, value);
+        let at = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+            Some(start..start + part.len()).filter(|r| r.end <= message.len)
+        };
+        for (span, field) in spans.iter_mut().zip(message.fields) {
+            *span = at(field.name.as_bytes())
+                .zip(at(field.value))
+                .ok_or(ExchangeError::Field)?;
         }
         let status = StatusCode::from_u16(message.status).map_err(|_| ExchangeError::Field)?;
-        let (mut parts, ()) = Response::new(()).into_parts();
         // A reason phrase of the upstream's own goes on to HTTP/1.1 clients, as with hyper's
         // client (and on the fast path).
-        if let Some(reason) = message
+        let reason = message
             .reason
             .filter(|r| Some(*r) != status.canonical_reason())
-            .and_then(|r| ReasonPhrase::try_from(r.as_bytes().to_vec()).ok())
-        {
+            .and_then(|r| ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
+        let (framing, reusable, len) = (message.framing, !message.upstream_closes, message.len);
+        let count = message.fields.len();
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for (name, value) in spans.into_iter().take(count) {
+            let name = HeaderName::from_bytes(&head[name]).map_err(|_| ExchangeError::Field)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
+                .map_err(|_| ExchangeError::Field)?;
+            headers.append(name, value);
+        }
+        let (mut parts, ()) = Response::new(()).into_parts();
+        if let Some(reason) = reason {
             parts.extensions.insert(reason);
         }
         parts.status = status;
         parts.version = Version::HTTP_11;
         parts.headers = headers;
-        let framing = message.framing;
-        let reusable = !message.upstream_closes;
-        let len = message.len;
-        buf.advance(len);
         return Ok(Some((parts, framing, reusable)));
     }
 }
@@ -379,5 +390,58 @@ impl Body for RawBody {
             _ if self.done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_head_becomes_parts_and_leaves_the_body() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+               HTTP/1.1 200 Fine\r\nX-A: 1\r\nx-a: \r\nX-B: caf\xe9\r\nContent-Length: 3\r\n\r\nabc"[..],
+        );
+        let (parts, framing, reusable) = response_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(
+            parts.headers.get_all("x-a").iter().collect::<Vec<_>>(),
+            ["1", ""]
+        );
+        assert_eq!(parts.headers["x-b"].as_bytes(), b"caf\xe9");
+        assert_eq!(parts.headers["content-length"], "3");
+        assert_eq!(
+            parts.extensions.get::<ReasonPhrase>().map(|r| r.as_bytes()),
+            Some(&b"Fine"[..])
+        );
+        assert_eq!((framing, reusable), (Framing::Length(3), true));
+        assert_eq!(&buf[..], b"abc");
+
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(response_head(&mut partial, false).unwrap().is_none());
+        assert_eq!(
+            partial.len(),
+            27,
+            "nothing taken until the head is complete"
+        );
+
+        let mut canonical = BytesMut::from(&b"HTTP/1.0 404 Not Found\r\n\r\n"[..]);
+        let (parts, framing, reusable) = response_head(&mut canonical, false).unwrap().unwrap();
+        assert!(parts.extensions.get::<ReasonPhrase>().is_none());
+        assert_eq!((framing, reusable), (Framing::UntilClose, false));
+    }
+
+    #[test]
+    fn trailer_sections_become_trailers() {
+        assert!(parse_trailers(b"\r\n").unwrap().is_none());
+        let map = parse_trailers(b"X-Sum: 12\r\ngrpc-status: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (map["x-sum"].as_bytes(), map["grpc-status"].as_bytes()),
+            (&b"12"[..], &b"0"[..])
+        );
+        assert!(parse_trailers(b"bad line\r\n\r\n").is_err());
     }
 }
