@@ -433,6 +433,23 @@ impl HttpResponse {
 }
 
 /// One HTTP/1.1 GET on a fresh connection, with an optional Host header.
+/// A cleartext HTTP/2 (prior knowledge) client connection to `addr`, so that :authority can
+/// name any virtual host while the socket goes to the proxy.
+pub async fn h2c_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn http_get(url: &str, host: Option<&str>) -> Result<HttpResponse, String> {
     http_request(url, host, &[], None).await
 }

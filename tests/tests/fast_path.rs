@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rauta_tests::harness::{Proxy, Workspace, free_port, start_gateway};
+use rauta_tests::harness::{Controller, Proxy, Workspace, free_port, h2c_connect, start_gateway};
 use rauta_tests::manifests::{http_route, on_http_gateway, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -660,34 +660,31 @@ fn normalized(head: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn both_paths_send_and_answer_the_same() {
-    let backend = ScriptedBackend::start().await;
+/// A gateway for the scripted backend (fast.example), a dead endpoint (dead.example, with
+/// `dead_route`'s rule) and `routes`, served by a proxy with the fast path and one with
+/// `--http1-fast-path off`.
+async fn with_and_without_fast_path(
+    ws: &Workspace,
+    backend: &ScriptedBackend,
+    dead_route: &str,
+    routes: &[String],
+) -> (Controller, Proxy, Proxy) {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ws = Workspace::new();
-    ws.write(
-        "all.yaml",
-        &on_http_gateway(&[
-            service("apps", "scripted", &[backend.addr]),
-            service("apps", "dead", &[dead]),
-            http_route(
-                "apps",
-                "dead",
-                ("infra", "gw"),
-                &["dead.example"],
-                "  - filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{name: content-type, value: text/x-gateway}]\n        add: [{name: x-why, value: down}]\n    backendRefs: [{name: dead, port: 8080}]\n",
-            ),
-            scripted_route("fast", "fast.example"),
-            http_route(
-                "apps",
-                "modified",
-                ("infra", "gw"),
-                &["modified.example"],
-                "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-a, value: set}]\n        add: [{name: x-b, value: added}]\n        remove: [x-c]\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        add: [{name: x-hop, value: rule}]\n        remove: [x-gone]\n    backendRefs:\n    - name: scripted\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier: {set: [{name: x-b, value: backend}], add: [{name: x-a, value: again}]}\n",
-            ),
-        ]),
-    );
-    let (controller, fast) = start_gateway(&ws, &[]).await;
+    let mut manifests = vec![
+        service("apps", "scripted", &[backend.addr]),
+        service("apps", "dead", &[dead]),
+        http_route(
+            "apps",
+            "dead",
+            ("infra", "gw"),
+            &["dead.example"],
+            dead_route,
+        ),
+        scripted_route("fast", "fast.example"),
+    ];
+    manifests.extend_from_slice(routes);
+    ws.write("all.yaml", &on_http_gateway(&manifests));
+    let (controller, fast) = start_gateway(ws, &[]).await;
     let general = Proxy::start_with(
         &controller.url(),
         "infra/gw",
@@ -697,6 +694,23 @@ async fn both_paths_send_and_answer_the_same() {
         &["--http1-fast-path", "off"],
     );
     general.wait_ready().await;
+    (controller, fast, general)
+}
+
+#[tokio::test]
+async fn both_paths_send_and_answer_the_same() {
+    let backend = ScriptedBackend::start().await;
+    let ws = Workspace::new();
+    let dead_route = "  - filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{name: content-type, value: text/x-gateway}]\n        add: [{name: x-why, value: down}]\n    backendRefs: [{name: dead, port: 8080}]\n";
+    let modified = http_route(
+        "apps",
+        "modified",
+        ("infra", "gw"),
+        &["modified.example"],
+        "  - filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-a, value: set}]\n        add: [{name: x-b, value: added}]\n        remove: [x-c]\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        add: [{name: x-hop, value: rule}]\n        remove: [x-gone]\n    backendRefs:\n    - name: scripted\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier: {set: [{name: x-b, value: backend}], add: [{name: x-a, value: again}]}\n",
+    );
+    let (_controller, fast, general) =
+        with_and_without_fast_path(&ws, &backend, dead_route, &[modified]).await;
 
     // Not compared: chunked responses. The fast path relays chunks as the upstream framed
     // them, extensions and trailers included (the first test checks that); hyper frames its own
@@ -973,33 +987,10 @@ async fn h2_exchange(
 #[tokio::test]
 async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
     let backend = ScriptedBackend::start().await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ws = Workspace::new();
-    ws.write(
-        "all.yaml",
-        &on_http_gateway(&[
-            service("apps", "scripted", &[backend.addr]),
-            service("apps", "dead", &[dead]),
-            http_route(
-                "apps",
-                "dead",
-                ("infra", "gw"),
-                &["dead.example"],
-                "  - backendRefs: [{name: dead, port: 8080}]\n",
-            ),
-            scripted_route("fast", "fast.example"),
-        ]),
-    );
-    let (controller, raw) = start_gateway(&ws, &[]).await;
-    let hyper_client = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_port() - 80,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &["--http1-fast-path", "off"],
-    );
-    hyper_client.wait_ready().await;
+    let dead_route = "  - backendRefs: [{name: dead, port: 8080}]\n";
+    let (_controller, raw, hyper_client) =
+        with_and_without_fast_path(&ws, &backend, dead_route, &[]).await;
     let trace = format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01");
     let exchanges: Vec<(H2Request, Vec<(&str, &str)>)> = vec![
         (
@@ -1028,13 +1019,7 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
     ];
     let mut answers: Vec<Vec<H2Answer>> = Vec::new();
     for proxy in [&raw, &hyper_client] {
-        let tcp = TcpStream::connect(proxy.listener(80)).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2c_connect(proxy.listener(80)).await;
         let mut got = Vec::new();
         for (request, fields) in &exchanges {
             got.push(h2_exchange(&mut sender, *request, fields).await);
@@ -1094,13 +1079,7 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
 
     // A pooled connection the upstream closes on the next request, unanswered: the raw client
     // sends that GET again on a new connection (hyper's client answered 502 here).
-    let tcp = TcpStream::connect(raw.listener(80)).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c_connect(raw.listener(80)).await;
     let kept = h2_exchange(
         &mut sender,
         ("GET", "http://fast.example/then-drop", ""),

@@ -239,15 +239,8 @@ async fn h2c_get(url: &str, authority_host: &str) -> serde_json::Value {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
     let uri: http::Uri = url.parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str())
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let addr = uri.authority().unwrap().as_str().parse().unwrap();
+    let mut sender = rauta_tests::harness::h2c_connect(addr).await;
     let target = format!("http://{authority_host}{}", uri.path());
     let req = http::Request::get(target)
         .body(Empty::<Bytes>::new())
