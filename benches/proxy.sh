@@ -9,6 +9,11 @@
 #
 #   benches/proxy.sh                      # 3 repeats of 5 s per target and protocol
 #   REPEATS=5 DURATION=10 benches/proxy.sh
+#   BASELINE=/tmp/rauta-proxy-old benches/proxy.sh   # also measures another build, side by side
+#
+# Between runs the figures move by about ±10% on a VM, too much to see a change of a few
+# percent: BASELINE runs a second rauta-proxy (say, a build of the previous commit) in the same
+# run, alternating with the others, and prints rauta's CPU per request over the baseline's.
 #
 # Last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's, HTTP/1.1; lower is better).
 set -euo pipefail
@@ -16,6 +21,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 REPEATS=${REPEATS:-3}
+BASELINE=${BASELINE:-}
 DURATION=${DURATION:-5}
 CPU=${BENCH_CPU:-0}
 OTHER_CPU=$(( (CPU + 1) % $(nproc) ))
@@ -44,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 BACKEND=18081 BACKEND_H2=18082
-NGINX=18091 NGINX_H2=18092 HAPROXY=18093 RAUTA=18094
+NGINX=18091 NGINX_H2=18092 HAPROXY=18093 RAUTA=18094 RAUTA_BASELINE=18194
 
 # Background servers are started with taskset directly (not through a shell function), so
 # that $! is the server's own pid.
@@ -160,6 +166,15 @@ taskset -c "$CPU" target/release/rauta-proxy --controller http://127.0.0.1:18095
   --worker-threads 1 2>"$work/proxy.log" &
 pids+=($!)
 rauta_pid=$!
+baseline_pid=
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  taskset -c "$CPU" "$BASELINE" --controller http://127.0.0.1:18095 --gateway bench/gw \
+    --bind-address 127.0.0.1 --listener-port-offset $((RAUTA_BASELINE - 80)) \
+    --admin-listen 127.0.0.1:18196 --worker-threads 1 2>"$work/baseline.log" &
+  pids+=($!)
+  baseline_pid=$!
+fi
 
 wait_http() {
   for _ in $(seq 1 200); do
@@ -169,7 +184,7 @@ wait_http() {
   echo "nothing answers on port $1" >&2
   exit 1
 }
-for port in $BACKEND $NGINX $HAPROXY $RAUTA; do wait_http "$port"; done
+for port in $BACKEND $NGINX $HAPROXY $RAUTA ${BASELINE:+$RAUTA_BASELINE}; do wait_http "$port"; done
 # Something else on a port (a leftover run) would answer for a server that failed to start.
 for p in "${pids[@]}"; do
   kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
@@ -189,6 +204,7 @@ pids_of() {
     nginx) nginx_pids ;;
     haproxy) echo "$haproxy_pid" ;;
     rauta) echo "$rauta_pid" ;;
+    baseline) echo "$baseline_pid" ;;
     direct) echo "" ;;
   esac
 }
@@ -198,6 +214,7 @@ port_of() {
     nginx:h1) echo $NGINX ;; nginx:h2c) echo $NGINX_H2 ;;
     haproxy:*) echo $HAPROXY ;;
     rauta:*) echo $RAUTA ;;
+    baseline:*) echo $RAUTA_BASELINE ;;
   esac
 }
 
@@ -223,6 +240,7 @@ run_load() {
 }
 
 targets=(direct nginx haproxy rauta)
+[ -n "$BASELINE" ] && targets+=(baseline)
 declare -A rps cpu lat
 for _ in $(seq 1 "$REPEATS"); do
   for proto in h1 h2c; do
@@ -244,17 +262,24 @@ echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"
 echo "HTTP/1.1: wrk -t1 -c32 keep-alive; h2c: h2load -c4 -m8 prior knowledge; latency: one connection, 1e6/(req/s)"
 echo
-printf "| %-7s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
-printf "|%s|%s|%s|%s|%s|\n" --------- ------- ------------------------------ ---------------------------- ------------------
+printf "| %-8s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
+printf "|%s|%s|%s|%s|%s|\n" ---------- ------- ------------------------------ ---------------------------- ------------------
 for proto in h1 h2c; do
   base=$(echo "${lat[direct:$proto]}" | med)
   for t in "${targets[@]}"; do
     l=$(echo "${lat[$t:$proto]}" | med)
     added=$(awk -v l="$l" -v b="$base" 'BEGIN { printf "%+.1f", l - b }')
     c="-"; [ "$t" != direct ] && c=$(echo "${cpu[$t:$proto]}" | median)
-    printf "| %-7s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
+    printf "| %-8s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
   done
 done
+if [ -n "$BASELINE" ]; then
+  echo
+  for proto in h1 h2c; do
+    awk -v r="$(echo "${cpu[rauta:$proto]}" | med)" -v b="$(echo "${cpu[baseline:$proto]}" | med)" \
+      -v p="$proto" 'BEGIN { printf "cpu_per_req_vs_baseline_%s=%.3f\n", p, r / b }'
+  done
+fi
 
 # Memory: idle, then with ROUTES_FOR_RSS routes (one hostname each) loaded.
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$rauta_pid/status"; }
