@@ -119,9 +119,7 @@ async fn attempt(
     sent.await.map_err(|e| (e.into(), false))?;
     let mut received = false;
     loop {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(buf);
         match stream.read_buf(buf).await {
             Ok(0) => return Err((ExchangeError::Closed, received)),
             Ok(_) => received = true,
@@ -193,6 +191,13 @@ fn response_head(
     }
 }
 
+/// Room for the next read, in chunks rather than a few bytes at a time.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// `METHOD target HTTP/1.1`, then the fields as they are in the map.
 fn write_request_head(req: &Request<UpstreamBody>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -255,6 +260,13 @@ impl RawBody {
         {
             self.pool.release_raw(conn);
         }
+    }
+
+    /// The body cannot be read to its end: its connection is closed, not pooled.
+    fn fail<T>(&mut self, error: RawBodyError) -> Poll<Option<Result<T, RawBodyError>>> {
+        self.conn = None;
+        self.done = true;
+        Poll::Ready(Some(Err(error)))
     }
 
     /// The next frame from what is in `buf`, if it holds one.
@@ -336,45 +348,33 @@ impl Body for RawBody {
             if this.done {
                 return Poll::Ready(None);
             }
-            if !this.buf.is_empty() || this.framing == Framing::Empty {
+            // An empty body was finished when the response was made: `done` already.
+            if !this.buf.is_empty() {
                 match this.decode() {
                     Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                     Ok(None) => continue,
-                    Err(e) => {
-                        this.conn = None;
-                        this.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Err(e) => return this.fail(e),
                 }
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if this.buf.capacity() - this.buf.len() < 1024 {
-                this.buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut this.buf);
             let read = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut conn.stream),
                 cx,
                 &mut this.buf
             ));
             match read {
+                // The end of a body framed by the close: not reusable, so dropped.
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.conn = None;
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    this.conn = None;
-                    this.done = true;
-                    return Poll::Ready(Some(Err(RawBodyError::Truncated)));
-                }
+                Ok(0) => return this.fail(RawBodyError::Truncated),
                 Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return this.fail(e.into()),
             }
         }
     }
