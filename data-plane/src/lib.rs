@@ -11,6 +11,7 @@ pub mod config_dump;
 pub mod cors;
 pub mod filters;
 pub mod h1;
+pub mod http2;
 pub mod limits;
 pub mod listeners;
 pub mod maglev;

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::http2::{RecvBody, RecvError};
+
 /// The proxy's request limits (flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -48,7 +50,56 @@ pub enum RequestBodyError {
     #[error(transparent)]
     TooLarge(#[from] BodyTooLarge),
     #[error("reading the request body: {0}")]
-    Read(#[from] hyper::Error),
+    Read(#[from] ClientBodyError),
+}
+
+/// A request body as the client's connection delivers it: through hyper (HTTP/1.1), through
+/// the proxy's own HTTP/2 server, or none at all.
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Http2(RecvBody),
+    Empty,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Http2(#[from] RecvError),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            ClientBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Http2(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Http2(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// What happened to a request body, readable after it was handed to an upstream connection
@@ -86,14 +137,14 @@ impl BodyState {
 /// A client's request body, cut off with an error past the limit.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     remaining: Option<u64>,
     limit: u64,
     state: Arc<BodyState>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> Self {
         let state = Arc::new(BodyState::default());
         if inner.is_end_stream() {
             state.set(BODY_DONE);

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
@@ -20,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::h1;
-use crate::limits::{Activity, TrackedIo};
+use crate::http2;
+use crate::limits::{Activity, ClientBody, TrackedIo};
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::{Shared, drain_started};
@@ -246,6 +247,9 @@ async fn accept_loop(
                         let sni = session.server_name().map(|n| Arc::from(n.to_ascii_lowercase()));
                         let h2 = session.alpn_protocol() == Some(b"h2");
                         let conn = Arc::new(proxy::Connection { peer, sni, activity });
+                        if h2 && shared.own_http2 {
+                            return log_end(peer, http2::serve(tls, Bytes::new(), shared, ctx, conn, open).await);
+                        }
                         let fast = shared.http1_fast_path && !h2;
                         serve_http(tls, fast, conn, shared, ctx, builder, open).await
                     } else {
@@ -283,9 +287,15 @@ where
             h1::Ended::Closed => return Ok(()),
             h1::Ended::Handoff(prefix) => prefix,
         }
+    } else if shared.own_http2 {
+        sniff_preface(&mut io).await?
     } else {
         Bytes::new()
     };
+    if shared.own_http2 && prefix.starts_with(http2::PREFACE) {
+        // h2c with prior knowledge.
+        return Ok(http2::serve(io, prefix, shared, ctx, conn, open).await?);
+    }
     let idle_timeout = shared.limits.idle_timeout;
     let activity = Arc::clone(&conn.activity);
     let service = service_fn(move |req| {
@@ -293,7 +303,7 @@ where
             Arc::clone(&shared),
             Arc::clone(&ctx),
             Arc::clone(&conn),
-            req,
+            req.map(ClientBody::Hyper),
         )
     });
     let io = TokioIo::new(h1::Rewind::new(prefix, io));
@@ -304,6 +314,26 @@ where
         idle_timeout,
     )
     .await
+}
+
+/// Reads until the bytes read either are the HTTP/2 preface or cannot be; returns them.
+async fn sniff_preface<IO: AsyncRead + Unpin>(io: &mut IO) -> std::io::Result<Bytes> {
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    while buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&buf) {
+        let read = tokio::time::timeout(HEADER_READ_TIMEOUT, io.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn log_end(peer: std::net::SocketAddr, served: std::io::Result<()>) {
+    if let Err(err) = served {
+        debug!(%peer, %err, "connection ended with an error");
+    }
 }
 
 /// Serves a connection until it ends; once draining starts, or once the connection has been

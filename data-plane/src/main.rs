@@ -106,6 +106,15 @@ struct Args {
     /// requests it takes. `off` serves every request on the general path.
     #[arg(long, value_enum, default_value = "on")]
     http1_fast_path: Switch,
+    /// HTTP/2 server for h2c and ALPN h2 connections: the proxy's own (`rauta`), or hyper's.
+    #[arg(long, value_enum, default_value = "rauta")]
+    http2_server: Http2Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Http2Server {
+    Rauta,
+    Hyper,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -218,6 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut shared = Shared::new(metrics.clone(), limits, access_log);
     shared.http1_fast_path = args.http1_fast_path == Switch::On;
+    shared.own_http2 = args.http2_server == Http2Server::Rauta;
     let shared = Arc::new(shared);
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await

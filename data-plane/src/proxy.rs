@@ -15,13 +15,12 @@ use http::header::{
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::access_log;
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::cors::CorsRt;
-use crate::limits::{Activity, RequestBody};
+use crate::limits::{Activity, ClientBody, RequestBody};
 use crate::mirror;
 use crate::routing::{
     ActionRt, MatchRt, Pick, RequestHeaders, RequestView, RuleRt, WeightedBackend,
@@ -53,7 +52,7 @@ fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
 }
 
 /// The request's host, lower-cased, without port.
-fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
+fn request_host(req: &Request<ClientBody>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
@@ -132,7 +131,7 @@ struct LoggedRequest {
 }
 
 impl LoggedRequest {
-    fn of(req: &Request<Incoming>) -> LoggedRequest {
+    fn of(req: &Request<ClientBody>) -> LoggedRequest {
         LoggedRequest {
             method: req.method().clone(),
             authority: request_host(req).unwrap_or_default().into_owned(),
@@ -203,7 +202,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerCtx>,
     conn: Arc<Connection>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _open = conn.activity.request();
     let started = Instant::now();
@@ -247,7 +246,7 @@ async fn serve(
     shared: &Shared,
     listener: &ListenerCtx,
     conn: &Connection,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     started: Instant,
     served: &mut Served,
 ) -> Response<ProxyBody> {
@@ -478,7 +477,7 @@ async fn forward(
         matched,
         backend,
     }: Picked<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     Client {
         peer,
         scheme,

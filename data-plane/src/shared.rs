@@ -25,6 +25,8 @@ pub struct Shared {
     pub access_log: Option<Arc<AccessLog>>,
     /// Whether HTTP/1.1 connections start on the fast path (`h1`).
     pub http1_fast_path: bool,
+    /// Whether HTTP/2 connections are served by the proxy's own server (`http2`), not hyper's.
+    pub own_http2: bool,
     ready: AtomicBool,
     /// True once draining (SIGTERM). Every listener and open downstream connection holds a
     /// receiver, so the receiver count is what is still open.
@@ -40,6 +42,7 @@ impl Shared {
             limits,
             access_log,
             http1_fast_path: true,
+            own_http2: true,
             ready: AtomicBool::new(false),
             drain: watch::Sender::new(false),
         }

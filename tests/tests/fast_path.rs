@@ -691,7 +691,8 @@ async fn with_and_without_fast_path(
         free_port() - 80,
         Ipv4Addr::LOCALHOST,
         ws.path(),
-        &["--http1-fast-path", "off"],
+        // Hyper's HTTP/2 server too: HTTP/2 answers are compared with hyper's from end to end.
+        &["--http1-fast-path", "off", "--http2-server", "hyper"],
     );
     general.wait_ready().await;
     (controller, fast, general)

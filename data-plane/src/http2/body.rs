@@ -1,0 +1,241 @@
+//! What connects a connection's task with the requests it serves: the inbox (streams ready to
+//! be polled, flow-control credit to return) and the request body a client streams in.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::frame::Reason;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind, still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a connection's streams and bodies leave work for the connection's task.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    inner: Mutex<InboxState>,
+}
+
+#[derive(Debug, Default)]
+pub struct InboxState {
+    /// Streams woken since the connection last looked.
+    pub ready: Vec<u32>,
+    /// Request body octets read by the proxy, per stream: window to give back to the client.
+    pub credit: Vec<(u32, u32)>,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    /// Registers the connection task's waker.
+    pub fn register(&self, waker: &Waker) {
+        let mut inner = lock(&self.inner);
+        match &inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Takes what has arrived, leaving empty lists (their allocations swapped with `into`).
+    pub fn take(&self, ready: &mut Vec<u32>, credit: &mut Vec<(u32, u32)>) {
+        let mut inner = lock(&self.inner);
+        std::mem::swap(&mut inner.ready, ready);
+        std::mem::swap(&mut inner.credit, credit);
+    }
+
+    fn push(&self, f: impl FnOnce(&mut InboxState)) {
+        let waker = {
+            let mut inner = lock(&self.inner);
+            f(&mut inner);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn ready(&self, stream: u32) {
+        self.push(|s| s.ready.push(stream));
+    }
+
+    fn credit(&self, stream: u32, octets: u32) {
+        self.push(|s| s.credit.push((stream, octets)));
+    }
+}
+
+/// Wakes a stream: queues it in the inbox and wakes the connection's task.
+#[derive(Debug)]
+pub struct StreamWaker {
+    pub stream: u32,
+    pub inbox: Arc<Inbox>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.inbox.ready(self.stream);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.inbox.ready(self.stream);
+    }
+}
+
+#[derive(Debug, Default)]
+struct RecvState {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    reset: Option<Reason>,
+    /// The proxy dropped the body: what still arrives is discarded.
+    dropped: bool,
+    waker: Option<Waker>,
+}
+
+/// The connection's end of a request body.
+#[derive(Debug)]
+pub struct BodySender {
+    state: Arc<Mutex<RecvState>>,
+}
+
+impl BodySender {
+    /// Queues a DATA payload; false when the proxy no longer reads the body (the caller
+    /// then gives the window back itself).
+    pub fn data(&self, data: Bytes) -> bool {
+        self.update(|s| {
+            if s.dropped {
+                return false;
+            }
+            s.chunks.push_back(data);
+            true
+        })
+    }
+
+    pub fn trailers(&self, trailers: HeaderMap) {
+        self.update(|s| {
+            s.trailers = Some(trailers);
+            s.ended = true;
+        });
+    }
+
+    pub fn end(&self) {
+        self.update(|s| s.ended = true);
+    }
+
+    pub fn reset(&self, reason: Reason) {
+        self.update(|s| s.reset = Some(reason));
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut RecvState) -> T) -> T {
+        let (out, waker) = {
+            let mut s = lock(&self.state);
+            let out = f(&mut s);
+            (out, s.waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        out
+    }
+}
+
+/// A request body as the client streams it.
+#[derive(Debug)]
+pub struct RecvBody {
+    state: Arc<Mutex<RecvState>>,
+    stream: u32,
+    inbox: Arc<Inbox>,
+    /// Declared by content-length, less what was read.
+    remaining: Option<u64>,
+}
+
+/// The client reset the stream, or the connection ended, before the body was complete.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP/2 request body cut short: {0}")]
+pub struct RecvError(pub Reason);
+
+impl RecvBody {
+    pub fn channel(
+        stream: u32,
+        inbox: Arc<Inbox>,
+        content_length: Option<u64>,
+    ) -> (BodySender, RecvBody) {
+        let state = Arc::new(Mutex::new(RecvState::default()));
+        let sender = BodySender {
+            state: Arc::clone(&state),
+        };
+        let body = RecvBody {
+            state,
+            stream,
+            inbox,
+            remaining: content_length,
+        };
+        (sender, body)
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        let mut s = lock(&self.state);
+        if let Some(chunk) = s.chunks.pop_front() {
+            drop(s);
+            let len = chunk.len();
+            if len > 0 {
+                self.inbox.credit(self.stream, len as u32);
+            }
+            if let Some(r) = &mut self.remaining {
+                *r = r.saturating_sub(len as u64);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(trailers) = s.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(reason) = s.reset {
+            return Poll::Ready(Some(Err(RecvError(reason))));
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = lock(&self.state);
+        s.ended && s.chunks.is_empty() && s.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        let unread: usize = {
+            let mut s = lock(&self.state);
+            s.dropped = true;
+            s.chunks.drain(..).map(|c| c.len()).sum()
+        };
+        // The connection window those octets took is given back; the stream's no longer
+        // matters once the proxy stops reading.
+        if unread > 0 {
+            self.inbox.credit(self.stream, unread as u32);
+        }
+    }
+}

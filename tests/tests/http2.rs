@@ -1,0 +1,539 @@
+//! The proxy's own HTTP/2 server end to end: a raw frame client (every frame ours to choose)
+//! and real HTTP/2 clients (hyper's, curl's) against the real proxy, in front of an HTTP/1.1
+//! backend in this process. Settings, flow control both ways with tiny and large windows,
+//! malformed and oversized requests answered on their stream, protocol errors answered with
+//! GOAWAY, the floods the server cuts off (rapid reset, CONTINUATION), and refused streams.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rauta_tests::harness::{Proxy, Workspace, start_gateway};
+use rauta_tests::manifests::{http_route, on_http_gateway, service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// The backend: `/big?n=N` answers N octets, `/count` the length and byte sum of the body it
+/// got, `/slow` after two seconds, anything else "ok".
+async fn start_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: http::Request<Incoming>| async move {
+                let path = req.uri().path().to_owned();
+                let query = req.uri().query().unwrap_or("").to_owned();
+                let body: Vec<u8> = match path.as_str() {
+                    "/big" => {
+                        let n: usize = query.trim_start_matches("n=").parse().unwrap_or(0);
+                        (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+                    }
+                    "/count" => {
+                        let got = req.into_body().collect().await.unwrap().to_bytes();
+                        let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+                        format!("{}:{sum}", got.len()).into_bytes()
+                    }
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        b"slow".to_vec()
+                    }
+                    _ => b"ok".to_vec(),
+                };
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+async fn gateway(ws: &Workspace) -> (rauta_tests::harness::Controller, Proxy) {
+    let backend = start_backend().await;
+    let rule = "  - backendRefs: [{name: plain, port: 8080}]\n";
+    ws.write(
+        "all.yaml",
+        &on_http_gateway(&[
+            service("apps", "plain", &[backend]),
+            http_route("apps", "all", ("infra", "gw"), &["h2.example"], rule),
+        ]),
+    );
+    start_gateway(ws, &[]).await
+}
+
+/// HPACK: a literal field without indexing and with a literal name, no Huffman coding.
+fn field(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0);
+    for s in [name, value] {
+        push_int(block, s.len());
+        block.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// An HPACK integer with a 7-bit prefix (string lengths).
+fn push_int(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+fn get_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "h2.example"),
+        (":path", path),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        field(&mut block, n, v);
+    }
+    block
+}
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// An HTTP/2 client that writes and reads raw frames.
+struct RawH2 {
+    io: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and sends the preface and SETTINGS with `settings`.
+    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> RawH2 {
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        io.write_all(PREFACE).await.unwrap();
+        let mut h2 = RawH2 {
+            io,
+            buf: Vec::new(),
+        };
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, v)| id.to_be_bytes().into_iter().chain(v.to_be_bytes()))
+            .collect();
+        h2.send(SETTINGS, 0, 0, &payload).await;
+        h2
+    }
+
+    fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        // The proxy may have closed already (that is what some cases test).
+        let _ = self
+            .io
+            .write_all(&Self::frame_bytes(kind, flags, stream, payload))
+            .await;
+    }
+
+    /// The next frame; None once the proxy closed the connection.
+    async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let f = Frame {
+                        kind: self.buf[3],
+                        flags: self.buf[4],
+                        stream: u32::from_be_bytes(self.buf[5..9].try_into().unwrap()),
+                        payload: self.buf[9..9 + len].to_vec(),
+                    };
+                    self.buf.drain(..9 + len);
+                    return Some(f);
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let read = tokio::time::timeout(Duration::from_secs(10), self.io.read(&mut chunk))
+                .await
+                .expect("the proxy answers within 10 s");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Frames until one of `kind` on `stream`; the others are returned too, in order.
+    async fn until(&mut self, kind: u8, stream: u32) -> (Frame, Vec<Frame>) {
+        let mut seen = Vec::new();
+        loop {
+            let f = self
+                .frame()
+                .await
+                .unwrap_or_else(|| panic!("closed before frame type {kind} on stream {stream}"));
+            if f.kind == kind && f.stream == stream {
+                return (f, seen);
+            }
+            seen.push(f);
+        }
+    }
+
+    /// The GOAWAY's error code, after which the proxy closes.
+    async fn goaway_code(&mut self) -> u32 {
+        let (goaway, _) = self.until(GOAWAY, 0).await;
+        let code = u32::from_be_bytes(goaway.payload[4..8].try_into().unwrap());
+        while self.frame().await.is_some() {}
+        code
+    }
+
+    /// A response's `:status` (the proxy encodes statuses as static-table indexes or
+    /// literals without Huffman), and its body, read to END_STREAM.
+    async fn response(&mut self, stream: u32) -> (String, Vec<u8>) {
+        let (head, _) = self.until(HEADERS, stream).await;
+        let status = status_of(&head.payload);
+        let mut body = Vec::new();
+        if head.flags & END_STREAM == 0 {
+            loop {
+                let (data, _) = self.until(DATA, stream).await;
+                body.extend_from_slice(&data.payload);
+                if data.flags & END_STREAM != 0 {
+                    break;
+                }
+            }
+        }
+        (status, body)
+    }
+}
+
+fn status_of(block: &[u8]) -> String {
+    match block[0] {
+        0x88 => "200".into(),
+        0x89 => "204".into(),
+        0x8c => "400".into(),
+        0x8d => "404".into(),
+        // Literal without indexing, name index 8 (:status), raw 3-digit value.
+        0x08 => String::from_utf8_lossy(&block[2..5]).into_owned(),
+        other => panic!("unexpected status encoding {other:#x}"),
+    }
+}
+
+#[tokio::test]
+async fn settings_ping_and_requests_on_the_raw_protocol() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+    let mut h2 = RawH2::connect(proxy.listener(80), &[]).await;
+    // The proxy's SETTINGS: 256 streams, a 1 MiB stream window, the header limit.
+    let settings = h2.frame().await.unwrap();
+    assert_eq!((settings.kind, settings.flags), (SETTINGS, 0));
+    let values: Vec<(u16, u32)> = settings
+        .payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes(c[2..6].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(values, [(3, 256), (4, 1 << 20), (6, 65536)]);
+    let (ack, _) = h2.until(SETTINGS, 0).await;
+    assert_eq!(ack.flags, 1, "our SETTINGS acknowledged");
+
+    h2.send(PING, 0, 0, b"12345678").await;
+    let (pong, _) = h2.until(PING, 0).await;
+    assert_eq!((pong.flags, pong.payload.as_slice()), (1, &b"12345678"[..]));
+
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 1, &get_block("/", &[]))
+        .await;
+    assert_eq!(h2.response(1).await, ("200".into(), b"ok".to_vec()));
+
+    // Malformed on its own stream: 400, and the connection goes on.
+    let upper = get_block("/", &[("X-Upper", "1")]);
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 3, &upper).await;
+    assert_eq!(h2.response(3).await.0, "400");
+    let mut no_path = Vec::new();
+    field(&mut no_path, ":method", "GET");
+    field(&mut no_path, ":scheme", "http");
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 5, &no_path)
+        .await;
+    assert_eq!(h2.response(5).await.0, "400");
+    let smuggled = get_block("/", &[("transfer-encoding", "chunked")]);
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 7, &smuggled)
+        .await;
+    assert_eq!(h2.response(7).await.0, "400");
+
+    // A header list over the limit, in a HEADERS and CONTINUATIONs: 431.
+    let big = "v".repeat(70_000);
+    let block = get_block("/", &[("x-big", &big)]);
+    let mut chunks = block.chunks(16_384).peekable();
+    h2.send(HEADERS, END_STREAM, 9, chunks.next().unwrap())
+        .await;
+    while let Some(chunk) = chunks.next() {
+        let flags = if chunks.peek().is_none() {
+            END_HEADERS
+        } else {
+            0
+        };
+        h2.send(CONTINUATION, flags, 9, chunk).await;
+    }
+    assert_eq!(h2.response(9).await.0, "431");
+
+    // A request body, with a content-length that does not match it: the stream is reset.
+    let post = {
+        let mut b = Vec::new();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "h2.example"),
+            (":path", "/count"),
+            ("content-length", "10"),
+        ] {
+            field(&mut b, n, v);
+        }
+        b
+    };
+    h2.send(HEADERS, END_HEADERS, 11, &post).await;
+    h2.send(DATA, END_STREAM, 11, b"short").await;
+    let (rst, _) = h2.until(RST_STREAM, 11).await;
+    assert_eq!(rst.payload, 1u32.to_be_bytes(), "PROTOCOL_ERROR");
+
+    // The same with a matching length is counted by the backend.
+    h2.send(HEADERS, END_HEADERS, 13, &post).await;
+    h2.send(DATA, 0, 13, b"01234").await;
+    h2.send(DATA, END_STREAM, 13, b"56789").await;
+    assert_eq!(h2.response(13).await, ("200".into(), b"10:525".to_vec()));
+
+    // The client's GOAWAY: the proxy answers GOAWAY too, and closes.
+    h2.send(GOAWAY, 0, 0, &[0, 0, 0, 13, 0, 0, 0, 0]).await;
+    assert_eq!(h2.goaway_code().await, 0);
+}
+
+#[tokio::test]
+async fn flow_control_holds_both_ways() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+
+    // A 100-octet stream window: the proxy sends 100 octets, then waits for WINDOW_UPDATE.
+    let mut h2 = RawH2::connect(proxy.listener(80), &[(4, 100)]).await;
+    h2.send(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &get_block("/big?n=250", &[]),
+    )
+    .await;
+    let (head, _) = h2.until(HEADERS, 1).await;
+    assert_eq!(status_of(&head.payload), "200");
+    let (first, _) = h2.until(DATA, 1).await;
+    assert_eq!((first.payload.len(), first.flags), (100, 0));
+    let nothing = tokio::time::timeout(Duration::from_millis(300), h2.frame()).await;
+    assert!(nothing.is_err(), "nothing more sent without window");
+    h2.send(WINDOW_UPDATE, 0, 1, &200u32.to_be_bytes()).await;
+    let mut rest = Vec::new();
+    loop {
+        let (data, _) = h2.until(DATA, 1).await;
+        rest.extend_from_slice(&data.payload);
+        if data.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(first.payload.len() + rest.len(), 250);
+    assert!(rest.starts_with(b"wxyz"), "continues where it stopped");
+
+    // Real clients: hyper's with a 16 KiB stream window, a 3 MB download and a 3 MB upload (over the
+    // proxy's 1 MiB stream and 4 MiB connection windows, so both need WINDOW_UPDATEs).
+    let tcp = TcpStream::connect(proxy.listener(80)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16_384)
+        .initial_connection_window_size(65_535)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n = 3_000_000;
+    let req = http::Request::get(format!("http://h2.example/big?n={n}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), n);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8)
+    );
+
+    let upload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    for _ in 0..2 {
+        let req = http::Request::post("http://h2.example/count")
+            .body(Full::new(Bytes::from(upload.clone())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("{n}:{sum}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn protocol_errors_end_the_connection_with_goaway() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+    let addr = proxy.listener(80);
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "DATA on stream 0",
+            RawH2::frame_bytes(DATA, 0, 0, b"x"),
+            0x1,
+        ),
+        (
+            "HEADERS on an even stream",
+            RawH2::frame_bytes(HEADERS, END_STREAM | END_HEADERS, 2, &get_block("/", &[])),
+            0x1,
+        ),
+        (
+            "a frame over 16384 octets",
+            RawH2::frame_bytes(PING, 0, 0, &[0; 16_385]),
+            0x6,
+        ),
+        (
+            "the connection window over 2^31-1",
+            RawH2::frame_bytes(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+            0x3,
+        ),
+        (
+            "an undecodable header block",
+            RawH2::frame_bytes(HEADERS, END_STREAM | END_HEADERS, 1, &[0x80]),
+            0x9,
+        ),
+        (
+            "CONTINUATION without HEADERS",
+            RawH2::frame_bytes(CONTINUATION, END_HEADERS, 1, &[0x82]),
+            0x1,
+        ),
+        (
+            "RST_STREAM on an idle stream",
+            RawH2::frame_bytes(RST_STREAM, 0, 5, &8u32.to_be_bytes()),
+            0x1,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut h2 = RawH2::connect(addr, &[]).await;
+        let _ = h2.io.write_all(&bytes).await;
+        assert_eq!(h2.goaway_code().await, code, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn floods_and_excess_streams_are_cut_off() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+    let addr = proxy.listener(80);
+
+    // Rapid reset: streams opened and cancelled at once, hundreds of them.
+    let mut h2 = RawH2::connect(addr, &[]).await;
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        let id = 2 * i + 1;
+        burst.extend(RawH2::frame_bytes(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            id,
+            &get_block("/slow", &[]),
+        ));
+        burst.extend(RawH2::frame_bytes(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = h2.io.write_all(&burst).await;
+    assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
+
+    // A header block that never ends.
+    let mut h2 = RawH2::connect(addr, &[]).await;
+    h2.send(HEADERS, END_STREAM, 1, &get_block("/", &[])).await;
+    let filler = vec![0x82u8; 16_384];
+    for _ in 0..12 {
+        h2.send(CONTINUATION, 0, 1, &filler).await;
+    }
+    assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
+
+    // More than 256 streams at once: the 257th is refused, the first 256 answered.
+    let mut h2 = RawH2::connect(addr, &[]).await;
+    let mut open = Vec::new();
+    for i in 0..257u32 {
+        open.extend(RawH2::frame_bytes(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &get_block("/slow", &[]),
+        ));
+    }
+    h2.io.write_all(&open).await.unwrap();
+    let (refused, _) = h2.until(RST_STREAM, 513).await;
+    assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
+    let mut answered = 0;
+    while answered < 256 {
+        let f = h2.frame().await.expect("all 256 answered");
+        if f.kind == DATA && f.flags & END_STREAM != 0 {
+            assert_eq!(f.payload, b"slow");
+            answered += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn curl_speaks_http2_with_prior_knowledge() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+    let url = format!("http://{}/big?n=100000", proxy.listener(80));
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-H",
+            "host: h2.example",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code} %{size_download}",
+            &url,
+        ])
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (curl 7.88 cannot reuse a prior-knowledge connection, against any server: one request.)
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200 100000");
+}
