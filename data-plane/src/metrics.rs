@@ -30,6 +30,12 @@ pub struct ProxyMetrics {
     pub fast_path_handoffs: IntCounter,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     upstream_raw_requests: IntCounter,
+    /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
+    pub http2_fast_path_requests: IntCounter,
+    /// HTTP/2 connections the proxy ended with an error (GOAWAY), by error code.
+    pub http2_connection_errors: IntCounterVec,
+    /// HTTP/2 streams the proxy reset or refused (RST_STREAM), by error code.
+    pub http2_stream_errors: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
 }
@@ -83,6 +89,29 @@ impl ProxyMetrics {
         registry.register(Box::new(fast_path_requests.clone()))?;
         registry.register(Box::new(fast_path_handoffs.clone()))?;
         registry.register(Box::new(upstream_raw_requests.clone()))?;
+        let http2_fast_path_requests = IntCounter::new(
+            "http2_fast_path_requests_total",
+            "HTTP/2 requests without a body planned and forwarded as the HTTP/1.1 fast path \
+             does (no header maps), to HTTP/1.1 upstreams",
+        )?;
+        registry.register(Box::new(http2_fast_path_requests.clone()))?;
+        let http2_connection_errors = IntCounterVec::new(
+            Opts::new(
+                "http2_connection_errors_total",
+                "HTTP/2 connections ended with a GOAWAY error, by error code (PROTOCOL_ERROR, \
+                 ENHANCE_YOUR_CALM for floods and rapid resets, ...)",
+            ),
+            &["reason"],
+        )?;
+        let http2_stream_errors = IntCounterVec::new(
+            Opts::new(
+                "http2_stream_errors_total",
+                "HTTP/2 streams reset or refused by the proxy (RST_STREAM), by error code",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(http2_connection_errors.clone()))?;
+        registry.register(Box::new(http2_stream_errors.clone()))?;
         let retries = IntCounterVec::new(
             Opts::new("upstream_retries_total", "Retries sent, by cluster"),
             &["cluster"],
@@ -185,6 +214,9 @@ impl ProxyMetrics {
             fast_path_requests,
             fast_path_handoffs,
             upstream_raw_requests,
+            http2_fast_path_requests,
+            http2_connection_errors,
+            http2_stream_errors,
             retries,
             retries_refused,
         })

@@ -42,7 +42,7 @@ static TRAILER: HeaderName = HeaderName::from_static("trailer");
 #[derive(Debug, Clone)]
 struct LocalReply(Bytes);
 
-fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+pub(crate) fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Right(Full::new(body.clone())));
     resp.extensions_mut().insert(LocalReply(body));
     *resp.status_mut() = status;
@@ -770,7 +770,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Removes connection-scoped headers (RFC 9110 section 7.6.1), keeping `te: trailers` for gRPC.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     const HOP_BY_HOP: [&HeaderName; 7] = [
         &CONNECTION,
         &KEEP_ALIVE,

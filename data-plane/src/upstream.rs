@@ -260,9 +260,7 @@ impl EndpointPool {
         if raw && !upgrade && self.protocol == Protocol::Http1 && upstream_raw::takes(&req) {
             let resp = upstream_raw::send(self, req).await?;
             self.stats.raw_requests.inc();
-            return Ok(resp.map(|raw| ResponseBody {
-                inner: Inner::Raw(raw),
-            }));
+            return Ok(resp.map(ResponseBody::raw));
         }
         let body = match req.body() {
             Either::Left(streamed) => Some(streamed.state()),
@@ -662,6 +660,13 @@ pub enum ResponseBodyError {
 }
 
 impl ResponseBody {
+    /// A body read by the raw HTTP/1.1 client.
+    pub fn raw(body: RawBody) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Raw(body),
+        }
+    }
+
     fn new(resp: Response<Incoming>, release: Option<Release>) -> Response<ResponseBody> {
         resp.map(|body| {
             let mut body = ResponseBody {

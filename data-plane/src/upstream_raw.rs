@@ -73,14 +73,22 @@ pub async fn send(
 ) -> Result<Response<RawBody>, UpstreamError> {
     let mut head = Vec::with_capacity(512);
     write_request_head(&req, &mut head);
-    let head_request = req.method() == Method::HEAD;
+    send_head(pool, &head, req.method() == Method::HEAD).await
+}
+
+/// [`send`] for a request head already written: a GET or HEAD (`head_request`) without a body.
+pub async fn send_head(
+    pool: &Arc<EndpointPool>,
+    head: &[u8],
+    head_request: bool,
+) -> Result<Response<RawBody>, UpstreamError> {
     let (mut conn, mut reused) = match pool.checkout_raw() {
         Some(c) => (c, true),
         None => (pool.connect_raw().await?, false),
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        match attempt(&mut conn.stream, &head, &mut buf, head_request).await {
+        match attempt(&mut conn.stream, head, &mut buf, head_request).await {
             Ok(parts) => {
                 conn.count_request();
                 return Ok(RawBody::response(parts, conn, buf, Arc::clone(pool)));

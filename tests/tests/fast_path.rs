@@ -981,17 +981,27 @@ async fn h2_exchange(
     ))
 }
 
-/// HTTP/2 clients' GETs reach HTTP/1.1 upstreams through the proxy's own client (not hyper's):
-/// the same fields sent, and the same answers back, as through hyper's client (the proxy with
-/// `--http1-fast-path off`), for every framing, trailers included; pooled connections the
-/// upstream closed are replaced, and malformed or cut-off responses fail the same way.
+/// HTTP/2 clients get the same answers from the proxy's own HTTP/2 server, its fast path and
+/// raw HTTP/1.1 client as from hyper's server and client (the proxy with
+/// `--http1-fast-path off --http2-server hyper`): the same fields sent upstream and the same
+/// answers back, for every framing, trailers included; pooled connections the upstream closed
+/// are replaced, and malformed or cut-off responses fail the same way. The requests to
+/// general.example (a rule with retries, which the fast path leaves to the general path) take
+/// the general path's raw client.
 #[tokio::test]
-async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
+async fn http2_clients_get_the_same_answers_from_either_http2_server() {
     let backend = ScriptedBackend::start().await;
     let ws = Workspace::new();
     let dead_route = "  - backendRefs: [{name: dead, port: 8080}]\n";
+    let general = http_route(
+        "apps",
+        "general",
+        ("infra", "gw"),
+        &["general.example"],
+        "  - retry: {attempts: 1, codes: [503]}\n    backendRefs: [{name: scripted, port: 8080}]\n",
+    );
     let (_controller, raw, hyper_client) =
-        with_and_without_fast_path(&ws, &backend, dead_route, &[]).await;
+        with_and_without_fast_path(&ws, &backend, dead_route, &[general]).await;
     let trace = format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01");
     let exchanges: Vec<(H2Request, Vec<(&str, &str)>)> = vec![
         (
@@ -1017,6 +1027,11 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
         (("GET", "http://fast.example/chunked-cut", ""), vec![]),
         (("POST", "http://fast.example/echo", "a body"), vec![]),
         (("GET", "http://dead.example/", ""), vec![]),
+        (
+            ("GET", "http://general.example/headers", ""),
+            vec![("cookie", "a=1"), ("cookie", "b=2")],
+        ),
+        (("GET", "http://general.example/chunked", ""), vec![]),
     ];
     let mut answers: Vec<Vec<H2Answer>> = Vec::new();
     for proxy in [&raw, &hyper_client] {
@@ -1077,6 +1092,9 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
     assert!(got[10].is_err(), "nor a chunked one");
     assert_eq!((ok(11).0, ok(11).2.as_slice()), (200, &b"a body"[..]));
     assert_eq!(ok(12).0, 502);
+    let general = String::from_utf8_lossy(&ok(13).2).into_owned();
+    assert!(general.contains("cookie: a=1; b=2"), "{general}");
+    assert_eq!(ok(14).2, b"hello, world");
 
     // A pooled connection the upstream closes on the next request, unanswered: the raw client
     // sends that GET again on a new connection (hyper's client answered 502 here).
@@ -1107,12 +1125,24 @@ async fn http2_clients_get_the_same_answers_through_the_raw_upstream_client() {
     let head = String::from_utf8_lossy(&client.buf).into_owned();
     assert!(head.contains(" 200 Fine Thanks\r\n"), "{head}");
 
-    // These response heads came through the raw client: ten of the exchanges above (not the
-    // POST's, which hyper's client sent, the malformed one's, nor the dead endpoint's), then
-    // /then-drop, /headers and /reason. None on the other proxy.
+    // The GETs and HEADs to fast.example and dead.example took the fast path's terms over
+    // HTTP/2 (twelve of the exchanges above, then /then-drop and /headers); the general path's
+    // raw client sent those to general.example and the HTTP/1.0 request. Neither on the other
+    // proxy.
+    assert_eq!(
+        metric(&raw.metrics().await, "http2_fast_path_requests_total"),
+        14
+    );
     assert_eq!(
         metric(&raw.metrics().await, "upstream_raw_requests_total"),
-        13
+        3
+    );
+    assert_eq!(
+        metric(
+            &hyper_client.metrics().await,
+            "http2_fast_path_requests_total"
+        ),
+        0
     );
     assert_eq!(
         metric(&hyper_client.metrics().await, "upstream_raw_requests_total"),

@@ -452,6 +452,11 @@ async fn protocol_errors_end_the_connection_with_goaway() {
         let _ = h2.io.write_all(&bytes).await;
         assert_eq!(h2.goaway_code().await, code, "{what}");
     }
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("rauta_proxy_http2_connection_errors_total{reason=\"PROTOCOL_ERROR\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -506,6 +511,13 @@ async fn floods_and_excess_streams_are_cut_off() {
             assert_eq!(f.payload, b"slow");
             answered += 1;
         }
+    }
+    let metrics = proxy.metrics().await;
+    for line in [
+        "rauta_proxy_http2_connection_errors_total{reason=\"ENHANCE_YOUR_CALM\"} 2",
+        "rauta_proxy_http2_stream_errors_total{reason=\"REFUSED_STREAM\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
 }
 

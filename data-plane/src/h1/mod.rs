@@ -14,7 +14,7 @@
 //! this path does not implement is decided in one place, hyper's path.
 
 pub(crate) mod body;
-mod request;
+pub(crate) mod request;
 pub(crate) mod response;
 mod rewind;
 

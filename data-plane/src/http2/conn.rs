@@ -24,7 +24,7 @@ use super::frame::{
 };
 use super::hpack::Decoder;
 use super::request::{Fields, Rejected};
-use super::stream::{Sent, Stream, write_local_reply};
+use super::stream::{HIGH_WATER, Sent, Stream, write_local_reply};
 use crate::limits::ClientBody;
 use crate::proxy::{self, Connection, ListenerCtx, ProxyBody};
 use crate::shared::{Shared, drain_started};
@@ -275,6 +275,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 }
                 self.ready = ready;
             }
+            if progress && self.out.len() - self.out_pos < HIGH_WATER {
+                // More may come in this turn: one write carries all of it. Every write wakes
+                // the client, which on a busy CPU can preempt the proxy mid-turn.
+                continue;
+            }
             if self.out_pos < self.out.len() {
                 match self.poll_write(cx) {
                     Poll::Ready(Ok(())) => progress = true,
@@ -295,6 +300,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             if !progress {
                 return Poll::Pending;
             }
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write(cx) {
+            return Poll::Ready(End::Io(e));
         }
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -333,6 +341,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Ends the connection at once after a connection error.
     fn fail(&mut self, reason: Reason) {
+        self.shared
+            .metrics
+            .http2_connection_errors
+            .with_label_values(&[reason.name()])
+            .inc();
         if !self.goaway {
             self.goaway = true;
             frame::push_goaway(&mut self.out, self.last_stream, reason);
@@ -687,12 +700,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         self.last_stream = id;
         if self.goaway {
             // Opened after GOAWAY: not processed; the client may retry it elsewhere.
-            frame::push_rst_stream(&mut self.out, id, Reason::RefusedStream);
+            self.push_reset(id, Reason::RefusedStream);
             return Ok(());
         }
         if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
             self.abused()?;
-            frame::push_rst_stream(&mut self.out, id, Reason::RefusedStream);
+            self.push_reset(id, Reason::RefusedStream);
             return Ok(());
         }
         if end_stream && fields.content_length.is_some_and(|l| l > 0) {
@@ -700,48 +713,54 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 .error
                 .or(Some(Rejected::Malformed("content-length without DATA")));
         }
+        if let Err(rejected) = fields.check() {
+            self.abused()?;
+            let (status, text): (StatusCode, &[u8]) = match rejected {
+                Rejected::TooLarge => (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    b"request header fields too large\n",
+                ),
+                Rejected::Malformed(why) => {
+                    debug!(peer = %self.conn.peer, why, "malformed HTTP/2 request");
+                    (StatusCode::BAD_REQUEST, b"malformed request\n")
+                }
+            };
+            write_local_reply(
+                &mut self.out,
+                &mut self.scratch,
+                id,
+                status,
+                text,
+                (self.peer_window, &mut self.send_window),
+            );
+            if !end_stream {
+                // The client need not send the rest of the body.
+                frame::push_rst_stream(&mut self.out, id, Reason::NoError);
+            }
+            return Ok(());
+        }
         let content_length = fields.content_length;
+        let head_request = fields.method() == Some(&Method::HEAD);
         let (body, sender) = if end_stream {
             (ClientBody::Empty, None)
         } else {
             let (tx, rx) = RecvBody::channel(id, Arc::clone(&self.inbox), content_length);
             (ClientBody::Http2(rx), Some(tx))
         };
-        let req = match fields.into_request(body) {
-            Ok(req) => req,
-            Err(rejected) => {
-                self.abused()?;
-                let (status, text): (StatusCode, &[u8]) = match rejected {
-                    Rejected::TooLarge => (
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        b"request header fields too large\n",
-                    ),
-                    Rejected::Malformed(why) => {
-                        debug!(peer = %self.conn.peer, why, "malformed HTTP/2 request");
-                        (StatusCode::BAD_REQUEST, b"malformed request\n")
-                    }
-                };
-                write_local_reply(
-                    &mut self.out,
-                    &mut self.scratch,
-                    id,
-                    status,
-                    text,
-                    (self.peer_window, &mut self.send_window),
-                );
-                if !end_stream {
-                    // The client need not send the rest of the body.
-                    frame::push_rst_stream(&mut self.out, id, Reason::NoError);
-                }
-                return Ok(());
+        // Without a body, a request may take the fast path (off with `--http1-fast-path`).
+        let mut fast = None;
+        if end_stream && self.shared.http1_fast_path {
+            let mut head = Vec::with_capacity(256);
+            if fields.http1_head(&mut head) {
+                fast = Some(head);
             }
-        };
-        let head_request = req.method() == Method::HEAD;
-        let future: RequestFuture = Box::pin(proxy::handle(
+        }
+        let future: RequestFuture = Box::pin(respond(
             Arc::clone(&self.shared),
             Arc::clone(&self.listener),
             Arc::clone(&self.conn),
-            req,
+            (fields, body),
+            fast,
         ));
         let waker = Waker::from(Arc::new(StreamWaker {
             stream: id,
@@ -775,9 +794,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Ok(())
     }
 
+    /// Sends RST_STREAM for a stream error, counted.
+    fn push_reset(&mut self, id: u32, reason: Reason) {
+        if reason != Reason::NoError {
+            self.shared
+                .metrics
+                .http2_stream_errors
+                .with_label_values(&[reason.name()])
+                .inc();
+        }
+        frame::push_rst_stream(&mut self.out, id, reason);
+    }
+
     /// Resets a stream (a stream error): RST_STREAM, and the request's body fails.
     fn reset(&mut self, id: u32, reason: Reason) {
-        frame::push_rst_stream(&mut self.out, id, reason);
+        self.push_reset(id, reason);
         if let Some(s) = self.streams.remove(&id)
             && let Some(recv) = &s.recv
         {
@@ -815,7 +846,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if self.out.len() > super::stream::HIGH_WATER {
+        if self.out.len() > HIGH_WATER {
             // Written out first; the stream is looked at again after.
             self.deferred.push(id);
             return;
@@ -837,6 +868,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             Sent::Failed => self.reset(id, Reason::InternalError),
         }
+    }
+}
+
+/// A stream's request: on the fast path's terms when it takes it, else the general path.
+async fn respond(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerCtx>,
+    conn: Arc<Connection>,
+    (fields, body): (Fields, ClientBody),
+    fast: Option<Vec<u8>>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(head) = fast
+        && let Some(resp) = super::fast::serve(&shared, &listener, &conn, &head).await
+    {
+        return Ok(resp);
+    }
+    match fields.into_request(body) {
+        Ok(req) => proxy::handle(shared, listener, conn, req).await,
+        // A URI that does not parse (the pseudo-headers were checked as the block arrived).
+        Err(_) => Ok(proxy::local(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"malformed request\n"),
+        )),
     }
 }
 

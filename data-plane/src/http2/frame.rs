@@ -54,9 +54,10 @@ pub enum Reason {
     EnhanceYourCalm = 0xb,
 }
 
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
+impl Reason {
+    /// The RFC's name for the code.
+    pub fn name(self) -> &'static str {
+        match self {
             Reason::NoError => "NO_ERROR",
             Reason::ProtocolError => "PROTOCOL_ERROR",
             Reason::InternalError => "INTERNAL_ERROR",
@@ -67,8 +68,13 @@ impl std::fmt::Display for Reason {
             Reason::Cancel => "CANCEL",
             Reason::CompressionError => "COMPRESSION_ERROR",
             Reason::EnhanceYourCalm => "ENHANCE_YOUR_CALM",
-        };
-        f.write_str(name)
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

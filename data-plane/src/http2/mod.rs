@@ -20,6 +20,7 @@
 
 mod body;
 mod conn;
+mod fast;
 mod frame;
 mod hpack;
 mod huffman;

@@ -97,6 +97,11 @@ impl Fields {
             }
             _ => {}
         }
+        // NUL, CR and LF make a request malformed (RFC 9113 section 8.2.1); other controls are
+        // not field content either (RFC 9110 section 5.5).
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(Rejected::Malformed("control character in a field value"));
+        }
         if name == CONTENT_LENGTH && !self.trailers {
             let len = std::str::from_utf8(value)
                 .ok()
@@ -180,6 +185,85 @@ impl Fields {
             }
             _ => Err(bad("unknown pseudo-header")),
         }
+    }
+
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// Whether the pseudo-headers make a request (the URI's own syntax is checked later).
+    pub fn check(&self) -> Result<(), Rejected> {
+        if let Some(rejected) = self.error {
+            return Err(rejected);
+        }
+        let method = self
+            .method
+            .as_ref()
+            .ok_or(Rejected::Malformed("no :method"))?;
+        if *method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() {
+                return Err(Rejected::Malformed("CONNECT with :scheme or :path"));
+            }
+            if self.authority.is_none() {
+                return Err(Rejected::Malformed("no :authority"));
+            }
+        } else if self.scheme.is_none() || self.path.is_none() {
+            return Err(Rejected::Malformed("no :scheme or :path"));
+        }
+        Ok(())
+    }
+
+    /// Writes the request as an HTTP/1.1 head (`host` from `:authority`, cookie crumbs joined)
+    /// for the fast path's planner; false when it has no plain HTTP/1.1 form, and the
+    /// general path takes it.
+    pub fn http1_head(&self, out: &mut Vec<u8>) -> bool {
+        let (Some(method), Some(path), Some(authority)) =
+            (&self.method, &self.path, &self.authority)
+        else {
+            return false;
+        };
+        let authority = &self.values[authority.clone()];
+        let plain_authority =
+            |b: &u8| b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=@".contains(b);
+        if *method == Method::CONNECT
+            || !authority.iter().all(plain_authority)
+            || self.names.iter().any(|(n, _)| *n == http::header::HOST)
+        {
+            return false;
+        }
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&self.values[path.clone()]);
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(authority);
+        out.extend_from_slice(b"\r\n");
+        let mut cookies = self
+            .names
+            .iter()
+            .filter(|(n, _)| *n == http::header::COOKIE)
+            .peekable();
+        if cookies.peek().is_some() {
+            // Crumbs are joined for an HTTP/1.1 upstream (RFC 9113 section 8.2.3).
+            out.extend_from_slice(b"cookie: ");
+            for (i, (_, range)) in cookies.enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(&self.values[range.clone()]);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        for (name, range) in &self.names {
+            if *name == http::header::COOKIE {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&self.values[range.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        true
     }
 
     /// The request head, once the whole block was collected.
@@ -283,6 +367,46 @@ mod tests {
                 "{case:?}"
             );
         }
+    }
+
+    #[test]
+    fn plain_requests_have_an_http1_form() {
+        let mut f = Fields::new(&Limits::default(), false);
+        for (n, v) in GET
+            .iter()
+            .chain(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")])
+        {
+            f.field(n.as_bytes(), v.as_bytes());
+        }
+        assert!(f.check().is_ok());
+        let mut head = Vec::new();
+        assert!(f.http1_head(&mut head));
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /a?b=c HTTP/1.1\r\nhost: example.com:8443\r\ncookie: a=1; b=2\r\n\
+             accept: */*\r\n\r\n"
+        );
+        for extra in [("host", "other.example")] {
+            let mut f = Fields::new(&Limits::default(), false);
+            for (n, v) in GET.iter().chain(&[extra]) {
+                f.field(n.as_bytes(), v.as_bytes());
+            }
+            assert!(!f.http1_head(&mut Vec::new()), "{extra:?}");
+        }
+        let mut f = Fields::new(&Limits::default(), false);
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a b"),
+            (":path", "/"),
+        ] {
+            f.field(n.as_bytes(), v.as_bytes());
+        }
+        assert!(!f.http1_head(&mut Vec::new()), "an authority with a space");
+        assert!(matches!(
+            collect(&[&GET[..], &[("x", "a\rb")]].concat()),
+            Err(Rejected::Malformed(_))
+        ));
     }
 
     #[test]
