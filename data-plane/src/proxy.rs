@@ -215,8 +215,9 @@ pub async fn handle(
         log: logged.as_ref().map(|_| LogDetails::default()),
     };
     let grpc = is_grpc(req.headers());
-    // Boxed: the request future is large, and HTTP/2 spawns one per stream; a small future
-    // moves cheaply where a large one was copied several times per request.
+    // Boxed: the request future is large, and an HTTP/2 stream keeps it in a box of its own
+    // (or a task, with hyper's server); a small future moves cheaply where a large one was
+    // copied several times per request.
     let mut resp = Box::pin(serve(&shared, &listener, &conn, req, started, &mut served)).await;
     if grpc && resp.status().as_u16() >= 400 && resp.extensions().get::<LocalReply>().is_some() {
         resp = grpc_local_reply(resp);

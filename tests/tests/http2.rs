@@ -549,3 +549,43 @@ async fn curl_speaks_http2_with_prior_knowledge() {
     // (curl 7.88 cannot reuse a prior-knowledge connection, against any server: one request.)
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200 100000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_goaway_and_finishes_the_streams_in_flight() {
+    let ws = Workspace::new();
+    let (_controller, mut proxy) = gateway(&ws).await;
+    let mut sender = rauta_tests::harness::h2c_connect(proxy.listener(80)).await;
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        let req = http::Request::get("http://h2.example/slow")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let sent = sender.send_request(req);
+        in_flight.push(tokio::spawn(async move {
+            let resp = sent.await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body.to_bytes()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.process.terminate();
+    for answer in in_flight {
+        let (status, body) = answer.await.unwrap().expect("answered despite the drain");
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"slow"[..]));
+    }
+    // GOAWAY came first: the connection takes no new stream.
+    let req = http::Request::get("http://h2.example/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(sender.send_request(req).await.is_err());
+    let exited =
+        tokio::task::spawn_blocking(move || proxy.process.wait_exit(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}

@@ -82,7 +82,7 @@ pub async fn serve(
             method: &line.method,
             authority: &line.authority,
             path: &line.path,
-            protocol: "HTTP/2.0",
+            protocol: "HTTP/2",
             status,
             route: Some(&line.route),
             cluster: Some(&line.cluster),

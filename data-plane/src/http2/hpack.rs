@@ -496,6 +496,23 @@ mod tests {
     }
 
     #[test]
+    fn random_blocks_never_panic_and_the_table_stays_bounded() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut d = Decoder::new(256);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..64);
+            let mut block: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Mostly well-formed starts, so decoding gets past the first byte.
+            if let Some(first) = block.first_mut() {
+                *first = [0x82, 0x40, 0x00, 0x10, 0x3f, *first][rng.random_range(0..6)];
+            }
+            let _ = decode(&mut d, &block);
+            assert!(d.size <= d.max && d.max <= d.limit);
+        }
+    }
+
+    #[test]
     fn encoded_fields_decode_back() {
         let mut out = Vec::new();
         for status in [200, 204, 302, 404, 503, 101] {

@@ -5,8 +5,10 @@
 //! a slab, wakers per stream), hyper's dispatcher, and a tokio task per stream. Here one task
 //! runs the connection: it decodes frames straight from its read buffer, polls each request's
 //! future and response body itself (a stream's waker queues the stream in the connection's
-//! inbox), and writes every frame into one buffer that goes out in one write per turn. The
-//! requests themselves go through the same request path (`proxy::handle`) as HTTP/1.1.
+//! inbox), and writes every frame into one buffer that goes out in one write per turn. A
+//! request without a body is first offered to the HTTP/1.1 fast path's planner (`fast`);
+//! the others, and those it does not take, go through the same request path
+//! (`proxy::handle`) as HTTP/1.1.
 //!
 //! What it enforces, besides the protocol's own rules:
 //! - at most [`MAX_CONCURRENT_STREAMS`] streams; more are refused (REFUSED_STREAM);
@@ -24,6 +26,7 @@ mod fast;
 mod frame;
 mod hpack;
 mod huffman;
+mod receive;
 mod request;
 mod stream;
 

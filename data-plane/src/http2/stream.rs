@@ -12,7 +12,7 @@ use hyper::body::Body;
 use tracing::debug;
 
 use super::body::BodySender;
-use super::conn::{RequestFuture, SendWindow, encode_headers, push_fields};
+use super::conn::{RequestFuture, SendWindow};
 use super::frame::{self, Reason, flag, kind};
 use super::hpack;
 use crate::proxy::ProxyBody;
@@ -352,6 +352,41 @@ fn with_date<T>(f: impl FnOnce(&[u8]) -> T) -> T {
         }
         f(cached.1.as_bytes())
     })
+}
+
+/// Frames for fields the proxy itself sends.
+pub(super) fn push_fields(out: &mut Vec<u8>, id: u32, block: &[u8], end_stream: bool, max: usize) {
+    let mut chunks = block.chunks(max).peekable();
+    let first = chunks.next().unwrap_or(&[]);
+    let mut flags = if end_stream { flag::END_STREAM } else { 0 };
+    if chunks.peek().is_none() {
+        flags |= flag::END_HEADERS;
+    }
+    frame::push_header(out, first.len(), kind::HEADERS, flags, id);
+    out.extend_from_slice(first);
+    while let Some(chunk) = chunks.next() {
+        let flags = if chunks.peek().is_none() {
+            flag::END_HEADERS
+        } else {
+            0
+        };
+        frame::push_header(out, chunk.len(), kind::CONTINUATION, flags, id);
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// Trailers or a response head with no fields left out: for [`push_fields`].
+pub(super) fn encode_headers(scratch: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        // Connection-specific fields are not HTTP/2's (RFC 9113 section 8.2.2).
+        if matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        ) {
+            continue;
+        }
+        hpack::encode_field(scratch, name.as_str().as_bytes(), value.as_bytes());
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,451 @@
+//! The receiving side of a connection: frames as they arrive, by type, with the checks
+//! RFC 9113 asks of a server.
+
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::MAX_CONCURRENT_STREAMS;
+use super::body::{RecvBody, StreamWaker};
+use super::conn::{Conn, ConnError, RequestFuture, STREAM_WINDOW, respond};
+use super::frame::{
+    self, DEFAULT_MAX_FRAME, FrameHeader, HEADER_LEN, MAX_WINDOW, PREFACE, Reason, flag, kind,
+    setting,
+};
+use super::request::{Fields, Rejected};
+use super::stream::{Stream, write_local_reply};
+use crate::limits::ClientBody;
+
+/// A header block that continues in CONTINUATION frames.
+pub(super) struct PartialBlock {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    /// Handles every complete frame in the read buffer.
+    pub(super) fn frames(&mut self) -> Result<(), ConnError> {
+        if !self.preface {
+            let n = self.rbuf.len().min(PREFACE.len());
+            if self.rbuf[..n] != PREFACE[..n] {
+                return Err(ConnError(Reason::ProtocolError, "not the HTTP/2 preface"));
+            }
+            if n < PREFACE.len() {
+                return Ok(());
+            }
+            self.rbuf.advance(PREFACE.len());
+            self.preface = true;
+        }
+        while self.rbuf.len() >= HEADER_LEN && !self.fatal {
+            let head = FrameHeader::parse(
+                self.rbuf[..HEADER_LEN]
+                    .try_into()
+                    .expect("slice of the header's length"),
+            );
+            if head.len > DEFAULT_MAX_FRAME {
+                return Err(ConnError(Reason::FrameSizeError, "frame over 16384 octets"));
+            }
+            if self.rbuf.len() < HEADER_LEN + head.len {
+                if self.rbuf.capacity() < HEADER_LEN + head.len {
+                    self.rbuf.reserve(HEADER_LEN + head.len - self.rbuf.len());
+                }
+                break;
+            }
+            let mut whole = self.rbuf.split_to(HEADER_LEN + head.len);
+            whole.advance(HEADER_LEN);
+            if !self.settings && head.kind != kind::SETTINGS {
+                return Err(ConnError(Reason::ProtocolError, "first frame not SETTINGS"));
+            }
+            if self.partial.is_some() && head.kind != kind::CONTINUATION {
+                return Err(ConnError(Reason::ProtocolError, "header block interrupted"));
+            }
+            self.frame(head, whole)?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, head: FrameHeader, payload: BytesMut) -> Result<(), ConnError> {
+        match head.kind {
+            kind::DATA => self.data(head, payload.freeze()),
+            kind::HEADERS => self.headers(head, &payload),
+            kind::CONTINUATION => self.continuation(head, &payload),
+            kind::RST_STREAM => self.rst_stream(head, &payload),
+            kind::SETTINGS => self.settings(head, &payload),
+            kind::PING => {
+                if head.len != 8 {
+                    return Err(ConnError(Reason::FrameSizeError, "PING not 8 octets"));
+                }
+                if head.stream != 0 {
+                    return Err(ConnError(Reason::ProtocolError, "PING on a stream"));
+                }
+                if !head.has(flag::ACK) {
+                    frame::push_header(&mut self.out, 8, kind::PING, flag::ACK, 0);
+                    self.out.extend_from_slice(&payload);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                if head.stream != 0 {
+                    return Err(ConnError(Reason::ProtocolError, "GOAWAY on a stream"));
+                }
+                // The client opens nothing more: finish what is open, then close.
+                self.go_away(Reason::NoError);
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => self.window_update(head, &payload),
+            kind::PRIORITY => {
+                if head.stream == 0 {
+                    return Err(ConnError(Reason::ProtocolError, "PRIORITY on stream 0"));
+                }
+                if head.len != 5 {
+                    self.reset(head.stream, Reason::FrameSizeError);
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ConnError(
+                Reason::ProtocolError,
+                "PUSH_PROMISE from a client",
+            )),
+            // Unknown frame types are ignored (section 5.5).
+            _ => Ok(()),
+        }
+    }
+
+    fn settings(&mut self, head: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream != 0 {
+            return Err(ConnError(Reason::ProtocolError, "SETTINGS on a stream"));
+        }
+        if head.has(flag::ACK) {
+            if head.len != 0 {
+                return Err(ConnError(
+                    Reason::FrameSizeError,
+                    "SETTINGS ACK with a payload",
+                ));
+            }
+            return Ok(());
+        }
+        if !head.len.is_multiple_of(6) {
+            return Err(ConnError(
+                Reason::FrameSizeError,
+                "SETTINGS not a multiple of 6",
+            ));
+        }
+        self.settings = true;
+        for entry in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([entry[0], entry[1]]);
+            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+            match id {
+                setting::ENABLE_PUSH if value > 1 => {
+                    return Err(ConnError(Reason::ProtocolError, "ENABLE_PUSH not 0 or 1"));
+                }
+                setting::INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > MAX_WINDOW {
+                        return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
+                    }
+                    let delta = value - self.peer_window;
+                    self.peer_window = value;
+                    for (id, s) in &mut self.streams {
+                        s.send_window += delta;
+                        if s.send_window > MAX_WINDOW {
+                            return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
+                        }
+                        if delta > 0 && s.blocked() {
+                            self.inbox.ready(*id);
+                        }
+                    }
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(ConnError(
+                            Reason::ProtocolError,
+                            "MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    // Larger frames save little and hold the connection longer per stream.
+                    self.peer_max_frame = (value as usize).min(4 * DEFAULT_MAX_FRAME);
+                }
+                // The encoder indexes nothing, so the client's table size does not matter;
+                // the proxy pushes nothing and limits nothing else the client announces.
+                _ => {}
+            }
+        }
+        frame::push_header(&mut self.out, 0, kind::SETTINGS, flag::ACK, 0);
+        Ok(())
+    }
+
+    fn window_update(&mut self, head: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        if head.len != 4 {
+            return Err(ConnError(
+                Reason::FrameSizeError,
+                "WINDOW_UPDATE not 4 octets",
+            ));
+        }
+        let increment = i64::from(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        );
+        if head.stream == 0 {
+            if increment == 0 {
+                return Err(ConnError(Reason::ProtocolError, "WINDOW_UPDATE of 0"));
+            }
+            self.send_window += increment;
+            if self.send_window > MAX_WINDOW {
+                return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
+            }
+            for (id, s) in &self.streams {
+                if s.blocked() {
+                    self.inbox.ready(*id);
+                }
+            }
+            return Ok(());
+        }
+        if head.stream > self.last_stream {
+            return Err(ConnError(
+                Reason::ProtocolError,
+                "WINDOW_UPDATE on an idle stream",
+            ));
+        }
+        let Some(s) = self.streams.get_mut(&head.stream) else {
+            return Ok(());
+        };
+        if increment == 0 {
+            self.reset(head.stream, Reason::ProtocolError);
+            return Ok(());
+        }
+        s.send_window += increment;
+        if s.send_window > MAX_WINDOW {
+            self.reset(head.stream, Reason::FlowControlError);
+        } else if s.blocked() {
+            self.inbox.ready(head.stream);
+        }
+        Ok(())
+    }
+
+    fn rst_stream(&mut self, head: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        if head.len != 4 {
+            return Err(ConnError(Reason::FrameSizeError, "RST_STREAM not 4 octets"));
+        }
+        if head.stream == 0 || head.stream > self.last_stream {
+            return Err(ConnError(
+                Reason::ProtocolError,
+                "RST_STREAM on an idle stream",
+            ));
+        }
+        let _ = payload;
+        if let Some(s) = self.streams.remove(&head.stream) {
+            if let Some(recv) = &s.recv {
+                recv.reset(Reason::Cancel);
+            }
+            if !s.is_done() {
+                self.abused()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, head: FrameHeader, payload: Bytes) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(ConnError(Reason::ProtocolError, "DATA on stream 0"));
+        }
+        let len = head.len as u32;
+        self.recv_window -= i64::from(len);
+        if self.recv_window < 0 {
+            return Err(ConnError(
+                Reason::FlowControlError,
+                "DATA over the connection window",
+            ));
+        }
+        let data = frame::unpadded(&head, &payload).ok_or(ConnError(
+            Reason::ProtocolError,
+            "padding longer than the frame",
+        ))?;
+        let data = payload.slice_ref(data);
+        // Padding is flow-controlled but never reaches the proxy: given back at once.
+        let mut give_back = len - data.len() as u32;
+        let id = head.stream;
+        let outcome = match self.streams.get_mut(&id) {
+            Some(s) if s.recv.is_some() => s.receive(data, head.has(flag::END_STREAM), len),
+            _ if id > self.last_stream => {
+                return Err(ConnError(Reason::ProtocolError, "DATA on an idle stream"));
+            }
+            _ => Err(Reason::StreamClosed),
+        };
+        match outcome {
+            Ok(returned) => give_back += returned,
+            Err(reason) => {
+                give_back = len;
+                self.reset(id, reason);
+            }
+        }
+        self.return_conn_window(give_back);
+        Ok(())
+    }
+
+    fn headers(&mut self, head: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 || head.stream.is_multiple_of(2) {
+            return Err(ConnError(
+                Reason::ProtocolError,
+                "HEADERS on an even stream",
+            ));
+        }
+        let mut fragment = frame::unpadded(&head, payload).ok_or(ConnError(
+            Reason::ProtocolError,
+            "padding longer than the frame",
+        ))?;
+        if head.has(flag::PRIORITY) {
+            fragment = fragment.get(5..).ok_or(ConnError(
+                Reason::FrameSizeError,
+                "HEADERS too short for PRIORITY",
+            ))?;
+        }
+        let end_stream = head.has(flag::END_STREAM);
+        if head.has(flag::END_HEADERS) {
+            return self.header_block(head.stream, end_stream, fragment);
+        }
+        self.partial = Some(PartialBlock {
+            stream: head.stream,
+            end_stream,
+            block: fragment.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn continuation(&mut self, head: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        let Some(partial) = self.partial.as_mut() else {
+            return Err(ConnError(
+                Reason::ProtocolError,
+                "CONTINUATION without HEADERS",
+            ));
+        };
+        if partial.stream != head.stream {
+            return Err(ConnError(
+                Reason::ProtocolError,
+                "CONTINUATION on another stream",
+            ));
+        }
+        partial.block.extend_from_slice(payload);
+        // Twice the header limit, encoded, is more than any honest client sends.
+        if partial.block.len() > 2 * self.shared.limits.max_header_bytes + DEFAULT_MAX_FRAME {
+            return Err(ConnError(Reason::EnhanceYourCalm, "header block too large"));
+        }
+        if !head.has(flag::END_HEADERS) {
+            return Ok(());
+        }
+        let Some(partial) = self.partial.take() else {
+            return Ok(());
+        };
+        self.header_block(partial.stream, partial.end_stream, &partial.block)
+    }
+
+    /// A complete header block: a new request, or a request's trailers.
+    fn header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        let trailers = id <= self.last_stream;
+        let mut fields = Fields::new(&self.shared.limits, trailers);
+        self.decoder
+            .decode(block, |n, v| fields.field(n, v))
+            .map_err(|_| ConnError(Reason::CompressionError, "undecodable header block"))?;
+        if trailers {
+            return self.trailers(id, end_stream, fields);
+        }
+        self.last_stream = id;
+        if self.goaway {
+            // Opened after GOAWAY: not processed; the client may retry it elsewhere.
+            self.push_reset(id, Reason::RefusedStream);
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
+            self.abused()?;
+            self.push_reset(id, Reason::RefusedStream);
+            return Ok(());
+        }
+        if end_stream && fields.content_length.is_some_and(|l| l > 0) {
+            fields.error = fields
+                .error
+                .or(Some(Rejected::Malformed("content-length without DATA")));
+        }
+        if let Err(rejected) = fields.check() {
+            self.abused()?;
+            let (status, text): (StatusCode, &[u8]) = match rejected {
+                Rejected::TooLarge => (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    b"request header fields too large\n",
+                ),
+                Rejected::Malformed(why) => {
+                    debug!(peer = %self.conn.peer, why, "malformed HTTP/2 request");
+                    (StatusCode::BAD_REQUEST, b"malformed request\n")
+                }
+            };
+            write_local_reply(
+                &mut self.out,
+                &mut self.scratch,
+                id,
+                status,
+                text,
+                (self.peer_window, &mut self.send_window),
+            );
+            if !end_stream {
+                // The client need not send the rest of the body.
+                frame::push_rst_stream(&mut self.out, id, Reason::NoError);
+            }
+            return Ok(());
+        }
+        let content_length = fields.content_length;
+        let head_request = fields.method() == Some(&Method::HEAD);
+        let (body, sender) = if end_stream {
+            (ClientBody::Empty, None)
+        } else {
+            let (tx, rx) = RecvBody::channel(id, Arc::clone(&self.inbox), content_length);
+            (ClientBody::Http2(rx), Some(tx))
+        };
+        // Without a body, a request may take the fast path (off with `--http1-fast-path`).
+        let mut fast = None;
+        if end_stream && self.shared.http1_fast_path {
+            let mut head = Vec::with_capacity(256);
+            if fields.http1_head(&mut head) {
+                fast = Some(head);
+            }
+        }
+        let future: RequestFuture = Box::pin(respond(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.listener),
+            Arc::clone(&self.conn),
+            (fields, body),
+            fast,
+        ));
+        let waker = Waker::from(Arc::new(StreamWaker {
+            stream: id,
+            inbox: Arc::clone(&self.inbox),
+        }));
+        let stream = Stream::new(
+            future,
+            waker,
+            self.peer_window,
+            sender.map(|tx| (tx, i64::from(STREAM_WINDOW), content_length)),
+            head_request,
+        );
+        self.streams.insert(id, stream);
+        self.poll_stream(id);
+        Ok(())
+    }
+
+    fn trailers(&mut self, id: u32, end_stream: bool, fields: Fields) -> Result<(), ConnError> {
+        let Some(s) = self.streams.get_mut(&id) else {
+            // A stream already closed (reset, or answered and gone): nothing to deliver.
+            return Ok(());
+        };
+        // Trailers end the stream, and carry no pseudo-headers.
+        let outcome = match fields.into_trailers() {
+            Ok(trailers) if end_stream => s.receive_trailers(trailers),
+            _ => Err(Reason::ProtocolError),
+        };
+        if let Err(reason) = outcome {
+            self.reset(id, reason);
+        }
+        Ok(())
+    }
+}
