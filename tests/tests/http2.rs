@@ -182,13 +182,13 @@ impl RawH2 {
                     return Some(f);
                 }
             }
-            let mut chunk = [0u8; 65536];
-            let read = tokio::time::timeout(Duration::from_secs(10), self.io.read(&mut chunk))
-                .await
-                .expect("the proxy answers within 10 s");
-            match read {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            self.buf.reserve(65536);
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.io.read_buf(&mut self.buf))
+                    .await
+                    .expect("the proxy answers within 10 s");
+            if matches!(read, Ok(0) | Err(_)) {
+                return None;
             }
         }
     }
@@ -333,8 +333,54 @@ async fn settings_ping_and_requests_on_the_raw_protocol() {
     h2.send(DATA, END_STREAM, 13, b"56789").await;
     assert_eq!(h2.response(13).await, ("200".into(), b"10:525".to_vec()));
 
+    // Padding counts against the windows and is given back on both: 5000 DATA frames of one
+    // octet and 255 of padding each (1.25 MiB of padding, over the 1 MiB stream window).
+    let mut padded_post = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "h2.example"),
+        (":path", "/count"),
+    ] {
+        field(&mut padded_post, n, v);
+    }
+    h2.send(HEADERS, END_HEADERS, 17, &padded_post).await;
+    let mut frames = Vec::new();
+    for i in 0..5000 {
+        let mut payload = vec![255u8, b'a'];
+        payload.extend_from_slice(&[0; 255]);
+        let flags = 0x8 | if i == 4999 { END_STREAM } else { 0 };
+        frames.extend(RawH2::frame_bytes(DATA, flags, 17, &payload));
+    }
+    h2.io.write_all(&frames).await.unwrap();
+    assert_eq!(
+        h2.response(17).await,
+        ("200".into(), b"5000:485000".to_vec())
+    );
+
+    // A request line smuggled in :path, which would become the upstream's request line.
+    let injected = get_block("/ HTTP/1.1\r\nhost: other.example\r\n\r\n", &[]);
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 19, &injected)
+        .await;
+    assert_eq!(h2.response(19).await.0, "400");
+
+    // A request on a stream id already used ends the connection.
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 3, &get_block("/", &[]))
+        .await;
+    assert_eq!(h2.goaway_code().await, 0x1, "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn the_client_goaway_is_answered() {
+    let ws = Workspace::new();
+    let (_controller, proxy) = gateway(&ws).await;
+    let mut h2 = RawH2::connect(proxy.listener(80), &[]).await;
+    h2.send(HEADERS, END_STREAM | END_HEADERS, 1, &get_block("/", &[]))
+        .await;
+    assert_eq!(h2.response(1).await, ("200".into(), b"ok".to_vec()));
+
     // The client's GOAWAY: the proxy answers GOAWAY too, and closes.
-    h2.send(GOAWAY, 0, 0, &[0, 0, 0, 13, 0, 0, 0, 0]).await;
+    h2.send(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]).await;
     assert_eq!(h2.goaway_code().await, 0);
 }
 
@@ -481,6 +527,22 @@ async fn floods_and_excess_streams_are_cut_off() {
     let _ = h2.io.write_all(&burst).await;
     assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
 
+    // The same with streams the proxy resets for the client's error (DATA after END_STREAM).
+    let mut h2 = RawH2::connect(addr, &[]).await;
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        let id = 2 * i + 1;
+        burst.extend(RawH2::frame_bytes(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            id,
+            &get_block("/slow", &[]),
+        ));
+        burst.extend(RawH2::frame_bytes(DATA, 0, id, b""));
+    }
+    let _ = h2.io.write_all(&burst).await;
+    assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
+
     // A header block that never ends.
     let mut h2 = RawH2::connect(addr, &[]).await;
     h2.send(HEADERS, END_STREAM, 1, &get_block("/", &[])).await;
@@ -514,7 +576,7 @@ async fn floods_and_excess_streams_are_cut_off() {
     }
     let metrics = proxy.metrics().await;
     for line in [
-        "rauta_proxy_http2_connection_errors_total{reason=\"ENHANCE_YOUR_CALM\"} 2",
+        "rauta_proxy_http2_connection_errors_total{reason=\"ENHANCE_YOUR_CALM\"} 3",
         "rauta_proxy_http2_stream_errors_total{reason=\"REFUSED_STREAM\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");

@@ -144,6 +144,18 @@ impl BodySender {
     }
 }
 
+impl Drop for BodySender {
+    /// A stream that goes away before its body ended (reset, answered first, connection
+    /// closed) fails the body, so that whoever reads it stops waiting.
+    fn drop(&mut self) {
+        self.update(|s| {
+            if !s.ended && s.reset.is_none() {
+                s.reset = Some(Reason::Cancel);
+            }
+        });
+    }
+}
+
 /// A request body as the client streams it.
 #[derive(Debug)]
 pub struct RecvBody {
@@ -237,5 +249,33 @@ impl Drop for RecvBody {
         if unread > 0 {
             self.inbox.credit(self.stream, unread as u32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_body_whose_stream_went_away_fails() {
+        let inbox = Arc::new(Inbox::default());
+        let (tx, mut rx) = RecvBody::channel(1, Arc::clone(&inbox), None);
+        assert!(tx.data(Bytes::from_static(b"part")));
+        drop(tx);
+        let first = rx.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "part");
+        assert!(matches!(
+            rx.frame().await,
+            Some(Err(RecvError(Reason::Cancel)))
+        ));
+
+        let (tx, rx) = RecvBody::channel(3, inbox, None);
+        tx.end();
+        drop(tx);
+        assert!(
+            rx.collect().await.unwrap().to_bytes().is_empty(),
+            "an ended body is whole"
+        );
     }
 }

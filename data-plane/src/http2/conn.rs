@@ -161,6 +161,8 @@ pub(super) struct Conn<IO> {
     pub(super) fatal: bool,
     /// Output is to be written in this poll (the runtime has looked for events since).
     pub(super) flush_now: bool,
+    /// Written but not flushed yet (TLS).
+    pub(super) unflushed: bool,
     /// The poll stopped to let the runtime look for events before writing.
     pub(super) yield_for_flush: bool,
     pub(super) read_closed: bool,
@@ -226,6 +228,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             goaway: false,
             fatal: false,
             flush_now: false,
+            unflushed: false,
             yield_for_flush: false,
             read_closed: false,
             abuse: 0,
@@ -314,7 +317,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 return Poll::Pending;
             }
             self.flush_now = false;
-            if self.out_pos < self.out.len() {
+            if self.out_pos < self.out.len() || self.unflushed {
                 match self.poll_write(cx) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Io(e)),
@@ -359,10 +362,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             self.out_pos += n;
         }
-        self.out.clear();
-        self.out_pos = 0;
-        // TLS holds the last record until flushed.
-        Pin::new(&mut self.io).poll_flush(cx)
+        if !self.out.is_empty() {
+            self.out.clear();
+            self.out_pos = 0;
+            self.unflushed = true;
+        }
+        // TLS holds the last record until flushed; a flush that has to wait is tried again
+        // on every turn until it is done.
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Sends GOAWAY once: streams the client opened so far finish, no new ones start.
@@ -422,10 +433,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Resets a stream (a stream error): RST_STREAM, and the request's body fails.
     pub(super) fn reset(&mut self, id: u32, reason: Reason) {
         self.push_reset(id, reason);
-        if let Some(s) = self.streams.remove(&id)
-            && let Some(recv) = &s.recv
-        {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if let Some(recv) = &s.recv {
             recv.reset(reason);
+        }
+        // A stream the client's error cut short cost work for nothing, as a reset of its own
+        // would have: both count towards the rapid-reset limit (a failed upstream does not).
+        if reason != Reason::InternalError
+            && !s.is_done()
+            && let Err(ConnError(reason, why)) = self.abused()
+        {
+            debug!(peer = %self.conn.peer, %reason, why, "HTTP/2 connection error");
+            self.fail(reason);
         }
     }
 

@@ -103,6 +103,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     return Err(ConnError(Reason::ProtocolError, "PRIORITY on stream 0"));
                 }
                 if head.len != 5 {
+                    // RST_STREAM is not for idle streams.
+                    if head.stream > self.last_stream {
+                        return Err(ConnError(Reason::FrameSizeError, "PRIORITY not 5 octets"));
+                    }
                     self.reset(head.stream, Reason::FrameSizeError);
                 }
                 Ok(())
@@ -265,18 +269,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             "padding longer than the frame",
         ))?;
         let data = payload.slice_ref(data);
+        let data_len = data.len() as u32;
         // Padding is flow-controlled but never reaches the proxy: given back at once.
         let mut give_back = len - data.len() as u32;
         let id = head.stream;
         let outcome = match self.streams.get_mut(&id) {
             Some(s) if s.recv.is_some() => s.receive(data, head.has(flag::END_STREAM), len),
-            _ if id > self.last_stream => {
+            // Half-closed by the client's END_STREAM: it may send nothing more.
+            Some(_) => Err(Reason::StreamClosed),
+            None if id > self.last_stream => {
                 return Err(ConnError(Reason::ProtocolError, "DATA on an idle stream"));
             }
-            _ => Err(Reason::StreamClosed),
+            // A stream the proxy answered or reset: frames still in flight are ignored
+            // (RFC 9113 section 5.4.2).
+            None => Ok(len),
         };
         match outcome {
-            Ok(returned) => give_back += returned,
+            Ok(returned) => {
+                give_back += returned;
+                // Padding goes back to the stream's window too, or uploads that pad would
+                // run it dry.
+                let padding = len - data_len;
+                if padding > 0
+                    && let Some(s) = self.streams.get_mut(&id)
+                    && let Some(update) = s.credit(padding, 0)
+                {
+                    frame::push_window_update(&mut self.out, id, update);
+                }
+            }
             Err(reason) => {
                 give_back = len;
                 self.reset(id, reason);
@@ -435,7 +455,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     fn trailers(&mut self, id: u32, end_stream: bool, fields: Fields) -> Result<(), ConnError> {
         let Some(s) = self.streams.get_mut(&id) else {
-            // A stream already closed (reset, or answered and gone): nothing to deliver.
+            if fields.pseudo_seen {
+                // A request on a stream id already used (RFC 9113 section 5.1.1).
+                return Err(ConnError(
+                    Reason::ProtocolError,
+                    "HEADERS on a used stream id",
+                ));
+            }
+            // Trailers of a stream already answered or reset: nothing to deliver.
             return Ok(());
         };
         // Trailers end the stream, and carry no pseudo-headers.

@@ -32,6 +32,8 @@ pub struct Fields {
     authority: Option<Range<usize>>,
     path: Option<Range<usize>>,
     regular: bool,
+    /// A pseudo-header was in the block (in trailers: a request on a used stream id).
+    pub pseudo_seen: bool,
     values: BytesMut,
     names: Vec<(HeaderName, Range<usize>)>,
     pub content_length: Option<u64>,
@@ -51,6 +53,7 @@ impl Fields {
             authority: None,
             path: None,
             regular: false,
+            pseudo_seen: false,
             values: BytesMut::new(),
             names: Vec::new(),
             content_length: None,
@@ -150,6 +153,7 @@ impl Fields {
     }
 
     fn pseudo(&mut self, name: &[u8], value: &[u8]) -> Result<(), Rejected> {
+        self.pseudo_seen = true;
         if self.trailers {
             return Err(Rejected::Malformed("pseudo-header in trailers"));
         }
@@ -179,6 +183,10 @@ impl Fields {
             b"path" => {
                 if value.is_empty() {
                     return Err(bad("empty :path"));
+                }
+                // No whitespace or controls: the path goes into an HTTP/1.1 request line.
+                if value.iter().any(|&b| b <= b' ' || b == 0x7f) {
+                    return Err(bad("invalid :path"));
                 }
                 let range = self.keep(value);
                 once(&mut self.path, range)
@@ -224,7 +232,7 @@ impl Fields {
         };
         let authority = &self.values[authority.clone()];
         let plain_authority =
-            |b: &u8| b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=@".contains(b);
+            |b: &u8| b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=".contains(b);
         if *method == Method::CONNECT
             || !authority.iter().all(plain_authority)
             || self.names.iter().any(|(n, _)| *n == http::header::HOST)
@@ -360,6 +368,12 @@ mod tests {
             ]
             .concat(),
             [&GET[..], &[("content-length", "-1")]].concat(),
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "a.example"),
+                (":path", "/ HTTP/1.1\r\nhost: b.example\r\n\r\n"),
+            ],
         ];
         for case in cases {
             assert!(

@@ -102,6 +102,9 @@ impl Stream {
         if self.expected.is_some_and(|e| self.received > e) {
             return Err(Reason::ProtocolError);
         }
+        if end && self.expected.is_some_and(|e| e != self.received) {
+            return Err(Reason::ProtocolError);
+        }
         let Some(recv) = &self.recv else {
             return Err(Reason::StreamClosed);
         };
@@ -111,9 +114,6 @@ impl Stream {
             unread = len;
         }
         if end {
-            if self.expected.is_some_and(|e| e != self.received) {
-                return Err(Reason::ProtocolError);
-            }
             recv.end();
             self.recv = None;
         }
@@ -159,13 +159,14 @@ impl Stream {
                         Poll::Pending => return Sent::Pending,
                     };
                     let (parts, body) = resp.into_parts();
-                    let end = body.is_end_stream();
+                    // A response to HEAD has no content, whatever the body holds.
+                    let end = body.is_end_stream() || self.head_request;
                     scratch.clear();
                     hpack::encode_status(scratch, parts.status.as_u16());
                     encode_headers(scratch, &parts.headers);
                     // No length for HEAD, nor where a body is forbidden (RFC 9110 8.6).
                     let bodiless = matches!(parts.status.as_u16(), 100..=199 | 204 | 304);
-                    if !self.head_request
+                    if !end
                         && !bodiless
                         && !parts.headers.contains_key(CONTENT_LENGTH)
                         && let Some(len) = body.size_hint().exact()
