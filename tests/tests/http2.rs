@@ -105,9 +105,14 @@ fn push_int(out: &mut Vec<u8>, mut n: usize) {
 }
 
 fn get_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    request_block("GET", path, extra)
+}
+
+/// A request's header block to h2.example.
+fn request_block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();
     for (n, v) in [
-        (":method", "GET"),
+        (":method", method),
         (":scheme", "http"),
         (":authority", "h2.example"),
         (":path", path),
@@ -309,19 +314,7 @@ async fn settings_ping_and_requests_on_the_raw_protocol() {
     assert_eq!(h2.response(9).await.0, "431");
 
     // A request body, with a content-length that does not match it: the stream is reset.
-    let post = {
-        let mut b = Vec::new();
-        for (n, v) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":authority", "h2.example"),
-            (":path", "/count"),
-            ("content-length", "10"),
-        ] {
-            field(&mut b, n, v);
-        }
-        b
-    };
+    let post = request_block("POST", "/count", &[("content-length", "10")]);
     h2.send(HEADERS, END_HEADERS, 11, &post).await;
     h2.send(DATA, END_STREAM, 11, b"short").await;
     let (rst, _) = h2.until(RST_STREAM, 11).await;
@@ -335,15 +328,7 @@ async fn settings_ping_and_requests_on_the_raw_protocol() {
 
     // Padding counts against the windows and is given back on both: 5000 DATA frames of one
     // octet and 255 of padding each (1.25 MiB of padding, over the 1 MiB stream window).
-    let mut padded_post = Vec::new();
-    for (n, v) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":authority", "h2.example"),
-        (":path", "/count"),
-    ] {
-        field(&mut padded_post, n, v);
-    }
+    let padded_post = request_block("POST", "/count", &[]);
     h2.send(HEADERS, END_HEADERS, 17, &padded_post).await;
     let mut frames = Vec::new();
     for i in 0..5000 {

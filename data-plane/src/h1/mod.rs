@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::access_log;
 use crate::filters::HeaderOps;
 use crate::proxy::{Connection, ListenerCtx};
 use crate::raw_stream::RawStream;
@@ -277,22 +276,8 @@ impl<'s> Exchange<'_, 's> {
         cluster.report(endpoint, status >= 500);
         rule.counters.record(status, self.started);
         if let (Some(log), Some(line)) = (&shared.access_log, &self.plan.log) {
-            log.record(&access_log::Entry {
-                start_time: line.start_time.clone(),
-                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-                listener: &listener.name,
-                client: conn.peer,
-                method: &line.method,
-                authority: &line.authority,
-                path: &line.path,
-                protocol: "HTTP/1.1",
-                status,
-                route: Some(&line.route),
-                cluster: Some(&line.cluster),
-                upstream: Some(endpoint.addr),
-                trace_id: Some(line.trace_id.clone()),
-                user_agent: line.user_agent.as_deref(),
-            });
+            let answered = (status, endpoint.addr);
+            log.record(&line.entry((listener, conn), answered, self.started, "HTTP/1.1"));
         }
         let (mut upstream, head) = match result {
             Ok(ok) => ok,

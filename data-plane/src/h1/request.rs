@@ -64,6 +64,34 @@ pub struct LogLine {
     pub trace_id: String,
 }
 
+impl LogLine {
+    /// The access log entry of this request, answered with `status`.
+    pub fn entry<'a>(
+        &'a self,
+        (listener, conn): (&'a ListenerCtx, &Connection),
+        (status, upstream): (u16, std::net::SocketAddr),
+        started: std::time::Instant,
+        protocol: &'static str,
+    ) -> crate::access_log::Entry<'a> {
+        crate::access_log::Entry {
+            start_time: self.start_time.clone(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            listener: &listener.name,
+            client: conn.peer,
+            method: &self.method,
+            authority: &self.authority,
+            path: &self.path,
+            protocol,
+            status,
+            route: Some(&self.route),
+            cluster: Some(&self.cluster),
+            upstream: Some(upstream),
+            trace_id: Some(self.trace_id.clone()),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
 pub enum Planned<'s> {
     Go(Plan<'s>),
     /// The head is not all here yet.

@@ -12,7 +12,6 @@ use http::{Response, StatusCode};
 use http_body_util::Either;
 use tracing::debug;
 
-use crate::access_log;
 use crate::h1::request::{self as planner, Planned, RequestCtx};
 use crate::proxy::{self, Connection, ListenerCtx, ProxyBody};
 use crate::shared::Shared;
@@ -74,22 +73,8 @@ pub async fn serve(
     cluster.report(endpoint, status >= 500);
     rule.counters.record(status, started);
     if let (Some(log), Some(line)) = (&shared.access_log, &plan.log) {
-        log.record(&access_log::Entry {
-            start_time: line.start_time.clone(),
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            listener: &listener.name,
-            client: conn.peer,
-            method: &line.method,
-            authority: &line.authority,
-            path: &line.path,
-            protocol: "HTTP/2",
-            status,
-            route: Some(&line.route),
-            cluster: Some(&line.cluster),
-            upstream: Some(endpoint.addr),
-            trace_id: Some(line.trace_id.clone()),
-            user_agent: line.user_agent.as_deref(),
-        });
+        let answered = (status, endpoint.addr);
+        log.record(&line.entry((listener, conn), answered, started, "HTTP/2"));
     }
     let mut resp = match result {
         Ok(resp) => {

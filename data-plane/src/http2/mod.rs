@@ -36,3 +36,13 @@ pub use frame::PREFACE;
 
 /// Streams a client may have open at once (announced in SETTINGS).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Octets from hex digits, spaces ignored (the RFCs' examples).
+#[cfg(test)]
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
