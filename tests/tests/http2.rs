@@ -490,6 +490,22 @@ async fn protocol_errors_end_the_connection_with_goaway() {
     );
 }
 
+/// `count` streams to /slow, each opened with END_STREAM and followed by `then(id)`.
+fn slow_streams_then(count: u32, then: impl Fn(u32) -> Vec<u8>) -> Vec<u8> {
+    let mut burst = Vec::new();
+    for i in 0..count {
+        let id = 2 * i + 1;
+        burst.extend(RawH2::frame_bytes(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            id,
+            &get_block("/slow", &[]),
+        ));
+        burst.extend(then(id));
+    }
+    burst
+}
+
 #[tokio::test]
 async fn floods_and_excess_streams_are_cut_off() {
     let ws = Workspace::new();
@@ -498,33 +514,15 @@ async fn floods_and_excess_streams_are_cut_off() {
 
     // Rapid reset: streams opened and cancelled at once, hundreds of them.
     let mut h2 = RawH2::connect(addr, &[]).await;
-    let mut burst = Vec::new();
-    for i in 0..300u32 {
-        let id = 2 * i + 1;
-        burst.extend(RawH2::frame_bytes(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            id,
-            &get_block("/slow", &[]),
-        ));
-        burst.extend(RawH2::frame_bytes(RST_STREAM, 0, id, &8u32.to_be_bytes()));
-    }
+    let burst = slow_streams_then(300, |id| {
+        RawH2::frame_bytes(RST_STREAM, 0, id, &8u32.to_be_bytes())
+    });
     let _ = h2.io.write_all(&burst).await;
     assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
 
     // The same with streams the proxy resets for the client's error (DATA after END_STREAM).
     let mut h2 = RawH2::connect(addr, &[]).await;
-    let mut burst = Vec::new();
-    for i in 0..300u32 {
-        let id = 2 * i + 1;
-        burst.extend(RawH2::frame_bytes(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            id,
-            &get_block("/slow", &[]),
-        ));
-        burst.extend(RawH2::frame_bytes(DATA, 0, id, b""));
-    }
+    let burst = slow_streams_then(300, |id| RawH2::frame_bytes(DATA, 0, id, b""));
     let _ = h2.io.write_all(&burst).await;
     assert_eq!(h2.goaway_code().await, 0xb, "ENHANCE_YOUR_CALM");
 
@@ -539,15 +537,7 @@ async fn floods_and_excess_streams_are_cut_off() {
 
     // More than 256 streams at once: the 257th is refused, the first 256 answered.
     let mut h2 = RawH2::connect(addr, &[]).await;
-    let mut open = Vec::new();
-    for i in 0..257u32 {
-        open.extend(RawH2::frame_bytes(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            2 * i + 1,
-            &get_block("/slow", &[]),
-        ));
-    }
+    let open = slow_streams_then(257, |_| Vec::new());
     h2.io.write_all(&open).await.unwrap();
     let (refused, _) = h2.until(RST_STREAM, 513).await;
     assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");

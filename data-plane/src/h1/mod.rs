@@ -249,14 +249,7 @@ impl<'s> Exchange<'_, 's> {
             ..
         } = *self.plan;
         let started = Instant::now();
-        let limit = [
-            cluster.request_timeout,
-            rule.backend_timeout,
-            rule.request_timeout,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let limit = self.plan.timeout();
         let in_flight = cluster
             .balances_on_load()
             .then(|| endpoint.pool.health().start_request());

@@ -52,6 +52,21 @@ pub struct Plan<'s> {
     pub log: Option<Box<LogLine>>,
 }
 
+impl Plan<'_> {
+    /// The tightest of the timeouts on the exchange: the cluster's, and the rule's backend
+    /// and request timeouts.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        [
+            self.cluster.request_timeout,
+            self.rule.backend_timeout,
+            self.rule.request_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 /// The request line of a logged request.
 pub struct LogLine {
     pub start_time: String,

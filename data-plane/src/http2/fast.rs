@@ -40,14 +40,7 @@ pub async fn serve(
     shared.metrics.http2_fast_path_requests.inc();
     let _open = conn.activity.request();
     let (rule, cluster, endpoint) = (plan.rule, plan.cluster, plan.endpoint);
-    let limit = [
-        cluster.request_timeout,
-        rule.backend_timeout,
-        rule.request_timeout,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let limit = plan.timeout();
     let exchange_started = Instant::now();
     let in_flight = cluster
         .balances_on_load()

@@ -184,71 +184,50 @@ impl Stream {
                     self.stage = Stage::Body(body);
                 }
                 Stage::Body(body) => {
-                    if let Some((data, end)) = self.pending.take() {
-                        if !send_data(
-                            StreamWindow {
-                                window: &mut self.send_window,
-                                pending: &mut self.pending,
-                            },
-                            id,
-                            out,
-                            window,
-                            data,
-                            end,
-                        ) {
-                            return Sent::Pending;
-                        }
-                        if end {
-                            self.stage = Stage::Done;
-                            return Sent::Done;
-                        }
-                    }
-                    if out.len() > HIGH_WATER {
-                        return Sent::Deferred;
-                    }
-                    match Pin::new(&mut *body).poll_frame(&mut cx) {
-                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                            Ok(data) => {
-                                let end = body.is_end_stream();
-                                let sent = send_data(
-                                    StreamWindow {
-                                        window: &mut self.send_window,
-                                        pending: &mut self.pending,
-                                    },
-                                    id,
-                                    out,
-                                    window,
-                                    data,
-                                    end,
-                                );
-                                if !sent {
-                                    return Sent::Pending;
-                                }
-                                if end {
+                    // DATA held back for window first, else the body's next frame.
+                    let (data, end) = match self.pending.take() {
+                        Some(held) => held,
+                        None => {
+                            if out.len() > HIGH_WATER {
+                                return Sent::Deferred;
+                            }
+                            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                                    Ok(data) => (data, body.is_end_stream()),
+                                    Err(frame) => {
+                                        if let Ok(trailers) = frame.into_trailers() {
+                                            scratch.clear();
+                                            encode_headers(scratch, &trailers);
+                                            push_fields(out, id, scratch, true, window.max_frame);
+                                            self.stage = Stage::Done;
+                                            return Sent::Done;
+                                        }
+                                        continue;
+                                    }
+                                },
+                                Poll::Ready(None) => {
+                                    frame::push_header(out, 0, kind::DATA, flag::END_STREAM, id);
                                     self.stage = Stage::Done;
                                     return Sent::Done;
                                 }
-                            }
-                            Err(frame) => {
-                                if let Ok(trailers) = frame.into_trailers() {
-                                    scratch.clear();
-                                    encode_headers(scratch, &trailers);
-                                    push_fields(out, id, scratch, true, window.max_frame);
-                                    self.stage = Stage::Done;
-                                    return Sent::Done;
+                                Poll::Ready(Some(Err(err))) => {
+                                    debug!(stream = id, %err, "response body failed");
+                                    return Sent::Failed;
                                 }
+                                Poll::Pending => return Sent::Pending,
                             }
-                        },
-                        Poll::Ready(None) => {
-                            frame::push_header(out, 0, kind::DATA, flag::END_STREAM, id);
-                            self.stage = Stage::Done;
-                            return Sent::Done;
                         }
-                        Poll::Ready(Some(Err(err))) => {
-                            debug!(stream = id, %err, "response body failed");
-                            return Sent::Failed;
-                        }
-                        Poll::Pending => return Sent::Pending,
+                    };
+                    let stream = StreamWindow {
+                        window: &mut self.send_window,
+                        pending: &mut self.pending,
+                    };
+                    if !send_data(stream, id, out, window, data, end) {
+                        return Sent::Pending;
+                    }
+                    if end {
+                        self.stage = Stage::Done;
+                        return Sent::Done;
                     }
                 }
                 Stage::Done => return Sent::Done,
