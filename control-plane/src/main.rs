@@ -1,21 +1,27 @@
 //! `rauta-controller` command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
+use rauta_controller::kube_status::StatusWriter;
+use rauta_controller::leader::{self, LeaseSettings};
 use rauta_controller::metrics;
+use rauta_controller::publish::Publisher;
 use rauta_controller::server::{ServerOptions, serve_grpc};
-use rauta_controller::source::DirectorySource;
+use rauta_controller::source::{DirectorySource, kubernetes};
 use rauta_controller::standalone::Standalone;
 use rauta_controller::state::ControllerState;
 use rauta_controller::status_files;
 use rauta_controller::translator::DEFAULT_CONTROLLER_NAME;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::info;
 
 /// jemalloc returns freed pages to the system in the background; with the system allocator a
@@ -34,15 +40,40 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 #[command(name = "rauta-controller", version)]
 struct Args {
     /// Standalone mode: a directory of Gateway API YAML (watched for changes).
-    #[arg(long, value_name = "DIR")]
-    config_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "kubernetes")]
+    config_dir: Option<PathBuf>,
+    /// Kubernetes mode: watch the cluster's Gateway API objects, Services, EndpointSlices and
+    /// Secrets, and write status back. Credentials: --kubeconfig, else in-cluster, else
+    /// $KUBECONFIG or ~/.kube/config.
+    #[arg(long, conflicts_with = "config_dir")]
+    kubernetes: bool,
+    /// Kubeconfig file for Kubernetes mode.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader-election Lease (Kubernetes mode); default: $POD_NAMESPACE,
+    /// else rauta-system.
+    #[arg(long, value_name = "NS", requires = "kubernetes")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "rauta-controller")]
+    leader_election_id: String,
+    /// Seconds a leader that stopped renewing keeps the Lease.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    leader_lease_seconds: u64,
+    /// This replica's identity in the Lease; default: $POD_NAME, else the host name.
+    #[arg(long, value_name = "NAME")]
+    identity: Option<String>,
+    /// Write status without electing a leader (a single replica).
+    #[arg(long, requires = "kubernetes")]
+    no_leader_election: bool,
     /// Address of the gRPC server (discovery, admin, reflection, health).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     grpc_listen: SocketAddr,
     /// Address of the Prometheus endpoint (/metrics, /healthz); off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// Where status files are written (one YAML per object); default: DIR/status.
+    /// Where status files are written (one YAML per object); default: DIR/status in standalone
+    /// mode, none in Kubernetes mode.
     #[arg(long, value_name = "DIR")]
     status_dir: Option<PathBuf>,
     /// Do not write status files.
@@ -109,11 +140,13 @@ fn server_options(args: &Args) -> anyhow::Result<ServerOptions> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    anyhow::ensure!(
-        args.config_dir.is_dir(),
-        "--config-dir {}: not a directory",
-        args.config_dir.display()
-    );
+    if let Some(dir) = &args.config_dir {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--config-dir {}: not a directory",
+            dir.display()
+        );
+    }
 
     let state = ControllerState::new().context("registering metrics")?;
     let options = server_options(&args)?;
@@ -135,10 +168,13 @@ async fn main() -> anyhow::Result<()> {
         info!(addr = %listener.local_addr()?, "metrics listening");
         tokio::spawn(metrics::serve(listener, Arc::clone(&state.metrics)));
     }
-    if !args.no_status_files {
-        let dir = args
-            .status_dir
-            .unwrap_or_else(|| args.config_dir.join("status"));
+    let status_dir = match (&args.status_dir, &args.config_dir) {
+        _ if args.no_status_files => None,
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(config)) => Some(config.join("status")),
+        (None, None) => None,
+    };
+    if let Some(dir) = status_dir {
         info!(dir = %dir.display(), "writing status files");
         tokio::spawn(status_files::run(
             dir,
@@ -147,16 +183,84 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    let standalone = Standalone::new(
-        DirectorySource::new(&args.config_dir),
-        args.controller_name,
-        state.clone(),
-    );
-    let server = serve_grpc(grpc, state, options);
-    tokio::select! {
-        res = server => res.context("gRPC server")?,
-        res = standalone.run() => res.context("watching the configuration directory")?,
-        _ = shutdown_signal() => info!("shutting down"),
+    let publisher = Publisher::new(args.controller_name.clone(), state.clone());
+    let server = serve_grpc(grpc, state.clone(), options);
+    match &args.config_dir {
+        Some(dir) => {
+            let standalone = Standalone::new(DirectorySource::new(dir), publisher);
+            tokio::select! {
+                res = server => res.context("gRPC server")?,
+                res = standalone.run() => res.context("watching the configuration directory")?,
+                _ = shutdown_signal() => info!("shutting down"),
+            }
+        }
+        None => {
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let lease = (!args.no_leader_election).then(|| lease_settings(&args));
+            let (leader, leads) = watch::channel(lease.is_none());
+            if let Some(lease) = lease.clone() {
+                tokio::spawn(leader::run(client.clone(), lease, leader));
+            }
+            let writer = StatusWriter::new(
+                client.clone(),
+                args.controller_name.clone(),
+                Arc::clone(&state.metrics),
+            );
+            tokio::spawn(writer.run(
+                Arc::clone(&state.statuses),
+                Arc::clone(&state.registry),
+                leads,
+            ));
+            tokio::select! {
+                res = server => res.context("gRPC server")?,
+                () = kubernetes::run(client.clone(), publisher) => {},
+                _ = shutdown_signal() => info!("shutting down"),
+            }
+            if let Some(lease) = &lease {
+                leader::release(client, lease).await;
+            }
+        }
     }
     Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes credentials: not in a pod, and no usable $KUBECONFIG or ~/.kube/config (or give --kubeconfig)")?,
+    };
+    info!(server = %config.cluster_url, "Kubernetes API");
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+fn lease_settings(args: &Args) -> LeaseSettings {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| env("POD_NAME"))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| format!("rauta-controller-{}", std::process::id()));
+    LeaseSettings {
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .unwrap_or_else(|| "rauta-system".into()),
+        name: args.leader_election_id.clone(),
+        identity,
+        duration: Duration::from_secs(args.leader_lease_seconds),
+    }
 }

@@ -19,6 +19,8 @@ pub struct ControllerMetrics {
     pub snapshot_version: IntGaugeVec,
     pub nacks: IntCounterVec,
     pub resources_sent: IntCounterVec,
+    pub leader: IntGauge,
+    pub status_writes: IntCounterVec,
 }
 
 impl ControllerMetrics {
@@ -46,6 +48,19 @@ impl ControllerMetrics {
             Opts::new("resources_sent_total", "Resources sent to proxies"),
             &["type"],
         )?;
+        let leader = IntGauge::new(
+            "leader",
+            "1 while this replica holds the leader lease (Kubernetes mode) and writes status",
+        )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "status_writes_total",
+                "Status writes to the Kubernetes API, by result (ok, conflict, gone, error)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(connected_proxies.clone()))?;
         registry.register(Box::new(translations.clone()))?;
         registry.register(Box::new(endpoint_refreshes.clone()))?;
@@ -62,6 +77,8 @@ impl ControllerMetrics {
             snapshot_version,
             nacks,
             resources_sent,
+            leader,
+            status_writes,
         })
     }
 

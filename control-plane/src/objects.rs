@@ -70,6 +70,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 13] = [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::ReferenceGrant,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Secret,
+        Kind::Namespace,
+        Kind::ConfigMap,
+        Kind::BackendTlsPolicy,
+        Kind::ListenerSet,
+        Kind::TlsRoute,
+        Kind::GrpcRoute,
+    ];
+
     /// Recognises a manifest by apiVersion and kind.
     pub fn from_type_meta(api_version: &str, kind: &str) -> Option<Kind> {
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
@@ -278,6 +294,86 @@ impl ObjectSet {
             Object::ListenerSet(o) => self.listener_sets.insert(key, o).is_none(),
             Object::TlsRoute(o) => self.tls_routes.insert(key, o).is_none(),
             Object::GrpcRoute(o) => self.grpc_routes.insert(key, o).is_none(),
+        }
+    }
+
+    /// Removes an object; returns whether it was there.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectRef) -> bool {
+        match kind {
+            Kind::GatewayClass => self.gateway_classes.remove(key).is_some(),
+            Kind::Gateway => self.gateways.remove(key).is_some(),
+            Kind::HttpRoute => self.http_routes.remove(key).is_some(),
+            Kind::ReferenceGrant => self.reference_grants.remove(key).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::Secret => self.secrets.remove(key).is_some(),
+            Kind::Namespace => self.namespaces.remove(key).is_some(),
+            Kind::ConfigMap => self.config_maps.remove(key).is_some(),
+            Kind::BackendTlsPolicy => self.backend_tls_policies.remove(key).is_some(),
+            Kind::ListenerSet => self.listener_sets.remove(key).is_some(),
+            Kind::TlsRoute => self.tls_routes.remove(key).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
+        }
+    }
+
+    /// One object, if present.
+    pub fn get(&self, kind: Kind, key: &ObjectRef) -> Option<Object> {
+        match kind {
+            Kind::GatewayClass => self
+                .gateway_classes
+                .get(key)
+                .cloned()
+                .map(Object::GatewayClass),
+            Kind::Gateway => self.gateways.get(key).cloned().map(Object::Gateway),
+            Kind::HttpRoute => self.http_routes.get(key).cloned().map(Object::HttpRoute),
+            Kind::ReferenceGrant => self
+                .reference_grants
+                .get(key)
+                .cloned()
+                .map(Object::ReferenceGrant),
+            Kind::Service => self.services.get(key).cloned().map(Object::Service),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .get(key)
+                .cloned()
+                .map(Object::EndpointSlice),
+            Kind::Secret => self.secrets.get(key).cloned().map(Object::Secret),
+            Kind::Namespace => self.namespaces.get(key).cloned().map(Object::Namespace),
+            Kind::ConfigMap => self.config_maps.get(key).cloned().map(Object::ConfigMap),
+            Kind::BackendTlsPolicy => self
+                .backend_tls_policies
+                .get(key)
+                .cloned()
+                .map(Object::BackendTlsPolicy),
+            Kind::ListenerSet => self
+                .listener_sets
+                .get(key)
+                .cloned()
+                .map(Object::ListenerSet),
+            Kind::TlsRoute => self.tls_routes.get(key).cloned().map(Object::TlsRoute),
+            Kind::GrpcRoute => self.grpc_routes.get(key).cloned().map(Object::GrpcRoute),
+        }
+    }
+
+    /// The keys of every object of one kind.
+    pub fn keys(&self, kind: Kind) -> Vec<ObjectRef> {
+        fn k<T>(m: &BTreeMap<ObjectRef, Arc<T>>) -> Vec<ObjectRef> {
+            m.keys().cloned().collect()
+        }
+        match kind {
+            Kind::GatewayClass => k(&self.gateway_classes),
+            Kind::Gateway => k(&self.gateways),
+            Kind::HttpRoute => k(&self.http_routes),
+            Kind::ReferenceGrant => k(&self.reference_grants),
+            Kind::Service => k(&self.services),
+            Kind::EndpointSlice => k(&self.endpoint_slices),
+            Kind::Secret => k(&self.secrets),
+            Kind::Namespace => k(&self.namespaces),
+            Kind::ConfigMap => k(&self.config_maps),
+            Kind::BackendTlsPolicy => k(&self.backend_tls_policies),
+            Kind::ListenerSet => k(&self.listener_sets),
+            Kind::TlsRoute => k(&self.tls_routes),
+            Kind::GrpcRoute => k(&self.grpc_routes),
         }
     }
 

@@ -150,9 +150,32 @@ impl Controller {
         grpc: SocketAddr,
         extra: &[&str],
     ) -> Controller {
+        let source = [std::ffi::OsStr::new("--config-dir"), config_dir.as_os_str()];
+        Self::start_source(&source, config_dir, work, grpc, extra)
+    }
+
+    /// Starts in Kubernetes mode against the API server `kubeconfig` names.
+    pub fn start_kubernetes(kubeconfig: &Path, work: &Path, extra: &[&str]) -> Controller {
+        let source = [
+            std::ffi::OsStr::new("--kubernetes"),
+            std::ffi::OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut extra = extra.to_vec();
+        extra.push("--plaintext");
+        Self::start_source(&source, work, work, grpc, &extra)
+    }
+
+    fn start_source(
+        source: &[&std::ffi::OsStr],
+        config_dir: &Path,
+        work: &Path,
+        grpc: SocketAddr,
+        extra: &[&str],
+    ) -> Controller {
         let mut cmd = Command::new(bin("rauta-controller"));
-        cmd.arg("--config-dir")
-            .arg(config_dir)
+        cmd.args(source)
             .arg("--grpc-listen")
             .arg(grpc.to_string())
             .args(extra)

@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod echo;
+pub mod fake_kube;
 pub mod grpc_dynamic;
 pub mod harness;
 pub mod manifests;

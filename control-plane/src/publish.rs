@@ -1,0 +1,108 @@
+//! The step every source shares: a full set of objects in, snapshots and status out.
+//! Sources call [`Publisher::publish`] with everything they know after each change.
+
+use std::collections::BTreeMap;
+
+use tracing::{error, info, warn};
+
+use crate::objects::{ObjectRef, ObjectSet};
+use crate::state::ControllerState;
+use crate::translator::status::StatusReport;
+use crate::translator::{ResourceSet, backends, translate};
+
+pub struct Publisher {
+    controller_name: String,
+    state: ControllerState,
+    /// The objects and resources of the last publication, for the endpoint fast path.
+    last: Option<(ObjectSet, BTreeMap<ObjectRef, ResourceSet>)>,
+}
+
+impl Publisher {
+    pub fn new(controller_name: String, state: ControllerState) -> Self {
+        Publisher {
+            controller_name,
+            state,
+            last: None,
+        }
+    }
+
+    pub fn state(&self) -> &ControllerState {
+        &self.state
+    }
+
+    /// Translates `objects` (unless nothing changed since the last call) and publishes the
+    /// snapshots and status.
+    pub fn publish(&mut self, objects: ObjectSet) {
+        if let Some((last, _)) = &self.last
+            && last.same_as(&objects)
+        {
+            // A file was touched but no object changed (or a change was undone): nothing to do.
+            return;
+        }
+        let gateways = match self.last.take() {
+            // Only EndpointSlices changed: new endpoints for the clusters already translated;
+            // routes, listeners and status stay as they are.
+            Some((last, mut gateways)) if last.same_except_endpoints(&objects) => {
+                for set in gateways.values_mut() {
+                    backends::refresh_endpoints(&objects, set);
+                }
+                self.state.metrics.endpoint_refreshes.inc();
+                info!("only EndpointSlices changed: endpoints refreshed, routes not re-translated");
+                gateways
+            }
+            _ => {
+                let translation = translate(&objects, &self.controller_name);
+                self.state.metrics.translations.inc();
+                log_status_changes(&self.state.statuses.report(), &translation.status);
+                self.state.statuses.publish(translation.status);
+                translation.gateways
+            }
+        };
+        self.last = Some((objects, gateways.clone()));
+        let summary = self.state.cache.update(gateways);
+        for (gateway, problem) in &summary.inconsistent {
+            error!(%gateway, %problem, "translation produced an inconsistent snapshot; not published, proxies keep the previous version");
+        }
+        for (gateway, version) in summary.changed {
+            info!(%gateway, version, "new snapshot");
+            self.state
+                .metrics
+                .snapshot_version
+                .with_label_values(&[&gateway.to_string()])
+                .set(i64::try_from(version).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Logs conditions that are not True, when they change, so a person sees why a route is not served.
+fn log_status_changes(old: &StatusReport, new: &StatusReport) {
+    for (key, status) in &new.http_routes {
+        if old.http_routes.get(key) == Some(status) {
+            continue;
+        }
+        for parent in &status.parents {
+            for c in parent.conditions.iter().filter(|c| c.is_problem()) {
+                warn!(route = %key, parent = %format!("{}/{}", parent.parent_ref.namespace, parent.parent_ref.name), condition = %c.type_, reason = %c.reason, message = %c.message, "HTTPRoute condition");
+            }
+        }
+    }
+    for (service, problems) in &new.service_annotations {
+        if old.service_annotations.get(service) == Some(problems) {
+            continue;
+        }
+        for problem in problems {
+            warn!(%service, "{problem}");
+        }
+    }
+    for (key, status) in &new.gateways {
+        if old.gateways.get(key) == Some(status) {
+            continue;
+        }
+        for l in &status.listeners {
+            for c in l.conditions.iter().filter(|c| c.is_problem()) {
+                warn!(gateway = %key, listener = %l.name, condition = %c.type_, reason = %c.reason, message = %c.message, "Gateway listener condition");
+            }
+        }
+        info!(gateway = %key, listeners = status.listeners.len(), attached_routes = status.listeners.iter().map(|l| l.attached_routes).sum::<i32>(), "Gateway status");
+    }
+}

@@ -1,0 +1,391 @@
+//! Kubernetes source: one list+watch per kind against the API server, folded into one
+//! [`ObjectSet`] that is published once every kind has been listed, then after each change.
+//!
+//! Objects are watched untyped and decoded by [`Object::decode`], the same decoder the
+//! directory source uses, so one object the decoder rejects is reported and skipped (its last
+//! good version stays) instead of failing the whole list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::listenersets::ListenerSet;
+use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::objects::{Kind, Object, ObjectError, ObjectRef, ObjectSet};
+use crate::publish::Publisher;
+
+/// Changes arriving within this window are translated together: a `kubectl apply` of many
+/// objects becomes one translation, and an endpoint burst one push.
+const BATCH: Duration = Duration::from_millis(100);
+
+/// Where the API server serves a kind (group, version, plural).
+pub fn api_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::GatewayClass => ApiResource::erase::<GatewayClass>(&()),
+        Kind::Gateway => ApiResource::erase::<Gateway>(&()),
+        Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
+        Kind::ReferenceGrant => ApiResource::erase::<ReferenceGrant>(&()),
+        Kind::Service => ApiResource::erase::<Service>(&()),
+        Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+        Kind::Secret => ApiResource::erase::<Secret>(&()),
+        Kind::Namespace => ApiResource::erase::<Namespace>(&()),
+        Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+        Kind::BackendTlsPolicy => ApiResource::erase::<BackendTlsPolicy>(&()),
+        Kind::ListenerSet => ApiResource::erase::<ListenerSet>(&()),
+        Kind::TlsRoute => ApiResource::erase::<TlsRoute>(&()),
+        Kind::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
+    }
+}
+
+/// An object as the API server sent it, decoded into the translator's types.
+fn decode(kind: Kind, object: &DynamicObject) -> Result<(ObjectRef, Object), ObjectError> {
+    let name = object.metadata.name.clone().ok_or(ObjectError::NoName)?;
+    let namespace = match kind.is_namespaced() {
+        true => object.metadata.namespace.clone().unwrap_or_default(),
+        false => String::new(),
+    };
+    let key = ObjectRef::new(namespace, name);
+    let invalid = |source| ObjectError::Invalid {
+        kind,
+        name: key.to_string(),
+        source,
+    };
+    let mut value = serde_json::to_value(object).map_err(invalid)?;
+    // List items come without their type; the typed decoders want it.
+    let resource = api_resource(kind);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(resource.api_version));
+        map.insert("kind".into(), Value::String(resource.kind));
+        // Status is the translator's output, not its input, and the resource version and
+        // managed fields change with every write: without them, our own status writes
+        // leave the object equal to what was translated, and cause no re-translation.
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+    }
+    let object = Object::decode(kind, &key, value)?;
+    Ok((key, object))
+}
+
+fn key_of(kind: Kind, object: &DynamicObject) -> Option<ObjectRef> {
+    let name = object.metadata.name.clone()?;
+    let namespace = match kind.is_namespaced() {
+        true => object.metadata.namespace.clone().unwrap_or_default(),
+        false => String::new(),
+    };
+    Some(ObjectRef::new(namespace, name))
+}
+
+/// The API server's answer was "no such resource" (the CRD is not installed) or "forbidden"
+/// (RBAC does not grant it): waiting for that kind would hold every Gateway back.
+fn absent(err: &watcher::Error) -> Option<u16> {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if matches!(status.code, 403 | 404) =>
+        {
+            Some(status.code)
+        }
+        _ => None,
+    }
+}
+
+/// What the watches have delivered so far.
+#[derive(Default)]
+pub struct ClusterStore {
+    objects: ObjectSet,
+    /// Objects of a re-list in progress, per kind, swapped in when the list is complete.
+    relisting: BTreeMap<Kind, BTreeMap<ObjectRef, Object>>,
+    /// Kinds listed at least once (or known to be absent).
+    listed: BTreeSet<Kind>,
+    /// Objects the decoder rejected, with why; their last good version (if any) stays.
+    problems: BTreeMap<(Kind, ObjectRef), String>,
+    /// Kinds whose watch is failing, so each failure is logged once.
+    failing: BTreeSet<Kind>,
+}
+
+impl ClusterStore {
+    /// Every kind has been listed: publishing now cannot drop objects that merely have not
+    /// arrived yet.
+    pub fn ready(&self) -> bool {
+        self.listed.len() == Kind::ALL.len()
+    }
+
+    pub fn objects(&self) -> &ObjectSet {
+        &self.objects
+    }
+
+    pub fn problems(&self) -> impl Iterator<Item = (&(Kind, ObjectRef), &String)> {
+        self.problems.iter()
+    }
+
+    fn decoded(&mut self, kind: Kind, object: &DynamicObject) -> Option<(ObjectRef, Object)> {
+        match decode(kind, object) {
+            Ok((key, object)) => {
+                self.problems.remove(&(kind, key.clone()));
+                Some((key, object))
+            }
+            Err(err) => {
+                let key = key_of(kind, object).unwrap_or_else(|| ObjectRef::new("", "?"));
+                warn!(%kind, object = %key, %err, "object ignored; its last good version stays");
+                self.problems.insert((kind, key), err.to_string());
+                None
+            }
+        }
+    }
+
+    /// Folds one watch event in; returns whether the object set changed.
+    pub fn apply(
+        &mut self,
+        kind: Kind,
+        event: Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ) -> bool {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                if let Some(code) = absent(&err)
+                    && self.listed.insert(kind)
+                {
+                    warn!(%kind, code, "the API server does not serve this kind to us (CRD not installed, or RBAC); treated as empty and retried");
+                    return true;
+                }
+                if self.failing.insert(kind) {
+                    warn!(%kind, %err, "watch failed; retrying with backoff, the last known objects stay");
+                } else {
+                    debug!(%kind, %err, "watch still failing");
+                }
+                return false;
+            }
+        };
+        // Init comes before the list is even tried: only what follows shows a working watch.
+        if !matches!(event, watcher::Event::Init) && self.failing.remove(&kind) {
+            info!(%kind, "watch recovered");
+        }
+        match event {
+            watcher::Event::Init => {
+                self.relisting.insert(kind, BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                if let Some((key, object)) = self.decoded(kind, &object) {
+                    debug!(%kind, object = %key, "listed object");
+                    self.relisting.entry(kind).or_default().insert(key, object);
+                } else if let Some(key) = key_of(kind, &object)
+                    && let Some(previous) = self.objects.get(kind, &key)
+                {
+                    self.relisting
+                        .entry(kind)
+                        .or_default()
+                        .insert(key, previous);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relisting.remove(&kind).unwrap_or_default();
+                for gone in self.objects.keys(kind) {
+                    if !listed.contains_key(&gone) {
+                        self.objects.remove(kind, &gone);
+                        self.problems.remove(&(kind, gone));
+                    }
+                }
+                for (key, object) in listed {
+                    self.objects.insert(key, object);
+                }
+                if self.listed.insert(kind) {
+                    debug!(%kind, "listed");
+                }
+                true
+            }
+            watcher::Event::Apply(object) => match self.decoded(kind, &object) {
+                Some((key, object)) => {
+                    debug!(%kind, object = %key, "changed");
+                    self.objects.insert(key, object);
+                    true
+                }
+                None => false,
+            },
+            watcher::Event::Delete(object) => {
+                let Some(key) = key_of(kind, &object) else {
+                    return false;
+                };
+                self.problems.remove(&(kind, key.clone()));
+                self.objects.remove(kind, &key)
+            }
+        }
+    }
+}
+
+/// Watches every kind through `client`, publishing as described above, forever.
+pub async fn run(client: kube::Client, mut publisher: Publisher) {
+    let watches = Kind::ALL.map(|kind| {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &api_resource(kind));
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (kind, event))
+            .boxed()
+    });
+    let mut events = stream::select_all(watches);
+    let mut store = ClusterStore::default();
+    let mut dirty = false;
+    let mut published = false;
+    let batch = tokio::time::sleep(BATCH);
+    tokio::pin!(batch);
+    info!(kinds = Kind::ALL.len(), "watching the Kubernetes API");
+    loop {
+        tokio::select! {
+            next = events.next() => {
+                let Some((kind, event)) = next else { return };
+                if store.apply(kind, event) && !dirty {
+                    dirty = true;
+                    batch.as_mut().reset(tokio::time::Instant::now() + BATCH);
+                }
+            }
+            () = &mut batch, if dirty && store.ready() => {
+                if !published {
+                    info!(objects = store.objects.len(), "every kind listed: publishing");
+                    published = true;
+                }
+                dirty = false;
+                publisher
+                    .state()
+                    .metrics
+                    .config_problems
+                    .set(i64::try_from(store.problems.len()).unwrap_or(i64::MAX));
+                publisher.publish(store.objects.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+    use serde_json::json;
+
+    fn service(name: &str, port: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "apps", "resourceVersion": "7"},
+            "spec": {"ports": [{"name": "http", "port": port}]},
+            "status": {"loadBalancer": {}},
+        }))
+        .unwrap()
+    }
+
+    fn list(store: &mut ClusterStore, kind: Kind, objects: Vec<DynamicObject>) -> bool {
+        store.apply(kind, Ok(watcher::Event::Init));
+        for o in objects {
+            store.apply(kind, Ok(watcher::Event::InitApply(o)));
+        }
+        store.apply(kind, Ok(watcher::Event::InitDone))
+    }
+
+    fn list_everything_else(store: &mut ClusterStore) {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Service) {
+            list(store, kind, Vec::new());
+        }
+    }
+
+    #[test]
+    fn publishes_only_once_every_kind_is_listed_or_absent() {
+        let mut store = ClusterStore::default();
+        list(&mut store, Kind::Service, vec![service("a", json!(80))]);
+        assert!(!store.ready());
+        for kind in Kind::ALL
+            .into_iter()
+            .filter(|k| !matches!(k, Kind::Service | Kind::TlsRoute))
+        {
+            list(&mut store, kind, Vec::new());
+        }
+        assert!(!store.ready(), "TLSRoute not listed yet");
+        // A failure that is not "absent" does not count as listed...
+        let down = kube::Error::Api(
+            Status::failure("down", "InternalError")
+                .with_code(500)
+                .boxed(),
+        );
+        assert!(!store.apply(Kind::TlsRoute, Err(watcher::Error::InitialListFailed(down))));
+        assert!(!store.ready());
+        // ...a CRD that is not installed does.
+        let missing = kube::Error::Api(Status::failure("no", "NotFound").with_code(404).boxed());
+        assert!(store.apply(
+            Kind::TlsRoute,
+            Err(watcher::Error::InitialListFailed(missing))
+        ));
+        assert!(store.ready());
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_and_keeps_the_last_good_version_of_what_is_invalid() {
+        let mut store = ClusterStore::default();
+        list_everything_else(&mut store);
+        list(
+            &mut store,
+            Kind::Service,
+            vec![service("a", json!(80)), service("b", json!(80))],
+        );
+        assert_eq!(store.objects().services.len(), 2);
+        // Status and resource version are not inputs: they are dropped on the way in.
+        let a = &store.objects().services[&ObjectRef::new("apps", "a")];
+        assert!(a.status.is_none() && a.metadata.resource_version.is_none());
+
+        // An invalid update is reported and the last good version stays.
+        let changed = store.apply(
+            Kind::Service,
+            Ok(watcher::Event::Apply(service("a", json!("eighty")))),
+        );
+        assert!(!changed);
+        assert_eq!(store.problems().count(), 1);
+        let port = |store: &ClusterStore| {
+            store.objects().services[&ObjectRef::new("apps", "a")]
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port
+        };
+        assert_eq!(port(&store), 80);
+
+        // A re-list (after a watch desync) without b removes b; a stays as last good.
+        assert!(list(
+            &mut store,
+            Kind::Service,
+            vec![service("a", json!("eighty"))]
+        ));
+        assert_eq!(
+            store.objects().services.keys().cloned().collect::<Vec<_>>(),
+            vec![ObjectRef::new("apps", "a")]
+        );
+        assert_eq!(port(&store), 80);
+
+        // Fixed: the problem goes away.
+        assert!(store.apply(
+            Kind::Service,
+            Ok(watcher::Event::Apply(service("a", json!(81))))
+        ));
+        assert_eq!(port(&store), 81);
+        assert_eq!(store.problems().count(), 0);
+        assert!(store.apply(
+            Kind::Service,
+            Ok(watcher::Event::Delete(service("a", json!(81))))
+        ));
+        assert!(store.objects().services.is_empty());
+    }
+}
