@@ -52,6 +52,28 @@ struct Store {
     writes: Vec<String>,
     /// Bumped to end every open watch, as when an API server restarts.
     watch_epoch: u64,
+    /// RBAC: when set, only what a grant allows; the rest is answered 403 and recorded.
+    grants: Option<Vec<Grant>>,
+    denied: Vec<String>,
+}
+
+/// One RBAC rule, from a ClusterRole (any namespace) or a Role (its namespace).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub namespace: Option<String>,
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+impl Grant {
+    pub fn allows(&self, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
+        let has = |list: &[String], item: &str| list.iter().any(|x| x == item || x == "*");
+        (self.namespace.is_none() || self.namespace.as_deref() == namespace)
+            && has(&self.api_groups, group)
+            && has(&self.resources, resource)
+            && has(&self.verbs, verb)
+    }
 }
 
 /// The plural resource name of a kind, as the API server derives it.
@@ -210,6 +232,38 @@ impl Shared {
             );
         };
         let mut store = self.lock();
+        let params = query(req.uri());
+        let verb = match (req.method().clone(), &target.name) {
+            (Method::GET, None) if params.contains_key("watch") => "watch",
+            (Method::GET, None) => "list",
+            (Method::GET, Some(_)) => "get",
+            (Method::POST, _) => "create",
+            (Method::PUT, _) => "update",
+            (Method::PATCH, _) => "patch",
+            (Method::DELETE, _) => "delete",
+            _ => "other",
+        };
+        let group = target.collection.split('/').next().unwrap_or_default();
+        let resource = match target.status {
+            true => format!("{}/status", target.plural),
+            false => target.plural.clone(),
+        };
+        let allowed = store.grants.as_ref().is_none_or(|grants| {
+            grants
+                .iter()
+                .any(|g| g.allows(verb, group, &resource, target.namespace.as_deref()))
+        });
+        if !allowed {
+            store.denied.push(format!(
+                "{verb} {group}/{resource} in {:?}",
+                target.namespace
+            ));
+            return failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("cannot {verb} resource \"{resource}\" in API group \"{group}\""),
+            );
+        }
         if store.unserved.contains(&target.plural) {
             return failure(
                 StatusCode::NOT_FOUND,
@@ -221,7 +275,6 @@ impl Shared {
         if method != Method::GET {
             store.writes.push(format!("{method} {}", req.uri().path()));
         }
-        let params = query(req.uri());
         let namespace = target.namespace.clone().unwrap_or_default();
         let body: Option<Value> = serde_json::from_slice(req.body()).ok();
         let existing = target.name.as_ref().and_then(|name| {
@@ -628,6 +681,16 @@ impl FakeApiServer {
             .get(&collection)
             .and_then(|c| c.get(&(namespace.to_owned(), name.to_owned())))
             .cloned()
+    }
+
+    /// Enforces RBAC from now on: only what `grants` allow.
+    pub fn enforce(&self, grants: Vec<Grant>) {
+        self.shared.lock().grants = Some(grants);
+    }
+
+    /// Requests RBAC refused, as "verb group/resource in namespace".
+    pub fn denied(&self) -> Vec<String> {
+        self.shared.lock().denied.clone()
     }
 
     /// Mutating requests received so far ("PATCH /apis/.../status").

@@ -151,7 +151,7 @@ impl Controller {
         extra: &[&str],
     ) -> Controller {
         let source = [std::ffi::OsStr::new("--config-dir"), config_dir.as_os_str()];
-        Self::start_source(&source, config_dir, work, grpc, extra)
+        Self::start_source(&source, &[], config_dir, work, grpc, extra)
     }
 
     /// Starts in Kubernetes mode against the API server `kubeconfig` names.
@@ -164,11 +164,19 @@ impl Controller {
         let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut extra = extra.to_vec();
         extra.push("--plaintext");
-        Self::start_source(&source, work, work, grpc, &extra)
+        Self::start_source(&source, &[], work, work, grpc, &extra)
+    }
+
+    /// Starts with exactly these arguments (plus `--grpc-listen`) and environment, as a
+    /// Deployment would.
+    pub fn start_as_deployed(args: &[&str], env: &[(&str, &str)], work: &Path) -> Controller {
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        Self::start_source(&[], env, work, work, grpc, args)
     }
 
     fn start_source(
         source: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
         config_dir: &Path,
         work: &Path,
         grpc: SocketAddr,
@@ -176,6 +184,7 @@ impl Controller {
     ) -> Controller {
         let mut cmd = Command::new(bin("rauta-controller"));
         cmd.args(source)
+            .envs(env.iter().copied())
             .arg("--grpc-listen")
             .arg(grpc.to_string())
             .args(extra)
