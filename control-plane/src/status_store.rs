@@ -1,6 +1,6 @@
 //! The status of every owned object: the translator's latest report, merged with what only
 //! the running system knows (Gateway addresses from connected proxies, transition times).
-//! Read by the admin service, the status-file writer, and (later) the Kubernetes writer.
+//! Read by the admin service, the status-file writer and the Kubernetes status writer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
