@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit tests, protocol tests, end-to-end tests
 # that start the real binaries on 127.0.0.1, and the Gateway API conformance cases replayed
-# without a cluster (rauta-conformance). CI runs exactly this (.ci/run).
+# without a cluster (rauta-conformance), once per source: a directory, and the Kubernetes API.
+# CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,11 @@ status=0
 echo "==> cargo test"
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
-echo "==> conformance (tests/conformance/upstream, Gateway API v1.6.1 HTTP cases)"
+echo "==> conformance (tests/conformance/upstream, Gateway API v1.6.1 HTTP cases), standalone mode"
 target/debug/rauta-conformance 2>&1 | tee -a "$log" || status=$?
+
+echo "==> conformance again, Kubernetes mode (objects served by an in-process API server)"
+target/debug/rauta-conformance --kubernetes 2>&1 | tee -a "$log" || status=$?
 
 sum() { grep -E "$1" "$log" | sed -E "s/.* ([0-9]+) $2.*/\1/" | awk '{s+=$1} END {print s+0}'; }
 passed=$(( $(sum '^test result:' passed) + $(sum '^conformance:' passed) ))

@@ -21,6 +21,10 @@ struct Args {
     /// Longest wait, in seconds, for any check that must eventually hold.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     budget: u64,
+    /// Run the controller in Kubernetes mode: the objects go into an in-process API server
+    /// (list, watch, status over TLS) instead of a watched directory.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         cases_dir: args.cases,
         only: args.run,
         budget: Duration::from_secs(args.budget.max(1)),
+        kubernetes: args.kubernetes,
     };
     match runtime.block_on(runner::run(&opts)) {
         Ok(t) if t.failed == 0 => ExitCode::SUCCESS,

@@ -35,6 +35,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Longest wait for any eventually-true check (upstream allows 30-180 s).
     pub budget: Duration,
+    /// Run the controller in Kubernetes mode against the fake API server.
+    pub kubernetes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +116,8 @@ pub async fn run(opts: &Options) -> Result<Totals, String> {
         }
         cases.retain(|c| opts.only.contains(&c.name));
     }
-    let mut world = World::start(&opts.cases_dir.join("base/manifests.yaml")).await?;
+    let mut world =
+        World::start(&opts.cases_dir.join("base/manifests.yaml"), opts.kubernetes).await?;
     let mut features = BTreeSet::new();
     eventually_status(&world, Duration::from_secs(20), |v, _| {
         match v.get("GatewayClass", "", CLASS_NAME) {
@@ -154,8 +157,14 @@ pub async fn run(opts: &Options) -> Result<Totals, String> {
         }
     }
     println!(
-        "conformance: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.skipped
+        "conformance: {} passed, {} failed, {} skipped ({})",
+        totals.passed,
+        totals.failed,
+        totals.skipped,
+        match opts.kubernetes {
+            true => "Kubernetes mode, objects listed and watched from an API server",
+            false => "standalone mode, objects read from a directory",
+        }
     );
     Ok(totals)
 }

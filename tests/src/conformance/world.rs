@@ -5,12 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rand::Rng;
 use serde_json::{Value, json};
 
 use super::case::{Action, NsName};
 use crate::echo::{EchoIdentity, EchoServer, EchoTls};
+use crate::fake_kube::FakeApiServer;
 use crate::harness::{Controller, Proxy};
 
 /// The GatewayClass every Gateway in the suite is switched to, and its controller.
@@ -62,8 +64,19 @@ struct Pods {
     instances: Vec<EchoServer>,
 }
 
+/// Where the runner puts the objects for the controller to find.
+enum Cluster {
+    /// Files in the directory a standalone controller watches.
+    Directory(PathBuf),
+    /// An API server a `--kubernetes` controller lists and watches, and what is in it.
+    Kubernetes {
+        api: FakeApiServer,
+        synced: Mutex<BTreeMap<ObjKey, Value>>,
+    },
+}
+
 pub struct World {
-    config: PathBuf,
+    cluster: Cluster,
     pub controller: Controller,
     proxies: BTreeMap<NsName, Proxy>,
     next_ip: u8,
@@ -84,15 +97,25 @@ pub struct World {
 }
 
 impl World {
-    /// Starts the controller with the base manifests (and their backends) applied.
-    pub async fn start(base_manifests: &Path) -> Result<World, String> {
+    /// Starts the controller with the base manifests (and their backends) applied: in
+    /// standalone mode, or with `kubernetes` in Kubernetes mode against the fake API server.
+    pub async fn start(base_manifests: &Path, kubernetes: bool) -> Result<World, String> {
         let work = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = work.path().join("config");
-        std::fs::create_dir(&config).map_err(|e| e.to_string())?;
-        let controller = Controller::start(&config, work.path());
+        let (cluster, controller) = if kubernetes {
+            let api = FakeApiServer::start().await;
+            let kubeconfig = api.kubeconfig(work.path());
+            let controller = Controller::start_kubernetes(&kubeconfig, work.path(), &[]);
+            let synced = Mutex::new(BTreeMap::new());
+            (Cluster::Kubernetes { api, synced }, controller)
+        } else {
+            let config = work.path().join("config");
+            std::fs::create_dir(&config).map_err(|e| e.to_string())?;
+            let controller = Controller::start(&config, work.path());
+            (Cluster::Directory(config), controller)
+        };
         let mut world = World {
             work,
-            config,
+            cluster,
             controller,
             proxies: BTreeMap::new(),
             next_ip: 10,
@@ -654,32 +677,55 @@ impl World {
         out
     }
 
+    /// Hands the current objects to the controller: files rewritten, or the API server's
+    /// objects created, updated and deleted to match.
     fn write_files(&self) -> Result<(), String> {
         let relevant = |v: &&Value| {
             !matches!(v["kind"].as_str(), Some("Deployment" | "Pod")) && !is_manual_slice(v)
         };
-        let render = |docs: Vec<&Value>| {
-            docs.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        };
         let slices = self.endpoint_slices();
-        write_atomic(
-            &self.config,
-            "base.yaml",
-            &render(self.base.values().filter(relevant).collect()),
-        )?;
-        write_atomic(
-            &self.config,
-            "case.yaml",
-            &render(self.case.values().filter(relevant).collect()),
-        )?;
-        write_atomic(
-            &self.config,
-            "endpoints.yaml",
-            &render(slices.iter().collect()),
-        )
+        let base: Vec<&Value> = self.base.values().filter(relevant).collect();
+        let case: Vec<&Value> = self.case.values().filter(relevant).collect();
+        match &self.cluster {
+            Cluster::Directory(config) => {
+                let render = |docs: &[&Value]| {
+                    docs.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n---\n")
+                };
+                write_atomic(config, "base.yaml", &render(&base))?;
+                write_atomic(config, "case.yaml", &render(&case))?;
+                write_atomic(
+                    config,
+                    "endpoints.yaml",
+                    &render(&slices.iter().collect::<Vec<_>>()),
+                )
+            }
+            Cluster::Kubernetes { api, synced } => {
+                let mut synced = synced.lock().map_err(|e| e.to_string())?;
+                let desired: BTreeMap<ObjKey, &Value> = base
+                    .into_iter()
+                    .chain(case)
+                    .chain(slices.iter())
+                    .filter_map(|v| Some((key_of(v)?, v)))
+                    .collect();
+                for (key, old) in synced.iter() {
+                    if !desired.contains_key(key) {
+                        let api_version = old["apiVersion"].as_str().unwrap_or_default();
+                        api.delete(api_version, &key.0, &key.1, &key.2);
+                    }
+                }
+                synced.retain(|key, _| desired.contains_key(key));
+                for (key, doc) in desired {
+                    if synced.get(&key) != Some(doc) {
+                        api.apply(doc.clone());
+                        synced.insert(key, doc.clone());
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 }
 
