@@ -696,6 +696,17 @@ impl FakeApiServer {
         self.shared.lock().denied.clone()
     }
 
+    /// Every stored object of a kind.
+    pub fn objects(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let collection = collection_of(api_version, kind);
+        self.shared
+            .lock()
+            .objects
+            .get(&collection)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Mutating requests received so far ("PATCH /apis/.../status").
     pub fn writes(&self) -> Vec<String> {
         self.shared.lock().writes.clone()

@@ -419,6 +419,14 @@ pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
     }
 }
 
+/// Waits until a GET of `url` is answered by the echo pod `pod` (after a route change, say).
+pub async fn eventually_served_by(url: &str, pod: &str, limit: Duration) {
+    eventually(limit, || async {
+        http_get(url, None).await.is_ok_and(|r| r.pod() == pod)
+    })
+    .await;
+}
+
 /// Polls `check` every 50 ms until it returns true; panics after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
 where

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rauta_tests::fake_kube::{FakeApiServer, Grant};
-use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, eventually, free_port, http_get};
+use rauta_tests::harness::{
+    Controller, Echo, Proxy, Workspace, eventually, eventually_served_by, free_port,
+};
 use rauta_tests::manifests::{CONTROLLER_NAME, documents, http_route, service};
 use serde_json::Value;
 
@@ -234,12 +236,7 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
     );
     proxy.wait_ready().await;
     let url = format!("http://{}/", proxy.listener(80));
-    eventually(Duration::from_secs(20), || async {
-        http_get(&url, None)
-            .await
-            .is_ok_and(|r| r.pod() == echo.pod)
-    })
-    .await;
+    eventually_served_by(&url, &echo.pod, Duration::from_secs(20)).await;
     eventually(Duration::from_secs(20), || async {
         let gateway = fake
             .object("gateway.networking.k8s.io/v1", "Gateway", gw_ns, gw_name)

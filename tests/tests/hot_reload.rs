@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use rauta_tests::harness::{
-    Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
+    Controller, Echo, Proxy, Workspace, all_in_sync, eventually, eventually_served_by, free_port,
+    http_get,
 };
 use rauta_tests::manifests::{infra, prefix_route};
 
@@ -27,12 +28,7 @@ async fn yaml_edits_change_routing_live() {
 
     // Point the route at green: traffic moves, with no restart.
     ws.write("route.yaml", &prefix_route("web", "/", "green"));
-    eventually(Duration::from_secs(10), || async {
-        http_get(&url, None)
-            .await
-            .is_ok_and(|r| r.pod() == green.pod)
-    })
-    .await;
+    eventually_served_by(&url, &green.pod, Duration::from_secs(10)).await;
     let v2 = controller.snapshot_version("infra/gw").await;
     assert!(
         v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(),

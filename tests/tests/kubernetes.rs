@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use rauta_tests::fake_kube::FakeApiServer;
-use rauta_tests::harness::{Controller, Echo, Proxy, Workspace, eventually, free_port, http_get};
+use rauta_tests::harness::{
+    Controller, Echo, Proxy, Workspace, eventually, eventually_served_by, free_port, http_get,
+};
 use rauta_tests::manifests::{CONTROLLER_NAME, http_route, infra, prefix_route};
 use serde_json::{Value, json};
 
@@ -91,12 +93,7 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
     proxy.wait_ready().await;
     let url = format!("http://{}/app", proxy.listener(80));
-    eventually(Duration::from_secs(20), || async {
-        http_get(&url, None)
-            .await
-            .is_ok_and(|r| r.pod() == blue.pod)
-    })
-    .await;
+    eventually_served_by(&url, &blue.pod, Duration::from_secs(20)).await;
 
     // Status is written back: GatewayClass accepted, Gateway programmed with the proxy's
     // address, our parent entry on the route next to the other controller's.
@@ -162,12 +159,7 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
     // A watch event moves traffic, even after the API server ended every watch stream.
     fake.end_watches();
     fake.apply_yaml(&prefix_route("web", "/", "green"));
-    eventually(Duration::from_secs(10), || async {
-        http_get(&url, None)
-            .await
-            .is_ok_and(|r| r.pod() == green.pod)
-    })
-    .await;
+    eventually_served_by(&url, &green.pod, Duration::from_secs(10)).await;
 
     // An invalid route becomes a condition on the route, not a crash; the rest keeps serving.
     let rule = "  - matches:\n    - path: {type: PathPrefix, value: /broken}\n    backendRefs:\n    - {name: missing, port: 8080}\n";
@@ -239,12 +231,7 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
         let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
         proxy.wait_ready().await;
         let url = format!("http://{}/app", proxy.listener(80));
-        eventually(Duration::from_secs(20), || async {
-            http_get(&url, None)
-                .await
-                .is_ok_and(|r| r.pod() == blue.pod)
-        })
-        .await;
+        eventually_served_by(&url, &blue.pod, Duration::from_secs(20)).await;
     }
     let holder = || {
         fake.object(

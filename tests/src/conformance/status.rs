@@ -1,7 +1,11 @@
 //! Status checks (`routes_must_be_accepted`, `status_expectations`) against the controller's
-//! `ListStatuses`, judged as upstream's helpers judge them.
+//! `ListStatuses`, or in Kubernetes mode against the status the controller wrote to the API
+//! server, judged as upstream's helpers judge them.
 
-use rauta_common::api::v1::{Condition, ObjectStatus};
+use rauta_common::api::v1::{
+    Condition, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, PolicyAncestorStatus,
+    RouteGroupKind, RouteParentStatus,
+};
 use serde_json::Value;
 
 use super::case::RouteAccepted;
@@ -22,6 +26,111 @@ impl StatusView {
         self.objects
             .iter()
             .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+    }
+}
+
+/// The kinds whose status RAUTA writes.
+pub const STATUS_KINDS: [&str; 7] = [
+    "GatewayClass",
+    "Gateway",
+    "ListenerSet",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "BackendTLSPolicy",
+];
+
+fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn conditions_of(v: &Value) -> Vec<Condition> {
+    list(v, "conditions")
+        .map(|c| Condition {
+            r#type: s(c, "type"),
+            status: s(c, "status"),
+            reason: s(c, "reason"),
+            message: s(c, "message"),
+            observed_generation: c["observedGeneration"].as_i64().unwrap_or_default(),
+            last_transition_time: None,
+        })
+        .collect()
+}
+
+fn parent_ref_of(v: &Value) -> ParentReference {
+    ParentReference {
+        group: s(v, "group"),
+        kind: s(v, "kind"),
+        namespace: s(v, "namespace"),
+        name: s(v, "name"),
+        section_name: v["sectionName"].as_str().map(str::to_owned),
+        port: v["port"].as_i64().and_then(|p| i32::try_from(p).ok()),
+    }
+}
+
+impl StatusView {
+    /// The status objects carry in an API server (what `kubectl get -o yaml` shows), in the
+    /// shape of the admin API's, so the same checks judge both. Objects without a status are
+    /// left out, as the admin API leaves out objects RAUTA does not own.
+    pub fn from_objects(objects: &[Value]) -> StatusView {
+        let objects = objects
+            .iter()
+            .filter(|o| o["status"].is_object())
+            .map(|o| {
+                let st = &o["status"];
+                ObjectStatus {
+                    kind: s(o, "kind"),
+                    namespace: s(&o["metadata"], "namespace"),
+                    name: s(&o["metadata"], "name"),
+                    generation: o["metadata"]["generation"].as_i64().unwrap_or_default(),
+                    conditions: conditions_of(st),
+                    listeners: list(st, "listeners")
+                        .map(|l| ListenerStatus {
+                            name: s(l, "name"),
+                            attached_routes: l["attachedRoutes"]
+                                .as_i64()
+                                .and_then(|n| i32::try_from(n).ok())
+                                .unwrap_or_default(),
+                            supported_kinds: list(l, "supportedKinds")
+                                .map(|k| RouteGroupKind {
+                                    group: s(k, "group"),
+                                    kind: s(k, "kind"),
+                                })
+                                .collect(),
+                            conditions: conditions_of(l),
+                        })
+                        .collect(),
+                    addresses: list(st, "addresses")
+                        .map(|a| GatewayAddress {
+                            r#type: s(a, "type"),
+                            value: s(a, "value"),
+                        })
+                        .collect(),
+                    parents: list(st, "parents")
+                        .map(|p| RouteParentStatus {
+                            parent_ref: Some(parent_ref_of(&p["parentRef"])),
+                            controller_name: s(p, "controllerName"),
+                            conditions: conditions_of(p),
+                        })
+                        .collect(),
+                    supported_features: list(st, "supportedFeatures")
+                        .map(|f| s(f, "name"))
+                        .collect(),
+                    ancestors: list(st, "ancestors")
+                        .map(|a| PolicyAncestorStatus {
+                            ancestor_ref: Some(parent_ref_of(&a["ancestorRef"])),
+                            controller_name: s(a, "controllerName"),
+                            conditions: conditions_of(a),
+                        })
+                        .collect(),
+                    attached_listener_sets: st["attachedListenerSets"]
+                        .as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        StatusView { objects }
     }
 }
 

@@ -355,6 +355,21 @@ impl World {
         self.case.get(&key).or_else(|| self.base.get(&key))
     }
 
+    /// In Kubernetes mode, every object of these kinds as the API server holds it, status
+    /// included; None in standalone mode.
+    pub fn cluster_objects(&self, kinds: &[&str]) -> Option<Vec<Value>> {
+        let Cluster::Kubernetes { api, .. } = &self.cluster else {
+            return None;
+        };
+        let api_version = "gateway.networking.k8s.io/v1";
+        Some(
+            kinds
+                .iter()
+                .flat_map(|k| api.objects(api_version, k))
+                .collect(),
+        )
+    }
+
     /// The generation the runner last gave an object (what an API server would report).
     pub fn generation(&self, kind: &str, namespace: &str, name: &str) -> Option<i64> {
         self.object(kind, namespace, name)
