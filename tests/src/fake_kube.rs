@@ -52,6 +52,8 @@ struct Store {
     writes: Vec<String>,
     /// Bumped to end every open watch, as when an API server restarts.
     watch_epoch: u64,
+    /// Watches from before this resource version get 410 Gone (history compacted).
+    compacted: u64,
     /// RBAC: when set, only what a grant allows; the rest is answered 403 and recorded.
     grants: Option<Vec<Grant>>,
     denied: Vec<String>,
@@ -314,6 +316,16 @@ impl Shared {
                     .get("timeoutSeconds")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(290);
+                if from < store.compacted {
+                    // As etcd after compaction: the client must list again.
+                    let gone = status_body(StatusCode::GONE, "Expired", "too old resource version");
+                    let line = format!("{}\n", json!({"type": "ERROR", "object": gone}));
+                    return Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(line)).boxed())
+                        .expect("response");
+                }
                 let epoch = store.watch_epoch;
                 drop(store);
                 self.watch(target, from, Duration::from_secs(timeout), epoch)
@@ -719,6 +731,14 @@ impl FakeApiServer {
             true => store.unserved.remove(plural),
             false => store.unserved.insert(plural.to_owned()),
         };
+    }
+
+    /// Forgets the event history, as etcd compaction does: a watch resuming from before now
+    /// gets 410 Gone and its client must list again.
+    pub fn compact(&self) {
+        let mut store = self.shared.lock();
+        store.compacted = store.version + 1;
+        store.events.clear();
     }
 
     /// Ends every open watch stream, as an API server restart does; clients re-watch.

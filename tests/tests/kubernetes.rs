@@ -176,6 +176,20 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
     .await;
     assert_eq!(http_get(&url, None).await.unwrap().pod(), green.pod);
 
+    // Changes made while the controller cannot watch, with the history compacted meanwhile:
+    // its watches resume from a version that is gone (410), so it lists again, and what was
+    // deleted in between disappears.
+    fake.compact();
+    fake.end_watches();
+    fake.delete(V1, "HTTPRoute", "apps", "broken");
+    fake.apply_yaml(&prefix_route("other", "/other", "blue"));
+    let other = format!("http://{}/other", proxy.listener(80));
+    eventually_served_by(&other, &blue.pod, Duration::from_secs(10)).await;
+    // /broken answered 500 (its backend is missing); without that route, "/" takes it.
+    let broken = format!("http://{}/broken", proxy.listener(80));
+    eventually_served_by(&broken, &green.pod, Duration::from_secs(10)).await;
+    fake.apply_yaml(&http_route("apps", "broken", ("infra", "gw"), &[], rule));
+
     // Deleting the route: 404.
     fake.delete(V1, "HTTPRoute", "apps", "web");
     eventually(Duration::from_secs(10), || async {

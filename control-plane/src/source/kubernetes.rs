@@ -164,6 +164,12 @@ impl ClusterStore {
                     warn!(%kind, code, "the API server does not serve this kind to us (CRD not installed, or RBAC); treated as empty and retried");
                     return true;
                 }
+                if matches!(&err, watcher::Error::WatchError(status) if status.code == 410) {
+                    // Routine: the API server's history moved past our version; the
+                    // watcher lists again, and the re-list replaces this kind.
+                    debug!(%kind, "resource version expired; listing again");
+                    return false;
+                }
                 if self.failing.insert(kind) {
                     warn!(%kind, %err, "watch failed; retrying with backoff, the last known objects stay");
                 } else {
