@@ -246,7 +246,10 @@ impl StatusStore {
             });
         }
         for (key, s) in &report.gateways {
-            let served = registry.addresses(key);
+            let served = match s.service_addresses.is_empty() {
+                true => registry.addresses(key),
+                false => s.service_addresses.clone(),
+            };
             let typed = |value: &String| api::GatewayAddress {
                 r#type: if value.parse::<std::net::IpAddr>().is_ok() {
                     "IPAddress"

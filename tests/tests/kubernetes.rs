@@ -139,6 +139,17 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
         Some(1.0)
     );
 
+    // Once the Gateway's LoadBalancer Service has an address, status shows it instead of
+    // the proxies' own.
+    fake.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: gw-proxies\n  namespace: infra\n  labels: {gateway.networking.k8s.io/gateway-name: gw}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}\n",
+    );
+    eventually(Duration::from_secs(10), || async {
+        let gateway = fake.object(V1, "Gateway", "infra", "gw").unwrap();
+        gateway["status"]["addresses"] == json!([{"type": "IPAddress", "value": "203.0.113.7"}])
+    })
+    .await;
+
     // Nothing changes, nothing is written: the lease is renewed, status is left alone.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writes = status_writes(&fake);
@@ -148,11 +159,12 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
         writes,
         "status rewritten with nothing changed"
     );
-    // Our own status writes came back as watch events; they must not have re-translated.
+    // Our own status writes came back as watch events; they must not have re-translated
+    // (the first translation, and the one for the Service).
     let text = controller_metrics(metrics).await;
     assert_eq!(
         metric(&text, "rauta_controller_translations_total"),
-        Some(1.0),
+        Some(2.0),
         "{text}"
     );
 

@@ -69,10 +69,13 @@ fn decode(kind: Kind, object: &DynamicObject) -> Result<(ObjectRef, Object), Obj
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(resource.api_version));
         map.insert("kind".into(), Value::String(resource.kind));
-        // Status is the translator's output, not its input, and the resource version and
-        // managed fields change with every write: without them, our own status writes
-        // leave the object equal to what was translated, and cause no re-translation.
-        map.remove("status");
+        // Status is the translator's output, not its input (but for a Service, whose load
+        // balancer addresses are the Gateway's), and the resource version and managed
+        // fields change with every write: without them, our own status writes leave the
+        // object equal to what was translated, and cause no re-translation.
+        if kind != Kind::Service {
+            map.remove("status");
+        }
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("resourceVersion");
             meta.remove("managedFields");
@@ -346,9 +349,18 @@ mod tests {
             vec![service("a", json!(80)), service("b", json!(80))],
         );
         assert_eq!(store.objects().services.len(), 2);
-        // Status and resource version are not inputs: they are dropped on the way in.
+        // Resource versions are not inputs, nor is status but a Service's (its load balancer
+        // addresses are the Gateway's): they are dropped on the way in.
         let a = &store.objects().services[&ObjectRef::new("apps", "a")];
-        assert!(a.status.is_none() && a.metadata.resource_version.is_none());
+        assert!(a.status.is_some() && a.metadata.resource_version.is_none());
+        let route: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "apps", "resourceVersion": "9"},
+            "spec": {}, "status": {"parents": []},
+        }))
+        .unwrap();
+        assert!(store.apply(Kind::HttpRoute, Ok(watcher::Event::Apply(route))));
+        let r = &store.objects().http_routes[&ObjectRef::new("apps", "r")];
+        assert!(r.status.is_none() && r.metadata.resource_version.is_none());
 
         // An invalid update is reported and the last good version stays.
         let changed = store.apply(

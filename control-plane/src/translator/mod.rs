@@ -1,6 +1,7 @@
 //! The translator: a pure function from Gateway API objects to one resource set per Gateway
 //! plus the status of every object involved. No I/O, no clock: tests call it directly.
 
+pub mod addresses;
 pub mod backend_tls;
 pub mod backends;
 mod filters;
@@ -170,6 +171,8 @@ struct GatewayView<'a> {
     generation: i64,
     /// spec.addresses: the requested (type, value) pairs, or why one cannot be honoured.
     addresses: Result<Vec<(String, String)>, String>,
+    /// Where the Gateway's Service (if it has one) makes it reachable.
+    service_addresses: Vec<String>,
     /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
     invalid_parameters: Option<String>,
     /// Some port uses frontend validation mode AllowInsecureFallback.
@@ -428,33 +431,13 @@ fn gateway_view<'a>(objects: &'a ObjectSet, key: &ObjectRef, gw: &'a Gateway) ->
         generation: generation(&gw.metadata),
         invalid_parameters,
         insecure_frontend_validation: tls::insecure_fallback(gw),
-        addresses: requested_addresses(gw),
+        addresses: addresses::requested(gw),
+        service_addresses: addresses::of_services(objects, key),
         listener_sets: sets,
         backend_client_certificate: tls::backend_client_certificate(objects, gw, &key.namespace)
             .transpose(),
         listeners,
     }
-}
-
-/// spec.addresses entries that name an address, as (type, value). RAUTA's proxies report
-/// IP addresses, so only IPAddress can be honoured; an entry without a value asks for any
-/// address and constrains nothing.
-fn requested_addresses(gw: &Gateway) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for a in gw.spec.addresses.iter().flatten() {
-        let ty = a.r#type.as_deref().unwrap_or("IPAddress");
-        if ty != "IPAddress" {
-            return Err(format!("address type {ty:?} is not supported"));
-        }
-        let Some(value) = a.value.as_deref().filter(|v| !v.is_empty()) else {
-            continue;
-        };
-        let ip: std::net::IpAddr = value
-            .parse()
-            .map_err(|_| format!("address {value:?} is not an IP address"))?;
-        out.push((ty.to_owned(), ip.to_string()));
-    }
-    Ok(out)
 }
 
 /// Listeners with the same port and hostname as an earlier listener cannot be told apart: the
@@ -983,6 +966,7 @@ fn build_gateway(
     };
     let programmed = accepted.is_true() && gateway.listeners.iter().any(|l| l.valid);
     status.requested_addresses = gateway.addresses.clone().unwrap_or_default();
+    status.service_addresses = gateway.service_addresses.clone();
     if gateway.insecure_frontend_validation {
         status.conditions.push(Condition::new(
             "InsecureFrontendValidationMode",

@@ -91,6 +91,10 @@ pub struct GatewayStatus {
     /// are known, not here).
     #[serde(skip)]
     pub requested_addresses: Vec<(String, String)>,
+    /// The addresses of the Gateway's Service (`addresses::of_services`); when there are
+    /// any, status lists them instead of the addresses its proxies report.
+    #[serde(skip)]
+    pub service_addresses: Vec<String>,
 }
 
 /// A ListenerSet's status: like a Gateway's, for the listeners it adds.

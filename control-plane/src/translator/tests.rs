@@ -916,6 +916,45 @@ fn gateway_addresses_of_unsupported_types_are_refused() {
 }
 
 #[test]
+fn a_gateway_is_reached_at_the_addresses_of_its_labelled_service() {
+    let service = |name: &str, namespace: &str, gateway: &str, rest: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{gateway.networking.k8s.io/gateway-name: {gateway}}}\n{rest}---\n"
+        )
+    };
+    let lb = "spec: {type: LoadBalancer, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}, {hostname: gw.example.net}]}}\n";
+    let pending = "spec: {type: LoadBalancer, ports: [{port: 80}]}\n";
+    let cluster = "spec: {clusterIP: 10.96.0.10, clusterIPs: [10.96.0.10], ports: [{port: 80}]}\n";
+    let gateway = |name: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: rauta\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n---\n"
+        )
+    };
+    let docs = [
+        service("gw-lb", "infra", "gw", lb),
+        // Same label, another namespace: not this Gateway's.
+        service("elsewhere", "apps", "gw", cluster),
+        gateway("internal"),
+        service("internal", "infra", "internal", cluster),
+        gateway("waiting"),
+        service("waiting", "infra", "waiting", pending),
+    ]
+    .concat();
+    let t = translate_yaml(&docs);
+    let addresses = |name: &str| {
+        t.status.gateways[&ObjectRef::new("infra", name)]
+            .service_addresses
+            .clone()
+    };
+    assert_eq!(addresses("gw"), ["203.0.113.7", "gw.example.net"]);
+    assert_eq!(addresses("internal"), ["10.96.0.10"]);
+    assert!(
+        addresses("waiting").is_empty(),
+        "no ingress yet: the proxies' addresses stand in"
+    );
+}
+
+#[test]
 fn tls_listeners_take_tls_routes_only() {
     let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: pass, port: 443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: term, port: 8443, protocol: TLS, tls: {mode: Terminate, certificateRefs: [{name: x}]}}\n---\n";
     let tls_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {name: web, namespace: apps}\nspec:\n  parentRefs: [{name: tls, namespace: infra}]\n  hostnames: [a.example.com]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n---\n";
