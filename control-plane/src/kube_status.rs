@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::metrics::ControllerMetrics;
@@ -123,6 +123,50 @@ impl StatusWriter {
         }
     }
 
+    /// Finds RAUTA's entries in shared status lists that a previous leader (or this replica
+    /// before a restart) left: they are treated as written, so the next sync takes out those
+    /// of objects that no longer reach a RAUTA Gateway.
+    async fn seed_from_cluster(&mut self) {
+        for kind in [
+            Kind::HttpRoute,
+            Kind::GrpcRoute,
+            Kind::TlsRoute,
+            Kind::BackendTlsPolicy,
+        ] {
+            let Some(list) = shared_list(kind) else {
+                continue;
+            };
+            let api = Api::<DynamicObject>::all_with(self.client.clone(), &api_resource(kind));
+            let objects = match api.list(&ListParams::default()).await {
+                Ok(objects) => objects,
+                // Not installed, or not listable: nothing of ours can be there to clean.
+                Err(err) => {
+                    debug!(%kind, %err, "not looking for stale status entries");
+                    continue;
+                }
+            };
+            for object in objects {
+                let ours = object
+                    .data
+                    .pointer(&format!("/status/{list}"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|entries| {
+                        entries.iter().any(|e| {
+                            e.get("controllerName").and_then(Value::as_str)
+                                == Some(self.controller_name.as_str())
+                        })
+                    });
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let namespace = object.metadata.namespace.clone().unwrap_or_default();
+                if ours {
+                    self.written
+                        .entry((kind, ObjectRef::new(namespace, name)))
+                        .or_insert(Value::Null);
+                }
+            }
+        }
+    }
+
     fn count(&self, result: &str) {
         self.metrics
             .status_writes
@@ -130,8 +174,14 @@ impl StatusWriter {
             .inc();
     }
 
-    /// Brings the cluster in step with the store; returns false if something must be retried.
-    pub async fn sync(&mut self, store: &StatusStore, registry: &ProxyRegistry) -> bool {
+    /// Brings the cluster in step with the store while `leader` says we lead; returns false
+    /// if something must be retried.
+    pub async fn sync(
+        &mut self,
+        store: &StatusStore,
+        registry: &ProxyRegistry,
+        leader: &watch::Receiver<bool>,
+    ) -> bool {
         let mut desired = BTreeMap::new();
         for object in store.render(registry) {
             let Some(kind) = Kind::from_type_meta("gateway.networking.k8s.io/v1", &object.kind)
@@ -159,6 +209,10 @@ impl StatusWriter {
             .chain(stale.into_iter().map(|k| (k, None)))
             .collect::<Vec<_>>();
         for ((kind, key), status) in changes {
+            // Leadership can end during a long round: the next leader writes the rest.
+            if !*leader.borrow() {
+                return false;
+            }
             match self.write(kind, &key, status.as_ref()).await {
                 Ok(outcome) => {
                     self.count(match outcome {
@@ -176,6 +230,16 @@ impl StatusWriter {
                         None => self.written.remove(&(kind, key)),
                     };
                 }
+                // The API server refuses this status (a schema it validates against, say):
+                // writing it again changes nothing until the status itself changes.
+                Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                    self.count("rejected");
+                    warn!(%kind, object = %key, code = s.code, reason = %s.reason, message = %s.message, "status rejected by the API server; not retried until it changes");
+                    match status {
+                        Some(status) => self.written.insert((kind, key), status),
+                        None => self.written.remove(&(kind, key)),
+                    };
+                }
                 Err(err) => {
                     self.count("error");
                     warn!(%kind, object = %key, %err, "cannot write status; retrying");
@@ -186,29 +250,43 @@ impl StatusWriter {
         complete
     }
 
-    /// Writes status while this replica leads, forever.
+    /// Writes status while this replica leads, forever. Objects on `gone` were deleted or
+    /// replaced: what was written for them no longer stands.
     pub async fn run(
         mut self,
         store: Arc<StatusStore>,
         registry: Arc<ProxyRegistry>,
         mut leader: watch::Receiver<bool>,
+        mut gone: mpsc::UnboundedReceiver<(Kind, ObjectRef)>,
     ) {
         let mut statuses = store.subscribe();
         let mut members = registry.subscribe();
+        let mut leading = false;
         loop {
             let leads = *leader.borrow_and_update();
             self.metrics.leader.set(i64::from(leads));
             let mut retry = false;
             if leads {
-                retry = !self.sync(&store, &registry).await;
+                if !leading {
+                    self.seed_from_cluster().await;
+                }
+                retry = !self.sync(&store, &registry, &leader).await;
             } else {
                 // Whoever leads next may have written something else: write everything then.
                 self.written.clear();
             }
+            leading = leads;
             tokio::select! {
                 r = statuses.changed() => if r.is_err() { return },
                 r = members.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
+                key = gone.recv() => {
+                    let Some(key) = key else { return };
+                    self.written.remove(&key);
+                    while let Ok(key) = gone.try_recv() {
+                        self.written.remove(&key);
+                    }
+                }
                 () = tokio::time::sleep(RETRY), if retry => {}
             }
             // Coalesce bursts (a configuration change and a reconnecting fleet).

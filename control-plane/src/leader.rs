@@ -137,7 +137,12 @@ pub async fn run(client: kube::Client, settings: LeaseSettings, leader: watch::S
     let mut last_renewal: Option<Instant> = None;
     let mut failing = false;
     loop {
-        let leads = match elector.round().await {
+        // A round that hangs (an overloaded API server, a half-open connection) must not
+        // keep us leading past the deadline, while another replica takes the lease.
+        let round = tokio::time::timeout(settings.renew_deadline(), elector.round()).await;
+        let leads = match round
+            .unwrap_or_else(|_| Err(kube::Error::Service("lease round timed out".into())))
+        {
             Ok(held) => {
                 failing = false;
                 last_renewal = held.then(Instant::now);

@@ -21,7 +21,7 @@ use rauta_controller::state::ControllerState;
 use rauta_controller::status_files;
 use rauta_controller::translator::DEFAULT_CONTROLLER_NAME;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 /// jemalloc returns freed pages to the system in the background; with the system allocator a
@@ -198,27 +198,41 @@ async fn main() -> anyhow::Result<()> {
             let client = kube_client(args.kubeconfig.as_deref()).await?;
             let lease = (!args.no_leader_election).then(|| lease_settings(&args));
             let (leader, leads) = watch::channel(lease.is_none());
-            if let Some(lease) = lease.clone() {
-                tokio::spawn(leader::run(client.clone(), lease, leader));
-            }
+            let elector = lease
+                .clone()
+                .map(|lease| tokio::spawn(leader::run(client.clone(), lease, leader)));
             let writer = StatusWriter::new(
                 client.clone(),
                 args.controller_name.clone(),
                 Arc::clone(&state.metrics),
             );
-            tokio::spawn(writer.run(
+            let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(writer.run(
                 Arc::clone(&state.statuses),
                 Arc::clone(&state.registry),
                 leads,
+                gone_rx,
             ));
-            tokio::select! {
-                res = server => res.context("gRPC server")?,
-                () = kubernetes::run(client.clone(), publisher) => {},
-                _ = shutdown_signal() => info!("shutting down"),
+            let result = tokio::select! {
+                res = server => res.context("gRPC server"),
+                () = kubernetes::run(client.clone(), publisher, gone_tx) => Ok(()),
+                _ = shutdown_signal() => {
+                    info!("shutting down");
+                    Ok(())
+                }
+            };
+            // Stop competing and writing first, so the released lease is not taken back
+            // and nothing is written after another replica has taken over.
+            writer.abort();
+            let _ = writer.await;
+            if let Some(elector) = elector {
+                elector.abort();
+                let _ = elector.await;
             }
             if let Some(lease) = &lease {
                 leader::release(client, lease).await;
             }
+            result?;
         }
     }
     Ok(())

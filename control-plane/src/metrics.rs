@@ -20,6 +20,8 @@ pub struct ControllerMetrics {
     pub nacks: IntCounterVec,
     pub resources_sent: IntCounterVec,
     pub leader: IntGauge,
+    /// 1 once the first snapshot has been published (every kind listed, in Kubernetes mode).
+    pub ready: IntGauge,
     pub status_writes: IntCounterVec,
 }
 
@@ -59,6 +61,11 @@ impl ControllerMetrics {
             ),
             &["result"],
         )?;
+        let ready = IntGauge::new(
+            "ready",
+            "1 once the configuration has been read and the first snapshots published",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(connected_proxies.clone()))?;
@@ -78,6 +85,7 @@ impl ControllerMetrics {
             nacks,
             resources_sent,
             leader,
+            ready,
             status_writes,
         })
     }
@@ -90,11 +98,21 @@ impl ControllerMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
     plain_http::serve(listener, move |path| match path {
         "/metrics" => (StatusCode::OK, plain_http::PROMETHEUS, metrics.render()),
         "/healthz" => (StatusCode::OK, plain_http::TEXT, b"ok\n".to_vec()),
+        // Ready once there is a configuration to serve: a rollout waits for a replica that
+        // can list the cluster.
+        "/readyz" if metrics.ready.get() == 1 => {
+            (StatusCode::OK, plain_http::TEXT, b"ready\n".to_vec())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain_http::TEXT,
+            b"configuration not read yet\n".to_vec(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             plain_http::TEXT,

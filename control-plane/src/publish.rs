@@ -59,6 +59,7 @@ impl Publisher {
             }
         };
         self.last = Some((objects, gateways.clone()));
+        self.state.metrics.ready.set(1);
         let summary = self.state.cache.update(gateways);
         for (gateway, problem) in &summary.inconsistent {
             error!(%gateway, %problem, "translation produced an inconsistent snapshot; not published, proxies keep the previous version");

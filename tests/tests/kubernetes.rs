@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rauta_tests::fake_kube::FakeApiServer;
+use rauta_tests::fake_kube::{FakeApiServer, Grant};
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, eventually, eventually_served_by, free_port, http_get,
 };
@@ -202,26 +202,62 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
     eventually_served_by(&broken, &green.pod, Duration::from_secs(10)).await;
     fake.apply_yaml(&http_route("apps", "broken", ("infra", "gw"), &[], rule));
 
+    // A route deleted and created again at once (kubectl replace --force) is another
+    // object: its status is written again although nothing in it changed.
+    eventually(Duration::from_secs(10), || async {
+        fake.object(V1, "HTTPRoute", "apps", "web")
+            .is_some_and(|r| our_parent(&r).is_some())
+    })
+    .await;
+    let mut web = fake.object(V1, "HTTPRoute", "apps", "web").unwrap();
+    fake.delete(V1, "HTTPRoute", "apps", "web");
+    web.as_object_mut().unwrap().remove("status");
+    web["metadata"].as_object_mut().unwrap().remove("uid");
+    fake.apply(web);
+    eventually(Duration::from_secs(10), || async {
+        fake.object(V1, "HTTPRoute", "apps", "web")
+            .is_some_and(|r| our_parent(&r).is_some())
+    })
+    .await;
+
     // Deleting the route: 404.
     fake.delete(V1, "HTTPRoute", "apps", "web");
     eventually(Duration::from_secs(10), || async {
         http_get(&url, None).await.is_ok_and(|r| r.status == 404)
     })
     .await;
-    // The route that no longer reaches us loses our entry only.
-    fake.apply_yaml(&http_route(
-        "apps",
-        "broken",
-        ("infra", "elsewhere"),
-        &[],
-        rule,
-    ));
+    // A route that stops reaching us while no controller runs loses our entry once one
+    // is back (found in the cluster, since the new process wrote nothing yet), and only ours.
     eventually(Duration::from_secs(10), || async {
         fake.object(V1, "HTTPRoute", "apps", "broken")
-            .is_some_and(|r| our_parent(&r).is_none())
+            .is_some_and(|r| our_parent(&r).is_some())
     })
     .await;
     drop(controller);
+    let mut broken = fake.object(V1, "HTTPRoute", "apps", "broken").unwrap();
+    broken["spec"]["parentRefs"] = json!([{"name": "elsewhere", "namespace": "infra"}]);
+    broken["status"]["parents"]
+        .as_array_mut()
+        .unwrap()
+        .push(theirs.clone());
+    fake.apply(broken);
+    let _controller = Controller::start_kubernetes(
+        &kubeconfig,
+        ws.path(),
+        &[
+            "--identity",
+            "replica-a",
+            "--leader-election-namespace",
+            "rauta-system",
+        ],
+    );
+    eventually(Duration::from_secs(10), || async {
+        fake.object(V1, "HTTPRoute", "apps", "broken")
+            .is_some_and(|r| {
+                our_parent(&r).is_none() && r["status"]["parents"] == json!([theirs.clone()])
+            })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,4 +368,70 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
         .is_some_and(|l| l["spec"]["holderIdentity"].is_null())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_kind_that_cannot_be_listed_holds_publishing_back() {
+    let ws = Workspace::new();
+    let blue = Echo::start("blue-1-a", "apps", ws.path());
+    let fake = FakeApiServer::start().await;
+    fake.apply_yaml(&infra(&[("blue", &[blue.http])]));
+    fake.apply_yaml(&prefix_route("web", "/", "blue"));
+    let everything = |resources: &[&str]| Grant {
+        namespace: None,
+        api_groups: vec!["*".into()],
+        resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+        verbs: vec!["*".into()],
+    };
+    // RBAC refuses Secrets: publishing without them would drop every HTTPS listener.
+    let all_but_secrets = [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tlsroutes",
+        "referencegrants",
+        "backendtlspolicies",
+        "listenersets",
+        "services",
+        "endpointslices",
+        "configmaps",
+        "namespaces",
+        "leases",
+        "gatewayclasses/status",
+        "gateways/status",
+        "httproutes/status",
+    ];
+    fake.enforce(vec![everything(&all_but_secrets)]);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics_flag = metrics.to_string();
+    let controller = Controller::start_kubernetes(
+        &fake.kubeconfig(ws.path()),
+        ws.path(),
+        &[
+            "--leader-election-namespace",
+            "rauta-system",
+            "--metrics-listen",
+            &metrics_flag,
+        ],
+    );
+    let readyz = format!("http://{metrics}/readyz");
+    eventually(Duration::from_secs(10), || async {
+        fake.denied().iter().any(|d| d.contains("secrets"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(http_get(&readyz, None).await.unwrap().status, 503);
+    assert_eq!(controller.snapshot_version("infra/gw").await, "");
+
+    // Granted: the controller lists Secrets on its next try and publishes.
+    fake.enforce(vec![everything(&["*"])]);
+    eventually(Duration::from_secs(30), || async {
+        http_get(&readyz, None).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/app", proxy.listener(80));
+    eventually_served_by(&url, &blue.pod, Duration::from_secs(10)).await;
 }

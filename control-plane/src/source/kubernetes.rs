@@ -22,6 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::objects::{Kind, Object, ObjectError, ObjectRef, ObjectSet};
@@ -94,26 +95,33 @@ fn key_of(kind: Kind, object: &DynamicObject) -> Option<ObjectRef> {
     Some(ObjectRef::new(namespace, name))
 }
 
-/// The API server's answer was "no such resource" (the CRD is not installed) or "forbidden"
-/// (RBAC does not grant it): waiting for that kind would hold every Gateway back.
-fn absent(err: &watcher::Error) -> Option<u16> {
-    match err {
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-            if matches!(status.code, 403 | 404) =>
-        {
-            Some(status.code)
-        }
-        _ => None,
-    }
+/// The API server does not serve this kind: a Gateway API CRD that is not installed (the
+/// experimental ones often are not). Core kinds are always served, so a failure to list one
+/// (RBAC, say) is not absence: treating Secrets or EndpointSlices as empty would take
+/// listeners and backends away from every proxy.
+fn absent(kind: Kind, err: &watcher::Error) -> bool {
+    let core = matches!(
+        kind,
+        Kind::Service | Kind::EndpointSlice | Kind::Secret | Kind::ConfigMap | Kind::Namespace
+    );
+    !core
+        && matches!(err,
+            watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if status.code == 404)
 }
 
 /// What the watches have delivered so far.
 #[derive(Default)]
 pub struct ClusterStore {
     objects: ObjectSet,
-    /// Objects of a re-list in progress, per kind, swapped in when the list is complete.
-    relisting: BTreeMap<Kind, BTreeMap<ObjectRef, Object>>,
+    /// Objects of a re-list in progress, per kind, swapped in when the list is complete
+    /// (None: listed, but never valid).
+    relisting: BTreeMap<Kind, BTreeMap<ObjectRef, Option<Object>>>,
+    /// The uid of every object seen.
+    uids: BTreeMap<(Kind, ObjectRef), String>,
+    /// Objects deleted or replaced since `take_gone` was last called.
+    gone: Vec<(Kind, ObjectRef)>,
     /// Kinds listed at least once (or known to be absent).
     listed: BTreeSet<Kind>,
     /// Objects the decoder rejected, with why; their last good version (if any) stays.
@@ -161,10 +169,8 @@ impl ClusterStore {
         let event = match event {
             Ok(event) => event,
             Err(err) => {
-                if let Some(code) = absent(&err)
-                    && self.listed.insert(kind)
-                {
-                    warn!(%kind, code, "the API server does not serve this kind to us (CRD not installed, or RBAC); treated as empty and retried");
+                if absent(kind, &err) && self.listed.insert(kind) {
+                    warn!(%kind, "the API server does not serve this kind (CRD not installed); treated as empty, and watched for in case it is installed later");
                     return true;
                 }
                 if matches!(&err, watcher::Error::WatchError(status) if status.code == 410) {
@@ -173,10 +179,12 @@ impl ClusterStore {
                     debug!(%kind, "resource version expired; listing again");
                     return false;
                 }
-                if self.failing.insert(kind) {
+                if !self.failing.insert(kind) {
+                    debug!(%kind, %err, "watch still failing");
+                } else if self.listed.contains(&kind) {
                     warn!(%kind, %err, "watch failed; retrying with backoff, the last known objects stay");
                 } else {
-                    debug!(%kind, %err, "watch still failing");
+                    warn!(%kind, %err, "cannot list this kind; nothing is published until every kind has been listed (check RBAC)");
                 }
                 return false;
             }
@@ -191,56 +199,101 @@ impl ClusterStore {
                 false
             }
             watcher::Event::InitApply(object) => {
-                if let Some((key, object)) = self.decoded(kind, &object) {
-                    debug!(%kind, object = %key, "listed object");
-                    self.relisting.entry(kind).or_default().insert(key, object);
-                } else if let Some(key) = key_of(kind, &object)
-                    && let Some(previous) = self.objects.get(kind, &key)
-                {
-                    self.relisting
-                        .entry(kind)
-                        .or_default()
-                        .insert(key, previous);
-                }
+                let Some(key) = key_of(kind, &object) else {
+                    return false;
+                };
+                self.seen(kind, &key, &object);
+                // An object the decoder rejects stays as it last was, if it ever was valid.
+                let decoded = match self.decoded(kind, &object) {
+                    Some((_, object)) => Some(object),
+                    None => self.objects.get(kind, &key),
+                };
+                self.relisting.entry(kind).or_default().insert(key, decoded);
                 false
             }
             watcher::Event::InitDone => {
                 let listed = self.relisting.remove(&kind).unwrap_or_default();
-                for gone in self.objects.keys(kind) {
-                    if !listed.contains_key(&gone) {
-                        self.objects.remove(kind, &gone);
-                        self.problems.remove(&(kind, gone));
+                for key in self.objects.keys(kind) {
+                    if !listed.contains_key(&key) {
+                        self.objects.remove(kind, &key);
+                        self.forget(kind, key);
                     }
                 }
+                let stale: Vec<ObjectRef> = self
+                    .problems
+                    .keys()
+                    .filter(|(k, key)| *k == kind && !listed.contains_key(key))
+                    .map(|(_, key)| key.clone())
+                    .collect();
+                for key in stale {
+                    self.forget(kind, key);
+                }
                 for (key, object) in listed {
-                    self.objects.insert(key, object);
+                    if let Some(object) = object {
+                        self.objects.insert(key, object);
+                    }
                 }
                 if self.listed.insert(kind) {
                     debug!(%kind, "listed");
                 }
                 true
             }
-            watcher::Event::Apply(object) => match self.decoded(kind, &object) {
-                Some((key, object)) => {
-                    debug!(%kind, object = %key, "changed");
-                    self.objects.insert(key, object);
-                    true
+            watcher::Event::Apply(object) => {
+                let Some(key) = key_of(kind, &object) else {
+                    return false;
+                };
+                self.seen(kind, &key, &object);
+                match self.decoded(kind, &object) {
+                    Some((key, object)) => {
+                        debug!(%kind, object = %key, "changed");
+                        self.objects.insert(key, object);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
             watcher::Event::Delete(object) => {
                 let Some(key) = key_of(kind, &object) else {
                     return false;
                 };
-                self.problems.remove(&(kind, key.clone()));
-                self.objects.remove(kind, &key)
+                let removed = self.objects.remove(kind, &key);
+                self.forget(kind, key);
+                removed
             }
         }
     }
+
+    /// Notes the object's uid: a new uid under a known name is another object (deleted and
+    /// created again), whose status starts from nothing.
+    fn seen(&mut self, kind: Kind, key: &ObjectRef, object: &DynamicObject) {
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        if let Some(old) = self.uids.insert((kind, key.clone()), uid.clone())
+            && old != uid
+        {
+            self.gone.push((kind, key.clone()));
+        }
+    }
+
+    /// The object is gone: forget what was known of it.
+    fn forget(&mut self, kind: Kind, key: ObjectRef) {
+        self.problems.remove(&(kind, key.clone()));
+        self.uids.remove(&(kind, key.clone()));
+        self.gone.push((kind, key));
+    }
+
+    /// Objects deleted (or replaced by another of the same name) since the last call.
+    pub fn take_gone(&mut self) -> Vec<(Kind, ObjectRef)> {
+        std::mem::take(&mut self.gone)
+    }
 }
 
-/// Watches every kind through `client`, publishing as described above, forever.
-pub async fn run(client: kube::Client, mut publisher: Publisher) {
+/// Watches every kind through `client`, publishing as described above, forever. Objects that
+/// are deleted or replaced go to `gone`, for the status writer to forget.
+pub async fn run(
+    client: kube::Client,
+    mut publisher: Publisher,
+    gone: mpsc::UnboundedSender<(Kind, ObjectRef)>,
+) {
     let watches = Kind::ALL.map(|kind| {
         let api = Api::<DynamicObject>::all_with(client.clone(), &api_resource(kind));
         watcher(api, watcher::Config::default())
@@ -259,7 +312,11 @@ pub async fn run(client: kube::Client, mut publisher: Publisher) {
         tokio::select! {
             next = events.next() => {
                 let Some((kind, event)) = next else { return };
-                if store.apply(kind, event) && !dirty {
+                let changed = store.apply(kind, event);
+                for key in store.take_gone() {
+                    let _ = gone.send(key);
+                }
+                if changed && !dirty {
                     dirty = true;
                     batch.as_mut().reset(tokio::time::Instant::now() + BATCH);
                 }
@@ -330,6 +387,14 @@ mod tests {
         );
         assert!(!store.apply(Kind::TlsRoute, Err(watcher::Error::InitialListFailed(down))));
         assert!(!store.ready());
+        // ...nor does a core kind RBAC refuses...
+        let forbidden = kube::Error::Api(Status::failure("no", "Forbidden").with_code(403).boxed());
+        let mut refused = ClusterStore::default();
+        assert!(!refused.apply(
+            Kind::Secret,
+            Err(watcher::Error::InitialListFailed(forbidden))
+        ));
+        assert!(!refused.listed.contains(&Kind::Secret));
         // ...a CRD that is not installed does.
         let missing = kube::Error::Api(Status::failure("no", "NotFound").with_code(404).boxed());
         assert!(store.apply(
