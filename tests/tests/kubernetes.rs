@@ -54,6 +54,16 @@ async fn controller_metrics(addr: std::net::SocketAddr) -> String {
         .unwrap_or_default()
 }
 
+/// An API server holding Gateway infra/gw, Service apps/blue (one echo pod) and the route
+/// apps/web sending everything to it.
+async fn blue_cluster(ws: &Workspace) -> (Echo, FakeApiServer) {
+    let blue = Echo::start("blue-1-a", "apps", ws.path());
+    let fake = FakeApiServer::start().await;
+    fake.apply_yaml(&infra(&[("blue", &[blue.http])]));
+    fake.apply_yaml(&prefix_route("web", "/", "blue"));
+    (blue, fake)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_objects_route_traffic_and_status_is_written_back() {
     let ws = Workspace::new();
@@ -263,10 +273,7 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_replica_writes_status_once_the_leader_is_gone() {
     let ws = Workspace::new();
-    let blue = Echo::start("blue-1-a", "apps", ws.path());
-    let fake = FakeApiServer::start().await;
-    fake.apply_yaml(&infra(&[("blue", &[blue.http])]));
-    fake.apply_yaml(&prefix_route("web", "/", "blue"));
+    let (blue, fake) = blue_cluster(&ws).await;
     let kubeconfig = fake.kubeconfig(ws.path());
     let start = |identity: &str, metrics: &str| {
         Controller::start_kubernetes(
@@ -373,10 +380,7 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_kind_that_cannot_be_listed_holds_publishing_back() {
     let ws = Workspace::new();
-    let blue = Echo::start("blue-1-a", "apps", ws.path());
-    let fake = FakeApiServer::start().await;
-    fake.apply_yaml(&infra(&[("blue", &[blue.http])]));
-    fake.apply_yaml(&prefix_route("web", "/", "blue"));
+    let (blue, fake) = blue_cluster(&ws).await;
     let everything = |resources: &[&str]| Grant {
         namespace: None,
         api_groups: vec!["*".into()],
