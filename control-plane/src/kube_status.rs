@@ -2,7 +2,9 @@
 //! Kubernetes counterpart of `status_files`, fed by the same store and rendering.
 //!
 //! Only the leader writes, and only objects whose status changed since it last wrote them,
-//! so a reconnecting fleet or an endpoint change does not rewrite every route.
+//! so a reconnecting fleet or an endpoint change does not rewrite every route. Each write
+//! reads the object first and keeps the transition times of unchanged conditions; a status
+//! already there is left alone, so a new leader does not restamp the cluster.
 //! Routes and policies carry one status entry per controller (`parents`, `ancestors`); those
 //! lists are shared with other Gateway implementations, so RAUTA replaces only the entries
 //! with its own controllerName, under the object's resourceVersion (a conflict is retried).
@@ -35,8 +37,57 @@ fn shared_list(kind: Kind) -> Option<&'static str> {
     }
 }
 
+/// Gives each condition in `desired` the lastTransitionTime of the same condition in `live`
+/// when its status and reason are the same there: the time a condition last changed belongs
+/// to the cluster's history, not to this process (a new leader must not restamp everything).
+/// Entries of lists are matched by their name, parentRef or ancestorRef, and controller.
+fn keep_transition_times(desired: &mut Value, live: &Value) {
+    match desired {
+        Value::Object(fields) => {
+            for (k, v) in fields.iter_mut() {
+                let Some(l) = live.get(k) else { continue };
+                if k == "conditions" {
+                    keep_condition_times(v, l);
+                } else {
+                    keep_transition_times(v, l);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let counterpart = ["name", "parentRef", "ancestorRef"].iter().find_map(|id| {
+                    let value = item.get(*id)?;
+                    live.as_array()?.iter().find(|l| {
+                        l.get(*id) == Some(value)
+                            && l.get("controllerName") == item.get("controllerName")
+                    })
+                });
+                if let Some(l) = counterpart {
+                    keep_transition_times(item, l);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn keep_condition_times(desired: &mut Value, live: &Value) {
+    let same = |a: &Value, b: &Value, field: &str| a.get(field) == b.get(field);
+    for c in desired.as_array_mut().into_iter().flatten() {
+        let previous = live.as_array().and_then(|l| {
+            l.iter()
+                .find(|p| same(c, p, "type") && same(c, p, "status") && same(c, p, "reason"))
+        });
+        if let Some(at) = previous.and_then(|p| p.get("lastTransitionTime")) {
+            c["lastTransitionTime"] = at.clone();
+        }
+    }
+}
+
 enum Outcome {
     Written,
+    /// What is there already says what we would write.
+    Unchanged,
     /// The object no longer exists: nothing to write.
     Gone,
     /// Someone else changed the object between our read and our write.
@@ -82,17 +133,17 @@ impl StatusWriter {
         desired: Option<&Value>,
     ) -> Result<Outcome, kube::Error> {
         let api = self.api(kind, key);
-        let patch = match shared_list(kind) {
+        let current = match api.get_status(&key.name).await {
+            Ok(object) => object,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Gone),
+            Err(err) => return Err(err),
+        };
+        let status = match shared_list(kind) {
             None => match desired {
-                Some(status) => json!({ "status": status }),
+                Some(status) => status.clone(),
                 None => return Ok(Outcome::Written),
             },
             Some(list) => {
-                let current = match api.get_status(&key.name).await {
-                    Ok(object) => object,
-                    Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Gone),
-                    Err(err) => return Err(err),
-                };
                 let ours = |entry: &Value| {
                     entry.get("controllerName").and_then(Value::as_str)
                         == Some(self.controller_name.as_str())
@@ -106,12 +157,34 @@ impl StatusWriter {
                 if let Some(mine) = desired.and_then(|d| d.get(list)).and_then(Value::as_array) {
                     entries.extend(mine.iter().cloned());
                 }
-                json!({
-                    "metadata": { "resourceVersion": current.metadata.resource_version },
-                    "status": { list: entries },
-                })
+                json!({ list: entries })
             }
         };
+        self.patch(&api, key, &current, status).await
+    }
+
+    /// Patches `status` over what `current` holds, under its resourceVersion; conditions that
+    /// did not change keep the transition time already there (another process may have set
+    /// it), and a status that is already there is not written at all.
+    async fn patch(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectRef,
+        current: &DynamicObject,
+        mut status: Value,
+    ) -> Result<Outcome, kube::Error> {
+        let live = current.data.get("status").cloned().unwrap_or(Value::Null);
+        keep_transition_times(&mut status, &live);
+        let unchanged = status
+            .as_object()
+            .is_some_and(|fields| fields.iter().all(|(k, v)| live.get(k) == Some(v)));
+        if unchanged {
+            return Ok(Outcome::Unchanged);
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version },
+            "status": status,
+        });
         match api
             .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -217,6 +290,7 @@ impl StatusWriter {
                 Ok(outcome) => {
                     self.count(match outcome {
                         Outcome::Written => "ok",
+                        Outcome::Unchanged => "unchanged",
                         Outcome::Gone => "gone",
                         Outcome::Conflict => "conflict",
                     });
@@ -292,5 +366,56 @@ impl StatusWriter {
             // Coalesce bursts (a configuration change and a reconnecting fleet).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_conditions_keep_the_time_the_cluster_has() {
+        let live = json!({
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "listeners": [{"name": "http", "conditions": [
+                {"type": "Programmed", "status": "True", "reason": "Programmed", "lastTransitionTime": "2026-01-02T00:00:00Z"}]}],
+            "parents": [{"parentRef": {"name": "gw"}, "controllerName": "c", "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-01-03T00:00:00Z"}]}],
+        });
+        let now = "2026-11-27T00:00:00Z";
+        let mut desired = json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": now},
+                {"type": "Programmed", "status": "False", "reason": "Invalid", "lastTransitionTime": now}],
+            "listeners": [{"name": "http", "conditions": [
+                {"type": "Programmed", "status": "False", "reason": "Invalid", "lastTransitionTime": now}]}],
+            "parents": [
+                {"parentRef": {"name": "gw"}, "controllerName": "c", "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": now}]},
+                {"parentRef": {"name": "gw"}, "controllerName": "other", "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": now}]}],
+        });
+        keep_transition_times(&mut desired, &live);
+        let time = |pointer: &str| {
+            desired
+                .pointer(pointer)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            time("/conditions/0/lastTransitionTime"),
+            "2026-01-01T00:00:00Z"
+        );
+        // Changed status: the new time stands.
+        assert_eq!(time("/conditions/1/lastTransitionTime"), now);
+        assert_eq!(time("/listeners/0/conditions/0/lastTransitionTime"), now);
+        assert_eq!(
+            time("/parents/0/conditions/0/lastTransitionTime"),
+            "2026-01-03T00:00:00Z"
+        );
+        // Another controller's entry for the same parent is another entry.
+        assert_eq!(time("/parents/1/conditions/0/lastTransitionTime"), now);
     }
 }

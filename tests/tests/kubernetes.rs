@@ -294,6 +294,8 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
     let metrics_a = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics_b = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut a = start("replica-a", &metrics_a.to_string());
+    // Apart by more than a second, so each replica's transition times differ from the other's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let b = start("replica-b", &metrics_b.to_string());
     // Both serve proxies: each replica translates the cluster on its own.
     for controller in [&a, &b] {
@@ -331,6 +333,22 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
 
     // The leader dies without releasing the lease: the follower takes it once it expires,
     // and writes the status of a change the leader never saw.
+    let class_status = || {
+        fake.object(V1, "GatewayClass", "", "rauta")
+            .map(|c| c["status"]["conditions"].clone())
+            .unwrap_or_default()
+    };
+    let class_patches = || {
+        fake.writes()
+            .iter()
+            .filter(|w| w.starts_with("PATCH") && w.ends_with("/gatewayclasses/rauta/status"))
+            .count()
+    };
+    eventually(Duration::from_secs(10), || async {
+        class_status().is_array()
+    })
+    .await;
+    let (before, patches) = (class_status(), class_patches());
     leader.process.kill();
     let rule = "  - matches:\n    - path: {type: PathPrefix, value: /broken}\n    backendRefs:\n    - {name: missing, port: 8080}\n";
     fake.apply_yaml(&http_route("apps", "broken", ("infra", "gw"), &[], rule));
@@ -362,6 +380,14 @@ async fn a_second_replica_writes_status_once_the_leader_is_gone() {
         lease["spec"]["leaseTransitions"].as_i64() >= Some(1),
         "{lease}"
     );
+    // What the old leader wrote and is still right was left alone: not rewritten, and its
+    // transition times (the cluster's history) kept.
+    assert_eq!(
+        class_patches(),
+        patches,
+        "the new leader rewrote an unchanged status"
+    );
+    assert_eq!(class_status(), before);
 
     // A graceful stop hands the lease back at once.
     follower.process.terminate();
