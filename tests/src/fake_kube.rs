@@ -392,12 +392,16 @@ impl Shared {
                 {
                     return conflict();
                 }
-                let mut next = object;
-                if target.status {
-                    next = current;
-                    next["status"] = object_status(req.body());
-                }
-                self.put(&mut store, &target.collection, next.clone(), "MODIFIED");
+                // The status subresource takes only status; the main resource keeps it.
+                let next = match target.status {
+                    true => {
+                        let mut next = current;
+                        next["status"] = object["status"].clone();
+                        next
+                    }
+                    false => object,
+                };
+                self.put(&mut store, &target.collection, next, "MODIFIED");
                 respond(StatusCode::OK, &self_get(&store, &target, &namespace))
             }
             (Method::PATCH, Some(_)) => {
@@ -487,13 +491,6 @@ impl Shared {
             .body(BodyExt::boxed(StreamBody::new(ReceiverStream::new(rx))))
             .expect("response")
     }
-}
-
-fn object_status(body: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
 }
 
 fn self_get(store: &Store, target: &Target, namespace: &str) -> Value {

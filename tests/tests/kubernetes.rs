@@ -88,18 +88,17 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
     let kubeconfig = fake.kubeconfig(ws.path());
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics_flag = metrics.to_string();
-    let controller = Controller::start_kubernetes(
-        &kubeconfig,
-        ws.path(),
-        &[
+    let start = |extra: &[&str]| {
+        let mut args = vec![
             "--identity",
             "replica-a",
             "--leader-election-namespace",
             "rauta-system",
-            "--metrics-listen",
-            &metrics_flag,
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        Controller::start_kubernetes(&kubeconfig, ws.path(), &args)
+    };
+    let controller = start(&["--metrics-listen", &metrics_flag]);
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
     proxy.wait_ready().await;
     let url = format!("http://{}/app", proxy.listener(80));
@@ -251,16 +250,7 @@ async fn cluster_objects_route_traffic_and_status_is_written_back() {
         .unwrap()
         .push(theirs.clone());
     fake.apply(broken);
-    let _controller = Controller::start_kubernetes(
-        &kubeconfig,
-        ws.path(),
-        &[
-            "--identity",
-            "replica-a",
-            "--leader-election-namespace",
-            "rauta-system",
-        ],
-    );
+    let _controller = start(&[]);
     eventually(Duration::from_secs(10), || async {
         fake.object(V1, "HTTPRoute", "apps", "broken")
             .is_some_and(|r| {

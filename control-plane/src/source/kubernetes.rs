@@ -53,12 +53,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
 
 /// An object as the API server sent it, decoded into the translator's types.
 fn decode(kind: Kind, object: &DynamicObject) -> Result<(ObjectRef, Object), ObjectError> {
-    let name = object.metadata.name.clone().ok_or(ObjectError::NoName)?;
-    let namespace = match kind.is_namespaced() {
-        true => object.metadata.namespace.clone().unwrap_or_default(),
-        false => String::new(),
-    };
-    let key = ObjectRef::new(namespace, name);
+    let key = key_of(kind, object).ok_or(ObjectError::NoName)?;
     let invalid = |source| ObjectError::Invalid {
         kind,
         name: key.to_string(),
