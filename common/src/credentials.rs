@@ -314,18 +314,29 @@ impl ReloadingToken {
         format!("Bearer {}", self.current.load())
     }
 
-    /// Whether an `authorization` header value carries the current token. The comparison time
-    /// does not depend on where the first difference is.
+    /// Whether an `authorization` header value carries the current token: the scheme is
+    /// matched without regard to case (RFC 9110 section 11.1), and the comparison takes the
+    /// same time wherever the first difference is and whatever the lengths (both sides are
+    /// compared as SHA-256 digests).
     pub fn accepts(&self, header: &[u8]) -> bool {
-        let expected = self.header_value();
-        let expected = expected.as_bytes();
-        header.len() == expected.len()
-            && header
-                .iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        let Some(space) = header.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, token) = (&header[..space], header[space + 1..].trim_ascii());
+        let expected = self.current.load();
+        scheme.eq_ignore_ascii_case(b"bearer") && same_secret(token, expected.as_bytes())
     }
+}
+
+/// Compares two secrets in time that depends on neither their contents nor their lengths.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use ring::digest::{SHA256, digest};
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// The rustls server configuration of the controller's gRPC port: its certificate, and when
@@ -360,4 +371,34 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bearer_scheme_is_matched_without_case_and_tokens_exactly() {
+        let path = std::env::temp_dir().join(format!("rauta-token-{}", std::process::id()));
+        std::fs::write(&path, "s3cret-token\n").unwrap();
+        let token = ReloadingToken::start(&path).unwrap();
+        for good in [
+            "Bearer s3cret-token",
+            "bearer s3cret-token",
+            "BEARER s3cret-token",
+        ] {
+            assert!(token.accepts(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "Bearer s3cret-toke",
+            "Bearer s3cret-token2",
+            "Bearer ",
+            "Basic s3cret-token",
+            "s3cret-token",
+            "",
+        ] {
+            assert!(!token.accepts(bad.as_bytes()), "{bad}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }

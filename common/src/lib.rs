@@ -1,6 +1,7 @@
 //! Code shared by `rauta-controller` and `rauta-proxy`: the generated discovery API and the
 //! protocol constants both sides must agree on.
 
+pub mod accept;
 pub mod api;
 pub mod credentials;
 pub mod fields;

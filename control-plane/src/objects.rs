@@ -140,12 +140,57 @@ pub enum ObjectError {
     NoTypeMeta,
     #[error("metadata.name is missing")]
     NoName,
-    #[error("invalid {kind} {name}: {source}")]
+    #[error("invalid {kind} {name}: {reason}")]
     Invalid {
         kind: Kind,
         name: String,
-        source: serde_json::Error,
+        /// For a Secret, with every quoted value taken out: the reasons serde gives quote
+        /// the values they could not take, and a Secret's are keys and passwords.
+        reason: String,
     },
+}
+
+impl ObjectError {
+    /// A decoding error of `kind` object `name`, fit to log and to show in status.
+    pub fn invalid(kind: Kind, name: &ObjectRef, source: &serde_json::Error) -> ObjectError {
+        let reason = source.to_string();
+        ObjectError::Invalid {
+            kind,
+            name: name.to_string(),
+            reason: if kind == Kind::Secret {
+                without_quoted(&reason)
+            } else {
+                reason
+            },
+        }
+    }
+}
+
+/// `text` with everything between double quotes, single quotes or backticks replaced by
+/// `[redacted]`.
+pub fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str(rauta_common::redact::REDACTED);
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' || c == '\'' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str(rauta_common::redact::REDACTED);
+    }
+    out
 }
 
 /// All objects known to a source, one map per kind.
@@ -235,11 +280,7 @@ impl Object {
         ) -> Result<Arc<T>, ObjectError> {
             serde_json::from_value(v)
                 .map(Arc::new)
-                .map_err(|source| ObjectError::Invalid {
-                    kind,
-                    name: key.to_string(),
-                    source,
-                })
+                .map_err(|source| ObjectError::invalid(kind, key, &source))
         }
         Ok(match kind {
             Kind::GatewayClass => Object::GatewayClass(de(kind, key, value)?),

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rauta_common::accept::AcceptBackoff;
 use rauta_common::api::FILE_DESCRIPTOR_SET;
 use rauta_common::api::v1::admin_server::AdminServer;
 use rauta_common::credentials::ReloadingToken;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 use tracing::debug;
@@ -82,6 +83,34 @@ fn no_delay(stream: &TcpStream) {
 /// Longest time a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Accepted connections, with TCP_NODELAY; accept errors back off rather than spin.
+fn accepted(listener: TcpListener) -> ReceiverStream<TcpStream> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => break,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    no_delay(&stream);
+                    if tx.send(stream).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    backoff.failed().await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 /// Accepted connections after their TLS handshake; failed handshakes are dropped (and logged
 /// at debug) without holding up the others.
 fn tls_incoming(
@@ -90,25 +119,18 @@ fn tls_incoming(
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut incoming = accepted(listener);
     tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            no_delay(&stream);
+        while let Some(stream) = incoming.next().await {
+            let peer = stream.peer_addr().ok();
             let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let _ = handshaken.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => debug!(?peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(?peer, "TLS handshake timed out"),
                 }
             });
             if tx.is_closed() {
@@ -180,8 +202,7 @@ pub async fn serve_grpc(
                 .await?
         }
         None => {
-            let incoming =
-                TcpListenerStream::new(listener).map(|accepted| accepted.inspect(no_delay));
+            let incoming = accepted(listener).map(Ok::<_, std::io::Error>);
             router.serve_with_incoming(incoming).await?
         }
     }

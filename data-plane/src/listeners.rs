@@ -19,15 +19,16 @@ use tokio::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use rauta_common::accept::AcceptBackoff;
+
 use crate::h1;
 use crate::http2;
 use crate::limits::{Activity, ClientBody, TrackedIo};
 use crate::proxy::{self, ListenerCtx};
 use crate::routing::ListenerSpec;
 use crate::shared::{Shared, drain_started};
-use crate::workers::Workers;
+use crate::workers::{self, Workers};
 
-use crate::h1::HEADER_READ_TIMEOUT;
 /// Longest wait for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -192,7 +193,7 @@ async fn accept_loop(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     builder
@@ -200,17 +201,27 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let mut drain = shared.drain_watch();
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        backoff.succeeded();
+                        a
+                    }
                     Err(err) => {
                         // Out of file descriptors and similar: keep serving what we have.
                         debug!(listener = %ctx.name, %err, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        backoff.failed().await;
                         continue;
                     }
+                };
+                let Some(slot) = workers::connection_slot(limits.max_connections_per_worker) else {
+                    // Closed at once: cheaper for both sides than a connection left waiting.
+                    shared.metrics.connections_refused.inc();
+                    drop(stream);
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
@@ -219,14 +230,15 @@ async fn accept_loop(
                 if ctx.passthrough {
                     tokio::spawn(async move {
                         crate::passthrough::serve(shared, ctx, stream, peer).await;
-                        drop(open);
+                        drop((open, slot));
                     });
                     continue;
                 }
                 let activity = Arc::new(Activity::default());
-                let stream = TrackedIo::new(stream, Arc::clone(&activity));
+                let stream = TrackedIo::new(stream, Arc::clone(&activity), limits.send_timeout);
                 let builder = builder.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let served = if ctx.tls {
                         // The configuration of the current snapshot: certificates change without
                         // reopening the socket.
@@ -288,12 +300,13 @@ where
             h1::Ended::Handoff(prefix) => prefix,
         }
     } else if shared.own_http2 {
-        sniff_preface(&mut io).await?
+        sniff_preface(&mut io, shared.limits.header_timeout).await?
     } else {
         Bytes::new()
     };
-    if shared.own_http2 && prefix.starts_with(http2::PREFACE) {
-        // h2c with prior knowledge.
+    if shared.own_http2 && prefix.starts_with(&http2::PREFACE[..PREFACE_LINE]) {
+        // h2c with prior knowledge (a wrong preface after its first line is answered by the
+        // HTTP/2 server, with GOAWAY: the client meant to speak HTTP/2).
         return Ok(http2::serve(io, prefix, shared, ctx, conn, open).await?);
     }
     let idle_timeout = shared.limits.idle_timeout;
@@ -316,11 +329,17 @@ where
     .await
 }
 
+/// The length of the preface's first line, "PRI * HTTP/2.0\r\n".
+const PREFACE_LINE: usize = 16;
+
 /// Reads until the bytes read either are the HTTP/2 preface or cannot be; returns them.
-async fn sniff_preface<IO: AsyncRead + Unpin>(io: &mut IO) -> std::io::Result<Bytes> {
+async fn sniff_preface<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    timeout: std::time::Duration,
+) -> std::io::Result<Bytes> {
     let mut buf = bytes::BytesMut::with_capacity(4096);
     while buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&buf) {
-        let read = tokio::time::timeout(HEADER_READ_TIMEOUT, io.read_buf(&mut buf)).await;
+        let read = tokio::time::timeout(timeout, io.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Err(_) => break,
             Ok(Ok(_)) => {}

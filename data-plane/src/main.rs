@@ -96,6 +96,30 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 75,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     idle_timeout: u64,
+    /// Seconds a client may take to send a request head once it started (HTTP/1.1), or to
+    /// complete a header block (HTTP/2); then the connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    request_header_timeout: u64,
+    /// Seconds the proxy waits for a request body: in all, extended by each octet received
+    /// at --client-body-min-rate (or between two reads when that is 0); then 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    client_body_timeout: u64,
+    /// Octets per second a request body must average after --client-body-timeout's grace; 0:
+    /// the timeout is between two reads (nginx's client_body_timeout).
+    #[arg(long, value_name = "BYTES_PER_SECOND", default_value_t = 500)]
+    client_body_min_rate: u64,
+    /// Seconds a write to a client may wait for it to read (nginx's send_timeout); then the
+    /// connection is closed. An HTTP/2 stream waiting this long for window is reset.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    send_timeout: u64,
+    /// Client connections each worker serves at once, over all listeners; connections past it
+    /// are closed as soon as they are accepted (counted in
+    /// rauta_proxy_connections_refused_total). 0: unlimited.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_connections_per_worker: usize,
     /// Access log: one JSON line per request on stdout.
     #[arg(long, value_enum, default_value = "off")]
     access_log: AccessLogMode,
@@ -217,6 +241,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_headers: args.max_request_headers as usize,
         max_body_bytes: (args.max_request_body_bytes > 0).then_some(args.max_request_body_bytes),
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        header_timeout: Duration::from_secs(args.request_header_timeout),
+        client_body_timeout: Duration::from_secs(args.client_body_timeout),
+        client_body_min_rate: args.client_body_min_rate,
+        send_timeout: Duration::from_secs(args.send_timeout),
+        max_connections_per_worker: args.max_connections_per_worker,
     };
     let access_log = match args.access_log {
         AccessLogMode::Off => None,

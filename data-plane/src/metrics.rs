@@ -28,6 +28,7 @@ pub struct ProxyMetrics {
     pub fast_path_requests: IntCounter,
     /// Connections the fast path handed to hyper at a request it does not take.
     pub fast_path_handoffs: IntCounter,
+    pub connections_refused: IntCounter,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     upstream_raw_requests: IntCounter,
     /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
@@ -86,6 +87,12 @@ impl ProxyMetrics {
              connections handed off) sent to HTTP/1.1 upstreams on raw connections, not \
              through hyper's client",
         )?;
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "Client connections closed at once because their worker already served \
+             --max-connections-per-worker",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(fast_path_requests.clone()))?;
         registry.register(Box::new(fast_path_handoffs.clone()))?;
         registry.register(Box::new(upstream_raw_requests.clone()))?;
@@ -213,6 +220,7 @@ impl ProxyMetrics {
             access_log_dropped,
             fast_path_requests,
             fast_path_handoffs,
+            connections_refused,
             upstream_raw_requests,
             http2_fast_path_requests,
             http2_connection_errors,

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN, TE,
-    TRANSFER_ENCODING, UPGRADE,
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderValue, LOCATION, ORIGIN,
+    TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use tracing::debug;
 
@@ -64,6 +64,35 @@ fn request_host(req: &Request<ClientBody>) -> Option<Cow<'_, str>> {
     } else {
         Cow::Borrowed(host)
     })
+}
+
+/// What the proxy answers `Allow` with when it refuses a method itself.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
+/// Why a request's Host fields make it one to refuse (RFC 9112 section 3.2, RFC 9113
+/// section 8.3.1): routed by one Host while another goes upstream, a request could reach a
+/// backend under a name no route allowed.
+fn host_problem(req: &Request<ClientBody>) -> Option<&'static [u8]> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(b"more than one Host field\n");
+    }
+    match (host, req.version()) {
+        (None, Version::HTTP_11) => Some(b"no Host field\n"),
+        (Some(host), Version::HTTP_2) => match req.uri().authority() {
+            Some(authority)
+                if !authority
+                    .as_str()
+                    .as_bytes()
+                    .eq_ignore_ascii_case(host.as_bytes()) =>
+            {
+                Some(b"Host differs from :authority\n")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A Host value without its port (and an IPv6 literal without brackets).
@@ -253,6 +282,19 @@ async fn serve(
 ) -> Response<ProxyBody> {
     let peer = conn.peer;
     let mut req = req;
+    if let Some(problem) = host_problem(&req) {
+        return local(StatusCode::BAD_REQUEST, Bytes::from_static(problem));
+    }
+    if req.method() == Method::CONNECT {
+        // No route tunnels: CONNECT would otherwise go upstream as a request for "/".
+        let mut resp = local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Bytes::from_static(b"CONNECT is not allowed\n"),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        return resp;
+    }
     if let Some(limit) = shared.limits.max_body_bytes
         && req
             .headers()
@@ -541,7 +583,7 @@ async fn forward(
         upgrade::restore_headers(headers, protocol);
     }
     let (mut parts, incoming) = req.into_parts();
-    let incoming = RequestBody::new(incoming, shared.limits.max_body_bytes);
+    let incoming = RequestBody::new(incoming, &shared.limits);
     let body_state = incoming.state();
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy = upgrade.is_none() && (!rule.mirrors.is_empty() || rule.retry.is_some());
@@ -549,6 +591,12 @@ async fn forward(
         match upstream::buffer_body(incoming).await {
             Ok(b) => b,
             Err(_) if body_state.is_too_large() => return body_too_large(),
+            Err(_) if body_state.timed_out() => {
+                return local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Bytes::from_static(b"request body timeout\n"),
+                );
+            }
             Err(_) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -692,6 +740,16 @@ async fn forward(
             Response::from_parts(parts, Either::Left(body))
         }
         Err(_) if body_state.is_too_large() => body_too_large(),
+        Err(_) if body_state.timed_out() => local(
+            StatusCode::REQUEST_TIMEOUT,
+            Bytes::from_static(b"request body timeout\n"),
+        ),
+        // A body the client broke off or framed wrongly (a malformed chunk): the client's
+        // error, not the upstream's.
+        Err(_) if body_state.client_failed() => local(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"cannot read the request body\n"),
+        ),
         Err(err) => {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, "upstream request failed");
             local(

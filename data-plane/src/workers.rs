@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
@@ -20,6 +21,33 @@ pub fn count() -> usize {
 
 thread_local! {
     static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+thread_local! {
+    /// Client connections open on this worker.
+    static OPEN_CONNECTIONS: Arc<AtomicUsize> = Arc::new(AtomicUsize::new(0));
+}
+
+/// One of a worker's client connections, counted until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A slot for a new connection on the calling worker; None when it already serves `max`
+/// (0: no limit).
+pub fn connection_slot(max: usize) -> Option<ConnectionSlot> {
+    OPEN_CONNECTIONS.with(|open| {
+        if max > 0 && open.load(Ordering::Relaxed) >= max {
+            return None;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot(Arc::clone(open)))
+    })
 }
 
 /// The index of the worker running the caller (0 outside workers).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::objects::{Kind, Object, ObjectRef, ObjectSet, identify};
+use crate::objects::{Kind, Object, ObjectRef, ObjectSet, identify, without_quoted};
 
 /// A problem found while loading; the affected objects keep their last good state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +193,30 @@ pub fn parse_manifests(text: &str) -> (ObjectSet, Vec<LoadProblem>) {
     (set, problems)
 }
 
+/// A YAML syntax error as it may be logged and shown: where, and why; for a file that holds
+/// a Secret, without any value the reason quotes.
+fn yaml_problem(text: &str, err: &serde_saphyr::Error) -> String {
+    let reason = err.to_string();
+    let holds_secret = text
+        .lines()
+        .any(|line| line.trim() == "kind: Secret" || line.trim() == "kind: \"Secret\"");
+    let reason = if holds_secret {
+        without_quoted(&reason)
+    } else {
+        reason
+    };
+    match err.location() {
+        Some(at) if !reason.contains(" line ") => {
+            format!(
+                "invalid YAML at line {}, column {}: {reason}",
+                at.line(),
+                at.column()
+            )
+        }
+        _ => format!("invalid YAML: {reason}"),
+    }
+}
+
 /// Parses one file. On a YAML syntax error the whole previous state of the file is kept.
 fn parse_file(
     path: &Path,
@@ -200,13 +224,16 @@ fn parse_file(
     mut previous: FileObjects,
     problems: &mut Vec<LoadProblem>,
 ) -> FileObjects {
-    let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
+    // No source snippet in the error: the lines around a syntax error in a Secret's file
+    // would be its keys.
+    let options = serde_saphyr::options! { with_snippet: false };
+    let documents: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, options) {
         Ok(docs) => docs,
         Err(err) => {
             problems.push(LoadProblem {
                 file: path.to_owned(),
                 document: None,
-                message: format!("invalid YAML: {err}"),
+                message: yaml_problem(text, &err),
             });
             return previous;
         }
@@ -280,6 +307,29 @@ mod tests {
                 .contains_key(&ObjectRef::new("apps", "echo"))
         );
         assert_eq!(report.objects.len(), 2);
+    }
+
+    #[test]
+    fn problems_in_secrets_never_quote_their_contents() {
+        // A syntax error next to a key: the problem names the line, not the key's text.
+        let broken = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\n  namespace: apps\n\
+                      type: kubernetes.io/tls\nstringData:\n  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n    \
+                      MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n  tls.crt: [S3CRETVALUE\n";
+        let (_, problems) = parse_manifests(broken);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let message = &problems[0].message;
+        assert!(message.contains("line "), "{message}");
+        for secret in ["MIIEvQ", "PRIVATE KEY", "S3CRETVALUE"] {
+            assert!(!message.contains(secret), "{message}");
+        }
+        // A Secret that parses but does not decode: serde quotes the value it could not take.
+        let wrong_shape = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\n  namespace: apps\n\
+                           data: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n";
+        let (_, problems) = parse_manifests(wrong_shape);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let message = &problems[0].message;
+        assert!(message.contains("invalid Secret apps/tls"), "{message}");
+        assert!(!message.contains("MIIEvQ"), "{message}");
     }
 
     #[test]

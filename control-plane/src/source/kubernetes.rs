@@ -54,11 +54,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
 /// An object as the API server sent it, decoded into the translator's types.
 fn decode(kind: Kind, object: &DynamicObject) -> Result<(ObjectRef, Object), ObjectError> {
     let key = key_of(kind, object).ok_or(ObjectError::NoName)?;
-    let invalid = |source| ObjectError::Invalid {
-        kind,
-        name: key.to_string(),
-        source,
-    };
+    let invalid = |source| ObjectError::invalid(kind, &key, &source);
     let mut value = serde_json::to_value(object).map_err(invalid)?;
     // List items come without their type; the typed decoders want it.
     let resource = api_resource(kind);

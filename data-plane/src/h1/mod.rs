@@ -36,9 +36,6 @@ use request::{Plan, Planned, RequestCtx};
 use response::{BadResponse, Parsed, ResponseHead};
 pub use rewind::Rewind;
 
-/// Longest wait for a request's head (and held body) once its first byte arrived; a client
-/// that trickles them (slowloris) is cut off.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read size on both sides.
 const READ_CHUNK: usize = 16 * 1024;
 /// A body part this small goes out in the same write as the head.
@@ -83,7 +80,7 @@ where
             }
         }
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + shared.limits.header_timeout;
         let state = shared.state.load_full();
         let plan = loop {
             let cx = RequestCtx {
@@ -97,6 +94,11 @@ where
                 Planned::Handoff => {
                     shared.metrics.fast_path_handoffs.inc();
                     return Ended::Handoff(buf.freeze());
+                }
+                Planned::Refuse(status, text) => {
+                    local_reply(&mut down, (status, text), &[], true);
+                    let _ = io.write_all(&down).await;
+                    return close(io).await;
                 }
                 Planned::Partial => match read_more(io, &mut buf, deadline, drain).await {
                     Read::More => {}

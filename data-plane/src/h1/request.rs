@@ -116,6 +116,9 @@ pub enum Planned<'s> {
     Body(usize),
     /// Not for the fast path: hyper serves it (and the rest of the connection).
     Handoff,
+    /// Answered with this status and text, and the connection closed: hyper would say 431
+    /// for a request line longer than the whole head may be, where 414 says what is wrong.
+    Refuse(u16, &'static [u8]),
 }
 
 /// Targets hyper's URI parser takes as they are; others go to hyper, which decides.
@@ -174,6 +177,9 @@ pub fn plan<'s>(
         Ok(httparse::Status::Complete(n)) if n <= cx.limits.max_header_bytes => n,
         Ok(httparse::Status::Partial) if buf.len() < cx.limits.max_header_bytes => {
             return Planned::Partial;
+        }
+        Ok(httparse::Status::Partial) if !buf[..cx.limits.max_header_bytes].contains(&b'\n') => {
+            return Planned::Refuse(414, b"request line too long\n");
         }
         // Too large, too many fields, malformed: hyper gives the 4xx.
         _ => return Planned::Handoff,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -86,15 +86,63 @@ impl Wake for StreamWaker {
     }
 }
 
+/// DATA payloads smaller than this are copied into a shared buffer rather than queued as
+/// they came: each would otherwise be a queue entry of its own holding on to the read buffer
+/// it was cut from, so a client sending a window's worth of one-octet frames would cost the
+/// proxy a hundred times the window in memory.
+const SMALL: usize = 4096;
+/// The most a coalescing buffer gathers before it is queued.
+const GATHER: usize = 16 * 1024;
+
 #[derive(Debug, Default)]
 struct RecvState {
     chunks: VecDeque<Bytes>,
+    /// Small payloads gathered, queued after `chunks`.
+    gathering: BytesMut,
     trailers: Option<HeaderMap>,
     ended: bool,
     reset: Option<Reason>,
     /// The proxy dropped the body: what still arrives is discarded.
     dropped: bool,
     waker: Option<Waker>,
+}
+
+impl RecvState {
+    /// Queues a payload: small ones are gathered (copied), larger ones kept as they are. The
+    /// queue then holds at most about the stream's window in octets, in at most
+    /// window / SMALL + 1 entries.
+    fn push(&mut self, data: Bytes) {
+        if data.len() >= SMALL {
+            self.flush_gathered();
+            self.chunks.push_back(data);
+            return;
+        }
+        if self.gathering.len() + data.len() > GATHER {
+            self.flush_gathered();
+        }
+        if self.gathering.capacity() == 0 {
+            self.gathering.reserve(GATHER);
+        }
+        self.gathering.extend_from_slice(&data);
+    }
+
+    fn flush_gathered(&mut self) {
+        if !self.gathering.is_empty() {
+            let gathered = self.gathering.split().freeze();
+            self.chunks.push_back(gathered);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        if self.chunks.is_empty() {
+            self.flush_gathered();
+        }
+        self.chunks.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.gathering.is_empty()
+    }
 }
 
 /// The connection's end of a request body.
@@ -111,7 +159,7 @@ impl BodySender {
             if s.dropped {
                 return false;
             }
-            s.chunks.push_back(data);
+            s.push(data);
             true
         })
     }
@@ -200,7 +248,7 @@ impl Body for RecvBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
         let mut s = lock(&self.state);
-        if let Some(chunk) = s.chunks.pop_front() {
+        if let Some(chunk) = s.pop() {
             drop(s);
             let len = chunk.len();
             if len > 0 {
@@ -226,7 +274,7 @@ impl Body for RecvBody {
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.state);
-        s.ended && s.chunks.is_empty() && s.trailers.is_none()
+        s.ended && s.is_empty() && s.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -242,6 +290,7 @@ impl Drop for RecvBody {
         let unread: usize = {
             let mut s = lock(&self.state);
             s.dropped = true;
+            s.flush_gathered();
             s.chunks.drain(..).map(|c| c.len()).sum()
         };
         // The connection window those octets took is given back; the stream's no longer
@@ -256,6 +305,37 @@ impl Drop for RecvBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn tiny_payloads_are_gathered_into_few_entries() {
+        let inbox = Arc::new(Inbox::default());
+        let (tx, mut rx) = RecvBody::channel(1, Arc::clone(&inbox), None);
+        // A window's worth of one-octet frames, each cut from a large read buffer.
+        let read_buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        for i in 0..(1 << 20) {
+            assert!(tx.data(read_buffer.slice(i % 1000..i % 1000 + 1)));
+        }
+        {
+            let s = lock(&tx.state);
+            let entries = s.chunks.len() + 1;
+            assert!(entries <= (1 << 20) / GATHER + 1, "{entries} queue entries");
+            assert!(
+                s.chunks.iter().all(|c| c.len() == GATHER),
+                "gathered, not queued one by one"
+            );
+        }
+        tx.data(Bytes::from(vec![1u8; SMALL]));
+        tx.end();
+        let mut total = 0;
+        while let Some(frame) = rx.frame().await {
+            total += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(
+            total,
+            (1 << 20) + SMALL,
+            "every octet delivered, in order of arrival"
+        );
+    }
 
     #[tokio::test]
     async fn a_body_whose_stream_went_away_fails() {

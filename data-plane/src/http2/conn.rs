@@ -36,6 +36,12 @@ const READ_PAUSE: usize = 1 << 20;
 /// Streams reset by the client while in progress, refused, or malformed, per second, before
 /// the connection is ended (CVE-2023-44487, rapid reset).
 const ABUSE_PER_SECOND: u32 = 200;
+/// SETTINGS frames a client may send per second: each is answered, and honest clients send
+/// one or two per connection.
+const SETTINGS_PER_SECOND: u32 = 100;
+/// Frames in a row that carry nothing and end nothing (empty DATA, HEADERS or CONTINUATION)
+/// before the connection is ended: they cost work and move no request forward.
+const EMPTY_IN_A_ROW: u32 = 16;
 const READ_CHUNK: usize = 16 * 1024;
 /// Rounds of work in one poll before yielding to the runtime's other tasks.
 const BUDGET: usize = 32;
@@ -68,9 +74,19 @@ impl std::hash::Hasher for IdHasher {
 
 pub(super) type StreamMap = HashMap<u32, Stream, BuildHasherDefault<IdHasher>>;
 
+/// Streams closed lately, remembered to tell frames the client may still have had in flight
+/// (ignored) from frames on a stream the client knows is closed (STREAM_CLOSED).
+const CLOSED_REMEMBERED: usize = 512;
+
 /// A connection error: GOAWAY with this code, then close.
 #[derive(Debug)]
 pub(super) struct ConnError(pub(super) Reason, pub(super) &'static str);
+
+/// Frames that cost the proxy work without moving a request forward, limited per client.
+pub(super) enum Flood {
+    Settings,
+    Empty,
+}
 
 /// What a poll of the connection came to.
 enum Turn {
@@ -136,6 +152,8 @@ pub(super) struct Conn<IO> {
     pub(super) conn: Arc<Connection>,
     pub(super) decoder: Decoder,
     pub(super) streams: StreamMap,
+    /// Streams closed lately, newest last, and whether the proxy reset them.
+    closed: std::collections::VecDeque<(u32, bool)>,
     pub(super) inbox: Arc<Inbox>,
     pub(super) ready: Vec<u32>,
     pub(super) credit: Vec<(u32, u32)>,
@@ -168,8 +186,15 @@ pub(super) struct Conn<IO> {
     pub(super) read_closed: bool,
     pub(super) abuse: u32,
     pub(super) abuse_since: Instant,
+    pub(super) settings_seen: u32,
+    pub(super) settings_since: Instant,
+    /// Frames in a row that carried nothing.
+    pub(super) empty_frames: u32,
     pub(super) idle: Pin<Box<Sleep>>,
     pub(super) idle_mark: (u64, usize),
+    /// Fires at the earliest deadline of stalled work: a header block to complete, a stream
+    /// waiting for window. Made the first time there is one.
+    watchdog: Option<Pin<Box<Sleep>>>,
     /// Completes when draining starts.
     pub(super) drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Held for the connection's life: the proxy counts open connections by these receivers
@@ -211,6 +236,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             out_pos: 0,
             decoder: Decoder::new(4096),
             streams: StreamMap::default(),
+            closed: std::collections::VecDeque::new(),
             inbox: Arc::new(Inbox::default()),
             ready: Vec::new(),
             credit: Vec::new(),
@@ -233,8 +259,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             read_closed: false,
             abuse: 0,
             abuse_since: Instant::now(),
+            settings_seen: 0,
+            settings_since: Instant::now(),
+            empty_frames: 0,
             idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             idle_mark,
+            watchdog: None,
             drain: Box::pin(async move { drain_started(&mut drain).await }),
             _open: open,
             shared,
@@ -247,7 +277,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         match self.poll_turn(cx) {
             Poll::Ready(end) => Poll::Ready(Turn::End(end)),
             Poll::Pending if std::mem::take(&mut self.yield_for_flush) => Poll::Ready(Turn::Flush),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // A watchdog set during the turn must be polled to wake the task.
+                if let Some(watchdog) = &mut self.watchdog
+                    && watchdog.as_mut().poll(cx).is_ready()
+                {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -266,6 +304,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.idle_mark = activity.mark();
             let next = Instant::now() + self.shared.limits.idle_timeout;
             self.idle.as_mut().reset(next);
+        }
+        if let Some(watchdog) = &mut self.watchdog
+            && watchdog.as_mut().poll(cx).is_ready()
+        {
+            self.watchdog = None;
+            self.stalled_work();
         }
         for _ in 0..BUDGET {
             let mut progress = false;
@@ -418,8 +462,100 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Ok(())
     }
 
+    /// Makes sure the watchdog fires by `deadline`.
+    pub(super) fn watch_until(&mut self, deadline: Instant) {
+        match &mut self.watchdog {
+            Some(timer) if timer.deadline() <= deadline => {}
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.watchdog = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// The watchdog fired: a header block not completed in time ends the connection; streams
+    /// that waited the send timeout for window are reset. The watchdog is set again for what
+    /// is still waiting.
+    fn stalled_work(&mut self) {
+        let now = Instant::now();
+        if let Some(partial) = &self.partial {
+            if partial.deadline <= now {
+                debug!(peer = %self.conn.peer, "HTTP/2 header block not completed in time");
+                self.fail(Reason::EnhanceYourCalm);
+                return;
+            }
+            let deadline = partial.deadline;
+            self.watch_until(deadline);
+        }
+        let timeout = self.shared.limits.send_timeout;
+        let mut expired = Vec::new();
+        let mut next = None::<Instant>;
+        for (id, s) in &self.streams {
+            match s.blocked_since {
+                Some(since) if since + timeout <= now => expired.push(*id),
+                Some(since) => {
+                    next = Some(next.map_or(since + timeout, |n| n.min(since + timeout)))
+                }
+                None => {}
+            }
+        }
+        for id in expired {
+            debug!(peer = %self.conn.peer, stream = id, "no window granted in time: reset");
+            self.reset(id, Reason::Cancel);
+        }
+        if let Some(next) = next {
+            self.watch_until(next);
+        }
+    }
+
+    /// Counts a frame that costs work for nothing; too many end the connection.
+    pub(super) fn flood_check(&mut self, flood: Flood) -> Result<(), ConnError> {
+        match flood {
+            Flood::Settings => {
+                let now = Instant::now();
+                if now.duration_since(self.settings_since) >= Duration::from_secs(1) {
+                    self.settings_since = now;
+                    self.settings_seen = 0;
+                }
+                self.settings_seen += 1;
+                if self.settings_seen > SETTINGS_PER_SECOND {
+                    return Err(ConnError(Reason::EnhanceYourCalm, "SETTINGS flood"));
+                }
+            }
+            Flood::Empty => {
+                self.empty_frames += 1;
+                if self.empty_frames > EMPTY_IN_A_ROW {
+                    return Err(ConnError(Reason::EnhanceYourCalm, "empty frame flood"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers a stream that closed, and whether the proxy reset it.
+    pub(super) fn remember_closed(&mut self, id: u32, by_reset: bool) {
+        if self.closed.len() == CLOSED_REMEMBERED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back((id, by_reset));
+    }
+
+    /// How a stream closed lately: Some(true) when the proxy reset it (frames the client sent
+    /// before it knew are ignored), Some(false) when both sides ended it or the client reset
+    /// it (further frames are the client's error). None when not remembered.
+    pub(super) fn closed_by_reset(&self, id: u32) -> Option<bool> {
+        self.closed
+            .iter()
+            .rev()
+            .find(|(closed, _)| *closed == id)
+            .map(|(_, by_reset)| *by_reset)
+    }
+
     /// Sends RST_STREAM for a stream error, counted.
     pub(super) fn push_reset(&mut self, id: u32, reason: Reason) {
+        // A stream already closed keeps how it closed (a reset answering a frame on it does
+        // not make later frames the proxy's to ignore).
+        if self.closed_by_reset(id).is_none() {
+            self.remember_closed(id, true);
+        }
         if reason != Reason::NoError {
             self.shared
                 .metrics
@@ -490,14 +626,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             max_frame: self.peer_max_frame,
         };
         match s.poll(id, &mut self.out, &mut self.scratch, &mut window) {
-            Sent::Pending => {}
+            Sent::Pending if s.blocked() => {
+                if s.blocked_since.is_none() {
+                    let now = Instant::now();
+                    s.blocked_since = Some(now);
+                    let deadline = now + self.shared.limits.send_timeout;
+                    self.watch_until(deadline);
+                }
+            }
+            Sent::Pending => s.blocked_since = None,
             Sent::Deferred => self.deferred.push(id),
             Sent::Done => {
-                if let Some(s) = self.streams.remove(&id)
-                    && s.recv.is_some()
-                {
-                    // Answered before the client finished its body: it may stop sending.
-                    frame::push_rst_stream(&mut self.out, id, Reason::NoError);
+                if let Some(s) = self.streams.remove(&id) {
+                    if s.recv.is_some() {
+                        // Answered before the client finished its body: it may stop sending.
+                        self.push_reset(id, Reason::NoError);
+                    } else {
+                        self.remember_closed(id, false);
+                    }
                 }
             }
             Sent::Failed => self.reset(id, Reason::InternalError),

@@ -7,11 +7,12 @@ use std::task::Waker;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::MAX_CONCURRENT_STREAMS;
 use super::body::{RecvBody, StreamWaker};
-use super::conn::{Conn, ConnError, RequestFuture, STREAM_WINDOW, respond};
+use super::conn::{Conn, ConnError, Flood, RequestFuture, STREAM_WINDOW, respond};
 use super::frame::{
     self, DEFAULT_MAX_FRAME, FrameHeader, HEADER_LEN, MAX_WINDOW, PREFACE, Reason, flag, kind,
     setting,
@@ -24,7 +25,26 @@ use crate::limits::ClientBody;
 pub(super) struct PartialBlock {
     stream: u32,
     end_stream: bool,
+    /// The HEADERS frame made the stream depend on itself (a stream error once decoded).
+    self_dependent: bool,
     block: Vec<u8>,
+    /// When the block must be complete.
+    pub(super) deadline: Instant,
+}
+
+/// The stream a priority block (HEADERS' or PRIORITY's) makes the frame's stream depend on.
+fn dependency(priority: &[u8]) -> u32 {
+    u32::from_be_bytes([priority[0], priority[1], priority[2], priority[3]]) & 0x7fff_ffff
+}
+
+/// An empty DATA, HEADERS or CONTINUATION frame that ends neither its stream nor its block.
+fn carries_nothing(head: &FrameHeader) -> bool {
+    head.len == 0
+        && match head.kind {
+            kind::DATA => !head.has(flag::END_STREAM),
+            kind::HEADERS | kind::CONTINUATION => !head.has(flag::END_HEADERS),
+            _ => false,
+        }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -64,6 +84,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             if self.partial.is_some() && head.kind != kind::CONTINUATION {
                 return Err(ConnError(Reason::ProtocolError, "header block interrupted"));
             }
+            if carries_nothing(&head) {
+                self.flood_check(Flood::Empty)?;
+            } else {
+                self.empty_frames = 0;
+            }
             self.frame(head, whole)?;
         }
         Ok(())
@@ -102,12 +127,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 if head.stream == 0 {
                     return Err(ConnError(Reason::ProtocolError, "PRIORITY on stream 0"));
                 }
-                if head.len != 5 {
+                let error = if head.len != 5 {
+                    Some((Reason::FrameSizeError, "PRIORITY not 5 octets"))
+                } else if dependency(&payload) == head.stream {
+                    Some((Reason::ProtocolError, "stream depends on itself"))
+                } else {
+                    None
+                };
+                if let Some((reason, why)) = error {
                     // RST_STREAM is not for idle streams.
                     if head.stream > self.last_stream {
-                        return Err(ConnError(Reason::FrameSizeError, "PRIORITY not 5 octets"));
+                        return Err(ConnError(reason, why));
                     }
-                    self.reset(head.stream, Reason::FrameSizeError);
+                    self.reset(head.stream, reason);
                 }
                 Ok(())
             }
@@ -140,6 +172,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             ));
         }
         self.settings = true;
+        self.flood_check(Flood::Settings)?;
+        // Only the last window size of a frame counts: applying each would walk every open
+        // stream per entry, and a frame of 2,730 entries would cost that many walks.
+        let mut window = None;
         for entry in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([entry[0], entry[1]]);
             let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
@@ -148,21 +184,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     return Err(ConnError(Reason::ProtocolError, "ENABLE_PUSH not 0 or 1"));
                 }
                 setting::INITIAL_WINDOW_SIZE => {
-                    let value = i64::from(value);
-                    if value > MAX_WINDOW {
+                    if i64::from(value) > MAX_WINDOW {
                         return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
                     }
-                    let delta = value - self.peer_window;
-                    self.peer_window = value;
-                    for (id, s) in &mut self.streams {
-                        s.send_window += delta;
-                        if s.send_window > MAX_WINDOW {
-                            return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
-                        }
-                        if delta > 0 && s.blocked() {
-                            self.inbox.ready(*id);
-                        }
-                    }
+                    window = Some(i64::from(value));
                 }
                 setting::MAX_FRAME_SIZE => {
                     if !(16_384..=16_777_215).contains(&value) {
@@ -177,6 +202,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 // The encoder indexes nothing, so the client's table size does not matter;
                 // the proxy pushes nothing and limits nothing else the client announces.
                 _ => {}
+            }
+        }
+        if let Some(value) = window {
+            let delta = value - self.peer_window;
+            self.peer_window = value;
+            for (id, s) in &mut self.streams {
+                s.send_window += delta;
+                if s.send_window > MAX_WINDOW {
+                    return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
+                }
+                if delta > 0 && s.blocked() {
+                    self.inbox.ready(*id);
+                }
             }
         }
         frame::push_header(&mut self.out, 0, kind::SETTINGS, flag::ACK, 0);
@@ -201,8 +239,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             if self.send_window > MAX_WINDOW {
                 return Err(ConnError(Reason::FlowControlError, "window over 2^31-1"));
             }
-            for (id, s) in &self.streams {
+            for (id, s) in &mut self.streams {
                 if s.blocked() {
+                    // Window granted is progress: the stall is timed afresh.
+                    s.blocked_since = None;
                     self.inbox.ready(*id);
                 }
             }
@@ -225,6 +265,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if s.send_window > MAX_WINDOW {
             self.reset(head.stream, Reason::FlowControlError);
         } else if s.blocked() {
+            s.blocked_since = None;
             self.inbox.ready(head.stream);
         }
         Ok(())
@@ -242,6 +283,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         let _ = payload;
         if let Some(s) = self.streams.remove(&head.stream) {
+            self.remember_closed(head.stream, false);
             if let Some(recv) = &s.recv {
                 recv.reset(Reason::Cancel);
             }
@@ -273,6 +315,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         // Padding is flow-controlled but never reaches the proxy: given back at once.
         let mut give_back = len - data.len() as u32;
         let id = head.stream;
+        // Looked up only for streams that are gone (the scan is not for every DATA frame).
+        let closed_known =
+            !self.streams.contains_key(&id) && self.closed_by_reset(id) == Some(false);
         let outcome = match self.streams.get_mut(&id) {
             Some(s) if s.recv.is_some() => s.receive(data, head.has(flag::END_STREAM), len),
             // Half-closed by the client's END_STREAM: it may send nothing more.
@@ -280,8 +325,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             None if id > self.last_stream => {
                 return Err(ConnError(Reason::ProtocolError, "DATA on an idle stream"));
             }
-            // A stream the proxy answered or reset: frames still in flight are ignored
-            // (RFC 9113 section 5.4.2).
+            // Closed by both sides, or reset by the client: it knows it may send nothing
+            // (RFC 9113 section 6.1).
+            None if closed_known => {
+                self.abused()?;
+                Err(Reason::StreamClosed)
+            }
+            // A stream the proxy reset (or closed long ago): frames still in flight are
+            // ignored (section 5.4.2).
             None => Ok(len),
         };
         match outcome {
@@ -317,21 +368,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             Reason::ProtocolError,
             "padding longer than the frame",
         ))?;
+        let mut self_dependent = false;
         if head.has(flag::PRIORITY) {
-            fragment = fragment.get(5..).ok_or(ConnError(
+            let priority = fragment.get(..5).ok_or(ConnError(
                 Reason::FrameSizeError,
                 "HEADERS too short for PRIORITY",
             ))?;
+            self_dependent = dependency(priority) == head.stream;
+            fragment = &fragment[5..];
         }
         let end_stream = head.has(flag::END_STREAM);
         if head.has(flag::END_HEADERS) {
-            return self.header_block(head.stream, end_stream, fragment);
+            return self.header_block(head.stream, end_stream, self_dependent, fragment);
         }
+        let deadline = Instant::now() + self.shared.limits.header_timeout;
         self.partial = Some(PartialBlock {
             stream: head.stream,
             end_stream,
+            self_dependent,
             block: fragment.to_vec(),
+            deadline,
         });
+        self.watch_until(deadline);
         Ok(())
     }
 
@@ -359,18 +417,37 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let Some(partial) = self.partial.take() else {
             return Ok(());
         };
-        self.header_block(partial.stream, partial.end_stream, &partial.block)
+        self.header_block(
+            partial.stream,
+            partial.end_stream,
+            partial.self_dependent,
+            &partial.block,
+        )
     }
 
     /// A complete header block: a new request, or a request's trailers.
-    fn header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn header_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        self_dependent: bool,
+        block: &[u8],
+    ) -> Result<(), ConnError> {
         let trailers = id <= self.last_stream;
         let mut fields = Fields::new(&self.shared.limits, trailers);
+        // Decoded whatever else is wrong: the HPACK context must stay in step.
         self.decoder
             .decode(block, |n, v| fields.field(n, v))
             .map_err(|_| ConnError(Reason::CompressionError, "undecodable header block"))?;
+        if self_dependent && trailers {
+            self.reset(id, Reason::ProtocolError);
+            return Ok(());
+        }
         if trailers {
             return self.trailers(id, end_stream, fields);
+        }
+        if self_dependent {
+            fields.error = Some(Rejected::Malformed("stream depends on itself"));
         }
         self.last_stream = id;
         if self.goaway {
@@ -408,9 +485,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 text,
                 (self.peer_window, &mut self.send_window),
             );
-            if !end_stream {
+            match rejected {
+                // A malformed request is a stream error (RFC 9113 section 8.1.1): the 400
+                // says why, the reset that it was the protocol.
+                Rejected::Malformed(_) => self.push_reset(id, Reason::ProtocolError),
                 // The client need not send the rest of the body.
-                frame::push_rst_stream(&mut self.out, id, Reason::NoError);
+                Rejected::TooLarge if !end_stream => self.push_reset(id, Reason::NoError),
+                Rejected::TooLarge => self.remember_closed(id, false),
             }
             return Ok(());
         }
@@ -455,16 +536,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     fn trailers(&mut self, id: u32, end_stream: bool, fields: Fields) -> Result<(), ConnError> {
         let Some(s) = self.streams.get_mut(&id) else {
-            if fields.pseudo_seen {
-                // A request on a stream id already used (RFC 9113 section 5.1.1).
-                return Err(ConnError(
+            return match (self.closed_by_reset(id), fields.pseudo_seen) {
+                // Closed by both sides or by the client's reset (section 5.1).
+                (Some(false), _) => Err(ConnError(
+                    Reason::StreamClosed,
+                    "HEADERS on a closed stream",
+                )),
+                // A new request on a stream id already used (section 5.1.1).
+                (_, true) => Err(ConnError(
                     Reason::ProtocolError,
                     "HEADERS on a used stream id",
-                ));
-            }
-            // Trailers of a stream already answered or reset: nothing to deliver.
-            return Ok(());
+                )),
+                // Trailers of a stream the proxy reset, sent before the client knew.
+                _ => Ok(()),
+            };
         };
+        if s.recv.is_none() {
+            // Half-closed (remote): the client ended the stream already.
+            self.reset(id, Reason::StreamClosed);
+            return Ok(());
+        }
         // Trailers end the stream, and carry no pseudo-headers.
         let outcome = match fields.into_trailers() {
             Ok(trailers) if end_stream => s.receive_trailers(trailers),

@@ -53,6 +53,9 @@ pub(super) struct Stream {
     received: u64,
     /// A HEAD request: its response's size says nothing about a body.
     head_request: bool,
+    /// Since when the stream has waited for window with data to send (reset past the send
+    /// timeout: a client that grants no window would hold the upstream request for ever).
+    pub blocked_since: Option<tokio::time::Instant>,
 }
 
 impl Stream {
@@ -78,6 +81,7 @@ impl Stream {
             expected,
             received: 0,
             head_request,
+            blocked_since: None,
         }
     }
 
