@@ -7,6 +7,8 @@ pub mod admin;
 pub mod cache;
 pub mod discovery;
 pub mod discovery_server;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inspect;
 pub mod kube_status;
 pub mod leader;

@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod config_dump;
 pub mod cors;
 pub mod filters;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod h1;
 pub mod http2;
 pub mod limits;

@@ -189,17 +189,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = shared.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = http_builder(&limits);
     let mut drain = shared.drain_watch();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -280,9 +270,26 @@ async fn accept_loop(
     }
 }
 
+/// hyper's server, for the connections the proxy's own code does not serve, within the
+/// client limits.
+pub(crate) fn http_builder(limits: &crate::limits::Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
 /// Serves an HTTP connection: on the HTTP/1.1 fast path while it takes the requests (when
 /// `fast`), then with hyper.
-async fn serve_http<IO>(
+pub(crate) async fn serve_http<IO>(
     mut io: IO,
     fast: bool,
     conn: Arc<proxy::Connection>,

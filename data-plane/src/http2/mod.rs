@@ -24,7 +24,7 @@ mod body;
 mod conn;
 mod fast;
 mod frame;
-mod hpack;
+pub(crate) mod hpack;
 mod huffman;
 mod receive;
 mod request;
