@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rauta_common::api::v1::{DeltaDiscoveryRequest, Node};
+use rauta_common::api::v1::DeltaDiscoveryRequest;
 use rauta_common::types::{ResourceType, WILDCARD};
 use rauta_common::wire::EncodedDeltaResponse;
 use tokio::sync::{mpsc, watch};
@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::cache::SnapshotCache;
 use crate::metrics::ControllerMetrics;
 use crate::objects::ObjectRef;
+use crate::proxy_report::{MAX_ADDRESSES, MAX_NACK_MESSAGE, check_node, clean_text, shown};
 use crate::registry::{NackRecord, ProxyRecord, ProxyRegistry, Registration};
 use crate::snapshot::Snapshot;
 
@@ -53,8 +54,12 @@ impl DiscoveryService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node = first.node.clone().unwrap_or_default();
-        let gateway = gateway_of(&node)?;
+        let node = check_node(&first.node.clone().unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let gateway = ObjectRef::new(&node.gateway_namespace, &node.gateway_name);
+        if node.dropped_addresses > 0 {
+            warn!(proxy = %node.id, %gateway, ?peer, dropped = node.dropped_addresses, kept = ?node.addresses, "proxy reported addresses that are not IP addresses or hostnames, repeated ones, or more than {MAX_ADDRESSES}; left out of the Gateway's status");
+        }
         let (tx, rx) = mpsc::channel(ResourceType::ALL.len());
         let snapshots = self.cache.subscribe(&gateway);
         let registration = self.registry.register(ProxyRecord {
@@ -62,8 +67,8 @@ impl DiscoveryService {
             gateway: gateway.clone(),
             peer,
             connected_since: SystemTime::now(),
-            build_version: node.build_version.clone(),
-            addresses: node.addresses.clone(),
+            build_version: node.build_version,
+            addresses: node.addresses,
             types: BTreeMap::new(),
         });
         info!(proxy = %node.id, %gateway, ?peer, "proxy connected");
@@ -87,14 +92,9 @@ impl DiscoveryService {
     }
 }
 
-fn gateway_of(node: &Node) -> Result<ObjectRef, Status> {
-    if node.id.is_empty() || node.gateway_namespace.is_empty() || node.gateway_name.is_empty() {
-        return Err(Status::invalid_argument(
-            "the first request must carry node.id, node.gateway_namespace and node.gateway_name",
-        ));
-    }
-    Ok(ObjectRef::new(&node.gateway_namespace, &node.gateway_name))
-}
+/// Most resource names one stream may subscribe to by name, per type: names accumulate over
+/// the stream's requests, and each is kept until unsubscribed.
+const MAX_SUBSCRIBED_NAMES: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
@@ -231,8 +231,8 @@ impl ProxyStream {
     fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
         let Some(ty) = ResourceType::parse(&req.type_url) else {
             return Err(Status::invalid_argument(format!(
-                "unknown type_url {:?}",
-                req.type_url
+                "unknown type_url {}",
+                shown(&req.type_url)
             )));
         };
         let state = match self.types.get_mut(&ty) {
@@ -262,7 +262,9 @@ impl ProxyStream {
                     let pending = state.pending.take().expect("checked above");
                     let version = pending.version.to_string();
                     if let Some(error) = &req.error_detail {
-                        warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, message = %error.message, "proxy rejected update (NACK)");
+                        // The proxy's words go to logs, the admin service and Gateway status.
+                        let message = clean_text(&error.message, MAX_NACK_MESSAGE);
+                        warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, %message, "proxy rejected update (NACK)");
                         state.rejected = Some(pending.changes.clone());
                         self.metrics
                             .nacks
@@ -270,7 +272,7 @@ impl ProxyStream {
                             .inc();
                         let nack = NackRecord {
                             version,
-                            message: error.message.clone(),
+                            message,
                             at: SystemTime::now(),
                         };
                         self.registration
@@ -301,12 +303,17 @@ impl ProxyStream {
                 }
                 // A nonce from an older response: the proxy is catching up, nothing to do.
                 _ => {
-                    debug!(proxy = %self.node_id, nonce = %req.response_nonce, "stale nonce ignored")
+                    debug!(proxy = %self.node_id, nonce = %shown(&req.response_nonce), "stale nonce ignored")
                 }
             }
         }
         // Subscription changes after the first request (explicit names only).
         if let Subscription::Names(names) = &mut state.subscription {
+            if names.len() + req.resource_names_subscribe.len() > MAX_SUBSCRIBED_NAMES {
+                return Err(Status::resource_exhausted(format!(
+                    "at most {MAX_SUBSCRIBED_NAMES} names may be subscribed per type"
+                )));
+            }
             for name in &req.resource_names_subscribe {
                 if name == WILDCARD {
                     state.subscription = Subscription::Wildcard;

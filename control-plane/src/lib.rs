@@ -12,6 +12,7 @@ pub mod kube_status;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod proxy_report;
 pub mod publish;
 pub mod registry;
 pub mod server;
