@@ -16,6 +16,7 @@ pub mod proxy_report;
 pub mod publish;
 pub mod registry;
 pub mod server;
+pub mod session_keys;
 pub mod snapshot;
 pub mod source;
 pub mod standalone;

@@ -15,6 +15,7 @@ use rauta_controller::leader::{self, LeaseSettings};
 use rauta_controller::metrics;
 use rauta_controller::publish::Publisher;
 use rauta_controller::server::{ServerOptions, serve_grpc};
+use rauta_controller::session_keys::{self, MasterKeys};
 use rauta_controller::source::{DirectorySource, kubernetes};
 use rauta_controller::standalone::Standalone;
 use rauta_controller::state::ControllerState;
@@ -104,6 +105,13 @@ struct Args {
     /// Do not serve gRPC reflection.
     #[arg(long)]
     no_reflection: bool,
+    /// File whose content (at least 32 bytes, surrounding whitespace ignored) is the secret
+    /// session persistence tokens are signed with. Re-read when it changes; tokens signed with
+    /// the previous content keep working for 24 hours. Default: in Kubernetes mode with the
+    /// controller's own TLS, a key kept in its Secret; otherwise one drawn at start (sessions
+    /// then end when the controller restarts).
+    #[arg(long, value_name = "FILE")]
+    session_key_file: Option<PathBuf>,
 }
 
 /// The gRPC server's security from the flags: TLS unless plaintext was asked for.
@@ -150,6 +158,20 @@ async fn main() -> anyhow::Result<()> {
 
     let state = ControllerState::new().context("registering metrics")?;
     let options = server_options(&args)?;
+    match &args.session_key_file {
+        Some(path) => {
+            let (keys, follow) = session_keys::from_file(path, Arc::clone(&state.cache))?;
+            state.cache.set_session_keys(keys);
+            tokio::spawn(follow);
+        }
+        None => {
+            state.cache.set_session_keys(MasterKeys::random()?);
+            info!(
+                "session persistence tokens are signed with a key drawn at start: sessions end \
+                 when the controller restarts (give --session-key-file to keep them)"
+            );
+        }
+    }
 
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
