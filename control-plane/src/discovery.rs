@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Authenticator, Identity};
 use crate::cache::SnapshotCache;
 use crate::metrics::ControllerMetrics;
 use crate::objects::ObjectRef;
@@ -21,11 +22,18 @@ use crate::proxy_report::{MAX_ADDRESSES, MAX_NACK_MESSAGE, check_node, clean_tex
 use crate::registry::{NackRecord, ProxyRecord, ProxyRegistry, Registration};
 use crate::snapshot::Snapshot;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiscoveryService {
     cache: Arc<SnapshotCache>,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<ControllerMetrics>,
+    auth: Arc<Authenticator>,
+}
+
+impl std::fmt::Debug for DiscoveryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiscoveryService")
+    }
 }
 
 impl DiscoveryService {
@@ -33,11 +41,13 @@ impl DiscoveryService {
         cache: Arc<SnapshotCache>,
         registry: Arc<ProxyRegistry>,
         metrics: Arc<ControllerMetrics>,
+        auth: Arc<Authenticator>,
     ) -> Self {
         DiscoveryService {
             cache,
             registry,
             metrics,
+            auth,
         }
     }
 }
@@ -48,6 +58,7 @@ impl DiscoveryService {
     pub async fn open(
         &self,
         peer: Option<SocketAddr>,
+        identity: Identity,
         mut inbound: Streaming<DeltaDiscoveryRequest>,
     ) -> Result<mpsc::Receiver<Result<EncodedDeltaResponse, Status>>, Status> {
         let first = inbound
@@ -57,6 +68,10 @@ impl DiscoveryService {
         let node = check_node(&first.node.clone().unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let gateway = ObjectRef::new(&node.gateway_namespace, &node.gateway_name);
+        if let Err(status) = self.auth.may_subscribe(&identity, &gateway) {
+            warn!(proxy = %node.id, %gateway, %identity, ?peer, reason = %status.message(), "subscription refused");
+            return Err(status);
+        }
         if node.dropped_addresses > 0 {
             warn!(proxy = %node.id, %gateway, ?peer, dropped = node.dropped_addresses, kept = ?node.addresses, "proxy reported addresses that are not IP addresses or hostnames, repeated ones, or more than {MAX_ADDRESSES}; left out of the Gateway's status");
         }
@@ -68,10 +83,11 @@ impl DiscoveryService {
             peer,
             connected_since: SystemTime::now(),
             build_version: node.build_version,
+            identity: identity.to_string(),
             addresses: node.addresses,
             types: BTreeMap::new(),
         });
-        info!(proxy = %node.id, %gateway, ?peer, "proxy connected");
+        info!(proxy = %node.id, %gateway, %identity, ?peer, "proxy connected");
         let stream = ProxyStream {
             node_id: node.id,
             gateway,
@@ -79,6 +95,7 @@ impl DiscoveryService {
             metrics: Arc::clone(&self.metrics),
             types: BTreeMap::new(),
             next_nonce: 0,
+            expires: identity.expires(),
             tx,
         };
         let cache = Arc::clone(&self.cache);
@@ -189,7 +206,21 @@ struct ProxyStream {
     metrics: Arc<ControllerMetrics>,
     types: BTreeMap<ResourceType, TypeState>,
     next_nonce: u64,
+    /// When the credentials the stream was opened with expire: the stream ends then, and the
+    /// proxy comes back with its current ones (a revoked ServiceAccount stops getting updates).
+    expires: Option<SystemTime>,
     tx: mpsc::Sender<Result<EncodedDeltaResponse, Status>>,
+}
+
+/// Resolves at `at`, or never.
+async fn expiry(at: Option<SystemTime>) {
+    match at {
+        Some(at) => {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl ProxyStream {
@@ -200,6 +231,8 @@ impl ProxyStream {
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
     ) {
         self.metrics.connected_proxies.inc();
+        let expired = expiry(self.expires);
+        tokio::pin!(expired);
         let mut request = Some(first);
         loop {
             if let Some(req) = request.take()
@@ -222,6 +255,13 @@ impl ProxyStream {
                     }
                 },
                 changed = snapshots.changed() => if changed.is_err() { break },
+                () = &mut expired => {
+                    info!(proxy = %self.node_id, gateway = %self.gateway, "credentials of the stream expired; the proxy reconnects with its current ones");
+                    let _ = self.tx.send(Err(Status::unauthenticated(
+                        "the bearer token this stream was opened with expired; reconnect with the current one",
+                    ))).await;
+                    break;
+                }
             }
         }
         self.metrics.connected_proxies.dec();

@@ -4,12 +4,14 @@
 //! Data flows one way: `source` → `translator` → `cache` (snapshots) → `discovery` (gRPC).
 
 pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod discovery;
 pub mod discovery_server;
 pub mod inspect;
 pub mod kube_status;
 pub mod leader;
+pub mod managed_tls;
 pub mod metrics;
 pub mod objects;
 pub mod proxy_report;

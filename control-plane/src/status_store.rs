@@ -480,6 +480,7 @@ mod tests {
             peer: None,
             connected_since: SystemTime::now(),
             build_version: String::new(),
+            identity: String::new(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
             types: Default::default(),
         };

@@ -112,6 +112,7 @@ fn grants(docs: &[Value], namespace: &str, account: &str) -> Vec<Grant> {
                 api_groups: strings(&rule["apiGroups"]),
                 resources: strings(&rule["resources"]),
                 verbs: strings(&rule["verbs"]),
+                resource_names: strings(&rule["resourceNames"]),
             });
         }
     }
