@@ -507,3 +507,75 @@ async fn kubernetes_mode_asks_for_tokens_even_in_plaintext_and_refuses_nonsense(
     .await;
     assert!(!ready(&anonymous).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_replicas_converge_on_one_ca_and_session_key() {
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let echo = Echo::start("echo-1-a", "apps", dir);
+    let fake = FakeApiServer::start().await;
+    fake.apply_yaml(&infra(&[("echo", &[echo.http])]));
+    fake.apply_yaml(&rauta_tests::manifests::http_route(
+        "apps",
+        "sticky",
+        ("infra", "gw"),
+        &[],
+        "  - sessionPersistence: {sessionName: s}\n    backendRefs: [{name: echo, port: 8080}]\n",
+    ));
+    let kubeconfig = fake.kubeconfig(dir);
+    let flags = [
+        "--namespace",
+        "rauta-system",
+        "--no-leader-election",
+        "--admin-service-account",
+        "ops/inspector",
+    ];
+    // Three replicas starting at once race to create the Secret.
+    let replicas: Vec<Controller> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| Controller::start_kubernetes_secure(&kubeconfig, dir, &flags)))
+            .collect();
+        starting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let config_map = fake
+        .object("v1", "ConfigMap", "rauta-system", "rauta-controller-ca")
+        .expect("the CA ConfigMap");
+    let ca_pem = config_map["data"]["ca.crt"].as_str().unwrap().to_owned();
+    let secret = fake
+        .object("v1", "Secret", "rauta-system", "rauta-controller-ca")
+        .unwrap();
+    use base64::Engine;
+    let in_secret = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["ca.crt"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(in_secret).unwrap(), ca_pem);
+
+    // Every replica serves a certificate of that CA, and signs sessions with the same key: the
+    // sticky route table (its keys included) has the same content version everywhere.
+    let inspector = fake.issue_token("ops", "inspector", &["rauta-controller"]);
+    let mut versions = std::collections::BTreeSet::new();
+    for replica in &replicas {
+        let mut admin = admin_with(replica, &ca_pem, Some(&inspector)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let version = loop {
+            let request = rauta_common::api::v1::GetSnapshotRequest {
+                gateway: "infra/gw".into(),
+                type_url: "route_table".into(),
+                name: "http-80".into(),
+            };
+            match admin.get_snapshot(request).await {
+                Ok(s) => break s.into_inner().resources[0].version.clone(),
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        versions.insert(version);
+    }
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    // One made the CA; the others read what it made.
+    let made = replicas
+        .iter()
+        .filter(|r| r.process.log_text().contains("created a CA"))
+        .count();
+    assert_eq!(made, 1);
+}
