@@ -70,6 +70,14 @@ struct Store {
 struct IssuedToken {
     username: String,
     audiences: Vec<String>,
+    /// Unix second from which the token is refused.
+    expires: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The audience of tokens for the API server itself (the ones every pod gets by default).
@@ -563,6 +571,9 @@ fn token_review(store: &Store, mut review: Value) -> Value {
         .unwrap_or_else(|| vec![API_SERVER_AUDIENCE.to_owned()]);
     review["status"] = match store.tokens.get(token) {
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(issued) if issued.expires <= unix_now() => {
+            json!({"authenticated": false, "error": "token has expired"})
+        }
         Some(issued) => {
             let shared: Vec<&String> = wanted
                 .iter()
@@ -811,13 +822,22 @@ impl FakeApiServer {
     /// token volume holds (a JWT whose claims say when it expires, an hour from now), which
     /// TokenReviews accept from now on.
     pub fn issue_token(&self, namespace: &str, name: &str, audiences: &[&str]) -> String {
+        self.issue_token_for(namespace, name, audiences, Duration::from_secs(3600))
+    }
+
+    /// [`FakeApiServer::issue_token`] with a token that expires after `lifetime` (whole
+    /// seconds).
+    pub fn issue_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Duration,
+    ) -> String {
         let b64 = |v: &Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
         };
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + 3600;
+        let exp = unix_now() + lifetime.as_secs();
         let username = format!("system:serviceaccount:{namespace}:{name}");
         let claims =
             json!({"aud": audiences, "exp": exp, "sub": username, "jti": rand::random::<u64>()});
@@ -832,6 +852,7 @@ impl FakeApiServer {
             IssuedToken {
                 username,
                 audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                expires: exp,
             },
         );
         token

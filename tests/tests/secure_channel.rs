@@ -579,3 +579,69 @@ async fn controller_replicas_converge_on_one_ca_and_session_key() {
         .count();
     assert_eq!(made, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_token_expires_and_the_proxy_returns_with_the_renewed_one() {
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let echo = Echo::start("echo-1-a", "apps", dir);
+    let fake = FakeApiServer::start().await;
+    fake.apply_yaml(&infra(&[("echo", &[echo.http])]));
+    fake.apply_yaml(&prefix_route("web", "/", "echo"));
+    let controller =
+        Controller::start_kubernetes_secure(&fake.kubeconfig(dir), dir, &["--plaintext"]);
+    let aud = ["rauta-controller"];
+    let token_file = dir.join("token");
+    let short = fake.issue_token_for("infra", "p", &aud, Duration::from_secs(4));
+    std::fs::write(&token_file, &short).unwrap();
+    let token = token_file.to_string_lossy().into_owned();
+    let proxy = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        dir,
+        &["--auth-token-file", &token],
+    );
+    proxy.wait_ready().await;
+    // The kubelet renews the projected token before it expires.
+    std::fs::write(&token_file, fake.issue_token("infra", "p", &aud)).unwrap();
+    eventually(Duration::from_secs(15), || async {
+        controller
+            .process
+            .log_text()
+            .contains("credentials of the stream expired")
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        proxy
+            .process
+            .log_text()
+            .matches("discovery stream open")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(ready(&proxy).await);
+    let r = http_get(&format!("http://{}/", proxy.listener(80)), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // The expired token itself is refused from now on.
+    let stale_file = dir.join("stale-token");
+    std::fs::write(&stale_file, &short).unwrap();
+    let stale = stale_file.to_string_lossy().into_owned();
+    let late = Proxy::start_with(
+        &controller.url(),
+        "infra/gw",
+        free_port() - 80,
+        Ipv4Addr::LOCALHOST,
+        dir,
+        &["--auth-token-file", &stale],
+    );
+    eventually(Duration::from_secs(10), || async {
+        late.process.log_text().contains("token has expired")
+    })
+    .await;
+    assert!(!ready(&late).await);
+}
