@@ -353,11 +353,13 @@ impl Authenticator {
         {
             return Ok(Identity::SharedToken);
         }
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN);
         let (Some(reviews), Some(token)) = (&self.reviews, token) else {
             return Err(Status::unauthenticated("invalid bearer token"));
@@ -532,6 +534,40 @@ mod tests {
         reviews.review("good").await.unwrap();
         reviews.review("good").await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bearer_tokens_are_reviewed_and_anything_else_refused() {
+        let (reviews, _) = cache(None);
+        let auth = Authenticator::service_accounts(reviews, None, BTreeSet::new(), BTreeSet::new());
+        let call = |value: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            }
+            let auth = &auth;
+            async move { auth.authenticate(&headers).await }
+        };
+        for good in ["Bearer good", "bearer good", "BEARER  good "] {
+            assert_eq!(
+                call(Some(good)).await.ok(),
+                Some(Identity::ServiceAccount {
+                    account: "apps/proxy".parse().unwrap(),
+                    expires: None
+                }),
+                "{good}"
+            );
+        }
+        for bad in [
+            None,
+            Some("Basic good"),
+            Some("good"),
+            Some("Bearer "),
+            Some("Bearer bad"),
+        ] {
+            let refused = call(bad).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
     }
 
     #[test]
