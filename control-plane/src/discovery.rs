@@ -95,7 +95,11 @@ impl DiscoveryService {
             metrics: Arc::clone(&self.metrics),
             types: BTreeMap::new(),
             next_nonce: 0,
-            expires: identity.expires(),
+            // Not sooner than a little while from now: with the clocks of the controller and
+            // the API server apart, a token the API server still takes may look expired here.
+            expires: identity
+                .expires()
+                .map(|at| at.max(SystemTime::now() + MIN_STREAM_LIFETIME)),
             tx,
         };
         let cache = Arc::clone(&self.cache);
@@ -108,6 +112,9 @@ impl DiscoveryService {
         Ok(rx)
     }
 }
+
+/// Shortest life of a stream whose credentials expire.
+const MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most resource names one stream may subscribe to by name, per type: names accumulate over
 /// the stream's requests, and each is kept until unsubscribed.

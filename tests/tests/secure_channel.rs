@@ -606,7 +606,7 @@ async fn a_stream_ends_when_its_token_expires_and_the_proxy_returns_with_the_ren
     proxy.wait_ready().await;
     // The kubelet renews the projected token before it expires.
     std::fs::write(&token_file, fake.issue_token("infra", "p", &aud)).unwrap();
-    eventually(Duration::from_secs(15), || async {
+    eventually(Duration::from_secs(25), || async {
         controller
             .process
             .log_text()
