@@ -43,17 +43,41 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load_identity(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CredentialError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+    let chain = certificate_chain(&read(cert)?).map_err(|e| file_error(cert, e))?;
+    let signing = signing_key(&read(key)?).map_err(|e| file_error(key, e))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+fn certificate_chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| file_error(cert, e))?;
+        .map_err(|e| e.to_string())?;
     if chain.is_empty() {
-        return Err(file_error(cert, "no PEM certificate"));
+        return Err("no PEM certificate".into());
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| file_error(key, e))?;
-    let signing = provider()
+    Ok(chain)
+}
+
+fn signing_key(pem: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, String> {
+    let key_der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
+    provider()
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| file_error(key, e))?;
+        .map_err(|e| e.to_string())
+}
+
+/// A certificate chain and its key from PEM text (a certificate the program made itself).
+pub fn identity_from_pem(
+    what: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<CertifiedKey>, CredentialError> {
+    let error = |message| CredentialError::File {
+        path: PathBuf::from(what),
+        message,
+    };
+    let chain = certificate_chain(cert_pem.as_bytes()).map_err(error)?;
+    let signing = signing_key(key_pem.as_bytes()).map_err(error)?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
@@ -125,6 +149,21 @@ impl ReloadingIdentity {
             Ok(())
         });
         Ok(this)
+    }
+}
+
+impl ReloadingIdentity {
+    /// An identity held in memory rather than read from files; [`ReloadingIdentity::replace`]
+    /// rotates it.
+    pub fn fixed(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(ReloadingIdentity {
+            current: ArcSwap::new(key),
+        })
+    }
+
+    /// Serves `key` from now on (connections already open keep their session).
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
     }
 }
 

@@ -78,6 +78,7 @@ impl Admin for AdminService {
                     peer_address: p.peer.map(|a| a.to_string()).unwrap_or_default(),
                     connected_since: Some(timestamp(p.connected_since)),
                     build_version: p.build_version,
+                    identity: p.identity,
                     types: p
                         .types
                         .into_iter()

@@ -10,6 +10,7 @@ use rauta_common::api::v1::{VersionEvent, version_event};
 use tokio::sync::{broadcast, watch};
 
 use crate::objects::ObjectRef;
+use crate::session_keys::MasterKeys;
 use crate::snapshot::Snapshot;
 use crate::translator::ResourceSet;
 
@@ -40,6 +41,9 @@ pub struct SnapshotCache {
     synced: watch::Sender<bool>,
     /// New snapshot versions, for WatchVersions.
     events: broadcast::Sender<VersionEvent>,
+    /// What route tables with session persistence get their signing keys from. Locked after
+    /// `gateways`, never before.
+    session_keys: Mutex<MasterKeys>,
 }
 
 impl Default for SnapshotCache {
@@ -48,6 +52,9 @@ impl Default for SnapshotCache {
             gateways: Mutex::default(),
             synced: watch::Sender::new(false),
             events: broadcast::Sender::new(8192),
+            // A key of this process until the controller sets the one it was given; should the
+            // system have no random numbers, none (and proxies refuse sticky rules).
+            session_keys: Mutex::new(MasterKeys::random().unwrap_or_default()),
         }
     }
 }
@@ -74,32 +81,13 @@ impl SnapshotCache {
         for key in map.keys() {
             gateways.entry(key.clone()).or_default();
         }
+        let keys = self.keys();
         let mut summary = UpdateSummary::default();
         for (key, set) in gateways {
             let entry = map
                 .entry(key.clone())
                 .or_insert_with(|| GatewayEntry::new(&key));
-            let current = entry.current.borrow().clone();
-            let candidate = Snapshot::build(key.clone(), current.version + 1, set, &current);
-            if let Err(problem) = candidate.check_references() {
-                summary.inconsistent.push((key, problem));
-                continue;
-            }
-            if !candidate.same_content(&current) {
-                summary.changed.push((key.clone(), candidate.version));
-                let candidate = Arc::new(candidate);
-                if entry.history.len() == HISTORY {
-                    entry.history.pop_front();
-                }
-                entry.history.push_back(Arc::clone(&candidate));
-                entry.current.send_replace(candidate.clone());
-                // Nobody watching is fine.
-                let _ = self.events.send(VersionEvent {
-                    gateway: key.to_string(),
-                    at: Some(prost_types::Timestamp::from(SystemTime::now())),
-                    event: Some(version_event::Event::SnapshotVersion(candidate.version)),
-                });
-            }
+            self.publish(entry, key, set, &keys, &mut summary);
         }
         // Forget Gateways that have no content and nobody following them (a proxy that named a
         // Gateway which never existed, or one deleted after its proxies left).
@@ -108,6 +96,76 @@ impl SnapshotCache {
         });
         self.synced.send_replace(true);
         summary
+    }
+
+    fn keys(&self) -> MasterKeys {
+        self.session_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the keys session tokens are signed with, and republishes every Gateway whose
+    /// route tables carry them.
+    pub fn set_session_keys(&self, keys: MasterKeys) -> UpdateSummary {
+        let mut map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
+        *self
+            .session_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = keys.clone();
+        let mut summary = UpdateSummary::default();
+        for (key, entry) in map.iter_mut() {
+            let current = entry.current.borrow().clone();
+            if current.version == 0 {
+                continue; // Nothing published yet: the first update brings the keys.
+            }
+            let set: ResourceSet = current
+                .resources
+                .iter()
+                .map(|(ty, by_name)| {
+                    let payloads = by_name
+                        .iter()
+                        .filter_map(|(name, r)| Some((name.clone(), r.payload.clone()?)))
+                        .collect();
+                    (*ty, payloads)
+                })
+                .collect();
+            self.publish(entry, key.clone(), set, &keys, &mut summary);
+        }
+        summary
+    }
+
+    /// Publishes `set` as the Gateway's next version, if it is consistent and differs.
+    fn publish(
+        &self,
+        entry: &mut GatewayEntry,
+        key: ObjectRef,
+        mut set: ResourceSet,
+        keys: &MasterKeys,
+        summary: &mut UpdateSummary,
+    ) {
+        keys.apply(&key, &mut set);
+        let current = entry.current.borrow().clone();
+        let candidate = Snapshot::build(key.clone(), current.version + 1, set, &current);
+        if let Err(problem) = candidate.check_references() {
+            summary.inconsistent.push((key, problem));
+            return;
+        }
+        if !candidate.same_content(&current) {
+            summary.changed.push((key.clone(), candidate.version));
+            let candidate = Arc::new(candidate);
+            if entry.history.len() == HISTORY {
+                entry.history.pop_front();
+            }
+            entry.history.push_back(Arc::clone(&candidate));
+            entry.current.send_replace(candidate.clone());
+            // Nobody watching is fine.
+            let _ = self.events.send(VersionEvent {
+                gateway: key.to_string(),
+                at: Some(prost_types::Timestamp::from(SystemTime::now())),
+                event: Some(version_event::Event::SnapshotVersion(candidate.version)),
+            });
+        }
     }
 
     /// Resolves once the first update has been published.
@@ -201,6 +259,7 @@ mod tests {
         let table = RouteTable {
             name: "http-80".into(),
             virtual_hosts: vec![host],
+            ..Default::default()
         };
         s.entry(ResourceType::RouteTable)
             .or_default()
@@ -270,6 +329,59 @@ mod tests {
         drop(rx);
         cache.update(BTreeMap::new());
         assert!(cache.get(&ghost).is_none());
+    }
+
+    fn session_keys_of(cache: &SnapshotCache, gw: &ObjectRef) -> Vec<String> {
+        let snapshot = cache.get(gw).unwrap();
+        match &snapshot.of_type(ResourceType::RouteTable).unwrap()["http-80"].payload {
+            Some(Payload::RouteTable(t)) => t.session_keys.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn new_session_keys_republish_only_sticky_gateways() {
+        let cache = SnapshotCache::new();
+        cache.set_session_keys(MasterKeys::new(vec![1; 32]).unwrap());
+        let (sticky, plain) = (
+            ObjectRef::new("ns", "sticky"),
+            ObjectRef::new("ns", "plain"),
+        );
+        let mut sticky_set = set("a");
+        if let Some(Payload::RouteTable(t)) = sticky_set
+            .get_mut(&ResourceType::RouteTable)
+            .and_then(|m| m.get_mut("http-80"))
+        {
+            t.virtual_hosts[0].rules[0].session_persistence = Some(Default::default());
+        }
+        cache.update(BTreeMap::from([
+            (sticky.clone(), sticky_set),
+            (plain.clone(), set("a")),
+        ]));
+        let first = session_keys_of(&cache, &sticky);
+        assert_eq!(first.len(), 1);
+        assert!(session_keys_of(&cache, &plain).is_empty());
+
+        let rotated = MasterKeys::new(vec![1; 32]).unwrap().rotated(vec![2; 32]);
+        let summary = cache.set_session_keys(rotated);
+        assert_eq!(summary.changed, vec![(sticky.clone(), 2)]);
+        let keys = session_keys_of(&cache, &sticky);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1], first[0], "the previous key still verifies");
+        assert_eq!(cache.get(&plain).unwrap().version, 1);
+        let clusters = |v| {
+            Arc::clone(
+                &cache
+                    .version(&sticky, v)
+                    .unwrap()
+                    .of_type(ResourceType::Cluster)
+                    .unwrap()["a"],
+            )
+        };
+        assert!(
+            Arc::ptr_eq(&clusters(1), &clusters(2)),
+            "the rest is shared"
+        );
     }
 
     #[test]

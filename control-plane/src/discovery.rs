@@ -7,24 +7,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rauta_common::api::v1::{DeltaDiscoveryRequest, Node};
+use rauta_common::api::v1::DeltaDiscoveryRequest;
 use rauta_common::types::{ResourceType, WILDCARD};
 use rauta_common::wire::EncodedDeltaResponse;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Authenticator, Identity};
 use crate::cache::SnapshotCache;
 use crate::metrics::ControllerMetrics;
 use crate::objects::ObjectRef;
+use crate::proxy_report::{MAX_ADDRESSES, MAX_NACK_MESSAGE, check_node, clean_text, shown};
 use crate::registry::{NackRecord, ProxyRecord, ProxyRegistry, Registration};
 use crate::snapshot::Snapshot;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiscoveryService {
     cache: Arc<SnapshotCache>,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<ControllerMetrics>,
+    auth: Arc<Authenticator>,
+}
+
+impl std::fmt::Debug for DiscoveryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiscoveryService")
+    }
 }
 
 impl DiscoveryService {
@@ -32,11 +41,13 @@ impl DiscoveryService {
         cache: Arc<SnapshotCache>,
         registry: Arc<ProxyRegistry>,
         metrics: Arc<ControllerMetrics>,
+        auth: Arc<Authenticator>,
     ) -> Self {
         DiscoveryService {
             cache,
             registry,
             metrics,
+            auth,
         }
     }
 }
@@ -47,14 +58,23 @@ impl DiscoveryService {
     pub async fn open(
         &self,
         peer: Option<SocketAddr>,
+        identity: Identity,
         mut inbound: Streaming<DeltaDiscoveryRequest>,
     ) -> Result<mpsc::Receiver<Result<EncodedDeltaResponse, Status>>, Status> {
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node = first.node.clone().unwrap_or_default();
-        let gateway = gateway_of(&node)?;
+        let node = check_node(&first.node.clone().unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let gateway = ObjectRef::new(&node.gateway_namespace, &node.gateway_name);
+        if let Err(status) = self.auth.may_subscribe(&identity, &gateway) {
+            warn!(proxy = %node.id, %gateway, %identity, ?peer, reason = %status.message(), "subscription refused");
+            return Err(status);
+        }
+        if node.dropped_addresses > 0 {
+            warn!(proxy = %node.id, %gateway, ?peer, dropped = node.dropped_addresses, kept = ?node.addresses, "proxy reported addresses that are not IP addresses or hostnames, repeated ones, or more than {MAX_ADDRESSES}; left out of the Gateway's status");
+        }
         let (tx, rx) = mpsc::channel(ResourceType::ALL.len());
         let snapshots = self.cache.subscribe(&gateway);
         let registration = self.registry.register(ProxyRecord {
@@ -62,11 +82,12 @@ impl DiscoveryService {
             gateway: gateway.clone(),
             peer,
             connected_since: SystemTime::now(),
-            build_version: node.build_version.clone(),
-            addresses: node.addresses.clone(),
+            build_version: node.build_version,
+            identity: identity.to_string(),
+            addresses: node.addresses,
             types: BTreeMap::new(),
         });
-        info!(proxy = %node.id, %gateway, ?peer, "proxy connected");
+        info!(proxy = %node.id, %gateway, %identity, ?peer, "proxy connected");
         let stream = ProxyStream {
             node_id: node.id,
             gateway,
@@ -74,6 +95,11 @@ impl DiscoveryService {
             metrics: Arc::clone(&self.metrics),
             types: BTreeMap::new(),
             next_nonce: 0,
+            // Not sooner than a little while from now: with the clocks of the controller and
+            // the API server apart, a token the API server still takes may look expired here.
+            expires: identity
+                .expires()
+                .map(|at| at.max(SystemTime::now() + MIN_STREAM_LIFETIME)),
             tx,
         };
         let cache = Arc::clone(&self.cache);
@@ -87,14 +113,12 @@ impl DiscoveryService {
     }
 }
 
-fn gateway_of(node: &Node) -> Result<ObjectRef, Status> {
-    if node.id.is_empty() || node.gateway_namespace.is_empty() || node.gateway_name.is_empty() {
-        return Err(Status::invalid_argument(
-            "the first request must carry node.id, node.gateway_namespace and node.gateway_name",
-        ));
-    }
-    Ok(ObjectRef::new(&node.gateway_namespace, &node.gateway_name))
-}
+/// Shortest life of a stream whose credentials expire.
+const MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most resource names one stream may subscribe to by name, per type: names accumulate over
+/// the stream's requests, and each is kept until unsubscribed.
+const MAX_SUBSCRIBED_NAMES: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
@@ -189,7 +213,21 @@ struct ProxyStream {
     metrics: Arc<ControllerMetrics>,
     types: BTreeMap<ResourceType, TypeState>,
     next_nonce: u64,
+    /// When the credentials the stream was opened with expire: the stream ends then, and the
+    /// proxy comes back with its current ones (a revoked ServiceAccount stops getting updates).
+    expires: Option<SystemTime>,
     tx: mpsc::Sender<Result<EncodedDeltaResponse, Status>>,
+}
+
+/// Resolves at `at`, or never.
+async fn expiry(at: Option<SystemTime>) {
+    match at {
+        Some(at) => {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl ProxyStream {
@@ -200,6 +238,8 @@ impl ProxyStream {
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
     ) {
         self.metrics.connected_proxies.inc();
+        let expired = expiry(self.expires);
+        tokio::pin!(expired);
         let mut request = Some(first);
         loop {
             if let Some(req) = request.take()
@@ -222,6 +262,13 @@ impl ProxyStream {
                     }
                 },
                 changed = snapshots.changed() => if changed.is_err() { break },
+                () = &mut expired => {
+                    info!(proxy = %self.node_id, gateway = %self.gateway, "credentials of the stream expired; the proxy reconnects with its current ones");
+                    let _ = self.tx.send(Err(Status::unauthenticated(
+                        "the bearer token this stream was opened with expired; reconnect with the current one",
+                    ))).await;
+                    break;
+                }
             }
         }
         self.metrics.connected_proxies.dec();
@@ -231,8 +278,8 @@ impl ProxyStream {
     fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
         let Some(ty) = ResourceType::parse(&req.type_url) else {
             return Err(Status::invalid_argument(format!(
-                "unknown type_url {:?}",
-                req.type_url
+                "unknown type_url {}",
+                shown(&req.type_url)
             )));
         };
         let state = match self.types.get_mut(&ty) {
@@ -262,7 +309,9 @@ impl ProxyStream {
                     let pending = state.pending.take().expect("checked above");
                     let version = pending.version.to_string();
                     if let Some(error) = &req.error_detail {
-                        warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, message = %error.message, "proxy rejected update (NACK)");
+                        // The proxy's words go to logs, the admin service and Gateway status.
+                        let message = clean_text(&error.message, MAX_NACK_MESSAGE);
+                        warn!(proxy = %self.node_id, gateway = %self.gateway, ty = ty.short_name(), %version, %message, "proxy rejected update (NACK)");
                         state.rejected = Some(pending.changes.clone());
                         self.metrics
                             .nacks
@@ -270,7 +319,7 @@ impl ProxyStream {
                             .inc();
                         let nack = NackRecord {
                             version,
-                            message: error.message.clone(),
+                            message,
                             at: SystemTime::now(),
                         };
                         self.registration
@@ -301,12 +350,17 @@ impl ProxyStream {
                 }
                 // A nonce from an older response: the proxy is catching up, nothing to do.
                 _ => {
-                    debug!(proxy = %self.node_id, nonce = %req.response_nonce, "stale nonce ignored")
+                    debug!(proxy = %self.node_id, nonce = %shown(&req.response_nonce), "stale nonce ignored")
                 }
             }
         }
         // Subscription changes after the first request (explicit names only).
         if let Subscription::Names(names) = &mut state.subscription {
+            if names.len() + req.resource_names_subscribe.len() > MAX_SUBSCRIBED_NAMES {
+                return Err(Status::resource_exhausted(format!(
+                    "at most {MAX_SUBSCRIBED_NAMES} names may be subscribed per type"
+                )));
+            }
             for name in &req.resource_names_subscribe {
                 if name == WILDCARD {
                     state.subscription = Subscription::Wildcard;

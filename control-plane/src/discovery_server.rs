@@ -19,6 +19,7 @@ use tonic::codec::{BufferSettings, Streaming};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
+use crate::auth::Identity;
 use crate::discovery::DiscoveryService;
 
 const DELTA_RESOURCES: &str = "/rauta.v1.Discovery/DeltaResources";
@@ -66,17 +67,15 @@ impl tower::Service<http::Request<tonic::body::Body>> for DiscoveryServer {
                 );
             }
             let (parts, body) = request.into_parts();
-            // tonic's own view of the request, for the peer address its transport recorded.
-            let peer = tonic::Request::from_parts(
-                tonic::metadata::MetadataMap::new(),
-                parts.extensions,
-                (),
-            )
-            .remote_addr();
+            let peer = crate::auth::peer_of(&parts.extensions);
+            // Put there by the authentication in front (server.rs); without it, nothing is served.
+            let Some(identity) = parts.extensions.get::<Identity>().cloned() else {
+                return Ok(Status::unauthenticated("not authenticated").into_http());
+            };
             let decoder =
                 tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::new(BufferSettings::default());
             let inbound = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
-            let responses = match service.open(peer, inbound).await {
+            let responses = match service.open(peer, identity, inbound).await {
                 Ok(rx) => rx,
                 Err(status) => return Ok(status.into_http()),
             };

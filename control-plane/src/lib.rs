@@ -4,6 +4,7 @@
 //! Data flows one way: `source` → `translator` → `cache` (snapshots) → `discovery` (gRPC).
 
 pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod discovery;
 pub mod discovery_server;
@@ -12,11 +13,14 @@ pub mod fuzz;
 pub mod inspect;
 pub mod kube_status;
 pub mod leader;
+pub mod managed_tls;
 pub mod metrics;
 pub mod objects;
+pub mod proxy_report;
 pub mod publish;
 pub mod registry;
 pub mod server;
+pub mod session_keys;
 pub mod snapshot;
 pub mod source;
 pub mod standalone;

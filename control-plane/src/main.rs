@@ -10,11 +10,14 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
+use rauta_controller::auth::{Authenticator, KubeReviewer, ReviewCache, ServiceAccount};
 use rauta_controller::kube_status::StatusWriter;
 use rauta_controller::leader::{self, LeaseSettings};
+use rauta_controller::managed_tls::{self, Material};
 use rauta_controller::metrics;
 use rauta_controller::publish::Publisher;
 use rauta_controller::server::{ServerOptions, serve_grpc};
+use rauta_controller::session_keys::{self, MasterKeys};
 use rauta_controller::source::{DirectorySource, kubernetes};
 use rauta_controller::standalone::Standalone;
 use rauta_controller::state::ControllerState;
@@ -22,7 +25,7 @@ use rauta_controller::status_files;
 use rauta_controller::translator::DEFAULT_CONTROLLER_NAME;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 /// jemalloc returns freed pages to the system in the background; with the system allocator a
 /// translation of a large configuration leaves its peak resident for good.
@@ -50,8 +53,7 @@ struct Args {
     /// Kubeconfig file for Kubernetes mode.
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// Namespace of the leader-election Lease (Kubernetes mode); default: $POD_NAMESPACE,
-    /// else rauta-system.
+    /// Namespace of the leader-election Lease (Kubernetes mode); default: --namespace.
     #[arg(long, value_name = "NS", requires = "kubernetes")]
     leader_election_namespace: Option<String>,
     /// Name of the leader-election Lease.
@@ -94,46 +96,204 @@ struct Args {
     /// PEM CA bundle; proxies must present a client certificate it signed (mTLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
-    /// File with a bearer token every discovery and admin call must carry. Reloaded on change.
+    /// File with a shared bearer token. With --proxy-auth shared-token (the default when this
+    /// is given) every discovery and admin call must carry it; with --proxy-auth
+    /// service-account it is accepted besides ServiceAccount tokens and allows everything (for
+    /// grpcurl). Reloaded on change.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
+    /// How discovery and admin callers authenticate: service-account (a Kubernetes
+    /// ServiceAccount token for --token-audience, checked with a TokenReview; the default in
+    /// Kubernetes mode), shared-token (the token of --auth-token-file; the default when it is
+    /// given), none (anyone who reaches the port; the default in standalone mode, and in
+    /// Kubernetes mode only when given).
+    #[arg(long, value_enum, value_name = "MODE")]
+    proxy_auth: Option<ProxyAuth>,
+    /// Audience proxies' ServiceAccount tokens must be issued for (a projected token's
+    /// audience).
+    #[arg(long, value_name = "AUDIENCE", default_value = "rauta-controller")]
+    token_audience: String,
+    /// ServiceAccount (NAMESPACE/NAME) whose proxies may serve any Gateway (repeatable). Other
+    /// ServiceAccounts' proxies may serve the Gateways of their own namespace only.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    proxy_service_account: Vec<ServiceAccount>,
+    /// ServiceAccount (NAMESPACE/NAME) that may use the admin service (repeatable). The
+    /// shared token always may.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    admin_service_account: Vec<ServiceAccount>,
     /// Serve gRPC without TLS. Snapshots carry TLS private keys: use only on loopback or a
     /// network only proxies can reach (the standalone quickstart does).
     #[arg(long, conflicts_with = "tls_cert")]
     plaintext: bool,
+    /// The controller's own namespace (Kubernetes mode): where its CA Secret and ConfigMap and
+    /// its Lease are; default: $POD_NAMESPACE, else rauta-system.
+    #[arg(long, value_name = "NS", requires = "kubernetes")]
+    namespace: Option<String>,
+    /// Kubernetes mode without --tls-cert or --plaintext: the Secret (in --namespace) holding
+    /// the CA the controller issues its own certificate from, and the session key; created if
+    /// absent.
+    #[arg(long, value_name = "NAME", default_value = "rauta-controller-ca")]
+    ca_secret: String,
+    /// The ConfigMap (in --namespace) the CA certificate is published in, under ca.crt: mount
+    /// it into proxies as their --controller-ca.
+    #[arg(long, value_name = "NAME", default_value = "rauta-controller-ca")]
+    ca_config_map: String,
+    /// A DNS name of the certificate the controller issues itself (repeatable); default:
+    /// rauta-controller, rauta-controller.NS, rauta-controller.NS.svc and
+    /// rauta-controller.NS.svc.cluster.local, NS being --namespace.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["tls_cert", "plaintext"])]
+    tls_server_name: Vec<String>,
     /// Do not serve gRPC reflection.
     #[arg(long)]
     no_reflection: bool,
+    /// File whose content (at least 32 bytes, surrounding whitespace ignored) is the secret
+    /// session persistence tokens are signed with. Re-read when it changes; tokens signed with
+    /// the previous content keep working for 24 hours. Default: in Kubernetes mode with the
+    /// controller's own TLS, a key kept in its Secret; otherwise one drawn at start (sessions
+    /// then end when the controller restarts).
+    #[arg(long, value_name = "FILE")]
+    session_key_file: Option<PathBuf>,
 }
 
-/// The gRPC server's security from the flags: TLS unless plaintext was asked for.
-fn server_options(args: &Args) -> anyhow::Result<ServerOptions> {
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let identity = ReloadingIdentity::start(cert, key)?;
-            let client_ca = args
-                .client_ca
-                .as_deref()
-                .map(ReloadingRoots::start)
-                .transpose()?;
-            Some(Arc::new(credentials::server_config(identity, client_ca)?))
-        }
-        _ if args.plaintext => None,
-        _ => anyhow::bail!(
+/// `--proxy-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyAuth {
+    ServiceAccount,
+    SharedToken,
+    None,
+}
+
+/// The controller's own namespace.
+fn controller_namespace(args: &Args) -> String {
+    args.namespace
+        .clone()
+        .or_else(|| env("POD_NAMESPACE"))
+        .unwrap_or_else(|| "rauta-system".into())
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// TLS of the gRPC port from the flags: certificate files, the controller's own CA
+/// (Kubernetes mode), or plaintext when asked for. The material of the controller's own CA
+/// comes back too (its Secret holds the session key).
+async fn server_tls(
+    args: &Args,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<(Option<Arc<rustls::ServerConfig>>, Option<Material>)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let identity = ReloadingIdentity::start(cert, key)?;
+        let client_ca = args
+            .client_ca
+            .as_deref()
+            .map(ReloadingRoots::start)
+            .transpose()?;
+        return Ok((
+            Some(Arc::new(credentials::server_config(identity, client_ca)?)),
+            None,
+        ));
+    }
+    if args.plaintext {
+        return Ok((None, None));
+    }
+    let Some(client) = client else {
+        anyhow::bail!(
             "the discovery channel carries TLS private keys: give --tls-cert and --tls-key \
              (and --client-ca for mTLS), or --plaintext to serve it unencrypted"
-        ),
+        );
     };
-    let token = args
+    let settings = managed_settings(args);
+    let (config, material, reissue) =
+        managed_tls::start(client, &settings)
+            .await
+            .with_context(|| {
+                format!(
+                    "serving TLS with the controller's own CA (Secret {ns}/{}, ConfigMap {ns}/{}; \
+                 or give --tls-cert/--tls-key, or --plaintext)",
+                    settings.secret,
+                    settings.config_map,
+                    ns = settings.namespace
+                )
+            })?;
+    tokio::spawn(reissue);
+    Ok((Some(config), Some(material)))
+}
+
+fn managed_settings(args: &Args) -> managed_tls::Settings {
+    let namespace = controller_namespace(args);
+    let server_names = if args.tls_server_name.is_empty() {
+        let service = "rauta-controller";
+        vec![
+            service.to_owned(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ]
+    } else {
+        args.tls_server_name.clone()
+    };
+    managed_tls::Settings {
+        namespace,
+        secret: args.ca_secret.clone(),
+        config_map: args.ca_config_map.clone(),
+        server_names,
+    }
+}
+
+/// Who may call Discovery and Admin, from the flags.
+fn authenticator(
+    args: &Args,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<(ProxyAuth, Authenticator)> {
+    let shared = args
         .auth_token_file
         .as_deref()
         .map(ReloadingToken::start)
         .transpose()?;
-    Ok(ServerOptions {
-        tls,
-        token,
-        reflection: !args.no_reflection,
-    })
+    let mode = args.proxy_auth.unwrap_or(match (&shared, client) {
+        (Some(_), _) => ProxyAuth::SharedToken,
+        (None, Some(_)) => ProxyAuth::ServiceAccount,
+        (None, None) => ProxyAuth::None,
+    });
+    anyhow::ensure!(
+        mode == ProxyAuth::ServiceAccount
+            || (args.proxy_service_account.is_empty() && args.admin_service_account.is_empty()),
+        "--proxy-service-account and --admin-service-account need --proxy-auth service-account"
+    );
+    let auth = match mode {
+        ProxyAuth::None => {
+            anyhow::ensure!(
+                shared.is_none(),
+                "--proxy-auth none and --auth-token-file contradict each other"
+            );
+            if client.is_some() {
+                warn!(
+                    "--proxy-auth none: whoever reaches the gRPC port gets every Gateway's \
+                     configuration, private keys included"
+                );
+            }
+            Authenticator::none()
+        }
+        ProxyAuth::SharedToken => Authenticator::shared_token(
+            shared.context("--proxy-auth shared-token needs --auth-token-file")?,
+        ),
+        ProxyAuth::ServiceAccount => {
+            let client = client.context(
+                "--proxy-auth service-account needs --kubernetes (a TokenReview checks the tokens)",
+            )?;
+            Authenticator::service_accounts(
+                ReviewCache::new(KubeReviewer::new(
+                    client.clone(),
+                    args.token_audience.clone(),
+                )),
+                shared,
+                args.proxy_service_account.iter().cloned().collect(),
+                args.admin_service_account.iter().cloned().collect(),
+            )
+        }
+    };
+    Ok((mode, auth))
 }
 
 #[tokio::main]
@@ -149,7 +309,41 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let state = ControllerState::new().context("registering metrics")?;
-    let options = server_options(&args)?;
+    let client = match args.kubernetes {
+        true => Some(kube_client(args.kubeconfig.as_deref()).await?),
+        false => None,
+    };
+    let (tls, own_ca) = server_tls(&args, client.as_ref()).await?;
+    let (auth_mode, auth) = authenticator(&args, client.as_ref())?;
+    let options = ServerOptions {
+        tls,
+        auth: Arc::new(auth),
+        reflection: !args.no_reflection,
+    };
+    match (&args.session_key_file, &own_ca, &client) {
+        (Some(path), _, _) => {
+            let (keys, follow) = session_keys::from_file(path, Arc::clone(&state.cache))?;
+            state.cache.set_session_keys(keys);
+            tokio::spawn(follow);
+        }
+        (None, Some(material), Some(client)) => {
+            let keys = MasterKeys::new(material.session_key.clone())?;
+            state.cache.set_session_keys(keys.clone());
+            tokio::spawn(managed_tls::follow_session_key(
+                client.clone(),
+                managed_settings(&args),
+                Arc::clone(&state.cache),
+                keys,
+            ));
+        }
+        _ => {
+            state.cache.set_session_keys(MasterKeys::random()?);
+            info!(
+                "session persistence tokens are signed with a key drawn at start: sessions end \
+                 when the controller restarts (give --session-key-file to keep them)"
+            );
+        }
+    }
 
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
@@ -157,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
     info!(
         addr = %grpc.local_addr()?,
         tls = options.tls.is_some(),
-        token = options.token.is_some(),
+        auth = ?auth_mode,
         reflection = options.reflection,
         "gRPC server listening (discovery, admin, health)"
     );
@@ -195,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         None => {
-            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let client = client.context("Kubernetes mode without a client")?;
             let lease = (!args.no_leader_election).then(|| lease_settings(&args));
             let (leader, leads) = watch::channel(lease.is_none());
             let elector = lease
@@ -256,7 +450,6 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
 }
 
 fn lease_settings(args: &Args) -> LeaseSettings {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let identity = args
         .identity
         .clone()
@@ -271,8 +464,7 @@ fn lease_settings(args: &Args) -> LeaseSettings {
         namespace: args
             .leader_election_namespace
             .clone()
-            .or_else(|| env("POD_NAMESPACE"))
-            .unwrap_or_else(|| "rauta-system".into()),
+            .unwrap_or_else(|| controller_namespace(args)),
         name: args.leader_election_id.clone(),
         identity,
         duration: Duration::from_secs(args.leader_lease_seconds),

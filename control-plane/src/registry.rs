@@ -38,6 +38,8 @@ pub struct ProxyRecord {
     pub peer: Option<SocketAddr>,
     pub connected_since: SystemTime,
     pub build_version: String,
+    /// Who the stream authenticated as.
+    pub identity: String,
     /// Addresses the proxy serves the Gateway on (Node.addresses).
     pub addresses: Vec<String>,
     pub types: BTreeMap<ResourceType, TypeRecord>,

@@ -1,6 +1,6 @@
 //! The controller's gRPC server: discovery, admin, reflection and health on one port, over
 //! TLS or mTLS (certificates reloaded on rotation) or, when asked for, plaintext; discovery and
-//! admin calls may also have to carry a bearer token.
+//! admin calls are authenticated and authorised (auth.rs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +8,14 @@ use std::time::Duration;
 use rauta_common::accept::AcceptBackoff;
 use rauta_common::api::FILE_DESCRIPTOR_SET;
 use rauta_common::api::v1::admin_server::AdminServer;
-use rauta_common::credentials::ReloadingToken;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Status};
 use tracing::debug;
 
 use crate::admin::AdminService;
+use crate::auth::{Authenticator, Guarded};
 use crate::discovery::DiscoveryService;
 use crate::discovery_server::DiscoveryServer;
 use crate::state::ControllerState;
@@ -36,8 +34,8 @@ pub struct ServerOptions {
     /// TLS, with client certificates required when the config has a client verifier (mTLS).
     /// None: plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// A bearer token every Discovery and Admin call must carry (`authorization: Bearer ...`).
-    pub token: Option<Arc<ReloadingToken>>,
+    /// Who may call Discovery and Admin, and for what.
+    pub auth: Arc<Authenticator>,
     /// Serve gRPC reflection (what grpcurl uses to find the services).
     pub reflection: bool,
 }
@@ -47,27 +45,8 @@ impl ServerOptions {
     pub fn plaintext() -> Self {
         ServerOptions {
             tls: None,
-            token: None,
+            auth: Arc::new(Authenticator::none()),
             reflection: true,
-        }
-    }
-}
-
-/// Checks the bearer token, when one is configured.
-#[derive(Clone)]
-struct BearerAuth(Option<Arc<ReloadingToken>>);
-
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.0 else {
-            return Ok(req);
-        };
-        match req.metadata().get("authorization") {
-            Some(v) if token.accepts(v.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
-            None => Err(Status::unauthenticated(
-                "missing authorization: Bearer <token>",
-            )),
         }
     }
 }
@@ -177,20 +156,23 @@ pub async fn serve_grpc(
         .set_serving::<AdminServer<AdminService>>()
         .await;
 
-    let auth = BearerAuth(options.token);
+    let auth = options.auth;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(InterceptedService::new(
+        .add_service(Guarded::new(
             DiscoveryServer::new(DiscoveryService::new(
                 Arc::clone(&cache),
                 Arc::clone(&registry),
                 metrics,
+                Arc::clone(&auth),
             )),
-            auth.clone(),
+            Arc::clone(&auth),
+            false,
         ))
-        .add_service(AdminServer::with_interceptor(
-            AdminService::new(cache, registry, statuses),
+        .add_service(Guarded::new(
+            AdminServer::new(AdminService::new(cache, registry, statuses)),
             auth,
+            true,
         ))
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

@@ -271,12 +271,17 @@ impl StatusStore {
             {
                 c.status = "False".into();
                 c.reason = "Invalid".into();
-                c.message = rejections.join("; ");
+                c.message = rejection_message(&rejections);
             }
             // Requested addresses: status lists those the Gateway's proxies serve, and the
             // Gateway is not programmed until they serve all of them.
             let addresses = if s.requested_addresses.is_empty() {
-                served.iter().map(typed).collect()
+                // The Gateway API allows 16 status addresses; a larger fleet shows 16 of its own.
+                served
+                    .iter()
+                    .take(MAX_STATUS_ADDRESSES)
+                    .map(typed)
+                    .collect()
             } else {
                 let missing: Vec<&str> = s
                     .requested_addresses
@@ -379,6 +384,38 @@ impl StatusStore {
     }
 }
 
+/// Most entries in a Gateway's status.addresses (the Gateway API's limit).
+const MAX_STATUS_ADDRESSES: usize = 16;
+
+/// Longest Programmed message made of proxies' rejections: each proxy's message is already
+/// bounded, but a fleet's would add up past what the API server takes (32768 bytes).
+const MAX_REJECTION_MESSAGE: usize = 8192;
+
+/// The proxies' rejections as one condition message, within [`MAX_REJECTION_MESSAGE`]: as
+/// many whole lines as fit, then how many more there are.
+fn rejection_message(rejections: &[String]) -> String {
+    let mut out = String::new();
+    for (i, r) in rejections.iter().enumerate() {
+        let separator = if out.is_empty() { "" } else { "; " };
+        // Room for the line and, should more follow, the count of the rest.
+        if out.len() + separator.len() + r.len() + 32 > MAX_REJECTION_MESSAGE {
+            let more = rejections.len() - i;
+            if out.is_empty() {
+                out = crate::proxy_report::clean_text(r, MAX_REJECTION_MESSAGE - 32);
+                if more > 1 {
+                    out.push_str(&format!("; and {} more", more - 1));
+                }
+            } else {
+                out.push_str(&format!("; and {more} more"));
+            }
+            return out;
+        }
+        out.push_str(separator);
+        out.push_str(r);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +432,25 @@ mod tests {
             },
         );
         r
+    }
+
+    #[test]
+    fn rejections_are_bounded_in_the_condition_message() {
+        assert_eq!(rejection_message(&["a".into(), "b".into()]), "a; b");
+        let many: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    "proxy p{i} rejected route_table version 3: {}",
+                    "x".repeat(1000)
+                )
+            })
+            .collect();
+        let message = rejection_message(&many);
+        assert!(message.len() <= MAX_REJECTION_MESSAGE, "{}", message.len());
+        assert!(message.starts_with("proxy p0 rejected"), "{message}");
+        assert!(message.ends_with(" more"), "{message}");
+        let huge = rejection_message(&["y".repeat(100_000), "z".into()]);
+        assert!(huge.len() <= MAX_REJECTION_MESSAGE && huge.ends_with("; and 1 more"));
     }
 
     #[test]
@@ -424,6 +480,7 @@ mod tests {
             peer: None,
             connected_since: SystemTime::now(),
             build_version: String::new(),
+            identity: String::new(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
             types: Default::default(),
         };

@@ -77,6 +77,7 @@ fn resources(cluster: &str) -> ResourceSet {
                 domains: vec!["*".into()],
                 rules: vec![rule],
             }],
+            ..Default::default()
         }),
     );
     set

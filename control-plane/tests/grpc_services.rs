@@ -191,7 +191,9 @@ async fn token_guards_admin_and_reflection_can_be_off() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let options = ServerOptions {
         tls: None,
-        token: Some(rauta_common::credentials::ReloadingToken::start(&token_file).unwrap()),
+        auth: std::sync::Arc::new(rauta_controller::auth::Authenticator::shared_token(
+            rauta_common::credentials::ReloadingToken::start(&token_file).unwrap(),
+        )),
         reflection: false,
     };
     tokio::spawn(serve_grpc(

@@ -154,6 +154,7 @@ fn world_snapshot(backend: SocketAddr) -> Vec<DeltaDiscoveryResponse> {
                 forward_rule("fuzz/all", "/", None),
             ],
         }],
+        ..Default::default()
     };
     vec![
         response(

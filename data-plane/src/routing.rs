@@ -20,7 +20,7 @@ use crate::cors::CorsRt;
 use crate::filters::{HeaderOps, RedirectRt, Rewrite};
 use crate::metrics::{ProxyMetrics, RouteStats};
 use crate::mirror::MirrorRt;
-use crate::session::SessionRt;
+use crate::session::{SessionKeys, SessionRt};
 use crate::store::ResourceStore;
 use crate::tls;
 use crate::upstream::UpstreamPools;
@@ -502,9 +502,11 @@ fn build_route_table(
     metrics: &ProxyMetrics,
 ) -> Result<RouteTableRt, String> {
     let mut rt = RouteTableRt::default();
+    let keys = SessionKeys::build(&table.session_keys)?;
     for vhost in &table.virtual_hosts {
         let index = rt.vhosts.len();
-        rt.vhosts.push(build_vhost(vhost, clusters, metrics)?);
+        rt.vhosts
+            .push(build_vhost(vhost, clusters, metrics, &keys)?);
         for domain in &vhost.domains {
             let domain = domain.to_ascii_lowercase();
             if domain == "*" {
@@ -536,6 +538,7 @@ fn build_vhost(
     vhost: &VirtualHost,
     clusters: &HashMap<String, (String, String, Arc<ClusterRt>)>,
     metrics: &ProxyMetrics,
+    session_keys: &SessionKeys,
 ) -> Result<VirtualHostRt, String> {
     let mut rules = Vec::with_capacity(vhost.rules.len());
     for rule in &vhost.rules {
@@ -709,7 +712,7 @@ fn build_vhost(
             session: rule
                 .session_persistence
                 .as_ref()
-                .map(SessionRt::build)
+                .map(|p| SessionRt::build(p, session_keys))
                 .transpose()
                 .map_err(err)?,
             counters: metrics.route_counters(&rule.name),
@@ -861,6 +864,7 @@ mod build_tests {
                 domains: domains.iter().map(|d| d.to_string()).collect(),
                 rules,
             }],
+            ..Default::default()
         }
     }
 
@@ -972,7 +976,7 @@ mod build_tests {
                 version: "v".into(),
                 payload: Some(Payload::RouteTable(RouteTable {
                     name: "t".into(),
-                    virtual_hosts: vec![],
+                    ..Default::default()
                 })),
             }],
             ..Default::default()
@@ -987,7 +991,7 @@ mod build_tests {
                 version: "v".into(),
                 payload: Some(Payload::RouteTable(RouteTable {
                     name: "t".into(),
-                    virtual_hosts: vec![],
+                    ..Default::default()
                 })),
             }],
             ..Default::default()

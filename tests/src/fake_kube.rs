@@ -1,7 +1,9 @@
 //! An in-process Kubernetes API server for tests: the real HTTP protocol (over TLS, with a
 //! bearer token) that kube-rs speaks — list, watch streams with resource versions,
 //! get/create/replace, and merge patches of the status subresource with resourceVersion
-//! preconditions — over an in-memory object store the test edits directly.
+//! preconditions — over an in-memory object store the test edits directly. TokenReviews
+//! check the ServiceAccount tokens the test issues (`issue_token`), as the real API server
+//! checks projected tokens: username, audiences, expiry.
 //!
 //! What it leaves out: admission, schema validation, field selectors, server-side apply,
 //! label selectors on lists.
@@ -57,24 +59,64 @@ struct Store {
     /// RBAC: when set, only what a grant allows; the rest is answered 403 and recorded.
     grants: Option<Vec<Grant>>,
     denied: Vec<String>,
+    /// ServiceAccount tokens the test issued, by token.
+    tokens: BTreeMap<String, IssuedToken>,
+    /// TokenReviews answered.
+    token_reviews: usize,
 }
 
-/// One RBAC rule, from a ClusterRole (any namespace) or a Role (its namespace).
+/// A ServiceAccount token the fake API server vouches for.
 #[derive(Debug, Clone)]
+struct IssuedToken {
+    username: String,
+    audiences: Vec<String>,
+    /// Unix second from which the token is refused.
+    expires: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The audience of tokens for the API server itself (the ones every pod gets by default).
+pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// One RBAC rule, from a ClusterRole (any namespace) or a Role (its namespace).
+#[derive(Debug, Clone, Default)]
 pub struct Grant {
     pub namespace: Option<String>,
     pub api_groups: Vec<String>,
     pub resources: Vec<String>,
     pub verbs: Vec<String>,
+    /// Only these objects (resourceNames); empty: any. As in Kubernetes, a rule with names
+    /// never allows what names no object (list, watch, create).
+    pub resource_names: Vec<String>,
 }
 
 impl Grant {
+    /// Whether the rule allows `verb` on any object of a kind.
     pub fn allows(&self, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
+        self.allows_named(verb, group, resource, namespace, None)
+    }
+
+    /// Whether the rule allows `verb` on the object `name` (None: a request naming none).
+    pub fn allows_named(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> bool {
         let has = |list: &[String], item: &str| list.iter().any(|x| x == item || x == "*");
         (self.namespace.is_none() || self.namespace.as_deref() == namespace)
             && has(&self.api_groups, group)
             && has(&self.resources, resource)
             && has(&self.verbs, verb)
+            && (self.resource_names.is_empty()
+                || name.is_some_and(|n| self.resource_names.iter().any(|r| r == n)))
     }
 }
 
@@ -251,9 +293,15 @@ impl Shared {
             false => target.plural.clone(),
         };
         let allowed = store.grants.as_ref().is_none_or(|grants| {
-            grants
-                .iter()
-                .any(|g| g.allows(verb, group, &resource, target.namespace.as_deref()))
+            grants.iter().any(|g| {
+                g.allows_named(
+                    verb,
+                    group,
+                    &resource,
+                    target.namespace.as_deref(),
+                    target.name.as_deref(),
+                )
+            })
         });
         if !allowed {
             store.denied.push(format!(
@@ -265,6 +313,20 @@ impl Shared {
                 "Forbidden",
                 &format!("cannot {verb} resource \"{resource}\" in API group \"{group}\""),
             );
+        }
+        if target.collection == "authentication.k8s.io/v1/tokenreviews" {
+            return match req.method() {
+                &Method::POST => {
+                    store.token_reviews += 1;
+                    let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+                    respond(StatusCode::CREATED, &token_review(&store, body))
+                }
+                _ => failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "tokenreviews can only be created",
+                ),
+            };
         }
         if store.unserved.contains(&target.plural) {
             return failure(
@@ -493,6 +555,62 @@ impl Shared {
     }
 }
 
+/// The answer to a TokenReview, as the API server gives it: authenticated when the token is
+/// one the test issued for one of the requested audiences (the API server's own when none
+/// are requested), with the audiences both share.
+fn token_review(store: &Store, mut review: Value) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .filter(|a: &Vec<String>| !a.is_empty())
+        .unwrap_or_else(|| vec![API_SERVER_AUDIENCE.to_owned()]);
+    review["status"] = match store.tokens.get(token) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(issued) if issued.expires <= unix_now() => {
+            json!({"authenticated": false, "error": "token has expired"})
+        }
+        Some(issued) => {
+            let shared: Vec<&String> = wanted
+                .iter()
+                .filter(|a| issued.audiences.contains(a))
+                .collect();
+            if shared.is_empty() {
+                json!({
+                    "authenticated": false,
+                    "error": format!(
+                        "token audiences {:?} is invalid for the target audiences {wanted:?}",
+                        issued.audiences
+                    ),
+                })
+            } else {
+                let namespace = issued
+                    .username
+                    .split(':')
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned();
+                json!({
+                    "authenticated": true,
+                    "audiences": shared,
+                    "user": {
+                        "username": issued.username,
+                        "uid": format!("uid-{}", issued.username.len()),
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+                    },
+                })
+            }
+        }
+    };
+    review["apiVersion"] = json!("authentication.k8s.io/v1");
+    review["kind"] = json!("TokenReview");
+    review
+}
+
 fn self_get(store: &Store, target: &Target, namespace: &str) -> Value {
     let name = target.name.clone().unwrap_or_default();
     store
@@ -698,6 +816,56 @@ impl FakeApiServer {
     /// Enforces RBAC from now on: only what `grants` allow.
     pub fn enforce(&self, grants: Vec<Grant>) {
         self.shared.lock().grants = Some(grants);
+    }
+
+    /// A token for ServiceAccount `namespace/name` with these audiences, as a projected
+    /// token volume holds (a JWT whose claims say when it expires, an hour from now), which
+    /// TokenReviews accept from now on.
+    pub fn issue_token(&self, namespace: &str, name: &str, audiences: &[&str]) -> String {
+        self.issue_token_for(namespace, name, audiences, Duration::from_secs(3600))
+    }
+
+    /// [`FakeApiServer::issue_token`] with a token that expires after `lifetime` (whole
+    /// seconds).
+    pub fn issue_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Duration,
+    ) -> String {
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let exp = unix_now() + lifetime.as_secs();
+        let username = format!("system:serviceaccount:{namespace}:{name}");
+        let claims =
+            json!({"aud": audiences, "exp": exp, "sub": username, "jti": rand::random::<u64>()});
+        let token = format!(
+            "{}.{}.{:016x}",
+            b64(&json!({"alg": "RS256", "kid": "fake"})),
+            b64(&claims),
+            rand::random::<u64>()
+        );
+        self.shared.lock().tokens.insert(
+            token.clone(),
+            IssuedToken {
+                username,
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                expires: exp,
+            },
+        );
+        token
+    }
+
+    /// Makes a token invalid from now on, as deleting its ServiceAccount does.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.lock().tokens.remove(token);
+    }
+
+    /// TokenReviews answered so far.
+    pub fn token_reviews(&self) -> usize {
+        self.shared.lock().token_reviews
     }
 
     /// Requests RBAC refused, as "verb group/resource in namespace".

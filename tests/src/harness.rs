@@ -163,8 +163,20 @@ impl Controller {
         ];
         let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut extra = extra.to_vec();
-        extra.push("--plaintext");
+        extra.extend(["--plaintext", "--proxy-auth", "none"]);
         Self::start_source(&source, &[], work, work, grpc, &extra)
+    }
+
+    /// Starts in Kubernetes mode with these flags and nothing else: by default TLS from the
+    /// controller's own CA and ServiceAccount tokens checked with TokenReviews.
+    pub fn start_kubernetes_secure(kubeconfig: &Path, work: &Path, extra: &[&str]) -> Controller {
+        let source = [
+            std::ffi::OsStr::new("--kubernetes"),
+            std::ffi::OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        Self::start_source(&source, &[], work, work, grpc, extra)
     }
 
     /// Starts with exactly these arguments (plus `--grpc-listen`) and environment, as a
@@ -533,6 +545,47 @@ pub async fn http_request(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// A gRPC channel over TLS to `addr`, trusting only the PEM certificates `ca_pem` for
+/// `server_name` (as a proxy connects to a controller with `--controller-ca`).
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca_pem: &str,
+    server_name: &str,
+) -> Result<Channel, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| e.to_string())?;
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (config, name) = (std::sync::Arc::clone(&config), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A scratch directory with a `config/` subdirectory the controller watches.

@@ -1,9 +1,12 @@
 //! manifests/ deploys what works: the controller and the proxy are started with the exact
 //! arguments and environment their Deployments give them, against the fake API server
 //! enforcing exactly the RBAC the manifests grant, and a request goes through. The ports the
-//! Services, probes and flags name are checked against each other.
+//! Services, probes and flags name are checked against each other. What the kubelet would do
+//! is done here: `$(VAR)` in arguments expanded from the container's environment, volumes
+//! mounted (the projected ServiceAccount token issued by the fake API server, ConfigMaps
+//! copied from it) at stand-in paths, and the Service's DNS name resolved to 127.0.0.1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rauta_tests::fake_kube::{FakeApiServer, Grant};
@@ -85,6 +88,105 @@ fn port_of(addr: &str) -> u64 {
         .expect("port")
 }
 
+/// The container's environment as the kubelet sets it for a pod on this machine: fieldRefs
+/// to the pod's IP, name and namespace, and literal values.
+fn environment(deployment: &Value, pod: &str) -> Vec<(String, String)> {
+    let namespace = deployment["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    container(deployment)["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().expect("env name").to_owned();
+            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("status.podIP") => "127.0.0.1".to_owned(),
+                Some("metadata.name") => pod.to_owned(),
+                Some("metadata.namespace") => namespace.to_owned(),
+                Some(other) => panic!("fieldRef {other} not simulated"),
+                None => e["value"].as_str().unwrap_or_default().to_owned(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// `$(NAME)` in arguments replaced by the environment's values, as the kubelet does.
+fn expand(args: &[String], env: &[(String, String)]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            env.iter()
+                .fold(a.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v))
+        })
+        .collect()
+}
+
+/// Mounts the container's volumes under `root` as the kubelet would and returns the
+/// (mount path, local directory) pairs: a projected ServiceAccount token is one the fake API
+/// server issues for the pod's ServiceAccount and audience; a ConfigMap's keys are files
+/// (waiting for the ConfigMap, as a pod does).
+async fn mount_volumes(
+    deployment: &Value,
+    fake: &FakeApiServer,
+    root: &Path,
+) -> Vec<(String, PathBuf)> {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+    let account = pod["serviceAccountName"].as_str().unwrap_or("default");
+    let mut mounts = Vec::new();
+    for mount in container(deployment)["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = mount["name"].as_str().expect("volume mount name");
+        let path = mount["mountPath"].as_str().expect("mountPath").to_owned();
+        let volume = pod["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        let dir = root.join("volumes").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(sources) = volume["projected"]["sources"].as_array() {
+            for source in sources {
+                let token = &source["serviceAccountToken"];
+                let audience = token["audience"].as_str().expect("a token audience");
+                let file = token["path"].as_str().expect("token path");
+                let issued = fake.issue_token(namespace, account, &[audience]);
+                std::fs::write(dir.join(file), issued).unwrap();
+            }
+        } else if let Some(config_map) = volume["configMap"]["name"].as_str() {
+            eventually(Duration::from_secs(20), || async {
+                fake.object("v1", "ConfigMap", namespace, config_map)
+                    .is_some()
+            })
+            .await;
+            let object = fake
+                .object("v1", "ConfigMap", namespace, config_map)
+                .unwrap();
+            for (key, value) in object["data"].as_object().expect("ConfigMap data") {
+                std::fs::write(dir.join(key), value.as_str().unwrap()).unwrap();
+            }
+        } else {
+            panic!("volume {name}: kind not simulated");
+        }
+        mounts.push((path, dir));
+    }
+    mounts
+}
+
+/// Arguments with paths under mounts pointed at the local directories standing in for them.
+fn remount(args: &[String], mounts: &[(String, PathBuf)]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            mounts.iter().fold(a.clone(), |a, (path, dir)| {
+                a.replace(&format!("{path}/"), &format!("{}/", dir.display()))
+            })
+        })
+        .collect()
+}
+
 /// Every rule bound to the service account, as the fake API server enforces them.
 fn grants(docs: &[Value], namespace: &str, account: &str) -> Vec<Grant> {
     let mut out = Vec::new();
@@ -112,6 +214,7 @@ fn grants(docs: &[Value], namespace: &str, account: &str) -> Vec<Grant> {
                 api_groups: strings(&rule["apiGroups"]),
                 resources: strings(&rule["resources"]),
                 verbs: strings(&rule["verbs"]),
+                resource_names: strings(&rule["resourceNames"]),
             });
         }
     }
@@ -140,10 +243,20 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
     let service_port = controller_service["spec"]["ports"][0]["port"]
         .as_u64()
         .unwrap();
+    let controller_host = format!("rauta-controller.{namespace}.svc");
     assert_eq!(
         flag(&proxy_args, "--controller").as_deref(),
-        Some(format!("http://rauta-controller.{namespace}.svc:{service_port}").as_str())
+        Some(format!("https://{controller_host}:{service_port}").as_str())
     );
+    // Secure as shipped: no plaintext, no opting out of authentication.
+    for args in [&controller_args, &proxy_args] {
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--plaintext" || a.starts_with("--proxy-auth=none")),
+            "{args:?}"
+        );
+    }
     let admin_port = port_of(&flag(&proxy_args, "--admin-listen").expect("--admin-listen"));
     assert_eq!(container_port(proxy_deployment, "admin"), admin_port);
     let offset: u64 = flag(&proxy_args, "--listener-port-offset")
@@ -184,6 +297,36 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
         Some("default")
     ));
     assert!(!allowed("patch", "", "services", Some("apps")));
+    let allowed_on = |verb, resource, ns, name| {
+        grants
+            .iter()
+            .any(|g| g.allows_named(verb, "", resource, ns, Some(name)))
+    };
+    assert!(allowed_on(
+        "update",
+        "secrets",
+        Some(namespace),
+        "rauta-controller-ca"
+    ));
+    assert!(!allowed_on(
+        "update",
+        "secrets",
+        Some(namespace),
+        "someone-elses"
+    ));
+    assert!(!allowed_on(
+        "update",
+        "configmaps",
+        Some("apps"),
+        "rauta-controller-ca"
+    ));
+    assert!(!allowed("create", "", "secrets", Some("apps")));
+    assert!(allowed(
+        "create",
+        "authentication.k8s.io",
+        "tokenreviews",
+        None
+    ));
 
     // The cluster: the manifests' own objects, and an app with a route to the Gateway.
     let ws = Workspace::new();
@@ -203,31 +346,46 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
     // The controller exactly as deployed, but for where it listens (this machine, not a pod).
     let kubeconfig = fake.kubeconfig(ws.path());
     let metrics = format!("--metrics-listen=127.0.0.1:{}", free_port());
-    let mut args = without(&controller_args, &["--grpc-listen", "--metrics-listen"]);
+    let pod = "rauta-controller-7d9f-x2x4q";
+    let env = environment(controller_deployment, pod);
+    let mut args = expand(
+        &without(&controller_args, &["--grpc-listen", "--metrics-listen"]),
+        &env,
+    );
     args.push(metrics);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let controller = Controller::start_as_deployed(
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("POD_NAME", "rauta-controller-7d9f-x2x4q"),
-            ("POD_NAMESPACE", namespace),
-        ],
-        ws.path(),
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("KUBECONFIG", kubeconfig.as_str()));
+    let controller = Controller::start_as_deployed(&args, &env, ws.path());
+
+    // The proxy likewise, with its volumes mounted and the controller's Service name
+    // standing for this machine.
+    let mounts = mount_volumes(proxy_deployment, &fake, ws.path()).await;
+    let proxy_env = environment(proxy_deployment, "rauta-proxy-5c8d-q7k2m");
+    let extra = remount(
+        &expand(
+            &without(
+                &proxy_args,
+                &[
+                    "--controller",
+                    "--gateway",
+                    "--admin-listen",
+                    "--listener-port-offset",
+                ],
+            ),
+            &proxy_env,
+        ),
+        &mounts,
     );
-    let extra = without(
-        &proxy_args,
-        &[
-            "--controller",
-            "--gateway",
-            "--admin-listen",
-            "--listener-port-offset",
-        ],
+    assert!(
+        extra.iter().all(|a| !a.contains("/var/run/")),
+        "a path outside the mounts: {extra:?}"
     );
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    extra.extend(["--controller-server-name", &controller_host]);
     let proxy = Proxy::start_with(
-        &controller.url(),
+        &format!("https://{}", controller.grpc),
         &gateway_ref,
         free_port() - 80,
         std::net::Ipv4Addr::LOCALHOST,
@@ -247,8 +405,17 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
                 cs.iter()
                     .any(|c| c["type"] == "Programmed" && c["status"] == "True")
             })
+            && gateway["status"]["addresses"]
+                == serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
     })
     .await;
+    // The proxy came in as the fleet's ServiceAccount, over TLS from the controller's CA.
+    let log = controller.process.log_text();
+    assert!(
+        log.contains("serviceaccount rauta-system/rauta-proxy"),
+        "{log}"
+    );
+    assert!(log.contains("created a CA"), "{log}");
     let lease = fake
         .object(
             "coordination.k8s.io/v1",

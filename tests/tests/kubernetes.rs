@@ -402,6 +402,7 @@ async fn a_core_kind_that_cannot_be_listed_holds_publishing_back() {
         api_groups: vec!["*".into()],
         resources: resources.iter().map(|r| (*r).to_owned()).collect(),
         verbs: vec!["*".into()],
+        resource_names: vec![],
     };
     // RBAC refuses Secrets: publishing without them would drop every HTTPS listener.
     let all_but_secrets = [

@@ -925,9 +925,11 @@ fn build_gateway(
             .entry(ResourceType::Listener)
             .or_default()
             .insert(name.clone(), Payload::Listener(listener));
+        // Session keys are the cache's to add: the translator has no secrets.
         let table = RouteTable {
             name: name.clone(),
             virtual_hosts,
+            session_keys: Vec::new(),
         };
         resources
             .entry(ResourceType::RouteTable)
