@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit tests, protocol tests, end-to-end tests
 # that start the real binaries on 127.0.0.1, and the Gateway API conformance cases replayed
-# without a cluster (rauta-conformance), once per source: a directory, and the Kubernetes API.
+# without a cluster (rauta-conformance), once per source: a directory, and the Kubernetes API;
+# then every fuzz target for a short bounded run (scripts/fuzz.sh).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,9 +32,12 @@ target/debug/rauta-conformance 2>&1 | tee -a "$log" || status=$?
 echo "==> conformance again, Kubernetes mode (objects served by an in-process API server)"
 target/debug/rauta-conformance --kubernetes 2>&1 | tee -a "$log" || status=$?
 
+echo "==> fuzzing: every target of fuzz/ for 15 s from its seeds (scripts/fuzz.sh)"
+scripts/fuzz.sh --dev 15 2>&1 | tee -a "$log" || status=$?
+
 sum() { grep -E "$1" "$log" | sed -E "s/.* ([0-9]+) $2.*/\1/" | awk '{s+=$1} END {print s+0}'; }
-passed=$(( $(sum '^test result:' passed) + $(sum '^conformance:' passed) ))
-failed=$(( $(sum '^test result:' failed) + $(sum '^conformance:' failed) ))
+passed=$(( $(sum '^test result:' passed) + $(sum '^conformance:' passed) + $(sum '^fuzz:' passed) ))
+failed=$(( $(sum '^test result:' failed) + $(sum '^conformance:' failed) + $(sum '^fuzz:' failed) ))
 skipped=$(( $(sum '^test result:' ignored) + $(sum '^conformance:' skipped) ))
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "summary: $passed passed, $failed failed, $skipped skipped"
