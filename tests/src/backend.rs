@@ -12,6 +12,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::harness::{Controller, Proxy, Workspace, start_gateway};
+use crate::manifests::{http_route, on_http_gateway, service};
+
 type Body = http_body_util::Either<
     Full<Bytes>,
     StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>,
@@ -76,4 +79,19 @@ pub async fn start_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Starts the backend, and a gateway (controller and proxy with `flags`) whose one route sends
+/// every request for any host to it.
+pub async fn gateway_to_backend(ws: &Workspace, flags: &[&str]) -> (Controller, Proxy) {
+    let backend = start_backend().await;
+    let rule = "  - backendRefs: [{name: plain, port: 8080}]\n";
+    ws.write(
+        "all.yaml",
+        &on_http_gateway(&[
+            service("apps", "plain", &[backend]),
+            http_route("apps", "all", ("infra", "gw"), &[], rule),
+        ]),
+    );
+    start_gateway(ws, flags).await
 }

@@ -7,25 +7,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rauta_tests::backend::start_backend;
-use rauta_tests::harness::{Controller, Proxy, Workspace, start_gateway};
-use rauta_tests::manifests::{http_route, on_http_gateway, service};
+use rauta_tests::backend::gateway_to_backend;
+use rauta_tests::harness::Workspace;
 use rauta_tests::raw_h2::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn gateway(ws: &Workspace, flags: &[&str]) -> (Controller, Proxy) {
-    let backend = start_backend().await;
-    let rule = "  - backendRefs: [{name: plain, port: 8080}]\n";
-    ws.write(
-        "all.yaml",
-        &on_http_gateway(&[
-            service("apps", "plain", &[backend]),
-            http_route("apps", "all", ("infra", "gw"), &[], rule),
-        ]),
-    );
-    start_gateway(ws, flags).await
-}
 
 /// Sends raw bytes and returns everything the proxy answers until it closes (5 s at most).
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
@@ -60,11 +46,11 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_framing_and_targets_get_4xx_on_both_paths() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws, &[]).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
     // The same requests through the general path alone (no HTTP/1.1 fast path).
     let ws_general = Workspace::new();
-    let (_c2, general) = gateway(&ws_general, &["--http1-fast-path", "off"]).await;
+    let (_c2, general) = gateway_to_backend(&ws_general, &["--http1-fast-path", "off"]).await;
 
     for addr in [addr, general.listener(80)] {
         let ok = raw(
@@ -146,7 +132,7 @@ async fn stalled_work_has_deadlines() {
         "--request-header-timeout",
         "2",
     ];
-    let (_controller, proxy) = gateway(&ws, &flags).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &flags).await;
     let addr = proxy.listener(80);
 
     // An HTTP/1.1 body trickled at an octet per half second: 408 once the allowance is spent.
@@ -243,7 +229,7 @@ async fn stalled_work_has_deadlines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_carry_nothing_are_floods() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws, &[]).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
 
     // A header block kept open by empty CONTINUATION frames.
@@ -293,7 +279,7 @@ async fn frames_that_carry_nothing_are_floods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_octet_data_frames_cost_about_their_window() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws, &[]).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
     let before = rss_kib(proxy.process.pid());
 
@@ -328,7 +314,7 @@ async fn one_octet_data_frames_cost_about_their_window() {
 async fn connections_past_the_worker_limit_are_refused() {
     let ws = Workspace::new();
     let flags = ["--worker-threads", "1", "--max-connections-per-worker", "3"];
-    let (_controller, proxy) = gateway(&ws, &flags).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &flags).await;
     let addr = proxy.listener(80);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -371,7 +357,7 @@ async fn connections_past_the_worker_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_bounds_its_connections_and_their_heads() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws, &[]).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     // 64 idle connections take every slot; the 65th is closed at once.
     let mut idle = Vec::new();
     for _ in 0..64 {

@@ -4,9 +4,8 @@
 
 use std::net::SocketAddr;
 
-use rauta_tests::backend::start_backend;
-use rauta_tests::harness::{Controller, Proxy, Workspace, start_gateway};
-use rauta_tests::manifests::{http_route, on_http_gateway, service};
+use rauta_tests::backend::gateway_to_backend;
+use rauta_tests::harness::Workspace;
 use rauta_tests::raw_h2::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,19 +14,6 @@ const PRIORITY_FLAG: u8 = 0x20;
 const PROTOCOL_ERROR: u32 = 0x1;
 const STREAM_CLOSED: u32 = 0x5;
 const CANCEL: u32 = 0x8;
-
-async fn gateway(ws: &Workspace) -> (Controller, Proxy) {
-    let backend = start_backend().await;
-    let rule = "  - backendRefs: [{name: plain, port: 8080}]\n";
-    ws.write(
-        "all.yaml",
-        &on_http_gateway(&[
-            service("apps", "plain", &[backend]),
-            http_route("apps", "all", ("infra", "gw"), &[], rule),
-        ]),
-    );
-    start_gateway(ws, &[]).await
-}
 
 fn code(frame: &Frame) -> u32 {
     u32::from_be_bytes(frame.payload[..4].try_into().unwrap())
@@ -55,7 +41,7 @@ fn priority(depends_on: u32) -> Vec<u8> {
 #[tokio::test]
 async fn section_3_4_a_wrong_preface_gets_goaway() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr: SocketAddr = proxy.listener(80);
     let mut io = tokio::net::TcpStream::connect(addr).await.unwrap();
     io.write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
@@ -88,7 +74,7 @@ async fn section_3_4_a_wrong_preface_gets_goaway() {
 #[tokio::test]
 async fn section_5_1_frames_on_closed_and_half_closed_streams() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
 
     // half-closed (remote): DATA, then HEADERS, while the response is on its way.
@@ -162,7 +148,7 @@ async fn section_5_1_frames_on_closed_and_half_closed_streams() {
 #[tokio::test]
 async fn section_5_3_1_a_stream_cannot_depend_on_itself() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
     let mut h2 = RawH2::connect(addr, &[]).await;
     let mut headers = priority(1);
@@ -200,7 +186,7 @@ async fn section_5_3_1_a_stream_cannot_depend_on_itself() {
 #[tokio::test]
 async fn section_8_malformed_requests_are_stream_errors() {
     let ws = Workspace::new();
-    let (_controller, proxy) = gateway(&ws).await;
+    let (_controller, proxy) = gateway_to_backend(&ws, &[]).await;
     let addr = proxy.listener(80);
     let base = [
         (":method", "GET"),

@@ -82,6 +82,32 @@ const CLOSED_REMEMBERED: usize = 512;
 #[derive(Debug)]
 pub(super) struct ConnError(pub(super) Reason, pub(super) &'static str);
 
+/// Counts events in the current one-second window.
+pub(super) struct PerSecond {
+    count: u32,
+    since: Instant,
+}
+
+impl PerSecond {
+    fn new() -> Self {
+        PerSecond {
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Counts one; true when this second's count is past `limit`.
+    fn over(&mut self, limit: u32) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.since) >= Duration::from_secs(1) {
+            self.since = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > limit
+    }
+}
+
 /// Frames that cost the proxy work without moving a request forward, limited per client.
 pub(super) enum Flood {
     Settings,
@@ -184,10 +210,9 @@ pub(super) struct Conn<IO> {
     /// The poll stopped to let the runtime look for events before writing.
     pub(super) yield_for_flush: bool,
     pub(super) read_closed: bool,
-    pub(super) abuse: u32,
-    pub(super) abuse_since: Instant,
-    pub(super) settings_seen: u32,
-    pub(super) settings_since: Instant,
+    /// Streams that cost work and gave nothing (reset, refused, malformed).
+    abuse: PerSecond,
+    settings_seen: PerSecond,
     /// Frames in a row that carried nothing.
     pub(super) empty_frames: u32,
     pub(super) idle: Pin<Box<Sleep>>,
@@ -257,10 +282,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             unflushed: false,
             yield_for_flush: false,
             read_closed: false,
-            abuse: 0,
-            abuse_since: Instant::now(),
-            settings_seen: 0,
-            settings_since: Instant::now(),
+            abuse: PerSecond::new(),
+            settings_seen: PerSecond::new(),
             empty_frames: 0,
             idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             idle_mark,
@@ -447,13 +470,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Counts a stream that cost work and gave nothing; too many in a second end the
     /// connection.
     pub(super) fn abused(&mut self) -> Result<(), ConnError> {
-        let now = Instant::now();
-        if now.duration_since(self.abuse_since) >= Duration::from_secs(1) {
-            self.abuse_since = now;
-            self.abuse = 0;
-        }
-        self.abuse += 1;
-        if self.abuse > ABUSE_PER_SECOND {
+        if self.abuse.over(ABUSE_PER_SECOND) {
             return Err(ConnError(
                 Reason::EnhanceYourCalm,
                 "too many reset, refused or malformed streams",
@@ -510,13 +527,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     pub(super) fn flood_check(&mut self, flood: Flood) -> Result<(), ConnError> {
         match flood {
             Flood::Settings => {
-                let now = Instant::now();
-                if now.duration_since(self.settings_since) >= Duration::from_secs(1) {
-                    self.settings_since = now;
-                    self.settings_seen = 0;
-                }
-                self.settings_seen += 1;
-                if self.settings_seen > SETTINGS_PER_SECOND {
+                if self.settings_seen.over(SETTINGS_PER_SECOND) {
                     return Err(ConnError(Reason::EnhanceYourCalm, "SETTINGS flood"));
                 }
             }
