@@ -103,6 +103,12 @@ where
                 Planned::Partial => match read_more(io, &mut buf, deadline, drain).await {
                     Read::More => {}
                     Read::Ended => return close(io).await,
+                    // The client closed its side mid-head: hyper answers what it has, as
+                    // the general path would.
+                    Read::Closed => {
+                        shared.metrics.fast_path_handoffs.inc();
+                        return Ended::Handoff(buf.freeze());
+                    }
                     // A head not complete in time (slowloris): closed, as hyper does.
                     Read::Late => return close(io).await,
                 },
@@ -114,7 +120,7 @@ where
                         match read_more(io, &mut buf, soon, drain).await {
                             Read::More => {}
                             Read::Ended => return close(io).await,
-                            Read::Late => {
+                            Read::Closed | Read::Late => {
                                 shared.metrics.fast_path_handoffs.inc();
                                 return Ended::Handoff(buf.freeze());
                             }
@@ -166,8 +172,10 @@ async fn next_request<IO: AsyncRead + Unpin>(
 /// How waiting for more of a request went.
 enum Read {
     More,
-    /// The client left, or the proxy drains.
+    /// The connection failed, or the proxy drains.
     Ended,
+    /// The client closed its side (it may still read the answer).
+    Closed,
     /// The deadline passed.
     Late,
 }
@@ -183,8 +191,9 @@ async fn read_more<IO: AsyncRead + Unpin>(
     }
     tokio::select! {
         read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
-            Ok(Ok(n)) if n > 0 => Read::More,
-            Ok(_) => Read::Ended,
+            Ok(Ok(0)) => Read::Closed,
+            Ok(Ok(_)) => Read::More,
+            Ok(Err(_)) => Read::Ended,
             Err(_) => Read::Late,
         },
         _ = drain_started(drain) => Read::Ended,

@@ -116,8 +116,9 @@ pub enum Planned<'s> {
     Body(usize),
     /// Not for the fast path: hyper serves it (and the rest of the connection).
     Handoff,
-    /// Answered with this status and text, and the connection closed: hyper would say 431
-    /// for a request line longer than the whole head may be, where 414 says what is wrong.
+    /// Answered with this status and text, and the connection closed: 400 for a malformed
+    /// head, as hyper answers it; 414 for a request line longer than the whole head may be
+    /// (hyper would say 431).
     Refuse(u16, &'static [u8]),
 }
 
@@ -181,7 +182,17 @@ pub fn plan<'s>(
         Ok(httparse::Status::Partial) if !buf[..cx.limits.max_header_bytes].contains(&b'\n') => {
             return Planned::Refuse(414, b"request line too long\n");
         }
-        // Too large, too many fields, malformed: hyper gives the 4xx.
+        // Malformed (not another protocol's preface, nor too many fields): answered here with
+        // hyper's 400. Handed to hyper as buffered bytes, a malformed head after a request this
+        // path served went unanswered: hyper's parse error on bytes it never read from the
+        // socket leaves its connection task waiting for nothing.
+        Err(
+            httparse::Error::HeaderName
+            | httparse::Error::HeaderValue
+            | httparse::Error::NewLine
+            | httparse::Error::Token,
+        ) => return Planned::Refuse(400, b"malformed request\n"),
+        // Too large, too many fields, another version: hyper decides.
         _ => return Planned::Handoff,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
