@@ -262,11 +262,27 @@ impl ClusterRt {
         if !health.failed(policy) {
             return;
         }
-        let ejected = self
+        let mut ejected = self
             .endpoints
             .iter()
             .filter(|e| e.pool.health().is_ejected())
             .count();
+        if !policy.may_eject(ejected, self.endpoints.len()) {
+            // What is left in rotation keeps failing while others sit out their ejection,
+            // some perhaps recovered: the one whose ejection ends soonest comes back now
+            // (ejected again, for longer, if it still fails). Without this, a cluster whose
+            // one live endpoint is ejected and whose other just died fails every request
+            // until the ejection ends.
+            let soonest = self
+                .endpoints
+                .iter()
+                .filter_map(|e| Some((e.pool.health().ejection_ends()?, e)))
+                .min_by_key(|(ends, _)| *ends);
+            let Some((_, back)) = soonest else { return };
+            back.pool.health().readmit();
+            info!(cluster = %self.name, endpoint = %back.addr, failing = %endpoint.addr, "ejection ended early: the endpoints in rotation are failing");
+            ejected -= 1;
+        }
         if policy.may_eject(ejected, self.endpoints.len()) {
             let period = health.eject(policy);
             info!(cluster = %self.name, endpoint = %endpoint.addr, ?period, "endpoint ejected after consecutive failures");

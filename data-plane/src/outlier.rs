@@ -115,6 +115,21 @@ impl EndpointHealth {
         failures >= policy.consecutive_failures && !self.is_ejected()
     }
 
+    /// When the current ejection ends (`now_ms` scale), if the endpoint is ejected.
+    pub fn ejection_ends(&self) -> Option<u64> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until != 0 && now_ms() < until).then_some(until)
+    }
+
+    /// Ends the current ejection early (the endpoints left in rotation are failing, and this
+    /// one may have recovered). Its ejection count stays: ejected again, it stays out longer.
+    pub fn readmit(&self) {
+        if self.is_ejected() {
+            self.ejected_until.store(now_ms(), Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Ejects the endpoint; returns how long for.
     pub fn eject(&self, policy: &OutlierPolicy) -> Duration {
         let n = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;

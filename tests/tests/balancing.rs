@@ -73,6 +73,66 @@ fn route(name: &str, host: &str, service: &str) -> String {
     )
 }
 
+/// Found by benches/chaos.sh: endpoint A fails and is ejected; A recovers, then B (the only
+/// one left in rotation, which the cap keeps there) fails. A must come back before its
+/// ejection ends, or every request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_comes_back_early_when_the_rest_fail() {
+    let ws = Workspace::new();
+    let (a, b) = (flaky().await, flaky().await);
+    b.healthy.store(true, Ordering::SeqCst);
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            annotated_service(
+                "apps",
+                "pair",
+                &[a.addr, b.addr],
+                &[
+                    ("rauta.dev/load-balancer", "round-robin"),
+                    ("rauta.dev/outlier-consecutive-failures", "3"),
+                    ("rauta.dev/outlier-base-ejection-time", "300s"),
+                ],
+            ),
+            route("web", "web.example", "pair"),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &[]).await;
+    let url = format!("http://{}/", proxy.listener(80));
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            http_request(&url, Some("web.example"), &[], None)
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert!(
+        statuses[6..].iter().all(|s| *s == 200),
+        "A ejected: {statuses:?}"
+    );
+    // A recovers; B dies.
+    a.healthy.store(true, Ordering::SeqCst);
+    b.healthy.store(false, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(
+            http_request(&url, Some("web.example"), &[], None)
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 503).count() <= 4,
+        "B's failures cost a few requests, not the ejection's 300 s: {statuses:?}"
+    );
+    assert!(statuses[10..].iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_ejected_and_taken_back() {
     let ws = Workspace::new();
