@@ -117,6 +117,11 @@ impl DirectorySource {
                         }
                     }
                 }
+                // Removed since the listing: as if it had not been listed.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    self.last_read.remove(&path);
+                    continue;
+                }
                 Err(err) => {
                     self.last_read.remove(&path);
                     problems.push(LoadProblem {
