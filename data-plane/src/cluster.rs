@@ -295,13 +295,18 @@ impl ClusterRt {
     }
 
     /// The endpoint `n` places after `first` (or the next one not ejected): retries go
-    /// elsewhere when they can.
+    /// elsewhere when they can. When every endpoint not ejected is `first` itself (which just
+    /// failed), the retry goes to the ejected one `n` places on: it may have recovered, and
+    /// `first` has failed already.
     pub fn nth_after<'a>(&'a self, first: &'a EndpointRt, n: usize) -> &'a EndpointRt {
         let Some(index) = self.endpoints.iter().position(|e| e.addr == first.addr) else {
             return first;
         };
-        self.healthy_from((index + n) % self.endpoints.len())
-            .unwrap_or(first)
+        let next = (index + n) % self.endpoints.len();
+        match self.healthy_from(next) {
+            Some(e) if e.addr != first.addr => e,
+            _ => &self.endpoints[next],
+        }
     }
 
     /// Whether the picker needs each endpoint's requests in flight (least request).

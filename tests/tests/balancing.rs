@@ -97,6 +97,13 @@ async fn an_ejected_endpoint_comes_back_early_when_the_rest_fail() {
                 ],
             ),
             route("web", "web.example", "pair"),
+            http_route(
+                "apps",
+                "retrying",
+                ("infra", "gw"),
+                &["retry.example"],
+                "  - retry: {attempts: 1, codes: [503]}\n    backendRefs: [{name: pair, port: 8080}]\n",
+            ),
         ]),
     );
     let (_controller, proxy) = start_gateway(&ws, &[]).await;
@@ -114,9 +121,17 @@ async fn an_ejected_endpoint_comes_back_early_when_the_rest_fail() {
         statuses[6..].iter().all(|s| *s == 200),
         "A ejected: {statuses:?}"
     );
-    // A recovers; B dies.
+    // A recovers; B dies. A retry goes to the ejected A once B (all that is left in
+    // rotation) has failed it: the client sees no failure at all.
     a.healthy.store(true, Ordering::SeqCst);
     b.healthy.store(false, Ordering::SeqCst);
+    let retried = http_request(&url, Some("retry.example"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.status, 200,
+        "the retry went to the recovered endpoint"
+    );
     let mut statuses = Vec::new();
     for _ in 0..20 {
         statuses.push(
