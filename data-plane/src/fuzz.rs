@@ -492,11 +492,13 @@ pub fn http1_differential(data: &[u8]) {
             String::from_utf8_lossy(data)
         );
         let (fast, general) = (statuses(&fast_answer), statuses(&general_answer));
-        let same = fast.len() == general.len()
-            && fast
-                .iter()
-                .zip(&general)
-                .all(|(a, b)| a == b || ((400..500).contains(a) && (400..500).contains(b)));
+        let agree = |a: &u16, b: &u16| a == b || ((400..500).contains(a) && (400..500).contains(b));
+        // hyper's server leaves some malformed heads unanswered (its parse error on bytes
+        // already read waits for a wake-up that never comes) where the fast path answers 400:
+        // the general path may stop short of the fast path's trailing 4xx, not differ before.
+        let same = general.len() <= fast.len()
+            && fast.iter().zip(&general).all(|(a, b)| agree(a, b))
+            && fast[general.len()..].iter().all(|s| (400..500).contains(s));
         assert!(
             same,
             "answers differ for {:?}: fast path {fast:?}, general path {general:?}",
