@@ -63,6 +63,20 @@ fn metric(metrics: &str, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A Service balanced round robin whose endpoints are ejected after 3 failures in a row.
+fn round_robin_ejecting(name: &str, endpoints: &[SocketAddr], ejection: &str) -> String {
+    annotated_service(
+        "apps",
+        name,
+        endpoints,
+        &[
+            ("rauta.dev/load-balancer", "round-robin"),
+            ("rauta.dev/outlier-consecutive-failures", "3"),
+            ("rauta.dev/outlier-base-ejection-time", ejection),
+        ],
+    )
+}
+
 fn route(name: &str, host: &str, service: &str) -> String {
     http_route(
         "apps",
@@ -86,16 +100,7 @@ async fn an_ejected_endpoint_comes_back_early_when_the_rest_fail() {
         &documents(&[
             gateway_class("rauta"),
             gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            annotated_service(
-                "apps",
-                "pair",
-                &[a.addr, b.addr],
-                &[
-                    ("rauta.dev/load-balancer", "round-robin"),
-                    ("rauta.dev/outlier-consecutive-failures", "3"),
-                    ("rauta.dev/outlier-base-ejection-time", "300s"),
-                ],
-            ),
+            round_robin_ejecting("pair", &[a.addr, b.addr], "300s"),
             route("web", "web.example", "pair"),
             http_route(
                 "apps",
@@ -158,16 +163,7 @@ async fn a_failing_endpoint_is_ejected_and_taken_back() {
         &documents(&[
             gateway_class("rauta"),
             gateway("infra", "gw", "rauta", &[("http", 80, None)]),
-            annotated_service(
-                "apps",
-                "mixed",
-                &[good.http, bad.addr],
-                &[
-                    ("rauta.dev/load-balancer", "round-robin"),
-                    ("rauta.dev/outlier-consecutive-failures", "3"),
-                    ("rauta.dev/outlier-base-ejection-time", "2s"),
-                ],
-            ),
+            round_robin_ejecting("mixed", &[good.http, bad.addr], "2s"),
             route("web", "web.example", "mixed"),
         ]),
     );
