@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::maglev::{MaglevTable, hash_key};
 use crate::metrics::ProxyMetrics;
 use crate::outlier::OutlierPolicy;
+use crate::retry_budget::RetryBudget;
 use crate::routing::RequestHeaders;
 use crate::upstream::{EndpointPool, Protocol, UpstreamPools};
 
@@ -42,49 +43,6 @@ enum Picker {
     LeastRequest,
 }
 
-/// Retries may add at most this share of the requests in flight to a cluster...
-const RETRY_BUDGET_PERCENT: usize = 20;
-/// ...but this many retries are always allowed (Envoy's retry budget defaults).
-const RETRY_BUDGET_MIN: usize = 3;
-
-/// Caps retries to a share of the traffic, so that retries cannot multiply the load on a
-/// cluster that is failing (a retry storm).
-#[derive(Debug, Default)]
-pub struct RetryBudget {
-    requests: AtomicUsize,
-    retries: AtomicUsize,
-}
-
-/// Holds one unit of a [`RetryBudget`] counter until dropped.
-#[derive(Debug)]
-pub struct Held<'a>(&'a AtomicUsize);
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl RetryBudget {
-    /// Counts a request in flight.
-    pub fn request(&self) -> Held<'_> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        Held(&self.requests)
-    }
-
-    /// A slot for one retry, if the budget has one.
-    pub fn try_retry(&self) -> Option<Held<'_>> {
-        let requests = self.requests.load(Ordering::Relaxed);
-        let allowed = (requests * RETRY_BUDGET_PERCENT / 100).max(RETRY_BUDGET_MIN);
-        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
-            Some(Held(&self.retries))
-        } else {
-            self.retries.fetch_sub(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 /// A cluster as the request path uses it.
 #[derive(Debug)]
 pub struct ClusterRt {
@@ -92,7 +50,8 @@ pub struct ClusterRt {
     pub protocol: Protocol,
     pub request_timeout: Option<Duration>,
     pub latency: Histogram,
-    pub retry_budget: RetryBudget,
+    /// Kept from the cluster's previous build: a config change does not refill it.
+    pub retry_budget: Arc<RetryBudget>,
     /// Retries sent, and retries the budget refused.
     pub retries: IntCounter,
     pub retries_refused: IntCounter,
@@ -113,8 +72,10 @@ impl ClusterRt {
         endpoints: Option<&ClusterEndpoints>,
         pools: &mut UpstreamPools,
         metrics: &ProxyMetrics,
-        min_table_size: usize,
+        previous: Option<&ClusterRt>,
     ) -> Result<ClusterRt, String> {
+        // A Maglev table never shrinks (fewer keys move) and the retry budget carries on.
+        let min_table_size = previous.map_or(0, ClusterRt::table_size);
         let name = &cluster.name;
         let protocol = match UpstreamProtocol::try_from(cluster.protocol) {
             Ok(UpstreamProtocol::Unspecified | UpstreamProtocol::Http1) => Protocol::Http1,
@@ -202,7 +163,7 @@ impl ClusterRt {
             protocol,
             request_timeout,
             latency: metrics.upstream_latency(name),
-            retry_budget: RetryBudget::default(),
+            retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
             retries: metrics.retries(name),
             retries_refused: metrics.retries_refused(name),
             endpoints: ready,
@@ -354,22 +315,6 @@ pub(crate) fn cookie<'a>(headers: RequestHeaders<'a>, name: &str) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_retry_budget_allows_a_share_of_the_traffic() {
-        let budget = RetryBudget::default();
-        let requests: Vec<_> = (0..50).map(|_| budget.request()).collect();
-        let granted: Vec<_> = (0..20).filter_map(|_| budget.try_retry()).collect();
-        assert_eq!(granted.len(), 10, "20% of 50 in flight");
-        drop(granted);
-        drop(requests);
-        let few: Vec<_> = (0..10).filter_map(|_| budget.try_retry()).collect();
-        assert_eq!(
-            few.len(),
-            RETRY_BUDGET_MIN,
-            "the minimum with nothing in flight"
-        );
-    }
 
     use http::HeaderMap;
 

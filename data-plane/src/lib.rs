@@ -23,6 +23,7 @@ pub mod outlier;
 pub mod passthrough;
 pub mod proxy;
 pub mod raw_stream;
+pub mod retry_budget;
 pub mod route_stats;
 pub mod routing;
 pub mod session;

@@ -626,9 +626,10 @@ async fn forward(
     let first = endpoint;
     let mut endpoint = endpoint;
     let mut attempt = 0;
-    // Only requests that may retry count towards (and against) the retry budget.
-    let _in_flight = (retries > 0).then(|| cluster.retry_budget.request());
-    let mut _retry_slot = None;
+    // Only requests that may retry pay into the retry budget.
+    if retries > 0 {
+        cluster.retry_budget.deposit();
+    }
     let result = loop {
         let attempt_body = match &replay {
             Some(bytes) if attempt > 0 => Either::Right(Full::new(bytes.clone())),
@@ -681,16 +682,14 @@ async fn forward(
             (Ok(Ok(r)), Some(retry)) => retry.codes.contains(&r.status().as_u16()),
             (Ok(Ok(_)), None) => false,
         };
-        let retry_slot = if failed && attempt < retries {
-            let slot = cluster.retry_budget.try_retry();
-            if slot.is_none() {
+        let retrying = failed && attempt < retries && {
+            let granted = cluster.retry_budget.try_retry();
+            if !granted {
                 cluster.retries_refused.inc();
             }
-            slot
-        } else {
-            None
+            granted
         };
-        if retry_slot.is_none() {
+        if !retrying {
             match outcome {
                 Ok(result) => break result,
                 Err(()) => {
@@ -704,8 +703,6 @@ async fn forward(
         if let Ok(Err(err)) = &outcome {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, attempt, "upstream attempt failed; retrying");
         }
-        // The slot of the previous retry (if any) is released: that attempt is over.
-        _retry_slot = retry_slot;
         cluster.retries.inc();
         attempt += 1;
         endpoint = cluster.nth_after(first, attempt as usize);

@@ -402,16 +402,12 @@ impl RoutingState {
                         Some(Payload::Endpoints(e)) => Some(e),
                         _ => None,
                     });
-                    let min_table_size = previous
-                        .clusters
-                        .get(&cluster.name)
-                        .map_or(0, |(_, _, rt)| rt.table_size());
                     Arc::new(ClusterRt::build(
                         cluster,
                         endpoints,
                         pools,
                         metrics,
-                        min_table_size,
+                        previous.clusters.get(&cluster.name).map(|(_, _, rt)| &**rt),
                     )?)
                 }
             };
