@@ -8,10 +8,11 @@ use rauta_common::api::v1::DeltaDiscoveryResponse;
 use rauta_common::types::ResourceType;
 use tracing::info;
 
-use super::listeners::ListenerManager;
+use super::listeners::{BindError, ListenerManager};
 use super::xds::ConfigHandler;
-use crate::model::RoutingState;
 use crate::model::store::ResourceStore;
+use crate::model::store::StoreError;
+use crate::model::{BuildError, RoutingState};
 use crate::shared::Shared;
 use crate::upstream::UpstreamPools;
 
@@ -35,11 +36,26 @@ impl Applier {
     }
 }
 
+/// Why a discovery response is rejected (the NACK's text).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("unknown type_url {0:?}")]
+    UnknownType(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Listeners(#[from] BindError),
+}
+
 impl ConfigHandler for Applier {
+    type Error = ApplyError;
+
     /// Applies one response, or explains why it was rejected (the NACK message).
-    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), ApplyError> {
         let ty = ResourceType::parse(&response.type_url)
-            .ok_or_else(|| format!("unknown type_url {:?}", response.type_url))?;
+            .ok_or_else(|| ApplyError::UnknownType(response.type_url.clone()))?;
         let timer = self.shared.metrics.apply_duration.start_timer();
         let candidate = self.store.with_response(ty, response)?;
         let previous = self.shared.state.load();

@@ -37,6 +37,23 @@ struct ActiveListener {
     stop: watch::Sender<bool>,
 }
 
+/// Why a listener's socket cannot be opened (the snapshot is NACKed).
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("listener {listener}: port {port} + offset {offset} exceeds 65535")]
+    PortOverflow {
+        listener: String,
+        port: u16,
+        offset: u16,
+    },
+    #[error("listener {listener}: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Sockets bound for a snapshot that is not committed yet.
 #[derive(Debug, Default)]
 pub struct PreparedListeners {
@@ -70,7 +87,7 @@ impl ListenerManager {
     }
 
     /// Binds what `specs` adds; nothing changes until [`ListenerManager::commit`].
-    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<PreparedListeners, String> {
+    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<PreparedListeners, BindError> {
         let mut prepared = PreparedListeners::default();
         for spec in specs {
             if self
@@ -81,15 +98,21 @@ impl ListenerManager {
                 prepared.keep.push(spec.name.clone());
                 continue;
             }
-            let port = spec.port.checked_add(self.port_offset).ok_or_else(|| {
-                format!(
-                    "listener {}: port {} + offset {} exceeds 65535",
-                    spec.name, spec.port, self.port_offset
-                )
-            })?;
+            let port =
+                spec.port
+                    .checked_add(self.port_offset)
+                    .ok_or_else(|| BindError::PortOverflow {
+                        listener: spec.name.clone(),
+                        port: spec.port,
+                        offset: self.port_offset,
+                    })?;
             let addr = SocketAddr::new(self.bind_ip, port);
-            let sockets = bind_per_worker(addr, self.workers.len())
-                .map_err(|e| format!("listener {}: cannot bind {addr}: {e}", spec.name))?;
+            let sockets =
+                bind_per_worker(addr, self.workers.len()).map_err(|source| BindError::Bind {
+                    listener: spec.name.clone(),
+                    addr,
+                    source,
+                })?;
             prepared.new.push((spec.clone(), sockets));
         }
         Ok(prepared)

@@ -26,9 +26,11 @@ use crate::observe::metrics::ProxyMetrics;
 /// What the discovery client hands each response to (the applier), as ztunnel's xDS client
 /// talks to a handler: the client knows the protocol, not what the proxy does with resources.
 pub trait ConfigHandler {
-    /// Applies one response, or says why it is rejected (the NACK's message); a rejected
-    /// response changes nothing.
-    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String>;
+    /// Why a response is rejected; its text is the NACK's message.
+    type Error: std::fmt::Display;
+
+    /// Applies one response, or says why it is rejected; a rejected response changes nothing.
+    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), Self::Error>;
 
     /// The resources held of a type, by name, with their versions: presented on reconnect so
     /// the controller sends only what changed.
@@ -173,7 +175,8 @@ impl XdsClient {
                         .inc();
                     None
                 }
-                Err(message) => {
+                Err(rejected) => {
+                    let message = rejected.to_string();
                     warn!(ty = short, version = %response.system_version_info, %message, "rejected update (NACK); keeping the previous configuration");
                     self.metrics
                         .updates

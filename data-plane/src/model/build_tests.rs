@@ -97,6 +97,7 @@ fn build(store: &ResourceStore) -> Result<(RoutingState, Vec<ListenerSpec>), Str
         &mut UpstreamPools::default(),
         &metrics,
     )
+    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -204,7 +205,8 @@ fn malformed_responses_are_rejected_by_the_store() {
     };
     let err = ResourceStore::default()
         .with_response(ResourceType::Cluster, &wrong_type)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("payload of another type"), "{err}");
     let misnamed = DeltaDiscoveryResponse {
         resources: vec![Resource {
@@ -219,6 +221,59 @@ fn malformed_responses_are_rejected_by_the_store() {
     };
     let err = ResourceStore::default()
         .with_response(ResourceType::RouteTable, &misnamed)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("payload is named"), "{err}");
+}
+
+/// The store with a cluster of one ready endpoint added.
+fn with_cluster(store: ResourceStore) -> ResourceStore {
+    use rauta_common::api::v1::{Cluster, ClusterEndpoints, Endpoint};
+    let response = |ty: ResourceType, payload| DeltaDiscoveryResponse {
+        type_url: ty.type_url().into(),
+        resources: vec![Resource {
+            name: "c".into(),
+            version: "v".into(),
+            payload: Some(payload),
+        }],
+        ..Default::default()
+    };
+    let cluster = Payload::Cluster(Cluster {
+        name: "c".into(),
+        ..Default::default()
+    });
+    let endpoints = Payload::Endpoints(ClusterEndpoints {
+        cluster: "c".into(),
+        endpoints: vec![Endpoint {
+            address: "127.0.0.1".into(),
+            port: 9,
+            ready: true,
+            weight: 1,
+        }],
+    });
+    store
+        .with_response(
+            ResourceType::Cluster,
+            &response(ResourceType::Cluster, cluster),
+        )
+        .unwrap()
+        .with_response(
+            ResourceType::Endpoints,
+            &response(ResourceType::Endpoints, endpoints),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_snapshot_that_fails_validation_opens_no_pool() {
+    let metrics = ProxyMetrics::new().unwrap();
+    let mut pools = UpstreamPools::default();
+    let invalid = with_cluster(store_with(table(&["*"], vec![rule("no-slash", None)]), &[]));
+    let err =
+        RoutingState::build(&invalid, &RoutingState::default(), &mut pools, &metrics).unwrap_err();
+    assert!(err.to_string().contains("does not start with '/'"), "{err}");
+    assert!(pools.is_empty(), "the valid cluster's endpoint got a pool");
+    let valid = with_cluster(store_with(table(&["*"], vec![rule("/", None)]), &[]));
+    RoutingState::build(&valid, &RoutingState::default(), &mut pools, &metrics).unwrap();
+    assert_eq!(pools.len(), 1);
 }

@@ -22,7 +22,8 @@ use super::retry_budget::RetryBudget;
 use super::store::ResourceStore;
 use crate::observe::metrics::ProxyMetrics;
 use crate::upstream::outlier::OutlierPolicy;
-use crate::upstream::{EndpointPool, Protocol, UpstreamPools};
+use crate::upstream::tls::UpstreamTlsError;
+use crate::upstream::{ClusterTls, EndpointPool, Protocol, UpstreamPools};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,49 +66,94 @@ pub struct ClusterRt {
     outlier: Option<OutlierPolicy>,
 }
 
-fn duration(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, String> {
-    d.map(|d| Duration::try_from(*d).map_err(|e| format!("invalid duration: {e}")))
-        .transpose()
+/// Why a cluster in a snapshot is invalid (the NACK's text).
+#[derive(Debug, thiserror::Error)]
+#[error("cluster {cluster}: {problem}")]
+pub struct ClusterError {
+    pub cluster: String,
+    pub problem: ClusterProblem,
 }
 
-impl ClusterRt {
-    /// Validates a Cluster and its endpoints (which may be absent yet) and prepares the picker.
-    pub fn build(
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterProblem {
+    #[error("unknown protocol {0}")]
+    Protocol(i32),
+    #[error("unknown lb_policy {0}")]
+    LbPolicy(i32),
+    #[error("{field}: invalid duration: {reason}")]
+    Duration { field: &'static str, reason: String },
+    #[error("tls: {0}")]
+    Tls(#[from] UpstreamTlsError),
+    #[error("hash_key header {header:?}: {reason}")]
+    HashHeader { header: String, reason: String },
+}
+
+fn duration(
+    d: Option<&prost_types::Duration>,
+    field: &'static str,
+) -> Result<Option<Duration>, ClusterProblem> {
+    d.map(|d| {
+        Duration::try_from(*d).map_err(|e| ClusterProblem::Duration {
+            field,
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+/// A cluster validated from its resources, before any connection pool exists for it:
+/// [`ClusterSpec::instantiate`] makes it a [`ClusterRt`] once the whole snapshot is valid.
+#[derive(Debug)]
+pub struct ClusterSpec {
+    name: String,
+    protocol: Protocol,
+    policy: LoadBalancerPolicy,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    tls: Option<ClusterTls>,
+    /// Ready endpoints with their weights.
+    endpoints: Vec<(SocketAddr, u32)>,
+    hash_on: HashOn,
+    outlier: Option<OutlierPolicy>,
+}
+
+impl ClusterSpec {
+    /// Validates a Cluster and its endpoints (which may be absent yet). Reads `pools` only to
+    /// share TLS settings already in use.
+    pub fn validate(
         cluster: &Cluster,
         endpoints: Option<&ClusterEndpoints>,
-        pools: &mut UpstreamPools,
-        metrics: &ProxyMetrics,
-        previous: Option<&ClusterRt>,
-    ) -> Result<ClusterRt, String> {
-        // A Maglev table never shrinks (fewer keys move) and the retry budget carries on.
-        let min_table_size = previous.map_or(0, ClusterRt::table_size);
+        pools: &UpstreamPools,
+    ) -> Result<ClusterSpec, ClusterError> {
+        Self::check(cluster, endpoints, pools).map_err(|problem| ClusterError {
+            cluster: cluster.name.clone(),
+            problem,
+        })
+    }
+
+    fn check(
+        cluster: &Cluster,
+        endpoints: Option<&ClusterEndpoints>,
+        pools: &UpstreamPools,
+    ) -> Result<ClusterSpec, ClusterProblem> {
         let name = &cluster.name;
         let protocol = match UpstreamProtocol::try_from(cluster.protocol) {
             Ok(UpstreamProtocol::Unspecified | UpstreamProtocol::Http1) => Protocol::Http1,
             Ok(UpstreamProtocol::H2c) => Protocol::H2c,
-            Err(_) => {
-                return Err(format!(
-                    "cluster {name}: unknown protocol {}",
-                    cluster.protocol
-                ));
-            }
+            Err(_) => return Err(ClusterProblem::Protocol(cluster.protocol)),
         };
         let policy = LoadBalancerPolicy::try_from(cluster.lb_policy)
-            .map_err(|_| format!("cluster {name}: unknown lb_policy {}", cluster.lb_policy))?;
-        let connect_timeout = duration(cluster.connect_timeout.as_ref())
-            .map_err(|e| format!("cluster {name}: connect_timeout: {e}"))?
+            .map_err(|_| ClusterProblem::LbPolicy(cluster.lb_policy))?;
+        let connect_timeout = duration(cluster.connect_timeout.as_ref(), "connect_timeout")?
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let request_timeout = duration(cluster.request_timeout.as_ref())
-            .map_err(|e| format!("cluster {name}: request_timeout: {e}"))?;
+        let request_timeout = duration(cluster.request_timeout.as_ref(), "request_timeout")?;
         // Checked even without endpoints: bad TLS settings NACK the snapshot.
         let tls = cluster
             .tls
             .as_ref()
-            .map(|t| pools.tls(protocol, t))
-            .transpose()
-            .map_err(|e| format!("cluster {name}: tls: {e}"))?;
+            .map(|t| pools.validate_tls(protocol, t))
+            .transpose()?;
         let mut ready = Vec::new();
-        let mut weights = Vec::new();
         for ep in endpoints
             .map(|e| e.endpoints.as_slice())
             .unwrap_or_default()
@@ -120,41 +166,26 @@ impl ClusterRt {
                 debug!(cluster = %name, address = %ep.address, port = ep.port, "skipping unusable endpoint");
                 continue;
             };
-            if port == 0 {
-                continue;
+            if port != 0 {
+                ready.push((SocketAddr::new(ip, port), ep.weight));
             }
-            let addr = SocketAddr::new(ip, port);
-            let pool = pools.endpoint(addr, protocol, connect_timeout, tls.as_ref(), metrics);
-            ready.push(EndpointRt { addr, pool });
-            weights.push(ep.weight);
         }
-
         let hash_on = match cluster.hash_key.as_ref().and_then(|k| k.key.as_ref()) {
             None => HashOn::SourceIp,
-            Some(hash_key::Key::Header(h)) => HashOn::Header(
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|e| format!("cluster {name}: hash_key header {h:?}: {e}"))?,
-            ),
-            Some(hash_key::Key::Cookie(c)) => HashOn::Cookie(c.clone()),
-        };
-        let picker = match policy {
-            LoadBalancerPolicy::RoundRobin => Picker::RoundRobin(AtomicUsize::new(0)),
-            LoadBalancerPolicy::LeastRequest => Picker::LeastRequest,
-            LoadBalancerPolicy::Unspecified | LoadBalancerPolicy::Maglev => {
-                let ids: Vec<String> = ready.iter().map(|e| e.addr.to_string()).collect();
-                // Never shrink a cluster's table: a size change would remap most clients.
-                let size = MaglevTable::size_for(ids.len()).max(min_table_size);
-                match MaglevTable::build_with_size(&ids, &weights, size) {
-                    Some(table) => Picker::Maglev(table, hash_on),
-                    None => Picker::RoundRobin(AtomicUsize::new(0)),
-                }
+            Some(hash_key::Key::Header(h)) => {
+                HashOn::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
+                    ClusterProblem::HashHeader {
+                        header: h.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
             }
+            Some(hash_key::Key::Cookie(c)) => HashOn::Cookie(c.clone()),
         };
         let outlier = match &cluster.outlier_detection {
             Some(o) if o.consecutive_failures > 0 => Some(OutlierPolicy {
                 consecutive_failures: o.consecutive_failures,
-                base_ejection: duration(o.base_ejection_time.as_ref())
-                    .map_err(|e| format!("cluster {name}: base_ejection_time: {e}"))?
+                base_ejection: duration(o.base_ejection_time.as_ref(), "base_ejection_time")?
                     .unwrap_or(Duration::from_secs(30)),
                 max_ejection_percent: match o.max_ejection_percent {
                     0 => 50,
@@ -163,20 +194,76 @@ impl ClusterRt {
             }),
             _ => None,
         };
-        Ok(ClusterRt {
-            name: Arc::from(name.as_str()),
+        Ok(ClusterSpec {
+            name: name.clone(),
             protocol,
+            policy,
+            connect_timeout,
             request_timeout,
-            latency: metrics.upstream_latency(name),
-            retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
-            retries: metrics.retries(name),
-            retries_refused: metrics.retries_refused(name),
+            tls,
             endpoints: ready,
-            picker,
+            hash_on,
             outlier,
         })
     }
 
+    /// The runtime cluster: a pool for each endpoint (existing or new) and the picker. A
+    /// rebuilt cluster keeps its predecessor's Maglev table size (a table never shrinks, so
+    /// fewer keys move) and its retry budget.
+    pub fn instantiate(
+        self,
+        pools: &mut UpstreamPools,
+        metrics: &ProxyMetrics,
+        previous: Option<&ClusterRt>,
+    ) -> ClusterRt {
+        let min_table_size = previous.map_or(0, ClusterRt::table_size);
+        let ClusterSpec {
+            name,
+            protocol,
+            policy,
+            connect_timeout,
+            request_timeout,
+            tls,
+            endpoints,
+            hash_on,
+            outlier,
+        } = self;
+        let ready: Vec<EndpointRt> = endpoints
+            .iter()
+            .map(|(addr, _)| EndpointRt {
+                addr: *addr,
+                pool: pools.endpoint(*addr, protocol, connect_timeout, tls.as_ref(), metrics),
+            })
+            .collect();
+        let picker = match policy {
+            LoadBalancerPolicy::RoundRobin => Picker::RoundRobin(AtomicUsize::new(0)),
+            LoadBalancerPolicy::LeastRequest => Picker::LeastRequest,
+            LoadBalancerPolicy::Unspecified | LoadBalancerPolicy::Maglev => {
+                let ids: Vec<String> = ready.iter().map(|e| e.addr.to_string()).collect();
+                let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
+                let size = MaglevTable::size_for(ids.len()).max(min_table_size);
+                match MaglevTable::build_with_size(&ids, &weights, size) {
+                    Some(table) => Picker::Maglev(table, hash_on),
+                    None => Picker::RoundRobin(AtomicUsize::new(0)),
+                }
+            }
+        };
+        ClusterRt {
+            name: Arc::from(name.as_str()),
+            protocol,
+            request_timeout,
+            latency: metrics.upstream_latency(&name),
+            retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
+            retries: metrics.retries(&name),
+            retries_refused: metrics.retries_refused(&name),
+            endpoints: ready,
+            picker,
+            outlier,
+        }
+    }
+}
+
+impl ClusterRt {
     /// Picks a ready endpoint for a request, passing over ejected ones while others are
     /// left; `None` when the cluster has none.
     #[inline]
@@ -310,44 +397,49 @@ fn request_hash(hash_on: &HashOn, client: IpAddr, headers: RequestHeaders<'_>) -
 #[derive(Debug, Default)]
 pub struct Clusters(HashMap<String, (String, String, Arc<ClusterRt>)>);
 
+/// A cluster of a validated snapshot: the previous one, unchanged, or a new one to make.
+#[derive(Debug)]
+enum Planned {
+    Reused(Arc<ClusterRt>),
+    New(Box<ClusterSpec>),
+}
+
+/// Every cluster of a snapshot, validated; [`ClusterPlan::instantiate`] makes them.
+#[derive(Debug)]
+pub struct ClusterPlan(Vec<(String, String, Planned)>);
+
 impl Clusters {
-    /// Builds every cluster of `store`, reusing those of `previous` whose resources are
-    /// unchanged; a rebuilt cluster keeps its predecessor's Maglev table size and retry budget.
-    pub fn build(
+    /// Validates every cluster of `store`; those whose resources did not change since
+    /// `previous` are reused as they are.
+    pub fn validate(
         store: &ResourceStore,
         previous: &Clusters,
-        pools: &mut UpstreamPools,
-        metrics: &ProxyMetrics,
-    ) -> Result<Clusters, String> {
-        let mut clusters = HashMap::new();
+        pools: &UpstreamPools,
+    ) -> Result<ClusterPlan, ClusterError> {
+        let mut plan = Vec::new();
         for resource in store.resources(ResourceType::Cluster) {
             let Some(Payload::Cluster(cluster)) = &resource.payload else {
                 continue;
             };
             let endpoints = store.get(ResourceType::Endpoints, &cluster.name);
             let endpoints_version = endpoints.map(|e| e.version.clone()).unwrap_or_default();
-            let before = previous.0.get(&cluster.name);
-            let rt = match before
-                .filter(|(cv, ev, _)| *cv == resource.version && *ev == endpoints_version)
-            {
-                Some((_, _, rt)) => Arc::clone(rt),
+            let unchanged = previous
+                .0
+                .get(&cluster.name)
+                .filter(|(cv, ev, _)| *cv == resource.version && *ev == endpoints_version);
+            let planned = match unchanged {
+                Some((_, _, rt)) => Planned::Reused(Arc::clone(rt)),
                 None => {
                     let endpoints = endpoints.and_then(|e| match &e.payload {
                         Some(Payload::Endpoints(e)) => Some(e),
                         _ => None,
                     });
-                    let before = before.map(|(_, _, rt)| &**rt);
-                    Arc::new(ClusterRt::build(
-                        cluster, endpoints, pools, metrics, before,
-                    )?)
+                    Planned::New(Box::new(ClusterSpec::validate(cluster, endpoints, pools)?))
                 }
             };
-            clusters.insert(
-                cluster.name.clone(),
-                (resource.version.clone(), endpoints_version, rt),
-            );
+            plan.push((resource.version.clone(), endpoints_version, planned));
         }
-        Ok(Clusters(clusters))
+        Ok(ClusterPlan(plan))
     }
 
     /// The cluster called `name`, if the snapshot has it.
@@ -359,6 +451,35 @@ impl Clusters {
         self.0
             .iter()
             .map(|(name, (_, _, rt))| (name.as_str(), rt.as_ref()))
+    }
+}
+
+impl ClusterPlan {
+    /// Makes the new clusters (pools for their endpoints) and keeps the reused ones.
+    pub fn instantiate(
+        self,
+        previous: &Clusters,
+        pools: &mut UpstreamPools,
+        metrics: &ProxyMetrics,
+    ) -> Clusters {
+        let clusters = self
+            .0
+            .into_iter()
+            .map(|(cluster_version, endpoints_version, planned)| {
+                let rt = match planned {
+                    Planned::Reused(rt) => rt,
+                    Planned::New(spec) => {
+                        let before = previous.0.get(&spec.name).map(|(_, _, rt)| &**rt);
+                        Arc::new(spec.instantiate(pools, metrics, before))
+                    }
+                };
+                (
+                    rt.name.to_string(),
+                    (cluster_version, endpoints_version, rt),
+                )
+            })
+            .collect();
+        Clusters(clusters)
     }
 }
 

@@ -27,8 +27,8 @@ use rauta_common::types::ResourceType;
 
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 use crate::upstream::UpstreamPools;
-use cluster::{ClusterRt, Clusters};
-use route_table::RouteTableRt;
+use cluster::{ClusterError, ClusterRt, Clusters};
+use route_table::{RouteTableError, RouteTableRt};
 use store::ResourceStore;
 
 /// An HTTPS listener's TLS: the listener resource version it was built from, the server
@@ -93,24 +93,28 @@ impl RoutingState {
     }
 
     /// Validates `store` and builds the state; reuses what did not change in `previous`
-    /// (clusters, TLS configurations).
+    /// (clusters, TLS configurations). Everything is validated before anything is made: a
+    /// snapshot that fails opens no connection pool.
     pub fn build(
         store: &ResourceStore,
         previous: &RoutingState,
         pools: &mut UpstreamPools,
         metrics: &ProxyMetrics,
-    ) -> Result<(RoutingState, Vec<ListenerSpec>), String> {
-        let clusters = Clusters::build(store, &previous.clusters, pools, metrics)?;
+    ) -> Result<(RoutingState, Vec<ListenerSpec>), BuildError> {
+        let clusters = Clusters::validate(store, &previous.clusters, pools)?;
         let mut tables = HashMap::new();
         for resource in store.resources(ResourceType::RouteTable) {
             let Some(Payload::RouteTable(table)) = &resource.payload else {
                 continue;
             };
-            let rt = RouteTableRt::build(table, &clusters, metrics)
-                .map_err(|e| format!("route table {}: {e}", table.name))?;
-            tables.insert(table.name.clone(), Arc::new(rt));
+            let rt =
+                RouteTableRt::build(table, metrics).map_err(|source| BuildError::RouteTable {
+                    table: table.name.clone(),
+                    source,
+                })?;
+            tables.insert(table.name.clone(), rt);
         }
-        let mut listeners = HashMap::new();
+        let mut listeners = Vec::new();
         let mut tls_configs = HashMap::new();
         let mut specs: Vec<ListenerSpec> = Vec::new();
         for resource in store.resources(ResourceType::Listener) {
@@ -119,14 +123,30 @@ impl RoutingState {
             };
             let spec = listener_spec(l, &specs)?;
             if spec.tls {
-                tls_configs.insert(
-                    l.name.clone(),
-                    listener_tls(l, &resource.version, previous)?,
-                );
+                let tls = listener_tls(l, &resource.version, previous).map_err(|problem| {
+                    BuildError::Listener {
+                        listener: l.name.clone(),
+                        problem,
+                    }
+                })?;
+                tls_configs.insert(l.name.clone(), tls);
             }
             specs.push(spec);
-            listeners.insert(l.name.clone(), tables.get(&l.route_table).cloned());
+            listeners.push((l.name.clone(), l.route_table.clone()));
         }
+        // Valid: now the pools of new endpoints, and the routes pointed at the clusters.
+        let clusters = clusters.instantiate(&previous.clusters, pools, metrics);
+        let tables: HashMap<String, Arc<RouteTableRt>> = tables
+            .into_iter()
+            .map(|(name, mut table)| {
+                table.link(&clusters);
+                (name, Arc::new(table))
+            })
+            .collect();
+        let listeners = listeners
+            .into_iter()
+            .map(|(name, table)| (name, tables.get(&table).cloned()))
+            .collect();
         let state = RoutingState {
             listeners,
             clusters,
@@ -137,28 +157,61 @@ impl RoutingState {
     }
 }
 
+/// Why a snapshot cannot become a routing state (the NACK's text).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("route table {table}: {source}")]
+    RouteTable {
+        table: String,
+        source: RouteTableError,
+    },
+    #[error("listener {listener}: {problem}")]
+    Listener {
+        listener: String,
+        problem: ListenerProblem,
+    },
+    #[error("listeners {first} and {second} both use port {port}")]
+    SharedPort {
+        first: String,
+        second: String,
+        port: u16,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerProblem {
+    #[error("unsupported protocol {0}")]
+    Protocol(i32),
+    #[error("invalid port {0}")]
+    Port(u32),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// Validates a listener's protocol and port (one listener per port).
-fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, String> {
+fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, BuildError> {
+    let problem = |problem| BuildError::Listener {
+        listener: l.name.clone(),
+        problem,
+    };
     let (tls, passthrough) = match ListenerProtocol::try_from(l.protocol) {
         Ok(ListenerProtocol::Http) => (false, false),
         Ok(ListenerProtocol::TlsPassthrough) => (false, true),
         Ok(ListenerProtocol::Https) => (true, false),
-        _ => {
-            return Err(format!(
-                "listener {}: unsupported protocol {}",
-                l.name, l.protocol
-            ));
-        }
+        _ => return Err(problem(ListenerProblem::Protocol(l.protocol))),
     };
     let port = u16::try_from(l.port)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("listener {}: invalid port {}", l.name, l.port))?;
+        .ok_or_else(|| problem(ListenerProblem::Port(l.port)))?;
     if let Some(other) = others.iter().find(|s| s.port == port) {
-        return Err(format!(
-            "listeners {} and {} both use port {port}",
-            other.name, l.name
-        ));
+        return Err(BuildError::SharedPort {
+            first: other.name.clone(),
+            second: l.name.clone(),
+            port,
+        });
     }
     Ok(ListenerSpec {
         name: l.name.clone(),
@@ -173,12 +226,11 @@ fn listener_tls(
     l: &Listener,
     version: &str,
     previous: &RoutingState,
-) -> Result<ListenerTls, String> {
+) -> Result<ListenerTls, ListenerProblem> {
     if let Some((_, config, names)) = previous.tls.get(&l.name).filter(|(v, _, _)| v == version) {
         return Ok((version.to_owned(), Arc::clone(config), Arc::clone(names)));
     }
-    let config = tls::server_config(&l.certificates, l.client_validation.as_ref())
-        .map_err(|e| format!("listener {}: {e}", l.name))?;
+    let config = tls::server_config(&l.certificates, l.client_validation.as_ref())?;
     let names = Arc::new(tls::ListenerNames::from_certificates(&l.certificates));
     Ok((version.to_owned(), config, names))
 }

@@ -3,7 +3,20 @@
 use http::StatusCode;
 use rauta_common::api::v1::Redirect;
 
-use super::filters::rewrite::PathRewrite;
+use super::filters::rewrite::{PathRewrite, RewriteError};
+
+/// Why a redirect is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("redirect status {0} is not a redirect")]
+    Status(u32),
+    #[error("redirect scheme {0:?} is not supported")]
+    Scheme(String),
+    #[error("redirect port {0} out of range")]
+    Port(u32),
+    #[error(transparent)]
+    Path(#[from] RewriteError),
+}
 
 /// RequestRedirect at run time.
 #[derive(Debug)]
@@ -24,22 +37,22 @@ fn well_known_port(scheme: &str) -> Option<u16> {
 }
 
 impl RedirectRt {
-    pub fn build(r: &Redirect) -> Result<RedirectRt, String> {
+    pub fn build(r: &Redirect) -> Result<RedirectRt, RedirectError> {
         let status = match r.status_code {
             0 => StatusCode::FOUND,
-            301 | 302 | 303 | 307 | 308 => {
-                StatusCode::from_u16(r.status_code as u16).map_err(|e| e.to_string())?
+            code @ (301 | 302 | 303 | 307 | 308) => {
+                StatusCode::from_u16(code as u16).map_err(|_| RedirectError::Status(code))?
             }
-            other => return Err(format!("redirect status {other} is not a redirect")),
+            other => return Err(RedirectError::Status(other)),
         };
         let scheme = match r.scheme.as_str() {
             "" => None,
             s @ ("http" | "https") => Some(s.into()),
-            other => return Err(format!("redirect scheme {other:?} is not supported")),
+            other => return Err(RedirectError::Scheme(other.to_owned())),
         };
         let port = match r.port {
             0 => None,
-            p => Some(u16::try_from(p).map_err(|_| format!("redirect port {p} out of range"))?),
+            p => Some(u16::try_from(p).map_err(|_| RedirectError::Port(p))?),
         };
         let path = match &r.path {
             Some(p) => PathRewrite::build(p)?,

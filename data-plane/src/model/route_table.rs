@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use rauta_common::api::v1::{RouteTable, VirtualHost};
 
 use super::cluster::Clusters;
-use super::filters::session::SessionKeys;
+use super::filters::session::{SessionError, SessionKeys};
 use super::matchers::MatchRt;
 use super::request::RequestView;
-use super::rule::RuleRt;
+use super::rule::{RuleError, RuleRt};
 use crate::observe::metrics::ProxyMetrics;
 
 #[derive(Debug)]
@@ -57,19 +57,41 @@ impl RouteTableRt {
     }
 }
 
+/// Why a route table is invalid (the NACK's text, after which table it is).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteTableError {
+    #[error("virtual host {vhost}: rule {rule}: {source}")]
+    Rule {
+        vhost: String,
+        rule: String,
+        source: RuleError,
+    },
+    #[error("two virtual hosts claim \"*\"")]
+    TwoCatchAlls,
+    #[error("invalid wildcard domain {0:?}")]
+    Wildcard(String),
+    #[error("invalid domain {0:?}")]
+    Domain(String),
+    #[error("two virtual hosts claim {0:?}")]
+    Claimed(String),
+    #[error(transparent)]
+    SessionKeys(#[from] SessionError),
+}
+
 impl VirtualHostRt {
     fn build(
         vhost: &VirtualHost,
-        clusters: &Clusters,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
-    ) -> Result<VirtualHostRt, String> {
+    ) -> Result<VirtualHostRt, RouteTableError> {
         let rules = vhost
             .rules
             .iter()
             .map(|rule| {
-                RuleRt::build(rule, clusters, metrics, session_keys).map_err(|msg| {
-                    format!("virtual host {}: rule {}: {msg}", vhost.name, rule.name)
+                RuleRt::build(rule, metrics, session_keys).map_err(|source| RouteTableError::Rule {
+                    vhost: vhost.name.clone(),
+                    rule: rule.name.clone(),
+                    source,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -84,34 +106,39 @@ impl RouteTableRt {
     /// Validates a route table: its virtual hosts' domains and rules.
     pub fn build(
         table: &RouteTable,
-        clusters: &Clusters,
         metrics: &ProxyMetrics,
-    ) -> Result<RouteTableRt, String> {
+    ) -> Result<RouteTableRt, RouteTableError> {
         let mut rt = RouteTableRt::default();
         let keys = SessionKeys::build(&table.session_keys)?;
         for vhost in &table.virtual_hosts {
             let index = rt.vhosts.len();
-            rt.vhosts
-                .push(VirtualHostRt::build(vhost, clusters, metrics, &keys)?);
+            rt.vhosts.push(VirtualHostRt::build(vhost, metrics, &keys)?);
             for domain in &vhost.domains {
                 let domain = domain.to_ascii_lowercase();
                 if domain == "*" {
                     if rt.any.replace(index).is_some() {
-                        return Err("two virtual hosts claim \"*\"".into());
+                        return Err(RouteTableError::TwoCatchAlls);
                     }
                 } else if let Some(suffix) = domain.strip_prefix('*') {
                     if !suffix.starts_with('.') || suffix.len() < 2 {
-                        return Err(format!("invalid wildcard domain {domain:?}"));
+                        return Err(RouteTableError::Wildcard(domain));
                     }
                     rt.wildcards.push((suffix.into(), index));
                 } else if domain.is_empty() || domain.contains(['*', '/', ' ', ':']) {
-                    return Err(format!("invalid domain {domain:?}"));
+                    return Err(RouteTableError::Domain(domain));
                 } else if rt.exact.insert(domain.clone().into(), index).is_some() {
-                    return Err(format!("two virtual hosts claim {domain:?}"));
+                    return Err(RouteTableError::Claimed(domain));
                 }
             }
         }
         rt.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Ok(rt)
+    }
+
+    /// Points every rule's backends and mirrors at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        for rule in self.vhosts.iter_mut().flat_map(|v| v.rules.iter_mut()) {
+            rule.link(clusters);
+        }
     }
 }

@@ -10,14 +10,15 @@ use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
 use super::cluster::{ClusterRt, Clusters};
-use super::filters::Filters;
 use super::filters::session::SessionKeys;
-use super::matchers::MatchRt;
-use super::redirect::RedirectRt;
+use super::filters::{FilterError, Filters};
+use super::matchers::{MatchError, MatchRt};
+use super::redirect::{RedirectError, RedirectRt};
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 
 #[derive(Debug)]
 pub struct WeightedBackend {
+    pub cluster_name: Box<str>,
     /// `None` when the cluster is not (yet) in the snapshot: answered with 503.
     pub cluster: Option<Arc<ClusterRt>>,
     /// backendRef filters.
@@ -79,17 +80,37 @@ pub struct RuleRt {
     pub counters: Arc<RouteStats>,
 }
 
+/// Why a rule is invalid (the NACK's text, after which rule it is).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("no matches")]
+    NoMatches,
+    #[error("no action (is the controller newer than this proxy?)")]
+    NoAction,
+    #[error("invalid status {0}")]
+    Status(u32),
+    #[error("weights overflow")]
+    WeightsOverflow,
+    #[error("{field}: {reason}")]
+    Timeout { field: &'static str, reason: String },
+    #[error(transparent)]
+    Match(#[from] MatchError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+}
+
 impl ActionRt {
-    /// Validates a rule's action; backends name clusters of `clusters` (a missing one is
-    /// answered 503 per request).
-    fn build(action: Option<&Action>, clusters: &Clusters) -> Result<ActionRt, String> {
+    /// Validates a rule's action; backends name their clusters ([`RuleRt::link`]).
+    fn build(action: Option<&Action>) -> Result<ActionRt, RuleError> {
         Ok(match action {
-            None => return Err("no action (is the controller newer than this proxy?)".into()),
+            None => return Err(RuleError::NoAction),
             Some(Action::DirectResponse(d)) => {
                 let status = u16::try_from(d.status)
                     .ok()
                     .and_then(|s| StatusCode::from_u16(s).ok())
-                    .ok_or_else(|| format!("invalid status {}", d.status))?;
+                    .ok_or(RuleError::Status(d.status))?;
                 ActionRt::Direct {
                     status,
                     body: Bytes::from(d.body.clone()),
@@ -102,16 +123,17 @@ impl ActionRt {
                 for wc in f.clusters.iter().filter(|c| c.weight > 0) {
                     cumulative = cumulative
                         .checked_add(wc.weight)
-                        .ok_or("weights overflow")?;
+                        .ok_or(RuleError::WeightsOverflow)?;
                     backends.push(WeightedBackend {
-                        cluster: clusters.get(&wc.cluster),
+                        cluster_name: wc.cluster.as_str().into(),
+                        cluster: None,
                         filters: Filters::of_backend(wc)?,
                         cumulative,
                     });
                 }
                 let total = cumulative
                     .checked_add(f.invalid_weight)
-                    .ok_or("weights overflow")?;
+                    .ok_or(RuleError::WeightsOverflow)?;
                 ActionRt::Forward { backends, total }
             }
         })
@@ -127,26 +149,31 @@ impl ActionRt {
 }
 
 impl RuleRt {
-    /// Validates a rule; errors name what is wrong, the caller adds which rule it is.
+    /// Validates a rule; errors name what is wrong, the caller adds which rule it is. The
+    /// clusters it names are found later ([`RuleRt::link`]), once the snapshot is known valid.
     pub fn build(
         rule: &RouteRule,
-        clusters: &Clusters,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
-    ) -> Result<RuleRt, String> {
+    ) -> Result<RuleRt, RuleError> {
         if rule.matches.is_empty() {
-            return Err("no matches".into());
+            return Err(RuleError::NoMatches);
         }
         let matches = rule
             .matches
             .iter()
-            .map(|m| MatchRt::build(m).map_err(|e| e.to_string()))
+            .map(MatchRt::build)
             .collect::<Result<Vec<_>, _>>()?;
-        let action = ActionRt::build(rule.action.as_ref(), clusters)?;
-        let filters = Filters::of_rule(rule, clusters, session_keys)?;
-        let timeout = |d: Option<&prost_types::Duration>, what: &str| {
-            d.map(|d| Duration::try_from(*d).map_err(|e| format!("{what}: {e}")))
-                .transpose()
+        let action = ActionRt::build(rule.action.as_ref())?;
+        let filters = Filters::of_rule(rule, session_keys)?;
+        let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {
+            d.map(|d| {
+                Duration::try_from(*d).map_err(|e| RuleError::Timeout {
+                    field,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
         };
         Ok(RuleRt {
             name: Arc::from(rule.name.as_str()),
@@ -162,6 +189,17 @@ impl RuleRt {
             counters: metrics.route_counters(&rule.name),
         })
     }
+
+    /// Points the backends and mirrors at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        if let ActionRt::Forward { backends, .. } = &mut self.action {
+            for backend in backends {
+                backend.cluster = clusters.get(&backend.cluster_name);
+                backend.filters.link(clusters);
+            }
+        }
+        self.filters.link(clusters);
+    }
 }
 
 #[cfg(test)]
@@ -173,11 +211,13 @@ mod tests {
         let action = ActionRt::Forward {
             backends: vec![
                 WeightedBackend {
+                    cluster_name: "".into(),
                     cluster: None,
                     filters: Filters::default(),
                     cumulative: 1,
                 },
                 WeightedBackend {
+                    cluster_name: "".into(),
                     cluster: None,
                     filters: Filters::default(),
                     cumulative: 4,

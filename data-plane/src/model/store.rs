@@ -14,13 +14,28 @@ pub struct ResourceStore {
     versions: BTreeMap<ResourceType, String>,
 }
 
+/// Why a discovery response is malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{ty} {name:?}: no payload")]
+    NoPayload { ty: &'static str, name: String },
+    #[error("{ty} {name:?}: payload of another type in a {ty} response")]
+    OtherType { ty: &'static str, name: String },
+    #[error("{ty} {name:?}: payload is named {inner:?}")]
+    Misnamed {
+        ty: &'static str,
+        name: String,
+        inner: String,
+    },
+}
+
 impl ResourceStore {
     /// The store as it would be after `response`, or why the response is malformed.
     pub fn with_response(
         &self,
         ty: ResourceType,
         response: &DeltaDiscoveryResponse,
-    ) -> Result<ResourceStore, String> {
+    ) -> Result<ResourceStore, StoreError> {
         let mut next = self.clone();
         let by_name = next.types.entry(ty).or_default();
         for name in &response.removed_resources {
@@ -28,19 +43,16 @@ impl ResourceStore {
         }
         for resource in &response.resources {
             let Some(payload) = &resource.payload else {
-                return Err(format!(
-                    "{} {:?}: no payload",
-                    ty.short_name(),
-                    resource.name
-                ));
+                return Err(StoreError::NoPayload {
+                    ty: ty.short_name(),
+                    name: resource.name.clone(),
+                });
             };
             if ResourceType::of_payload(payload) != ty {
-                return Err(format!(
-                    "{} {:?}: payload of another type in a {} response",
-                    ty.short_name(),
-                    resource.name,
-                    ty.short_name()
-                ));
+                return Err(StoreError::OtherType {
+                    ty: ty.short_name(),
+                    name: resource.name.clone(),
+                });
             }
             let inner_name = match payload {
                 Payload::Listener(l) => &l.name,
@@ -49,11 +61,11 @@ impl ResourceStore {
                 Payload::Endpoints(e) => &e.cluster,
             };
             if *inner_name != resource.name {
-                return Err(format!(
-                    "{} {:?}: payload is named {inner_name:?}",
-                    ty.short_name(),
-                    resource.name
-                ));
+                return Err(StoreError::Misnamed {
+                    ty: ty.short_name(),
+                    name: resource.name.clone(),
+                    inner: inner_name.clone(),
+                });
             }
             by_name.insert(resource.name.clone(), Arc::new(resource.clone()));
         }

@@ -47,6 +47,29 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Why a listener's TLS settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("an HTTPS listener needs at least one certificate")]
+    NoCertificate,
+    /// A PEM field that does not load (certificate chain, private key, client CA).
+    #[error("{field}: {reason}")]
+    Pem { field: &'static str, reason: String },
+    #[error("certificate chain holds no certificate")]
+    EmptyChain,
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("{0}")]
+    Versions(String),
+}
+
+fn pem(field: &'static str) -> impl Fn(&dyn std::fmt::Display) -> TlsError {
+    move |e| TlsError::Pem {
+        field,
+        reason: e.to_string(),
+    }
+}
+
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -54,20 +77,20 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 fn certified_key(
     provider: &CryptoProvider,
     cert: &ServerCertificate,
-) -> Result<Arc<CertifiedKey>, String> {
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.certificate_chain_pem.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("certificate chain: {e}"))?;
+            .map_err(|e| pem("certificate chain")(&e))?;
     if chain.is_empty() {
-        return Err("certificate chain holds no certificate".into());
+        return Err(TlsError::EmptyChain);
     }
     let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem.as_bytes())
-        .map_err(|e| format!("private key: {e}"))?;
+        .map_err(|e| pem("private key")(&e))?;
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("private key: {e}"))?;
+        .map_err(|e| pem("private key")(&e))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
@@ -123,17 +146,17 @@ impl ListenerNames {
 fn client_verifier(
     provider: &Arc<CryptoProvider>,
     v: &ClientValidation,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(v.ca_certificates_pem.as_bytes()) {
         roots
-            .add(cert.map_err(|e| format!("client CA: {e}"))?)
-            .map_err(|e| format!("client CA: {e}"))?;
+            .add(cert.map_err(|e| pem("client CA")(&e))?)
+            .map_err(|e| pem("client CA")(&e))?;
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
             .build()
-            .map_err(|e| format!("client CA: {e}"))?;
+            .map_err(|e| pem("client CA")(&e))?;
     if v.allow_insecure_fallback {
         Ok(Arc::new(InsecureFallback(verifier)))
     } else {
@@ -194,9 +217,9 @@ impl ClientCertVerifier for InsecureFallback {
 pub fn server_config(
     certificates: &[ServerCertificate],
     validation: Option<&ClientValidation>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, TlsError> {
     if certificates.is_empty() {
-        return Err("an HTTPS listener needs at least one certificate".into());
+        return Err(TlsError::NoCertificate);
     }
     let provider = provider();
     let mut resolver = SniResolver::default();
@@ -211,7 +234,7 @@ pub fn server_config(
                 Some(suffix) if suffix.starts_with('.') => resolver
                     .wildcard
                     .push((suffix.to_owned(), Arc::clone(&key))),
-                Some(_) => return Err(format!("invalid server name {name:?}")),
+                Some(_) => return Err(TlsError::ServerName(name)),
                 None => {
                     resolver
                         .exact
@@ -226,7 +249,7 @@ pub fn server_config(
         .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TlsError::Versions(e.to_string()))?;
     let builder = match validation {
         None => builder.with_no_client_auth(),
         Some(v) => builder.with_client_cert_verifier(client_verifier(&provider, v)?),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use prost::Message;
 use rauta_common::api::v1::UpstreamTls;
-use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{EndpointPool, TlsRt};
+use super::tls::{UpstreamTlsError, client_config, server_name};
 use super::{PoolStats, Protocol};
 use crate::observe::metrics::ProxyMetrics;
 use crate::upstream::outlier::EndpointHealth;
@@ -29,32 +29,40 @@ pub struct UpstreamPools {
 #[derive(Debug, Clone)]
 pub struct ClusterTls {
     digest: u64,
+    protocol: Protocol,
     rt: Arc<TlsRt>,
 }
 
 impl UpstreamPools {
-    /// Validates a cluster's upstream TLS settings; an error NACKs the snapshot.
-    pub fn tls(&mut self, protocol: Protocol, tls: &UpstreamTls) -> Result<ClusterTls, String> {
+    /// Validates a cluster's upstream TLS settings (an error NACKs the snapshot); settings
+    /// already in use are shared. Changes nothing: the settings are kept once a pool uses them.
+    pub fn validate_tls(
+        &self,
+        protocol: Protocol,
+        tls: &UpstreamTls,
+    ) -> Result<ClusterTls, UpstreamTlsError> {
         let digest = rauta_common::hash::fnv1a64(&tls.encode_to_vec());
         if let Some(rt) = self.tls.get(&(digest, protocol)) {
             return Ok(ClusterTls {
                 digest,
+                protocol,
                 rt: Arc::clone(rt),
             });
         }
-        let mut config = crate::upstream::tls::client_config(tls)?;
+        let mut config = client_config(tls)?;
         config.alpn_protocols = match protocol {
             Protocol::Http1 => vec![b"http/1.1".to_vec()],
             Protocol::H2c => vec![b"h2".to_vec()],
         };
-        let server_name = ServerName::try_from(tls.server_name.clone())
-            .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
         let rt = Arc::new(TlsRt {
             connector: TlsConnector::from(Arc::new(config)),
-            server_name,
+            server_name: server_name(&tls.server_name)?,
         });
-        self.tls.insert((digest, protocol), Arc::clone(&rt));
-        Ok(ClusterTls { digest, rt })
+        Ok(ClusterTls {
+            digest,
+            protocol,
+            rt,
+        })
     }
 
     /// The pool for an endpoint with these settings, existing or new.
@@ -66,6 +74,11 @@ impl UpstreamPools {
         tls: Option<&ClusterTls>,
         metrics: &ProxyMetrics,
     ) -> Arc<EndpointPool> {
+        if let Some(t) = tls {
+            self.tls
+                .entry((t.digest, t.protocol))
+                .or_insert_with(|| Arc::clone(&t.rt));
+        }
         let key = (addr, protocol, connect_timeout, tls.map(|t| t.digest));
         let pool = self.pools.entry(key).or_insert_with(|| {
             let stats = PoolStats::new(metrics, &addr.to_string(), protocol);

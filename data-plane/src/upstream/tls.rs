@@ -11,17 +11,49 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, Signa
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+/// Why a cluster's TLS settings are unusable (the snapshot is NACKed with this text).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("server_name {name:?}: {reason}")]
+    ServerName { name: String, reason: String },
+    /// A PEM field (CA certificates, client certificate or key) that does not load.
+    #[error("{field}: {reason}")]
+    Pem { field: &'static str, reason: String },
+    #[error("trust anchors: {0}")]
+    TrustAnchors(String),
+    #[error("subject_alt_names {name:?}: {reason}")]
+    SubjectAltName { name: String, reason: String },
+    #[error("subject_alt_names: empty entry")]
+    EmptySubjectAltName,
+    #[error("TLS versions: {0}")]
+    Versions(String),
+}
+
+fn pem(field: &'static str) -> impl Fn(&dyn std::fmt::Display) -> UpstreamTlsError {
+    move |e| UpstreamTlsError::Pem {
+        field,
+        reason: e.to_string(),
+    }
+}
+
+/// The name the upstream's certificate is checked against (and sent as SNI).
+pub fn server_name(name: &str) -> Result<ServerName<'static>, UpstreamTlsError> {
+    ServerName::try_from(name.to_owned()).map_err(|e| UpstreamTlsError::ServerName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// Builds the client configuration for a cluster's `tls` (ALPN is the connector's business).
-pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, String> {
+pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, UpstreamTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerName::try_from(tls.server_name.clone())
-        .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
+    server_name(&tls.server_name)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(tls.ca_certificates_pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("ca_certificates_pem: {e}"))?;
+        let cert = cert.map_err(|e| pem("ca_certificates_pem")(&e))?;
         roots
             .add(cert)
-            .map_err(|e| format!("ca_certificates_pem: {e}"))?;
+            .map_err(|e| pem("ca_certificates_pem")(&e))?;
     }
     if tls.system_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -34,19 +66,23 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, String> {
         Some(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                 .build()
-                .map_err(|e| format!("trust anchors: {e}"))?,
+                .map_err(|e| UpstreamTlsError::TrustAnchors(e.to_string()))?,
         )
     };
     let mut dns = Vec::new();
     let mut uris = Vec::new();
     for san in &tls.subject_alt_names {
         match &san.name {
-            Some(subject_alt_name::Name::Hostname(h)) => dns.push(
-                ServerName::try_from(h.clone())
-                    .map_err(|e| format!("subject_alt_names {h:?}: {e}"))?,
-            ),
+            Some(subject_alt_name::Name::Hostname(h)) => {
+                dns.push(ServerName::try_from(h.clone()).map_err(|e| {
+                    UpstreamTlsError::SubjectAltName {
+                        name: h.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
             Some(subject_alt_name::Name::Uri(u)) => uris.push(u.clone()),
-            None => return Err("subject_alt_names: empty entry".into()),
+            None => return Err(UpstreamTlsError::EmptySubjectAltName),
         }
     }
     let verifier = Arc::new(BackendVerifier {
@@ -57,7 +93,7 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, String> {
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(|e| UpstreamTlsError::Versions(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match &tls.client_certificate {
@@ -65,12 +101,12 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, String> {
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(cert.certificate_chain_pem.as_bytes())
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("client certificate: {e}"))?;
+                    .map_err(|e| pem("client certificate")(&e))?;
             let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem.as_bytes())
-                .map_err(|e| format!("client key: {e}"))?;
+                .map_err(|e| pem("client key")(&e))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate: {e}"))?
+                .map_err(|e| pem("client certificate")(&e))?
         }
         None => builder.with_no_client_auth(),
     };

@@ -38,7 +38,17 @@ fn split_port(hostport: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn joined(items: &[String]) -> Result<Option<HeaderValue>, String> {
+/// Why a CORS policy is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum CorsError {
+    #[error("invalid CORS origin {0:?}")]
+    Origin(String),
+    /// A list of methods or headers that is not a valid field value; the list as written.
+    #[error("invalid CORS list {0}")]
+    List(String),
+}
+
+fn joined(items: &[String]) -> Result<Option<HeaderValue>, CorsError> {
     let items: Vec<&str> = items
         .iter()
         .map(String::as_str)
@@ -49,11 +59,11 @@ fn joined(items: &[String]) -> Result<Option<HeaderValue>, String> {
     }
     HeaderValue::from_str(&items.join(", "))
         .map(Some)
-        .map_err(|_| format!("invalid CORS list {items:?}"))
+        .map_err(|_| CorsError::List(format!("{items:?}")))
 }
 
 impl CorsRt {
-    pub fn build(p: &CorsPolicy) -> Result<CorsRt, String> {
+    pub fn build(p: &CorsPolicy) -> Result<CorsRt, CorsError> {
         let origins = p
             .allow_origins
             .iter()
@@ -64,7 +74,7 @@ impl CorsRt {
                 }
                 let (scheme, host) = o
                     .split_once("://")
-                    .ok_or_else(|| format!("invalid CORS origin {o:?}"))?;
+                    .ok_or_else(|| CorsError::Origin(o.clone()))?;
                 let (host, port) = split_port(host);
                 Ok(match host.strip_prefix('*') {
                     Some(suffix) if suffix.starts_with('.') => OriginPattern::Wildcard(
@@ -72,11 +82,11 @@ impl CorsRt {
                         suffix.to_owned(),
                         port.map(str::to_owned),
                     ),
-                    Some(_) => return Err(format!("invalid CORS origin {o:?}")),
+                    Some(_) => return Err(CorsError::Origin(o.clone())),
                     None => OriginPattern::Exact(o.clone()),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, CorsError>>()?;
         Ok(CorsRt {
             origins,
             any_method: p.allow_methods.iter().any(|m| m == "*"),

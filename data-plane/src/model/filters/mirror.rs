@@ -7,6 +7,7 @@ use crate::model::cluster::ClusterRt;
 
 #[derive(Debug)]
 pub struct MirrorRt {
+    pub cluster_name: Box<str>,
     /// `None` when the cluster is not in the snapshot: nothing is sent.
     pub cluster: Option<Arc<ClusterRt>>,
     pub numerator: u32,

@@ -17,7 +17,26 @@ use rauta_common::api::v1::{RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
 use super::cluster::Clusters;
-use session::SessionKeys;
+use cors::CorsError;
+use header_ops::HeaderOpsError;
+use retry::RetryError;
+use rewrite::RewriteError;
+use session::{SessionError, SessionKeys};
+
+/// Why a filter is invalid (the text is the filter's own).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    HeaderOps(#[from] HeaderOpsError),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    #[error(transparent)]
+    Cors(#[from] CorsError),
+    #[error(transparent)]
+    Retry(#[from] RetryError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
 
 pub use cors::CorsRt;
 pub use header_ops::HeaderOps;
@@ -101,29 +120,23 @@ macro_rules! first {
 }
 
 impl Filters {
-    /// A rule's filters, from the fields of its snapshot form.
-    pub fn of_rule(
-        rule: &RouteRule,
-        clusters: &Clusters,
-        session_keys: &SessionKeys,
-    ) -> Result<Filters, String> {
+    /// A rule's filters, from the fields of its snapshot form. Mirrors name their clusters;
+    /// [`Filters::link`] finds them once the snapshot's clusters exist.
+    pub fn of_rule(rule: &RouteRule, session_keys: &SessionKeys) -> Result<Filters, FilterError> {
         let mut list = Vec::new();
         if let Some(m) = &rule.request_headers {
-            list.push(FilterRt::RequestHeaders(
-                HeaderOps::build(m).map_err(|e| e.to_string())?,
-            ));
+            list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
         }
         if let Some(m) = &rule.response_headers {
-            list.push(FilterRt::ResponseHeaders(
-                HeaderOps::build(m).map_err(|e| e.to_string())?,
-            ));
+            list.push(FilterRt::ResponseHeaders(HeaderOps::build(m)?));
         }
         if let Some(r) = &rule.url_rewrite {
             list.push(FilterRt::UrlRewrite(Rewrite::build(r)?));
         }
         for m in &rule.mirrors {
             list.push(FilterRt::Mirror(MirrorRt {
-                cluster: clusters.get(&m.cluster),
+                cluster_name: m.cluster.as_str().into(),
+                cluster: None,
                 numerator: m.numerator,
                 denominator: m.denominator,
             }));
@@ -141,19 +154,30 @@ impl Filters {
     }
 
     /// A backend's filters (backendRef filters: header modifiers only).
-    pub fn of_backend(backend: &WeightedCluster) -> Result<Filters, String> {
+    pub fn of_backend(backend: &WeightedCluster) -> Result<Filters, FilterError> {
         let mut list = Vec::new();
         if let Some(m) = &backend.request_headers {
-            list.push(FilterRt::RequestHeaders(
-                HeaderOps::build(m).map_err(|e| e.to_string())?,
-            ));
+            list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
         }
         if let Some(m) = &backend.response_headers {
-            list.push(FilterRt::ResponseHeaders(
-                HeaderOps::build(m).map_err(|e| e.to_string())?,
-            ));
+            list.push(FilterRt::ResponseHeaders(HeaderOps::build(m)?));
         }
         Ok(Filters::new(list))
+    }
+
+    /// Points the filters that name clusters (mirrors) at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        for filter in self.list.iter_mut() {
+            match filter {
+                FilterRt::Mirror(m) => m.cluster = clusters.get(&m.cluster_name),
+                FilterRt::RequestHeaders(_)
+                | FilterRt::ResponseHeaders(_)
+                | FilterRt::UrlRewrite(_)
+                | FilterRt::Cors(_)
+                | FilterRt::Retry(_)
+                | FilterRt::Session(_) => {}
+            }
+        }
     }
 
     pub fn new(list: Vec<FilterRt>) -> Filters {

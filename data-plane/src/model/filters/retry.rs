@@ -10,16 +10,25 @@ pub struct RetryRt {
     pub backoff: std::time::Duration,
 }
 
+/// Why a retry policy is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("invalid retry code {0}")]
+    Code(u32),
+    #[error("retry backoff: {0}")]
+    Backoff(String),
+}
+
 impl RetryRt {
-    pub fn build(r: &rauta_common::api::v1::RetryPolicy) -> Result<RetryRt, String> {
+    pub fn build(r: &rauta_common::api::v1::RetryPolicy) -> Result<RetryRt, RetryError> {
         let codes = r
             .codes
             .iter()
-            .map(|c| u16::try_from(*c).map_err(|_| format!("invalid retry code {c}")))
+            .map(|c| u16::try_from(*c).map_err(|_| RetryError::Code(*c)))
             .collect::<Result<_, _>>()?;
         let backoff = match &r.backoff {
             Some(d) => {
-                std::time::Duration::try_from(*d).map_err(|e| format!("retry backoff: {e}"))?
+                std::time::Duration::try_from(*d).map_err(|e| RetryError::Backoff(e.to_string()))?
             }
             None => std::time::Duration::from_millis(25),
         };

@@ -3,6 +3,15 @@
 use http::HeaderValue;
 use rauta_common::api::v1::{PathModifier, UrlRewrite, path_modifier};
 
+/// Why a URL rewrite (or a redirect's path) is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("path {0:?} does not start with '/'")]
+    RelativePath(String),
+    #[error("invalid rewrite hostname {0:?}")]
+    Hostname(String),
+}
+
 /// A new path.
 #[derive(Debug)]
 pub enum PathRewrite {
@@ -12,14 +21,14 @@ pub enum PathRewrite {
 }
 
 impl PathRewrite {
-    pub fn build(m: &PathModifier) -> Result<Option<PathRewrite>, String> {
+    pub fn build(m: &PathModifier) -> Result<Option<PathRewrite>, RewriteError> {
         match &m.kind {
             None => Ok(None),
             Some(path_modifier::Kind::ReplaceFullPath(p))
             | Some(path_modifier::Kind::ReplacePrefixMatch(p))
                 if !p.is_empty() && !p.starts_with('/') =>
             {
-                Err(format!("path {p:?} does not start with '/'"))
+                Err(RewriteError::RelativePath(p.clone()))
             }
             Some(path_modifier::Kind::ReplaceFullPath(p)) => {
                 Ok(Some(PathRewrite::Full(p.as_str().into())))
@@ -57,13 +66,13 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
-    pub fn build(r: &UrlRewrite) -> Result<Rewrite, String> {
+    pub fn build(r: &UrlRewrite) -> Result<Rewrite, RewriteError> {
         let host = if r.hostname.is_empty() {
             None
         } else {
             Some(
                 HeaderValue::from_str(&r.hostname)
-                    .map_err(|_| format!("invalid rewrite hostname {:?}", r.hostname))?,
+                    .map_err(|_| RewriteError::Hostname(r.hostname.clone()))?,
             )
         };
         let path = match &r.path {

@@ -39,19 +39,35 @@ impl std::fmt::Debug for SessionKeys {
     }
 }
 
+/// Why session persistence (or a route table's session keys) is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("at most {MAX_KEYS} session keys, got {0}")]
+    TooManyKeys(usize),
+    #[error("a session key must have at least {MIN_KEY_BYTES} bytes")]
+    ShortKey,
+    #[error("session persistence without a key to sign its tokens")]
+    NoKey,
+    #[error("unknown session kind {0}")]
+    Kind(i32),
+    #[error("invalid session header name {0:?}")]
+    HeaderName(String),
+    #[error("invalid session cookie path {0:?}")]
+    CookiePath(String),
+    #[error("invalid session cookie name {0:?}")]
+    CookieName(String),
+    #[error("session timeout: {0}")]
+    Timeout(String),
+}
+
 impl SessionKeys {
     /// The keys of a route table (`RouteTable.session_keys`).
-    pub fn build(keys: &[String]) -> Result<SessionKeys, String> {
+    pub fn build(keys: &[String]) -> Result<SessionKeys, SessionError> {
         if keys.len() > MAX_KEYS {
-            return Err(format!(
-                "at most {MAX_KEYS} session keys, got {}",
-                keys.len()
-            ));
+            return Err(SessionError::TooManyKeys(keys.len()));
         }
         if keys.iter().any(|k| k.len() < MIN_KEY_BYTES) {
-            return Err(format!(
-                "a session key must have at least {MIN_KEY_BYTES} bytes"
-            ));
+            return Err(SessionError::ShortKey);
         }
         Ok(SessionKeys(
             keys.iter()
@@ -136,18 +152,17 @@ fn deadline(after: Duration) -> u64 {
     end.as_secs() + u64::from(end.subsec_nanos() > 0)
 }
 
-fn duration(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, String> {
-    d.map(|d| Duration::try_from(*d).map_err(|e| format!("session timeout: {e}")))
+fn duration(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, SessionError> {
+    d.map(|d| Duration::try_from(*d).map_err(|e| SessionError::Timeout(e.to_string())))
         .transpose()
 }
 
 impl SessionRt {
-    pub fn build(p: &SessionPersistence, keys: &SessionKeys) -> Result<SessionRt, String> {
+    pub fn build(p: &SessionPersistence, keys: &SessionKeys) -> Result<SessionRt, SessionError> {
         if keys.is_empty() {
-            return Err("session persistence without a key to sign its tokens".into());
+            return Err(SessionError::NoKey);
         }
-        let kind =
-            Kind::try_from(p.kind).map_err(|_| format!("unknown session kind {}", p.kind))?;
+        let kind = Kind::try_from(p.kind).map_err(|_| SessionError::Kind(p.kind))?;
         let (name, cookie) = match kind {
             Kind::Cookie => (
                 http::header::SET_COOKIE,
@@ -157,7 +172,7 @@ impl SessionRt {
                 HeaderName::from_bytes(p.name.as_bytes())
                     .ok()
                     .filter(|n| !rauta_common::fields::reserved_for_session(n.as_str()))
-                    .ok_or_else(|| format!("invalid session header name {:?}", p.name))?,
+                    .ok_or_else(|| SessionError::HeaderName(p.name.clone()))?,
                 None,
             ),
         };
@@ -168,14 +183,14 @@ impl SessionRt {
             {
                 path
             }
-            path => return Err(format!("invalid session cookie path {path:?}")),
+            path => return Err(SessionError::CookiePath(path.to_owned())),
         };
         if cookie.as_deref().is_some_and(|c| {
             c.is_empty()
                 || c.bytes()
                     .any(|b| !b.is_ascii_graphic() || b"=;,".contains(&b))
         }) {
-            return Err(format!("invalid session cookie name {:?}", p.name));
+            return Err(SessionError::CookieName(p.name.clone()));
         }
         Ok(SessionRt {
             name,
@@ -446,7 +461,7 @@ mod tests {
             ..Default::default()
         };
         let err = SessionRt::build(&p, &SessionKeys::default()).unwrap_err();
-        assert!(err.contains("without a key"), "{err}");
+        assert!(matches!(err, SessionError::NoKey), "{err}");
         assert!(SessionKeys::build(&["short".into()]).is_err());
         assert!(SessionKeys::build(&vec![KEY.to_owned(); MAX_KEYS + 1]).is_err());
         assert!(SessionRt::build(&p, &keys(&[KEY])).is_ok());
