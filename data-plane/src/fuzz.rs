@@ -26,16 +26,17 @@ use rauta_common::types::ResourceType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use crate::h1::body::{ChunkScanner, Framing};
-use crate::h1::request::{self, RequestCtx};
-use crate::h1::response;
-use crate::http2::hpack::Decoder;
-use crate::limits::{Activity, Limits};
-use crate::metrics::ProxyMetrics;
-use crate::proxy::{Connection, ListenerCtx};
-use crate::routing::RoutingState;
+use crate::codec::h1::framing::{ChunkScanner, Framing};
+use crate::codec::h2::hpack::Decoder;
+use crate::limits::Limits;
+use crate::model::RoutingState;
+use crate::model::store::ResourceStore;
+use crate::observe::metrics::ProxyMetrics;
+use crate::serve::activity::Activity;
+use crate::serve::context::{Connection, ListenerCtx};
+use crate::serve::h1::request::{self, RequestCtx};
+use crate::serve::h1::response;
 use crate::shared::Shared;
-use crate::store::ResourceStore;
 use crate::upstream::UpstreamPools;
 
 /// How long one input may take to be served before it counts as a hang.
@@ -300,9 +301,9 @@ impl World {
             let open = shared.drain_watch();
             let served = tokio::spawn(async move {
                 if h2_prefix {
-                    let _ = crate::http2::serve(
+                    let _ = crate::serve::http2::serve(
                         server,
-                        Bytes::from_static(crate::http2::PREFACE),
+                        Bytes::from_static(crate::serve::http2::PREFACE),
                         shared,
                         listener,
                         conn,
@@ -310,13 +311,13 @@ impl World {
                     )
                     .await;
                 } else {
-                    let _ = crate::listeners::serve_http(
+                    let _ = crate::serve::accept::serve_http(
                         server,
                         fast,
                         conn,
                         Arc::clone(&shared),
                         listener,
-                        crate::listeners::http_builder(&shared.limits),
+                        crate::serve::accept::http_builder(&shared.limits),
                         open,
                     )
                     .await;

@@ -1,39 +1,30 @@
-//! rauta-proxy: the data plane.
+//! rauta-proxy: the data plane. Data flows one way, and the folders are its stages:
 //!
-//! Data flows one way: `xds` (stream) → `applier` (validate, `store`, build `routing` state,
-//! open `listeners`) → `shared` (one atomic swap) → `proxy` (request path).
+//! - `config` — the discovery client (`xds`) streams snapshots from the controller; the
+//!   applier validates each into a new `model` and publishes it with one atomic swap into
+//!   `shared`, and opens or closes listeners to match.
+//! - `model` — the immutable runtime state built from a snapshot: route tables, rules (matches,
+//!   action, filters), clusters and their endpoint pickers. Validated when built, so the
+//!   request path never fails on configuration.
+//! - `serve` — accepting connections and serving requests: the general path, the HTTP/1.1 and
+//!   HTTP/2 fast paths, the proxy's own HTTP/2 server, TLS passthrough. Reads `shared`.
+//! - `upstream` — connection pools per endpoint, the raw HTTP/1.1 client, upstream TLS.
+//!
+//! Underneath: `codec` (HTTP/1.1 and HTTP/2 wire formats), `body` (request bodies between a
+//! client and an upstream), `observe` (metrics, access log, trace context), `limits` and
+//! `workers`. Beside: `admin` (the admin port). A module only imports from its own stage, from
+//! an earlier one or from underneath; `tests/tests/architecture.rs` checks it.
 
-pub mod access_log;
 pub mod admin;
-pub mod applier;
-pub mod cluster;
-pub mod config_dump;
-pub mod cors;
-pub mod filters;
+pub mod body;
+pub mod codec;
+pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod h1;
-pub mod http2;
 pub mod limits;
-pub mod listeners;
-pub mod maglev;
-pub mod metrics;
-pub mod mirror;
-pub mod outlier;
-pub mod passthrough;
-pub mod proxy;
-pub mod raw_stream;
-pub mod retry_budget;
-pub mod route_stats;
-pub mod routing;
-pub mod session;
+pub mod model;
+pub mod observe;
+pub mod serve;
 pub mod shared;
-pub mod store;
-pub mod tls;
-pub mod trace;
-pub mod upgrade;
 pub mod upstream;
-pub mod upstream_raw;
-pub mod upstream_tls;
 pub mod workers;
-pub mod xds;

@@ -10,15 +10,16 @@ use clap::Parser;
 use rauta_common::api::v1::Node;
 use rauta_common::credentials::{self, ReloadingIdentity, ReloadingRoots, ReloadingToken};
 use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
-use rauta_proxy::access_log::AccessLog;
 use rauta_proxy::admin;
-use rauta_proxy::applier::Applier;
+use rauta_proxy::config::applier::Applier;
+use rauta_proxy::config::listeners::ListenerManager;
+use rauta_proxy::config::xds::{ChannelSecurity, XdsClient};
 use rauta_proxy::limits::Limits;
-use rauta_proxy::listeners::ListenerManager;
-use rauta_proxy::metrics::ProxyMetrics;
+use rauta_proxy::observe::access_log::AccessLog;
+use rauta_proxy::observe::metrics::ProxyMetrics;
+use rauta_proxy::serve::accept::Acceptor;
 use rauta_proxy::shared::Shared;
 use rauta_proxy::workers::Workers;
-use rauta_proxy::xds::{ChannelSecurity, XdsClient};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -291,7 +292,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listeners = ListenerManager::new(
         args.bind_address,
         args.listener_port_offset,
-        Arc::clone(&shared),
+        Arc::new(Acceptor {
+            shared: Arc::clone(&shared),
+        }),
         workers,
     );
     let applier = Applier::new(listeners, Arc::clone(&shared));

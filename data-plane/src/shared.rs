@@ -7,11 +7,11 @@ use tokio::sync::watch;
 
 use std::sync::Arc;
 
-use crate::access_log::AccessLog;
 use crate::limits::Limits;
-use crate::metrics::ProxyMetrics;
-use crate::routing::RoutingState;
-use crate::store::ResourceStore;
+use crate::model::RoutingState;
+use crate::model::store::ResourceStore;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::ProxyMetrics;
 
 #[derive(Debug)]
 pub struct Shared {

@@ -1,0 +1,42 @@
+//! The proxy's admin HTTP endpoint: /metrics, /healthz, /readyz, /config_dump.
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use rauta_common::plain_http;
+use tokio::net::TcpListener;
+
+mod config_dump;
+use crate::shared::Shared;
+
+fn respond(shared: &Shared, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    let text = |status, body: &[u8]| (status, plain_http::TEXT, body.to_vec());
+    match path {
+        "/metrics" => {
+            // Ejections end by time, not by an event: the gauge is read off the state.
+            shared.state.load().record_ejections(&shared.metrics);
+            (
+                StatusCode::OK,
+                plain_http::PROMETHEUS,
+                shared.metrics.render(),
+            )
+        }
+        "/config_dump" => (
+            StatusCode::OK,
+            plain_http::JSON,
+            config_dump::render(shared),
+        ),
+        "/healthz" => text(StatusCode::OK, b"ok\n"),
+        "/readyz" if shared.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, b"draining\n"),
+        "/readyz" if shared.is_ready() => text(StatusCode::OK, b"ready\n"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"waiting for the first configuration\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, b"not found\n"),
+    }
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    plain_http::serve(listener, move |path| respond(&shared, path)).await;
+}

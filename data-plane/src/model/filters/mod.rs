@@ -1,0 +1,284 @@
+//! A rule's features as a list of runtime filters, each validated when the snapshot is built
+//! so that applying it per request cannot fail (as linkerd2-proxy's filters: an enum in a list,
+//! one file each).
+//!
+//! Which filters the fast paths implement is decided here, once per rule, by an exhaustive
+//! `match`: a new filter does not compile until it says whether the fast paths handle it, so
+//! a rule can never reach a fast path that would silently skip one of its filters.
+
+pub mod cors;
+pub mod header_ops;
+pub mod mirror;
+pub mod retry;
+pub mod rewrite;
+pub mod session;
+
+use rauta_common::api::v1::{RouteRule, WeightedCluster};
+use rauta_common::fields::CONNECTION_FIELDS;
+
+use super::cluster::Clusters;
+use cors::CorsError;
+use header_ops::HeaderOpsError;
+use retry::RetryError;
+use rewrite::RewriteError;
+use session::{SessionError, SessionKeys};
+
+/// Why a filter is invalid (the text is the filter's own).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    HeaderOps(#[from] HeaderOpsError),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    #[error(transparent)]
+    Cors(#[from] CorsError),
+    #[error(transparent)]
+    Retry(#[from] RetryError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+pub use cors::CorsRt;
+pub use header_ops::HeaderOps;
+pub use mirror::MirrorRt;
+pub use retry::RetryRt;
+pub use rewrite::Rewrite;
+pub use session::SessionRt;
+
+/// Request fields the gateway itself sets or reads, besides the connection fields: header
+/// modifiers that touch any of them are left to the general path, where the order of those
+/// steps is defined.
+const GATEWAY_REQUEST_FIELDS: &[&str] = &[
+    "host",
+    "expect",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "traceparent",
+];
+
+/// One filter of a rule (or of one of its backends).
+#[derive(Debug)]
+pub enum FilterRt {
+    /// RequestHeaderModifier.
+    RequestHeaders(HeaderOps),
+    /// ResponseHeaderModifier.
+    ResponseHeaders(HeaderOps),
+    /// URLRewrite.
+    UrlRewrite(Rewrite),
+    /// RequestMirror, one per mirrored cluster.
+    Mirror(MirrorRt),
+    /// CORS.
+    Cors(CorsRt),
+    /// The rule's retry policy.
+    Retry(RetryRt),
+    /// The rule's sessionPersistence.
+    Session(SessionRt),
+}
+
+impl FilterRt {
+    /// Whether the fast paths (which write the upstream request head straight from the
+    /// client's fields, and relay the response head the same way) implement this filter.
+    fn on_fast_path(&self) -> bool {
+        match self {
+            FilterRt::RequestHeaders(ops) => {
+                !ops.touches(CONNECTION_FIELDS) && !ops.touches(GATEWAY_REQUEST_FIELDS)
+            }
+            FilterRt::ResponseHeaders(ops) => !ops.touches(CONNECTION_FIELDS),
+            FilterRt::UrlRewrite(_)
+            | FilterRt::Mirror(_)
+            | FilterRt::Cors(_)
+            | FilterRt::Retry(_)
+            | FilterRt::Session(_) => false,
+        }
+    }
+}
+
+/// The filters of a rule or a backend, in the order the snapshot lists them.
+#[derive(Debug)]
+pub struct Filters {
+    list: Box<[FilterRt]>,
+    /// Every filter is one the fast paths implement.
+    fast_path: bool,
+}
+
+impl Default for Filters {
+    /// No filters, which the fast paths serve.
+    fn default() -> Self {
+        Filters::new(Vec::new())
+    }
+}
+
+/// The first filter of a kind.
+macro_rules! first {
+    ($list:expr, $kind:ident) => {
+        $list.iter().find_map(|f| match f {
+            FilterRt::$kind(inner) => Some(inner),
+            _ => None,
+        })
+    };
+}
+
+impl Filters {
+    /// A rule's filters, from the fields of its snapshot form. Mirrors name their clusters;
+    /// [`Filters::link`] finds them once the snapshot's clusters exist.
+    pub fn of_rule(rule: &RouteRule, session_keys: &SessionKeys) -> Result<Filters, FilterError> {
+        let mut list = Vec::new();
+        if let Some(m) = &rule.request_headers {
+            list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
+        }
+        if let Some(m) = &rule.response_headers {
+            list.push(FilterRt::ResponseHeaders(HeaderOps::build(m)?));
+        }
+        if let Some(r) = &rule.url_rewrite {
+            list.push(FilterRt::UrlRewrite(Rewrite::build(r)?));
+        }
+        for m in &rule.mirrors {
+            list.push(FilterRt::Mirror(MirrorRt {
+                cluster_name: m.cluster.as_str().into(),
+                cluster: None,
+                numerator: m.numerator,
+                denominator: m.denominator,
+            }));
+        }
+        if let Some(c) = &rule.cors {
+            list.push(FilterRt::Cors(CorsRt::build(c)?));
+        }
+        if let Some(r) = &rule.retry {
+            list.push(FilterRt::Retry(RetryRt::build(r)?));
+        }
+        if let Some(p) = &rule.session_persistence {
+            list.push(FilterRt::Session(SessionRt::build(p, session_keys)?));
+        }
+        Ok(Filters::new(list))
+    }
+
+    /// A backend's filters (backendRef filters: header modifiers only).
+    pub fn of_backend(backend: &WeightedCluster) -> Result<Filters, FilterError> {
+        let mut list = Vec::new();
+        if let Some(m) = &backend.request_headers {
+            list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
+        }
+        if let Some(m) = &backend.response_headers {
+            list.push(FilterRt::ResponseHeaders(HeaderOps::build(m)?));
+        }
+        Ok(Filters::new(list))
+    }
+
+    /// Points the filters that name clusters (mirrors) at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        for filter in self.list.iter_mut() {
+            match filter {
+                FilterRt::Mirror(m) => m.cluster = clusters.get(&m.cluster_name),
+                FilterRt::RequestHeaders(_)
+                | FilterRt::ResponseHeaders(_)
+                | FilterRt::UrlRewrite(_)
+                | FilterRt::Cors(_)
+                | FilterRt::Retry(_)
+                | FilterRt::Session(_) => {}
+            }
+        }
+    }
+
+    pub fn new(list: Vec<FilterRt>) -> Filters {
+        let fast_path = list.iter().all(FilterRt::on_fast_path);
+        Filters {
+            list: list.into_boxed_slice(),
+            fast_path,
+        }
+    }
+
+    /// Whether the fast paths may serve requests with these filters.
+    #[inline]
+    pub fn fast_path(&self) -> bool {
+        self.fast_path
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &FilterRt> {
+        self.list.iter()
+    }
+
+    #[inline]
+    pub fn request_headers(&self) -> Option<&HeaderOps> {
+        first!(self.list, RequestHeaders)
+    }
+
+    #[inline]
+    pub fn response_headers(&self) -> Option<&HeaderOps> {
+        first!(self.list, ResponseHeaders)
+    }
+
+    #[inline]
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        first!(self.list, UrlRewrite)
+    }
+
+    #[inline]
+    pub fn cors(&self) -> Option<&CorsRt> {
+        first!(self.list, Cors)
+    }
+
+    #[inline]
+    pub fn retry(&self) -> Option<&RetryRt> {
+        first!(self.list, Retry)
+    }
+
+    #[inline]
+    pub fn session(&self) -> Option<&SessionRt> {
+        first!(self.list, Session)
+    }
+
+    /// Every mirror, in order.
+    pub fn mirrors(&self) -> impl Iterator<Item = &MirrorRt> {
+        self.list.iter().filter_map(|f| match f {
+            FilterRt::Mirror(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    #[inline]
+    pub fn has_mirrors(&self) -> bool {
+        self.mirrors().next().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rauta_common::api::v1::{HeaderModifier, HeaderValue};
+
+    use super::*;
+
+    fn setting(name: &str) -> HeaderOps {
+        HeaderOps::build(&HeaderModifier {
+            set: vec![HeaderValue {
+                name: name.into(),
+                value: "v".into(),
+            }],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fast_paths_take_only_filters_they_implement() {
+        assert!(Filters::default().fast_path());
+        assert!(Filters::new(vec![FilterRt::RequestHeaders(setting("x-a"))]).fast_path());
+        assert!(Filters::new(vec![FilterRt::ResponseHeaders(setting("x-a"))]).fast_path());
+        for gateway_field in ["host", "x-forwarded-for", "connection", "transfer-encoding"] {
+            assert!(
+                !Filters::new(vec![FilterRt::RequestHeaders(setting(gateway_field))]).fast_path(),
+                "{gateway_field}"
+            );
+        }
+        let with_rewrite = Filters::new(vec![
+            FilterRt::RequestHeaders(setting("x-a")),
+            FilterRt::UrlRewrite(Rewrite::default()),
+        ]);
+        assert!(!with_rewrite.fast_path());
+        assert!(with_rewrite.rewrite().is_some());
+        assert_eq!(
+            with_rewrite.request_headers().map(|o| o.touches(&["x-a"])),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! The immutable routing state the request path reads: listeners → route tables → virtual
+//! hosts → ordered rules (matches, action, filters) → clusters → endpoints. Built and validated
+//! from a [`store::ResourceStore`] off the request path, then published with one atomic swap
+//! (`shared::Shared::state`).
+
+pub mod cluster;
+pub mod filters;
+pub mod maglev;
+pub mod matchers;
+pub mod redirect;
+pub mod request;
+pub mod retry_budget;
+pub mod route_table;
+pub mod rule;
+pub mod store;
+pub mod tls;
+
+#[cfg(test)]
+mod build_tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::{Listener, ListenerProtocol};
+use rauta_common::types::ResourceType;
+
+use crate::observe::metrics::{ProxyMetrics, RouteStats};
+use crate::upstream::UpstreamPools;
+use cluster::{ClusterError, ClusterRt, Clusters};
+use route_table::{RouteTableError, RouteTableRt};
+use store::ResourceStore;
+
+/// An HTTPS listener's TLS: the listener resource version it was built from, the server
+/// configuration, and which Gateway listener each name belongs to.
+type ListenerTls = (String, Arc<rustls::ServerConfig>, Arc<tls::ListenerNames>);
+
+/// Everything the request path needs, at one configuration version.
+#[derive(Debug, Default)]
+pub struct RoutingState {
+    /// Listener name -> its route table (`None` until the table arrives: 404).
+    listeners: HashMap<String, Option<Arc<RouteTableRt>>>,
+    clusters: Clusters,
+    /// HTTPS listener name -> its TLS.
+    tls: HashMap<String, ListenerTls>,
+    pub no_route: Option<Arc<RouteStats>>,
+}
+
+/// A listener the proxy must have open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub port: u16,
+    /// Terminates TLS (its configuration is in the routing state, so certificates can change
+    /// without reopening the socket).
+    pub tls: bool,
+    /// Relays TLS untouched, routed by the ClientHello's server name.
+    pub passthrough: bool,
+}
+
+impl RoutingState {
+    #[inline]
+    pub fn route_table(&self, listener: &str) -> Option<&RouteTableRt> {
+        self.listeners.get(listener).and_then(|t| t.as_deref())
+    }
+
+    /// Which Gateway listener names belong to, on an HTTPS listener.
+    pub fn listener_names(&self, listener: &str) -> Option<&tls::ListenerNames> {
+        self.tls.get(listener).map(|(_, _, n)| n.as_ref())
+    }
+
+    /// Every cluster, by name.
+    pub fn clusters(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
+        self.clusters.iter()
+    }
+
+    /// Sets the per-endpoint ejection gauge from the clusters' current endpoints.
+    pub fn record_ejections(&self, metrics: &ProxyMetrics) {
+        metrics.endpoint_ejected.reset();
+        for (name, cluster) in self.clusters.iter() {
+            for endpoint in cluster.endpoints() {
+                metrics
+                    .endpoint_ejected
+                    .with_label_values(&[name, &endpoint.addr.to_string()])
+                    .set(i64::from(endpoint.pool.health().is_ejected()));
+            }
+        }
+    }
+
+    /// The TLS configuration of an HTTPS listener.
+    pub fn tls_config(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.get(listener).map(|(_, c, _)| Arc::clone(c))
+    }
+
+    /// Validates `store` and builds the state; reuses what did not change in `previous`
+    /// (clusters, TLS configurations). Everything is validated before anything is made: a
+    /// snapshot that fails opens no connection pool.
+    pub fn build(
+        store: &ResourceStore,
+        previous: &RoutingState,
+        pools: &mut UpstreamPools,
+        metrics: &ProxyMetrics,
+    ) -> Result<(RoutingState, Vec<ListenerSpec>), BuildError> {
+        let clusters = Clusters::validate(store, &previous.clusters, pools)?;
+        let mut tables = HashMap::new();
+        for resource in store.resources(ResourceType::RouteTable) {
+            let Some(Payload::RouteTable(table)) = &resource.payload else {
+                continue;
+            };
+            let rt =
+                RouteTableRt::build(table, metrics).map_err(|source| BuildError::RouteTable {
+                    table: table.name.clone(),
+                    source,
+                })?;
+            tables.insert(table.name.clone(), rt);
+        }
+        let mut listeners = Vec::new();
+        let mut tls_configs = HashMap::new();
+        let mut specs: Vec<ListenerSpec> = Vec::new();
+        for resource in store.resources(ResourceType::Listener) {
+            let Some(Payload::Listener(l)) = &resource.payload else {
+                continue;
+            };
+            let spec = listener_spec(l, &specs)?;
+            if spec.tls {
+                let tls = listener_tls(l, &resource.version, previous).map_err(|problem| {
+                    BuildError::Listener {
+                        listener: l.name.clone(),
+                        problem,
+                    }
+                })?;
+                tls_configs.insert(l.name.clone(), tls);
+            }
+            specs.push(spec);
+            listeners.push((l.name.clone(), l.route_table.clone()));
+        }
+        // Valid: now the pools of new endpoints, and the routes pointed at the clusters.
+        let clusters = clusters.instantiate(&previous.clusters, pools, metrics);
+        let tables: HashMap<String, Arc<RouteTableRt>> = tables
+            .into_iter()
+            .map(|(name, mut table)| {
+                table.link(&clusters);
+                (name, Arc::new(table))
+            })
+            .collect();
+        let listeners = listeners
+            .into_iter()
+            .map(|(name, table)| (name, tables.get(&table).cloned()))
+            .collect();
+        let state = RoutingState {
+            listeners,
+            clusters,
+            tls: tls_configs,
+            no_route: Some(metrics.route_counters("")),
+        };
+        Ok((state, specs))
+    }
+}
+
+/// Why a snapshot cannot become a routing state (the NACK's text).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("route table {table}: {source}")]
+    RouteTable {
+        table: String,
+        source: RouteTableError,
+    },
+    #[error("listener {listener}: {problem}")]
+    Listener {
+        listener: String,
+        problem: ListenerProblem,
+    },
+    #[error("listeners {first} and {second} both use port {port}")]
+    SharedPort {
+        first: String,
+        second: String,
+        port: u16,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerProblem {
+    #[error("unsupported protocol {0}")]
+    Protocol(i32),
+    #[error("invalid port {0}")]
+    Port(u32),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Validates a listener's protocol and port (one listener per port).
+fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, BuildError> {
+    let problem = |problem| BuildError::Listener {
+        listener: l.name.clone(),
+        problem,
+    };
+    let (tls, passthrough) = match ListenerProtocol::try_from(l.protocol) {
+        Ok(ListenerProtocol::Http) => (false, false),
+        Ok(ListenerProtocol::TlsPassthrough) => (false, true),
+        Ok(ListenerProtocol::Https) => (true, false),
+        _ => return Err(problem(ListenerProblem::Protocol(l.protocol))),
+    };
+    let port = u16::try_from(l.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| problem(ListenerProblem::Port(l.port)))?;
+    if let Some(other) = others.iter().find(|s| s.port == port) {
+        return Err(BuildError::SharedPort {
+            first: other.name.clone(),
+            second: l.name.clone(),
+            port,
+        });
+    }
+    Ok(ListenerSpec {
+        name: l.name.clone(),
+        port,
+        tls,
+        passthrough,
+    })
+}
+
+/// An HTTPS listener's TLS, reused while the listener resource is unchanged.
+fn listener_tls(
+    l: &Listener,
+    version: &str,
+    previous: &RoutingState,
+) -> Result<ListenerTls, ListenerProblem> {
+    if let Some((_, config, names)) = previous.tls.get(&l.name).filter(|(v, _, _)| v == version) {
+        return Ok((version.to_owned(), Arc::clone(config), Arc::clone(names)));
+    }
+    let config = tls::server_config(&l.certificates, l.client_validation.as_ref())?;
+    let names = Arc::new(tls::ListenerNames::from_certificates(&l.certificates));
+    Ok((version.to_owned(), config, names))
+}

@@ -1,0 +1,144 @@
+//! A listener's route table: virtual hosts by domain (exact, then the longest wildcard, then
+//! "*"), each with its rules in precedence order.
+
+use std::collections::HashMap;
+
+use rauta_common::api::v1::{RouteTable, VirtualHost};
+
+use super::cluster::Clusters;
+use super::filters::session::{SessionError, SessionKeys};
+use super::matchers::MatchRt;
+use super::request::RequestView;
+use super::rule::{RuleError, RuleRt};
+use crate::observe::metrics::ProxyMetrics;
+
+#[derive(Debug)]
+pub struct VirtualHostRt {
+    pub name: String,
+    rules: Vec<RuleRt>,
+}
+
+impl VirtualHostRt {
+    /// The rule a TLS passthrough connection uses: the first (TLSRoutes have no matches).
+    pub fn first_rule(&self) -> Option<&RuleRt> {
+        self.rules.first()
+    }
+
+    /// The first rule matching the request, in precedence order.
+    #[inline]
+    pub fn route(&self, req: &RequestView<'_>) -> Option<(&RuleRt, &MatchRt)> {
+        self.rules
+            .iter()
+            .find_map(|r| r.matches.iter().find(|m| m.matches(req)).map(|m| (r, m)))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTableRt {
+    exact: HashMap<Box<str>, usize>,
+    /// (suffix with its leading dot, vhost), longest suffix first.
+    wildcards: Vec<(Box<str>, usize)>,
+    any: Option<usize>,
+    vhosts: Vec<VirtualHostRt>,
+}
+
+impl RouteTableRt {
+    /// The virtual host for a lower-case host without port: exact, then longest wildcard, then "*".
+    #[inline]
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHostRt> {
+        let index = self.exact.get(host).copied().or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+                .map(|(_, i)| *i)
+                .or(self.any)
+        })?;
+        self.vhosts.get(index)
+    }
+}
+
+/// Why a route table is invalid (the NACK's text, after which table it is).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteTableError {
+    #[error("virtual host {vhost}: rule {rule}: {source}")]
+    Rule {
+        vhost: String,
+        rule: String,
+        source: RuleError,
+    },
+    #[error("two virtual hosts claim \"*\"")]
+    TwoCatchAlls,
+    #[error("invalid wildcard domain {0:?}")]
+    Wildcard(String),
+    #[error("invalid domain {0:?}")]
+    Domain(String),
+    #[error("two virtual hosts claim {0:?}")]
+    Claimed(String),
+    #[error(transparent)]
+    SessionKeys(#[from] SessionError),
+}
+
+impl VirtualHostRt {
+    fn build(
+        vhost: &VirtualHost,
+        metrics: &ProxyMetrics,
+        session_keys: &SessionKeys,
+    ) -> Result<VirtualHostRt, RouteTableError> {
+        let rules = vhost
+            .rules
+            .iter()
+            .map(|rule| {
+                RuleRt::build(rule, metrics, session_keys).map_err(|source| RouteTableError::Rule {
+                    vhost: vhost.name.clone(),
+                    rule: rule.name.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(VirtualHostRt {
+            name: vhost.name.clone(),
+            rules,
+        })
+    }
+}
+
+impl RouteTableRt {
+    /// Validates a route table: its virtual hosts' domains and rules.
+    pub fn build(
+        table: &RouteTable,
+        metrics: &ProxyMetrics,
+    ) -> Result<RouteTableRt, RouteTableError> {
+        let mut rt = RouteTableRt::default();
+        let keys = SessionKeys::build(&table.session_keys)?;
+        for vhost in &table.virtual_hosts {
+            let index = rt.vhosts.len();
+            rt.vhosts.push(VirtualHostRt::build(vhost, metrics, &keys)?);
+            for domain in &vhost.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    if rt.any.replace(index).is_some() {
+                        return Err(RouteTableError::TwoCatchAlls);
+                    }
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    if !suffix.starts_with('.') || suffix.len() < 2 {
+                        return Err(RouteTableError::Wildcard(domain));
+                    }
+                    rt.wildcards.push((suffix.into(), index));
+                } else if domain.is_empty() || domain.contains(['*', '/', ' ', ':']) {
+                    return Err(RouteTableError::Domain(domain));
+                } else if rt.exact.insert(domain.clone().into(), index).is_some() {
+                    return Err(RouteTableError::Claimed(domain));
+                }
+            }
+        }
+        rt.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        Ok(rt)
+    }
+
+    /// Points every rule's backends and mirrors at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        for rule in self.vhosts.iter_mut().flat_map(|v| v.rules.iter_mut()) {
+            rule.link(clusters);
+        }
+    }
+}

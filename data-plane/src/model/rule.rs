@@ -1,0 +1,244 @@
+//! A rule as the request path uses it: its matches, its action (forward to weighted backends,
+//! redirect, or a direct answer), its filters and timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use rauta_common::api::v1::RouteRule;
+use rauta_common::api::v1::route_rule::Action;
+
+use super::cluster::{ClusterRt, Clusters};
+use super::filters::session::SessionKeys;
+use super::filters::{FilterError, Filters};
+use super::matchers::{MatchError, MatchRt};
+use super::redirect::{RedirectError, RedirectRt};
+use crate::observe::metrics::{ProxyMetrics, RouteStats};
+
+#[derive(Debug)]
+pub struct WeightedBackend {
+    pub cluster_name: Box<str>,
+    /// `None` when the cluster is not (yet) in the snapshot: answered with 503.
+    pub cluster: Option<Arc<ClusterRt>>,
+    /// backendRef filters.
+    pub filters: Filters,
+    cumulative: u32,
+}
+
+#[derive(Debug)]
+pub enum ActionRt {
+    Forward {
+        backends: Vec<WeightedBackend>,
+        total: u32,
+    },
+    Redirect(RedirectRt),
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+/// What a weighted pick produced.
+pub enum Pick<'a> {
+    Backend(&'a WeightedBackend),
+    /// The share of invalid backends, or no weight at all: 500.
+    Invalid,
+}
+
+impl ActionRt {
+    /// Picks a backend by weight from a uniform random number.
+    #[inline]
+    pub fn pick(&self, random: u32) -> Pick<'_> {
+        let ActionRt::Forward { backends, total } = self else {
+            return Pick::Invalid;
+        };
+        if *total == 0 {
+            return Pick::Invalid;
+        }
+        let r = random % total;
+        backends
+            .iter()
+            .find(|b| r < b.cumulative)
+            .map_or(Pick::Invalid, Pick::Backend)
+    }
+}
+
+#[derive(Debug)]
+pub struct RuleRt {
+    pub name: Arc<str>,
+    pub(super) matches: Vec<MatchRt>,
+    pub action: ActionRt,
+    pub filters: Filters,
+    /// Whether the fast paths may serve this rule: its action is a forward and every filter is
+    /// one they implement (see [`Filters::fast_path`]).
+    pub fast_path: bool,
+    /// timeouts.request: until the response headers.
+    pub request_timeout: Option<std::time::Duration>,
+    /// timeouts.backendRequest: one attempt at the backend.
+    pub backend_timeout: Option<std::time::Duration>,
+    pub counters: Arc<RouteStats>,
+}
+
+/// Why a rule is invalid (the NACK's text, after which rule it is).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("no matches")]
+    NoMatches,
+    #[error("no action (is the controller newer than this proxy?)")]
+    NoAction,
+    #[error("invalid status {0}")]
+    Status(u32),
+    #[error("weights overflow")]
+    WeightsOverflow,
+    #[error("{field}: {reason}")]
+    Timeout { field: &'static str, reason: String },
+    #[error(transparent)]
+    Match(#[from] MatchError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+}
+
+impl ActionRt {
+    /// Validates a rule's action; backends name their clusters ([`RuleRt::link`]).
+    fn build(action: Option<&Action>) -> Result<ActionRt, RuleError> {
+        Ok(match action {
+            None => return Err(RuleError::NoAction),
+            Some(Action::DirectResponse(d)) => {
+                let status = u16::try_from(d.status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .ok_or(RuleError::Status(d.status))?;
+                ActionRt::Direct {
+                    status,
+                    body: Bytes::from(d.body.clone()),
+                }
+            }
+            Some(Action::Redirect(r)) => ActionRt::Redirect(RedirectRt::build(r)?),
+            Some(Action::Forward(f)) => {
+                let mut backends = Vec::with_capacity(f.clusters.len());
+                let mut cumulative: u32 = 0;
+                for wc in f.clusters.iter().filter(|c| c.weight > 0) {
+                    cumulative = cumulative
+                        .checked_add(wc.weight)
+                        .ok_or(RuleError::WeightsOverflow)?;
+                    backends.push(WeightedBackend {
+                        cluster_name: wc.cluster.as_str().into(),
+                        cluster: None,
+                        filters: Filters::of_backend(wc)?,
+                        cumulative,
+                    });
+                }
+                let total = cumulative
+                    .checked_add(f.invalid_weight)
+                    .ok_or(RuleError::WeightsOverflow)?;
+                ActionRt::Forward { backends, total }
+            }
+        })
+    }
+
+    /// Whether the fast paths implement this action.
+    fn on_fast_path(&self) -> bool {
+        match self {
+            ActionRt::Forward { .. } => true,
+            ActionRt::Redirect(_) | ActionRt::Direct { .. } => false,
+        }
+    }
+}
+
+impl RuleRt {
+    /// Validates a rule; errors name what is wrong, the caller adds which rule it is. The
+    /// clusters it names are found later ([`RuleRt::link`]), once the snapshot is known valid.
+    pub fn build(
+        rule: &RouteRule,
+        metrics: &ProxyMetrics,
+        session_keys: &SessionKeys,
+    ) -> Result<RuleRt, RuleError> {
+        if rule.matches.is_empty() {
+            return Err(RuleError::NoMatches);
+        }
+        let matches = rule
+            .matches
+            .iter()
+            .map(MatchRt::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = ActionRt::build(rule.action.as_ref())?;
+        let filters = Filters::of_rule(rule, session_keys)?;
+        let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {
+            d.map(|d| {
+                Duration::try_from(*d).map_err(|e| RuleError::Timeout {
+                    field,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+        };
+        Ok(RuleRt {
+            name: Arc::from(rule.name.as_str()),
+            fast_path: action.on_fast_path() && filters.fast_path(),
+            matches,
+            action,
+            filters,
+            request_timeout: timeout(rule.request_timeout.as_ref(), "request_timeout")?,
+            backend_timeout: timeout(
+                rule.backend_request_timeout.as_ref(),
+                "backend_request_timeout",
+            )?,
+            counters: metrics.route_counters(&rule.name),
+        })
+    }
+
+    /// Points the backends and mirrors at the snapshot's clusters.
+    pub fn link(&mut self, clusters: &Clusters) {
+        if let ActionRt::Forward { backends, .. } = &mut self.action {
+            for backend in backends {
+                backend.cluster = clusters.get(&backend.cluster_name);
+                backend.filters.link(clusters);
+            }
+        }
+        self.filters.link(clusters);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_pick_follows_cumulative_weights_and_invalid_share() {
+        let action = ActionRt::Forward {
+            backends: vec![
+                WeightedBackend {
+                    cluster_name: "".into(),
+                    cluster: None,
+                    filters: Filters::default(),
+                    cumulative: 1,
+                },
+                WeightedBackend {
+                    cluster_name: "".into(),
+                    cluster: None,
+                    filters: Filters::default(),
+                    cumulative: 4,
+                },
+            ],
+            total: 5,
+        };
+        let picks: Vec<Option<u32>> = (0..5)
+            .map(|r| match action.pick(r) {
+                Pick::Backend(b) => Some(b.cumulative),
+                Pick::Invalid => None,
+            })
+            .collect();
+        assert_eq!(picks, [Some(1), Some(4), Some(4), Some(4), None]);
+        assert!(matches!(
+            ActionRt::Forward {
+                backends: vec![],
+                total: 0
+            }
+            .pick(7),
+            Pick::Invalid
+        ));
+    }
+}

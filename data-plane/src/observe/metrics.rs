@@ -1,0 +1,273 @@
+//! The proxy's Prometheus metrics. Per-route and per-cluster handles are resolved when a
+//! snapshot is built, so the request path only touches atomics.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    pub registry: Registry,
+    routes: Arc<RouteStatsRegistry>,
+    upstream_latency: HistogramVec,
+    pub snapshot_version: IntGaugeVec,
+    pub updates: IntCounterVec,
+    pub controller_connected: IntGauge,
+    pub(crate) pool_open: IntGaugeVec,
+    pub(crate) pool_created: IntCounterVec,
+    pub(crate) pool_failed: IntCounterVec,
+    pub(crate) requests_per_connection: HistogramVec,
+    outlier_ejections: IntCounterVec,
+    pub endpoint_ejected: IntGaugeVec,
+    pub apply_duration: Histogram,
+    pub access_log_dropped: IntCounter,
+    /// Requests served on the HTTP/1.1 fast path.
+    pub fast_path_requests: IntCounter,
+    /// Connections the fast path handed to hyper at a request it does not take.
+    pub fast_path_handoffs: IntCounter,
+    pub connections_refused: IntCounter,
+    /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
+    pub(crate) upstream_raw_requests: IntCounter,
+    /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
+    pub http2_fast_path_requests: IntCounter,
+    /// HTTP/2 connections the proxy ended with an error (GOAWAY), by error code.
+    pub http2_connection_errors: IntCounterVec,
+    /// HTTP/2 streams the proxy reset or refused (RST_STREAM), by error code.
+    pub http2_stream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_refused: IntCounterVec,
+}
+
+pub use crate::observe::route_stats::RouteStats;
+use crate::observe::route_stats::RouteStatsRegistry;
+
+/// Latency buckets in seconds, from half a millisecond to ten seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Makes metrics, each registered as it is made.
+struct Register<'r>(&'r Registry);
+
+impl Register<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> Result<M, prometheus::Error> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::new(name, help)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::new(name, help)?)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        )?)
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        self.add(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets),
+            labels,
+        )?)
+    }
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("rauta_proxy".into()), None)?;
+        let r = Register(&registry);
+        Ok(ProxyMetrics {
+            routes: Arc::default(),
+            upstream_latency: r.histograms(
+                "upstream_response_seconds",
+                "Time from sending a request upstream to its response headers",
+                LATENCY_BUCKETS.to_vec(),
+                &["cluster"],
+            )?,
+            snapshot_version: r.gauges(
+                "snapshot_version",
+                "Controller snapshot version last applied, by resource type",
+                &["type"],
+            )?,
+            updates: r.counters(
+                "config_updates_total",
+                "Discovery responses handled, by type and result (ack, nack)",
+                &["type", "result"],
+            )?,
+            controller_connected: r
+                .gauge("controller_connected", "1 while the discovery stream is up")?,
+            pool_open: r.gauges(
+                "upstream_connections_open",
+                "Upstream connections open, by endpoint",
+                &["endpoint"],
+            )?,
+            pool_created: r.counters(
+                "upstream_connections_created_total",
+                "Upstream connections established, by endpoint",
+                &["endpoint"],
+            )?,
+            pool_failed: r.counters(
+                "upstream_connect_failures_total",
+                "Upstream connection attempts that failed (refused, timed out, TLS or HTTP handshake), by endpoint",
+                &["endpoint"],
+            )?,
+            requests_per_connection: r.histograms(
+                "upstream_requests_per_connection",
+                "Requests (HTTP/2: streams) an upstream connection carried, observed when it \
+                 closes; by protocol",
+                vec![1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0],
+                &["protocol"],
+            )?,
+            outlier_ejections: r.counters(
+                "outlier_ejections_total",
+                "Times an endpoint was taken out of the rotation after consecutive failures",
+                &["endpoint"],
+            )?,
+            endpoint_ejected: r.gauges(
+                "endpoint_ejected",
+                "1 while an endpoint is ejected (circuit open), 0 otherwise; by cluster and endpoint",
+                &["cluster", "endpoint"],
+            )?,
+            apply_duration: r.histogram(
+                "config_apply_seconds",
+                "Time to validate a discovery response and swap in the new routing state",
+                vec![0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            )?,
+            access_log_dropped: r.counter(
+                "access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            )?,
+            fast_path_requests: r.counter(
+                "http1_fast_path_requests_total",
+                "HTTP/1.1 requests served on the fast path (parsed in place, no header maps)",
+            )?,
+            fast_path_handoffs: r.counter(
+                "http1_fast_path_handoffs_total",
+                "HTTP/1.1 connections handed from the fast path to the general path, at the first \
+                 request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
+            )?,
+            connections_refused: r.counter(
+                "connections_refused_total",
+                "Client connections closed at once because their worker already served \
+                 --max-connections-per-worker",
+            )?,
+            upstream_raw_requests: r.counter(
+                "upstream_raw_requests_total",
+                "Requests without a body that the general path (HTTP/2 clients, and HTTP/1.1 \
+                 connections handed off) sent to HTTP/1.1 upstreams on raw connections, not \
+                 through hyper's client",
+            )?,
+            http2_fast_path_requests: r.counter(
+                "http2_fast_path_requests_total",
+                "HTTP/2 requests without a body planned and forwarded as the HTTP/1.1 fast path \
+                 does (no header maps), to HTTP/1.1 upstreams",
+            )?,
+            http2_connection_errors: r.counters(
+                "http2_connection_errors_total",
+                "HTTP/2 connections ended with a GOAWAY error, by error code (PROTOCOL_ERROR, \
+                 ENHANCE_YOUR_CALM for floods and rapid resets, ...)",
+                &["reason"],
+            )?,
+            http2_stream_errors: r.counters(
+                "http2_stream_errors_total",
+                "HTTP/2 streams reset or refused by the proxy (RST_STREAM), by error code",
+                &["reason"],
+            )?,
+            retries: r.counters(
+                "upstream_retries_total",
+                "Retries sent, by cluster",
+                &["cluster"],
+            )?,
+            retries_refused: r.counters(
+                "upstream_retries_refused_total",
+                "Retries not sent because the cluster's retry budget was used up, by cluster",
+                &["cluster"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The counters of a route rule (the same ones across snapshot swaps).
+    pub fn route_counters(&self, route: &str) -> Arc<RouteStats> {
+        self.routes.route(route)
+    }
+
+    /// Forgets the counters of routes nothing uses any more.
+    pub fn prune_routes(&self) {
+        self.routes.prune();
+    }
+
+    pub fn retries(&self, cluster: &str) -> IntCounter {
+        self.retries.with_label_values(&[cluster])
+    }
+
+    pub fn retries_refused(&self, cluster: &str) -> IntCounter {
+        self.retries_refused.with_label_values(&[cluster])
+    }
+
+    pub fn upstream_latency(&self, cluster: &str) -> Histogram {
+        self.upstream_latency.with_label_values(&[cluster])
+    }
+
+    /// Drops the series of an endpoint no cluster uses any more (pods come and go; their
+    /// addresses must not pile up in every scrape).
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        let _ = self.pool_open.remove_label_values(&[endpoint]);
+        let _ = self.pool_created.remove_label_values(&[endpoint]);
+        let _ = self.pool_failed.remove_label_values(&[endpoint]);
+        let _ = self.outlier_ejections.remove_label_values(&[endpoint]);
+    }
+
+    pub fn outlier_ejections(&self, endpoint: &str) -> IntCounter {
+        self.outlier_ejections.with_label_values(&[endpoint])
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut routes = String::new();
+        self.routes.render("rauta_proxy_", &mut routes);
+        buf.extend_from_slice(routes.as_bytes());
+        buf
+    }
+}

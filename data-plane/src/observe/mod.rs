@@ -1,0 +1,7 @@
+//! What the proxy tells about itself: Prometheus metrics (with per-route counters), the access
+//! log, and W3C trace context.
+
+pub mod access_log;
+pub mod metrics;
+pub mod route_stats;
+pub mod trace;

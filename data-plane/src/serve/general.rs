@@ -1,0 +1,307 @@
+//! The general request path, for every request the fast paths do not take: refuse what must
+//! be refused, route, apply the rule's action and filters, forward (`forward`). Reads the
+//! routing state through one atomic load; takes no locks; logs only at debug.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, LOCATION, ORIGIN};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use tracing::debug;
+
+use super::context::{Connection, ListenerCtx};
+use super::forward::{Client, Picked, forward};
+use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
+use super::local_reply::{LocalReply, ProxyBody, body_too_large, grpc_local_reply, is_grpc, local};
+use super::request_log::{LogDetails, LoggedRequest};
+use crate::body::client::ClientBody;
+use crate::model::cluster::{ClusterRt, EndpointRt};
+use crate::model::filters::CorsRt;
+use crate::model::matchers::MatchRt;
+use crate::model::redirect::RedirectRt;
+use crate::model::request::{RequestHeaders, RequestView};
+use crate::model::rule::{ActionRt, Pick, RuleRt, WeightedBackend};
+use crate::observe::trace::TraceContext;
+use crate::shared::Shared;
+
+/// Handles one request. Never fails: every problem becomes an HTTP answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerCtx>,
+    conn: Arc<Connection>,
+    req: Request<ClientBody>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let _open = conn.activity.request();
+    let started = Instant::now();
+    let logged = shared
+        .access_log
+        .as_ref()
+        .filter(|log| log.sampled())
+        .map(|_| LoggedRequest::of(&req));
+    let mut details = logged.as_ref().map(|_| LogDetails::default());
+    let grpc = is_grpc(req.headers());
+    // Boxed: the request future is large, and an HTTP/2 stream keeps it in a box of its own
+    // (or a task, with hyper's server); a small future moves cheaply where a large one was
+    // copied several times per request.
+    let mut resp = Box::pin(serve(&shared, &listener, &conn, req, started, &mut details)).await;
+    if grpc && resp.status().as_u16() >= 400 && resp.extensions().get::<LocalReply>().is_some() {
+        resp = grpc_local_reply(resp);
+    }
+    if let (Some(log), Some(request), Some(details)) = (&shared.access_log, logged, details) {
+        let status = resp.status().as_u16();
+        log.record(&request.entry((&listener, &conn), &details, status, started));
+    }
+    Ok(resp)
+}
+
+/// A request refused before routing: conflicting Hosts, CONNECT, a declared body over the
+/// limit, a target that does not normalize. Otherwise the request, its target normalized.
+#[allow(clippy::result_large_err)]
+fn admit(
+    shared: &Shared,
+    mut req: Request<ClientBody>,
+) -> Result<Request<ClientBody>, Response<ProxyBody>> {
+    if let Some(problem) = host_problem(&req) {
+        return Err(local(StatusCode::BAD_REQUEST, Bytes::from_static(problem)));
+    }
+    if req.method() == Method::CONNECT {
+        // No route tunnels: CONNECT would otherwise go upstream as a request for "/".
+        let mut resp = local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Bytes::from_static(b"CONNECT is not allowed\n"),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        return Err(resp);
+    }
+    if let Some(limit) = shared.limits.max_body_bytes
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > limit)
+    {
+        return Err(body_too_large());
+    }
+    if let Some(normalized) = normalized_target(req.uri()) {
+        let invalid = || {
+            local(
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"invalid request target\n"),
+            )
+        };
+        // Route and forward the same path: "/public/../admin" must not match "/public".
+        let normalized = normalized.ok_or_else(invalid)?;
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(normalized);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid())?;
+    }
+    Ok(req)
+}
+
+async fn serve(
+    shared: &Shared,
+    listener: &ListenerCtx,
+    conn: &Connection,
+    req: Request<ClientBody>,
+    started: Instant,
+    details: &mut Option<LogDetails>,
+) -> Response<ProxyBody> {
+    let req = match admit(shared, req) {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    let state = shared.state.load_full();
+    let host = request_host(&req).unwrap_or(Cow::Borrowed(""));
+    if let (Some(sni), Some(names)) = (&conn.sni, state.listener_names(&listener.name))
+        && names.listener_for(sni) != names.listener_for(&host)
+    {
+        // The TLS connection was set up for another listener than this Host's (RFC 9110 15.5.20).
+        return local(
+            StatusCode::MISDIRECTED_REQUEST,
+            Bytes::from_static(b"misdirected request\n"),
+        );
+    }
+    let view = RequestView {
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method().as_str(),
+        headers: RequestHeaders::Map(req.headers()),
+    };
+    let routed = state
+        .route_table(&listener.name)
+        .and_then(|table| table.virtual_host(&host)?.route(&view));
+    let Some((rule, matched)) = routed else {
+        if let Some(c) = &state.no_route {
+            c.record(404, started);
+        }
+        debug!(peer = %conn.peer, uri = %req.uri(), "no route");
+        return local(StatusCode::NOT_FOUND, Bytes::from_static(b"no route\n"));
+    };
+    if let Some(log) = details {
+        log.route = Some(Arc::clone(&rule.name));
+    }
+    let cors = rule.filters.cors();
+    if let Some(cors) = cors
+        && CorsRt::is_preflight(req.method(), req.headers())
+    {
+        let mut resp = local(StatusCode::NO_CONTENT, Bytes::new());
+        resp.headers_mut()
+            .extend(cors.preflight_headers(req.headers()));
+        rule.counters.record(resp.status().as_u16(), started);
+        return resp;
+    }
+    let origin = cors.and_then(|_| req.headers().get(ORIGIN).cloned());
+    let routed = Routed {
+        rule,
+        matched,
+        listener,
+        conn,
+        shared,
+    };
+    let (mut resp, session_token) = match &rule.action {
+        ActionRt::Direct { status, body } => (local(*status, body.clone()), None),
+        ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, &req), None),
+        action @ ActionRt::Forward { backends, .. } => {
+            routed.forward(action, backends, req, details).await
+        }
+    };
+    if let Some(ops) = rule.filters.response_headers() {
+        ops.apply(resp.headers_mut());
+    }
+    if let Some(cors) = cors {
+        cors.decorate(origin.as_ref(), resp.headers_mut());
+    }
+    // Last, so that the rule's header changes (say, removing upstream Set-Cookies) cannot
+    // remove the session's own token.
+    if let Some((name, value)) = session_token {
+        resp.headers_mut().append(name, value);
+    }
+    rule.counters.record(resp.status().as_u16(), started);
+    resp
+}
+
+/// The redirect a rule answers with.
+fn redirected(
+    redirect: &RedirectRt,
+    routed: &Routed<'_>,
+    host: &str,
+    req: &Request<ClientBody>,
+) -> Response<ProxyBody> {
+    let location = redirect.location(
+        routed.listener.scheme(),
+        host,
+        req.uri().path(),
+        req.uri().query(),
+        routed.listener.port,
+        routed.matched.prefix(),
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            let mut r = local(redirect.status, Bytes::new());
+            r.headers_mut().insert(LOCATION, v);
+            r
+        }
+        Err(_) => local(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"cannot redirect this request\n"),
+        ),
+    }
+}
+
+/// A routed request and where it came from.
+struct Routed<'a> {
+    rule: &'a RuleRt,
+    matched: &'a MatchRt,
+    listener: &'a ListenerCtx,
+    conn: &'a Connection,
+    shared: &'a Shared,
+}
+
+impl Routed<'_> {
+    /// Forwards to the session's endpoint, or one picked by weight and balancer; returns the
+    /// response and the session token to set, if any.
+    async fn forward(
+        &self,
+        action: &ActionRt,
+        backends: &[WeightedBackend],
+        mut req: Request<ClientBody>,
+        details: &mut Option<LogDetails>,
+    ) -> (Response<ProxyBody>, Option<(http::HeaderName, HeaderValue)>) {
+        let session = self.rule.filters.session();
+        let brought = session.and_then(|s| s.of_request(RequestHeaders::Map(req.headers())));
+        let target = match brought.and_then(|s| sticky_target(backends, s.endpoint)) {
+            Some(sticky) => Ok(sticky),
+            None => pick_target(action, self.conn.peer, req.headers()),
+        };
+        let (backend, cluster, endpoint) = match target {
+            Ok(target) => target,
+            Err((status, text)) => return (local(status, Bytes::from_static(text)), None),
+        };
+        let trace = TraceContext::propagate(req.headers_mut());
+        if let Some(log) = details {
+            log.cluster = Some(Arc::clone(&cluster.name));
+            log.upstream = Some(endpoint.addr);
+            log.trace = Some(trace);
+        }
+        let picked = Picked {
+            rule: self.rule,
+            matched: self.matched,
+            backend,
+        };
+        let client = Client {
+            peer: self.conn.peer,
+            scheme: self.listener.scheme(),
+            shared: self.shared,
+        };
+        let mut served_by = endpoint.addr;
+        let mut resp = forward(cluster, endpoint, picked, req, client, &mut served_by).await;
+        if let Some(ops) = backend.filters.response_headers() {
+            ops.apply(resp.headers_mut());
+        }
+        // The endpoint that answered (a retry may have gone elsewhere).
+        let token = session
+            .filter(|_| resp.extensions().get::<LocalReply>().is_none())
+            .and_then(|s| s.response_header(served_by, brought, self.listener.tls));
+        (resp, token)
+    }
+}
+
+/// The backend, cluster and endpoint of a forward action that serve `addr` (a session's
+/// endpoint), when it is still there and not ejected.
+fn sticky_target(
+    backends: &[WeightedBackend],
+    addr: SocketAddr,
+) -> Option<(&WeightedBackend, &ClusterRt, &EndpointRt)> {
+    backends.iter().find_map(|backend| {
+        let cluster = backend.cluster.as_deref()?;
+        let endpoint = cluster
+            .endpoints()
+            .iter()
+            .find(|e| e.addr == addr && !e.pool.health().is_ejected())?;
+        Some((backend, cluster, endpoint))
+    })
+}
+
+/// A backend by weight and an endpoint by the cluster's balancer, or the status and text of
+/// the answer when there is none.
+fn pick_target<'a>(
+    action: &'a ActionRt,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(&'a WeightedBackend, &'a ClusterRt, &'a EndpointRt), (StatusCode, &'static [u8])> {
+    let Pick::Backend(backend) = action.pick(rand::random()) else {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, b"invalid backend\n"));
+    };
+    let Some(cluster) = backend.cluster.as_deref() else {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, b"unknown cluster\n"));
+    };
+    match cluster.pick(peer.ip(), RequestHeaders::Map(headers)) {
+        Some(endpoint) => Ok((backend, cluster, endpoint)),
+        None => Err((StatusCode::SERVICE_UNAVAILABLE, b"no healthy upstream\n")),
+    }
+}

@@ -1,0 +1,75 @@
+//! Answers the proxy makes itself (no route, no upstream, a refused request), and their gRPC
+//! form: a gRPC client gets a trailers-only answer with grpc-status, as Envoy sends.
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::upstream::ResponseBody;
+
+/// A response body: the upstream's, streamed, or one the proxy made.
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+
+/// Marks an answer the proxy made itself, with its text (gRPC callers get it as grpc-message).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalReply(Bytes);
+
+pub(crate) fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body.clone())));
+    resp.extensions_mut().insert(LocalReply(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status the proxy answered itself (gRPC's HTTP-to-gRPC table).
+fn grpc_status_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "13",             // INTERNAL
+        401 => "16",             // UNAUTHENTICATED
+        403 => "7",              // PERMISSION_DENIED
+        404 => "12",             // UNIMPLEMENTED
+        429 | 502..=504 => "14", // UNAVAILABLE
+        _ => "2",                // UNKNOWN
+    }
+}
+
+/// A proxy-generated error as a gRPC client expects it: HTTP 200, no body, and the status in
+/// grpc-status / grpc-message (a "trailers-only" response), as Envoy answers gRPC calls.
+pub(crate) fn grpc_local_reply(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    let message = parts
+        .extensions
+        .get::<LocalReply>()
+        .map(|r| String::from_utf8_lossy(&r.0).trim().to_owned())
+        .unwrap_or_default();
+    parts.headers.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from_static(grpc_status_for(parts.status)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("grpc-message"), v);
+    }
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    parts.status = StatusCode::OK;
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+}
+
+pub(crate) fn body_too_large() -> Response<ProxyBody> {
+    local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Bytes::from_static(b"request body too large\n"),
+    )
+}

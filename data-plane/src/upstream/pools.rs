@@ -1,0 +1,124 @@
+//! Every endpoint pool, kept across snapshots while a cluster still reaches it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rauta_common::api::v1::UpstreamTls;
+use tokio_rustls::TlsConnector;
+
+use super::pool::{EndpointPool, TlsRt};
+use super::tls::{UpstreamTlsError, client_config, server_name};
+use super::{PoolStats, Protocol};
+use crate::observe::metrics::ProxyMetrics;
+use crate::upstream::outlier::EndpointHealth;
+
+/// Pool identity: endpoint, protocol, connect timeout and a digest of the TLS settings.
+type PoolKey = (SocketAddr, Protocol, Duration, Option<u64>);
+
+/// Every endpoint pool, keyed by its settings, so pools survive snapshot swaps that keep them.
+#[derive(Debug, Default)]
+pub struct UpstreamPools {
+    pools: HashMap<PoolKey, Arc<EndpointPool>>,
+    tls: HashMap<(u64, Protocol), Arc<TlsRt>>,
+}
+
+/// The TLS settings of a cluster, validated once and shared by its endpoints' pools.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    digest: u64,
+    protocol: Protocol,
+    rt: Arc<TlsRt>,
+}
+
+impl UpstreamPools {
+    /// Validates a cluster's upstream TLS settings (an error NACKs the snapshot); settings
+    /// already in use are shared. Changes nothing: the settings are kept once a pool uses them.
+    pub fn validate_tls(
+        &self,
+        protocol: Protocol,
+        tls: &UpstreamTls,
+    ) -> Result<ClusterTls, UpstreamTlsError> {
+        let digest = rauta_common::hash::fnv1a64(&tls.encode_to_vec());
+        if let Some(rt) = self.tls.get(&(digest, protocol)) {
+            return Ok(ClusterTls {
+                digest,
+                protocol,
+                rt: Arc::clone(rt),
+            });
+        }
+        let mut config = client_config(tls)?;
+        config.alpn_protocols = match protocol {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::H2c => vec![b"h2".to_vec()],
+        };
+        let rt = Arc::new(TlsRt {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: server_name(&tls.server_name)?,
+        });
+        Ok(ClusterTls {
+            digest,
+            protocol,
+            rt,
+        })
+    }
+
+    /// The pool for an endpoint with these settings, existing or new.
+    pub fn endpoint(
+        &mut self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        connect_timeout: Duration,
+        tls: Option<&ClusterTls>,
+        metrics: &ProxyMetrics,
+    ) -> Arc<EndpointPool> {
+        if let Some(t) = tls {
+            self.tls
+                .entry((t.digest, t.protocol))
+                .or_insert_with(|| Arc::clone(&t.rt));
+        }
+        let key = (addr, protocol, connect_timeout, tls.map(|t| t.digest));
+        let pool = self.pools.entry(key).or_insert_with(|| {
+            let stats = PoolStats::new(metrics, &addr.to_string(), protocol);
+            let health = EndpointHealth::new(metrics.outlier_ejections(&addr.to_string()));
+            let tls = tls.map(|t| Arc::clone(&t.rt));
+            Arc::new(EndpointPool::new(
+                addr,
+                (protocol, connect_timeout, tls),
+                stats,
+                health,
+            ))
+        });
+        Arc::clone(pool)
+    }
+
+    /// Forgets pools and TLS settings nothing uses any more (their connections close), and
+    /// the metric series of endpoints no pool reaches any more.
+    pub fn prune(&mut self, metrics: &ProxyMetrics) {
+        let mut gone = Vec::new();
+        self.pools.retain(|key, pool| {
+            let used = Arc::strong_count(pool) > 1;
+            if !used {
+                gone.push(key.0);
+            }
+            used
+        });
+        for addr in gone {
+            if !self.pools.keys().any(|k| k.0 == addr) {
+                metrics.forget_endpoint(&addr.to_string());
+            }
+        }
+        self.tls.retain(|_, tls| Arc::strong_count(tls) > 1);
+    }
+
+    /// Pools currently known.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+}
