@@ -1154,3 +1154,6 @@ fn policy_statuses(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod golden_tests;
