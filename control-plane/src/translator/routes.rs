@@ -3,7 +3,7 @@
 use std::cmp::{Ordering, Reverse};
 
 use gateway_api::experimental::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
@@ -14,6 +14,7 @@ use rauta_common::api::v1::{
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::filters;
+use super::route_view::RouteView;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// Precedence of one match among all matches of all routes on a host (spec: HTTPRouteRule).
@@ -66,15 +67,18 @@ pub struct CompiledRoute {
     pub unsupported: Option<String>,
 }
 
-pub fn compile(
-    objects: &ObjectSet,
-    key: &ObjectRef,
-    route: &HttpRoute,
-    referrer: Referrer,
-) -> CompiledRoute {
+/// Compiles a route's rules, whichever its kind.
+pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     let mut out = CompiledRoute::default();
-    let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+    let rules = match &route.rules {
+        Ok(rules) => rules,
+        Err(message) => {
+            out.unsupported = Some(message.clone());
+            return out;
+        }
+    };
+    let (key, created, referrer) = (route.key, route.created, route.kind.referrer());
+    for (rule_index, rule) in rules.iter().enumerate() {
         // A GRPCRoute may share its namespace and name with an HTTPRoute: its rules (metrics,
         // access log) are told apart by a prefix.
         let kind = if referrer.grpc { "grpc:" } else { "" };

@@ -750,3 +750,39 @@ fn endpoint_refresh_matches_a_full_translation() {
         "the slice did change the endpoints"
     );
 }
+
+#[test]
+fn a_route_whose_rules_cannot_be_read_is_reported_not_dropped() {
+    let (objects, problems) = parse_manifests(&format!(
+        "{BASE}---\n{}",
+        route(
+            "r",
+            "",
+            "  rules: [{backendRefs: [{name: web, port: 8080}]}]"
+        )
+    ));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut gateways: BTreeMap<ObjectRef, gateway::GatewayView<'_>> = objects
+        .gateways
+        .iter()
+        .map(|(key, gw)| (key.clone(), gateway::GatewayView::new(&objects, key, gw)))
+        .collect();
+    // As a GRPCRoute whose rules do not read back as HTTP rules would be.
+    let mut routes = route_view::all(&objects);
+    routes[0].rules = Err("GRPCRoute rules cannot be read as HTTP rules: test".into());
+    let mut status = status::StatusReport::default();
+    let compiled = attachment::attach_routes(
+        &objects,
+        DEFAULT_CONTROLLER_NAME,
+        &routes,
+        &mut gateways,
+        &mut status,
+    );
+    let parent = &status.http_routes[&ObjectRef::new("apps", "r")].parents[0];
+    assert_eq!(
+        condition(&parent.conditions, "Accepted"),
+        ("False".into(), "UnsupportedValue".into())
+    );
+    assert!(parent.conditions[0].message.contains("cannot be read"));
+    assert!(compiled.values().all(|c| c.entries.is_empty()));
+}
