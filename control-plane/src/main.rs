@@ -422,7 +422,7 @@ async fn run_kubernetes(
     publisher: Publisher,
     server: impl std::future::Future<Output = Result<(), ServerError>>,
 ) -> anyhow::Result<()> {
-    let lease = (!args.no_leader_election).then(|| lease_settings(&args));
+    let lease = (!args.no_leader_election).then(|| lease_settings(args));
     let (leader, leads) = watch::channel(lease.is_none());
     let elector = lease
         .clone()
