@@ -130,8 +130,8 @@ pub fn conditions(objects: &ObjectSet, key: &ObjectRef) -> Vec<Condition> {
         }
         match config_map_ca(objects, &ObjectRef::new(&key.namespace, &r.name)) {
             Ok(_) => valid_cas += 1,
-            Err(message) => {
-                unresolved.get_or_insert(("InvalidCACertificateRef", message));
+            Err(problem) => {
+                unresolved.get_or_insert(("InvalidCACertificateRef", problem.to_string()));
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::objects::{ObjectRef, ObjectSet};
 pub struct GatewayView<'a> {
     pub generation: i64,
     /// spec.addresses: the requested (type, value) pairs, or why one cannot be honoured.
-    pub addresses: Result<Vec<(String, String)>, String>,
+    pub addresses: Result<Vec<(String, String)>, addresses::UnsupportedAddress>,
     /// Where the Gateway's Service (if it has one) makes it reachable.
     pub service_addresses: Vec<String>,
     /// Why spec.infrastructure.parametersRef cannot be used, if it is set.
@@ -180,8 +180,14 @@ impl<'a> GatewayView<'a> {
         let all_valid = own().all(|l| accepted_listener(&l));
         let accepted = if let Some(reason) = &self.invalid_parameters {
             Condition::new("Accepted", false, "InvalidParameters", reason.clone(), g)
-        } else if let Err(message) = &self.addresses {
-            Condition::new("Accepted", false, "UnsupportedAddress", message.clone(), g)
+        } else if let Err(problem) = &self.addresses {
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedAddress",
+                problem.to_string(),
+                g,
+            )
         } else if !any_valid {
             let message = "no listener is valid";
             Condition::new("Accepted", false, "ListenersNotValid", message, g)
@@ -260,10 +266,11 @@ fn listener_set_conditions(
     listeners: &[ListenerStatus],
 ) -> Vec<Condition> {
     let g = set.generation;
-    if let Err(message) = &set.allowed {
+    if let Err(not_allowed) = &set.allowed {
+        let message = not_allowed.to_string();
         return vec![
             Condition::new("Accepted", false, "NotAllowed", message.clone(), g),
-            Condition::new("Programmed", false, "NotAllowed", message.clone(), g),
+            Condition::new("Programmed", false, "NotAllowed", message, g),
         ];
     }
     let accepted = |l: &ListenerStatus| {

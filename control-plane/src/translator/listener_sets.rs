@@ -27,7 +27,15 @@ pub struct ListenerSetView<'a> {
     pub generation: i64,
     pub set: &'a ListenerSet,
     /// Err: why the Gateway does not take it (Accepted=False, NotAllowed).
-    pub allowed: Result<(), String>,
+    pub allowed: Result<(), NotAllowed>,
+}
+
+/// A Gateway's allowedListeners does not admit a ListenerSet's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Gateway {gateway} does not allow ListenerSets from namespace {namespace}")]
+pub struct NotAllowed {
+    pub gateway: ObjectRef,
+    pub namespace: String,
 }
 
 /// The ListenerSets whose parentRef is this Gateway, oldest first (then by namespace/name):
@@ -69,7 +77,7 @@ fn allowed(
     gateway_key: &ObjectRef,
     gateway: &Gateway,
     namespace: &str,
-) -> Result<(), String> {
+) -> Result<(), NotAllowed> {
     let namespaces = gateway
         .spec
         .allowed_listeners
@@ -101,9 +109,10 @@ fn allowed(
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "Gateway {gateway_key} does not allow ListenerSets from namespace {namespace}"
-        ))
+        Err(NotAllowed {
+            gateway: gateway_key.clone(),
+            namespace: namespace.to_owned(),
+        })
     }
 }
 

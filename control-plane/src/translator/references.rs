@@ -121,18 +121,29 @@ impl CoreRef<'_> {
     }
 }
 
-/// The PEM in a ConfigMap's `ca.crt`, when it holds at least one certificate; else why not
-/// (the message a condition carries).
-pub fn config_map_ca<'a>(objects: &'a ObjectSet, key: &ObjectRef) -> Result<&'a str, String> {
+/// Why a ConfigMap cannot serve as a CA bundle; the message is what conditions carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("ConfigMap {0} with ca.crt not found")]
+    NotFound(ObjectRef),
+    #[error("ConfigMap {0}: ca.crt holds no PEM certificate")]
+    NoCertificate(ObjectRef),
+}
+
+/// The PEM in a ConfigMap's `ca.crt`, when it holds at least one certificate.
+pub fn config_map_ca<'a>(
+    objects: &'a ObjectSet,
+    key: &ObjectRef,
+) -> Result<&'a str, CaBundleError> {
     let pem = objects
         .config_maps
         .get(key)
         .and_then(|cm| cm.data.as_ref())
         .and_then(|d| d.get("ca.crt"))
-        .ok_or_else(|| format!("ConfigMap {key} with ca.crt not found"))?;
+        .ok_or_else(|| CaBundleError::NotFound(key.clone()))?;
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
     if !certs.is_ok_and(|c| !c.is_empty()) {
-        return Err(format!("ConfigMap {key}: ca.crt holds no PEM certificate"));
+        return Err(CaBundleError::NoCertificate(key.clone()));
     }
     Ok(pem)
 }

@@ -146,7 +146,8 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
         });
         // Each setting that cannot be served makes the route unsupported (the first reason
         // is reported); the rest of the rule still compiles.
-        let filters = filters::compile(rule.filters.as_deref().unwrap_or_default(), prefix_ok);
+        let filters = filters::compile(rule.filters.as_deref().unwrap_or_default(), prefix_ok)
+            .map_err(|e| e.to_string());
         let filters = out.or_unsupported(filters, filters::RuleFilters::default());
         let retry = out.or_unsupported(compile_retry(rule), None);
         let session = out.or_unsupported(compile_session(rule, &name, matches), None);
@@ -424,7 +425,7 @@ fn backend_filters(
             .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("backendRef filter: {e}"))?;
-    let compiled = filters::compile(&as_rule_filters, false)?;
+    let compiled = filters::compile(&as_rule_filters, false).map_err(|e| e.to_string())?;
     if compiled.redirect.is_some()
         || compiled.url_rewrite.is_some()
         || !compiled.mirrors.is_empty()

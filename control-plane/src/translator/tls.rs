@@ -121,7 +121,7 @@ pub fn client_validation(
                 CoreRefError::NotPermitted { .. } => invalid("RefNotPermitted", e.to_string()),
             })?;
         let pem = config_map_ca(objects, &key)
-            .map_err(|message| invalid("InvalidCACertificateRef", message))?;
+            .map_err(|e| invalid("InvalidCACertificateRef", e.to_string()))?;
         bundle.push_str(pem);
         if !bundle.ends_with('\n') {
             bundle.push('\n');
@@ -162,7 +162,7 @@ pub fn backend_client_certificate(
             CoreRefError::NotPermitted { .. } => ("RefNotPermitted", e.to_string()),
         })?;
     let pair = secret_tls_pair(objects, &key)
-        .map_err(|message| ("InvalidClientCertificateRef", message))?;
+        .map_err(|e| ("InvalidClientCertificateRef", e.to_string()))?;
     Ok(Some(ClientCertificate {
         certificate_chain_pem: pair.chain_pem,
         private_key_pem: pair.key_pem,
@@ -219,7 +219,7 @@ pub fn listener_certificates(
                 }
             })?;
         let pair = secret_tls_pair(objects, &key)
-            .map_err(|message| problem(true, "InvalidCertificateRef", message))?;
+            .map_err(|e| problem(true, "InvalidCertificateRef", e.to_string()))?;
         out.push(ServerCertificate {
             server_names: server_names.clone(),
             certificate_chain_pem: pair.chain_pem,
