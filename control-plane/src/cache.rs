@@ -66,7 +66,7 @@ pub struct UpdateSummary {
     pub changed: Vec<(ObjectRef, u64)>,
     /// Gateways whose new content was not published because a reference in it does not
     /// resolve; their proxies keep the previous version.
-    pub inconsistent: Vec<(ObjectRef, String)>,
+    pub inconsistent: Vec<(ObjectRef, crate::snapshot::DanglingReference)>,
 }
 
 impl SnapshotCache {
@@ -296,7 +296,7 @@ mod tests {
         assert!(summary.changed.is_empty());
         assert_eq!(summary.inconsistent.len(), 1, "{summary:?}");
         assert!(
-            summary.inconsistent[0].1.contains("cluster b"),
+            summary.inconsistent[0].1.to_string().contains("cluster b"),
             "{summary:?}"
         );
         assert_eq!(

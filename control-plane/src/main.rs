@@ -16,7 +16,7 @@ use rauta_controller::leader::{self, LeaseSettings};
 use rauta_controller::managed_tls::{self, Material};
 use rauta_controller::metrics;
 use rauta_controller::publish::Publisher;
-use rauta_controller::server::{ServerOptions, serve_grpc};
+use rauta_controller::server::{ServerError, ServerOptions, serve_grpc};
 use rauta_controller::session_keys::{self, MasterKeys};
 use rauta_controller::source::{DirectorySource, kubernetes};
 use rauta_controller::standalone::Standalone;
@@ -320,30 +320,7 @@ async fn main() -> anyhow::Result<()> {
         auth: Arc::new(auth),
         reflection: !args.no_reflection,
     };
-    match (&args.session_key_file, &own_ca, &client) {
-        (Some(path), _, _) => {
-            let (keys, follow) = session_keys::from_file(path, Arc::clone(&state.cache))?;
-            state.cache.set_session_keys(keys);
-            tokio::spawn(follow);
-        }
-        (None, Some(material), Some(client)) => {
-            let keys = MasterKeys::new(material.session_key.clone())?;
-            state.cache.set_session_keys(keys.clone());
-            tokio::spawn(managed_tls::follow_session_key(
-                client.clone(),
-                managed_settings(&args),
-                Arc::clone(&state.cache),
-                keys,
-            ));
-        }
-        _ => {
-            state.cache.set_session_keys(MasterKeys::random()?);
-            info!(
-                "session persistence tokens are signed with a key drawn at start: sessions end \
-                 when the controller restarts (give --session-key-file to keep them)"
-            );
-        }
-    }
+    install_session_keys(&args, own_ca.as_ref(), client.as_ref(), &state)?;
 
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
@@ -362,12 +339,7 @@ async fn main() -> anyhow::Result<()> {
         info!(addr = %listener.local_addr()?, "metrics listening");
         tokio::spawn(metrics::serve(listener, Arc::clone(&state.metrics)));
     }
-    let status_dir = match (&args.status_dir, &args.config_dir) {
-        _ if args.no_status_files => None,
-        (Some(dir), _) => Some(dir.clone()),
-        (None, Some(config)) => Some(config.join("status")),
-        (None, None) => None,
-    };
+    let status_dir = status_dir(&args);
     if let Some(dir) = status_dir {
         info!(dir = %dir.display(), "writing status files");
         tokio::spawn(status_files::run(
@@ -390,45 +362,103 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let client = client.context("Kubernetes mode without a client")?;
-            let lease = (!args.no_leader_election).then(|| lease_settings(&args));
-            let (leader, leads) = watch::channel(lease.is_none());
-            let elector = lease
-                .clone()
-                .map(|lease| tokio::spawn(leader::run(client.clone(), lease, leader)));
-            let writer = StatusWriter::new(
-                client.clone(),
-                args.controller_name.clone(),
-                Arc::clone(&state.metrics),
-            );
-            let (gone_tx, gone_rx) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(writer.run(
-                Arc::clone(&state.statuses),
-                Arc::clone(&state.registry),
-                leads,
-                gone_rx,
-            ));
-            let result = tokio::select! {
-                res = server => res.context("gRPC server"),
-                () = kubernetes::run(client.clone(), publisher, gone_tx) => Ok(()),
-                _ = shutdown_signal() => {
-                    info!("shutting down");
-                    Ok(())
-                }
-            };
-            // Stop competing and writing first, so the released lease is not taken back
-            // and nothing is written after another replica has taken over.
-            writer.abort();
-            let _ = writer.await;
-            if let Some(elector) = elector {
-                elector.abort();
-                let _ = elector.await;
-            }
-            if let Some(lease) = &lease {
-                leader::release(client, lease).await;
-            }
-            result?;
+            run_kubernetes(&args, client, state, publisher, server).await?;
         }
     }
+    Ok(())
+}
+
+/// Signs session persistence tokens with the key from --session-key-file, else the one kept
+/// with the controller's own CA in Kubernetes, else a key drawn now.
+fn install_session_keys(
+    args: &Args,
+    own_ca: Option<&managed_tls::Material>,
+    client: Option<&kube::Client>,
+    state: &ControllerState,
+) -> anyhow::Result<()> {
+    match (&args.session_key_file, own_ca, client) {
+        (Some(path), _, _) => {
+            let (keys, follow) = session_keys::from_file(path, Arc::clone(&state.cache))?;
+            state.cache.set_session_keys(keys);
+            tokio::spawn(follow);
+        }
+        (None, Some(material), Some(client)) => {
+            let keys = MasterKeys::new(material.session_key.clone())?;
+            state.cache.set_session_keys(keys.clone());
+            tokio::spawn(managed_tls::follow_session_key(
+                client.clone(),
+                managed_settings(args),
+                Arc::clone(&state.cache),
+                keys,
+            ));
+        }
+        _ => {
+            state.cache.set_session_keys(MasterKeys::random()?);
+            info!(
+                "session persistence tokens are signed with a key drawn at start: sessions end \
+                 when the controller restarts (give --session-key-file to keep them)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where status files go: --status-dir, else `status/` in the configuration directory.
+fn status_dir(args: &Args) -> Option<PathBuf> {
+    match (&args.status_dir, &args.config_dir) {
+        _ if args.no_status_files => None,
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(config)) => Some(config.join("status")),
+        (None, None) => None,
+    }
+}
+
+/// Kubernetes mode: watch the cluster, elect a leader, write status back, until the server
+/// ends or a signal arrives; then hand the lease back.
+async fn run_kubernetes(
+    args: &Args,
+    client: kube::Client,
+    state: ControllerState,
+    publisher: Publisher,
+    server: impl std::future::Future<Output = Result<(), ServerError>>,
+) -> anyhow::Result<()> {
+    let lease = (!args.no_leader_election).then(|| lease_settings(args));
+    let (leader, leads) = watch::channel(lease.is_none());
+    let elector = lease
+        .clone()
+        .map(|lease| tokio::spawn(leader::run(client.clone(), lease, leader)));
+    let writer = StatusWriter::new(
+        client.clone(),
+        args.controller_name.clone(),
+        Arc::clone(&state.metrics),
+    );
+    let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer.run(
+        Arc::clone(&state.statuses),
+        Arc::clone(&state.registry),
+        leads,
+        gone_rx,
+    ));
+    let result = tokio::select! {
+        res = server => res.context("gRPC server"),
+        () = kubernetes::run(client.clone(), publisher, gone_tx) => Ok(()),
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+    };
+    // Stop competing and writing first, so the released lease is not taken back
+    // and nothing is written after another replica has taken over.
+    writer.abort();
+    let _ = writer.await;
+    if let Some(elector) = elector {
+        elector.abort();
+        let _ = elector.await;
+    }
+    if let Some(lease) = &lease {
+        leader::release(client, lease).await;
+    }
+    result?;
     Ok(())
 }
 

@@ -123,7 +123,7 @@ impl Snapshot {
     /// Checks that every reference resolves inside the snapshot: each listener's route table,
     /// each cluster a rule forwards or mirrors to. The translator builds them so; this keeps a
     /// bug there from reaching a fleet as a config every proxy would reject.
-    pub fn check_references(&self) -> Result<(), String> {
+    pub fn check_references(&self) -> Result<(), DanglingReference> {
         use rauta_common::api::v1::route_rule::Action;
         let has =
             |ty: ResourceType, name: &str| self.of_type(ty).is_some_and(|m| m.contains_key(name));
@@ -136,10 +136,10 @@ impl Snapshot {
             if let Some(Payload::Listener(l)) = &r.payload
                 && !has(ResourceType::RouteTable, &l.route_table)
             {
-                return Err(format!(
-                    "listener {} names route table {}, which is missing",
-                    l.name, l.route_table
-                ));
+                return Err(DanglingReference::RouteTable {
+                    listener: l.name.clone(),
+                    route_table: l.route_table.clone(),
+                });
             }
         }
         for r in self
@@ -159,10 +159,11 @@ impl Snapshot {
                 let mirrors = rule.mirrors.iter().map(|m| &m.cluster);
                 for cluster in forwards.into_iter().chain(mirrors) {
                     if !has(ResourceType::Cluster, cluster) {
-                        return Err(format!(
-                            "route table {} rule {} names cluster {cluster}, which is missing",
-                            t.name, rule.name
-                        ));
+                        return Err(DanglingReference::Cluster {
+                            route_table: t.name.clone(),
+                            rule: rule.name.clone(),
+                            cluster: cluster.clone(),
+                        });
                     }
                 }
             }
@@ -177,4 +178,20 @@ impl Snapshot {
     pub fn count(&self, ty: ResourceType) -> usize {
         self.of_type(ty).map_or(0, BTreeMap::len)
     }
+}
+
+/// A reference a snapshot cannot resolve inside itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DanglingReference {
+    #[error("listener {listener} names route table {route_table}, which is missing")]
+    RouteTable {
+        listener: String,
+        route_table: String,
+    },
+    #[error("route table {route_table} rule {rule} names cluster {cluster}, which is missing")]
+    Cluster {
+        route_table: String,
+        rule: String,
+        cluster: String,
+    },
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::objects::ObjectRef;
 use crate::registry::ProxyRegistry;
 use crate::translator::status::{
-    Condition, ListenerStatus, ParentRef, RouteParentStatus, StatusReport,
+    Condition, GatewayStatus, ListenerStatus, ParentRef, RouteParentStatus, StatusReport,
 };
 
 /// (kind, object, scope within the object, condition type)
@@ -175,19 +175,8 @@ impl StatusStore {
     /// Every object's status as the admin API shows it, ordered by kind, namespace, name.
     pub fn render(&self, registry: &ProxyRegistry) -> Vec<api::ObjectStatus> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let condition = |kind: &'static str, key: &ObjectRef, scope: &str, c: &Condition| {
-            let at = inner
-                .transitions
-                .get(&(kind, key.clone(), scope.to_owned(), c.type_.clone()))
-                .map_or(SystemTime::UNIX_EPOCH, |t| t.2);
-            api::Condition {
-                r#type: c.type_.clone(),
-                status: c.status.clone(),
-                reason: c.reason.clone(),
-                message: c.message.clone(),
-                observed_generation: c.observed_generation,
-                last_transition_time: Some(prost_types::Timestamp::from(at)),
-            }
+        let render = Render {
+            transitions: &inner.transitions,
         };
         let report = &inner.report;
         let mut out = Vec::new();
@@ -197,156 +186,25 @@ impl StatusStore {
                 namespace: String::new(),
                 name: key.name.clone(),
                 generation: s.generation,
-                conditions: s
-                    .conditions
-                    .iter()
-                    .map(|c| condition("GatewayClass", key, "", c))
-                    .collect(),
+                conditions: render.conditions("GatewayClass", key, "", &s.conditions),
                 supported_features: s.supported_features.clone(),
                 ..Default::default()
             });
         }
-        let listeners = |kind: &'static str, key: &ObjectRef, ls: &[ListenerStatus]| {
-            ls.iter()
-                .map(|l| {
-                    let scope = format!("listener/{}", l.name);
-                    api::ListenerStatus {
-                        name: l.name.clone(),
-                        attached_routes: l.attached_routes,
-                        supported_kinds: l
-                            .supported_kinds
-                            .iter()
-                            .map(|k| api::RouteGroupKind {
-                                group: "gateway.networking.k8s.io".into(),
-                                kind: k.clone(),
-                            })
-                            .collect(),
-                        conditions: l
-                            .conditions
-                            .iter()
-                            .map(|c| condition(kind, key, &scope, c))
-                            .collect(),
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
         for (key, s) in &report.listener_sets {
             out.push(api::ObjectStatus {
                 kind: "ListenerSet".into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 generation: s.generation,
-                conditions: s
-                    .conditions
-                    .iter()
-                    .map(|c| condition("ListenerSet", key, "", c))
-                    .collect(),
-                listeners: listeners("ListenerSet", key, &s.listeners),
+                conditions: render.conditions("ListenerSet", key, "", &s.conditions),
+                listeners: render.listeners("ListenerSet", key, &s.listeners),
                 ..Default::default()
             });
         }
         for (key, s) in &report.gateways {
-            let served = match s.service_addresses.is_empty() {
-                true => registry.addresses(key),
-                false => s.service_addresses.clone(),
-            };
-            let typed = |value: &String| api::GatewayAddress {
-                r#type: if value.parse::<std::net::IpAddr>().is_ok() {
-                    "IPAddress"
-                } else {
-                    "Hostname"
-                }
-                .into(),
-                value: value.clone(),
-            };
-            let mut conditions: Vec<api::Condition> = s
-                .conditions
-                .iter()
-                .map(|c| condition("Gateway", key, "", c))
-                .collect();
-            // A proxy that rejects the Gateway's config: not programmed, with its reason.
-            let rejections = registry.rejections(key);
-            if !rejections.is_empty()
-                && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
-            {
-                c.status = "False".into();
-                c.reason = "Invalid".into();
-                c.message = rejection_message(&rejections);
-            }
-            // Requested addresses: status lists those the Gateway's proxies serve, and the
-            // Gateway is not programmed until they serve all of them.
-            let addresses = if s.requested_addresses.is_empty() {
-                // The Gateway API allows 16 status addresses; a larger fleet shows 16 of its own.
-                served
-                    .iter()
-                    .take(MAX_STATUS_ADDRESSES)
-                    .map(typed)
-                    .collect()
-            } else {
-                let missing: Vec<&str> = s
-                    .requested_addresses
-                    .iter()
-                    .filter(|(_, v)| !served.contains(v))
-                    .map(|(_, v)| v.as_str())
-                    .collect();
-                if !missing.is_empty()
-                    && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
-                    && c.status == "True"
-                {
-                    c.status = "False".into();
-                    c.reason = "AddressNotUsable".into();
-                    c.message = format!(
-                        "no connected proxy of this Gateway serves {}",
-                        missing.join(", ")
-                    );
-                }
-                s.requested_addresses
-                    .iter()
-                    .filter(|(_, v)| served.contains(v))
-                    .map(|(ty, value)| api::GatewayAddress {
-                        r#type: ty.clone(),
-                        value: value.clone(),
-                    })
-                    .collect()
-            };
-            out.push(api::ObjectStatus {
-                kind: "Gateway".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                generation: s.generation,
-                conditions,
-                listeners: listeners("Gateway", key, &s.listeners),
-                attached_listener_sets: s.attached_listener_sets,
-                addresses,
-                ..Default::default()
-            });
+            out.push(render.gateway(key, s, registry));
         }
-        let parent_entries =
-            |kind: &'static str, key: &ObjectRef, entries: &[RouteParentStatus]| {
-                entries
-                    .iter()
-                    .map(|p| {
-                        let r = &p.parent_ref;
-                        let scope = parent_scope(r);
-                        api::RouteParentStatus {
-                            parent_ref: Some(api::ParentReference {
-                                group: r.group.clone(),
-                                kind: r.kind.clone(),
-                                namespace: r.namespace.clone(),
-                                name: r.name.clone(),
-                                section_name: r.section_name.clone(),
-                                port: r.port,
-                            }),
-                            controller_name: p.controller_name.clone(),
-                            conditions: p
-                                .conditions
-                                .iter()
-                                .map(|c| condition(kind, key, &scope, c))
-                                .collect(),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            };
         let routes = report
             .http_routes
             .iter()
@@ -359,7 +217,7 @@ impl StatusStore {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 generation: s.generation,
-                parents: parent_entries(kind, key, &s.parents),
+                parents: render.parent_entries(kind, key, &s.parents),
                 ..Default::default()
             });
         }
@@ -369,7 +227,8 @@ impl StatusStore {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 generation: s.generation,
-                ancestors: parent_entries("BackendTLSPolicy", key, &s.ancestors)
+                ancestors: render
+                    .parent_entries("BackendTLSPolicy", key, &s.ancestors)
                     .into_iter()
                     .map(|p| api::PolicyAncestorStatus {
                         ancestor_ref: p.parent_ref,
@@ -382,6 +241,182 @@ impl StatusStore {
         }
         out
     }
+}
+
+/// Renders the translator's status as the API's messages, with the transition times the store
+/// keeps.
+struct Render<'a> {
+    transitions: &'a HashMap<TransitionKey, (String, String, SystemTime)>,
+}
+
+impl Render<'_> {
+    fn conditions(
+        &self,
+        kind: &'static str,
+        key: &ObjectRef,
+        scope: &str,
+        conditions: &[Condition],
+    ) -> Vec<api::Condition> {
+        conditions
+            .iter()
+            .map(|c| {
+                let at = self
+                    .transitions
+                    .get(&(kind, key.clone(), scope.to_owned(), c.type_.clone()))
+                    .map_or(SystemTime::UNIX_EPOCH, |t| t.2);
+                api::Condition {
+                    r#type: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                    observed_generation: c.observed_generation,
+                    last_transition_time: Some(prost_types::Timestamp::from(at)),
+                }
+            })
+            .collect()
+    }
+
+    fn listeners(
+        &self,
+        kind: &'static str,
+        key: &ObjectRef,
+        listeners: &[ListenerStatus],
+    ) -> Vec<api::ListenerStatus> {
+        listeners
+            .iter()
+            .map(|l| api::ListenerStatus {
+                name: l.name.clone(),
+                attached_routes: l.attached_routes,
+                supported_kinds: l
+                    .supported_kinds
+                    .iter()
+                    .map(|k| api::RouteGroupKind {
+                        group: "gateway.networking.k8s.io".into(),
+                        kind: k.clone(),
+                    })
+                    .collect(),
+                conditions: self.conditions(
+                    kind,
+                    key,
+                    &format!("listener/{}", l.name),
+                    &l.conditions,
+                ),
+            })
+            .collect()
+    }
+
+    fn parent_entries(
+        &self,
+        kind: &'static str,
+        key: &ObjectRef,
+        entries: &[RouteParentStatus],
+    ) -> Vec<api::RouteParentStatus> {
+        entries
+            .iter()
+            .map(|p| {
+                let r = &p.parent_ref;
+                api::RouteParentStatus {
+                    parent_ref: Some(api::ParentReference {
+                        group: r.group.clone(),
+                        kind: r.kind.clone(),
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                        section_name: r.section_name.clone(),
+                        port: r.port,
+                    }),
+                    controller_name: p.controller_name.clone(),
+                    conditions: self.conditions(kind, key, &parent_scope(r), &p.conditions),
+                }
+            })
+            .collect()
+    }
+
+    /// A Gateway's status, completed with what the connected proxies report: their addresses
+    /// (unless its Service has some) and their rejections.
+    fn gateway(
+        &self,
+        key: &ObjectRef,
+        s: &GatewayStatus,
+        registry: &ProxyRegistry,
+    ) -> api::ObjectStatus {
+        let served = match s.service_addresses.is_empty() {
+            true => registry.addresses(key),
+            false => s.service_addresses.clone(),
+        };
+        let mut conditions = self.conditions("Gateway", key, "", &s.conditions);
+        // A proxy that rejects the Gateway's config: not programmed, with its reason.
+        let rejections = registry.rejections(key);
+        if !rejections.is_empty()
+            && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
+        {
+            c.status = "False".into();
+            c.reason = "Invalid".into();
+            c.message = rejection_message(&rejections);
+        }
+        let addresses = status_addresses(s, &served, &mut conditions);
+        api::ObjectStatus {
+            kind: "Gateway".into(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            generation: s.generation,
+            conditions,
+            listeners: self.listeners("Gateway", key, &s.listeners),
+            attached_listener_sets: s.attached_listener_sets,
+            addresses,
+            ..Default::default()
+        }
+    }
+}
+
+/// A Gateway's status addresses. Requested addresses: status lists those the Gateway's proxies
+/// serve, and the Gateway is not programmed until they serve all of them.
+fn status_addresses(
+    s: &GatewayStatus,
+    served: &[String],
+    conditions: &mut [api::Condition],
+) -> Vec<api::GatewayAddress> {
+    if s.requested_addresses.is_empty() {
+        let typed = |value: &String| api::GatewayAddress {
+            r#type: if value.parse::<std::net::IpAddr>().is_ok() {
+                "IPAddress"
+            } else {
+                "Hostname"
+            }
+            .into(),
+            value: value.clone(),
+        };
+        // The Gateway API allows 16 status addresses; a larger fleet shows 16 of its own.
+        return served
+            .iter()
+            .take(MAX_STATUS_ADDRESSES)
+            .map(typed)
+            .collect();
+    }
+    let missing: Vec<&str> = s
+        .requested_addresses
+        .iter()
+        .filter(|(_, v)| !served.contains(v))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if !missing.is_empty()
+        && let Some(c) = conditions.iter_mut().find(|c| c.r#type == "Programmed")
+        && c.status == "True"
+    {
+        c.status = "False".into();
+        c.reason = "AddressNotUsable".into();
+        c.message = format!(
+            "no connected proxy of this Gateway serves {}",
+            missing.join(", ")
+        );
+    }
+    s.requested_addresses
+        .iter()
+        .filter(|(_, v)| served.contains(v))
+        .map(|(ty, value)| api::GatewayAddress {
+            r#type: ty.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// Most entries in a Gateway's status.addresses (the Gateway API's limit).

@@ -9,16 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use gateway_api::backendtlspolicies::BackendTlsPolicy;
-use gateway_api::experimental::httproutes::HttpRoute;
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::Gateway;
-use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::listenersets::ListenerSet;
-use gateway_api::referencegrants::ReferenceGrant;
-use gateway_api::tlsroutes::TlsRoute;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
@@ -34,21 +24,7 @@ const BATCH: Duration = Duration::from_millis(100);
 
 /// Where the API server serves a kind (group, version, plural).
 pub fn api_resource(kind: Kind) -> ApiResource {
-    match kind {
-        Kind::GatewayClass => ApiResource::erase::<GatewayClass>(&()),
-        Kind::Gateway => ApiResource::erase::<Gateway>(&()),
-        Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
-        Kind::ReferenceGrant => ApiResource::erase::<ReferenceGrant>(&()),
-        Kind::Service => ApiResource::erase::<Service>(&()),
-        Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
-        Kind::Secret => ApiResource::erase::<Secret>(&()),
-        Kind::Namespace => ApiResource::erase::<Namespace>(&()),
-        Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
-        Kind::BackendTlsPolicy => ApiResource::erase::<BackendTlsPolicy>(&()),
-        Kind::ListenerSet => ApiResource::erase::<ListenerSet>(&()),
-        Kind::TlsRoute => ApiResource::erase::<TlsRoute>(&()),
-        Kind::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
-    }
+    kind.api_resource()
 }
 
 /// An object as the API server sent it, decoded into the translator's types.

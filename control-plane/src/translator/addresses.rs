@@ -8,22 +8,31 @@ use crate::objects::{ObjectRef, ObjectSet};
 /// The label GEP-1762 puts on the resources that serve a Gateway (its Service among them).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
+/// Why a Gateway's spec.addresses cannot be honoured (Accepted=False, UnsupportedAddress).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedAddress {
+    #[error("address type {0:?} is not supported")]
+    Type(String),
+    #[error("address {0:?} is not an IP address")]
+    NotIp(String),
+}
+
 /// spec.addresses entries that name an address, as (type, value). RAUTA's proxies report
 /// IP addresses, so only IPAddress can be honoured; an entry without a value asks for any
 /// address and constrains nothing.
-pub fn requested(gw: &Gateway) -> Result<Vec<(String, String)>, String> {
+pub fn requested(gw: &Gateway) -> Result<Vec<(String, String)>, UnsupportedAddress> {
     let mut out = Vec::new();
     for a in gw.spec.addresses.iter().flatten() {
         let ty = a.r#type.as_deref().unwrap_or("IPAddress");
         if ty != "IPAddress" {
-            return Err(format!("address type {ty:?} is not supported"));
+            return Err(UnsupportedAddress::Type(ty.to_owned()));
         }
         let Some(value) = a.value.as_deref().filter(|v| !v.is_empty()) else {
             continue;
         };
         let ip: std::net::IpAddr = value
             .parse()
-            .map_err(|_| format!("address {value:?} is not an IP address"))?;
+            .map_err(|_| UnsupportedAddress::NotIp(value.to_owned()))?;
         out.push((ty.to_owned(), ip.to_string()));
     }
     Ok(out)

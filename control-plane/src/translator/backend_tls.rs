@@ -8,8 +8,8 @@ use gateway_api::backendtlspolicies::{
 };
 use rauta_common::api::v1::{SubjectAltName, UpstreamTls, subject_alt_name};
 
+use super::references::{config_map_ca, is_core_group};
 use super::status::Condition;
-use super::tls::config_map_ca;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// A Service port as a policy targets it: the Service and the port's name (sectionName).
@@ -35,7 +35,7 @@ fn targets<'a>(
         .spec
         .target_refs
         .iter()
-        .filter(|t| (t.group.is_empty() || t.group == "core") && t.kind == "Service")
+        .filter(|t| is_core_group(&t.group) && t.kind == "Service")
         .map(|t| {
             (
                 ObjectRef::new(&key.namespace, &t.name),
@@ -73,7 +73,7 @@ pub fn upstream_tls(objects: &ObjectSet, key: &ObjectRef) -> Option<UpstreamTls>
     let validation = &policy.spec.validation;
     let mut bundle = String::new();
     for r in validation.ca_certificate_refs.iter().flatten() {
-        if (r.group.is_empty() || r.group == "core")
+        if is_core_group(&r.group)
             && r.kind == "ConfigMap"
             && let Ok(pem) = config_map_ca(objects, &ObjectRef::new(&key.namespace, &r.name))
         {
@@ -118,7 +118,7 @@ pub fn conditions(objects: &ObjectSet, key: &ObjectRef) -> Vec<Condition> {
     let mut unresolved: Option<(&'static str, String)> = None;
     let mut valid_cas = 0usize;
     for r in validation.ca_certificate_refs.iter().flatten() {
-        if !((r.group.is_empty() || r.group == "core") && r.kind == "ConfigMap") {
+        if !(is_core_group(&r.group) && r.kind == "ConfigMap") {
             unresolved.get_or_insert((
                 "InvalidKind",
                 format!(
@@ -130,8 +130,8 @@ pub fn conditions(objects: &ObjectSet, key: &ObjectRef) -> Vec<Condition> {
         }
         match config_map_ca(objects, &ObjectRef::new(&key.namespace, &r.name)) {
             Ok(_) => valid_cas += 1,
-            Err(message) => {
-                unresolved.get_or_insert(("InvalidCACertificateRef", message));
+            Err(problem) => {
+                unresolved.get_or_insert(("InvalidCACertificateRef", problem.to_string()));
             }
         }
     }

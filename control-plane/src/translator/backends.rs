@@ -5,10 +5,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_common::api::v1::{Cluster, ClusterEndpoints, Endpoint, UpstreamProtocol};
 
 use super::backend_tls::{self, ServicePortKey};
+use super::output::ResourceSet;
+use super::references::{Target, is_core_group, reference_granted};
+use super::service_policy;
 use crate::objects::{ObjectRef, ObjectSet};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// A backendRef as written, with defaults not yet applied.
 #[derive(Debug, Clone, Copy)]
@@ -36,34 +38,6 @@ pub struct ResolvedBackend {
     pub service_port: ServicePortKey,
 }
 
-/// Whether a ReferenceGrant in `to_namespace` lets `from_kind` objects in `from_namespace`
-/// refer to the `to_group`/`to_kind` object `to_name`.
-pub fn reference_granted(
-    objects: &ObjectSet,
-    from_kind: &str,
-    from_namespace: &str,
-    to_group: &str,
-    to_kind: &str,
-    to_namespace: &str,
-    to_name: &str,
-) -> bool {
-    objects
-        .reference_grants
-        .iter()
-        .filter(|(key, _)| key.namespace == to_namespace)
-        .any(|(_, grant)| {
-            let from_ok = grant.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace
-            });
-            let to_ok = grant.spec.to.iter().any(|t| {
-                t.group == to_group
-                    && t.kind == to_kind
-                    && t.name.as_deref().is_none_or(|n| n == to_name)
-            });
-            from_ok && to_ok
-        })
-}
-
 /// What refers to a backend: the route's kind (the `from` of a ReferenceGrant) and whether it
 /// carries gRPC, which needs HTTP/2 to the backend whatever the Service port says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +59,7 @@ pub fn resolve(
 ) -> Result<ResolvedBackend, RefProblem> {
     let group = backend.group.unwrap_or("");
     let kind = backend.kind.unwrap_or("Service");
-    if !(group.is_empty() || group == "core") || kind != "Service" {
+    if !is_core_group(group) || kind != "Service" {
         return Err(RefProblem {
             reason: "InvalidKind",
             message: format!(
@@ -100,10 +74,12 @@ pub fn resolve(
             objects,
             referrer.kind,
             route_namespace,
-            "",
-            "Service",
-            namespace,
-            backend.name,
+            Target {
+                group: "",
+                kind: "Service",
+                namespace,
+                name: backend.name,
+            },
         )
     {
         return Err(RefProblem {
@@ -146,7 +122,7 @@ pub fn resolve(
     } else {
         format!("{key}:{port}")
     };
-    let policy = super::service_policy::from_annotations(service.metadata.annotations.as_ref());
+    let policy = service_policy::from_annotations(service.metadata.annotations.as_ref());
     let cluster = Cluster {
         name: cluster_name.clone(),
         protocol: protocol as i32,
@@ -172,7 +148,7 @@ pub fn resolve(
 /// Recomputes the endpoints of every cluster in a Gateway's resources from the current
 /// EndpointSlices, leaving everything else as translated: the fast path for changes that touch
 /// only EndpointSlices. Gives what a full translation would.
-pub fn refresh_endpoints(objects: &ObjectSet, set: &mut super::ResourceSet) {
+pub fn refresh_endpoints(objects: &ObjectSet, set: &mut ResourceSet) {
     use rauta_common::api::v1::resource::Payload;
     use rauta_common::types::ResourceType;
     let clusters: Vec<String> = set

@@ -10,6 +10,40 @@ use rauta_common::api::v1::{
 use serde::Serialize;
 use serde_json::Value;
 
+/// Why a rule's filters cannot be served; the message is what the route's Accepted condition
+/// carries (UnsupportedValue).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// A filter of a type without the field of that type.
+    #[error("{kind} without {field}")]
+    Missing {
+        kind: &'static str,
+        field: &'static str,
+    },
+    #[error("{0}")]
+    HeaderModifier(String),
+    #[error("invalid header {0:?}")]
+    InvalidHeader(String),
+    #[error("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match")]
+    PrefixMatchNeeded,
+    #[error("redirect status code {0} is not supported")]
+    RedirectStatus(i64),
+    #[error("mirror fraction {0} out of range")]
+    FractionOutOfRange(&'static str),
+    #[error("mirror fraction must be between 0 and 1")]
+    FractionAboveOne,
+    #[error("the ExternalAuth filter is not supported yet")]
+    ExternalAuth,
+    #[error("ExtensionRef filters are not supported")]
+    ExtensionRef,
+    #[error("RequestRedirect and URLRewrite cannot be used together")]
+    RedirectAndRewrite,
+}
+
+fn missing(kind: &'static str, field: &'static str) -> FilterError {
+    FilterError::Missing { kind, field }
+}
+
 /// What a rule's filters ask for.
 #[derive(Debug, Default, Clone)]
 pub struct RuleFilters {
@@ -35,8 +69,8 @@ pub struct MirrorRef {
 
 /// The request and response header modifier types are distinct generated structs of the same
 /// shape; read both through their JSON form.
-fn header_modifier(m: &impl Serialize) -> Result<HeaderModifier, String> {
-    let v = serde_json::to_value(m).map_err(|e| e.to_string())?;
+fn header_modifier(m: &impl Serialize) -> Result<HeaderModifier, FilterError> {
+    let v = serde_json::to_value(m).map_err(|e| FilterError::HeaderModifier(e.to_string()))?;
     let pairs = |key: &str| -> Vec<HeaderValue> {
         v.get(key)
             .and_then(Value::as_array)
@@ -66,7 +100,7 @@ fn header_modifier(m: &impl Serialize) -> Result<HeaderModifier, String> {
         if http_header_name_ok(&h.name).is_err()
             || h.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
         {
-            return Err(format!("invalid header {:?}", h.name));
+            return Err(FilterError::InvalidHeader(h.name.clone()));
         }
     }
     Ok(modifier)
@@ -85,7 +119,7 @@ fn path_modifier(
     full: Option<&String>,
     prefix: Option<&String>,
     prefix_ok: bool,
-) -> Result<Option<PathModifier>, String> {
+) -> Result<Option<PathModifier>, FilterError> {
     match (full, prefix) {
         (Some(f), _) => Ok(Some(PathModifier {
             kind: Some(path_modifier::Kind::ReplaceFullPath(f.clone())),
@@ -93,15 +127,16 @@ fn path_modifier(
         (None, Some(p)) if prefix_ok => Ok(Some(PathModifier {
             kind: Some(path_modifier::Kind::ReplacePrefixMatch(p.clone())),
         })),
-        (None, Some(_)) => {
-            Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into())
-        }
+        (None, Some(_)) => Err(FilterError::PrefixMatchNeeded),
         (None, None) => Ok(None),
     }
 }
 
 /// `prefix_ok`: all of the rule's matches are PathPrefix matches (ReplacePrefixMatch needs it).
-pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<RuleFilters, String> {
+pub fn compile(
+    filters: &[HttpRouteRulesFilters],
+    prefix_ok: bool,
+) -> Result<RuleFilters, FilterError> {
     let mut out = RuleFilters::default();
     for f in filters {
         match f.r#type {
@@ -109,25 +144,25 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 let m = f
                     .request_header_modifier
                     .as_ref()
-                    .ok_or("RequestHeaderModifier without requestHeaderModifier")?;
+                    .ok_or(missing("RequestHeaderModifier", "requestHeaderModifier"))?;
                 out.request_headers = Some(header_modifier(m)?);
             }
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                 let m = f
                     .response_header_modifier
                     .as_ref()
-                    .ok_or("ResponseHeaderModifier without responseHeaderModifier")?;
+                    .ok_or(missing("ResponseHeaderModifier", "responseHeaderModifier"))?;
                 out.response_headers = Some(header_modifier(m)?);
             }
             HttpRouteRulesFiltersType::RequestRedirect => {
                 let r = f
                     .request_redirect
                     .as_ref()
-                    .ok_or("RequestRedirect without requestRedirect")?;
+                    .ok_or(missing("RequestRedirect", "requestRedirect"))?;
                 let status_code = match r.status_code {
                     None => 302,
                     Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u32,
-                    Some(c) => return Err(format!("redirect status code {c} is not supported")),
+                    Some(c) => return Err(FilterError::RedirectStatus(c)),
                 };
                 let path = r.path.as_ref();
                 out.redirect = Some(Redirect {
@@ -150,7 +185,7 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 let r = f
                     .url_rewrite
                     .as_ref()
-                    .ok_or("URLRewrite without urlRewrite")?;
+                    .ok_or(missing("URLRewrite", "urlRewrite"))?;
                 let path = r.path.as_ref();
                 out.url_rewrite = Some(UrlRewrite {
                     hostname: r.hostname.clone().unwrap_or_default(),
@@ -165,15 +200,15 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 let m = f
                     .request_mirror
                     .as_ref()
-                    .ok_or("RequestMirror without requestMirror")?;
+                    .ok_or(missing("RequestMirror", "requestMirror"))?;
                 let fraction = match (&m.fraction, m.percent) {
                     (Some(f), _) => {
                         let den = u32::try_from(f.denominator.unwrap_or(100))
-                            .map_err(|_| "mirror fraction denominator out of range")?;
+                            .map_err(|_| FilterError::FractionOutOfRange("denominator"))?;
                         let num = u32::try_from(f.numerator)
-                            .map_err(|_| "mirror fraction numerator out of range")?;
+                            .map_err(|_| FilterError::FractionOutOfRange("numerator"))?;
                         if den == 0 || num > den {
-                            return Err("mirror fraction must be between 0 and 1".into());
+                            return Err(FilterError::FractionAboveOne);
                         }
                         (num, den)
                     }
@@ -191,7 +226,7 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 });
             }
             HttpRouteRulesFiltersType::Cors => {
-                let c = f.cors.as_ref().ok_or("CORS without cors")?;
+                let c = f.cors.as_ref().ok_or(missing("CORS", "cors"))?;
                 let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
                 out.cors = Some(CorsPolicy {
                     allow_origins: list(&c.allow_origins),
@@ -204,15 +239,15 @@ pub fn compile(filters: &[HttpRouteRulesFilters], prefix_ok: bool) -> Result<Rul
                 });
             }
             HttpRouteRulesFiltersType::ExternalAuth => {
-                return Err("the ExternalAuth filter is not supported yet".into());
+                return Err(FilterError::ExternalAuth);
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
-                return Err("ExtensionRef filters are not supported".into());
+                return Err(FilterError::ExtensionRef);
             }
         }
     }
     if out.redirect.is_some() && out.url_rewrite.is_some() {
-        return Err("RequestRedirect and URLRewrite cannot be used together".into());
+        return Err(FilterError::RedirectAndRewrite);
     }
     Ok(out)
 }

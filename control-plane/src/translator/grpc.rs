@@ -1,9 +1,13 @@
-//! GRPCRoute as an HTTPRoute: gRPC calls are HTTP/2 POSTs to `/<service>/<method>`, so a
-//! method match is a path match (exact, prefix or regular expression) and everything else
-//! (parents, hostnames, header matches, header and mirror filters, backendRefs) has the same
-//! shape. Backends of GRPCRoutes are reached over HTTP/2 (see `backends::Referrer`).
+//! GRPCRoute rules as HTTPRoute rules: gRPC calls are HTTP/2 POSTs to `/<service>/<method>`,
+//! so a method match is a path match (exact, prefix or regular expression) and everything else
+//! (header matches, header and mirror filters, backendRefs) has the same shape. Backends of
+//! GRPCRoutes are reached over HTTP/2 (see `backends::Referrer`).
+//!
+//! The generated filter and backendRef types of the two kinds are distinct structs of the same
+//! JSON shape, so the rules go through their JSON form; a rule that does not read back is the
+//! route's problem, reported in its status (`route_view.rs`).
 
-use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::httproutes::HttpRouteRules;
 use gateway_api::grpcroutes::GrpcRoute;
 use serde_json::{Value, json};
 
@@ -33,23 +37,19 @@ pub fn path_match(method: &Value) -> Option<Value> {
     }
 }
 
-/// The HTTPRoute a GRPCRoute is served as; `None` if it cannot be read as one.
-pub fn as_http_route(route: &GrpcRoute) -> Option<HttpRoute> {
-    let spec = serde_json::to_value(&route.spec).ok()?;
-    let rules: Vec<Value> = spec
-        .get("rules")
-        .and_then(Value::as_array)
+/// Why a GRPCRoute's rules cannot be served as HTTP rules.
+#[derive(Debug, thiserror::Error)]
+#[error("GRPCRoute rules cannot be read as HTTP rules: {0}")]
+pub struct GrpcRulesError(#[from] serde_json::Error);
+
+/// The HTTPRoute rules a GRPCRoute's rules are served as.
+pub fn as_http_rules(route: &GrpcRoute) -> Result<Vec<HttpRouteRules>, GrpcRulesError> {
+    let rules = serde_json::to_value(&route.spec.rules)?;
+    let rules: Vec<Value> = rules
+        .as_array()
         .map(|rules| rules.iter().map(rule).collect())
         .unwrap_or_default();
-    let value = json!({
-        "metadata": route.metadata,
-        "spec": {
-            "parentRefs": spec.get("parentRefs"),
-            "hostnames": spec.get("hostnames"),
-            "rules": rules,
-        },
-    });
-    serde_json::from_value(value).ok()
+    Ok(serde_json::from_value(Value::Array(rules))?)
 }
 
 fn rule(rule: &Value) -> Value {

@@ -2,10 +2,23 @@
 //! the Gateway's (same sockets, same conflict rules); routes attach to them through a
 //! ListenerSet parentRef, and "Same" namespace means the ListenerSet's namespace.
 
-use gateway_api::gateways::{Gateway, GatewayAllowedListenersNamespacesFrom, GatewayListeners};
-use gateway_api::listenersets::ListenerSet;
+use gateway_api::gateways::{
+    Gateway, GatewayAllowedListenersNamespacesFrom, GatewayListeners,
+    GatewayListenersAllowedRoutes, GatewayListenersAllowedRoutesKinds,
+    GatewayListenersAllowedRoutesNamespaces, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector,
+    GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTls,
+    GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode,
+};
+use gateway_api::listenersets::{
+    ListenerSet, ListenerSetListeners, ListenerSetListenersAllowedRoutes,
+    ListenerSetListenersAllowedRoutesNamespacesFrom, ListenerSetListenersTls,
+    ListenerSetListenersTlsMode,
+};
 
-use super::labels_match;
+use super::references::GATEWAY_GROUP;
+use super::selectors::{NamespaceSelector, Requirement};
+use super::status::generation_of;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// A ListenerSet that names a Gateway as its parent.
@@ -14,7 +27,15 @@ pub struct ListenerSetView<'a> {
     pub generation: i64,
     pub set: &'a ListenerSet,
     /// Err: why the Gateway does not take it (Accepted=False, NotAllowed).
-    pub allowed: Result<(), String>,
+    pub allowed: Result<(), NotAllowed>,
+}
+
+/// A Gateway's allowedListeners does not admit a ListenerSet's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Gateway {gateway} does not allow ListenerSets from namespace {namespace}")]
+pub struct NotAllowed {
+    pub gateway: ObjectRef,
+    pub namespace: String,
 }
 
 /// The ListenerSets whose parentRef is this Gateway, oldest first (then by namespace/name):
@@ -29,14 +50,14 @@ pub fn of_gateway<'a>(
         .iter()
         .filter(|(key, set)| {
             let p = &set.spec.parent_ref;
-            p.group.as_deref().unwrap_or(super::GATEWAY_GROUP) == super::GATEWAY_GROUP
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
                 && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
                 && p.name == gateway_key.name
                 && p.namespace.as_deref().unwrap_or(&key.namespace) == gateway_key.namespace
         })
         .map(|(key, set)| ListenerSetView {
             key: key.clone(),
-            generation: set.metadata.generation.unwrap_or(0),
+            generation: generation_of(&set.metadata),
             set,
             allowed: allowed(objects, gateway_key, gateway, &key.namespace),
         })
@@ -56,7 +77,7 @@ fn allowed(
     gateway_key: &ObjectRef,
     gateway: &Gateway,
     namespace: &str,
-) -> Result<(), String> {
+) -> Result<(), NotAllowed> {
     let namespaces = gateway
         .spec
         .allowed_listeners
@@ -69,33 +90,107 @@ fn allowed(
         Some(GatewayAllowedListenersNamespacesFrom::Selector) => namespaces
             .and_then(|n| n.selector.as_ref())
             .is_some_and(|s| {
-                let expressions: Vec<(String, String, Vec<String>)> = s
-                    .match_expressions
-                    .iter()
-                    .flatten()
-                    .map(|e| {
-                        (
-                            e.key.clone(),
-                            e.operator.clone(),
-                            e.values.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                labels_match(objects, namespace, s.match_labels.as_ref(), &expressions)
+                let selector = NamespaceSelector {
+                    match_labels: s.match_labels.as_ref(),
+                    requirements: s
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| Requirement {
+                            key: &e.key,
+                            operator: &e.operator,
+                            values: e.values.as_deref().unwrap_or_default(),
+                        })
+                        .collect(),
+                };
+                selector.selects(objects, namespace)
             }),
     };
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "Gateway {gateway_key} does not allow ListenerSets from namespace {namespace}"
-        ))
+        Err(NotAllowed {
+            gateway: gateway_key.clone(),
+            namespace: namespace.to_owned(),
+        })
     }
 }
 
-/// A ListenerSet listener in the Gateway listener shape (the two types share their fields).
-pub fn as_gateway_listeners(set: &ListenerSet) -> Result<Vec<GatewayListeners>, String> {
-    serde_json::to_value(&set.spec.listeners)
-        .and_then(serde_json::from_value)
-        .map_err(|e| format!("listeners: {e}"))
+/// A ListenerSet's listeners in the Gateway listener shape: the generated types are distinct
+/// structs with the same fields, copied here field by field.
+pub fn as_gateway_listeners(set: &ListenerSet) -> Vec<GatewayListeners> {
+    set.spec.listeners.iter().map(gateway_listener).collect()
+}
+
+fn gateway_listener(l: &ListenerSetListeners) -> GatewayListeners {
+    GatewayListeners {
+        allowed_routes: l.allowed_routes.as_ref().map(allowed_routes),
+        hostname: l.hostname.clone(),
+        name: l.name.clone(),
+        port: l.port,
+        protocol: l.protocol.clone(),
+        tls: l.tls.as_ref().map(tls),
+    }
+}
+
+fn allowed_routes(a: &ListenerSetListenersAllowedRoutes) -> GatewayListenersAllowedRoutes {
+    use ListenerSetListenersAllowedRoutesNamespacesFrom as From;
+    GatewayListenersAllowedRoutes {
+        kinds: a.kinds.as_ref().map(|kinds| {
+            kinds
+                .iter()
+                .map(|k| GatewayListenersAllowedRoutesKinds {
+                    group: k.group.clone(),
+                    kind: k.kind.clone(),
+                })
+                .collect()
+        }),
+        namespaces: a
+            .namespaces
+            .as_ref()
+            .map(|n| GatewayListenersAllowedRoutesNamespaces {
+                from: n.from.as_ref().map(|f| match f {
+                    From::All => GatewayListenersAllowedRoutesNamespacesFrom::All,
+                    From::Selector => GatewayListenersAllowedRoutesNamespacesFrom::Selector,
+                    From::Same => GatewayListenersAllowedRoutesNamespacesFrom::Same,
+                }),
+                selector: n.selector.as_ref().map(|s| {
+                    GatewayListenersAllowedRoutesNamespacesSelector {
+                        match_expressions: s.match_expressions.as_ref().map(|exprs| {
+                            exprs
+                                .iter()
+                                .map(|e| {
+                                    GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions {
+                                        key: e.key.clone(),
+                                        operator: e.operator.clone(),
+                                        values: e.values.clone(),
+                                    }
+                                })
+                                .collect()
+                        }),
+                        match_labels: s.match_labels.clone(),
+                    }
+                }),
+            }),
+    }
+}
+
+fn tls(t: &ListenerSetListenersTls) -> GatewayListenersTls {
+    GatewayListenersTls {
+        certificate_refs: t.certificate_refs.as_ref().map(|refs| {
+            refs.iter()
+                .map(|r| GatewayListenersTlsCertificateRefs {
+                    group: r.group.clone(),
+                    kind: r.kind.clone(),
+                    name: r.name.clone(),
+                    namespace: r.namespace.clone(),
+                })
+                .collect()
+        }),
+        mode: t.mode.as_ref().map(|m| match m {
+            ListenerSetListenersTlsMode::Terminate => GatewayListenersTlsMode::Terminate,
+            ListenerSetListenersTlsMode::Passthrough => GatewayListenersTlsMode::Passthrough,
+        }),
+        options: t.options.clone(),
+    }
 }

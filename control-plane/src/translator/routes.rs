@@ -3,7 +3,7 @@
 use std::cmp::{Ordering, Reverse};
 
 use gateway_api::experimental::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
@@ -14,6 +14,7 @@ use rauta_common::api::v1::{
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::filters;
+use super::route_view::RouteView;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// Precedence of one match among all matches of all routes on a host (spec: HTTPRouteRule).
@@ -66,15 +67,66 @@ pub struct CompiledRoute {
     pub unsupported: Option<String>,
 }
 
-pub fn compile(
-    objects: &ObjectSet,
-    key: &ObjectRef,
-    route: &HttpRoute,
-    referrer: Referrer,
-) -> CompiledRoute {
+impl CompiledRoute {
+    /// The value, or `fallback` with the error recorded as the route's unsupported feature
+    /// (the first one recorded is the one reported).
+    fn or_unsupported<T>(&mut self, result: Result<T, String>, fallback: T) -> T {
+        result.unwrap_or_else(|msg| {
+            self.unsupported.get_or_insert(msg);
+            fallback
+        })
+    }
+}
+
+impl Precedence {
+    /// The precedence of match `matched` of rule `rule` of route `route`.
+    fn of(
+        m: &HttpRouteRulesMatches,
+        compiled: &RouteMatch,
+        created: Option<k8s_openapi::jiff::Timestamp>,
+        route: &ObjectRef,
+        rule: usize,
+        matched: usize,
+    ) -> Precedence {
+        let path = compiled
+            .path
+            .as_ref()
+            .map_or(("", PathMatchKind::Prefix), |p| {
+                (p.value.as_str(), p.kind())
+            });
+        Precedence {
+            // Exact, then RegularExpression, then PathPrefix (the spec leaves regular
+            // expressions to implementations; Envoy Gateway orders them so too, which keeps
+            // a PathPrefix "/" from shadowing every pattern).
+            path_kind: match path.1 {
+                PathMatchKind::Exact => 0,
+                PathMatchKind::Regex => 1,
+                _ => 2,
+            },
+            path_len: Reverse(path.0.len()),
+            has_method: Reverse(m.method.is_some()),
+            headers: Reverse(m.headers.as_ref().map_or(0, Vec::len)),
+            query_params: Reverse(m.query_params.as_ref().map_or(0, Vec::len)),
+            created,
+            route: route.clone(),
+            rule,
+            matched,
+        }
+    }
+}
+
+/// Compiles a route's rules, whichever its kind.
+pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     let mut out = CompiledRoute::default();
-    let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+    let rules = match &route.rules {
+        Ok(rules) => rules,
+        Err(message) => {
+            out.unsupported = Some(message.clone());
+            return out;
+        }
+    };
+    let (key, created, referrer) = (route.key, route.created, route.kind.referrer());
+    for (rule_index, rule) in rules.iter().enumerate() {
         // A GRPCRoute may share its namespace and name with an HTTPRoute: its rules (metrics,
         // access log) are told apart by a prefix.
         let kind = if referrer.grpc { "grpc:" } else { "" };
@@ -92,65 +144,21 @@ pub fn compile(
                 p.r#type.is_none() || p.r#type == Some(HttpRouteRulesMatchesPathType::PathPrefix)
             })
         });
-        let filters = match filters::compile(rule.filters.as_deref().unwrap_or_default(), prefix_ok)
-        {
-            Ok(f) => f,
-            Err(msg) => {
-                out.unsupported.get_or_insert(msg);
-                filters::RuleFilters::default()
-            }
-        };
-        let retry = match compile_retry(rule) {
-            Ok(r) => r,
-            Err(msg) => {
-                out.unsupported.get_or_insert(msg);
-                None
-            }
-        };
-        let session = match compile_session(rule, &name, matches) {
-            Ok(s) => s,
-            Err(msg) => {
-                out.unsupported.get_or_insert(msg);
-                None
-            }
-        };
-        let timeouts = match compile_timeouts(rule) {
-            Ok(t) => t,
-            Err(msg) => {
-                out.unsupported.get_or_insert(msg);
-                (None, None)
-            }
-        };
-        let mirrors: Vec<Mirror> = filters
-            .mirrors
-            .iter()
-            .filter_map(|m| {
-                let backend = BackendRef {
-                    group: m.group.as_deref(),
-                    kind: m.kind.as_deref(),
-                    name: &m.name,
-                    namespace: m.namespace.as_deref(),
-                    port: m.port,
-                };
-                match backends::resolve(objects, &key.namespace, referrer, backend) {
-                    Ok(resolved) => {
-                        let cluster = resolved.cluster.name.clone();
-                        if !out.backends.iter().any(|b| b.cluster.name == cluster) {
-                            out.backends.push(resolved);
-                        }
-                        Some(Mirror {
-                            cluster,
-                            numerator: m.fraction.0,
-                            denominator: m.fraction.1,
-                        })
-                    }
-                    Err(problem) => {
-                        out.ref_problem.get_or_insert(problem);
-                        None
-                    }
-                }
-            })
-            .collect();
+        // Each setting that cannot be served makes the route unsupported (the first reason
+        // is reported); the rest of the rule still compiles.
+        let filters = filters::compile(rule.filters.as_deref().unwrap_or_default(), prefix_ok)
+            .map_err(|e| e.to_string());
+        let filters = out.or_unsupported(filters, filters::RuleFilters::default());
+        let retry = out.or_unsupported(compile_retry(rule), None);
+        let session = out.or_unsupported(compile_session(rule, &name, matches), None);
+        let timeouts = out.or_unsupported(compile_timeouts(rule), (None, None));
+        let mirrors = resolve_mirrors(
+            objects,
+            &key.namespace,
+            referrer,
+            &filters.mirrors,
+            &mut out,
+        );
         let action = match &filters.redirect {
             Some(redirect) => Action::Redirect(redirect.clone()),
             None => compile_action(objects, &key.namespace, referrer, rule, &mut out),
@@ -163,30 +171,7 @@ pub fn compile(
                     continue;
                 }
             };
-            let path = route_match
-                .path
-                .as_ref()
-                .map_or(("", PathMatchKind::Prefix), |p| {
-                    (p.value.as_str(), p.kind())
-                });
-            let precedence = Precedence {
-                // Exact, then RegularExpression, then PathPrefix (the spec leaves regular
-                // expressions to implementations; Envoy Gateway orders them so too, which keeps
-                // a PathPrefix "/" from shadowing every pattern).
-                path_kind: match path.1 {
-                    PathMatchKind::Exact => 0,
-                    PathMatchKind::Regex => 1,
-                    _ => 2,
-                },
-                path_len: Reverse(path.0.len()),
-                has_method: Reverse(m.method.is_some()),
-                headers: Reverse(m.headers.as_ref().map_or(0, Vec::len)),
-                query_params: Reverse(m.query_params.as_ref().map_or(0, Vec::len)),
-                created,
-                route: key.clone(),
-                rule: rule_index,
-                matched: match_index,
-            };
+            let precedence = Precedence::of(m, &route_match, created, key, rule_index, match_index);
             let rule = RouteRule {
                 name: name.clone(),
                 matches: vec![route_match],
@@ -207,6 +192,46 @@ pub fn compile(
     // Compiled routes live until the next translation, thousands at a time.
     out.entries.shrink_to_fit();
     out
+}
+
+/// The clusters of a rule's RequestMirror filters; a mirror whose backend does not resolve is
+/// left out, and its problem reported in ResolvedRefs.
+fn resolve_mirrors(
+    objects: &ObjectSet,
+    namespace: &str,
+    referrer: Referrer,
+    mirrors: &[filters::MirrorRef],
+    out: &mut CompiledRoute,
+) -> Vec<Mirror> {
+    mirrors
+        .iter()
+        .filter_map(|m| {
+            let backend = BackendRef {
+                group: m.group.as_deref(),
+                kind: m.kind.as_deref(),
+                name: &m.name,
+                namespace: m.namespace.as_deref(),
+                port: m.port,
+            };
+            match backends::resolve(objects, namespace, referrer, backend) {
+                Ok(resolved) => {
+                    let cluster = resolved.cluster.name.clone();
+                    if !out.backends.iter().any(|b| b.cluster.name == cluster) {
+                        out.backends.push(resolved);
+                    }
+                    Some(Mirror {
+                        cluster,
+                        numerator: m.fraction.0,
+                        denominator: m.fraction.1,
+                    })
+                }
+                Err(problem) => {
+                    out.ref_problem.get_or_insert(problem);
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// A pattern the proxies could not compile is the route's problem, reported in its status.
@@ -400,7 +425,7 @@ fn backend_filters(
             .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("backendRef filter: {e}"))?;
-    let compiled = filters::compile(&as_rule_filters, false)?;
+    let compiled = filters::compile(&as_rule_filters, false).map_err(|e| e.to_string())?;
     if compiled.redirect.is_some()
         || compiled.url_rewrite.is_some()
         || !compiled.mirrors.is_empty()

@@ -165,3 +165,9 @@ impl serde::Serialize for ObjectRef {
         s.collect_str(self)
     }
 }
+
+/// The generation a condition observes: the object's `metadata.generation` (0 when unset, as
+/// in a directory of YAML).
+pub fn generation_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.generation.unwrap_or(0)
+}

@@ -2,11 +2,9 @@
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersTlsMode};
 use rauta_common::api::v1::{ClientCertificate, ClientValidation, ServerCertificate};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::backends::reference_granted;
-use crate::objects::{ObjectRef, ObjectSet};
+use super::references::{CoreRef, CoreRefError, config_map_ca, secret_tls_pair};
+use crate::objects::ObjectSet;
 
 /// Why a listener's TLS settings cannot be served, as its conditions will say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,60 +31,6 @@ fn problem(accepted: bool, reason: &'static str, message: impl Into<String>) -> 
             unresolved: None,
             message: message.into(),
         }
-    }
-}
-
-/// A Gateway's reference to a core-group object (Secret, ConfigMap), as written.
-struct CoreRef<'a> {
-    group: Option<&'a str>,
-    kind: Option<&'a str>,
-    name: &'a str,
-    namespace: Option<&'a str>,
-}
-
-/// Why a [`CoreRef`] cannot be followed; the caller picks the condition reason.
-enum RefError {
-    /// Not the expected group and kind.
-    Kind(String),
-    /// In another namespace without a ReferenceGrant.
-    NotPermitted(String),
-}
-
-impl CoreRef<'_> {
-    /// The referenced object's key, when it is a `kind` the Gateway may use. Existence is the
-    /// caller's check.
-    fn resolve(
-        &self,
-        objects: &ObjectSet,
-        gateway_namespace: &str,
-        kind: &str,
-    ) -> Result<ObjectRef, RefError> {
-        let group = self.group.unwrap_or("");
-        let actual = self.kind.unwrap_or(kind);
-        if !(group.is_empty() || group == "core") || actual != kind {
-            return Err(RefError::Kind(format!(
-                "reference {}: {actual} in group {group:?} is not a core {kind}",
-                self.name
-            )));
-        }
-        let namespace = self.namespace.unwrap_or(gateway_namespace);
-        if namespace != gateway_namespace
-            && !reference_granted(
-                objects,
-                "Gateway",
-                gateway_namespace,
-                "",
-                kind,
-                namespace,
-                self.name,
-            )
-        {
-            return Err(RefError::NotPermitted(format!(
-                "{kind} {namespace}/{}: no ReferenceGrant allows it",
-                self.name
-            )));
-        }
-        Ok(ObjectRef::new(namespace, self.name))
     }
 }
 
@@ -170,17 +114,14 @@ pub fn client_validation(
             name: &r.name,
             namespace: r.namespace.as_deref(),
         };
-        let key = match target.resolve(objects, gateway_namespace, "ConfigMap") {
-            Ok(key) => key,
-            Err(RefError::Kind(message)) => {
-                return Err(invalid("InvalidCACertificateKind", message));
-            }
-            Err(RefError::NotPermitted(message)) => {
-                return Err(invalid("RefNotPermitted", message));
-            }
-        };
+        let key = target
+            .resolve(objects, gateway_namespace, "ConfigMap")
+            .map_err(|e| match e {
+                CoreRefError::Kind { .. } => invalid("InvalidCACertificateKind", e.to_string()),
+                CoreRefError::NotPermitted { .. } => invalid("RefNotPermitted", e.to_string()),
+            })?;
         let pem = config_map_ca(objects, &key)
-            .map_err(|message| invalid("InvalidCACertificateRef", message))?;
+            .map_err(|e| invalid("InvalidCACertificateRef", e.to_string()))?;
         bundle.push_str(pem);
         if !bundle.ends_with('\n') {
             bundle.push('\n');
@@ -190,21 +131,6 @@ pub fn client_validation(
         ca_certificates_pem: bundle,
         allow_insecure_fallback: validation.mode.as_deref() == Some("AllowInsecureFallback"),
     }))
-}
-
-/// The PEM in a ConfigMap's `ca.crt`, when it holds at least one certificate.
-pub fn config_map_ca<'a>(objects: &'a ObjectSet, key: &ObjectRef) -> Result<&'a str, String> {
-    let pem = objects
-        .config_maps
-        .get(key)
-        .and_then(|cm| cm.data.as_ref())
-        .and_then(|d| d.get("ca.crt"))
-        .ok_or_else(|| format!("ConfigMap {key} with ca.crt not found"))?;
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
-    if !certs.is_ok_and(|c| !c.is_empty()) {
-        return Err(format!("ConfigMap {key}: ca.crt holds no PEM certificate"));
-    }
-    Ok(pem)
 }
 
 /// The certificate a Gateway presents to TLS backends (spec.tls.backend.clientCertificateRef),
@@ -229,52 +155,18 @@ pub fn backend_client_certificate(
         name: &r.name,
         namespace: r.namespace.as_deref(),
     };
-    let invalid = |message: String| ("InvalidClientCertificateRef", message);
-    let key = match target.resolve(objects, gateway_namespace, "Secret") {
-        Ok(key) => key,
-        Err(RefError::Kind(message)) => return Err(invalid(message)),
-        Err(RefError::NotPermitted(message)) => return Err(("RefNotPermitted", message)),
-    };
-    let secret = objects
-        .secrets
-        .get(&key)
-        .ok_or_else(|| invalid(format!("Secret {key} not found")))?;
-    let (Some(chain), Some(private_key)) =
-        (secret_key(secret, "tls.crt"), secret_key(secret, "tls.key"))
-    else {
-        return Err(invalid(format!("Secret {key} lacks tls.crt or tls.key")));
-    };
-    validate_pem(&chain, &private_key).map_err(|e| invalid(format!("Secret {key}: {e}")))?;
+    let key = target
+        .resolve(objects, gateway_namespace, "Secret")
+        .map_err(|e| match e {
+            CoreRefError::Kind { .. } => ("InvalidClientCertificateRef", e.to_string()),
+            CoreRefError::NotPermitted { .. } => ("RefNotPermitted", e.to_string()),
+        })?;
+    let pair = secret_tls_pair(objects, &key)
+        .map_err(|e| ("InvalidClientCertificateRef", e.to_string()))?;
     Ok(Some(ClientCertificate {
-        certificate_chain_pem: String::from_utf8_lossy(&chain).into_owned(),
-        private_key_pem: String::from_utf8_lossy(&private_key).into_owned(),
+        certificate_chain_pem: pair.chain_pem,
+        private_key_pem: pair.key_pem,
     }))
-}
-
-fn secret_key<'a>(
-    secret: &'a k8s_openapi::api::core::v1::Secret,
-    key: &str,
-) -> Option<std::borrow::Cow<'a, [u8]>> {
-    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
-        return Some(std::borrow::Cow::Borrowed(&v.0));
-    }
-    secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|s| std::borrow::Cow::Borrowed(s.as_bytes()))
-}
-
-/// Checks that `chain` holds at least one PEM certificate and `key` one PEM private key.
-pub fn validate_pem(chain: &[u8], key: &[u8]) -> Result<(), String> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(chain)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.crt: {e}"))?;
-    if certs.is_empty() {
-        return Err("tls.crt holds no certificate".into());
-    }
-    PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key: {e}"))?;
-    Ok(())
 }
 
 /// The certificates of an HTTPS listener, or why it cannot be served.
@@ -318,37 +210,20 @@ pub fn listener_certificates(
             name: &r.name,
             namespace: r.namespace.as_deref(),
         };
-        let key = match target.resolve(objects, gateway_namespace, "Secret") {
-            Ok(key) => key,
-            Err(RefError::Kind(message)) => {
-                return Err(problem(true, "InvalidCertificateRef", message));
-            }
-            Err(RefError::NotPermitted(message)) => {
-                return Err(problem(true, "RefNotPermitted", message));
-            }
-        };
-        let secret = objects.secrets.get(&key).ok_or_else(|| {
-            problem(
-                true,
-                "InvalidCertificateRef",
-                format!("Secret {key} not found"),
-            )
-        })?;
-        let (Some(chain), Some(private_key)) =
-            (secret_key(secret, "tls.crt"), secret_key(secret, "tls.key"))
-        else {
-            return Err(problem(
-                true,
-                "InvalidCertificateRef",
-                format!("Secret {key} lacks tls.crt or tls.key"),
-            ));
-        };
-        validate_pem(&chain, &private_key)
-            .map_err(|e| problem(true, "InvalidCertificateRef", format!("Secret {key}: {e}")))?;
+        let key = target
+            .resolve(objects, gateway_namespace, "Secret")
+            .map_err(|e| match e {
+                CoreRefError::Kind { .. } => problem(true, "InvalidCertificateRef", e.to_string()),
+                CoreRefError::NotPermitted { .. } => {
+                    problem(true, "RefNotPermitted", e.to_string())
+                }
+            })?;
+        let pair = secret_tls_pair(objects, &key)
+            .map_err(|e| problem(true, "InvalidCertificateRef", e.to_string()))?;
         out.push(ServerCertificate {
             server_names: server_names.clone(),
-            certificate_chain_pem: String::from_utf8_lossy(&chain).into_owned(),
-            private_key_pem: String::from_utf8_lossy(&private_key).into_owned(),
+            certificate_chain_pem: pair.chain_pem,
+            private_key_pem: pair.key_pem,
         });
     }
     Ok(out)

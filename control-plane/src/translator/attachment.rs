@@ -1,0 +1,169 @@
+//! Route attachment: each parentRef of each route is matched to the listeners of one of our
+//! Gateways (sectionName and port, allowedRoutes, hostname intersection), and the route's
+//! parent status says whether and why not.
+
+use std::collections::BTreeMap;
+
+use super::gateway::GatewayView;
+use super::hostnames;
+use super::references::GATEWAY_GROUP;
+use super::route_view::{RouteId, RouteKind, RouteView};
+use super::routes::{self, CompiledRoute};
+use super::status::{
+    Condition, ParentRef, RouteParentStatus, RouteStatus, StatusReport, set_condition,
+};
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// Attaches every route to the Gateways its parentRefs name, records each route's status in
+/// `status`, and returns the compiled routes (compiled once, whatever the number of parents).
+pub fn attach_routes(
+    objects: &ObjectSet,
+    controller_name: &str,
+    routes: &[RouteView<'_>],
+    gateways: &mut BTreeMap<ObjectRef, GatewayView<'_>>,
+    status: &mut StatusReport,
+) -> BTreeMap<RouteId, CompiledRoute> {
+    let mut compiled: BTreeMap<RouteId, CompiledRoute> = BTreeMap::new();
+    for route in routes {
+        let mut parents = Vec::new();
+        for parent_ref in &route.parent_refs {
+            if parent_ref.group != GATEWAY_GROUP {
+                continue;
+            }
+            let parent_key = ObjectRef::new(&parent_ref.namespace, &parent_ref.name);
+            let gateway = match parent_ref.kind.as_str() {
+                "Gateway" => gateways.get_mut(&parent_key),
+                "ListenerSet" => gateways
+                    .values_mut()
+                    .find(|g| g.listener_sets.iter().any(|s| s.key == parent_key)),
+                _ => continue,
+            };
+            let Some(gateway) = gateway else {
+                continue; // Not a Gateway of ours: another controller writes this status.
+            };
+            let route_compiled = compiled
+                .entry(route.id())
+                .or_insert_with(|| routes::compile(objects, route));
+            let conditions = attach(objects, gateway, route, parent_ref, route_compiled);
+            parents.push(RouteParentStatus {
+                parent_ref: parent_ref.clone(),
+                controller_name: controller_name.to_owned(),
+                conditions,
+            });
+        }
+        if !parents.is_empty() {
+            let statuses = match route.kind {
+                RouteKind::Http => &mut status.http_routes,
+                RouteKind::Tls => &mut status.tls_routes,
+                RouteKind::Grpc => &mut status.grpc_routes,
+            };
+            statuses.insert(
+                route.key.clone(),
+                RouteStatus {
+                    generation: route.generation,
+                    parents,
+                },
+            );
+        }
+    }
+    compiled
+}
+
+/// Attaches a route to the matching listeners of one Gateway; returns the parent conditions.
+fn attach(
+    objects: &ObjectSet,
+    gateway: &mut GatewayView<'_>,
+    route: &RouteView<'_>,
+    parent: &ParentRef,
+    compiled: &CompiledRoute,
+) -> Vec<Condition> {
+    let generation = route.generation;
+    let accepted = |ok: bool, reason: &str, msg: String| {
+        Condition::new("Accepted", ok, reason, msg, generation)
+    };
+    let mut conditions = Vec::new();
+    let resolved = match &compiled.ref_problem {
+        Some(p) => Condition::new(
+            "ResolvedRefs",
+            false,
+            p.reason,
+            p.message.clone(),
+            generation,
+        ),
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
+    };
+    if let Some(msg) = &compiled.unsupported {
+        conditions.push(accepted(false, "UnsupportedValue", msg.clone()));
+        conditions.push(resolved);
+        return conditions;
+    }
+    let reason = attach_to_listeners(objects, gateway, route, parent);
+    match reason {
+        Some((reason, msg)) => conditions.push(accepted(false, reason, msg.to_owned())),
+        None => conditions.push(accepted(true, "Accepted", String::new())),
+    }
+    set_condition(&mut conditions, resolved);
+    conditions
+}
+
+/// Attaches the route to every listener the parentRef reaches that admits it and shares a
+/// hostname with it; returns why it attached to none (Accepted=False reason and message).
+fn attach_to_listeners(
+    objects: &ObjectSet,
+    gateway: &mut GatewayView<'_>,
+    route: &RouteView<'_>,
+    parent: &ParentRef,
+) -> Option<(&'static str, &'static str)> {
+    // A Gateway parentRef reaches the Gateway's own listeners, a ListenerSet parentRef only
+    // that set's.
+    let owner =
+        (parent.kind == "ListenerSet").then(|| ObjectRef::new(&parent.namespace, &parent.name));
+    let owner = owner.as_ref();
+    let candidates: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.owner.as_ref() == owner)
+        .filter(|(_, l)| {
+            parent
+                .section_name
+                .as_deref()
+                .is_none_or(|s| s == l.spec.name)
+        })
+        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.spec.port))
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        return Some((
+            "NoMatchingParent",
+            "no listener matches the parentRef's sectionName and port",
+        ));
+    }
+    let allowed: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| gateway.listeners[i].admits(objects, route.kind, &route.key.namespace))
+        .collect();
+    if allowed.is_empty() {
+        return Some((
+            "NotAllowedByListeners",
+            "no matching listener allows routes from this namespace or of this kind",
+        ));
+    }
+    let mut attached_any = false;
+    for i in allowed {
+        let listener = &mut gateway.listeners[i];
+        if !listener.valid {
+            continue;
+        }
+        if let Some(hosts) =
+            hostnames::intersect(listener.spec.hostname.as_deref(), route.hostnames)
+        {
+            listener.attached.push((hosts, route.id()));
+            attached_any = true;
+        }
+    }
+    (!attached_any).then_some((
+        "NoMatchingListenerHostname",
+        "no listener hostname intersects the route's hostnames",
+    ))
+}

@@ -1,0 +1,159 @@
+//! A Gateway's resources: listeners sharing a port share one proxy socket, so they become one
+//! `Listener` and one `RouteTable` per port (a virtual host per hostname), plus the `Cluster`
+//! and `ClusterEndpoints` of every backend their routes use.
+
+use std::collections::BTreeMap;
+
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::{
+    ClientCertificate, ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate,
+    VirtualHost,
+};
+use rauta_common::types::ResourceType;
+
+use super::listeners::ListenerView;
+use super::output::ResourceSet;
+use super::route_view::RouteId;
+use super::routes::{CompiledRoute, MatchEntry};
+
+/// The Gateway listeners sharing one port (and so one proxy socket).
+struct PortListeners {
+    protocol: ListenerProtocol,
+    hostnames: Vec<String>,
+    /// Match entries by virtual-host domain.
+    vhosts: BTreeMap<String, Vec<MatchEntry>>,
+    certificates: Vec<ServerCertificate>,
+    client_validation: Option<ClientValidation>,
+}
+
+/// The served listeners of one Gateway, by port.
+#[derive(Default)]
+pub struct Ports(BTreeMap<u32, PortListeners>);
+
+/// Another protocol already holds the port (a ProtocolConflict).
+pub struct PortTaken;
+
+impl Ports {
+    /// Adds a served listener to its port, and the clusters and endpoints its routes use to
+    /// `resources`. The first listener on a port decides its protocol: a listener of another
+    /// protocol cannot share the socket.
+    pub fn add(
+        &mut self,
+        listener: &ListenerView<'_>,
+        port: u32,
+        compiled: &BTreeMap<RouteId, CompiledRoute>,
+        client_certificate: Option<&ClientCertificate>,
+        resources: &mut ResourceSet,
+    ) -> Result<(), PortTaken> {
+        let entry = self.0.entry(port).or_insert_with(|| PortListeners {
+            protocol: listener.protocol,
+            hostnames: Vec::new(),
+            vhosts: BTreeMap::new(),
+            certificates: Vec::new(),
+            client_validation: None,
+        });
+        if entry.protocol != listener.protocol {
+            return Err(PortTaken);
+        }
+        entry
+            .certificates
+            .extend(listener.certificates.iter().cloned());
+        entry.client_validation = entry
+            .client_validation
+            .take()
+            .or_else(|| listener.client_validation.clone());
+        if let Some(h) = &listener.spec.hostname {
+            entry.hostnames.push(h.to_ascii_lowercase());
+            // Listener isolation: a request for this listener's hostname is this listener's,
+            // even when it has no routes (then 404), never another listener's "*".
+            entry.vhosts.entry(h.to_ascii_lowercase()).or_default();
+        }
+        for (hosts, route) in &listener.attached {
+            let Some(route) = compiled.get(route) else {
+                continue;
+            };
+            for host in hosts {
+                entry
+                    .vhosts
+                    .entry(host.clone())
+                    .or_default()
+                    .extend(route.entries.iter().cloned());
+            }
+            add_backends(route, client_certificate, resources);
+        }
+        Ok(())
+    }
+
+    /// One Listener and one RouteTable per port, rules sorted by precedence.
+    pub fn into_resources(self, resources: &mut ResourceSet) {
+        for (port, listeners) in self.0 {
+            let name = match listeners.protocol {
+                ListenerProtocol::Https => format!("https-{port}"),
+                ListenerProtocol::TlsPassthrough => format!("tls-{port}"),
+                _ => format!("http-{port}"),
+            };
+            let mut hostnames = listeners.hostnames;
+            hostnames.sort();
+            hostnames.dedup();
+            let virtual_hosts = listeners
+                .vhosts
+                .into_iter()
+                .map(|(domain, mut entries)| {
+                    entries.sort();
+                    VirtualHost {
+                        name: domain.clone(),
+                        domains: vec![domain],
+                        rules: entries.into_iter().map(|e| e.rule).collect(),
+                    }
+                })
+                .collect();
+            let listener = Listener {
+                name: name.clone(),
+                port,
+                protocol: listeners.protocol as i32,
+                hostnames,
+                route_table: name.clone(),
+                certificates: listeners.certificates,
+                client_validation: listeners.client_validation,
+            };
+            resources
+                .entry(ResourceType::Listener)
+                .or_default()
+                .insert(name.clone(), Payload::Listener(listener));
+            // Session keys are the cache's to add: the translator has no secrets.
+            let table = RouteTable {
+                name: name.clone(),
+                virtual_hosts,
+                session_keys: Vec::new(),
+            };
+            resources
+                .entry(ResourceType::RouteTable)
+                .or_default()
+                .insert(name, Payload::RouteTable(table));
+        }
+    }
+}
+
+/// The clusters (with the Gateway's client certificate where they speak TLS) and endpoints of
+/// a route's backends.
+fn add_backends(
+    route: &CompiledRoute,
+    client_certificate: Option<&ClientCertificate>,
+    resources: &mut ResourceSet,
+) {
+    let clusters = resources.entry(ResourceType::Cluster).or_default();
+    for backend in &route.backends {
+        let mut cluster = backend.cluster.clone();
+        if let (Some(tls), Some(cert)) = (&mut cluster.tls, client_certificate) {
+            tls.client_certificate = Some(cert.clone());
+        }
+        clusters.insert(cluster.name.clone(), Payload::Cluster(cluster));
+    }
+    let endpoints = resources.entry(ResourceType::Endpoints).or_default();
+    for backend in &route.backends {
+        endpoints.insert(
+            backend.endpoints.cluster.clone(),
+            Payload::Endpoints(backend.endpoints.clone()),
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! What the translator produces: per Gateway a resource set, and a status report.
+
+use std::collections::BTreeMap;
+
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::types::ResourceType;
+
+use super::status::StatusReport;
+use crate::objects::ObjectRef;
+
+/// Resources of one Gateway by type, then name.
+pub type ResourceSet = BTreeMap<ResourceType, BTreeMap<String, Payload>>;
+
+/// The translator's output.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// One entry per Gateway of an accepted GatewayClass, even if it has no resources.
+    pub gateways: BTreeMap<ObjectRef, ResourceSet>,
+    pub status: StatusReport,
+}

@@ -1,0 +1,79 @@
+//! Status of the policies that act on backends: BackendTLSPolicies (one ancestor entry per
+//! Gateway whose routes use a targeted Service port) and the `rauta.dev/*` Service annotations
+//! that could not be used.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::backend_tls::{self, ServicePortKey};
+use super::gateway::GatewayView;
+use super::references::GATEWAY_GROUP;
+use super::route_view::RouteId;
+use super::routes::CompiledRoute;
+use super::service_policy;
+use super::status::{ParentRef, PolicyStatus, RouteParentStatus, StatusReport, generation_of};
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// Records the status of every BackendTLSPolicy and annotated Service that a route attached
+/// to one of our Gateways uses.
+pub fn report(
+    objects: &ObjectSet,
+    controller_name: &str,
+    gateways: &BTreeMap<ObjectRef, GatewayView<'_>>,
+    compiled: &BTreeMap<RouteId, CompiledRoute>,
+    out: &mut StatusReport,
+) {
+    service_annotations(objects, compiled, out);
+    for (gw_key, gateway) in gateways {
+        let used: BTreeSet<ServicePortKey> = gateway
+            .listeners
+            .iter()
+            .flat_map(|l| &l.attached)
+            .filter_map(|(_, route)| compiled.get(route))
+            .flat_map(|c| &c.backends)
+            .map(|b| b.service_port.clone())
+            .collect();
+        for policy in backend_tls::policies_targeting(objects, &used) {
+            let entry = out
+                .backend_tls_policies
+                .entry(policy.clone())
+                .or_insert_with(|| PolicyStatus {
+                    generation: objects
+                        .backend_tls_policies
+                        .get(policy)
+                        .map_or(0, |p| generation_of(&p.metadata)),
+                    ancestors: Vec::new(),
+                });
+            entry.ancestors.push(RouteParentStatus {
+                parent_ref: ParentRef {
+                    group: GATEWAY_GROUP.to_owned(),
+                    kind: "Gateway".to_owned(),
+                    namespace: gw_key.namespace.clone(),
+                    name: gw_key.name.clone(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: controller_name.to_owned(),
+                conditions: backend_tls::conditions(objects, policy),
+            });
+        }
+    }
+}
+
+/// The annotation problems of every Service a compiled route uses.
+fn service_annotations(
+    objects: &ObjectSet,
+    compiled: &BTreeMap<RouteId, CompiledRoute>,
+    out: &mut StatusReport,
+) {
+    for backend in compiled.values().flat_map(|c| &c.backends) {
+        let service = &backend.service_port.0;
+        let problems = objects
+            .services
+            .get(service)
+            .map(|s| service_policy::from_annotations(s.metadata.annotations.as_ref()).problems)
+            .unwrap_or_default();
+        if !problems.is_empty() {
+            out.service_annotations.insert(service.clone(), problems);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Routes of every kind RAUTA serves, read as one shape: what attachment needs (parentRefs,
+//! hostnames, generation) and the rules to compile, in the HTTPRoute rule shape that
+//! `routes.rs` compiles. An HTTPRoute's rules are borrowed; a TLSRoute's (backendRefs only)
+//! are built field by field; a GRPCRoute's become HTTP rules in `grpc.rs`. A route whose rules
+//! cannot be read is still attached, and its status says why it is not accepted.
+
+use std::borrow::Cow;
+
+use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs};
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::tlsroutes::TlsRoute;
+
+use super::backends::Referrer;
+use super::grpc;
+use super::references::GATEWAY_GROUP;
+use super::status::{ParentRef, generation_of};
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// The route kinds RAUTA serves; a listener serves the kinds of its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteKind {
+    Http,
+    Tls,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Tls => "TLSRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+
+    /// How the route's backends are referred to (ReferenceGrant `from`, HTTP/2 for gRPC).
+    pub fn referrer(self) -> Referrer {
+        Referrer {
+            kind: self.name(),
+            grpc: self == RouteKind::Grpc,
+        }
+    }
+}
+
+/// A route of any kind (an HTTPRoute and a TLSRoute may share a name).
+pub type RouteId = (RouteKind, ObjectRef);
+
+/// One route as attachment and compilation read it.
+pub struct RouteView<'a> {
+    pub kind: RouteKind,
+    pub key: &'a ObjectRef,
+    pub generation: i64,
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Every parentRef, with defaults made explicit (group, kind, the route's namespace).
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: &'a [String],
+    /// The rules in HTTPRoute shape, or why they cannot be read as such (reported as
+    /// Accepted=False, UnsupportedValue).
+    pub rules: Result<Cow<'a, [HttpRouteRules]>, String>,
+}
+
+impl RouteView<'_> {
+    pub fn id(&self) -> RouteId {
+        (self.kind, self.key.clone())
+    }
+}
+
+/// Makes a parentRef's defaults explicit. The parentRef types of the route kinds are distinct
+/// generated structs with the same fields.
+macro_rules! explicit_parent_ref {
+    ($p:expr, $route_namespace:expr) => {
+        ParentRef {
+            group: $p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_owned()),
+            kind: $p.kind.clone().unwrap_or_else(|| "Gateway".to_owned()),
+            namespace: $p
+                .namespace
+                .clone()
+                .unwrap_or_else(|| $route_namespace.to_owned()),
+            name: $p.name.clone(),
+            section_name: $p.section_name.clone(),
+            port: $p.port,
+        }
+    };
+}
+
+/// Every route of the object set: HTTPRoutes, then TLSRoutes, then GRPCRoutes, each by key.
+pub fn all(objects: &ObjectSet) -> Vec<RouteView<'_>> {
+    let http = objects.http_routes.iter().map(|(k, r)| http(k, r));
+    let tls = objects.tls_routes.iter().map(|(k, r)| tls(k, r));
+    let grpc = objects.grpc_routes.iter().map(|(k, r)| grpc(k, r));
+    http.chain(tls).chain(grpc).collect()
+}
+
+fn http<'a>(key: &'a ObjectRef, route: &'a HttpRoute) -> RouteView<'a> {
+    RouteView {
+        kind: RouteKind::Http,
+        key,
+        generation: generation_of(&route.metadata),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| explicit_parent_ref!(p, key.namespace))
+            .collect(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+        rules: Ok(Cow::Borrowed(
+            route.spec.rules.as_deref().unwrap_or_default(),
+        )),
+    }
+}
+
+/// A TLSRoute rule names backends only: as an HTTP rule it matches every request.
+fn tls<'a>(key: &'a ObjectRef, route: &'a TlsRoute) -> RouteView<'a> {
+    let rules = route
+        .spec
+        .rules
+        .iter()
+        .map(|rule| HttpRouteRules {
+            name: rule.name.clone(),
+            backend_refs: Some(
+                rule.backend_refs
+                    .iter()
+                    .map(|b| HttpRouteRulesBackendRefs {
+                        group: b.group.clone(),
+                        kind: b.kind.clone(),
+                        name: b.name.clone(),
+                        namespace: b.namespace.clone(),
+                        port: b.port,
+                        weight: b.weight,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+        .collect();
+    RouteView {
+        kind: RouteKind::Tls,
+        key,
+        generation: generation_of(&route.metadata),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| explicit_parent_ref!(p, key.namespace))
+            .collect(),
+        hostnames: &route.spec.hostnames,
+        rules: Ok(Cow::Owned(rules)),
+    }
+}
+
+fn grpc<'a>(key: &'a ObjectRef, route: &'a GrpcRoute) -> RouteView<'a> {
+    RouteView {
+        kind: RouteKind::Grpc,
+        key,
+        generation: generation_of(&route.metadata),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| explicit_parent_ref!(p, key.namespace))
+            .collect(),
+        hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+        rules: grpc::as_http_rules(route)
+            .map(Cow::Owned)
+            .map_err(|e| e.to_string()),
+    }
+}
