@@ -282,9 +282,10 @@ if [ -n "$BASELINE" ]; then
 fi
 
 # Memory: idle, then with ROUTES_FOR_RSS routes (one hostname each) loaded.
-rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$rauta_pid/status"; }
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/${1:-$rauta_pid}/status"; }
 echo
 echo "rauta-proxy RSS: $(rss) MiB with 1 route"
+[ -n "$baseline_pid" ] && echo "baseline RSS: $(rss "$baseline_pid") MiB with 1 route"
 # 500 routes per file: the YAML reader refuses files of more than 1024 documents.
 python3 - "$work/config" "$ROUTES_FOR_RSS" <<'EOF'
 import sys
@@ -310,6 +311,8 @@ on_arrival=$(rss)
 # back to the system within about a second.
 sleep 3
 echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes, settled ($on_arrival MiB when the last route arrived)"
+# The baseline subscribes to the same controller: it has the same routes by now.
+[ -n "$baseline_pid" ] && echo "baseline RSS: $(rss "$baseline_pid") MiB with $ROUTES_FOR_RSS routes, settled"
 
 n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)
