@@ -11,17 +11,21 @@ pub enum ResourceType {
     Endpoints,
     /// Listening sockets.
     Listener,
-    /// Route tables: sent last, after everything they reference.
+    /// Route tables: sent after everything they reference.
     RouteTable,
+    /// Route tables of TCP, UDP and TLS-terminating listeners: like route tables, after the
+    /// clusters they name (their own type, so they are ACKed, NACKed and resumed on their own).
+    L4RouteTable,
 }
 
 impl ResourceType {
     /// All types in the order updates are pushed (make-before-break).
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoints,
         ResourceType::Listener,
         ResourceType::RouteTable,
+        ResourceType::L4RouteTable,
     ];
 
     /// The type URL used on the wire.
@@ -31,6 +35,7 @@ impl ResourceType {
             ResourceType::Endpoints => "type.googleapis.com/rauta.v1.ClusterEndpoints",
             ResourceType::Listener => "type.googleapis.com/rauta.v1.Listener",
             ResourceType::RouteTable => "type.googleapis.com/rauta.v1.RouteTable",
+            ResourceType::L4RouteTable => "type.googleapis.com/rauta.v1.L4RouteTable",
         }
     }
 
@@ -41,6 +46,7 @@ impl ResourceType {
             ResourceType::Endpoints => "endpoints",
             ResourceType::Listener => "listener",
             ResourceType::RouteTable => "route_table",
+            ResourceType::L4RouteTable => "l4_route_table",
         }
     }
 
@@ -58,6 +64,7 @@ impl ResourceType {
             Payload::RouteTable(_) => ResourceType::RouteTable,
             Payload::Cluster(_) => ResourceType::Cluster,
             Payload::Endpoints(_) => ResourceType::Endpoints,
+            Payload::L4RouteTable(_) => ResourceType::L4RouteTable,
         }
     }
 }
@@ -84,6 +91,15 @@ mod tests {
     #[test]
     fn push_order_is_make_before_break() {
         let order: Vec<_> = ResourceType::ALL.iter().map(|t| t.short_name()).collect();
-        assert_eq!(order, ["cluster", "endpoints", "listener", "route_table"]);
+        assert_eq!(
+            order,
+            [
+                "cluster",
+                "endpoints",
+                "listener",
+                "route_table",
+                "l4_route_table"
+            ]
+        );
     }
 }

@@ -385,15 +385,19 @@ impl ProxyStream {
     /// Sends what each type lacks, in make-before-break order: clusters, endpoints, listeners,
     /// route tables; cluster and endpoint removals wait until routes no longer need them.
     async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
-        // Routes are settled when both route types are subscribed, nothing is in flight, and the
+        // Routes are settled when every route type is subscribed, nothing is in flight, and the
         // proxy holds this version's content (a rejected route table is not settled).
-        let routes_settled = [ResourceType::Listener, ResourceType::RouteTable]
-            .iter()
-            .all(|ty| {
-                self.types
-                    .get(ty)
-                    .is_some_and(|s| s.pending.is_none() && s.diff(snapshot, *ty, true).is_empty())
-            });
+        let routes_settled = [
+            ResourceType::Listener,
+            ResourceType::RouteTable,
+            ResourceType::L4RouteTable,
+        ]
+        .iter()
+        .all(|ty| {
+            self.types
+                .get(ty)
+                .is_some_and(|s| s.pending.is_none() && s.diff(snapshot, *ty, true).is_empty())
+        });
         for ty in ResourceType::ALL {
             let Some(state) = self.types.get_mut(&ty) else {
                 continue;

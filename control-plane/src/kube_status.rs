@@ -31,7 +31,9 @@ const RETRY: Duration = Duration::from_secs(2);
 /// The status list shared between controllers, for the kinds that have one.
 fn shared_list(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => Some("parents"),
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
+            Some("parents")
+        }
         Kind::BackendTlsPolicy => Some("ancestors"),
         _ => None,
     }
@@ -204,6 +206,8 @@ impl StatusWriter {
             Kind::HttpRoute,
             Kind::GrpcRoute,
             Kind::TlsRoute,
+            Kind::TcpRoute,
+            Kind::UdpRoute,
             Kind::BackendTlsPolicy,
         ] {
             let Some(list) = shared_list(kind) else {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::tcproutes::TcpRoute;
+use gateway_api::experimental::udproutes::UdpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -91,9 +93,11 @@ macro_rules! object_kinds {
 
             /// Where the API server serves the kind (group, version, plural).
             pub fn api_resource(self) -> kube::api::ApiResource {
-                match self {
+                let mut api = match self {
                     $(Kind::$variant => kube::api::ApiResource::erase::<$ty>(&()),)*
-                }
+                };
+                served_version(self, &mut api);
+                api
             }
         }
 
@@ -198,6 +202,17 @@ object_kinds! {
     ListenerSet, listener_sets, ListenerSet, "gateway.networking.k8s.io", "ListenerSet", true;
     TlsRoute, tls_routes, TlsRoute, "gateway.networking.k8s.io", "TLSRoute", true;
     GrpcRoute, grpc_routes, GrpcRoute, "gateway.networking.k8s.io", "GRPCRoute", true;
+    TcpRoute, tcp_routes, TcpRoute, "gateway.networking.k8s.io", "TCPRoute", true;
+    UdpRoute, udp_routes, UdpRoute, "gateway.networking.k8s.io", "UDPRoute", true;
+}
+
+/// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests
+/// use it), while the gateway-api crate's types still say `v1alpha2`; their schema is the same.
+fn served_version(kind: Kind, api: &mut kube::api::ApiResource) {
+    if matches!(kind, Kind::TcpRoute | Kind::UdpRoute) {
+        api.version = "v1".to_owned();
+        api.api_version = format!("{}/v1", api.group);
+    }
 }
 
 impl fmt::Display for Kind {

@@ -133,13 +133,41 @@ impl Snapshot {
             .flatten()
             .map(|(_, r)| r)
         {
-            if let Some(Payload::Listener(l)) = &r.payload
-                && !has(ResourceType::RouteTable, &l.route_table)
-            {
+            let Some(Payload::Listener(l)) = &r.payload else {
+                continue;
+            };
+            let (ty, table) = match l.l4_route_table.is_empty() {
+                true => (ResourceType::RouteTable, &l.route_table),
+                false => (ResourceType::L4RouteTable, &l.l4_route_table),
+            };
+            if !has(ty, table) {
                 return Err(DanglingReference::RouteTable {
                     listener: l.name.clone(),
-                    route_table: l.route_table.clone(),
+                    route_table: table.clone(),
                 });
+            }
+        }
+        for r in self
+            .of_type(ResourceType::L4RouteTable)
+            .into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+        {
+            let Some(Payload::L4RouteTable(t)) = &r.payload else {
+                continue;
+            };
+            for route in &t.routes {
+                let clusters = route.forward.iter().flat_map(|f| &f.clusters);
+                if let Some(c) = clusters
+                    .map(|c| &c.cluster)
+                    .find(|c| !has(ResourceType::Cluster, c))
+                {
+                    return Err(DanglingReference::Cluster {
+                        route_table: t.name.clone(),
+                        rule: route.name.clone(),
+                        cluster: c.clone(),
+                    });
+                }
             }
         }
         for r in self

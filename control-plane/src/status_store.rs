@@ -103,6 +103,18 @@ fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
         )
         .chain(
             report
+                .tcp_routes
+                .iter()
+                .map(|(key, s)| ("TCPRoute", key, &s.parents)),
+        )
+        .chain(
+            report
+                .udp_routes
+                .iter()
+                .map(|(key, s)| ("UDPRoute", key, &s.parents)),
+        )
+        .chain(
+            report
                 .backend_tls_policies
                 .iter()
                 .map(|(key, s)| ("BackendTLSPolicy", key, &s.ancestors)),
@@ -210,7 +222,9 @@ impl StatusStore {
             .iter()
             .map(|r| ("HTTPRoute", r))
             .chain(report.tls_routes.iter().map(|r| ("TLSRoute", r)))
-            .chain(report.grpc_routes.iter().map(|r| ("GRPCRoute", r)));
+            .chain(report.grpc_routes.iter().map(|r| ("GRPCRoute", r)))
+            .chain(report.tcp_routes.iter().map(|r| ("TCPRoute", r)))
+            .chain(report.udp_routes.iter().map(|r| ("UDPRoute", r)));
         for (kind, (key, s)) in routes {
             out.push(api::ObjectStatus {
                 kind: kind.into(),

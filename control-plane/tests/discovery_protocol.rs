@@ -51,8 +51,7 @@ fn resources(cluster: &str) -> ResourceSet {
             protocol: 1,
             hostnames: vec![],
             route_table: "http-80".into(),
-            certificates: vec![],
-            client_validation: None,
+            ..Default::default()
         }),
     );
     let rule = RouteRule {

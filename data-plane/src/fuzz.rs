@@ -261,6 +261,7 @@ impl World {
                 port: 80,
                 tls: false,
                 passthrough: false,
+                relay: None,
             }),
             seen,
             _pools: pools,

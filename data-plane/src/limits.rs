@@ -31,6 +31,10 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Client connections each worker serves at once; 0: unlimited.
     pub max_connections_per_worker: usize,
+    /// A UDP client flow with no datagram either way for this long is forgotten.
+    pub udp_idle_timeout: Duration,
+    /// UDP client flows kept at once, over all UDP listeners and workers.
+    pub udp_max_flows: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +49,8 @@ impl Default for Limits {
             client_body_min_rate: 500,
             send_timeout: Duration::from_secs(60),
             max_connections_per_worker: 0,
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_max_flows: 10_000,
         }
     }
 }

@@ -121,6 +121,16 @@ struct Args {
     /// rauta_proxy_connections_refused_total). 0: unlimited.
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_connections_per_worker: usize,
+    /// Milliseconds a UDP client flow (UDPRoute) may go without a datagram either way before
+    /// the proxy forgets it and closes its upstream socket.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    udp_idle_timeout_ms: u64,
+    /// UDP client flows the proxy keeps at once, over all UDP listeners; datagrams of new
+    /// clients past it are dropped (rauta_proxy_udp_flows_refused_total).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    udp_max_flows: u64,
     /// Access log: one JSON line per request on stdout.
     #[arg(long, value_enum, default_value = "off")]
     access_log: AccessLogMode,
@@ -247,6 +257,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client_body_min_rate: args.client_body_min_rate,
         send_timeout: Duration::from_secs(args.send_timeout),
         max_connections_per_worker: args.max_connections_per_worker,
+        udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms),
+        udp_max_flows: usize::try_from(args.udp_max_flows).unwrap_or(usize::MAX),
     };
     let access_log = match args.access_log {
         AccessLogMode::Off => None,

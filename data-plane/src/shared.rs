@@ -28,6 +28,9 @@ pub struct Shared {
     /// Whether HTTP/2 connections are served by the proxy's own server (`http2`), not hyper's.
     pub own_http2: bool,
     ready: AtomicBool,
+    /// Bumped after each new routing state is published: relayed connections and UDP flows
+    /// wait on it to close when their route leaves the configuration.
+    published: watch::Sender<u64>,
     /// True once draining (SIGTERM). Every listener and open downstream connection holds a
     /// receiver, so the receiver count is what is still open.
     drain: watch::Sender<bool>,
@@ -44,8 +47,20 @@ impl Shared {
             http1_fast_path: true,
             own_http2: true,
             ready: AtomicBool::new(false),
+            published: watch::Sender::new(0),
             drain: watch::Sender::new(false),
         }
+    }
+
+    /// Makes `state` the current routing state and tells the relays.
+    pub fn publish(&self, state: RoutingState) {
+        self.state.store(Arc::new(state));
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes once per routing state published after this call.
+    pub fn publications(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Ready once every resource type has been applied at least once.

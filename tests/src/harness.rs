@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rauta_common::api::v1::admin_client::AdminClient;
 use rauta_common::api::v1::{ListProxiesRequest, ProxyStatus};
+use rauta_common::types::ResourceType;
 use tonic::transport::Channel;
 
 /// Directory holding the workspace's built binaries (target/debug or target/release): the
@@ -629,7 +630,7 @@ pub fn all_in_sync(proxies: &[ProxyStatus]) -> bool {
     !proxies.is_empty()
         && proxies
             .iter()
-            .all(|p| p.types.len() == 4 && p.types.iter().all(|t| t.in_sync))
+            .all(|p| p.types.len() == ResourceType::ALL.len() && p.types.iter().all(|t| t.in_sync))
 }
 
 /// What an HTTPS request saw.

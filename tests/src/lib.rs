@@ -7,5 +7,6 @@ pub mod echo;
 pub mod fake_kube;
 pub mod grpc_dynamic;
 pub mod harness;
+pub mod l4_echo;
 pub mod manifests;
 pub mod raw_h2;

@@ -56,6 +56,8 @@ pub fn attach_routes(
                 RouteKind::Http => &mut status.http_routes,
                 RouteKind::Tls => &mut status.tls_routes,
                 RouteKind::Grpc => &mut status.grpc_routes,
+                RouteKind::Tcp => &mut status.tcp_routes,
+                RouteKind::Udp => &mut status.udp_routes,
             };
             statuses.insert(
                 route.key.clone(),

@@ -1,5 +1,6 @@
 //! A Gateway's resources: listeners sharing a port share one proxy socket, so they become one
-//! `Listener` and one `RouteTable` per port (a virtual host per hostname), plus the `Cluster`
+//! `Listener` and one `RouteTable` per port (a virtual host per hostname; an `L4RouteTable` for
+//! TCP, UDP and TLS Terminate ports, `l4_routes.rs`), plus the `Cluster`
 //! and `ClusterEndpoints` of every backend their routes use.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use rauta_common::api::v1::{
 };
 use rauta_common::types::ResourceType;
 
+use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
 use super::route_view::RouteId;
@@ -87,14 +89,38 @@ impl Ports {
     /// One Listener and one RouteTable per port, rules sorted by precedence.
     pub fn into_resources(self, resources: &mut ResourceSet) {
         for (port, listeners) in self.0 {
+            let l4 = l4_routes::is_l4(listeners.protocol);
             let name = match listeners.protocol {
                 ListenerProtocol::Https => format!("https-{port}"),
                 ListenerProtocol::TlsPassthrough => format!("tls-{port}"),
+                p if l4 => l4_routes::listener_name(p, port),
                 _ => format!("http-{port}"),
             };
             let mut hostnames = listeners.hostnames;
             hostnames.sort();
             hostnames.dedup();
+            let listener = Listener {
+                name: name.clone(),
+                port,
+                protocol: listeners.protocol as i32,
+                hostnames,
+                route_table: if l4 { String::new() } else { name.clone() },
+                certificates: listeners.certificates,
+                client_validation: listeners.client_validation,
+                l4_route_table: if l4 { name.clone() } else { String::new() },
+            };
+            resources
+                .entry(ResourceType::Listener)
+                .or_default()
+                .insert(name.clone(), Payload::Listener(listener));
+            if l4 {
+                let table = l4_routes::table(&name, listeners.vhosts);
+                resources
+                    .entry(ResourceType::L4RouteTable)
+                    .or_default()
+                    .insert(name, Payload::L4RouteTable(table));
+                continue;
+            }
             let virtual_hosts = listeners
                 .vhosts
                 .into_iter()
@@ -107,19 +133,6 @@ impl Ports {
                     }
                 })
                 .collect();
-            let listener = Listener {
-                name: name.clone(),
-                port,
-                protocol: listeners.protocol as i32,
-                hostnames,
-                route_table: name.clone(),
-                certificates: listeners.certificates,
-                client_validation: listeners.client_validation,
-            };
-            resources
-                .entry(ResourceType::Listener)
-                .or_default()
-                .insert(name.clone(), Payload::Listener(listener));
             // Session keys are the cache's to add: the translator has no secrets.
             let table = RouteTable {
                 name: name.clone(),

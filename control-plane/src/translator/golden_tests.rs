@@ -31,6 +31,7 @@ fn payload_json(pool: &DescriptorPool, payload: &Payload) -> Value {
         Payload::RouteTable(m) => ("rauta.v1.RouteTable", m.encode_to_vec()),
         Payload::Cluster(m) => ("rauta.v1.Cluster", m.encode_to_vec()),
         Payload::Endpoints(m) => ("rauta.v1.ClusterEndpoints", m.encode_to_vec()),
+        Payload::L4RouteTable(m) => ("rauta.v1.L4RouteTable", m.encode_to_vec()),
     };
     let descriptor = pool
         .get_message_by_name(name)
@@ -77,7 +78,13 @@ fn status_json(report: &StatusReport) -> Value {
         ("httpRoutes", &report.http_routes),
         ("tlsRoutes", &report.tls_routes),
         ("grpcRoutes", &report.grpc_routes),
+        ("tcpRoutes", &report.tcp_routes),
+        ("udpRoutes", &report.udp_routes),
     ] {
+        // Kinds without any status are left out (not rendered as null).
+        if v.get(field).is_none() {
+            continue;
+        }
         add_fields(&mut v[field], routes, |s| generation(s.generation));
     }
     add_fields(

@@ -19,8 +19,12 @@ use crate::objects::{ObjectRef, ObjectSet};
 
 /// What HTTP and HTTPS listeners serve.
 const HTTP_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Http, RouteKind::Grpc];
-/// What TLS passthrough listeners serve.
+/// What TLS listeners serve, in Passthrough and Terminate mode.
 const TLS_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Tls];
+/// What TCP listeners serve.
+const TCP_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Tcp];
+/// What UDP listeners serve.
+const UDP_ROUTE_KINDS: &[RouteKind] = &[RouteKind::Udp];
 
 /// A Gateway listener as the translator sees it.
 pub struct ListenerView<'a> {
@@ -79,12 +83,23 @@ pub fn listener_view<'a>(
         == Some(&GatewayListenersTlsMode::Passthrough);
     let (protocol, certificates, problem) = match spec.protocol.as_str() {
         "HTTP" => (ListenerProtocol::Http, Vec::new(), None),
+        "TCP" => (ListenerProtocol::Tcp, Vec::new(), None),
+        "UDP" => (ListenerProtocol::Udp, Vec::new(), None),
         "TLS" if passthrough => (ListenerProtocol::TlsPassthrough, Vec::new(), None),
-        "TLS" => {
-            let message = "TLS listeners support tls.mode Passthrough only".into();
-            let problem = ListenerProblem::not_accepted("UnsupportedValue", message, true);
-            (ListenerProtocol::TlsPassthrough, Vec::new(), Some(problem))
-        }
+        // tls.mode Terminate (the default): the listener's certificates, as HTTPS has them.
+        "TLS" => match tls::listener_certificates(objects, namespace, &spec) {
+            Ok(certs) => (ListenerProtocol::TlsTerminate, certs, None),
+            Err(p) => {
+                let problem = ListenerProblem {
+                    not_accepted: p.not_accepted,
+                    unresolved: p.unresolved,
+                    message: p.message,
+                    routes_supported: true,
+                    conflict: None,
+                };
+                (ListenerProtocol::TlsTerminate, Vec::new(), Some(problem))
+            }
+        },
         "HTTPS" => match tls::listener_certificates(objects, namespace, &spec).and_then(|certs| {
             Ok((
                 certs,
@@ -113,10 +128,11 @@ pub fn listener_view<'a>(
         }
     };
     ListenerView {
-        route_kinds: if protocol == ListenerProtocol::TlsPassthrough {
-            TLS_ROUTE_KINDS
-        } else {
-            HTTP_ROUTE_KINDS
+        route_kinds: match protocol {
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate => TLS_ROUTE_KINDS,
+            ListenerProtocol::Tcp => TCP_ROUTE_KINDS,
+            ListenerProtocol::Udp => UDP_ROUTE_KINDS,
+            _ => HTTP_ROUTE_KINDS,
         },
         spec,
         owner,

@@ -17,6 +17,7 @@ mod gateway;
 mod gateway_resources;
 mod grpc;
 pub mod hostnames;
+mod l4_routes;
 mod listener_sets;
 mod listeners;
 mod output;
@@ -73,6 +74,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayStaticAddresses",
     "GatewayAddressEmpty",
     "TLSRoute",
+    "TLSRouteModeTerminate",
+    "TCPRoute",
+    "UDPRoute",
 ];
 
 /// Translates every object. `controller_name` selects the GatewayClasses RAUTA owns.

@@ -1,12 +1,15 @@
 //! Routes of every kind RAUTA serves, read as one shape: what attachment needs (parentRefs,
 //! hostnames, generation) and the rules to compile, in the HTTPRoute rule shape that
-//! `routes.rs` compiles. An HTTPRoute's rules are borrowed; a TLSRoute's (backendRefs only)
-//! are built field by field; a GRPCRoute's become HTTP rules in `grpc.rs`. A route whose rules
+//! `routes.rs` compiles. An HTTPRoute's rules are borrowed; those of a TLSRoute, TCPRoute or
+//! UDPRoute (backendRefs only) are built field by field; a GRPCRoute's become HTTP rules in
+//! `grpc.rs`. A route whose rules
 //! cannot be read is still attached, and its status says why it is not accepted.
 
 use std::borrow::Cow;
 
 use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs};
+use gateway_api::experimental::tcproutes::TcpRoute;
+use gateway_api::experimental::udproutes::UdpRoute;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::tlsroutes::TlsRoute;
 
@@ -22,6 +25,8 @@ pub enum RouteKind {
     Http,
     Tls,
     Grpc,
+    Tcp,
+    Udp,
 }
 
 impl RouteKind {
@@ -30,6 +35,8 @@ impl RouteKind {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Tls => "TLSRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tcp => "TCPRoute",
+            RouteKind::Udp => "UDPRoute",
         }
     }
 
@@ -83,12 +90,82 @@ macro_rules! explicit_parent_ref {
     };
 }
 
-/// Every route of the object set: HTTPRoutes, then TLSRoutes, then GRPCRoutes, each by key.
+/// The rules of a route kind whose rules name backends only (TLSRoute, TCPRoute, UDPRoute), as
+/// HTTP rules that match every request. Their rule and backendRef types are distinct generated
+/// structs with the same fields.
+macro_rules! backend_only_rules {
+    ($rules:expr) => {
+        $rules
+            .iter()
+            .map(|rule| HttpRouteRules {
+                name: rule.name.clone(),
+                backend_refs: Some(
+                    rule.backend_refs
+                        .iter()
+                        .map(|b| HttpRouteRulesBackendRefs {
+                            group: b.group.clone(),
+                            kind: b.kind.clone(),
+                            name: b.name.clone(),
+                            namespace: b.namespace.clone(),
+                            port: b.port,
+                            weight: b.weight,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
+/// Every route of the object set: HTTPRoutes, TLSRoutes, GRPCRoutes, TCPRoutes, then
+/// UDPRoutes, each by key.
 pub fn all(objects: &ObjectSet) -> Vec<RouteView<'_>> {
     let http = objects.http_routes.iter().map(|(k, r)| http(k, r));
     let tls = objects.tls_routes.iter().map(|(k, r)| tls(k, r));
     let grpc = objects.grpc_routes.iter().map(|(k, r)| grpc(k, r));
-    http.chain(tls).chain(grpc).collect()
+    let tcp = objects.tcp_routes.iter().map(|(k, r)| tcp(k, r));
+    let udp = objects.udp_routes.iter().map(|(k, r)| udp(k, r));
+    http.chain(tls).chain(grpc).chain(tcp).chain(udp).collect()
+}
+
+/// A TCPRoute: no hostnames, rules that name backends.
+fn tcp<'a>(key: &'a ObjectRef, route: &'a TcpRoute) -> RouteView<'a> {
+    RouteView {
+        kind: RouteKind::Tcp,
+        key,
+        generation: generation_of(&route.metadata),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| explicit_parent_ref!(p, key.namespace))
+            .collect(),
+        hostnames: &[],
+        rules: Ok(Cow::Owned(backend_only_rules!(route.spec.rules))),
+    }
+}
+
+/// A UDPRoute: no hostnames, rules that name backends.
+fn udp<'a>(key: &'a ObjectRef, route: &'a UdpRoute) -> RouteView<'a> {
+    RouteView {
+        kind: RouteKind::Udp,
+        key,
+        generation: generation_of(&route.metadata),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| explicit_parent_ref!(p, key.namespace))
+            .collect(),
+        hostnames: &[],
+        rules: Ok(Cow::Owned(backend_only_rules!(route.spec.rules))),
+    }
 }
 
 fn http<'a>(key: &'a ObjectRef, route: &'a HttpRoute) -> RouteView<'a> {
@@ -113,29 +190,7 @@ fn http<'a>(key: &'a ObjectRef, route: &'a HttpRoute) -> RouteView<'a> {
 
 /// A TLSRoute rule names backends only: as an HTTP rule it matches every request.
 fn tls<'a>(key: &'a ObjectRef, route: &'a TlsRoute) -> RouteView<'a> {
-    let rules = route
-        .spec
-        .rules
-        .iter()
-        .map(|rule| HttpRouteRules {
-            name: rule.name.clone(),
-            backend_refs: Some(
-                rule.backend_refs
-                    .iter()
-                    .map(|b| HttpRouteRulesBackendRefs {
-                        group: b.group.clone(),
-                        kind: b.kind.clone(),
-                        name: b.name.clone(),
-                        namespace: b.namespace.clone(),
-                        port: b.port,
-                        weight: b.weight,
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        })
-        .collect();
+    let rules = backend_only_rules!(route.spec.rules);
     RouteView {
         kind: RouteKind::Tls,
         key,

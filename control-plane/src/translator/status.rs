@@ -154,6 +154,10 @@ pub struct StatusReport {
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
     pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
     pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tcp_routes: BTreeMap<ObjectRef, RouteStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub udp_routes: BTreeMap<ObjectRef, RouteStatus>,
     /// Services used by a route whose `rauta.dev/*` annotations could not all be used, and why
     /// (the defaults apply instead).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

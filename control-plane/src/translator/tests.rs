@@ -30,7 +30,7 @@ spec:
   - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
   - {name: same-ns, port: 8080, protocol: HTTP}
   - {name: foo, port: 8081, protocol: HTTP, hostname: "*.foo.com", allowedRoutes: {namespaces: {from: All}}}
-  - {name: tcp, port: 9000, protocol: TCP}
+  - {name: sctp, port: 9000, protocol: SCTP}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -297,7 +297,7 @@ fn parent_attachment_reasons() {
         .collect();
     assert_eq!(
         attached,
-        [("http", 1), ("same-ns", 0), ("foo", 1), ("tcp", 0)]
+        [("http", 1), ("same-ns", 0), ("foo", 1), ("sctp", 0)]
     );
 }
 
@@ -305,13 +305,13 @@ fn parent_attachment_reasons() {
 fn unsupported_listener_protocol_is_reported_and_not_served() {
     let t = translate_yaml("");
     let gw_status = &t.status.gateways[&gw()];
-    let tcp = gw_status
+    let sctp = gw_status
         .listeners
         .iter()
-        .find(|l| l.name == "tcp")
+        .find(|l| l.name == "sctp")
         .unwrap();
     assert_eq!(
-        condition(&tcp.conditions, "Accepted"),
+        condition(&sctp.conditions, "Accepted"),
         ("False".into(), "UnsupportedProtocol".into())
     );
     assert!(

@@ -64,7 +64,7 @@ impl ConfigHandler for Applier {
         drop(previous);
         let prepared = self.listeners.prepare(&listener_specs)?;
         self.store = Arc::new(candidate);
-        self.shared.state.store(Arc::new(state));
+        self.shared.publish(state);
         self.shared.config.store(Arc::clone(&self.store));
         self.listeners.commit(prepared);
         timer.observe_duration();

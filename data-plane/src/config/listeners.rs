@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::model::ListenerSpec;
+use crate::model::{ListenerSpec, Relay};
 use crate::workers::Workers;
 
 /// What serves a listener's sockets: the request path's accept loop (`serve::accept`), handed
@@ -28,11 +28,45 @@ pub trait ListenerServer: Send + Sync + 'static {
         socket: TcpListener,
         stop: watch::Receiver<bool>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Serves the datagrams `socket` receives for a UDP `listener` until `stop` changes.
+    /// Called on the worker that owns the socket.
+    fn serve_udp(
+        &self,
+        listener: &ListenerSpec,
+        socket: UdpSocket,
+        stop: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A new listener's sockets, one per worker.
+#[derive(Debug)]
+enum Sockets {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+impl Sockets {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Sockets::Tcp(s) => s.first()?.local_addr().ok(),
+            Sockets::Udp(s) => s.first()?.local_addr().ok(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Sockets::Tcp(s) => s.len(),
+            Sockets::Udp(s) => s.len(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct ActiveListener {
     port: u16,
+    /// A UDP socket (a listener that changes between TCP and UDP opens a new one).
+    udp: bool,
     local: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -58,7 +92,7 @@ pub enum BindError {
 #[derive(Debug, Default)]
 pub struct PreparedListeners {
     /// Per new listener, one socket per worker.
-    new: Vec<(ListenerSpec, Vec<std::net::TcpListener>)>,
+    new: Vec<(ListenerSpec, Sockets)>,
     keep: Vec<String>,
 }
 
@@ -93,7 +127,7 @@ impl ListenerManager {
             if self
                 .active
                 .get(&spec.name)
-                .is_some_and(|a| a.port == spec.port)
+                .is_some_and(|a| a.port == spec.port && a.udp == (spec.relay == Some(Relay::Udp)))
             {
                 prepared.keep.push(spec.name.clone());
                 continue;
@@ -107,12 +141,15 @@ impl ListenerManager {
                         offset: self.port_offset,
                     })?;
             let addr = SocketAddr::new(self.bind_ip, port);
-            let sockets =
-                bind_per_worker(addr, self.workers.len()).map_err(|source| BindError::Bind {
-                    listener: spec.name.clone(),
-                    addr,
-                    source,
-                })?;
+            let bound = match spec.relay {
+                Some(Relay::Udp) => bind_udp_per_worker(addr, self.workers.len()).map(Sockets::Udp),
+                _ => bind_per_worker(addr, self.workers.len()).map(Sockets::Tcp),
+            };
+            let sockets = bound.map_err(|source| BindError::Bind {
+                listener: spec.name.clone(),
+                addr,
+                source,
+            })?;
             prepared.new.push((spec.clone(), sockets));
         }
         Ok(prepared)
@@ -138,34 +175,83 @@ impl ListenerManager {
         });
         for (spec, sockets) in prepared.new {
             let local = sockets
-                .first()
-                .and_then(|s| s.local_addr().ok())
+                .local_addr()
                 .unwrap_or_else(|| SocketAddr::new(self.bind_ip, spec.port));
             info!(listener = %spec.name, addr = %local, workers = sockets.len(), "listening");
             let (stop, stopped) = watch::channel(false);
-            for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
-                let (server, spec, stopped) =
-                    (Arc::clone(&self.server), spec.clone(), stopped.clone());
-                // Registered with the worker's own reactor, inside the worker.
-                worker.spawn(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => server.serve(&spec, listener, stopped).await,
-                        Err(err) => {
-                            tracing::error!(listener = %spec.name, %err, "cannot register socket")
-                        }
-                    }
-                });
-            }
+            let udp = matches!(sockets, Sockets::Udp(_));
+            self.start(&spec, sockets, &stopped);
             self.active.insert(
                 spec.name,
                 ActiveListener {
                     port: spec.port,
+                    udp,
                     local,
                     stop,
                 },
             );
         }
     }
+}
+
+impl ListenerManager {
+    /// Hands each worker its socket, registered with the worker's own reactor inside it.
+    fn start(&self, spec: &ListenerSpec, sockets: Sockets, stopped: &watch::Receiver<bool>) {
+        let workers = self.workers.handles();
+        match sockets {
+            Sockets::Tcp(sockets) => {
+                for (socket, worker) in sockets.into_iter().zip(workers) {
+                    let (server, spec, stopped) =
+                        (Arc::clone(&self.server), spec.clone(), stopped.clone());
+                    worker.spawn(async move {
+                        match TcpListener::from_std(socket) {
+                            Ok(listener) => server.serve(&spec, listener, stopped).await,
+                            Err(err) => {
+                                tracing::error!(listener = %spec.name, %err, "cannot register socket")
+                            }
+                        }
+                    });
+                }
+            }
+            Sockets::Udp(sockets) => {
+                for (socket, worker) in sockets.into_iter().zip(workers) {
+                    let (server, spec, stopped) =
+                        (Arc::clone(&self.server), spec.clone(), stopped.clone());
+                    worker.spawn(async move {
+                        match UdpSocket::from_std(socket) {
+                            Ok(socket) => server.serve_udp(&spec, socket, stopped).await,
+                            Err(err) => {
+                                tracing::error!(listener = %spec.name, %err, "cannot register socket")
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One UDP socket per worker on the same address (SO_REUSEPORT: the kernel hands each
+/// client address to the same socket every time), non-blocking, unregistered.
+fn bind_udp_per_worker(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut sockets = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        // Port 0 picks a port once; the other workers' sockets join that one.
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {

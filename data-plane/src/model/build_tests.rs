@@ -40,6 +40,7 @@ fn store_with(table: RouteTable, listeners: &[(&str, u32)]) -> ResourceStore {
                     route_table: "t".into(),
                     certificates: vec![],
                     client_validation: None,
+                    l4_route_table: String::new(),
                 };
                 resource(n, Payload::Listener(l))
             })
@@ -114,6 +115,7 @@ fn a_valid_store_builds_and_routes() {
             port: 80,
             tls: false,
             passthrough: false,
+            relay: None,
         }]
     );
     let table = state.route_table("http-80").unwrap();

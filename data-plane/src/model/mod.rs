@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod filters;
+pub mod l4;
 pub mod maglev;
 pub mod matchers;
 pub mod redirect;
@@ -28,6 +29,7 @@ use rauta_common::types::ResourceType;
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 use crate::upstream::UpstreamPools;
 use cluster::{ClusterError, ClusterRt, Clusters};
+use l4::{L4TableError, L4TableRt};
 use route_table::{RouteTableError, RouteTableRt};
 use store::ResourceStore;
 
@@ -41,8 +43,11 @@ pub struct RoutingState {
     /// Listener name -> its route table (`None` until the table arrives: 404).
     listeners: HashMap<String, Option<Arc<RouteTableRt>>>,
     clusters: Clusters,
-    /// HTTPS listener name -> its TLS.
+    /// HTTPS and TLS Terminate listener name -> its TLS.
     tls: HashMap<String, ListenerTls>,
+    /// TCP, UDP and TLS Terminate listener name -> its L4 route table (`None` until the table
+    /// arrives: connections are closed).
+    l4: HashMap<String, Option<Arc<L4TableRt>>>,
     pub no_route: Option<Arc<RouteStats>>,
 }
 
@@ -56,12 +61,31 @@ pub struct ListenerSpec {
     pub tls: bool,
     /// Relays TLS untouched, routed by the ClientHello's server name.
     pub passthrough: bool,
+    /// Relays connections (TCP, TLS Terminate) or datagrams (UDP) by an L4 route table.
+    pub relay: Option<Relay>,
+}
+
+/// What a relaying listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// TCP connections, relayed as they are.
+    Tcp,
+    /// TLS connections, terminated (`ListenerSpec::tls` is set too), the plaintext relayed.
+    TlsTerminate,
+    /// UDP datagrams, relayed per client flow (the socket is a UDP socket).
+    Udp,
 }
 
 impl RoutingState {
     #[inline]
     pub fn route_table(&self, listener: &str) -> Option<&RouteTableRt> {
         self.listeners.get(listener).and_then(|t| t.as_deref())
+    }
+
+    /// The L4 route table of a TCP, UDP or TLS Terminate listener.
+    #[inline]
+    pub fn l4_table(&self, listener: &str) -> Option<&L4TableRt> {
+        self.l4.get(listener).and_then(|t| t.as_deref())
     }
 
     /// Which Gateway listener names belong to, on an HTTPS listener.
@@ -114,6 +138,17 @@ impl RoutingState {
                 })?;
             tables.insert(table.name.clone(), rt);
         }
+        let mut l4_tables = HashMap::new();
+        for resource in store.resources(ResourceType::L4RouteTable) {
+            let Some(Payload::L4RouteTable(table)) = &resource.payload else {
+                continue;
+            };
+            let rt = L4TableRt::build(table, metrics).map_err(|source| BuildError::L4Table {
+                table: table.name.clone(),
+                source,
+            })?;
+            l4_tables.insert(table.name.clone(), rt);
+        }
         let mut listeners = Vec::new();
         let mut tls_configs = HashMap::new();
         let mut specs: Vec<ListenerSpec> = Vec::new();
@@ -132,7 +167,11 @@ impl RoutingState {
                 tls_configs.insert(l.name.clone(), tls);
             }
             specs.push(spec);
-            listeners.push((l.name.clone(), l.route_table.clone()));
+            listeners.push((
+                l.name.clone(),
+                l.route_table.clone(),
+                l.l4_route_table.clone(),
+            ));
         }
         // Valid: now the pools of new endpoints, and the routes pointed at the clusters.
         let clusters = clusters.instantiate(&previous.clusters, pools, metrics);
@@ -143,14 +182,28 @@ impl RoutingState {
                 (name, Arc::new(table))
             })
             .collect();
+        let l4_tables: HashMap<String, Arc<L4TableRt>> = l4_tables
+            .into_iter()
+            .map(|(name, mut table)| {
+                table.link(&clusters);
+                (name, Arc::new(table))
+            })
+            .collect();
+        let l4 = listeners
+            .iter()
+            .filter(|(_, _, l4)| !l4.is_empty())
+            .map(|(name, _, table)| (name.clone(), l4_tables.get(table).cloned()))
+            .collect();
         let listeners = listeners
             .into_iter()
-            .map(|(name, table)| (name, tables.get(&table).cloned()))
+            .filter(|(_, _, l4)| l4.is_empty())
+            .map(|(name, table, _)| (name, tables.get(&table).cloned()))
             .collect();
         let state = RoutingState {
             listeners,
             clusters,
             tls: tls_configs,
+            l4,
             no_route: Some(metrics.route_counters("")),
         };
         Ok((state, specs))
@@ -167,6 +220,8 @@ pub enum BuildError {
         table: String,
         source: RouteTableError,
     },
+    #[error("L4 route table {table}: {source}")]
+    L4Table { table: String, source: L4TableError },
     #[error("listener {listener}: {problem}")]
     Listener {
         listener: String,
@@ -186,6 +241,8 @@ pub enum ListenerProblem {
     Protocol(i32),
     #[error("invalid port {0}")]
     Port(u32),
+    #[error("TCP, UDP and TLS Terminate listeners (only) name an L4 route table")]
+    Table,
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -196,12 +253,18 @@ fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, 
         listener: l.name.clone(),
         problem,
     };
-    let (tls, passthrough) = match ListenerProtocol::try_from(l.protocol) {
-        Ok(ListenerProtocol::Http) => (false, false),
-        Ok(ListenerProtocol::TlsPassthrough) => (false, true),
-        Ok(ListenerProtocol::Https) => (true, false),
+    let (tls, passthrough, relay) = match ListenerProtocol::try_from(l.protocol) {
+        Ok(ListenerProtocol::Http) => (false, false, None),
+        Ok(ListenerProtocol::TlsPassthrough) => (false, true, None),
+        Ok(ListenerProtocol::Https) => (true, false, None),
+        Ok(ListenerProtocol::Tcp) => (false, false, Some(Relay::Tcp)),
+        Ok(ListenerProtocol::Udp) => (false, false, Some(Relay::Udp)),
+        Ok(ListenerProtocol::TlsTerminate) => (true, false, Some(Relay::TlsTerminate)),
         _ => return Err(problem(ListenerProblem::Protocol(l.protocol))),
     };
+    if relay.is_some() == l.l4_route_table.is_empty() {
+        return Err(problem(ListenerProblem::Table));
+    }
     let port = u16::try_from(l.port)
         .ok()
         .filter(|p| *p != 0)
@@ -218,6 +281,7 @@ fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, 
         port,
         tls,
         passthrough,
+        relay,
     })
 }
 
@@ -230,7 +294,13 @@ fn listener_tls(
     if let Some((_, config, names)) = previous.tls.get(&l.name).filter(|(v, _, _)| v == version) {
         return Ok((version.to_owned(), Arc::clone(config), Arc::clone(names)));
     }
-    let config = tls::server_config(&l.certificates, l.client_validation.as_ref())?;
+    let mut config = tls::server_config(&l.certificates, l.client_validation.as_ref())?;
+    if l.protocol == ListenerProtocol::TlsTerminate as i32 {
+        // The relay carries whatever the client speaks: no application protocol is offered.
+        let mut plain = (*config).clone();
+        plain.alpn_protocols.clear();
+        config = Arc::new(plain);
+    }
     let names = Arc::new(tls::ListenerNames::from_certificates(&l.certificates));
     Ok((version.to_owned(), config, names))
 }

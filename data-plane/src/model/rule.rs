@@ -103,7 +103,7 @@ pub enum RuleError {
 
 impl ActionRt {
     /// Validates a rule's action; backends name their clusters ([`RuleRt::link`]).
-    fn build(action: Option<&Action>) -> Result<ActionRt, RuleError> {
+    pub(super) fn build(action: Option<&Action>) -> Result<ActionRt, RuleError> {
         Ok(match action {
             None => return Err(RuleError::NoAction),
             Some(Action::DirectResponse(d)) => {

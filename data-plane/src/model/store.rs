@@ -59,6 +59,7 @@ impl ResourceStore {
                 Payload::RouteTable(r) => &r.name,
                 Payload::Cluster(c) => &c.name,
                 Payload::Endpoints(e) => &e.cluster,
+                Payload::L4RouteTable(t) => &t.name,
             };
             if *inner_name != resource.name {
                 return Err(StoreError::Misnamed {

@@ -39,8 +39,11 @@ pub struct ProxyMetrics {
     pub http2_stream_errors: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
+    /// The TCP, UDP and TLS Terminate relays'.
+    pub l4: L4Metrics,
 }
 
+use crate::observe::l4_metrics::L4Metrics;
 pub use crate::observe::route_stats::RouteStats;
 use crate::observe::route_stats::RouteStatsRegistry;
 
@@ -223,6 +226,7 @@ impl ProxyMetrics {
                 "Retries not sent because the cluster's retry budget was used up, by cluster",
                 &["cluster"],
             )?,
+            l4: L4Metrics::new(&registry)?,
             registry,
         })
     }

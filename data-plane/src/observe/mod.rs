@@ -2,6 +2,7 @@
 //! log, and W3C trace context.
 
 pub mod access_log;
+pub mod l4_metrics;
 pub mod metrics;
 pub mod route_stats;
 pub mod trace;

@@ -21,7 +21,7 @@ use rauta_common::accept::AcceptBackoff;
 
 use super::activity::{Activity, TrackedIo};
 use super::context::{Connection, ListenerCtx};
-use super::{general, h1, http2, passthrough};
+use super::{general, h1, http2, passthrough, relay, udp};
 use crate::body::client::ClientBody;
 use crate::config::listeners::ListenerServer;
 use crate::model::ListenerSpec;
@@ -49,8 +49,25 @@ impl ListenerServer for Acceptor {
             port: listener.port,
             tls: listener.tls,
             passthrough: listener.passthrough,
+            relay: listener.relay,
         });
         Box::pin(accept_loop(socket, ctx, Arc::clone(&self.shared), stop))
+    }
+
+    fn serve_udp(
+        &self,
+        listener: &ListenerSpec,
+        socket: tokio::net::UdpSocket,
+        stop: watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let ctx = Arc::new(ListenerCtx {
+            name: Arc::from(listener.name.as_str()),
+            port: listener.port,
+            tls: false,
+            passthrough: false,
+            relay: listener.relay,
+        });
+        Box::pin(udp::serve(Arc::clone(&self.shared), ctx, socket, stop))
     }
 }
 
@@ -89,6 +106,13 @@ async fn accept_loop(
                 let shared = Arc::clone(&shared);
                 let ctx = Arc::clone(&ctx);
                 let open = shared.drain_watch();
+                if ctx.relay.is_some() {
+                    tokio::spawn(async move {
+                        relay::serve(shared, ctx, stream, peer).await;
+                        drop((open, slot));
+                    });
+                    continue;
+                }
                 if ctx.passthrough {
                     tokio::spawn(async move {
                         passthrough::serve(shared, ctx, stream, peer).await;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::activity::Activity;
+use crate::model::Relay;
 
 /// One client connection.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct ListenerCtx {
     pub tls: bool,
     /// Whether connections are relayed untouched (TLS passthrough) instead of served as HTTP.
     pub passthrough: bool,
+    /// Set on listeners whose connections (or datagrams) an L4 route table relays.
+    pub relay: Option<Relay>,
 }
 
 impl ListenerCtx {

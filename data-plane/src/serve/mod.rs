@@ -21,5 +21,7 @@ pub mod http2;
 pub mod local_reply;
 pub mod mirror;
 pub mod passthrough;
+pub mod relay;
 pub mod request_log;
+pub mod udp;
 pub mod upgrade;

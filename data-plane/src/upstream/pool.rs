@@ -373,6 +373,17 @@ impl EndpointPool {
         }
     }
 
+    /// A TCP connection of its own for a relayed client connection (TCP and TLS Terminate
+    /// listeners): within the connect timeout, counted as the pool's are, never pooled.
+    pub async fn connect_relay(&self) -> Result<TcpStream, UpstreamError> {
+        let result = self.connect_tcp().await;
+        match &result {
+            Ok(_) => self.stats.created.inc(),
+            Err(_) => self.stats.failed.inc(),
+        }
+        result
+    }
+
     /// A TCP connection within the connect timeout (not counted: the caller counts failures).
     async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))

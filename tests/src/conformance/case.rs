@@ -25,6 +25,19 @@ pub struct RouteAccepted {
     pub namespace: String,
     pub name: String,
     pub parent: ParentSel,
+    /// HTTPRoute when absent.
+    #[serde(default)]
+    pub route_kind: Option<String>,
+    /// Whether every listener of the parent must be ready.
+    #[serde(default = "yes")]
+    pub check_listeners: bool,
+    /// Whether the route's conditions must carry its current generation.
+    #[serde(default = "yes")]
+    pub check_route_generation: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +115,10 @@ pub struct Mirror {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Expect {
+    /// Absent or `http`: an HTTP request; else a non-HTTP kind (`tcp_echo`, `udp_echo`, ...)
+    /// whose own fields are in `fields`.
+    #[serde(default)]
+    pub kind: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -112,6 +129,7 @@ pub struct Expect {
     pub scheme: Option<String>,
     #[serde(default)]
     pub tls: Option<Value>,
+    #[serde(default)]
     pub request: Request,
     #[serde(default)]
     pub expected_request: Option<ExpectedRequest>,
@@ -129,6 +147,9 @@ pub struct Expect {
     pub mirrored_to: Vec<Mirror>,
     #[serde(default)]
     pub assert: Option<String>,
+    /// The fields of a non-HTTP kind not named above.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +172,9 @@ pub struct Phase {
     pub action: Option<Action>,
     #[serde(default)]
     pub steps: Vec<Phase>,
+    /// Seconds to wait before the action (creationTimestamps have one-second precision).
+    #[serde(default)]
+    pub delay_before_s: Option<f64>,
     #[serde(default)]
     pub expect: Vec<Expect>,
     #[serde(default)]
@@ -184,6 +208,9 @@ pub struct Case {
     pub extra_assertions: Vec<Value>,
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Upstream passes the case without checks when any of these is claimed.
+    #[serde(default)]
+    pub skip_if_supported: Vec<String>,
     #[serde(default)]
     pub notes: String,
 }

@@ -4,6 +4,7 @@
 pub mod case;
 pub mod certs;
 pub mod http;
+pub mod l4;
 pub mod runner;
 pub mod status;
 pub mod world;

@@ -26,6 +26,11 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "backend-tls",
     "listenerset",
     "static-addresses",
+    "tcp",
+    "udp",
+    "dns",
+    "tls-terminate",
+    "manifest-backends",
 ];
 
 #[derive(Debug, Clone)]
@@ -96,6 +101,15 @@ const CLUSTER_ONLY: &[(&str, &str)] = &[(
 fn skip_reason(case: &Case, features: &BTreeSet<String>) -> Option<String> {
     if let Some((_, reason)) = CLUSTER_ONLY.iter().find(|(n, _)| *n == case.name) {
         return Some((*reason).to_owned());
+    }
+    if let Some(f) = case
+        .skip_if_supported
+        .iter()
+        .find(|f| features.contains(*f))
+    {
+        return Some(format!(
+            "claims {f}: upstream passes the case without checking"
+        ));
     }
     // Upstream skips a test unless the implementation claims every feature it lists.
     if let Some(f) = case.features.iter().find(|f| !features.contains(*f)) {
@@ -243,6 +257,9 @@ async fn run_steps(world: &mut World, case: &Case, opts: &Options) -> Result<(),
             phase.steps.iter().collect()
         };
         for step in steps {
+            if let Some(delay) = step.delay_before_s.or(phase.delay_before_s) {
+                tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+            }
             if let Some(action) = &step.action {
                 world.act(action).await.map_err(|e| {
                     format!("phase {:?}: {e}", step.description.as_deref().unwrap_or(""))
@@ -328,6 +345,9 @@ async fn run_expect(
     expect: &Expect,
     opts: &Options,
 ) -> Result<(), String> {
+    if expect.kind.as_deref().is_some_and(|k| k != "http") {
+        return super::l4::run_expect(world, case, expect).await;
+    }
     let (target, scheme) = target(world, case, expect)?;
     let label = expect.name.clone().unwrap_or_else(|| {
         format!(

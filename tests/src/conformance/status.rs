@@ -30,13 +30,15 @@ impl StatusView {
 }
 
 /// The kinds whose status RAUTA writes.
-pub const STATUS_KINDS: [&str; 7] = [
+pub const STATUS_KINDS: [&str; 9] = [
     "GatewayClass",
     "Gateway",
     "ListenerSet",
     "HTTPRoute",
     "GRPCRoute",
     "TLSRoute",
+    "TCPRoute",
+    "UDPRoute",
     "BackendTLSPolicy",
 ];
 
@@ -203,6 +205,7 @@ pub fn route_accepted(
 ) -> Result<(), String> {
     let parent = &entry.parent;
     let parent_kind = parent.kind.as_deref().unwrap_or("Gateway");
+    let kind = entry.route_kind.as_deref().unwrap_or("HTTPRoute");
     if parent_kind == "Gateway" {
         let (gw, g) = gateway(view, world, &parent.namespace, &parent.name)?;
         if !gw.addresses.iter().any(|a| !a.r#type.is_empty()) {
@@ -212,19 +215,23 @@ pub fn route_accepted(
             ));
         }
         latest_generation(&gw.conditions, g, "Gateway")?;
-        for l in &gw.listeners {
+        for l in gw.listeners.iter().filter(|_| entry.check_listeners) {
             let want = serde_json::json!([
                 {"type": "ResolvedRefs", "status": "True"}, {"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "True"}
             ]);
             has_conditions(&l.conditions, &want, &format!("listener {}", l.name))?;
         }
     }
-    let rg = current_generation(world, "HTTPRoute", &entry.namespace, &entry.name)?;
+    let rg = current_generation(world, kind, &entry.namespace, &entry.name)?;
     let route = view
-        .get("HTTPRoute", &entry.namespace, &entry.name)
-        .ok_or_else(|| format!("HTTPRoute {}/{} has no status", entry.namespace, entry.name))?;
-    for p in &route.parents {
-        latest_generation(&p.conditions, rg, "HTTPRoute parent")?;
+        .get(kind, &entry.namespace, &entry.name)
+        .ok_or_else(|| format!("{kind} {}/{} has no status", entry.namespace, entry.name))?;
+    for p in route
+        .parents
+        .iter()
+        .filter(|_| entry.check_route_generation)
+    {
+        latest_generation(&p.conditions, rg, &format!("{kind} parent"))?;
     }
     let found = route.parents.iter().find(|p| {
         let r = p.parent_ref.clone().unwrap_or_default();
@@ -237,14 +244,14 @@ pub fn route_accepted(
     });
     let p = found.ok_or_else(|| {
         format!(
-            "HTTPRoute {}/{} has no status for parent {}",
+            "{kind} {}/{} has no status for parent {}",
             entry.namespace, entry.name, parent.name
         )
     })?;
     has_conditions(
         &p.conditions,
         &serde_json::json!([{"type": "Accepted", "status": "True", "reason": "Accepted"}]),
-        "HTTPRoute parent",
+        &format!("{kind} parent"),
     )
 }
 
@@ -252,24 +259,30 @@ pub fn route_accepted(
 pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> {
     let (ns, name) = (s(c, "namespace"), s(c, "name"));
     let check = s(c, "check");
+    // The route checks name the route's kind; HTTPRoute when they do not.
+    let kind = c["kind"].as_str().unwrap_or("HTTPRoute");
     match check.as_str() {
         "route_parent_conditions" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let g = current_generation(world, kind, &ns, &name)?;
             let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+                .get(kind, &ns, &name)
+                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
             let (pns, pname) = (s(&c["parent"], "namespace"), s(&c["parent"], "name"));
             let entry = route.parents.iter().find(|p| {
                 let r = p.parent_ref.clone().unwrap_or_default();
                 r.name == pname && (r.namespace.is_empty() || r.namespace == pns)
             });
             let entry = entry.ok_or_else(|| {
-                format!("HTTPRoute {ns}/{name} has no status for parent {pns}/{pname}")
+                format!("{kind} {ns}/{name} has no status for parent {pns}/{pname}")
             })?;
-            has_conditions(&entry.conditions, &c["conditions"], "HTTPRoute parent")?;
-            latest_generation(&entry.conditions, g, "HTTPRoute parent")
+            has_conditions(
+                &entry.conditions,
+                &c["conditions"],
+                &format!("{kind} parent"),
+            )?;
+            latest_generation(&entry.conditions, g, &format!("{kind} parent"))
         }
-        "route_no_accepted_parents" => match view.get("HTTPRoute", &ns, &name) {
+        "route_no_accepted_parents" => match view.get(kind, &ns, &name) {
             None => Ok(()),
             Some(r) if r.parents.is_empty() => Ok(()),
             Some(r)
@@ -282,15 +295,15 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
                 Ok(())
             }
             Some(r) => Err(format!(
-                "HTTPRoute {ns}/{name} has accepted parents: {:?}",
+                "{kind} {ns}/{name} has accepted parents: {:?}",
                 r.parents
             )),
         },
         "route_parents" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let g = current_generation(world, kind, &ns, &name)?;
             let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+                .get(kind, &ns, &name)
+                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
             let namespace_required = c["namespace_required"].as_bool().unwrap_or(false);
             for want in c["parents"].as_array().into_iter().flatten() {
                 let wr = &want["parent_ref"];
@@ -304,24 +317,28 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
                 });
                 let p = found.ok_or_else(|| {
                     format!(
-                        "HTTPRoute {ns}/{name} has no status for parent {}",
+                        "{kind} {ns}/{name} has no status for parent {}",
                         s(wr, "name")
                     )
                 })?;
-                has_conditions(&p.conditions, &want["conditions"], "HTTPRoute parent")?;
-                latest_generation(&p.conditions, g, "HTTPRoute parent")?;
+                has_conditions(
+                    &p.conditions,
+                    &want["conditions"],
+                    &format!("{kind} parent"),
+                )?;
+                latest_generation(&p.conditions, g, &format!("{kind} parent"))?;
             }
             Ok(())
         }
         "route_conditions_latest_generation" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
+            let g = current_generation(world, kind, &ns, &name)?;
             let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+                .get(kind, &ns, &name)
+                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
             route
                 .parents
                 .iter()
-                .try_for_each(|p| latest_generation(&p.conditions, g, "HTTPRoute parent"))
+                .try_for_each(|p| latest_generation(&p.conditions, g, &format!("{kind} parent")))
         }
         "gateway_conditions" => {
             let (gw, g) = gateway(view, world, &ns, &name)?;

@@ -62,6 +62,8 @@ fn random_alnum(n: usize) -> String {
 struct Pods {
     labels: BTreeMap<String, String>,
     instances: Vec<EchoServer>,
+    /// The pods of a TCP, UDP or DNS Deployment (then `instances` is empty).
+    l4: Vec<super::l4::L4Pod>,
 }
 
 /// Where the runner puts the objects for the controller to find.
@@ -188,6 +190,36 @@ impl World {
         let tls = self
             .echo_tls(&key.1, &doc["spec"]["template"]["spec"])
             .map_err(|e| format!("Deployment {}/{}: {e}", key.1, key.2))?;
+        if let Some(mode) = super::l4::mode_of(&doc["spec"]["template"]["spec"]) {
+            let service = doc["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == "SERVICE_NAME")
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_default();
+            let identities = (0..replicas)
+                .map(|_| EchoIdentity {
+                    pod: format!("{}-{replica_set}-{}", key.2, random_alnum(5)),
+                    namespace: key.1.clone(),
+                    service: service.to_owned(),
+                    ..Default::default()
+                })
+                .collect();
+            let l4 = super::l4::start_pods(mode, identities, tls.as_ref())
+                .await
+                .map_err(|e| format!("starting {mode} pods for {}/{}: {e}", key.1, key.2))?;
+            let instances = Vec::new();
+            self.deployments.insert(
+                key.clone(),
+                Pods {
+                    labels,
+                    instances,
+                    l4,
+                },
+            );
+            return Ok(());
+        }
         let mut instances = Vec::new();
         for _ in 0..replicas {
             let identity = EchoIdentity {
@@ -207,8 +239,15 @@ impl World {
             }
             instances.push(server);
         }
-        self.deployments
-            .insert(key.clone(), Pods { labels, instances });
+        let l4 = Vec::new();
+        self.deployments.insert(
+            key.clone(),
+            Pods {
+                labels,
+                instances,
+                l4,
+            },
+        );
         Ok(())
     }
 
@@ -251,7 +290,9 @@ impl World {
                 .find(|e| e["name"] == name)
                 .and_then(|e| e["value"].as_str())
         };
-        let (Some(cert), Some(key)) = (env("TLS_SERVER_CERT"), env("TLS_SERVER_PRIVKEY")) else {
+        // The TCP echo reads its key from TLS_SERVER_PRIV_KEY, the HTTP echo from ..._PRIVKEY.
+        let key = env("TLS_SERVER_PRIVKEY").or_else(|| env("TLS_SERVER_PRIV_KEY"));
+        let (Some(cert), Some(key)) = (env("TLS_SERVER_CERT"), key) else {
             return Ok(None);
         };
         Ok(Some(EchoTls {
@@ -654,6 +695,18 @@ impl World {
                         .all(|(k, v)| pods.labels.get(k).map(String::as_str) == v.as_str())
             });
             for ((_, _, deployment), pods) in pods {
+                for (i, pod) in pods.l4.iter().enumerate() {
+                    let ports = super::l4::slice_ports(svc, pod);
+                    out.push(json!({
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": format!("{name}-{deployment}-{i}"), "namespace": ns,
+                                     "labels": {"kubernetes.io/service-name": name}},
+                        "addressType": "IPv4",
+                        "ports": ports,
+                        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                                       "targetRef": {"kind": "Pod", "name": pod.pod_name(), "namespace": ns}}],
+                    }));
+                }
                 for (i, instance) in pods.instances.iter().enumerate() {
                     let ports: Vec<Value> = svc["spec"]["ports"]
                         .as_array()

@@ -1,0 +1,134 @@
+//! Metrics of the TCP, UDP and TLS-terminating relays: per L4 route, connections (UDP:
+//! client flows), those open, bytes and datagrams each way, failed upstream connects; and
+//! the UDP flow table's size, refusals and expiries. A route's handles are resolved when a
+//! snapshot is built, so a relay only touches atomics; byte counts are added when a
+//! connection ends.
+
+use std::sync::Arc;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The handles of one L4 route.
+#[derive(Debug)]
+pub struct L4Stats {
+    /// Connections relayed (UDP: flows opened).
+    pub connections: IntCounter,
+    /// Connections (UDP: flows) open now.
+    pub active: IntGauge,
+    /// Upstream connects that failed or timed out.
+    pub connect_failures: IntCounter,
+    /// Bytes from clients to backends.
+    pub bytes_in: IntCounter,
+    /// Bytes from backends to clients.
+    pub bytes_out: IntCounter,
+    /// UDP datagrams from clients to backends.
+    pub datagrams_in: IntCounter,
+    /// UDP datagrams from backends to clients.
+    pub datagrams_out: IntCounter,
+}
+
+/// The relays' metric families.
+#[derive(Debug, Clone)]
+pub struct L4Metrics {
+    connections: IntCounterVec,
+    active: IntGaugeVec,
+    connect_failures: IntCounterVec,
+    bytes: IntCounterVec,
+    datagrams: IntCounterVec,
+    /// Connections and datagrams closed or dropped without a route, a backend or an endpoint.
+    pub unrouted: IntCounter,
+    /// UDP client flows open, over every UDP listener and worker (held to --udp-max-flows).
+    pub udp_flows: IntGauge,
+    /// Datagrams of new UDP clients dropped because --udp-max-flows flows were open.
+    pub udp_flows_refused: IntCounter,
+    /// UDP flows forgotten after --udp-idle-timeout-ms without a datagram.
+    pub udp_flows_expired: IntCounter,
+}
+
+fn add<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl L4Metrics {
+    pub fn new(registry: &Registry) -> Result<L4Metrics, prometheus::Error> {
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            add(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(L4Metrics {
+            connections: counters(
+                "l4_connections_total",
+                "Connections relayed by TCP and TLS Terminate listeners, and UDP flows opened, by route",
+                &["route"],
+            )?,
+            active: add(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "l4_connections_active",
+                        "Relayed connections (UDP: flows) open now, by route",
+                    ),
+                    &["route"],
+                )?,
+            )?,
+            connect_failures: counters(
+                "l4_upstream_connect_failures_total",
+                "Upstream connects of relayed connections that failed or timed out, by route",
+                &["route"],
+            )?,
+            bytes: counters(
+                "l4_bytes_total",
+                "Bytes relayed, by route and direction (in: client to backend; out: back), \
+                 counted when a connection or flow ends",
+                &["route", "direction"],
+            )?,
+            datagrams: counters(
+                "udp_datagrams_total",
+                "UDP datagrams relayed, by route and direction (in: client to backend; out: back)",
+                &["route", "direction"],
+            )?,
+            unrouted: add(
+                registry,
+                IntCounter::new(
+                    "l4_unrouted_total",
+                    "Connections closed and UDP datagrams dropped for want of a route, a backend \
+                     or a ready endpoint",
+                )?,
+            )?,
+            udp_flows: add(
+                registry,
+                IntGauge::new("udp_flows", "UDP client flows open, over all UDP listeners")?,
+            )?,
+            udp_flows_refused: add(
+                registry,
+                IntCounter::new(
+                    "udp_flows_refused_total",
+                    "Datagrams of new UDP clients dropped because --udp-max-flows flows were open",
+                )?,
+            )?,
+            udp_flows_expired: add(
+                registry,
+                IntCounter::new(
+                    "udp_flows_expired_total",
+                    "UDP flows closed after --udp-idle-timeout-ms without a datagram",
+                )?,
+            )?,
+        })
+    }
+
+    /// The handles of a route (the same series across snapshots).
+    pub fn route(&self, route: &str) -> Arc<L4Stats> {
+        Arc::new(L4Stats {
+            connections: self.connections.with_label_values(&[route]),
+            active: self.active.with_label_values(&[route]),
+            connect_failures: self.connect_failures.with_label_values(&[route]),
+            bytes_in: self.bytes.with_label_values(&[route, "in"]),
+            bytes_out: self.bytes.with_label_values(&[route, "out"]),
+            datagrams_in: self.datagrams.with_label_values(&[route, "in"]),
+            datagrams_out: self.datagrams.with_label_values(&[route, "out"]),
+        })
+    }
+}
