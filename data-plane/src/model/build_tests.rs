@@ -279,3 +279,71 @@ fn a_snapshot_that_fails_validation_opens_no_pool() {
     RoutingState::build(&valid, &RoutingState::default(), &mut pools, &metrics).unwrap();
     assert_eq!(pools.len(), 1);
 }
+
+/// A store with one TCP listener naming the L4 table `table` (if any) and that table.
+fn l4_store(table: Option<rauta_common::api::v1::L4RouteTable>) -> ResourceStore {
+    let resource = |name: &str, payload| Resource {
+        name: name.into(),
+        version: "v".into(),
+        payload: Some(payload),
+    };
+    let listener = Listener {
+        name: "tcp-9000".into(),
+        port: 9000,
+        protocol: ListenerProtocol::Tcp as i32,
+        l4_route_table: table.as_ref().map_or(String::new(), |t| t.name.clone()),
+        ..Default::default()
+    };
+    let mut store = ResourceStore::default()
+        .with_response(
+            ResourceType::Listener,
+            &DeltaDiscoveryResponse {
+                type_url: ResourceType::Listener.type_url().into(),
+                resources: vec![resource("tcp-9000", Payload::Listener(listener))],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    if let Some(t) = table {
+        let response = DeltaDiscoveryResponse {
+            type_url: ResourceType::L4RouteTable.type_url().into(),
+            resources: vec![resource(&t.name.clone(), Payload::L4RouteTable(t))],
+            ..Default::default()
+        };
+        store = store
+            .with_response(ResourceType::L4RouteTable, &response)
+            .unwrap();
+    }
+    store
+}
+
+#[test]
+fn l4_listeners_build_with_their_tables_and_are_refused_without() {
+    use rauta_common::api::v1::{ForwardAction, L4Route, L4RouteTable};
+    let table = L4RouteTable {
+        name: "tcp-9000".into(),
+        routes: vec![L4Route {
+            name: "ns/db/rule/0".into(),
+            server_names: vec![],
+            forward: Some(ForwardAction {
+                clusters: vec![],
+                invalid_weight: 1,
+            }),
+        }],
+    };
+    let (state, specs) = build(&l4_store(Some(table.clone()))).unwrap();
+    assert_eq!(specs[0].relay, Some(Relay::Tcp));
+    let routed = state.l4_table("tcp-9000").and_then(|t| t.route(None));
+    assert_eq!(routed.map(|r| &*r.name), Some("ns/db/rule/0"));
+    // A TCP listener without an L4 table is refused; so is an invalid table.
+    assert_eq!(
+        build(&l4_store(None)).unwrap_err(),
+        "listener tcp-9000: TCP, UDP and TLS Terminate listeners (only) name an L4 route table"
+    );
+    let mut bad = table;
+    bad.routes[0].server_names = vec!["a*.example.com".into()];
+    assert_eq!(
+        build(&l4_store(Some(bad))).unwrap_err(),
+        "L4 route table tcp-9000: route ns/db/rule/0: invalid server name \"a*.example.com\""
+    );
+}
