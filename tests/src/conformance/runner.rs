@@ -30,6 +30,7 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "udp",
     "dns",
     "tls-terminate",
+    "tls-passthrough",
     "manifest-backends",
 ];
 
