@@ -53,7 +53,7 @@ async fn grpcurl_commands_from_the_docs_work_through_reflection() {
     // grpcurl ... rauta.v1.Admin/ListProxies
     let proxies = grpc.call("rauta.v1.Admin/ListProxies", "{}").await.unwrap();
     let types = &proxies["proxies"][0]["types"];
-    assert_eq!(types.as_array().map(Vec::len), Some(4), "{proxies}");
+    assert_eq!(types.as_array().map(Vec::len), Some(5), "{proxies}");
     assert!(
         types
             .as_array()
@@ -370,7 +370,7 @@ fn check_output(command: &str, comments: &[String], out: &str, gateway: &str) {
             for p in proxies {
                 assert_eq!(p["gateway"], gateway, "{command}: {v}");
                 let types = p["types"].as_array().expect("types");
-                assert_eq!(types.len(), 4, "{command}: {v}");
+                assert_eq!(types.len(), 5, "{command}: {v}");
                 assert!(
                     types.iter().all(|t| t["ackedVersion"].is_string()
                         && t["typeUrl"].is_string()
