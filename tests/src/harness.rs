@@ -48,6 +48,25 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The first of `n` consecutive ports that were all free a moment ago, for TCP and for UDP
+/// (a proxy whose Gateway has several listeners binds them at one offset).
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = free_port();
+        let free = (0..n).all(|i| {
+            let Some(port) = first.checked_add(i) else {
+                return false;
+            };
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+                && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        });
+        if free {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
 /// A child process that is killed when dropped; its stderr goes to a log file.
 pub struct Process {
     pub name: String,

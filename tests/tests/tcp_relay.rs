@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port};
+use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port, free_ports};
 use rauta_tests::l4_echo::{TCP_WELCOME, TcpEcho};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -115,7 +115,12 @@ async fn tcp_connections_survive_swaps_and_close_with_their_route() {
     };
     write(&[tcp_route("to-a", "tcp", "a")]);
     let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 9000, ws.path());
+    let proxy = Proxy::start(
+        &controller.url(),
+        "infra/gw",
+        free_ports(2) - 9000,
+        ws.path(),
+    );
     proxy.wait_ready().await;
     let mut session = relayed(proxy.listener(9000)).await;
     assert_eq!(session.pod().await, "a-1-x");
@@ -174,7 +179,12 @@ async fn tcp_relay_passes_over_endpoints_that_refuse() {
         ]),
     );
     let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 9000, ws.path());
+    let proxy = Proxy::start(
+        &controller.url(),
+        "infra/gw",
+        free_ports(2) - 9000,
+        ws.path(),
+    );
     proxy.wait_ready().await;
     let addr = proxy.listener(9000);
     relayed(addr).await;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port};
+use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_ports};
 use rauta_tests::l4_echo::{UdpEcho, UdpMode};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::net::UdpSocket;
@@ -84,8 +84,8 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     };
     write(&[udp_route("to-a", "udp", "a")]);
     let controller = Controller::start(&ws.config, ws.path());
-    let flags = ["--udp-idle-timeout-ms", "3000", "--udp-max-flows", "20"];
-    let offset = free_port() - 5300;
+    let flags = ["--udp-idle-timeout-ms", "8000", "--udp-max-flows", "20"];
+    let offset = free_ports(2) - 5300;
     let proxy = Proxy::start_with(
         &controller.url(),
         "infra/gw",
@@ -120,7 +120,7 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
 
     // Its route removed, the flow ends before its idle timeout; new datagrams find no route.
     write(&[udp_route("to-b", "other", "b")]);
-    eventually(Duration::from_secs(2), || async {
+    eventually(Duration::from_secs(6), || async {
         let m = proxy.metrics().await;
         sample(
             &m,
@@ -130,8 +130,8 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     .await;
     assert_eq!(probe(&flow, Duration::from_millis(300)).await, None);
 
-    // The other flow expires after 3 s without a datagram.
-    eventually(Duration::from_secs(6), || async {
+    // The other flow expires after 8 s without a datagram.
+    eventually(Duration::from_secs(20), || async {
         let m = proxy.metrics().await;
         sample(&m, FLOWS) == 0.0 && sample(&m, "rauta_proxy_udp_flows_expired_total ") >= 1.0
     })
@@ -145,9 +145,10 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
         s.send(b"flood").await.unwrap();
         sockets.push(s);
     }
-    eventually(Duration::from_secs(5), || async {
+    // (A loaded machine may drop some of the flood before the proxy reads it.)
+    eventually(Duration::from_secs(20), || async {
         let m = proxy.metrics().await;
-        sample(&m, "rauta_proxy_udp_flows_refused_total ") >= 180.0
+        sample(&m, "rauta_proxy_udp_flows_refused_total ") >= 100.0
     })
     .await;
     let m = proxy.metrics().await;
@@ -178,20 +179,30 @@ async fn udp_flows_avoid_an_endpoint_that_refuses() {
         ]),
     );
     let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 5300, ws.path());
+    let proxy = Proxy::start(
+        &controller.url(),
+        "infra/gw",
+        free_ports(2) - 5300,
+        ws.path(),
+    );
     proxy.wait_ready().await;
     let target = proxy.listener(5300);
     // Each new client is a new flow; one that lands on the refusing endpoint gets no answer,
-    // and after 5 refusals in a row (the default outlier detection) the endpoint is ejected.
+    // and after 5 refusals in a row (the default outlier detection) the endpoint is ejected:
+    // then every new client is answered by the live one.
     let mut answers = Vec::new();
-    for _ in 0..30 {
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(answers.len() < 60, "{answers:?}");
         let s = client(target).await;
-        answers.push(probe(&s, Duration::from_millis(300)).await);
+        let answer = probe(&s, Duration::from_secs(1)).await;
+        in_a_row = match answer.as_deref() {
+            Some("live-1-x") => in_a_row + 1,
+            _ => 0,
+        };
+        answers.push(answer);
     }
-    assert!(
-        answers[answers.len() - 10..]
-            .iter()
-            .all(|a| a.as_deref() == Some("live-1-x")),
-        "{answers:?}"
-    );
+    // At most the refusals that eject the endpoint went unanswered.
+    let unanswered = answers.iter().filter(|a| a.is_none()).count();
+    assert!(unanswered <= 5, "{answers:?}");
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -259,8 +260,17 @@ impl FlowTask {
         let mut answered = false;
         loop {
             tokio::select! {
-                ready = self.upstream.readable() => {
-                    if ready.is_err() {
+                // An ICMP refusal only makes the socket ready with an error (EPOLLERR, not
+                // EPOLLIN): without ERROR interest a flow to a dead endpoint would never fail.
+                ready = self.upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                    let Ok(ready) = ready else {
+                        return;
+                    };
+                    if ready.is_error() {
+                        let err = self.upstream.take_error().ok().flatten();
+                        debug!(peer = %self.peer, endpoint = %self.endpoint.addr, ?err, "UDP flow ends: the endpoint refused");
+                        self.stats.connect_failures.inc();
+                        self.cluster.report(&self.endpoint, true);
                         return;
                     }
                     match self.answer() {
