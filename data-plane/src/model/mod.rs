@@ -4,6 +4,7 @@
 //! (`shared::Shared::state`).
 
 pub mod cluster;
+pub mod collect;
 pub mod filters;
 pub mod maglev;
 pub mod matchers;
