@@ -563,7 +563,16 @@ async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), 
                 .unwrap_or_default();
             let mut last = String::new();
             for _ in 0..attempts {
-                let seen = http::distribution(&expect, &target, total, concurrency).await?;
+                // A failed sample fails the attempt, not the case: upstream tries again (the
+                // route may still be on its way to the proxy when the check starts).
+                let seen = match http::distribution(&expect, &target, total, concurrency).await {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        last = e;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 let mut ok = true;
                 for (backend, w) in &weights {
                     let w = w.as_f64().unwrap_or(0.0);
