@@ -25,6 +25,25 @@ pub struct RouteAccepted {
     pub namespace: String,
     pub name: String,
     pub parent: ParentSel,
+    /// HTTPRoute when absent; else GRPCRoute, TLSRoute, ...
+    #[serde(default)]
+    pub route_kind: Option<String>,
+    /// Whether every listener of the parent must be ready (upstream's TLSRoute helper skips it).
+    #[serde(default = "yes")]
+    pub check_listeners: bool,
+    /// Whether the route's conditions must carry its current generation.
+    #[serde(default = "yes")]
+    pub check_route_generation: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RouteAccepted {
+    pub fn kind(&self) -> &str {
+        self.route_kind.as_deref().unwrap_or("HTTPRoute")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,6 +150,48 @@ pub struct Expect {
     pub assert: Option<String>,
 }
 
+/// One `expect` entry: an HTTP request (no `kind`, or `http`), or one of the other kinds
+/// (`grpc`, `tls_connection_rejected`, `weighted_distribution`, ...), kept as data for the
+/// module that runs that kind.
+#[derive(Debug, Clone)]
+pub enum ExpectEntry {
+    Http(Box<Expect>),
+    Other { kind: String, spec: Value },
+}
+
+impl<'de> Deserialize<'de> for ExpectEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = Value::deserialize(d)?;
+        match spec.get("kind").and_then(Value::as_str) {
+            None | Some("http") => serde_json::from_value(spec)
+                .map(|e| ExpectEntry::Http(Box::new(e)))
+                .map_err(serde::de::Error::custom),
+            Some(kind) => Ok(ExpectEntry::Other {
+                kind: kind.to_owned(),
+                spec,
+            }),
+        }
+    }
+}
+
+impl ExpectEntry {
+    /// The Gateway the entry overrides the case's with, if any.
+    pub fn gateway(&self) -> Option<NsName> {
+        match self {
+            ExpectEntry::Http(e) => e.gateway.clone(),
+            ExpectEntry::Other { spec, .. } => serde_json::from_value(spec["gateway"].clone()).ok(),
+        }
+    }
+
+    /// The HTTP request, if the entry is one.
+    pub fn http(&self) -> Option<&Expect> {
+        match self {
+            ExpectEntry::Http(e) => Some(e),
+            ExpectEntry::Other { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Action {
     pub op: String,
@@ -152,7 +213,7 @@ pub struct Phase {
     #[serde(default)]
     pub steps: Vec<Phase>,
     #[serde(default)]
-    pub expect: Vec<Expect>,
+    pub expect: Vec<ExpectEntry>,
     #[serde(default)]
     pub status_expectations: Vec<Value>,
 }
@@ -175,7 +236,7 @@ pub struct Case {
     #[serde(default)]
     pub routes_must_be_accepted: Vec<RouteAccepted>,
     #[serde(default)]
-    pub expect: Vec<Expect>,
+    pub expect: Vec<ExpectEntry>,
     #[serde(default)]
     pub status_expectations: Vec<Value>,
     #[serde(default)]

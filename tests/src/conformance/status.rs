@@ -195,7 +195,8 @@ fn gateway<'a>(
     Ok((status, g))
 }
 
-/// upstream `GatewayAndHTTPRoutesMustBeAccepted` for one route.
+/// upstream `GatewayAndHTTPRoutesMustBeAccepted` (or its GRPCRoute/TLSRoute counterpart) for
+/// one route.
 pub fn route_accepted(
     entry: &RouteAccepted,
     view: &StatusView,
@@ -203,6 +204,7 @@ pub fn route_accepted(
 ) -> Result<(), String> {
     let parent = &entry.parent;
     let parent_kind = parent.kind.as_deref().unwrap_or("Gateway");
+    let kind = entry.kind();
     if parent_kind == "Gateway" {
         let (gw, g) = gateway(view, world, &parent.namespace, &parent.name)?;
         if !gw.addresses.iter().any(|a| !a.r#type.is_empty()) {
@@ -212,19 +214,23 @@ pub fn route_accepted(
             ));
         }
         latest_generation(&gw.conditions, g, "Gateway")?;
-        for l in &gw.listeners {
+        for l in gw.listeners.iter().filter(|_| entry.check_listeners) {
             let want = serde_json::json!([
                 {"type": "ResolvedRefs", "status": "True"}, {"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "True"}
             ]);
             has_conditions(&l.conditions, &want, &format!("listener {}", l.name))?;
         }
     }
-    let rg = current_generation(world, "HTTPRoute", &entry.namespace, &entry.name)?;
+    let rg = current_generation(world, kind, &entry.namespace, &entry.name)?;
     let route = view
-        .get("HTTPRoute", &entry.namespace, &entry.name)
-        .ok_or_else(|| format!("HTTPRoute {}/{} has no status", entry.namespace, entry.name))?;
-    for p in &route.parents {
-        latest_generation(&p.conditions, rg, "HTTPRoute parent")?;
+        .get(kind, &entry.namespace, &entry.name)
+        .ok_or_else(|| format!("{kind} {}/{} has no status", entry.namespace, entry.name))?;
+    for p in route
+        .parents
+        .iter()
+        .filter(|_| entry.check_route_generation)
+    {
+        latest_generation(&p.conditions, rg, &format!("{kind} parent"))?;
     }
     let found = route.parents.iter().find(|p| {
         let r = p.parent_ref.clone().unwrap_or_default();
@@ -237,15 +243,39 @@ pub fn route_accepted(
     });
     let p = found.ok_or_else(|| {
         format!(
-            "HTTPRoute {}/{} has no status for parent {}",
+            "{kind} {}/{} has no status for parent {}",
             entry.namespace, entry.name, parent.name
         )
     })?;
     has_conditions(
         &p.conditions,
         &serde_json::json!([{"type": "Accepted", "status": "True", "reason": "Accepted"}]),
-        "HTTPRoute parent",
+        &format!("{kind} parent"),
     )
+}
+
+/// The route kind a status check names (`kind`), HTTPRoute when it names none.
+fn route_kind(c: &Value) -> String {
+    c["kind"]
+        .as_str()
+        .filter(|k| k.ends_with("Route"))
+        .unwrap_or("HTTPRoute")
+        .to_owned()
+}
+
+/// A route's status and its current generation.
+fn route<'a>(
+    view: &'a StatusView,
+    world: &World,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(&'a ObjectStatus, i64), String> {
+    let g = current_generation(world, kind, ns, name)?;
+    let status = view
+        .get(kind, ns, name)
+        .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+    Ok((status, g))
 }
 
 /// One entry of `status_expectations`.
@@ -254,44 +284,45 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
     let check = s(c, "check");
     match check.as_str() {
         "route_parent_conditions" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
-            let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
             let (pns, pname) = (s(&c["parent"], "namespace"), s(&c["parent"], "name"));
             let entry = route.parents.iter().find(|p| {
                 let r = p.parent_ref.clone().unwrap_or_default();
                 r.name == pname && (r.namespace.is_empty() || r.namespace == pns)
             });
             let entry = entry.ok_or_else(|| {
-                format!("HTTPRoute {ns}/{name} has no status for parent {pns}/{pname}")
+                format!("{kind} {ns}/{name} has no status for parent {pns}/{pname}")
             })?;
-            has_conditions(&entry.conditions, &c["conditions"], "HTTPRoute parent")?;
-            latest_generation(&entry.conditions, g, "HTTPRoute parent")
+            let what = format!("{kind} parent");
+            has_conditions(&entry.conditions, &c["conditions"], &what)?;
+            latest_generation(&entry.conditions, g, &what)
         }
-        "route_no_accepted_parents" => match view.get("HTTPRoute", &ns, &name) {
-            None => Ok(()),
-            Some(r) if r.parents.is_empty() => Ok(()),
-            Some(r)
-                if r.parents.len() == 1
-                    && r.parents[0]
-                        .conditions
-                        .iter()
-                        .any(|c| c.r#type == "Accepted" && c.status == "False") =>
-            {
-                Ok(())
+        "route_no_accepted_parents" => {
+            let kind = route_kind(c);
+            match view.get(&kind, &ns, &name) {
+                None => Ok(()),
+                Some(r) if r.parents.is_empty() => Ok(()),
+                Some(r)
+                    if r.parents.len() == 1
+                        && r.parents[0]
+                            .conditions
+                            .iter()
+                            .any(|c| c.r#type == "Accepted" && c.status == "False") =>
+                {
+                    Ok(())
+                }
+                Some(r) => Err(format!(
+                    "{kind} {ns}/{name} has accepted parents: {:?}",
+                    r.parents
+                )),
             }
-            Some(r) => Err(format!(
-                "HTTPRoute {ns}/{name} has accepted parents: {:?}",
-                r.parents
-            )),
-        },
+        }
         "route_parents" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
-            let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
             let namespace_required = c["namespace_required"].as_bool().unwrap_or(false);
+            let what = format!("{kind} parent");
             for want in c["parents"].as_array().into_iter().flatten() {
                 let wr = &want["parent_ref"];
                 let found = route.parents.iter().find(|p| {
@@ -304,24 +335,45 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
                 });
                 let p = found.ok_or_else(|| {
                     format!(
-                        "HTTPRoute {ns}/{name} has no status for parent {}",
+                        "{kind} {ns}/{name} has no status for parent {}",
                         s(wr, "name")
                     )
                 })?;
-                has_conditions(&p.conditions, &want["conditions"], "HTTPRoute parent")?;
-                latest_generation(&p.conditions, g, "HTTPRoute parent")?;
+                has_conditions(&p.conditions, &want["conditions"], &what)?;
+                latest_generation(&p.conditions, g, &what)?;
             }
             Ok(())
         }
         "route_conditions_latest_generation" => {
-            let g = current_generation(world, "HTTPRoute", &ns, &name)?;
-            let route = view
-                .get("HTTPRoute", &ns, &name)
-                .ok_or_else(|| format!("HTTPRoute {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
+            let what = format!("{kind} parent");
             route
                 .parents
                 .iter()
-                .try_for_each(|p| latest_generation(&p.conditions, g, "HTTPRoute parent"))
+                .try_for_each(|p| latest_generation(&p.conditions, g, &what))
+        }
+        "listenerset_conditions" | "listenerset_listener_conditions" => {
+            let g = current_generation(world, "ListenerSet", &ns, &name)?;
+            let set = view
+                .get("ListenerSet", &ns, &name)
+                .ok_or_else(|| format!("ListenerSet {ns}/{name} has no status"))?;
+            if check == "listenerset_conditions" {
+                has_conditions(&set.conditions, &c["conditions"], "ListenerSet")?;
+            } else {
+                let lname = s(c, "listener");
+                let l = set
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == lname)
+                    .ok_or_else(|| format!("ListenerSet {ns}/{name}: no listener {lname}"))?;
+                has_conditions(
+                    &l.conditions,
+                    &c["conditions"],
+                    &format!("ListenerSet listener {lname}"),
+                )?;
+            }
+            latest_generation(&set.conditions, g, "ListenerSet")
         }
         "gateway_conditions" => {
             let (gw, g) = gateway(view, world, &ns, &name)?;

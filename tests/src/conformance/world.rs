@@ -11,6 +11,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::case::{Action, NsName};
+use super::grpc::GrpcEchoServer;
 use crate::echo::{EchoIdentity, EchoServer, EchoTls};
 use crate::fake_kube::FakeApiServer;
 use crate::harness::{Controller, Proxy};
@@ -62,6 +63,9 @@ fn random_alnum(n: usize) -> String {
 struct Pods {
     labels: BTreeMap<String, String>,
     instances: Vec<EchoServer>,
+    /// In gRPC mode (GRPC_ECHO_SERVER set), each pod's gRPC echo, by instance: it takes the
+    /// container port 3000 that the HTTP echo has otherwise.
+    grpc: Vec<GrpcEchoServer>,
 }
 
 /// Where the runner puts the objects for the controller to find.
@@ -185,10 +189,13 @@ impl World {
             })
             .unwrap_or_default();
         let replica_set = random_alnum(9);
+        let grpc_mode = container_env(&doc["spec"]["template"]["spec"], "GRPC_ECHO_SERVER")
+            .is_some_and(|v| !v.is_empty());
         let tls = self
             .echo_tls(&key.1, &doc["spec"]["template"]["spec"])
             .map_err(|e| format!("Deployment {}/{}: {e}", key.1, key.2))?;
         let mut instances = Vec::new();
+        let mut grpc = Vec::new();
         for _ in 0..replicas {
             let identity = EchoIdentity {
                 pod: format!("{}-{replica_set}-{}", key.2, random_alnum(5)),
@@ -205,10 +212,22 @@ impl World {
                     .await
                     .map_err(|e| format!("starting TLS echo for {}/{}: {e}", key.1, key.2))?;
             }
+            if grpc_mode {
+                let echo = GrpcEchoServer::start(server.identity().clone())
+                    .await
+                    .map_err(|e| format!("starting gRPC echo for {}/{}: {e}", key.1, key.2))?;
+                grpc.push(echo);
+            }
             instances.push(server);
         }
-        self.deployments
-            .insert(key.clone(), Pods { labels, instances });
+        self.deployments.insert(
+            key.clone(),
+            Pods {
+                labels,
+                instances,
+                grpc,
+            },
+        );
         Ok(())
     }
 
@@ -243,14 +262,7 @@ impl World {
 
     /// The TLS settings echo-basic would read from a pod's TLS_* variables and mounted files.
     fn echo_tls(&self, namespace: &str, pod: &Value) -> Result<Option<EchoTls>, String> {
-        let env = |name: &str| {
-            pod["containers"][0]["env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["name"] == name)
-                .and_then(|e| e["value"].as_str())
-        };
+        let env = |name: &str| container_env(pod, name);
         let (Some(cert), Some(key)) = (env("TLS_SERVER_CERT"), env("TLS_SERVER_PRIVKEY")) else {
             return Ok(None);
         };
@@ -662,7 +674,10 @@ impl World {
                         .filter_map(|p| {
                             let local =
                                 match p["targetPort"].as_u64().or_else(|| p["port"].as_u64())? {
-                                    3000 => instance.http.port(),
+                                    3000 => pods
+                                        .grpc
+                                        .get(i)
+                                        .map_or(instance.http.port(), |g| g.addr.port()),
                                     3001 => instance.h2c?.port(),
                                     8443 => instance.https?.port(),
                                     _ => return None,
@@ -744,6 +759,16 @@ impl World {
     }
 }
 
+/// The value of an environment variable of a pod spec's first container.
+fn container_env<'a>(pod: &'a Value, name: &str) -> Option<&'a str> {
+    pod["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
 /// The Deployment whose pods fill manual EndpointSlices (HTTPRouteServiceTypes).
 const MANUAL_SLICE_BACKEND: &str = "infra-backend-v1";
 
@@ -762,7 +787,7 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), String> {
         .map_err(|e| format!("writing {name}: {e}"))
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
