@@ -42,7 +42,7 @@ status=0
 echo "==> cargo test"
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
-echo "==> conformance (tests/conformance/upstream, Gateway API v1.6.1 HTTP cases), standalone mode"
+echo "==> conformance (tests/conformance/upstream, Gateway API v1.6.1 cases), standalone mode"
 target/debug/rauta-conformance 2>&1 | tee -a "$log" || status=$?
 
 echo "==> conformance again, Kubernetes mode (objects served by an in-process API server)"

@@ -154,7 +154,16 @@ fn attach_to_listeners(
     let mut attached_any = false;
     for i in allowed {
         let listener = &mut gateway.listeners[i];
-        if !listener.valid {
+        // Attachment depends on parentRefs, allowedRoutes and hostnames only: a listener that
+        // cannot be served (say, its certificate Secret is missing) still counts the routes
+        // attached to it in attachedRoutes, and serves none of them (gateway.rs adds only
+        // listeners without a problem to the ports). A listener whose protocol RAUTA does not
+        // serve supports no route kind, so nothing attaches to it.
+        if listener
+            .problem
+            .as_ref()
+            .is_some_and(|p| !p.routes_supported)
+        {
             continue;
         }
         if let Some(hosts) =

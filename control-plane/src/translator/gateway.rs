@@ -136,10 +136,16 @@ impl<'a> GatewayView<'a> {
                 .filter(|(owner, _)| owner.is_none())
                 .map(|(_, l)| l)
                 .collect(),
+            // Attached: allowed by the Gateway and with at least one valid listener (a set
+            // whose listeners all conflict or fail is ListenersNotValid, and not attached).
             attached_listener_sets: i32::try_from(
-                self.listener_sets
-                    .iter()
-                    .filter(|s| s.allowed.is_ok())
+                set_statuses
+                    .values()
+                    .filter(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Accepted" && c.is_true())
+                    })
                     .count(),
             )
             .unwrap_or(i32::MAX),
@@ -274,10 +280,12 @@ fn listener_set_conditions(
             Condition::new("Programmed", false, "NotAllowed", message, g),
         ];
     }
+    // A listener counts when it is served: one that is accepted but cannot be programmed
+    // (say, a certificate no ReferenceGrant lets the set use) makes the set no better.
     let accepted = |l: &ListenerStatus| {
         l.conditions
             .iter()
-            .any(|c| c.type_ == "Accepted" && c.is_true())
+            .any(|c| c.type_ == "Programmed" && c.is_true())
     };
     if listeners.iter().all(accepted) {
         vec![

@@ -12,6 +12,7 @@ use rauta_common::api::v1::{
 };
 use rauta_common::types::ResourceType;
 
+use super::hostnames;
 use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
@@ -22,8 +23,10 @@ use super::routes::{CompiledRoute, MatchEntry};
 struct PortListeners {
     protocol: ListenerProtocol,
     hostnames: Vec<String>,
-    /// Match entries by virtual-host domain.
-    vhosts: BTreeMap<String, Vec<MatchEntry>>,
+    /// What each attached route contributes: (hostname of the listener it attached to,
+    /// virtual-host domain, its match entries). Placed in virtual hosts once every listener
+    /// of the port is known, because listener isolation depends on all of them.
+    contributions: Vec<(Option<String>, String, Vec<MatchEntry>)>,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
 }
@@ -50,7 +53,7 @@ impl Ports {
         let entry = self.0.entry(port).or_insert_with(|| PortListeners {
             protocol: listener.protocol,
             hostnames: Vec::new(),
-            vhosts: BTreeMap::new(),
+            contributions: Vec::new(),
             certificates: Vec::new(),
             client_validation: None,
         });
@@ -64,22 +67,25 @@ impl Ports {
             .client_validation
             .take()
             .or_else(|| listener.client_validation.clone());
-        if let Some(h) = &listener.spec.hostname {
-            entry.hostnames.push(h.to_ascii_lowercase());
-            // Listener isolation: a request for this listener's hostname is this listener's,
-            // even when it has no routes (then 404), never another listener's "*".
-            entry.vhosts.entry(h.to_ascii_lowercase()).or_default();
+        let listener_hostname = listener
+            .spec
+            .hostname
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .map(str::to_ascii_lowercase);
+        if let Some(h) = &listener_hostname {
+            entry.hostnames.push(h.clone());
         }
         for (hosts, route) in &listener.attached {
             let Some(route) = compiled.get(route) else {
                 continue;
             };
             for host in hosts {
-                entry
-                    .vhosts
-                    .entry(host.clone())
-                    .or_default()
-                    .extend(route.entries.iter().cloned());
+                entry.contributions.push((
+                    listener_hostname.clone(),
+                    host.clone(),
+                    route.entries.clone(),
+                ));
             }
             add_backends(route, client_certificate, resources);
         }
@@ -99,6 +105,7 @@ impl Ports {
             let mut hostnames = listeners.hostnames;
             hostnames.sort();
             hostnames.dedup();
+            let vhosts = isolated_virtual_hosts(&hostnames, listeners.contributions);
             let listener = Listener {
                 name: name.clone(),
                 port,
@@ -114,15 +121,14 @@ impl Ports {
                 .or_default()
                 .insert(name.clone(), Payload::Listener(listener));
             if l4 {
-                let table = l4_routes::table(&name, listeners.vhosts);
+                let table = l4_routes::table(&name, vhosts);
                 resources
                     .entry(ResourceType::L4RouteTable)
                     .or_default()
                     .insert(name, Payload::L4RouteTable(table));
                 continue;
             }
-            let virtual_hosts = listeners
-                .vhosts
+            let virtual_hosts = vhosts
                 .into_iter()
                 .map(|(domain, mut entries)| {
                     entries.sort();
@@ -145,6 +151,34 @@ impl Ports {
                 .insert(name, Payload::RouteTable(table));
         }
     }
+}
+
+/// Match entries by virtual-host domain, with listener isolation: a request is served only
+/// by the routes of the most specific listener whose hostname matches it. Each listener
+/// hostname gets a virtual host even where no route serves it (then 404), and a route's
+/// domain is left out where a more specific listener owns all of it (the route attached to a
+/// less specific listener, e.g. "*.example.com" through the hostname-less one). Hosts a more
+/// specific listener owns inside a broader domain need nothing: that listener's own virtual
+/// host is more specific, so the proxy's lookup (exact, longest wildcard, "*") picks it.
+fn isolated_virtual_hosts(
+    listener_hostnames: &[String],
+    contributions: Vec<(Option<String>, String, Vec<MatchEntry>)>,
+) -> BTreeMap<String, Vec<MatchEntry>> {
+    let mut vhosts: BTreeMap<String, Vec<MatchEntry>> = listener_hostnames
+        .iter()
+        .map(|h| (h.clone(), Vec::new()))
+        .collect();
+    for (listener, domain, entries) in contributions {
+        if hostnames::owned_by_more_specific_listener(
+            &domain,
+            listener.as_deref(),
+            listener_hostnames,
+        ) {
+            continue;
+        }
+        vhosts.entry(domain).or_default().extend(entries);
+    }
+    vhosts
 }
 
 /// The clusters (with the Gateway's client certificate where they speak TLS) and endpoints of

@@ -9,6 +9,33 @@ fn covered_by(host: &str, wildcard: &str) -> bool {
     }
 }
 
+/// Whether every host `domain` stands for ("*", a wildcard or a name) is also matched by a
+/// listener with hostname `listener` (None matches any host).
+fn within(domain: &str, listener: Option<&str>) -> bool {
+    match listener {
+        None => true,
+        Some(l) => domain == l || covered_by(domain, l),
+    }
+}
+
+/// Listener isolation: whether requests for `domain`, which a route serves through the
+/// listener with hostname `listener`, belong instead to another listener on the same port
+/// (`port_listeners`, lower-case hostnames): one whose hostname is more specific than
+/// `listener`'s and still matches every host of `domain`. The most specific listener that
+/// matches a request is the only one whose routes may serve it.
+pub fn owned_by_more_specific_listener(
+    domain: &str,
+    listener: Option<&str>,
+    port_listeners: &[String],
+) -> bool {
+    let listener = listener.map(str::to_ascii_lowercase);
+    port_listeners.iter().any(|other| {
+        Some(other) != listener.as_ref()
+            && within(domain, Some(other))
+            && within(other, listener.as_deref())
+    })
+}
+
 /// The hostnames a route serves on a listener. `None` means the route does not match the
 /// listener at all; `Some(vec![])` never happens; "*" stands for "any host".
 pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
@@ -40,7 +67,7 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 
 #[cfg(test)]
 mod tests {
-    use super::intersect;
+    use super::{intersect, owned_by_more_specific_listener};
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -76,5 +103,27 @@ mod tests {
             intersect(Some("A.com"), &s(&["a.COM"])),
             Some(s(&["a.com"]))
         );
+    }
+
+    #[test]
+    fn more_specific_listeners_own_their_hosts() {
+        let port = s(&["*.example.com", "*.foo.example.com", "abc.foo.example.com"]);
+        let owned = |domain: &str, listener: Option<&str>| {
+            owned_by_more_specific_listener(domain, listener, &port)
+        };
+        // Through the hostname-less listener: everything under a listener hostname is taken.
+        assert!(owned("*.example.com", None));
+        assert!(owned("bar.example.com", None));
+        assert!(owned("abc.foo.example.com", None));
+        assert!(!owned("bar.com", None));
+        assert!(!owned("*", None));
+        // Through *.example.com: only what a more specific listener matches entirely.
+        assert!(!owned("*.example.com", Some("*.example.com")));
+        assert!(owned("*.foo.example.com", Some("*.example.com")));
+        assert!(owned("abc.foo.example.com", Some("*.example.com")));
+        assert!(!owned("x.example.com", Some("*.example.com")));
+        // A listener's own hostname is its own, and the most specific one owns everything.
+        assert!(!owned("*.foo.example.com", Some("*.foo.example.com")));
+        assert!(!owned("abc.foo.example.com", Some("ABC.foo.example.com")));
     }
 }

@@ -79,6 +79,11 @@ pub fn listener_view<'a>(
     namespace: &str,
 ) -> ListenerView<'a> {
     let mut client_validation = None;
+    let owner_kind = if owner.is_some() {
+        "ListenerSet"
+    } else {
+        "Gateway"
+    };
     let passthrough = spec.tls.as_ref().and_then(|t| t.mode.as_ref())
         == Some(&GatewayListenersTlsMode::Passthrough);
     let (protocol, certificates, problem) = match spec.protocol.as_str() {
@@ -87,7 +92,7 @@ pub fn listener_view<'a>(
         "UDP" => (ListenerProtocol::Udp, Vec::new(), None),
         "TLS" if passthrough => (ListenerProtocol::TlsPassthrough, Vec::new(), None),
         // tls.mode Terminate (the default): the listener's certificates, as HTTPS has them.
-        "TLS" => match tls::listener_certificates(objects, namespace, &spec) {
+        "TLS" => match tls::listener_certificates(objects, (owner_kind, namespace), &spec) {
             Ok(certs) => (ListenerProtocol::TlsTerminate, certs, None),
             Err(p) => {
                 let problem = ListenerProblem {
@@ -100,12 +105,13 @@ pub fn listener_view<'a>(
                 (ListenerProtocol::TlsTerminate, Vec::new(), Some(problem))
             }
         },
-        "HTTPS" => match tls::listener_certificates(objects, namespace, &spec).and_then(|certs| {
-            Ok((
-                certs,
-                tls::client_validation(objects, gw, namespace, &spec)?,
-            ))
-        }) {
+        "HTTPS" => match tls::listener_certificates(objects, (owner_kind, namespace), &spec)
+            .and_then(|certs| {
+                Ok((
+                    certs,
+                    tls::client_validation(objects, gw, namespace, &spec)?,
+                ))
+            }) {
             Ok((certs, validation)) => {
                 client_validation = validation;
                 (ListenerProtocol::Https, certs, None)
@@ -268,8 +274,10 @@ impl ListenerView<'_> {
             }
             None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g),
         });
+        // A conflicted listener says why in Programmed too (the ListenerSet API's reasons).
         let message = problem.message.clone();
-        conditions.push(Condition::new("Programmed", false, "Invalid", message, g));
+        let reason = problem.conflict.unwrap_or("Invalid");
+        conditions.push(Condition::new("Programmed", false, reason, message, g));
         let kinds = if problem.routes_supported {
             listener_kinds(spec, self.route_kinds).0
         } else {
@@ -277,7 +285,7 @@ impl ListenerView<'_> {
         };
         ListenerStatus {
             name: spec.name.clone(),
-            attached_routes: 0,
+            attached_routes: self.attached_route_count(),
             supported_kinds: kinds,
             conditions,
         }
@@ -288,7 +296,7 @@ impl ListenerView<'_> {
         let msg = format!("port {port} is already used with another protocol");
         ListenerStatus {
             name: self.spec.name.clone(),
-            attached_routes: 0,
+            attached_routes: self.attached_route_count(),
             supported_kinds: vec![],
             conditions: vec![
                 Condition::new("Conflicted", true, "ProtocolConflict", msg.clone(), g),
@@ -299,9 +307,14 @@ impl ListenerView<'_> {
         }
     }
 
+    /// How many routes are attached to the listener (served or not), each counted once.
+    fn attached_route_count(&self) -> i32 {
+        let routes: BTreeSet<&RouteId> = self.attached.iter().map(|(_, r)| r).collect();
+        i32::try_from(routes.len()).unwrap_or(i32::MAX)
+    }
+
     /// The status of a listener that is served, with the number of routes attached to it.
     pub fn serving_status(&self, g: i64) -> ListenerStatus {
-        let routes: BTreeSet<&RouteId> = self.attached.iter().map(|(_, r)| r).collect();
         let (kinds, valid_kinds) = listener_kinds(&self.spec, self.route_kinds);
         let resolved = if valid_kinds {
             Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g)
@@ -312,7 +325,7 @@ impl ListenerView<'_> {
         };
         ListenerStatus {
             name: self.spec.name.clone(),
-            attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
+            attached_routes: self.attached_route_count(),
             supported_kinds: kinds,
             conditions: vec![
                 Condition::new("Conflicted", false, "NoConflicts", "", g),

@@ -27,6 +27,8 @@ pub fn report(
         let used: BTreeSet<ServicePortKey> = gateway
             .listeners
             .iter()
+            // Routes attached to a listener that is not served use no backend through it.
+            .filter(|l| l.problem.is_none())
             .flat_map(|l| &l.attached)
             .filter_map(|(_, route)| compiled.get(route))
             .flat_map(|c| &c.backends)

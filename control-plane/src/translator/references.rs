@@ -83,12 +83,13 @@ pub enum CoreRefError {
 }
 
 impl CoreRef<'_> {
-    /// The referenced object's key, when it is a `kind` a Gateway in `gateway_namespace` may
-    /// use. Existence is the caller's check.
+    /// The referenced object's key, when it is a `kind` that the object referring to it (a
+    /// `from_kind` of the Gateway API group in `from_namespace`: a Gateway, or a ListenerSet
+    /// for its listeners' certificates) may use. Existence is the caller's check.
     pub fn resolve(
         &self,
         objects: &ObjectSet,
-        gateway_namespace: &str,
+        (from_kind, from_namespace): (&str, &str),
         kind: &str,
     ) -> Result<ObjectRef, CoreRefError> {
         let group = self.group.unwrap_or("");
@@ -101,15 +102,15 @@ impl CoreRef<'_> {
                 expected: kind.to_owned(),
             });
         }
-        let namespace = self.namespace.unwrap_or(gateway_namespace);
+        let namespace = self.namespace.unwrap_or(from_namespace);
         let target = Target {
             group: "",
             kind,
             namespace,
             name: self.name,
         };
-        if namespace != gateway_namespace
-            && !reference_granted(objects, "Gateway", gateway_namespace, target)
+        if namespace != from_namespace
+            && !reference_granted(objects, from_kind, from_namespace, target)
         {
             return Err(CoreRefError::NotPermitted {
                 kind: kind.to_owned(),

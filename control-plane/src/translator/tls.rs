@@ -115,7 +115,7 @@ pub fn client_validation(
             namespace: r.namespace.as_deref(),
         };
         let key = target
-            .resolve(objects, gateway_namespace, "ConfigMap")
+            .resolve(objects, ("Gateway", gateway_namespace), "ConfigMap")
             .map_err(|e| match e {
                 CoreRefError::Kind { .. } => invalid("InvalidCACertificateKind", e.to_string()),
                 CoreRefError::NotPermitted { .. } => invalid("RefNotPermitted", e.to_string()),
@@ -156,7 +156,7 @@ pub fn backend_client_certificate(
         namespace: r.namespace.as_deref(),
     };
     let key = target
-        .resolve(objects, gateway_namespace, "Secret")
+        .resolve(objects, ("Gateway", gateway_namespace), "Secret")
         .map_err(|e| match e {
             CoreRefError::Kind { .. } => ("InvalidClientCertificateRef", e.to_string()),
             CoreRefError::NotPermitted { .. } => ("RefNotPermitted", e.to_string()),
@@ -170,9 +170,11 @@ pub fn backend_client_certificate(
 }
 
 /// The certificates of an HTTPS listener, or why it cannot be served.
+/// `owner` is the kind and namespace of the object the listener belongs to (a Gateway or a
+/// ListenerSet): ReferenceGrants must name that kind for Secrets in other namespaces.
 pub fn listener_certificates(
     objects: &ObjectSet,
-    gateway_namespace: &str,
+    owner: (&str, &str),
     listener: &GatewayListeners,
 ) -> Result<Vec<ServerCertificate>, TlsProblem> {
     let tls = listener.tls.as_ref().ok_or_else(|| {
@@ -211,7 +213,7 @@ pub fn listener_certificates(
             namespace: r.namespace.as_deref(),
         };
         let key = target
-            .resolve(objects, gateway_namespace, "Secret")
+            .resolve(objects, owner, "Secret")
             .map_err(|e| match e {
                 CoreRefError::Kind { .. } => problem(true, "InvalidCertificateRef", e.to_string()),
                 CoreRefError::NotPermitted { .. } => {

@@ -4,6 +4,7 @@
 //! (`shared::Shared::state`).
 
 pub mod cluster;
+pub mod collect;
 pub mod filters;
 pub mod l4;
 pub mod maglev;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rauta_common::api::v1::{RouteTable, VirtualHost};
 
 use super::cluster::Clusters;
+use super::collect::exact;
 use super::filters::session::{SessionError, SessionKeys};
 use super::matchers::MatchRt;
 use super::request::RequestView;
@@ -84,17 +85,13 @@ impl VirtualHostRt {
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
     ) -> Result<VirtualHostRt, RouteTableError> {
-        let rules = vhost
-            .rules
-            .iter()
-            .map(|rule| {
-                RuleRt::build(rule, metrics, session_keys).map_err(|source| RouteTableError::Rule {
-                    vhost: vhost.name.clone(),
-                    rule: rule.name.clone(),
-                    source,
-                })
+        let rules = exact(vhost.rules.iter().map(|rule| {
+            RuleRt::build(rule, metrics, session_keys).map_err(|source| RouteTableError::Rule {
+                vhost: vhost.name.clone(),
+                rule: rule.name.clone(),
+                source,
             })
-            .collect::<Result<_, _>>()?;
+        }))?;
         Ok(VirtualHostRt {
             name: vhost.name.clone(),
             rules,

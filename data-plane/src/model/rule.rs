@@ -10,6 +10,7 @@ use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
 use super::cluster::{ClusterRt, Clusters};
+use super::collect::exact;
 use super::filters::session::SessionKeys;
 use super::filters::{FilterError, Filters};
 use super::matchers::{MatchError, MatchRt};
@@ -159,11 +160,7 @@ impl RuleRt {
         if rule.matches.is_empty() {
             return Err(RuleError::NoMatches);
         }
-        let matches = rule
-            .matches
-            .iter()
-            .map(MatchRt::build)
-            .collect::<Result<Vec<_>, _>>()?;
+        let matches = exact(rule.matches.iter().map(MatchRt::build))?;
         let action = ActionRt::build(rule.action.as_ref())?;
         let filters = Filters::of_rule(rule, session_keys)?;
         let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use rauta_tests::conformance::report::Implementation;
 use rauta_tests::conformance::runner::{self, Options};
 
-/// Runs Gateway API conformance cases (upstream's HTTP suite, as data) against RAUTA.
+/// Runs Gateway API conformance cases (upstream's suite, as data) against RAUTA.
 #[derive(Debug, Parser)]
 #[command(name = "rauta-conformance", version)]
 struct Args {
@@ -25,6 +26,16 @@ struct Args {
     /// (list, watch, status over TLS) instead of a watched directory.
     #[arg(long)]
     kubernetes: bool,
+    /// Write the run's ConformanceReport (upstream's gateway.networking.k8s.io/v1alpha1
+    /// format, profiles GATEWAY-HTTP, GATEWAY-GRPC, GATEWAY-TLS) to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// The report's implementation.url.
+    #[arg(long, value_name = "URL", default_value = "")]
+    report_url: String,
+    /// The report's implementation.contact (repeatable).
+    #[arg(long, value_name = "CONTACT")]
+    report_contact: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +55,14 @@ fn main() -> ExitCode {
         only: args.run,
         budget: Duration::from_secs(args.budget.max(1)),
         kubernetes: args.kubernetes,
+        report: args.report,
+        implementation: Implementation {
+            organization: "rauta".into(),
+            project: "rauta".into(),
+            url: args.report_url,
+            version: env!("CARGO_PKG_VERSION").into(),
+            contact: args.report_contact,
+        },
     };
     match runtime.block_on(runner::run(&opts)) {
         Ok(t) if t.failed == 0 => ExitCode::SUCCESS,

@@ -25,10 +25,10 @@ pub struct RouteAccepted {
     pub namespace: String,
     pub name: String,
     pub parent: ParentSel,
-    /// HTTPRoute when absent.
+    /// HTTPRoute when absent; else GRPCRoute, TLSRoute, ...
     #[serde(default)]
     pub route_kind: Option<String>,
-    /// Whether every listener of the parent must be ready.
+    /// Whether every listener of the parent must be ready (upstream's TLSRoute helper skips it).
     #[serde(default = "yes")]
     pub check_listeners: bool,
     /// Whether the route's conditions must carry its current generation.
@@ -38,6 +38,12 @@ pub struct RouteAccepted {
 
 fn yes() -> bool {
     true
+}
+
+impl RouteAccepted {
+    pub fn kind(&self) -> &str {
+        self.route_kind.as_deref().unwrap_or("HTTPRoute")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -115,10 +121,6 @@ pub struct Mirror {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Expect {
-    /// Absent or `http`: an HTTP request; else a non-HTTP kind (`tcp_echo`, `udp_echo`, ...)
-    /// whose own fields are in `fields`.
-    #[serde(default)]
-    pub kind: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -129,7 +131,6 @@ pub struct Expect {
     pub scheme: Option<String>,
     #[serde(default)]
     pub tls: Option<Value>,
-    #[serde(default)]
     pub request: Request,
     #[serde(default)]
     pub expected_request: Option<ExpectedRequest>,
@@ -147,9 +148,48 @@ pub struct Expect {
     pub mirrored_to: Vec<Mirror>,
     #[serde(default)]
     pub assert: Option<String>,
-    /// The fields of a non-HTTP kind not named above.
-    #[serde(flatten)]
-    pub fields: serde_json::Map<String, Value>,
+}
+
+/// One `expect` entry: an HTTP request (no `kind`, or `http`), or one of the other kinds
+/// (`grpc`, `tls_connection_rejected`, `weighted_distribution`, ...), kept as data for the
+/// module that runs that kind.
+#[derive(Debug, Clone)]
+pub enum ExpectEntry {
+    Http(Box<Expect>),
+    Other { kind: String, spec: Value },
+}
+
+impl<'de> Deserialize<'de> for ExpectEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = Value::deserialize(d)?;
+        match spec.get("kind").and_then(Value::as_str) {
+            None | Some("http") => serde_json::from_value(spec)
+                .map(|e| ExpectEntry::Http(Box::new(e)))
+                .map_err(serde::de::Error::custom),
+            Some(kind) => Ok(ExpectEntry::Other {
+                kind: kind.to_owned(),
+                spec,
+            }),
+        }
+    }
+}
+
+impl ExpectEntry {
+    /// The Gateway the entry overrides the case's with, if any.
+    pub fn gateway(&self) -> Option<NsName> {
+        match self {
+            ExpectEntry::Http(e) => e.gateway.clone(),
+            ExpectEntry::Other { spec, .. } => serde_json::from_value(spec["gateway"].clone()).ok(),
+        }
+    }
+
+    /// The HTTP request, if the entry is one.
+    pub fn http(&self) -> Option<&Expect> {
+        match self {
+            ExpectEntry::Http(e) => Some(e),
+            ExpectEntry::Other { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,7 +216,7 @@ pub struct Phase {
     #[serde(default)]
     pub delay_before_s: Option<f64>,
     #[serde(default)]
-    pub expect: Vec<Expect>,
+    pub expect: Vec<ExpectEntry>,
     #[serde(default)]
     pub status_expectations: Vec<Value>,
 }
@@ -199,7 +239,7 @@ pub struct Case {
     #[serde(default)]
     pub routes_must_be_accepted: Vec<RouteAccepted>,
     #[serde(default)]
-    pub expect: Vec<Expect>,
+    pub expect: Vec<ExpectEntry>,
     #[serde(default)]
     pub status_expectations: Vec<Value>,
     #[serde(default)]

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::case::{Case, Expect};
 use super::world::World;
 use crate::echo::{EchoIdentity, EchoTls};
 use crate::l4_echo::{TCP_WELCOME, TcpEcho, UdpEcho, UdpMode};
@@ -100,6 +99,20 @@ impl L4Pod {
     }
 }
 
+/// The fields of one non-HTTP expectation that this module reads (README.md in the case
+/// directory, "Non-HTTP expectation kinds"); the rest stays in `fields`.
+#[derive(Debug, serde::Deserialize)]
+struct Expect {
+    #[serde(default)]
+    tls: Option<Value>,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(flatten)]
+    fields: serde_json::Map<String, Value>,
+}
+
 fn f64_of(e: &Expect, key: &str, default: f64) -> f64 {
     e.fields.get(key).and_then(Value::as_f64).unwrap_or(default)
 }
@@ -115,31 +128,28 @@ fn backend_of(pod: &str) -> &str {
     rest.unwrap_or(pod)
 }
 
-/// Runs one non-HTTP expectation.
-pub async fn run_expect(world: &mut World, case: &Case, e: &Expect) -> Result<(), String> {
-    let kind = e.kind.as_deref().unwrap_or_default();
-    let gw = e
-        .gateway
-        .clone()
-        .or_else(|| case.gateway.clone())
-        .ok_or("expect entry without a gateway")?;
-    let port = e.port.ok_or("expect entry without a port")?;
-    let target = world.listener_addr(&gw, port);
-    let timeout = Duration::from_secs_f64(f64_of(e, "timeout_s", 30.0));
+/// Runs one non-HTTP expectation of `kind` (`spec` is the whole entry) against `target`.
+pub async fn run_expect(
+    world: &World,
+    kind: &str,
+    spec: &Value,
+    target: SocketAddr,
+) -> Result<(), String> {
+    let e: Expect = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs_f64(f64_of(&e, "timeout_s", 30.0));
     match kind {
         "tcp_echo" => {
-            let client = tls_client(world, e)?;
-            tcp_echo(e, target, client, timeout).await
+            let client = tls_client(world, &e)?;
+            tcp_echo(&e, target, client, timeout).await
         }
         "tcp_connect" => tcp_connect(target, timeout).await,
-        "tcp_echo_samples" => tcp_samples(e, target).await,
-        "udp_echo" => udp_echo(e, target, timeout).await,
-        "udp_echo_samples" => udp_samples(e, target).await,
-        "dns_query" => dns_query(e, target, timeout).await,
-        "weighted_distribution" => weighted(e, target).await,
+        "tcp_echo_samples" => tcp_samples(&e, target).await,
+        "udp_echo" => udp_echo(&e, target, timeout).await,
+        "udp_echo_samples" => udp_samples(&e, target).await,
+        "dns_query" => dns_query(&e, target, timeout).await,
+        "weighted_distribution" => weighted(&e, target).await,
         other => Err(format!("expectation kind {other:?} is not supported")),
     }
-    .map_err(|err| format!("{kind} on {}/{} port {port}: {err}", gw.namespace, gw.name))
 }
 
 /// The TLS client of a `tcp_echo` entry: its SNI, trusting only the named CA ConfigMap.

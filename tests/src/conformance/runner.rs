@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use rauta_common::api::v1::ListStatusesRequest;
 use serde_json::Value;
 
-use super::case::{Case, Expect, NsName, Phase, load_cases};
+use super::case::{Case, Expect, ExpectEntry, NsName, Phase, load_cases};
 use super::http::{self, Target};
+use super::report;
 use super::status::{self, STATUS_KINDS, StatusView};
 use super::world::{CLASS_NAME, World};
 
@@ -26,11 +27,12 @@ const SUPPORTED_NEEDS: &[&str] = &[
     "backend-tls",
     "listenerset",
     "static-addresses",
+    "grpc",
+    "tls-passthrough",
     "tcp",
     "udp",
     "dns",
     "tls-terminate",
-    "tls-passthrough",
     "manifest-backends",
 ];
 
@@ -43,13 +45,21 @@ pub struct Options {
     pub budget: Duration,
     /// Run the controller in Kubernetes mode against the fake API server.
     pub kubernetes: bool,
+    /// Where to write the run's ConformanceReport (upstream's format), if anywhere.
+    pub report: Option<PathBuf>,
+    /// The report's `implementation`.
+    pub implementation: report::Implementation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
     Fail(String),
+    /// Not run for a reason of this runner's (needs a cluster, a capability not implemented).
     Skip(String),
+    /// Not run because RAUTA does not claim every feature the case lists: upstream does not
+    /// run such a test either, and leaves it out of its report.
+    NotSupported(String),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,29 +109,30 @@ const CLUSTER_ONLY: &[(&str, &str)] = &[(
     "needs a Kubernetes cluster: checks the Pods/Services/ServiceAccounts an implementation generates per Gateway (RAUTA proxies are deployed by the user, not generated)",
 )];
 
-fn skip_reason(case: &Case, features: &BTreeSet<String>) -> Option<String> {
-    if let Some((_, reason)) = CLUSTER_ONLY.iter().find(|(n, _)| *n == case.name) {
-        return Some((*reason).to_owned());
+/// Why a case is not run, if it is not.
+fn skip_reason(case: &Case, features: &BTreeSet<String>) -> Option<Outcome> {
+    // Upstream skips a test unless the implementation claims every feature it lists.
+    if let Some(f) = case.features.iter().find(|f| !features.contains(*f)) {
+        return Some(Outcome::NotSupported(format!("missing feature {f}")));
     }
     if let Some(f) = case
         .skip_if_supported
         .iter()
         .find(|f| features.contains(*f))
     {
-        return Some(format!(
+        return Some(Outcome::Skip(format!(
             "claims {f}: upstream passes the case without checking"
-        ));
+        )));
     }
-    // Upstream skips a test unless the implementation claims every feature it lists.
-    if let Some(f) = case.features.iter().find(|f| !features.contains(*f)) {
-        return Some(format!("missing feature {f}"));
+    if let Some((_, reason)) = CLUSTER_ONLY.iter().find(|(n, _)| *n == case.name) {
+        return Some(Outcome::Skip((*reason).to_owned()));
     }
     // Other `kubernetes` needs (Deployments in a case's manifests, EndpointSlices to fill) are
     // served by the world's echo pods.
     case.needs
         .iter()
         .find(|n| *n != "kubernetes" && !SUPPORTED_NEEDS.contains(&n.as_str()))
-        .map(|n| format!("needs {n}, not implemented yet"))
+        .map(|n| Outcome::Skip(format!("needs {n}, not implemented yet")))
 }
 
 /// Runs every selected case; prints one line each and the summary line.
@@ -154,9 +165,10 @@ pub async fn run(opts: &Options) -> Result<Totals, String> {
         features.extend(class.supported_features.iter().cloned());
     }
     let mut totals = Totals::default();
+    let mut outcomes = Vec::new();
     for case in &cases {
         let outcome = match skip_reason(case, &features) {
-            Some(reason) => Outcome::Skip(reason),
+            Some(skipped) => skipped,
             None => run_case(&mut world, case, opts).await,
         };
         match &outcome {
@@ -168,11 +180,12 @@ pub async fn run(opts: &Options) -> Result<Totals, String> {
                 totals.failed += 1;
                 println!("FAIL {}: {why}", case.name);
             }
-            Outcome::Skip(why) => {
+            Outcome::Skip(why) | Outcome::NotSupported(why) => {
                 totals.skipped += 1;
                 println!("SKIP {}: {why}", case.name);
             }
         }
+        outcomes.push((case, outcome));
     }
     println!(
         "conformance: {} passed, {} failed, {} skipped ({})",
@@ -184,6 +197,21 @@ pub async fn run(opts: &Options) -> Result<Totals, String> {
             false => "standalone mode, objects read from a directory",
         }
     );
+    if let Some(path) = &opts.report {
+        let run = report::Run {
+            cases_dir: &opts.cases_dir,
+            claimed: &features,
+            outcomes: &outcomes,
+            kubernetes: opts.kubernetes,
+            implementation: &opts.implementation,
+            date: &super::world::now_rfc3339(),
+        };
+        let written = report::write(path, &run).map_err(|e| e.to_string())?;
+        for profile in &written.profiles {
+            println!("{}: {}", profile.name, profile.summary());
+        }
+        println!("report written to {}", path.display());
+    }
     Ok(totals)
 }
 
@@ -197,9 +225,9 @@ async fn run_case(world: &mut World, case: &Case, opts: &Options) -> Outcome {
     let gone = eventually_status(world, Duration::from_secs(10), |v, _| {
         let leftover = case_routes(case)
             .into_iter()
-            .find(|(ns, name)| v.get("HTTPRoute", ns, name).is_some());
-        leftover.map_or(Ok(()), |(ns, name)| {
-            Err(format!("HTTPRoute {ns}/{name} still has status"))
+            .find(|(kind, ns, name)| v.get(kind, ns, name).is_some());
+        leftover.map_or(Ok(()), |(kind, ns, name)| {
+            Err(format!("{kind} {ns}/{name} still has status"))
         })
     })
     .await;
@@ -212,17 +240,18 @@ async fn run_case(world: &mut World, case: &Case, opts: &Options) -> Outcome {
     }
 }
 
-fn case_routes(case: &Case) -> Vec<(String, String)> {
+/// (kind, namespace, name) of the routes the case waits for.
+fn case_routes(case: &Case) -> Vec<(String, String, String)> {
     case.routes_must_be_accepted
         .iter()
-        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .map(|r| (r.kind().to_owned(), r.namespace.clone(), r.name.clone()))
         .collect()
 }
 
 async fn run_steps(world: &mut World, case: &Case, opts: &Options) -> Result<(), String> {
     // Proxies first: a Gateway has an address once a proxy serves it.
     let mut gateways: Vec<NsName> = case.gateway.iter().cloned().collect();
-    gateways.extend(case.expect.iter().filter_map(|e| e.gateway.clone()));
+    gateways.extend(case.expect.iter().filter_map(ExpectEntry::gateway));
     gateways.extend(
         case.routes_must_be_accepted
             .iter()
@@ -245,8 +274,8 @@ async fn run_steps(world: &mut World, case: &Case, opts: &Options) -> Result<(),
         .map_err(|e| format!("route {}/{} not accepted: {e}", route.namespace, route.name))?;
     }
     check_statuses(world, &case.status_expectations, opts).await?;
-    for expect in &case.expect {
-        run_expect(world, case, expect, opts).await?;
+    for entry in &case.expect {
+        run_entry(world, case, entry, opts).await?;
     }
     for extra in &case.extra_assertions {
         run_extra(world, case, extra).await?;
@@ -267,8 +296,8 @@ async fn run_steps(world: &mut World, case: &Case, opts: &Options) -> Result<(),
                 })?;
             }
             check_statuses(world, &step.status_expectations, opts).await?;
-            for expect in &step.expect {
-                run_expect(world, case, expect, opts).await?;
+            for entry in &step.expect {
+                run_entry(world, case, entry, opts).await?;
             }
         }
     }
@@ -280,6 +309,20 @@ async fn check_statuses(world: &World, checks: &[Value], opts: &Options) -> Resu
         eventually_status(world, opts.budget, |v, w| status::check(c, v, w)).await?;
     }
     Ok(())
+}
+
+async fn run_entry(
+    world: &mut World,
+    case: &Case,
+    entry: &ExpectEntry,
+    opts: &Options,
+) -> Result<(), String> {
+    match entry {
+        ExpectEntry::Http(expect) => run_expect(world, case, expect, opts).await,
+        ExpectEntry::Other { kind, spec } => {
+            super::kinds::run(world, case, kind, spec, opts.budget).await
+        }
+    }
 }
 
 fn target(world: &mut World, case: &Case, expect: &Expect) -> Result<(Target, String), String> {
@@ -346,9 +389,6 @@ async fn run_expect(
     expect: &Expect,
     opts: &Options,
 ) -> Result<(), String> {
-    if expect.kind.as_deref().is_some_and(|k| k != "http") {
-        return super::l4::run_expect(world, case, expect).await;
-    }
     let (target, scheme) = target(world, case, expect)?;
     let label = expect.name.clone().unwrap_or_else(|| {
         format!(
@@ -519,7 +559,7 @@ fn extra_request(
 ) -> Result<(Expect, Target), String> {
     let expect: Expect = serde_json::from_value(serde_json::json!({
         "request": extra["request"], "response": {"status": [200]},
-        "namespace": case.expect.first().and_then(|e| e.namespace.clone()),
+        "namespace": case.expect.first().and_then(ExpectEntry::http).and_then(|e| e.namespace.clone()),
     }))
     .map_err(|e| e.to_string())?;
     let (target, _) = target(world, case, &expect)?;
@@ -540,7 +580,16 @@ async fn run_extra(world: &mut World, case: &Case, extra: &Value) -> Result<(), 
                 .unwrap_or_default();
             let mut last = String::new();
             for _ in 0..attempts {
-                let seen = http::distribution(&expect, &target, total, concurrency).await?;
+                // A failed sample fails the attempt, not the case: upstream tries again (the
+                // route may still be on its way to the proxy when the check starts).
+                let seen = match http::distribution(&expect, &target, total, concurrency).await {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        last = e;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 let mut ok = true;
                 for (backend, w) in &weights {
                     let w = w.as_f64().unwrap_or(0.0);

@@ -197,7 +197,8 @@ fn gateway<'a>(
     Ok((status, g))
 }
 
-/// upstream `GatewayAndHTTPRoutesMustBeAccepted` for one route.
+/// upstream `GatewayAndHTTPRoutesMustBeAccepted` (or its GRPCRoute/TLSRoute counterpart) for
+/// one route.
 pub fn route_accepted(
     entry: &RouteAccepted,
     view: &StatusView,
@@ -205,7 +206,7 @@ pub fn route_accepted(
 ) -> Result<(), String> {
     let parent = &entry.parent;
     let parent_kind = parent.kind.as_deref().unwrap_or("Gateway");
-    let kind = entry.route_kind.as_deref().unwrap_or("HTTPRoute");
+    let kind = entry.kind();
     if parent_kind == "Gateway" {
         let (gw, g) = gateway(view, world, &parent.namespace, &parent.name)?;
         if !gw.addresses.iter().any(|a| !a.r#type.is_empty()) {
@@ -255,18 +256,38 @@ pub fn route_accepted(
     )
 }
 
+/// The route kind a status check names (`kind`), HTTPRoute when it names none.
+fn route_kind(c: &Value) -> String {
+    c["kind"]
+        .as_str()
+        .filter(|k| k.ends_with("Route"))
+        .unwrap_or("HTTPRoute")
+        .to_owned()
+}
+
+/// A route's status and its current generation.
+fn route<'a>(
+    view: &'a StatusView,
+    world: &World,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(&'a ObjectStatus, i64), String> {
+    let g = current_generation(world, kind, ns, name)?;
+    let status = view
+        .get(kind, ns, name)
+        .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+    Ok((status, g))
+}
+
 /// One entry of `status_expectations`.
 pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> {
     let (ns, name) = (s(c, "namespace"), s(c, "name"));
     let check = s(c, "check");
-    // The route checks name the route's kind; HTTPRoute when they do not.
-    let kind = c["kind"].as_str().unwrap_or("HTTPRoute");
     match check.as_str() {
         "route_parent_conditions" => {
-            let g = current_generation(world, kind, &ns, &name)?;
-            let route = view
-                .get(kind, &ns, &name)
-                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
             let (pns, pname) = (s(&c["parent"], "namespace"), s(&c["parent"], "name"));
             let entry = route.parents.iter().find(|p| {
                 let r = p.parent_ref.clone().unwrap_or_default();
@@ -275,36 +296,35 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
             let entry = entry.ok_or_else(|| {
                 format!("{kind} {ns}/{name} has no status for parent {pns}/{pname}")
             })?;
-            has_conditions(
-                &entry.conditions,
-                &c["conditions"],
-                &format!("{kind} parent"),
-            )?;
-            latest_generation(&entry.conditions, g, &format!("{kind} parent"))
+            let what = format!("{kind} parent");
+            has_conditions(&entry.conditions, &c["conditions"], &what)?;
+            latest_generation(&entry.conditions, g, &what)
         }
-        "route_no_accepted_parents" => match view.get(kind, &ns, &name) {
-            None => Ok(()),
-            Some(r) if r.parents.is_empty() => Ok(()),
-            Some(r)
-                if r.parents.len() == 1
-                    && r.parents[0]
-                        .conditions
-                        .iter()
-                        .any(|c| c.r#type == "Accepted" && c.status == "False") =>
-            {
-                Ok(())
+        "route_no_accepted_parents" => {
+            let kind = route_kind(c);
+            match view.get(&kind, &ns, &name) {
+                None => Ok(()),
+                Some(r) if r.parents.is_empty() => Ok(()),
+                Some(r)
+                    if r.parents.len() == 1
+                        && r.parents[0]
+                            .conditions
+                            .iter()
+                            .any(|c| c.r#type == "Accepted" && c.status == "False") =>
+                {
+                    Ok(())
+                }
+                Some(r) => Err(format!(
+                    "{kind} {ns}/{name} has accepted parents: {:?}",
+                    r.parents
+                )),
             }
-            Some(r) => Err(format!(
-                "{kind} {ns}/{name} has accepted parents: {:?}",
-                r.parents
-            )),
-        },
+        }
         "route_parents" => {
-            let g = current_generation(world, kind, &ns, &name)?;
-            let route = view
-                .get(kind, &ns, &name)
-                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
             let namespace_required = c["namespace_required"].as_bool().unwrap_or(false);
+            let what = format!("{kind} parent");
             for want in c["parents"].as_array().into_iter().flatten() {
                 let wr = &want["parent_ref"];
                 let found = route.parents.iter().find(|p| {
@@ -321,24 +341,41 @@ pub fn check(c: &Value, view: &StatusView, world: &World) -> Result<(), String> 
                         s(wr, "name")
                     )
                 })?;
-                has_conditions(
-                    &p.conditions,
-                    &want["conditions"],
-                    &format!("{kind} parent"),
-                )?;
-                latest_generation(&p.conditions, g, &format!("{kind} parent"))?;
+                has_conditions(&p.conditions, &want["conditions"], &what)?;
+                latest_generation(&p.conditions, g, &what)?;
             }
             Ok(())
         }
         "route_conditions_latest_generation" => {
-            let g = current_generation(world, kind, &ns, &name)?;
-            let route = view
-                .get(kind, &ns, &name)
-                .ok_or_else(|| format!("{kind} {ns}/{name} has no status"))?;
+            let kind = route_kind(c);
+            let (route, g) = route(view, world, &kind, &ns, &name)?;
+            let what = format!("{kind} parent");
             route
                 .parents
                 .iter()
-                .try_for_each(|p| latest_generation(&p.conditions, g, &format!("{kind} parent")))
+                .try_for_each(|p| latest_generation(&p.conditions, g, &what))
+        }
+        "listenerset_conditions" | "listenerset_listener_conditions" => {
+            let g = current_generation(world, "ListenerSet", &ns, &name)?;
+            let set = view
+                .get("ListenerSet", &ns, &name)
+                .ok_or_else(|| format!("ListenerSet {ns}/{name} has no status"))?;
+            if check == "listenerset_conditions" {
+                has_conditions(&set.conditions, &c["conditions"], "ListenerSet")?;
+            } else {
+                let lname = s(c, "listener");
+                let l = set
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == lname)
+                    .ok_or_else(|| format!("ListenerSet {ns}/{name}: no listener {lname}"))?;
+                has_conditions(
+                    &l.conditions,
+                    &c["conditions"],
+                    &format!("ListenerSet listener {lname}"),
+                )?;
+            }
+            latest_generation(&set.conditions, g, "ListenerSet")
         }
         "gateway_conditions" => {
             let (gw, g) = gateway(view, world, &ns, &name)?;

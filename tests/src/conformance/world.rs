@@ -11,6 +11,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::case::{Action, NsName};
+use super::grpc::GrpcEchoServer;
 use crate::echo::{EchoIdentity, EchoServer, EchoTls};
 use crate::fake_kube::FakeApiServer;
 use crate::harness::{Controller, Proxy};
@@ -62,7 +63,10 @@ fn random_alnum(n: usize) -> String {
 struct Pods {
     labels: BTreeMap<String, String>,
     instances: Vec<EchoServer>,
-    /// The pods of a TCP, UDP or DNS Deployment (then `instances` is empty).
+    /// In gRPC mode (GRPC_ECHO_SERVER set), each pod's gRPC echo, by instance: it takes the
+    /// container port 3000 that the HTTP echo has otherwise.
+    grpc: Vec<GrpcEchoServer>,
+    /// The pods of a TCP, UDP or DNS Deployment (then `instances` and `grpc` are empty).
     l4: Vec<super::l4::L4Pod>,
 }
 
@@ -187,17 +191,14 @@ impl World {
             })
             .unwrap_or_default();
         let replica_set = random_alnum(9);
+        let grpc_mode = container_env(&doc["spec"]["template"]["spec"], "GRPC_ECHO_SERVER")
+            .is_some_and(|v| !v.is_empty());
         let tls = self
             .echo_tls(&key.1, &doc["spec"]["template"]["spec"])
             .map_err(|e| format!("Deployment {}/{}: {e}", key.1, key.2))?;
         if let Some(mode) = super::l4::mode_of(&doc["spec"]["template"]["spec"]) {
-            let service = doc["spec"]["template"]["spec"]["containers"][0]["env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["name"] == "SERVICE_NAME")
-                .and_then(|e| e["value"].as_str())
-                .unwrap_or_default();
+            let service =
+                container_env(&doc["spec"]["template"]["spec"], "SERVICE_NAME").unwrap_or_default();
             let identities = (0..replicas)
                 .map(|_| EchoIdentity {
                     pod: format!("{}-{replica_set}-{}", key.2, random_alnum(5)),
@@ -209,18 +210,20 @@ impl World {
             let l4 = super::l4::start_pods(mode, identities, tls.as_ref())
                 .await
                 .map_err(|e| format!("starting {mode} pods for {}/{}: {e}", key.1, key.2))?;
-            let instances = Vec::new();
+            let (instances, grpc) = (Vec::new(), Vec::new());
             self.deployments.insert(
                 key.clone(),
                 Pods {
                     labels,
                     instances,
+                    grpc,
                     l4,
                 },
             );
             return Ok(());
         }
         let mut instances = Vec::new();
+        let mut grpc = Vec::new();
         for _ in 0..replicas {
             let identity = EchoIdentity {
                 pod: format!("{}-{replica_set}-{}", key.2, random_alnum(5)),
@@ -237,6 +240,12 @@ impl World {
                     .await
                     .map_err(|e| format!("starting TLS echo for {}/{}: {e}", key.1, key.2))?;
             }
+            if grpc_mode {
+                let echo = GrpcEchoServer::start(server.identity().clone())
+                    .await
+                    .map_err(|e| format!("starting gRPC echo for {}/{}: {e}", key.1, key.2))?;
+                grpc.push(echo);
+            }
             instances.push(server);
         }
         let l4 = Vec::new();
@@ -245,6 +254,7 @@ impl World {
             Pods {
                 labels,
                 instances,
+                grpc,
                 l4,
             },
         );
@@ -282,14 +292,7 @@ impl World {
 
     /// The TLS settings echo-basic would read from a pod's TLS_* variables and mounted files.
     fn echo_tls(&self, namespace: &str, pod: &Value) -> Result<Option<EchoTls>, String> {
-        let env = |name: &str| {
-            pod["containers"][0]["env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["name"] == name)
-                .and_then(|e| e["value"].as_str())
-        };
+        let env = |name: &str| container_env(pod, name);
         // The TCP echo reads its key from TLS_SERVER_PRIV_KEY, the HTTP echo from ..._PRIVKEY.
         let key = env("TLS_SERVER_PRIVKEY").or_else(|| env("TLS_SERVER_PRIV_KEY"));
         let (Some(cert), Some(key)) = (env("TLS_SERVER_CERT"), key) else {
@@ -715,7 +718,10 @@ impl World {
                         .filter_map(|p| {
                             let local =
                                 match p["targetPort"].as_u64().or_else(|| p["port"].as_u64())? {
-                                    3000 => instance.http.port(),
+                                    3000 => pods
+                                        .grpc
+                                        .get(i)
+                                        .map_or(instance.http.port(), |g| g.addr.port()),
                                     3001 => instance.h2c?.port(),
                                     8443 => instance.https?.port(),
                                     _ => return None,
@@ -797,6 +803,16 @@ impl World {
     }
 }
 
+/// The value of an environment variable of a pod spec's first container.
+fn container_env<'a>(pod: &'a Value, name: &str) -> Option<&'a str> {
+    pod["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
 /// The Deployment whose pods fill manual EndpointSlices (HTTPRouteServiceTypes).
 const MANUAL_SLICE_BACKEND: &str = "infra-backend-v1";
 
@@ -815,7 +831,7 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), String> {
         .map_err(|e| format!("writing {name}: {e}"))
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -3,6 +3,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rauta_common::api::v1::HeaderModifier;
 
+use crate::model::collect::exact;
+
 /// Why a header modifier is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderOpsError {
@@ -31,24 +33,11 @@ pub struct HeaderOps {
 impl HeaderOps {
     pub fn build(m: &HeaderModifier) -> Result<HeaderOps, HeaderOpsError> {
         Ok(HeaderOps {
-            set: m
-                .set
-                .iter()
-                .map(|h| header(&h.name, &h.value))
-                .collect::<Result<_, _>>()?,
-            add: m
-                .add
-                .iter()
-                .map(|h| header(&h.name, &h.value))
-                .collect::<Result<_, _>>()?,
-            remove: m
-                .remove
-                .iter()
-                .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes())
-                        .map_err(|_| HeaderOpsError::Name(n.clone()))
-                })
-                .collect::<Result<_, _>>()?,
+            set: exact(m.set.iter().map(|h| header(&h.name, &h.value)))?,
+            add: exact(m.add.iter().map(|h| header(&h.name, &h.value)))?,
+            remove: exact(m.remove.iter().map(|n| {
+                HeaderName::from_bytes(n.as_bytes()).map_err(|_| HeaderOpsError::Name(n.clone()))
+            }))?,
         })
     }
 
