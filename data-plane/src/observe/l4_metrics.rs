@@ -5,6 +5,7 @@
 //! connection ends.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -37,8 +38,10 @@ pub struct L4Metrics {
     datagrams: IntCounterVec,
     /// Connections and datagrams closed or dropped without a route, a backend or an endpoint.
     pub unrouted: IntCounter,
-    /// UDP client flows open, over every UDP listener and worker (held to --udp-max-flows).
+    /// UDP client flows open, over every UDP listener and worker.
     pub udp_flows: IntGauge,
+    /// The flows the --udp-max-flows bound counts: slots taken before a flow opens.
+    pub udp_flow_slots: Arc<AtomicUsize>,
     /// Datagrams of new UDP clients dropped because --udp-max-flows flows were open.
     pub udp_flows_refused: IntCounter,
     /// UDP flows forgotten after --udp-idle-timeout-ms without a datagram.
@@ -102,6 +105,7 @@ impl L4Metrics {
                 registry,
                 IntGauge::new("udp_flows", "UDP client flows open, over all UDP listeners")?,
             )?,
+            udp_flow_slots: Arc::default(),
             udp_flows_refused: add(
                 registry,
                 IntCounter::new(

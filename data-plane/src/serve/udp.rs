@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -122,11 +122,13 @@ impl FlowTable {
         }
         let shared = Arc::clone(&self.shared);
         let l4 = &shared.metrics.l4;
-        if usize::try_from(l4.udp_flows.get()).unwrap_or(0) >= shared.limits.udp_max_flows {
+        // Taken before the flow is opened: two workers checking the count and then opening
+        // could both take the last slot.
+        let Some(slot) = FlowSlot::take(l4, shared.limits.udp_max_flows) else {
             l4.udp_flows_refused.inc();
             return;
-        }
-        match self.open(peer) {
+        };
+        match self.open(peer, slot) {
             Some(flow) => {
                 send_upstream(&flow.upstream, &flow.stats, datagram);
                 self.flows.insert(peer, flow);
@@ -136,7 +138,7 @@ impl FlowTable {
     }
 
     /// Opens a flow for a new client: route, backend, endpoint, upstream socket, task.
-    fn open(&mut self, peer: SocketAddr) -> Option<Flow> {
+    fn open(&mut self, peer: SocketAddr, slot: FlowSlot) -> Option<Flow> {
         let state = self.shared.state.load();
         let route = state.l4_table(&self.ctx.name).and_then(|t| t.route(None))?;
         let Pick::Backend(backend) = route.action.pick(rand::random()) else {
@@ -166,6 +168,7 @@ impl FlowTable {
             last: Arc::clone(&last),
             epoch: self.epoch,
             _open: OpenFlow::new(&self.shared.metrics.l4, &route.stats),
+            _slot: slot,
         };
         let (ended, id) = (self.ended.clone(), self.next_id);
         let task = tokio::spawn(async move {
@@ -205,8 +208,29 @@ fn connected_socket(endpoint: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// Counts a flow as open from when it is opened until its task ends (also when it is
-/// aborted): the flow bound is checked against this count.
+/// One of the `--udp-max-flows` slots, counted over every worker, held while its flow lives.
+struct FlowSlot(Arc<AtomicUsize>);
+
+impl FlowSlot {
+    /// A free slot, if there is one.
+    fn take(metrics: &L4Metrics, max: usize) -> Option<FlowSlot> {
+        let taken = &metrics.udp_flow_slots;
+        if taken.fetch_add(1, Ordering::AcqRel) >= max {
+            taken.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(FlowSlot(Arc::clone(taken)))
+    }
+}
+
+impl Drop for FlowSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a flow as open, in the metrics, from when it is opened until its task ends (also
+/// when it is aborted).
 struct OpenFlow {
     metrics: L4Metrics,
     stats: Arc<L4Stats>,
@@ -246,6 +270,7 @@ struct FlowTask {
     epoch: Instant,
     /// Counts the flow as open until the task ends.
     _open: OpenFlow,
+    _slot: FlowSlot,
 }
 
 impl FlowTask {
@@ -321,5 +346,31 @@ impl FlowTask {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(err) => Err(err),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_slots_hold_the_bound_across_workers() {
+        let metrics = L4Metrics::new(&prometheus::Registry::new()).unwrap();
+        // Two workers opening flows at once, as a flood from many source ports makes them.
+        let taken: Vec<Vec<FlowSlot>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..1000)
+                            .filter_map(|_| FlowSlot::take(&metrics, 20))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 20);
+        drop(taken);
+        assert!(FlowSlot::take(&metrics, 20).is_some(), "slots come back");
     }
 }
