@@ -747,3 +747,12 @@ pub async fn https_get(
         alpn,
     })
 }
+
+/// The value of the first series in a Prometheus scrape that starts with `series` (a name
+/// with its labels, and a space when the name alone must match); 0 when there is none.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rauta_tests::harness::{Echo, Workspace, http_request, start_gateway};
+use rauta_tests::harness::{Echo, Workspace, http_request, metric_value, start_gateway};
 use rauta_tests::manifests::{annotated_service, documents, gateway, gateway_class, http_route};
 
 /// A backend answering 503 until `healthy` is set, then 200; counts requests.
@@ -53,14 +53,6 @@ async fn flaky() -> Flaky {
         healthy,
         hits,
     }
-}
-
-fn metric(metrics: &str, line_prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A Service balanced round robin whose endpoints are ejected after 3 failures in a row.
@@ -190,14 +182,14 @@ async fn a_failing_endpoint_is_ejected_and_taken_back() {
     let metrics = proxy.metrics().await;
     let bad_label = format!("endpoint=\"{}\"", bad.addr);
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             &format!("rauta_proxy_outlier_ejections_total{{{bad_label}}} ")
         ),
         1.0
     );
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             &format!("rauta_proxy_endpoint_ejected{{cluster=\"apps/mixed:8080\",{bad_label}}} ")
         ),
@@ -240,7 +232,7 @@ async fn a_failing_endpoint_is_ejected_and_taken_back() {
     assert!(bad.hits.load(Ordering::SeqCst) > 3, "back in the rotation");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             &format!("rauta_proxy_endpoint_ejected{{cluster=\"apps/mixed:8080\",{bad_label}}} ")
         ),

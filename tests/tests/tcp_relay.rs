@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port, free_ports};
+use rauta_tests::harness::{
+    Controller, Proxy, Workspace, eventually, free_port, free_ports, metric_value,
+};
 use rauta_tests::l4_echo::{TCP_WELCOME, TcpEcho};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -92,13 +94,6 @@ async fn relayed(addr: SocketAddr) -> Session<TcpStream> {
 }
 
 /// A sample's value from a Prometheus text page.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_survive_swaps_and_close_with_their_route() {
     let ws = Workspace::new();
@@ -139,7 +134,7 @@ async fn tcp_connections_survive_swaps_and_close_with_their_route() {
     write(&[tcp_route("to-b", "other", "b")]);
     eventually(Duration::from_secs(10), || async {
         let m = proxy.metrics().await;
-        sample(
+        metric_value(
             &m,
             "rauta_proxy_l4_connections_active{route=\"apps/to-a/rule/0\"}",
         ) == 0.0
@@ -149,13 +144,13 @@ async fn tcp_connections_survive_swaps_and_close_with_their_route() {
     assert_eq!(other.ask("PING").await.as_deref(), Some("PONG"));
     let m = proxy.metrics().await;
     assert!(
-        sample(
+        metric_value(
             &m,
             "rauta_proxy_l4_bytes_total{direction=\"out\",route=\"apps/to-a/rule/0\"}"
         ) > 0.0
     );
     assert_eq!(
-        sample(
+        metric_value(
             &m,
             "rauta_proxy_l4_connections_total{route=\"apps/to-b/rule/0\"}"
         ),
@@ -194,7 +189,7 @@ async fn tcp_relay_passes_over_endpoints_that_refuse() {
         assert_eq!(s.pod().await, "live-1-x");
     }
     let m = proxy.metrics().await;
-    let failures = sample(
+    let failures = metric_value(
         &m,
         "rauta_proxy_l4_upstream_connect_failures_total{route=\"apps/db/rule/0\"}",
     );

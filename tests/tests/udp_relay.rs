@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_ports};
+use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_ports, metric_value};
 use rauta_tests::l4_echo::{UdpEcho, UdpMode};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::net::UdpSocket;
@@ -59,13 +59,6 @@ async fn answered(socket: &UdpSocket) -> String {
     panic!("no answer through the relay");
 }
 
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 const FLOWS: &str = "rauta_proxy_udp_flows ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +91,7 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     let flow = client(proxy.listener(5300)).await;
     assert_eq!(answered(&flow).await, "a-1-x");
     let opened = |m: &str| {
-        sample(
+        metric_value(
             m,
             "rauta_proxy_l4_connections_total{route=\"apps/to-a/rule/0\"}",
         )
@@ -122,7 +115,7 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     write(&[udp_route("to-b", "other", "b")]);
     eventually(Duration::from_secs(6), || async {
         let m = proxy.metrics().await;
-        sample(
+        metric_value(
             &m,
             "rauta_proxy_l4_connections_active{route=\"apps/to-a/rule/0\"}",
         ) == 0.0
@@ -133,7 +126,8 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     // The other flow expires after 8 s without a datagram.
     eventually(Duration::from_secs(20), || async {
         let m = proxy.metrics().await;
-        sample(&m, FLOWS) == 0.0 && sample(&m, "rauta_proxy_udp_flows_expired_total ") >= 1.0
+        metric_value(&m, FLOWS) == 0.0
+            && metric_value(&m, "rauta_proxy_udp_flows_expired_total ") >= 1.0
     })
     .await;
 
@@ -148,11 +142,15 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
     // (A loaded machine may drop some of the flood before the proxy reads it.)
     eventually(Duration::from_secs(20), || async {
         let m = proxy.metrics().await;
-        sample(&m, "rauta_proxy_udp_flows_refused_total ") >= 100.0
+        metric_value(&m, "rauta_proxy_udp_flows_refused_total ") >= 100.0
     })
     .await;
     let m = proxy.metrics().await;
-    assert!(sample(&m, FLOWS) <= 20.0, "{}", sample(&m, FLOWS));
+    assert!(
+        metric_value(&m, FLOWS) <= 20.0,
+        "{}",
+        metric_value(&m, FLOWS)
+    );
     assert!(
         b.received() <= 1 + 20 + 20,
         "{} datagrams reached the backend",
