@@ -49,7 +49,7 @@ echo "==> starting rauta-controller (config: $config_dir, gRPC 127.0.0.1:18000 i
   --plaintext 2>"$logs/controller.log" & pids+=($!)
 wait_http http://127.0.0.1:18001/healthz "rauta-controller"
 
-echo "==> starting rauta-proxy for Gateway default/example (port 80 -> 127.0.0.1:8080, admin 127.0.0.1:15000)"
+echo "==> starting rauta-proxy for Gateway default/example (port 80 -> 127.0.0.1:8080, TCP 1080 -> :9080, admin 127.0.0.1:15000)"
 "$bin/rauta-proxy" --controller http://127.0.0.1:18000 --gateway default/example \
   --listener-port-offset 8000 --bind-address 127.0.0.1 --admin-listen 127.0.0.1:15000 \
   2>"$logs/proxy.log" & pids+=($!)
@@ -63,6 +63,7 @@ RAUTA is running. Try:
   curl -s -H 'x-version: v2' http://127.0.0.1:8080/hello       # always web-v2 (header match)
   curl -s http://127.0.0.1:8080/status                         # exact path -> api
   curl -s -H 'Host: api.example.com' http://127.0.0.1:8080/x   # hostname -> api
+  curl -s http://127.0.0.1:9080/hello                          # TCP listener, relayed to web-v1
   curl -s http://127.0.0.1:15000/metrics | grep rauta_proxy_requests_total
   curl -s http://127.0.0.1:18001/metrics | grep rauta_controller
 

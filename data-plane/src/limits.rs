@@ -35,6 +35,8 @@ pub struct Limits {
     pub udp_idle_timeout: Duration,
     /// UDP client flows kept at once, over all UDP listeners and workers.
     pub udp_max_flows: usize,
+    /// A relayed TCP connection with no byte either way for this long is closed.
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             max_connections_per_worker: 0,
             udp_idle_timeout: Duration::from_secs(60),
             udp_max_flows: 10_000,
+            tcp_idle_timeout: Duration::from_secs(3600),
         }
     }
 }

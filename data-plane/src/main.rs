@@ -126,6 +126,11 @@ struct Args {
     #[arg(long, value_name = "MILLISECONDS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     udp_idle_timeout_ms: u64,
+    /// Milliseconds a relayed TCP connection (TCPRoute, TLSRoute) may go without a byte either
+    /// way before the proxy closes it (Envoy's tcp_proxy idle_timeout; nginx's proxy_timeout).
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(1..=604_800_000))]
+    tcp_idle_timeout_ms: u64,
     /// UDP client flows the proxy keeps at once, over all UDP listeners; datagrams of new
     /// clients past it are dropped (rauta_proxy_udp_flows_refused_total).
     #[arg(long, value_name = "N", default_value_t = 10_000,
@@ -258,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         send_timeout: Duration::from_secs(args.send_timeout),
         max_connections_per_worker: args.max_connections_per_worker,
         udp_idle_timeout: Duration::from_millis(args.udp_idle_timeout_ms),
+        tcp_idle_timeout: Duration::from_millis(args.tcp_idle_timeout_ms),
         udp_max_flows: usize::try_from(args.udp_max_flows).unwrap_or(usize::MAX),
     };
     let access_log = match args.access_log {

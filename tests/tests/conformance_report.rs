@@ -1,4 +1,4 @@
-//! `rauta-conformance --report`: a real run of a few cases (of each profile, and one whose
+//! `rauta-conformance --report`: a real run of a few cases (of each of the five profiles, and one whose
 //! feature RAUTA does not claim) writes upstream's ConformanceReport, and the file says what
 //! happened.
 
@@ -17,6 +17,8 @@ fn a_run_writes_an_upstream_conformance_report() {
         "HTTPRouteCORS",
         "GRPCExactMethodMatching",
         "TLSRouteInvalidReferenceGrant",
+        "TCPRouteInvalidBackendRefNonexistent",
+        "UDPRoute",
         "GatewayInfrastructure",
     ] {
         command.args(["--run", case]);
@@ -34,7 +36,7 @@ fn a_run_writes_an_upstream_conformance_report() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("conformance: 4 passed, 0 failed, 1 skipped"),
+        stdout.contains("conformance: 6 passed, 0 failed, 1 skipped"),
         "{stdout}"
     );
 
@@ -94,4 +96,10 @@ fn a_run_writes_an_upstream_conformance_report() {
     let tls = profile("GATEWAY-TLS");
     assert_eq!(tls["core"]["statistics"]["Passed"], 1);
     assert_eq!(tls["summary"], "Core tests succeeded.");
+    // TCPRoute and UDPRoute are the core of their own profiles.
+    for name in ["GATEWAY-TCP", "GATEWAY-UDP"] {
+        let p = profile(name);
+        assert_eq!(p["core"]["statistics"]["Passed"], 1, "{name}: {text}");
+        assert_eq!(p["core"]["result"], "success", "{name}: {text}");
+    }
 }

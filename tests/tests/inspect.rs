@@ -392,7 +392,15 @@ fn check_output(command: &str, comments: &[String], out: &str, gateway: &str) {
             assert_eq!(v["gateway"], gateway, "{command}: {v}");
             assert!(as_u64(&v["version"]) >= 4, "{command}: {v}");
             let resources = v["resources"].as_array().expect("resources");
-            if command.contains("route_table") {
+            if command.contains("l4_route_table") {
+                assert_eq!(resources.len(), 1, "{command}: {v}");
+                let table = &resources[0]["l4RouteTable"];
+                assert_eq!(table["name"], "tcp-1080", "{command}: {v}");
+                assert_eq!(
+                    table["routes"][0]["name"], "default/web-tcp/rule/0",
+                    "{command}: {v}"
+                );
+            } else if command.contains("route_table") {
                 assert_eq!(resources.len(), 1, "{command}: {v}");
                 let table = &resources[0]["routeTable"];
                 assert_eq!(table["name"], "http-80", "{command}: {v}");

@@ -66,7 +66,6 @@ impl<'a> GatewayView<'a> {
             }
         }
         listeners::mark_hostname_conflicts(&mut listeners);
-        listeners::mark_tls_mode_conflicts(&mut listeners);
         // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
         let invalid_parameters = gw
             .spec

@@ -23,17 +23,40 @@ use super::routes::{CompiledRoute, MatchEntry};
 struct PortListeners {
     protocol: ListenerProtocol,
     hostnames: Vec<String>,
-    /// What each attached route contributes: (hostname of the listener it attached to,
-    /// virtual-host domain, its match entries). Placed in virtual hosts once every listener
-    /// of the port is known, because listener isolation depends on all of them.
-    contributions: Vec<(Option<String>, String, Vec<MatchEntry>)>,
+    /// What each attached route contributes. Placed in virtual hosts once every listener of
+    /// the port is known, because listener isolation depends on all of them.
+    contributions: Vec<Contribution>,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
 }
 
-/// The served listeners of one Gateway, by port.
+/// What one route contributes to one domain of a port.
+struct Contribution {
+    /// Hostname of the listener it attached to.
+    listener: Option<String>,
+    /// The virtual-host domain (L4: server name).
+    domain: String,
+    /// Attached through a TLS Passthrough listener.
+    passthrough: bool,
+    entries: Vec<MatchEntry>,
+}
+
+/// The served listeners of one Gateway, by port and transport (UDP or not): a TCP and a UDP
+/// listener may share a port number, as their sockets do.
 #[derive(Default)]
-pub struct Ports(BTreeMap<u32, PortListeners>);
+pub struct Ports(BTreeMap<(u32, bool), PortListeners>);
+
+/// Which protocols one proxy socket serves together: TLS Passthrough and Terminate listeners
+/// on one port become one TLS Terminate socket whose passthrough routes are relayed untouched
+/// (TLSRouteModeMixed). `None`: they cannot share it.
+fn shared_protocol(a: ListenerProtocol, b: ListenerProtocol) -> Option<ListenerProtocol> {
+    use ListenerProtocol::{TlsPassthrough, TlsTerminate};
+    match (a, b) {
+        (a, b) if a == b => Some(a),
+        (TlsPassthrough, TlsTerminate) | (TlsTerminate, TlsPassthrough) => Some(TlsTerminate),
+        _ => None,
+    }
+}
 
 /// Another protocol already holds the port (a ProtocolConflict).
 pub struct PortTaken;
@@ -50,16 +73,16 @@ impl Ports {
         client_certificate: Option<&ClientCertificate>,
         resources: &mut ResourceSet,
     ) -> Result<(), PortTaken> {
-        let entry = self.0.entry(port).or_insert_with(|| PortListeners {
+        let udp = listener.protocol == ListenerProtocol::Udp;
+        let entry = self.0.entry((port, udp)).or_insert_with(|| PortListeners {
             protocol: listener.protocol,
             hostnames: Vec::new(),
             contributions: Vec::new(),
             certificates: Vec::new(),
             client_validation: None,
         });
-        if entry.protocol != listener.protocol {
-            return Err(PortTaken);
-        }
+        entry.protocol = shared_protocol(entry.protocol, listener.protocol).ok_or(PortTaken)?;
+        let passthrough = listener.protocol == ListenerProtocol::TlsPassthrough;
         entry
             .certificates
             .extend(listener.certificates.iter().cloned());
@@ -81,11 +104,12 @@ impl Ports {
                 continue;
             };
             for host in hosts {
-                entry.contributions.push((
-                    listener_hostname.clone(),
-                    host.clone(),
-                    route.entries.clone(),
-                ));
+                entry.contributions.push(Contribution {
+                    listener: listener_hostname.clone(),
+                    domain: host.clone(),
+                    passthrough,
+                    entries: route.entries.clone(),
+                });
             }
             add_backends(route, client_certificate, resources);
         }
@@ -94,7 +118,7 @@ impl Ports {
 
     /// One Listener and one RouteTable per port, rules sorted by precedence.
     pub fn into_resources(self, resources: &mut ResourceSet) {
-        for (port, listeners) in self.0 {
+        for ((port, _), listeners) in self.0 {
             let l4 = l4_routes::is_l4(listeners.protocol);
             let name = match listeners.protocol {
                 ListenerProtocol::Https => format!("https-{port}"),
@@ -130,7 +154,9 @@ impl Ports {
             }
             let virtual_hosts = vhosts
                 .into_iter()
-                .map(|(domain, mut entries)| {
+                .map(|(domain, entries)| {
+                    let mut entries: Vec<MatchEntry> =
+                        entries.into_iter().map(|(e, _)| e).collect();
                     entries.sort();
                     VirtualHost {
                         name: domain.clone(),
@@ -153,7 +179,8 @@ impl Ports {
     }
 }
 
-/// Match entries by virtual-host domain, with listener isolation: a request is served only
+/// Match entries (and whether they came through a Passthrough listener) by virtual-host
+/// domain, with listener isolation: a request is served only
 /// by the routes of the most specific listener whose hostname matches it. Each listener
 /// hostname gets a virtual host even where no route serves it (then 404), and a route's
 /// domain is left out where a more specific listener owns all of it (the route attached to a
@@ -162,21 +189,22 @@ impl Ports {
 /// host is more specific, so the proxy's lookup (exact, longest wildcard, "*") picks it.
 fn isolated_virtual_hosts(
     listener_hostnames: &[String],
-    contributions: Vec<(Option<String>, String, Vec<MatchEntry>)>,
-) -> BTreeMap<String, Vec<MatchEntry>> {
-    let mut vhosts: BTreeMap<String, Vec<MatchEntry>> = listener_hostnames
+    contributions: Vec<Contribution>,
+) -> BTreeMap<String, Vec<(MatchEntry, bool)>> {
+    let mut vhosts: BTreeMap<String, Vec<(MatchEntry, bool)>> = listener_hostnames
         .iter()
         .map(|h| (h.clone(), Vec::new()))
         .collect();
-    for (listener, domain, entries) in contributions {
+    for c in contributions {
         if hostnames::owned_by_more_specific_listener(
-            &domain,
-            listener.as_deref(),
+            &c.domain,
+            c.listener.as_deref(),
             listener_hostnames,
         ) {
             continue;
         }
-        vhosts.entry(domain).or_default().extend(entries);
+        let entries = c.entries.into_iter().map(|e| (e, c.passthrough));
+        vhosts.entry(c.domain).or_default().extend(entries);
     }
     vhosts
 }

@@ -165,7 +165,12 @@ pub fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
             .as_deref()
             .unwrap_or("")
             .to_ascii_lowercase();
-        if !seen.insert((l.spec.port, l.protocol as i32, hostname.clone())) {
+        // TLS listeners of both modes share a socket: one hostname, one mode.
+        let protocol = match l.protocol {
+            ListenerProtocol::TlsPassthrough => ListenerProtocol::TlsTerminate,
+            p => p,
+        };
+        if !seen.insert((l.spec.port, protocol as i32, hostname.clone())) {
             l.valid = false;
             l.problem = Some(ListenerProblem {
                 not_accepted: Some("HostnameConflict"),
@@ -176,39 +181,6 @@ pub fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
                 ),
                 routes_supported: true,
                 conflict: Some("HostnameConflict"),
-            });
-        }
-    }
-}
-
-/// TLS listeners of both modes on one port would need the proxy to choose between relaying
-/// and terminating by server name (TLSRouteModeMixed), which it does not: every TLS listener
-/// of such a port is Conflicted and not Accepted (ProtocolConflict), and serves nothing.
-pub fn mark_tls_mode_conflicts(listeners: &mut [ListenerView<'_>]) {
-    let tls_mode = |l: &ListenerView<'_>| match l.protocol {
-        ListenerProtocol::TlsPassthrough => Some(true),
-        ListenerProtocol::TlsTerminate => Some(false),
-        _ => None,
-    };
-    let mut modes: std::collections::BTreeMap<i32, BTreeSet<bool>> = Default::default();
-    for l in listeners.iter() {
-        if let Some(passthrough) = tls_mode(l) {
-            modes.entry(l.spec.port).or_default().insert(passthrough);
-        }
-    }
-    for l in listeners.iter_mut() {
-        let mixed = modes.get(&l.spec.port).is_some_and(|m| m.len() > 1);
-        if mixed && tls_mode(l).is_some() {
-            l.valid = false;
-            l.problem = Some(ListenerProblem {
-                not_accepted: Some("ProtocolConflict"),
-                unresolved: None,
-                message: format!(
-                    "port {} has TLS listeners in both Passthrough and Terminate mode",
-                    l.spec.port
-                ),
-                routes_supported: false,
-                conflict: Some("ProtocolConflict"),
             });
         }
     }

@@ -87,6 +87,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRouteNamedRouteRule",
     "TLSRoute",
     "TLSRouteModeTerminate",
+    "TLSRouteModeMixed",
     "TCPRoute",
     "UDPRoute",
 ];

@@ -64,9 +64,9 @@ impl Sockets {
 
 #[derive(Debug)]
 struct ActiveListener {
-    port: u16,
-    /// A UDP socket (a listener that changes between TCP and UDP opens a new one).
-    udp: bool,
+    /// What the socket serves: a listener whose spec changes under the same name (a TLS port
+    /// turning from Passthrough to mixed, TCP to UDP) opens a new socket with the new spec.
+    spec: ListenerSpec,
     local: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -124,11 +124,7 @@ impl ListenerManager {
     pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<PreparedListeners, BindError> {
         let mut prepared = PreparedListeners::default();
         for spec in specs {
-            if self
-                .active
-                .get(&spec.name)
-                .is_some_and(|a| a.port == spec.port && a.udp == (spec.relay == Some(Relay::Udp)))
-            {
+            if self.active.get(&spec.name).is_some_and(|a| a.spec == *spec) {
                 prepared.keep.push(spec.name.clone());
                 continue;
             }
@@ -179,17 +175,9 @@ impl ListenerManager {
                 .unwrap_or_else(|| SocketAddr::new(self.bind_ip, spec.port));
             info!(listener = %spec.name, addr = %local, workers = sockets.len(), "listening");
             let (stop, stopped) = watch::channel(false);
-            let udp = matches!(sockets, Sockets::Udp(_));
             self.start(&spec, sockets, &stopped);
-            self.active.insert(
-                spec.name,
-                ActiveListener {
-                    port: spec.port,
-                    udp,
-                    local,
-                    stop,
-                },
-            );
+            self.active
+                .insert(spec.name.clone(), ActiveListener { spec, local, stop });
         }
     }
 }

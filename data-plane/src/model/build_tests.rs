@@ -329,6 +329,7 @@ fn l4_listeners_build_with_their_tables_and_are_refused_without() {
                 clusters: vec![],
                 invalid_weight: 1,
             }),
+            passthrough: false,
         }],
     };
     let (state, specs) = build(&l4_store(Some(table.clone()))).unwrap();
@@ -346,4 +347,25 @@ fn l4_listeners_build_with_their_tables_and_are_refused_without() {
         build(&l4_store(Some(bad))).unwrap_err(),
         "L4 route table tcp-9000: route ns/db/rule/0: invalid server name \"a*.example.com\""
     );
+}
+
+#[test]
+fn a_tcp_and_a_udp_listener_share_a_port_number_and_two_tcp_ones_do_not() {
+    let listener = |name: &str, protocol: ListenerProtocol| Listener {
+        name: name.into(),
+        port: 53,
+        protocol: protocol as i32,
+        l4_route_table: name.into(),
+        ..Default::default()
+    };
+    let tcp = listener_spec(&listener("tcp-53", ListenerProtocol::Tcp), &[]).unwrap();
+    let udp = listener_spec(
+        &listener("udp-53", ListenerProtocol::Udp),
+        std::slice::from_ref(&tcp),
+    )
+    .unwrap();
+    assert_eq!(udp.relay, Some(Relay::Udp));
+    let second = listener("tls-53", ListenerProtocol::TlsTerminate);
+    let err = listener_spec(&second, &[tcp, udp]).unwrap_err().to_string();
+    assert_eq!(err, "listeners tcp-53 and tls-53 both use port 53");
 }

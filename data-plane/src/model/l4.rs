@@ -22,6 +22,8 @@ pub struct L4RouteRt {
     pub name: Arc<str>,
     /// Always `ActionRt::Forward`: weighted clusters and the share of unresolved backends.
     pub action: ActionRt,
+    /// On a TLS listener: the connection's TLS is relayed untouched, not terminated.
+    pub passthrough: bool,
     pub stats: Arc<L4Stats>,
 }
 
@@ -79,6 +81,7 @@ impl L4RouteRt {
         Ok(L4RouteRt {
             name: Arc::from(route.name.as_str()),
             action,
+            passthrough: route.passthrough,
             stats: metrics.l4.route(&route.name),
         })
     }
@@ -180,6 +183,7 @@ mod tests {
                 }],
                 invalid_weight: 0,
             }),
+            passthrough: false,
         }
     }
 

@@ -248,7 +248,7 @@ pub enum ListenerProblem {
     Tls(#[from] tls::TlsError),
 }
 
-/// Validates a listener's protocol and port (one listener per port).
+/// Validates a listener's protocol and port (one TCP and one UDP listener per port).
 fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, BuildError> {
     let problem = |problem| BuildError::Listener {
         listener: l.name.clone(),
@@ -270,7 +270,12 @@ fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, 
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| problem(ListenerProblem::Port(l.port)))?;
-    if let Some(other) = others.iter().find(|s| s.port == port) {
+    // TCP and UDP sockets may share a port number (a TCP and a UDP Gateway listener).
+    let udp = relay == Some(Relay::Udp);
+    if let Some(other) = others
+        .iter()
+        .find(|s| s.port == port && (s.relay == Some(Relay::Udp)) == udp)
+    {
         return Err(BuildError::SharedPort {
             first: other.name.clone(),
             second: l.name.clone(),

@@ -2,10 +2,12 @@
 //! client flows), those open, bytes and datagrams each way, failed upstream connects; and
 //! the UDP flow table's size, refusals and expiries. A route's handles are resolved when a
 //! snapshot is built, so a relay only touches atomics; byte counts are added when a
-//! connection ends.
+//! connection ends. A route keeps its series across snapshots; a route that is gone loses
+//! them once nothing uses it (no connection of it is open).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -46,6 +48,10 @@ pub struct L4Metrics {
     pub udp_flows_refused: IntCounter,
     /// UDP flows forgotten after --udp-idle-timeout-ms without a datagram.
     pub udp_flows_expired: IntCounter,
+    /// Relayed TCP connections closed after --tcp-idle-timeout-ms without a byte.
+    pub tcp_idle_closed: IntCounter,
+    /// Each route's handles, by route name; only snapshot builds and pruning lock it.
+    routes: Arc<Mutex<HashMap<Arc<str>, Arc<L4Stats>>>>,
 }
 
 fn add<M: prometheus::core::Collector + Clone + 'static>(
@@ -120,12 +126,24 @@ impl L4Metrics {
                     "UDP flows closed after --udp-idle-timeout-ms without a datagram",
                 )?,
             )?,
+            tcp_idle_closed: add(
+                registry,
+                IntCounter::new(
+                    "l4_idle_closed_total",
+                    "Relayed TCP connections closed after --tcp-idle-timeout-ms without a byte",
+                )?,
+            )?,
+            routes: Arc::default(),
         })
     }
 
     /// The handles of a route (the same series across snapshots).
     pub fn route(&self, route: &str) -> Arc<L4Stats> {
-        Arc::new(L4Stats {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stats) = routes.get(route) {
+            return Arc::clone(stats);
+        }
+        let stats = Arc::new(L4Stats {
             connections: self.connections.with_label_values(&[route]),
             active: self.active.with_label_values(&[route]),
             connect_failures: self.connect_failures.with_label_values(&[route]),
@@ -133,6 +151,28 @@ impl L4Metrics {
             bytes_out: self.bytes.with_label_values(&[route, "out"]),
             datagrams_in: self.datagrams.with_label_values(&[route, "in"]),
             datagrams_out: self.datagrams.with_label_values(&[route, "out"]),
-        })
+        });
+        routes.insert(Arc::from(route), Arc::clone(&stats));
+        stats
+    }
+
+    /// Removes the series of routes nothing uses any more: no routing state has them and no
+    /// connection or flow of theirs is open.
+    pub fn prune(&self) {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes.retain(|route, stats| {
+            if Arc::strong_count(stats) > 1 {
+                return true;
+            }
+            let route: &str = route;
+            let _ = self.connections.remove_label_values(&[route]);
+            let _ = self.active.remove_label_values(&[route]);
+            let _ = self.connect_failures.remove_label_values(&[route]);
+            for direction in ["in", "out"] {
+                let _ = self.bytes.remove_label_values(&[route, direction]);
+                let _ = self.datagrams.remove_label_values(&[route, direction]);
+            }
+            false
+        });
     }
 }

@@ -236,9 +236,10 @@ impl ProxyMetrics {
         self.routes.route(route)
     }
 
-    /// Forgets the counters of routes nothing uses any more.
+    /// Forgets the counters of routes (HTTP and L4) nothing uses any more.
     pub fn prune_routes(&self) {
         self.routes.prune();
+        self.l4.prune();
     }
 
     pub fn retries(&self, cluster: &str) -> IntCounter {

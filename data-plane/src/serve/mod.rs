@@ -21,6 +21,7 @@ pub mod http2;
 pub mod local_reply;
 pub mod mirror;
 pub mod passthrough;
+pub mod prefixed;
 pub mod relay;
 pub mod request_log;
 pub mod udp;

@@ -27,7 +27,9 @@ pub enum Hello {
     Incomplete,
     /// A ClientHello with this server name (lower case).
     ServerName(String),
-    /// Not a ClientHello, or one without a server name: nothing to route by.
+    /// A ClientHello without a server name (a client connecting by address).
+    NoServerName,
+    /// Not a ClientHello.
     Unroutable,
 }
 
@@ -53,7 +55,7 @@ pub fn server_name(buf: &[u8]) -> Hello {
         let Some(Ok((_, extensions))) =
             hello.ext.map(tls_parser::parse_tls_client_hello_extensions)
         else {
-            return Hello::Unroutable;
+            return Hello::NoServerName;
         };
         for ext in extensions {
             if let TlsExtension::SNI(names) = ext
@@ -63,8 +65,33 @@ pub fn server_name(buf: &[u8]) -> Hello {
                 return Hello::ServerName(name.to_ascii_lowercase());
             }
         }
+        return Hello::NoServerName;
     }
     Hello::Unroutable
+}
+
+/// The bytes of a connection's first TLS record, read until it holds a whole ClientHello,
+/// and the server name in it (`None`: a ClientHello without one). `None` when the client
+/// sends something else, closes, or takes longer than [`HELLO_TIMEOUT`].
+pub async fn read_client_hello(client: &mut TcpStream) -> Option<(Vec<u8>, Option<String>)> {
+    let mut buf = Vec::with_capacity(2048);
+    let read = async {
+        loop {
+            match server_name(&buf) {
+                Hello::Incomplete if buf.len() < MAX_HELLO => {}
+                Hello::ServerName(name) => return Some(Some(name)),
+                Hello::NoServerName => return Some(None),
+                _ => return None,
+            }
+            let mut chunk = [0u8; 2048];
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let name = tokio::time::timeout(HELLO_TIMEOUT, read).await.ok()??;
+    Some((buf, name))
 }
 
 /// Serves one passthrough connection: reads the ClientHello, picks a backend by its server
@@ -75,23 +102,7 @@ pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    let mut buf = Vec::with_capacity(2048);
-    let name = tokio::time::timeout(HELLO_TIMEOUT, async {
-        loop {
-            match server_name(&buf) {
-                Hello::Incomplete if buf.len() < MAX_HELLO => {}
-                Hello::ServerName(name) => return Some(name),
-                _ => return None,
-            }
-            let mut chunk = [0u8; 2048];
-            match client.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let Ok(Some(name)) = name else {
+    let Some((buf, Some(name))) = read_client_hello(&mut client).await else {
         debug!(%peer, listener = %ctx.name, "no routable ClientHello; closing");
         return;
     };
@@ -162,9 +173,9 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_and_nameless_hellos_are_unroutable() {
+    fn plaintext_is_unroutable_and_nameless_hellos_are_told_apart() {
         assert_eq!(server_name(b"GET / HTTP/1.1\r\n\r\n"), Hello::Unroutable);
         // An IP address is never sent as SNI.
-        assert_eq!(server_name(&client_hello("127.0.0.1")), Hello::Unroutable);
+        assert_eq!(server_name(&client_hello("127.0.0.1")), Hello::NoServerName);
     }
 }

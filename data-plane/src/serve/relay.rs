@@ -1,15 +1,18 @@
 //! TCP and TLS Terminate listeners (TCPRoute; TLSRoute in Terminate mode): a connection is
-//! routed once by the listener's L4 route table (by the client's SNI on TLS, after the
+//! routed once by the listener's L4 route table (on TLS by the server name of the client's
+//! ClientHello: a passthrough route relays the TLS untouched, any other is reached after the
 //! handshake with the listener's certificates), a backend picked by weight and an endpoint by
 //! the cluster's picker (Maglev on the client address by default, so a client keeps its
 //! endpoint), then the bytes are relayed both ways until either side closes, or until a new
-//! configuration no longer has the route (the connection is then closed). A connect that
+//! configuration no longer has the route, or until it is idle for --tcp-idle-timeout-ms (the
+//! connection is then closed). A connect that
 //! fails or times out is reported to outlier detection and tried at the next endpoint.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::context::ListenerCtx;
+use super::passthrough;
+use super::prefixed::Prefixed;
 use crate::model::Relay;
 use crate::model::request::RequestHeaders;
 use crate::model::rule::Pick;
@@ -35,11 +40,27 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub async fn serve(
     shared: Arc<Shared>,
     ctx: Arc<ListenerCtx>,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
 ) {
     if ctx.relay != Some(Relay::TlsTerminate) {
-        return relay(&shared, &ctx, client, peer, None).await;
+        return relay(&shared, &ctx, client, peer, (None, false)).await;
+    }
+    // The server name picks the route, and the route whether TLS is terminated at all (a
+    // Passthrough listener may share the port): the ClientHello is read first, then replayed.
+    let Some((hello, sni)) = passthrough::read_client_hello(&mut client).await else {
+        return debug!(%peer, listener = %ctx.name, "no ClientHello; closing");
+    };
+    let client = Prefixed::new(hello, client);
+    let passthrough = {
+        let state = shared.state.load();
+        let route = state
+            .l4_table(&ctx.name)
+            .and_then(|t| t.route(sni.as_deref()));
+        route.is_some_and(|r| r.passthrough)
+    };
+    if passthrough {
+        return relay(&shared, &ctx, client, peer, (sni.as_deref(), true)).await;
     }
     // The configuration of the current snapshot: certificates change without a new socket.
     let Some(config) = shared.state.load().tls_config(&ctx.name) else {
@@ -51,8 +72,8 @@ pub async fn serve(
         Ok(Err(err)) => return debug!(%peer, %err, "TLS handshake failed"),
         Err(_) => return debug!(%peer, "TLS handshake timed out"),
     };
-    let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-    relay(&shared, &ctx, tls, peer, sni.as_deref()).await;
+    // The route is picked again by the same name: a new snapshot may have come in meanwhile.
+    relay(&shared, &ctx, tls, peer, (sni.as_deref(), false)).await;
 }
 
 /// A connection's route and the upstream connection made for it.
@@ -68,7 +89,7 @@ async fn connect(
     shared: &Shared,
     ctx: &ListenerCtx,
     peer: SocketAddr,
-    sni: Option<&str>,
+    (sni, passthrough): (Option<&str>, bool),
 ) -> Option<Routed> {
     // A full reference: the connects below await, and the state must outlive them.
     let state = shared.state.load_full();
@@ -76,6 +97,12 @@ async fn connect(
         debug!(%peer, listener = %ctx.name, ?sni, "no route; closing");
         return None;
     };
+    if route.passthrough != passthrough {
+        // Terminated for a passthrough route or the other way round: only a new snapshot
+        // between reading the ClientHello and here, or a route on a listener without TLS.
+        debug!(%peer, route = %route.name, "route's TLS mode differs from the connection's");
+        return None;
+    }
     let Pick::Backend(backend) = route.action.pick(rand::random()) else {
         debug!(%peer, route = %route.name, "backend not resolved; closing");
         return None;
@@ -111,26 +138,28 @@ async fn connect(
     None
 }
 
-/// Relays a connection (plain or decrypted) to the endpoint its route picks.
+/// Relays a connection (plain, decrypted, or TLS passed through) to the endpoint its route
+/// picks; `routing` is the client's server name and whether the connection is passed through.
 async fn relay<S>(
     shared: &Shared,
     ctx: &ListenerCtx,
     client: S,
     peer: SocketAddr,
-    sni: Option<&str>,
+    routing: (Option<&str>, bool),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut published = shared.publications();
-    let Some(routed) = connect(shared, ctx, peer, sni).await else {
+    let Some(routed) = connect(shared, ctx, peer, routing).await else {
         shared.metrics.l4.unrouted.inc();
         return;
     };
     let stats = routed.stats;
     stats.connections.inc();
     stats.active.inc();
-    let mut client = Counted::new(client);
-    let mut upstream = Counted::new(routed.upstream);
+    let activity = AtomicU64::new(0);
+    let mut client = Counted::new(client, &activity);
+    let mut upstream = Counted::new(routed.upstream, &activity);
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(err) = result {
@@ -139,6 +168,10 @@ async fn relay<S>(
         }
         () = route_removed(shared, &ctx.name, &routed.route, &mut published) => {
             debug!(%peer, route = %routed.route, "route removed; closing the connection");
+        }
+        () = idle(&activity, shared.limits.tcp_idle_timeout) => {
+            debug!(%peer, route = %routed.route, "idle; closing the connection");
+            shared.metrics.l4.tcp_idle_closed.inc();
         }
     }
     stats.active.dec();
@@ -165,19 +198,44 @@ pub async fn route_removed(
     }
 }
 
-/// A stream that counts the bytes read from it.
-struct Counted<S> {
-    inner: S,
-    read: u64,
-}
-
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Counted { inner, read: 0 }
+/// Resolves once `activity` has not moved for `timeout` (checked four times per timeout, so
+/// a connection is closed between one and one and a quarter timeouts after its last byte).
+async fn idle(activity: &AtomicU64, timeout: Duration) {
+    let period = (timeout / 4).max(Duration::from_millis(1));
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(period).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, quiet) = (now, Duration::ZERO);
+            continue;
+        }
+        quiet += period;
+        if quiet >= timeout {
+            return;
+        }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+/// A stream that counts the bytes read from it, and adds them to the connection's activity.
+struct Counted<'a, S> {
+    inner: S,
+    read: u64,
+    activity: &'a AtomicU64,
+}
+
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: S, activity: &'a AtomicU64) -> Self {
+        Counted {
+            inner,
+            read: 0,
+            activity,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -185,13 +243,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len().saturating_sub(before);
-        self.read += n as u64;
+        let n = buf.filled().len().saturating_sub(before) as u64;
+        if n > 0 {
+            self.read += n;
+            self.activity.fetch_add(n, Ordering::Relaxed);
+        }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,6 +1,7 @@
 //! The run as upstream's ConformanceReport (`gateway.networking.k8s.io/v1alpha1`, the file
 //! implementations submit upstream; conformance/apis/v1 in kubernetes-sigs/gateway-api),
-//! with the profiles GATEWAY-HTTP, GATEWAY-GRPC and GATEWAY-TLS, built as upstream's suite
+//! with the profiles GATEWAY-HTTP, GATEWAY-GRPC, GATEWAY-TLS, GATEWAY-TCP and GATEWAY-UDP, built
+//! as upstream's suite
 //! builds it (conformance/utils/suite/reports.go):
 //!
 //! - a case belongs to a profile when every feature it lists is one of the profile's core or
@@ -80,7 +81,7 @@ fn gateway_extended(name: &str, info: &FeatureInfo) -> bool {
     info.level == "extended" && (name.starts_with("Gateway") || name == "ListenerSet")
 }
 
-const PROFILES: [Profile; 3] = [
+const PROFILES: [Profile; 5] = [
     Profile {
         name: "GATEWAY-HTTP",
         core: &["Gateway", "ReferenceGrant", "HTTPRoute"],
@@ -104,6 +105,17 @@ const PROFILES: [Profile; 3] = [
             gateway_extended(name, info)
                 || (info.level == "extended" && name.starts_with("TLSRoute"))
         },
+    },
+    // TCPRoute is core here although upstream's feature package files it as extended.
+    Profile {
+        name: "GATEWAY-TCP",
+        core: &["Gateway", "ReferenceGrant", "TCPRoute"],
+        extended: gateway_extended,
+    },
+    Profile {
+        name: "GATEWAY-UDP",
+        core: &["Gateway", "ReferenceGrant", "UDPRoute"],
+        extended: gateway_extended,
     },
 ];
 
@@ -465,7 +477,16 @@ mod tests {
         };
         let report = build(&run).unwrap();
         let names: Vec<&str> = report.profiles.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["GATEWAY-HTTP", "GATEWAY-GRPC", "GATEWAY-TLS"]);
+        assert_eq!(
+            names,
+            [
+                "GATEWAY-HTTP",
+                "GATEWAY-GRPC",
+                "GATEWAY-TLS",
+                "GATEWAY-TCP",
+                "GATEWAY-UDP"
+            ]
+        );
         let http = &report.profiles[0];
         assert_eq!(http.core.passed, ["HTTPRouteSimpleSameNamespace"]);
         let ext = http.extended.as_ref().unwrap();
