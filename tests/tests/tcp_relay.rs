@@ -273,9 +273,9 @@ async fn tls_terminate_relays_the_plaintext_by_server_name() {
         b64(&key)
     );
     let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: tls, port: 8443, protocol: TLS, hostname: '*.example.com', tls: {mode: Terminate, certificateRefs: [{name: cert}]}, allowedRoutes: {namespaces: {from: All}}}\n";
-    let tls_route = |name: &str, host: &str, backend: &str| {
+    let tls_route = |name: &str, hosts: &str, backend: &str| {
         format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: ['{host}']\n  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]\n"
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{hosts}]\n  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]\n"
         )
     };
     ws.write(
@@ -286,8 +286,9 @@ async fn tls_terminate_relays_the_plaintext_by_server_name() {
             secret,
             service("apps", "a", &[a.plain]),
             service("apps", "b", &[b.plain]),
-            tls_route("to-a", "a.example.com", "a"),
-            tls_route("to-b", "*.example.com", "b"),
+            // Two names, one rule: one L4 route (two of one name would be refused).
+            tls_route("to-a", "a.example.com, a2.example.com", "a"),
+            tls_route("to-b", "'*.example.com'", "b"),
         ]),
     );
     let controller = Controller::start(&ws.config, ws.path());
@@ -331,4 +332,6 @@ async fn tls_terminate_relays_the_plaintext_by_server_name() {
     assert_eq!(to_a.pod().await, "a-1-x");
     let mut to_b = session("z.example.com").await.unwrap();
     assert_eq!(to_b.pod().await, "b-1-x");
+    let mut to_a2 = session("a2.example.com").await.unwrap();
+    assert_eq!(to_a2.pod().await, "a-1-x");
 }
