@@ -62,6 +62,7 @@ RAUTA is running. Try:
   curl -s http://127.0.0.1:8080/hello                          # 90% web-v1, 10% web-v2
   curl -s -H 'x-version: v2' http://127.0.0.1:8080/hello       # always web-v2 (header match)
   curl -s http://127.0.0.1:8080/status                         # exact path -> api
+  curl -s http://127.0.0.1:8080/healthz                        # answered by the gateway (DirectResponse)
   curl -s -H 'Host: api.example.com' http://127.0.0.1:8080/x   # hostname -> api
   curl -s http://127.0.0.1:9080/hello                          # TCP listener, relayed to web-v1
   curl -s http://127.0.0.1:15000/metrics | grep rauta_proxy_requests_total

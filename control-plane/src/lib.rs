@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod crds;
 pub mod discovery;
 pub mod discovery_server;
 #[doc(hidden)]

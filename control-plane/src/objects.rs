@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
+
+use crate::crds::direct_response::DirectResponse;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use gateway_api::experimental::udproutes::UdpRoute;
@@ -204,6 +206,7 @@ object_kinds! {
     GrpcRoute, grpc_routes, GrpcRoute, "gateway.networking.k8s.io", "GRPCRoute", true;
     TcpRoute, tcp_routes, TcpRoute, "gateway.networking.k8s.io", "TCPRoute", true;
     UdpRoute, udp_routes, UdpRoute, "gateway.networking.k8s.io", "UDPRoute", true;
+    DirectResponse, direct_responses, DirectResponse, "gateway.rauta.dev", "DirectResponse", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

@@ -2,7 +2,10 @@
 
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rauta_common::api::v1::{Cluster, ClusterEndpoints, Endpoint, UpstreamProtocol};
+use rauta_common::api::v1::route_rule::Action;
+use rauta_common::api::v1::{
+    Cluster, ClusterEndpoints, DirectResponse, Endpoint, UpstreamProtocol,
+};
 
 use super::backend_tls::{self, ServicePortKey};
 use super::output::ResourceSet;
@@ -252,4 +255,13 @@ fn endpoints_of(
         same
     });
     out
+}
+
+/// The answer of a rule that cannot be served as configured: 500, no body.
+pub fn error_answer() -> Action {
+    Action::DirectResponse(DirectResponse {
+        status: 500,
+        body: String::new(),
+        headers: Vec::new(),
+    })
 }

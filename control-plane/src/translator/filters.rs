@@ -2,7 +2,8 @@
 //! RequestRedirect, URLRewrite) into route-table fields.
 
 use gateway_api::experimental::httproutes::{
-    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirect,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
 };
 use rauta_common::api::v1::{
     CorsPolicy, HeaderModifier, HeaderValue, PathModifier, Redirect, UrlRewrite, path_modifier,
@@ -34,8 +35,6 @@ pub enum FilterError {
     FractionAboveOne,
     #[error("the ExternalAuth filter is not supported yet")]
     ExternalAuth,
-    #[error("ExtensionRef filters are not supported")]
-    ExtensionRef,
     #[error("RequestRedirect and URLRewrite cannot be used together")]
     RedirectAndRewrite,
 }
@@ -53,6 +52,16 @@ pub struct RuleFilters {
     pub url_rewrite: Option<UrlRewrite>,
     pub mirrors: Vec<MirrorRef>,
     pub cors: Option<CorsPolicy>,
+    /// ExtensionRef filters, resolved against the route's namespace later (`extensions.rs`).
+    pub extensions: Vec<ExtensionRef>,
+}
+
+/// An ExtensionRef filter: a local object reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// A RequestMirror filter before its backend is resolved.
@@ -132,6 +141,34 @@ fn path_modifier(
     }
 }
 
+/// A RequestRedirect filter as the proxy applies it.
+fn redirect(
+    r: &HttpRouteRulesFiltersRequestRedirect,
+    prefix_ok: bool,
+) -> Result<Redirect, FilterError> {
+    let status_code = match r.status_code {
+        None => 302,
+        Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u32,
+        Some(c) => return Err(FilterError::RedirectStatus(c)),
+    };
+    let path = r.path.as_ref();
+    Ok(Redirect {
+        scheme: match r.scheme {
+            Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
+            Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
+            None => String::new(),
+        },
+        hostname: r.hostname.clone().unwrap_or_default(),
+        port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        path: path_modifier(
+            path.and_then(|p| p.replace_full_path.as_ref()),
+            path.and_then(|p| p.replace_prefix_match.as_ref()),
+            prefix_ok,
+        )?,
+        status_code,
+    })
+}
+
 /// `prefix_ok`: all of the rule's matches are PathPrefix matches (ReplacePrefixMatch needs it).
 pub fn compile(
     filters: &[HttpRouteRulesFilters],
@@ -159,27 +196,7 @@ pub fn compile(
                     .request_redirect
                     .as_ref()
                     .ok_or(missing("RequestRedirect", "requestRedirect"))?;
-                let status_code = match r.status_code {
-                    None => 302,
-                    Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u32,
-                    Some(c) => return Err(FilterError::RedirectStatus(c)),
-                };
-                let path = r.path.as_ref();
-                out.redirect = Some(Redirect {
-                    scheme: match r.scheme {
-                        Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
-                        Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
-                        None => String::new(),
-                    },
-                    hostname: r.hostname.clone().unwrap_or_default(),
-                    port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-                    path: path_modifier(
-                        path.and_then(|p| p.replace_full_path.as_ref()),
-                        path.and_then(|p| p.replace_prefix_match.as_ref()),
-                        prefix_ok,
-                    )?,
-                    status_code,
-                });
+                out.redirect = Some(redirect(r, prefix_ok)?);
             }
             HttpRouteRulesFiltersType::UrlRewrite => {
                 let r = f
@@ -242,7 +259,15 @@ pub fn compile(
                 return Err(FilterError::ExternalAuth);
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
-                return Err(FilterError::ExtensionRef);
+                let e = f
+                    .extension_ref
+                    .as_ref()
+                    .ok_or(missing("ExtensionRef", "extensionRef"))?;
+                out.extensions.push(ExtensionRef {
+                    group: e.group.clone(),
+                    kind: e.kind.clone(),
+                    name: e.name.clone(),
+                });
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod addresses;
 mod attachment;
 pub mod backend_tls;
 pub mod backends;
+mod extensions;
 mod filters;
 mod gateway;
 mod gateway_resources;

@@ -7,14 +7,14 @@ use gateway_api::experimental::httproutes::{
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use rauta_common::api::v1::{
-    DirectResponse, ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch,
-    RetryPolicy, RouteMatch, RouteRule, SessionPersistence, ValueMatchKind, WeightedCluster,
-    route_rule::Action, session_persistence,
+    ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch, RetryPolicy,
+    RouteMatch, RouteRule, SessionPersistence, ValueMatchKind, WeightedCluster, route_rule::Action,
+    session_persistence,
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
-use super::filters;
 use super::route_view::RouteView;
+use super::{extensions, filters};
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// Precedence of one match among all matches of all routes on a host (spec: HTTPRouteRule).
@@ -159,9 +159,15 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
             &filters.mirrors,
             &mut out,
         );
-        let action = match &filters.redirect {
-            Some(redirect) => Action::Redirect(redirect.clone()),
-            None => compile_action(objects, &key.namespace, referrer, rule, &mut out),
+        let extended = extensions::action(objects, &key.namespace, &filters);
+        let (extended, problem) = out.or_unsupported(extended, (None, None));
+        if let Some(problem) = problem {
+            out.ref_problem.get_or_insert(problem);
+        }
+        let action = match (extended, &filters.redirect) {
+            (Some(action), _) => action,
+            (None, Some(redirect)) => Action::Redirect(redirect.clone()),
+            (None, None) => compile_action(objects, &key.namespace, referrer, rule, &mut out),
         };
         for (match_index, m) in matches.iter().enumerate() {
             let route_match = match compile_match(m) {
@@ -327,10 +333,7 @@ fn compile_action(
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     if refs.is_empty() {
         // A rule without backends answers 500 (spec: HTTPRouteRule.backendRefs).
-        return Action::DirectResponse(DirectResponse {
-            status: 500,
-            body: String::new(),
-        });
+        return backends::error_answer();
     }
     let mut clusters = Vec::new();
     let mut invalid_weight = 0u32;
@@ -372,10 +375,7 @@ fn compile_action(
     }
     if clusters.iter().all(|c| c.weight == 0) && invalid_weight > 0 {
         // Only invalid backends carry weight: every request gets 500 (spec).
-        return Action::DirectResponse(DirectResponse {
-            status: 500,
-            body: String::new(),
-        });
+        return backends::error_answer();
     }
     Action::Forward(ForwardAction {
         clusters,
@@ -430,6 +430,7 @@ fn backend_filters(
         || compiled.url_rewrite.is_some()
         || !compiled.mirrors.is_empty()
         || compiled.cors.is_some()
+        || !compiled.extensions.is_empty()
     {
         return Err("only header modifier filters are supported on backendRefs".into());
     }

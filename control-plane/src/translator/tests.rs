@@ -358,7 +358,6 @@ fn invalid_or_unsupported_filters_reject_the_route() {
     let cases = [
         // ReplacePrefixMatch needs a PathPrefix match.
         "  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n    backendRefs: [{name: web, port: 8080}]",
-        "  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: x}}]\n    backendRefs: [{name: web, port: 8080}]",
         "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]",
         "  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'bad name', value: x}]}}]\n    backendRefs: [{name: web, port: 8080}]",
         // A permanent cookie needs its lifetime; a session name must be a token.

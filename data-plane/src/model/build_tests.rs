@@ -73,6 +73,7 @@ fn rule(path: &str, header: Option<(&str, &str)>) -> RouteRule {
         action: Some(Action::DirectResponse(DirectResponse {
             status: 204,
             body: String::new(),
+            headers: Vec::new(),
         })),
         ..Default::default()
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderName, HeaderValue, StatusCode};
 use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
@@ -37,6 +38,8 @@ pub enum ActionRt {
     Direct {
         status: StatusCode,
         body: Bytes,
+        /// Added to the answer in order (Content-Type among them, if set).
+        headers: Box<[(HeaderName, HeaderValue)]>,
     },
 }
 
@@ -90,6 +93,8 @@ pub enum RuleError {
     NoAction,
     #[error("invalid status {0}")]
     Status(u32),
+    #[error("direct response header {0:?}: not a valid header, or one the proxy manages")]
+    DirectHeader(String),
     #[error("weights overflow")]
     WeightsOverflow,
     #[error("{field}: {reason}")]
@@ -115,6 +120,7 @@ impl ActionRt {
                 ActionRt::Direct {
                     status,
                     body: Bytes::from(d.body.clone()),
+                    headers: direct_headers(&d.headers)?,
                 }
             }
             Some(Action::Redirect(r)) => ActionRt::Redirect(RedirectRt::build(r)?),
@@ -147,6 +153,34 @@ impl ActionRt {
             ActionRt::Redirect(_) | ActionRt::Direct { .. } => false,
         }
     }
+}
+
+/// A direct answer's headers: valid, and none of those that frame the message or belong to
+/// the connection (the proxy writes those itself).
+fn direct_headers(
+    headers: &[rauta_common::api::v1::HeaderValue],
+) -> Result<Box<[(HeaderName, HeaderValue)]>, RuleError> {
+    const MANAGED: [HeaderName; 6] = [
+        CONNECTION,
+        CONTENT_LENGTH,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ];
+    headers
+        .iter()
+        .map(|h| {
+            let invalid = || RuleError::DirectHeader(h.name.clone());
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid())?;
+            let value = HeaderValue::from_str(&h.value).map_err(|_| invalid())?;
+            let hop_by_hop = ["keep-alive", "proxy-connection"].contains(&name.as_str());
+            match MANAGED.contains(&name) || hop_by_hop {
+                true => Err(invalid()),
+                false => Ok((name, value)),
+            }
+        })
+        .collect()
 }
 
 impl RuleRt {

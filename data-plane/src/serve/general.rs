@@ -16,7 +16,9 @@ use tracing::debug;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
-use super::local_reply::{LocalReply, ProxyBody, body_too_large, grpc_local_reply, is_grpc, local};
+use super::local_reply::{
+    LocalReply, ProxyBody, body_too_large, direct, grpc_local_reply, is_grpc, local,
+};
 use super::request_log::{LogDetails, LoggedRequest};
 use crate::body::client::ClientBody;
 use crate::model::cluster::{ClusterRt, EndpointRt};
@@ -164,7 +166,11 @@ async fn serve(
         shared,
     };
     let (mut resp, session_token) = match &rule.action {
-        ActionRt::Direct { status, body } => (local(*status, body.clone()), None),
+        ActionRt::Direct {
+            status,
+            body,
+            headers,
+        } => (direct(*status, body, headers), None),
         ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, &req), None),
         action @ ActionRt::Forward { backends, .. } => {
             routed.forward(action, backends, req, details).await

@@ -24,6 +24,26 @@ pub(crate) fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     resp
 }
 
+/// A rule's direct answer (a DirectResponse): its Content-Type replaces text/plain, its other
+/// headers are added.
+pub(crate) fn direct(
+    status: StatusCode,
+    body: &Bytes,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Response<ProxyBody> {
+    let mut resp = local(status, body.clone());
+    for (name, value) in headers {
+        match *name == CONTENT_TYPE {
+            true => resp.headers_mut().insert(name, value.clone()),
+            false => {
+                resp.headers_mut().append(name, value.clone());
+                None
+            }
+        };
+    }
+    resp
+}
+
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
