@@ -21,6 +21,7 @@ use rauta_common::accept::AcceptBackoff;
 
 use super::activity::{Activity, TrackedIo};
 use super::context::{Connection, ListenerCtx};
+use super::rewind::Rewind;
 use super::{general, h1, http2, passthrough, relay, udp};
 use crate::body::client::ClientBody;
 use crate::config::listeners::ListenerServer;
@@ -222,7 +223,7 @@ where
             req.map(ClientBody::Hyper),
         )
     });
-    let io = TokioIo::new(h1::Rewind::new(prefix, io));
+    let io = TokioIo::new(Rewind::new(prefix, io));
     serve_draining(
         builder.serve_connection_with_upgrades(io, service),
         open,

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::context::ListenerCtx;
 use super::passthrough;
-use super::prefixed::Prefixed;
+use super::rewind::Rewind;
 use crate::model::Relay;
 use crate::model::request::RequestHeaders;
 use crate::model::rule::Pick;
@@ -51,7 +51,7 @@ pub async fn serve(
     let Some((hello, sni)) = passthrough::read_client_hello(&mut client).await else {
         return debug!(%peer, listener = %ctx.name, "no ClientHello; closing");
     };
-    let client = Prefixed::new(hello, client);
+    let client = Rewind::new(hello.into(), client);
     let passthrough = {
         let state = shared.state.load();
         let route = state

@@ -15,7 +15,6 @@
 
 pub(crate) mod request;
 pub(crate) mod response;
-mod rewind;
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ use crate::upstream::{RawConn, UpstreamError};
 
 use request::{Plan, Planned, RequestCtx};
 use response::{Parsed, ResponseHead, push_added};
-pub use rewind::Rewind;
 
 /// Read size on both sides.
 const READ_CHUNK: usize = 16 * 1024;

@@ -1,5 +1,6 @@
-//! A connection with bytes put back in front: what the fast path read but did not serve goes
-//! to hyper first, so hyper sees the connection as if it had read it from the start.
+//! A connection with bytes put back in front, read again first: what the HTTP/1.1 fast path
+//! read but did not serve goes to hyper, and a ClientHello read to route a TLS connection goes
+//! to the TLS handshake, each as if nothing had been read.
 
 use std::io;
 use std::pin::Pin;
