@@ -260,7 +260,6 @@ impl World {
                 name: "http".into(),
                 port: 80,
                 tls: false,
-                passthrough: false,
                 relay: None,
             }),
             seen,

@@ -7,7 +7,7 @@
 //!   action, filters), clusters and their endpoint pickers. Validated when built, so the
 //!   request path never fails on configuration.
 //! - `serve` — accepting connections and serving requests: the general path, the HTTP/1.1 and
-//!   HTTP/2 fast paths, the proxy's own HTTP/2 server, TLS passthrough. Reads `shared`.
+//!   HTTP/2 fast paths, the proxy's own HTTP/2 server, the TCP, TLS and UDP relays. Reads `shared`.
 //! - `upstream` — connection pools per endpoint, the raw HTTP/1.1 client, upstream TLS.
 //!
 //! Underneath: `codec` (HTTP/1.1 and HTTP/2 wire formats), `body` (request bodies between a

@@ -1,13 +1,15 @@
 //! TLS passthrough end to end: a TLS listener in Passthrough mode routes connections by the
 //! ClientHello's server name to the TLSRoute's backend, which terminates TLS itself (the client
-//! sees the backend's certificate); an unknown name is refused; the routes and the listener
-//! report TLSRoute status.
+//! sees the backend's certificate); an unknown name is refused; the connections show in the
+//! relays' metrics; the routes and the listener report TLSRoute status.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use rauta_tests::echo::{EchoIdentity, EchoServer, EchoTls};
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_port, https_get};
+use rauta_tests::harness::{
+    Controller, Proxy, Workspace, eventually, free_port, https_get, metric_value,
+};
 use rauta_tests::manifests::{documents, gateway_class, service};
 
 fn self_signed(name: &str) -> (String, String, Vec<u8>) {
@@ -98,6 +100,25 @@ async fn tls_passthrough_routes_by_server_name_without_terminating() {
     // No TLSRoute for the name: the connection is closed, nothing answers.
     let r = https_get(addr, "c.example.com", &trusted, false, "/").await;
     assert!(r.is_err(), "{r:?}");
+
+    // Passthrough connections are relays like the others: counted per route, and the
+    // unroutable one too.
+    let m = proxy.metrics().await;
+    let connections = |route: &str| {
+        metric_value(
+            &m,
+            &format!("rauta_proxy_l4_connections_total{{route=\"apps/{route}/rule/0\"}}"),
+        )
+    };
+    assert_eq!(
+        (connections("to-a"), connections("to-b")),
+        (2.0, 1.0),
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "rauta_proxy_l4_unrouted_total") >= 1.0,
+        "{m}"
+    );
 
     // Status: routes accepted, the listener serves TLSRoute with both attached.
     eventually(Duration::from_secs(10), || async {

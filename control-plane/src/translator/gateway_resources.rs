@@ -122,7 +122,6 @@ impl Ports {
             let l4 = l4_routes::is_l4(listeners.protocol);
             let name = match listeners.protocol {
                 ListenerProtocol::Https => format!("https-{port}"),
-                ListenerProtocol::TlsPassthrough => format!("tls-{port}"),
                 p if l4 => l4_routes::listener_name(p, port),
                 _ => format!("http-{port}"),
             };

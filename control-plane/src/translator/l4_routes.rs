@@ -1,6 +1,6 @@
 //! Route tables of the listeners that relay connections or datagrams instead of serving HTTP:
-//! TCP (TCPRoute), UDP (UDPRoute) and TLS in Terminate mode (TLSRoute; with the passthrough
-//! routes of a Passthrough listener on the same port). Their routes are
+//! TCP (TCPRoute), UDP (UDPRoute) and TLS (TLSRoute; in Passthrough mode, Terminate mode, or
+//! both on one port, each route marked with its listener's mode). Their routes are
 //! attached and compiled like the others (`route_view.rs` reads them in the HTTP rule shape,
 //! matching everything); here each compiled rule becomes an `L4Route` that keeps only its
 //! name, the server names it serves and its weighted backends.
@@ -16,7 +16,10 @@ use super::routes::MatchEntry;
 pub fn is_l4(protocol: ListenerProtocol) -> bool {
     matches!(
         protocol,
-        ListenerProtocol::Tcp | ListenerProtocol::Udp | ListenerProtocol::TlsTerminate
+        ListenerProtocol::Tcp
+            | ListenerProtocol::Udp
+            | ListenerProtocol::TlsPassthrough
+            | ListenerProtocol::TlsTerminate
     )
 }
 
@@ -37,6 +40,22 @@ pub fn listener_name(protocol: ListenerProtocol, port: u32) -> String {
 /// keeps its place with no cluster, so its connections are closed rather than sent to the
 /// next route.
 pub fn table(name: &str, vhosts: BTreeMap<String, Vec<(MatchEntry, bool)>>) -> L4RouteTable {
+    // A listener hostname no route serves still owns its names (listener isolation): a route
+    // without backends closes their connections, before any handshake, rather than letting a
+    // less specific listener's route take them.
+    let unserved: Vec<L4Route> = vhosts
+        .iter()
+        .filter(|(_, entries)| entries.is_empty())
+        .map(|(domain, _)| L4Route {
+            name: format!("{name}/no-route/{domain}"),
+            server_names: vec![domain.clone()],
+            forward: Some(ForwardAction {
+                clusters: Vec::new(),
+                invalid_weight: 1,
+            }),
+            passthrough: true,
+        })
+        .collect();
     let mut entries: Vec<(MatchEntry, bool, String)> = vhosts
         .into_iter()
         .flat_map(|(domain, entries)| {
@@ -78,6 +97,7 @@ pub fn table(name: &str, vhosts: BTreeMap<String, Vec<(MatchEntry, bool)>>) -> L
             passthrough,
         });
     }
+    routes.extend(unserved);
     L4RouteTable {
         name: name.to_owned(),
         routes,

@@ -115,7 +115,6 @@ fn a_valid_store_builds_and_routes() {
             name: "http-80".into(),
             port: 80,
             tls: false,
-            passthrough: false,
             relay: None,
         }]
     );
@@ -340,7 +339,7 @@ fn l4_listeners_build_with_their_tables_and_are_refused_without() {
     // A TCP listener without an L4 table is refused; so is an invalid table.
     assert_eq!(
         build(&l4_store(None)).unwrap_err(),
-        "listener tcp-9000: TCP, UDP and TLS Terminate listeners (only) name an L4 route table"
+        "listener tcp-9000: TCP, UDP and TLS listeners (only) name an L4 route table"
     );
     let mut bad = table;
     bad.routes[0].server_names = vec!["a*.example.com".into()];

@@ -60,9 +60,7 @@ pub struct ListenerSpec {
     /// Terminates TLS (its configuration is in the routing state, so certificates can change
     /// without reopening the socket).
     pub tls: bool,
-    /// Relays TLS untouched, routed by the ClientHello's server name.
-    pub passthrough: bool,
-    /// Relays connections (TCP, TLS Terminate) or datagrams (UDP) by an L4 route table.
+    /// Relays connections (TCP, TLS) or datagrams (UDP) by an L4 route table.
     pub relay: Option<Relay>,
 }
 
@@ -71,7 +69,10 @@ pub struct ListenerSpec {
 pub enum Relay {
     /// TCP connections, relayed as they are.
     Tcp,
-    /// TLS connections, terminated (`ListenerSpec::tls` is set too), the plaintext relayed.
+    /// TLS connections, relayed untouched; routed by the ClientHello's server name.
+    TlsPassthrough,
+    /// TLS connections, terminated (`ListenerSpec::tls` is set too) and the plaintext relayed,
+    /// or relayed untouched where the route is a passthrough one; routed by the server name.
     TlsTerminate,
     /// UDP datagrams, relayed per client flow (the socket is a UDP socket).
     Udp,
@@ -242,7 +243,7 @@ pub enum ListenerProblem {
     Protocol(i32),
     #[error("invalid port {0}")]
     Port(u32),
-    #[error("TCP, UDP and TLS Terminate listeners (only) name an L4 route table")]
+    #[error("TCP, UDP and TLS listeners (only) name an L4 route table")]
     Table,
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -254,13 +255,13 @@ fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, 
         listener: l.name.clone(),
         problem,
     };
-    let (tls, passthrough, relay) = match ListenerProtocol::try_from(l.protocol) {
-        Ok(ListenerProtocol::Http) => (false, false, None),
-        Ok(ListenerProtocol::TlsPassthrough) => (false, true, None),
-        Ok(ListenerProtocol::Https) => (true, false, None),
-        Ok(ListenerProtocol::Tcp) => (false, false, Some(Relay::Tcp)),
-        Ok(ListenerProtocol::Udp) => (false, false, Some(Relay::Udp)),
-        Ok(ListenerProtocol::TlsTerminate) => (true, false, Some(Relay::TlsTerminate)),
+    let (tls, relay) = match ListenerProtocol::try_from(l.protocol) {
+        Ok(ListenerProtocol::Http) => (false, None),
+        Ok(ListenerProtocol::Https) => (true, None),
+        Ok(ListenerProtocol::TlsPassthrough) => (false, Some(Relay::TlsPassthrough)),
+        Ok(ListenerProtocol::Tcp) => (false, Some(Relay::Tcp)),
+        Ok(ListenerProtocol::Udp) => (false, Some(Relay::Udp)),
+        Ok(ListenerProtocol::TlsTerminate) => (true, Some(Relay::TlsTerminate)),
         _ => return Err(problem(ListenerProblem::Protocol(l.protocol))),
     };
     if relay.is_some() == l.l4_route_table.is_empty() {
@@ -286,7 +287,6 @@ fn listener_spec(l: &Listener, others: &[ListenerSpec]) -> Result<ListenerSpec, 
         name: l.name.clone(),
         port,
         tls,
-        passthrough,
         relay,
     })
 }

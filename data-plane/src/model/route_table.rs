@@ -20,11 +20,6 @@ pub struct VirtualHostRt {
 }
 
 impl VirtualHostRt {
-    /// The rule a TLS passthrough connection uses: the first (TLSRoutes have no matches).
-    pub fn first_rule(&self) -> Option<&RuleRt> {
-        self.rules.first()
-    }
-
     /// The first rule matching the request, in precedence order.
     #[inline]
     pub fn route(&self, req: &RequestView<'_>) -> Option<(&RuleRt, &MatchRt)> {

@@ -1,6 +1,6 @@
 //! Accepting client connections on a listener's socket and serving them: TLS termination,
-//! then HTTP/1.1 (the fast path, then hyper), h2c or HTTP/2 (the proxy's own server), or a TLS
-//! passthrough relay; the idle timeout and graceful drain.
+//! then HTTP/1.1 (the fast path, then hyper), h2c or HTTP/2 (the proxy's own server), or a
+//! relay (TCP and TLS listeners); the idle timeout and graceful drain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use rauta_common::accept::AcceptBackoff;
 use super::activity::{Activity, TrackedIo};
 use super::context::{Connection, ListenerCtx};
 use super::rewind::Rewind;
-use super::{general, h1, http2, passthrough, relay, udp};
+use super::{general, h1, http2, relay, udp};
 use crate::body::client::ClientBody;
 use crate::config::listeners::ListenerServer;
 use crate::model::ListenerSpec;
@@ -49,7 +49,6 @@ impl ListenerServer for Acceptor {
             name: Arc::from(listener.name.as_str()),
             port: listener.port,
             tls: listener.tls,
-            passthrough: listener.passthrough,
             relay: listener.relay,
         });
         Box::pin(accept_loop(socket, ctx, Arc::clone(&self.shared), stop))
@@ -65,7 +64,6 @@ impl ListenerServer for Acceptor {
             name: Arc::from(listener.name.as_str()),
             port: listener.port,
             tls: false,
-            passthrough: false,
             relay: listener.relay,
         });
         Box::pin(udp::serve(Arc::clone(&self.shared), ctx, socket, stop))
@@ -110,13 +108,6 @@ async fn accept_loop(
                 if ctx.relay.is_some() {
                     tokio::spawn(async move {
                         relay::serve(shared, ctx, stream, peer).await;
-                        drop((open, slot));
-                    });
-                    continue;
-                }
-                if ctx.passthrough {
-                    tokio::spawn(async move {
-                        passthrough::serve(shared, ctx, stream, peer).await;
                         drop((open, slot));
                     });
                     continue;

@@ -24,8 +24,6 @@ pub struct ListenerCtx {
     pub port: u16,
     /// Whether connections arrive over TLS.
     pub tls: bool,
-    /// Whether connections are relayed untouched (TLS passthrough) instead of served as HTTP.
-    pub passthrough: bool,
     /// Set on listeners whose connections (or datagrams) an L4 route table relays.
     pub relay: Option<Relay>,
 }

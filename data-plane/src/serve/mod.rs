@@ -7,11 +7,12 @@
 //!   planner as HTTP/1.1;
 //! - the general path (`general`, `forward`) for everything else, through hyper's types.
 //!
-//! Also the proxy's own HTTP/2 server (`http2`), TLS passthrough, and protocol upgrades.
+//! Also the proxy's own HTTP/2 server (`http2`), the TCP, TLS and UDP relays, and protocol upgrades.
 
 pub mod accept;
 pub mod activity;
 pub mod attempt;
+pub mod client_hello;
 pub mod context;
 pub mod forward;
 pub mod general;
@@ -20,7 +21,6 @@ pub mod headers;
 pub mod http2;
 pub mod local_reply;
 pub mod mirror;
-pub mod passthrough;
 pub mod relay;
 pub mod request_log;
 pub mod rewind;

@@ -1,5 +1,5 @@
-//! TCP and TLS Terminate listeners (TCPRoute; TLSRoute in Terminate mode): a connection is
-//! routed once by the listener's L4 route table (on TLS by the server name of the client's
+//! TCP and TLS listeners (TCPRoute; TLSRoute in Passthrough and Terminate mode): a connection
+//! is routed once by the listener's L4 route table (on TLS by the server name of the client's
 //! ClientHello: a passthrough route relays the TLS untouched, any other is reached after the
 //! handshake with the listener's certificates), a backend picked by weight and an endpoint by
 //! the cluster's picker (Maglev on the client address by default, so a client keeps its
@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use super::client_hello;
 use super::context::ListenerCtx;
-use super::passthrough;
 use super::rewind::Rewind;
 use crate::model::Relay;
 use crate::model::request::RequestHeaders;
@@ -36,19 +36,20 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Endpoints tried for one connection, at most.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-/// Serves one connection of a TCP or TLS Terminate listener.
+/// Serves one connection of a TCP or TLS listener.
 pub async fn serve(
     shared: Arc<Shared>,
     ctx: Arc<ListenerCtx>,
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    if ctx.relay != Some(Relay::TlsTerminate) {
+    if ctx.relay == Some(Relay::Tcp) {
         return relay(&shared, &ctx, client, peer, (None, false)).await;
     }
-    // The server name picks the route, and the route whether TLS is terminated at all (a
-    // Passthrough listener may share the port): the ClientHello is read first, then replayed.
-    let Some((hello, sni)) = passthrough::read_client_hello(&mut client).await else {
+    // The server name picks the route, and the route whether TLS is terminated at all (on a
+    // Terminate listener a Passthrough one may share the port): the ClientHello is read first,
+    // then replayed.
+    let Some((hello, sni)) = client_hello::read_client_hello(&mut client).await else {
         return debug!(%peer, listener = %ctx.name, "no ClientHello; closing");
     };
     let client = Rewind::new(hello.into(), client);
@@ -57,9 +58,10 @@ pub async fn serve(
         let route = state
             .l4_table(&ctx.name)
             .and_then(|t| t.route(sni.as_deref()));
-        route.is_some_and(|r| r.passthrough)
+        route.is_none_or(|r| r.passthrough)
     };
-    if passthrough {
+    if passthrough || ctx.relay != Some(Relay::TlsTerminate) {
+        // No route: `relay` counts the connection as unrouted and closes it.
         return relay(&shared, &ctx, client, peer, (sni.as_deref(), true)).await;
     }
     // The configuration of the current snapshot: certificates change without a new socket.

@@ -1,22 +1,15 @@
-//! TLS passthrough (TLSRoute): a connection is routed by the server name in its ClientHello and
-//! relayed to an endpoint untouched; the proxy never sees the plaintext.
+//! The server name of a TLS connection, read from its ClientHello before any handshake: TLS
+//! listeners route by it (`relay.rs`), passing the connection through untouched or terminating
+//! it as its route says.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tracing::debug;
 
-use crate::model::rule::Pick;
-use crate::serve::context::ListenerCtx;
-use crate::shared::Shared;
-
-/// Longest wait for the ClientHello, and for the upstream connection.
+/// Longest wait for the ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A TLS record header plus the largest plaintext record (RFC 8446 section 5.1).
 const MAX_HELLO: usize = 5 + (1 << 14);
 
@@ -94,56 +87,10 @@ pub async fn read_client_hello(client: &mut TcpStream) -> Option<(Vec<u8>, Optio
     Some((buf, name))
 }
 
-/// Serves one passthrough connection: reads the ClientHello, picks a backend by its server
-/// name, replays the bytes read so far and relays both ways until either side closes.
-pub async fn serve(
-    shared: Arc<Shared>,
-    ctx: Arc<ListenerCtx>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-) {
-    let Some((buf, Some(name))) = read_client_hello(&mut client).await else {
-        debug!(%peer, listener = %ctx.name, "no routable ClientHello; closing");
-        return;
-    };
-    let endpoint = {
-        let state = shared.state.load();
-        let rule = state
-            .route_table(&ctx.name)
-            .and_then(|t| t.virtual_host(&name))
-            .and_then(|v| v.first_rule());
-        let Some(rule) = rule else {
-            debug!(%peer, %name, "no TLSRoute for this server name; closing");
-            return;
-        };
-        let Pick::Backend(backend) = rule.action.pick(rand::random()) else {
-            return;
-        };
-        let Some(endpoint) = backend
-            .cluster
-            .as_ref()
-            .and_then(|c| c.pick(peer.ip(), crate::model::request::RequestHeaders::Raw(&[])))
-        else {
-            debug!(%peer, %name, "no ready endpoint; closing");
-            return;
-        };
-        endpoint.addr
-    };
-    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await;
-    let Ok(Ok(mut upstream)) = upstream else {
-        debug!(%peer, %endpoint, "upstream connect failed; closing");
-        return;
-    };
-    let _ = upstream.set_nodelay(true);
-    if upstream.write_all(&buf).await.is_err() {
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// A ClientHello as rustls writes it, for `name`.
     fn client_hello(name: &str) -> Vec<u8> {
