@@ -1,16 +1,29 @@
-//! Standalone mode: watch a directory, and on every change load, translate and publish.
+//! Standalone mode: watch a directory, and on every change load, translate and publish. A
+//! change is loaded as soon as it is complete (a file written and closed, renamed into place
+//! or removed), with no fixed delay; changes that arrive while one is being translated are
+//! taken together by the next.
 
-use std::time::Duration;
-
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::publish::Publisher;
 use crate::source::DirectorySource;
 
-/// Quiet period after a file event before reloading: editors write files in several steps.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Whether an event completes a change: a file written and closed, renamed (an editor's or a
+/// tool's atomic replace) or removed. A file still being written (created, data modified) is
+/// read once its writer closes it, so a half-written file is never loaded.
+fn completes_a_change(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+            | EventKind::Any
+            | EventKind::Other
+    )
+}
 
 pub struct Standalone {
     source: DirectorySource,
@@ -58,11 +71,13 @@ impl Standalone {
                 // Only manifests directly in the directory count: status files written into a
                 // subdirectory (or an editor's swap files) must not trigger reloads.
                 let relevant = event.is_ok_and(|e| {
-                    e.paths.is_empty()
-                        || e.need_rescan()
-                        || e.paths.iter().any(|p| {
-                            p.parent() == Some(dir.as_path()) && crate::source::is_manifest_name(p)
-                        })
+                    e.need_rescan()
+                        || (completes_a_change(&e.kind)
+                            && (e.paths.is_empty()
+                                || e.paths.iter().any(|p| {
+                                    p.parent() == Some(dir.as_path())
+                                        && crate::source::is_manifest_name(p)
+                                })))
                 });
                 if relevant {
                     // A full channel already holds a pending reload.
@@ -73,8 +88,7 @@ impl Standalone {
         info!(dir = %self.source.dir().display(), "watching configuration directory");
         self.sync();
         while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+            // At most one more reload is pending: what arrives during this one.
             self.sync();
         }
         Ok(())

@@ -76,3 +76,51 @@ async fn yaml_edits_change_routing_live() {
             .contains("rauta_proxy_snapshot_version{type=\"route_table\"} ")
     );
 }
+
+/// A file is read once its writer has closed it: a slow writer's half-written file never
+/// reaches the proxies (here the first half names the other backend, and is valid YAML).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_read_when_its_writer_closes_it_not_half_way() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    let blue = Echo::start("blue-1-a", "apps", ws.path());
+    let green = Echo::start("green-1-a", "apps", ws.path());
+    ws.write(
+        "infra.yaml",
+        &infra(&[("blue", &[blue.http]), ("green", &[green.http])]),
+    );
+    ws.write("route.yaml", &prefix_route("web", "/", "blue"));
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/app", proxy.listener(80));
+    eventually_served_by(&url, &blue.pod, Duration::from_secs(10)).await;
+    let before = controller.snapshot_version("infra/gw").await;
+
+    // Rewritten in two writes 600 ms apart: the first alone would send /app to green.
+    let text = format!(
+        "{}---\n{}",
+        prefix_route("web", "/", "green"),
+        prefix_route("web-app", "/app", "blue")
+    );
+    let (first, second) = text.split_at(text.find("---\n").expect("two documents"));
+    let mut file = std::fs::File::create(ws.config.join("route.yaml")).unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        controller.snapshot_version("infra/gw").await,
+        before,
+        "a half-written file was read"
+    );
+    file.write_all(second.as_bytes()).unwrap();
+    drop(file);
+    eventually(Duration::from_secs(10), || async {
+        controller.snapshot_version("infra/gw").await != before
+    })
+    .await;
+    // Whole: /app stays with blue (the more specific route), the rest goes to green.
+    assert_eq!(http_get(&url, None).await.unwrap().pod(), blue.pod);
+    let other = format!("http://{}/other", proxy.listener(80));
+    eventually_served_by(&other, &green.pod, Duration::from_secs(10)).await;
+}

@@ -6,9 +6,8 @@
 //! good version stays) instead of failing the whole list.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
@@ -17,10 +16,6 @@ use tracing::{debug, info, warn};
 
 use crate::objects::{Kind, Object, ObjectError, ObjectRef, ObjectSet};
 use crate::publish::Publisher;
-
-/// Changes arriving within this window are translated together: a `kubectl apply` of many
-/// objects becomes one translation, and an endpoint burst one push.
-const BATCH: Duration = Duration::from_millis(100);
 
 /// Where the API server serves a kind (group, version, plural).
 pub fn api_resource(kind: Kind) -> ApiResource {
@@ -272,36 +267,34 @@ pub async fn run(
     let mut store = ClusterStore::default();
     let mut dirty = false;
     let mut published = false;
-    let batch = tokio::time::sleep(BATCH);
-    tokio::pin!(batch);
     info!(kinds = Kind::ALL.len(), "watching the Kubernetes API");
-    loop {
-        tokio::select! {
-            next = events.next() => {
-                let Some((kind, event)) = next else { return };
-                let changed = store.apply(kind, event);
-                for key in store.take_gone() {
-                    let _ = gone.send(key);
-                }
-                if changed && !dirty {
-                    dirty = true;
-                    batch.as_mut().reset(tokio::time::Instant::now() + BATCH);
-                }
-            }
-            () = &mut batch, if dirty && store.ready() => {
-                if !published {
-                    info!(objects = store.objects.len(), "every kind listed: publishing");
-                    published = true;
-                }
-                dirty = false;
-                publisher
-                    .state()
-                    .metrics
-                    .config_problems
-                    .set(i64::try_from(store.problems.len()).unwrap_or(i64::MAX));
-                publisher.publish(store.objects.clone());
-            }
+    while let Some((kind, event)) = events.next().await {
+        dirty |= store.apply(kind, event);
+        // Everything already delivered (a burst, or what arrived during the last translation)
+        // is taken with it: no fixed batching delay, one translation per burst.
+        while let Some(Some((kind, event))) = events.next().now_or_never() {
+            dirty |= store.apply(kind, event);
         }
+        for key in store.take_gone() {
+            let _ = gone.send(key);
+        }
+        if !dirty || !store.ready() {
+            continue;
+        }
+        if !published {
+            info!(
+                objects = store.objects.len(),
+                "every kind listed: publishing"
+            );
+            published = true;
+        }
+        dirty = false;
+        publisher
+            .state()
+            .metrics
+            .config_problems
+            .set(i64::try_from(store.problems.len()).unwrap_or(i64::MAX));
+        publisher.publish(store.objects.clone());
     }
 }
 
