@@ -1,7 +1,12 @@
 //! Standalone mode: watch a directory, and on every change load, translate and publish. A
 //! change is loaded as soon as it is complete (a file written and closed, renamed into place
-//! or removed), with no fixed delay; changes that arrive while one is being translated are
-//! taken together by the next.
+//! or removed, and no other file still being written), with no fixed delay; changes that
+//! arrive while one is being translated are taken together by the next.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -11,18 +16,39 @@ use tracing::{info, warn};
 use crate::publish::Publisher;
 use crate::source::DirectorySource;
 
-/// Whether an event completes a change: a file written and closed, renamed (an editor's or a
-/// tool's atomic replace) or removed. A file still being written (created, data modified) is
-/// read once its writer closes it, so a half-written file is never loaded.
-fn completes_a_change(kind: &EventKind) -> bool {
-    matches!(
-        kind,
+/// Longest wait for a file being written to be closed before the directory is read anyway (a
+/// writer that keeps a file open, a platform without close events). Long enough for a writer
+/// that pauses between writes; a change that is complete is read at once, not after it.
+const WRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// What an event says about a manifest.
+enum Change {
+    /// Being written (created, data modified): read once closed, or after [`WRITE_GRACE`].
+    Started,
+    /// Complete: written and closed, renamed (an editor's or a tool's atomic replace) or removed.
+    Completed,
+    /// Nothing that changes what the directory holds (reads, metadata).
+    Neither,
+}
+
+fn change(kind: &EventKind) -> Change {
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Change::Started,
         EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Remove(_)
-            | EventKind::Any
-            | EventKind::Other
-    )
+        | EventKind::Modify(ModifyKind::Name(_) | ModifyKind::Any)
+        | EventKind::Remove(_)
+        | EventKind::Any
+        | EventKind::Other => Change::Completed,
+        _ => Change::Neither,
+    }
+}
+
+/// Whether a path is one the directory source reads: a manifest directly in `dir`, or the
+/// `..data` link a Kubernetes ConfigMap volume swaps to publish new contents.
+fn watched(dir: &Path, path: &Path) -> bool {
+    path.parent() == Some(dir)
+        && (crate::source::is_manifest_name(path)
+            || path.file_name().is_some_and(|n| n == "..data"))
 }
 
 pub struct Standalone {
@@ -66,19 +92,35 @@ impl Standalone {
     pub async fn run(mut self) -> Result<(), notify::Error> {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let dir = self.source.dir().to_path_buf();
+        // Manifests open for writing: the directory is read once they are closed, so a
+        // half-written file (this one or another being rewritten at the same time) is never
+        // loaded.
+        let writing: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let in_progress = Arc::clone(&writing);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(e) = event else { return };
                 // Only manifests directly in the directory count: status files written into a
                 // subdirectory (or an editor's swap files) must not trigger reloads.
-                let relevant = event.is_ok_and(|e| {
-                    e.need_rescan()
-                        || (completes_a_change(&e.kind)
-                            && (e.paths.is_empty()
-                                || e.paths.iter().any(|p| {
-                                    p.parent() == Some(dir.as_path())
-                                        && crate::source::is_manifest_name(p)
-                                })))
-                });
+                let paths: Vec<&PathBuf> = e.paths.iter().filter(|p| watched(&dir, p)).collect();
+                let relevant = match change(&e.kind) {
+                    _ if e.need_rescan() => true,
+                    Change::Neither => false,
+                    Change::Started => {
+                        // A symbolic link is complete when it is made; it is never closed.
+                        let mut writing = lock(&in_progress);
+                        let open = paths.iter().filter(|p| !p.is_symlink());
+                        writing.extend(open.map(|p| (*p).clone()));
+                        !paths.is_empty()
+                    }
+                    Change::Completed => {
+                        let mut writing = lock(&in_progress);
+                        paths.iter().for_each(|p| {
+                            writing.remove(*p);
+                        });
+                        !paths.is_empty() || e.paths.is_empty()
+                    }
+                };
                 if relevant {
                     // A full channel already holds a pending reload.
                     let _ = tx.try_send(());
@@ -88,9 +130,20 @@ impl Standalone {
         info!(dir = %self.source.dir().display(), "watching configuration directory");
         self.sync();
         while rx.recv().await.is_some() {
+            let deadline = Instant::now() + WRITE_GRACE;
+            while !lock(&writing).is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Past the grace, files never closed count as written.
+            lock(&writing).clear();
             // At most one more reload is pending: what arrives during this one.
             self.sync();
         }
         Ok(())
     }
+}
+
+fn lock(set: &Mutex<HashSet<PathBuf>>) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

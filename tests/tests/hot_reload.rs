@@ -78,7 +78,8 @@ async fn yaml_edits_change_routing_live() {
 }
 
 /// A file is read once its writer has closed it: a slow writer's half-written file never
-/// reaches the proxies (here the first half names the other backend, and is valid YAML).
+/// reaches the proxies (here the first half names the other backend, and is valid YAML), not
+/// even when another file's change completes meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_read_when_its_writer_closes_it_not_half_way() {
     use std::io::Write;
@@ -107,6 +108,8 @@ async fn a_file_is_read_when_its_writer_closes_it_not_half_way() {
     let mut file = std::fs::File::create(ws.config.join("route.yaml")).unwrap();
     file.write_all(first.as_bytes()).unwrap();
     file.flush().unwrap();
+    // Another file completed meanwhile waits for this one too: the directory is read whole.
+    ws.write("route-b.yaml", &prefix_route("web-b", "/b", "green"));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         controller.snapshot_version("infra/gw").await,

@@ -157,7 +157,18 @@ impl L4TableRt {
 
     /// Whether a route of this name is in the table (a connection it routed stays open).
     pub fn contains(&self, route: &str) -> bool {
-        self.routes.iter().any(|r| *r.name == *route)
+        self.named(route).is_some()
+    }
+
+    /// The route of this name.
+    pub fn named(&self, route: &str) -> Option<&L4RouteRt> {
+        self.routes.iter().find(|r| *r.name == *route)
+    }
+
+    /// Whether a route relays TLS untouched: then a TLS listener reads the ClientHello to
+    /// choose before any handshake.
+    pub fn has_passthrough(&self) -> bool {
+        self.routes.iter().any(|r| r.passthrough)
     }
 
     /// Every route, in table order.

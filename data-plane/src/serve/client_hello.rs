@@ -45,10 +45,11 @@ pub fn server_name(buf: &[u8]) -> Hello {
         let TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)) = msg else {
             continue;
         };
-        let Some(Ok((_, extensions))) =
-            hello.ext.map(tls_parser::parse_tls_client_hello_extensions)
-        else {
-            return Hello::NoServerName;
+        let extensions = match hello.ext.map(tls_parser::parse_tls_client_hello_extensions) {
+            None => return Hello::NoServerName,
+            Some(Ok((_, extensions))) => extensions,
+            // Extensions that do not parse: nothing to route by, not a nameless client.
+            Some(Err(_)) => return Hello::Unroutable,
         };
         for ext in extensions {
             if let TlsExtension::SNI(names) = ext

@@ -46,9 +46,20 @@ pub async fn serve(
     if ctx.relay == Some(Relay::Tcp) {
         return relay(&shared, &ctx, client, peer, (None, false)).await;
     }
-    // The server name picks the route, and the route whether TLS is terminated at all (on a
-    // Terminate listener a Passthrough one may share the port): the ClientHello is read first,
-    // then replayed.
+    let terminating = ctx.relay == Some(Relay::TlsTerminate);
+    let passthrough_routes = {
+        let state = shared.state.load();
+        state
+            .l4_table(&ctx.name)
+            .is_some_and(|t| t.has_passthrough())
+    };
+    if terminating && !passthrough_routes {
+        // Every route terminates: rustls reads the ClientHello (in as many records as the
+        // client sends it) and the route is picked by the name it saw.
+        return terminate(&shared, &ctx, client, peer).await;
+    }
+    // The server name picks the route, and the route whether TLS is terminated at all (a
+    // Passthrough listener may share the port): the ClientHello is read first, then replayed.
     let Some((hello, sni)) = client_hello::read_client_hello(&mut client).await else {
         return debug!(%peer, listener = %ctx.name, "no ClientHello; closing");
     };
@@ -60,10 +71,20 @@ pub async fn serve(
             .and_then(|t| t.route(sni.as_deref()));
         route.is_none_or(|r| r.passthrough)
     };
-    if passthrough || ctx.relay != Some(Relay::TlsTerminate) {
+    if passthrough || !terminating {
         // No route: `relay` counts the connection as unrouted and closes it.
         return relay(&shared, &ctx, client, peer, (sni.as_deref(), true)).await;
     }
+    terminate(&shared, &ctx, client, peer).await;
+}
+
+/// Terminates TLS with the listener's certificates and relays the plaintext, routed by the
+/// server name the client sent (picked again here: a new snapshot may have come in since the
+/// ClientHello was read).
+async fn terminate<S>(shared: &Shared, ctx: &ListenerCtx, client: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // The configuration of the current snapshot: certificates change without a new socket.
     let Some(config) = shared.state.load().tls_config(&ctx.name) else {
         return;
@@ -74,8 +95,8 @@ pub async fn serve(
         Ok(Err(err)) => return debug!(%peer, %err, "TLS handshake failed"),
         Err(_) => return debug!(%peer, "TLS handshake timed out"),
     };
-    // The route is picked again by the same name: a new snapshot may have come in meanwhile.
-    relay(&shared, &ctx, tls, peer, (sni.as_deref(), false)).await;
+    let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+    relay(shared, ctx, tls, peer, (sni.as_deref(), false)).await;
 }
 
 /// A connection's route and the upstream connection made for it.
@@ -162,14 +183,17 @@ async fn relay<S>(
     let activity = AtomicU64::new(0);
     let mut client = Counted::new(client, &activity);
     let mut upstream = Counted::new(routed.upstream, &activity);
+    let passthrough = routing.1;
+    let mut removed = false;
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(err) = result {
                 debug!(%peer, %err, "relayed connection ended with an error");
             }
         }
-        () = route_removed(shared, &ctx.name, &routed.route, &mut published) => {
+        () = route_gone(shared, &ctx.name, &routed.route, Some(passthrough), &mut published) => {
             debug!(%peer, route = %routed.route, "route removed; closing the connection");
+            removed = true;
         }
         () = idle(&activity, shared.limits.tcp_idle_timeout) => {
             debug!(%peer, route = %routed.route, "idle; closing the connection");
@@ -179,6 +203,12 @@ async fn relay<S>(
     stats.active.dec();
     stats.bytes_in.inc_by(client.read);
     stats.bytes_out.inc_by(upstream.read);
+    if removed {
+        // The route's series outlived the snapshot that removed it while this connection
+        // held them; the last one to close takes them away.
+        drop(stats);
+        shared.metrics.l4.prune();
+    }
 }
 
 /// Resolves once a published routing state no longer has `route` on `listener`.
@@ -188,13 +218,27 @@ pub async fn route_removed(
     route: &str,
     published: &mut watch::Receiver<u64>,
 ) {
+    route_gone(shared, listener, route, None, published).await;
+}
+
+/// Resolves once a published routing state no longer has `route` on `listener`, or (when
+/// `passthrough` is given) has it in the other TLS mode: a connection relayed untouched must
+/// not go on once its route terminates TLS, nor the other way round.
+async fn route_gone(
+    shared: &Shared,
+    listener: &str,
+    route: &str,
+    passthrough: Option<bool>,
+    published: &mut watch::Receiver<u64>,
+) {
     loop {
         if published.changed().await.is_err() {
             // The process is going away; the connection goes with it.
             return std::future::pending().await;
         }
         let state = shared.state.load();
-        if !state.l4_table(listener).is_some_and(|t| t.contains(route)) {
+        let current = state.l4_table(listener).and_then(|t| t.named(route));
+        if current.is_none_or(|r| passthrough.is_some_and(|p| p != r.passthrough)) {
             return;
         }
     }
