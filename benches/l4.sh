@@ -11,6 +11,9 @@
 #   benches/l4.sh                          # 3 repeats of 5 s per target and protocol
 #   REPEATS=5 DURATION=10 benches/l4.sh
 #   BASELINE=/tmp/rauta-proxy-old benches/l4.sh    # also measures another build, side by side
+#   BIN_DIR=target/release benches/l4.sh   # no build: the binaries there
+#   PEER_BUFFER=65536 benches/l4.sh        # nginx's proxy_buffer_size and HAProxy's tune.bufsize
+#                                          # (default: theirs, 16 KiB; rauta reads 64 KiB at once)
 #
 # Load (rauta-l4-load, single-threaded): TCP_CONNS connections (4) each writing 16 KiB chunks
 # and reading the echo back with at most 64 KiB unanswered; UDP_FLOWS flows (16: a socket and
@@ -30,6 +33,7 @@ CPU=${BENCH_CPU:-0}
 OTHER_CPU=$(( (CPU + 1) % $(nproc) ))
 TCP_CONNS=${TCP_CONNS:-4}
 UDP_FLOWS=${UDP_FLOWS:-16}
+PEER_BUFFER=${PEER_BUFFER:-}
 
 need=()
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -42,9 +46,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-cargo build --release --quiet -p rauta-controller -p rauta-proxy -p rauta-tests \
-  --bin rauta-controller --bin rauta-proxy --bin rauta-l4-load
-load=target/release/rauta-l4-load
+# BIN_DIR: a folder with the three binaries, used as they are (no build).
+bin=${BIN_DIR:-target/release}
+[ -n "${BIN_DIR:-}" ] || cargo build --release --quiet -p rauta-controller -p rauta-proxy \
+  -p rauta-tests --bin rauta-controller --bin rauta-proxy --bin rauta-l4-load
+load=$bin/rauta-l4-load
 
 work=$(mktemp -d)
 pids=()
@@ -77,7 +83,11 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log;
 events { worker_connections 4096; }
 stream {
-  server { listen 127.0.0.1:$NGINX; proxy_pass 127.0.0.1:$BACKEND; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    proxy_pass 127.0.0.1:$BACKEND;
+    ${PEER_BUFFER:+proxy_buffer_size $PEER_BUFFER;}
+  }
   server { listen 127.0.0.1:$NGINX udp; proxy_pass 127.0.0.1:$BACKEND; proxy_timeout 10s; }
 }
 EOF
@@ -90,6 +100,7 @@ cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread 1
   maxconn 4096
+  ${PEER_BUFFER:+tune.bufsize $PEER_BUFFER}
 defaults
   mode tcp
   timeout connect 5s
@@ -163,7 +174,7 @@ spec:
   parentRefs: [{name: gw, sectionName: udp}]
   rules: [{backendRefs: [{name: echo-udp, port: 80}]}]
 EOF
-taskset -c "$OTHER_CPU" target/release/rauta-controller --config-dir "$work/config" --no-status-files \
+taskset -c "$OTHER_CPU" "$bin/rauta-controller" --config-dir "$work/config" --no-status-files \
   --grpc-listen 127.0.0.1:$GRPC --plaintext 2>"$work/controller.log" &
 pids+=($!)
 # Both listeners' ports from one offset: 9000 -> RAUTA_TCP, 9001 -> RAUTA_UDP.
@@ -172,7 +183,7 @@ start_proxy() { # binary tcp-port admin-port log
     --bind-address 127.0.0.1 --listener-port-offset $(($2 - 9000)) --admin-listen "127.0.0.1:$3" \
     --worker-threads 1 2>"$work/$4.log" &
 }
-start_proxy target/release/rauta-proxy $RAUTA_TCP 18323 proxy
+start_proxy "$bin/rauta-proxy" $RAUTA_TCP 18323 proxy
 pids+=($!)
 rauta_pid=$!
 baseline_pid=
@@ -273,7 +284,7 @@ med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int(
 
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"
-echo "TCP: $TCP_CONNS connections, 16 KiB writes, 64 KiB unanswered at most; UDP: $UDP_FLOWS flows x 4 datagrams of 256 B outstanding; both directions counted"
+echo "TCP: $TCP_CONNS connections, 16 KiB writes, 64 KiB unanswered at most, peers' buffers ${PEER_BUFFER:-by default}; UDP: $UDP_FLOWS flows x 4 datagrams of 256 B outstanding; both directions counted"
 echo
 printf "| %-8s | %-5s | %-30s | %-30s | %-6s |\n" target proto "MB/s or datagrams/s [min-max]" "CPU us/MB or us/dgram [min-max]" lost
 printf "|%s|%s|%s|%s|%s|\n" ---------- ------- -------------------------------- -------------------------------- --------

@@ -13,6 +13,7 @@ pub mod accept;
 pub mod activity;
 pub mod attempt;
 pub mod context;
+pub mod copy;
 pub mod forward;
 pub mod general;
 pub mod h1;

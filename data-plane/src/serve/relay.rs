@@ -132,7 +132,7 @@ async fn relay<S>(
     let mut client = Counted::new(client);
     let mut upstream = Counted::new(routed.upstream);
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+        result = super::copy::bidirectional(&mut client, &mut upstream) => {
             if let Err(err) = result {
                 debug!(%peer, %err, "relayed connection ended with an error");
             }
