@@ -78,6 +78,7 @@ impl Direction {
                 let n =
                     ready!(Pin::new(&mut *writer).poll_write(cx, &self.pending[self.written..]))?;
                 self.advance(n)?;
+                self.written += n;
             }
             if !self.pending.is_empty() {
                 self.pending = Vec::new();

@@ -184,7 +184,11 @@ async fn tcp_connection(
     let deadline = tokio::time::sleep_until(until);
     tokio::pin!(deadline);
     loop {
-        let room = sent - received < window;
+        // An echo never has more than was sent: more means a relay repeated bytes.
+        let Some(unanswered) = sent.checked_sub(received) else {
+            return Err(io::Error::other("more bytes echoed than sent"));
+        };
+        let room = unanswered < window;
         tokio::select! {
             () = &mut deadline => return Ok((sent, received)),
             read = reader.read(&mut buf) => match read? {
