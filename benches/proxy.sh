@@ -10,15 +10,29 @@
 #   benches/proxy.sh                      # 3 repeats of 5 s per target and protocol
 #   REPEATS=5 DURATION=10 benches/proxy.sh
 #   BASELINE=/tmp/rauta-proxy-old benches/proxy.sh   # also measures another build, side by side
+#   PARTS=http benches/proxy.sh           # HTTP only; PARTS=l4: the TCP/UDP relays only
+#
+# PARTS=http,l4 (the default) runs the HTTP part, then benches/l4.sh (the TCP and UDP relays
+# against HAProxy and nginx's stream module; REPEATS, DURATION, BASELINE and BENCH_CPU apply
+# to both), once the HTTP part's servers are stopped.
 #
 # Between runs the figures move by about ±10% on a VM, too much to see a change of a few
 # percent: BASELINE runs a second rauta-proxy (say, a build of the previous commit) in the same
 # run, alternating with the others, and prints rauta's CPU per request over the baseline's.
 #
-# Last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's, HTTP/1.1; lower is better).
+# The HTTP part's last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's,
+# HTTP/1.1; lower is better); benches/l4.sh's lines follow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+
+PARTS=${PARTS:-http,l4}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
+if ! part http; then
+  part l4 && exec benches/l4.sh
+  echo "PARTS=$PARTS: nothing to run (parts: http, l4)" >&2
+  exit 2
+fi
 
 REPEATS=${REPEATS:-3}
 BASELINE=${BASELINE:-}
@@ -317,3 +331,9 @@ echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes, settled ($on_arri
 n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)
 awk -v r="$r_cpu" -v n="$n_cpu" 'BEGIN { printf "cpu_per_req_vs_nginx=%.2f\n", r / n }'
+
+if part l4; then
+  cleanup
+  trap - EXIT
+  exec benches/l4.sh
+fi

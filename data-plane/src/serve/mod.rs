@@ -14,6 +14,7 @@ pub mod activity;
 pub mod attempt;
 pub mod client_hello;
 pub mod context;
+pub mod copy;
 pub mod forward;
 pub mod general;
 pub mod h1;

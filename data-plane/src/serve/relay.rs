@@ -186,7 +186,7 @@ async fn relay<S>(
     let passthrough = routing.1;
     let mut removed = false;
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+        result = super::copy::bidirectional(&mut client, &mut upstream) => {
             if let Err(err) = result {
                 debug!(%peer, %err, "relayed connection ended with an error");
             }
