@@ -13,6 +13,6 @@ cargo build --release --quiet -p rauta-controller -p rauta-tests --bin rauta-con
 
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "latency: from writing the file to each proxy receiving the new version (the directory source"
-echo "debounces file events for up to 50 ms); in brackets, from the controller publishing the version."
+echo "reads a file as soon as its writer closes it); in brackets, from the controller publishing the version."
 echo
 exec target/release/rauta-propagation "$@"
