@@ -136,7 +136,9 @@ impl Standalone {
             }
             // Past the grace, files never closed count as written.
             lock(&writing).clear();
-            // At most one more reload is pending: what arrives during this one.
+            // What arrived during the wait (the close that ended it) is read by this reload;
+            // what arrives during it makes one more.
+            while rx.try_recv().is_ok() {}
             self.sync();
         }
         Ok(())
