@@ -113,6 +113,16 @@ fn direct_response(name: &str, spec: &DirectResponseSpec) -> Result<DirectRespon
         name: "content-type".into(),
         value: value.clone(),
     });
+    if let Some(h) = spec
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+    {
+        return Err(problem(format!(
+            "header {:?}: set contentType instead",
+            h.name
+        )));
+    }
     let others = spec.headers.iter().map(|h| HeaderValue {
         name: h.name.to_ascii_lowercase(),
         value: h.value.clone(),
