@@ -427,11 +427,22 @@ impl Echo {
 /// A controller on `ws`'s configuration and one proxy (with `flags`) for Gateway infra/gw,
 /// its listener ports offset to a free range; returns once the proxy is ready.
 pub async fn start_gateway(ws: &Workspace, flags: &[&str]) -> (Controller, Proxy) {
+    start_gateway_at(ws, 80, 1, flags).await
+}
+
+/// As [`start_gateway`], for a Gateway whose listeners use `ports` consecutive ports from
+/// `first_port`: they are offset to as many consecutive free ports.
+pub async fn start_gateway_at(
+    ws: &Workspace,
+    first_port: u16,
+    ports: u16,
+    flags: &[&str],
+) -> (Controller, Proxy) {
     let controller = Controller::start(&ws.config, ws.path());
     let proxy = Proxy::start_with(
         &controller.url(),
         "infra/gw",
-        free_port() - 80,
+        free_ports(ports) - first_port,
         Ipv4Addr::LOCALHOST,
         ws.path(),
         flags,

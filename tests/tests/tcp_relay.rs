@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{
-    Controller, Proxy, Workspace, eventually, free_port, free_ports, metric_value,
-};
+use rauta_tests::harness::{Workspace, eventually, free_port, metric_value, start_gateway_at};
 use rauta_tests::l4_echo::{TCP_WELCOME, TcpEcho};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -109,14 +107,7 @@ async fn tcp_connections_survive_swaps_and_close_with_their_route() {
         ws.write("all.yaml", &documents(&docs));
     };
     write(&[tcp_route("to-a", "tcp", "a")]);
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(
-        &controller.url(),
-        "infra/gw",
-        free_ports(2) - 9000,
-        ws.path(),
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway_at(&ws, 9000, 2, &[]).await;
     let mut session = relayed(proxy.listener(9000)).await;
     assert_eq!(session.pod().await, "a-1-x");
 
@@ -187,16 +178,8 @@ async fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
             tcp_route("to-a", "tcp", "a"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        free_ports(2) - 9000,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &["--tcp-idle-timeout-ms", "600"],
-    );
-    proxy.wait_ready().await;
+    let flags = ["--tcp-idle-timeout-ms", "600"];
+    let (_controller, proxy) = start_gateway_at(&ws, 9000, 2, &flags).await;
     let mut busy = relayed(proxy.listener(9000)).await;
     let mut quiet = connect(proxy.listener(9000)).await.expect("relayed");
     // Traffic every 200 ms keeps a connection open past the timeout...
@@ -226,14 +209,7 @@ async fn tcp_relay_passes_over_endpoints_that_refuse() {
             tcp_route("db", "tcp", "db"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(
-        &controller.url(),
-        "infra/gw",
-        free_ports(2) - 9000,
-        ws.path(),
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway_at(&ws, 9000, 2, &[]).await;
     let addr = proxy.listener(9000);
     relayed(addr).await;
     // Every connection reaches the live endpoint, whichever endpoint Maglev picks first.
@@ -291,9 +267,7 @@ async fn tls_terminate_relays_the_plaintext_by_server_name() {
             tls_route("to-b", "'*.example.com'", "b"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 8443, ws.path());
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway_at(&ws, 8443, 1, &[]).await;
     let addr = proxy.listener(8443);
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;

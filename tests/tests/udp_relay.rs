@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Controller, Proxy, Workspace, eventually, free_ports, metric_value};
+use rauta_tests::harness::{Workspace, eventually, metric_value, start_gateway_at};
 use rauta_tests::l4_echo::{UdpEcho, UdpMode};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::net::UdpSocket;
@@ -76,18 +76,8 @@ async fn udp_flows_survive_swaps_expire_and_stay_within_the_bound() {
         ws.write("all.yaml", &documents(&docs));
     };
     write(&[udp_route("to-a", "udp", "a")]);
-    let controller = Controller::start(&ws.config, ws.path());
     let flags = ["--udp-idle-timeout-ms", "8000", "--udp-max-flows", "20"];
-    let offset = free_ports(2) - 5300;
-    let proxy = Proxy::start_with(
-        &controller.url(),
-        "infra/gw",
-        offset,
-        Ipv4Addr::LOCALHOST,
-        ws.path(),
-        &flags,
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway_at(&ws, 5300, 2, &flags).await;
     let flow = client(proxy.listener(5300)).await;
     assert_eq!(answered(&flow).await, "a-1-x");
     let opened = |m: &str| {
@@ -176,14 +166,7 @@ async fn udp_flows_avoid_an_endpoint_that_refuses() {
             udp_route("db", "udp", "db"),
         ]),
     );
-    let controller = Controller::start(&ws.config, ws.path());
-    let proxy = Proxy::start(
-        &controller.url(),
-        "infra/gw",
-        free_ports(2) - 5300,
-        ws.path(),
-    );
-    proxy.wait_ready().await;
+    let (_controller, proxy) = start_gateway_at(&ws, 5300, 2, &[]).await;
     let target = proxy.listener(5300);
     // Each new client is a new flow; one that lands on the refusing endpoint gets no answer,
     // and after 5 refusals in a row (the default outlier detection) the endpoint is ejected:

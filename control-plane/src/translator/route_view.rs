@@ -130,100 +130,57 @@ pub fn all(objects: &ObjectSet) -> Vec<RouteView<'_>> {
     http.chain(tls).chain(grpc).chain(tcp).chain(udp).collect()
 }
 
-/// A TCPRoute: no hostnames, rules that name backends.
-fn tcp<'a>(key: &'a ObjectRef, route: &'a TcpRoute) -> RouteView<'a> {
-    RouteView {
-        kind: RouteKind::Tcp,
-        key,
-        generation: generation_of(&route.metadata),
-        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| explicit_parent_ref!(p, key.namespace))
-            .collect(),
-        hostnames: &[],
-        rules: Ok(Cow::Owned(backend_only_rules!(route.spec.rules))),
-    }
-}
-
-/// A UDPRoute: no hostnames, rules that name backends.
-fn udp<'a>(key: &'a ObjectRef, route: &'a UdpRoute) -> RouteView<'a> {
-    RouteView {
-        kind: RouteKind::Udp,
-        key,
-        generation: generation_of(&route.metadata),
-        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| explicit_parent_ref!(p, key.namespace))
-            .collect(),
-        hostnames: &[],
-        rules: Ok(Cow::Owned(backend_only_rules!(route.spec.rules))),
-    }
+/// A route's view: what every kind shares (key, generation, creation time, parentRefs with
+/// their defaults made explicit) and its own hostnames and rules. The route kinds are distinct
+/// generated structs with the same metadata and parentRef fields.
+macro_rules! route_view {
+    ($kind:expr, $key:expr, $route:expr, $hostnames:expr, $rules:expr) => {
+        RouteView {
+            kind: $kind,
+            key: $key,
+            generation: generation_of(&$route.metadata),
+            created: $route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            parent_refs: $route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| explicit_parent_ref!(p, $key.namespace))
+                .collect(),
+            hostnames: $hostnames,
+            rules: $rules,
+        }
+    };
 }
 
 fn http<'a>(key: &'a ObjectRef, route: &'a HttpRoute) -> RouteView<'a> {
-    RouteView {
-        kind: RouteKind::Http,
-        key,
-        generation: generation_of(&route.metadata),
-        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| explicit_parent_ref!(p, key.namespace))
-            .collect(),
-        hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
-        rules: Ok(Cow::Borrowed(
-            route.spec.rules.as_deref().unwrap_or_default(),
-        )),
-    }
+    let hostnames = route.spec.hostnames.as_deref().unwrap_or_default();
+    let rules = Cow::Borrowed(route.spec.rules.as_deref().unwrap_or_default());
+    route_view!(RouteKind::Http, key, route, hostnames, Ok(rules))
+}
+
+fn grpc<'a>(key: &'a ObjectRef, route: &'a GrpcRoute) -> RouteView<'a> {
+    let hostnames = route.spec.hostnames.as_deref().unwrap_or_default();
+    let rules = grpc::as_http_rules(route)
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string());
+    route_view!(RouteKind::Grpc, key, route, hostnames, rules)
 }
 
 /// A TLSRoute rule names backends only: as an HTTP rule it matches every request.
 fn tls<'a>(key: &'a ObjectRef, route: &'a TlsRoute) -> RouteView<'a> {
-    let rules = backend_only_rules!(route.spec.rules);
-    RouteView {
-        kind: RouteKind::Tls,
-        key,
-        generation: generation_of(&route.metadata),
-        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| explicit_parent_ref!(p, key.namespace))
-            .collect(),
-        hostnames: &route.spec.hostnames,
-        rules: Ok(Cow::Owned(rules)),
-    }
+    let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
+    route_view!(RouteKind::Tls, key, route, &route.spec.hostnames, Ok(rules))
 }
 
-fn grpc<'a>(key: &'a ObjectRef, route: &'a GrpcRoute) -> RouteView<'a> {
-    RouteView {
-        kind: RouteKind::Grpc,
-        key,
-        generation: generation_of(&route.metadata),
-        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| explicit_parent_ref!(p, key.namespace))
-            .collect(),
-        hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
-        rules: grpc::as_http_rules(route)
-            .map(Cow::Owned)
-            .map_err(|e| e.to_string()),
-    }
+/// A TCPRoute: no hostnames, rules that name backends.
+fn tcp<'a>(key: &'a ObjectRef, route: &'a TcpRoute) -> RouteView<'a> {
+    let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
+    route_view!(RouteKind::Tcp, key, route, &[], Ok(rules))
+}
+
+/// A UDPRoute: no hostnames, rules that name backends.
+fn udp<'a>(key: &'a ObjectRef, route: &'a UdpRoute) -> RouteView<'a> {
+    let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
+    route_view!(RouteKind::Udp, key, route, &[], Ok(rules))
 }
