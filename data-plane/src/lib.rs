@@ -12,7 +12,8 @@
 //!
 //! Underneath: `codec` (HTTP/1.1 and HTTP/2 wire formats), `body` (request bodies between a
 //! client and an upstream), `observe` (metrics, access log, trace context), `limits` and
-//! `workers`. Beside: `admin` (the admin port). A module only imports from its own stage, from
+//! `workers`. Beside: `kernel` (the XDP fast path: its program's maps follow the routing
+//! state) and `admin` (the admin port). A module only imports from its own stage, from
 //! an earlier one or from underneath; `tests/tests/architecture.rs` checks it.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod kernel;
 pub mod limits;
 pub mod model;
 pub mod observe;

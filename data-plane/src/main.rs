@@ -14,6 +14,7 @@ use rauta_proxy::admin;
 use rauta_proxy::config::applier::Applier;
 use rauta_proxy::config::listeners::ListenerManager;
 use rauta_proxy::config::xds::{ChannelSecurity, XdsClient};
+use rauta_proxy::kernel::{KernelPath, XdpMode};
 use rauta_proxy::limits::Limits;
 use rauta_proxy::observe::access_log::AccessLog;
 use rauta_proxy::observe::metrics::ProxyMetrics;
@@ -149,6 +150,42 @@ struct Args {
     /// HTTP/2 server for h2c and ALPN h2 connections: the proxy's own (`rauta`), or hyper's.
     #[arg(long, value_enum, default_value = "rauta")]
     http2_server: Http2Server,
+    /// Answer eligible exact GETs in the kernel (XDP) on this interface, before a socket
+    /// exists (docs/xdp.md). Needs CAP_BPF and CAP_NET_ADMIN, and net.ipv4.tcp_syncookies=2;
+    /// without them the proxy logs why and serves everything itself.
+    #[arg(long, value_name = "IFACE")]
+    xdp_interface: Option<String>,
+    /// Where the XDP program runs: in the driver (`native`) or the generic path (`generic`,
+    /// any interface, slower).
+    #[arg(long, value_enum, default_value = "native", requires = "xdp_interface")]
+    xdp_mode: XdpModeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum XdpModeArg {
+    Native,
+    Generic,
+}
+
+/// The XDP fast path, when asked for and possible; otherwise one warning and `None`.
+fn start_kernel_path(args: &Args, metrics: &ProxyMetrics) -> Option<Arc<KernelPath>> {
+    let interface = args.xdp_interface.as_deref()?;
+    let mode = match args.xdp_mode {
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Generic => XdpMode::Generic,
+    };
+    match KernelPath::attach(interface, mode, args.listener_port_offset)
+        .and_then(|k| k.with_metrics(metrics))
+    {
+        Ok(kernel) => {
+            info!(interface, ?mode, "xdp fast path attached");
+            Some(Arc::new(kernel))
+        }
+        Err(e) => {
+            warn!(interface, error = %e, "xdp fast path unavailable (needs root or CAP_BPF+CAP_NET_ADMIN and XDP support); serving everything in user space");
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -277,11 +314,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shared.http1_fast_path = args.http1_fast_path == Switch::On;
     shared.own_http2 = args.http2_server == Http2Server::Rauta;
     let shared = Arc::new(shared);
+    let kernel = start_kernel_path(&args, &metrics);
+    if let Some(k) = &kernel {
+        tokio::spawn(Arc::clone(k).refresh_every_second());
+    }
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
     info!(addr = %admin_listener.local_addr()?, "admin listening");
-    tokio::spawn(admin::serve(admin_listener, Arc::clone(&shared)));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&shared),
+        kernel.clone(),
+    ));
 
     let node_id = args.node_id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -315,7 +360,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }),
         workers,
     );
-    let applier = Applier::new(listeners, Arc::clone(&shared));
+    let mut applier = Applier::new(listeners, Arc::clone(&shared));
+    if let Some(k) = kernel {
+        applier = applier.with_kernel(k);
+    }
     let client = XdsClient::new(
         args.controller,
         node,

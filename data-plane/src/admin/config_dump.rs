@@ -1,6 +1,7 @@
 //! `/config_dump` on the admin port: the configuration this proxy serves right now, as JSON
 //! (the resources as last applied, private keys redacted) and the live state of every
-//! endpoint (ejected, requests in flight, open connections), for a person debugging routing.
+//! endpoint (ejected, requests in flight, open connections) and the XDP fast path's answers,
+//! for a person debugging routing.
 
 use std::sync::OnceLock;
 
@@ -11,6 +12,7 @@ use rauta_common::redact::redacted;
 use rauta_common::types::ResourceType;
 use serde_json::{Map, Value, json};
 
+use crate::kernel::KernelPath;
 use crate::shared::Shared;
 
 fn resource_descriptor() -> Option<&'static MessageDescriptor> {
@@ -25,7 +27,7 @@ fn resource_descriptor() -> Option<&'static MessageDescriptor> {
 }
 
 /// The dump, as JSON text.
-pub fn render(shared: &Shared) -> Vec<u8> {
+pub fn render(shared: &Shared, kernel: Option<&KernelPath>) -> Vec<u8> {
     let store = shared.config.load();
     let mut versions = Map::new();
     let mut resources = Map::new();
@@ -67,6 +69,7 @@ pub fn render(shared: &Shared) -> Vec<u8> {
         "versions": versions,
         "resources": resources,
         "endpoints": endpoints,
+        "kernel": kernel.map(KernelPath::dump),
     });
     let mut out = serde_json::to_vec_pretty(&dump).unwrap_or_default();
     out.push(b'\n');

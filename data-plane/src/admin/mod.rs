@@ -7,9 +7,14 @@ use rauta_common::plain_http;
 use tokio::net::TcpListener;
 
 mod config_dump;
+use crate::kernel::KernelPath;
 use crate::shared::Shared;
 
-fn respond(shared: &Shared, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+fn respond(
+    shared: &Shared,
+    kernel: Option<&KernelPath>,
+    path: &str,
+) -> (StatusCode, &'static str, Vec<u8>) {
     let text = |status, body: &[u8]| (status, plain_http::TEXT, body.to_vec());
     match path {
         "/metrics" => {
@@ -24,7 +29,7 @@ fn respond(shared: &Shared, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
         "/config_dump" => (
             StatusCode::OK,
             plain_http::JSON,
-            config_dump::render(shared),
+            config_dump::render(shared, kernel),
         ),
         "/healthz" => text(StatusCode::OK, b"ok\n"),
         "/readyz" if shared.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, b"draining\n"),
@@ -37,6 +42,11 @@ fn respond(shared: &Shared, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
     }
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    plain_http::serve(listener, move |path| respond(&shared, path)).await;
+/// Serves the admin port; `kernel` is the XDP fast path, when it runs (its entries are in
+/// /config_dump).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, kernel: Option<Arc<KernelPath>>) {
+    plain_http::serve(listener, move |path| {
+        respond(&shared, kernel.as_deref(), path)
+    })
+    .await;
 }

@@ -12,12 +12,20 @@ use super::listeners::{BindError, ListenerManager};
 use super::xds::ConfigHandler;
 use crate::model::store::ResourceStore;
 use crate::model::store::StoreError;
-use crate::model::{BuildError, RoutingState};
+use crate::model::{BuildError, ListenerSpec, RoutingState};
 use crate::shared::Shared;
 use crate::upstream::UpstreamPools;
 
+/// Told each new routing state just before it is published: the XDP fast path
+/// (`kernel::KernelPath`), handed in by `main`, so that configuration never imports it. It
+/// must stop answering what the new state drops before returning.
+pub trait KernelSync: Send + Sync + 'static {
+    fn sync(&self, state: &RoutingState, listeners: &[ListenerSpec]);
+}
+
 pub struct Applier {
     store: Arc<ResourceStore>,
+    kernel: Option<Arc<dyn KernelSync>>,
     pools: UpstreamPools,
     listeners: ListenerManager,
     shared: Arc<Shared>,
@@ -28,11 +36,18 @@ impl Applier {
     pub fn new(listeners: ListenerManager, shared: Arc<Shared>) -> Self {
         Applier {
             store: Arc::default(),
+            kernel: None,
             pools: UpstreamPools::default(),
             listeners,
             shared,
             applied: BTreeSet::new(),
         }
+    }
+
+    /// Keeps `kernel` in step with every state published.
+    pub fn with_kernel(mut self, kernel: Arc<dyn KernelSync>) -> Self {
+        self.kernel = Some(kernel);
+        self
     }
 }
 
@@ -63,6 +78,9 @@ impl ConfigHandler for Applier {
             RoutingState::build(&candidate, &previous, &mut self.pools, &self.shared.metrics)?;
         drop(previous);
         let prepared = self.listeners.prepare(&listener_specs)?;
+        if let Some(kernel) = &self.kernel {
+            kernel.sync(&state, &listener_specs);
+        }
         self.store = Arc::new(candidate);
         self.shared.publish(state);
         self.shared.config.store(Arc::clone(&self.store));

@@ -53,6 +53,30 @@ impl RouteTableRt {
     }
 }
 
+impl RouteTableRt {
+    /// Each exact domain and its virtual host, for answers keyed by host (the kernel path).
+    pub fn exact_domains(&self) -> impl Iterator<Item = (&str, &VirtualHostRt)> {
+        self.exact
+            .iter()
+            .filter_map(|(d, i)| Some((&**d, self.vhosts.get(*i)?)))
+    }
+
+    /// The "*" virtual host when it is the table's only one: then every host reaches it.
+    pub fn only_catch_all(&self) -> Option<&VirtualHostRt> {
+        match (self.exact.is_empty() && self.wildcards.is_empty(), self.any) {
+            (true, Some(i)) => self.vhosts.get(i),
+            _ => None,
+        }
+    }
+}
+
+impl VirtualHostRt {
+    /// The rules, in precedence order.
+    pub fn rules(&self) -> &[RuleRt] {
+        &self.rules
+    }
+}
+
 /// Why a route table is invalid (the NACK's text, after which table it is).
 #[derive(Debug, thiserror::Error)]
 pub enum RouteTableError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
@@ -77,6 +77,8 @@ pub struct RuleRt {
     /// Whether the fast paths may serve this rule: its action is a forward and every filter is
     /// one they implement (see [`Filters::fast_path`]).
     pub fast_path: bool,
+    /// What the kernel may answer for it, on plain-HTTP listeners.
+    pub kernel: Option<KernelRule>,
     /// timeouts.request: until the response headers.
     pub request_timeout: Option<std::time::Duration>,
     /// timeouts.backendRequest: one attempt at the backend.
@@ -155,6 +157,42 @@ impl ActionRt {
     }
 }
 
+/// What the kernel may answer for a rule: GETs and HEADs (as its match allows) of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRule {
+    pub path: Box<str>,
+    pub get: bool,
+    pub head: bool,
+}
+
+impl KernelRule {
+    /// STAND-IN until the controller's `kernel_answerable` lands (issue 17): a fixed answer
+    /// (direct or redirect) of one Exact path match for GET, HEAD or any method, without the
+    /// filters that act per request (CORS, session, mirror).
+    fn of(matches: &[MatchRt], action: &ActionRt, filters: &Filters) -> Option<Self> {
+        if matches!(action, ActionRt::Forward { .. })
+            || filters.cors().is_some()
+            || filters.session().is_some()
+            || filters.mirrors().next().is_some()
+        {
+            return None;
+        }
+        let [only] = matches else { return None };
+        let (path, method) = only.exact_path_only()?;
+        let (get, head) = match method {
+            None => (true, true),
+            Some(m) if *m == Method::GET => (true, false),
+            Some(m) if *m == Method::HEAD => (false, true),
+            Some(_) => return None,
+        };
+        Some(KernelRule {
+            path: path.into(),
+            get,
+            head,
+        })
+    }
+}
+
 /// A direct answer's headers: valid, and none of those that frame the message or belong to
 /// the connection (the proxy writes those itself).
 fn direct_headers(
@@ -209,6 +247,7 @@ impl RuleRt {
         Ok(RuleRt {
             name: Arc::from(rule.name.as_str()),
             fast_path: action.on_fast_path() && filters.fast_path(),
+            kernel: KernelRule::of(&matches, &action, &filters),
             matches,
             action,
             filters,
