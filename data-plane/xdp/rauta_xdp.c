@@ -104,10 +104,15 @@ struct incoming {
 	__u32 payload_len;
 };
 
+/* reply() could not resize the frame: it is untouched, and can still pass. */
+#define RESIZE_FAILED -2
+/* What reply() takes from the headroom when the whole growth does not fit there. */
+#define FRONT_GROWTH 128
+
 /*
  * Rewrites the packet into our segment to the client: `len` bytes of `answer`'s data (0 for a
- * bare ACK), flags, seq and ack; timestamps echoed when the client sent them. Returns 0, or -1
- * when a helper failed (the packet is then unusable: drop it).
+ * bare ACK), flags, seq and ack; timestamps echoed when the client sent them. Returns 0,
+ * RESIZE_FAILED, or -1 when a helper failed after that (the packet is unusable: drop it).
  */
 static __always_inline int reply(struct xdp_md *ctx, const struct incoming *in,
 				 struct rauta_answer *answer, __u32 len, __u32 payload_sum,
@@ -117,8 +122,21 @@ static __always_inline int reply(struct xdp_md *ctx, const struct incoming *in,
 	__u32 headers = sizeof(struct ethhdr) + sizeof(struct iphdr) + tcp_len;
 	int delta = (int)(headers + len) - (int)(ctx->data_end - ctx->data);
 
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
-		return -1;
+	if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta))
+		return RESIZE_FAILED;
+	if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+		/* Little tailroom (a small skb's buffer, in generic mode or a veth's native one):
+		 * grow at the front instead, where XDP keeps 256 bytes of headroom, or at both
+		 * ends. The whole frame is rewritten, so where it starts does not matter. */
+		if (bpf_xdp_adjust_head(ctx, -delta)) {
+			if (delta <= FRONT_GROWTH || bpf_xdp_adjust_head(ctx, -FRONT_GROWTH))
+				return RESIZE_FAILED;
+			if (bpf_xdp_adjust_tail(ctx, delta - FRONT_GROWTH)) {
+				bpf_xdp_adjust_head(ctx, FRONT_GROWTH);
+				return RESIZE_FAILED;
+			}
+		}
+	}
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -529,11 +547,13 @@ static __always_inline int owned(struct xdp_md *ctx, struct rauta_flow_key *fk,
 		__u32 ack = in->seq + 1;
 
 		count(RAUTA_OWNED_FLOW);
-		if (reply(ctx, in, 0, 0, 0, TH_ACK, end, ack)) {
+		int err = reply(ctx, in, 0, 0, 0, TH_ACK, end, ack);
+
+		if (err)
 			count(RAUTA_ERRORS);
-			return XDP_DROP;
-		}
-		return XDP_TX;
+		if (err == RESIZE_FAILED)
+			return XDP_PASS; /* the kernel resets it: the client is done anyway */
+		return err ? XDP_DROP : XDP_TX;
 	}
 	count(RAUTA_OWNED_FLOW);
 	return XDP_DROP;
@@ -603,10 +623,14 @@ static __always_inline int answer_request(struct xdp_md *ctx, struct incoming *i
 		.server_seq = in->ack,
 		.server_end = in->ack + out_len + 1,
 	};
-	if (reply(ctx, in, answer, out_len, sum, TH_FIN | TH_PSH | TH_ACK, in->ack,
-		  in->seq + len)) {
+	int err = reply(ctx, in, answer, out_len, sum, TH_FIN | TH_PSH | TH_ACK, in->ack,
+			in->seq + len);
+
+	if (err == RESIZE_FAILED)
+		return pass(RAUTA_ERRORS); /* untouched: user space answers it */
+	if (err) {
 		count(RAUTA_ERRORS);
-		return XDP_DROP; /* the packet may be half rewritten; the client retransmits */
+		return XDP_DROP; /* half rewritten; the client retransmits */
 	}
 	bpf_map_update_elem(&flows, fk, &flow, BPF_ANY);
 	count(RAUTA_ANSWERED);
