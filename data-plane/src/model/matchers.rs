@@ -120,6 +120,17 @@ impl MatchRt {
             })
     }
 
+    /// The path of a match that is an Exact path and nothing else but perhaps a method: its
+    /// outcome depends on the method and the path alone.
+    pub fn exact_path_only(&self) -> Option<(&str, Option<&Method>)> {
+        match &self.path {
+            PathRt::Exact(p) if self.headers.is_empty() && self.query.is_empty() => {
+                Some((p, self.method.as_ref()))
+            }
+            _ => None,
+        }
+    }
+
     /// The PathPrefix this match matched on (without trailing slash), for prefix rewrites.
     pub fn prefix(&self) -> Option<&str> {
         match &self.path {

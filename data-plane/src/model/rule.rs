@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
@@ -16,6 +16,7 @@ use super::filters::session::SessionKeys;
 use super::filters::{FilterError, Filters};
 use super::matchers::{MatchError, MatchRt};
 use super::redirect::{RedirectError, RedirectRt};
+use super::response_store::CacheStores;
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 
 #[derive(Debug)]
@@ -77,6 +78,8 @@ pub struct RuleRt {
     /// Whether the fast paths may serve this rule: its action is a forward and every filter is
     /// one they implement (see [`Filters::fast_path`]).
     pub fast_path: bool,
+    /// What the kernel may answer for it, on plain-HTTP listeners.
+    pub kernel: Option<KernelRule>,
     /// timeouts.request: until the response headers.
     pub request_timeout: Option<std::time::Duration>,
     /// timeouts.backendRequest: one attempt at the backend.
@@ -153,6 +156,52 @@ impl ActionRt {
             ActionRt::Redirect(_) | ActionRt::Direct { .. } => false,
         }
     }
+
+    /// Whether the kernel can answer for this action: a fixed answer, or a forward whose
+    /// answers are cached (the kernel then sends the cached ones).
+    fn on_kernel_path(&self, filters: &Filters) -> bool {
+        match self {
+            ActionRt::Redirect(_) | ActionRt::Direct { .. } => true,
+            ActionRt::Forward { .. } => filters.cache().is_some(),
+        }
+    }
+}
+
+/// What the kernel may answer for a rule: GETs and HEADs (as its match allows) of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRule {
+    pub path: Box<str>,
+    pub get: bool,
+    pub head: bool,
+}
+
+impl KernelRule {
+    /// The kernel's part of a rule the controller marked answerable, when the proxy's form of
+    /// it is one a kernel answer can serve: one Exact path match, for GET, HEAD or any method,
+    /// and an action and filters that do not depend on the request's other fields.
+    fn of(
+        rule: &RouteRule,
+        matches: &[MatchRt],
+        action: &ActionRt,
+        filters: &Filters,
+    ) -> Option<Self> {
+        if !rule.kernel_answerable || !action.on_kernel_path(filters) || !filters.kernel() {
+            return None;
+        }
+        let [only] = matches else { return None };
+        let (path, method) = only.exact_path_only()?;
+        let (get, head) = match method {
+            None => (true, true),
+            Some(m) if *m == Method::GET => (true, false),
+            Some(m) if *m == Method::HEAD => (false, true),
+            Some(_) => return None,
+        };
+        Some(KernelRule {
+            path: path.into(),
+            get,
+            head,
+        })
+    }
 }
 
 /// A direct answer's headers: valid, and none of those that frame the message or belong to
@@ -190,13 +239,14 @@ impl RuleRt {
         rule: &RouteRule,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
+        caches: &mut CacheStores,
     ) -> Result<RuleRt, RuleError> {
         if rule.matches.is_empty() {
             return Err(RuleError::NoMatches);
         }
         let matches = exact(rule.matches.iter().map(MatchRt::build))?;
         let action = ActionRt::build(rule.action.as_ref())?;
-        let filters = Filters::of_rule(rule, session_keys)?;
+        let filters = Filters::of_rule(rule, session_keys, caches)?;
         let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {
             d.map(|d| {
                 Duration::try_from(*d).map_err(|e| RuleError::Timeout {
@@ -209,6 +259,7 @@ impl RuleRt {
         Ok(RuleRt {
             name: Arc::from(rule.name.as_str()),
             fast_path: action.on_fast_path() && filters.fast_path(),
+            kernel: KernelRule::of(rule, &matches, &action, &filters),
             matches,
             action,
             filters,
