@@ -323,4 +323,74 @@ mod tests {
             Pick::Invalid
         ));
     }
+
+    fn flagged(path_kind: i32, method: &str) -> RouteRule {
+        use rauta_common::api::v1::{DirectResponse, PathMatch, RouteMatch};
+        RouteRule {
+            name: "r".into(),
+            matches: vec![RouteMatch {
+                path: Some(PathMatch {
+                    kind: path_kind,
+                    value: "/healthz".into(),
+                }),
+                method: method.into(),
+                ..Default::default()
+            }],
+            action: Some(Action::DirectResponse(DirectResponse {
+                status: 200,
+                ..Default::default()
+            })),
+            kernel_answerable: true,
+            ..Default::default()
+        }
+    }
+
+    fn kernel_of(rule: &RouteRule) -> Option<KernelRule> {
+        let metrics = ProxyMetrics::new().unwrap();
+        let keys = SessionKeys::build(&[]).unwrap();
+        RuleRt::build(rule, &metrics, &keys, &mut CacheStores::default())
+            .unwrap()
+            .kernel
+    }
+
+    /// The kernel's part of a rule exists only where the controller marked the rule and the
+    /// proxy's own form of it is one a fixed answer serves, whatever the flag says.
+    #[test]
+    fn only_marked_rules_the_kernel_can_answer_get_a_kernel_part() {
+        use rauta_common::api::v1::{CorsPolicy, ForwardAction, PathMatchKind, ResponseCache};
+        let exact = PathMatchKind::Exact as i32;
+        assert_eq!(
+            kernel_of(&flagged(exact, "")),
+            Some(KernelRule {
+                path: "/healthz".into(),
+                get: true,
+                head: true
+            })
+        );
+        assert_eq!(
+            kernel_of(&flagged(exact, "HEAD")).map(|k| (k.get, k.head)),
+            Some((false, true))
+        );
+        let mut unmarked = flagged(exact, "");
+        unmarked.kernel_answerable = false;
+        assert_eq!(kernel_of(&unmarked), None);
+        assert_eq!(kernel_of(&flagged(PathMatchKind::Prefix as i32, "")), None);
+        assert_eq!(kernel_of(&flagged(exact, "POST")), None);
+        let mut cors = flagged(exact, "");
+        cors.cors = Some(CorsPolicy::default());
+        assert_eq!(kernel_of(&cors), None, "an answer per Origin");
+        let mut forward = flagged(exact, "");
+        forward.action = Some(Action::Forward(ForwardAction::default()));
+        assert_eq!(kernel_of(&forward), None, "a forward without a cache");
+        forward.cache = Some(ResponseCache {
+            max_ttl: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            max_body_bytes: 1,
+            statuses: vec![],
+            max_entries: 1,
+        });
+        assert!(kernel_of(&forward).is_some(), "cached answers of a forward");
+    }
 }

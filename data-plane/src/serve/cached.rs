@@ -1,6 +1,6 @@
 //! Serving a rule that has a ResponseCache: answer from the cache while an answer is fresh,
 //! else forward and keep the backend's answer when it is cacheable. Every answer says what
-//! the cache did in a `Cache-Status` field (RFC 9211): `rauta; hit; ttl=N`,
+//! the cache did in a `Cache-Status` field (RFC 9211): `rauta; hit`,
 //! `rauta; fwd=uri-miss; stored`, `rauta; fwd=uri-miss`, `rauta; fwd=request` (not looked
 //! up: the request carries credentials or asks to bypass caches).
 
@@ -19,6 +19,9 @@ use crate::model::response_store::{CacheCounters, CacheKey, CachedResponse, Fres
 
 /// The RFC 9211 field.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Its value on an answer from the cache (no `ttl`: the kernel path sends the same bytes for
+/// every request of a second).
+pub const HIT: &str = "rauta; hit";
 
 /// An answer, and the session token to set with it.
 pub(super) type Answer = (Response<ProxyBody>, Option<(HeaderName, HeaderValue)>);
@@ -141,9 +144,6 @@ pub fn hit_response(hit: &CachedResponse, now: Instant, head: bool) -> Response<
     let headers = resp.headers_mut();
     headers.clone_from(&hit.headers);
     headers.insert(AGE, HeaderValue::from(hit.age(now).as_secs()));
-    let ttl = hit.expires.saturating_duration_since(now).as_secs();
-    if let Ok(status) = HeaderValue::from_str(&format!("rauta; hit; ttl={ttl}")) {
-        headers.insert(CACHE_STATUS, status);
-    }
+    headers.insert(CACHE_STATUS, HeaderValue::from_static(HIT));
     resp
 }
