@@ -12,25 +12,29 @@
 #   BASELINE=/tmp/rauta-proxy-old benches/proxy.sh   # also measures another build, side by side
 #   PARTS=http benches/proxy.sh           # HTTP only; PARTS=l4: the TCP/UDP relays only
 #
-# PARTS=http,l4 (the default) runs the HTTP part, then benches/l4.sh (the TCP and UDP relays
-# against HAProxy and nginx's stream module; REPEATS, DURATION, BASELINE and BENCH_CPU apply
-# to both), once the HTTP part's servers are stopped.
+# PARTS=http,fresh,l4 (the default) runs the HTTP part, then benches/fresh.sh (a new
+# connection per request, HTTP/1.1 and HTTPS with a TLS 1.3 handshake each, against nginx and
+# HAProxy), then benches/l4.sh (the TCP and UDP relays against HAProxy and nginx's stream
+# module), each once the previous part's servers are stopped; REPEATS, DURATION, BASELINE and
+# BENCH_CPU apply to all.
 #
 # Between runs the figures move by about ±10% on a VM, too much to see a change of a few
 # percent: BASELINE runs a second rauta-proxy (say, a build of the previous commit) in the same
 # run, alternating with the others, and prints rauta's CPU per request over the baseline's.
 #
 # The HTTP part's last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's,
-# HTTP/1.1; lower is better); benches/l4.sh's lines follow.
+# HTTP/1.1; lower is better); benches/fresh.sh's and benches/l4.sh's lines follow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-PARTS=${PARTS:-http,l4}
+PARTS=${PARTS:-http,fresh,l4}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 if ! part http; then
+  part fresh && benches/fresh.sh
   part l4 && exec benches/l4.sh
-  echo "PARTS=$PARTS: nothing to run (parts: http, l4)" >&2
+  part fresh && exit 0
+  echo "PARTS=$PARTS: nothing to run (parts: http, fresh, l4)" >&2
   exit 2
 fi
 
@@ -332,8 +336,10 @@ n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)
 awk -v r="$r_cpu" -v n="$n_cpu" 'BEGIN { printf "cpu_per_req_vs_nginx=%.2f\n", r / n }'
 
-if part l4; then
+if part fresh || part l4; then
   cleanup
   trap - EXIT
-  exec benches/l4.sh
 fi
+part fresh && benches/fresh.sh
+part l4 && exec benches/l4.sh
+exit 0

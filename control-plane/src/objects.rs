@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 
 use crate::crds::direct_response::DirectResponse;
+use crate::crds::response_cache::ResponseCache;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use gateway_api::experimental::udproutes::UdpRoute;
@@ -207,6 +208,7 @@ object_kinds! {
     TcpRoute, tcp_routes, TcpRoute, "gateway.networking.k8s.io", "TCPRoute", true;
     UdpRoute, udp_routes, UdpRoute, "gateway.networking.k8s.io", "UDPRoute", true;
     DirectResponse, direct_responses, DirectResponse, "gateway.rauta.dev", "DirectResponse", true;
+    ResponseCache, response_caches, ResponseCache, "gateway.rauta.dev", "ResponseCache", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

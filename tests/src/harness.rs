@@ -669,6 +669,7 @@ pub struct TlsResponse {
     pub status: u16,
     pub version: http::Version,
     pub body: String,
+    pub headers: http::HeaderMap,
     /// The server's leaf certificate (DER).
     pub peer_certificate: Vec<u8>,
     pub alpn: Option<Vec<u8>>,
@@ -682,6 +683,18 @@ pub async fn https_get(
     trusted: &[&str],
     h2: bool,
     path: &str,
+) -> Result<TlsResponse, String> {
+    https_request(addr, server_name, trusted, h2, path, &[]).await
+}
+
+/// As [`https_get`], with extra request headers.
+pub async fn https_request(
+    addr: SocketAddr,
+    server_name: &str,
+    trusted: &[&str],
+    h2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
 ) -> Result<TlsResponse, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -727,7 +740,11 @@ pub async fn https_get(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::get(format!("https://{server_name}{path}"))
+        let mut req = http::Request::get(format!("https://{server_name}{path}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         sender.send_request(req).await.map_err(|e| e.to_string())?
@@ -736,14 +753,18 @@ pub async fn https_get(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, server_name)
+        let mut req = http::Request::get(path).header(http::header::HOST, server_name);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };
     let status = resp.status().as_u16();
     let version = resp.version();
+    let response_headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
@@ -754,6 +775,7 @@ pub async fn https_get(
         status,
         version,
         body: String::from_utf8_lossy(&body).into_owned(),
+        headers: response_headers,
         peer_certificate,
         alpn,
     })

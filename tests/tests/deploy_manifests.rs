@@ -430,3 +430,44 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
     );
     assert_eq!(fake.denied(), Vec::<String>::new(), "requests RBAC refused");
 }
+
+/// The opt-in kernel fast path variant is 40-proxy.yaml's Deployment with only what XDP needs
+/// changed (so the two cannot drift apart), and the proxy accepts its flags.
+#[test]
+fn the_xdp_variant_is_the_proxy_deployment_plus_what_xdp_needs() {
+    let base = find(&manifests(), "Deployment", "rauta-proxy").clone();
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/optional/proxy-xdp.yaml");
+    let text = std::fs::read_to_string(&path).expect("manifests/optional/proxy-xdp.yaml");
+    let variant: Value = serde_saphyr::from_str(&text).expect("one Deployment");
+    let args = strings(&container(&variant)["args"]);
+    assert_eq!(flag(&args, "--xdp-interface").as_deref(), Some("eth0"));
+    assert_eq!(flag(&args, "--xdp-mode").as_deref(), Some("generic"));
+    let mut undone = variant.clone();
+    let spec = &mut undone["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["securityContext"]["sysctls"][0],
+        serde_json::json!({"name": "net.ipv4.tcp_syncookies", "value": "2"})
+    );
+    spec.as_object_mut().unwrap().remove("securityContext");
+    let c = &mut spec["containers"][0];
+    c["args"] = serde_json::json!(without(&args, &["--xdp-interface", "--xdp-mode"]));
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN"])
+    );
+    c["securityContext"] =
+        base["spec"]["template"]["spec"]["containers"][0]["securityContext"].clone();
+    assert_eq!(undone, base, "proxy-xdp.yaml drifted from 40-proxy.yaml");
+
+    // The flags parse (an interface that does not exist: one warning, user space serves).
+    let help = std::process::Command::new(rauta_tests::harness::bin("rauta-proxy"))
+        .arg("--help")
+        .output()
+        .expect("rauta-proxy --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--xdp-interface") && help.contains("--xdp-mode"),
+        "{help}"
+    );
+}

@@ -3,6 +3,7 @@
 //! fails when the committed file is stale).
 
 pub mod direct_response;
+pub mod response_cache;
 
 use kube::CustomResourceExt;
 
@@ -11,7 +12,10 @@ pub const GROUP: &str = "gateway.rauta.dev";
 
 /// Every CRD RAUTA defines, as one YAML stream (`manifests/05-crds.yaml`).
 pub fn crd_manifests() -> Result<String, String> {
-    let crds = [direct_response::DirectResponse::crd()];
+    let crds = [
+        direct_response::DirectResponse::crd(),
+        response_cache::ResponseCache::crd(),
+    ];
     let mut out = String::from(
         "# Generated from control-plane/src/crds by `REGENERATE_CRDS=1 cargo test -p rauta-controller crd`;\n# do not edit.\n",
     );

@@ -1,16 +1,17 @@
 //! ExtensionRef filters: objects of RAUTA's own group that a route rule names. A
-//! DirectResponse makes the rule answer by itself. A reference to a kind RAUTA does not
+//! DirectResponse makes the rule answer by itself; a ResponseCache keeps its backends' answers. A reference to a kind RAUTA does not
 //! define, or to an object that does not exist, makes the rule answer 500 and the route's
 //! ResolvedRefs False (InvalidKind, BackendNotFound): the spec forbids skipping a custom
 //! filter that cannot be resolved, and the route's other rules keep working.
 
 use rauta_common::api::v1::route_rule::Action;
-use rauta_common::api::v1::{DirectResponse, HeaderValue};
+use rauta_common::api::v1::{DirectResponse, HeaderValue, ResponseCache};
 
 use super::backends::{RefProblem, error_answer};
 use super::filters::{ExtensionRef, RuleFilters};
 use crate::crds::GROUP;
 use crate::crds::direct_response::{self, DirectResponseSpec};
+use crate::crds::response_cache::{self, ResponseCacheSpec};
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// Headers a DirectResponse may not set: the proxy frames the answer and owns the connection.
@@ -25,19 +26,36 @@ const MANAGED_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
-/// The action a rule's ExtensionRef filters give it, if any (it replaces forwarding), and the
-/// first reference that did not resolve; `Err` when the rule cannot be served as written (the
-/// route is then not accepted).
-pub fn action(
+/// What a rule's ExtensionRef filters give it.
+#[derive(Debug, Default)]
+pub struct Extended {
+    /// An action replacing forwarding: a DirectResponse, or the 500 of an unresolved reference.
+    pub action: Option<Action>,
+    /// A ResponseCache for the backends' answers.
+    pub cache: Option<ResponseCache>,
+    /// The first reference that did not resolve.
+    pub problem: Option<RefProblem>,
+}
+
+/// One resolved ExtensionRef.
+enum Resolved {
+    Direct(DirectResponseSpec),
+    Cache(ResponseCacheSpec),
+}
+
+/// What a rule's ExtensionRef filters give it; `Err` when the rule cannot be served as written
+/// (the route is then not accepted).
+pub fn resolve_all(
     objects: &ObjectSet,
     namespace: &str,
     filters: &RuleFilters,
-) -> Result<(Option<Action>, Option<RefProblem>), String> {
+) -> Result<Extended, String> {
     let mut direct = None;
+    let mut cache = None;
     let mut unresolved = None;
     for e in &filters.extensions {
         match resolve(objects, namespace, e) {
-            Ok(spec) => {
+            Ok(Resolved::Direct(spec)) => {
                 if filters.redirect.is_some()
                     || filters.url_rewrite.is_some()
                     || !filters.mirrors.is_empty()
@@ -53,41 +71,110 @@ pub fn action(
                 }
                 direct = Some(direct_response(&e.name, &spec)?);
             }
+            Ok(Resolved::Cache(spec)) => {
+                if cache.is_some() {
+                    return Err("a rule may name one ResponseCache".into());
+                }
+                cache = Some(response_cache(&e.name, &spec)?);
+            }
             Err(problem) => {
                 unresolved.get_or_insert(problem);
             }
         }
     }
+    if cache.is_some() && (direct.is_some() || filters.redirect.is_some()) {
+        return Err(
+            "ResponseCache: the rule answers by itself (DirectResponse or RequestRedirect), \
+             so no backend answer can be cached"
+                .into(),
+        );
+    }
     // An unresolved reference wins: the rule answers 500.
     Ok(match unresolved {
-        Some(problem) => (Some(error_answer()), Some(problem)),
-        None => (direct.map(Action::DirectResponse), None),
+        Some(problem) => Extended {
+            action: Some(error_answer()),
+            cache: None,
+            problem: Some(problem),
+        },
+        None => Extended {
+            action: direct.map(Action::DirectResponse),
+            cache,
+            problem: None,
+        },
     })
 }
 
 /// The object an ExtensionRef names, or why it cannot be used.
-fn resolve(
-    objects: &ObjectSet,
-    namespace: &str,
-    e: &ExtensionRef,
-) -> Result<DirectResponseSpec, RefProblem> {
-    if e.group != GROUP || e.kind != "DirectResponse" {
-        return Err(RefProblem {
-            reason: "InvalidKind",
-            message: format!(
-                "ExtensionRef {}/{} is not a kind RAUTA defines (gateway.rauta.dev/DirectResponse)",
-                e.group, e.kind
-            ),
-        });
-    }
+fn resolve(objects: &ObjectSet, namespace: &str, e: &ExtensionRef) -> Result<Resolved, RefProblem> {
     let key = ObjectRef::new(namespace, e.name.as_str());
-    match objects.direct_responses.get(&key) {
-        Some(object) => Ok(object.spec.clone()),
-        None => Err(RefProblem {
-            reason: "BackendNotFound",
-            message: format!("DirectResponse {key} not found"),
-        }),
+    let found = match (e.group.as_str(), e.kind.as_str()) {
+        (GROUP, "DirectResponse") => objects
+            .direct_responses
+            .get(&key)
+            .map(|o| Resolved::Direct(o.spec.clone())),
+        (GROUP, "ResponseCache") => objects
+            .response_caches
+            .get(&key)
+            .map(|o| Resolved::Cache(o.spec.clone())),
+        _ => {
+            return Err(RefProblem {
+                reason: "InvalidKind",
+                message: format!(
+                    "ExtensionRef {}/{} is not a kind RAUTA defines \
+                     (gateway.rauta.dev/DirectResponse, gateway.rauta.dev/ResponseCache)",
+                    e.group, e.kind
+                ),
+            });
+        }
+    };
+    found.ok_or_else(|| RefProblem {
+        reason: "BackendNotFound",
+        message: format!("{} {key} not found", e.kind),
+    })
+}
+
+/// A ResponseCache as the proxy applies it; `Err` says what is wrong with the object.
+fn response_cache(name: &str, spec: &ResponseCacheSpec) -> Result<ResponseCache, String> {
+    let problem = |what: String| format!("ResponseCache {name}: {what}");
+    let ttl: gateway_api::Duration = spec
+        .max_ttl
+        .parse()
+        .map_err(|e| problem(format!("maxTTL {:?}: {e}", spec.max_ttl)))?;
+    let ttl = std::time::Duration::from_millis(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    if ttl.is_zero() {
+        return Err(problem("maxTTL must be more than 0s".into()));
     }
+    let max_body_bytes = spec
+        .max_body_bytes
+        .unwrap_or(response_cache::DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 || max_body_bytes > response_cache::LIMIT_MAX_BODY_BYTES {
+        return Err(problem(format!(
+            "maxBodyBytes must be 1 to {}",
+            response_cache::LIMIT_MAX_BODY_BYTES
+        )));
+    }
+    let statuses = spec
+        .statuses
+        .iter()
+        .map(|s| {
+            u32::try_from(*s)
+                .ok()
+                .filter(|s| (200..=599).contains(s))
+                .ok_or_else(|| problem(format!("status {s} is not 200 to 599")))
+        })
+        .collect::<Result<Vec<u32>, String>>()?;
+    let max_entries = spec
+        .max_entries
+        .unwrap_or(response_cache::DEFAULT_MAX_ENTRIES);
+    if max_entries == 0 {
+        return Err(problem("maxEntries must be more than 0".into()));
+    }
+    Ok(ResponseCache {
+        max_ttl: prost_types::Duration::try_from(ttl).ok(),
+        max_body_bytes,
+        statuses,
+        max_entries,
+    })
 }
 
 /// A DirectResponse as the proxy serves it; `Err` says what is wrong with the object.

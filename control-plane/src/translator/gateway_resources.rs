@@ -13,6 +13,7 @@ use rauta_common::api::v1::{
 use rauta_common::types::ResourceType;
 
 use super::hostnames;
+use super::kernel;
 use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
@@ -151,7 +152,7 @@ impl Ports {
                     .insert(name, Payload::L4RouteTable(table));
                 continue;
             }
-            let virtual_hosts = vhosts
+            let mut virtual_hosts: Vec<VirtualHost> = vhosts
                 .into_iter()
                 .map(|(domain, entries)| {
                     let mut entries: Vec<MatchEntry> =
@@ -164,6 +165,9 @@ impl Ports {
                     }
                 })
                 .collect();
+            if listeners.protocol == ListenerProtocol::Http {
+                kernel::mark(&mut virtual_hosts);
+            }
             // Session keys are the cache's to add: the translator has no secrets.
             let table = RouteTable {
                 name: name.clone(),

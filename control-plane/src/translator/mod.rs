@@ -18,6 +18,7 @@ mod gateway;
 mod gateway_resources;
 mod grpc;
 pub mod hostnames;
+mod kernel;
 mod l4_routes;
 mod listener_sets;
 mod listeners;

@@ -159,12 +159,12 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
             &filters.mirrors,
             &mut out,
         );
-        let extended = extensions::action(objects, &key.namespace, &filters);
-        let (extended, problem) = out.or_unsupported(extended, (None, None));
-        if let Some(problem) = problem {
+        let extended = extensions::resolve_all(objects, &key.namespace, &filters);
+        let extended = out.or_unsupported(extended, extensions::Extended::default());
+        if let Some(problem) = extended.problem {
             out.ref_problem.get_or_insert(problem);
         }
-        let action = match (extended, &filters.redirect) {
+        let action = match (extended.action, &filters.redirect) {
             (Some(action), _) => action,
             (None, Some(redirect)) => Action::Redirect(redirect.clone()),
             (None, None) => compile_action(objects, &key.namespace, referrer, rule, &mut out),
@@ -191,6 +191,9 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
                 request_headers: filters.request_headers.clone(),
                 response_headers: filters.response_headers.clone(),
                 url_rewrite: filters.url_rewrite.clone(),
+                cache: extended.cache.clone(),
+                // Decided once the table's precedence is known (`kernel.rs`).
+                kernel_answerable: false,
             };
             out.entries.push(MatchEntry { precedence, rule });
         }

@@ -6,6 +6,7 @@ use hyper::StatusCode;
 use rauta_common::plain_http;
 use tokio::net::TcpListener;
 
+mod cache_metrics;
 mod config_dump;
 use crate::kernel::KernelPath;
 use crate::shared::Shared;
@@ -19,12 +20,13 @@ fn respond(
     match path {
         "/metrics" => {
             // Ejections end by time, not by an event: the gauge is read off the state.
-            shared.state.load().record_ejections(&shared.metrics);
-            (
-                StatusCode::OK,
-                plain_http::PROMETHEUS,
-                shared.metrics.render(),
-            )
+            let state = shared.state.load();
+            state.record_ejections(&shared.metrics);
+            let mut body = shared.metrics.render();
+            let mut caches = String::new();
+            cache_metrics::render(&state, &mut caches);
+            body.extend_from_slice(caches.as_bytes());
+            (StatusCode::OK, plain_http::PROMETHEUS, body)
         }
         "/config_dump" => (
             StatusCode::OK,

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::model::filters::session::SessionKeys;
+use crate::model::response_store::CacheStores;
 use crate::observe::metrics::ProxyMetrics;
 
 fn header(name: &str, value: &str) -> ApiHeader {
@@ -33,14 +34,12 @@ fn rule(path: &str, action: Action, response_headers: Option<HeaderModifier>) ->
         }],
         action: Some(action),
         response_headers,
+        kernel_answerable: true,
         ..Default::default()
     };
-    RuleRt::build(
-        &rule,
-        &ProxyMetrics::new().unwrap(),
-        &SessionKeys::default(),
-    )
-    .unwrap()
+    let metrics = ProxyMetrics::new().unwrap();
+    let mut caches = CacheStores::default();
+    RuleRt::build(&rule, &metrics, &SessionKeys::default(), &mut caches).unwrap()
 }
 
 /// What hyper, serving user space's answers, writes for `template` to a request with

@@ -11,6 +11,7 @@ pub mod maglev;
 pub mod matchers;
 pub mod redirect;
 pub mod request;
+pub mod response_store;
 pub mod retry_budget;
 pub mod route_table;
 pub mod rule;
@@ -31,6 +32,7 @@ use crate::observe::metrics::{ProxyMetrics, RouteStats};
 use crate::upstream::UpstreamPools;
 use cluster::{ClusterError, ClusterRt, Clusters};
 use l4::{L4TableError, L4TableRt};
+use response_store::CacheStores;
 use route_table::{RouteTableError, RouteTableRt};
 use store::ResourceStore;
 
@@ -49,6 +51,8 @@ pub struct RoutingState {
     /// TCP, UDP and TLS Terminate listener name -> its L4 route table (`None` until the table
     /// arrives: connections are closed).
     l4: HashMap<String, Option<Arc<L4TableRt>>>,
+    /// The response caches of the rules that have one.
+    caches: CacheStores,
     pub no_route: Option<Arc<RouteStats>>,
 }
 
@@ -95,6 +99,11 @@ impl RoutingState {
         self.tls.get(listener).map(|(_, _, n)| n.as_ref())
     }
 
+    /// Every rule's response cache, by rule name.
+    pub fn caches(&self) -> impl Iterator<Item = (&str, &Arc<response_store::ResponseStore>)> {
+        self.caches.iter()
+    }
+
     /// Every cluster, by name.
     pub fn clusters(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
         self.clusters.iter()
@@ -128,16 +137,18 @@ impl RoutingState {
         metrics: &ProxyMetrics,
     ) -> Result<(RoutingState, Vec<ListenerSpec>), BuildError> {
         let clusters = Clusters::validate(store, &previous.clusters, pools)?;
+        let mut caches = CacheStores::after(&previous.caches);
         let mut tables = HashMap::new();
         for resource in store.resources(ResourceType::RouteTable) {
             let Some(Payload::RouteTable(table)) = &resource.payload else {
                 continue;
             };
-            let rt =
-                RouteTableRt::build(table, metrics).map_err(|source| BuildError::RouteTable {
+            let rt = RouteTableRt::build(table, metrics, &mut caches).map_err(|source| {
+                BuildError::RouteTable {
                     table: table.name.clone(),
                     source,
-                })?;
+                }
+            })?;
             tables.insert(table.name.clone(), rt);
         }
         let mut l4_tables = HashMap::new();
@@ -201,11 +212,13 @@ impl RoutingState {
             .filter(|(_, _, l4)| l4.is_empty())
             .map(|(name, table, _)| (name, tables.get(&table).cloned()))
             .collect();
+        caches.finish();
         let state = RoutingState {
             listeners,
             clusters,
             tls: tls_configs,
             l4,
+            caches,
             no_route: Some(metrics.route_counters("")),
         };
         Ok((state, specs))

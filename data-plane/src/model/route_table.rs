@@ -10,6 +10,7 @@ use super::collect::exact;
 use super::filters::session::{SessionError, SessionKeys};
 use super::matchers::MatchRt;
 use super::request::RequestView;
+use super::response_store::CacheStores;
 use super::rule::{RuleError, RuleRt};
 use crate::observe::metrics::ProxyMetrics;
 
@@ -103,12 +104,15 @@ impl VirtualHostRt {
         vhost: &VirtualHost,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
+        caches: &mut CacheStores,
     ) -> Result<VirtualHostRt, RouteTableError> {
         let rules = exact(vhost.rules.iter().map(|rule| {
-            RuleRt::build(rule, metrics, session_keys).map_err(|source| RouteTableError::Rule {
-                vhost: vhost.name.clone(),
-                rule: rule.name.clone(),
-                source,
+            RuleRt::build(rule, metrics, session_keys, caches).map_err(|source| {
+                RouteTableError::Rule {
+                    vhost: vhost.name.clone(),
+                    rule: rule.name.clone(),
+                    source,
+                }
             })
         }))?;
         Ok(VirtualHostRt {
@@ -123,12 +127,14 @@ impl RouteTableRt {
     pub fn build(
         table: &RouteTable,
         metrics: &ProxyMetrics,
+        caches: &mut CacheStores,
     ) -> Result<RouteTableRt, RouteTableError> {
         let mut rt = RouteTableRt::default();
         let keys = SessionKeys::build(&table.session_keys)?;
         for vhost in &table.virtual_hosts {
             let index = rt.vhosts.len();
-            rt.vhosts.push(VirtualHostRt::build(vhost, metrics, &keys)?);
+            rt.vhosts
+                .push(VirtualHostRt::build(vhost, metrics, &keys, caches)?);
             for domain in &vhost.domains {
                 let domain = domain.to_ascii_lowercase();
                 if domain == "*" {

@@ -16,6 +16,7 @@ use super::filters::session::SessionKeys;
 use super::filters::{FilterError, Filters};
 use super::matchers::{MatchError, MatchRt};
 use super::redirect::{RedirectError, RedirectRt};
+use super::response_store::CacheStores;
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 
 #[derive(Debug)]
@@ -155,6 +156,15 @@ impl ActionRt {
             ActionRt::Redirect(_) | ActionRt::Direct { .. } => false,
         }
     }
+
+    /// Whether the kernel can answer for this action: a fixed answer, or a forward whose
+    /// answers are cached (the kernel then sends the cached ones).
+    fn on_kernel_path(&self, filters: &Filters) -> bool {
+        match self {
+            ActionRt::Redirect(_) | ActionRt::Direct { .. } => true,
+            ActionRt::Forward { .. } => filters.cache().is_some(),
+        }
+    }
 }
 
 /// What the kernel may answer for a rule: GETs and HEADs (as its match allows) of one path.
@@ -166,15 +176,16 @@ pub struct KernelRule {
 }
 
 impl KernelRule {
-    /// STAND-IN until the controller's `kernel_answerable` lands (issue 17): a fixed answer
-    /// (direct or redirect) of one Exact path match for GET, HEAD or any method, without the
-    /// filters that act per request (CORS, session, mirror).
-    fn of(matches: &[MatchRt], action: &ActionRt, filters: &Filters) -> Option<Self> {
-        if matches!(action, ActionRt::Forward { .. })
-            || filters.cors().is_some()
-            || filters.session().is_some()
-            || filters.mirrors().next().is_some()
-        {
+    /// The kernel's part of a rule the controller marked answerable, when the proxy's form of
+    /// it is one a kernel answer can serve: one Exact path match, for GET, HEAD or any method,
+    /// and an action and filters that do not depend on the request's other fields.
+    fn of(
+        rule: &RouteRule,
+        matches: &[MatchRt],
+        action: &ActionRt,
+        filters: &Filters,
+    ) -> Option<Self> {
+        if !rule.kernel_answerable || !action.on_kernel_path(filters) || !filters.kernel() {
             return None;
         }
         let [only] = matches else { return None };
@@ -228,13 +239,14 @@ impl RuleRt {
         rule: &RouteRule,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
+        caches: &mut CacheStores,
     ) -> Result<RuleRt, RuleError> {
         if rule.matches.is_empty() {
             return Err(RuleError::NoMatches);
         }
         let matches = exact(rule.matches.iter().map(MatchRt::build))?;
         let action = ActionRt::build(rule.action.as_ref())?;
-        let filters = Filters::of_rule(rule, session_keys)?;
+        let filters = Filters::of_rule(rule, session_keys, caches)?;
         let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {
             d.map(|d| {
                 Duration::try_from(*d).map_err(|e| RuleError::Timeout {
@@ -247,7 +259,7 @@ impl RuleRt {
         Ok(RuleRt {
             name: Arc::from(rule.name.as_str()),
             fast_path: action.on_fast_path() && filters.fast_path(),
-            kernel: KernelRule::of(&matches, &action, &filters),
+            kernel: KernelRule::of(rule, &matches, &action, &filters),
             matches,
             action,
             filters,
@@ -310,5 +322,75 @@ mod tests {
             .pick(7),
             Pick::Invalid
         ));
+    }
+
+    fn flagged(path_kind: i32, method: &str) -> RouteRule {
+        use rauta_common::api::v1::{DirectResponse, PathMatch, RouteMatch};
+        RouteRule {
+            name: "r".into(),
+            matches: vec![RouteMatch {
+                path: Some(PathMatch {
+                    kind: path_kind,
+                    value: "/healthz".into(),
+                }),
+                method: method.into(),
+                ..Default::default()
+            }],
+            action: Some(Action::DirectResponse(DirectResponse {
+                status: 200,
+                ..Default::default()
+            })),
+            kernel_answerable: true,
+            ..Default::default()
+        }
+    }
+
+    fn kernel_of(rule: &RouteRule) -> Option<KernelRule> {
+        let metrics = ProxyMetrics::new().unwrap();
+        let keys = SessionKeys::build(&[]).unwrap();
+        RuleRt::build(rule, &metrics, &keys, &mut CacheStores::default())
+            .unwrap()
+            .kernel
+    }
+
+    /// The kernel's part of a rule exists only where the controller marked the rule and the
+    /// proxy's own form of it is one a fixed answer serves, whatever the flag says.
+    #[test]
+    fn only_marked_rules_the_kernel_can_answer_get_a_kernel_part() {
+        use rauta_common::api::v1::{CorsPolicy, ForwardAction, PathMatchKind, ResponseCache};
+        let exact = PathMatchKind::Exact as i32;
+        assert_eq!(
+            kernel_of(&flagged(exact, "")),
+            Some(KernelRule {
+                path: "/healthz".into(),
+                get: true,
+                head: true
+            })
+        );
+        assert_eq!(
+            kernel_of(&flagged(exact, "HEAD")).map(|k| (k.get, k.head)),
+            Some((false, true))
+        );
+        let mut unmarked = flagged(exact, "");
+        unmarked.kernel_answerable = false;
+        assert_eq!(kernel_of(&unmarked), None);
+        assert_eq!(kernel_of(&flagged(PathMatchKind::Prefix as i32, "")), None);
+        assert_eq!(kernel_of(&flagged(exact, "POST")), None);
+        let mut cors = flagged(exact, "");
+        cors.cors = Some(CorsPolicy::default());
+        assert_eq!(kernel_of(&cors), None, "an answer per Origin");
+        let mut forward = flagged(exact, "");
+        forward.action = Some(Action::Forward(ForwardAction::default()));
+        assert_eq!(kernel_of(&forward), None, "a forward without a cache");
+        forward.cache = Some(ResponseCache {
+            max_ttl: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            max_body_bytes: 1,
+            statuses: vec![],
+            max_entries: 1,
+        });
+        assert!(kernel_of(&forward).is_some(), "cached answers of a forward");
     }
 }

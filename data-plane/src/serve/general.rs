@@ -13,6 +13,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, LOCATION, ORIGIN};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tracing::debug;
 
+use super::cached;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
@@ -172,9 +173,18 @@ async fn serve(
             headers,
         } => (direct(*status, body, headers), None),
         ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, &req), None),
-        action @ ActionRt::Forward { backends, .. } => {
-            routed.forward(action, backends, req, details).await
-        }
+        action @ ActionRt::Forward { backends, .. } => match rule.filters.cache() {
+            Some(cache) => {
+                // The key outlives the request, which is forwarded on a miss.
+                let host = host.into_owned();
+                let routed = &routed;
+                cached::serve(cache, (listener.tls, &host), req, move |req| {
+                    routed.forward(action, backends, req, details)
+                })
+                .await
+            }
+            None => routed.forward(action, backends, req, details).await,
+        },
     };
     if let Some(ops) = rule.filters.response_headers() {
         ops.apply(resp.headers_mut());

@@ -5,13 +5,15 @@
 //!   request straight from the client's fields, for rules whose filters it implements;
 //! - the HTTP/2 fast path (`http2::fast`): HTTP/2 requests without a body, planned by the same
 //!   planner as HTTP/1.1;
-//! - the general path (`general`, `forward`) for everything else, through hyper's types.
+//! - the general path (`general`, `forward`, `cached` for rules with a response cache) for
+//!   everything else, through hyper's types.
 //!
 //! Also the proxy's own HTTP/2 server (`http2`), the TCP, TLS and UDP relays, and protocol upgrades.
 
 pub mod accept;
 pub mod activity;
 pub mod attempt;
+pub mod cached;
 pub mod client_hello;
 pub mod context;
 pub mod copy;

@@ -6,6 +6,7 @@
 //! `match`: a new filter does not compile until it says whether the fast paths handle it, so
 //! a rule can never reach a fast path that would silently skip one of its filters.
 
+pub mod cache;
 pub mod cors;
 pub mod header_ops;
 pub mod mirror;
@@ -17,6 +18,8 @@ use rauta_common::api::v1::{RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
 use super::cluster::Clusters;
+use super::response_store::{CacheConfig, CacheError, CacheStores};
+use cache::CacheRt;
 use cors::CorsError;
 use header_ops::HeaderOpsError;
 use retry::RetryError;
@@ -36,6 +39,8 @@ pub enum FilterError {
     Retry(#[from] RetryError),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 pub use cors::CorsRt;
@@ -74,6 +79,8 @@ pub enum FilterRt {
     Retry(RetryRt),
     /// The rule's sessionPersistence.
     Session(SessionRt),
+    /// A ResponseCache: backend answers kept and served while fresh.
+    Cache(CacheRt),
 }
 
 impl FilterRt {
@@ -89,7 +96,24 @@ impl FilterRt {
             | FilterRt::Mirror(_)
             | FilterRt::Cors(_)
             | FilterRt::Retry(_)
-            | FilterRt::Session(_) => false,
+            | FilterRt::Session(_)
+            | FilterRt::Cache(_) => false,
+        }
+    }
+
+    /// Whether an answer the kernel sends (rendered by user space once, sent for every
+    /// request of the key) can do what this filter does. Those that depend on the request's
+    /// other fields or must act per request cannot.
+    fn on_kernel_path(&self) -> bool {
+        match self {
+            // Rendered into the answer, or applied to the request that filled the cache.
+            FilterRt::RequestHeaders(_)
+            | FilterRt::ResponseHeaders(_)
+            | FilterRt::UrlRewrite(_)
+            | FilterRt::Retry(_)
+            | FilterRt::Cache(_) => true,
+            // A copy per request; an answer per Origin; a token per client.
+            FilterRt::Mirror(_) | FilterRt::Cors(_) | FilterRt::Session(_) => false,
         }
     }
 }
@@ -100,6 +124,8 @@ pub struct Filters {
     list: Box<[FilterRt]>,
     /// Every filter is one the fast paths implement.
     fast_path: bool,
+    /// Every filter is one a kernel answer can do.
+    kernel: bool,
 }
 
 impl Default for Filters {
@@ -122,7 +148,11 @@ macro_rules! first {
 impl Filters {
     /// A rule's filters, from the fields of its snapshot form. Mirrors name their clusters;
     /// [`Filters::link`] finds them once the snapshot's clusters exist.
-    pub fn of_rule(rule: &RouteRule, session_keys: &SessionKeys) -> Result<Filters, FilterError> {
+    pub fn of_rule(
+        rule: &RouteRule,
+        session_keys: &SessionKeys,
+        caches: &mut CacheStores,
+    ) -> Result<Filters, FilterError> {
         let mut list = Vec::new();
         if let Some(m) = &rule.request_headers {
             list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
@@ -150,6 +180,11 @@ impl Filters {
         if let Some(p) = &rule.session_persistence {
             list.push(FilterRt::Session(SessionRt::build(p, session_keys)?));
         }
+        if let Some(c) = &rule.cache {
+            let config = CacheConfig::try_from(c)?;
+            let store = caches.store_for(&rule.name, config);
+            list.push(FilterRt::Cache(CacheRt { store }));
+        }
         Ok(Filters::new(list))
     }
 
@@ -175,16 +210,19 @@ impl Filters {
                 | FilterRt::UrlRewrite(_)
                 | FilterRt::Cors(_)
                 | FilterRt::Retry(_)
-                | FilterRt::Session(_) => {}
+                | FilterRt::Session(_)
+                | FilterRt::Cache(_) => {}
             }
         }
     }
 
     pub fn new(list: Vec<FilterRt>) -> Filters {
         let fast_path = list.iter().all(FilterRt::on_fast_path);
+        let kernel = list.iter().all(FilterRt::on_kernel_path);
         Filters {
             list: list.into_boxed_slice(),
             fast_path,
+            kernel,
         }
     }
 
@@ -192,6 +230,11 @@ impl Filters {
     #[inline]
     pub fn fast_path(&self) -> bool {
         self.fast_path
+    }
+
+    /// Whether a kernel answer can do what these filters do.
+    pub fn kernel(&self) -> bool {
+        self.kernel
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &FilterRt> {
@@ -226,6 +269,11 @@ impl Filters {
     #[inline]
     pub fn session(&self) -> Option<&SessionRt> {
         first!(self.list, Session)
+    }
+
+    #[inline]
+    pub fn cache(&self) -> Option<&CacheRt> {
+        first!(self.list, Cache)
     }
 
     /// Every mirror, in order.
