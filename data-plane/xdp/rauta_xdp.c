@@ -104,6 +104,15 @@ struct incoming {
 	__u32 payload_len;
 };
 
+/*
+ * Whether reply() may grow a frame at the front when its tail has no room. Set by the loader:
+ * 1 in generic mode; 0 in native mode, where on a veth a frame grown at the front and sent
+ * with XDP_TX never reaches the peer (seen on 6.18: the client only got the answer to its
+ * retransmission, 200 ms later). Without room at the tail the request then passes to user
+ * space; a NIC's page-sized frames have room.
+ */
+const volatile __u32 grow_front = 1;
+
 /* reply() could not resize the frame: it is untouched, and can still pass. */
 #define RESIZE_FAILED -2
 /* What reply() takes from the headroom when the whole growth does not fit there. */
@@ -125,6 +134,8 @@ static __always_inline int reply(struct xdp_md *ctx, const struct incoming *in,
 	if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta))
 		return RESIZE_FAILED;
 	if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+		if (!grow_front)
+			return RESIZE_FAILED;
 		/* Little tailroom (a small skb's buffer, in generic mode or a veth's native one):
 		 * grow at the front instead, where XDP keeps 256 bytes of headroom, or at both
 		 * ends. The whole frame is rewritten, so where it starts does not matter. */

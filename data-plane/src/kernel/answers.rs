@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use super::maps::{AnswerKey, METHOD_GET, METHOD_HEAD};
 use crate::model::rule::{ActionRt, KernelRule, RuleRt};
 use crate::model::{ListenerSpec, RoutingState};
+use crate::serve::cached::{CACHE_STATUS, HIT};
 use crate::serve::local_reply::{direct, local};
 
 /// A response before its per-second parts (Date, Age) are added.
@@ -103,6 +104,51 @@ pub fn desired(
                     methods: methods(kernel.get, head),
                     template: Arc::new(template),
                     expires: None,
+                    source: Arc::clone(&rule.name),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The response caches' fresh answers the kernel may send: those kept for plain HTTP by the
+/// rules it may answer (the requests that filled them were routed to the rule by their own
+/// host and target, so the key is right whatever the rule's virtual host), as user space sends
+/// them from the cache (`serve::cached::hit_response`, then the rule's response headers).
+pub fn cached(state: &RoutingState, listeners: &[ListenerSpec], now: Instant) -> Vec<CachedAnswer> {
+    let mut out = Vec::new();
+    for spec in listeners.iter().filter(|s| !s.tls && s.relay.is_none()) {
+        let Some(table) = state.route_table(&spec.name) else {
+            continue;
+        };
+        let rules = table.virtual_hosts().iter().flat_map(|v| v.rules());
+        for rule in rules {
+            let (Some(kernel), Some(cache)) = (&rule.kernel, rule.filters.cache()) else {
+                continue;
+            };
+            for (key, kept) in cache.store.entries() {
+                if key.https || !kept.fresh(now) {
+                    continue;
+                }
+                let mut headers = kept.headers.clone();
+                headers.insert(CACHE_STATUS, HeaderValue::from_static(HIT));
+                if let Some(ops) = rule.filters.response_headers() {
+                    ops.apply(&mut headers);
+                }
+                out.push(CachedAnswer {
+                    port: spec.port,
+                    host: key.host.to_string(),
+                    target: key.target.to_string(),
+                    get: kernel.get,
+                    head: kernel.head,
+                    template: Arc::new(Template {
+                        status: kept.status,
+                        headers,
+                        body: kept.body.clone(),
+                        age: Some((kept.age(now).as_secs(), now)),
+                    }),
+                    expires: kept.expires,
                     source: Arc::clone(&rule.name),
                 });
             }

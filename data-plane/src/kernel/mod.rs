@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, Xdp};
+use aya::{Ebpf, EbpfLoader};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use serde_json::{Value, json};
 use tracing::warn;
@@ -21,6 +21,7 @@ use tracing::warn;
 use crate::config::applier::KernelSync;
 use crate::model::{ListenerSpec, RoutingState};
 use crate::observe::metrics::ProxyMetrics;
+use crate::shared::Shared;
 use answers::{Answer, CachedAnswer};
 use maps::{AnswerKey, AnswerValue, COUNTERS};
 
@@ -70,6 +71,8 @@ struct Inner {
     configured: BTreeMap<AnswerKey, Answer>,
     /// The response cache's answers ([`KernelPath::set_cached`]).
     cached: Vec<CachedAnswer>,
+    /// The listeners last synced (the cache's answers are read for their ports).
+    listeners: Vec<ListenerSpec>,
     /// What the answers map holds.
     installed: BTreeMap<AnswerKey, Answer>,
     installed_ports: BTreeSet<u16>,
@@ -160,7 +163,11 @@ impl KernelPath {
     /// answered until the first [`KernelSync::sync`]. `port_offset` is the proxy's
     /// --listener-port-offset: the program sees the bound ports.
     pub fn attach(interface: &str, mode: XdpMode, port_offset: u16) -> Result<Self, KernelError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        // Growing a frame at the front loses it on a veth in native mode (rauta_xdp.c).
+        let grow_front: u32 = u32::from(mode == XdpMode::Generic);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("grow_front", &grow_front, true)
+            .load(OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut("rauta_xdp")
             .ok_or(KernelError::Missing("program rauta_xdp"))?
@@ -180,6 +187,7 @@ impl KernelPath {
             _ebpf: ebpf,
             configured: BTreeMap::new(),
             cached: Vec::new(),
+            listeners: Vec::new(),
             installed: BTreeMap::new(),
             installed_ports: BTreeSet::new(),
             counted: [0; COUNTERS.len()],
@@ -286,10 +294,12 @@ impl KernelPath {
         inner.installed_ports = wanted;
     }
 
-    /// Every second: the answers re-rendered with the new Date (and Age), expired cache
-    /// entries removed, the counters read into the metrics.
-    pub fn refresh(&self) {
+    /// Every second: the cache's answers read again from `state` (new ones in, expired ones
+    /// out), every answer re-rendered with the new Date (and Age), the counters read into the
+    /// metrics.
+    pub fn refresh(&self, state: &RoutingState) {
         let mut inner = self.lock();
+        inner.cached = answers::cached(state, &inner.listeners, Instant::now());
         self.apply(&mut inner, true);
         let mut totals = [0u64; COUNTERS.len()];
         for (index, total) in totals.iter_mut().enumerate() {
@@ -313,12 +323,12 @@ impl KernelPath {
     }
 
     /// Runs [`KernelPath::refresh`] every second, for as long as the process runs.
-    pub async fn refresh_every_second(self: Arc<Self>) {
+    pub async fn refresh_every_second(self: Arc<Self>, shared: Arc<Shared>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.refresh();
+            self.refresh(&shared.state.load());
         }
     }
 
@@ -365,6 +375,9 @@ impl KernelSync for KernelPath {
     fn sync(&self, state: &RoutingState, listeners: &[ListenerSpec]) {
         let mut inner = self.lock();
         inner.configured = answers::desired(state, listeners, self.port_offset);
+        // The new state's caches: a rule that goes takes its cached answers with it.
+        inner.cached = answers::cached(state, listeners, Instant::now());
+        inner.listeners = listeners.to_vec();
         self.sync_ports(&mut inner, listeners);
         self.apply(&mut inner, false);
     }

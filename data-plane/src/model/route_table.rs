@@ -62,6 +62,11 @@ impl RouteTableRt {
             .filter_map(|(d, i)| Some((&**d, self.vhosts.get(*i)?)))
     }
 
+    /// Every virtual host.
+    pub fn virtual_hosts(&self) -> &[VirtualHostRt] {
+        &self.vhosts
+    }
+
     /// The "*" virtual host when it is the table's only one: then every host reaches it.
     pub fn only_catch_all(&self) -> Option<&VirtualHostRt> {
         match (self.exact.is_empty() && self.wildcards.is_empty(), self.any) {
