@@ -27,7 +27,7 @@ root=$(pwd)
 REPEATS=${REPEATS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
-XDP_MODE=${XDP_MODE:-native}
+XDP_MODE=${XDP_MODE:-generic}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-$(( (SERVER_CPU + 1) % $(nproc) ))}
 
@@ -116,6 +116,8 @@ nginx_conf nginx "  proxy_cache_path $work/nginx/cache keys_zone=flags:1m;
       proxy_cache flags;
     }
   }"
+# nginx's workers run as nobody: the cache must be theirs to write.
+mkdir -p "$work/nginx/cache" && chmod 777 "$work/nginx/cache" && chmod 711 "$work" "$work/nginx"
 in_srv taskset -c "$SERVER_CPU" nginx -c "$work/backend/nginx.conf" -p "$work/backend" &
 pids+=($!)
 in_srv taskset -c "$SERVER_CPU" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
@@ -206,7 +208,11 @@ for t in xdp user nginx; do
       in_cli curl -fsS -o /dev/null "$(url_of "$t" "$path")" 2>/dev/null && { ok=1; break; }
       sleep 0.05
     done
-    [ -n "$ok" ] || { echo "$t does not answer $(url_of "$t" "$path")" >&2; tail "$work"/*.log >&2; exit 1; }
+    [ -n "$ok" ] || {
+      echo "$t does not answer $(url_of "$t" "$path")" >&2
+      tail "$work"/*.log "$work"/*/error.log >&2
+      exit 1
+    }
   done
 done
 grep -qi "xdp fast path attached" "$work/xdp-proxy.log" ||

@@ -316,7 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shared = Arc::new(shared);
     let kernel = start_kernel_path(&args, &metrics);
     if let Some(k) = &kernel {
-        tokio::spawn(Arc::clone(k).refresh_every_second(Arc::clone(&shared)));
+        tokio::spawn(Arc::clone(k).refresh_every_second());
     }
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await

@@ -54,7 +54,12 @@ impl Shared {
 
     /// Makes `state` the current routing state and tells the relays.
     pub fn publish(&self, state: RoutingState) {
-        self.state.store(Arc::new(state));
+        self.publish_shared(Arc::new(state));
+    }
+
+    /// As [`Shared::publish`], for a state others hold too (the kernel path).
+    pub fn publish_shared(&self, state: Arc<RoutingState>) {
+        self.state.store(state);
         self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 

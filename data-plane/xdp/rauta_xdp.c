@@ -32,6 +32,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	/* Not preallocated: an update then frees the replaced value only after an RCU grace
+	 * period, so the program never reads a value while user space's next update reuses it. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, RAUTA_MAX_ANSWERS);
 	__type(key, struct rauta_answer_key);
 	__type(value, struct rauta_answer);
@@ -242,7 +245,6 @@ enum {
 enum {
 	H_OTHER,
 	H_HOST,
-	H_NO_CACHE, /* Cache-Control, Pragma: ineligible when they say no-cache */
 };
 
 #define NAME_BUF 32 /* a power of two; longer names are none we look for */
@@ -264,7 +266,6 @@ struct parse {
 	__u32 hosts;
 	__u32 host_port;  /* in the port part of Host */
 	__u32 host_ended; /* whitespace after the host */
-	__u32 no_cache;   /* bytes of "no-cache" matched */
 	char name[NAME_BUF];
 };
 
@@ -314,7 +315,7 @@ static __always_inline int version_byte(__u32 pos, __u8 c)
 	case 4: return c == '/';
 	case 5: return c == '1';
 	case 6: return c == '.';
-	case 7: return c == '1' || c == '0';
+	case 7: return c == '1'; /* HTTP/1.0 passes: hyper answers it in HTTP/1.0 */
 	case 8: return c == '\r';
 	case 9: return c == '\n';
 	}
@@ -342,33 +343,21 @@ static __always_inline int classify(const struct parse *p)
 	case 6:
 		if (name_is(n, "cookie", 6) || name_is(n, "expect", 6))
 			return -1;
-		return name_is(n, "pragma", 6) ? H_NO_CACHE : H_OTHER;
+		return name_is(n, "pragma", 6) ? -1 : H_OTHER;
 	case 7:
 		return name_is(n, "upgrade", 7) ? -1 : H_OTHER;
 	case 13:
 		if (name_is(n, "authorization", 13))
 			return -1;
-		return name_is(n, "cache-control", 13) ? H_NO_CACHE : H_OTHER;
+		/* Any Cache-Control or Pragma passes: user space reads their directives
+		 * (no-cache, no-store, max-age=0 bypass its cache). */
+		return name_is(n, "cache-control", 13) ? -1 : H_OTHER;
 	case 14:
 		return name_is(n, "content-length", 14) ? -1 : H_OTHER;
 	case 17:
 		return name_is(n, "transfer-encoding", 17) ? -1 : H_OTHER;
 	}
 	return H_OTHER;
-}
-
-static __always_inline __u8 no_cache_byte(__u32 pos)
-{
-	switch (pos) {
-	case 0: return 'n';
-	case 1: return 'o';
-	case 2: return '-';
-	case 3: return 'c';
-	case 4: return 'a';
-	case 5: return 'c';
-	case 6: return 'h';
-	}
-	return 'e';
 }
 
 /* One byte of a Host value: lower-case name, then an optional :port. */
@@ -413,15 +402,6 @@ static __always_inline long value_byte(struct scratch *s, __u8 c)
 		return -1;
 	if (p->kind == H_HOST)
 		return host_byte(s, c);
-	if (p->kind == H_NO_CACHE) {
-		c = lower(c);
-		if (c == no_cache_byte(p->no_cache))
-			p->no_cache++;
-		else
-			p->no_cache = c == 'n';
-		if (p->no_cache == 8)
-			return -1;
-	}
 	return 0;
 }
 
@@ -478,7 +458,6 @@ static long parse_byte(__u32 i, struct parse_ctx *ctx)
 			p->kind = kind;
 			if (kind == H_HOST && ++p->hosts > 1)
 				goto bad;
-			p->no_cache = 0;
 			p->state = S_VALUE;
 			return 0;
 		}
@@ -716,6 +695,25 @@ int rauta_xdp(struct xdp_md *ctx)
 	 * and the first data segment, or their retransmissions. */
 	if (bpf_tcp_raw_check_syncookie_ipv4(iph, th))
 		return XDP_PASS;
+	/* A valid cookie does not prove that no socket exists: a connection the kernel created
+	 * (its ACK passed before the port was in `ports`, or before the proxy restarted, or its
+	 * `flows` entry was evicted) may retransmit its first segment. Its segments are the
+	 * kernel's. The lookup falls back to the listener when no connection matches. */
+	struct bpf_sock_tuple tuple = {};
+
+	tuple.ipv4.saddr = iph->saddr;
+	tuple.ipv4.daddr = iph->daddr;
+	tuple.ipv4.sport = th->source;
+	tuple.ipv4.dport = th->dest;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4),
+						 BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		__u32 state = sk->state;
+
+		bpf_sk_release(sk);
+		if (state != BPF_TCP_LISTEN)
+			return XDP_PASS;
+	}
 	if (!in.payload_len) {
 		count(RAUTA_HANDSHAKE_ACK_DROPPED);
 		return XDP_DROP;

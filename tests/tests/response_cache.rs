@@ -85,10 +85,7 @@ async fn cacheable_answers_are_kept_and_served_until_stale_on_every_listener() {
     );
     assert_eq!(n_of(&first.body), "1");
     let hit = get(&proxy, "/flags", 2, &[]).await;
-    assert!(
-        cache_status(&hit).starts_with("rauta; hit; ttl="),
-        "{hit:?}"
-    );
+    assert_eq!(cache_status(&hit), "rauta; hit", "{hit:?}");
     assert_eq!(n_of(&hit.body), "1", "answered from the cache");
     assert_eq!(hit.body, first.body);
     assert_eq!(hit.headers["cache-control"], "max-age=60");

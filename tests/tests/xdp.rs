@@ -279,10 +279,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 
 const ANSWER: &str = "apiVersion: gateway.rauta.dev/v1alpha1\nkind: ResponseCache\nmetadata: {name: flags, namespace: apps}\nspec: {maxTTL: 5s}\n---\napiVersion: gateway.rauta.dev/v1alpha1\nkind: DirectResponse\nmetadata: {name: healthz, namespace: apps}\nspec:\n  status: 200\n  contentType: application/json\n  body: '{\"status\":\"ok\"}'\n  headers: [{name: Cache-Control, value: max-age=5}]\n---\napiVersion: gateway.rauta.dev/v1alpha1\nkind: DirectResponse\nmetadata: {name: fallback, namespace: apps}\nspec:\n  status: 404\n  body: 'not here'\n";
 
-fn route(with_health: bool) -> String {
+fn route(with_health: bool, flags_path: &str) -> String {
     let health = "  - matches: [{path: {type: Exact, value: /health}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: gateway.rauta.dev, kind: DirectResponse, name: healthz}}]\n";
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [example.com]\n  rules:\n{}  - matches: [{{path: {{type: Exact, value: /flags}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: gateway.rauta.dev, kind: ResponseCache, name: flags}}}}]\n    backendRefs: [{{name: flags, port: 8080}}]\n  - matches: [{{path: {{type: Exact, value: /old}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, statusCode: 301}}}}]\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: gateway.rauta.dev, kind: DirectResponse, name: fallback}}}}]\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [example.com]\n  rules:\n{}  - matches: [{{path: {{type: Exact, value: {flags_path}}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: gateway.rauta.dev, kind: ResponseCache, name: flags}}}}]\n    backendRefs: [{{name: flags, port: 8080}}]\n  - matches: [{{path: {{type: Exact, value: /old}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, statusCode: 301}}}}]\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: gateway.rauta.dev, kind: DirectResponse, name: fallback}}}}]\n",
         if with_health { health } else { "" }
     )
 }
@@ -326,7 +326,7 @@ fn exact_gets_are_answered_by_the_kernel(mode: &str) {
     let backend: std::net::SocketAddr = BACKEND.parse().expect("backend address");
     ws.write("infra.yaml", &infra(&[("flags", &[backend])]));
     ws.write("answers.yaml", ANSWER);
-    ws.write("route.yaml", &route(true));
+    ws.write("route.yaml", &route(true, "/flags"));
     let net = Net::new();
     let _backend = Proc::command(
         net.exec(&net.server, &["python3", "-c", BACKEND_PY, "18080"]),
@@ -473,6 +473,20 @@ fn exact_gets_are_answered_by_the_kernel(mode: &str) {
         fresh.ends_with("\r\n\r\nn=2\n"),
         "expired, asked again: {fresh:?}"
     );
+    // The rule moves to another path while /flags's answer is fresh in its cache (kept
+    // across snapshots): the kernel must stop sending it once user space routes /flags
+    // elsewhere, although the rule and its cache are still there.
+    ws.write("route.yaml", &route(true, "/flags2"));
+    eventually("/flags2 routed to the cached rule", || {
+        net.curl(&[host[0], host[1], close[0], close[1], &url("/flags2")])
+            .ends_with("\r\n\r\nn=3\n")
+    });
+    let moved = net.curl(&[host[0], host[1], &flags]);
+    assert!(
+        moved.contains("not here"),
+        "the kernel kept a moved rule's answer: {moved:?}"
+    );
+    assert!(!kernel_targets(&net).contains(&"/flags".to_owned()));
 
     // Nothing half-open on either side.
     let open = || {
@@ -503,7 +517,7 @@ fn exact_gets_are_answered_by_the_kernel(mode: &str) {
     }
 
     // A config edit that drops the rule stops its kernel answers.
-    ws.write("route.yaml", &route(false));
+    ws.write("route.yaml", &route(false, "/flags2"));
     eventually("/health served by the fallback", || {
         net.curl(&[host[0], host[1], &health]).contains("not here")
     });

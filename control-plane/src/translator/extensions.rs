@@ -159,15 +159,23 @@ fn response_cache(name: &str, spec: &ResponseCacheSpec) -> Result<ResponseCache,
         .map(|s| {
             u32::try_from(*s)
                 .ok()
-                .filter(|s| (200..=599).contains(s))
-                .ok_or_else(|| problem(format!("status {s} is not 200 to 599")))
+                .filter(|s| (200..=599).contains(s) && ![206, 304].contains(s))
+                .ok_or_else(|| {
+                    problem(format!(
+                        "status {s} cannot be cached (200 to 599, not 206 or 304: those \
+                         answer one request's Range or condition)"
+                    ))
+                })
         })
         .collect::<Result<Vec<u32>, String>>()?;
     let max_entries = spec
         .max_entries
         .unwrap_or(response_cache::DEFAULT_MAX_ENTRIES);
-    if max_entries == 0 {
-        return Err(problem("maxEntries must be more than 0".into()));
+    if max_entries == 0 || max_entries > response_cache::LIMIT_MAX_ENTRIES {
+        return Err(problem(format!(
+            "maxEntries must be 1 to {}",
+            response_cache::LIMIT_MAX_ENTRIES
+        )));
     }
     Ok(ResponseCache {
         max_ttl: prost_types::Duration::try_from(ttl).ok(),

@@ -20,7 +20,9 @@ use crate::upstream::UpstreamPools;
 /// (`kernel::KernelPath`), handed in by `main`, so that configuration never imports it. It
 /// must stop answering what the new state drops before returning.
 pub trait KernelSync: Send + Sync + 'static {
-    fn sync(&self, state: &RoutingState, listeners: &[ListenerSpec]);
+    /// Called with each new state before it is published; the kernel keeps it, so that its
+    /// own refreshes never read an older state than the one it was last given.
+    fn sync(&self, state: &Arc<RoutingState>, listeners: &[ListenerSpec]);
 }
 
 pub struct Applier {
@@ -78,11 +80,12 @@ impl ConfigHandler for Applier {
             RoutingState::build(&candidate, &previous, &mut self.pools, &self.shared.metrics)?;
         drop(previous);
         let prepared = self.listeners.prepare(&listener_specs)?;
+        let state = Arc::new(state);
         if let Some(kernel) = &self.kernel {
             kernel.sync(&state, &listener_specs);
         }
         self.store = Arc::new(candidate);
-        self.shared.publish(state);
+        self.shared.publish_shared(state);
         self.shared.config.store(Arc::clone(&self.store));
         self.listeners.commit(prepared);
         timer.observe_duration();

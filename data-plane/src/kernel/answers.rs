@@ -12,6 +12,7 @@ use http::header::{CONTENT_LENGTH, DATE, LOCATION};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::maps::{AnswerKey, METHOD_GET, METHOD_HEAD};
+use crate::model::request::{RequestHeaders, RequestView};
 use crate::model::rule::{ActionRt, KernelRule, RuleRt};
 use crate::model::{ListenerSpec, RoutingState};
 use crate::serve::cached::{CACHE_STATUS, HIT};
@@ -112,12 +113,15 @@ pub fn desired(
     out
 }
 
-/// The response caches' fresh answers the kernel may send: those kept for plain HTTP by the
-/// rules it may answer (the requests that filled them were routed to the rule by their own
-/// host and target, so the key is right whatever the rule's virtual host), as user space sends
-/// them from the cache (`serve::cached::hit_response`, then the rule's response headers).
+/// The response caches' fresh answers the kernel may send, as user space sends them from the
+/// cache (`serve::cached::hit_response`, then the rule's response headers). A rule's store is
+/// shared by its copies (one per match, per virtual host, per listener) and outlives
+/// snapshots, so an answer is sent for a listener only where this state routes a GET for its
+/// host and target, on that listener, to this very kernel-answerable copy of the rule; and
+/// never for an empty host (that key means "any host" to the program).
 pub fn cached(state: &RoutingState, listeners: &[ListenerSpec], now: Instant) -> Vec<CachedAnswer> {
     let mut out = Vec::new();
+    let no_headers = HeaderMap::new();
     for spec in listeners.iter().filter(|s| !s.tls && s.relay.is_none()) {
         let Some(table) = state.route_table(&spec.name) else {
             continue;
@@ -128,7 +132,24 @@ pub fn cached(state: &RoutingState, listeners: &[ListenerSpec], now: Instant) ->
                 continue;
             };
             for (key, kept) in cache.store.entries() {
-                if key.https || !kept.fresh(now) {
+                if key.https || key.host.is_empty() || !kept.fresh(now) {
+                    continue;
+                }
+                let (path, query) = match key.target.split_once('?') {
+                    Some((path, query)) => (path, Some(query)),
+                    None => (&*key.target, None),
+                };
+                let view = RequestView {
+                    path,
+                    query,
+                    method: if kernel.get { "GET" } else { "HEAD" },
+                    headers: RequestHeaders::Map(&no_headers),
+                };
+                let routed_here = table
+                    .virtual_host(&key.host)
+                    .and_then(|v| v.route(&view))
+                    .is_some_and(|(r, _)| std::ptr::eq(r, rule));
+                if !routed_here || path != &*kernel.path {
                     continue;
                 }
                 let mut headers = kept.headers.clone();

@@ -2,8 +2,11 @@
 //! together; the size checks below catch a field added on one side only), and the values
 //! user space computes for it: keys and the answers' checksums.
 
-/// `RAUTA_ANSWER_MAX`: the largest answer the program sends (one segment at the smallest MSS).
+/// `RAUTA_ANSWER_MAX`: the size of an answer's buffer (the smallest MSS).
 pub const ANSWER_MAX: usize = 536;
+/// The largest answer put in it: one segment at the smallest MSS even with the 12 bytes of
+/// timestamp options the reply carries when the client sent them (the MSS counts neither).
+pub const ANSWER_SENT_MAX: usize = ANSWER_MAX - 12;
 /// `RAUTA_HOST_MAX`, `RAUTA_TARGET_MAX`: longer hosts and targets get no kernel entry.
 pub const HOST_MAX: usize = 64;
 pub const TARGET_MAX: usize = 128;
@@ -99,7 +102,7 @@ impl AnswerValue {
     /// The map value for a rendered response whose head is its first `head_len` bytes; `None`
     /// when it does not fit one segment.
     pub fn new(response: &[u8], head_len: usize, methods: u32, expires_ns: u64) -> Option<Self> {
-        if response.len() > ANSWER_MAX || head_len > response.len() {
+        if response.len() > ANSWER_SENT_MAX || head_len > response.len() {
             return None;
         }
         let mut data = [0; ANSWER_MAX];
@@ -159,6 +162,7 @@ mod tests {
         assert!(key.host[11..].iter().all(|b| *b == 0));
         assert!(AnswerKey::new(80, &"a".repeat(HOST_MAX + 1), "/").is_none());
         assert!(AnswerKey::new(80, "", &"/".repeat(TARGET_MAX + 1)).is_none());
-        assert!(AnswerValue::new(&[b'x'; ANSWER_MAX + 1], 0, 1, 0).is_none());
+        assert!(AnswerValue::new(&[b'x'; ANSWER_SENT_MAX + 1], 0, 1, 0).is_none());
+        assert!(AnswerValue::new(&[b'x'; ANSWER_SENT_MAX], 0, 1, 0).is_some());
     }
 }

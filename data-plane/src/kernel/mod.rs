@@ -21,7 +21,6 @@ use tracing::warn;
 use crate::config::applier::KernelSync;
 use crate::model::{ListenerSpec, RoutingState};
 use crate::observe::metrics::ProxyMetrics;
-use crate::shared::Shared;
 use answers::{Answer, CachedAnswer};
 use maps::{AnswerKey, AnswerValue, COUNTERS};
 
@@ -71,7 +70,9 @@ struct Inner {
     configured: BTreeMap<AnswerKey, Answer>,
     /// The response cache's answers ([`KernelPath::set_cached`]).
     cached: Vec<CachedAnswer>,
-    /// The listeners last synced (the cache's answers are read for their ports).
+    /// The state and listeners last synced: the cache's answers are read from them (never
+    /// from the published state, which a refresh could read just before a sync's swap).
+    state: Option<Arc<RoutingState>>,
     listeners: Vec<ListenerSpec>,
     /// What the answers map holds.
     installed: BTreeMap<AnswerKey, Answer>,
@@ -187,6 +188,7 @@ impl KernelPath {
             _ebpf: ebpf,
             configured: BTreeMap::new(),
             cached: Vec::new(),
+            state: None,
             listeners: Vec::new(),
             installed: BTreeMap::new(),
             installed_ports: BTreeSet::new(),
@@ -297,9 +299,11 @@ impl KernelPath {
     /// Every second: the cache's answers read again from `state` (new ones in, expired ones
     /// out), every answer re-rendered with the new Date (and Age), the counters read into the
     /// metrics.
-    pub fn refresh(&self, state: &RoutingState) {
+    pub fn refresh(&self) {
         let mut inner = self.lock();
-        inner.cached = answers::cached(state, &inner.listeners, Instant::now());
+        if let Some(state) = inner.state.clone() {
+            inner.cached = answers::cached(&state, &inner.listeners, Instant::now());
+        }
         self.apply(&mut inner, true);
         let mut totals = [0u64; COUNTERS.len()];
         for (index, total) in totals.iter_mut().enumerate() {
@@ -323,12 +327,12 @@ impl KernelPath {
     }
 
     /// Runs [`KernelPath::refresh`] every second, for as long as the process runs.
-    pub async fn refresh_every_second(self: Arc<Self>, shared: Arc<Shared>) {
+    pub async fn refresh_every_second(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.refresh(&shared.state.load());
+            self.refresh();
         }
     }
 
@@ -372,11 +376,12 @@ impl KernelPath {
 }
 
 impl KernelSync for KernelPath {
-    fn sync(&self, state: &RoutingState, listeners: &[ListenerSpec]) {
+    fn sync(&self, state: &Arc<RoutingState>, listeners: &[ListenerSpec]) {
         let mut inner = self.lock();
         inner.configured = answers::desired(state, listeners, self.port_offset);
         // The new state's caches: a rule that goes takes its cached answers with it.
         inner.cached = answers::cached(state, listeners, Instant::now());
+        inner.state = Some(Arc::clone(state));
         inner.listeners = listeners.to_vec();
         self.sync_ports(&mut inner, listeners);
         self.apply(&mut inner, false);

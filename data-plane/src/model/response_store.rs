@@ -60,7 +60,11 @@ impl TryFrom<&ResponseCache> for CacheConfig {
                     u16::try_from(*s)
                         .ok()
                         .and_then(|s| StatusCode::from_u16(s).ok())
-                        .filter(|s| (200..=599).contains(&s.as_u16()))
+                        // A 206 or 304 answers one request's Range or condition; kept,
+                        // it would be sent to plain GETs.
+                        .filter(|s| {
+                            (200..=599).contains(&s.as_u16()) && ![206, 304].contains(&s.as_u16())
+                        })
                         .ok_or(CacheError::Status(*s))
                 })
                 .collect::<Result<_, _>>()?,
