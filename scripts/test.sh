@@ -32,6 +32,19 @@ if [ -z "${GRPCURL:-}" ] && ! command -v grpcurl >/dev/null; then
   if bin="$(grpcurl_bin)" && [ -x "$bin" ]; then export GRPCURL="$bin"; fi
 fi
 
+# The XDP program's object is committed (cargo alone builds); data-plane/tests/xdp_object.rs
+# checks it is what its source compiles to, wherever clang and libbpf-dev are installed, and
+# tests/tests/xdp.rs (root) needs ip and ss. As root, install what is missing (Debian).
+need=()
+command -v clang >/dev/null || need+=(clang)
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "==> installing ${need[*]} (Debian packages: the XDP object's check, the XDP tests)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } \
+    || echo "could not install ${need[*]}: the XDP object's check and tests may skip"
+fi
+
 echo "==> building binaries (the end-to-end tests start them)"
 cargo build --workspace --bins --locked
 
