@@ -4,9 +4,10 @@
 //! HEADs are answered by the kernel (its counter moves, user space's does not); ineligible
 //! requests (POST with a body, a Cookie, a second request on a kept-alive connection) are
 //! served by user space with the same bytes but the Date; a redirect is answered by the
-//! kernel; a cached backend answer is sent by the kernel until it expires; no connection is
-//! left half-open; a config edit that removes the rule stops its kernel answers. Generic mode
-//! and native mode on the veth (where frames without room pass to user space).
+//! kernel; a cached backend answer is sent by the kernel until it expires, and not once its
+//! rule moves to another path; no connection is left half-open; a config edit that removes a
+//! rule stops its kernel answers, and one that brings it back restores them. Generic mode, and
+//! native mode on the veth (where frames without room pass to user space).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -526,4 +527,16 @@ fn exact_gets_are_answered_by_the_kernel(mode: &str) {
     assert!(net.curl(&[host[0], host[1], &health]).contains("not here"));
     let (after, _) = counters(&net);
     assert_eq!(after, before, "the kernel still answers a removed rule");
+
+    // And back: the rule's return puts its path in the kernel again.
+    ws.write("route.yaml", &route(true, "/flags2"));
+    eventually("/health back in the kernel", || {
+        kernel_targets(&net).contains(&"/health".to_owned())
+    });
+    let back = net.curl(&[host[0], host[1], &health]);
+    assert_eq!(without_date(&back), without_date(&kernel_answer));
+    let (again, _) = counters(&net);
+    if strict {
+        assert_eq!(again - after, 1.0, "the kernel answers the rule again");
+    }
 }
