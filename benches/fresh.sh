@@ -23,6 +23,7 @@
 # *_vs_baseline with BASELINE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/peers.sh
 
 REPEATS=${REPEATS:-3}
 BASELINE=${BASELINE:-}
@@ -70,21 +71,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
 
 # --- backend and nginx: 1 worker each, upstream keepalive -------------------------------------
-nginx_conf() { # name, http block
-  mkdir -p "$work/$1"
-  cat >"$work/$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-$2
-}
-EOF
-}
 nginx_conf backend "  server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\n\"; } }"
 nginx_conf nginx "  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
   server {
@@ -131,11 +117,7 @@ haproxy_pid=$!
 # --- RAUTA: the controller (on the other CPU) and one proxy with one worker thread ------------
 mkdir -p "$work/config"
 b64() { base64 -w0 "$1"; }
-cat >"$work/config/bench.yaml" <<EOF
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: rauta}
-spec: {controllerName: rauta.dev/gateway-controller}
+{ bench_backend_yaml $BACKEND; cat <<EOF
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -152,19 +134,6 @@ metadata: {name: cert, namespace: bench}
 type: kubernetes.io/tls
 data: {tls.crt: $(b64 "$work/cert.pem"), tls.key: $(b64 "$work/key.pem")}
 ---
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $BACKEND}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: backend-1, namespace: bench, labels: {kubernetes.io/service-name: backend}}
-addressType: IPv4
-ports: [{name: http, port: $BACKEND}]
-endpoints: [{addresses: [127.0.0.1]}]
----
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: all, namespace: bench}
@@ -172,6 +141,7 @@ spec:
   parentRefs: [{name: gw}]
   rules: [{backendRefs: [{name: backend, port: 80}]}]
 EOF
+} >"$work/config/bench.yaml"
 taskset -c "$OTHER_CPU" "$bin/rauta-controller" --config-dir "$work/config" --no-status-files \
   --grpc-listen 127.0.0.1:28095 --plaintext 2>"$work/controller.log" &
 pids+=($!)
@@ -218,13 +188,6 @@ done
 # Every request leaves a connection in TIME_WAIT: let wrk reuse its local ports.
 sysctl -qw net.ipv4.tcp_tw_reuse=1 2>/dev/null || true
 
-ticks() {
-  local total=0 p
-  for p in "$@"; do
-    total=$(( total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat") ))
-  done
-  echo "$total"
-}
 pids_of() {
   case $1 in
     nginx) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
@@ -243,7 +206,7 @@ run_load() {
   after=$(ticks $procs)
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  errors=$(echo "$out" | awk '/Socket errors/ {gsub(",", ""); s = $4 + $6 + $8 + $10} /Non-2xx/ {n = $5} END {print s + n}')
+  errors=$(echo "$out" | wrk_errors)
   awk -v r="$requests" -v rps="$rps" -v t=$((after - before)) -v e="$errors" \
     'BEGIN { printf "%.0f %.1f %d\n", rps, (r > 0 ? t * 10000 / r : 0), e }'
 }
@@ -260,8 +223,6 @@ for _ in $(seq 1 "$REPEATS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%s [%s-%s]", m, a[1], a[NR]}'; }
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo
 echo "fresh connections: wrk -t1 -c$CONNS -H 'Connection: close' (a new connection per request; HTTPS: a full TLS 1.3 handshake, ECDSA P-256); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"

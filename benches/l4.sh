@@ -25,6 +25,7 @@
 # *_vs_baseline with BASELINE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/peers.sh
 
 REPEATS=${REPEATS:-3}
 BASELINE=${BASELINE:-}
@@ -225,14 +226,6 @@ for p in "${pids[@]}"; do
   kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
 done
 
-# CPU ticks (user+system) of processes; 100 ticks per second.
-ticks() {
-  local total=0 p
-  for p in "$@"; do
-    total=$(( total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat") ))
-  done
-  echo "$total"
-}
 pids_of() {
   case $1 in
     nginx) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
@@ -279,8 +272,6 @@ for _ in $(seq 1 "$REPEATS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%s [%s-%s]", m, a[1], a[NR]}'; }
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"

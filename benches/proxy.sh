@@ -26,6 +26,7 @@
 # HTTP/1.1; lower is better); benches/fresh.sh's and benches/l4.sh's lines follow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/peers.sh
 root=$(pwd)
 
 PARTS=${PARTS:-http,fresh,l4}
@@ -208,14 +209,6 @@ for p in "${pids[@]}"; do
   kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
 done
 
-# CPU ticks (user+system) of a process and its children threads; 100 ticks per second.
-ticks() {
-  local total=0 p
-  for p in "$@"; do
-    total=$(( total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat") ))
-  done
-  echo "$total"
-}
 nginx_pids() { echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"; }
 pids_of() {
   case $1 in
@@ -273,8 +266,6 @@ for _ in $(seq 1 "$REPEATS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%s [%s-%s]", m, a[1], a[NR]}'; }
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"

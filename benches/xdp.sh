@@ -24,6 +24,7 @@
 # answer; xdp_cached_speedup and the p99 ratios are printed just before it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/peers.sh
 root=$(pwd)
 
 [ "$(id -u)" = 0 ] || { echo "benches/xdp.sh needs root (network namespaces, XDP)" >&2; exit 2; }
@@ -88,21 +89,6 @@ in_cli sysctl -qw net.ipv4.tcp_tw_reuse=1
 ip -n $CLI link set $CLI_IF xdpdrv obj data-plane/xdp/rauta_xdp.o sec xdp program xdp_pass
 
 # --- backend and the nginx peer --------------------------------------------------------------
-nginx_conf() { # name, http block
-  mkdir -p "$work/$1"
-  cat >"$work/$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-$2
-}
-EOF
-}
 nginx_conf backend "  server {
     listen 127.0.0.1:$BACKEND;
     location = /flags { add_header Cache-Control \"max-age=3600\"; return 200 '{\"beta\":true}'; }
@@ -128,11 +114,7 @@ pids+=($!)
 
 # --- RAUTA: one controller, two proxies (XDP on the interface, and user space only) ----------
 mkdir -p "$work/config"
-cat >"$work/config/bench.yaml" <<EOF
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: rauta}
-spec: {controllerName: rauta.dev/gateway-controller}
+{ bench_backend_yaml $BACKEND; cat <<EOF
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -140,19 +122,6 @@ metadata: {name: gw, namespace: bench}
 spec:
   gatewayClassName: rauta
   listeners: [{name: http, port: 80, protocol: HTTP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $BACKEND}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: backend-1, namespace: bench, labels: {kubernetes.io/service-name: backend}}
-addressType: IPv4
-ports: [{name: http, port: $BACKEND}]
-endpoints: [{addresses: [127.0.0.1]}]
 ---
 apiVersion: gateway.rauta.dev/v1alpha1
 kind: DirectResponse
@@ -176,6 +145,7 @@ spec:
     filters: [{type: ExtensionRef, extensionRef: {group: gateway.rauta.dev, kind: ResponseCache, name: flags}}]
     backendRefs: [{name: backend, port: 80}]
 EOF
+} >"$work/config/bench.yaml"
 in_srv taskset -c "$SERVER_CPU" "$bin/rauta-controller" --config-dir "$work/config" \
   --no-status-files --grpc-listen 127.0.0.1:18095 --plaintext 2>"$work/controller.log" &
 pids+=($!)
@@ -240,7 +210,7 @@ run_load() {
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}' | to_ms)
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}' | to_ms)
-  errors=$(echo "$out" | awk '/Socket errors/ {gsub(",", ""); s = $4 + $6 + $8 + $10} /Non-2xx/ {n = $5} END {print s + n}')
+  errors=$(echo "$out" | wrk_errors)
   # times' last line: the children's "XmY.YYYs XmZ.ZZZs" (user, system).
   wrk_ticks=$(echo "$out" | tail -1 | awk '{
     t = 0
@@ -267,8 +237,6 @@ done
 answered=$(awk -v a="$(metric 18096 rauta_proxy_xdp_answered_total)" -v b="$answered_before" 'BEGIN {printf "%.0f", a - b}')
 user_routed=$(metric 18096 'rauta_proxy_requests_total{route="bench/bench/rule/0"')
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%s [%s-%s]", m, a[1], a[NR]}'; }
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr)"

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::model::RoutingState;
+use crate::observe::route_stats::escape;
 
 pub fn render(state: &RoutingState, out: &mut String) {
     let mut caches: Vec<_> = state.caches().collect();
@@ -38,11 +39,4 @@ pub fn render(state: &RoutingState, out: &mut String) {
             store.len()
         );
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

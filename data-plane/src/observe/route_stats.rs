@@ -49,7 +49,8 @@ pub struct RouteStatsRegistry {
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
 }
 
-fn escape(value: &str) -> String {
+/// A Prometheus label value escaped (backslash, quote, newline).
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
