@@ -13,6 +13,8 @@ pub enum ResourceType {
     Listener,
     /// Route tables: sent after everything they reference.
     RouteTable,
+    /// The rules of one route in one route table: after the tables they join.
+    RouteRules,
     /// Route tables of TCP, UDP and TLS-terminating listeners: like route tables, after the
     /// clusters they name (their own type, so they are ACKed, NACKed and resumed on their own).
     L4RouteTable,
@@ -20,11 +22,12 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// All types in the order updates are pushed (make-before-break).
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Cluster,
         ResourceType::Endpoints,
         ResourceType::Listener,
         ResourceType::RouteTable,
+        ResourceType::RouteRules,
         ResourceType::L4RouteTable,
     ];
 
@@ -35,6 +38,7 @@ impl ResourceType {
             ResourceType::Endpoints => "type.googleapis.com/rauta.v1.ClusterEndpoints",
             ResourceType::Listener => "type.googleapis.com/rauta.v1.Listener",
             ResourceType::RouteTable => "type.googleapis.com/rauta.v1.RouteTable",
+            ResourceType::RouteRules => "type.googleapis.com/rauta.v1.RouteRules",
             ResourceType::L4RouteTable => "type.googleapis.com/rauta.v1.L4RouteTable",
         }
     }
@@ -46,6 +50,7 @@ impl ResourceType {
             ResourceType::Endpoints => "endpoints",
             ResourceType::Listener => "listener",
             ResourceType::RouteTable => "route_table",
+            ResourceType::RouteRules => "route_rules",
             ResourceType::L4RouteTable => "l4_route_table",
         }
     }
@@ -62,6 +67,7 @@ impl ResourceType {
         match payload {
             Payload::Listener(_) => ResourceType::Listener,
             Payload::RouteTable(_) => ResourceType::RouteTable,
+            Payload::RouteRules(_) => ResourceType::RouteRules,
             Payload::Cluster(_) => ResourceType::Cluster,
             Payload::Endpoints(_) => ResourceType::Endpoints,
             Payload::L4RouteTable(_) => ResourceType::L4RouteTable,
@@ -98,6 +104,7 @@ mod tests {
                 "endpoints",
                 "listener",
                 "route_table",
+                "route_rules",
                 "l4_route_table"
             ]
         );

@@ -307,6 +307,52 @@ mod tests {
     }
 
     #[test]
+    fn route_rules_must_name_a_table_and_clusters_of_the_snapshot() {
+        use rauta_common::api::v1::{RankedRule, RouteRules};
+        let cache = SnapshotCache::new();
+        let gw = ObjectRef::new("ns", "gw");
+        let with_rules = |table: &str, cluster: &str| {
+            let mut s = set("a");
+            let rule = RouteRule {
+                name: "apps/r/rule/0".into(),
+                action: Some(Action::Forward(ForwardAction {
+                    clusters: vec![WeightedCluster {
+                        cluster: cluster.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let rules = RouteRules {
+                name: "rules".into(),
+                route_table: table.into(),
+                domains: vec!["*".into()],
+                rules: vec![RankedRule {
+                    precedence: vec![0],
+                    rule: Some(rule),
+                }],
+            };
+            s.entry(ResourceType::RouteRules)
+                .or_default()
+                .insert("rules".into(), Payload::RouteRules(rules));
+            s
+        };
+        let good = cache.update(BTreeMap::from([(gw.clone(), with_rules("http-80", "a"))]));
+        assert_eq!(good.changed, vec![(gw.clone(), 1)], "{good:?}");
+        for (table, cluster, problem) in [
+            ("http-81", "a", "route table http-81"),
+            ("http-80", "b", "cluster b"),
+        ] {
+            let summary = cache.update(BTreeMap::from([(gw.clone(), with_rules(table, cluster))]));
+            assert!(summary.changed.is_empty(), "{summary:?}");
+            let found = summary.inconsistent[0].1.to_string();
+            assert!(found.contains(problem), "{found}");
+        }
+        assert_eq!(cache.get(&gw).unwrap().version, 1);
+    }
+
+    #[test]
     fn a_gateway_that_disappears_gets_an_empty_snapshot() {
         let cache = SnapshotCache::new();
         let gw = ObjectRef::new("ns", "gw");

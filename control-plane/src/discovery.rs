@@ -141,6 +141,9 @@ struct Pending {
     version: u64,
     /// name -> Some(version) for an upsert, None for a removal.
     changes: Vec<(String, Option<String>)>,
+    /// Once ACKed, the proxy holds exactly `version`'s content of the type (a wildcard
+    /// subscription sent every change, removals included).
+    complete: bool,
 }
 
 #[derive(Debug)]
@@ -157,6 +160,10 @@ struct TypeState {
     sent_any: bool,
     /// Snapshot version whose content for this type the proxy holds (ACKed or unchanged).
     current_version: Option<u64>,
+    /// Snapshot version whose content of this type `known` is exactly (wildcard only): then
+    /// the next version's difference is that snapshot's `Delta`, found without going through
+    /// every resource (thousands of route rules, a thousand proxies).
+    holds: Option<u64>,
 }
 
 impl TypeState {
@@ -169,11 +176,45 @@ impl TypeState {
             announce_absent: BTreeSet::new(),
             sent_any: false,
             current_version: None,
+            holds: None,
         }
+    }
+
+    /// Whether `known` can be exactly some snapshot's content: everything, by wildcard.
+    fn wildcard(&self) -> bool {
+        self.subscription == Subscription::Wildcard && self.announce_absent.is_empty()
     }
 
     /// Upserts and removals that would bring the proxy to `snapshot` for type `ty`.
     fn diff(
+        &self,
+        snapshot: &Snapshot,
+        ty: ResourceType,
+        allow_removals: bool,
+    ) -> Vec<(String, Option<String>)> {
+        if self.wildcard()
+            && let Some(held) = self.holds
+        {
+            if held == snapshot.version {
+                return Vec::new();
+            }
+            if let Some(delta) = snapshot.delta.as_ref().filter(|d| d.from == held) {
+                let changes = delta.changes.get(&ty).map_or(&[][..], Vec::as_slice);
+                let changes: Vec<_> = changes
+                    .iter()
+                    .filter(|(_, change)| allow_removals || change.is_some())
+                    .cloned()
+                    .collect();
+                // Tests (debug builds) check the shortcut against the full comparison.
+                debug_assert_eq!(changes, self.full_diff(snapshot, ty, allow_removals));
+                return changes;
+            }
+        }
+        self.full_diff(snapshot, ty, allow_removals)
+    }
+
+    /// `diff` by going through every resource of the type.
+    fn full_diff(
         &self,
         snapshot: &Snapshot,
         ty: ResourceType,
@@ -337,6 +378,7 @@ impl ProxyStream {
                             };
                         }
                         state.current_version = Some(pending.version);
+                        state.holds = pending.complete.then_some(pending.version);
                         let count = u32::try_from(state.known.len()).unwrap_or(u32::MAX);
                         debug!(proxy = %self.node_id, ty = ty.short_name(), %version, "ACK");
                         self.registration.answered(ty, &version, None);
@@ -364,6 +406,7 @@ impl ProxyStream {
             for name in &req.resource_names_subscribe {
                 if name == WILDCARD {
                     state.subscription = Subscription::Wildcard;
+                    state.holds = None;
                     break;
                 }
                 if names.insert(name.clone()) {
@@ -390,6 +433,7 @@ impl ProxyStream {
         let routes_settled = [
             ResourceType::Listener,
             ResourceType::RouteTable,
+            ResourceType::RouteRules,
             ResourceType::L4RouteTable,
         ]
         .iter()
@@ -420,6 +464,9 @@ impl ProxyStream {
                 break;
             }
             if changes.is_empty() && state.sent_any {
+                if allow_removals && state.wildcard() {
+                    state.holds = Some(snapshot.version);
+                }
                 if state.current_version != Some(snapshot.version) {
                     // Nothing of this type changed: what the proxy holds is this version's content.
                     state.current_version = Some(snapshot.version);
@@ -458,6 +505,7 @@ impl ProxyStream {
                 nonce,
                 version: snapshot.version,
                 changes,
+                complete: allow_removals && state.wildcard(),
             });
             let version = snapshot.version.to_string();
             self.registration.update_type(ty, |r| {

@@ -97,6 +97,23 @@ impl MasterKeys {
     /// Gives every route table of `set` that has a rule with session persistence the
     /// Gateway's keys, and takes them from the others.
     pub fn apply(&self, gateway: &ObjectRef, set: &mut ResourceSet) {
+        // The tables whose routes have a sticky rule.
+        let sticky_tables: std::collections::BTreeSet<String> = set
+            .get(&ResourceType::RouteRules)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|payload| match payload {
+                Payload::RouteRules(r) => Some(r),
+                _ => None,
+            })
+            .filter(|r| {
+                r.rules
+                    .iter()
+                    .filter_map(|ranked| ranked.rule.as_ref())
+                    .any(|rule| rule.session_persistence.is_some())
+            })
+            .map(|r| r.route_table.clone())
+            .collect();
         let Some(tables) = set.get_mut(&ResourceType::RouteTable) else {
             return;
         };
@@ -105,11 +122,12 @@ impl MasterKeys {
             let Payload::RouteTable(table) = payload else {
                 continue;
             };
-            let sticky = table
-                .virtual_hosts
-                .iter()
-                .flat_map(|v| &v.rules)
-                .any(|r| r.session_persistence.is_some());
+            let sticky = sticky_tables.contains(&table.name)
+                || table
+                    .virtual_hosts
+                    .iter()
+                    .flat_map(|v| &v.rules)
+                    .any(|r| r.session_persistence.is_some());
             table.session_keys = if sticky {
                 keys.get_or_insert_with(|| self.for_gateway(gateway))
                     .clone()

@@ -46,6 +46,52 @@ pub struct Snapshot {
     pub created_at: SystemTime,
     /// Resources by type then name; each carries its content hash as version.
     pub resources: BTreeMap<ResourceType, BTreeMap<String, Arc<SharedResource>>>,
+    /// What changed since the version before, computed once here so that a proxy stream
+    /// holding that version finds its update in the size of the change, not of the snapshot.
+    pub delta: Option<Arc<Delta>>,
+}
+
+/// Changes of one type: (name, Some(version)) upserted, (name, None) removed; upserts first,
+/// each part in name order.
+pub type Changes = Vec<(String, Option<String>)>;
+
+/// The difference between a snapshot and the version it was built after.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// The version this is the difference from.
+    pub from: u64,
+    pub changes: BTreeMap<ResourceType, Changes>,
+}
+
+impl Delta {
+    fn between(
+        from: u64,
+        before: &BTreeMap<ResourceType, BTreeMap<String, Arc<SharedResource>>>,
+        after: &BTreeMap<ResourceType, BTreeMap<String, Arc<SharedResource>>>,
+    ) -> Delta {
+        let empty = BTreeMap::new();
+        let mut changes = BTreeMap::new();
+        for ty in ResourceType::ALL {
+            let (old, new) = (
+                before.get(&ty).unwrap_or(&empty),
+                after.get(&ty).unwrap_or(&empty),
+            );
+            let mut list: Changes = new
+                .iter()
+                .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
+                .map(|(name, r)| (name.clone(), Some(r.version.clone())))
+                .collect();
+            list.extend(
+                old.keys()
+                    .filter(|name| !new.contains_key(*name))
+                    .map(|name| (name.clone(), None)),
+            );
+            if !list.is_empty() {
+                changes.insert(ty, list);
+            }
+        }
+        Delta { from, changes }
+    }
 }
 
 /// The content version of a resource: a hash of its encoding.
@@ -66,6 +112,7 @@ impl Snapshot {
             version: 0,
             created_at: SystemTime::now(),
             resources: BTreeMap::new(),
+            delta: None,
         }
     }
 
@@ -96,11 +143,13 @@ impl Snapshot {
             })
             .filter(|(_, by_name): &(_, BTreeMap<_, _>)| !by_name.is_empty())
             .collect();
+        let delta = Delta::between(previous.version, &previous.resources, &resources);
         Snapshot {
             gateway,
             version,
             created_at: SystemTime::now(),
             resources,
+            delta: Some(Arc::new(delta)),
         }
     }
 
@@ -124,6 +173,7 @@ impl Snapshot {
     /// each cluster a rule forwards or mirrors to. The translator builds them so; this keeps a
     /// bug there from reaching a fleet as a config every proxy would reject.
     pub fn check_references(&self) -> Result<(), DanglingReference> {
+        use rauta_common::api::v1::RouteRule;
         use rauta_common::api::v1::route_rule::Action;
         let has =
             |ty: ResourceType, name: &str| self.of_type(ty).is_some_and(|m| m.contains_key(name));
@@ -170,16 +220,39 @@ impl Snapshot {
                 }
             }
         }
-        for r in self
+        let tables = self
             .of_type(ResourceType::RouteTable)
             .into_iter()
             .flatten()
-            .map(|(_, r)| r)
-        {
-            let Some(Payload::RouteTable(t)) = &r.payload else {
-                continue;
-            };
-            for rule in t.virtual_hosts.iter().flat_map(|v| &v.rules) {
+            .filter_map(|(_, r)| match &r.payload {
+                Some(Payload::RouteTable(t)) => {
+                    let rules: Vec<&RouteRule> =
+                        t.virtual_hosts.iter().flat_map(|v| &v.rules).collect();
+                    Some((&t.name, rules))
+                }
+                _ => None,
+            });
+        let route_rules = self
+            .of_type(ResourceType::RouteRules)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, r)| match &r.payload {
+                Some(Payload::RouteRules(r)) => Some(r),
+                _ => None,
+            });
+        let mut rules_by_table = Vec::new();
+        for r in route_rules {
+            if !has(ResourceType::RouteTable, &r.route_table) {
+                return Err(DanglingReference::RulesTable {
+                    rules: r.name.clone(),
+                    route_table: r.route_table.clone(),
+                });
+            }
+            let rules = r.rules.iter().filter_map(|ranked| ranked.rule.as_ref());
+            rules_by_table.push((&r.route_table, rules.collect()));
+        }
+        for (table, rules) in tables.chain(rules_by_table) {
+            for rule in rules {
                 let forwards = match &rule.action {
                     Some(Action::Forward(f)) => f.clusters.iter().map(|c| &c.cluster).collect(),
                     _ => Vec::new(),
@@ -188,7 +261,7 @@ impl Snapshot {
                 for cluster in forwards.into_iter().chain(mirrors) {
                     if !has(ResourceType::Cluster, cluster) {
                         return Err(DanglingReference::Cluster {
-                            route_table: t.name.clone(),
+                            route_table: table.clone(),
                             rule: rule.name.clone(),
                             cluster: cluster.clone(),
                         });
@@ -216,6 +289,8 @@ pub enum DanglingReference {
         listener: String,
         route_table: String,
     },
+    #[error("route rules {rules} join route table {route_table}, which is missing")]
+    RulesTable { rules: String, route_table: String },
     #[error("route table {route_table} rule {rule} names cluster {cluster}, which is missing")]
     Cluster {
         route_table: String,

@@ -215,6 +215,7 @@ async fn updates_are_ordered_make_before_break() {
             "endpoints",
             "listener",
             "route_table",
+            "route_rules",
             "l4_route_table"
         ]
     );
@@ -339,8 +340,10 @@ async fn resuming_sends_only_what_differs() {
             ("listener", s(&[]), s(&[])),
             ("route_table", s(&["http-80"]), s(&[])),
             // The stale cluster goes only once the routes are current (make-before-break on
-            // resume too); the L4 route tables, which the proxy holds none of, are current.
+            // resume too); the route rules and L4 route tables, which the proxy holds none
+            // of, are current.
             ("cluster", s(&[]), s(&["gone"])),
+            ("route_rules", s(&[]), s(&[])),
         ]
     );
     let last = resumed.next().await;

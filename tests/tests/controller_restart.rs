@@ -49,14 +49,15 @@ async fn proxy_survives_controller_restart_and_resumes() {
     })
     .await;
 
-    // Resumed: the proxy presented what it had; only the changed route table was sent.
+    // Resumed: the proxy presented what it had; only the changed route's rules were sent
+    // (the route table, which lists no routes, did not change).
     let proxies = controller.proxies().await;
     assert_eq!(proxies.len(), 1, "{proxies:?}");
     for t in &proxies[0].types {
         // An HTTP-only Gateway has no L4 route tables: nothing to resume or send.
         let l4 = t.type_url.ends_with("L4RouteTable");
         assert_eq!(t.resumed_resources, u32::from(!l4), "{t:?}");
-        let expected_sent = u64::from(t.type_url.ends_with(".RouteTable"));
+        let expected_sent = u64::from(t.type_url.ends_with(".RouteRules"));
         assert_eq!(t.resources_sent, expected_sent, "{t:?}");
     }
 }

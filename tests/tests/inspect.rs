@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rauta_common::types::ResourceType;
 use rauta_tests::grpc_dynamic::DynamicClient;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port,
@@ -53,7 +54,11 @@ async fn grpcurl_commands_from_the_docs_work_through_reflection() {
     // grpcurl ... rauta.v1.Admin/ListProxies
     let proxies = grpc.call("rauta.v1.Admin/ListProxies", "{}").await.unwrap();
     let types = &proxies["proxies"][0]["types"];
-    assert_eq!(types.as_array().map(Vec::len), Some(5), "{proxies}");
+    assert_eq!(
+        types.as_array().map(Vec::len),
+        Some(ResourceType::ALL.len()),
+        "{proxies}"
+    );
     assert!(
         types
             .as_array()
@@ -81,18 +86,19 @@ async fn grpcurl_commands_from_the_docs_work_through_reflection() {
         "{names:?}"
     );
 
-    // One route table.
+    // One route's rules on one route table.
     let table = grpc
         .call(
             "rauta.v1.Admin/GetSnapshot",
-            r#"{"gateway":"infra/gw","typeUrl":"route_table","name":"http-80"}"#,
+            r#"{"gateway":"infra/gw","typeUrl":"route_rules","name":"http-80/HTTPRoute/apps/a"}"#,
         )
         .await
         .unwrap();
     let resources = table["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 1);
-    let rules = &resources[0]["routeTable"]["virtualHosts"][0]["rules"];
-    assert_eq!(rules[0]["name"], "apps/a/rule/0", "{table}");
+    let rules = &resources[0]["routeRules"]["rules"];
+    assert_eq!(rules[0]["rule"]["name"], "apps/a/rule/0", "{table}");
+    assert!(rules[0]["precedence"].is_string(), "{table}");
 
     // A bad argument is a clear error, as grpcurl would print it.
     let err = grpc
@@ -120,7 +126,7 @@ async fn grpcurl_commands_from_the_docs_work_through_reflection() {
             let p = &event["proxy"];
             saw_ack |= p["typeUrl"]
                 .as_str()
-                .is_some_and(|t| t.ends_with("RouteTable"))
+                .is_some_and(|t| t.ends_with("RouteRules"))
                 && p["version"].as_str() == Some(next.to_string().as_str())
                 && p["accepted"] == true;
             if saw_snapshot && saw_ack {
@@ -140,18 +146,12 @@ async fn grpcurl_commands_from_the_docs_work_through_reflection() {
         .await
         .unwrap();
     let changes = diff["changes"].as_array().unwrap();
-    assert_eq!(changes.len(), 1, "only the route table changed: {diff}");
-    assert_eq!(changes[0]["name"], "http-80");
-    assert_eq!(changes[0]["change"], "changed");
-    let before = changes[0]["before"]["routeTable"]["virtualHosts"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .len();
-    let after = changes[0]["after"]["routeTable"]["virtualHosts"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!((before, after), (1, 2));
+    assert_eq!(changes.len(), 1, "only the new route's rules: {diff}");
+    assert_eq!(changes[0]["name"], "http-80/HTTPRoute/apps/b");
+    assert_eq!(changes[0]["change"], "added");
+    assert!(changes[0]["before"].is_null(), "{diff}");
+    let after = &changes[0]["after"]["routeRules"];
+    assert_eq!(after["rules"][0]["rule"]["name"], "apps/b/rule/0", "{diff}");
     let err = grpc
         .call(
             "rauta.v1.Admin/DiffSnapshots",
@@ -370,7 +370,7 @@ fn check_output(command: &str, comments: &[String], out: &str, gateway: &str) {
             for p in proxies {
                 assert_eq!(p["gateway"], gateway, "{command}: {v}");
                 let types = p["types"].as_array().expect("types");
-                assert_eq!(types.len(), 5, "{command}: {v}");
+                assert_eq!(types.len(), ResourceType::ALL.len(), "{command}: {v}");
                 assert!(
                     types.iter().all(|t| t["ackedVersion"].is_string()
                         && t["typeUrl"].is_string()
@@ -404,7 +404,16 @@ fn check_output(command: &str, comments: &[String], out: &str, gateway: &str) {
                 assert_eq!(resources.len(), 1, "{command}: {v}");
                 let table = &resources[0]["routeTable"];
                 assert_eq!(table["name"], "http-80", "{command}: {v}");
-                assert!(table["virtualHosts"].is_array(), "{command}: {v}");
+            } else if command.contains("route_rules") {
+                assert!(!resources.is_empty(), "{command}: {v}");
+                for r in resources {
+                    let rules = &r["routeRules"];
+                    assert_eq!(rules["routeTable"], "http-80", "{command}: {v}");
+                    assert!(
+                        rules["rules"][0]["precedence"].is_string(),
+                        "{command}: {v}"
+                    );
+                }
             } else {
                 for kind in ["cluster", "endpoints", "listener", "routeTable"] {
                     assert!(
@@ -418,10 +427,11 @@ fn check_output(command: &str, comments: &[String], out: &str, gateway: &str) {
             assert_eq!(as_u64(&v["fromVersion"]), 3, "{command}: {v}");
             assert_eq!(as_u64(&v["toVersion"]), 4, "{command}: {v}");
             let changes = v["changes"].as_array().expect("changes");
+            // Version 4 adds a route: its rules are a new resource.
             assert!(
-                changes.iter().any(|c| c["change"] == "changed"
-                    && c["before"].is_object()
-                    && c["after"].is_object()),
+                changes.iter().any(|c| c["change"] == "added"
+                    && c["before"].is_null()
+                    && c["after"]["routeRules"].is_object()),
                 "{command}: {v}"
             );
         }

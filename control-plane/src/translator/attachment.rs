@@ -3,6 +3,7 @@
 //! parent status says whether and why not.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::gateway::GatewayView;
 use super::hostnames;
@@ -22,8 +23,8 @@ pub fn attach_routes(
     routes: &[RouteView<'_>],
     gateways: &mut BTreeMap<ObjectRef, GatewayView<'_>>,
     status: &mut StatusReport,
-) -> BTreeMap<RouteId, CompiledRoute> {
-    let mut compiled: BTreeMap<RouteId, CompiledRoute> = BTreeMap::new();
+) -> BTreeMap<RouteId, Arc<CompiledRoute>> {
+    let mut compiled: BTreeMap<RouteId, Arc<CompiledRoute>> = BTreeMap::new();
     for route in routes {
         let mut parents = Vec::new();
         for parent_ref in &route.parent_refs {
@@ -43,7 +44,7 @@ pub fn attach_routes(
             };
             let route_compiled = compiled
                 .entry(route.id())
-                .or_insert_with(|| routes::compile(objects, route));
+                .or_insert_with(|| Arc::new(routes::compile(objects, route)));
             let conditions = attach(objects, gateway, route, parent_ref, route_compiled);
             parents.push(RouteParentStatus {
                 parent_ref: parent_ref.clone(),

@@ -96,7 +96,10 @@ impl<'a> GatewayView<'a> {
     }
 
     /// Builds the Gateway's resources from its attached routes, and its status.
-    pub fn build(&self, compiled: &BTreeMap<RouteId, CompiledRoute>) -> GatewayOutput {
+    pub fn build(
+        &self,
+        compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
+    ) -> GatewayOutput {
         let g = self.generation;
         let mut resources = ResourceSet::new();
         let client_certificate = match &self.backend_client_certificate {

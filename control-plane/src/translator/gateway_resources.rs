@@ -4,21 +4,21 @@
 //! and `ClusterEndpoints` of every backend their routes use.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
-    ClientCertificate, ClientValidation, Listener, ListenerProtocol, RouteTable, ServerCertificate,
-    VirtualHost,
+    ClientCertificate, ClientValidation, Listener, ListenerProtocol, ServerCertificate,
 };
 use rauta_common::types::ResourceType;
 
 use super::hostnames;
-use super::kernel;
 use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
+use super::route_rules::{self, Placed};
 use super::route_view::RouteId;
-use super::routes::{CompiledRoute, MatchEntry};
+use super::routes::CompiledRoute;
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
 struct PortListeners {
@@ -39,7 +39,8 @@ struct Contribution {
     domain: String,
     /// Attached through a TLS Passthrough listener.
     passthrough: bool,
-    entries: Vec<MatchEntry>,
+    route: RouteId,
+    compiled: Arc<CompiledRoute>,
 }
 
 /// The served listeners of one Gateway, by port and transport (UDP or not): a TCP and a UDP
@@ -70,7 +71,7 @@ impl Ports {
         &mut self,
         listener: &ListenerView<'_>,
         port: u32,
-        compiled: &BTreeMap<RouteId, CompiledRoute>,
+        compiled: &BTreeMap<RouteId, Arc<CompiledRoute>>,
         client_certificate: Option<&ClientCertificate>,
         resources: &mut ResourceSet,
     ) -> Result<(), PortTaken> {
@@ -101,7 +102,7 @@ impl Ports {
             entry.hostnames.push(h.clone());
         }
         for (hosts, route) in &listener.attached {
-            let Some(route) = compiled.get(route) else {
+            let Some(compiled) = compiled.get(route) else {
                 continue;
             };
             for host in hosts {
@@ -109,9 +110,11 @@ impl Ports {
                     listener: listener_hostname.clone(),
                     domain: host.clone(),
                     passthrough,
-                    entries: route.entries.clone(),
+                    route: route.clone(),
+                    compiled: Arc::clone(compiled),
                 });
             }
+            let route = compiled;
             add_backends(route, client_certificate, resources);
         }
         Ok(())
@@ -134,7 +137,7 @@ impl Ports {
                 name: name.clone(),
                 port,
                 protocol: listeners.protocol as i32,
-                hostnames,
+                hostnames: hostnames.clone(),
                 route_table: if l4 { String::new() } else { name.clone() },
                 certificates: listeners.certificates,
                 client_validation: listeners.client_validation,
@@ -145,6 +148,16 @@ impl Ports {
                 .or_default()
                 .insert(name.clone(), Payload::Listener(listener));
             if l4 {
+                let vhosts = vhosts
+                    .into_iter()
+                    .map(|(domain, placed)| {
+                        let entries = placed
+                            .iter()
+                            .flat_map(|p| p.entries().map(|e| (e.clone(), p.passthrough)))
+                            .collect();
+                        (domain, entries)
+                    })
+                    .collect();
                 let table = l4_routes::table(&name, vhosts);
                 resources
                     .entry(ResourceType::L4RouteTable)
@@ -152,32 +165,16 @@ impl Ports {
                     .insert(name, Payload::L4RouteTable(table));
                 continue;
             }
-            let mut virtual_hosts: Vec<VirtualHost> = vhosts
-                .into_iter()
-                .map(|(domain, entries)| {
-                    let mut entries: Vec<MatchEntry> =
-                        entries.into_iter().map(|(e, _)| e).collect();
-                    entries.sort();
-                    VirtualHost {
-                        name: domain.clone(),
-                        domains: vec![domain],
-                        rules: entries.into_iter().map(|e| e.rule).collect(),
-                    }
-                })
-                .collect();
-            if listeners.protocol == ListenerProtocol::Http {
-                kernel::mark(&mut virtual_hosts);
-            }
-            // Session keys are the cache's to add: the translator has no secrets.
-            let table = RouteTable {
-                name: name.clone(),
-                virtual_hosts,
-                session_keys: Vec::new(),
-            };
+            let kernel = listeners.protocol == ListenerProtocol::Http;
+            let (table, rules) = route_rules::table(&name, &hostnames, vhosts, kernel);
             resources
                 .entry(ResourceType::RouteTable)
                 .or_default()
                 .insert(name, Payload::RouteTable(table));
+            let by_name = resources.entry(ResourceType::RouteRules).or_default();
+            for r in rules {
+                by_name.insert(r.name.clone(), Payload::RouteRules(r));
+            }
         }
     }
 }
@@ -193,8 +190,8 @@ impl Ports {
 fn isolated_virtual_hosts(
     listener_hostnames: &[String],
     contributions: Vec<Contribution>,
-) -> BTreeMap<String, Vec<(MatchEntry, bool)>> {
-    let mut vhosts: BTreeMap<String, Vec<(MatchEntry, bool)>> = listener_hostnames
+) -> BTreeMap<String, Vec<Placed>> {
+    let mut vhosts: BTreeMap<String, Vec<Placed>> = listener_hostnames
         .iter()
         .map(|h| (h.clone(), Vec::new()))
         .collect();
@@ -206,8 +203,11 @@ fn isolated_virtual_hosts(
         ) {
             continue;
         }
-        let entries = c.entries.into_iter().map(|e| (e, c.passthrough));
-        vhosts.entry(c.domain).or_default().extend(entries);
+        vhosts.entry(c.domain).or_default().push(Placed {
+            route: c.route,
+            passthrough: c.passthrough,
+            compiled: c.compiled,
+        });
     }
     vhosts
 }

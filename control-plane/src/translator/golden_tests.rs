@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use rauta_common::api::v1::resource::Payload;
+use rauta_common::types::ResourceType;
 use serde_json::{Map, Value, json};
 
 use super::status::StatusReport;
@@ -32,6 +33,7 @@ fn payload_json(pool: &DescriptorPool, payload: &Payload) -> Value {
         Payload::Cluster(m) => ("rauta.v1.Cluster", m.encode_to_vec()),
         Payload::Endpoints(m) => ("rauta.v1.ClusterEndpoints", m.encode_to_vec()),
         Payload::L4RouteTable(m) => ("rauta.v1.L4RouteTable", m.encode_to_vec()),
+        Payload::RouteRules(m) => ("rauta.v1.RouteRules", m.encode_to_vec()),
     };
     let descriptor = pool
         .get_message_by_name(name)
@@ -127,6 +129,28 @@ fn render(translation: &Translation) -> String {
                 .map(|(name, payload)| (name.clone(), payload_json(&pool, payload)))
                 .collect();
             types.insert(resource_type.short_name().to_owned(), Value::Object(named));
+        }
+        // The rule order the proxies assemble from the route tables and their RouteRules, by
+        // table and domain: the precedence keys are bytes; this is what they mean.
+        let order: Map<String, Value> = resources
+            .get(&ResourceType::RouteTable)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|name| {
+                let table = super::route_rules::assembled_table(resources, name)?;
+                let vhosts: Map<String, Value> = table
+                    .virtual_hosts
+                    .iter()
+                    .map(|v| {
+                        let rules = v.rules.iter().map(|r| json!(r.name)).collect();
+                        (v.name.clone(), Value::Array(rules))
+                    })
+                    .collect();
+                Some((name.clone(), Value::Object(vhosts)))
+            })
+            .collect();
+        if !order.is_empty() {
+            types.insert("assembled_rule_order".to_owned(), Value::Object(order));
         }
         gateways.insert(key.to_string(), Value::Object(types));
     }

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use rauta_common::api::v1::RouteTable;
-use rauta_common::api::v1::resource::Payload;
 use rauta_common::types::ResourceType;
 
 use super::*;
@@ -51,12 +50,9 @@ fn route_on(listener: &str, hostnames: &str) -> String {
     )
 }
 
-fn table(t: &Translation) -> &RouteTable {
+fn table(t: &Translation) -> RouteTable {
     let gw = ObjectRef::new("infra", "gw");
-    match &t.gateways[&gw][&ResourceType::RouteTable]["http-80"] {
-        Payload::RouteTable(r) => r,
-        other => panic!("{other:?}"),
-    }
+    super::route_rules::assembled_table(&t.gateways[&gw], "http-80").expect("no table http-80")
 }
 
 /// The routes whose rules can answer `host`, looked up as the proxy looks up a virtual host
@@ -102,7 +98,7 @@ fn assert_isolated(t: &Translation) {
     ];
     for (host, owner) in expected {
         assert_eq!(
-            routes_serving(table(t), host),
+            routes_serving(&table(t), host),
             BTreeSet::from([owner.to_owned()]),
             "routes answering {host}"
         );
@@ -127,7 +123,7 @@ fn listener_isolation_holds_against_route_hostnames() {
     // Through the wildcard listener, the route also serves hosts no listener hostname matches
     // better ("x.example.com"), but nothing under *.foo.example.com.
     assert_eq!(
-        routes_serving(table(&t), "x.example.com"),
+        routes_serving(&table(&t), "x.example.com"),
         BTreeSet::from(["wildcard-example-com".to_owned()])
     );
 }
@@ -143,11 +139,11 @@ fn an_exact_route_hostname_does_not_escape_isolation() {
     .concat();
     let t = isolation_gateway(&routes);
     assert_eq!(
-        routes_serving(table(&t), "bar.example.com"),
+        routes_serving(&table(&t), "bar.example.com"),
         BTreeSet::from(["wildcard-example-com".to_owned()])
     );
     assert_eq!(
-        routes_serving(table(&t), "bar.com"),
+        routes_serving(&table(&t), "bar.com"),
         BTreeSet::from(["empty-hostname".to_owned()])
     );
 }

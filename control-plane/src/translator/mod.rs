@@ -25,6 +25,7 @@ mod listeners;
 mod output;
 mod policy_status;
 mod references;
+pub mod route_rules;
 mod route_view;
 mod routes;
 mod selectors;

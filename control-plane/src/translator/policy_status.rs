@@ -19,7 +19,7 @@ pub fn report(
     objects: &ObjectSet,
     controller_name: &str,
     gateways: &BTreeMap<ObjectRef, GatewayView<'_>>,
-    compiled: &BTreeMap<RouteId, CompiledRoute>,
+    compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
     out: &mut StatusReport,
 ) {
     service_annotations(objects, compiled, out);
@@ -64,7 +64,7 @@ pub fn report(
 /// The annotation problems of every Service a compiled route uses.
 fn service_annotations(
     objects: &ObjectSet,
-    compiled: &BTreeMap<RouteId, CompiledRoute>,
+    compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
     out: &mut StatusReport,
 ) {
     for backend in compiled.values().flat_map(|c| &c.backends) {

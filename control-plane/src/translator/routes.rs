@@ -115,6 +115,41 @@ impl Precedence {
     }
 }
 
+impl Precedence {
+    /// The precedence as bytes that sort as it does (`RankedRule.precedence`): fixed-width
+    /// big-endian numbers, "larger first" fields inverted, and names ended by a 0 byte, which
+    /// no Kubernetes name contains.
+    pub fn key(&self) -> Vec<u8> {
+        let inverted = |n: usize| u32::MAX - u32::try_from(n).unwrap_or(u32::MAX);
+        let mut key = Vec::with_capacity(48 + self.route.namespace.len() + self.route.name.len());
+        key.push(self.path_kind);
+        key.extend_from_slice(&inverted(self.path_len.0).to_be_bytes());
+        key.push(u8::from(!self.has_method.0));
+        key.extend_from_slice(&inverted(self.headers.0).to_be_bytes());
+        key.extend_from_slice(&inverted(self.query_params.0).to_be_bytes());
+        match self.created {
+            // `None` sorts first, as in the derived order.
+            None => key.push(0),
+            Some(t) => {
+                key.push(1);
+                // The sign bit flipped: two's complement seconds then sort as unsigned bytes.
+                let seconds = (t.as_second() as u64) ^ (1 << 63);
+                key.extend_from_slice(&seconds.to_be_bytes());
+                let nanos = u32::try_from(t.subsec_nanosecond()).unwrap_or(0);
+                key.extend_from_slice(&nanos.to_be_bytes());
+            }
+        }
+        for part in [&self.route.namespace, &self.route.name] {
+            key.extend_from_slice(part.as_bytes());
+            key.push(0);
+        }
+        let index = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+        key.extend_from_slice(&index(self.rule));
+        key.extend_from_slice(&index(self.matched));
+        key
+    }
+}
+
 /// Compiles a route's rules, whichever its kind.
 pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     let mut out = CompiledRoute::default();

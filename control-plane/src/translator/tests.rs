@@ -77,11 +77,9 @@ fn gw() -> ObjectRef {
     ObjectRef::new("infra", "gw")
 }
 
-fn route_table<'a>(t: &'a Translation, name: &str) -> &'a RouteTable {
-    match &t.gateways[&gw()][&ResourceType::RouteTable][name] {
-        Payload::RouteTable(r) => r,
-        other => panic!("{other:?}"),
-    }
+/// The table as the proxies assemble it from the table and its routes' `RouteRules`.
+fn route_table(t: &Translation, name: &str) -> RouteTable {
+    super::route_rules::assembled_table(&t.gateways[&gw()], name).expect("no such route table")
 }
 
 fn parent_conditions(t: &Translation, route: &str) -> Vec<Condition> {
@@ -410,9 +408,7 @@ spec:
     );
     // Still one route table for the port, with the two distinct hostnames only.
     let resources = &t.gateways[&ObjectRef::new("infra", "conflicts")];
-    let Payload::RouteTable(table) = &resources[&ResourceType::RouteTable]["http-7000"] else {
-        panic!()
-    };
+    let table = super::route_rules::assembled_table(resources, "http-7000").unwrap();
     let domains: Vec<&str> = table
         .virtual_hosts
         .iter()

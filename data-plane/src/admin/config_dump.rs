@@ -63,12 +63,34 @@ pub fn render(shared: &Shared, kernel: Option<&KernelPath>) -> Vec<u8> {
             })
         })
         .collect();
+    // The rule order the route tables were assembled into (a table's own rules, then its
+    // routes' RouteRules by precedence key): what a request is matched against, in order.
+    let mut routing: Vec<(&str, Value)> = state
+        .route_tables()
+        .map(|(listener, table)| {
+            let vhosts: Map<String, Value> = table
+                .virtual_hosts()
+                .iter()
+                .map(|v| {
+                    let rules = v.rules().iter().map(|r| json!(&*r.name)).collect();
+                    (v.name.clone(), Value::Array(rules))
+                })
+                .collect();
+            (listener, Value::Object(vhosts))
+        })
+        .collect();
+    routing.sort_by(|a, b| a.0.cmp(b.0));
+    let routing: Map<String, Value> = routing
+        .into_iter()
+        .map(|(l, v)| (l.to_owned(), v))
+        .collect();
     let dump = json!({
         "ready": shared.is_ready(),
         "draining": shared.is_draining(),
         "versions": versions,
         "resources": resources,
         "endpoints": endpoints,
+        "routing": routing,
         "kernel": kernel.map(KernelPath::dump),
     });
     let mut out = serde_json::to_vec_pretty(&dump).unwrap_or_default();

@@ -20,12 +20,14 @@ pub mod tls;
 
 #[cfg(test)]
 mod build_tests;
+#[cfg(test)]
+mod route_rules_tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
-use rauta_common::api::v1::{Listener, ListenerProtocol};
+use rauta_common::api::v1::{Listener, ListenerProtocol, RouteRules};
 use rauta_common::types::ResourceType;
 
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
@@ -88,6 +90,13 @@ impl RoutingState {
         self.listeners.get(listener).and_then(|t| t.as_deref())
     }
 
+    /// Every HTTP listener with its route table, by listener name.
+    pub fn route_tables(&self) -> impl Iterator<Item = (&str, &RouteTableRt)> {
+        self.listeners
+            .iter()
+            .filter_map(|(name, table)| Some((name.as_str(), table.as_deref()?)))
+    }
+
     /// The L4 route table of a TCP, UDP or TLS Terminate listener.
     #[inline]
     pub fn l4_table(&self, listener: &str) -> Option<&L4TableRt> {
@@ -138,12 +147,22 @@ impl RoutingState {
     ) -> Result<(RoutingState, Vec<ListenerSpec>), BuildError> {
         let clusters = Clusters::validate(store, &previous.clusters, pools)?;
         let mut caches = CacheStores::after(&previous.caches);
+        // Each table's route rules; those of a table the store lacks serve nothing.
+        let mut rules_of: HashMap<&str, Vec<&RouteRules>> = HashMap::new();
+        for resource in store.resources(ResourceType::RouteRules) {
+            if let Some(Payload::RouteRules(rules)) = &resource.payload {
+                rules_of.entry(&rules.route_table).or_default().push(rules);
+            }
+        }
         let mut tables = HashMap::new();
         for resource in store.resources(ResourceType::RouteTable) {
             let Some(Payload::RouteTable(table)) = &resource.payload else {
                 continue;
             };
-            let rt = RouteTableRt::build(table, metrics, &mut caches).map_err(|source| {
+            let rules = rules_of
+                .get(table.name.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let rt = RouteTableRt::build(table, rules, metrics, &mut caches).map_err(|source| {
                 BuildError::RouteTable {
                     table: table.name.clone(),
                     source,

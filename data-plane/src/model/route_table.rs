@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rauta_common::api::v1::{RouteTable, VirtualHost};
+use rauta_common::api::v1::{RouteRule, RouteRules, RouteTable};
 
 use super::cluster::Clusters;
 use super::collect::exact;
@@ -102,46 +102,120 @@ pub enum RouteTableError {
     Claimed(String),
     #[error(transparent)]
     SessionKeys(#[from] SessionError),
+    #[error("route rules {0}: a ranked rule without its rule")]
+    NoRule(String),
+}
+
+/// A virtual host being assembled: its domains, its own rules, and the ranked rules of the
+/// `RouteRules` that join it as (precedence, RouteRules name, position, rule).
+struct Assembly<'a> {
+    name: &'a str,
+    domains: Vec<String>,
+    inline: &'a [RouteRule],
+    ranked: Vec<(&'a [u8], &'a str, usize, &'a RouteRule)>,
+}
+
+impl<'a> Assembly<'a> {
+    /// The table's virtual hosts, joined by the rules of `rules` (those naming this table):
+    /// each to the virtual host listing its domain, or to a new one of that domain.
+    fn of(table: &'a RouteTable, rules: &[&'a RouteRules]) -> Result<Vec<Self>, RouteTableError> {
+        let mut out: Vec<Assembly<'a>> = table
+            .virtual_hosts
+            .iter()
+            .map(|v| Assembly {
+                name: &v.name,
+                domains: v.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                inline: &v.rules,
+                ranked: Vec::new(),
+            })
+            .collect();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, a) in out.iter().enumerate() {
+            for d in &a.domains {
+                index.entry(d.clone()).or_insert(i);
+            }
+        }
+        for r in rules {
+            for domain in &r.domains {
+                let domain = domain.to_ascii_lowercase();
+                let i = *index.entry(domain.clone()).or_insert_with(|| {
+                    out.push(Assembly {
+                        name: domain_name(r, &domain),
+                        domains: vec![domain],
+                        inline: &[],
+                        ranked: Vec::new(),
+                    });
+                    out.len() - 1
+                });
+                for (position, ranked) in r.rules.iter().enumerate() {
+                    let rule = ranked
+                        .rule
+                        .as_ref()
+                        .ok_or_else(|| RouteTableError::NoRule(r.name.clone()))?;
+                    out[i]
+                        .ranked
+                        .push((&ranked.precedence, &r.name, position, rule));
+                }
+            }
+        }
+        for a in &mut out {
+            a.ranked
+                .sort_unstable_by(|x, y| (x.0, x.1, x.2).cmp(&(y.0, y.1, y.2)));
+        }
+        Ok(out)
+    }
+}
+
+/// The name of a virtual host made for a domain of `r`: the domain as `r` spells it.
+fn domain_name<'a>(r: &'a RouteRules, lower: &str) -> &'a str {
+    r.domains
+        .iter()
+        .find(|d| d.eq_ignore_ascii_case(lower))
+        .map_or("", String::as_str)
 }
 
 impl VirtualHostRt {
     fn build(
-        vhost: &VirtualHost,
+        vhost: &Assembly<'_>,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
         caches: &mut CacheStores,
     ) -> Result<VirtualHostRt, RouteTableError> {
-        let rules = exact(vhost.rules.iter().map(|rule| {
+        let mut all: Vec<&RouteRule> = Vec::with_capacity(vhost.inline.len() + vhost.ranked.len());
+        all.extend(vhost.inline);
+        all.extend(vhost.ranked.iter().map(|(_, _, _, rule)| *rule));
+        let rules = exact(all.into_iter().map(|rule| {
             RuleRt::build(rule, metrics, session_keys, caches).map_err(|source| {
                 RouteTableError::Rule {
-                    vhost: vhost.name.clone(),
+                    vhost: vhost.name.to_owned(),
                     rule: rule.name.clone(),
                     source,
                 }
             })
         }))?;
         Ok(VirtualHostRt {
-            name: vhost.name.clone(),
+            name: vhost.name.to_owned(),
             rules,
         })
     }
 }
 
 impl RouteTableRt {
-    /// Validates a route table: its virtual hosts' domains and rules.
+    /// Validates a route table with the `RouteRules` naming it: the virtual hosts' domains
+    /// and rules, each virtual host's own rules first, then the ranked ones by precedence.
     pub fn build(
         table: &RouteTable,
+        rules: &[&RouteRules],
         metrics: &ProxyMetrics,
         caches: &mut CacheStores,
     ) -> Result<RouteTableRt, RouteTableError> {
         let mut rt = RouteTableRt::default();
         let keys = SessionKeys::build(&table.session_keys)?;
-        for vhost in &table.virtual_hosts {
+        for vhost in Assembly::of(table, rules)? {
             let index = rt.vhosts.len();
             rt.vhosts
-                .push(VirtualHostRt::build(vhost, metrics, &keys, caches)?);
-            for domain in &vhost.domains {
-                let domain = domain.to_ascii_lowercase();
+                .push(VirtualHostRt::build(&vhost, metrics, &keys, caches)?);
+            for domain in vhost.domains {
                 if domain == "*" {
                     if rt.any.replace(index).is_some() {
                         return Err(RouteTableError::TwoCatchAlls);

@@ -60,6 +60,7 @@ impl ResourceStore {
                 Payload::Cluster(c) => &c.name,
                 Payload::Endpoints(e) => &e.cluster,
                 Payload::L4RouteTable(t) => &t.name,
+                Payload::RouteRules(r) => &r.name,
             };
             if *inner_name != resource.name {
                 return Err(StoreError::Misnamed {

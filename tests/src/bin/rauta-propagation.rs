@@ -365,8 +365,8 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         proxies,
         config,
     };
-    // Everyone has the initial snapshot (route tables come last).
-    let _ = bench.settle(ResourceType::RouteTable, 0, start).await;
+    // Everyone has the initial snapshot (the routes' rules come after the tables).
+    let _ = bench.settle(ResourceType::RouteRules, 0, start).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let pid = bench.controller.process.pid();
@@ -388,9 +388,9 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
             &format!("routes-{start}.yaml"),
             &routes_yaml(start, end, Some((which, n))),
         );
-        let (delays, bytes) = bench.settle(ResourceType::RouteTable, before, t0).await;
+        let (delays, bytes) = bench.settle(ResourceType::RouteRules, before, t0).await;
         row.route_publish_ms.extend(bench.delays_since_publish(
-            ResourceType::RouteTable,
+            ResourceType::RouteRules,
             before,
             t0,
         ));
