@@ -13,6 +13,7 @@ use rauta_common::process::{LogFormat, init_logging, shutdown_signal};
 use rauta_proxy::admin;
 use rauta_proxy::config::applier::Applier;
 use rauta_proxy::config::listeners::ListenerManager;
+use rauta_proxy::config::persisted::{PersistMetrics, StateDir};
 use rauta_proxy::config::xds::{ChannelSecurity, XdsClient};
 use rauta_proxy::kernel::{KernelPath, XdpMode};
 use rauta_proxy::limits::Limits;
@@ -150,6 +151,12 @@ struct Args {
     /// HTTP/2 server for h2c and ALPN h2 connections: the proxy's own (`rauta`), or hyper's.
     #[arg(long, value_enum, default_value = "rauta")]
     http2_server: Http2Server,
+    /// Directory where the proxy keeps the last configuration it applied (written atomically
+    /// after each update) and which it serves at start, before a controller answers, marked
+    /// stale until one does (docs/operations.md). A file that cannot be read or built is
+    /// refused and moved aside.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Answer eligible exact GETs in the kernel (XDP) on this interface, before a socket
     /// exists (docs/xdp.md). Needs CAP_BPF and CAP_NET_ADMIN, and net.ipv4.tcp_syncookies=2;
     /// without them the proxy logs why and serves everything itself.
@@ -335,7 +342,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         format!("{host}-{}", std::process::id())
     });
     let (namespace, name) = args.gateway;
-    info!(node = %node_id, gateway = %format!("{namespace}/{name}"), controller = %args.controller, "starting");
+    let gateway = format!("{namespace}/{name}");
+    info!(node = %node_id, %gateway, controller = %args.controller, "starting");
     let mut addresses = args.advertise_address;
     if addresses.is_empty() && !args.bind_address.is_unspecified() {
         addresses.push(args.bind_address.to_string());
@@ -363,6 +371,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut applier = Applier::new(listeners, Arc::clone(&shared));
     if let Some(k) = kernel {
         applier = applier.with_kernel(k);
+    }
+    if let Some(dir) = args.state_dir {
+        let persist_metrics =
+            PersistMetrics::register(&metrics.registry).context("registering metrics")?;
+        applier = applier
+            .with_state_dir(StateDir::open(dir, gateway, persist_metrics))
+            .context("starting the --state-dir writer")?;
+        // Before the discovery client starts: the persisted versions are what it presents.
+        applier.restore();
     }
     let client = XdsClient::new(
         args.controller,

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use std::sync::Arc;
@@ -28,6 +28,12 @@ pub struct Shared {
     /// Whether HTTP/2 connections are served by the proxy's own server (`http2`), not hyper's.
     pub own_http2: bool,
     ready: AtomicBool,
+    /// Set while the proxy serves a configuration read back from `--state-dir` that no
+    /// controller has confirmed yet: what /readyz and the stale gauge say about it.
+    stale: ArcSwapOption<String>,
+    /// Why the configuration in `--state-dir` was refused at start, for /readyz while the
+    /// proxy has nothing to serve.
+    restore_refused: ArcSwapOption<String>,
     /// Bumped after each new routing state is published: relayed connections and UDP flows
     /// wait on it to close when their route leaves the configuration.
     published: watch::Sender<u64>,
@@ -47,6 +53,8 @@ impl Shared {
             http1_fast_path: true,
             own_http2: true,
             ready: AtomicBool::new(false),
+            stale: ArcSwapOption::empty(),
+            restore_refused: ArcSwapOption::empty(),
             published: watch::Sender::new(0),
             drain: watch::Sender::new(false),
         }
@@ -75,6 +83,26 @@ impl Shared {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// What the proxy serves that no controller has confirmed, if anything.
+    pub fn stale(&self) -> Option<Arc<String>> {
+        self.stale.load_full()
+    }
+
+    /// Marks the configuration as read back from disk (`Some`, with what to tell), or as
+    /// confirmed by a controller (`None`).
+    pub fn set_stale(&self, detail: Option<String>) {
+        self.stale.store(detail.map(Arc::new));
+    }
+
+    /// Why the persisted configuration was refused at start, if it was.
+    pub fn restore_refused(&self) -> Option<Arc<String>> {
+        self.restore_refused.load_full()
+    }
+
+    pub fn set_restore_refused(&self, reason: String) {
+        self.restore_refused.store(Some(Arc::new(reason)));
     }
 
     /// Starts draining: listeners stop accepting, open connections finish what they are doing

@@ -168,6 +168,8 @@ async fn mount_volumes(
             for (key, value) in object["data"].as_object().expect("ConfigMap data") {
                 std::fs::write(dir.join(key), value.as_str().unwrap()).unwrap();
             }
+        } else if volume.get("emptyDir").is_some() {
+            // An empty directory: made above.
         } else {
             panic!("volume {name}: kind not simulated");
         }
@@ -176,12 +178,17 @@ async fn mount_volumes(
     mounts
 }
 
-/// Arguments with paths under mounts pointed at the local directories standing in for them.
+/// Arguments with paths under mounts (or a mount itself, `--flag=PATH`) pointed at the local
+/// directories standing in for them.
 fn remount(args: &[String], mounts: &[(String, PathBuf)]) -> Vec<String> {
     args.iter()
         .map(|a| {
             mounts.iter().fold(a.clone(), |a, (path, dir)| {
-                a.replace(&format!("{path}/"), &format!("{}/", dir.display()))
+                let a = a.replace(&format!("{path}/"), &format!("{}/", dir.display()));
+                match a.strip_suffix(&format!("={path}")) {
+                    Some(flag) => format!("{flag}={}", dir.display()),
+                    None => a,
+                }
             })
         })
         .collect()
@@ -395,6 +402,18 @@ async fn the_deployments_serve_traffic_with_the_rbac_they_are_given() {
     proxy.wait_ready().await;
     let url = format!("http://{}/", proxy.listener(80));
     eventually_served_by(&url, &echo.pod, Duration::from_secs(20)).await;
+    // --state-dir is a mounted volume, where the proxy persists what it serves.
+    let state_dir = flag(&proxy_args, "--state-dir").expect("--state-dir");
+    let (_, local) = mounts
+        .iter()
+        .find(|(path, _)| *path == state_dir)
+        .expect("--state-dir is a volume mount");
+    eventually(Duration::from_secs(20), || async {
+        local
+            .join(rauta_proxy::config::persisted::STATE_FILE)
+            .exists()
+    })
+    .await;
     eventually(Duration::from_secs(20), || async {
         let gateway = fake
             .object("gateway.networking.k8s.io/v1", "Gateway", gw_ns, gw_name)

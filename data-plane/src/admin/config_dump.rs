@@ -87,6 +87,7 @@ pub fn render(shared: &Shared, kernel: Option<&KernelPath>) -> Vec<u8> {
     let dump = json!({
         "ready": shared.is_ready(),
         "draining": shared.is_draining(),
+        "stale": shared.stale().map(|detail| detail.to_string()),
         "versions": versions,
         "resources": resources,
         "endpoints": endpoints,

@@ -26,6 +26,7 @@ fn respond(
             let mut caches = String::new();
             cache_metrics::render(&state, &mut caches);
             body.extend_from_slice(caches.as_bytes());
+            body.extend_from_slice(stale_gauge(shared).as_bytes());
             (StatusCode::OK, plain_http::PROMETHEUS, body)
         }
         "/config_dump" => (
@@ -34,14 +35,49 @@ fn respond(
             config_dump::render(shared, kernel),
         ),
         "/healthz" => text(StatusCode::OK, b"ok\n"),
-        "/readyz" if shared.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, b"draining\n"),
-        "/readyz" if shared.is_ready() => text(StatusCode::OK, b"ready\n"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            b"waiting for the first configuration\n",
-        ),
+        "/readyz" => readyz(shared),
         _ => text(StatusCode::NOT_FOUND, b"not found\n"),
     }
+}
+
+/// Ready (200) once every resource type has been applied, from a controller or read back
+/// from `--state-dir`: a configuration no controller has confirmed yet still serves traffic
+/// (that is what it is kept for), and the body says so. 503 while draining or before any
+/// configuration, with why the persisted one was refused when it was.
+fn readyz(shared: &Shared) -> (StatusCode, &'static str, Vec<u8>) {
+    let (status, body) = if shared.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned())
+    } else if shared.is_ready() {
+        match shared.stale() {
+            Some(detail) => (StatusCode::OK, format!("ready, stale: {detail}")),
+            None => (StatusCode::OK, "ready".to_owned()),
+        }
+    } else {
+        match shared.restore_refused() {
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "waiting for the first configuration (the persisted one was refused: {reason})"
+                ),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the first configuration".to_owned(),
+            ),
+        }
+    };
+    (status, plain_http::TEXT, format!("{body}\n").into_bytes())
+}
+
+/// `rauta_proxy_config_stale`, read off the shared state at scrape time so that it and
+/// /readyz never disagree.
+fn stale_gauge(shared: &Shared) -> String {
+    format!(
+        "# HELP rauta_proxy_config_stale 1 while the proxy serves a configuration read back \
+         from --state-dir that no controller has confirmed yet\n\
+         # TYPE rauta_proxy_config_stale gauge\nrauta_proxy_config_stale {}\n",
+        u8::from(shared.stale().is_some())
+    )
 }
 
 /// Serves the admin port; `kernel` is the XDP fast path, when it runs (its entries are in
