@@ -490,3 +490,38 @@ fn the_xdp_variant_is_the_proxy_deployment_plus_what_xdp_needs() {
         "{help}"
     );
 }
+
+#[test]
+fn the_proxy_fleet_scales_on_cpu_with_stated_bounds() {
+    let docs = manifests();
+    let hpa = find(&docs, "HorizontalPodAutoscaler", "rauta-proxy");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(
+        (&target["kind"], &target["name"]),
+        (&"Deployment".into(), &"rauta-proxy".into())
+    );
+    let deployment = find(&docs, "Deployment", "rauta-proxy");
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the autoscaler owns the replica count; a fixed one would be put back on each apply"
+    );
+    let (min, max) = (
+        hpa["spec"]["minReplicas"].as_u64().expect("minReplicas"),
+        hpa["spec"]["maxReplicas"].as_u64().expect("maxReplicas"),
+    );
+    // The disruption budget lets one proxy go at a time: at least two keep serving.
+    assert!((3..=max).contains(&min), "{min}..{max}");
+    let metric = &hpa["spec"]["metrics"][0]["resource"];
+    assert_eq!(metric["name"], "cpu");
+    assert!(
+        metric["target"]["averageUtilization"]
+            .as_u64()
+            .is_some_and(|u| (1..=100).contains(&u))
+    );
+    // Utilization is relative to the request: without one the autoscaler cannot act.
+    assert!(
+        container(deployment)["resources"]["requests"]["cpu"].is_string(),
+        "the proxy container requests CPU"
+    );
+}

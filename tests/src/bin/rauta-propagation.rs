@@ -40,6 +40,10 @@ struct Args {
     /// Changes of each kind per run.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Fleet-scale runs, as PROXIESxROUTES; the 1000x10000 one prints
+    /// `propagation_p99_ms_1000x10000` and `route_edit_bytes_per_proxy_10000` last.
+    #[arg(long, value_delimiter = ',', default_value = "1000x10000")]
+    scale: Vec<String>,
 }
 
 /// One response a simulated proxy got: when, of which type and version, how big.
@@ -477,7 +481,26 @@ async fn main() {
         let row = run(args.routes_proxies, routes, args.repeats).await;
         print_row(&row);
     }
+    let mut at_scale = None;
+    for pair in &args.scale {
+        let Some((proxies, routes)) = pair
+            .split_once('x')
+            .and_then(|(p, r)| Some((p.parse().ok()?, r.parse().ok()?)))
+        else {
+            eprintln!("--scale takes PROXIESxROUTES, e.g. 1000x10000; not {pair:?}");
+            std::process::exit(2);
+        };
+        let row = run(proxies, routes, args.repeats).await;
+        print_row(&row);
+        if (proxies, routes) == (1000, 10000) {
+            at_scale = Some((summary(&row.route_ms).1, summary(&row.route_bytes).0));
+        }
+    }
     if let Some(p99) = p99_at_1000 {
         println!("propagation_p99_ms_1000_proxies={p99:.1}");
+    }
+    if let Some((p99, bytes)) = at_scale {
+        println!("propagation_p99_ms_1000x10000={p99:.1}");
+        println!("route_edit_bytes_per_proxy_10000={bytes:.0}");
     }
 }
