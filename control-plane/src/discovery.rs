@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, Identity};
 use crate::cache::SnapshotCache;
+use crate::held::Held;
 use crate::metrics::ControllerMetrics;
 use crate::objects::ObjectRef;
 use crate::proxy_report::{MAX_ADDRESSES, MAX_NACK_MESSAGE, check_node, clean_text, shown};
@@ -141,16 +142,16 @@ struct Pending {
     version: u64,
     /// name -> Some(version) for an upsert, None for a removal.
     changes: Vec<(String, Option<String>)>,
-    /// Once ACKed, the proxy holds exactly `version`'s content of the type (a wildcard
-    /// subscription sent every change, removals included).
-    complete: bool,
+    /// Once ACKed, the proxy holds exactly this snapshot's content of the type (a wildcard
+    /// subscription sent every change, removals included); `None` otherwise.
+    complete: Option<Arc<Snapshot>>,
 }
 
 #[derive(Debug)]
 struct TypeState {
     subscription: Subscription,
     /// What the proxy holds, as of its last ACK (or its initial_resource_versions).
-    known: BTreeMap<String, String>,
+    known: Held,
     pending: Option<Pending>,
     /// The changes of the last NACKed response. While the same content is still due, it is
     /// not sent again (the proxy would refuse it again) and later types wait behind it.
@@ -160,23 +161,18 @@ struct TypeState {
     sent_any: bool,
     /// Snapshot version whose content for this type the proxy holds (ACKed or unchanged).
     current_version: Option<u64>,
-    /// Snapshot version whose content of this type `known` is exactly (wildcard only): then
-    /// the next version's difference is that snapshot's `Delta`, found without going through
-    /// every resource (thousands of route rules, a thousand proxies).
-    holds: Option<u64>,
 }
 
 impl TypeState {
     fn new(subscription: Subscription, known: BTreeMap<String, String>) -> Self {
         TypeState {
             subscription,
-            known,
+            known: Held::Map(known),
             pending: None,
             rejected: None,
             announce_absent: BTreeSet::new(),
             sent_any: false,
             current_version: None,
-            holds: None,
         }
     }
 
@@ -192,8 +188,10 @@ impl TypeState {
         ty: ResourceType,
         allow_removals: bool,
     ) -> Vec<(String, Option<String>)> {
+        // Holding a snapshot's content exactly (wildcard only), the next version's difference
+        // is that snapshot's `Delta`, found without going through every resource.
         if self.wildcard()
-            && let Some(held) = self.holds
+            && let Some(held) = self.known.snapshot_version()
         {
             if held == snapshot.version {
                 return Vec::new();
@@ -223,12 +221,14 @@ impl TypeState {
         let current = snapshot.of_type(ty);
         let mut changes = Vec::new();
         for (name, resource) in current.into_iter().flatten() {
-            if self.subscription.contains(name) && self.known.get(name) != Some(&resource.version) {
+            if self.subscription.contains(name)
+                && self.known.get(ty, name) != Some(resource.version.as_str())
+            {
                 changes.push((name.clone(), Some(resource.version.clone())));
             }
         }
         if allow_removals {
-            for name in self.known.keys() {
+            for name in self.known.names(ty) {
                 let exists = current.is_some_and(|c| c.contains_key(name));
                 if !exists || !self.subscription.contains(name) {
                     changes.push((name.clone(), None));
@@ -239,7 +239,7 @@ impl TypeState {
         // it never waits for routes to settle.
         for name in &self.announce_absent {
             let exists = current.is_some_and(|c| c.contains_key(name));
-            if !exists && !self.known.contains_key(name) {
+            if !exists && !self.known.contains(ty, name) {
                 changes.push((name.clone(), None));
             }
         }
@@ -371,15 +371,19 @@ impl ProxyStream {
                             r.pending_version.clear();
                         });
                     } else {
-                        for (name, change) in pending.changes {
-                            match change {
-                                Some(v) => state.known.insert(name, v),
-                                None => state.known.remove(&name),
-                            };
+                        if let Some(snapshot) = pending.complete {
+                            state.known = Held::Snapshot(snapshot);
+                        } else {
+                            let known = state.known.map_mut(ty);
+                            for (name, change) in pending.changes {
+                                match change {
+                                    Some(v) => known.insert(name, v),
+                                    None => known.remove(&name),
+                                };
+                            }
                         }
                         state.current_version = Some(pending.version);
-                        state.holds = pending.complete.then_some(pending.version);
-                        let count = u32::try_from(state.known.len()).unwrap_or(u32::MAX);
+                        let count = u32::try_from(state.known.len(ty)).unwrap_or(u32::MAX);
                         debug!(proxy = %self.node_id, ty = ty.short_name(), %version, "ACK");
                         self.registration.answered(ty, &version, None);
                         self.registration.update_type(ty, |r| {
@@ -406,7 +410,6 @@ impl ProxyStream {
             for name in &req.resource_names_subscribe {
                 if name == WILDCARD {
                     state.subscription = Subscription::Wildcard;
-                    state.holds = None;
                     break;
                 }
                 if names.insert(name.clone()) {
@@ -418,7 +421,7 @@ impl ProxyStream {
         if let Subscription::Names(names) = &mut state.subscription {
             for name in &req.resource_names_unsubscribe {
                 names.remove(name);
-                state.known.remove(name);
+                state.known.map_mut(ty).remove(name);
                 state.announce_absent.remove(name);
             }
         }
@@ -427,7 +430,7 @@ impl ProxyStream {
 
     /// Sends what each type lacks, in make-before-break order: clusters, endpoints, listeners,
     /// route tables; cluster and endpoint removals wait until routes no longer need them.
-    async fn push(&mut self, snapshot: &Snapshot) -> Result<(), ()> {
+    async fn push(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), ()> {
         // Routes are settled when every route type is subscribed, nothing is in flight, and the
         // proxy holds this version's content (a rejected route table is not settled).
         let routes_settled = [
@@ -464,8 +467,11 @@ impl ProxyStream {
                 break;
             }
             if changes.is_empty() && state.sent_any {
-                if allow_removals && state.wildcard() {
-                    state.holds = Some(snapshot.version);
+                if allow_removals
+                    && state.wildcard()
+                    && state.known.snapshot_version() != Some(snapshot.version)
+                {
+                    state.known = Held::Snapshot(Arc::clone(snapshot));
                 }
                 if state.current_version != Some(snapshot.version) {
                     // Nothing of this type changed: what the proxy holds is this version's content.
@@ -505,7 +511,7 @@ impl ProxyStream {
                 nonce,
                 version: snapshot.version,
                 changes,
-                complete: allow_removals && state.wildcard(),
+                complete: (allow_removals && state.wildcard()).then(|| Arc::clone(snapshot)),
             });
             let version = snapshot.version.to_string();
             self.registration.update_type(ty, |r| {

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod discovery_server;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod held;
 pub mod inspect;
 pub mod kube_status;
 pub mod leader;
