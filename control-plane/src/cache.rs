@@ -13,6 +13,8 @@ use crate::objects::ObjectRef;
 use crate::session_keys::MasterKeys;
 use crate::snapshot::Snapshot;
 use crate::translator::ResourceSet;
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::types::ResourceType;
 
 /// Snapshots kept per Gateway for DiffSnapshots.
 pub const HISTORY: usize = 32;
@@ -98,6 +100,32 @@ impl SnapshotCache {
         summary
     }
 
+    /// Publishes new endpoints for Gateways whose other resources did not change (only
+    /// EndpointSlices did): the other types are shared with the current snapshot, neither
+    /// rebuilt nor compared again, so the cost follows the endpoints, not the routes.
+    pub fn update_endpoints(
+        &self,
+        endpoints: BTreeMap<ObjectRef, BTreeMap<String, Payload>>,
+    ) -> UpdateSummary {
+        let mut map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut summary = UpdateSummary::default();
+        for (key, by_name) in endpoints {
+            let Some(entry) = map.get_mut(&key) else {
+                continue;
+            };
+            let current = entry.current.borrow().clone();
+            let candidate = current.with_type(ResourceType::Endpoints, by_name);
+            if candidate
+                .delta
+                .as_ref()
+                .is_some_and(|d| !d.changes.is_empty())
+            {
+                self.install(entry, key, candidate, &mut summary);
+            }
+        }
+        summary
+    }
+
     fn keys(&self) -> MasterKeys {
         self.session_keys
             .lock()
@@ -152,6 +180,19 @@ impl SnapshotCache {
             return;
         }
         if !candidate.same_content(&current) {
+            self.install(entry, key, candidate, summary);
+        }
+    }
+
+    /// Makes `candidate` the Gateway's current version: history, followers, the feed.
+    fn install(
+        &self,
+        entry: &mut GatewayEntry,
+        key: ObjectRef,
+        candidate: Snapshot,
+        summary: &mut UpdateSummary,
+    ) {
+        {
             summary.changed.push((key.clone(), candidate.version));
             let candidate = Arc::new(candidate);
             if entry.history.len() == HISTORY {
@@ -304,6 +345,41 @@ mod tests {
             1,
             "the previous version stays"
         );
+    }
+
+    #[test]
+    fn an_endpoint_update_equals_a_full_update_with_those_endpoints() {
+        use rauta_common::api::v1::{ClusterEndpoints, Endpoint};
+        let gw = ObjectRef::new("ns", "gw");
+        let endpoints = |port: u32| {
+            let e = ClusterEndpoints {
+                cluster: "a".into(),
+                endpoints: vec![Endpoint {
+                    address: "10.0.0.1".into(),
+                    port,
+                    ..Default::default()
+                }],
+            };
+            BTreeMap::from([("a".to_owned(), Payload::Endpoints(e))])
+        };
+        let mut first = set("a");
+        first.insert(ResourceType::Endpoints, endpoints(80));
+        let mut second = first.clone();
+        second.insert(ResourceType::Endpoints, endpoints(81));
+
+        let (fast, full) = (SnapshotCache::new(), SnapshotCache::new());
+        fast.update(BTreeMap::from([(gw.clone(), first.clone())]));
+        full.update(BTreeMap::from([(gw.clone(), first)]));
+        let summary = fast.update_endpoints(BTreeMap::from([(gw.clone(), endpoints(81))]));
+        assert_eq!(summary.changed, vec![(gw.clone(), 2)]);
+        full.update(BTreeMap::from([(gw.clone(), second)]));
+        let (a, b) = (fast.get(&gw).unwrap(), full.get(&gw).unwrap());
+        assert!(a.same_content(&b));
+        let changes = |s: &Snapshot| s.delta.as_ref().map(|d| (d.from, d.changes.clone()));
+        assert_eq!(changes(&a), changes(&b));
+        // The same endpoints again: no new version.
+        let summary = fast.update_endpoints(BTreeMap::from([(gw.clone(), endpoints(81))]));
+        assert!(summary.changed.is_empty(), "{summary:?}");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use tracing::{error, info, warn};
 
+use rauta_common::types::ResourceType;
+
 use crate::objects::{ObjectRef, ObjectSet};
 use crate::state::ControllerState;
 use crate::translator::status::StatusReport;
@@ -39,28 +41,31 @@ impl Publisher {
             // A file was touched but no object changed (or a change was undone): nothing to do.
             return;
         }
-        let gateways = match self.last.take() {
+        let summary = match self.last.take() {
             // Only EndpointSlices changed: new endpoints for the clusters already translated;
-            // routes, listeners and status stay as they are.
+            // routes, listeners and status stay as they are, and so do their snapshot parts.
             Some((last, mut gateways)) if last.same_except_endpoints(&objects) => {
-                for set in gateways.values_mut() {
+                let mut endpoints = BTreeMap::new();
+                for (gateway, set) in gateways.iter_mut() {
                     backends::refresh_endpoints(&objects, set);
+                    let by_name = set.get(&ResourceType::Endpoints).cloned();
+                    endpoints.insert(gateway.clone(), by_name.unwrap_or_default());
                 }
                 self.state.metrics.endpoint_refreshes.inc();
                 info!("only EndpointSlices changed: endpoints refreshed, routes not re-translated");
-                gateways
+                self.last = Some((objects, gateways));
+                self.state.cache.update_endpoints(endpoints)
             }
             _ => {
                 let translation = translate(&objects, &self.controller_name);
                 self.state.metrics.translations.inc();
                 log_status_changes(&self.state.statuses.report(), &translation.status);
                 self.state.statuses.publish(translation.status);
-                translation.gateways
+                self.last = Some((objects, translation.gateways.clone()));
+                self.state.cache.update(translation.gateways)
             }
         };
-        self.last = Some((objects, gateways.clone()));
         self.state.metrics.ready.set(1);
-        let summary = self.state.cache.update(gateways);
         for (gateway, problem) in &summary.inconsistent {
             error!(%gateway, %problem, "translation produced an inconsistent snapshot; not published, proxies keep the previous version");
         }

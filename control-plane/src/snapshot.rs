@@ -63,7 +63,54 @@ pub struct Delta {
     pub changes: BTreeMap<ResourceType, Changes>,
 }
 
+/// Resources of one type with their versions; those `before` has with the same content are
+/// shared with it.
+fn build_type(
+    by_name: BTreeMap<String, Payload>,
+    before: Option<&BTreeMap<String, Arc<SharedResource>>>,
+) -> BTreeMap<String, Arc<SharedResource>> {
+    by_name
+        .into_iter()
+        .map(|(name, payload)| {
+            let previous = before.and_then(|b| b.get(&name));
+            // Equal content is found by comparing, which costs less than encoding and hashing
+            // ten thousand unchanged route rules on each change.
+            if let Some(same) = previous.filter(|p| p.payload.as_ref() == Some(&payload)) {
+                return (name, Arc::clone(same));
+            }
+            let version = content_version(&name, &payload);
+            let resource = match previous {
+                Some(same) if same.version == version => Arc::clone(same),
+                _ => Arc::new(SharedResource::new(Resource {
+                    name: name.clone(),
+                    version,
+                    payload: Some(payload),
+                })),
+            };
+            (name, resource)
+        })
+        .collect()
+}
+
 impl Delta {
+    /// Upserts then removals from `old` to `new`.
+    fn of_type(
+        old: &BTreeMap<String, Arc<SharedResource>>,
+        new: &BTreeMap<String, Arc<SharedResource>>,
+    ) -> Changes {
+        let mut list: Changes = new
+            .iter()
+            .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
+            .map(|(name, r)| (name.clone(), Some(r.version.clone())))
+            .collect();
+        list.extend(
+            old.keys()
+                .filter(|name| !new.contains_key(*name))
+                .map(|name| (name.clone(), None)),
+        );
+        list
+    }
+
     fn between(
         from: u64,
         before: &BTreeMap<ResourceType, BTreeMap<String, Arc<SharedResource>>>,
@@ -76,16 +123,7 @@ impl Delta {
                 before.get(&ty).unwrap_or(&empty),
                 after.get(&ty).unwrap_or(&empty),
             );
-            let mut list: Changes = new
-                .iter()
-                .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
-                .map(|(name, r)| (name.clone(), Some(r.version.clone())))
-                .collect();
-            list.extend(
-                old.keys()
-                    .filter(|name| !new.contains_key(*name))
-                    .map(|name| (name.clone(), None)),
-            );
+            let list = Delta::of_type(old, new);
             if !list.is_empty() {
                 changes.insert(ty, list);
             }
@@ -116,39 +154,41 @@ impl Snapshot {
         }
     }
 
+    /// The next version with the resources of one type replaced and every other type shared
+    /// with this one (nothing else is rebuilt or compared): the endpoint fast path.
+    pub fn with_type(&self, ty: ResourceType, by_name: BTreeMap<String, Payload>) -> Snapshot {
+        let mut resources = self.resources.clone();
+        let by_name = build_type(by_name, self.of_type(ty));
+        let mut changes = BTreeMap::new();
+        let empty = BTreeMap::new();
+        let list = Delta::of_type(self.of_type(ty).unwrap_or(&empty), &by_name);
+        if !list.is_empty() {
+            changes.insert(ty, list);
+        }
+        if by_name.is_empty() {
+            resources.remove(&ty);
+        } else {
+            resources.insert(ty, by_name);
+        }
+        Snapshot {
+            gateway: self.gateway.clone(),
+            version: self.version + 1,
+            created_at: SystemTime::now(),
+            resources,
+            delta: Some(Arc::new(Delta {
+                from: self.version,
+                changes,
+            })),
+        }
+    }
+
     /// Builds a snapshot from translated resources, computing each resource's version.
     /// Resources whose content `previous` already has are shared with it, so the history kept
     /// for diffs costs only what changed between versions.
     pub fn build(gateway: ObjectRef, version: u64, set: ResourceSet, previous: &Snapshot) -> Self {
         let resources = set
             .into_iter()
-            .map(|(ty, by_name)| {
-                let before = previous.of_type(ty);
-                let by_name = by_name
-                    .into_iter()
-                    .map(|(name, payload)| {
-                        let previous = before.and_then(|b| b.get(&name));
-                        // Equal content is found by comparing, which costs less than encoding
-                        // and hashing ten thousand unchanged route rules on each change.
-                        if let Some(same) =
-                            previous.filter(|p| p.payload.as_ref() == Some(&payload))
-                        {
-                            return (name, Arc::clone(same));
-                        }
-                        let version = content_version(&name, &payload);
-                        let resource = match previous {
-                            Some(same) if same.version == version => Arc::clone(same),
-                            _ => Arc::new(SharedResource::new(Resource {
-                                name: name.clone(),
-                                version,
-                                payload: Some(payload),
-                            })),
-                        };
-                        (name, resource)
-                    })
-                    .collect();
-                (ty, by_name)
-            })
+            .map(|(ty, by_name)| (ty, build_type(by_name, previous.of_type(ty))))
             .filter(|(_, by_name): &(_, BTreeMap<_, _>)| !by_name.is_empty())
             .collect();
         let delta = Delta::between(previous.version, &previous.resources, &resources);
