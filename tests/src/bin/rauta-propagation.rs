@@ -335,8 +335,17 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
     for i in 0..proxies {
         let (url, log) = (controller.url(), Arc::clone(&log));
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = sim_proxy(url, i, log).await {
-                eprintln!("sim proxy {i}: {e}");
+            // As a real proxy does: a stream that fails (a thousand connecting at once can
+            // overflow the listen backlog) is opened again after a jittered backoff.
+            for attempt in 1u64..=8 {
+                match sim_proxy(url.clone(), i, Arc::clone(&log)).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 8 => eprintln!("sim proxy {i}: {e}"),
+                    Err(_) => {
+                        let backoff = 50 * attempt + (i as u64 * 7919) % 50;
+                        tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    }
+                }
             }
         }));
     }
