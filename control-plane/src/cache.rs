@@ -368,6 +368,9 @@ mod tests {
         second.insert(ResourceType::Endpoints, endpoints(81));
 
         let (fast, full) = (SnapshotCache::new(), SnapshotCache::new());
+        for cache in [&fast, &full] {
+            cache.set_session_keys(MasterKeys::new(vec![1; 32]).unwrap());
+        }
         fast.update(BTreeMap::from([(gw.clone(), first.clone())]));
         full.update(BTreeMap::from([(gw.clone(), first)]));
         let summary = fast.update_endpoints(BTreeMap::from([(gw.clone(), endpoints(81))]));
@@ -453,6 +456,23 @@ mod tests {
         assert!(cache.get(&ghost).is_none());
     }
 
+    /// The Gateway's current resources as a set, as a source would give them again.
+    fn sticky_set_of(cache: &SnapshotCache, gw: &ObjectRef) -> ResourceSet {
+        cache
+            .get(gw)
+            .unwrap()
+            .resources
+            .iter()
+            .map(|(ty, by_name)| {
+                let payloads = by_name
+                    .iter()
+                    .filter_map(|(n, r)| Some((n.clone(), r.payload.clone()?)))
+                    .collect();
+                (*ty, payloads)
+            })
+            .collect()
+    }
+
     fn session_keys_of(cache: &SnapshotCache, gw: &ObjectRef) -> Vec<String> {
         let snapshot = cache.get(gw).unwrap();
         match &snapshot.of_type(ResourceType::RouteTable).unwrap()["http-80"].payload {
@@ -462,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn new_session_keys_republish_only_sticky_gateways() {
+    fn new_session_keys_republish_gateways_with_route_tables() {
         let cache = SnapshotCache::new();
         cache.set_session_keys(MasterKeys::new(vec![1; 32]).unwrap());
         let (sticky, plain) = (
@@ -482,15 +502,25 @@ mod tests {
         ]));
         let first = session_keys_of(&cache, &sticky);
         assert_eq!(first.len(), 1);
-        assert!(session_keys_of(&cache, &plain).is_empty());
+        assert_eq!(session_keys_of(&cache, &plain).len(), 1);
+        let empty = ObjectRef::new("ns", "empty");
+        cache.update(BTreeMap::from([
+            (sticky.clone(), sticky_set_of(&cache, &sticky)),
+            (plain.clone(), set("a")),
+            (empty.clone(), ResourceSet::new()),
+        ]));
 
         let rotated = MasterKeys::new(vec![1; 32]).unwrap().rotated(vec![2; 32]);
         let summary = cache.set_session_keys(rotated);
-        assert_eq!(summary.changed, vec![(sticky.clone(), 2)]);
+        assert_eq!(
+            summary.changed,
+            vec![(plain.clone(), 2), (sticky.clone(), 2)],
+            "every Gateway with a route table, none without"
+        );
         let keys = session_keys_of(&cache, &sticky);
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[1], first[0], "the previous key still verifies");
-        assert_eq!(cache.get(&plain).unwrap().version, 1);
+        assert_eq!(session_keys_of(&cache, &plain).len(), 2);
         let clusters = |v| {
             Arc::clone(
                 &cache

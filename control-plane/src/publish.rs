@@ -61,8 +61,14 @@ impl Publisher {
                 self.state.metrics.translations.inc();
                 log_status_changes(&self.state.statuses.report(), &translation.status);
                 self.state.statuses.publish(translation.status);
-                self.last = Some((objects, translation.gateways.clone()));
-                self.state.cache.update(translation.gateways)
+                let gateways = translation.gateways.clone();
+                let summary = self.state.cache.update(translation.gateways);
+                // The endpoint fast path builds on what the cache serves: after a translation
+                // it refused (a dangling reference), the next change translates in full again.
+                if summary.inconsistent.is_empty() {
+                    self.last = Some((objects, gateways));
+                }
+                summary
             }
         };
         self.state.metrics.ready.set(1);

@@ -94,46 +94,21 @@ impl MasterKeys {
             .collect()
     }
 
-    /// Gives every route table of `set` that has a rule with session persistence the
-    /// Gateway's keys, and takes them from the others.
+    /// Gives every route table of `set` the Gateway's keys. Not only those with a sticky rule:
+    /// sticky rules travel as `RouteRules`, pushed after the tables, so a table that lost its
+    /// keys together with its last sticky route would reach the proxy first and be refused
+    /// there (a sticky rule without keys) while the proxy still held that route.
     pub fn apply(&self, gateway: &ObjectRef, set: &mut ResourceSet) {
-        // The tables whose routes have a sticky rule.
-        let sticky_tables: std::collections::BTreeSet<String> = set
-            .get(&ResourceType::RouteRules)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(|payload| match payload {
-                Payload::RouteRules(r) => Some(r),
-                _ => None,
-            })
-            .filter(|r| {
-                r.rules
-                    .iter()
-                    .filter_map(|ranked| ranked.rule.as_ref())
-                    .any(|rule| rule.session_persistence.is_some())
-            })
-            .map(|r| r.route_table.clone())
-            .collect();
         let Some(tables) = set.get_mut(&ResourceType::RouteTable) else {
             return;
         };
         let mut keys = None;
         for payload in tables.values_mut() {
-            let Payload::RouteTable(table) = payload else {
-                continue;
-            };
-            let sticky = sticky_tables.contains(&table.name)
-                || table
-                    .virtual_hosts
-                    .iter()
-                    .flat_map(|v| &v.rules)
-                    .any(|r| r.session_persistence.is_some());
-            table.session_keys = if sticky {
-                keys.get_or_insert_with(|| self.for_gateway(gateway))
-                    .clone()
-            } else {
-                Vec::new()
-            };
+            if let Payload::RouteTable(table) = payload {
+                table.session_keys = keys
+                    .get_or_insert_with(|| self.for_gateway(gateway))
+                    .clone();
+            }
         }
     }
 }
@@ -251,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn sticky_tables_get_keys_of_their_own_gateway() {
+    fn every_table_gets_keys_of_its_own_gateway() {
         let keys = MasterKeys::new(vec![7; 32]).unwrap();
         let mut set = ResourceSet::new();
         let tables = set.entry(ResourceType::RouteTable).or_default();
@@ -262,7 +237,9 @@ mod tests {
         let given = keys_of(&set, "sticky");
         assert_eq!(given.len(), 1);
         assert_eq!(given[0].len(), 64);
-        assert!(keys_of(&set, "plain").is_empty());
+        // A table without a sticky rule too: its routes' rules may gain or lose session
+        // persistence in a RouteRules update that reaches the proxy after the table.
+        assert_eq!(keys_of(&set, "plain"), given);
         // Another Gateway, another key; the same Gateway, the same key (every replica).
         assert_ne!(keys.for_gateway(&ObjectRef::new("b", "gw")), given);
         assert_ne!(keys.for_gateway(&ObjectRef::new("a", "gw2")), given);

@@ -8,7 +8,7 @@ use rauta_common::types::ResourceType;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
-use rauta_tests::manifests::{infra, prefix_route};
+use rauta_tests::manifests::{http_route, infra, prefix_route};
 
 /// Resources of `ty` the controller has sent the (only) proxy so far.
 async fn sent(controller: &Controller, ty: ResourceType) -> u64 {
@@ -108,4 +108,48 @@ async fn a_one_route_edit_sends_that_routes_rules_only() {
         sent(&controller, ResourceType::RouteTable).await,
         tables_before
     );
+}
+
+/// Sticky rules travel as route rules, after the table: the table keeps its session keys when
+/// the last sticky route goes, or the proxy would refuse it while still holding that route
+/// (and every later update would wait behind the refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_sticky_route_is_accepted_and_later_edits_arrive() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
+    ws.write("plain.yaml", &prefix_route("plain", "/plain", "echo"));
+    ws.write(
+        "sticky.yaml",
+        &http_route(
+            "apps",
+            "sticky",
+            ("infra", "gw"),
+            &["sticky.example"],
+            "  - sessionPersistence: {sessionName: s, absoluteTimeout: 1h}\n    backendRefs: [{name: echo, port: 8080}]\n",
+        ),
+    );
+    let controller = Controller::start(&ws.config, ws.path());
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+
+    ws.remove("sticky.yaml");
+    ws.write("plain.yaml", &prefix_route("plain", "/edited", "echo"));
+    let url = format!("http://{}/edited", proxy.listener(80));
+    eventually(Duration::from_secs(10), || async {
+        http_get(&url, None).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+    let proxies = controller.proxies().await;
+    for t in &proxies[0].types {
+        assert!(t.last_nack.is_none(), "{t:?}");
+    }
 }

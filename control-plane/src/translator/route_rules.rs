@@ -99,18 +99,22 @@ fn kernel_verdicts(vhosts: &BTreeMap<String, Vec<Placed>>) -> HashMap<Vec<u8>, b
     let mut assembled: Vec<VirtualHost> = vhosts
         .iter()
         .map(|(domain, placed)| {
-            let mut entries: Vec<&MatchEntry> = placed.iter().flat_map(Placed::entries).collect();
-            entries.sort();
-            keys.push(
-                entries
-                    .iter()
-                    .map(|e| e.precedence.key())
-                    .collect::<Vec<_>>(),
-            );
+            // In the proxies' order: by key (the route rules' names break ties there; a route
+            // placed twice is there once).
+            let mut seen = BTreeSet::new();
+            let mut entries: Vec<(Vec<u8>, &MatchEntry)> = placed
+                .iter()
+                .filter(|p| seen.insert(&p.route))
+                .flat_map(Placed::entries)
+                .map(|e| (e.precedence.key(), e))
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let rules = entries.iter().map(|(_, e)| e.rule.clone()).collect();
+            keys.push(entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>());
             VirtualHost {
                 name: domain.clone(),
                 domains: vec![domain.clone()],
-                rules: entries.into_iter().map(|e| e.rule.clone()).collect(),
+                rules,
             }
         })
         .collect();

@@ -132,10 +132,9 @@ impl Precedence {
             None => key.push(0),
             Some(t) => {
                 key.push(1);
-                // The sign bit flipped: two's complement seconds then sort as unsigned bytes.
-                let seconds = (t.as_second() as u64) ^ (1 << 63);
-                key.extend_from_slice(&seconds.to_be_bytes());
-                let nanos = u32::try_from(t.subsec_nanosecond()).unwrap_or(0);
+                // Nanoseconds since the epoch (negative before 1970) with the sign bit
+                // flipped: two's complement then sorts as unsigned bytes.
+                let nanos = (t.as_nanosecond() as u128) ^ (1 << 127);
                 key.extend_from_slice(&nanos.to_be_bytes());
             }
         }
@@ -595,4 +594,53 @@ fn compile_retry(rule: &HttpRouteRules) -> Result<Option<RetryPolicy>, String> {
         codes,
         backoff,
     }))
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    /// The bytes the proxies sort by must order exactly as Gateway API precedence does.
+    #[test]
+    fn precedence_keys_sort_as_precedence_does() {
+        let times = [
+            None,
+            Some(Timestamp::new(-6, -100_000_000).unwrap()),
+            Some(Timestamp::new(-5, -100_000_000).unwrap()),
+            Some(Timestamp::new(-5, 0).unwrap()),
+            Some(Timestamp::new(0, -500_000_000).unwrap()),
+            Some(Timestamp::UNIX_EPOCH),
+            Some(Timestamp::new(0, 1).unwrap()),
+            Some(Timestamp::new(1_700_000_000, 0).unwrap()),
+            Some(Timestamp::new(1_700_000_000, 999_999_999).unwrap()),
+        ];
+        let mut all = Vec::new();
+        for path_kind in [0, 1, 2] {
+            for path_len in [0, 1, 300] {
+                for created in times {
+                    for (ns, name) in [("a", "z"), ("ab", "a"), ("b", ""), ("a", "za")] {
+                        for (rule, matched) in [(0, 0), (0, 1), (1, 0), (256, 0)] {
+                            all.push(Precedence {
+                                path_kind,
+                                path_len: Reverse(path_len),
+                                has_method: Reverse(rule % 2 == 0),
+                                headers: Reverse(path_len % 3),
+                                query_params: Reverse(matched),
+                                created,
+                                route: ObjectRef::new(ns, name),
+                                rule,
+                                matched,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for a in &all {
+            for b in &all {
+                assert_eq!(a.key().cmp(&b.key()), a.cmp(b), "{a:?} against {b:?}");
+            }
+        }
+    }
 }

@@ -151,6 +151,10 @@ impl RoutingState {
         let mut rules_of: HashMap<&str, Vec<&RouteRules>> = HashMap::new();
         for resource in store.resources(ResourceType::RouteRules) {
             if let Some(Payload::RouteRules(rules)) = &resource.payload {
+                route_table::check_route_rules(rules).map_err(|source| BuildError::RouteTable {
+                    table: rules.route_table.clone(),
+                    source,
+                })?;
                 rules_of.entry(&rules.route_table).or_default().push(rules);
             }
         }

@@ -199,10 +199,65 @@ fn malformed_route_rules_are_refused_with_their_name() {
 
     let bad_domain = route_rules("t/bad", "t", &["*x.org"], vec![ranked(&[0], "x")]);
     let err = build(&store(vec![bad_domain])).unwrap_err();
-    assert!(err.contains("invalid wildcard domain"), "{err}");
+    assert!(err.contains("t/bad: invalid domain"), "{err}");
 
     let mut bad_rule = route_rules("t/badrule", "t", &["c.org"], vec![ranked(&[0], "x")]);
     bad_rule.rules[0].rule.as_mut().unwrap().action = None;
     let err = build(&store(vec![bad_rule])).unwrap_err();
     assert!(err.contains("c.org") && err.contains("x"), "{err}");
+}
+
+#[test]
+fn route_rules_are_checked_even_without_their_table() {
+    let mut hollow = route_rules("gone/hollow", "gone", &["a.org"], vec![ranked(&[0], "x")]);
+    hollow.rules[0].rule = None;
+    let err = build(&store(vec![hollow])).unwrap_err();
+    assert!(
+        err.contains("gone/hollow") && err.contains("without its rule"),
+        "{err}"
+    );
+    let bad = route_rules("gone/bad", "gone", &["a.org/x"], vec![ranked(&[0], "x")]);
+    let err = build(&store(vec![bad])).unwrap_err();
+    assert!(err.contains("invalid domain"), "{err}");
+}
+
+#[test]
+fn a_domain_listed_twice_joins_its_virtual_host_once() {
+    let state = build(&store(vec![route_rules(
+        "t/twice",
+        "t",
+        &["c.org", "C.org"],
+        vec![ranked(&[0], "once")],
+    )]))
+    .unwrap();
+    assert_eq!(rule_names(&state, "c.org"), ["once"]);
+}
+
+#[test]
+fn the_rules_a_response_asks_to_place_are_bounded() {
+    use super::route_table::MAX_PLACEMENTS;
+    let rules_per = 1024;
+    let domains = |n: usize, tag: &str| -> Vec<String> {
+        (0..n).map(|i| format!("h{i}.{tag}.org")).collect()
+    };
+    let make = |name: &str, domains: Vec<String>| RouteRules {
+        name: name.into(),
+        route_table: "t".into(),
+        domains,
+        rules: (0..rules_per)
+            .map(|i| ranked(&[1], &format!("r{i}")))
+            .collect(),
+    };
+    // One resource past the bound is refused before anything is built.
+    let over = MAX_PLACEMENTS / rules_per + 1;
+    let err = build(&store(vec![make("t/huge", domains(over, "x"))])).unwrap_err();
+    assert!(err.contains("more than"), "{err}");
+    // Two each within it, together past it.
+    let half = MAX_PLACEMENTS / rules_per / 2 + 1;
+    let err = build(&store(vec![
+        make("t/a", domains(half, "a")),
+        make("t/b", domains(half, "b")),
+    ]))
+    .unwrap_err();
+    assert!(err.contains("more than"), "{err}");
 }
