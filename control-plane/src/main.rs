@@ -63,7 +63,9 @@ struct Args {
     /// Seconds a leader that stopped renewing keeps the Lease.
     #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
     leader_lease_seconds: u64,
-    /// This replica's identity in the Lease; default: $POD_NAME, else the host name.
+    /// This replica's identity in the Lease and on its proxy report (ConfigMap
+    /// rauta-proxies-<identity> in --namespace); default: $POD_NAME, else the host name. Every
+    /// replica needs its own.
     #[arg(long, value_name = "NAME")]
     identity: Option<String>,
     /// Write status without electing a leader (a single replica).
@@ -126,8 +128,9 @@ struct Args {
     /// network only proxies can reach (the standalone quickstart does).
     #[arg(long, conflicts_with = "tls_cert")]
     plaintext: bool,
-    /// The controller's own namespace (Kubernetes mode): where its CA Secret and ConfigMap and
-    /// its Lease are; default: $POD_NAMESPACE, else rauta-system.
+    /// The controller's own namespace (Kubernetes mode): where its CA Secret and ConfigMap,
+    /// its Lease and its replicas' proxy reports are; default: $POD_NAMESPACE, else
+    /// rauta-system.
     #[arg(long, value_name = "NS", requires = "kubernetes")]
     namespace: Option<String>,
     /// Kubernetes mode without --tls-cert or --plaintext: the Secret (in --namespace) holding
