@@ -1,5 +1,6 @@
 //! The admin gRPC service: connected proxies and snapshots, for grpcurl.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::SnapshotCache;
 use crate::objects::ObjectRef;
-use crate::registry::ProxyRegistry;
+use crate::registry::{ProxyRecord, ProxyRegistry};
 use crate::status_store::StatusStore;
 
 #[derive(Debug, Clone)]
@@ -61,46 +62,36 @@ impl Admin for AdminService {
         } else {
             Some(parse_gateway(&filter)?)
         };
-        let proxies = self
+        let here = self.registry.replica();
+        let local = self.registry.list().into_iter().map(|p| {
+            let current = self
+                .cache
+                .get(&p.gateway)
+                .map(|s| s.version.to_string())
+                .unwrap_or_default();
+            let in_sync: BTreeMap<ResourceType, bool> = p
+                .types
+                .iter()
+                .map(|(ty, t)| {
+                    (
+                        *ty,
+                        t.pending_version.is_empty() && t.acked_version == current,
+                    )
+                })
+                .collect();
+            (here.clone(), p, in_sync)
+        });
+        let peers = self
             .registry
-            .list()
+            .peers()
             .into_iter()
-            .filter(|p| filter.as_ref().is_none_or(|g| *g == p.gateway))
-            .map(|p| {
-                let current = self
-                    .cache
-                    .get(&p.gateway)
-                    .map(|s| s.version.to_string())
-                    .unwrap_or_default();
-                ProxyStatus {
-                    id: p.id,
-                    gateway: p.gateway.to_string(),
-                    peer_address: p.peer.map(|a| a.to_string()).unwrap_or_default(),
-                    connected_since: Some(timestamp(p.connected_since)),
-                    build_version: p.build_version,
-                    identity: p.identity,
-                    types: p
-                        .types
-                        .into_iter()
-                        .map(|(ty, t)| TypeStatus {
-                            type_url: ty.type_url().to_owned(),
-                            in_sync: t.pending_version.is_empty() && t.acked_version == current,
-                            rejecting: t.rejecting,
-                            acked_version: t.acked_version,
-                            acked_resources: t.acked_resources,
-                            pending_version: t.pending_version,
-                            last_nack: t.last_nack.map(|n| Nack {
-                                version: n.version,
-                                message: n.message,
-                                at: Some(timestamp(n.at)),
-                            }),
-                            resources_sent: t.resources_sent,
-                            resumed_resources: t.resumed_resources,
-                        })
-                        .collect(),
-                }
-            })
+            .map(|p| (p.replica, p.record, p.in_sync));
+        let mut proxies: Vec<ProxyStatus> = local
+            .chain(peers)
+            .filter(|(_, p, _)| filter.as_ref().is_none_or(|g| *g == p.gateway))
+            .map(|(controller, p, in_sync)| proxy_status(controller, p, &in_sync))
             .collect();
+        proxies.sort_by(|a, b| (&a.gateway, &a.id).cmp(&(&b.gateway, &b.id)));
         Ok(Response::new(ListProxiesResponse { proxies }))
     }
 
@@ -199,6 +190,43 @@ impl Admin for AdminService {
             .filter(|o| req.name.is_empty() || o.name == req.name)
             .collect();
         Ok(Response::new(ListStatusesResponse { objects }))
+    }
+}
+
+/// A proxy as ListProxies shows it; `in_sync` says, per type, whether it holds its
+/// replica's current snapshot.
+fn proxy_status(
+    controller: String,
+    p: ProxyRecord,
+    in_sync: &BTreeMap<ResourceType, bool>,
+) -> ProxyStatus {
+    ProxyStatus {
+        id: p.id,
+        gateway: p.gateway.to_string(),
+        peer_address: p.peer.map(|a| a.to_string()).unwrap_or_default(),
+        connected_since: Some(timestamp(p.connected_since)),
+        build_version: p.build_version,
+        identity: p.identity,
+        controller,
+        types: p
+            .types
+            .into_iter()
+            .map(|(ty, t)| TypeStatus {
+                type_url: ty.type_url().to_owned(),
+                in_sync: in_sync.get(&ty).copied().unwrap_or(false),
+                rejecting: t.rejecting,
+                acked_version: t.acked_version,
+                acked_resources: t.acked_resources,
+                pending_version: t.pending_version,
+                last_nack: t.last_nack.map(|n| Nack {
+                    version: n.version,
+                    message: n.message,
+                    at: Some(timestamp(n.at)),
+                }),
+                resources_sent: t.resources_sent,
+                resumed_resources: t.resumed_resources,
+            })
+            .collect(),
     }
 }
 

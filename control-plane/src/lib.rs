@@ -21,6 +21,7 @@ pub mod objects;
 pub mod proxy_report;
 pub mod publish;
 pub mod registry;
+pub mod replicas;
 pub mod server;
 pub mod session_keys;
 pub mod snapshot;

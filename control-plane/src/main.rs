@@ -16,6 +16,7 @@ use rauta_controller::leader::{self, LeaseSettings};
 use rauta_controller::managed_tls::{self, Material};
 use rauta_controller::metrics;
 use rauta_controller::publish::Publisher;
+use rauta_controller::replicas;
 use rauta_controller::server::{ServerError, ServerOptions, serve_grpc};
 use rauta_controller::session_keys::{self, MasterKeys};
 use rauta_controller::source::{DirectorySource, kubernetes};
@@ -62,7 +63,9 @@ struct Args {
     /// Seconds a leader that stopped renewing keeps the Lease.
     #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
     leader_lease_seconds: u64,
-    /// This replica's identity in the Lease; default: $POD_NAME, else the host name.
+    /// This replica's identity in the Lease and on its proxy report (ConfigMap
+    /// rauta-proxies-<identity> in --namespace); default: $POD_NAME, else the host name. Every
+    /// replica needs its own.
     #[arg(long, value_name = "NAME")]
     identity: Option<String>,
     /// Write status without electing a leader (a single replica).
@@ -125,8 +128,9 @@ struct Args {
     /// network only proxies can reach (the standalone quickstart does).
     #[arg(long, conflicts_with = "tls_cert")]
     plaintext: bool,
-    /// The controller's own namespace (Kubernetes mode): where its CA Secret and ConfigMap and
-    /// its Lease are; default: $POD_NAMESPACE, else rauta-system.
+    /// The controller's own namespace (Kubernetes mode): where its CA Secret and ConfigMap,
+    /// its Lease and its replicas' proxy reports are; default: $POD_NAMESPACE, else
+    /// rauta-system.
     #[arg(long, value_name = "NS", requires = "kubernetes")]
     namespace: Option<String>,
     /// Kubernetes mode without --tls-cert or --plaintext: the Secret (in --namespace) holding
@@ -424,6 +428,25 @@ async fn run_kubernetes(
 ) -> anyhow::Result<()> {
     let lease = (!args.no_leader_election).then(|| lease_settings(args));
     let (leader, leads) = watch::channel(lease.is_none());
+    // Every replica tells the others about its proxies, so the leader's status covers them.
+    let report = replicas::Settings {
+        namespace: controller_namespace(args),
+        identity: identity(args),
+    };
+    state.registry.set_replica(&report.identity);
+    let reporting = [
+        tokio::spawn(replicas::publish(
+            client.clone(),
+            report.clone(),
+            Arc::clone(&state.registry),
+            Arc::clone(&state.cache),
+        )),
+        tokio::spawn(replicas::follow(
+            client.clone(),
+            report.clone(),
+            Arc::clone(&state.registry),
+        )),
+    ];
     let elector = lease
         .clone()
         .map(|lease| tokio::spawn(leader::run(client.clone(), lease, leader)));
@@ -455,6 +478,11 @@ async fn run_kubernetes(
         elector.abort();
         let _ = elector.await;
     }
+    for task in reporting {
+        task.abort();
+        let _ = task.await;
+    }
+    replicas::withdraw(client.clone(), &report).await;
     if let Some(lease) = &lease {
         leader::release(client, lease).await;
     }
@@ -479,9 +507,9 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-fn lease_settings(args: &Args) -> LeaseSettings {
-    let identity = args
-        .identity
+/// This replica's name: in the Lease, and on its proxy report.
+fn identity(args: &Args) -> String {
+    args.identity
         .clone()
         .or_else(|| env("POD_NAME"))
         .or_else(|| {
@@ -489,7 +517,11 @@ fn lease_settings(args: &Args) -> LeaseSettings {
                 .ok()
                 .map(|h| h.trim().to_owned())
         })
-        .unwrap_or_else(|| format!("rauta-controller-{}", std::process::id()));
+        .unwrap_or_else(|| format!("rauta-controller-{}", std::process::id()))
+}
+
+fn lease_settings(args: &Args) -> LeaseSettings {
+    let identity = identity(args);
     LeaseSettings {
         namespace: args
             .leader_election_namespace

@@ -1,4 +1,6 @@
-//! Connected proxies and what each has ACKed, for the admin service and metrics.
+//! Connected proxies and what each has ACKed, for the admin service and metrics; and the
+//! proxies other controller replicas report (`replicas/`), so that status and the admin
+//! service see the whole fleet whichever replica a proxy is connected to.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,14 +14,14 @@ use tokio::sync::{broadcast, watch};
 
 use crate::objects::ObjectRef;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NackRecord {
     pub version: String,
     pub message: String,
     pub at: SystemTime,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypeRecord {
     pub acked_version: String,
     pub acked_resources: u32,
@@ -31,7 +33,7 @@ pub struct TypeRecord {
     pub resumed_resources: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyRecord {
     pub id: String,
     pub gateway: ObjectRef,
@@ -45,12 +47,30 @@ pub struct ProxyRecord {
     pub types: BTreeMap<ResourceType, TypeRecord>,
 }
 
+/// A proxy connected to another controller replica, as that replica reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProxy {
+    /// The replica's identity (its name in the leader Lease).
+    pub replica: String,
+    pub record: ProxyRecord,
+    /// Per type, whether the proxy holds its replica's current snapshot: snapshot versions
+    /// count per process, so only that replica can tell.
+    pub in_sync: BTreeMap<ResourceType, bool>,
+}
+
 #[derive(Debug)]
 pub struct ProxyRegistry {
     next_stream: AtomicU64,
     streams: Mutex<BTreeMap<u64, ProxyRecord>>,
-    /// Bumped whenever a proxy connects or disconnects (Gateway addresses may change).
+    /// Proxies of the other replicas, from their fresh reports.
+    peers: Mutex<Vec<PeerProxy>>,
+    /// This replica's identity, shown with its own proxies; empty outside Kubernetes.
+    replica: Mutex<String>,
+    /// Bumped whenever a proxy connects or disconnects, starts or stops rejecting, here or
+    /// on another replica (Gateway status may change).
     membership: watch::Sender<u64>,
+    /// Bumped on every change to this replica's proxies (ACKs too), for its report.
+    local: watch::Sender<u64>,
     /// Proxy ACKs and NACKs, for WatchVersions.
     events: broadcast::Sender<VersionEvent>,
 }
@@ -60,7 +80,10 @@ impl Default for ProxyRegistry {
         ProxyRegistry {
             next_stream: AtomicU64::new(0),
             streams: Mutex::default(),
+            peers: Mutex::default(),
+            replica: Mutex::default(),
             membership: watch::Sender::new(0),
+            local: watch::Sender::new(0),
             events: broadcast::Sender::new(8192),
         }
     }
@@ -83,6 +106,8 @@ impl Registration {
         if let Some(record) = streams.get_mut(&self.stream) {
             f(record);
         }
+        drop(streams);
+        self.registry.local.send_modify(|n| *n += 1);
     }
 
     /// Publishes a proxy's ACK (`nack` None) or NACK of a version, for WatchVersions.
@@ -137,6 +162,7 @@ impl Drop for Registration {
         streams.remove(&self.stream);
         drop(streams);
         self.registry.membership.send_modify(|n| *n += 1);
+        self.registry.local.send_modify(|n| *n += 1);
     }
 }
 
@@ -147,6 +173,7 @@ impl ProxyRegistry {
         streams.insert(stream, record);
         drop(streams);
         self.membership.send_modify(|n| *n += 1);
+        self.local.send_modify(|n| *n += 1);
         Registration {
             registry: Arc::clone(self),
             stream,
@@ -155,10 +182,13 @@ impl ProxyRegistry {
 
     /// What the Gateway's connected proxies currently reject: one line per proxy and type, with
     /// the proxy's reason.
+    /// Proxies of other replicas count too.
     pub fn rejections(&self, gateway: &ObjectRef) -> Vec<String> {
+        let peers = self.peers();
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let all = streams.values().chain(peers.iter().map(|p| &p.record));
         let mut out = Vec::new();
-        for p in streams.values().filter(|p| p.gateway == *gateway) {
+        for p in all.filter(|p| p.gateway == *gateway) {
             for (ty, t) in p.types.iter().filter(|(_, t)| t.rejecting) {
                 if let Some(nack) = &t.last_nack {
                     out.push(format!(
@@ -180,7 +210,7 @@ impl ProxyRegistry {
         self.events.subscribe()
     }
 
-    /// Every connected proxy, ordered by gateway then id.
+    /// Every proxy connected to this replica, ordered by gateway then id.
     pub fn list(&self) -> Vec<ProxyRecord> {
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<_> = streams.values().cloned().collect();
@@ -195,16 +225,133 @@ impl ProxyRegistry {
         self.membership.subscribe()
     }
 
-    /// Distinct addresses of the proxies serving `gateway`, sorted.
+    /// Distinct addresses of the proxies serving `gateway` (on any replica), sorted.
     pub fn addresses(&self, gateway: &ObjectRef) -> Vec<String> {
+        let peers = self.peers();
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<String> = streams
             .values()
+            .chain(peers.iter().map(|p| &p.record))
             .filter(|p| p.gateway == *gateway)
             .flat_map(|p| p.addresses.iter().cloned())
             .collect();
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Follows every change to this replica's proxies, ACKs included.
+    pub fn subscribe_local(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
+    }
+
+    /// Names this replica (its Lease identity), shown with its own proxies.
+    pub fn set_replica(&self, name: &str) {
+        *self.replica.lock().unwrap_or_else(PoisonError::into_inner) = name.to_owned();
+    }
+
+    pub fn replica(&self) -> String {
+        self.replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces what is known of the other replicas' proxies; status writers are told only
+    /// when something changed.
+    pub fn set_peers(&self, peers: Vec<PeerProxy>) {
+        let mut current = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == peers {
+            return;
+        }
+        *current = peers;
+        drop(current);
+        self.membership.send_modify(|n| *n += 1);
+    }
+
+    /// The other replicas' proxies, less those that have since connected here (a proxy that
+    /// moved: its old replica may not have said so yet, or be gone).
+    pub fn peers(&self) -> Vec<PeerProxy> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut newest_here: BTreeMap<(&ObjectRef, &str), SystemTime> = BTreeMap::new();
+        for r in streams.values() {
+            let at = newest_here
+                .entry((&r.gateway, r.id.as_str()))
+                .or_insert(r.connected_since);
+            *at = (*at).max(r.connected_since);
+        }
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers
+            .iter()
+            .filter(|p| {
+                newest_here
+                    .get(&(&p.record.gateway, p.record.id.as_str()))
+                    .is_none_or(|here| *here < p.record.connected_since)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record(id: &str, since: u64, rejecting: bool) -> ProxyRecord {
+        let mut types = BTreeMap::new();
+        types.insert(
+            ResourceType::Listener,
+            TypeRecord {
+                rejecting,
+                last_nack: rejecting.then(|| NackRecord {
+                    version: "2".into(),
+                    message: "cannot bind".into(),
+                    at: SystemTime::UNIX_EPOCH,
+                }),
+                ..TypeRecord::default()
+            },
+        );
+        ProxyRecord {
+            id: id.into(),
+            gateway: ObjectRef::new("infra", "gw"),
+            peer: None,
+            connected_since: SystemTime::UNIX_EPOCH + Duration::from_secs(since),
+            build_version: String::new(),
+            identity: String::new(),
+            addresses: vec![format!("10.0.0.{since}")],
+            types,
+        }
+    }
+
+    fn peer(replica: &str, record: ProxyRecord) -> PeerProxy {
+        PeerProxy {
+            replica: replica.into(),
+            record,
+            in_sync: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn other_replicas_proxies_count_for_status_until_they_connect_here() {
+        let registry = Arc::new(ProxyRegistry::default());
+        let gw = ObjectRef::new("infra", "gw");
+        let mut members = registry.subscribe();
+        let _here = registry.register(record("a", 1, false));
+        registry.set_peers(vec![peer("r2", record("b", 2, true))]);
+        assert!(members.has_changed().unwrap());
+        members.borrow_and_update();
+        assert_eq!(
+            registry.rejections(&gw),
+            ["proxy b rejected listener version 2: cannot bind"]
+        );
+        assert_eq!(registry.addresses(&gw), ["10.0.0.1", "10.0.0.2"]);
+        registry.set_peers(vec![peer("r2", record("b", 2, true))]);
+        assert!(!members.has_changed().unwrap(), "nothing changed");
+        // b moved here: its newer stream here is what counts.
+        let _moved = registry.register(record("b", 3, false));
+        assert!(registry.peers().is_empty());
+        assert!(registry.rejections(&gw).is_empty());
+        assert_eq!(registry.list().len(), 2);
     }
 }

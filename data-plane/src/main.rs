@@ -14,7 +14,7 @@ use rauta_proxy::admin;
 use rauta_proxy::config::applier::Applier;
 use rauta_proxy::config::listeners::ListenerManager;
 use rauta_proxy::config::persisted::{PersistMetrics, StateDir};
-use rauta_proxy::config::xds::{ChannelSecurity, XdsClient};
+use rauta_proxy::config::xds::{ChannelSecurity, ControllerAddress, XdsClient};
 use rauta_proxy::kernel::{KernelPath, XdpMode};
 use rauta_proxy::limits::Limits;
 use rauta_proxy::observe::access_log::AccessLog;
@@ -31,13 +31,19 @@ use tracing::{info, warn};
 #[command(name = "rauta-proxy", version)]
 struct Args {
     /// URL of the controller's gRPC server: https://HOST:PORT (TLS, needs --controller-ca) or
-    /// http://HOST:PORT (plaintext).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:18000")]
-    controller: String,
+    /// http://HOST:PORT (plaintext). Several (comma-separated or repeated, all of one scheme):
+    /// controller replicas, tried in turn, the next one on every reconnection.
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:18000"
+    )]
+    controller: Vec<String>,
     /// PEM CA bundle the controller's certificate must chain to. Reloaded when it changes.
     #[arg(long, value_name = "FILE")]
     controller_ca: Option<PathBuf>,
-    /// Name the controller's certificate must carry; default: the URL's host.
+    /// Name the controller's certificate must carry; default: each URL's host.
     #[arg(long, value_name = "NAME")]
     controller_server_name: Option<String>,
     /// PEM client certificate presented to the controller (mTLS). Reloaded when it changes.
@@ -220,41 +226,69 @@ fn sample_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The discovery channel's security from the flags.
-fn channel_security(args: &Args) -> anyhow::Result<ChannelSecurity> {
-    let uri: http::Uri = args
-        .controller
-        .parse()
-        .with_context(|| format!("--controller {:?}", args.controller))?;
-    let tls = match (uri.scheme_str(), &args.controller_ca) {
-        (Some("https"), Some(ca)) => {
-            let roots = ReloadingRoots::start(ca)?;
-            let identity = match (&args.client_cert, &args.client_key) {
-                (Some(cert), Some(key)) => Some(ReloadingIdentity::start(cert, key)?),
-                _ => None,
-            };
-            let name = args
-                .controller_server_name
-                .clone()
-                .or_else(|| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
-                .context("--controller has no host")?;
-            let name = ServerName::try_from(name.clone())
-                .with_context(|| format!("controller server name {name:?}"))?;
-            Some((Arc::new(credentials::client_config(roots, identity)?), name))
-        }
-        (Some("https"), None) => anyhow::bail!("an https:// --controller needs --controller-ca"),
-        (Some("http"), _) if args.controller_ca.is_some() || args.client_cert.is_some() => {
-            anyhow::bail!("--controller-ca and --client-cert need an https:// --controller")
-        }
-        (Some("http"), _) => None,
-        _ => anyhow::bail!("--controller must be an http:// or https:// URL"),
-    };
+/// The controller addresses from the flags, each with its channel's security.
+fn controller_addresses(args: &Args) -> anyhow::Result<Vec<ControllerAddress>> {
     let token = args
         .auth_token_file
         .as_deref()
         .map(ReloadingToken::start)
         .transpose()?;
-    Ok(ChannelSecurity { tls, token })
+    let uris = args
+        .controller
+        .iter()
+        .map(|url| {
+            url.parse::<http::Uri>()
+                .with_context(|| format!("--controller {url:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let scheme = uris
+        .first()
+        .and_then(|u| u.scheme_str())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        uris.iter().all(|u| u.scheme_str() == Some(scheme)),
+        "--controller URLs must all be http:// or all https://"
+    );
+    let client_config = match (scheme, &args.controller_ca) {
+        ("https", Some(ca)) => {
+            let roots = ReloadingRoots::start(ca)?;
+            let identity = match (&args.client_cert, &args.client_key) {
+                (Some(cert), Some(key)) => Some(ReloadingIdentity::start(cert, key)?),
+                _ => None,
+            };
+            Some(Arc::new(credentials::client_config(roots, identity)?))
+        }
+        ("https", None) => anyhow::bail!("an https:// --controller needs --controller-ca"),
+        ("http", _) if args.controller_ca.is_some() || args.client_cert.is_some() => {
+            anyhow::bail!("--controller-ca and --client-cert need an https:// --controller")
+        }
+        ("http", _) => None,
+        _ => anyhow::bail!("--controller must be an http:// or https:// URL"),
+    };
+    let mut out = Vec::new();
+    for (url, uri) in args.controller.iter().zip(&uris) {
+        let tls = match &client_config {
+            Some(config) => {
+                let name = args
+                    .controller_server_name
+                    .clone()
+                    .or_else(|| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                    .with_context(|| format!("--controller {url:?} has no host"))?;
+                let name = ServerName::try_from(name.clone())
+                    .with_context(|| format!("controller server name {name:?}"))?;
+                Some((Arc::clone(config), name))
+            }
+            None => None,
+        };
+        out.push(ControllerAddress {
+            url: url.clone(),
+            security: ChannelSecurity {
+                tls,
+                token: token.clone(),
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn parse_gateway(s: &str) -> Result<(String, String), String> {
@@ -294,7 +328,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let security = channel_security(&args)?;
+    let controllers = controller_addresses(&args)?;
     let metrics = ProxyMetrics::new().context("registering metrics")?;
     let limits = Limits {
         max_header_bytes: args.max_request_header_bytes as usize,
@@ -343,7 +377,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let (namespace, name) = args.gateway;
     let gateway = format!("{namespace}/{name}");
-    info!(node = %node_id, %gateway, controller = %args.controller, "starting");
+    info!(node = %node_id, %gateway, controller = %args.controller.join(","), "starting");
     let mut addresses = args.advertise_address;
     if addresses.is_empty() && !args.bind_address.is_unspecified() {
         addresses.push(args.bind_address.to_string());
@@ -382,11 +416,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         applier.restore();
     }
     let client = XdsClient::new(
-        args.controller,
+        controllers,
         node,
         Duration::from_millis(args.max_reconnect_backoff_ms.max(1)),
         metrics,
-        security,
     );
     tokio::select! {
         _ = client.run(applier) => {},

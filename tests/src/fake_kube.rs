@@ -1,6 +1,6 @@
 //! An in-process Kubernetes API server for tests: the real HTTP protocol (over TLS, with a
 //! bearer token) that kube-rs speaks — list, watch streams with resource versions,
-//! get/create/replace, and merge patches of the status subresource with resourceVersion
+//! get/create/replace/delete, and merge patches of the status subresource with resourceVersion
 //! preconditions — over an in-memory object store the test edits directly. TokenReviews
 //! check the ServiceAccount tokens the test issues (`issue_token`), as the real API server
 //! checks projected tokens: username, audiences, expiry.
@@ -489,6 +489,13 @@ impl Shared {
                 }
                 self.put(&mut store, &target.collection, current, "MODIFIED");
                 respond(StatusCode::OK, &self_get(&store, &target, &namespace))
+            }
+            (Method::DELETE, Some(_)) => {
+                let Some(current) = existing else {
+                    return not_found();
+                };
+                self.put(&mut store, &target.collection, current.clone(), "DELETED");
+                respond(StatusCode::OK, &current)
             }
             _ => failure(
                 StatusCode::METHOD_NOT_ALLOWED,

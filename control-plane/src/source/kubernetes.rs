@@ -155,6 +155,14 @@ impl ClusterStore {
         if !matches!(event, watcher::Event::Init) && self.failing.remove(&kind) {
             info!(%kind, "watch recovered");
         }
+        // Controller replicas' proxy reports change with every ACK and are nobody's
+        // configuration: they must not cost a translation each.
+        if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = &event
+            && kind == Kind::ConfigMap
+            && crate::replicas::is_report(&o.metadata)
+        {
+            return false;
+        }
         match event {
             watcher::Event::Init => {
                 self.relisting.insert(kind, BTreeMap::new());

@@ -1,6 +1,9 @@
 //! The discovery client: keeps one stream to the controller, applies each response and ACKs
 //! or NACKs it. On disconnect it keeps serving and reconnects with capped, jittered backoff,
-//! presenting the versions it holds so the controller sends only what changed.
+//! presenting the versions it holds so the controller sends only what changed. Given several
+//! controller addresses (replicas), each reconnection tries the next one, so a proxy whose
+//! controller went away moves to another; every replica serves the same content, and resource
+//! versions are content hashes, so the move costs only what changed.
 
 use std::time::Duration;
 
@@ -61,40 +64,59 @@ pub struct ChannelSecurity {
     pub token: Option<Arc<ReloadingToken>>,
 }
 
+/// One controller address and how to reach it.
+#[derive(Clone)]
+pub struct ControllerAddress {
+    /// http://HOST:PORT or https://HOST:PORT.
+    pub url: String,
+    pub security: ChannelSecurity,
+}
+
 pub struct XdsClient {
-    controller: String,
+    /// Tried in turn: the first, then on each reconnection the next.
+    controllers: Vec<ControllerAddress>,
     node: Node,
     max_backoff: Duration,
     metrics: ProxyMetrics,
-    security: ChannelSecurity,
 }
 
 impl XdsClient {
+    /// `controllers` must not be empty.
     pub fn new(
-        controller: String,
+        controllers: Vec<ControllerAddress>,
         node: Node,
         max_backoff: Duration,
         metrics: ProxyMetrics,
-        security: ChannelSecurity,
     ) -> Self {
         XdsClient {
-            controller,
+            controllers,
             node,
             max_backoff,
             metrics,
-            security,
         }
     }
 
     /// Runs forever.
     pub async fn run(self, mut applier: impl ConfigHandler) {
         let mut backoff = INITIAL_BACKOFF;
-        loop {
+        for attempt in 0.. {
+            let Some(controller) = self
+                .controllers
+                .get(attempt % self.controllers.len().max(1))
+            else {
+                warn!("no controller address: not connecting");
+                return;
+            };
             let mut received = false;
-            match self.stream_once(&mut applier, &mut received).await {
-                Ok(()) => info!("controller closed the discovery stream"),
+            match self
+                .stream_once(controller, &mut applier, &mut received)
+                .await
+            {
+                Ok(()) => {
+                    info!(controller = %controller.url, "controller closed the discovery stream")
+                }
                 Err(err) => {
-                    warn!(controller = %self.controller, %err, "discovery stream failed; serving the last good configuration")
+                    warn!(controller = %controller.url, %err, "discovery stream failed; serving the last good configuration")
                 }
             }
             self.metrics.controller_connected.set(0);
@@ -112,20 +134,21 @@ impl XdsClient {
 
     async fn stream_once(
         &self,
+        controller: &ControllerAddress,
         applier: &mut impl ConfigHandler,
         received: &mut bool,
     ) -> Result<(), StreamError> {
         // TLS is done by our connector, so tonic sees a plain http:// endpoint.
-        let address = match self.controller.strip_prefix("https://") {
+        let address = match controller.url.strip_prefix("https://") {
             Some(rest) => format!("http://{rest}"),
-            None => self.controller.clone(),
+            None => controller.url.clone(),
         };
         let endpoint = Endpoint::from_shared(address)
             .map_err(StreamError::Address)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = match &self.security.tls {
+        let channel = match &controller.security.tls {
             Some((config, name)) => {
                 let connector = tls_connector(Arc::clone(config), name.clone());
                 endpoint.connect_with_connector(connector).await
@@ -133,7 +156,7 @@ impl XdsClient {
             None => endpoint.connect().await,
         }
         .map_err(StreamError::Connect)?;
-        let token = self.security.token.clone();
+        let token = controller.security.token.clone();
         let mut client =
             DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
                 if let Some(token) = &token {
@@ -160,7 +183,7 @@ impl XdsClient {
             .delta_resources(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        info!(controller = %self.controller, "discovery stream open");
+        info!(controller = %controller.url, "discovery stream open");
         self.metrics.controller_connected.set(1);
         while let Some(response) = inbound.message().await? {
             *received = true;
