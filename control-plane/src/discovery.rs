@@ -467,6 +467,11 @@ impl ProxyStream {
                 break;
             }
             if changes.is_empty() && state.sent_any {
+                // The proxy holds this version's content: whatever it refused is no longer
+                // due (the configuration went back to what it has), so it rejects nothing.
+                if state.rejected.take().is_some() {
+                    self.registration.update_type(ty, |r| r.rejecting = false);
+                }
                 if allow_removals
                     && state.wildcard()
                     && state.known.snapshot_version() != Some(snapshot.version)

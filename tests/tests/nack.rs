@@ -157,3 +157,74 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
     );
     drop(squatter);
 }
+
+/// After a NACK, a configuration that goes back to what the proxy already holds sends the
+/// proxy nothing (there is nothing new for it): the rejection is over all the same, and the
+/// Gateway is Programmed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_back_to_what_the_proxy_holds_ends_the_rejection() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    let route = http_route(
+        "apps",
+        "web",
+        ("infra", "gw"),
+        &[],
+        "  - backendRefs:\n    - {name: echo, port: 8080}\n",
+    );
+    let base = |listeners: &[(&str, u16, Option<&str>)]| {
+        documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", listeners),
+            service("apps", "echo", &[echo.http]),
+            route.clone(),
+        ])
+    };
+    ws.write("all.yaml", &base(&[("http", 80, None)]));
+    let controller = Controller::start(&ws.config, ws.path());
+    let offset = free_port() - 80;
+    let proxy = Proxy::start(&controller.url(), "infra/gw", offset, ws.path());
+    proxy.wait_ready().await;
+    let extra_port = loop {
+        let p = free_port();
+        if p > offset && p - offset != 80 {
+            break p - offset;
+        }
+    };
+    let _squatter = TcpListener::bind(("127.0.0.1", extra_port + offset)).unwrap();
+    ws.write(
+        "all.yaml",
+        &base(&[("http", 80, None), ("extra", extra_port, None)]),
+    );
+    let rejecting = || async {
+        let proxies = controller.proxies().await;
+        proxies[0].types.iter().any(|t| t.rejecting)
+    };
+    eventually(Duration::from_secs(10), || async { rejecting().await }).await;
+
+    // Back to the configuration the proxy holds.
+    ws.write("all.yaml", &base(&[("http", 80, None)]));
+    eventually(Duration::from_secs(10), || async { !rejecting().await }).await;
+    eventually(Duration::from_secs(10), || async {
+        all_in_sync(&controller.proxies().await)
+    })
+    .await;
+    let statuses = controller
+        .admin()
+        .await
+        .list_statuses(ListStatusesRequest {
+            kind: "Gateway".into(),
+            namespace: "infra".into(),
+            name: "gw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    let programmed = statuses[0]
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Programmed")
+        .unwrap();
+    assert_eq!(programmed.status, "True", "{programmed:?}");
+}
