@@ -1,6 +1,7 @@
 //! The proxy keeps serving while the controller is away, reconnects when it is back, and
 //! resumes: it presents the versions it holds and receives only what changed.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rauta_tests::harness::{
@@ -14,8 +15,14 @@ async fn proxy_survives_controller_restart_and_resumes() {
     let echo = Echo::start("echo-1-a", "apps", ws.path());
     ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
     ws.write("route.yaml", &prefix_route("web", "/old", "echo"));
-    let mut controller = Controller::start(&ws.config, ws.path());
-    let grpc = controller.grpc;
+    // The session key outlives the process, as the managed Secret's does in Kubernetes: every
+    // route table carries keys derived from it, so a new random key would change them all.
+    let key_file = ws.path().join("session.key");
+    std::fs::write(&key_file, format!("{}\n", "restart-key-".repeat(4))).unwrap();
+    let key = key_file.to_string_lossy().into_owned();
+    let flags = ["--plaintext", "--session-key-file", key.as_str()];
+    let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut controller = Controller::start_with(&ws.config, ws.path(), grpc, &flags);
     let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
     proxy.wait_ready().await;
     let old = format!("http://{}/old", proxy.listener(80));
@@ -38,7 +45,7 @@ async fn proxy_survives_controller_restart_and_resumes() {
 
     // Change the route while the controller is down, then bring it back on the same address.
     ws.write("route.yaml", &prefix_route("web", "/new", "echo"));
-    let controller = Controller::start_on(&ws.config, ws.path(), grpc);
+    let controller = Controller::start_with(&ws.config, ws.path(), grpc, &flags);
     eventually(Duration::from_secs(15), || async {
         http_get(&new, None).await.is_ok_and(|r| r.status == 200)
     })

@@ -30,9 +30,17 @@ impl Setup {
         ws.write("infra.yaml", &infra(&[("echo", &[echo.http])]));
         ws.write("route.yaml", &prefix_route("web", "/web", "echo"));
         let state = ws.path().join("state");
-        let mut controller = Controller::start(&ws.config, ws.path());
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        // The session key outlives the process (the managed Secret does in Kubernetes): every
+        // route table carries keys derived from it, and a new one would change them all.
+        std::fs::write(
+            ws.path().join("session.key"),
+            format!("{}\n", "persisted-key-".repeat(4)),
+        )
+        .unwrap();
+        let mut controller = Setup::start_controller(&ws, grpc);
         let setup = Setup {
-            grpc: controller.grpc,
+            grpc,
             offset: free_port() - 80,
             state,
             _echo: echo,
@@ -73,7 +81,14 @@ impl Setup {
     }
 
     fn controller(&self) -> Controller {
-        Controller::start_on(&self.ws.config, self.ws.path(), self.grpc)
+        Setup::start_controller(&self.ws, self.grpc)
+    }
+
+    fn start_controller(ws: &Workspace, grpc: SocketAddr) -> Controller {
+        let key = ws.path().join("session.key");
+        let key = key.to_string_lossy();
+        let flags = ["--plaintext", "--session-key-file", &key];
+        Controller::start_with(&ws.config, ws.path(), grpc, &flags)
     }
 }
 
