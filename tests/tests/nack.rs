@@ -2,19 +2,17 @@
 //! NACKed; the reason shows in the admin service and traffic keeps flowing on the old state.
 //! The next snapshot that the proxy can apply is accepted again.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use rauta_common::api::v1::ListStatusesRequest;
+use rauta_common::api::v1::{Condition, ListStatusesRequest};
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, all_in_sync, eventually, free_port, http_get,
 };
 use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
-    let ws = Workspace::new();
-    let echo = Echo::start("echo-1-a", "apps", ws.path());
+/// GatewayClass, Gateway infra/gw with `listeners`, and a route to the `echo` Service.
+fn config(echo: SocketAddr, listeners: &[(&str, u16, Option<&str>)]) -> String {
     let route = http_route(
         "apps",
         "web",
@@ -22,14 +20,51 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
         &[],
         "  - backendRefs:\n    - {name: echo, port: 8080}\n",
     );
-    let base = |listeners: &[(&str, u16, Option<&str>)]| {
-        documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", listeners),
-            service("apps", "echo", &[echo.http]),
-            route.clone(),
-        ])
-    };
+    documents(&[
+        gateway_class("rauta"),
+        gateway("infra", "gw", "rauta", listeners),
+        service("apps", "echo", &[echo]),
+        route,
+    ])
+}
+
+/// A listener port, free now once `offset` is added, other than 80 and `taken`.
+fn spare_port(offset: u16, taken: &[u16]) -> u16 {
+    loop {
+        let p = free_port();
+        if p > offset && p - offset != 80 && !taken.contains(&(p - offset)) {
+            return p - offset;
+        }
+    }
+}
+
+/// The Programmed condition of Gateway infra/gw, as the admin service reports it.
+async fn programmed(controller: &Controller) -> Condition {
+    let statuses = controller
+        .admin()
+        .await
+        .list_statuses(ListStatusesRequest {
+            kind: "Gateway".into(),
+            namespace: "infra".into(),
+            name: "gw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    statuses[0]
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Programmed")
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    let base = |listeners: &[(&str, u16, Option<&str>)]| config(echo.http, listeners);
     ws.write("all.yaml", &base(&[("http", 80, None)]));
     let controller = Controller::start(&ws.config, ws.path());
     let offset = free_port() - 80;
@@ -39,12 +74,7 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
     assert_eq!(http_get(&url, None).await.unwrap().status, 200);
 
     // Something else holds the port the new listener needs.
-    let extra_port = loop {
-        let p = free_port();
-        if p > offset && p - offset != 80 {
-            break p - offset;
-        }
-    };
+    let extra_port = spare_port(offset, &[]);
     let squatter = TcpListener::bind(("127.0.0.1", extra_port + offset)).unwrap();
     ws.write(
         "all.yaml",
@@ -77,27 +107,7 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
     assert!(listener.rejecting, "{listener:?}");
     assert!(proxy.process.log_text().contains("rejected update (NACK)"));
     // The rejection reaches the Gateway's status, over gRPC and in the status file.
-    let programmed = || async {
-        let statuses = controller
-            .admin()
-            .await
-            .list_statuses(ListStatusesRequest {
-                kind: "Gateway".into(),
-                namespace: "infra".into(),
-                name: "gw".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .objects;
-        statuses[0]
-            .conditions
-            .iter()
-            .find(|c| c.r#type == "Programmed")
-            .cloned()
-            .unwrap()
-    };
-    let c = programmed().await;
+    let c = programmed(&controller).await;
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "Invalid"),
@@ -128,12 +138,7 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
 
     // The configuration moves on (the extra listener to a free port): the next version is
     // accepted and the new port serves.
-    let free_extra = loop {
-        let p = free_port();
-        if p > offset && p - offset != 80 && p - offset != extra_port {
-            break p - offset;
-        }
-    };
+    let free_extra = spare_port(offset, &[extra_port]);
     ws.write(
         "all.yaml",
         &base(&[("http", 80, None), ("extra", free_extra, None)]),
@@ -151,7 +156,7 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
     .await;
     assert_eq!(http_get(&url, None).await.unwrap().status, 200);
     assert_eq!(
-        programmed().await.status,
+        programmed(&controller).await.status,
         "True",
         "accepted again: programmed"
     );
@@ -165,32 +170,13 @@ async fn rejected_snapshot_is_visible_and_old_state_keeps_serving() {
 async fn going_back_to_what_the_proxy_holds_ends_the_rejection() {
     let ws = Workspace::new();
     let echo = Echo::start("echo-1-a", "apps", ws.path());
-    let route = http_route(
-        "apps",
-        "web",
-        ("infra", "gw"),
-        &[],
-        "  - backendRefs:\n    - {name: echo, port: 8080}\n",
-    );
-    let base = |listeners: &[(&str, u16, Option<&str>)]| {
-        documents(&[
-            gateway_class("rauta"),
-            gateway("infra", "gw", "rauta", listeners),
-            service("apps", "echo", &[echo.http]),
-            route.clone(),
-        ])
-    };
+    let base = |listeners: &[(&str, u16, Option<&str>)]| config(echo.http, listeners);
     ws.write("all.yaml", &base(&[("http", 80, None)]));
     let controller = Controller::start(&ws.config, ws.path());
     let offset = free_port() - 80;
     let proxy = Proxy::start(&controller.url(), "infra/gw", offset, ws.path());
     proxy.wait_ready().await;
-    let extra_port = loop {
-        let p = free_port();
-        if p > offset && p - offset != 80 {
-            break p - offset;
-        }
-    };
+    let extra_port = spare_port(offset, &[]);
     let _squatter = TcpListener::bind(("127.0.0.1", extra_port + offset)).unwrap();
     ws.write(
         "all.yaml",
@@ -209,22 +195,6 @@ async fn going_back_to_what_the_proxy_holds_ends_the_rejection() {
         all_in_sync(&controller.proxies().await)
     })
     .await;
-    let statuses = controller
-        .admin()
-        .await
-        .list_statuses(ListStatusesRequest {
-            kind: "Gateway".into(),
-            namespace: "infra".into(),
-            name: "gw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
-    let programmed = statuses[0]
-        .conditions
-        .iter()
-        .find(|c| c.r#type == "Programmed")
-        .unwrap();
-    assert_eq!(programmed.status, "True", "{programmed:?}");
+    let c = programmed(&controller).await;
+    assert_eq!(c.status, "True", "{c:?}");
 }
