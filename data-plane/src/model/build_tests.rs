@@ -91,7 +91,8 @@ fn table(domains: &[&str], rules: Vec<RouteRule>) -> RouteTable {
     }
 }
 
-fn build(store: &ResourceStore) -> Result<(RoutingState, Vec<ListenerSpec>), String> {
+/// The state a store builds (from nothing before it), or the NACK's text.
+pub(super) fn build(store: &ResourceStore) -> Result<(RoutingState, Vec<ListenerSpec>), String> {
     let metrics = ProxyMetrics::new().unwrap();
     RoutingState::build(
         store,

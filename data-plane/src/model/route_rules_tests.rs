@@ -111,15 +111,7 @@ fn store(rules: Vec<RouteRules>) -> ResourceStore {
 }
 
 fn build(store: &ResourceStore) -> Result<RoutingState, String> {
-    let metrics = ProxyMetrics::new().unwrap();
-    RoutingState::build(
-        store,
-        &RoutingState::default(),
-        &mut UpstreamPools::default(),
-        &metrics,
-    )
-    .map(|(state, _)| state)
-    .map_err(|e| e.to_string())
+    super::build_tests::build(store).map(|(state, _)| state)
 }
 
 fn rule_names(state: &RoutingState, host: &str) -> Vec<String> {
