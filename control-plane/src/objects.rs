@@ -144,6 +144,14 @@ macro_rules! object_kinds {
                     $(Object::$variant(_) => Kind::$variant,)*
                 }
             }
+
+            /// Whether the two are the same object or equal ones.
+            pub fn same(&self, other: &Object) -> bool {
+                match (self, other) {
+                    $((Object::$variant(a), Object::$variant(b)) => Arc::ptr_eq(a, b) || a == b,)*
+                    _ => false,
+                }
+            }
         }
 
         impl ObjectSet {
@@ -181,11 +189,18 @@ macro_rules! object_kinds {
                 0 $(+ self.$field.len())*
             }
 
-            /// Whether the two sets differ at most in their EndpointSlices: such a change
-            /// moves endpoints only, and takes the fast path that does not re-translate routes.
-            pub fn same_except_endpoints(&self, other: &ObjectSet) -> bool {
-                true $(&& (Kind::$variant == Kind::EndpointSlice
-                    || same(&self.$field, &other.$field)))*
+            /// Whether the two sets hold the same objects of every kind `compared` selects
+            /// (the same object or an equal one).
+            pub fn same_kinds(&self, other: &ObjectSet, compared: impl Fn(Kind) -> bool) -> bool {
+                true $(&& (!compared(Kind::$variant) || same(&self.$field, &other.$field)))*
+            }
+
+            /// The objects of the kinds `kept` selects; the other kinds are empty. Objects are
+            /// shared, not copied.
+            pub fn only(&self, kept: impl Fn(Kind) -> bool) -> ObjectSet {
+                ObjectSet {
+                    $($field: if kept(Kind::$variant) { self.$field.clone() } else { BTreeMap::new() },)*
+                }
             }
         }
     };
@@ -328,7 +343,13 @@ impl ObjectSet {
 
     /// Whether nothing at all differs.
     pub fn same_as(&self, other: &ObjectSet) -> bool {
-        self.same_except_endpoints(other) && same(&self.endpoint_slices, &other.endpoint_slices)
+        self.same_kinds(other, |_| true)
+    }
+
+    /// Whether the two sets differ at most in their EndpointSlices: such a change moves
+    /// endpoints only, and takes the fast path that does not re-translate routes.
+    pub fn same_except_endpoints(&self, other: &ObjectSet) -> bool {
+        self.same_kinds(other, |kind| kind != Kind::EndpointSlice)
     }
 }
 

@@ -9,20 +9,22 @@ use rauta_common::types::ResourceType;
 
 use crate::objects::{ObjectRef, ObjectSet};
 use crate::state::ControllerState;
+use crate::translator::backends::EndpointIndex;
 use crate::translator::status::StatusReport;
-use crate::translator::{ResourceSet, backends, translate};
+use crate::translator::{ResourceSet, Translator};
 
 pub struct Publisher {
-    controller_name: String,
+    translator: Translator,
     state: ControllerState,
-    /// The objects and resources of the last publication, for the endpoint fast path.
+    /// The objects of the last publication and each Gateway's clusters and endpoints then,
+    /// for the endpoint fast path.
     last: Option<(ObjectSet, BTreeMap<ObjectRef, ResourceSet>)>,
 }
 
 impl Publisher {
     pub fn new(controller_name: String, state: ControllerState) -> Self {
         Publisher {
-            controller_name,
+            translator: Translator::new(controller_name),
             state,
             last: None,
         }
@@ -46,8 +48,9 @@ impl Publisher {
             // routes, listeners and status stay as they are, and so do their snapshot parts.
             Some((last, mut gateways)) if last.same_except_endpoints(&objects) => {
                 let mut endpoints = BTreeMap::new();
+                let index = EndpointIndex::new(&objects);
                 for (gateway, set) in gateways.iter_mut() {
-                    backends::refresh_endpoints(&objects, set);
+                    index.fill(set);
                     let by_name = set.get(&ResourceType::Endpoints).cloned();
                     endpoints.insert(gateway.clone(), by_name.unwrap_or_default());
                 }
@@ -57,11 +60,23 @@ impl Publisher {
                 self.state.cache.update_endpoints(endpoints)
             }
             _ => {
-                let translation = translate(&objects, &self.controller_name);
+                let translation = self.translator.translate(&objects);
                 self.state.metrics.translations.inc();
                 log_status_changes(&self.state.statuses.report(), &translation.status);
                 self.state.statuses.publish(translation.status);
-                let gateways = translation.gateways.clone();
+                // Only what the fast path reads: copying every route rule would cost as much
+                // as a large part of the translation.
+                let gateways = translation
+                    .gateways
+                    .iter()
+                    .map(|(key, set)| {
+                        let kept = [ResourceType::Cluster, ResourceType::Endpoints]
+                            .into_iter()
+                            .filter_map(|ty| Some((ty, set.get(&ty)?.clone())))
+                            .collect();
+                        (key.clone(), kept)
+                    })
+                    .collect();
                 let summary = self.state.cache.update(translation.gateways);
                 // The endpoint fast path builds on what the cache serves: after a translation
                 // it refused (a dangling reference), the next change translates in full again.

@@ -4,7 +4,7 @@
 //! objects it held at its last good read stay; if one document is invalid, the last good
 //! version of that object (same kind, namespace and name, same file) stays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -142,10 +142,10 @@ impl DirectorySource {
 
     fn merged(&self, problems: &mut Vec<LoadProblem>) -> ObjectSet {
         let mut set = ObjectSet::default();
-        let mut seen: BTreeMap<(Kind, ObjectRef), &Path> = BTreeMap::new();
+        let mut seen: HashMap<(Kind, &ObjectRef), &Path> = HashMap::new();
         for (path, objects) in &self.last_good {
             for ((kind, key), object) in objects {
-                if let Some(first) = seen.insert((*kind, key.clone()), path) {
+                if let Some(first) = seen.insert((*kind, key), path) {
                     problems.push(LoadProblem {
                         file: path.clone(),
                         document: None,
@@ -263,6 +263,12 @@ fn parse_file(
         };
         match Object::decode(kind, &key, value) {
             Ok(object) => {
+                // An object the edit did not touch stays the same allocation, which tells the
+                // translator at a glance that it is unchanged.
+                let object = match previous.get(&(kind, key.clone())) {
+                    Some(old) if old.same(&object) => old.clone(),
+                    _ => object,
+                };
                 if current.insert((kind, key.clone()), object).is_some() {
                     problems.push(problem(format!(
                         "{kind} {key} appears twice in this file; the later one wins"

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use super::gateway::GatewayView;
 use super::hostnames;
+use super::incremental::Compiler;
 use super::references::GATEWAY_GROUP;
 use super::route_view::{RouteId, RouteKind, RouteView};
-use super::routes::{self, CompiledRoute};
+use super::routes::CompiledRoute;
 use super::status::{
     Condition, ParentRef, RouteParentStatus, RouteStatus, StatusReport, set_condition,
 };
@@ -23,6 +24,7 @@ pub fn attach_routes(
     routes: &[RouteView<'_>],
     gateways: &mut BTreeMap<ObjectRef, GatewayView<'_>>,
     status: &mut StatusReport,
+    compiler: &mut Compiler<'_>,
 ) -> BTreeMap<RouteId, Arc<CompiledRoute>> {
     let mut compiled: BTreeMap<RouteId, Arc<CompiledRoute>> = BTreeMap::new();
     for route in routes {
@@ -44,7 +46,7 @@ pub fn attach_routes(
             };
             let route_compiled = compiled
                 .entry(route.id())
-                .or_insert_with(|| Arc::new(routes::compile(objects, route)));
+                .or_insert_with(|| compiler.compile(route));
             let conditions = attach(objects, gateway, route, parent_ref, route_compiled);
             parents.push(RouteParentStatus {
                 parent_ref: parent_ref.clone(),

@@ -1,4 +1,6 @@
-//! Resolves a route's backendRef to a Cluster and its endpoints.
+//! Resolves a route's backendRef to a Cluster, and fills in the endpoints of a Gateway's
+//! clusters from the EndpointSlices. Routes are compiled without endpoints, so a route's
+//! compilation does not depend on EndpointSlices (they change most often).
 
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -6,6 +8,14 @@ use rauta_common::api::v1::route_rule::Action;
 use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, DirectResponse, Endpoint, UpstreamProtocol,
 };
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::types::ResourceType;
 
 use super::backend_tls::{self, ServicePortKey};
 use super::output::ResourceSet;
@@ -32,11 +42,10 @@ pub struct RefProblem {
     pub message: String,
 }
 
-/// A usable backend: its cluster and current endpoints.
+/// A usable backend: its cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedBackend {
     pub cluster: Cluster,
-    pub endpoints: ClusterEndpoints,
     /// The Service port, as BackendTLSPolicies target it.
     pub service_port: ServicePortKey,
 }
@@ -137,124 +146,141 @@ pub fn resolve(
         outlier_detection: Some(policy.outlier_detection),
         hash_key: policy.hash_key,
     };
-    let endpoints = ClusterEndpoints {
-        cluster: cluster_name,
-        endpoints: endpoints_of(objects, &key, service_port),
-    };
     Ok(ResolvedBackend {
         cluster,
-        endpoints,
         service_port: (key, service_port.name.clone()),
     })
 }
 
-/// Recomputes the endpoints of every cluster in a Gateway's resources from the current
-/// EndpointSlices, leaving everything else as translated: the fast path for changes that touch
-/// only EndpointSlices. Gives what a full translation would.
-pub fn refresh_endpoints(objects: &ObjectSet, set: &mut ResourceSet) {
-    use rauta_common::api::v1::resource::Payload;
-    use rauta_common::types::ResourceType;
-    let clusters: Vec<String> = set
-        .get(&ResourceType::Cluster)
-        .map(|c| c.keys().cloned().collect())
-        .unwrap_or_default();
-    let endpoints = set.entry(ResourceType::Endpoints).or_default();
-    for name in clusters {
-        // Cluster names are "namespace/service:port" (see `resolve`).
-        let Some((service, port)) = name.rsplit_once(':') else {
-            continue;
-        };
-        let port = port.strip_suffix(GRPC_CLUSTER_SUFFIX).unwrap_or(port);
-        let (Some(key), Ok(port)) = (ObjectRef::parse(service), port.parse::<i32>()) else {
-            continue;
-        };
-        let service_port = objects
-            .services
-            .get(&key)
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port));
-        if let Some(service_port) = service_port {
-            endpoints.insert(
-                name.clone(),
-                Payload::Endpoints(ClusterEndpoints {
-                    cluster: name.clone(),
-                    endpoints: endpoints_of(objects, &key, service_port),
-                }),
-            );
-        }
-    }
+/// The EndpointSlices of each Service, found once per translation: a Gateway with thousands
+/// of clusters would otherwise scan every slice for each.
+pub struct EndpointIndex<'a> {
+    services: &'a BTreeMap<ObjectRef, Arc<Service>>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
-/// The endpoints EndpointSlices list for one Service port, in a stable order.
-fn endpoints_of(
-    objects: &ObjectSet,
-    service: &ObjectRef,
-    service_port: &ServicePort,
-) -> Vec<Endpoint> {
-    let mut out = Vec::new();
-    let slices = objects.endpoint_slices.iter().filter(|(key, slice)| {
-        key.namespace == service.namespace
-            && slice
+impl<'a> EndpointIndex<'a> {
+    pub fn new(objects: &'a ObjectSet) -> Self {
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for (key, slice) in &objects.endpoint_slices {
+            let service = slice
                 .metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                == Some(&service.name)
-    });
-    for (_, slice) in slices {
-        // FQDN slices name hosts, not addresses; the proxy connects to IPs only.
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(service) = service {
+                slices
+                    .entry((key.namespace.as_str(), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
         }
-        let port = match &slice.ports {
-            // EndpointSlice ports carry the Service port's name; an unnamed port matches unnamed.
-            Some(ports) => ports
-                .iter()
-                .find(|p| {
-                    p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or("")
-                })
-                .and_then(|p| p.port),
-            None => None,
+        EndpointIndex {
+            services: &objects.services,
+            slices,
+        }
+    }
+
+    /// Sets the endpoints of every cluster in a Gateway's resources from the current
+    /// EndpointSlices, leaving everything else as it is. A full translation ends with this,
+    /// and a change that touches only EndpointSlices takes just this step, so both give the
+    /// same endpoints.
+    pub fn fill(&self, set: &mut ResourceSet) {
+        let Some(clusters) = set.get(&ResourceType::Cluster) else {
+            return;
         };
-        let port = port.or(match &service_port.target_port {
-            Some(IntOrString::Int(p)) => Some(*p),
-            None => Some(service_port.port),
-            Some(IntOrString::String(_)) => None,
-        });
-        let Some(port) = port
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| (1..=65535).contains(p))
-        else {
-            continue;
-        };
-        for endpoint in slice.endpoints.iter().flatten() {
-            // Per the EndpointSlice API, an unset ready condition means ready.
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            for address in &endpoint.addresses {
-                out.push(Endpoint {
-                    address: address.clone(),
-                    port,
-                    weight: 1,
-                    ready,
-                });
+        let clusters: Vec<String> = clusters.keys().cloned().collect();
+        let endpoints = set.entry(ResourceType::Endpoints).or_default();
+        for name in clusters {
+            // Cluster names are "namespace/service:port" (see `resolve`).
+            let Some((service, port)) = name.rsplit_once(':') else {
+                continue;
+            };
+            let port = port.strip_suffix(GRPC_CLUSTER_SUFFIX).unwrap_or(port);
+            let (Some(key), Ok(port)) = (ObjectRef::parse(service), port.parse::<i32>()) else {
+                continue;
+            };
+            let service_port = self
+                .services
+                .get(&key)
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|ports| ports.iter().find(|p| p.port == port));
+            if let Some(service_port) = service_port {
+                endpoints.insert(
+                    name.clone(),
+                    Payload::Endpoints(ClusterEndpoints {
+                        cluster: name.clone(),
+                        endpoints: self.endpoints_of(&key, service_port),
+                    }),
+                );
             }
         }
     }
-    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-    // The same address in two slices (a rollout): it is ready if either copy says so.
-    out.dedup_by(|later, kept| {
-        let same = later.address == kept.address && later.port == kept.port;
-        if same {
-            kept.ready |= later.ready;
+
+    /// The endpoints EndpointSlices list for one Service port, in a stable order.
+    fn endpoints_of(&self, service: &ObjectRef, service_port: &ServicePort) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        let slices = self
+            .slices
+            .get(&(service.namespace.as_str(), service.name.as_str()))
+            .into_iter()
+            .flatten();
+        for slice in slices {
+            // FQDN slices name hosts, not addresses; the proxy connects to IPs only.
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let port = match &slice.ports {
+                // EndpointSlice ports carry the Service port's name; an unnamed port matches unnamed.
+                Some(ports) => ports
+                    .iter()
+                    .find(|p| {
+                        p.name.as_deref().unwrap_or("")
+                            == service_port.name.as_deref().unwrap_or("")
+                    })
+                    .and_then(|p| p.port),
+                None => None,
+            };
+            let port = port.or(match &service_port.target_port {
+                Some(IntOrString::Int(p)) => Some(*p),
+                None => Some(service_port.port),
+                Some(IntOrString::String(_)) => None,
+            });
+            let Some(port) = port
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| (1..=65535).contains(p))
+            else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().flatten() {
+                // Per the EndpointSlice API, an unset ready condition means ready.
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                for address in &endpoint.addresses {
+                    out.push(Endpoint {
+                        address: address.clone(),
+                        port,
+                        weight: 1,
+                        ready,
+                    });
+                }
+            }
         }
-        same
-    });
-    out
+        out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+        // The same address in two slices (a rollout): it is ready if either copy says so.
+        out.dedup_by(|later, kept| {
+            let same = later.address == kept.address && later.port == kept.port;
+            if same {
+                kept.ready |= later.ready;
+            }
+            same
+        });
+        out
+    }
 }
 
 /// The answer of a rule that cannot be served as configured: 500, no body.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use gateway_api::gateways::Gateway;
 use rauta_common::api::v1::ClientCertificate;
 
+use super::backends::EndpointIndex;
 use super::gateway_resources::Ports;
 use super::listener_sets::{self, ListenerSetView};
 use super::listeners::{self, ListenerView};
@@ -99,6 +100,7 @@ impl<'a> GatewayView<'a> {
     pub fn build(
         &self,
         compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
+        endpoints: &EndpointIndex<'_>,
     ) -> GatewayOutput {
         let g = self.generation;
         let mut resources = ResourceSet::new();
@@ -127,6 +129,7 @@ impl<'a> GatewayView<'a> {
             listener_statuses.push((owner, status));
         }
         ports.into_resources(&mut resources);
+        endpoints.fill(&mut resources);
 
         let mut set_statuses = self.listener_set_statuses(&listener_statuses);
         let (conditions, programmed) = self.conditions();

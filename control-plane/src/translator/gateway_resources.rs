@@ -212,8 +212,8 @@ fn isolated_virtual_hosts(
     vhosts
 }
 
-/// The clusters (with the Gateway's client certificate where they speak TLS) and endpoints of
-/// a route's backends.
+/// The clusters of a route's backends, with the Gateway's client certificate where they
+/// speak TLS (their endpoints are filled in once the Gateway's clusters are known).
 fn add_backends(
     route: &CompiledRoute,
     client_certificate: Option<&ClientCertificate>,
@@ -226,12 +226,5 @@ fn add_backends(
             tls.client_certificate = Some(cert.clone());
         }
         clusters.insert(cluster.name.clone(), Payload::Cluster(cluster));
-    }
-    let endpoints = resources.entry(ResourceType::Endpoints).or_default();
-    for backend in &route.backends {
-        endpoints.insert(
-            backend.endpoints.cluster.clone(),
-            Payload::Endpoints(backend.endpoints.clone()),
-        );
     }
 }

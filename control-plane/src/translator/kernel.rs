@@ -18,38 +18,44 @@
 //!   the requests it served.
 
 use rauta_common::api::v1::route_rule::Action;
-use rauta_common::api::v1::{PathMatchKind, RouteMatch, RouteRule, VirtualHost};
+use rauta_common::api::v1::{PathMatchKind, RouteMatch, RouteRule};
 
-/// Sets `kernel_answerable` on the rules that qualify.
-pub fn mark(virtual_hosts: &mut [VirtualHost]) {
-    let any_alone = virtual_hosts.len() == 1;
-    for vhost in virtual_hosts.iter_mut() {
-        let any_host = vhost.domains.iter().any(|d| d == "*");
-        let exact = !vhost.domains.iter().any(|d| d.starts_with('*'));
-        for i in 0..vhost.rules.len() {
-            let (earlier, rest) = vhost.rules.split_at_mut(i);
-            let rule = &mut rest[0];
-            let Some(path) = exact_get_path(rule) else {
-                continue;
-            };
-            let fixed = match &rule.action {
-                Some(Action::DirectResponse(_)) => true,
-                Some(Action::Redirect(r)) => !any_host || !r.hostname.is_empty(),
-                Some(Action::Forward(_)) => rule.cache.is_some(),
-                None => false,
-            };
-            let per_client = rule.cors.is_some()
-                || rule.session_persistence.is_some()
-                || !rule.mirrors.is_empty();
-            let cached = matches!(rule.action, Some(Action::Forward(_)));
-            let host_ok = cached || exact || (any_host && any_alone);
-            let shadowed = earlier
-                .iter()
-                .flat_map(|r| &r.matches)
-                .any(|m| could_match(m, path));
-            rule.kernel_answerable = fixed && !per_client && host_ok && !shadowed;
+/// Whether the rule could qualify in some virtual host: rules for which this is false never
+/// do, so callers need not track them.
+pub fn may_qualify(rule: &RouteRule) -> bool {
+    exact_get_path(rule).is_some()
+}
+
+/// Which of a virtual host's rules, in its order, qualify. `domains`: the virtual host's;
+/// `alone`: it is its table's only virtual host.
+pub fn verdicts(domains: &[String], alone: bool, rules: &[&RouteRule]) -> Vec<bool> {
+    let any_host = domains.iter().any(|d| d == "*");
+    let exact = !domains.iter().any(|d| d.starts_with('*'));
+    let mut out = vec![false; rules.len()];
+    for (i, rule) in rules.iter().enumerate() {
+        let Some(path) = exact_get_path(rule) else {
+            continue;
+        };
+        let fixed = match &rule.action {
+            Some(Action::DirectResponse(_)) => true,
+            Some(Action::Redirect(r)) => !any_host || !r.hostname.is_empty(),
+            Some(Action::Forward(_)) => rule.cache.is_some(),
+            None => false,
+        };
+        let per_client =
+            rule.cors.is_some() || rule.session_persistence.is_some() || !rule.mirrors.is_empty();
+        let cached = matches!(rule.action, Some(Action::Forward(_)));
+        let host_ok = cached || exact || (any_host && alone);
+        if !fixed || per_client || !host_ok {
+            continue;
         }
+        let shadowed = rules[..i]
+            .iter()
+            .flat_map(|r| &r.matches)
+            .any(|m| could_match(m, path));
+        out[i] = !shadowed;
     }
+    out
 }
 
 /// The exact path of a rule whose only match is an Exact path for GET, HEAD or any method,
@@ -93,6 +99,7 @@ mod tests {
     use super::*;
     use rauta_common::api::v1::{
         CorsPolicy, DirectResponse, ForwardAction, HeaderMatch, PathMatch, Redirect, ResponseCache,
+        VirtualHost,
     };
 
     fn path_match(kind: PathMatchKind, value: &str, method: &str) -> RouteMatch {
@@ -132,6 +139,18 @@ mod tests {
             name: domain.into(),
             domains: vec![domain.into()],
             rules,
+        }
+    }
+
+    /// Sets `kernel_answerable` on the rules that qualify.
+    fn mark(virtual_hosts: &mut [VirtualHost]) {
+        let alone = virtual_hosts.len() == 1;
+        for vhost in virtual_hosts.iter_mut() {
+            let rules: Vec<&RouteRule> = vhost.rules.iter().collect();
+            let marks = verdicts(&vhost.domains, alone, &rules);
+            for (rule, mark) in vhost.rules.iter_mut().zip(marks) {
+                rule.kernel_answerable = mark;
+            }
         }
     }
 

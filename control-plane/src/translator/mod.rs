@@ -18,6 +18,7 @@ mod gateway;
 mod gateway_resources;
 mod grpc;
 pub mod hostnames;
+mod incremental;
 mod kernel;
 mod l4_routes;
 mod listener_sets;
@@ -34,9 +35,12 @@ pub mod status;
 mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::objects::{ObjectRef, ObjectSet};
 use gateway::GatewayView;
+use incremental::Compiler;
+pub use incremental::Translator;
 pub use output::{ResourceSet, Translation};
 use status::{Condition, GatewayClassStatus, generation_of};
 
@@ -105,6 +109,18 @@ fn supported_features() -> Vec<String> {
 
 /// Translates every object. `controller_name` selects the GatewayClasses RAUTA owns.
 pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
+    translate_with(objects, controller_name, &mut Compiler::fresh(objects)).0
+}
+
+/// `translate`, with routes compiled by `compiler`; also returns the compiled routes.
+fn translate_with(
+    objects: &ObjectSet,
+    controller_name: &str,
+    compiler: &mut Compiler<'_>,
+) -> (
+    Translation,
+    BTreeMap<route_view::RouteId, Arc<routes::CompiledRoute>>,
+) {
     let mut out = Translation::default();
     let mut classes = BTreeSet::new();
     for (key, class) in &objects.gateway_classes {
@@ -135,6 +151,7 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         &routes,
         &mut gateways,
         &mut out.status,
+        compiler,
     );
     policy_status::report(
         objects,
@@ -143,13 +160,14 @@ pub fn translate(objects: &ObjectSet, controller_name: &str) -> Translation {
         &compiled,
         &mut out.status,
     );
+    let endpoints = backends::EndpointIndex::new(objects);
     for (key, gateway) in gateways {
-        let built = gateway.build(&compiled);
+        let built = gateway.build(&compiled, &endpoints);
         out.gateways.insert(key.clone(), built.resources);
         out.status.gateways.insert(key, built.status);
         out.status.listener_sets.extend(built.listener_sets);
     }
-    out
+    (out, compiled)
 }
 
 #[cfg(test)]
@@ -160,3 +178,6 @@ mod golden_tests;
 
 #[cfg(test)]
 mod listener_tests;
+
+#[cfg(test)]
+mod incremental_tests;

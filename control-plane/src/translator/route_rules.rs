@@ -57,11 +57,11 @@ pub fn table(
                 .entries
                 .iter()
                 .map(|e| {
-                    let precedence = e.precedence.key();
                     let mut rule = e.rule.clone();
-                    rule.kernel_answerable = verdicts.get(&precedence).copied().unwrap_or(false);
+                    rule.kernel_answerable =
+                        verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
                     RankedRule {
-                        precedence,
+                        precedence: e.key.clone(),
                         rule: Some(rule),
                     }
                 })
@@ -93,37 +93,29 @@ pub fn table(
 
 /// Whether each rule (by precedence key) may be answered in the kernel: decided on each
 /// virtual host as the proxy assembles it, and true only where it is true in every virtual
-/// host the rule joins.
-fn kernel_verdicts(vhosts: &BTreeMap<String, Vec<Placed>>) -> HashMap<Vec<u8>, bool> {
-    let mut keys = Vec::with_capacity(vhosts.len());
-    let mut assembled: Vec<VirtualHost> = vhosts
-        .iter()
-        .map(|(domain, placed)| {
-            // In the proxies' order: by key (the route rules' names break ties there; a route
-            // placed twice is there once).
-            let mut seen = BTreeSet::new();
-            let mut entries: Vec<(Vec<u8>, &MatchEntry)> = placed
-                .iter()
-                .filter(|p| seen.insert(&p.route))
-                .flat_map(Placed::entries)
-                .map(|e| (e.precedence.key(), e))
-                .collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            let rules = entries.iter().map(|(_, e)| e.rule.clone()).collect();
-            keys.push(entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>());
-            VirtualHost {
-                name: domain.clone(),
-                domains: vec![domain.clone()],
-                rules,
+/// host the rule joins. Rules that can never qualify are left out (false).
+fn kernel_verdicts(vhosts: &BTreeMap<String, Vec<Placed>>) -> HashMap<&[u8], bool> {
+    let alone = vhosts.len() == 1;
+    let mut verdicts: HashMap<&[u8], bool> = HashMap::new();
+    for (domain, placed) in vhosts {
+        // In the proxies' order: by key (the route rules' names break ties there; a route
+        // placed twice is there once).
+        let mut seen = BTreeSet::new();
+        let mut entries: Vec<&MatchEntry> = placed
+            .iter()
+            .filter(|p| seen.insert(&p.route))
+            .flat_map(Placed::entries)
+            .collect();
+        if !entries.iter().any(|e| kernel::may_qualify(&e.rule)) {
+            continue;
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let rules: Vec<&RouteRule> = entries.iter().map(|e| &e.rule).collect();
+        let marks = kernel::verdicts(std::slice::from_ref(domain), alone, &rules);
+        for (entry, mark) in entries.iter().zip(marks) {
+            if kernel::may_qualify(&entry.rule) {
+                *verdicts.entry(entry.key.as_slice()).or_insert(true) &= mark;
             }
-        })
-        .collect();
-    kernel::mark(&mut assembled);
-    let mut verdicts: HashMap<Vec<u8>, bool> = HashMap::new();
-    for (vhost, keys) in assembled.iter().zip(keys) {
-        for (rule, key) in vhost.rules.iter().zip(keys) {
-            let verdict = verdicts.entry(key).or_insert(true);
-            *verdict &= rule.kernel_answerable;
         }
     }
     verdicts

@@ -6,6 +6,7 @@
 //! cannot be read is still attached, and its status says why it is not accepted.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs};
 use gateway_api::experimental::tcproutes::TcpRoute;
@@ -52,10 +53,39 @@ impl RouteKind {
 /// A route of any kind (an HTTPRoute and a TLSRoute may share a name).
 pub type RouteId = (RouteKind, ObjectRef);
 
+/// The object a route view reads, whichever its kind.
+#[derive(Debug, Clone)]
+pub enum RouteObject {
+    Http(Arc<HttpRoute>),
+    Tls(Arc<TlsRoute>),
+    Grpc(Arc<GrpcRoute>),
+    Tcp(Arc<TcpRoute>),
+    Udp(Arc<UdpRoute>),
+}
+
+impl RouteObject {
+    /// Whether the two are the same route object or equal ones.
+    pub fn same(&self, other: &RouteObject) -> bool {
+        fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        match (self, other) {
+            (RouteObject::Http(a), RouteObject::Http(b)) => same(a, b),
+            (RouteObject::Tls(a), RouteObject::Tls(b)) => same(a, b),
+            (RouteObject::Grpc(a), RouteObject::Grpc(b)) => same(a, b),
+            (RouteObject::Tcp(a), RouteObject::Tcp(b)) => same(a, b),
+            (RouteObject::Udp(a), RouteObject::Udp(b)) => same(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// One route as attachment and compilation read it.
 pub struct RouteView<'a> {
     pub kind: RouteKind,
     pub key: &'a ObjectRef,
+    /// The object everything below is read from.
+    pub object: RouteObject,
     pub generation: i64,
     pub created: Option<k8s_openapi::jiff::Timestamp>,
     /// Every parentRef, with defaults made explicit (group, kind, the route's namespace).
@@ -134,10 +164,11 @@ pub fn all(objects: &ObjectSet) -> Vec<RouteView<'_>> {
 /// their defaults made explicit) and its own hostnames and rules. The route kinds are distinct
 /// generated structs with the same metadata and parentRef fields.
 macro_rules! route_view {
-    ($kind:expr, $key:expr, $route:expr, $hostnames:expr, $rules:expr) => {
+    ($kind:ident, $key:expr, $route:expr, $hostnames:expr, $rules:expr) => {
         RouteView {
-            kind: $kind,
+            kind: RouteKind::$kind,
             key: $key,
+            object: RouteObject::$kind(Arc::clone($route)),
             generation: generation_of(&$route.metadata),
             created: $route.metadata.creation_timestamp.as_ref().map(|t| t.0),
             parent_refs: $route
@@ -153,34 +184,34 @@ macro_rules! route_view {
     };
 }
 
-fn http<'a>(key: &'a ObjectRef, route: &'a HttpRoute) -> RouteView<'a> {
+fn http<'a>(key: &'a ObjectRef, route: &'a Arc<HttpRoute>) -> RouteView<'a> {
     let hostnames = route.spec.hostnames.as_deref().unwrap_or_default();
     let rules = Cow::Borrowed(route.spec.rules.as_deref().unwrap_or_default());
-    route_view!(RouteKind::Http, key, route, hostnames, Ok(rules))
+    route_view!(Http, key, route, hostnames, Ok(rules))
 }
 
-fn grpc<'a>(key: &'a ObjectRef, route: &'a GrpcRoute) -> RouteView<'a> {
+fn grpc<'a>(key: &'a ObjectRef, route: &'a Arc<GrpcRoute>) -> RouteView<'a> {
     let hostnames = route.spec.hostnames.as_deref().unwrap_or_default();
     let rules = grpc::as_http_rules(route)
         .map(Cow::Owned)
         .map_err(|e| e.to_string());
-    route_view!(RouteKind::Grpc, key, route, hostnames, rules)
+    route_view!(Grpc, key, route, hostnames, rules)
 }
 
 /// A TLSRoute rule names backends only: as an HTTP rule it matches every request.
-fn tls<'a>(key: &'a ObjectRef, route: &'a TlsRoute) -> RouteView<'a> {
+fn tls<'a>(key: &'a ObjectRef, route: &'a Arc<TlsRoute>) -> RouteView<'a> {
     let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
-    route_view!(RouteKind::Tls, key, route, &route.spec.hostnames, Ok(rules))
+    route_view!(Tls, key, route, &route.spec.hostnames, Ok(rules))
 }
 
 /// A TCPRoute: no hostnames, rules that name backends.
-fn tcp<'a>(key: &'a ObjectRef, route: &'a TcpRoute) -> RouteView<'a> {
+fn tcp<'a>(key: &'a ObjectRef, route: &'a Arc<TcpRoute>) -> RouteView<'a> {
     let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
-    route_view!(RouteKind::Tcp, key, route, &[], Ok(rules))
+    route_view!(Tcp, key, route, &[], Ok(rules))
 }
 
 /// A UDPRoute: no hostnames, rules that name backends.
-fn udp<'a>(key: &'a ObjectRef, route: &'a UdpRoute) -> RouteView<'a> {
+fn udp<'a>(key: &'a ObjectRef, route: &'a Arc<UdpRoute>) -> RouteView<'a> {
     let rules = Cow::Owned(backend_only_rules!(route.spec.rules));
-    route_view!(RouteKind::Udp, key, route, &[], Ok(rules))
+    route_view!(Udp, key, route, &[], Ok(rules))
 }

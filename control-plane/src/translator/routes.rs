@@ -13,7 +13,7 @@ use rauta_common::api::v1::{
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
-use super::route_view::RouteView;
+use super::route_view::{RouteObject, RouteView};
 use super::{extensions, filters};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -36,6 +36,8 @@ pub struct Precedence {
 #[derive(Debug, Clone)]
 pub struct MatchEntry {
     pub precedence: Precedence,
+    /// `precedence.key()`, computed once.
+    pub key: Vec<u8>,
     pub rule: RouteRule,
 }
 
@@ -57,8 +59,10 @@ impl Ord for MatchEntry {
 }
 
 /// Everything a route contributes, whichever parent it attaches to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CompiledRoute {
+    /// The route object this was compiled from.
+    pub source: RouteObject,
     pub entries: Vec<MatchEntry>,
     pub backends: Vec<ResolvedBackend>,
     /// First backendRef problem, for the ResolvedRefs condition.
@@ -151,7 +155,13 @@ impl Precedence {
 
 /// Compiles a route's rules, whichever its kind.
 pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
-    let mut out = CompiledRoute::default();
+    let mut out = CompiledRoute {
+        source: route.object.clone(),
+        entries: Vec::new(),
+        backends: Vec::new(),
+        ref_problem: None,
+        unsupported: None,
+    };
     let rules = match &route.rules {
         Ok(rules) => rules,
         Err(message) => {
@@ -229,7 +239,11 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
                 // Decided once the table's precedence is known (`kernel.rs`).
                 kernel_answerable: false,
             };
-            out.entries.push(MatchEntry { precedence, rule });
+            out.entries.push(MatchEntry {
+                key: precedence.key(),
+                precedence,
+                rule,
+            });
         }
     }
     // Compiled routes live until the next translation, thousands at a time.

@@ -736,8 +736,9 @@ fn endpoint_refresh_matches_a_full_translation() {
     assert!(problems.is_empty(), "{problems:?}");
     let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
     let mut refreshed = before.gateways.clone();
+    let index = backends::EndpointIndex::new(&objects);
     for set in refreshed.values_mut() {
-        backends::refresh_endpoints(&objects, set);
+        index.fill(set);
     }
     assert_eq!(refreshed, full.gateways);
     assert_ne!(
@@ -772,6 +773,7 @@ fn a_route_whose_rules_cannot_be_read_is_reported_not_dropped() {
         &routes,
         &mut gateways,
         &mut status,
+        &mut incremental::Compiler::fresh(&objects),
     );
     let parent = &status.http_routes[&ObjectRef::new("apps", "r")].parents[0];
     assert_eq!(

@@ -191,7 +191,9 @@ struct Row {
     endpoint_publish_ms: Vec<f64>,
     route_bytes: Vec<f64>,
     endpoint_bytes: Vec<f64>,
-    cpu_ms_per_change: f64,
+    /// Controller CPU per route edit and per endpoint change.
+    route_cpu_ms: f64,
+    endpoint_cpu_ms: f64,
     rss_mib: f64,
     peak_rss_mib: f64,
 }
@@ -383,7 +385,7 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let pid = bench.controller.process.pid();
-    let (cpu_before, _) = process_usage(pid);
+    let cpu_now = || process_usage(pid).0;
     let mut row = Row {
         proxies,
         routes,
@@ -395,6 +397,7 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         let which = (n * 7919) % routes;
         let start = which / ROUTES_PER_FILE * ROUTES_PER_FILE;
         let end = (start + ROUTES_PER_FILE).min(routes);
+        let cpu_before = cpu_now();
         let t0 = Instant::now();
         write_atomic(
             &bench.config,
@@ -410,9 +413,11 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         row.route_ms.extend(delays);
         row.route_bytes.extend(bytes);
         tokio::time::sleep(Duration::from_millis(100)).await;
+        row.route_cpu_ms += (cpu_now() - cpu_before) / repeats as f64;
 
         // An endpoint change: one more address in the Service's EndpointSlice.
         let before = bench.version().await;
+        let cpu_before = cpu_now();
         let t0 = Instant::now();
         write_atomic(&bench.config, "endpoints.yaml", &endpoints_yaml(4 + n));
         let (delays, bytes) = bench.settle(ResourceType::Endpoints, before, t0).await;
@@ -424,9 +429,8 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         row.endpoint_ms.extend(delays);
         row.endpoint_bytes.extend(bytes);
         tokio::time::sleep(Duration::from_millis(100)).await;
+        row.endpoint_cpu_ms += (cpu_now() - cpu_before) / repeats as f64;
     }
-    let (cpu_after, _) = process_usage(pid);
-    row.cpu_ms_per_change = (cpu_after - cpu_before) / (2 * repeats) as f64;
     row.peak_rss_mib = memory_kb(pid, "VmHWM:") / 1024.0;
     // Resident memory once the last change has settled (the allocator returns freed pages
     // within a second or two).
@@ -452,7 +456,7 @@ fn print_row(r: &Row) {
     let (rb, _) = summary(&r.route_bytes);
     let (eb, _) = summary(&r.endpoint_bytes);
     println!(
-        "| {:>5} | {:>6} | {:>6.1} / {:>6.1} ({:>6.1}) | {:>6.1} / {:>6.1} ({:>6.1}) | {:>8.0} | {:>6.0} | {:>7.1} | {:>6.1} / {:>6.1} |",
+        "| {:>5} | {:>6} | {:>6.1} / {:>6.1} ({:>6.1}) | {:>6.1} / {:>6.1} ({:>6.1}) | {:>8.0} | {:>6.0} | {:>6.1} / {:>6.1} | {:>6.1} / {:>6.1} |",
         r.proxies,
         r.routes,
         rp50,
@@ -463,7 +467,8 @@ fn print_row(r: &Row) {
         epub99,
         rb,
         eb,
-        r.cpu_ms_per_change,
+        r.route_cpu_ms,
+        r.endpoint_cpu_ms,
         r.rss_mib,
         r.peak_rss_mib
     );
@@ -473,7 +478,7 @@ fn print_row(r: &Row) {
 async fn main() {
     let args = Args::parse();
     println!(
-        "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms/change | controller RSS MiB settled / peak |"
+        "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms route edit / endpoint change | controller RSS MiB settled / peak |"
     );
     println!(
         "|------:|-------:|------------------------:|------------------------:|---------:|-------:|--------:|---------------:|"

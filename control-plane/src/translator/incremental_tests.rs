@@ -1,0 +1,170 @@
+//! The incremental translator against the reference: random sequences of object changes
+//! (adds, edits and deletes of every kind the golden cases use: Gateways, routes of each
+//! kind, Services, EndpointSlices, ReferenceGrants, Secrets, ConfigMaps, BackendTLSPolicies,
+//! ListenerSets, our policy kinds), and after each one the incremental result and status must
+//! equal a full translation of the same objects.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::*;
+use crate::objects::{Kind, Object, ObjectRef};
+use crate::source::parse_manifests;
+
+/// Every object of every golden input, plus an edited copy of each route and Service: the
+/// versions a random change picks from. Golden cases reuse names (a Gateway `gw`, a Service
+/// `web`), so the same key has several versions here.
+fn universe() -> Vec<(ObjectRef, Object)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translator/testdata");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("testdata")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "golden inputs: {files:?}");
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("golden input");
+        let (objects, _) = parse_manifests(&text);
+        for kind in Kind::ALL {
+            for key in objects.keys(kind) {
+                let Some(object) = objects.get(kind, &key) else {
+                    continue;
+                };
+                if let Some(edited) = edited(&key, &object) {
+                    out.push((key.clone(), edited));
+                }
+                out.push((key, object));
+            }
+        }
+    }
+    out
+}
+
+/// A changed version of a route (its first path, or its hostnames) or a Service (its first
+/// port), as an edit would make.
+fn edited(key: &ObjectRef, object: &Object) -> Option<Object> {
+    let (kind, mut value) = match object {
+        Object::HttpRoute(r) => (Kind::HttpRoute, serde_json::to_value(&**r).ok()?),
+        Object::GrpcRoute(r) => (Kind::GrpcRoute, serde_json::to_value(&**r).ok()?),
+        Object::Service(s) => (Kind::Service, serde_json::to_value(&**s).ok()?),
+        _ => return None,
+    };
+    match kind {
+        Kind::Service => {
+            let port = value.pointer_mut("/spec/ports/0/port")?;
+            *port = Value::from(port.as_i64()? + 1);
+        }
+        _ => match value.pointer_mut("/spec/rules/0/matches/0/path/value") {
+            Some(Value::String(path)) => path.push_str("/edited"),
+            _ => {
+                let spec = value.get_mut("spec")?.as_object_mut()?;
+                spec.insert(
+                    "hostnames".into(),
+                    serde_json::json!(["edited.example.com"]),
+                );
+            }
+        },
+    }
+    Object::decode(kind, key, value).ok()
+}
+
+/// A small deterministic generator (SplitMix64): the same seed gives the same sequence, so a
+/// failure can be replayed.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Applies one random change: mostly an add or replace from `universe`, else a delete.
+fn change(
+    objects: &mut ObjectSet,
+    universe: &[(ObjectRef, Object)],
+    random: &mut Random,
+) -> String {
+    if random.below(4) == 0 && !objects.is_empty() {
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| !objects.keys(*k).is_empty())
+            .collect();
+        let kind = kinds[random.below(kinds.len())];
+        let keys = objects.keys(kind);
+        let key = &keys[random.below(keys.len())];
+        objects.remove(kind, key);
+        return format!("delete {kind:?} {key}");
+    }
+    let (key, object) = &universe[random.below(universe.len())];
+    objects.insert(key.clone(), object.clone());
+    format!("put {:?} {key}", object.kind())
+}
+
+#[test]
+fn incremental_translation_equals_a_full_one_after_every_change() {
+    let universe = universe();
+    let mut reused = 0;
+    let mut changes = 0;
+    for seed in 0..12 {
+        let mut random = Random(seed);
+        let mut objects = ObjectSet::default();
+        let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+        let mut history = Vec::new();
+        for _ in 0..150 {
+            history.push(change(&mut objects, &universe, &mut random));
+            let incremental = translator.translate(&objects);
+            let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
+            let context = || format!("seed {seed}, after: {}", history.join("; "));
+            assert_eq!(incremental.gateways, full.gateways, "{}", context());
+            assert_eq!(incremental.status, full.status, "{}", context());
+            reused += translator.reused_last;
+            changes += 1;
+        }
+    }
+    // The test means something only if routes were reused (and so could have been stale).
+    assert!(
+        reused > changes,
+        "only {reused} compiled routes reused over {changes} changes"
+    );
+}
+
+#[test]
+fn an_unchanged_route_is_reused_and_an_edited_one_recompiled() {
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: rauta}\nspec: {controllerName: rauta.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: rauta\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+    let route = |name: &str, path: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{matches: [{{path: {{value: {path}}}}}]}}]\n"
+        )
+    };
+    let (before, _) = parse_manifests(&format!(
+        "{gateway}---\n{}---\n{}",
+        route("a", "/a"),
+        route("b", "/b")
+    ));
+    let (after, _) = parse_manifests(&format!(
+        "{gateway}---\n{}---\n{}",
+        route("a", "/a"),
+        route("b", "/b2")
+    ));
+    let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+    translator.translate(&before);
+    assert_eq!(translator.reused_last, 0);
+    // Parsed anew: route a is an equal object, not the same one, and is still reused.
+    let translation = translator.translate(&after);
+    assert_eq!(translator.reused_last, 1);
+    assert_eq!(
+        translation.gateways,
+        translate(&after, DEFAULT_CONTROLLER_NAME).gateways
+    );
+}
