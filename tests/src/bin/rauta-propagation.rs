@@ -44,6 +44,20 @@ struct Args {
     /// `propagation_p99_ms_1000x10000` and `route_edit_bytes_per_proxy_10000` last.
     #[arg(long, value_delimiter = ',', default_value = "1000x10000")]
     scale: Vec<String>,
+    /// Scale-ups, as PROXIESxROUTES: that many proxies connect at once to a controller
+    /// already serving that many routes.
+    #[arg(long, value_delimiter = ',', default_value = "100x10000")]
+    burst: Vec<String>,
+}
+
+/// "PROXIESxROUTES", or a usage error.
+fn fleet(pair: &str, flag: &str) -> (usize, usize) {
+    pair.split_once('x')
+        .and_then(|(p, r)| Some((p.parse().ok()?, r.parse().ok()?)))
+        .unwrap_or_else(|| {
+            eprintln!("--{flag} takes PROXIESxROUTES, e.g. 1000x10000; not {pair:?}");
+            std::process::exit(2);
+        })
 }
 
 /// One response a simulated proxy got: when, of which type and version, how big.
@@ -202,6 +216,8 @@ struct Row {
 type Published = Arc<Mutex<BTreeMap<u64, Instant>>>;
 
 struct Bench {
+    /// Holds the configuration directory for as long as the controller runs.
+    _work: tempfile::TempDir,
     published: Published,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     controller: Controller,
@@ -306,7 +322,36 @@ impl Bench {
     }
 }
 
-async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
+/// Simulated proxies `which`, each on a task of its own.
+fn spawn_proxies(
+    url: &str,
+    log: &Log,
+    which: std::ops::Range<usize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for i in which {
+        let (url, log) = (url.to_owned(), Arc::clone(log));
+        tasks.push(tokio::spawn(async move {
+            // As a real proxy does: a stream that fails (a thousand connecting at once can
+            // overflow the listen backlog) is opened again after a jittered backoff.
+            for attempt in 1u64..=8 {
+                match sim_proxy(url.clone(), i, Arc::clone(&log)).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 8 => eprintln!("sim proxy {i}: {e}"),
+                    Err(_) => {
+                        let backoff = 50 * attempt + (i as u64 * 7919) % 50;
+                        tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    }
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Starts the controller with `routes` routes and `proxies` simulated proxies connected, and
+/// waits until every proxy has the whole configuration.
+async fn start(proxies: usize, routes: usize) -> Bench {
     let work = tempfile::tempdir().expect("tempdir");
     let config = work.path().join("config");
     std::fs::create_dir(&config).expect("config dir");
@@ -333,24 +378,7 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         .max_decoding_message_size(256 * 1024 * 1024);
     let log: Log = Arc::default();
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..proxies {
-        let (url, log) = (controller.url(), Arc::clone(&log));
-        tasks.push(tokio::spawn(async move {
-            // As a real proxy does: a stream that fails (a thousand connecting at once can
-            // overflow the listen backlog) is opened again after a jittered backoff.
-            for attempt in 1u64..=8 {
-                match sim_proxy(url.clone(), i, Arc::clone(&log)).await {
-                    Ok(()) => return,
-                    Err(e) if attempt == 8 => eprintln!("sim proxy {i}: {e}"),
-                    Err(_) => {
-                        let backoff = 50 * attempt + (i as u64 * 7919) % 50;
-                        tokio::time::sleep(Duration::from_millis(backoff)).await;
-                    }
-                }
-            }
-        }));
-    }
+    let mut tasks = spawn_proxies(&controller.url(), &log, 0..proxies);
     let published: Published = Arc::default();
     let mut watch = admin
         .clone()
@@ -371,7 +399,8 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
             }
         }
     }));
-    let mut bench = Bench {
+    let bench = Bench {
+        _work: work,
         published,
         tasks,
         controller,
@@ -383,7 +412,45 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
     // Everyone has the initial snapshot (the routes' rules come after the tables).
     let _ = bench.settle(ResourceType::RouteRules, 0, start).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    bench
+}
 
+/// A scale-up: `proxies` proxies connect at once to a controller already serving `routes`
+/// routes. Returns the time until all have the whole configuration (ms), the controller's CPU
+/// meanwhile (ms) and its peak RSS meanwhile (MiB).
+async fn burst(proxies: usize, routes: usize) -> (f64, f64, f64) {
+    let mut bench = start(0, routes).await;
+    while bench.version().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The initial translation is done; let its garbage go, then measure from here on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = bench.controller.process.pid();
+    // Resets the process's peak RSS (VmHWM) to its current RSS.
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let cpu_before = process_usage(pid).0;
+    let t0 = Instant::now();
+    let url = bench.controller.url();
+    bench
+        .tasks
+        .extend(spawn_proxies(&url, &bench.log, 0..proxies));
+    bench.proxies = proxies;
+    let (delays, _) = bench.settle(ResourceType::RouteRules, 0, t0).await;
+    let all_in_sync = if delays.len() == proxies {
+        delays.iter().copied().fold(0.0, f64::max)
+    } else {
+        f64::NAN
+    };
+    let cpu = process_usage(pid).0 - cpu_before;
+    let peak = memory_kb(pid, "VmHWM:") / 1024.0;
+    for task in &bench.tasks {
+        task.abort();
+    }
+    (all_in_sync, cpu, peak)
+}
+
+async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
+    let mut bench = start(proxies, routes).await;
     let pid = bench.controller.process.pid();
     let cpu_now = || process_usage(pid).0;
     let mut row = Row {
@@ -497,18 +564,24 @@ async fn main() {
     }
     let mut at_scale = None;
     for pair in &args.scale {
-        let Some((proxies, routes)) = pair
-            .split_once('x')
-            .and_then(|(p, r)| Some((p.parse().ok()?, r.parse().ok()?)))
-        else {
-            eprintln!("--scale takes PROXIESxROUTES, e.g. 1000x10000; not {pair:?}");
-            std::process::exit(2);
-        };
+        let (proxies, routes) = fleet(pair, "scale");
         let row = run(proxies, routes, args.repeats).await;
         print_row(&row);
         if (proxies, routes) == (1000, 10000) {
             at_scale = Some((summary(&row.route_ms).1, summary(&row.route_bytes).0));
         }
+    }
+    if !args.burst.is_empty() {
+        println!();
+        println!(
+            "| proxies connecting at once | routes | all in sync ms | controller CPU ms | controller peak RSS MiB |"
+        );
+        println!("|------:|-------:|------:|------:|------:|");
+    }
+    for pair in &args.burst {
+        let (proxies, routes) = fleet(pair, "burst");
+        let (in_sync, cpu, peak) = burst(proxies, routes).await;
+        println!("| {proxies:>5} | {routes:>6} | {in_sync:>7.0} | {cpu:>7.0} | {peak:>7.1} |");
     }
     if let Some(p99) = p99_at_1000 {
         println!("propagation_p99_ms_1000_proxies={p99:.1}");
