@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Propagation benchmark: the real rauta-controller, N simulated proxies speaking the real
 # discovery protocol (one HTTP/2 connection each, ACKing at once), route edits and endpoint
-# changes written to the watched directory. Prints a markdown table and, last,
+# changes written to the watched directory; then a scale-up (100 proxies connecting at once to
+# a controller serving 10000 routes). Prints markdown tables and, last,
 # propagation_p99_ms_1000_proxies=X, propagation_p99_ms_1000x10000=X and
 # route_edit_bytes_per_proxy_10000=X. Not a test: numbers depend on the machine.
 #
-#   benches/propagation.sh                 # 10,100,1000 proxies; 10..10000 routes; 1000x10000
-#   benches/propagation.sh --proxies 10 --routes 10 --scale 1000x10000   # just the big row
+#   benches/propagation.sh                 # 10,100,1000 proxies; 10..10000 routes; 1000x10000; burst
+#   benches/propagation.sh --proxies 10 --routes 10 --scale 1000x10000 --burst ''  # small rows and the big one
 #   benches/propagation.sh --repeats 10    # extra flags go to rauta-propagation (see --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."

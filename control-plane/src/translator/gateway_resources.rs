@@ -1,7 +1,7 @@
 //! A Gateway's resources: listeners sharing a port share one proxy socket, so they become one
 //! `Listener` and one `RouteTable` per port (a virtual host per hostname; an `L4RouteTable` for
-//! TCP, UDP and TLS Terminate ports, `l4_routes.rs`), plus the `Cluster`
-//! and `ClusterEndpoints` of every backend their routes use.
+//! TCP, UDP and TLS Terminate ports, `l4_routes.rs`), plus the `Cluster` of every backend
+//! their routes use (`backends::EndpointIndex` fills in their endpoints).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,9 +64,9 @@ fn shared_protocol(a: ListenerProtocol, b: ListenerProtocol) -> Option<ListenerP
 pub struct PortTaken;
 
 impl Ports {
-    /// Adds a served listener to its port, and the clusters and endpoints its routes use to
-    /// `resources`. The first listener on a port decides its protocol: a listener of another
-    /// protocol cannot share the socket.
+    /// Adds a served listener to its port, and the clusters its routes use to `resources`.
+    /// The first listener on a port decides its protocol: a listener of another protocol
+    /// cannot share the socket.
     pub fn add(
         &mut self,
         listener: &ListenerView<'_>,

@@ -3,12 +3,14 @@
 //! compilation inputs are unchanged since the previous translation keeps its compiled form.
 //!
 //! Compilation reads the route (through its view) and the objects `compile_reads` selects,
-//! nothing else: it is given a set holding only those kinds, so it cannot depend on another
-//! kind without that kind being added here, where reuse takes it into account. What a
+//! nothing else: here it is given a set holding only those kinds, and reuse compares exactly
+//! that set. `translate`, the reference, hands compilation every object instead, so if
+//! compilation came to read a kind left out here, the two would differ, and the property test
+//! (`incremental_tests.rs`, random sequences of changes to every kind) would say so. What a
 //! translation derives from compiled routes (attachment, listeners, route tables, status) is
-//! recomputed each time. `translate` is the same with nothing to reuse, and a property test
-//! (`incremental_tests.rs`) checks that the two agree over random sequences of changes.
+//! recomputed each time.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,9 +19,11 @@ use super::routes::{self, CompiledRoute};
 use super::{Translation, translate_with};
 use crate::objects::{Kind, ObjectSet};
 
-/// Whether route compilation may read objects of `kind`. Routes reach it through their view;
-/// EndpointSlices only fill in endpoints after compilation (`backends::EndpointIndex`);
-/// Gateways, their classes, ListenerSets and Namespaces decide attachment, not compilation.
+/// Whether route compilation may read objects of `kind`: a change to any object of these
+/// kinds compiles every route again. Routes reach compilation through their view;
+/// EndpointSlices only fill in endpoints after it (`backends::EndpointIndex`); Gateways, their
+/// classes, ListenerSets, Namespaces and Secrets (listener certificates) are read for
+/// listeners and attachment, not for routes. Secrets and EndpointSlices change most often.
 fn compile_reads(kind: Kind) -> bool {
     !matches!(
         kind,
@@ -33,6 +37,7 @@ fn compile_reads(kind: Kind) -> bool {
             | Kind::GatewayClass
             | Kind::ListenerSet
             | Kind::Namespace
+            | Kind::Secret
     )
 }
 
@@ -47,7 +52,7 @@ struct Memo {
 /// Compiles the routes of one translation, reusing the previous translation's compiled
 /// routes where nothing they were compiled from has changed.
 pub struct Compiler<'a> {
-    inputs: ObjectSet,
+    inputs: Cow<'a, ObjectSet>,
     /// The previous translation's work, if its compilation inputs equal these.
     reusable: Option<&'a Memo>,
     reused: usize,
@@ -58,15 +63,19 @@ impl<'a> Compiler<'a> {
         let inputs = objects.only(compile_reads);
         let reusable = previous.filter(|memo| memo.inputs.same_as(&inputs));
         Compiler {
-            inputs,
+            inputs: Cow::Owned(inputs),
             reusable,
             reused: 0,
         }
     }
 
-    /// A compiler that reuses nothing.
-    pub fn fresh(objects: &ObjectSet) -> Compiler<'static> {
-        Compiler::new(objects, None)
+    /// A compiler that reuses nothing and lets compilation read every object: the reference.
+    pub fn fresh(objects: &'a ObjectSet) -> Compiler<'a> {
+        Compiler {
+            inputs: Cow::Borrowed(objects),
+            reusable: None,
+            reused: 0,
+        }
     }
 
     pub fn compile(&mut self, route: &RouteView<'_>) -> Arc<CompiledRoute> {
@@ -105,7 +114,7 @@ impl Translator {
         let mut compiler = Compiler::new(objects, self.memo.as_ref());
         let (translation, compiled) = translate_with(objects, &self.controller_name, &mut compiler);
         self.reused_last = compiler.reused;
-        let inputs = compiler.inputs;
+        let inputs = compiler.inputs.into_owned();
         self.memo = Some(Memo { inputs, compiled });
         translation
     }

@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1000x10000")]
     scale: Vec<String>,
     /// Scale-ups, as PROXIESxROUTES: that many proxies connect at once to a controller
-    /// already serving that many routes.
+    /// already serving that many routes. `--burst ''` skips them.
     #[arg(long, value_delimiter = ',', default_value = "100x10000")]
     burst: Vec<String>,
 }
@@ -544,6 +544,14 @@ fn print_row(r: &Row) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // Checked before anything runs, so a typo does not cost a long run its summary lines.
+    let scale: Vec<(usize, usize)> = args.scale.iter().map(|p| fleet(p, "scale")).collect();
+    let bursts: Vec<(usize, usize)> = args
+        .burst
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| fleet(p, "burst"))
+        .collect();
     println!(
         "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms route edit / endpoint change | controller RSS MiB settled / peak |"
     );
@@ -563,23 +571,21 @@ async fn main() {
         print_row(&row);
     }
     let mut at_scale = None;
-    for pair in &args.scale {
-        let (proxies, routes) = fleet(pair, "scale");
+    for &(proxies, routes) in &scale {
         let row = run(proxies, routes, args.repeats).await;
         print_row(&row);
         if (proxies, routes) == (1000, 10000) {
             at_scale = Some((summary(&row.route_ms).1, summary(&row.route_bytes).0));
         }
     }
-    if !args.burst.is_empty() {
+    if !bursts.is_empty() {
         println!();
         println!(
             "| proxies connecting at once | routes | all in sync ms | controller CPU ms | controller peak RSS MiB |"
         );
         println!("|------:|-------:|------:|------:|------:|");
     }
-    for pair in &args.burst {
-        let (proxies, routes) = fleet(pair, "burst");
+    for &(proxies, routes) in &bursts {
         let (in_sync, cpu, peak) = burst(proxies, routes).await;
         println!("| {proxies:>5} | {routes:>6} | {in_sync:>7.0} | {cpu:>7.0} | {peak:>7.1} |");
     }
