@@ -521,12 +521,15 @@ impl Shared {
             let deadline = tokio::time::Instant::now() + timeout;
             let mut seen = from;
             loop {
-                let (events, current_epoch) = {
+                let (events, scanned, current_epoch) = {
                     let store = shared.lock();
-                    let events: Vec<Event> = store
-                        .events
+                    // Events are kept in version order: skip what this watch has sent
+                    // without looking at it (tens of thousands of objects, each watch woken
+                    // by every write).
+                    let first = store.events.partition_point(|e| e.version <= seen);
+                    let events: Vec<Event> = store.events[first..]
                         .iter()
-                        .filter(|e| e.version > seen && e.collection == target.collection)
+                        .filter(|e| e.collection == target.collection)
                         .filter(|e| {
                             target
                                 .namespace
@@ -535,18 +538,20 @@ impl Shared {
                         })
                         .cloned()
                         .collect();
-                    (events, store.watch_epoch)
+                    // Every event up to here was looked at, whichever collection it was of.
+                    let scanned = store.events.last().map_or(seen, |e| e.version);
+                    (events, scanned, store.watch_epoch)
                 };
                 if current_epoch != epoch {
                     return;
                 }
                 for e in events {
-                    seen = seen.max(e.version);
                     let line = format!("{}\n", json!({"type": e.kind, "object": e.object}));
                     if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
                         return;
                     }
                 }
+                seen = seen.max(scanned);
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { return },
                     () = tokio::time::sleep_until(deadline) => return,
