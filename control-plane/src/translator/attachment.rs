@@ -2,7 +2,7 @@
 //! Gateways (sectionName and port, allowedRoutes, hostname intersection), and the route's
 //! parent status says whether and why not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::gateway::GatewayView;
@@ -27,6 +27,11 @@ pub fn attach_routes(
     compiler: &mut Compiler<'_>,
 ) -> BTreeMap<RouteId, Arc<CompiledRoute>> {
     let mut compiled: BTreeMap<RouteId, Arc<CompiledRoute>> = BTreeMap::new();
+    // The Gateway of each ListenerSet: thousands of routes may name thousands of sets.
+    let set_parents: HashMap<ObjectRef, ObjectRef> = gateways
+        .iter()
+        .flat_map(|(key, g)| g.listener_sets.iter().map(|s| (s.key.clone(), key.clone())))
+        .collect();
     for route in routes {
         let mut parents = Vec::new();
         for parent_ref in &route.parent_refs {
@@ -36,9 +41,9 @@ pub fn attach_routes(
             let parent_key = ObjectRef::new(&parent_ref.namespace, &parent_ref.name);
             let gateway = match parent_ref.kind.as_str() {
                 "Gateway" => gateways.get_mut(&parent_key),
-                "ListenerSet" => gateways
-                    .values_mut()
-                    .find(|g| g.listener_sets.iter().any(|s| s.key == parent_key)),
+                "ListenerSet" => set_parents
+                    .get(&parent_key)
+                    .and_then(|gateway| gateways.get_mut(gateway)),
                 _ => continue,
             };
             let Some(gateway) = gateway else {
@@ -124,11 +129,11 @@ fn attach_to_listeners(
     let owner =
         (parent.kind == "ListenerSet").then(|| ObjectRef::new(&parent.namespace, &parent.name));
     let owner = owner.as_ref();
-    let candidates: Vec<usize> = gateway
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.owner.as_ref() == owner)
+    let owned = gateway.listeners_of.get(&owner.cloned());
+    let candidates: Vec<usize> = owned
+        .into_iter()
+        .flatten()
+        .map(|&i| (i, &gateway.listeners[i]))
         .filter(|(_, l)| {
             parent
                 .section_name

@@ -33,6 +33,8 @@ pub struct GatewayView<'a> {
     /// cannot be used (the Gateway's ResolvedRefs reason and message).
     pub backend_client_certificate: Option<Result<ClientCertificate, (&'static str, String)>>,
     pub listeners: Vec<ListenerView<'a>>,
+    /// Indexes into `listeners` by owner: `None` for the Gateway's own, else the ListenerSet.
+    pub listeners_of: BTreeMap<Option<ObjectRef>, Vec<usize>>,
     /// ListenerSets naming this Gateway as parent, allowed or not.
     pub listener_sets: Vec<ListenerSetView<'a>>,
 }
@@ -67,6 +69,10 @@ impl<'a> GatewayView<'a> {
             }
         }
         listeners::mark_hostname_conflicts(&mut listeners);
+        let mut listeners_of: BTreeMap<Option<ObjectRef>, Vec<usize>> = BTreeMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            listeners_of.entry(l.owner.clone()).or_default().push(i);
+        }
         // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
         let invalid_parameters = gw
             .spec
@@ -93,6 +99,7 @@ impl<'a> GatewayView<'a> {
             )
             .transpose(),
             listeners,
+            listeners_of,
         }
     }
 
@@ -250,13 +257,15 @@ impl<'a> GatewayView<'a> {
         &self,
         listeners: &[(Option<&ObjectRef>, ListenerStatus)],
     ) -> BTreeMap<ObjectRef, ListenerSetStatus> {
+        let mut by_owner: BTreeMap<&ObjectRef, Vec<ListenerStatus>> = BTreeMap::new();
+        for (owner, l) in listeners {
+            if let Some(owner) = owner {
+                by_owner.entry(owner).or_default().push(l.clone());
+            }
+        }
         let mut out = BTreeMap::new();
         for set in &self.listener_sets {
-            let mine: Vec<ListenerStatus> = listeners
-                .iter()
-                .filter(|(owner, _)| *owner == Some(&set.key))
-                .map(|(_, l)| l.clone())
-                .collect();
+            let mine = by_owner.remove(&set.key).unwrap_or_default();
             let conditions = listener_set_conditions(set, &mine);
             out.insert(
                 set.key.clone(),
