@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet -p rauta-controller -p rauta-tests --bin rauta-controller --bin rauta-propagation
+cargo build --release --quiet -p rauta-controller -p rauta-proxy -p rauta-tests --bin rauta-controller --bin rauta-proxy --bin rauta-propagation
 
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "latency: from writing the file to each proxy receiving the new version (the directory source"

@@ -18,7 +18,7 @@ use rauta_common::api::v1::{
     DeltaDiscoveryRequest, ListSnapshotsRequest, Node, WatchVersionsRequest, version_event,
 };
 use rauta_common::types::{ResourceType, WILDCARD};
-use rauta_tests::harness::{Controller, free_port};
+use rauta_tests::harness::{Controller, Proxy, free_port, metric_value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -48,6 +48,10 @@ struct Args {
     /// already serving that many routes. `--burst ''` skips them.
     #[arg(long, value_delimiter = ',', default_value = "100x10000")]
     burst: Vec<String>,
+    /// Route counts at which one real rauta-proxy's apply time per route edit is measured;
+    /// `--proxy-apply ''` skips it.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    proxy_apply: Vec<String>,
 }
 
 /// "PROXIESxROUTES", or a usage error.
@@ -449,6 +453,53 @@ async fn burst(proxies: usize, routes: usize) -> (f64, f64, f64) {
     (all_in_sync, cpu, peak)
 }
 
+/// One real `rauta-proxy` on a controller serving `routes` routes: its apply time per route
+/// edit (`rauta_proxy_config_apply_seconds`: validating the response, building the routing
+/// state and swapping it in), mean and largest in ms, and its RSS (MiB).
+async fn proxy_apply(routes: usize, repeats: usize) -> (f64, f64, f64) {
+    let bench = start(0, routes).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let offset = free_port().saturating_sub(80).max(1);
+    let proxy = Proxy::start(&bench.controller.url(), "bench/gw", offset, work.path());
+    proxy.wait_ready().await;
+    let applies = |metrics: &str| {
+        (
+            metric_value(metrics, "rauta_proxy_config_apply_seconds_sum"),
+            metric_value(metrics, "rauta_proxy_config_apply_seconds_count"),
+        )
+    };
+    let mut times = Vec::new();
+    for n in 0..repeats {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (sum, count) = applies(&proxy.metrics().await);
+        let which = (n * 7919) % routes;
+        let first = which / ROUTES_PER_FILE * ROUTES_PER_FILE;
+        let last = (first + ROUTES_PER_FILE).min(routes);
+        write_atomic(
+            &bench.config,
+            &format!("routes-{first}.yaml"),
+            &routes_yaml(first, last, Some((which, n))),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (sum_now, count_now) = applies(&proxy.metrics().await);
+            if count_now > count {
+                times.push((sum_now - sum) / (count_now - count) * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("warning: the proxy applied nothing after route edit {n}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rss = memory_kb(proxy.process.pid(), "VmRSS:") / 1024.0;
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let max = times.iter().copied().fold(0.0, f64::max);
+    (mean, max, rss)
+}
+
 async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
     let mut bench = start(proxies, routes).await;
     let pid = bench.controller.process.pid();
@@ -552,6 +603,17 @@ async fn main() {
         .filter(|p| !p.is_empty())
         .map(|p| fleet(p, "burst"))
         .collect();
+    let apply_routes: Vec<usize> = args
+        .proxy_apply
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.parse().ok().filter(|&n| n > 0).unwrap_or_else(|| {
+                eprintln!("--proxy-apply takes route counts, e.g. 10000; not {r:?}");
+                std::process::exit(2);
+            })
+        })
+        .collect();
     println!(
         "| proxies | routes | route edit p50 / p99 ms (p99 from publish) | endpoint change p50 / p99 ms (p99 from publish) | B/proxy route edit | B/proxy endpoint | controller CPU ms route edit / endpoint change | controller RSS MiB settled / peak |"
     );
@@ -588,6 +650,15 @@ async fn main() {
     for &(proxies, routes) in &bursts {
         let (in_sync, cpu, peak) = burst(proxies, routes).await;
         println!("| {proxies:>5} | {routes:>6} | {in_sync:>7.0} | {cpu:>7.0} | {peak:>7.1} |");
+    }
+    if !apply_routes.is_empty() {
+        println!();
+        println!("| routes | real proxy apply per route edit ms, mean / max | proxy RSS MiB |");
+        println!("|-------:|------:|------:|");
+    }
+    for &routes in &apply_routes {
+        let (mean, max, rss) = proxy_apply(routes, args.repeats).await;
+        println!("| {routes:>6} | {mean:>6.1} / {max:>6.1} | {rss:>6.1} |");
     }
     if let Some(p99) = p99_at_1000 {
         println!("propagation_p99_ms_1000_proxies={p99:.1}");
