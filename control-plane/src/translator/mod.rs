@@ -25,6 +25,7 @@ mod listener_sets;
 mod listeners;
 mod output;
 mod policy_status;
+mod precedence;
 mod references;
 pub mod route_rules;
 mod route_view;
