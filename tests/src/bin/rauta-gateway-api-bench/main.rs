@@ -80,6 +80,11 @@ struct Args {
     /// Time between namespaces while a scale test creates them, ms [500; quick 100].
     #[arg(long)]
     grace_ms: Option<u64>,
+    /// How long a scale test waits, after its last namespace, for every route to be served
+    /// and to carry status, before it measures the steady state anyway, seconds [300; quick
+    /// 120].
+    #[arg(long)]
+    converge_seconds: Option<u64>,
     /// Keep every process's log under this directory, one subdirectory per test.
     #[arg(long, value_name = "DIR")]
     logs: Option<std::path::PathBuf>,
@@ -136,6 +141,8 @@ async fn main() {
     });
     let steady = Duration::from_secs(args.steady_seconds.unwrap_or(if q { 10 } else { 60 }));
     let grace = Duration::from_millis(args.grace_ms.unwrap_or(if q { 100 } else { 500 }));
+    let converge_limit =
+        Duration::from_secs(args.converge_seconds.unwrap_or(if q { 120 } else { 300 }));
 
     let mut shapes = Vec::new();
     for s in &scale_runs {
@@ -204,6 +211,7 @@ async fn main() {
         for (i, shape) in shapes.iter().enumerate() {
             let settings = scale::Settings {
                 grace,
+                converge_limit,
                 steady,
                 load_probes: if i == 0 { load_probes } else { 0 },
                 probe_pause: Duration::from_millis(250),
@@ -228,6 +236,7 @@ async fn main() {
     if runs(Test::Listenerset) {
         let settings = scale::Settings {
             grace,
+            converge_limit,
             steady,
             load_probes: 0,
             probe_pause: Duration::ZERO,

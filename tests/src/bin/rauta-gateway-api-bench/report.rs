@@ -237,11 +237,16 @@ pub fn print(r: &Results) {
             ),
             published[0],
         );
+        let steady_note = if s.converged {
+            ""
+        } else {
+            " [NOT CONVERGED: still catching up]"
+        };
         t.row(
             test,
             "Proxy CPU: steady state (ramp total)",
             format!(
-                "{:.1} millicores ({:.1} s)",
+                "{:.1} millicores ({:.1} s){steady_note}",
                 s.steady.proxy.millicores(),
                 s.ramp.proxy.cpu_ms / 1e3
             ),
@@ -251,7 +256,7 @@ pub fn print(r: &Results) {
             test,
             "Controller CPU: steady state (ramp total); memory at end (peak)",
             format!(
-                "{:.1} millicores ({:.1} s); {} ({})",
+                "{:.1} millicores ({:.1} s); {} ({}){steady_note}",
                 s.steady.controller.millicores(),
                 s.ramp.controller.cpu_ms / 1e3,
                 mib(s.steady.controller.rss_mib),
@@ -272,15 +277,26 @@ pub fn print(r: &Results) {
         t.row(
             test,
             "Namespaces created in; then last route served, every status written",
-            format!(
-                "{:.1} s; +{:.1} s, +{:.1} s ({} route and {} pod changes in the steady state, {:.0} translations)",
-                s.create_s,
-                s.served_after_s,
-                s.status_after_s,
-                s.route_changes,
-                s.pod_changes,
-                s.translations
-            ),
+            if s.converged {
+                format!(
+                    "{:.1} s; +{:.1} s, +{:.1} s ({} route and {} pod changes in the steady state, {:.0} translations)",
+                    s.create_s,
+                    s.served_after_s,
+                    s.status_after_s,
+                    s.route_changes,
+                    s.pod_changes,
+                    s.translations
+                )
+            } else {
+                format!(
+                    "{:.1} s; NOT CONVERGED after +{:.0} s: {} of {} routes with status ({:.0} translations)",
+                    s.create_s,
+                    s.status_after_s,
+                    s.routes_with_status,
+                    s.routes,
+                    s.translations
+                )
+            },
             published[4],
         );
     };
