@@ -447,9 +447,15 @@ async fn run_kubernetes(
             Arc::clone(&state.registry),
         )),
     ];
-    let elector = lease
-        .clone()
-        .map(|lease| tokio::spawn(leader::run(client.clone(), lease, leader)));
+    let (elector, _always_leader) = match lease.clone() {
+        Some(lease) => (
+            Some(tokio::spawn(leader::run(client.clone(), lease, leader))),
+            None,
+        ),
+        // Without election this replica leads for as long as it runs: the sender is kept,
+        // or the status writer would take its closing for the end of leadership.
+        None => (None, Some(leader)),
+    };
     let writer = StatusWriter::new(
         client.clone(),
         args.controller_name.clone(),

@@ -456,3 +456,34 @@ async fn a_core_kind_that_cannot_be_listed_holds_publishing_back() {
     let url = format!("http://{}/app", proxy.listener(80));
     eventually_served_by(&url, &blue.pod, Duration::from_secs(10)).await;
 }
+
+/// Regression: with `--no-leader-election` the replica leads from the start and for good, so
+/// it writes status (it used to write none: its leadership signal closed at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leader_election_status_is_written() {
+    let ws = Workspace::new();
+    let (_blue, fake) = blue_cluster(&ws).await;
+    let _controller = Controller::start_kubernetes(
+        &fake.kubeconfig(ws.path()),
+        ws.path(),
+        &["--no-leader-election"],
+    );
+    eventually(Duration::from_secs(20), || async {
+        fake.object(V1, "HTTPRoute", "apps", "web")
+            .as_ref()
+            .and_then(our_parent)
+            .is_some_and(|p| condition(&p, "Accepted") == Some(("True".into(), "Accepted".into())))
+    })
+    .await;
+    // And it goes on writing: a later change shows too.
+    fake.apply_yaml(&prefix_route("broken", "/broken", "missing"));
+    eventually(Duration::from_secs(20), || async {
+        fake.object(V1, "HTTPRoute", "apps", "broken")
+            .as_ref()
+            .and_then(our_parent)
+            .is_some_and(|p| {
+                condition(&p, "ResolvedRefs") == Some(("False".into(), "BackendNotFound".into()))
+            })
+    })
+    .await;
+}
