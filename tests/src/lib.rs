@@ -9,4 +9,5 @@ pub mod grpc_dynamic;
 pub mod harness;
 pub mod l4_echo;
 pub mod manifests;
+pub mod proc_stats;
 pub mod raw_h2;

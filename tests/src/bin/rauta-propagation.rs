@@ -19,6 +19,7 @@ use rauta_common::api::v1::{
 };
 use rauta_common::types::{ResourceType, WILDCARD};
 use rauta_tests::harness::{Controller, Proxy, free_port, metric_value};
+use rauta_tests::proc_stats::{reset_peak, usage};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -160,34 +161,6 @@ fn write_atomic(dir: &Path, name: &str, text: &str) {
     let tmp = dir.parent().unwrap_or(dir).join(format!(".{name}"));
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
-/// utime+stime of a process, in milliseconds, and its resident memory in MiB.
-fn process_usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields after the command: state is index 0, utime 11, stime 12 (clock ticks, 100/s).
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu_ms = (ticks(11) + ticks(12)) * 10.0;
-    (cpu_ms, memory_kb(pid, "VmRSS:") / 1024.0)
-}
-
-/// A memory figure from /proc/PID/status (VmRSS: resident now, VmHWM: peak resident), in kB.
-fn memory_kb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -430,9 +403,8 @@ async fn burst(proxies: usize, routes: usize) -> (f64, f64, f64) {
     // The initial translation is done; let its garbage go, then measure from here on.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = bench.controller.process.pid();
-    // Resets the process's peak RSS (VmHWM) to its current RSS.
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-    let cpu_before = process_usage(pid).0;
+    reset_peak(pid);
+    let cpu_before = usage(pid).cpu_ms;
     let t0 = Instant::now();
     let url = bench.controller.url();
     bench
@@ -445,8 +417,8 @@ async fn burst(proxies: usize, routes: usize) -> (f64, f64, f64) {
     } else {
         f64::NAN
     };
-    let cpu = process_usage(pid).0 - cpu_before;
-    let peak = memory_kb(pid, "VmHWM:") / 1024.0;
+    let cpu = usage(pid).cpu_ms - cpu_before;
+    let peak = usage(pid).hwm_mib;
     for task in &bench.tasks {
         task.abort();
     }
@@ -494,7 +466,7 @@ async fn proxy_apply(routes: usize, repeats: usize) -> (f64, f64, f64) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let rss = memory_kb(proxy.process.pid(), "VmRSS:") / 1024.0;
+    let rss = usage(proxy.process.pid()).rss_mib;
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let max = times.iter().copied().fold(0.0, f64::max);
     (mean, max, rss)
@@ -503,7 +475,7 @@ async fn proxy_apply(routes: usize, repeats: usize) -> (f64, f64, f64) {
 async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
     let mut bench = start(proxies, routes).await;
     let pid = bench.controller.process.pid();
-    let cpu_now = || process_usage(pid).0;
+    let cpu_now = || usage(pid).cpu_ms;
     let mut row = Row {
         proxies,
         routes,
@@ -549,11 +521,11 @@ async fn run(proxies: usize, routes: usize, repeats: usize) -> Row {
         tokio::time::sleep(Duration::from_millis(100)).await;
         row.endpoint_cpu_ms += (cpu_now() - cpu_before) / repeats as f64;
     }
-    row.peak_rss_mib = memory_kb(pid, "VmHWM:") / 1024.0;
+    row.peak_rss_mib = usage(pid).hwm_mib;
     // Resident memory once the last change has settled (the allocator returns freed pages
     // within a second or two).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    row.rss_mib = process_usage(pid).1;
+    row.rss_mib = usage(pid).rss_mib;
     for task in &bench.tasks {
         task.abort();
     }
