@@ -24,6 +24,7 @@ use crate::registry::ProxyRegistry;
 use crate::source::kubernetes::api_resource;
 use crate::status_files::to_manifest;
 use crate::status_store::StatusStore;
+use crate::translator::status::StatusReport;
 
 /// Wait before writing what failed again.
 const RETRY: Duration = Duration::from_secs(2);
@@ -101,7 +102,10 @@ pub struct StatusWriter {
     controller_name: String,
     metrics: Arc<ControllerMetrics>,
     /// What this replica last wrote, per object, since it became the leader.
-    written: BTreeMap<(Kind, ObjectRef), Value>,
+    written: BTreeMap<(Kind, ObjectRef), Arc<Value>>,
+    /// Every object's status as last rendered, and the report it was rendered from.
+    desired: BTreeMap<(Kind, ObjectRef), Arc<Value>>,
+    rendered_from: Option<Arc<StatusReport>>,
 }
 
 impl StatusWriter {
@@ -115,6 +119,8 @@ impl StatusWriter {
             controller_name,
             metrics,
             written: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            rendered_from: None,
         }
     }
 
@@ -238,7 +244,7 @@ impl StatusWriter {
                 if ours {
                     self.written
                         .entry((kind, ObjectRef::new(namespace, name)))
-                        .or_insert(Value::Null);
+                        .or_insert_with(|| Arc::new(Value::Null));
                 }
             }
         }
@@ -259,16 +265,25 @@ impl StatusWriter {
         registry: &ProxyRegistry,
         leader: &watch::Receiver<bool>,
     ) -> bool {
-        let mut desired = BTreeMap::new();
-        for object in store.render(registry) {
+        // Only what changed since the last round is rendered again.
+        let changes = store.render_changes(registry, self.rendered_from.as_deref());
+        for object in changes.changed {
             let Some(kind) = Kind::from_type_meta("gateway.networking.k8s.io/v1", &object.kind)
             else {
                 continue;
             };
             let key = ObjectRef::new(object.namespace.clone(), object.name.clone());
-            let manifest = to_manifest(&object);
-            desired.insert((kind, key), manifest["status"].clone());
+            let mut manifest = to_manifest(&object);
+            let status = manifest["status"].take();
+            self.desired.insert((kind, key), Arc::new(status));
         }
+        for (kind, key) in changes.removed {
+            if let Some(kind) = Kind::from_type_meta("gateway.networking.k8s.io/v1", kind) {
+                self.desired.remove(&(kind, key));
+            }
+        }
+        self.rendered_from = Some(changes.report);
+        let desired = &self.desired;
         // A Gateway or GatewayClass that is gone or no longer ours keeps what it has.
         self.written
             .retain(|k, _| desired.contains_key(k) || shared_list(k.0).is_some());
@@ -281,8 +296,14 @@ impl StatusWriter {
         let mut complete = true;
         let changes = desired
             .iter()
-            .filter(|(k, v)| self.written.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .filter(|(k, v)| {
+                // What was written from this very rendering needs no deeper look.
+                !self
+                    .written
+                    .get(*k)
+                    .is_some_and(|w| Arc::ptr_eq(w, v) || w == *v)
+            })
+            .map(|(k, v)| (k.clone(), Some(Arc::clone(v))))
             .chain(stale.into_iter().map(|k| (k, None)))
             .collect::<Vec<_>>();
         for ((kind, key), status) in changes {
@@ -290,7 +311,7 @@ impl StatusWriter {
             if !*leader.borrow() {
                 return false;
             }
-            match self.write(kind, &key, status.as_ref()).await {
+            match self.write(kind, &key, status.as_deref()).await {
                 Ok(outcome) => {
                     self.count(match outcome {
                         Outcome::Written => "ok",

@@ -15,7 +15,7 @@ use rauta_controller::kube_status::StatusWriter;
 use rauta_controller::leader::{self, LeaseSettings};
 use rauta_controller::managed_tls::{self, Material};
 use rauta_controller::metrics;
-use rauta_controller::publish::Publisher;
+use rauta_controller::publish::{PublishThread, Publisher};
 use rauta_controller::replicas;
 use rauta_controller::server::{ServerError, ServerOptions, serve_grpc};
 use rauta_controller::session_keys::{self, MasterKeys};
@@ -462,6 +462,7 @@ async fn run_kubernetes(
         Arc::clone(&state.metrics),
     );
     let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+    let publishing = PublishThread::spawn(publisher).context("starting the publishing thread")?;
     let writer = tokio::spawn(writer.run(
         Arc::clone(&state.statuses),
         Arc::clone(&state.registry),
@@ -470,7 +471,9 @@ async fn run_kubernetes(
     ));
     let result = tokio::select! {
         res = server => res.context("gRPC server"),
-        () = kubernetes::run(client.clone(), publisher, gone_tx) => Ok(()),
+        res = kubernetes::run(client.clone(), publishing, Arc::clone(&state.metrics), gone_tx) => {
+            res.context("watching the Kubernetes API")
+        }
         _ = shutdown_signal() => {
             info!("shutting down");
             Ok(())

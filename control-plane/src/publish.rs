@@ -1,5 +1,6 @@
 //! The step every source shares: a full set of objects in, snapshots and status out.
-//! Sources call [`Publisher::publish`] with everything they know after each change.
+//! Sources call [`Publisher::publish`] with everything they know after each change, or hand
+//! it to a [`PublishThread`] and keep taking changes in while it works.
 
 use std::collections::BTreeMap;
 
@@ -101,6 +102,64 @@ impl Publisher {
     }
 }
 
+/// The publishing thread stopped: it panicked, and nothing more will be published.
+#[derive(Debug, thiserror::Error)]
+#[error("the publishing thread stopped (it panicked); nothing more can be published")]
+pub struct PublisherStopped;
+
+/// A [`Publisher`] on a thread of its own. A translation of thousands of routes keeps a core
+/// busy for a while; meanwhile the source goes on taking changes in (its watches are not left
+/// to back up) and the async runtime goes on serving proxies. One object set is in work at a
+/// time: the source hands over its latest set when the thread is idle, so changes that arrive
+/// during a translation are taken together by the next one, and an idle thread starts at once.
+pub struct PublishThread {
+    jobs: std::sync::mpsc::Sender<ObjectSet>,
+    /// How many sets the thread has published.
+    done: tokio::sync::watch::Receiver<u64>,
+    /// How many sets were handed over.
+    submitted: u64,
+}
+
+impl PublishThread {
+    pub fn spawn(mut publisher: Publisher) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<ObjectSet>();
+        let (finished, done) = tokio::sync::watch::channel(0u64);
+        std::thread::Builder::new()
+            .name("publish".into())
+            .spawn(move || {
+                for objects in queue {
+                    publisher.publish(objects);
+                    finished.send_modify(|n| *n += 1);
+                }
+            })?;
+        Ok(PublishThread {
+            jobs,
+            done,
+            submitted: 0,
+        })
+    }
+
+    /// No object set is in work.
+    pub fn idle(&self) -> bool {
+        *self.done.borrow() == self.submitted
+    }
+
+    /// Returns once the set in work (if any) is published. Cancel-safe.
+    pub async fn finished(&mut self) -> Result<(), PublisherStopped> {
+        while *self.done.borrow_and_update() != self.submitted {
+            self.done.changed().await.map_err(|_| PublisherStopped)?;
+        }
+        Ok(())
+    }
+
+    /// Hands `objects` over to be translated and published.
+    pub fn submit(&mut self, objects: ObjectSet) -> Result<(), PublisherStopped> {
+        self.jobs.send(objects).map_err(|_| PublisherStopped)?;
+        self.submitted += 1;
+        Ok(())
+    }
+}
+
 /// Logs conditions that are not True, when they change, so a person sees why a route is not served.
 fn log_status_changes(old: &StatusReport, new: &StatusReport) {
     for (key, status) in &new.http_routes {
@@ -131,5 +190,48 @@ fn log_status_changes(old: &StatusReport, new: &StatusReport) {
             }
         }
         info!(gateway = %key, listeners = status.listeners.len(), attached_routes = status.listeners.iter().map(|l| l.attached_routes).sum::<i32>(), "Gateway status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_manifests;
+    use crate::translator::DEFAULT_CONTROLLER_NAME;
+
+    const GATEWAY: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: rauta}
+spec: {controllerName: rauta.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: rauta
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+";
+
+    #[tokio::test]
+    async fn the_thread_publishes_what_it_is_handed_and_says_when_it_is_done() {
+        let state = ControllerState::new().unwrap();
+        let publisher = Publisher::new(DEFAULT_CONTROLLER_NAME.into(), state.clone());
+        let mut thread = PublishThread::spawn(publisher).unwrap();
+        assert!(thread.idle());
+        thread.finished().await.unwrap();
+
+        let (objects, problems) = parse_manifests(GATEWAY);
+        assert!(problems.is_empty(), "{problems:?}");
+        thread.submit(objects).unwrap();
+        thread.finished().await.unwrap();
+        assert!(thread.idle());
+        let gateway = ObjectRef::new("infra", "gw");
+        assert!(state.statuses.report().gateways.contains_key(&gateway));
+
+        // Taken away: the next set publishes its absence.
+        thread.submit(ObjectSet::default()).unwrap();
+        thread.finished().await.unwrap();
+        assert!(state.statuses.report().gateways.is_empty());
     }
 }

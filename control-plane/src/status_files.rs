@@ -3,7 +3,7 @@
 //! A file is rewritten only when its content changes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::registry::ProxyRegistry;
 use crate::status_store::StatusStore;
+use crate::translator::status::StatusReport;
 
 fn time(t: Option<&prost_types::Timestamp>) -> Value {
     let ts = t.and_then(|t| k8s_openapi::jiff::Timestamp::new(t.seconds, 0).ok());
@@ -95,46 +96,59 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": o.kind, "metadata": metadata, "status": status})
 }
 
-fn file_name(o: &api::ObjectStatus) -> String {
-    if o.namespace.is_empty() {
-        format!("{}.{}.yaml", o.kind, o.name)
+fn file_name(kind: &str, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{kind}.{name}.yaml")
     } else {
-        format!("{}.{}.{}.yaml", o.kind, o.namespace, o.name)
+        format!("{kind}.{namespace}.{name}.yaml")
     }
 }
 
-/// Writes the current statuses; returns the files it owns now.
-fn write_all(
-    dir: &Path,
-    store: &StatusStore,
-    registry: &ProxyRegistry,
-    previous: &BTreeMap<PathBuf, String>,
-) -> BTreeMap<PathBuf, String> {
-    let mut current = BTreeMap::new();
-    for object in store.render(registry) {
-        let path = dir.join(file_name(&object));
-        let text = match serde_saphyr::to_string(&to_manifest(&object)) {
-            Ok(t) => t,
-            Err(err) => {
-                warn!(%err, "cannot render status as YAML");
+/// The status files in `dir`, kept in step with the store: each change renders and writes
+/// only the statuses that changed.
+struct StatusFiles {
+    dir: PathBuf,
+    /// Each file's content as last written.
+    written: BTreeMap<PathBuf, String>,
+    rendered_from: Option<Arc<StatusReport>>,
+}
+
+impl StatusFiles {
+    fn update(&mut self, store: &StatusStore, registry: &ProxyRegistry) {
+        let changes = store.render_changes(registry, self.rendered_from.as_deref());
+        self.rendered_from = Some(changes.report);
+        for object in changes.changed {
+            let name = file_name(&object.kind, &object.namespace, &object.name);
+            let path = self.dir.join(&name);
+            let text = match serde_saphyr::to_string(&to_manifest(&object)) {
+                Ok(t) => t,
+                Err(err) => {
+                    warn!(%err, "cannot render status as YAML");
+                    continue;
+                }
+            };
+            if self.written.get(&path) == Some(&text) {
                 continue;
             }
-        };
-        if previous.get(&path) != Some(&text) {
-            let tmp = dir.join(format!(".{}.tmp", file_name(&object)));
+            let tmp = self.dir.join(format!(".{name}.tmp"));
             if let Err(err) =
                 std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path))
             {
                 warn!(path = %path.display(), %err, "cannot write status file");
+                // Written again with the next change of anything.
+                self.written.remove(&path);
+                self.rendered_from = None;
                 continue;
             }
+            self.written.insert(path, text);
         }
-        current.insert(path, text);
+        for (kind, key) in changes.removed {
+            let path = self.dir.join(file_name(kind, &key.namespace, &key.name));
+            if self.written.remove(&path).is_some() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
-    for gone in previous.keys().filter(|p| !current.contains_key(*p)) {
-        let _ = std::fs::remove_file(gone);
-    }
-    current
 }
 
 /// Keeps `dir` in step with the status store and proxy membership, forever.
@@ -145,9 +159,13 @@ pub async fn run(dir: PathBuf, store: Arc<StatusStore>, registry: Arc<ProxyRegis
     }
     let mut statuses = store.subscribe();
     let mut members = registry.subscribe();
-    let mut written = BTreeMap::new();
+    let mut files = StatusFiles {
+        dir,
+        written: BTreeMap::new(),
+        rendered_from: None,
+    };
     loop {
-        written = write_all(&dir, &store, &registry, &written);
+        files.update(&store, &registry);
         tokio::select! {
             r = statuses.changed() => if r.is_err() { return },
             r = members.changed() => if r.is_err() { return },

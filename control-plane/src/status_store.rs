@@ -2,7 +2,7 @@
 //! the running system knows (Gateway addresses from connected proxies, transition times).
 //! Read by the admin service, the status-file writer and the Kubernetes status writer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -186,14 +186,34 @@ impl StatusStore {
 
     /// Every object's status as the admin API shows it, ordered by kind, namespace, name.
     pub fn render(&self, registry: &ProxyRegistry) -> Vec<api::ObjectStatus> {
+        self.render_changes(registry, None).changed
+    }
+
+    /// The statuses that differ from those of `since` (a report an earlier call returned),
+    /// or every status when `since` is None. With tens of thousands of routes, a change renders
+    /// a few statuses instead of all. Gateways are always rendered: their status also carries
+    /// what the connected proxies report. An object whose entry is equal in both reports is
+    /// left out even if its conditions changed and changed back in between (a new transition
+    /// time nobody saw a transition for).
+    pub fn render_changes(
+        &self,
+        registry: &ProxyRegistry,
+        since: Option<&StatusReport>,
+    ) -> RenderedChanges {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let render = Render {
             transitions: &inner.transitions,
         };
         let report = &inner.report;
-        let mut out = Vec::new();
-        for (key, s) in &report.gateway_classes {
-            out.push(api::ObjectStatus {
+        let mut out = Changes {
+            changed: Vec::new(),
+            removed: Vec::new(),
+        };
+        out.section(
+            "GatewayClass",
+            &report.gateway_classes,
+            since.map(|r| &r.gateway_classes),
+            |key, s| api::ObjectStatus {
                 kind: "GatewayClass".into(),
                 namespace: String::new(),
                 name: key.name.clone(),
@@ -201,10 +221,13 @@ impl StatusStore {
                 conditions: render.conditions("GatewayClass", key, "", &s.conditions),
                 supported_features: s.supported_features.clone(),
                 ..Default::default()
-            });
-        }
-        for (key, s) in &report.listener_sets {
-            out.push(api::ObjectStatus {
+            },
+        );
+        out.section(
+            "ListenerSet",
+            &report.listener_sets,
+            since.map(|r| &r.listener_sets),
+            |key, s| api::ObjectStatus {
                 kind: "ListenerSet".into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -212,21 +235,35 @@ impl StatusStore {
                 conditions: render.conditions("ListenerSet", key, "", &s.conditions),
                 listeners: render.listeners("ListenerSet", key, &s.listeners),
                 ..Default::default()
-            });
+            },
+        );
+        out.section("Gateway", &report.gateways, None, |key, s| {
+            render.gateway(key, s, registry)
+        });
+        if let Some(since) = since {
+            let gone = since
+                .gateways
+                .keys()
+                .filter(|k| !report.gateways.contains_key(*k));
+            out.removed.extend(gone.map(|k| ("Gateway", k.clone())));
         }
-        for (key, s) in &report.gateways {
-            out.push(render.gateway(key, s, registry));
-        }
-        let routes = report
-            .http_routes
-            .iter()
-            .map(|r| ("HTTPRoute", r))
-            .chain(report.tls_routes.iter().map(|r| ("TLSRoute", r)))
-            .chain(report.grpc_routes.iter().map(|r| ("GRPCRoute", r)))
-            .chain(report.tcp_routes.iter().map(|r| ("TCPRoute", r)))
-            .chain(report.udp_routes.iter().map(|r| ("UDPRoute", r)));
-        for (kind, (key, s)) in routes {
-            out.push(api::ObjectStatus {
+        let routes = [
+            (
+                "HTTPRoute",
+                &report.http_routes,
+                since.map(|r| &r.http_routes),
+            ),
+            ("TLSRoute", &report.tls_routes, since.map(|r| &r.tls_routes)),
+            (
+                "GRPCRoute",
+                &report.grpc_routes,
+                since.map(|r| &r.grpc_routes),
+            ),
+            ("TCPRoute", &report.tcp_routes, since.map(|r| &r.tcp_routes)),
+            ("UDPRoute", &report.udp_routes, since.map(|r| &r.udp_routes)),
+        ];
+        for (kind, new, old) in routes {
+            out.section(kind, new, old, |key, s| api::ObjectStatus {
                 kind: kind.into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -235,8 +272,11 @@ impl StatusStore {
                 ..Default::default()
             });
         }
-        for (key, s) in &report.backend_tls_policies {
-            out.push(api::ObjectStatus {
+        out.section(
+            "BackendTLSPolicy",
+            &report.backend_tls_policies,
+            since.map(|r| &r.backend_tls_policies),
+            |key, s| api::ObjectStatus {
                 kind: "BackendTLSPolicy".into(),
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -251,9 +291,51 @@ impl StatusStore {
                     })
                     .collect(),
                 ..Default::default()
-            });
+            },
+        );
+        RenderedChanges {
+            report: Arc::clone(report),
+            changed: out.changed,
+            removed: out.removed,
         }
-        out
+    }
+}
+
+/// What [`StatusStore::render_changes`] found.
+pub struct RenderedChanges {
+    /// The report rendered: give it as `since` next time.
+    pub report: Arc<StatusReport>,
+    /// Statuses new or different since the earlier report, ordered by kind, namespace, name.
+    pub changed: Vec<api::ObjectStatus>,
+    /// Objects the earlier report had a status for and this one has not (kind, object).
+    pub removed: Vec<(&'static str, ObjectRef)>,
+}
+
+struct Changes {
+    changed: Vec<api::ObjectStatus>,
+    removed: Vec<(&'static str, ObjectRef)>,
+}
+
+impl Changes {
+    /// Renders the entries of `new` that are not in `old` as they are (every entry without
+    /// `old`), and notes those only `old` has.
+    fn section<S: PartialEq>(
+        &mut self,
+        kind: &'static str,
+        new: &BTreeMap<ObjectRef, S>,
+        old: Option<&BTreeMap<ObjectRef, S>>,
+        render: impl Fn(&ObjectRef, &S) -> api::ObjectStatus,
+    ) {
+        for (key, s) in new {
+            if old.is_some_and(|old| old.get(key) == Some(s)) {
+                continue;
+            }
+            self.changed.push(render(key, s));
+        }
+        if let Some(old) = old {
+            let gone = old.keys().filter(|k| !new.contains_key(*k));
+            self.removed.extend(gone.map(|k| (kind, k.clone())));
+        }
     }
 }
 
@@ -571,5 +653,56 @@ mod tests {
             store.render(&registry)[0].conditions[0].last_transition_time,
             t1
         );
+    }
+
+    #[test]
+    fn changes_are_rendered_against_an_earlier_report() {
+        use crate::translator::status::{GatewayStatus, RouteStatus};
+        let route = |generation| RouteStatus {
+            generation,
+            parents: vec![],
+        };
+        let mut r = report("Accepted");
+        r.gateways
+            .insert(ObjectRef::new("infra", "gw"), GatewayStatus::default());
+        for name in ["a", "b", "c"] {
+            r.http_routes.insert(ObjectRef::new("apps", name), route(1));
+        }
+        let store = StatusStore::new();
+        store.publish(r.clone());
+        let registry = ProxyRegistry::default();
+        let all = store.render_changes(&registry, None);
+        let names = |c: &RenderedChanges| {
+            let names = c.changed.iter().map(|o| format!("{}/{}", o.kind, o.name));
+            names.collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&all),
+            [
+                "GatewayClass/c",
+                "Gateway/gw",
+                "HTTPRoute/a",
+                "HTTPRoute/b",
+                "HTTPRoute/c"
+            ]
+        );
+        assert!(all.removed.is_empty());
+        assert_eq!(
+            store.render(&registry),
+            all.changed,
+            "render is every status"
+        );
+
+        // Nothing published since: only the Gateway (what proxies report may have changed).
+        let none = store.render_changes(&registry, Some(&all.report));
+        assert_eq!(names(&none), ["Gateway/gw"]);
+
+        r.http_routes.insert(ObjectRef::new("apps", "b"), route(2));
+        r.http_routes.remove(&ObjectRef::new("apps", "c"));
+        store.publish(r);
+        let some = store.render_changes(&registry, Some(&all.report));
+        assert_eq!(names(&some), ["Gateway/gw", "HTTPRoute/b"]);
+        assert_eq!(some.changed[1].generation, 2);
+        assert_eq!(some.removed, [("HTTPRoute", ObjectRef::new("apps", "c"))]);
     }
 }

@@ -6,6 +6,7 @@
 //! good version stays) instead of failing the whole list.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, stream};
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -14,8 +15,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::metrics::ControllerMetrics;
 use crate::objects::{Kind, Object, ObjectError, ObjectRef, ObjectSet};
-use crate::publish::Publisher;
+use crate::publish::{PublishThread, PublisherStopped};
 
 /// Where the API server serves a kind (group, version, plural).
 pub fn api_resource(kind: Kind) -> ApiResource {
@@ -257,13 +259,15 @@ impl ClusterStore {
     }
 }
 
-/// Watches every kind through `client`, publishing as described above, forever. Objects that
-/// are deleted or replaced go to `gone`, for the status writer to forget.
+/// Watches every kind through `client`, publishing as described above through `publishing`,
+/// until the watches end. Objects that are deleted or replaced go to `gone`, for the status
+/// writer to forget.
 pub async fn run(
     client: kube::Client,
-    mut publisher: Publisher,
+    mut publishing: PublishThread,
+    metrics: Arc<ControllerMetrics>,
     gone: mpsc::UnboundedSender<(Kind, ObjectRef)>,
-) {
+) -> Result<(), PublisherStopped> {
     let watches = Kind::ALL.map(|kind| {
         let api = Api::<DynamicObject>::all_with(client.clone(), &api_resource(kind));
         watcher(api, watcher::Config::default())
@@ -276,13 +280,25 @@ pub async fn run(
     let mut dirty = false;
     let mut published = false;
     info!(kinds = Kind::ALL.len(), "watching the Kubernetes API");
-    while let Some((kind, event)) = events.next().await {
-        dirty |= store.apply(kind, event);
-        // Everything already delivered (a burst, or what arrived during the last translation)
-        // is taken with it: no fixed batching delay, one translation per burst.
-        while let Some(Some((kind, event))) = events.next().now_or_never() {
-            dirty |= store.apply(kind, event);
+    loop {
+        // Events are taken in while a translation runs on the publishing thread: the watches
+        // never back up behind it, and the next translation starts from everything that
+        // arrived meanwhile. No fixed batching delay: an idle thread starts at once.
+        tokio::select! {
+            next = events.next() => {
+                let Some((kind, event)) = next else { return Ok(()) };
+                dirty |= store.apply(kind, event);
+                while let Some(Some((kind, event))) = events.next().now_or_never() {
+                    dirty |= store.apply(kind, event);
+                }
+            }
+            finished = publishing.finished(), if !publishing.idle() => finished?,
         }
+        if !publishing.idle() {
+            continue;
+        }
+        // With no translation in flight, no status of a deleted object can be published after
+        // the status writer has forgotten it.
         for key in store.take_gone() {
             let _ = gone.send(key);
         }
@@ -297,12 +313,10 @@ pub async fn run(
             published = true;
         }
         dirty = false;
-        publisher
-            .state()
-            .metrics
+        metrics
             .config_problems
             .set(i64::try_from(store.problems.len()).unwrap_or(i64::MAX));
-        publisher.publish(store.objects.clone());
+        publishing.submit(store.objects.clone())?;
     }
 }
 

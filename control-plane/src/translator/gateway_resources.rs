@@ -195,12 +195,9 @@ fn isolated_virtual_hosts(
         .iter()
         .map(|h| (h.clone(), Vec::new()))
         .collect();
+    let port = hostnames::PortHostnames::new(listener_hostnames);
     for c in contributions {
-        if hostnames::owned_by_more_specific_listener(
-            &c.domain,
-            c.listener.as_deref(),
-            listener_hostnames,
-        ) {
+        if port.owned_by_more_specific_listener(&c.domain, c.listener.as_deref()) {
             continue;
         }
         vhosts.entry(c.domain).or_default().push(Placed {

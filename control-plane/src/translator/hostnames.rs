@@ -1,5 +1,7 @@
 //! Hostname intersection between a listener and a route (Gateway API "hostnames" rules).
 
+use std::collections::{HashMap, HashSet};
+
 /// Whether `host` (possibly a wildcard) falls under `wildcard` ("*.example.com" covers
 /// "foo.example.com" and "a.b.example.com", not "example.com").
 fn covered_by(host: &str, wildcard: &str) -> bool {
@@ -18,22 +20,48 @@ fn within(domain: &str, listener: Option<&str>) -> bool {
     }
 }
 
-/// Listener isolation: whether requests for `domain`, which a route serves through the
-/// listener with hostname `listener`, belong instead to another listener on the same port
-/// (`port_listeners`, lower-case hostnames): one whose hostname is more specific than
-/// `listener`'s and still matches every host of `domain`. The most specific listener that
-/// matches a request is the only one whose routes may serve it.
-pub fn owned_by_more_specific_listener(
-    domain: &str,
-    listener: Option<&str>,
-    port_listeners: &[String],
-) -> bool {
-    let listener = listener.map(str::to_ascii_lowercase);
-    port_listeners.iter().any(|other| {
-        Some(other) != listener.as_ref()
-            && within(domain, Some(other))
-            && within(other, listener.as_deref())
-    })
+/// The listener hostnames of one port (lower case), indexed for listener isolation. With
+/// ListenerSets a port can have thousands of listeners; the listeners that can own a domain
+/// are found from the domain's own name and suffixes instead of by scanning them all.
+pub struct PortHostnames<'a> {
+    /// Every hostname.
+    all: HashSet<&'a str>,
+    /// Wildcard hostnames by what follows their `*`.
+    wildcards: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> PortHostnames<'a> {
+    pub fn new(hostnames: &'a [String]) -> Self {
+        PortHostnames {
+            all: hostnames.iter().map(String::as_str).collect(),
+            wildcards: hostnames
+                .iter()
+                .filter_map(|h| Some((h.strip_prefix('*')?, h.as_str())))
+                .collect(),
+        }
+    }
+
+    /// Listener isolation: whether requests for `domain`, which a route serves through the
+    /// listener with hostname `listener`, belong instead to another listener on this port: one
+    /// whose hostname is more specific than `listener`'s and still matches every host of
+    /// `domain`. The most specific listener that matches a request is the only one whose
+    /// routes may serve it.
+    pub fn owned_by_more_specific_listener(&self, domain: &str, listener: Option<&str>) -> bool {
+        let listener = listener.map(str::to_ascii_lowercase);
+        let owns =
+            |other: &str| Some(other) != listener.as_deref() && within(other, listener.as_deref());
+        // The hostnames `domain` is within: itself, and each wildcard whose suffix (after
+        // the `*`) is a proper suffix of it.
+        let proper_suffixes = domain
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| &domain[i..])
+            .chain(std::iter::once(""));
+        (self.all.contains(domain) && owns(domain))
+            || proper_suffixes
+                .filter_map(|suffix| self.wildcards.get(suffix))
+                .any(|other| owns(other))
+    }
 }
 
 /// The hostnames a route serves on a listener. `None` means the route does not match the
@@ -67,7 +95,18 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 
 #[cfg(test)]
 mod tests {
-    use super::{intersect, owned_by_more_specific_listener};
+    use super::{PortHostnames, intersect, within};
+
+    /// Listener isolation by scanning every listener of the port: the definition the index
+    /// must agree with.
+    fn owned_by_scan(domain: &str, listener: Option<&str>, port_listeners: &[String]) -> bool {
+        let listener = listener.map(str::to_ascii_lowercase);
+        port_listeners.iter().any(|other| {
+            Some(other) != listener.as_ref()
+                && within(domain, Some(other))
+                && within(other, listener.as_deref())
+        })
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -108,8 +147,15 @@ mod tests {
     #[test]
     fn more_specific_listeners_own_their_hosts() {
         let port = s(&["*.example.com", "*.foo.example.com", "abc.foo.example.com"]);
+        let index = PortHostnames::new(&port);
         let owned = |domain: &str, listener: Option<&str>| {
-            owned_by_more_specific_listener(domain, listener, &port)
+            let indexed = index.owned_by_more_specific_listener(domain, listener);
+            assert_eq!(
+                indexed,
+                owned_by_scan(domain, listener, &port),
+                "{domain} {listener:?}"
+            );
+            indexed
         };
         // Through the hostname-less listener: everything under a listener hostname is taken.
         assert!(owned("*.example.com", None));
@@ -125,5 +171,47 @@ mod tests {
         // A listener's own hostname is its own, and the most specific one owns everything.
         assert!(!owned("*.foo.example.com", Some("*.foo.example.com")));
         assert!(!owned("abc.foo.example.com", Some("ABC.foo.example.com")));
+    }
+
+    #[test]
+    fn the_index_agrees_with_scanning_every_listener() {
+        let names = [
+            "*",
+            "*.com",
+            "a.com",
+            "*.a.com",
+            "b.a.com",
+            "*.b.a.com",
+            "c.b.a.com",
+            "ab.com",
+            "*b.com",
+            "*.org",
+            "x.org",
+        ];
+        // Every subset of up to four listener hostnames, every domain, every listener.
+        let mut subsets: Vec<Vec<String>> = vec![Vec::new()];
+        for name in names {
+            let grown: Vec<Vec<String>> = subsets
+                .iter()
+                .filter(|s| s.len() < 4)
+                .map(|s| s.iter().cloned().chain([name.to_owned()]).collect())
+                .collect();
+            subsets.extend(grown);
+        }
+        let mut checked = 0;
+        for port in &subsets {
+            let index = PortHostnames::new(port);
+            for domain in names {
+                for listener in names.iter().map(|l| Some(*l)).chain([None]) {
+                    assert_eq!(
+                        index.owned_by_more_specific_listener(domain, listener),
+                        owned_by_scan(domain, listener, port),
+                        "{domain} through {listener:?} on {port:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50_000, "{checked}");
     }
 }
