@@ -10,6 +10,7 @@ use rauta_common::types::ResourceType;
 
 use crate::objects::{ObjectRef, ObjectSet};
 use crate::state::ControllerState;
+use crate::status_store::StatusChanges;
 use crate::translator::backends::EndpointIndex;
 use crate::translator::status::StatusReport;
 use crate::translator::{ResourceSet, Translator};
@@ -63,8 +64,6 @@ impl Publisher {
             _ => {
                 let translation = self.translator.translate(&objects);
                 self.state.metrics.translations.inc();
-                log_status_changes(&self.state.statuses.report(), &translation.status);
-                self.state.statuses.publish(translation.status);
                 // Only what the fast path reads: copying every route rule would cost as much
                 // as a large part of the translation.
                 let gateways = translation
@@ -78,7 +77,12 @@ impl Publisher {
                         (key.clone(), kept)
                     })
                     .collect();
+                // Proxies first: status follows, and says what they were sent.
                 let summary = self.state.cache.update(translation.gateways);
+                let before = self.state.statuses.report();
+                if let Some(changes) = self.state.statuses.publish(translation.status) {
+                    log_status_changes(&before, &changes);
+                }
                 // The endpoint fast path builds on what the cache serves: after a translation
                 // it refused (a dangling reference), the next change translates in full again.
                 if summary.inconsistent.is_empty() {
@@ -160,36 +164,43 @@ impl PublishThread {
     }
 }
 
-/// Logs conditions that are not True, when they change, so a person sees why a route is not served.
-fn log_status_changes(old: &StatusReport, new: &StatusReport) {
-    for (key, status) in &new.http_routes {
-        if old.http_routes.get(key) == Some(status) {
-            continue;
-        }
-        for parent in &status.parents {
-            for c in parent.conditions.iter().filter(|c| c.is_problem()) {
-                warn!(route = %key, parent = %format!("{}/{}", parent.parent_ref.namespace, parent.parent_ref.name), condition = %c.type_, reason = %c.reason, message = %c.message, "HTTPRoute condition");
+/// Logs the conditions that are not True of the statuses that changed, so a person sees why
+/// a route is not served.
+fn log_status_changes(before: &StatusReport, changes: &StatusChanges) {
+    let new = &changes.report;
+    for (kind, key) in &changes.objects {
+        match *kind {
+            "HTTPRoute" => {
+                let Some(status) = new.http_routes.get(key) else {
+                    continue;
+                };
+                for parent in &status.parents {
+                    for c in parent.conditions.iter().filter(|c| c.is_problem()) {
+                        warn!(route = %key, parent = %format!("{}/{}", parent.parent_ref.namespace, parent.parent_ref.name), condition = %c.type_, reason = %c.reason, message = %c.message, "HTTPRoute condition");
+                    }
+                }
             }
+            "Gateway" => {
+                let Some(status) = new.gateways.get(key) else {
+                    continue;
+                };
+                for l in &status.listeners {
+                    for c in l.conditions.iter().filter(|c| c.is_problem()) {
+                        warn!(gateway = %key, listener = %l.name, condition = %c.type_, reason = %c.reason, message = %c.message, "Gateway listener condition");
+                    }
+                }
+                info!(gateway = %key, listeners = status.listeners.len(), attached_routes = status.listeners.iter().map(|l| l.attached_routes).sum::<i32>(), "Gateway status");
+            }
+            _ => {}
         }
     }
     for (service, problems) in &new.service_annotations {
-        if old.service_annotations.get(service) == Some(problems) {
+        if before.service_annotations.get(service) == Some(problems) {
             continue;
         }
         for problem in problems {
             warn!(%service, "{problem}");
         }
-    }
-    for (key, status) in &new.gateways {
-        if old.gateways.get(key) == Some(status) {
-            continue;
-        }
-        for l in &status.listeners {
-            for c in l.conditions.iter().filter(|c| c.is_problem()) {
-                warn!(gateway = %key, listener = %l.name, condition = %c.type_, reason = %c.reason, message = %c.message, "Gateway listener condition");
-            }
-        }
-        info!(gateway = %key, listeners = status.listeners.len(), attached_routes = status.listeners.iter().map(|l| l.attached_routes).sum::<i32>(), "Gateway status");
     }
 }
 

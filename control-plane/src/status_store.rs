@@ -12,17 +12,19 @@ use tokio::sync::watch;
 use crate::objects::ObjectRef;
 use crate::registry::ProxyRegistry;
 use crate::translator::status::{
-    Condition, GatewayStatus, ListenerStatus, ParentRef, RouteParentStatus, StatusReport,
+    Condition, GatewayClassStatus, GatewayStatus, ListenerSetStatus, ListenerStatus, ParentRef,
+    PolicyStatus, RouteParentStatus, RouteStatus, StatusReport,
 };
 
-/// (kind, object, scope within the object, condition type)
-type TransitionKey = (&'static str, ObjectRef, String, String);
+/// When each condition of each object last changed status or reason: by (kind, object), then
+/// by (scope within the object, condition type).
+type Transitions =
+    HashMap<(&'static str, ObjectRef), HashMap<(String, String), (String, String, SystemTime)>>;
 
 #[derive(Debug)]
 struct Inner {
     report: Arc<StatusReport>,
-    /// When each condition last changed status or reason.
-    transitions: HashMap<TransitionKey, (String, String, SystemTime)>,
+    transitions: Transitions,
 }
 
 #[derive(Debug)]
@@ -43,93 +45,98 @@ impl Default for StatusStore {
     }
 }
 
-fn conditions_in(report: &StatusReport) -> Vec<(TransitionKey, &Condition)> {
-    let mut out = Vec::new();
-    for (key, s) in &report.gateway_classes {
-        out.extend(s.conditions.iter().map(|c| {
-            (
-                ("GatewayClass", key.clone(), String::new(), c.type_.clone()),
-                c,
-            )
-        }));
+/// An object's status, as the conditions it holds, each with where in the object it is.
+trait Scoped: PartialEq {
+    fn scoped(&self) -> Vec<(String, &Condition)>;
+}
+
+fn unscoped(conditions: &[Condition]) -> impl Iterator<Item = (String, &Condition)> {
+    conditions.iter().map(|c| (String::new(), c))
+}
+
+fn of_listeners(listeners: &[ListenerStatus]) -> impl Iterator<Item = (String, &Condition)> {
+    listeners.iter().flat_map(|l| {
+        let scope = format!("listener/{}", l.name);
+        l.conditions.iter().map(move |c| (scope.clone(), c))
+    })
+}
+
+fn of_parents(entries: &[RouteParentStatus]) -> impl Iterator<Item = (String, &Condition)> {
+    entries.iter().flat_map(|p| {
+        let scope = parent_scope(&p.parent_ref);
+        p.conditions.iter().map(move |c| (scope.clone(), c))
+    })
+}
+
+impl Scoped for GatewayClassStatus {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        unscoped(&self.conditions).collect()
     }
-    for (key, s) in &report.gateways {
-        out.extend(
-            s.conditions
-                .iter()
-                .map(|c| (("Gateway", key.clone(), String::new(), c.type_.clone()), c)),
-        );
-        for l in &s.listeners {
-            let scope = format!("listener/{}", l.name);
-            out.extend(
-                l.conditions
-                    .iter()
-                    .map(|c| (("Gateway", key.clone(), scope.clone(), c.type_.clone()), c)),
-            );
+}
+
+impl Scoped for GatewayStatus {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        let own = unscoped(&self.conditions);
+        own.chain(of_listeners(&self.listeners)).collect()
+    }
+}
+
+impl Scoped for ListenerSetStatus {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        let own = unscoped(&self.conditions);
+        own.chain(of_listeners(&self.listeners)).collect()
+    }
+}
+
+impl Scoped for RouteStatus {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        of_parents(&self.parents).collect()
+    }
+}
+
+impl Scoped for PolicyStatus {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        of_parents(&self.ancestors).collect()
+    }
+}
+
+/// Brings the transition times of one kind's objects up to `new`, from `old`: only objects
+/// whose status changed are looked at (a condition keeps its time while its status and
+/// reason stay). Adds the objects whose status is new or changed to `changed`; returns
+/// whether any status of the kind changed or went.
+fn update_transitions<S: Scoped>(
+    transitions: &mut Transitions,
+    kind: &'static str,
+    new: &BTreeMap<ObjectRef, S>,
+    old: &BTreeMap<ObjectRef, S>,
+    now: SystemTime,
+    changed_objects: &mut Vec<(&'static str, ObjectRef)>,
+) -> bool {
+    let mut changed = false;
+    for (key, status) in new {
+        if old.get(key) == Some(status) {
+            continue;
         }
-    }
-    for (key, s) in &report.listener_sets {
-        out.extend(s.conditions.iter().map(|c| {
-            (
-                ("ListenerSet", key.clone(), String::new(), c.type_.clone()),
-                c,
-            )
-        }));
-        for l in &s.listeners {
-            let scope = format!("listener/{}", l.name);
-            out.extend(l.conditions.iter().map(|c| {
-                (
-                    ("ListenerSet", key.clone(), scope.clone(), c.type_.clone()),
-                    c,
-                )
-            }));
+        changed = true;
+        changed_objects.push((kind, key.clone()));
+        let object = (kind, key.clone());
+        let previous = transitions.remove(&object).unwrap_or_default();
+        let mut current = HashMap::new();
+        for (scope, c) in status.scoped() {
+            let at = match previous.get(&(scope.clone(), c.type_.clone())) {
+                Some((s, reason, at)) if *s == c.status && *reason == c.reason => *at,
+                _ => now,
+            };
+            let entry = (c.status.clone(), c.reason.clone(), at);
+            current.insert((scope, c.type_.clone()), entry);
         }
+        transitions.insert(object, current);
     }
-    let parents = report
-        .http_routes
-        .iter()
-        .map(|(key, s)| ("HTTPRoute", key, &s.parents))
-        .chain(
-            report
-                .tls_routes
-                .iter()
-                .map(|(key, s)| ("TLSRoute", key, &s.parents)),
-        )
-        .chain(
-            report
-                .grpc_routes
-                .iter()
-                .map(|(key, s)| ("GRPCRoute", key, &s.parents)),
-        )
-        .chain(
-            report
-                .tcp_routes
-                .iter()
-                .map(|(key, s)| ("TCPRoute", key, &s.parents)),
-        )
-        .chain(
-            report
-                .udp_routes
-                .iter()
-                .map(|(key, s)| ("UDPRoute", key, &s.parents)),
-        )
-        .chain(
-            report
-                .backend_tls_policies
-                .iter()
-                .map(|(key, s)| ("BackendTLSPolicy", key, &s.ancestors)),
-        );
-    for (kind, key, entries) in parents {
-        for p in entries {
-            let scope = parent_scope(&p.parent_ref);
-            out.extend(
-                p.conditions
-                    .iter()
-                    .map(|c| ((kind, key.clone(), scope.clone(), c.type_.clone()), c)),
-            );
-        }
+    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        changed = true;
+        transitions.remove(&(kind, key.clone()));
     }
-    out
+    changed
 }
 
 /// Where a route-parent or policy-ancestor condition lives, for transition bookkeeping.
@@ -145,28 +152,58 @@ impl StatusStore {
         Self::default()
     }
 
-    /// Publishes a new report; returns false (and notifies nobody) if nothing changed.
-    pub fn publish(&self, report: StatusReport) -> bool {
+    /// Publishes a new report; returns which objects' status is new or changed, or None (and
+    /// notifies nobody) if nothing changed.
+    pub fn publish(&self, report: StatusReport) -> Option<StatusChanges> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if *inner.report == report {
-            return false;
-        }
+        // Object by object: with tens of thousands of routes, a change touches a few.
+        let old = Arc::clone(&inner.report);
+        let (new, old) = (&report, &*old);
         let now = SystemTime::now();
-        let mut transitions = HashMap::new();
-        for (key, c) in conditions_in(&report) {
-            let entry = match inner.transitions.remove(&key) {
-                Some((status, reason, at)) if status == c.status && reason == c.reason => {
-                    (status, reason, at)
-                }
-                _ => (c.status.clone(), c.reason.clone(), now),
-            };
-            transitions.insert(key, entry);
+        let t = &mut inner.transitions;
+        let mut objects = Vec::new();
+        let o = &mut objects;
+        let changed = [
+            update_transitions(
+                t,
+                "GatewayClass",
+                &new.gateway_classes,
+                &old.gateway_classes,
+                now,
+                o,
+            ),
+            update_transitions(t, "Gateway", &new.gateways, &old.gateways, now, o),
+            update_transitions(
+                t,
+                "ListenerSet",
+                &new.listener_sets,
+                &old.listener_sets,
+                now,
+                o,
+            ),
+            update_transitions(t, "HTTPRoute", &new.http_routes, &old.http_routes, now, o),
+            update_transitions(t, "TLSRoute", &new.tls_routes, &old.tls_routes, now, o),
+            update_transitions(t, "GRPCRoute", &new.grpc_routes, &old.grpc_routes, now, o),
+            update_transitions(t, "TCPRoute", &new.tcp_routes, &old.tcp_routes, now, o),
+            update_transitions(t, "UDPRoute", &new.udp_routes, &old.udp_routes, now, o),
+            update_transitions(
+                t,
+                "BackendTLSPolicy",
+                &new.backend_tls_policies,
+                &old.backend_tls_policies,
+                now,
+                o,
+            ),
+            new.service_annotations != old.service_annotations,
+        ];
+        if !changed.contains(&true) {
+            return None;
         }
-        inner.transitions = transitions;
-        inner.report = Arc::new(report);
+        let report = Arc::new(report);
+        inner.report = Arc::clone(&report);
         drop(inner);
         self.changed.send_modify(|n| *n += 1);
-        true
+        Some(StatusChanges { report, objects })
     }
 
     pub fn report(&self) -> Arc<StatusReport> {
@@ -301,6 +338,14 @@ impl StatusStore {
     }
 }
 
+/// What a [`StatusStore::publish`] changed.
+pub struct StatusChanges {
+    /// The report published.
+    pub report: Arc<StatusReport>,
+    /// Objects whose status is new or changed, as (kind, object).
+    pub objects: Vec<(&'static str, ObjectRef)>,
+}
+
 /// What [`StatusStore::render_changes`] found.
 pub struct RenderedChanges {
     /// The report rendered: give it as `since` next time.
@@ -342,7 +387,7 @@ impl Changes {
 /// Renders the translator's status as the API's messages, with the transition times the store
 /// keeps.
 struct Render<'a> {
-    transitions: &'a HashMap<TransitionKey, (String, String, SystemTime)>,
+    transitions: &'a Transitions,
 }
 
 impl Render<'_> {
@@ -353,12 +398,12 @@ impl Render<'_> {
         scope: &str,
         conditions: &[Condition],
     ) -> Vec<api::Condition> {
+        let object = self.transitions.get(&(kind, key.clone()));
         conditions
             .iter()
             .map(|c| {
-                let at = self
-                    .transitions
-                    .get(&(kind, key.clone(), scope.to_owned(), c.type_.clone()))
+                let at = object
+                    .and_then(|times| times.get(&(scope.to_owned(), c.type_.clone())))
                     .map_or(SystemTime::UNIX_EPOCH, |t| t.2);
                 api::Condition {
                     r#type: c.type_.clone(),
@@ -550,7 +595,6 @@ fn rejection_message(rejections: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translator::status::{GatewayClassStatus, StatusReport};
 
     fn report(reason: &str) -> StatusReport {
         let mut r = StatusReport::default();
@@ -634,21 +678,24 @@ mod tests {
     fn transition_time_moves_only_when_status_or_reason_changes() {
         let store = StatusStore::new();
         let registry = ProxyRegistry::default();
-        assert!(store.publish(report("Accepted")));
+        assert!(store.publish(report("Accepted")).is_some());
         let t1 = store.render(&registry)[0].conditions[0].last_transition_time;
-        assert!(!store.publish(report("Accepted")), "same report: no change");
+        assert!(
+            store.publish(report("Accepted")).is_none(),
+            "same report: no change"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
         let mut with_message = report("Accepted");
         with_message
             .gateway_classes
             .values_mut()
             .for_each(|s| s.conditions[0].message = "m".into());
-        assert!(store.publish(with_message));
+        assert!(store.publish(with_message).is_some());
         assert_eq!(
             store.render(&registry)[0].conditions[0].last_transition_time,
             t1
         );
-        assert!(store.publish(report("Other")));
+        assert!(store.publish(report("Other")).is_some());
         assert_ne!(
             store.render(&registry)[0].conditions[0].last_transition_time,
             t1
@@ -657,7 +704,6 @@ mod tests {
 
     #[test]
     fn changes_are_rendered_against_an_earlier_report() {
-        use crate::translator::status::{GatewayStatus, RouteStatus};
         let route = |generation| RouteStatus {
             generation,
             parents: vec![],
@@ -699,7 +745,12 @@ mod tests {
 
         r.http_routes.insert(ObjectRef::new("apps", "b"), route(2));
         r.http_routes.remove(&ObjectRef::new("apps", "c"));
-        store.publish(r);
+        let published = store.publish(r).expect("changed");
+        assert_eq!(
+            published.objects,
+            [("HTTPRoute", ObjectRef::new("apps", "b"))],
+            "changed, not removed or unchanged"
+        );
         let some = store.render_changes(&registry, Some(&all.report));
         assert_eq!(names(&some), ["Gateway/gw", "HTTPRoute/b"]);
         assert_eq!(some.changed[1].generation, 2);
