@@ -7,7 +7,8 @@
 # published for other implementations (its README.md and README-v2.md: other machines, a real
 # cluster), then key=value lines, the last three being bench_route_propagation_p50_ms=X,
 # bench_route_change_errors=N and bench_proxy_rss_mib_5000_routes=X. Not a test: numbers
-# depend on the machine. About 15 minutes on 2 cores; --quick under 2 (after the build).
+# depend on the machine. About 7 minutes on 2 cores (longer if a scale test does not
+# converge); --quick under 2 (after the build).
 #
 #   benches/gateway-api-bench.sh                    # everything, full size
 #   benches/gateway-api-bench.sh --quick            # smoke run

@@ -2,8 +2,8 @@
 //! directory, so a person sees in standalone mode what Kubernetes users see with kubectl.
 //! A file is rewritten only when its content changes.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,15 +115,24 @@ struct StatusFiles {
 
 impl StatusFiles {
     fn update(&mut self, store: &StatusStore, registry: &ProxyRegistry) {
-        let changes = store.render_changes(registry, self.rendered_from.as_deref());
-        self.rendered_from = Some(changes.report);
+        let since = self.rendered_from.take();
+        let changes = store.render_changes(registry, since.as_deref());
+        // Rendered whole (the first round, or after a failed write): files of objects that
+        // are no longer there go too.
+        let mut produced = since.is_none().then(BTreeSet::new);
+        let mut failed = false;
         for object in changes.changed {
             let name = file_name(&object.kind, &object.namespace, &object.name);
             let path = self.dir.join(&name);
+            if let Some(produced) = &mut produced {
+                produced.insert(path.clone());
+            }
             let text = match serde_saphyr::to_string(&to_manifest(&object)) {
                 Ok(t) => t,
                 Err(err) => {
+                    // Rendering is deterministic: no retry, and no stale file either.
                     warn!(%err, "cannot render status as YAML");
+                    self.remove(&path);
                     continue;
                 }
             };
@@ -135,18 +144,35 @@ impl StatusFiles {
                 std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path))
             {
                 warn!(path = %path.display(), %err, "cannot write status file");
-                // Written again with the next change of anything.
-                self.written.remove(&path);
-                self.rendered_from = None;
+                failed = true;
                 continue;
             }
             self.written.insert(path, text);
         }
         for (kind, key) in changes.removed {
-            let path = self.dir.join(file_name(kind, &key.namespace, &key.name));
-            if self.written.remove(&path).is_some() {
-                let _ = std::fs::remove_file(path);
-            }
+            self.remove(&self.dir.join(file_name(kind, &key.namespace, &key.name)));
+        }
+        if let Some(produced) = produced {
+            let gone: Vec<PathBuf> = self
+                .written
+                .keys()
+                .filter(|p| !produced.contains(*p))
+                .cloned()
+                .collect();
+            gone.iter().for_each(|path| self.remove(path));
+        }
+        // After a failed write, the next round renders everything again (and so retries).
+        if !failed {
+            self.rendered_from = Some(changes.report);
+        }
+    }
+
+    fn remove(&mut self, path: &Path) {
+        self.written.remove(path);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => warn!(path = %path.display(), %err, "cannot remove status file"),
         }
     }
 }
@@ -172,5 +198,73 @@ pub async fn run(dir: PathBuf, store: Arc<StatusStore>, registry: Arc<ProxyRegis
         }
         // Coalesce bursts (a config reload and a reconnecting fleet).
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectRef;
+    use crate::translator::status::RouteStatus;
+
+    fn report(routes: &[&str]) -> StatusReport {
+        let mut r = StatusReport::default();
+        for name in routes {
+            let status = RouteStatus {
+                generation: 1,
+                parents: vec![],
+            };
+            r.http_routes.insert(ObjectRef::new("apps", *name), status);
+        }
+        r
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn files_follow_the_statuses_also_after_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StatusStore::new();
+        let registry = ProxyRegistry::default();
+        let mut status_files = StatusFiles {
+            dir: dir.path().to_owned(),
+            written: BTreeMap::new(),
+            rendered_from: None,
+        };
+        store.publish(report(&["a", "b", "c"]));
+        status_files.update(&store, &registry);
+        let all = [
+            "HTTPRoute.apps.a.yaml",
+            "HTTPRoute.apps.b.yaml",
+            "HTTPRoute.apps.c.yaml",
+        ];
+        assert_eq!(files(dir.path()), all);
+
+        // c goes: its file goes.
+        store.publish(report(&["a", "b"]));
+        status_files.update(&store, &registry);
+        assert_eq!(files(dir.path()), all[..2]);
+
+        // A write fails (d's file name is taken by a directory); b goes meanwhile. The next
+        // round, once d can be written, writes it and still removes b's file.
+        std::fs::create_dir(dir.path().join("HTTPRoute.apps.d.yaml")).unwrap();
+        store.publish(report(&["a", "b", "d"]));
+        status_files.update(&store, &registry);
+        std::fs::remove_dir(dir.path().join("HTTPRoute.apps.d.yaml")).unwrap();
+        store.publish(report(&["a", "d"]));
+        status_files.update(&store, &registry);
+        let now = files(dir.path());
+        assert_eq!(
+            now,
+            ["HTTPRoute.apps.a.yaml", "HTTPRoute.apps.d.yaml"],
+            "{now:?}"
+        );
     }
 }

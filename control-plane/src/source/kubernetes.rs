@@ -297,8 +297,9 @@ pub async fn run(
         if !publishing.idle() {
             continue;
         }
-        // With no translation in flight, no status of a deleted object can be published after
-        // the status writer has forgotten it.
+        // With no translation in flight, the next status published comes from a set without
+        // the deleted objects (handed over just below): the status writer forgets them and is
+        // not handed their status again by a translation that was already running.
         for key in store.take_gone() {
             let _ = gone.send(key);
         }

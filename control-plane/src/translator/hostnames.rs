@@ -56,7 +56,8 @@ impl<'a> PortHostnames<'a> {
             .char_indices()
             .skip(1)
             .map(|(i, _)| &domain[i..])
-            .chain(std::iter::once(""));
+            // "*" covers every domain but the empty one.
+            .chain((!domain.is_empty()).then_some(""));
         (self.all.contains(domain) && owns(domain))
             || proper_suffixes
                 .filter_map(|suffix| self.wildcards.get(suffix))
