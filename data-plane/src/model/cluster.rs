@@ -1,6 +1,6 @@
 //! Runtime form of a Cluster and its endpoints: the endpoint picker used per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -406,7 +406,13 @@ enum Planned {
 
 /// Every cluster of a snapshot, validated; [`ClusterPlan::instantiate`] makes them.
 #[derive(Debug)]
-pub struct ClusterPlan(Vec<(String, String, Planned)>);
+pub struct ClusterPlan {
+    planned: Vec<(String, String, Planned)>,
+    /// The clusters reused from the previous state (their addresses).
+    reused: HashSet<usize>,
+    /// The name of every cluster.
+    names: HashSet<String>,
+}
 
 impl Clusters {
     /// Validates every cluster of `store`; those whose resources did not change since
@@ -417,6 +423,7 @@ impl Clusters {
         pools: &UpstreamPools,
     ) -> Result<ClusterPlan, ClusterError> {
         let mut plan = Vec::new();
+        let (mut reused, mut names) = (HashSet::new(), HashSet::new());
         for resource in store.resources(ResourceType::Cluster) {
             let Some(Payload::Cluster(cluster)) = &resource.payload else {
                 continue;
@@ -437,9 +444,17 @@ impl Clusters {
                     Planned::New(Box::new(ClusterSpec::validate(cluster, endpoints, pools)?))
                 }
             };
+            if let Planned::Reused(rt) = &planned {
+                reused.insert(Arc::as_ptr(rt).addr());
+            }
+            names.insert(cluster.name.clone());
             plan.push((resource.version.clone(), endpoints_version, planned));
         }
-        Ok(ClusterPlan(plan))
+        Ok(ClusterPlan {
+            planned: plan,
+            reused,
+            names,
+        })
     }
 
     /// The cluster called `name`, if the snapshot has it.
@@ -455,6 +470,15 @@ impl Clusters {
 }
 
 impl ClusterPlan {
+    /// Whether a rule linked to `linked` for cluster `name` would be linked the same in this
+    /// snapshot: the cluster is reused as it was, or it was missing and still is.
+    pub fn keeps(&self, name: &str, linked: Option<&Arc<ClusterRt>>) -> bool {
+        match linked {
+            Some(rt) => self.reused.contains(&Arc::as_ptr(rt).addr()),
+            None => !self.names.contains(name),
+        }
+    }
+
     /// Makes the new clusters (pools for their endpoints) and keeps the reused ones.
     pub fn instantiate(
         self,
@@ -463,7 +487,7 @@ impl ClusterPlan {
         metrics: &ProxyMetrics,
     ) -> Clusters {
         let clusters = self
-            .0
+            .planned
             .into_iter()
             .map(|(cluster_version, endpoints_version, planned)| {
                 let rt = match planned {

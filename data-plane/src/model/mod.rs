@@ -21,6 +21,8 @@ pub mod tls;
 #[cfg(test)]
 mod build_tests;
 #[cfg(test)]
+mod reuse_tests;
+#[cfg(test)]
 mod route_rules_tests;
 
 use std::collections::HashMap;
@@ -148,16 +150,24 @@ impl RoutingState {
         let clusters = Clusters::validate(store, &previous.clusters, pools)?;
         let mut caches = CacheStores::after(&previous.caches);
         // Each table's route rules; those of a table the store lacks serve nothing.
-        let mut rules_of: HashMap<&str, Vec<&RouteRules>> = HashMap::new();
+        let mut rules_of: HashMap<&str, Vec<(&RouteRules, &str)>> = HashMap::new();
         for resource in store.resources(ResourceType::RouteRules) {
             if let Some(Payload::RouteRules(rules)) = &resource.payload {
                 route_table::check_route_rules(rules).map_err(|source| BuildError::RouteTable {
                     table: rules.route_table.clone(),
                     source,
                 })?;
-                rules_of.entry(&rules.route_table).or_default().push(rules);
+                let named = (rules, resource.version.as_str());
+                rules_of.entry(&rules.route_table).or_default().push(named);
             }
         }
+        // The previous state's tables: their virtual hosts that nothing changed are reused.
+        let before: HashMap<&str, &RouteTableRt> = previous
+            .listeners
+            .values()
+            .flatten()
+            .map(|t| (t.name(), &**t))
+            .collect();
         let mut tables = HashMap::new();
         for resource in store.resources(ResourceType::RouteTable) {
             let Some(Payload::RouteTable(table)) = &resource.payload else {
@@ -166,11 +176,11 @@ impl RoutingState {
             let rules = rules_of
                 .get(table.name.as_str())
                 .map_or(&[][..], Vec::as_slice);
-            let rt = RouteTableRt::build(table, rules, metrics, &mut caches).map_err(|source| {
-                BuildError::RouteTable {
-                    table: table.name.clone(),
-                    source,
-                }
+            let previous = before.get(table.name.as_str()).copied();
+            let rt = RouteTableRt::build(table, rules, previous, &clusters, metrics, &mut caches)
+                .map_err(|source| BuildError::RouteTable {
+                table: table.name.clone(),
+                source,
             })?;
             tables.insert(table.name.clone(), rt);
         }

@@ -322,6 +322,11 @@ impl CacheStores {
         store
     }
 
+    /// Takes over the store of a rule reused as it was from the previous state.
+    pub fn keep(&mut self, rule: &str, store: &Arc<ResponseStore>) {
+        self.by_rule.insert(rule.into(), Arc::clone(store));
+    }
+
     /// Lets go of the previous state's stores that were not taken over.
     pub fn finish(&mut self) {
         self.previous = HashMap::new();

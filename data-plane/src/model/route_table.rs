@@ -2,11 +2,13 @@
 //! "*"), each with its rules in precedence order.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rauta_common::api::v1::{RouteRule, RouteRules, RouteTable};
 
-use super::cluster::Clusters;
+use super::cluster::{ClusterPlan, Clusters};
 use super::collect::exact;
+use super::filters::SharedPart;
 use super::filters::session::{SessionError, SessionKeys};
 use super::matchers::MatchRt;
 use super::request::RequestView;
@@ -14,10 +16,22 @@ use super::response_store::CacheStores;
 use super::rule::{RuleError, RuleRt};
 use crate::observe::metrics::ProxyMetrics;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VirtualHostRt {
     pub name: String,
-    rules: Vec<RuleRt>,
+    rules: Arc<[RuleRt]>,
+    /// What it was built from: the next state reuses it as it is where that is unchanged.
+    source: Arc<VhostSource>,
+}
+
+/// What a virtual host is built from, besides its table's session keys and the clusters its
+/// rules are linked to.
+#[derive(Debug)]
+struct VhostSource {
+    domains: Vec<String>,
+    inline: Vec<RouteRule>,
+    /// Each ranked rule as (RouteRules name, RouteRules version, position), in order.
+    ranked: Vec<(String, String, usize)>,
 }
 
 impl VirtualHostRt {
@@ -32,6 +46,9 @@ impl VirtualHostRt {
 
 #[derive(Debug, Default)]
 pub struct RouteTableRt {
+    name: Box<str>,
+    /// The session keys its rules were built with.
+    session_keys: Vec<String>,
     exact: HashMap<Box<str>, usize>,
     /// (suffix with its leading dot, vhost), longest suffix first.
     wildcards: Vec<(Box<str>, usize)>,
@@ -152,13 +169,17 @@ struct Assembly<'a> {
     name: &'a str,
     domains: Vec<String>,
     inline: &'a [RouteRule],
-    ranked: Vec<(&'a [u8], &'a str, usize, &'a RouteRule)>,
+    /// (precedence, RouteRules name, its version, position, rule)
+    ranked: Vec<(&'a [u8], &'a str, &'a str, usize, &'a RouteRule)>,
 }
 
 impl<'a> Assembly<'a> {
     /// The table's virtual hosts, joined by the rules of `rules` (those naming this table):
     /// each to the virtual host listing its domain, or to a new one of that domain.
-    fn of(table: &'a RouteTable, rules: &[&'a RouteRules]) -> Result<Vec<Self>, RouteTableError> {
+    fn of(
+        table: &'a RouteTable,
+        rules: &[(&'a RouteRules, &'a str)],
+    ) -> Result<Vec<Self>, RouteTableError> {
         let mut out: Vec<Assembly<'a>> = table
             .virtual_hosts
             .iter()
@@ -176,7 +197,7 @@ impl<'a> Assembly<'a> {
             }
         }
         let mut placements = out.iter().map(|a| a.inline.len()).sum::<usize>();
-        for r in rules {
+        for &(r, version) in rules {
             let mut seen = std::collections::HashSet::new();
             for domain in &r.domains {
                 let domain = domain.to_ascii_lowercase();
@@ -204,13 +225,13 @@ impl<'a> Assembly<'a> {
                         .ok_or_else(|| RouteTableError::NoRule(r.name.clone()))?;
                     out[i]
                         .ranked
-                        .push((&ranked.precedence, &r.name, position, rule));
+                        .push((&ranked.precedence, &r.name, version, position, rule));
                 }
             }
         }
         for a in &mut out {
             a.ranked
-                .sort_unstable_by(|x, y| (x.0, x.1, x.2).cmp(&(y.0, y.1, y.2)));
+                .sort_unstable_by(|x, y| (x.0, x.1, x.3).cmp(&(y.0, y.1, y.3)));
         }
         Ok(out)
     }
@@ -233,7 +254,7 @@ impl VirtualHostRt {
     ) -> Result<VirtualHostRt, RouteTableError> {
         let mut all: Vec<&RouteRule> = Vec::with_capacity(vhost.inline.len() + vhost.ranked.len());
         all.extend(vhost.inline);
-        all.extend(vhost.ranked.iter().map(|(_, _, _, rule)| *rule));
+        all.extend(vhost.ranked.iter().map(|(.., rule)| *rule));
         let rules = exact(all.into_iter().map(|rule| {
             RuleRt::build(rule, metrics, session_keys, caches).map_err(|source| {
                 RouteTableError::Rule {
@@ -243,28 +264,100 @@ impl VirtualHostRt {
                 }
             })
         }))?;
+        let source = VhostSource {
+            domains: vhost.domains.clone(),
+            inline: vhost.inline.to_vec(),
+            ranked: vhost
+                .ranked
+                .iter()
+                .map(|(_, name, version, position, _)| {
+                    ((*name).to_owned(), (*version).to_owned(), *position)
+                })
+                .collect(),
+        };
         Ok(VirtualHostRt {
             name: vhost.name.to_owned(),
-            rules,
+            rules: rules.into(),
+            source: Arc::new(source),
         })
+    }
+
+    /// Whether this virtual host, of the previous state, is what `vhost` would build: same
+    /// name, domains and rules (RouteRules by name and version), and every cluster its rules
+    /// are linked to the same in the new state. The caller checks the session keys.
+    fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan) -> bool {
+        let source = &self.source;
+        let same_rules = source.ranked.len() == vhost.ranked.len()
+            && source.ranked.iter().zip(&vhost.ranked).all(
+                |((name, version, position), (_, n, v, p, _))| {
+                    name == n && version == v && position == p
+                },
+            );
+        self.name == vhost.name
+            && source.domains == vhost.domains
+            && source.inline == vhost.inline
+            && same_rules
+            && self.rules.iter().all(|rule| {
+                let mut linked_the_same = true;
+                rule.shared_parts(&mut |part| match part {
+                    SharedPart::Cluster(name, linked) => {
+                        linked_the_same &= clusters.keeps(name, linked);
+                    }
+                    SharedPart::Cache(_) => {}
+                });
+                linked_the_same
+            })
+    }
+
+    /// This virtual host in a new state: its rules' response stores go with it.
+    fn reused(&self, caches: &mut CacheStores) -> VirtualHostRt {
+        for rule in self.rules.iter() {
+            rule.shared_parts(&mut |part| match part {
+                SharedPart::Cache(store) => caches.keep(&rule.name, store),
+                SharedPart::Cluster(..) => {}
+            });
+        }
+        self.clone()
     }
 }
 
 impl RouteTableRt {
-    /// Validates a route table with the `RouteRules` naming it: the virtual hosts' domains
-    /// and rules, each virtual host's own rules first, then the ranked ones by precedence.
+    /// Validates a route table with the `RouteRules` naming it (each with its version): the
+    /// virtual hosts' domains and rules, each virtual host's own rules first, then the ranked
+    /// ones by precedence. A virtual host of `previous` (this table in the state before) that
+    /// nothing it is built from changed is reused as it is, not built again: a one-route
+    /// change rebuilds the virtual hosts that route joins.
     pub fn build(
         table: &RouteTable,
-        rules: &[&RouteRules],
+        rules: &[(&RouteRules, &str)],
+        previous: Option<&RouteTableRt>,
+        clusters: &ClusterPlan,
         metrics: &ProxyMetrics,
         caches: &mut CacheStores,
     ) -> Result<RouteTableRt, RouteTableError> {
-        let mut rt = RouteTableRt::default();
+        let mut rt = RouteTableRt {
+            name: table.name.as_str().into(),
+            session_keys: table.session_keys.clone(),
+            ..RouteTableRt::default()
+        };
         let keys = SessionKeys::build(&table.session_keys)?;
+        // Rules built with other session keys are built again.
+        let previous = previous.filter(|p| p.session_keys == table.session_keys);
+        let before: HashMap<&[String], &VirtualHostRt> = previous
+            .map(|p| p.vhosts.iter())
+            .into_iter()
+            .flatten()
+            .map(|v| (v.source.domains.as_slice(), v))
+            .collect();
         for vhost in Assembly::of(table, rules)? {
             let index = rt.vhosts.len();
-            rt.vhosts
-                .push(VirtualHostRt::build(&vhost, metrics, &keys, caches)?);
+            let reusable = before
+                .get(vhost.domains.as_slice())
+                .filter(|old| old.same_as(&vhost, clusters));
+            rt.vhosts.push(match reusable {
+                Some(old) => old.reused(caches),
+                None => VirtualHostRt::build(&vhost, metrics, &keys, caches)?,
+            });
             for domain in vhost.domains {
                 if domain == "*" {
                     if rt.any.replace(index).is_some() {
@@ -286,10 +379,18 @@ impl RouteTableRt {
         Ok(rt)
     }
 
-    /// Points every rule's backends and mirrors at the snapshot's clusters.
+    /// The route table's name (its resource's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Points every rule's backends and mirrors at the snapshot's clusters. Reused virtual
+    /// hosts are shared with the previous state and already point at the same clusters.
     pub fn link(&mut self, clusters: &Clusters) {
-        for rule in self.vhosts.iter_mut().flat_map(|v| v.rules.iter_mut()) {
-            rule.link(clusters);
+        for vhost in &mut self.vhosts {
+            if let Some(rules) = Arc::get_mut(&mut vhost.rules) {
+                rules.iter_mut().for_each(|rule| rule.link(clusters));
+            }
         }
     }
 }

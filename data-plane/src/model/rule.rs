@@ -13,7 +13,7 @@ use rauta_common::api::v1::route_rule::Action;
 use super::cluster::{ClusterRt, Clusters};
 use super::collect::exact;
 use super::filters::session::SessionKeys;
-use super::filters::{FilterError, Filters};
+use super::filters::{FilterError, Filters, SharedPart};
 use super::matchers::{MatchError, MatchRt};
 use super::redirect::{RedirectError, RedirectRt};
 use super::response_store::CacheStores;
@@ -270,6 +270,23 @@ impl RuleRt {
             )?,
             counters: metrics.route_counters(&rule.name),
         })
+    }
+
+    /// What the rule holds of the routing state around it (clusters, response stores).
+    pub fn shared_parts<'a>(&'a self, f: &mut impl FnMut(SharedPart<'a>)) {
+        match &self.action {
+            ActionRt::Forward { backends, .. } => {
+                for backend in backends {
+                    f(SharedPart::Cluster(
+                        &backend.cluster_name,
+                        backend.cluster.as_ref(),
+                    ));
+                    backend.filters.shared_parts(f);
+                }
+            }
+            ActionRt::Redirect(_) | ActionRt::Direct { .. } => {}
+        }
+        self.filters.shared_parts(f);
     }
 
     /// Points the backends and mirrors at the snapshot's clusters.

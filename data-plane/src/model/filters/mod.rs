@@ -14,11 +14,13 @@ pub mod retry;
 pub mod rewrite;
 pub mod session;
 
+use std::sync::Arc;
+
 use rauta_common::api::v1::{RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
-use super::cluster::Clusters;
-use super::response_store::{CacheConfig, CacheError, CacheStores};
+use super::cluster::{ClusterRt, Clusters};
+use super::response_store::{CacheConfig, CacheError, CacheStores, ResponseStore};
 use cache::CacheRt;
 use cors::CorsError;
 use header_ops::HeaderOpsError;
@@ -61,6 +63,14 @@ const GATEWAY_REQUEST_FIELDS: &[&str] = &[
     "x-forwarded-proto",
     "traceparent",
 ];
+
+/// A part of the routing state a built rule holds on to (see [`Filters::shared_parts`]).
+pub enum SharedPart<'a> {
+    /// A cluster, by name, as linked (`None`: the snapshot had no such cluster).
+    Cluster(&'a str, Option<&'a Arc<ClusterRt>>),
+    /// A response store.
+    Cache(&'a Arc<ResponseStore>),
+}
 
 /// One filter of a rule (or of one of its backends).
 #[derive(Debug)]
@@ -212,6 +222,24 @@ impl Filters {
                 | FilterRt::Retry(_)
                 | FilterRt::Session(_)
                 | FilterRt::Cache(_) => {}
+            }
+        }
+    }
+
+    /// What the filters hold of the routing state around them: the clusters they are linked
+    /// to (mirrors) and the response stores they share. A rule is reused in the next state
+    /// only if these are still the same there.
+    pub fn shared_parts<'a>(&'a self, f: &mut impl FnMut(SharedPart<'a>)) {
+        for filter in self.list.iter() {
+            match filter {
+                FilterRt::Mirror(m) => f(SharedPart::Cluster(&m.cluster_name, m.cluster.as_ref())),
+                FilterRt::Cache(c) => f(SharedPart::Cache(&c.store)),
+                FilterRt::RequestHeaders(_)
+                | FilterRt::ResponseHeaders(_)
+                | FilterRt::UrlRewrite(_)
+                | FilterRt::Cors(_)
+                | FilterRt::Retry(_)
+                | FilterRt::Session(_) => {}
             }
         }
     }

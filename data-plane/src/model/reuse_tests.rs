@@ -1,0 +1,224 @@
+//! A new routing state reuses the virtual hosts of the previous one that nothing they are
+//! built from changed, and builds the others: a one-route edit costs that route's virtual
+//! hosts, and no reused virtual host points at a cluster the new state replaced.
+
+use rauta_common::api::v1::resource::Payload;
+use rauta_common::api::v1::route_rule::Action;
+use rauta_common::api::v1::{
+    Cluster, ClusterEndpoints, DeltaDiscoveryResponse, Endpoint, ForwardAction, Listener,
+    PathMatch, PathMatchKind, RankedRule, Resource, RouteMatch, RouteRule, RouteRules, RouteTable,
+    WeightedCluster,
+};
+use rauta_common::types::ResourceType;
+
+use super::rule::ActionRt;
+use super::*;
+use crate::model::store::ResourceStore;
+
+fn respond(
+    store: &ResourceStore,
+    ty: ResourceType,
+    items: Vec<(&str, &str, Payload)>,
+) -> ResourceStore {
+    let response = DeltaDiscoveryResponse {
+        type_url: ty.type_url().into(),
+        resources: items
+            .into_iter()
+            .map(|(name, version, payload)| Resource {
+                name: name.into(),
+                version: version.into(),
+                payload: Some(payload),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    store.with_response(ty, &response).unwrap()
+}
+
+/// The rules of route `route` on domain `domain`: one rule, `rule`, forwarding to `cluster`.
+fn route(route: &str, domain: &str, rule: &str, cluster: &str) -> Payload {
+    let rule = RouteRule {
+        name: rule.into(),
+        matches: vec![RouteMatch {
+            path: Some(PathMatch {
+                kind: PathMatchKind::Prefix as i32,
+                value: "/".into(),
+            }),
+            ..Default::default()
+        }],
+        action: Some(Action::Forward(ForwardAction {
+            clusters: vec![WeightedCluster {
+                cluster: cluster.into(),
+                weight: 1,
+                ..Default::default()
+            }],
+            invalid_weight: 0,
+        })),
+        ..Default::default()
+    };
+    Payload::RouteRules(RouteRules {
+        name: route.into(),
+        route_table: "t".into(),
+        domains: vec![domain.into()],
+        rules: vec![RankedRule {
+            precedence: vec![0],
+            rule: Some(rule),
+        }],
+    })
+}
+
+fn endpoints(cluster: &str, port: u32) -> Payload {
+    Payload::Endpoints(ClusterEndpoints {
+        cluster: cluster.into(),
+        endpoints: vec![Endpoint {
+            address: "127.0.0.1".into(),
+            port,
+            ready: true,
+            weight: 1,
+        }],
+    })
+}
+
+/// Listener "http-80" on table "t"; routes a (a.org, to cluster ca) and b (b.org, to cb).
+fn store() -> ResourceStore {
+    let store = ResourceStore::default();
+    let listener = Listener {
+        name: "http-80".into(),
+        port: 80,
+        protocol: 1,
+        route_table: "t".into(),
+        ..Default::default()
+    };
+    let store = respond(
+        &store,
+        ResourceType::Listener,
+        vec![("http-80", "1", Payload::Listener(listener))],
+    );
+    let table = RouteTable {
+        name: "t".into(),
+        ..Default::default()
+    };
+    let store = respond(
+        &store,
+        ResourceType::RouteTable,
+        vec![("t", "1", Payload::RouteTable(table))],
+    );
+    let cluster = |name: &str| {
+        Payload::Cluster(Cluster {
+            name: name.into(),
+            ..Default::default()
+        })
+    };
+    let store = respond(
+        &store,
+        ResourceType::Cluster,
+        vec![("ca", "1", cluster("ca")), ("cb", "1", cluster("cb"))],
+    );
+    let store = respond(
+        &store,
+        ResourceType::Endpoints,
+        vec![
+            ("ca", "1", endpoints("ca", 9)),
+            ("cb", "1", endpoints("cb", 9)),
+        ],
+    );
+    respond(
+        &store,
+        ResourceType::RouteRules,
+        vec![
+            ("r/a", "1", route("r/a", "a.org", "a-1", "ca")),
+            ("r/b", "1", route("r/b", "b.org", "b-1", "cb")),
+        ],
+    )
+}
+
+struct Builder {
+    metrics: ProxyMetrics,
+    pools: UpstreamPools,
+}
+
+impl Builder {
+    fn build(&mut self, store: &ResourceStore, previous: &RoutingState) -> RoutingState {
+        RoutingState::build(store, previous, &mut self.pools, &self.metrics)
+            .unwrap()
+            .0
+    }
+}
+
+fn vhost<'a>(state: &'a RoutingState, host: &str) -> &'a route_table::VirtualHostRt {
+    state
+        .route_table("http-80")
+        .and_then(|t| t.virtual_host(host))
+        .expect("virtual host")
+}
+
+/// Whether `host`'s virtual host is the very same (its rules shared) in both states.
+fn shared(a: &RoutingState, b: &RoutingState, host: &str) -> bool {
+    std::ptr::eq(
+        vhost(a, host).rules().as_ptr(),
+        vhost(b, host).rules().as_ptr(),
+    )
+}
+
+/// The cluster `host`'s only rule forwards to, and the state's own cluster of that name.
+fn linked_cluster<'a>(
+    state: &'a RoutingState,
+    host: &str,
+) -> (&'a cluster::ClusterRt, &'a cluster::ClusterRt) {
+    let rule = &vhost(state, host).rules()[0];
+    let ActionRt::Forward { backends, .. } = &rule.action else {
+        panic!("not a forward");
+    };
+    let linked = backends[0].cluster.as_deref().expect("linked");
+    let own = state
+        .clusters()
+        .find(|(name, _)| **name == *backends[0].cluster_name)
+        .map(|(_, c)| c)
+        .expect("cluster in the state");
+    (linked, own)
+}
+
+#[test]
+fn a_route_edit_rebuilds_its_virtual_host_and_reuses_the_others() {
+    let mut builder = Builder {
+        metrics: ProxyMetrics::new().unwrap(),
+        pools: UpstreamPools::default(),
+    };
+    let first = store();
+    let one = builder.build(&first, &RoutingState::default());
+
+    let edited = respond(
+        &first,
+        ResourceType::RouteRules,
+        vec![("r/a", "2", route("r/a", "a.org", "a-2", "ca"))],
+    );
+    let two = builder.build(&edited, &one);
+    assert!(shared(&one, &two, "b.org"), "b did not change: reused");
+    assert!(!shared(&one, &two, "a.org"), "a changed: built again");
+    assert_eq!(&*vhost(&two, "a.org").rules()[0].name, "a-2");
+    for host in ["a.org", "b.org"] {
+        let (linked, own) = linked_cluster(&two, host);
+        assert!(
+            std::ptr::eq(linked, own),
+            "{host} points at the state's cluster"
+        );
+    }
+
+    // New endpoints for b's cluster: the cluster is made again, and b's virtual host with
+    // it, so it never points at the cluster the state replaced; a's stays.
+    let moved = respond(
+        &edited,
+        ResourceType::Endpoints,
+        vec![("cb", "2", endpoints("cb", 10))],
+    );
+    let three = builder.build(&moved, &two);
+    assert!(shared(&two, &three, "a.org"));
+    assert!(!shared(&two, &three, "b.org"));
+    let (linked, own) = linked_cluster(&three, "b.org");
+    assert!(std::ptr::eq(linked, own));
+    assert_eq!(linked.endpoints()[0].addr.port(), 10);
+
+    // The same store again: everything is reused.
+    let four = builder.build(&moved, &three);
+    assert!(shared(&three, &four, "a.org") && shared(&three, &four, "b.org"));
+}
