@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
-use rauta_common::api::v1::{Listener, ListenerProtocol, RouteRules};
+use rauta_common::api::v1::{Listener, ListenerProtocol, Resource, RouteRules};
 use rauta_common::types::ResourceType;
 
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
@@ -150,14 +150,14 @@ impl RoutingState {
         let clusters = Clusters::validate(store, &previous.clusters, pools)?;
         let mut caches = CacheStores::after(&previous.caches);
         // Each table's route rules; those of a table the store lacks serve nothing.
-        let mut rules_of: HashMap<&str, Vec<(&RouteRules, &str)>> = HashMap::new();
+        let mut rules_of: HashMap<&str, Vec<(&RouteRules, &Arc<Resource>)>> = HashMap::new();
         for resource in store.resources(ResourceType::RouteRules) {
             if let Some(Payload::RouteRules(rules)) = &resource.payload {
                 route_table::check_route_rules(rules).map_err(|source| BuildError::RouteTable {
                     table: rules.route_table.clone(),
                     source,
                 })?;
-                let named = (rules, resource.version.as_str());
+                let named = (rules, resource);
                 rules_of.entry(&rules.route_table).or_default().push(named);
             }
         }

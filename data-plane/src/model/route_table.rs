@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rauta_common::api::v1::{RouteRule, RouteRules, RouteTable};
+use rauta_common::api::v1::{Resource, RouteRule, RouteRules, RouteTable};
 
 use super::cluster::{ClusterPlan, Clusters};
 use super::collect::exact;
@@ -30,8 +30,10 @@ pub struct VirtualHostRt {
 struct VhostSource {
     domains: Vec<String>,
     inline: Vec<RouteRule>,
-    /// Each ranked rule as (RouteRules name, RouteRules version, position), in order.
-    ranked: Vec<(String, String, usize)>,
+    /// Each ranked rule as (the RouteRules resource as received, position in it), in order.
+    /// The store keeps a resource that did not change as the same allocation, so an unchanged
+    /// one is found by address, without comparing or copying any of it.
+    ranked: Vec<(Arc<Resource>, usize)>,
 }
 
 impl VirtualHostRt {
@@ -163,14 +165,18 @@ fn well_formed_domain(domain: &str) -> bool {
     }
 }
 
+/// A ranked rule in a virtual host: (precedence, RouteRules name, the RouteRules resource,
+/// position in it, rule).
+type Ranked<'a> = (&'a [u8], &'a str, &'a Arc<Resource>, usize, &'a RouteRule);
+
 /// A virtual host being assembled: its domains, its own rules, and the ranked rules of the
-/// `RouteRules` that join it as (precedence, RouteRules name, position, rule).
+/// `RouteRules` that join it.
+
 struct Assembly<'a> {
     name: &'a str,
     domains: Vec<String>,
     inline: &'a [RouteRule],
-    /// (precedence, RouteRules name, its version, position, rule)
-    ranked: Vec<(&'a [u8], &'a str, &'a str, usize, &'a RouteRule)>,
+    ranked: Vec<Ranked<'a>>,
 }
 
 impl<'a> Assembly<'a> {
@@ -178,7 +184,7 @@ impl<'a> Assembly<'a> {
     /// each to the virtual host listing its domain, or to a new one of that domain.
     fn of(
         table: &'a RouteTable,
-        rules: &[(&'a RouteRules, &'a str)],
+        rules: &[(&'a RouteRules, &'a Arc<Resource>)],
     ) -> Result<Vec<Self>, RouteTableError> {
         let mut out: Vec<Assembly<'a>> = table
             .virtual_hosts
@@ -197,7 +203,7 @@ impl<'a> Assembly<'a> {
             }
         }
         let mut placements = out.iter().map(|a| a.inline.len()).sum::<usize>();
-        for &(r, version) in rules {
+        for &(r, resource) in rules {
             let mut seen = std::collections::HashSet::new();
             for domain in &r.domains {
                 let domain = domain.to_ascii_lowercase();
@@ -225,7 +231,7 @@ impl<'a> Assembly<'a> {
                         .ok_or_else(|| RouteTableError::NoRule(r.name.clone()))?;
                     out[i]
                         .ranked
-                        .push((&ranked.precedence, &r.name, version, position, rule));
+                        .push((&ranked.precedence, &r.name, resource, position, rule));
                 }
             }
         }
@@ -270,9 +276,7 @@ impl VirtualHostRt {
             ranked: vhost
                 .ranked
                 .iter()
-                .map(|(_, name, version, position, _)| {
-                    ((*name).to_owned(), (*version).to_owned(), *position)
-                })
+                .map(|(_, _, resource, position, _)| (Arc::clone(resource), *position))
                 .collect(),
         };
         Ok(VirtualHostRt {
@@ -283,15 +287,13 @@ impl VirtualHostRt {
     }
 
     /// Whether this virtual host, of the previous state, is what `vhost` would build: same
-    /// name, domains and rules (RouteRules by name and version), and every cluster its rules
+    /// name, domains and rules (the same RouteRules resources), and every cluster its rules
     /// are linked to the same in the new state. The caller checks the session keys.
     fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan) -> bool {
         let source = &self.source;
         let same_rules = source.ranked.len() == vhost.ranked.len()
             && source.ranked.iter().zip(&vhost.ranked).all(
-                |((name, version, position), (_, n, v, p, _))| {
-                    name == n && version == v && position == p
-                },
+                |((resource, position), (_, _, r, p, _))| Arc::ptr_eq(resource, r) && position == p,
             );
         self.name == vhost.name
             && source.domains == vhost.domains
@@ -322,14 +324,14 @@ impl VirtualHostRt {
 }
 
 impl RouteTableRt {
-    /// Validates a route table with the `RouteRules` naming it (each with its version): the
+    /// Validates a route table with the `RouteRules` naming it (each with its resource): the
     /// virtual hosts' domains and rules, each virtual host's own rules first, then the ranked
     /// ones by precedence. A virtual host of `previous` (this table in the state before) that
     /// nothing it is built from changed is reused as it is, not built again: a one-route
     /// change rebuilds the virtual hosts that route joins.
     pub fn build(
         table: &RouteTable,
-        rules: &[(&RouteRules, &str)],
+        rules: &[(&RouteRules, &Arc<Resource>)],
         previous: Option<&RouteTableRt>,
         clusters: &ClusterPlan,
         metrics: &ProxyMetrics,
