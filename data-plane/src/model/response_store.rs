@@ -322,6 +322,13 @@ impl CacheStores {
         store
     }
 
+    /// Whether this state already has a store for `rule` other than `store`.
+    pub fn has_other(&self, rule: &str, store: &Arc<ResponseStore>) -> bool {
+        self.by_rule
+            .get(rule)
+            .is_some_and(|s| !Arc::ptr_eq(s, store))
+    }
+
     /// Takes over the store of a rule reused as it was from the previous state.
     pub fn keep(&mut self, rule: &str, store: &Arc<ResponseStore>) {
         self.by_rule.insert(rule.into(), Arc::clone(store));
@@ -432,5 +439,20 @@ mod tests {
         };
         let mut third = CacheStores::after(&second);
         assert!(!Arc::ptr_eq(&a, &third.store_for("rule-a", changed)));
+    }
+
+    #[test]
+    fn a_rule_reused_with_its_store_may_not_split_from_a_copy_built_anew() {
+        let mut caches = CacheStores::after(&CacheStores::default());
+        let kept = Arc::new(store(10));
+        assert!(!caches.has_other("r", &kept), "nothing there yet");
+        let built = caches.store_for("r", store(10).config);
+        assert!(
+            caches.has_other("r", &kept),
+            "the new state has its own store for r"
+        );
+        assert!(!caches.has_other("r", &built));
+        caches.keep("s", &kept);
+        assert!(!caches.has_other("s", &kept));
     }
 }

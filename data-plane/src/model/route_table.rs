@@ -24,6 +24,16 @@ pub struct VirtualHostRt {
     source: Arc<VhostSource>,
 }
 
+/// A table's session keys as received, kept to tell whether they changed; never printed.
+#[derive(Default)]
+struct KeySource(Vec<String>);
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} session keys (redacted)", self.0.len())
+    }
+}
+
 /// What a virtual host is built from, besides its table's session keys and the clusters its
 /// rules are linked to.
 #[derive(Debug)]
@@ -50,7 +60,7 @@ impl VirtualHostRt {
 pub struct RouteTableRt {
     name: Box<str>,
     /// The session keys its rules were built with.
-    session_keys: Vec<String>,
+    session_keys: KeySource,
     exact: HashMap<Box<str>, usize>,
     /// (suffix with its leading dot, vhost), longest suffix first.
     wildcards: Vec<(Box<str>, usize)>,
@@ -171,7 +181,6 @@ type Ranked<'a> = (&'a [u8], &'a str, &'a Arc<Resource>, usize, &'a RouteRule);
 
 /// A virtual host being assembled: its domains, its own rules, and the ranked rules of the
 /// `RouteRules` that join it.
-
 struct Assembly<'a> {
     name: &'a str,
     domains: Vec<String>,
@@ -289,7 +298,7 @@ impl VirtualHostRt {
     /// Whether this virtual host, of the previous state, is what `vhost` would build: same
     /// name, domains and rules (the same RouteRules resources), and every cluster its rules
     /// are linked to the same in the new state. The caller checks the session keys.
-    fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan) -> bool {
+    fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan, caches: &CacheStores) -> bool {
         let source = &self.source;
         let same_rules = source.ranked.len() == vhost.ranked.len()
             && source.ranked.iter().zip(&vhost.ranked).all(
@@ -305,7 +314,11 @@ impl VirtualHostRt {
                     SharedPart::Cluster(name, linked) => {
                         linked_the_same &= clusters.keeps(name, linked);
                     }
-                    SharedPart::Cache(_) => {}
+                    // Another copy of the rule (same name, another table) already has a
+                    // store of its own in the new state: built again, this copy shares it.
+                    SharedPart::Cache(store) => {
+                        linked_the_same &= !caches.has_other(&rule.name, store);
+                    }
                 });
                 linked_the_same
             })
@@ -339,12 +352,12 @@ impl RouteTableRt {
     ) -> Result<RouteTableRt, RouteTableError> {
         let mut rt = RouteTableRt {
             name: table.name.as_str().into(),
-            session_keys: table.session_keys.clone(),
+            session_keys: KeySource(table.session_keys.clone()),
             ..RouteTableRt::default()
         };
         let keys = SessionKeys::build(&table.session_keys)?;
         // Rules built with other session keys are built again.
-        let previous = previous.filter(|p| p.session_keys == table.session_keys);
+        let previous = previous.filter(|p| p.session_keys.0 == table.session_keys);
         let before: HashMap<&[String], &VirtualHostRt> = previous
             .map(|p| p.vhosts.iter())
             .into_iter()
@@ -355,7 +368,7 @@ impl RouteTableRt {
             let index = rt.vhosts.len();
             let reusable = before
                 .get(vhost.domains.as_slice())
-                .filter(|old| old.same_as(&vhost, clusters));
+                .filter(|old| old.same_as(&vhost, clusters, caches));
             rt.vhosts.push(match reusable {
                 Some(old) => old.reused(caches),
                 None => VirtualHostRt::build(&vhost, metrics, &keys, caches)?,
@@ -394,5 +407,17 @@ impl RouteTableRt {
                 rules.iter_mut().for_each(|rule| rule.link(clusters));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeySource;
+
+    #[test]
+    fn session_keys_kept_for_comparison_are_never_printed() {
+        let keys = KeySource(vec!["c2VjcmV0LWtleQ==".into()]);
+        let printed = format!("{keys:?}");
+        assert!(!printed.contains("c2VjcmV0"), "{printed}");
     }
 }
