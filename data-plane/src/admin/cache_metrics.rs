@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::model::RoutingState;
-use crate::observe::route_stats::escape;
+use crate::observe::series::escape;
 
 pub fn render(state: &RoutingState, out: &mut String) {
     let mut caches: Vec<_> = state.caches().collect();

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
-use prometheus::{Histogram, IntCounter};
 use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol, hash_key,
 };
@@ -21,6 +20,7 @@ use super::request::RequestHeaders;
 use super::retry_budget::RetryBudget;
 use super::store::ResourceStore;
 use crate::observe::metrics::ProxyMetrics;
+use crate::observe::upstream_stats::ClusterStats;
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::tls::UpstreamTlsError;
 use crate::upstream::{ClusterTls, EndpointPool, Protocol, UpstreamPools};
@@ -55,12 +55,10 @@ pub struct ClusterRt {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub request_timeout: Option<Duration>,
-    pub latency: Histogram,
+    /// Upstream latency, retries sent and retries the budget refused.
+    pub stats: Arc<ClusterStats>,
     /// Kept from the cluster's previous build: a config change does not refill it.
     pub retry_budget: Arc<RetryBudget>,
-    /// Retries sent, and retries the budget refused.
-    pub retries: IntCounter,
-    pub retries_refused: IntCounter,
     endpoints: Vec<EndpointRt>,
     picker: Picker,
     outlier: Option<OutlierPolicy>,
@@ -252,10 +250,8 @@ impl ClusterSpec {
             name: Arc::from(name.as_str()),
             protocol,
             request_timeout,
-            latency: metrics.upstream_latency(&name),
+            stats: metrics.cluster_stats(&name),
             retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
-            retries: metrics.retries(&name),
-            retries_refused: metrics.retries_refused(&name),
             endpoints: ready,
             picker,
             outlier,

@@ -16,7 +16,52 @@ const TABLE_SIZES: [usize; 11] = [
 /// A finished Maglev table mapping hash keys to backend indexes.
 #[derive(Debug, Clone)]
 pub struct MaglevTable {
-    slots: Vec<u32>,
+    slots: Slots,
+}
+
+/// The slots in the narrowest integer that holds every backend index: most clusters have a
+/// few endpoints, and a proxy holds a table per cluster (5000 clusters of one endpoint took
+/// 10 MB as `u32`s). A table of one backend stores nothing but its size.
+#[derive(Debug, Clone)]
+enum Slots {
+    One { len: usize },
+    Narrow(Box<[u8]>),
+    Medium(Box<[u16]>),
+    Wide(Box<[u32]>),
+}
+
+impl Slots {
+    fn compact(slots: Vec<u32>, backends: usize) -> Slots {
+        // Indexes are below `backends`, so each conversion below is exact.
+        if backends <= 1 {
+            Slots::One { len: slots.len() }
+        } else if backends <= usize::from(u8::MAX) + 1 {
+            Slots::Narrow(slots.iter().map(|&s| s as u8).collect())
+        } else if backends <= usize::from(u16::MAX) + 1 {
+            Slots::Medium(slots.iter().map(|&s| s as u16).collect())
+        } else {
+            Slots::Wide(slots.into_boxed_slice())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slots::One { len } => *len,
+            Slots::Narrow(s) => s.len(),
+            Slots::Medium(s) => s.len(),
+            Slots::Wide(s) => s.len(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, slot: usize) -> usize {
+        match self {
+            Slots::One { .. } => 0,
+            Slots::Narrow(s) => usize::from(s[slot]),
+            Slots::Medium(s) => usize::from(s[slot]),
+            Slots::Wide(s) => s[slot] as usize,
+        }
+    }
 }
 
 /// SplitMix64's finaliser: spreads FNV's output over all 64 bits.
@@ -58,6 +103,11 @@ impl MaglevTable {
         if n == 0 || m < 2 {
             return None;
         }
+        if n == 1 {
+            return Some(MaglevTable {
+                slots: Slots::One { len: m },
+            });
+        }
         let m64 = m as u64;
         // Each backend walks its own permutation of slots: offset + j*skip (mod M).
         let (offset, skip): (Vec<u64>, Vec<u64>) = ids
@@ -96,13 +146,16 @@ impl MaglevTable {
                 }
             }
         }
-        Some(MaglevTable { slots })
+        Some(MaglevTable {
+            slots: Slots::compact(slots, n),
+        })
     }
 
     /// The backend index for a key hash.
     #[inline]
     pub fn get(&self, key_hash: u64) -> usize {
-        self.slots[(key_hash % self.slots.len() as u64) as usize] as usize
+        self.slots
+            .get((key_hash % self.slots.len() as u64) as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -110,14 +163,14 @@ impl MaglevTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.len() == 0
     }
 
     /// How many slots each backend owns.
     pub fn slot_counts(&self, backends: usize) -> Vec<usize> {
         let mut counts = vec![0; backends];
-        for &s in &self.slots {
-            counts[s as usize] += 1;
+        for slot in 0..self.slots.len() {
+            counts[self.slots.get(slot)] += 1;
         }
         counts
     }
@@ -223,5 +276,33 @@ mod tests {
         assert!(MaglevTable::build::<String>(&[], &[]).is_none());
         let t = MaglevTable::build(&ids(1), &[]).unwrap();
         assert!((0..1000u64).all(|k| t.get(hash_key(&k.to_be_bytes())) == 0));
+    }
+
+    #[test]
+    fn every_slot_width_keeps_each_index() {
+        // 2 and 256 backends fit a byte, 257 and 65536 two bytes, more take four: every
+        // backend must still own about its share (an index cut short would pile up on others).
+        for (n, m) in [
+            (2, 1021),
+            (256, 262139),
+            (257, 262139),
+            (65536, 262139),
+            (65537, 262139),
+        ] {
+            let table = MaglevTable::build_with_size(&ids(n), &[], m).unwrap();
+            assert_eq!(table.len(), m);
+            let counts = table.slot_counts(n);
+            let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(
+                *min >= 1 && max - min <= m / n,
+                "n={n}: shares {min}..{max}"
+            );
+        }
+        let single = MaglevTable::build(&ids(1), &[]).unwrap();
+        assert_eq!(
+            single.len(),
+            MaglevTable::size_for(1),
+            "one backend keeps its table size"
+        );
     }
 }

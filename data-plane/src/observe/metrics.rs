@@ -12,15 +12,11 @@ use prometheus::{
 pub struct ProxyMetrics {
     pub registry: Registry,
     routes: Arc<RouteStatsRegistry>,
-    upstream_latency: HistogramVec,
+    upstream: Arc<UpstreamStats>,
     pub snapshot_version: IntGaugeVec,
     pub updates: IntCounterVec,
     pub controller_connected: IntGauge,
-    pub(crate) pool_open: IntGaugeVec,
-    pub(crate) pool_created: IntCounterVec,
-    pub(crate) pool_failed: IntCounterVec,
     pub(crate) requests_per_connection: HistogramVec,
-    outlier_ejections: IntCounterVec,
     pub endpoint_ejected: IntGaugeVec,
     pub apply_duration: Histogram,
     pub access_log_dropped: IntCounter,
@@ -37,8 +33,6 @@ pub struct ProxyMetrics {
     pub http2_connection_errors: IntCounterVec,
     /// HTTP/2 streams the proxy reset or refused (RST_STREAM), by error code.
     pub http2_stream_errors: IntCounterVec,
-    retries: IntCounterVec,
-    retries_refused: IntCounterVec,
     /// The TCP, UDP and TLS Terminate relays'.
     pub l4: L4Metrics,
 }
@@ -46,11 +40,7 @@ pub struct ProxyMetrics {
 use crate::observe::l4_metrics::L4Metrics;
 pub use crate::observe::route_stats::RouteStats;
 use crate::observe::route_stats::RouteStatsRegistry;
-
-/// Latency buckets in seconds, from half a millisecond to ten seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use crate::observe::upstream_stats::{ClusterStats, EndpointStats, UpstreamStats};
 
 /// Makes metrics, each registered as it is made.
 struct Register<'r>(&'r Registry);
@@ -121,12 +111,7 @@ impl ProxyMetrics {
         let r = Register(&registry);
         Ok(ProxyMetrics {
             routes: Arc::default(),
-            upstream_latency: r.histograms(
-                "upstream_response_seconds",
-                "Time from sending a request upstream to its response headers",
-                LATENCY_BUCKETS.to_vec(),
-                &["cluster"],
-            )?,
+            upstream: Arc::default(),
             snapshot_version: r.gauges(
                 "snapshot_version",
                 "Controller snapshot version last applied, by resource type",
@@ -139,32 +124,12 @@ impl ProxyMetrics {
             )?,
             controller_connected: r
                 .gauge("controller_connected", "1 while the discovery stream is up")?,
-            pool_open: r.gauges(
-                "upstream_connections_open",
-                "Upstream connections open, by endpoint",
-                &["endpoint"],
-            )?,
-            pool_created: r.counters(
-                "upstream_connections_created_total",
-                "Upstream connections established, by endpoint",
-                &["endpoint"],
-            )?,
-            pool_failed: r.counters(
-                "upstream_connect_failures_total",
-                "Upstream connection attempts that failed (refused, timed out, TLS or HTTP handshake), by endpoint",
-                &["endpoint"],
-            )?,
             requests_per_connection: r.histograms(
                 "upstream_requests_per_connection",
                 "Requests (HTTP/2: streams) an upstream connection carried, observed when it \
                  closes; by protocol",
                 vec![1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0],
                 &["protocol"],
-            )?,
-            outlier_ejections: r.counters(
-                "outlier_ejections_total",
-                "Times an endpoint was taken out of the rotation after consecutive failures",
-                &["endpoint"],
             )?,
             endpoint_ejected: r.gauges(
                 "endpoint_ejected",
@@ -216,16 +181,6 @@ impl ProxyMetrics {
                 "HTTP/2 streams reset or refused by the proxy (RST_STREAM), by error code",
                 &["reason"],
             )?,
-            retries: r.counters(
-                "upstream_retries_total",
-                "Retries sent, by cluster",
-                &["cluster"],
-            )?,
-            retries_refused: r.counters(
-                "upstream_retries_refused_total",
-                "Retries not sent because the cluster's retry budget was used up, by cluster",
-                &["cluster"],
-            )?,
             l4: L4Metrics::new(&registry)?,
             registry,
         })
@@ -236,43 +191,36 @@ impl ProxyMetrics {
         self.routes.route(route)
     }
 
-    /// Forgets the counters of routes (HTTP and L4) nothing uses any more.
+    /// Forgets the counters of routes (HTTP and L4) and clusters nothing uses any more.
     pub fn prune_routes(&self) {
         self.routes.prune();
+        self.upstream.prune_clusters();
         self.l4.prune();
     }
 
-    pub fn retries(&self, cluster: &str) -> IntCounter {
-        self.retries.with_label_values(&[cluster])
+    /// A cluster's series (the same ones across snapshot swaps).
+    pub fn cluster_stats(&self, cluster: &str) -> Arc<ClusterStats> {
+        self.upstream.cluster(cluster)
     }
 
-    pub fn retries_refused(&self, cluster: &str) -> IntCounter {
-        self.retries_refused.with_label_values(&[cluster])
-    }
-
-    pub fn upstream_latency(&self, cluster: &str) -> Histogram {
-        self.upstream_latency.with_label_values(&[cluster])
+    /// An endpoint's connection counters, shared by every pool that reaches it.
+    pub fn endpoint_stats(&self, endpoint: &str) -> Arc<EndpointStats> {
+        self.upstream.endpoint(endpoint)
     }
 
     /// Drops the series of an endpoint no cluster uses any more (pods come and go; their
     /// addresses must not pile up in every scrape).
     pub fn forget_endpoint(&self, endpoint: &str) {
-        let _ = self.pool_open.remove_label_values(&[endpoint]);
-        let _ = self.pool_created.remove_label_values(&[endpoint]);
-        let _ = self.pool_failed.remove_label_values(&[endpoint]);
-        let _ = self.outlier_ejections.remove_label_values(&[endpoint]);
-    }
-
-    pub fn outlier_ejections(&self, endpoint: &str) -> IntCounter {
-        self.outlier_ejections.with_label_values(&[endpoint])
+        self.upstream.forget_endpoint(endpoint);
     }
 
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        let mut routes = String::new();
-        self.routes.render("rauta_proxy_", &mut routes);
-        buf.extend_from_slice(routes.as_bytes());
+        let mut own = String::new();
+        self.routes.render("rauta_proxy_", &mut own);
+        self.upstream.render("rauta_proxy_", &mut own);
+        buf.extend_from_slice(own.as_bytes());
         buf
     }
 }

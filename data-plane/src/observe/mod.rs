@@ -5,4 +5,6 @@ pub mod access_log;
 pub mod l4_metrics;
 pub mod metrics;
 pub mod route_stats;
+pub mod series;
 pub mod trace;
+pub mod upstream_stats;

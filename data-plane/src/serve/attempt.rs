@@ -57,9 +57,7 @@ impl<'a> Attempt<'a> {
     #[inline]
     pub fn finish(self, endpoint_failed: bool) {
         drop(self.in_flight);
-        self.cluster
-            .latency
-            .observe(self.started.elapsed().as_secs_f64());
+        self.cluster.stats.latency.observe(self.started.elapsed());
         self.cluster.report(self.endpoint, endpoint_failed);
     }
 }

@@ -311,7 +311,7 @@ async fn attempts(
         let retrying = failed && attempt < retries && {
             let granted = cluster.retry_budget.try_retry();
             if !granted {
-                cluster.retries_refused.inc();
+                cluster.stats.retry_refused();
             }
             granted
         };
@@ -324,7 +324,7 @@ async fn attempts(
         if let Ok(Err(err)) = &outcome {
             debug!(cluster = %cluster.name, upstream = %endpoint.addr, %err, attempt, "upstream attempt failed; retrying");
         }
-        cluster.retries.inc();
+        cluster.stats.retried();
         attempt += 1;
         endpoint = cluster.nth_after(first, attempt as usize);
         *served_by = endpoint.addr;

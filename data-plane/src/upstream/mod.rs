@@ -17,10 +17,13 @@ pub mod tls;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use prometheus::{Histogram, IntCounter, IntGauge};
+use std::sync::Arc;
+
+use prometheus::{Histogram, IntCounter};
 
 use crate::body::client::RequestBody;
 use crate::observe::metrics::ProxyMetrics;
+use crate::observe::upstream_stats::EndpointStats;
 
 pub use buffered::{BUFFERED_BODY_LIMIT, BodyError, buffer_body};
 pub use error::{ExchangeError, UpstreamError};
@@ -42,9 +45,8 @@ pub type UpstreamBody = Either<RequestBody, Full<Bytes>>;
 /// Connection counters of one endpoint.
 #[derive(Debug, Clone)]
 pub struct PoolStats {
-    pub open: IntGauge,
-    pub created: IntCounter,
-    pub failed: IntCounter,
+    /// Shared by every pool of the endpoint's address.
+    pub endpoint: Arc<EndpointStats>,
     /// Requests (HTTP/2: streams) each connection carried, observed when it closes.
     pub requests_per_connection: Histogram,
     /// Requests the general path sent on raw connections ([`raw`]).
@@ -53,15 +55,17 @@ pub struct PoolStats {
 
 impl PoolStats {
     /// The series of one endpoint, reached with `protocol`.
-    pub fn new(metrics: &ProxyMetrics, endpoint: &str, protocol: Protocol) -> PoolStats {
+    pub fn new(
+        metrics: &ProxyMetrics,
+        endpoint: Arc<EndpointStats>,
+        protocol: Protocol,
+    ) -> PoolStats {
         let protocol = match protocol {
             Protocol::Http1 => "http1",
             Protocol::H2c => "h2",
         };
         PoolStats {
-            open: metrics.pool_open.with_label_values(&[endpoint]),
-            created: metrics.pool_created.with_label_values(&[endpoint]),
-            failed: metrics.pool_failed.with_label_values(&[endpoint]),
+            endpoint,
             requests_per_connection: metrics
                 .requests_per_connection
                 .with_label_values(&[protocol]),

@@ -2,11 +2,11 @@
 //! failures eject it for a period that grows with each ejection; a success resets the count.
 //! All atomics: the request path reads and updates it without locks.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use crate::observe::upstream_stats::EndpointStats;
 
 /// Longest ejection, unless the base period is longer (as Envoy's max_ejection_time).
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -57,17 +57,18 @@ pub struct EndpointHealth {
     ejections: AtomicU32,
     /// Requests sent and still waiting for response headers (least-request balancing).
     in_flight: AtomicUsize,
-    ejections_total: IntCounter,
+    /// The endpoint's series: ejections are counted there.
+    stats: Arc<EndpointStats>,
 }
 
 impl EndpointHealth {
-    pub fn new(ejections_total: IntCounter) -> Self {
+    pub fn new(stats: Arc<EndpointStats>) -> Self {
         EndpointHealth {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
-            ejections_total,
+            stats,
         }
     }
 
@@ -137,7 +138,7 @@ impl EndpointHealth {
         self.ejected_until
             .store(now_ms() + millis(period), Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.ejections_total.inc();
+        self.stats.ejected();
         period
     }
 }
@@ -200,7 +201,7 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_and_a_success_resets_the_count() {
         let p = policy();
-        let h = EndpointHealth::new(IntCounter::new("t", "t").unwrap());
+        let h = EndpointHealth::new(Arc::default());
         assert!(!h.failed(&p));
         assert!(!h.failed(&p));
         h.succeeded(&p);
@@ -209,7 +210,7 @@ mod tests {
         assert!(h.failed(&p), "third consecutive failure");
         assert_eq!(h.eject(&p), Duration::from_secs(30));
         assert!(h.is_ejected());
-        assert_eq!(h.ejections_total.get(), 1);
+        assert_eq!(h.stats.ejections(), 1);
         assert_eq!(
             h.eject(&p),
             Duration::from_secs(60),

@@ -14,7 +14,7 @@ use http::HeaderValue;
 use http_body_util::Either;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::{Histogram, IntGauge};
+use prometheus::Histogram;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -24,6 +24,7 @@ use tracing::debug;
 use super::error::UpstreamError;
 use super::{PoolStats, Protocol, UpstreamBody};
 use crate::body::client::BodyState;
+use crate::observe::upstream_stats::EndpointStats;
 use crate::upstream::outlier::EndpointHealth;
 use crate::upstream::stream::RawStream;
 use crate::workers;
@@ -95,14 +96,14 @@ impl RawConn {
 /// carried are observed.
 #[derive(Debug)]
 struct OpenConn {
-    open: IntGauge,
+    open: Arc<EndpointStats>,
     per_connection: Histogram,
     requests: Requests,
 }
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.open.dec();
+        self.open.closed();
         self.per_connection
             .observe(self.requests.load(Ordering::Relaxed) as f64);
     }
@@ -181,7 +182,7 @@ impl EndpointPool {
 
     /// Connections to the endpoint open now.
     pub fn open_connections(&self) -> i64 {
-        self.stats.open.get()
+        self.stats.endpoint.open()
     }
 
     /// Passive health, shared by every cluster that reaches this endpoint.
@@ -356,7 +357,7 @@ impl EndpointPool {
     }
 
     fn handshake_failed(&self, source: hyper::Error) -> UpstreamError {
-        self.stats.failed.inc();
+        self.stats.endpoint.failed();
         UpstreamError::Handshake {
             addr: self.addr,
             source,
@@ -364,10 +365,9 @@ impl EndpointPool {
     }
 
     fn opened(&self) -> OpenConn {
-        self.stats.created.inc();
-        self.stats.open.inc();
+        self.stats.endpoint.opened();
         OpenConn {
-            open: self.stats.open.clone(),
+            open: Arc::clone(&self.stats.endpoint),
             per_connection: self.stats.requests_per_connection.clone(),
             requests: Requests::default(),
         }
@@ -378,8 +378,8 @@ impl EndpointPool {
     pub async fn connect_relay(&self) -> Result<TcpStream, UpstreamError> {
         let result = self.connect_tcp().await;
         match &result {
-            Ok(_) => self.stats.created.inc(),
-            Err(_) => self.stats.failed.inc(),
+            Ok(_) => self.stats.endpoint.connected(),
+            Err(_) => self.stats.endpoint.failed(),
         }
         result
     }
@@ -427,7 +427,7 @@ impl EndpointPool {
         }
         .await;
         if result.is_err() {
-            self.stats.failed.inc();
+            self.stats.endpoint.failed();
         }
         result
     }

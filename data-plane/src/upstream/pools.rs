@@ -81,8 +81,9 @@ impl UpstreamPools {
         }
         let key = (addr, protocol, connect_timeout, tls.map(|t| t.digest));
         let pool = self.pools.entry(key).or_insert_with(|| {
-            let stats = PoolStats::new(metrics, &addr.to_string(), protocol);
-            let health = EndpointHealth::new(metrics.outlier_ejections(&addr.to_string()));
+            let endpoint = metrics.endpoint_stats(&addr.to_string());
+            let health = EndpointHealth::new(Arc::clone(&endpoint));
+            let stats = PoolStats::new(metrics, endpoint, protocol);
             let tls = tls.map(|t| Arc::clone(&t.rt));
             Arc::new(EndpointPool::new(
                 addr,
