@@ -78,10 +78,10 @@ mod tests {
             .map(|(name, size)| Resource {
                 name: name.into(),
                 version: format!("v-{name}"),
-                payload: Some(Payload::Cluster(Cluster {
+                payload: Some(Payload::Cluster(Box::new(Cluster {
                     name: name.repeat(size),
                     ..Default::default()
-                })),
+                }))),
             })
             .collect();
         let encoded: Vec<Bytes> = resources.iter().map(|r| r.encode_to_vec().into()).collect();

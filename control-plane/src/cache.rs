@@ -268,19 +268,19 @@ mod tests {
         let mut s = ResourceSet::new();
         s.entry(ResourceType::Cluster).or_default().insert(
             cluster.into(),
-            Payload::Cluster(Cluster {
+            Payload::Cluster(Box::new(Cluster {
                 name: cluster.into(),
                 ..Default::default()
-            }),
+            })),
         );
         s.entry(ResourceType::Listener).or_default().insert(
             "http-80".into(),
-            Payload::Listener(Listener {
+            Payload::Listener(Box::new(Listener {
                 name: "http-80".into(),
                 port: 80,
                 route_table: "http-80".into(),
                 ..Default::default()
-            }),
+            })),
         );
         // Only what reference checking looks at: one host whose rule forwards to `cluster`.
         let forward = ForwardAction {
@@ -409,7 +409,7 @@ mod tests {
                 domains: vec!["*".into()],
                 rules: vec![RankedRule {
                     precedence: vec![0],
-                    rule: Some(rule),
+                    rule: Some(Box::new(rule)),
                 }],
             };
             s.entry(ResourceType::RouteRules)

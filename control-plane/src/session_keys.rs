@@ -202,14 +202,14 @@ pub fn from_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rauta_common::api::v1::{RouteRule, RouteTable, SessionPersistence, VirtualHost};
+    use rauta_common::api::v1::{RouteRule, RouteTable, VirtualHost};
 
     fn table(name: &str, sticky: bool) -> Payload {
         Payload::RouteTable(RouteTable {
             name: name.into(),
             virtual_hosts: vec![VirtualHost {
                 rules: vec![RouteRule {
-                    session_persistence: sticky.then(SessionPersistence::default),
+                    session_persistence: sticky.then(Box::default),
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -296,7 +296,7 @@ impl Snapshot {
                     route_table: r.route_table.clone(),
                 });
             }
-            let rules = r.rules.iter().filter_map(|ranked| ranked.rule.as_ref());
+            let rules = r.rules.iter().filter_map(|ranked| ranked.rule.as_deref());
             rules_by_table.push((&r.route_table, rules.collect()));
         }
         for (table, rules) in tables.chain(rules_by_table) {

@@ -31,10 +31,10 @@ fn resources(cluster: &str) -> ResourceSet {
     let mut set = ResourceSet::new();
     set.entry(ResourceType::Cluster).or_default().insert(
         cluster.into(),
-        Payload::Cluster(Cluster {
+        Payload::Cluster(Box::new(Cluster {
             name: cluster.into(),
             ..Default::default()
-        }),
+        })),
     );
     set.entry(ResourceType::Endpoints).or_default().insert(
         cluster.into(),
@@ -45,14 +45,14 @@ fn resources(cluster: &str) -> ResourceSet {
     );
     set.entry(ResourceType::Listener).or_default().insert(
         "http-80".into(),
-        Payload::Listener(Listener {
+        Payload::Listener(Box::new(Listener {
             name: "http-80".into(),
             port: 80,
             protocol: 1,
             hostnames: vec![],
             route_table: "http-80".into(),
             ..Default::default()
-        }),
+        })),
     );
     let rule = RouteRule {
         name: "r".into(),

@@ -109,7 +109,7 @@ fn forward_rule(name: &str, prefix: &str, request_headers: Option<HeaderModifier
             }],
             invalid_weight: 0,
         })),
-        request_headers,
+        request_headers: request_headers.map(Box::new),
         ..Default::default()
     }
 }
@@ -160,7 +160,7 @@ fn world_snapshot(backend: SocketAddr) -> Vec<DeltaDiscoveryResponse> {
     vec![
         response(
             ResourceType::Cluster,
-            vec![resource("backend", Payload::Cluster(cluster))],
+            vec![resource("backend", Payload::Cluster(Box::new(cluster)))],
         ),
         response(
             ResourceType::Endpoints,
@@ -168,7 +168,7 @@ fn world_snapshot(backend: SocketAddr) -> Vec<DeltaDiscoveryResponse> {
         ),
         response(
             ResourceType::Listener,
-            vec![resource("http", Payload::Listener(listener))],
+            vec![resource("http", Payload::Listener(Box::new(listener)))],
         ),
         response(
             ResourceType::RouteTable,

@@ -146,7 +146,7 @@ impl Ports {
             resources
                 .entry(ResourceType::Listener)
                 .or_default()
-                .insert(name.clone(), Payload::Listener(listener));
+                .insert(name.clone(), Payload::Listener(Box::new(listener)));
             if l4 {
                 let vhosts = vhosts
                     .into_iter()
@@ -222,6 +222,6 @@ fn add_backends(
         if let (Some(tls), Some(cert)) = (&mut cluster.tls, client_certificate) {
             tls.client_certificate = Some(cert.clone());
         }
-        clusters.insert(cluster.name.clone(), Payload::Cluster(cluster));
+        clusters.insert(cluster.name.clone(), Payload::Cluster(Box::new(cluster)));
     }
 }

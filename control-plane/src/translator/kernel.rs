@@ -98,8 +98,7 @@ fn could_match(m: &RouteMatch, path: &str) -> bool {
 mod tests {
     use super::*;
     use rauta_common::api::v1::{
-        CorsPolicy, DirectResponse, ForwardAction, HeaderMatch, PathMatch, Redirect, ResponseCache,
-        VirtualHost,
+        DirectResponse, ForwardAction, HeaderMatch, PathMatch, Redirect, VirtualHost,
     };
 
     fn path_match(kind: PathMatchKind, value: &str, method: &str) -> RouteMatch {
@@ -166,7 +165,7 @@ mod tests {
         let mut redirect = direct("/old");
         redirect.action = Some(Action::Redirect(Redirect::default()));
         let mut cached = forward(path_match(PathMatchKind::Exact, "/flags", "GET"));
-        cached.cache = Some(ResponseCache::default());
+        cached.cache = Some(Box::default());
         let uncached = forward(path_match(PathMatchKind::Exact, "/api", ""));
         let mut hosts = vec![vhost(
             "example.com",
@@ -187,7 +186,7 @@ mod tests {
         let mut two = direct("/d");
         two.matches.push(path_match(PathMatchKind::Exact, "/e", ""));
         let mut cors = direct("/f");
-        cors.cors = Some(CorsPolicy::default());
+        cors.cors = Some(Box::default());
         let mut hosts = vec![vhost("example.com", vec![post, header, prefix, two, cors])];
         mark(&mut hosts);
         assert_eq!(marks(&hosts), [[false, false, false, false, false]]);
@@ -225,7 +224,7 @@ mod tests {
         assert_eq!(marks(&alone), [[true]]);
 
         let mut cached = forward(path_match(PathMatchKind::Exact, "/flags", ""));
-        cached.cache = Some(ResponseCache::default());
+        cached.cache = Some(Box::default());
         let mut cached_wildcard = cached.clone();
         cached_wildcard.matches[0].path.as_mut().unwrap().value = "/other".into();
         let mut host_redirect = direct("/old");

@@ -62,7 +62,7 @@ pub fn table(
                         verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
                     RankedRule {
                         precedence: e.key.clone(),
-                        rule: Some(rule),
+                        rule: Some(Box::new(rule)),
                     }
                 })
                 .collect();

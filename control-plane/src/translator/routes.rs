@@ -144,13 +144,13 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
                 request_timeout: timeouts.0,
                 backend_request_timeout: timeouts.1,
                 mirrors: mirrors.clone(),
-                cors: filters.cors.clone(),
-                retry: retry.clone(),
-                session_persistence: session.clone(),
-                request_headers: filters.request_headers.clone(),
-                response_headers: filters.response_headers.clone(),
-                url_rewrite: filters.url_rewrite.clone(),
-                cache: extended.cache.clone(),
+                cors: filters.cors.clone().map(Box::new),
+                retry: retry.clone().map(Box::new),
+                session_persistence: session.clone().map(Box::new),
+                request_headers: filters.request_headers.clone().map(Box::new),
+                response_headers: filters.response_headers.clone().map(Box::new),
+                url_rewrite: filters.url_rewrite.clone().map(Box::new),
+                cache: extended.cache.clone().map(Box::new),
                 // Decided once the table's precedence is known (`kernel.rs`).
                 kernel_answerable: false,
             };
@@ -322,8 +322,8 @@ fn compile_action(
                 clusters.push(WeightedCluster {
                     cluster: resolved.cluster.name.clone(),
                     weight,
-                    request_headers: filters.request_headers,
-                    response_headers: filters.response_headers,
+                    request_headers: filters.request_headers.map(Box::new),
+                    response_headers: filters.response_headers.map(Box::new),
                 });
                 if !out
                     .backends

@@ -455,7 +455,7 @@ fn policy_conditions(t: &Translation, name: &str) -> Vec<Condition> {
 
 fn cluster(t: &Translation, name: &str) -> rauta_common::api::v1::Cluster {
     match &t.gateways[&gw()][&ResourceType::Cluster][name] {
-        Payload::Cluster(c) => c.clone(),
+        Payload::Cluster(c) => (**c).clone(),
         other => panic!("{other:?}"),
     }
 }

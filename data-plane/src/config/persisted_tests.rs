@@ -53,10 +53,10 @@ fn cluster(name: &str, version: &str) -> Resource {
     Resource {
         name: name.into(),
         version: version.into(),
-        payload: Some(Payload::Cluster(Cluster {
+        payload: Some(Payload::Cluster(Box::new(Cluster {
             name: name.into(),
             ..Default::default()
-        })),
+        }))),
     }
 }
 
@@ -64,11 +64,11 @@ fn listener(name: &str, port: u32) -> Resource {
     Resource {
         name: name.into(),
         version: format!("l{port}"),
-        payload: Some(Payload::Listener(Listener {
+        payload: Some(Payload::Listener(Box::new(Listener {
             name: name.into(),
             port,
             ..Default::default()
-        })),
+        }))),
     }
 }
 

@@ -33,7 +33,7 @@ fn rule(path: &str, action: Action, response_headers: Option<HeaderModifier>) ->
             ..Default::default()
         }],
         action: Some(action),
-        response_headers,
+        response_headers: response_headers.map(Box::new),
         kernel_answerable: true,
         ..Default::default()
     };

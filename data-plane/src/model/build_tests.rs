@@ -42,7 +42,7 @@ fn store_with(table: RouteTable, listeners: &[(&str, u32)]) -> ResourceStore {
                     client_validation: None,
                     l4_route_table: String::new(),
                 };
-                resource(n, Payload::Listener(l))
+                resource(n, Payload::Listener(Box::new(l)))
             })
             .collect(),
         ..Default::default()
@@ -241,10 +241,10 @@ fn with_cluster(store: ResourceStore) -> ResourceStore {
         }],
         ..Default::default()
     };
-    let cluster = Payload::Cluster(Cluster {
+    let cluster = Payload::Cluster(Box::new(Cluster {
         name: "c".into(),
         ..Default::default()
-    });
+    }));
     let endpoints = Payload::Endpoints(ClusterEndpoints {
         cluster: "c".into(),
         endpoints: vec![Endpoint {
@@ -300,7 +300,7 @@ fn l4_store(table: Option<rauta_common::api::v1::L4RouteTable>) -> ResourceStore
             ResourceType::Listener,
             &DeltaDiscoveryResponse {
                 type_url: ResourceType::Listener.type_url().into(),
-                resources: vec![resource("tcp-9000", Payload::Listener(listener))],
+                resources: vec![resource("tcp-9000", Payload::Listener(Box::new(listener)))],
                 ..Default::default()
             },
         )

@@ -62,7 +62,7 @@ fn route(route: &str, domain: &str, rule: &str, cluster: &str) -> Payload {
         domains: vec![domain.into()],
         rules: vec![RankedRule {
             precedence: vec![0],
-            rule: Some(rule),
+            rule: Some(Box::new(rule)),
         }],
     })
 }
@@ -92,7 +92,7 @@ fn store() -> ResourceStore {
     let store = respond(
         &store,
         ResourceType::Listener,
-        vec![("http-80", "1", Payload::Listener(listener))],
+        vec![("http-80", "1", Payload::Listener(Box::new(listener)))],
     );
     let table = RouteTable {
         name: "t".into(),
@@ -104,10 +104,10 @@ fn store() -> ResourceStore {
         vec![("t", "1", Payload::RouteTable(table))],
     );
     let cluster = |name: &str| {
-        Payload::Cluster(Cluster {
+        Payload::Cluster(Box::new(Cluster {
             name: name.into(),
             ..Default::default()
-        })
+        }))
     };
     let store = respond(
         &store,

@@ -33,7 +33,7 @@ fn rule(name: &str) -> RouteRule {
 fn ranked(precedence: &[u8], name: &str) -> RankedRule {
     RankedRule {
         precedence: precedence.to_vec(),
-        rule: Some(rule(name)),
+        rule: Some(Box::new(rule(name))),
     }
 }
 
@@ -97,7 +97,7 @@ fn store(rules: Vec<RouteRules>) -> ResourceStore {
                 ResourceType::Listener,
                 &response(
                     ResourceType::Listener,
-                    vec![("http-80".into(), Payload::Listener(listener))],
+                    vec![("http-80".into(), Payload::Listener(Box::new(listener)))],
                 ),
             )
         })

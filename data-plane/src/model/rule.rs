@@ -374,7 +374,7 @@ mod tests {
     /// proxy's own form of it is one a fixed answer serves, whatever the flag says.
     #[test]
     fn only_marked_rules_the_kernel_can_answer_get_a_kernel_part() {
-        use rauta_common::api::v1::{CorsPolicy, ForwardAction, PathMatchKind, ResponseCache};
+        use rauta_common::api::v1::{ForwardAction, PathMatchKind, ResponseCache};
         let exact = PathMatchKind::Exact as i32;
         assert_eq!(
             kernel_of(&flagged(exact, "")),
@@ -394,12 +394,12 @@ mod tests {
         assert_eq!(kernel_of(&flagged(PathMatchKind::Prefix as i32, "")), None);
         assert_eq!(kernel_of(&flagged(exact, "POST")), None);
         let mut cors = flagged(exact, "");
-        cors.cors = Some(CorsPolicy::default());
+        cors.cors = Some(Box::default());
         assert_eq!(kernel_of(&cors), None, "an answer per Origin");
         let mut forward = flagged(exact, "");
         forward.action = Some(Action::Forward(ForwardAction::default()));
         assert_eq!(kernel_of(&forward), None, "a forward without a cache");
-        forward.cache = Some(ResponseCache {
+        forward.cache = Some(Box::new(ResponseCache {
             max_ttl: Some(prost_types::Duration {
                 seconds: 1,
                 nanos: 0,
@@ -407,7 +407,7 @@ mod tests {
             max_body_bytes: 1,
             statuses: vec![],
             max_entries: 1,
-        });
+        }));
         assert!(kernel_of(&forward).is_some(), "cached answers of a forward");
     }
 }

@@ -191,7 +191,7 @@ impl Filters {
             list.push(FilterRt::Session(SessionRt::build(p, session_keys)?));
         }
         if let Some(c) = &rule.cache {
-            let config = CacheConfig::try_from(c)?;
+            let config = CacheConfig::try_from(&**c)?;
             let store = caches.store_for(&rule.name, config);
             list.push(FilterRt::Cache(CacheRt { store }));
         }
