@@ -1,6 +1,8 @@
 //! The proxy's copy of the controller's resources, by type and name, as last ACKed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
@@ -9,9 +11,40 @@ use rauta_common::types::ResourceType;
 
 #[derive(Debug, Clone, Default)]
 pub struct ResourceStore {
-    types: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
+    types: BTreeMap<ResourceType, BTreeSet<Named>>,
     /// system_version_info of the last response applied, per type.
     versions: BTreeMap<ResourceType, String>,
+}
+
+/// A stored resource, ordered and found by its name: a map keyed by name would hold a second
+/// copy of every name, in the store and in each copy a response makes of it.
+#[derive(Debug, Clone)]
+struct Named(Arc<Resource>);
+
+impl Borrow<str> for Named {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Named {}
+
+impl PartialOrd for Named {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Named {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
 }
 
 /// Why a discovery response is malformed.
@@ -39,7 +72,7 @@ impl ResourceStore {
         let mut next = self.clone();
         let by_name = next.types.entry(ty).or_default();
         for name in &response.removed_resources {
-            by_name.remove(name);
+            by_name.remove(name.as_str());
         }
         for resource in &response.resources {
             let Some(payload) = &resource.payload else {
@@ -69,7 +102,7 @@ impl ResourceStore {
                     inner: inner_name.clone(),
                 });
             }
-            by_name.insert(resource.name.clone(), Arc::new(resource.clone()));
+            by_name.replace(Named(Arc::new(resource.clone())));
         }
         next.versions
             .insert(ty, response.system_version_info.clone());
@@ -77,11 +110,14 @@ impl ResourceStore {
     }
 
     pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &Arc<Resource>> {
-        self.types.get(&ty).into_iter().flat_map(BTreeMap::values)
+        self.types
+            .get(&ty)
+            .into_iter()
+            .flat_map(|named| named.iter().map(|n| &n.0))
     }
 
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Arc<Resource>> {
-        self.types.get(&ty).and_then(|m| m.get(name))
+        self.types.get(&ty).and_then(|m| m.get(name)).map(|n| &n.0)
     }
 
     /// name -> version of every resource of a type, for resuming a stream.
@@ -93,5 +129,83 @@ impl ResourceStore {
 
     pub fn version(&self, ty: ResourceType) -> Option<&str> {
         self.versions.get(&ty).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rauta_common::api::v1::ClusterEndpoints;
+
+    fn endpoints(name: &str, version: &str) -> Resource {
+        Resource {
+            name: name.into(),
+            version: version.into(),
+            payload: Some(Payload::Endpoints(ClusterEndpoints {
+                cluster: name.into(),
+                endpoints: vec![],
+            })),
+        }
+    }
+
+    fn response(resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: "1".into(),
+            resources,
+            removed_resources: removed.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn listed(store: &ResourceStore) -> Vec<(String, String)> {
+        store
+            .resources(ResourceType::Endpoints)
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_response_adds_replaces_and_removes_by_name() {
+        let ty = ResourceType::Endpoints;
+        let first = ResourceStore::default()
+            .with_response(
+                ty,
+                &response(vec![endpoints("b", "1"), endpoints("a", "1")], &[]),
+            )
+            .unwrap();
+        assert_eq!(
+            listed(&first),
+            [("a".into(), "1".into()), ("b".into(), "1".into())]
+        );
+        let next = first
+            .with_response(
+                ty,
+                &response(
+                    vec![
+                        endpoints("c", "1"),
+                        endpoints("a", "2"),
+                        endpoints("a", "3"),
+                    ],
+                    &["b"],
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            listed(&next),
+            [("a".into(), "3".into()), ("c".into(), "1".into())],
+            "the last copy of a name wins"
+        );
+        assert_eq!(next.get(ty, "a").map(|r| r.version.as_str()), Some("3"));
+        assert!(next.get(ty, "b").is_none());
+        let kept = next.with_response(ty, &response(vec![], &[])).unwrap();
+        assert!(
+            Arc::ptr_eq(next.get(ty, "c").unwrap(), kept.get(ty, "c").unwrap()),
+            "an untouched resource is shared with the store before"
+        );
+        assert_eq!(
+            listed(&first).len(),
+            2,
+            "the store a response starts from is unchanged"
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -137,12 +137,20 @@ pub struct EndpointPool {
     pub(super) protocol: Protocol,
     pub(super) connect_timeout: Duration,
     pub(super) tls: Option<Arc<TlsRt>>,
-    shards: Box<[Mutex<Shard>]>,
-    /// Per shard: held while an HTTP/2 connection is being made, so that a burst of requests
-    /// waits for one connection instead of opening one each.
-    h2_connecting: Box<[tokio::sync::Mutex<()>]>,
+    /// Made at the first request: a proxy knows thousands of endpoints, most never used by
+    /// a given replica, and these are a few hundred bytes each.
+    shards: OnceLock<Shards>,
     pub(super) stats: PoolStats,
     pub(super) health: EndpointHealth,
+}
+
+/// One per worker.
+#[derive(Debug)]
+struct Shards {
+    conns: Box<[Mutex<Shard>]>,
+    /// Held while an HTTP/2 connection is being made, so that a burst of requests waits for
+    /// one connection instead of opening one each.
+    h2_connecting: Box<[tokio::sync::Mutex<()>]>,
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -163,10 +171,7 @@ impl EndpointPool {
             protocol,
             connect_timeout,
             tls,
-            shards: (0..workers::count()).map(|_| Mutex::default()).collect(),
-            h2_connecting: (0..workers::count())
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            shards: OnceLock::new(),
             stats,
             health,
         }
@@ -190,12 +195,21 @@ impl EndpointPool {
         &self.health
     }
 
+    fn shards(&self) -> &Shards {
+        self.shards.get_or_init(|| Shards {
+            conns: (0..workers::count()).map(|_| Mutex::default()).collect(),
+            h2_connecting: (0..workers::count())
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        })
+    }
+
     pub(super) fn shard(&self) -> usize {
-        workers::current() % self.shards.len()
+        workers::current() % self.shards().conns.len()
     }
 
     pub(super) fn checkout_h1(&self, shard: usize) -> Option<H1Sender> {
-        let mut shard = lock(&self.shards[shard]);
+        let mut shard = lock(&self.shards().conns[shard]);
         while let Some(idle) = shard.idle.pop_back() {
             if !idle.sender.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
                 return Some(idle.sender);
@@ -209,7 +223,7 @@ impl EndpointPool {
             return;
         }
         let now = Instant::now();
-        let mut shard = lock(&self.shards[shard]);
+        let mut shard = lock(&self.shards().conns[shard]);
         // Connections that sat unused past the idle timeout are closed here, not kept until
         // the upstream closes them.
         while shard.idle.front().is_some_and(|i| {
@@ -230,7 +244,7 @@ impl EndpointPool {
     /// An idle fast-path connection of this worker, newest first, that the upstream has not
     /// closed (nor sent anything on) meanwhile.
     pub fn checkout_raw(&self) -> Option<RawConn> {
-        let mut shard = lock(&self.shards[self.shard()]);
+        let mut shard = lock(&self.shards().conns[self.shard()]);
         while let Some(mut idle) = shard.raw_idle.pop_back() {
             if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.stream.is_reusable() {
                 return Some(idle.conn);
@@ -256,7 +270,7 @@ impl EndpointPool {
     /// Keeps a fast-path connection that finished a response for the next request.
     pub fn release_raw(&self, conn: RawConn) {
         let now = Instant::now();
-        let mut shard = lock(&self.shards[self.shard()]);
+        let mut shard = lock(&self.shards().conns[self.shard()]);
         while shard
             .raw_idle
             .front()
@@ -273,11 +287,11 @@ impl EndpointPool {
     /// the attempt it waited for failed, it fails too rather than trying again at once.
     pub(super) async fn connect_h2_once(&self, shard: usize) -> Result<H2Sender, UpstreamError> {
         let asked = Instant::now();
-        let _connecting = self.h2_connecting[shard].lock().await;
+        let _connecting = self.shards().h2_connecting[shard].lock().await;
         if let Some(sender) = self.current_h2(shard) {
             return Ok(sender);
         }
-        if lock(&self.shards[shard])
+        if lock(&self.shards().conns[shard])
             .h2_failed_at
             .is_some_and(|failed| failed >= asked)
         {
@@ -286,13 +300,13 @@ impl EndpointPool {
         // Boxed: a TLS handshake future is large (see send_h1).
         let connected = Box::pin(self.connect_h2(shard)).await;
         if connected.is_err() {
-            lock(&self.shards[shard]).h2_failed_at = Some(Instant::now());
+            lock(&self.shards().conns[shard]).h2_failed_at = Some(Instant::now());
         }
         connected
     }
 
     pub(super) fn current_h2(&self, shard: usize) -> Option<H2Sender> {
-        lock(&self.shards[shard])
+        lock(&self.shards().conns[shard])
             .h2
             .as_ref()
             .filter(|s| !s.sender.is_closed())
@@ -331,7 +345,7 @@ impl EndpointPool {
             Either::Left(tcp) => self.start_h2(tcp).await?,
             Either::Right(tls) => self.start_h2(tls).await?,
         };
-        lock(&self.shards[shard]).h2 = Some(sender.clone());
+        lock(&self.shards().conns[shard]).h2 = Some(sender.clone());
         Ok(sender)
     }
 
