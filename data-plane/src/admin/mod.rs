@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 mod cache_metrics;
 mod config_dump;
+mod ejection_metrics;
 use crate::kernel::KernelPath;
 use crate::shared::Shared;
 
@@ -19,13 +20,12 @@ fn respond(
     let text = |status, body: &[u8]| (status, plain_http::TEXT, body.to_vec());
     match path {
         "/metrics" => {
-            // Ejections end by time, not by an event: the gauge is read off the state.
             let state = shared.state.load();
-            state.record_ejections(&shared.metrics);
             let mut body = shared.metrics.render();
-            let mut caches = String::new();
-            cache_metrics::render(&state, &mut caches);
-            body.extend_from_slice(caches.as_bytes());
+            let mut from_state = String::new();
+            cache_metrics::render(&state, &mut from_state);
+            ejection_metrics::render(&state, &mut from_state);
+            body.extend_from_slice(from_state.as_bytes());
             body.extend_from_slice(stale_gauge(shared).as_bytes());
             (StatusCode::OK, plain_http::PROMETHEUS, body)
         }

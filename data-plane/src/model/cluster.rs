@@ -1,6 +1,6 @@
 //! Runtime form of a Cluster and its endpoints: the endpoint picker used per request.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ use rauta_common::types::ResourceType;
 use super::maglev::{MaglevTable, hash_key};
 use super::request::RequestHeaders;
 use super::retry_budget::RetryBudget;
-use super::store::ResourceStore;
+use super::store::{ResourceStore, TypeSet};
 use crate::observe::metrics::ProxyMetrics;
 use crate::observe::upstream_stats::ClusterStats;
 use crate::upstream::outlier::OutlierPolicy;
@@ -391,7 +391,14 @@ fn request_hash(hash_on: &HashOn, client: IpAddr, headers: RequestHeaders<'_>) -
 /// The clusters of a routing state by name, each with the cluster and endpoints versions it
 /// was built from, so that the next snapshot reuses those that did not change.
 #[derive(Debug, Default)]
-pub struct Clusters(HashMap<String, (String, String, Arc<ClusterRt>)>);
+pub struct Clusters {
+    by_name: Arc<ByName>,
+    /// The store's clusters and endpoints these were built from: a snapshot with the very same
+    /// ones (a route change) keeps them all without looking at each.
+    built_from: (TypeSet, TypeSet),
+}
+
+type ByName = HashMap<String, (String, String, Arc<ClusterRt>)>;
 
 /// A cluster of a validated snapshot: the previous one, unchanged, or a new one to make.
 #[derive(Debug)]
@@ -403,11 +410,21 @@ enum Planned {
 /// Every cluster of a snapshot, validated; [`ClusterPlan::instantiate`] makes them.
 #[derive(Debug)]
 pub struct ClusterPlan {
-    planned: Vec<(String, String, Planned)>,
-    /// The clusters reused from the previous state (their addresses).
-    reused: HashSet<usize>,
-    /// The name of every cluster.
-    names: HashSet<String>,
+    change: PlannedChange,
+    built_from: (TypeSet, TypeSet),
+}
+
+#[derive(Debug)]
+enum PlannedChange {
+    /// The snapshot has the previous state's very clusters and endpoints.
+    None(Arc<ByName>),
+    Some {
+        planned: Vec<(String, String, Planned)>,
+        /// The clusters reused from the previous state (their addresses).
+        reused: HashSet<usize>,
+        /// The name of every cluster.
+        names: HashSet<String>,
+    },
 }
 
 impl Clusters {
@@ -418,6 +435,16 @@ impl Clusters {
         previous: &Clusters,
         pools: &UpstreamPools,
     ) -> Result<ClusterPlan, ClusterError> {
+        let built_from = (
+            store.type_set(ResourceType::Cluster),
+            store.type_set(ResourceType::Endpoints),
+        );
+        if built_from.0.is(&previous.built_from.0) && built_from.1.is(&previous.built_from.1) {
+            return Ok(ClusterPlan {
+                change: PlannedChange::None(Arc::clone(&previous.by_name)),
+                built_from,
+            });
+        }
         let mut plan = Vec::new();
         let (mut reused, mut names) = (HashSet::new(), HashSet::new());
         for resource in store.resources(ResourceType::Cluster) {
@@ -427,7 +454,7 @@ impl Clusters {
             let endpoints = store.get(ResourceType::Endpoints, &cluster.name);
             let endpoints_version = endpoints.map(|e| e.version.clone()).unwrap_or_default();
             let unchanged = previous
-                .0
+                .by_name
                 .get(&cluster.name)
                 .filter(|(cv, ev, _)| *cv == resource.version && *ev == endpoints_version);
             let planned = match unchanged {
@@ -447,19 +474,28 @@ impl Clusters {
             plan.push((resource.version.clone(), endpoints_version, planned));
         }
         Ok(ClusterPlan {
-            planned: plan,
-            reused,
-            names,
+            change: PlannedChange::Some {
+                planned: plan,
+                reused,
+                names,
+            },
+            built_from,
         })
+    }
+
+    /// Whether both are the very same clusters, kept whole (no cluster or endpoints change).
+    #[cfg(test)]
+    pub(super) fn kept_whole(&self, before: &Clusters) -> bool {
+        Arc::ptr_eq(&self.by_name, &before.by_name)
     }
 
     /// The cluster called `name`, if the snapshot has it.
     pub fn get(&self, name: &str) -> Option<Arc<ClusterRt>> {
-        self.0.get(name).map(|(_, _, rt)| Arc::clone(rt))
+        self.by_name.get(name).map(|(_, _, rt)| Arc::clone(rt))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
-        self.0
+        self.by_name
             .iter()
             .map(|(name, (_, _, rt))| (name.as_str(), rt.as_ref()))
     }
@@ -469,9 +505,21 @@ impl ClusterPlan {
     /// Whether a rule linked to `linked` for cluster `name` would be linked the same in this
     /// snapshot: the cluster is reused as it was, or it was missing and still is.
     pub fn keeps(&self, name: &str, linked: Option<&Arc<ClusterRt>>) -> bool {
-        match linked {
-            Some(rt) => self.reused.contains(&Arc::as_ptr(rt).addr()),
-            None => !self.names.contains(name),
+        match (&self.change, linked) {
+            // Every rule of the previous state is linked to that state's own cluster of its
+            // name, or to none when it had none (reused rules because this method said so,
+            // the others by `link`): with the very same clusters, each stays right.
+            (PlannedChange::None(by_name), linked) => {
+                debug_assert_eq!(
+                    by_name.get(name).map(|(_, _, kept)| Arc::as_ptr(kept)),
+                    linked.map(Arc::as_ptr)
+                );
+                true
+            }
+            (PlannedChange::Some { reused, .. }, Some(rt)) => {
+                reused.contains(&Arc::as_ptr(rt).addr())
+            }
+            (PlannedChange::Some { names, .. }, None) => !names.contains(name),
         }
     }
 
@@ -482,14 +530,22 @@ impl ClusterPlan {
         pools: &mut UpstreamPools,
         metrics: &ProxyMetrics,
     ) -> Clusters {
-        let clusters = self
-            .planned
+        let planned = match self.change {
+            PlannedChange::None(by_name) => {
+                return Clusters {
+                    by_name,
+                    built_from: self.built_from,
+                };
+            }
+            PlannedChange::Some { planned, .. } => planned,
+        };
+        let by_name = planned
             .into_iter()
             .map(|(cluster_version, endpoints_version, planned)| {
                 let rt = match planned {
                     Planned::Reused(rt) => rt,
                     Planned::New(spec) => {
-                        let before = previous.0.get(&spec.name).map(|(_, _, rt)| &**rt);
+                        let before = previous.by_name.get(&spec.name).map(|(_, _, rt)| &**rt);
                         Arc::new(spec.instantiate(pools, metrics, before))
                     }
                 };
@@ -499,7 +555,10 @@ impl ClusterPlan {
                 )
             })
             .collect();
-        Clusters(clusters)
+        Clusters {
+            by_name: Arc::new(by_name),
+            built_from: self.built_from,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ mod reuse_tests;
 #[cfg(test)]
 mod route_rules_tests;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
@@ -118,19 +118,6 @@ impl RoutingState {
     /// Every cluster, by name.
     pub fn clusters(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
         self.clusters.iter()
-    }
-
-    /// Sets the per-endpoint ejection gauge from the clusters' current endpoints.
-    pub fn record_ejections(&self, metrics: &ProxyMetrics) {
-        metrics.endpoint_ejected.reset();
-        for (name, cluster) in self.clusters.iter() {
-            for endpoint in cluster.endpoints() {
-                metrics
-                    .endpoint_ejected
-                    .with_label_values(&[name, &endpoint.addr.to_string()])
-                    .set(i64::from(endpoint.pool.health().is_ejected()));
-            }
-        }
     }
 
     /// The TLS configuration of an HTTPS listener.

@@ -193,6 +193,10 @@ fn a_route_edit_rebuilds_its_virtual_host_and_reuses_the_others() {
         vec![("r/a", "2", route("r/a", "a.org", "a-2", "ca"))],
     );
     let two = builder.build(&edited, &one);
+    assert!(
+        two.clusters.kept_whole(&one.clusters),
+        "a route edit keeps the clusters without looking at each"
+    );
     assert!(shared(&one, &two, "b.org"), "b did not change: reused");
     assert!(!shared(&one, &two, "a.org"), "a changed: built again");
     assert_eq!(&*vhost(&two, "a.org").rules()[0].name, "a-2");
@@ -212,6 +216,7 @@ fn a_route_edit_rebuilds_its_virtual_host_and_reuses_the_others() {
         vec![("cb", "2", endpoints("cb", 10))],
     );
     let three = builder.build(&moved, &two);
+    assert!(!three.clusters.kept_whole(&two.clusters));
     assert!(shared(&two, &three, "a.org"));
     assert!(!shared(&two, &three, "b.org"));
     let (linked, own) = linked_cluster(&three, "b.org");
@@ -220,5 +225,6 @@ fn a_route_edit_rebuilds_its_virtual_host_and_reuses_the_others() {
 
     // The same store again: everything is reused.
     let four = builder.build(&moved, &three);
+    assert!(four.clusters.kept_whole(&three.clusters));
     assert!(shared(&three, &four, "a.org") && shared(&three, &four, "b.org"));
 }

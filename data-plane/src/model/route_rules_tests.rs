@@ -223,6 +223,19 @@ fn a_domain_listed_twice_joins_its_virtual_host_once() {
     )]))
     .unwrap();
     assert_eq!(rule_names(&state, "c.org"), ["once"]);
+    // Past a few domains, duplicates are found by hashing: the same answer.
+    let mut many: Vec<String> = (0..20).map(|i| format!("h{i}.org")).collect();
+    many.extend(["D.org".into(), "d.ORG".into()]);
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let state = build(&store(vec![route_rules(
+        "t/many",
+        "t",
+        &many,
+        vec![ranked(&[0], "once")],
+    )]))
+    .unwrap();
+    assert_eq!(rule_names(&state, "d.org"), ["once"]);
+    assert_eq!(rule_names(&state, "h19.org"), ["once"]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A listener's route table: virtual hosts by domain (exact, then the longest wildcard, then
 //! "*"), each with its rules in precedence order.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use rauta_common::api::v1::{Resource, RouteRule, RouteRules, RouteTable};
@@ -175,6 +175,10 @@ fn well_formed_domain(domain: &str) -> bool {
     }
 }
 
+/// Up to this many domains, a route's duplicates are found by comparing each with the ones
+/// before it.
+const FEW_DOMAINS: usize = 16;
+
 /// A ranked rule in a virtual host: (precedence, RouteRules name, the RouteRules resource,
 /// position in it, rule).
 type Ranked<'a> = (&'a [u8], &'a str, &'a Arc<Resource>, usize, &'a RouteRule);
@@ -212,27 +216,40 @@ impl<'a> Assembly<'a> {
             }
         }
         let mut placements = out.iter().map(|a| a.inline.len()).sum::<usize>();
+        let mut seen = HashSet::new();
         for &(r, resource) in rules {
-            let mut seen = std::collections::HashSet::new();
-            for domain in &r.domains {
-                let domain = domain.to_ascii_lowercase();
-                // A domain listed twice (in any case) joins its virtual host once.
-                if !seen.insert(domain.clone()) {
+            seen.clear();
+            for (j, domain) in r.domains.iter().enumerate() {
+                // A domain listed twice (in any case) joins its virtual host once. Most routes
+                // list one or a few: those are compared, not hashed.
+                let again = if r.domains.len() <= FEW_DOMAINS {
+                    r.domains[..j]
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(domain))
+                } else {
+                    !seen.insert(domain.to_ascii_lowercase())
+                };
+                if again {
                     continue;
                 }
+                let domain = domain.to_ascii_lowercase();
                 placements = placements.saturating_add(r.rules.len());
                 if placements > MAX_PLACEMENTS {
                     return Err(RouteTableError::TooManyPlacements { placements });
                 }
-                let i = *index.entry(domain.clone()).or_insert_with(|| {
-                    out.push(Assembly {
-                        name: domain_name(r, &domain),
-                        domains: vec![domain],
-                        inline: &[],
-                        ranked: Vec::new(),
-                    });
-                    out.len() - 1
-                });
+                let i = match index.get(&domain) {
+                    Some(i) => *i,
+                    None => {
+                        out.push(Assembly {
+                            name: domain_name(r, &domain),
+                            domains: vec![domain.clone()],
+                            inline: &[],
+                            ranked: Vec::new(),
+                        });
+                        index.insert(domain, out.len() - 1);
+                        out.len() - 1
+                    }
+                };
                 for (position, ranked) in r.rules.iter().enumerate() {
                     let rule = ranked
                         .rule

@@ -11,7 +11,10 @@ use rauta_common::types::ResourceType;
 
 #[derive(Debug, Clone, Default)]
 pub struct ResourceStore {
-    types: BTreeMap<ResourceType, BTreeSet<Named>>,
+    /// Each type's resources, shared with the stores before and after that left the type as
+    /// it was: a response copies only its own type's set, and whoever builds from a store can
+    /// tell that a type did not change ([`ResourceStore::type_set`]).
+    types: BTreeMap<ResourceType, Arc<BTreeSet<Named>>>,
     /// system_version_info of the last response applied, per type.
     versions: BTreeMap<ResourceType, String>,
 }
@@ -47,6 +50,22 @@ impl Ord for Named {
     }
 }
 
+/// One type's resources in a store ([`ResourceStore::type_set`]).
+#[derive(Debug, Clone, Default)]
+pub struct TypeSet(Option<Arc<BTreeSet<Named>>>);
+
+impl TypeSet {
+    /// Whether both are the very same resources: no response for the type came in between.
+    /// (`false` can also mean the same content that came again.)
+    pub fn is(&self, other: &TypeSet) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why a discovery response is malformed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,7 +89,12 @@ impl ResourceStore {
         response: &DeltaDiscoveryResponse,
     ) -> Result<ResourceStore, StoreError> {
         let mut next = self.clone();
-        let by_name = next.types.entry(ty).or_default();
+        if response.resources.is_empty() && response.removed_resources.is_empty() {
+            next.versions
+                .insert(ty, response.system_version_info.clone());
+            return Ok(next);
+        }
+        let by_name = Arc::make_mut(next.types.entry(ty).or_default());
         for name in &response.removed_resources {
             by_name.remove(name.as_str());
         }
@@ -114,6 +138,12 @@ impl ResourceStore {
             .get(&ty)
             .into_iter()
             .flat_map(|named| named.iter().map(|n| &n.0))
+    }
+
+    /// The resources of `ty` as a whole, to tell later whether another store has the very same
+    /// ones (no response for `ty` in between).
+    pub fn type_set(&self, ty: ResourceType) -> TypeSet {
+        TypeSet(self.types.get(&ty).cloned())
     }
 
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Arc<Resource>> {
@@ -207,5 +237,12 @@ mod tests {
             2,
             "the store a response starts from is unchanged"
         );
+        assert!(
+            kept.type_set(ty).is(&next.type_set(ty)),
+            "an empty response changes nothing"
+        );
+        assert!(!first.type_set(ty).is(&next.type_set(ty)));
+        let clusters = ResourceType::Cluster;
+        assert!(first.type_set(clusters).is(&next.type_set(clusters)));
     }
 }

@@ -17,7 +17,6 @@ pub struct ProxyMetrics {
     pub updates: IntCounterVec,
     pub controller_connected: IntGauge,
     pub(crate) requests_per_connection: HistogramVec,
-    pub endpoint_ejected: IntGaugeVec,
     pub apply_duration: Histogram,
     pub access_log_dropped: IntCounter,
     /// Requests served on the HTTP/1.1 fast path.
@@ -130,11 +129,6 @@ impl ProxyMetrics {
                  closes; by protocol",
                 vec![1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0],
                 &["protocol"],
-            )?,
-            endpoint_ejected: r.gauges(
-                "endpoint_ejected",
-                "1 while an endpoint is ejected (circuit open), 0 otherwise; by cluster and endpoint",
-                &["cluster", "endpoint"],
             )?,
             apply_duration: r.histogram(
                 "config_apply_seconds",

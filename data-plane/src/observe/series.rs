@@ -4,7 +4,7 @@
 //! a map entry); a series here costs its atomics and its label. Each series is found by its
 //! label when a snapshot is built, so the request path only touches atomics.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,6 +1,6 @@
 //! Every endpoint pool, kept across snapshots while a cluster still reaches it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
