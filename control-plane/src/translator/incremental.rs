@@ -4,7 +4,9 @@
 //!
 //! Compilation reads the route (through its view) and the objects `compile_reads` selects,
 //! nothing else: here it is given a set holding only those kinds, and reuse compares exactly
-//! that set. `translate`, the reference, hands compilation every object instead, so if
+//! that set; except Services, which compilation only looks up by key (`CompiledRoute::resolve`
+//! records which): a route is compiled again when one of the Services it looked up changed,
+//! not when any did (one Service per app: each new app would compile every route again). `translate`, the reference, hands compilation every object instead, so if
 //! compilation came to read a kind left out here, the two would differ, and the property test
 //! (`incremental_tests.rs`, random sequences of changes to every kind) would say so. What a
 //! translation derives from compiled routes (attachment, listeners, route tables, status) is
@@ -61,7 +63,10 @@ pub struct Compiler<'a> {
 impl<'a> Compiler<'a> {
     fn new(objects: &ObjectSet, previous: Option<&'a Memo>) -> Self {
         let inputs = objects.only(compile_reads);
-        let reusable = previous.filter(|memo| memo.inputs.same_as(&inputs));
+        let reusable = previous.filter(|memo| {
+            memo.inputs
+                .same_kinds(&inputs, |kind| kind != Kind::Service)
+        });
         Compiler {
             inputs: Cow::Owned(inputs),
             reusable,
@@ -83,6 +88,14 @@ impl<'a> Compiler<'a> {
         if let Some(memo) = self.reusable
             && let Some(compiled) = memo.compiled.get(&id)
             && compiled.source.same(&route.object)
+            && compiled.services_read.iter().all(|key| {
+                let (before, now) = (memo.inputs.services.get(key), self.inputs.services.get(key));
+                match (before, now) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                    (None, None) => true,
+                    _ => false,
+                }
+            })
         {
             self.reused += 1;
             return Arc::clone(compiled);

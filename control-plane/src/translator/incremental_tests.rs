@@ -168,3 +168,41 @@ fn an_unchanged_route_is_reused_and_an_edited_one_recompiled() {
         translate(&after, DEFAULT_CONTROLLER_NAME).gateways
     );
 }
+
+#[test]
+fn a_route_is_compiled_again_when_a_service_it_looked_up_changes_and_only_then() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translator/testdata");
+    let text = std::fs::read_to_string(dir.join("mirrors.in.yaml")).expect("golden input");
+    let (mut objects, _) = parse_manifests(&text);
+    let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+    translator.translate(&objects);
+    let service = |objects: &ObjectSet, key: &ObjectRef| match objects.get(Kind::Service, key) {
+        Some(object) => object,
+        None => panic!("Service {key}"),
+    };
+    // Another app's Service: the route is reused.
+    let other = ObjectRef::new("shop", "other");
+    let main = service(&objects, &ObjectRef::new("shop", "main"));
+    objects.insert(other.clone(), main);
+    translator.translate(&objects);
+    assert_eq!(
+        translator.reused_last, 1,
+        "an unrelated Service changes nothing"
+    );
+    // The backend, the mirror and the other namespace's mirror: each edited, then deleted.
+    for key in [("shop", "main"), ("shop", "shadow"), ("infra", "audit")] {
+        let key = ObjectRef::new(key.0, key.1);
+        let edit = edited(&key, &service(&objects, &key)).expect("an edited Service");
+        for step in ["edit", "delete"] {
+            match step {
+                "edit" => objects.insert(key.clone(), edit.clone()),
+                _ => objects.remove(Kind::Service, &key),
+            };
+            let incremental = translator.translate(&objects);
+            assert_eq!(translator.reused_last, 0, "{step} {key}: compiled again");
+            let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
+            assert_eq!(incremental.gateways, full.gateways, "{step} {key}");
+            assert_eq!(incremental.status, full.status, "{step} {key}");
+        }
+    }
+}

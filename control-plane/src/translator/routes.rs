@@ -16,7 +16,7 @@ use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::precedence::Precedence;
 use super::route_view::{RouteObject, RouteView};
 use super::{extensions, filters};
-use crate::objects::ObjectSet;
+use crate::objects::{ObjectRef, ObjectSet};
 
 /// One match of one rule, ready to be placed in a virtual host.
 #[derive(Debug, Clone)]
@@ -55,6 +55,24 @@ pub struct CompiledRoute {
     pub ref_problem: Option<RefProblem>,
     /// A feature of the route this build cannot serve; the route is not accepted.
     pub unsupported: Option<String>,
+    /// The Services compilation looked up, found or not: the only Services it read
+    /// (`incremental.rs` compiles a route again when one of these changes).
+    pub services_read: Vec<ObjectRef>,
+}
+
+impl CompiledRoute {
+    /// `backends::resolve`, with the Service it looks up recorded.
+    fn resolve(
+        &mut self,
+        objects: &ObjectSet,
+        namespace: &str,
+        referrer: Referrer,
+        backend: BackendRef<'_>,
+    ) -> Result<ResolvedBackend, RefProblem> {
+        let key = ObjectRef::new(backend.namespace.unwrap_or(namespace), backend.name);
+        self.services_read.push(key);
+        backends::resolve(objects, namespace, referrer, backend)
+    }
 }
 
 impl CompiledRoute {
@@ -76,6 +94,7 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
         backends: Vec::new(),
         ref_problem: None,
         unsupported: None,
+        services_read: Vec::new(),
     };
     let rules = match &route.rules {
         Ok(rules) => rules,
@@ -163,6 +182,9 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     }
     // Compiled routes live until the next translation, thousands at a time.
     out.entries.shrink_to_fit();
+    out.services_read.sort_unstable();
+    out.services_read.dedup();
+    out.services_read.shrink_to_fit();
     out
 }
 
@@ -185,7 +207,7 @@ fn resolve_mirrors(
                 namespace: m.namespace.as_deref(),
                 port: m.port,
             };
-            match backends::resolve(objects, namespace, referrer, backend) {
+            match out.resolve(objects, namespace, referrer, backend) {
                 Ok(resolved) => {
                     let cluster = resolved.cluster.name.clone();
                     if !out.backends.iter().any(|b| b.cluster.name == cluster) {
@@ -312,7 +334,7 @@ fn compile_action(
             namespace: r.namespace.as_deref(),
             port: r.port,
         };
-        match backends::resolve(objects, namespace, referrer, backend) {
+        match out.resolve(objects, namespace, referrer, backend) {
             Ok(resolved) => {
                 let filters = backend_filters(r.filters.as_deref().unwrap_or_default())
                     .unwrap_or_else(|msg| {
