@@ -692,6 +692,10 @@ impl FakeApiServer {
         let server = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // As the real API server (Go sets TCP_NODELAY on every connection): with Nagle,
+                // a watch event written right after another waits for the client's delayed
+                // ACK, up to 40 ms.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let shared = Arc::clone(&server);
                 tokio::spawn(async move {
