@@ -162,11 +162,7 @@ async fn a_nack_on_a_replica_that_does_not_lead_reaches_the_gateway_status() {
         let Some(port) = taken.checked_sub(victim.port_offset) else {
             continue;
         };
-        let fits = |p: &Proxy| {
-            u32::from(port) + u32::from(p.port_offset) <= 65535
-                && u32::from(port) + u32::from(p.port_offset) >= 1024
-        };
-        if port > 0 && port != 80 && others.iter().all(|(_, p)| fits(p)) {
+        if port > 0 && port != 80 && others.iter().all(|(_, p)| bindable(port, p)) {
             break (TcpListener::bind(("127.0.0.1", taken)).unwrap(), port);
         }
     };
@@ -209,8 +205,7 @@ async fn a_nack_on_a_replica_that_does_not_lead_reaches_the_gateway_status() {
         let Some(port) = free_port().checked_sub(f.proxies[0].port_offset) else {
             continue;
         };
-        let fits =
-            |p: &Proxy| (1024..=65535).contains(&(u32::from(port) + u32::from(p.port_offset)));
+        let fits = |p: &Proxy| bindable(port, p);
         if port > 0 && port != 80 && port != extra && f.proxies.iter().all(fits) {
             break port;
         }
@@ -230,6 +225,13 @@ async fn a_nack_on_a_replica_that_does_not_lead_reaches_the_gateway_status() {
         assert_eq!(http_get(&url, None).await.unwrap().pod(), f.pod);
     }
     drop(squatter);
+}
+
+/// Whether `proxy` could bind listener port `port` now: each proxy binds the port plus its
+/// own offset, and that may be in use (a controller's gRPC port once failed this test).
+fn bindable(port: u16, proxy: &Proxy) -> bool {
+    u16::try_from(u32::from(port) + u32::from(proxy.port_offset))
+        .is_ok_and(|bound| bound >= 1024 && TcpListener::bind(("127.0.0.1", bound)).is_ok())
 }
 
 /// Sends GETs through every proxy in turn until told to stop; returns (sent, failures).

@@ -6,8 +6,9 @@
 //! nothing else: here it is given a set holding only those kinds, and reuse compares exactly
 //! that set; except Services, which compilation only looks up by key (`CompiledRoute::resolve`
 //! records which): a route is compiled again when one of the Services it looked up changed,
-//! not when any did (one Service per app: each new app would compile every route again). `translate`, the reference, hands compilation every object instead, so if
-//! compilation came to read a kind left out here, the two would differ, and the property test
+//! not when any did (one Service per app: each new app would compile every route again).
+//! `translate`, the reference, hands compilation every object instead, so if compilation came
+//! to read a kind left out here, the two would differ, and the property test
 //! (`incremental_tests.rs`, random sequences of changes to every kind) would say so. What a
 //! translation derives from compiled routes (attachment, listeners, route tables, status) is
 //! recomputed each time.

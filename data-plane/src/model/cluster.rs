@@ -508,7 +508,9 @@ impl ClusterPlan {
         match (&self.change, linked) {
             // Every rule of the previous state is linked to that state's own cluster of its
             // name, or to none when it had none (reused rules because this method said so,
-            // the others by `link`): with the very same clusters, each stays right.
+            // the others by `link`): with the very same clusters, each stays right. "The very
+            // same" is pointer identity of the store's sets, which the previous `Clusters`
+            // holds, so no other set can have taken their address.
             (PlannedChange::None(by_name), linked) => {
                 debug_assert_eq!(
                     by_name.get(name).map(|(_, _, kept)| Arc::as_ptr(kept)),

@@ -49,33 +49,34 @@ impl RouteStatsRegistry {
     /// Appends `<prefix>requests_total` and `<prefix>request_duration_seconds` in the
     /// Prometheus text format.
     pub fn render(&self, prefix: &str, out: &mut String) {
-        let routes = self.routes.sorted();
-        let requests = format!("{prefix}requests_total");
-        header(
-            out,
-            &requests,
-            "Requests answered, by route rule and status class",
-            "counter",
-        );
-        for (route, stats) in &routes {
-            for (class, count) in CLASSES.iter().zip(&stats.by_class) {
-                let _ = writeln!(
-                    out,
-                    "{requests}{{route=\"{route}\",status_class=\"{class}\"}} {}",
-                    count.load(Ordering::Relaxed)
-                );
+        self.routes.with_sorted(|routes| {
+            let requests = format!("{prefix}requests_total");
+            header(
+                out,
+                &requests,
+                "Requests answered, by route rule and status class",
+                "counter",
+            );
+            for (route, stats) in routes {
+                for (class, count) in CLASSES.iter().zip(&stats.by_class) {
+                    let _ = writeln!(
+                        out,
+                        "{requests}{{route=\"{route}\",status_class=\"{class}\"}} {}",
+                        count.load(Ordering::Relaxed)
+                    );
+                }
             }
-        }
-        let duration = format!("{prefix}request_duration_seconds");
-        header(
-            out,
-            &duration,
-            "Time from a request's arrival to its response headers, by route rule",
-            "histogram",
-        );
-        for (route, stats) in &routes {
-            stats.latency.render(&duration, "route", route, out);
-        }
+            let duration = format!("{prefix}request_duration_seconds");
+            header(
+                out,
+                &duration,
+                "Time from a request's arrival to its response headers, by route rule",
+                "histogram",
+            );
+            for (route, stats) in routes {
+                stats.latency.render(&duration, "route", route, out);
+            }
+        });
     }
 }
 

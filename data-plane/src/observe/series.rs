@@ -118,16 +118,17 @@ impl<T: Default> SeriesRegistry<T> {
             .remove(label);
     }
 
-    /// Every series with its escaped label value, sorted by label.
-    pub fn sorted(&self) -> Vec<(String, Arc<T>)> {
+    /// Calls `render` with every series and its escaped label value, sorted by label, while
+    /// holding the registry: a prune meanwhile waits, rather than taking the scrape's handles
+    /// for holders and keeping series nothing else holds.
+    pub fn with_sorted<R>(&self, render: impl FnOnce(&[(String, &T)]) -> R) -> R {
         let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<(String, Arc<T>)> = series
+        let mut all: Vec<(String, &T)> = series
             .iter()
-            .map(|(label, s)| (escape(label), Arc::clone(s)))
+            .map(|(label, s)| (escape(label), &**s))
             .collect();
-        drop(series);
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        render(&all)
     }
 }
 
@@ -172,9 +173,11 @@ mod tests {
         let _b = registry.get("b");
         drop(registry.get("c"));
         registry.prune();
-        let labels: Vec<String> = registry.sorted().into_iter().map(|(l, _)| l).collect();
-        assert_eq!(labels, ["a\\\"1", "b"]);
+        let labels = |r: &SeriesRegistry<AtomicU64>| {
+            r.with_sorted(|all| all.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(labels(&registry), ["a\\\"1", "b"]);
         registry.remove("b");
-        assert_eq!(registry.sorted().len(), 1, "removed even while held");
+        assert_eq!(labels(&registry).len(), 1, "removed even while held");
     }
 }

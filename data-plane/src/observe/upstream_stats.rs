@@ -107,7 +107,13 @@ impl UpstreamStats {
 
     /// Appends every family in the Prometheus text format, names starting with `prefix`.
     pub fn render(&self, prefix: &str, out: &mut String) {
-        let clusters = self.clusters.sorted();
+        self.clusters
+            .with_sorted(|clusters| Self::render_clusters(prefix, clusters, out));
+        self.endpoints
+            .with_sorted(|endpoints| Self::render_endpoints(prefix, endpoints, out));
+    }
+
+    fn render_clusters(prefix: &str, clusters: &[(String, &ClusterStats)], out: &mut String) {
         let latency = format!("{prefix}upstream_response_seconds");
         header(
             out,
@@ -115,7 +121,7 @@ impl UpstreamStats {
             "Time from sending a request upstream to its response headers",
             "histogram",
         );
-        for (cluster, stats) in &clusters {
+        for (cluster, stats) in clusters {
             stats.latency.render(&latency, "cluster", cluster, out);
         }
         let retries = |s: &ClusterStats| s.retries.load(Ordering::Relaxed) as i64;
@@ -128,17 +134,19 @@ impl UpstreamStats {
             out,
             ("upstream_retries_total", "counter"),
             "Retries sent, by cluster",
-            &clusters,
+            clusters,
             retries,
         );
         family.render(
             out,
             ("upstream_retries_refused_total", "counter"),
             "Retries not sent because the cluster's retry budget was used up, by cluster",
-            &clusters,
+            clusters,
             refused,
         );
-        let endpoints = self.endpoints.sorted();
+    }
+
+    fn render_endpoints(prefix: &str, endpoints: &[(String, &EndpointStats)], out: &mut String) {
         let family = Family {
             prefix,
             label: "endpoint",
@@ -147,14 +155,14 @@ impl UpstreamStats {
             out,
             ("upstream_connections_open", "gauge"),
             "Upstream connections open, by endpoint",
-            &endpoints,
+            endpoints,
             EndpointStats::open,
         );
         family.render(
             out,
             ("upstream_connections_created_total", "counter"),
             "Upstream connections established, by endpoint",
-            &endpoints,
+            endpoints,
             |s| s.created.load(Ordering::Relaxed) as i64,
         );
         family.render(
@@ -162,14 +170,14 @@ impl UpstreamStats {
             ("upstream_connect_failures_total", "counter"),
             "Upstream connection attempts that failed (refused, timed out, TLS or HTTP \
              handshake), by endpoint",
-            &endpoints,
+            endpoints,
             |s| s.failed.load(Ordering::Relaxed) as i64,
         );
         family.render(
             out,
             ("outlier_ejections_total", "counter"),
             "Times an endpoint was taken out of the rotation after consecutive failures",
-            &endpoints,
+            endpoints,
             |s| s.ejections() as i64,
         );
     }
@@ -187,13 +195,13 @@ impl Family<'_> {
         out: &mut String,
         (name, kind): (&str, &str),
         help: &str,
-        series: &[(String, Arc<T>)],
+        series: &[(String, &T)],
         value: impl Fn(&T) -> i64,
     ) {
         let (prefix, label) = (self.prefix, self.label);
         header(out, &format!("{prefix}{name}"), help, kind);
         for (key, stats) in series {
-            let _ = writeln!(out, "{prefix}{name}{{{label}=\"{key}\"}} {}", value(stats));
+            let _ = writeln!(out, "{prefix}{name}{{{label}=\"{key}\"}} {}", value(*stats));
         }
     }
 }
