@@ -144,7 +144,7 @@ impl Admin for AdminService {
             .filter(|(t, _)| ty.is_none_or(|want| want == **t))
             .flat_map(|(_, by_name)| by_name.values())
             .filter(|r| req.name.is_empty() || r.name == req.name)
-            .map(|r| redacted(r.as_ref()))
+            .map(|r| redacted(&r.resource()))
             .collect();
         if !req.name.is_empty() && resources.is_empty() {
             return Err(Status::not_found(format!(

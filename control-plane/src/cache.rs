@@ -105,7 +105,7 @@ impl SnapshotCache {
     /// rebuilt nor compared again, so the cost follows the endpoints, not the routes.
     pub fn update_endpoints(
         &self,
-        endpoints: BTreeMap<ObjectRef, BTreeMap<String, Payload>>,
+        endpoints: BTreeMap<ObjectRef, BTreeMap<String, Arc<Payload>>>,
     ) -> UpdateSummary {
         let mut map = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
         let mut summary = UpdateSummary::default();
@@ -153,7 +153,7 @@ impl SnapshotCache {
                 .map(|(ty, by_name)| {
                     let payloads = by_name
                         .iter()
-                        .filter_map(|(name, r)| Some((name.clone(), r.payload.clone()?)))
+                        .map(|(name, r)| (name.clone(), Arc::clone(&r.payload)))
                         .collect();
                     (*ty, payloads)
                 })
@@ -268,19 +268,19 @@ mod tests {
         let mut s = ResourceSet::new();
         s.entry(ResourceType::Cluster).or_default().insert(
             cluster.into(),
-            Payload::Cluster(Box::new(Cluster {
+            Arc::new(Payload::Cluster(Box::new(Cluster {
                 name: cluster.into(),
                 ..Default::default()
-            })),
+            }))),
         );
         s.entry(ResourceType::Listener).or_default().insert(
             "http-80".into(),
-            Payload::Listener(Box::new(Listener {
+            Arc::new(Payload::Listener(Box::new(Listener {
                 name: "http-80".into(),
                 port: 80,
                 route_table: "http-80".into(),
                 ..Default::default()
-            })),
+            }))),
         );
         // Only what reference checking looks at: one host whose rule forwards to `cluster`.
         let forward = ForwardAction {
@@ -304,7 +304,7 @@ mod tests {
         };
         s.entry(ResourceType::RouteTable)
             .or_default()
-            .insert("http-80".into(), Payload::RouteTable(table));
+            .insert("http-80".into(), Arc::new(Payload::RouteTable(table)));
         s
     }
 
@@ -360,7 +360,7 @@ mod tests {
                     ..Default::default()
                 }],
             };
-            BTreeMap::from([("a".to_owned(), Payload::Endpoints(e))])
+            BTreeMap::from([("a".to_owned(), Arc::new(Payload::Endpoints(e)))])
         };
         let mut first = set("a");
         first.insert(ResourceType::Endpoints, endpoints(80));
@@ -414,7 +414,7 @@ mod tests {
             };
             s.entry(ResourceType::RouteRules)
                 .or_default()
-                .insert("rules".into(), Payload::RouteRules(rules));
+                .insert("rules".into(), Arc::new(Payload::RouteRules(rules)));
             s
         };
         let good = cache.update(BTreeMap::from([(gw.clone(), with_rules("http-80", "a"))]));
@@ -466,7 +466,7 @@ mod tests {
             .map(|(ty, by_name)| {
                 let payloads = by_name
                     .iter()
-                    .filter_map(|(n, r)| Some((n.clone(), r.payload.clone()?)))
+                    .map(|(n, r)| (n.clone(), Arc::clone(&r.payload)))
                     .collect();
                 (*ty, payloads)
             })
@@ -475,8 +475,8 @@ mod tests {
 
     fn session_keys_of(cache: &SnapshotCache, gw: &ObjectRef) -> Vec<String> {
         let snapshot = cache.get(gw).unwrap();
-        match &snapshot.of_type(ResourceType::RouteTable).unwrap()["http-80"].payload {
-            Some(Payload::RouteTable(t)) => t.session_keys.clone(),
+        match &*snapshot.of_type(ResourceType::RouteTable).unwrap()["http-80"].payload {
+            Payload::RouteTable(t) => t.session_keys.clone(),
             _ => unreachable!(),
         }
     }
@@ -493,6 +493,7 @@ mod tests {
         if let Some(Payload::RouteTable(t)) = sticky_set
             .get_mut(&ResourceType::RouteTable)
             .and_then(|m| m.get_mut("http-80"))
+            .map(Arc::make_mut)
         {
             t.virtual_hosts[0].rules[0].session_persistence = Some(Default::default());
         }

@@ -69,8 +69,8 @@ pub fn diff(cache: &SnapshotCache, req: &DiffSnapshotsRequest) -> Result<Snapsho
                 type_url: ty.type_url().to_owned(),
                 name: name.clone(),
                 change: change.to_owned(),
-                before: b.map(|r| redacted(r)),
-                after: a.map(|r| redacted(r)),
+                before: b.map(|r| redacted(&r.resource())),
+                after: a.map(|r| redacted(&r.resource())),
             });
         }
     }

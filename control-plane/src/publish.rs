@@ -11,7 +11,6 @@ use rauta_common::types::ResourceType;
 use crate::objects::{ObjectRef, ObjectSet};
 use crate::state::ControllerState;
 use crate::status_store::StatusChanges;
-use crate::translator::backends::EndpointIndex;
 use crate::translator::status::StatusReport;
 use crate::translator::{ResourceSet, Translator};
 
@@ -50,9 +49,8 @@ impl Publisher {
             // routes, listeners and status stay as they are, and so do their snapshot parts.
             Some((last, mut gateways)) if last.same_except_endpoints(&objects) => {
                 let mut endpoints = BTreeMap::new();
-                let index = EndpointIndex::new(&objects);
-                for (gateway, set) in gateways.iter_mut() {
-                    index.fill(set);
+                self.translator.refresh_endpoints(&objects, &mut gateways);
+                for (gateway, set) in &gateways {
                     let by_name = set.get(&ResourceType::Endpoints).cloned();
                     endpoints.insert(gateway.clone(), by_name.unwrap_or_default());
                 }

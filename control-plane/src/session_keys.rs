@@ -104,7 +104,7 @@ impl MasterKeys {
         };
         let mut keys = None;
         for payload in tables.values_mut() {
-            if let Payload::RouteTable(table) = payload {
+            if let Payload::RouteTable(table) = Arc::make_mut(payload) {
                 table.session_keys = keys
                     .get_or_insert_with(|| self.for_gateway(gateway))
                     .clone();
@@ -204,8 +204,8 @@ mod tests {
     use super::*;
     use rauta_common::api::v1::{RouteRule, RouteTable, VirtualHost};
 
-    fn table(name: &str, sticky: bool) -> Payload {
-        Payload::RouteTable(RouteTable {
+    fn table(name: &str, sticky: bool) -> Arc<Payload> {
+        Arc::new(Payload::RouteTable(RouteTable {
             name: name.into(),
             virtual_hosts: vec![VirtualHost {
                 rules: vec![RouteRule {
@@ -215,11 +215,11 @@ mod tests {
                 ..Default::default()
             }],
             session_keys: vec!["stale".into()],
-        })
+        }))
     }
 
     fn keys_of(set: &ResourceSet, name: &str) -> Vec<String> {
-        match &set[&ResourceType::RouteTable][name] {
+        match &*set[&ResourceType::RouteTable][name] {
             Payload::RouteTable(t) => t.session_keys.clone(),
             _ => unreachable!(),
         }

@@ -15,25 +15,41 @@ use crate::objects::ObjectRef;
 use crate::translator::ResourceSet;
 
 /// One resource of a snapshot, with its encoding: every proxy stream sends the same bytes, so
-/// a fleet costs one encoding per changed resource rather than one copy per proxy.
+/// a fleet costs one encoding per changed resource rather than one copy per proxy. The
+/// payload is the translator's own allocation: a resource the translator reused (a route
+/// whose inputs did not change) is recognised here by pointer, not compared.
 #[derive(Debug)]
 pub struct SharedResource {
-    resource: Resource,
-    /// `resource` encoded as a `rauta.v1.Resource` message.
+    pub name: String,
+    /// The content version: a hash of the encoding.
+    pub version: String,
+    pub payload: Arc<Payload>,
+    /// The resource encoded as a `rauta.v1.Resource` message.
     pub wire: Bytes,
 }
 
 impl SharedResource {
-    pub fn new(resource: Resource) -> Self {
-        let wire = Bytes::from(resource.encode_to_vec());
-        SharedResource { resource, wire }
+    pub fn new(name: String, version: String, payload: Arc<Payload>) -> Self {
+        let wire = Bytes::from(Self::message(&name, &version, &payload).encode_to_vec());
+        SharedResource {
+            name,
+            version,
+            payload,
+            wire,
+        }
     }
-}
 
-impl std::ops::Deref for SharedResource {
-    type Target = Resource;
-    fn deref(&self) -> &Resource {
-        &self.resource
+    /// The resource as a message of its own (inspection; streams send `wire`).
+    pub fn resource(&self) -> Resource {
+        Self::message(&self.name, &self.version, &self.payload)
+    }
+
+    fn message(name: &str, version: &str, payload: &Payload) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            payload: Some(payload.clone()),
+        }
     }
 }
 
@@ -66,26 +82,24 @@ pub struct Delta {
 /// Resources of one type with their versions; those `before` has with the same content are
 /// shared with it.
 fn build_type(
-    by_name: BTreeMap<String, Payload>,
+    by_name: BTreeMap<String, Arc<Payload>>,
     before: Option<&BTreeMap<String, Arc<SharedResource>>>,
 ) -> BTreeMap<String, Arc<SharedResource>> {
     by_name
         .into_iter()
         .map(|(name, payload)| {
             let previous = before.and_then(|b| b.get(&name));
-            // Equal content is found by comparing, which costs less than encoding and hashing
-            // ten thousand unchanged route rules on each change.
-            if let Some(same) = previous.filter(|p| p.payload.as_ref() == Some(&payload)) {
+            // The translator's reused allocation, or equal content found by comparing: either
+            // costs less than encoding and hashing ten thousand unchanged route rules.
+            if let Some(same) =
+                previous.filter(|p| Arc::ptr_eq(&p.payload, &payload) || p.payload == payload)
+            {
                 return (name, Arc::clone(same));
             }
             let version = content_version(&name, &payload);
             let resource = match previous {
                 Some(same) if same.version == version => Arc::clone(same),
-                _ => Arc::new(SharedResource::new(Resource {
-                    name: name.clone(),
-                    version,
-                    payload: Some(payload),
-                })),
+                _ => Arc::new(SharedResource::new(name.clone(), version, payload)),
             };
             (name, resource)
         })
@@ -100,7 +114,10 @@ impl Delta {
     ) -> Changes {
         let mut list: Changes = new
             .iter()
-            .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
+            .filter(|(name, r)| {
+                old.get(*name)
+                    .is_none_or(|o| !Arc::ptr_eq(o, r) && o.version != r.version)
+            })
             .map(|(name, r)| (name.clone(), Some(r.version.clone())))
             .collect();
         list.extend(
@@ -156,7 +173,7 @@ impl Snapshot {
 
     /// The next version with the resources of one type replaced and every other type shared
     /// with this one (nothing else is rebuilt or compared): the endpoint fast path.
-    pub fn with_type(&self, ty: ResourceType, by_name: BTreeMap<String, Payload>) -> Snapshot {
+    pub fn with_type(&self, ty: ResourceType, by_name: BTreeMap<String, Arc<Payload>>) -> Snapshot {
         let mut resources = self.resources.clone();
         let by_name = build_type(by_name, self.of_type(ty));
         let mut changes = BTreeMap::new();
@@ -211,9 +228,9 @@ impl Snapshot {
                 .all(|((ta, a), (tb, b))| {
                     ta == tb
                         && a.len() == b.len()
-                        && a.iter()
-                            .zip(b)
-                            .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
+                        && a.iter().zip(b).all(|((na, ra), (nb, rb))| {
+                            na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version)
+                        })
                 })
     }
 
@@ -231,7 +248,7 @@ impl Snapshot {
             .flatten()
             .map(|(_, r)| r)
         {
-            let Some(Payload::Listener(l)) = &r.payload else {
+            let Payload::Listener(l) = &*r.payload else {
                 continue;
             };
             let (ty, table) = match l.l4_route_table.is_empty() {
@@ -251,7 +268,7 @@ impl Snapshot {
             .flatten()
             .map(|(_, r)| r)
         {
-            let Some(Payload::L4RouteTable(t)) = &r.payload else {
+            let Payload::L4RouteTable(t) = &*r.payload else {
                 continue;
             };
             for route in &t.routes {
@@ -272,8 +289,8 @@ impl Snapshot {
             .of_type(ResourceType::RouteTable)
             .into_iter()
             .flatten()
-            .filter_map(|(_, r)| match &r.payload {
-                Some(Payload::RouteTable(t)) => {
+            .filter_map(|(_, r)| match &*r.payload {
+                Payload::RouteTable(t) => {
                     let rules: Vec<&RouteRule> =
                         t.virtual_hosts.iter().flat_map(|v| &v.rules).collect();
                     Some((&t.name, rules))
@@ -284,8 +301,8 @@ impl Snapshot {
             .of_type(ResourceType::RouteRules)
             .into_iter()
             .flatten()
-            .filter_map(|(_, r)| match &r.payload {
-                Some(Payload::RouteRules(r)) => Some(r),
+            .filter_map(|(_, r)| match &*r.payload {
+                Payload::RouteRules(r) => Some(r),
                 _ => None,
             });
         let mut rules_by_table = Vec::new();

@@ -113,8 +113,18 @@ fn update_transitions<S: Scoped>(
     changed_objects: &mut Vec<(&'static str, ObjectRef)>,
 ) -> bool {
     let mut changed = false;
+    // Both are in key order: walked side by side rather than looked up, since with tens of
+    // thousands of routes the searches cost as much as the comparisons.
+    let mut old_entries = old.iter().peekable();
     for (key, status) in new {
-        if old.get(key) == Some(status) {
+        while let Some((gone, _)) = old_entries.next_if(|(k, _)| *k < key) {
+            changed = true;
+            transitions.remove(&(kind, gone.clone()));
+        }
+        if old_entries
+            .next_if(|(k, _)| *k == key)
+            .is_some_and(|(_, before)| before == status)
+        {
             continue;
         }
         changed = true;
@@ -132,9 +142,9 @@ fn update_transitions<S: Scoped>(
         }
         transitions.insert(object, current);
     }
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+    for (gone, _) in old_entries {
         changed = true;
-        transitions.remove(&(kind, key.clone()));
+        transitions.remove(&(kind, gone.clone()));
     }
     changed
 }

@@ -34,14 +34,16 @@ fn resources(cluster: &str) -> ResourceSet {
         Payload::Cluster(Box::new(Cluster {
             name: cluster.into(),
             ..Default::default()
-        })),
+        }))
+        .into(),
     );
     set.entry(ResourceType::Endpoints).or_default().insert(
         cluster.into(),
         Payload::Endpoints(ClusterEndpoints {
             cluster: cluster.into(),
             endpoints: vec![],
-        }),
+        })
+        .into(),
     );
     set.entry(ResourceType::Listener).or_default().insert(
         "http-80".into(),
@@ -52,7 +54,8 @@ fn resources(cluster: &str) -> ResourceSet {
             hostnames: vec![],
             route_table: "http-80".into(),
             ..Default::default()
-        })),
+        }))
+        .into(),
     );
     let rule = RouteRule {
         name: "r".into(),
@@ -77,7 +80,8 @@ fn resources(cluster: &str) -> ResourceSet {
                 rules: vec![rule],
             }],
             ..Default::default()
-        }),
+        })
+        .into(),
     );
     set
 }
@@ -429,7 +433,8 @@ fn with_endpoint(cluster: &str, port: u32) -> ResourceSet {
                 weight: 1,
                 ready: true,
             }],
-        }),
+        })
+        .into(),
     );
     set
 }

@@ -4,9 +4,11 @@
 //! objects it held at its last good read stay; if one document is invalid, the last good
 //! version of that object (same kind, namespace and name, same file) stays.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -44,11 +46,36 @@ pub struct LoadReport {
 
 type FileObjects = BTreeMap<(Kind, ObjectRef), Object>;
 
-/// What the last read of a file gave: a hash of its text, and the problems it had. A file
-/// whose text did not change is not parsed again.
+/// What the last read of a file gave: its text, and the problems it had. A file whose text
+/// did not change is not parsed again; in one that did, only the documents that changed are
+/// (`reparse_file`).
 #[derive(Debug, Default)]
 struct FileRead {
-    text_hash: u64,
+    text: String,
+    problems: Vec<LoadProblem>,
+    /// What each document gave, when the file's documents can be told apart by its `---`
+    /// lines alone.
+    documents: Option<Documents>,
+}
+
+/// A file's documents as its `---` lines split it.
+#[derive(Debug)]
+struct Documents {
+    list: Vec<DocumentRead>,
+    /// Whether a blank first or last part (which the parser does not count as a document)
+    /// was left out.
+    blank_first: bool,
+    blank_last: bool,
+}
+
+/// What one document of a file gave, to be replayed while its text stays the same.
+#[derive(Debug, Clone)]
+struct DocumentRead {
+    /// Where its text is in the file.
+    range: Range<usize>,
+    /// The object it names, if of a kind RAUTA reads (decoded or, if invalid, its last good
+    /// version kept).
+    key: Option<(Kind, ObjectRef)>,
     problems: Vec<LoadProblem>,
 }
 
@@ -58,6 +85,12 @@ pub struct DirectorySource {
     dir: PathBuf,
     last_good: BTreeMap<PathBuf, FileObjects>,
     last_read: BTreeMap<PathBuf, FileRead>,
+    /// Every file's last good objects together, kept up to date as files change (merging
+    /// every file again on each change cost as much as translating): where several files
+    /// define an object, the last file in path order wins.
+    merged: ObjectSet,
+    /// The files defining each object, in path order.
+    owners: BTreeMap<(Kind, ObjectRef), Vec<Arc<Path>>>,
 }
 
 impl DirectorySource {
@@ -66,6 +99,8 @@ impl DirectorySource {
             dir: dir.into(),
             last_good: BTreeMap::new(),
             last_read: BTreeMap::new(),
+            merged: ObjectSet::default(),
+            owners: BTreeMap::new(),
         }
     }
 
@@ -85,32 +120,48 @@ impl DirectorySource {
                     document: None,
                     message: err.to_string(),
                 });
+                self.duplicates(&mut problems);
                 return LoadReport {
-                    objects: self.merged(&mut problems),
+                    objects: self.merged.clone(),
                     problems,
                 };
             }
         };
-        self.last_good.retain(|path, _| files.contains(path));
+        let gone: Vec<PathBuf> = (self.last_good.keys())
+            .filter(|path| !files.contains(path))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(objects) = self.last_good.remove(&path) {
+                self.replace_file(&path, &objects, &FileObjects::new());
+            }
+        }
         self.last_read.retain(|path, _| files.contains(path));
         for path in files {
             let previous = self.last_good.remove(&path).unwrap_or_default();
             let current = match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    let text_hash = rauta_common::hash::fnv1a64(text.as_bytes());
                     match self.last_read.get(&path) {
                         // Unchanged since the last read: same objects, same problems.
-                        Some(read) if read.text_hash == text_hash => {
+                        Some(read) if read.text == text => {
                             problems.extend(read.problems.iter().cloned());
                             previous
                         }
-                        _ => {
+                        read => {
                             let mut found = Vec::new();
-                            let objects = parse_file(&path, &text, previous, &mut found);
+                            let (objects, documents) = read
+                                .and_then(|read| reparse_file(&path, &text, read, &previous))
+                                .map(|(objects, documents, found_now)| {
+                                    found = found_now;
+                                    (objects, Some(documents))
+                                })
+                                .unwrap_or_else(|| parse_file(&path, &text, &previous, &mut found));
+                            self.replace_file(&path, &previous, &objects);
                             problems.extend(found.iter().cloned());
                             let read = FileRead {
-                                text_hash,
+                                text,
                                 problems: found,
+                                documents,
                             };
                             self.last_read.insert(path.clone(), read);
                             objects
@@ -120,6 +171,7 @@ impl DirectorySource {
                 // Removed since the listing: as if it had not been listed.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     self.last_read.remove(&path);
+                    self.replace_file(&path, &previous, &FileObjects::new());
                     continue;
                 }
                 Err(err) => {
@@ -134,31 +186,70 @@ impl DirectorySource {
             };
             self.last_good.insert(path, current);
         }
+        self.duplicates(&mut problems);
         LoadReport {
-            objects: self.merged(&mut problems),
+            objects: self.merged.clone(),
             problems,
         }
     }
 
-    fn merged(&self, problems: &mut Vec<LoadProblem>) -> ObjectSet {
-        let mut set = ObjectSet::default();
-        let mut seen: HashMap<(Kind, &ObjectRef), &Path> = HashMap::new();
-        for (path, objects) in &self.last_good {
-            for ((kind, key), object) in objects {
-                if let Some(first) = seen.insert((*kind, key), path) {
-                    problems.push(LoadProblem {
-                        file: path.clone(),
-                        document: None,
-                        message: format!(
-                            "{kind} {key} is also defined in {}; this definition wins",
-                            first.display()
-                        ),
-                    });
+    /// Brings the merged objects up to date with a file whose objects went from `old` to
+    /// `new`: the cost of the file, not of the directory.
+    fn replace_file(&mut self, path: &Path, old: &FileObjects, new: &FileObjects) {
+        for key in old.keys().filter(|key| !new.contains_key(*key)) {
+            let Some(owners) = self.owners.get_mut(key) else {
+                continue;
+            };
+            let was_winner = owners.last().is_some_and(|last| **last == *path);
+            owners.retain(|p| **p != *path);
+            let (kind, name) = key;
+            match owners.last() {
+                None => {
+                    self.owners.remove(key);
+                    self.merged.remove(*kind, name);
                 }
-                set.insert(key.clone(), object.clone());
+                Some(winner) if was_winner => {
+                    let object = self.last_good.get(&**winner).and_then(|f| f.get(key));
+                    if let Some(object) = object {
+                        self.merged.insert(name.clone(), object.clone());
+                    }
+                }
+                Some(_) => {}
             }
         }
-        set
+        let file: Arc<Path> = Arc::from(path);
+        for (key, object) in new {
+            let owners = self.owners.entry(key.clone()).or_default();
+            if let Err(at) = owners.binary_search_by(|p| (**p).cmp(path)) {
+                owners.insert(at, Arc::clone(&file));
+            }
+            if owners.last().is_some_and(|last| **last == *path) {
+                self.merged.insert(key.1.clone(), object.clone());
+            }
+        }
+    }
+
+    /// A problem for each definition of an object after its first, naming the one before it.
+    fn duplicates(&self, problems: &mut Vec<LoadProblem>) {
+        let mut found: Vec<(&Path, &(Kind, ObjectRef), &Path)> = Vec::new();
+        for (key, owners) in self.owners.iter().filter(|(_, o)| o.len() > 1) {
+            for pair in owners.windows(2) {
+                found.push((&pair[1], key, &pair[0]));
+            }
+        }
+        found.sort();
+        problems.extend(
+            found
+                .into_iter()
+                .map(|(path, (kind, key), before)| LoadProblem {
+                    file: path.to_owned(),
+                    document: None,
+                    message: format!(
+                        "{kind} {key} is also defined in {}; this definition wins",
+                        before.display()
+                    ),
+                }),
+        );
     }
 }
 
@@ -190,7 +281,12 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Parses manifests from YAML text (for tests and tools): the objects, and the problems found.
 pub fn parse_manifests(text: &str) -> (ObjectSet, Vec<LoadProblem>) {
     let mut problems = Vec::new();
-    let objects = parse_file(Path::new("<text>"), text, FileObjects::new(), &mut problems);
+    let (objects, _) = parse_file(
+        Path::new("<text>"),
+        text,
+        &FileObjects::new(),
+        &mut problems,
+    );
     let mut set = ObjectSet::default();
     for ((_, key), object) in objects {
         set.insert(key, object);
@@ -223,12 +319,13 @@ fn yaml_problem(text: &str, err: &serde_saphyr::Error) -> String {
 }
 
 /// Parses one file. On a YAML syntax error the whole previous state of the file is kept.
+/// Also returns what each document gave, if its documents line up with `document_ranges`.
 fn parse_file(
     path: &Path,
     text: &str,
-    mut previous: FileObjects,
+    previous: &FileObjects,
     problems: &mut Vec<LoadProblem>,
-) -> FileObjects {
+) -> (FileObjects, Option<Documents>) {
     // No source snippet in the error: the lines around a syntax error in a Secret's file
     // would be its keys.
     let options = serde_saphyr::options! { with_snippet: false };
@@ -240,50 +337,195 @@ fn parse_file(
                 document: None,
                 message: yaml_problem(text, &err),
             });
-            return previous;
+            return (previous.clone(), None);
         }
     };
+    let ranges = document_ranges(text).and_then(|r| aligned(text, r, documents.len()));
     let mut current = FileObjects::new();
+    let mut reads = Vec::new();
+    let mut twice = false;
     for (index, value) in documents.into_iter().enumerate() {
-        if value.is_null() {
-            continue;
+        let read = read_document(path, index, value, previous, &mut current, &mut twice);
+        problems.extend(read.problems.iter().cloned());
+        reads.push(read);
+    }
+    // A file defining an object twice is parsed whole each time: which definition wins
+    // depends on documents other than the one edited.
+    let reads = ranges
+        .filter(|_| !twice)
+        .map(|(ranges, blank_first, blank_last)| Documents {
+            list: reads
+                .into_iter()
+                .zip(ranges)
+                .map(|(read, range)| DocumentRead { range, ..read })
+                .collect(),
+            blank_first,
+            blank_last,
+        });
+    (current, reads)
+}
+
+/// Parses a file again after an edit, document by document: a document whose text is the
+/// same as at the last read gives what it gave then, unparsed (a file of hundreds of routes
+/// where one changed costs one route). None where that cannot be told so: the documents
+/// did not line up at the last read or do not now, or an edited document does not parse on
+/// its own; the whole file is parsed then.
+fn reparse_file(
+    path: &Path,
+    text: &str,
+    read: &FileRead,
+    previous: &FileObjects,
+) -> Option<(FileObjects, Documents, Vec<LoadProblem>)> {
+    let before = read.documents.as_ref()?;
+    let (blank_first, blank_last) = (before.blank_first, before.blank_last);
+    let (ranges, first, last) = aligned(text, document_ranges(text)?, before.list.len())?;
+    if (first, last) != (blank_first, blank_last) {
+        return None;
+    }
+    let before = &before.list;
+    let mut current = FileObjects::new();
+    let mut documents = Vec::with_capacity(ranges.len());
+    let mut problems = Vec::new();
+    for (index, (range, old)) in ranges.into_iter().zip(before).enumerate() {
+        let read = if text.get(range.clone()) == read.text.get(old.range.clone()) {
+            if let Some(key) = &old.key
+                && let Some(object) = previous.get(key)
+                && current.insert(key.clone(), object.clone()).is_some()
+            {
+                return None;
+            }
+            DocumentRead {
+                range,
+                ..old.clone()
+            }
+        } else {
+            let options = serde_saphyr::options! { with_snippet: false };
+            let chunk = text.get(range.clone())?;
+            let mut values: Vec<Value> =
+                serde_saphyr::from_multiple_with_options(chunk, options).ok()?;
+            let value = values.pop().filter(|_| values.is_empty())?;
+            let mut twice = false;
+            let read = read_document(path, index, value, previous, &mut current, &mut twice);
+            if twice {
+                return None;
+            }
+            DocumentRead { range, ..read }
+        };
+        problems.extend(read.problems.iter().cloned());
+        documents.push(read);
+    }
+    let documents = Documents {
+        list: documents,
+        blank_first,
+        blank_last,
+    };
+    Some((current, documents, problems))
+}
+
+/// Reads one parsed document into `current`; `twice` is set if it names an object an
+/// earlier document of the file named.
+fn read_document(
+    path: &Path,
+    index: usize,
+    value: Value,
+    previous: &FileObjects,
+    current: &mut FileObjects,
+    twice: &mut bool,
+) -> DocumentRead {
+    let mut read = DocumentRead {
+        range: 0..0,
+        key: None,
+        problems: Vec::new(),
+    };
+    if value.is_null() {
+        return read;
+    }
+    let problem = |message: String| LoadProblem {
+        file: path.to_owned(),
+        document: Some(index + 1),
+        message,
+    };
+    let (kind, key) = match identify(&value) {
+        Ok((Some(kind), key)) => (kind, key),
+        Ok((None, _)) => return read, // Deployments and other kinds RAUTA does not read.
+        Err(err) => {
+            read.problems.push(problem(err.to_string()));
+            return read;
         }
-        let problem = |message: String| LoadProblem {
-            file: path.to_owned(),
-            document: Some(index + 1),
-            message,
-        };
-        let (kind, key) = match identify(&value) {
-            Ok((Some(kind), key)) => (kind, key),
-            Ok((None, _)) => continue, // Deployments and other kinds RAUTA does not read.
-            Err(err) => {
-                problems.push(problem(err.to_string()));
-                continue;
+    };
+    read.key = Some((kind, key.clone()));
+    match Object::decode(kind, &key, value) {
+        Ok(object) => {
+            // An object the edit did not touch stays the same allocation, which tells the
+            // translator at a glance that it is unchanged.
+            let object = match previous.get(&(kind, key.clone())) {
+                Some(old) if old.same(&object) => old.clone(),
+                _ => object,
+            };
+            if current.insert((kind, key.clone()), object).is_some() {
+                *twice = true;
+                read.problems.push(problem(format!(
+                    "{kind} {key} appears twice in this file; the later one wins"
+                )));
             }
-        };
-        match Object::decode(kind, &key, value) {
-            Ok(object) => {
-                // An object the edit did not touch stays the same allocation, which tells the
-                // translator at a glance that it is unchanged.
-                let object = match previous.get(&(kind, key.clone())) {
-                    Some(old) if old.same(&object) => old.clone(),
-                    _ => object,
-                };
-                if current.insert((kind, key.clone()), object).is_some() {
-                    problems.push(problem(format!(
-                        "{kind} {key} appears twice in this file; the later one wins"
-                    )));
-                }
-            }
-            Err(err) => {
-                problems.push(problem(format!("{err}; keeping its last good version")));
-                if let Some(old) = previous.remove(&(kind, key.clone())) {
-                    current.insert((kind, key), old);
-                }
+        }
+        Err(err) => {
+            read.problems
+                .push(problem(format!("{err}; keeping its last good version")));
+            if let Some(old) = previous.get(&(kind, key.clone())) {
+                current.insert((kind, key), old.clone());
             }
         }
     }
-    current
+    read
+}
+
+/// Where each document of a file is, by its `---` lines. None if the file has what a split
+/// by lines cannot follow: directives, `...` end markers, content on a `---` line.
+fn document_ranges(text: &str) -> Option<Vec<Range<usize>>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare.starts_with('%') || bare.starts_with("...") {
+            return None;
+        }
+        if bare.starts_with("---") {
+            if bare != "---" {
+                return None;
+            }
+            ranges.push(start..offset);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    ranges.push(start..text.len());
+    Some(ranges)
+}
+
+/// The ranges that line up one to one with the `count` documents the parser found: as they
+/// are, or without a blank (or comment-only) first or last part, which the parser may not
+/// count as a document; with whether each was left out. None if they do not line up.
+fn aligned(
+    text: &str,
+    mut ranges: Vec<Range<usize>>,
+    count: usize,
+) -> Option<(Vec<Range<usize>>, bool, bool)> {
+    let blank = |r: &Range<usize>| {
+        text.get(r.clone()).is_some_and(|t| {
+            t.lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        })
+    };
+    let first = ranges.len() > count && ranges.first().is_some_and(blank);
+    if first {
+        ranges.remove(0);
+    }
+    let last = ranges.len() > count && ranges.last().is_some_and(blank);
+    if last {
+        ranges.pop();
+    }
+    (ranges.len() == count).then_some((ranges, first, last))
 }
 
 #[cfg(test)]
@@ -400,5 +642,169 @@ mod tests {
         assert_eq!(source.load().objects.len(), 1);
         std::fs::remove_file(&file).unwrap();
         assert!(source.load().objects.is_empty());
+    }
+
+    /// The merge as it was done before it was kept up to date: every file's objects in path
+    /// order, a later definition replacing an earlier one.
+    fn merged_from_scratch(source: &DirectorySource) -> (ObjectSet, Vec<String>) {
+        let mut set = ObjectSet::default();
+        let mut seen: BTreeMap<(Kind, &ObjectRef), &Path> = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        for (path, objects) in &source.last_good {
+            for ((kind, key), object) in objects {
+                if let Some(before) = seen.insert((*kind, key), path) {
+                    duplicates.push(format!(
+                        "{} {kind} {key} {}",
+                        path.display(),
+                        before.display()
+                    ));
+                }
+                set.insert(key.clone(), object.clone());
+            }
+        }
+        (set, duplicates)
+    }
+
+    #[test]
+    fn the_merged_objects_equal_a_merge_from_scratch_after_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = |name: &str, port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  ports: [{{port: {port}}}]\n"
+            )
+        };
+        let invalid = "apiVersion: v1\nkind: Service\nmetadata: {name: s0, namespace: apps}\nspec:\n  ports: nope\n";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut below = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut source = DirectorySource::new(dir.path());
+        for step in 0..400 {
+            let file = dir.path().join(format!("f{}.yaml", below(4)));
+            match below(10) {
+                0 => {
+                    let _ = std::fs::remove_file(&file);
+                }
+                1 => std::fs::write(&file, "not: [valid").unwrap(),
+                2 => std::fs::write(&file, invalid).unwrap(),
+                _ => {
+                    // A few objects from a small pool: files often define the same ones.
+                    let docs: Vec<String> = (0..below(4))
+                        .map(|_| service(&format!("s{}", below(6)), 80 + below(3) as u16))
+                        .collect();
+                    std::fs::write(&file, docs.join("---\n")).unwrap();
+                }
+            }
+            let report = source.load();
+            let (expected, duplicates) = merged_from_scratch(&source);
+            assert!(
+                report.objects.same_as(&expected),
+                "step {step}: {:?} != {:?}",
+                report.objects.services.keys().collect::<Vec<_>>(),
+                expected.services.keys().collect::<Vec<_>>()
+            );
+            for (key, object) in &expected.services {
+                assert!(
+                    Arc::ptr_eq(object, &report.objects.services[key]),
+                    "step {step}: {key}"
+                );
+            }
+            let reported: Vec<String> = report
+                .problems
+                .iter()
+                .filter(|p| p.message.contains("is also defined in"))
+                .map(|p| {
+                    let (what, before) = p.message.split_once(" is also defined in ").unwrap();
+                    let before = before.split_once(';').unwrap().0;
+                    format!("{} {what} {before}", p.file.display())
+                })
+                .collect();
+            assert_eq!(reported, duplicates, "step {step}");
+        }
+    }
+
+    /// Whether two files' objects are the same objects or equal ones.
+    fn same_objects(a: &FileObjects, b: &FileObjects) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|((ka, a), (kb, b))| ka == kb && a.same(b))
+    }
+
+    #[test]
+    fn a_file_parsed_again_document_by_document_gives_what_parsing_it_whole_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apps.yaml");
+        let service = |name: usize, port: usize| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{name}, namespace: apps}}\nspec:\n  ports: [{{port: {port}}}]\n"
+            )
+        };
+        // What a document may become: an object (often one another document names too), an
+        // invalid one, one of a kind RAUTA does not read, nothing, a comment, a syntax error.
+        let document = |pick: u64, n: usize| match pick {
+            0 => format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{n}, namespace: apps}}\nspec:\n  ports: nope\n"
+            ),
+            1 => "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n".to_owned(),
+            2 => String::new(),
+            3 => "# only a comment\n".to_owned(),
+            4 => "kind: [unclosed\n".to_owned(),
+            5 => "metadata: {name: x}\n".to_owned(),
+            _ => service(n, 80 + pick as usize),
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut documents: Vec<String> = (0..8).map(|i| service(i, 80)).collect();
+        let mut source = DirectorySource::new(dir.path());
+        let (mut reparsed, mut steps) = (0, 0);
+        // A leading part and a trailing `---`, changed now and then.
+        let mut framing = (0, false);
+        for step in 0..600 {
+            // Mostly one document edited; sometimes one added or removed, or the file's
+            // framing changed.
+            let len = documents.len() as u64;
+            match next(20) {
+                0 if len > 1 => {
+                    documents.remove(next(len) as usize);
+                }
+                1 => documents.insert(next(len + 1) as usize, document(next(40), 3)),
+                _ => {
+                    let at = next(len) as usize;
+                    documents[at] = document(next(40), next(400) as usize);
+                }
+            }
+            if next(20) == 0 {
+                framing = (next(3) as usize, next(2) == 0);
+            }
+            let lead = ["", "---\n", "# header\n---\n"][framing.0];
+            let tail = if framing.1 { "---\n" } else { "" };
+            let text = format!("{lead}{}{tail}", documents.join("---\n"));
+            let previous = source.last_good.get(&path).cloned().unwrap_or_default();
+            if let Some(read) = source.last_read.get(&path) {
+                if let Some((objects, _, problems)) = reparse_file(&path, &text, read, &previous) {
+                    let mut whole = Vec::new();
+                    let (expected, _) = parse_file(&path, &text, &previous, &mut whole);
+                    assert!(same_objects(&objects, &expected), "step {step}: {text}");
+                    assert_eq!(problems, whole, "step {step}: {text}");
+                    reparsed += 1;
+                }
+                steps += 1;
+            }
+            std::fs::write(&path, &text).unwrap();
+            source.load();
+        }
+        assert!(
+            reparsed * 2 > steps,
+            "parsed by documents {reparsed} times in {steps}"
+        );
     }
 }

@@ -201,7 +201,9 @@ impl ClusterStore {
                     self.forget(kind, key);
                 }
                 for (key, object) in listed {
-                    if let Some(object) = object {
+                    if let Some(object) = object
+                        && !self.unchanged(kind, &key, &object)
+                    {
                         self.objects.insert(key, object);
                     }
                 }
@@ -215,7 +217,12 @@ impl ClusterStore {
                     return false;
                 };
                 self.seen(kind, &key, &object);
+                let had_problem = self.problems.contains_key(&(kind, key));
                 match self.decoded(kind, &object) {
+                    // Our own status write, or an update that changed nothing RAUTA reads.
+                    Some((key, object)) if !had_problem && self.unchanged(kind, &key, &object) => {
+                        false
+                    }
                     Some((key, object)) => {
                         debug!(%kind, object = %key, "changed");
                         self.objects.insert(key, object);
@@ -233,6 +240,15 @@ impl ClusterStore {
                 removed
             }
         }
+    }
+
+    /// Whether `object` equals the one held: then the held allocation stays, which tells
+    /// the publisher and the translator at a glance that nothing changed (status is not
+    /// decoded, so each status write would otherwise bring an equal copy to compare deeply).
+    fn unchanged(&self, kind: Kind, key: &ObjectRef, object: &Object) -> bool {
+        self.objects
+            .get(kind, key)
+            .is_some_and(|held| held.same(object))
     }
 
     /// Notes the object's uid: a new uid under a known name is another object (deleted and
@@ -385,6 +401,59 @@ mod tests {
             Err(watcher::Error::InitialListFailed(missing))
         ));
         assert!(store.ready());
+    }
+
+    #[test]
+    fn a_status_write_changes_nothing_and_keeps_the_object_held() {
+        let mut store = ClusterStore::default();
+        list_everything_else(&mut store);
+        list(&mut store, Kind::Service, Vec::new());
+        let route = |version: &str, status: Value, path: &str| -> DynamicObject {
+            serde_json::from_value(json!({
+                "metadata": {"name": "r", "namespace": "apps", "resourceVersion": version},
+                "spec": {"rules": [{"matches": [{"path": {"value": path}}]}]},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let apply = |store: &mut ClusterStore, o| {
+            store.apply(Kind::HttpRoute, Ok(watcher::Event::Apply(o)))
+        };
+        let held = |store: &ClusterStore| {
+            Arc::clone(&store.objects().http_routes[&ObjectRef::new("apps", "r")])
+        };
+        assert!(apply(&mut store, route("1", json!({}), "/a")));
+        let first = held(&store);
+        // Our status written back: a new resource version, the same route.
+        assert!(!apply(
+            &mut store,
+            route(
+                "2",
+                json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": "x", "conditions": []}]}),
+                "/a"
+            )
+        ));
+        assert!(Arc::ptr_eq(&first, &held(&store)));
+        // The same objects listed again after a watch desync: kept as they are.
+        let mut listed = ClusterStore::default();
+        list(
+            &mut listed,
+            Kind::HttpRoute,
+            vec![route("3", json!({}), "/a")],
+        );
+        let relisted = Arc::clone(&listed.objects().http_routes[&ObjectRef::new("apps", "r")]);
+        list(
+            &mut listed,
+            Kind::HttpRoute,
+            vec![route("4", json!({}), "/a")],
+        );
+        assert!(Arc::ptr_eq(
+            &relisted,
+            &listed.objects().http_routes[&ObjectRef::new("apps", "r")]
+        ));
+        // An edit is a change.
+        assert!(apply(&mut store, route("5", json!({}), "/b")));
+        assert!(!Arc::ptr_eq(&first, &held(&store)));
     }
 
     #[test]

@@ -45,9 +45,37 @@ pub struct RefProblem {
 /// A usable backend: its cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedBackend {
-    pub cluster: Cluster,
+    pub cluster: SharedCluster,
     /// The Service port, as BackendTLSPolicies target it.
     pub service_port: ServicePortKey,
+    /// The Service's annotations that were ignored, one message each (its status).
+    pub annotation_problems: Vec<String>,
+}
+
+/// A `Cluster` as a resource payload, made once when the route is compiled: every Gateway
+/// serving the route, and every translation reusing the compiled route, hands on this
+/// allocation instead of a copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedCluster(Arc<Payload>);
+
+impl SharedCluster {
+    pub fn new(cluster: Cluster) -> Self {
+        SharedCluster(Arc::new(Payload::Cluster(Box::new(cluster))))
+    }
+
+    pub fn payload(&self) -> &Arc<Payload> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        match &*self.0 {
+            Payload::Cluster(cluster) => cluster,
+            _ => unreachable!("a SharedCluster is made from a Cluster only"),
+        }
+    }
 }
 
 /// What refers to a backend: the route's kind (the `from` of a ReferenceGrant) and whether it
@@ -147,8 +175,9 @@ pub fn resolve(
         hash_key: policy.hash_key,
     };
     Ok(ResolvedBackend {
-        cluster,
+        cluster: SharedCluster::new(cluster),
         service_port: (key, service_port.name.clone()),
+        annotation_problems: policy.problems,
     })
 }
 
@@ -156,12 +185,39 @@ pub fn resolve(
 /// of clusters would otherwise scan every slice for each.
 pub struct EndpointIndex<'a> {
     services: &'a BTreeMap<ObjectRef, Arc<Service>>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
+}
+
+/// One cluster's endpoints as a translation filled them in, with the objects they came from.
+struct FilledEndpoints {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    payload: Arc<Payload>,
+}
+
+/// The endpoints the previous translation filled in, by cluster: a cluster whose Service and
+/// EndpointSlices are the very same objects gets the very same payload, neither rebuilt nor
+/// compared by the snapshot. An endpoint change then costs the clusters it touches.
+#[derive(Default)]
+pub struct EndpointsMemo {
+    previous: HashMap<String, FilledEndpoints, foldhash::fast::FixedState>,
+    next: HashMap<String, FilledEndpoints, foldhash::fast::FixedState>,
+}
+
+impl EndpointsMemo {
+    /// What this translation filled in becomes what the next one may reuse.
+    pub fn advance(&mut self) {
+        let capacity = self.next.len();
+        self.previous = std::mem::replace(
+            &mut self.next,
+            HashMap::with_capacity_and_hasher(capacity, Default::default()),
+        );
+    }
 }
 
 impl<'a> EndpointIndex<'a> {
     pub fn new(objects: &'a ObjectSet) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
         for (key, slice) in &objects.endpoint_slices {
             let service = slice
                 .metadata
@@ -185,7 +241,7 @@ impl<'a> EndpointIndex<'a> {
     /// EndpointSlices, leaving everything else as it is. A full translation ends with this,
     /// and a change that touches only EndpointSlices takes just this step, so both give the
     /// same endpoints.
-    pub fn fill(&self, set: &mut ResourceSet) {
+    pub fn fill(&self, set: &mut ResourceSet, memo: &mut EndpointsMemo) {
         let Some(clusters) = set.get(&ResourceType::Cluster) else {
             return;
         };
@@ -200,32 +256,54 @@ impl<'a> EndpointIndex<'a> {
             let (Some(key), Ok(port)) = (ObjectRef::parse(service), port.parse::<i32>()) else {
                 continue;
             };
-            let service_port = self
-                .services
-                .get(&key)
-                .and_then(|s| s.spec.as_ref())
+            let Some(service) = self.services.get(&key) else {
+                continue;
+            };
+            let service_port = service
+                .spec
+                .as_ref()
                 .and_then(|s| s.ports.as_ref())
                 .and_then(|ports| ports.iter().find(|p| p.port == port));
-            if let Some(service_port) = service_port {
-                endpoints.insert(
-                    name.clone(),
-                    Payload::Endpoints(ClusterEndpoints {
-                        cluster: name.clone(),
-                        endpoints: self.endpoints_of(&key, service_port),
-                    }),
-                );
+            let Some(service_port) = service_port else {
+                continue;
+            };
+            let slices = self.slices_of(&key);
+            let same = |f: &FilledEndpoints| {
+                Arc::ptr_eq(&f.service, service)
+                    && f.slices.len() == slices.len()
+                    && f.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            // Filled already for another Gateway of this translation, or by the previous one.
+            if let Some(filled) = memo.next.get(&name).filter(|f| same(f)) {
+                endpoints.insert(name, Arc::clone(&filled.payload));
+                continue;
             }
+            let filled = match memo.previous.remove(&name).filter(|f| same(f)) {
+                Some(filled) => filled,
+                None => FilledEndpoints {
+                    service: Arc::clone(service),
+                    slices: slices.iter().map(|s| Arc::clone(s)).collect(),
+                    payload: Arc::new(Payload::Endpoints(ClusterEndpoints {
+                        cluster: name.clone(),
+                        endpoints: Self::endpoints_of(slices, service_port),
+                    })),
+                },
+            };
+            endpoints.insert(name.clone(), Arc::clone(&filled.payload));
+            memo.next.insert(name, filled);
         }
     }
 
-    /// The endpoints EndpointSlices list for one Service port, in a stable order.
-    fn endpoints_of(&self, service: &ObjectRef, service_port: &ServicePort) -> Vec<Endpoint> {
-        let mut out = Vec::new();
-        let slices = self
-            .slices
+    /// The EndpointSlices of a Service.
+    fn slices_of<'s>(&'s self, service: &'s ObjectRef) -> &'s [&'s Arc<EndpointSlice>] {
+        self.slices
             .get(&(service.namespace.as_str(), service.name.as_str()))
-            .into_iter()
-            .flatten();
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The endpoints EndpointSlices list for one Service port, in a stable order.
+    fn endpoints_of(slices: &[&Arc<EndpointSlice>], service_port: &ServicePort) -> Vec<Endpoint> {
+        let mut out = Vec::new();
         for slice in slices {
             // FQDN slices name hosts, not addresses; the proxy connects to IPs only.
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {

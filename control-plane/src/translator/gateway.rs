@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use gateway_api::gateways::Gateway;
 use rauta_common::api::v1::ClientCertificate;
 
-use super::backends::EndpointIndex;
+use super::backends::{EndpointIndex, EndpointsMemo};
 use super::gateway_resources::Ports;
 use super::listener_sets::{self, ListenerSetView};
 use super::listeners::{self, ListenerView};
 use super::output::ResourceSet;
+use super::route_rules::RulesMemo;
 use super::route_view::RouteId;
 use super::routes::CompiledRoute;
 use super::status::{Condition, GatewayStatus, ListenerSetStatus, ListenerStatus, generation_of};
@@ -108,6 +109,8 @@ impl<'a> GatewayView<'a> {
         &self,
         compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
         endpoints: &EndpointIndex<'_>,
+        memo: &mut RulesMemo,
+        endpoints_memo: &mut EndpointsMemo,
     ) -> GatewayOutput {
         let g = self.generation;
         let mut resources = ResourceSet::new();
@@ -135,8 +138,8 @@ impl<'a> GatewayView<'a> {
                 };
             listener_statuses.push((owner, status));
         }
-        ports.into_resources(&mut resources);
-        endpoints.fill(&mut resources);
+        ports.into_resources(&mut resources, memo);
+        endpoints.fill(&mut resources, endpoints_memo);
 
         let mut set_statuses = self.listener_set_statuses(&listener_statuses);
         let (conditions, programmed) = self.conditions();

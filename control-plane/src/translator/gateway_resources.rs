@@ -16,7 +16,7 @@ use super::hostnames;
 use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
-use super::route_rules::{self, Placed};
+use super::route_rules::{self, Placed, RulesMemo};
 use super::route_view::RouteId;
 use super::routes::CompiledRoute;
 
@@ -121,7 +121,7 @@ impl Ports {
     }
 
     /// One Listener and one RouteTable per port, rules sorted by precedence.
-    pub fn into_resources(self, resources: &mut ResourceSet) {
+    pub fn into_resources(self, resources: &mut ResourceSet, memo: &mut RulesMemo) {
         for ((port, _), listeners) in self.0 {
             let l4 = l4_routes::is_l4(listeners.protocol);
             let name = match listeners.protocol {
@@ -143,10 +143,10 @@ impl Ports {
                 client_validation: listeners.client_validation,
                 l4_route_table: if l4 { name.clone() } else { String::new() },
             };
-            resources
-                .entry(ResourceType::Listener)
-                .or_default()
-                .insert(name.clone(), Payload::Listener(Box::new(listener)));
+            resources.entry(ResourceType::Listener).or_default().insert(
+                name.clone(),
+                Arc::new(Payload::Listener(Box::new(listener))),
+            );
             if l4 {
                 let vhosts = vhosts
                     .into_iter()
@@ -162,19 +162,17 @@ impl Ports {
                 resources
                     .entry(ResourceType::L4RouteTable)
                     .or_default()
-                    .insert(name, Payload::L4RouteTable(table));
+                    .insert(name, Arc::new(Payload::L4RouteTable(table)));
                 continue;
             }
             let kernel = listeners.protocol == ListenerProtocol::Http;
-            let (table, rules) = route_rules::table(&name, &hostnames, vhosts, kernel);
+            let (table, rules) = route_rules::table(&name, &hostnames, vhosts, kernel, memo);
             resources
                 .entry(ResourceType::RouteTable)
                 .or_default()
-                .insert(name, Payload::RouteTable(table));
+                .insert(name, Arc::new(Payload::RouteTable(table)));
             let by_name = resources.entry(ResourceType::RouteRules).or_default();
-            for r in rules {
-                by_name.insert(r.name.clone(), Payload::RouteRules(r));
-            }
+            by_name.extend(rules);
         }
     }
 }
@@ -218,10 +216,16 @@ fn add_backends(
 ) {
     let clusters = resources.entry(ResourceType::Cluster).or_default();
     for backend in &route.backends {
-        let mut cluster = backend.cluster.clone();
-        if let (Some(tls), Some(cert)) = (&mut cluster.tls, client_certificate) {
-            tls.client_certificate = Some(cert.clone());
-        }
-        clusters.insert(cluster.name.clone(), Payload::Cluster(Box::new(cluster)));
+        let payload = match (&backend.cluster.tls, client_certificate) {
+            (Some(_), Some(cert)) => {
+                let mut cluster = (*backend.cluster).clone();
+                if let Some(tls) = &mut cluster.tls {
+                    tls.client_certificate = Some(cert.clone());
+                }
+                Arc::new(Payload::Cluster(Box::new(cluster)))
+            }
+            _ => Arc::clone(backend.cluster.payload()),
+        };
+        clusters.insert(backend.cluster.name.clone(), payload);
     }
 }

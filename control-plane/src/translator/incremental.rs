@@ -17,6 +17,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::backends::{EndpointIndex, EndpointsMemo};
+use super::route_rules::RulesMemo;
 use super::route_view::{RouteId, RouteView};
 use super::routes::{self, CompiledRoute};
 use super::{Translation, translate_with};
@@ -50,6 +52,10 @@ struct Memo {
     inputs: ObjectSet,
     /// The compiled routes, each with the route object it was compiled from.
     compiled: BTreeMap<RouteId, Arc<CompiledRoute>>,
+    /// The `RouteRules` built from them.
+    rules: RulesMemo,
+    /// The endpoints filled in.
+    endpoints: EndpointsMemo,
 }
 
 /// Compiles the routes of one translation, reusing the previous translation's compiled
@@ -59,6 +65,11 @@ pub struct Compiler<'a> {
     /// The previous translation's work, if its compilation inputs equal these.
     reusable: Option<&'a Memo>,
     reused: usize,
+    /// The `RouteRules` built from compiled routes: those of the previous translation to
+    /// reuse, and this one's.
+    pub rules: RulesMemo,
+    /// The same for the endpoints filled in.
+    pub endpoints: EndpointsMemo,
 }
 
 impl<'a> Compiler<'a> {
@@ -72,6 +83,8 @@ impl<'a> Compiler<'a> {
             inputs: Cow::Owned(inputs),
             reusable,
             reused: 0,
+            rules: RulesMemo::default(),
+            endpoints: EndpointsMemo::default(),
         }
     }
 
@@ -81,6 +94,8 @@ impl<'a> Compiler<'a> {
             inputs: Cow::Borrowed(objects),
             reusable: None,
             reused: 0,
+            rules: RulesMemo::default(),
+            endpoints: EndpointsMemo::default(),
         }
     }
 
@@ -125,11 +140,56 @@ impl Translator {
     /// What `translate(objects, controller_name)` gives, computed from the previous call's
     /// results where they still hold.
     pub fn translate(&mut self, objects: &ObjectSet) -> Translation {
+        // The rules and endpoints memos are handed on whatever the other inputs: they check
+        // each entry themselves.
+        let (rules, endpoints) = self
+            .memo
+            .as_mut()
+            .map(|m| {
+                (
+                    std::mem::take(&mut m.rules),
+                    std::mem::take(&mut m.endpoints),
+                )
+            })
+            .unwrap_or_default();
         let mut compiler = Compiler::new(objects, self.memo.as_ref());
+        compiler.rules = rules;
+        compiler.endpoints = endpoints;
         let (translation, compiled) = translate_with(objects, &self.controller_name, &mut compiler);
         self.reused_last = compiler.reused;
+        let (mut rules, mut endpoints) = (compiler.rules, compiler.endpoints);
+        rules.advance();
+        endpoints.advance();
         let inputs = compiler.inputs.into_owned();
-        self.memo = Some(Memo { inputs, compiled });
+        self.memo = Some(Memo {
+            inputs,
+            compiled,
+            rules,
+            endpoints,
+        });
         translation
+    }
+
+    /// Fills in the endpoints of every cluster of `gateways` (the previous translation's
+    /// resources) from `objects`, which differ from that translation's at most in their
+    /// EndpointSlices: the endpoint fast path, reusing the endpoints of untouched clusters.
+    pub fn refresh_endpoints(
+        &mut self,
+        objects: &ObjectSet,
+        gateways: &mut BTreeMap<crate::objects::ObjectRef, super::ResourceSet>,
+    ) {
+        let index = EndpointIndex::new(objects);
+        let mut memo = self
+            .memo
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.endpoints))
+            .unwrap_or_default();
+        for set in gateways.values_mut() {
+            index.fill(set, &mut memo);
+        }
+        memo.advance();
+        if let Some(m) = &mut self.memo {
+            m.endpoints = memo;
+        }
     }
 }

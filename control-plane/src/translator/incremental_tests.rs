@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use rauta_common::types::ResourceType;
 use serde_json::Value;
 
 use super::*;
@@ -158,7 +159,7 @@ fn an_unchanged_route_is_reused_and_an_edited_one_recompiled() {
         route("b", "/b2")
     ));
     let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
-    translator.translate(&before);
+    let first = translator.translate(&before);
     assert_eq!(translator.reused_last, 0);
     // Parsed anew: route a is an equal object, not the same one, and is still reused.
     let translation = translator.translate(&after);
@@ -167,6 +168,19 @@ fn an_unchanged_route_is_reused_and_an_edited_one_recompiled() {
         translation.gateways,
         translate(&after, DEFAULT_CONTROLLER_NAME).gateways
     );
+    // Its RouteRules are handed on as the same allocation (the snapshot then neither compares
+    // nor encodes them); the edited route's are new.
+    let rules = |t: &Translation, name: &str| {
+        let set = &t.gateways[&ObjectRef::new("apps", "gw")];
+        Arc::clone(&set[&ResourceType::RouteRules][name])
+    };
+    let (a, b) = ("http-80/HTTPRoute/apps/a", "http-80/HTTPRoute/apps/b");
+    assert!(Arc::ptr_eq(&rules(&first, a), &rules(&translation, a)));
+    assert!(!Arc::ptr_eq(&rules(&first, b), &rules(&translation, b)));
+    assert_ne!(rules(&first, b), rules(&translation, b));
+    // The same objects again: nothing is rebuilt.
+    let again = translator.translate(&after);
+    assert!(Arc::ptr_eq(&rules(&translation, b), &rules(&again, b)));
 }
 
 #[test]

@@ -9,7 +9,6 @@ use super::gateway::GatewayView;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteId;
 use super::routes::CompiledRoute;
-use super::service_policy;
 use super::status::{ParentRef, PolicyStatus, RouteParentStatus, StatusReport, generation_of};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -22,7 +21,10 @@ pub fn report(
     compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
     out: &mut StatusReport,
 ) {
-    service_annotations(objects, compiled, out);
+    service_annotations(compiled, out);
+    if objects.backend_tls_policies.is_empty() {
+        return; // The common case: no pass over every Gateway's routes.
+    }
     for (gw_key, gateway) in gateways {
         let used: BTreeSet<ServicePortKey> = gateway
             .listeners
@@ -63,19 +65,14 @@ pub fn report(
 
 /// The annotation problems of every Service a compiled route uses.
 fn service_annotations(
-    objects: &ObjectSet,
     compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
     out: &mut StatusReport,
 ) {
     for backend in compiled.values().flat_map(|c| &c.backends) {
-        let service = &backend.service_port.0;
-        let problems = objects
-            .services
-            .get(service)
-            .map(|s| service_policy::from_annotations(s.metadata.annotations.as_ref()).problems)
-            .unwrap_or_default();
-        if !problems.is_empty() {
-            out.service_annotations.insert(service.clone(), problems);
+        if !backend.annotation_problems.is_empty() {
+            let service = &backend.service_port.0;
+            out.service_annotations
+                .insert(service.clone(), backend.annotation_problems.clone());
         }
     }
 }

@@ -5,8 +5,10 @@
 //! the proxies are sent; they assemble each virtual host from the keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{RankedRule, RouteRule, RouteRules, RouteTable, VirtualHost};
 
 use super::kernel;
@@ -27,21 +29,87 @@ impl Placed {
     }
 }
 
-/// The route table of port `name` and the rules of each route on it. `vhosts`: the placed
-/// routes by domain, listener isolation applied, with an entry (maybe empty) for every
-/// listener hostname. `kernel`: whether rules may be answered in the kernel (plain HTTP).
+/// One `RouteRules` a translation built, with everything it was built from.
+struct BuiltRules {
+    compiled: Arc<CompiledRoute>,
+    route_table: String,
+    domains: Vec<String>,
+    /// The kernel verdict of each of the compiled route's entries.
+    kernel: Vec<bool>,
+    name: String,
+    payload: Arc<Payload>,
+}
+
+impl BuiltRules {
+    fn built_from(
+        &self,
+        compiled: &Arc<CompiledRoute>,
+        route_table: &str,
+        domains: &BTreeSet<&str>,
+        kernel: impl Iterator<Item = bool>,
+    ) -> bool {
+        Arc::ptr_eq(&self.compiled, compiled)
+            && self.route_table == route_table
+            && self
+                .domains
+                .iter()
+                .map(String::as_str)
+                .eq(domains.iter().copied())
+            && self.kernel.iter().copied().eq(kernel)
+    }
+}
+
+/// Which `RouteRules` the previous translation built, so that this one hands on the very
+/// same allocation for a route placed as before and compiled to the same (reused)
+/// `CompiledRoute`: not rebuilt here, not compared in the snapshot. One edit then costs the
+/// edited route's rules, not every route's.
+#[derive(Default)]
+pub struct RulesMemo {
+    // Boxed: entries move from one map to the other, and a box moves in one word.
+    previous: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::FixedState>,
+    next: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::FixedState>,
+}
+
+/// The compiled route (by address: the memo holds it, so the address is not reused while
+/// the entry lives) and a hash of where it is placed; an entry is used only if everything it
+/// was built from is equal, so a hash collision costs a rebuild, never a wrong resource.
+type MemoKey = (usize, u64);
+
+impl RulesMemo {
+    /// What this translation built becomes what the next one may reuse.
+    pub fn advance(&mut self) {
+        let capacity = self.next.len();
+        self.previous = std::mem::replace(
+            &mut self.next,
+            HashMap::with_capacity_and_hasher(capacity, Default::default()),
+        );
+    }
+
+    fn key(compiled: &Arc<CompiledRoute>, route_table: &str, domains: &BTreeSet<&str>) -> MemoKey {
+        let mut h = foldhash::fast::FixedState::default().build_hasher();
+        route_table.hash(&mut h);
+        domains.hash(&mut h);
+        (Arc::as_ptr(compiled) as usize, h.finish())
+    }
+}
+
+/// The route table of port `name` and the rules of each route on it, by `RouteRules` name.
+/// `vhosts`: the placed routes by domain, listener isolation applied, with an entry (maybe
+/// empty) for every listener hostname. `kernel`: whether rules may be answered in the kernel
+/// (plain HTTP). Rules the memo holds from the previous translation are handed on as they are.
 pub fn table(
     name: &str,
     listener_hostnames: &[String],
     vhosts: BTreeMap<String, Vec<Placed>>,
     kernel: bool,
-) -> (RouteTable, Vec<RouteRules>) {
+    memo: &mut RulesMemo,
+) -> (RouteTable, Vec<(String, Arc<Payload>)>) {
     let verdicts = if kernel {
         kernel_verdicts(&vhosts)
     } else {
         HashMap::new()
     };
-    let mut by_route: BTreeMap<&RouteId, (BTreeSet<&str>, &CompiledRoute)> = BTreeMap::new();
+    let mut by_route: BTreeMap<&RouteId, (BTreeSet<&str>, &Arc<CompiledRoute>)> = BTreeMap::new();
     for (domain, placed) in &vhosts {
         for p in placed {
             let entry = by_route
@@ -50,16 +118,34 @@ pub fn table(
             entry.0.insert(domain);
         }
     }
+    let verdict = |e: &MatchEntry| verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
     let rules = by_route
         .into_iter()
         .map(|((kind, key), (domains, compiled))| {
+            let memo_key = RulesMemo::key(compiled, name, &domains);
+            let built_now = |b: &BuiltRules| {
+                b.built_from(
+                    compiled,
+                    name,
+                    &domains,
+                    compiled.entries.iter().map(verdict),
+                )
+            };
+            // Built already in this translation (another Gateway with the same placement).
+            if let Some(built) = memo.next.get(&memo_key).filter(|b| built_now(b)) {
+                return (built.name.clone(), Arc::clone(&built.payload));
+            }
+            if let Some(built) = memo.previous.remove(&memo_key).filter(|b| built_now(b)) {
+                let out = (built.name.clone(), Arc::clone(&built.payload));
+                memo.next.insert(memo_key, built);
+                return out;
+            }
             let mut ranked: Vec<RankedRule> = compiled
                 .entries
                 .iter()
                 .map(|e| {
                     let mut rule = e.rule.clone();
-                    rule.kernel_answerable =
-                        verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
+                    rule.kernel_answerable = verdict(e);
                     RankedRule {
                         precedence: e.key.clone(),
                         rule: Some(Box::new(rule)),
@@ -67,12 +153,23 @@ pub fn table(
                 })
                 .collect();
             ranked.sort_by(|a, b| a.precedence.cmp(&b.precedence));
-            RouteRules {
+            let rules = RouteRules {
                 name: format!("{name}/{}/{key}", kind.name()),
                 route_table: name.to_owned(),
-                domains: domains.into_iter().map(str::to_owned).collect(),
+                domains: domains.iter().map(|d| (*d).to_owned()).collect(),
                 rules: ranked,
-            }
+            };
+            let built = Box::new(BuiltRules {
+                compiled: Arc::clone(compiled),
+                route_table: name.to_owned(),
+                domains: rules.domains.clone(),
+                kernel: compiled.entries.iter().map(verdict).collect(),
+                name: rules.name.clone(),
+                payload: Arc::new(Payload::RouteRules(rules)),
+            });
+            let out = (built.name.clone(), Arc::clone(&built.payload));
+            memo.next.insert(memo_key, built);
+            out
         })
         .collect();
     // Session keys are the cache's to add: the translator has no secrets.
@@ -164,16 +261,15 @@ pub fn assembled(table: &RouteTable, rules: &[&RouteRules]) -> RouteTable {
 
 /// Route table `name` of a Gateway's resources, assembled with its `RouteRules`.
 pub fn assembled_table(set: &super::ResourceSet, name: &str) -> Option<RouteTable> {
-    use rauta_common::api::v1::resource::Payload;
     use rauta_common::types::ResourceType;
-    let Some(Payload::RouteTable(table)) = set.get(&ResourceType::RouteTable)?.get(name) else {
+    let Payload::RouteTable(table) = &**set.get(&ResourceType::RouteTable)?.get(name)? else {
         return None;
     };
     let rules: Vec<&RouteRules> = set
         .get(&ResourceType::RouteRules)
         .into_iter()
         .flat_map(|m| m.values())
-        .filter_map(|p| match p {
+        .filter_map(|p| match &**p {
             Payload::RouteRules(r) => Some(r),
             _ => None,
         })

@@ -454,7 +454,7 @@ fn policy_conditions(t: &Translation, name: &str) -> Vec<Condition> {
 }
 
 fn cluster(t: &Translation, name: &str) -> rauta_common::api::v1::Cluster {
-    match &t.gateways[&gw()][&ResourceType::Cluster][name] {
+    match &*t.gateways[&gw()][&ResourceType::Cluster][name] {
         Payload::Cluster(c) => (**c).clone(),
         other => panic!("{other:?}"),
     }
@@ -728,7 +728,10 @@ fn endpoint_refresh_matches_a_full_translation() {
         "",
         "  rules: [{backendRefs: [{name: web, port: 8080}, {name: web, port: 8081}]}]",
     ) + GRPC_ROUTE;
-    let before = translate_yaml(&routes);
+    let (before_objects, problems) = parse_manifests(&format!("{BASE}---\n{routes}"));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+    let before = translator.translate(&before_objects);
     let moved = format!(
         "{routes}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-new, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{{addresses: [10.0.0.9]}}]\n---\n"
     );
@@ -736,14 +739,24 @@ fn endpoint_refresh_matches_a_full_translation() {
     assert!(problems.is_empty(), "{problems:?}");
     let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
     let mut refreshed = before.gateways.clone();
-    let index = backends::EndpointIndex::new(&objects);
-    for set in refreshed.values_mut() {
-        index.fill(set);
-    }
+    translator.refresh_endpoints(&objects, &mut refreshed);
     assert_eq!(refreshed, full.gateways);
     assert_ne!(
         before.gateways, full.gateways,
         "the slice did change the endpoints"
+    );
+    // The same objects again: every cluster's endpoints are handed on as they were.
+    let mut again = refreshed.clone();
+    translator.refresh_endpoints(&objects, &mut again);
+    let endpoints =
+        |g: &BTreeMap<ObjectRef, ResourceSet>| g[&gw()][&ResourceType::Endpoints].clone();
+    let (first, second) = (endpoints(&refreshed), endpoints(&again));
+    assert!(!first.is_empty());
+    assert!(
+        first
+            .iter()
+            .zip(&second)
+            .all(|((_, a), (_, b))| Arc::ptr_eq(a, b))
     );
 }
 
