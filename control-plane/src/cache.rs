@@ -175,7 +175,7 @@ impl SnapshotCache {
         keys.apply(&key, &mut set);
         let current = entry.current.borrow().clone();
         let candidate = Snapshot::build(key.clone(), current.version + 1, set, &current);
-        if let Err(problem) = candidate.check_references() {
+        if let Err(problem) = candidate.check_references_since(&current) {
             summary.inconsistent.push((key, problem));
             return;
         }
@@ -428,6 +428,13 @@ mod tests {
             let found = summary.inconsistent[0].1.to_string();
             assert!(found.contains(problem), "{found}");
         }
+        // The cluster an unchanged route's rules forward to, taken away: only the rules that
+        // changed are checked, except when a cluster or route table goes.
+        let mut without_cluster = with_rules("http-80", "a");
+        without_cluster.remove(&ResourceType::Cluster);
+        let summary = cache.update(BTreeMap::from([(gw.clone(), without_cluster)]));
+        let found = summary.inconsistent[0].1.to_string();
+        assert!(found.contains("cluster a"), "{found}");
         assert_eq!(cache.get(&gw).unwrap().version, 1);
     }
 

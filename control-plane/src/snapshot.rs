@@ -85,10 +85,13 @@ fn build_type(
     by_name: BTreeMap<String, Arc<Payload>>,
     before: Option<&BTreeMap<String, Arc<SharedResource>>>,
 ) -> BTreeMap<String, Arc<SharedResource>> {
+    // Both in name order: walked side by side rather than searched.
+    let mut before = before.into_iter().flatten().peekable();
     by_name
         .into_iter()
         .map(|(name, payload)| {
-            let previous = before.and_then(|b| b.get(&name));
+            while before.next_if(|(k, _)| **k < name).is_some() {}
+            let previous = before.next_if(|(k, _)| **k == name).map(|(_, r)| r);
             // The translator's reused allocation, or equal content found by comparing: either
             // costs less than encoding and hashing ten thousand unchanged route rules.
             if let Some(same) =
@@ -112,19 +115,23 @@ impl Delta {
         old: &BTreeMap<String, Arc<SharedResource>>,
         new: &BTreeMap<String, Arc<SharedResource>>,
     ) -> Changes {
-        let mut list: Changes = new
-            .iter()
-            .filter(|(name, r)| {
-                old.get(*name)
-                    .is_none_or(|o| !Arc::ptr_eq(o, r) && o.version != r.version)
-            })
-            .map(|(name, r)| (name.clone(), Some(r.version.clone())))
-            .collect();
-        list.extend(
-            old.keys()
-                .filter(|name| !new.contains_key(*name))
-                .map(|name| (name.clone(), None)),
-        );
+        // Both in name order: walked side by side rather than searched.
+        let mut list = Changes::new();
+        let mut removed = Vec::new();
+        let mut old = old.iter().peekable();
+        for (name, r) in new {
+            while let Some((gone, _)) = old.next_if(|(k, _)| *k < name) {
+                removed.push((gone.clone(), None));
+            }
+            let same = old
+                .next_if(|(k, _)| *k == name)
+                .is_some_and(|(_, o)| Arc::ptr_eq(o, r) || o.version == r.version);
+            if !same {
+                list.push((name.clone(), Some(r.version.clone())));
+            }
+        }
+        removed.extend(old.map(|(gone, _)| (gone.clone(), None)));
+        list.extend(removed);
         list
     }
 
@@ -238,16 +245,59 @@ impl Snapshot {
     /// each cluster a rule forwards or mirrors to. The translator builds them so; this keeps a
     /// bug there from reaching a fleet as a config every proxy would reject.
     pub fn check_references(&self) -> Result<(), DanglingReference> {
+        self.check_references_in(None)
+    }
+
+    /// `check_references`, looking only at the resources that changed since `previous`
+    /// where that is enough: `previous` resolved (the cache installs no snapshot that does
+    /// not), so while no route table or cluster went away, a reference can dangle only in a
+    /// resource that changed. A one-route edit then checks that route's rules, not every
+    /// route's.
+    pub fn check_references_since(&self, previous: &Snapshot) -> Result<(), DanglingReference> {
+        let Some(delta) = self.delta.as_ref().filter(|d| d.from == previous.version) else {
+            return self.check_references();
+        };
+        let targets = [
+            ResourceType::Cluster,
+            ResourceType::RouteTable,
+            ResourceType::L4RouteTable,
+        ];
+        let target_gone = targets
+            .iter()
+            .any(|ty| (delta.changes.get(ty)).is_some_and(|c| c.iter().any(|(_, v)| v.is_none())));
+        if target_gone {
+            return self.check_references();
+        }
+        self.check_references_in(Some(&delta.changes))
+    }
+
+    /// The resources of one type to check: every one, or those `only` upserts.
+    fn to_check(
+        &self,
+        ty: ResourceType,
+        only: Option<&BTreeMap<ResourceType, Changes>>,
+    ) -> Vec<&Arc<SharedResource>> {
+        let Some(by_name) = self.of_type(ty) else {
+            return Vec::new();
+        };
+        match only {
+            None => by_name.values().collect(),
+            Some(changes) => (changes.get(&ty).into_iter().flatten())
+                .filter(|(_, version)| version.is_some())
+                .filter_map(|(name, _)| by_name.get(name))
+                .collect(),
+        }
+    }
+
+    fn check_references_in(
+        &self,
+        only: Option<&BTreeMap<ResourceType, Changes>>,
+    ) -> Result<(), DanglingReference> {
         use rauta_common::api::v1::RouteRule;
         use rauta_common::api::v1::route_rule::Action;
         let has =
             |ty: ResourceType, name: &str| self.of_type(ty).is_some_and(|m| m.contains_key(name));
-        for r in self
-            .of_type(ResourceType::Listener)
-            .into_iter()
-            .flatten()
-            .map(|(_, r)| r)
-        {
+        for r in self.to_check(ResourceType::Listener, only) {
             let Payload::Listener(l) = &*r.payload else {
                 continue;
             };
@@ -262,12 +312,7 @@ impl Snapshot {
                 });
             }
         }
-        for r in self
-            .of_type(ResourceType::L4RouteTable)
-            .into_iter()
-            .flatten()
-            .map(|(_, r)| r)
-        {
+        for r in self.to_check(ResourceType::L4RouteTable, only) {
             let Payload::L4RouteTable(t) = &*r.payload else {
                 continue;
             };
@@ -286,10 +331,9 @@ impl Snapshot {
             }
         }
         let tables = self
-            .of_type(ResourceType::RouteTable)
+            .to_check(ResourceType::RouteTable, only)
             .into_iter()
-            .flatten()
-            .filter_map(|(_, r)| match &*r.payload {
+            .filter_map(|r| match &*r.payload {
                 Payload::RouteTable(t) => {
                     let rules: Vec<&RouteRule> =
                         t.virtual_hosts.iter().flat_map(|v| &v.rules).collect();
@@ -298,10 +342,9 @@ impl Snapshot {
                 _ => None,
             });
         let route_rules = self
-            .of_type(ResourceType::RouteRules)
+            .to_check(ResourceType::RouteRules, only)
             .into_iter()
-            .flatten()
-            .filter_map(|(_, r)| match &*r.payload {
+            .filter_map(|r| match &*r.payload {
                 Payload::RouteRules(r) => Some(r),
                 _ => None,
             });

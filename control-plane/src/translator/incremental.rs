@@ -14,7 +14,8 @@
 //! recomputed each time.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
+use std::iter::Peekable;
 use std::sync::Arc;
 
 use super::backends::{EndpointIndex, EndpointsMemo};
@@ -64,6 +65,8 @@ pub struct Compiler<'a> {
     inputs: Cow<'a, ObjectSet>,
     /// The previous translation's work, if its compilation inputs equal these.
     reusable: Option<&'a Memo>,
+    /// Where `previous` is in the previous translation's compiled routes.
+    cursor: Option<Peekable<btree_map::Iter<'a, RouteId, Arc<CompiledRoute>>>>,
     reused: usize,
     /// The `RouteRules` built from compiled routes: those of the previous translation to
     /// reuse, and this one's.
@@ -82,6 +85,7 @@ impl<'a> Compiler<'a> {
         Compiler {
             inputs: Cow::Owned(inputs),
             reusable,
+            cursor: None,
             reused: 0,
             rules: RulesMemo::default(),
             endpoints: EndpointsMemo::default(),
@@ -93,6 +97,7 @@ impl<'a> Compiler<'a> {
         Compiler {
             inputs: Cow::Borrowed(objects),
             reusable: None,
+            cursor: None,
             reused: 0,
             rules: RulesMemo::default(),
             endpoints: EndpointsMemo::default(),
@@ -101,12 +106,10 @@ impl<'a> Compiler<'a> {
 
     pub fn compile(&mut self, route: &RouteView<'_>) -> Arc<CompiledRoute> {
         let id = route.id();
-        if let Some(memo) = self.reusable
-            && let Some(compiled) = memo.compiled.get(&id)
+        if let Some(compiled) = self.previous(&id)
             && compiled.source.same(&route.object)
-            && compiled.services_read.iter().all(|key| {
-                let (before, now) = (memo.inputs.services.get(key), self.inputs.services.get(key));
-                match (before, now) {
+            && compiled.services_read.iter().all(|(key, before)| {
+                match (before, self.inputs.services.get(key)) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
                     (None, None) => true,
                     _ => false,
@@ -117,6 +120,21 @@ impl<'a> Compiler<'a> {
             return Arc::clone(compiled);
         }
         Arc::new(routes::compile(&self.inputs, route))
+    }
+
+    /// The previous translation's compiled route of `id`. Routes are compiled in id order,
+    /// so this steps along the previous ones instead of searching them (tens of thousands
+    /// of string comparisons a translation); a lookup out of order searches.
+    fn previous(&mut self, id: &RouteId) -> Option<&'a Arc<CompiledRoute>> {
+        let memo = self.reusable?;
+        let cursor = self
+            .cursor
+            .get_or_insert_with(|| memo.compiled.iter().peekable());
+        while cursor.next_if(|(k, _)| *k < id).is_some() {}
+        match cursor.peek() {
+            Some((k, compiled)) if *k == id => Some(compiled),
+            _ => memo.compiled.get(id),
+        }
     }
 }
 

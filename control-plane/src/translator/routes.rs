@@ -1,6 +1,9 @@
 //! Compiles one HTTPRoute into route-table rules ordered by Gateway API precedence.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
 
 use gateway_api::experimental::httproutes::{
     HttpRouteRules, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
@@ -57,7 +60,7 @@ pub struct CompiledRoute {
     pub unsupported: Option<String>,
     /// The Services compilation looked up, found or not: the only Services it read
     /// (`incremental.rs` compiles a route again when one of these changes).
-    pub services_read: Vec<ObjectRef>,
+    pub services_read: Vec<(ObjectRef, Option<Arc<Service>>)>,
 }
 
 impl CompiledRoute {
@@ -70,7 +73,8 @@ impl CompiledRoute {
         backend: BackendRef<'_>,
     ) -> Result<ResolvedBackend, RefProblem> {
         let key = ObjectRef::new(backend.namespace.unwrap_or(namespace), backend.name);
-        self.services_read.push(key);
+        let found = objects.services.get(&key).cloned();
+        self.services_read.push((key, found));
         backends::resolve(objects, namespace, referrer, backend)
     }
 }
@@ -182,8 +186,8 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     }
     // Compiled routes live until the next translation, thousands at a time.
     out.entries.shrink_to_fit();
-    out.services_read.sort_unstable();
-    out.services_read.dedup();
+    out.services_read.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.services_read.dedup_by(|a, b| a.0 == b.0);
     out.services_read.shrink_to_fit();
     out
 }
