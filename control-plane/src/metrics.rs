@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use hyper::StatusCode;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use rauta_common::plain_http;
 use tokio::net::TcpListener;
@@ -14,6 +15,8 @@ pub struct ControllerMetrics {
     pub registry: Registry,
     pub connected_proxies: IntGauge,
     pub translations: IntCounter,
+    /// Time from an object set in to its snapshots and status published, by path.
+    pub publish_seconds: prometheus::HistogramVec,
     pub endpoint_refreshes: IntCounter,
     pub config_problems: IntGauge,
     pub snapshot_version: IntGaugeVec,
@@ -30,6 +33,17 @@ impl ControllerMetrics {
         let registry = Registry::new_custom(Some("rauta_controller".into()), None)?;
         let connected_proxies = IntGauge::new("connected_proxies", "Open discovery streams")?;
         let translations = IntCounter::new("translations_total", "Translations run")?;
+        let publish_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "publish_seconds",
+                "Time from a changed object set to its snapshots and status published: \
+                 translation (path=translate) or the endpoint fast path (path=endpoints)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            &["path"],
+        )?;
         let endpoint_refreshes = IntCounter::new(
             "endpoint_refreshes_total",
             "Changes that touched only EndpointSlices, served without re-translating routes",
@@ -70,6 +84,7 @@ impl ControllerMetrics {
         registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(connected_proxies.clone()))?;
         registry.register(Box::new(translations.clone()))?;
+        registry.register(Box::new(publish_seconds.clone()))?;
         registry.register(Box::new(endpoint_refreshes.clone()))?;
         registry.register(Box::new(config_problems.clone()))?;
         registry.register(Box::new(snapshot_version.clone()))?;
@@ -78,6 +93,7 @@ impl ControllerMetrics {
         Ok(ControllerMetrics {
             registry,
             connected_proxies,
+            publish_seconds,
             translations,
             endpoint_refreshes,
             config_problems,

@@ -44,6 +44,7 @@ impl Publisher {
             // A file was touched but no object changed (or a change was undone): nothing to do.
             return;
         }
+        let started = std::time::Instant::now();
         let summary = match self.last.take() {
             // Only EndpointSlices changed: new endpoints for the clusters already translated;
             // routes, listeners and status stay as they are, and so do their snapshot parts.
@@ -57,7 +58,9 @@ impl Publisher {
                 self.state.metrics.endpoint_refreshes.inc();
                 info!("only EndpointSlices changed: endpoints refreshed, routes not re-translated");
                 self.last = Some((objects, gateways));
-                self.state.cache.update_endpoints(endpoints)
+                let summary = self.state.cache.update_endpoints(endpoints);
+                self.observe("endpoints", started);
+                summary
             }
             _ => {
                 let translation = self.translator.translate(&objects);
@@ -86,6 +89,7 @@ impl Publisher {
                 if summary.inconsistent.is_empty() {
                     self.last = Some((objects, gateways));
                 }
+                self.observe("translate", started);
                 summary
             }
         };
@@ -101,6 +105,17 @@ impl Publisher {
                 .with_label_values(&[&gateway.to_string()])
                 .set(i64::try_from(version).unwrap_or(i64::MAX));
         }
+    }
+}
+
+impl Publisher {
+    fn observe(&self, path: &str, started: std::time::Instant) {
+        let metric = self
+            .state
+            .metrics
+            .publish_seconds
+            .with_label_values(&[path]);
+        metric.observe(started.elapsed().as_secs_f64());
     }
 }
 

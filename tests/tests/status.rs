@@ -129,6 +129,8 @@ async fn status_files_and_unchanged_rewrites_do_not_reload() {
         (
             value("rauta_controller_translations_total"),
             value("rauta_controller_endpoint_refreshes_total"),
+            // Each translation is timed.
+            value(r#"rauta_controller_publish_seconds_count{path="translate"}"#),
         )
     };
     let status_file = ws.config.join("status").join("HTTPRoute.apps.good.yaml");
@@ -138,7 +140,11 @@ async fn status_files_and_unchanged_rewrites_do_not_reload() {
     })
     .await;
     let before = counters().await;
-    assert_eq!(before, (Some(1), Some(0)), "one translation at start");
+    assert_eq!(
+        before,
+        (Some(1), Some(0), Some(1)),
+        "one translation at start"
+    );
 
     // Status files keep being written (a proxy connecting changes the Gateway's addresses), a
     // stray file appears in the status directory, a manifest is rewritten unchanged.
@@ -163,4 +169,5 @@ async fn status_files_and_unchanged_rewrites_do_not_reload() {
         counters().await.0 == Some(2)
     })
     .await;
+    assert_eq!(counters().await.2, Some(2));
 }
