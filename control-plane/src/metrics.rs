@@ -15,7 +15,7 @@ pub struct ControllerMetrics {
     pub registry: Registry,
     pub connected_proxies: IntGauge,
     pub translations: IntCounter,
-    /// Time from an object set in to its snapshots and status published, by path.
+    /// Time to publish a changed object set, by path (not the time it waited to be taken).
     pub publish_seconds: prometheus::HistogramVec,
     pub endpoint_refreshes: IntCounter,
     pub config_problems: IntGauge,
@@ -36,8 +36,8 @@ impl ControllerMetrics {
         let publish_seconds = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 "publish_seconds",
-                "Time from a changed object set to its snapshots and status published: \
-                 translation (path=translate) or the endpoint fast path (path=endpoints)",
+                "Time to publish a changed object set: translation, snapshots and status \
+                 (path=translate), or the endpoint fast path's endpoints (path=endpoints)",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,

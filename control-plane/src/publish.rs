@@ -35,6 +35,15 @@ impl Publisher {
         &self.state
     }
 
+    fn observe(&self, path: &str, started: std::time::Instant) {
+        let metric = self
+            .state
+            .metrics
+            .publish_seconds
+            .with_label_values(&[path]);
+        metric.observe(started.elapsed().as_secs_f64());
+    }
+
     /// Translates `objects` (unless nothing changed since the last call) and publishes the
     /// snapshots and status.
     pub fn publish(&mut self, objects: ObjectSet) {
@@ -105,17 +114,6 @@ impl Publisher {
                 .with_label_values(&[&gateway.to_string()])
                 .set(i64::try_from(version).unwrap_or(i64::MAX));
         }
-    }
-}
-
-impl Publisher {
-    fn observe(&self, path: &str, started: std::time::Instant) {
-        let metric = self
-            .state
-            .metrics
-            .publish_seconds
-            .with_label_values(&[path]);
-        metric.observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -29,14 +29,27 @@ pub struct SharedResource {
 }
 
 impl SharedResource {
-    pub fn new(name: String, version: String, payload: Arc<Payload>) -> Self {
-        let wire = Bytes::from(Self::message(&name, &version, &payload).encode_to_vec());
-        SharedResource {
+    /// The resource with its content version (a hash of its encoding without the version)
+    /// and its encoding, or `previous` if that has the same version. One copy of the payload
+    /// is made, for encoding.
+    fn new(name: String, payload: Arc<Payload>, previous: Option<&Arc<Self>>) -> Arc<Self> {
+        let mut message = Resource {
             name,
-            version,
+            version: String::new(),
+            payload: Some((*payload).clone()),
+        };
+        let version = format!("{:016x}", fnv1a64(&message.encode_to_vec()));
+        if let Some(same) = previous.filter(|p| p.version == version) {
+            return Arc::clone(same);
+        }
+        message.version = version;
+        let wire = Bytes::from(message.encode_to_vec());
+        Arc::new(SharedResource {
+            name: message.name,
+            version: message.version,
             payload,
             wire,
-        }
+        })
     }
 
     /// The resource as a message of its own (inspection; streams send `wire`).
@@ -99,11 +112,7 @@ fn build_type(
             {
                 return (name, Arc::clone(same));
             }
-            let version = content_version(&name, &payload);
-            let resource = match previous {
-                Some(same) if same.version == version => Arc::clone(same),
-                _ => Arc::new(SharedResource::new(name.clone(), version, payload)),
-            };
+            let resource = SharedResource::new(name.clone(), payload, previous);
             (name, resource)
         })
         .collect()
@@ -154,17 +163,6 @@ impl Delta {
         }
         Delta { from, changes }
     }
-}
-
-/// The content version of a resource: a hash of its encoding.
-pub fn content_version(name: &str, payload: &Payload) -> String {
-    let encoded = Resource {
-        name: name.to_owned(),
-        version: String::new(),
-        payload: Some(payload.clone()),
-    }
-    .encode_to_vec();
-    format!("{:016x}", fnv1a64(&encoded))
 }
 
 impl Snapshot {
@@ -250,9 +248,10 @@ impl Snapshot {
 
     /// `check_references`, looking only at the resources that changed since `previous`
     /// where that is enough: `previous` resolved (the cache installs no snapshot that does
-    /// not), so while no route table or cluster went away, a reference can dangle only in a
-    /// resource that changed. A one-route edit then checks that route's rules, not every
-    /// route's.
+    /// not, but for the endpoint fast path's, which changes only Endpoints, and those refer
+    /// to nothing), so while no route table or cluster went away, a reference can dangle only
+    /// in a resource that changed. A one-route edit then checks that route's rules, not
+    /// every route's.
     pub fn check_references_since(&self, previous: &Snapshot) -> Result<(), DanglingReference> {
         let Some(delta) = self.delta.as_ref().filter(|d| d.from == previous.version) else {
             return self.check_references();

@@ -46,12 +46,16 @@ pub struct LoadReport {
 
 type FileObjects = BTreeMap<(Kind, ObjectRef), Object>;
 
-/// What the last read of a file gave: its text, and the problems it had. A file whose text
-/// did not change is not parsed again; in one that did, only the documents that changed are
-/// (`reparse_file`).
+/// What the last read of a file gave: a hash of its text, and the problems it had. A file
+/// whose text did not change is not parsed again; in one that did, only the documents that
+/// changed are (`reparse_file`).
 #[derive(Debug, Default)]
 struct FileRead {
-    text: String,
+    text_hash: u64,
+    /// The length of the file when it was last parsed whole: the parser's limits (documents,
+    /// nodes, bytes) are per parse, so a file that grows past it is parsed whole again rather
+    /// than document by document, never passing them unseen.
+    parsed_whole: usize,
     problems: Vec<LoadProblem>,
     /// What each document gave, when the file's documents can be told apart by its `---`
     /// lines alone.
@@ -59,7 +63,7 @@ struct FileRead {
 }
 
 /// A file's documents as its `---` lines split it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Documents {
     list: Vec<DocumentRead>,
     /// Whether a blank first or last part (which the parser does not count as a document)
@@ -69,10 +73,10 @@ struct Documents {
 }
 
 /// What one document of a file gave, to be replayed while its text stays the same.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct DocumentRead {
-    /// Where its text is in the file.
-    range: Range<usize>,
+    /// A hash of its text.
+    text_hash: u64,
     /// The object it names, if of a kind RAUTA reads (decoded or, if invalid, its last good
     /// version kept).
     key: Option<(Kind, ObjectRef)>,
@@ -143,23 +147,34 @@ impl DirectorySource {
                 Ok(text) => {
                     match self.last_read.get(&path) {
                         // Unchanged since the last read: same objects, same problems.
-                        Some(read) if read.text == text => {
+                        Some(read) if read.text_hash == text_hash(&text) => {
                             problems.extend(read.problems.iter().cloned());
                             previous
                         }
                         read => {
                             let mut found = Vec::new();
-                            let (objects, documents) = read
-                                .and_then(|read| reparse_file(&path, &text, read, &previous))
-                                .map(|(objects, documents, found_now)| {
+                            let mut parsed_whole = text.len();
+                            let reparsed = read
+                                .filter(|read| text.len() <= read.parsed_whole)
+                                .and_then(|read| {
+                                    parsed_whole = read.parsed_whole;
+                                    reparse_file(&path, &text, read, &previous)
+                                });
+                            let (objects, documents) = match reparsed {
+                                Some((objects, documents, found_now)) => {
                                     found = found_now;
                                     (objects, Some(documents))
-                                })
-                                .unwrap_or_else(|| parse_file(&path, &text, &previous, &mut found));
+                                }
+                                None => {
+                                    parsed_whole = text.len();
+                                    parse_file(&path, &text, &previous, &mut found)
+                                }
+                            };
                             self.replace_file(&path, &previous, &objects);
                             problems.extend(found.iter().cloned());
                             let read = FileRead {
-                                text,
+                                text_hash: text_hash(&text),
+                                parsed_whole,
                                 problems: found,
                                 documents,
                             };
@@ -194,7 +209,7 @@ impl DirectorySource {
     }
 
     /// Brings the merged objects up to date with a file whose objects went from `old` to
-    /// `new`: the cost of the file, not of the directory.
+    /// `new`: the cost of that file's objects, not of every file's.
     fn replace_file(&mut self, path: &Path, old: &FileObjects, new: &FileObjects) {
         for key in old.keys().filter(|key| !new.contains_key(*key)) {
             let Some(owners) = self.owners.get_mut(key) else {
@@ -357,7 +372,10 @@ fn parse_file(
             list: reads
                 .into_iter()
                 .zip(ranges)
-                .map(|(read, range)| DocumentRead { range, ..read })
+                .map(|(read, range)| DocumentRead {
+                    text_hash: text.get(range).map_or(0, text_hash),
+                    ..read
+                })
                 .collect(),
             blank_first,
             blank_last,
@@ -387,20 +405,17 @@ fn reparse_file(
     let mut documents = Vec::with_capacity(ranges.len());
     let mut problems = Vec::new();
     for (index, (range, old)) in ranges.into_iter().zip(before).enumerate() {
-        let read = if text.get(range.clone()) == read.text.get(old.range.clone()) {
+        let chunk = text.get(range)?;
+        let read = if text_hash(chunk) == old.text_hash {
             if let Some(key) = &old.key
                 && let Some(object) = previous.get(key)
                 && current.insert(key.clone(), object.clone()).is_some()
             {
                 return None;
             }
-            DocumentRead {
-                range,
-                ..old.clone()
-            }
+            old.clone()
         } else {
             let options = serde_saphyr::options! { with_snippet: false };
-            let chunk = text.get(range.clone())?;
             let mut values: Vec<Value> =
                 serde_saphyr::from_multiple_with_options(chunk, options).ok()?;
             let value = values.pop().filter(|_| values.is_empty())?;
@@ -409,7 +424,10 @@ fn reparse_file(
             if twice {
                 return None;
             }
-            DocumentRead { range, ..read }
+            DocumentRead {
+                text_hash: text_hash(chunk),
+                ..read
+            }
         };
         problems.extend(read.problems.iter().cloned());
         documents.push(read);
@@ -433,7 +451,7 @@ fn read_document(
     twice: &mut bool,
 ) -> DocumentRead {
     let mut read = DocumentRead {
-        range: 0..0,
+        text_hash: 0,
         key: None,
         problems: Vec::new(),
     };
@@ -478,6 +496,13 @@ fn read_document(
         }
     }
     read
+}
+
+/// A hash of a file's or a document's text, to tell whether it changed (a collision would
+/// take an edit for no change: one in 2^64).
+fn text_hash(text: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x5241_5554_4121).hash_one(text)
 }
 
 /// Where each document of a file is, by its `---` lines. None if the file has what a split
@@ -790,11 +815,16 @@ mod tests {
             let text = format!("{lead}{}{tail}", documents.join("---\n"));
             let previous = source.last_good.get(&path).cloned().unwrap_or_default();
             if let Some(read) = source.last_read.get(&path) {
-                if let Some((objects, _, problems)) = reparse_file(&path, &text, read, &previous) {
+                if let Some((objects, documents, problems)) =
+                    reparse_file(&path, &text, read, &previous)
+                {
                     let mut whole = Vec::new();
-                    let (expected, _) = parse_file(&path, &text, &previous, &mut whole);
+                    let (expected, expected_documents) =
+                        parse_file(&path, &text, &previous, &mut whole);
                     assert!(same_objects(&objects, &expected), "step {step}: {text}");
                     assert_eq!(problems, whole, "step {step}: {text}");
+                    // What the next edit is compared with, too.
+                    assert_eq!(Some(documents), expected_documents, "step {step}: {text}");
                     reparsed += 1;
                 }
                 steps += 1;

@@ -454,6 +454,17 @@ mod tests {
         // An edit is a change.
         assert!(apply(&mut store, route("5", json!({}), "/b")));
         assert!(!Arc::ptr_eq(&first, &held(&store)));
+        // An invalid update (the held version stays, with a problem), then one equal to the
+        // held version: the problem is gone, which is a change to publish.
+        let invalid: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "apps", "resourceVersion": "6"},
+            "spec": {"rules": "nope"},
+        }))
+        .unwrap();
+        assert!(!apply(&mut store, invalid));
+        assert_eq!(store.problems().count(), 1);
+        assert!(apply(&mut store, route("7", json!({}), "/b")));
+        assert_eq!(store.problems().count(), 0);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub struct ResolvedBackend {
 
 /// A `Cluster` as a resource payload, made once when the route is compiled: every Gateway
 /// serving the route, and every translation reusing the compiled route, hands on this
-/// allocation instead of a copy.
+/// allocation instead of a copy. The field is private and `new` takes a `Cluster`: that is
+/// what makes `Deref` total.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedCluster(Arc<Payload>);
 
@@ -200,8 +201,8 @@ struct FilledEndpoints {
 /// compared by the snapshot. An endpoint change then costs the clusters it touches.
 #[derive(Default)]
 pub struct EndpointsMemo {
-    previous: HashMap<String, FilledEndpoints, foldhash::fast::FixedState>,
-    next: HashMap<String, FilledEndpoints, foldhash::fast::FixedState>,
+    previous: HashMap<String, FilledEndpoints, foldhash::fast::RandomState>,
+    next: HashMap<String, FilledEndpoints, foldhash::fast::RandomState>,
 }
 
 impl EndpointsMemo {

@@ -5,13 +5,16 @@
 //! Compilation reads the route (through its view) and the objects `compile_reads` selects,
 //! nothing else: here it is given a set holding only those kinds, and reuse compares exactly
 //! that set; except Services, which compilation only looks up by key (`CompiledRoute::resolve`
-//! records which): a route is compiled again when one of the Services it looked up changed,
-//! not when any did (one Service per app: each new app would compile every route again).
-//! `translate`, the reference, hands compilation every object instead, so if compilation came
-//! to read a kind left out here, the two would differ, and the property test
-//! (`incremental_tests.rs`, random sequences of changes to every kind) would say so. What a
-//! translation derives from compiled routes (attachment, listeners, route tables, status) is
-//! recomputed each time.
+//! records which, with the object it found): a route is compiled again when one of the
+//! Services it looked up changed, not when any did (one Service per app: each new app would
+//! compile every route again). The Services stay in the compilation inputs all the same, so
+//! that compilation can read nothing else. `translate`, the reference, hands compilation every
+//! object instead, so if compilation came to read a kind left out here, the two would differ,
+//! and the property test (`incremental_tests.rs`, random sequences of changes to every kind)
+//! would say so. Of what a translation derives from compiled routes, each route's
+//! `RouteRules` and each cluster's endpoints are reused where they were built from the same
+//! things (`route_rules::RulesMemo`, `backends::EndpointsMemo`); attachment, listeners, route
+//! tables and status are recomputed each time.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, btree_map};

@@ -66,13 +66,16 @@ impl BuiltRules {
 #[derive(Default)]
 pub struct RulesMemo {
     // Boxed: entries move from one map to the other, and a box moves in one word.
-    previous: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::FixedState>,
-    next: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::FixedState>,
+    previous: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::RandomState>,
+    next: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::RandomState>,
+    /// Seeded per process: domains are names users choose.
+    hasher: foldhash::fast::RandomState,
 }
 
 /// The compiled route (by address: the memo holds it, so the address is not reused while
-/// the entry lives) and a hash of where it is placed; an entry is used only if everything it
-/// was built from is equal, so a hash collision costs a rebuild, never a wrong resource.
+/// the entry lives) and a hash of where it is placed and its kernel verdicts (two Gateways
+/// placing a route alike keep an entry each); an entry is used only if everything it was
+/// built from is equal, so a hash collision costs a rebuild, never a wrong resource.
 type MemoKey = (usize, u64);
 
 impl RulesMemo {
@@ -85,10 +88,17 @@ impl RulesMemo {
         );
     }
 
-    fn key(compiled: &Arc<CompiledRoute>, route_table: &str, domains: &BTreeSet<&str>) -> MemoKey {
-        let mut h = foldhash::fast::FixedState::default().build_hasher();
+    fn key(
+        &self,
+        compiled: &Arc<CompiledRoute>,
+        route_table: &str,
+        domains: &BTreeSet<&str>,
+        kernel: impl Iterator<Item = bool>,
+    ) -> MemoKey {
+        let mut h = self.hasher.build_hasher();
         route_table.hash(&mut h);
         domains.hash(&mut h);
+        kernel.for_each(|v| v.hash(&mut h));
         (Arc::as_ptr(compiled) as usize, h.finish())
     }
 }
@@ -122,7 +132,12 @@ pub fn table(
     let rules = by_route
         .into_iter()
         .map(|((kind, key), (domains, compiled))| {
-            let memo_key = RulesMemo::key(compiled, name, &domains);
+            let memo_key = memo.key(
+                compiled,
+                name,
+                &domains,
+                compiled.entries.iter().map(verdict),
+            );
             let built_now = |b: &BuiltRules| {
                 b.built_from(
                     compiled,
