@@ -52,9 +52,10 @@ type FileObjects = BTreeMap<(Kind, ObjectRef), Object>;
 #[derive(Debug, Default)]
 struct FileRead {
     text_hash: u64,
-    /// The length of the file when it was last parsed whole: the parser's limits (documents,
-    /// nodes, bytes) are per parse, so a file that grows past it is parsed whole again rather
-    /// than document by document, never passing them unseen.
+    /// The length of the file when it was last parsed whole. The parser's limits (documents,
+    /// nodes, bytes) are per parse: a file that grows by more than a quarter past it is
+    /// parsed whole again rather than document by document, so it cannot grow far past them
+    /// unseen.
     parsed_whole: usize,
     problems: Vec<LoadProblem>,
     /// What each document gave, when the file's documents can be told apart by its `---`
@@ -155,7 +156,7 @@ impl DirectorySource {
                             let mut found = Vec::new();
                             let mut parsed_whole = text.len();
                             let reparsed = read
-                                .filter(|read| text.len() <= read.parsed_whole)
+                                .filter(|read| text.len() <= read.parsed_whole / 4 * 5)
                                 .and_then(|read| {
                                     parsed_whole = read.parsed_whole;
                                     reparse_file(&path, &text, read, &previous)
