@@ -100,10 +100,9 @@ impl Scoped for PolicyStatus {
     }
 }
 
-/// Brings the transition times of one kind's objects up to `new`, from `old`: only objects
-/// whose status changed are looked at (a condition keeps its time while its status and
-/// reason stay). Adds the objects whose status is new or changed to `changed`; returns
-/// whether any status of the kind changed or went.
+/// Brings the transition times of one kind's objects up to `new` from `old`, looking only at
+/// changed statuses (a condition keeps its time while its status and reason stay); adds the
+/// objects whose status is new or changed to `changed`; says whether any changed or went.
 fn update_transitions<S: Scoped>(
     transitions: &mut Transitions,
     kind: &'static str,
@@ -113,18 +112,15 @@ fn update_transitions<S: Scoped>(
     changed_objects: &mut Vec<(&'static str, ObjectRef)>,
 ) -> bool {
     let mut changed = false;
-    // Both are in key order: walked side by side rather than looked up, since with tens of
-    // thousands of routes the searches cost as much as the comparisons.
+    // Both in key order: walked side by side, not searched (as costly as the comparisons).
     let mut old_entries = old.iter().peekable();
     for (key, status) in new {
         while let Some((gone, _)) = old_entries.next_if(|(k, _)| *k < key) {
             changed = true;
             transitions.remove(&(kind, gone.clone()));
         }
-        if old_entries
-            .next_if(|(k, _)| *k == key)
-            .is_some_and(|(_, before)| before == status)
-        {
+        let before = old_entries.next_if(|(k, _)| *k == key);
+        if before.is_some_and(|(_, b)| b == status) {
             continue;
         }
         changed = true;

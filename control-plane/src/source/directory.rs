@@ -838,4 +838,37 @@ mod tests {
             "parsed by documents {reparsed} times in {steps}"
         );
     }
+
+    #[test]
+    fn a_file_grown_by_more_than_a_quarter_is_parsed_whole_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apps.yaml");
+        let service = |name: usize, note: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{name}, namespace: apps, annotations: {{note: \"{note}\"}}}}\nspec:\n  ports: [{{port: 80}}]\n"
+            )
+        };
+        let file = |note: &str| {
+            let docs: Vec<String> = (0..8)
+                .map(|i| service(i, if i == 3 { note } else { "" }))
+                .collect();
+            docs.join("---\n")
+        };
+        let mut source = DirectorySource::new(dir.path());
+        let first = file("");
+        std::fs::write(&path, &first).unwrap();
+        source.load();
+        let parsed_whole = |source: &DirectorySource| source.last_read[&path].parsed_whole;
+        assert_eq!(parsed_whole(&source), first.len());
+        // A little longer: parsed document by document, against the size parsed whole.
+        std::fs::write(&path, file("a few more bytes")).unwrap();
+        source.load();
+        assert_eq!(parsed_whole(&source), first.len());
+        // Longer by more than a quarter: parsed whole, which sets the size anew.
+        let long = file(&"x".repeat(first.len() / 2));
+        std::fs::write(&path, &long).unwrap();
+        let report = source.load();
+        assert_eq!(parsed_whole(&source), long.len());
+        assert_eq!(report.objects.services.len(), 8);
+    }
 }
