@@ -29,18 +29,24 @@ impl Placed {
     }
 }
 
-/// One `RouteRules` a translation built, with everything it was built from.
+/// One `RouteRules` a translation built (its route table and domains are in it), with what
+/// else it was built from.
 struct BuiltRules {
     compiled: Arc<CompiledRoute>,
-    route_table: String,
-    domains: Vec<String>,
     /// The kernel verdict of each of the compiled route's entries.
     kernel: Vec<bool>,
-    name: String,
+    /// A `RouteRules`.
     payload: Arc<Payload>,
 }
 
 impl BuiltRules {
+    fn rules(&self) -> Option<&RouteRules> {
+        match &*self.payload {
+            Payload::RouteRules(rules) => Some(rules),
+            _ => None,
+        }
+    }
+
     fn built_from(
         &self,
         compiled: &Arc<CompiledRoute>,
@@ -49,13 +55,20 @@ impl BuiltRules {
         kernel: impl Iterator<Item = bool>,
     ) -> bool {
         Arc::ptr_eq(&self.compiled, compiled)
-            && self.route_table == route_table
-            && self
-                .domains
-                .iter()
-                .map(String::as_str)
-                .eq(domains.iter().copied())
+            && self.rules().is_some_and(|r| {
+                r.route_table == route_table
+                    && r.domains
+                        .iter()
+                        .map(String::as_str)
+                        .eq(domains.iter().copied())
+            })
             && self.kernel.iter().copied().eq(kernel)
+    }
+
+    /// The resource's name and payload, as a Gateway's resources hold them.
+    fn handed_on(&self) -> (String, Arc<Payload>) {
+        let name = self.rules().map_or_else(String::new, |r| r.name.clone());
+        (name, Arc::clone(&self.payload))
     }
 }
 
@@ -148,10 +161,10 @@ pub fn table(
             };
             // Built already in this translation (another Gateway with the same placement).
             if let Some(built) = memo.next.get(&memo_key).filter(|b| built_now(b)) {
-                return (built.name.clone(), Arc::clone(&built.payload));
+                return built.handed_on();
             }
             if let Some(built) = memo.previous.remove(&memo_key).filter(|b| built_now(b)) {
-                let out = (built.name.clone(), Arc::clone(&built.payload));
+                let out = built.handed_on();
                 memo.next.insert(memo_key, built);
                 return out;
             }
@@ -174,15 +187,12 @@ pub fn table(
                 domains: domains.iter().map(|d| (*d).to_owned()).collect(),
                 rules: ranked,
             };
+            let out = (rules.name.clone(), Arc::new(Payload::RouteRules(rules)));
             let built = Box::new(BuiltRules {
                 compiled: Arc::clone(compiled),
-                route_table: name.to_owned(),
-                domains: rules.domains.clone(),
                 kernel: compiled.entries.iter().map(verdict).collect(),
-                name: rules.name.clone(),
-                payload: Arc::new(Payload::RouteRules(rules)),
+                payload: Arc::clone(&out.1),
             });
-            let out = (built.name.clone(), Arc::clone(&built.payload));
             memo.next.insert(memo_key, built);
             out
         })
