@@ -670,6 +670,17 @@ mod tests {
         assert!(source.load().objects.is_empty());
     }
 
+    /// A deterministic generator (xorshift) of numbers below its argument, so that a failure
+    /// replays.
+    fn below_from(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
     /// The merge as it was done before it was kept up to date: every file's objects in path
     /// order, a later definition replacing an earlier one.
     fn merged_from_scratch(source: &DirectorySource) -> (ObjectSet, Vec<String>) {
@@ -700,13 +711,7 @@ mod tests {
             )
         };
         let invalid = "apiVersion: v1\nkind: Service\nmetadata: {name: s0, namespace: apps}\nspec:\n  ports: nope\n";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut below = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut below = below_from(0x2545_f491_4f6c_dd1d);
         let mut source = DirectorySource::new(dir.path());
         for step in 0..400 {
             let file = dir.path().join(format!("f{}.yaml", below(4)));
@@ -782,13 +787,7 @@ mod tests {
             5 => "metadata: {name: x}\n".to_owned(),
             _ => service(n, 80 + pick as usize),
         };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = below_from(0x9e37_79b9_7f4a_7c15);
         let mut documents: Vec<String> = (0..8).map(|i| service(i, 80)).collect();
         let mut source = DirectorySource::new(dir.path());
         let (mut reparsed, mut steps) = (0, 0);

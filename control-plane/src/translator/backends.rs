@@ -18,6 +18,7 @@ use rauta_common::api::v1::resource::Payload;
 use rauta_common::types::ResourceType;
 
 use super::backend_tls::{self, ServicePortKey};
+use super::generations::Generations;
 use super::output::ResourceSet;
 use super::references::{Target, is_core_group, reference_granted};
 use super::service_policy;
@@ -201,18 +202,13 @@ struct FilledEndpoints {
 /// compared by the snapshot. An endpoint change then costs the clusters it touches.
 #[derive(Default)]
 pub struct EndpointsMemo {
-    previous: HashMap<String, FilledEndpoints, foldhash::fast::RandomState>,
-    next: HashMap<String, FilledEndpoints, foldhash::fast::RandomState>,
+    filled: Generations<String, FilledEndpoints>,
 }
 
 impl EndpointsMemo {
     /// What this translation filled in becomes what the next one may reuse.
     pub fn advance(&mut self) {
-        let capacity = self.next.len();
-        self.previous = std::mem::replace(
-            &mut self.next,
-            HashMap::with_capacity_and_hasher(capacity, Default::default()),
-        );
+        self.filled.advance();
     }
 }
 
@@ -274,24 +270,20 @@ impl<'a> EndpointIndex<'a> {
                     && f.slices.len() == slices.len()
                     && f.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
             };
-            // Filled already for another Gateway of this translation, or by the previous one.
-            if let Some(filled) = memo.next.get(&name).filter(|f| same(f)) {
+            if let Some(filled) = memo.filled.reused(&name, same) {
                 endpoints.insert(name, Arc::clone(&filled.payload));
                 continue;
             }
-            let filled = match memo.previous.remove(&name).filter(|f| same(f)) {
-                Some(filled) => filled,
-                None => FilledEndpoints {
-                    service: Arc::clone(service),
-                    slices: slices.iter().map(|s| Arc::clone(s)).collect(),
-                    payload: Arc::new(Payload::Endpoints(ClusterEndpoints {
-                        cluster: name.clone(),
-                        endpoints: Self::endpoints_of(slices, service_port),
-                    })),
-                },
+            let filled = FilledEndpoints {
+                service: Arc::clone(service),
+                slices: slices.iter().map(|s| Arc::clone(s)).collect(),
+                payload: Arc::new(Payload::Endpoints(ClusterEndpoints {
+                    cluster: name.clone(),
+                    endpoints: Self::endpoints_of(slices, service_port),
+                })),
             };
             endpoints.insert(name.clone(), Arc::clone(&filled.payload));
-            memo.next.insert(name, filled);
+            memo.filled.insert(name, filled);
         }
     }
 

@@ -16,6 +16,7 @@ mod extensions;
 mod filters;
 mod gateway;
 mod gateway_resources;
+mod generations;
 mod grpc;
 pub mod hostnames;
 mod incremental;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{RankedRule, RouteRule, RouteRules, RouteTable, VirtualHost};
 
+use super::generations::Generations;
 use super::kernel;
 use super::route_view::RouteId;
 use super::routes::{CompiledRoute, MatchEntry};
@@ -79,8 +80,7 @@ impl BuiltRules {
 #[derive(Default)]
 pub struct RulesMemo {
     // Boxed: entries move from one map to the other, and a box moves in one word.
-    previous: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::RandomState>,
-    next: HashMap<MemoKey, Box<BuiltRules>, foldhash::fast::RandomState>,
+    built: Generations<MemoKey, Box<BuiltRules>>,
     /// Seeded per process: domains are names users choose.
     hasher: foldhash::fast::RandomState,
 }
@@ -94,11 +94,7 @@ type MemoKey = (usize, u64);
 impl RulesMemo {
     /// What this translation built becomes what the next one may reuse.
     pub fn advance(&mut self) {
-        let capacity = self.next.len();
-        self.previous = std::mem::replace(
-            &mut self.next,
-            HashMap::with_capacity_and_hasher(capacity, Default::default()),
-        );
+        self.built.advance();
     }
 
     fn key(
@@ -160,13 +156,8 @@ pub fn table(
                 )
             };
             // Built already in this translation (another Gateway with the same placement).
-            if let Some(built) = memo.next.get(&memo_key).filter(|b| built_now(b)) {
+            if let Some(built) = memo.built.reused(&memo_key, |b| built_now(b)) {
                 return built.handed_on();
-            }
-            if let Some(built) = memo.previous.remove(&memo_key).filter(|b| built_now(b)) {
-                let out = built.handed_on();
-                memo.next.insert(memo_key, built);
-                return out;
             }
             let mut ranked: Vec<RankedRule> = compiled
                 .entries
@@ -193,7 +184,7 @@ pub fn table(
                 kernel: compiled.entries.iter().map(verdict).collect(),
                 payload: Arc::clone(&out.1),
             });
-            memo.next.insert(memo_key, built);
+            memo.built.insert(memo_key, built);
             out
         })
         .collect();
