@@ -40,6 +40,34 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// An address on 127.0.0.1 where connections are refused for as long as this lives: its port
+/// is bound and never listened on, so no other test (they run in parallel) can take it. A
+/// port that was merely free a moment ago may be some other test's server by the time the
+/// proxy connects, and answer.
+pub struct RefusingPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl RefusingPort {
+    pub fn bind() -> RefusingPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address");
+        RefusingPort {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rauta_tests::harness::{Controller, Proxy, Workspace, free_port, h2c_connect, start_gateway};
+use rauta_tests::harness::{
+    Controller, Proxy, RefusingPort, Workspace, free_port, h2c_connect, start_gateway,
+};
 use rauta_tests::manifests::{http_route, on_http_gateway, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct ScriptedBackend {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Where connections are refused: the dead endpoint of the tests' dead.example.
+    dead: RefusingPort,
 }
 
 impl ScriptedBackend {
@@ -33,7 +37,11 @@ impl ScriptedBackend {
                 tokio::spawn(serve_backend(stream));
             }
         });
-        ScriptedBackend { addr, connections }
+        ScriptedBackend {
+            addr,
+            connections,
+            dead: RefusingPort::bind(),
+        }
     }
 }
 
@@ -340,7 +348,7 @@ fn get(path: &str, host: &str, extra: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_fast_path_relays_http1_exactly_and_hands_off_what_it_does_not_take() {
     let backend = ScriptedBackend::start().await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead = backend.dead.addr;
     let ws = Workspace::new();
     ws.write(
         "all.yaml",
@@ -669,7 +677,7 @@ async fn with_and_without_fast_path(
     dead_route: &str,
     routes: &[String],
 ) -> (Controller, Proxy, Proxy) {
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead = backend.dead.addr;
     let mut manifests = vec![
         service("apps", "scripted", &[backend.addr]),
         service("apps", "dead", &[dead]),

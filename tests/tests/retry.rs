@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rauta_tests::harness::{
-    Controller, Echo, Proxy, Workspace, free_port, http_request, start_gateway,
+    Controller, Echo, Proxy, RefusingPort, Workspace, free_port, http_request, start_gateway,
 };
 use rauta_tests::manifests::{
     annotated_service, documents, gateway, gateway_class, http_route, service,
@@ -21,7 +21,8 @@ use rauta_tests::manifests::{
 async fn a_retry_reaches_the_other_endpoint() {
     let ws = Workspace::new();
     let echo = Echo::start("echo-1-a", "apps", ws.path());
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let refusing = RefusingPort::bind();
+    let dead = refusing.addr;
     let rules = "  - matches: [{path: {type: PathPrefix, value: /with-retries}}]\n    backendRefs: [{name: mixed, port: 8080}]\n    retry: {attempts: 1, codes: [503]}\n  - matches: [{path: {type: PathPrefix, value: /plain}}]\n    backendRefs: [{name: mixed, port: 8080}]\n";
     ws.write(
         "all.yaml",

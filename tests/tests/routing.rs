@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rauta_tests::harness::{
-    Controller, Echo, Proxy, eventually, free_port, http_get, http_request,
+    Controller, Echo, Proxy, RefusingPort, eventually, free_port, http_get, http_request,
 };
 use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
 
@@ -21,7 +21,8 @@ async fn routes_by_path_header_and_weight() {
     let sticky: Vec<Echo> = (0..3)
         .map(|i| Echo::start(&format!("sticky-0-{i}"), "apps", work.path()))
         .collect();
-    let dead_port = free_port();
+    let refusing = RefusingPort::bind();
+    let dead_port = refusing.addr.port();
 
     let rules = r#"  - matches:
     - path: {type: Exact, value: /exact}

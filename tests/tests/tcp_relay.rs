@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rauta_tests::echo::EchoIdentity;
-use rauta_tests::harness::{Workspace, eventually, free_port, metric_value, start_gateway_at};
+use rauta_tests::harness::{RefusingPort, Workspace, eventually, metric_value, start_gateway_at};
 use rauta_tests::l4_echo::{TCP_WELCOME, TcpEcho};
 use rauta_tests::manifests::{documents, gateway_class, service};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -199,7 +199,8 @@ async fn tcp_relay_passes_over_endpoints_that_refuse() {
     let ws = Workspace::new();
     let live = echo("live-1-x").await;
     // A port nothing listens on.
-    let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let refusing = RefusingPort::bind();
+    let dead = refusing.addr;
     ws.write(
         "all.yaml",
         &documents(&[

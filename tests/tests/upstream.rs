@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rauta_tests::echo::{EchoIdentity, EchoServer};
-use rauta_tests::harness::{Workspace, eventually, free_port, http_get, start_gateway};
+use rauta_tests::harness::{RefusingPort, Workspace, eventually, http_get, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, h2c_service, http_route, service};
 
 const WORKERS: usize = 2;
@@ -33,7 +33,8 @@ async fn pools_reuse_connections_and_h2_keeps_the_authority() {
         .await
         .unwrap();
     let h2c = echo.h2c.unwrap();
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let refusing = RefusingPort::bind();
+    let dead = refusing.addr;
     let rules = |backend: &str, port: u16| {
         format!("  - backendRefs: [{{name: {backend}, port: {port}}}]\n")
     };
