@@ -214,7 +214,8 @@ mod tests {
                 generation: 1,
                 parents: vec![],
             };
-            r.http_routes.insert(ObjectRef::new("apps", *name), status);
+            r.http_routes
+                .insert(ObjectRef::new("apps", *name), status.into());
         }
         r
     }

@@ -94,6 +94,13 @@ impl Scoped for RouteStatus {
     }
 }
 
+/// A shared status (routes'): equal by address first, as `Arc`'s equality is.
+impl<S: Scoped> Scoped for Arc<S> {
+    fn scoped(&self) -> Vec<(String, &Condition)> {
+        (**self).scoped()
+    }
+}
+
 impl Scoped for PolicyStatus {
     fn scoped(&self) -> Vec<(String, &Condition)> {
         of_parents(&self.ancestors).collect()
@@ -718,7 +725,8 @@ mod tests {
         r.gateways
             .insert(ObjectRef::new("infra", "gw"), GatewayStatus::default());
         for name in ["a", "b", "c"] {
-            r.http_routes.insert(ObjectRef::new("apps", name), route(1));
+            r.http_routes
+                .insert(ObjectRef::new("apps", name), route(1).into());
         }
         let store = StatusStore::new();
         store.publish(r.clone());
@@ -749,7 +757,8 @@ mod tests {
         let none = store.render_changes(&registry, Some(&all.report));
         assert_eq!(names(&none), ["Gateway/gw"]);
 
-        r.http_routes.insert(ObjectRef::new("apps", "b"), route(2));
+        r.http_routes
+            .insert(ObjectRef::new("apps", "b"), route(2).into());
         r.http_routes.remove(&ObjectRef::new("apps", "c"));
         let published = store.publish(r).expect("changed");
         assert_eq!(

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gateway_api::gateways::Gateway;
 use rauta_common::api::v1::ClientCertificate;
@@ -34,10 +35,22 @@ pub struct GatewayView<'a> {
     /// cannot be used (the Gateway's ResolvedRefs reason and message).
     pub backend_client_certificate: Option<Result<ClientCertificate, (&'static str, String)>>,
     pub listeners: Vec<ListenerView<'a>>,
-    /// Indexes into `listeners` by owner: `None` for the Gateway's own, else the ListenerSet.
-    pub listeners_of: BTreeMap<Option<ObjectRef>, Vec<usize>>,
+    /// The listeners of each owner: `None` for the Gateway's own, else the ListenerSet.
+    pub listeners_of: BTreeMap<Option<ObjectRef>, OwnedListeners>,
     /// ListenerSets naming this Gateway as parent, allowed or not.
     pub listener_sets: Vec<ListenerSetView<'a>>,
+}
+
+/// The listeners of one owner (the Gateway, or one of its ListenerSets): those a parentRef
+/// to that owner reaches.
+pub struct OwnedListeners {
+    /// Indexes into `GatewayView::listeners`.
+    pub indices: Vec<usize>,
+    /// Everything attachment reads of them (`ListenerView::attach_inputs`): a route whose
+    /// parentRef reaches them attaches as it did while this stays equal.
+    pub attach_inputs: Arc<[u8]>,
+    /// One of them selects route namespaces by label: attachment reads Namespaces too.
+    pub selects_namespaces: bool,
 }
 
 /// What one Gateway produces: its resources, its status and its ListenerSets' statuses.
@@ -70,10 +83,23 @@ impl<'a> GatewayView<'a> {
             }
         }
         listeners::mark_hostname_conflicts(&mut listeners);
-        let mut listeners_of: BTreeMap<Option<ObjectRef>, Vec<usize>> = BTreeMap::new();
+        let mut owned: BTreeMap<Option<ObjectRef>, (Vec<usize>, Vec<u8>, bool)> = BTreeMap::new();
         for (i, l) in listeners.iter().enumerate() {
-            listeners_of.entry(l.owner.clone()).or_default().push(i);
+            let (indices, inputs, selects) = owned.entry(l.owner.clone()).or_default();
+            indices.push(i);
+            *selects |= l.attach_inputs(inputs);
         }
+        let listeners_of = owned
+            .into_iter()
+            .map(|(owner, (indices, inputs, selects_namespaces))| {
+                let owned = OwnedListeners {
+                    indices,
+                    attach_inputs: inputs.into(),
+                    selects_namespaces,
+                };
+                (owner, owned)
+            })
+            .collect();
         // RAUTA defines no parameters kind yet, so any parametersRef is one it cannot resolve.
         let invalid_parameters = gw
             .spec

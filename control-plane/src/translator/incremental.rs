@@ -21,12 +21,13 @@ use std::collections::{BTreeMap, btree_map};
 use std::iter::Peekable;
 use std::sync::Arc;
 
+use super::attachment::AttachMemo;
 use super::backends::{EndpointIndex, EndpointsMemo};
 use super::route_rules::RulesMemo;
-use super::route_view::{RouteId, RouteView};
+use super::route_view::{RouteEntry, RouteId, RouteKind, RouteView};
 use super::routes::{self, CompiledRoute};
 use super::{Translation, translate_with};
-use crate::objects::{Kind, ObjectSet};
+use crate::objects::{Kind, ObjectRef, ObjectSet};
 
 /// Whether route compilation may read objects of `kind`: a change to any object of these
 /// kinds compiles every route again. Routes reach compilation through their view;
@@ -60,6 +61,8 @@ struct Memo {
     rules: RulesMemo,
     /// The endpoints filled in.
     endpoints: EndpointsMemo,
+    /// How each route attached.
+    attachments: AttachMemo,
 }
 
 /// Compiles the routes of one translation, reusing the previous translation's compiled
@@ -76,6 +79,9 @@ pub struct Compiler<'a> {
     pub rules: RulesMemo,
     /// The same for the endpoints filled in.
     pub endpoints: EndpointsMemo,
+    /// How each route attached in the previous translation (reused where nothing it read
+    /// changed), and in this one.
+    pub attachments: AttachMemo,
 }
 
 impl<'a> Compiler<'a> {
@@ -92,6 +98,7 @@ impl<'a> Compiler<'a> {
             reused: 0,
             rules: RulesMemo::default(),
             endpoints: EndpointsMemo::default(),
+            attachments: AttachMemo::default(),
         }
     }
 
@@ -104,39 +111,49 @@ impl<'a> Compiler<'a> {
             reused: 0,
             rules: RulesMemo::default(),
             endpoints: EndpointsMemo::default(),
+            attachments: AttachMemo::default(),
         }
     }
 
-    pub fn compile(&mut self, route: &RouteView<'_>) -> Arc<CompiledRoute> {
-        let id = route.id();
-        if let Some(compiled) = self.previous(&id)
-            && compiled.source.same(&route.object)
-            && compiled.services_read.iter().all(|(key, before)| {
-                match (before, self.inputs.services.get(key)) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                    (None, None) => true,
-                    _ => false,
-                }
-            })
-        {
-            self.reused += 1;
-            return Arc::clone(compiled);
+    pub fn compile(&mut self, entry: &RouteEntry<'_>, route: &RouteView<'_>) -> Arc<CompiledRoute> {
+        self.reuse(entry)
+            .unwrap_or_else(|| Arc::new(routes::compile(&self.inputs, route)))
+    }
+
+    /// The previous translation's compiled form of the route, if nothing it was compiled
+    /// from has changed.
+    pub fn reuse(&mut self, entry: &RouteEntry<'_>) -> Option<Arc<CompiledRoute>> {
+        let compiled = self.previous(&(entry.kind(), entry.key))?;
+        let services_same = compiled.services_read.iter().all(|(key, before)| {
+            match (before, self.inputs.services.get(key)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            }
+        });
+        if !(entry.is(&compiled.source) && services_same) {
+            return None;
         }
-        Arc::new(routes::compile(&self.inputs, route))
+        self.reused += 1;
+        Some(Arc::clone(compiled))
     }
 
     /// The previous translation's compiled route of `id`. Routes are compiled in id order,
     /// so this steps along the previous ones instead of searching them (tens of thousands
     /// of string comparisons a translation); a lookup out of order searches.
-    fn previous(&mut self, id: &RouteId) -> Option<&'a Arc<CompiledRoute>> {
+    fn previous(
+        &mut self,
+        (kind, key): &(RouteKind, &ObjectRef),
+    ) -> Option<&'a Arc<CompiledRoute>> {
         let memo = self.reusable?;
         let cursor = self
             .cursor
             .get_or_insert_with(|| memo.compiled.iter().peekable());
-        while cursor.next_if(|(k, _)| *k < id).is_some() {}
+        let before = |(k, _): &(&RouteId, _)| (k.0, &k.1) < (*kind, *key);
+        while cursor.next_if(before).is_some() {}
         match cursor.peek() {
-            Some((k, compiled)) if *k == id => Some(compiled),
-            _ => memo.compiled.get(id),
+            Some(((k, name), compiled)) if k == kind && name == *key => Some(compiled),
+            _ => memo.compiled.get(&(*kind, (*key).clone())),
         }
     }
 }
@@ -147,6 +164,8 @@ pub struct Translator {
     memo: Option<Memo>,
     /// Routes whose compiled form the last translation reused.
     pub reused_last: usize,
+    /// Routes whose attachment the last translation reused.
+    pub attachments_reused_last: usize,
 }
 
 impl Translator {
@@ -155,6 +174,7 @@ impl Translator {
             controller_name: controller_name.into(),
             memo: None,
             reused_last: 0,
+            attachments_reused_last: 0,
         }
     }
 
@@ -163,30 +183,36 @@ impl Translator {
     pub fn translate(&mut self, objects: &ObjectSet) -> Translation {
         // The rules and endpoints memos are handed on whatever the other inputs: they check
         // each entry themselves.
-        let (rules, endpoints) = self
+        let (rules, endpoints, attachments) = self
             .memo
             .as_mut()
             .map(|m| {
                 (
                     std::mem::take(&mut m.rules),
                     std::mem::take(&mut m.endpoints),
+                    std::mem::take(&mut m.attachments),
                 )
             })
             .unwrap_or_default();
         let mut compiler = Compiler::new(objects, self.memo.as_ref());
         compiler.rules = rules;
         compiler.endpoints = endpoints;
+        compiler.attachments = attachments;
         let (translation, compiled) = translate_with(objects, &self.controller_name, &mut compiler);
         self.reused_last = compiler.reused;
-        let (mut rules, mut endpoints) = (compiler.rules, compiler.endpoints);
+        self.attachments_reused_last = compiler.attachments.reused;
+        let (mut rules, mut endpoints, mut attachments) =
+            (compiler.rules, compiler.endpoints, compiler.attachments);
         rules.advance();
         endpoints.advance();
+        attachments.advance();
         let inputs = compiler.inputs.into_owned();
         self.memo = Some(Memo {
             inputs,
             compiled,
             rules,
             endpoints,
+            attachments,
         });
         translation
     }

@@ -44,16 +44,23 @@ fn universe() -> Vec<(ObjectRef, Object)> {
     out
 }
 
-/// A changed version of a route (its first path, or its hostnames) or a Service (its first
-/// port), as an edit would make.
+/// A changed version of a route (its first path, or its hostnames), a Service (its first
+/// port) or a Namespace (its labels gone), as an edit would make.
 fn edited(key: &ObjectRef, object: &Object) -> Option<Object> {
     let (kind, mut value) = match object {
         Object::HttpRoute(r) => (Kind::HttpRoute, serde_json::to_value(&**r).ok()?),
         Object::GrpcRoute(r) => (Kind::GrpcRoute, serde_json::to_value(&**r).ok()?),
         Object::Service(s) => (Kind::Service, serde_json::to_value(&**s).ok()?),
+        Object::Namespace(n) => (Kind::Namespace, serde_json::to_value(&**n).ok()?),
         _ => return None,
     };
     match kind {
+        Kind::Namespace => {
+            value
+                .get_mut("metadata")?
+                .as_object_mut()?
+                .remove("labels")?;
+        }
         Kind::Service => {
             let port = value.pointer_mut("/spec/ports/0/port")?;
             *port = Value::from(port.as_i64()? + 1);
@@ -219,4 +226,59 @@ fn a_route_is_compiled_again_when_a_service_it_looked_up_changes_and_only_then()
             assert_eq!(incremental.status, full.status, "{step} {key}");
         }
     }
+}
+
+#[test]
+fn a_route_attaches_again_when_what_attachment_read_changes_and_only_then() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translator/testdata");
+    let text = std::fs::read_to_string(dir.join("attachment.in.yaml")).expect("golden input");
+    let (mut objects, _) = parse_manifests(&text);
+    let routes = objects.http_routes.len();
+    let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+    let first = translator.translate(&objects);
+    assert_eq!(translator.attachments_reused_last, 0);
+    let key = ObjectRef::new("apps", "by-label");
+    let status = |t: &Translation| Arc::clone(&t.status.http_routes[&key]);
+    let accepted = |t: &Translation| status(t).parents[0].conditions[0].status.clone();
+    assert_eq!(accepted(&first), "True");
+
+    // Nothing changed: every route's attachment and its very status allocation are reused.
+    let again = translator.translate(&objects);
+    assert_eq!(translator.attachments_reused_last, routes);
+    assert!(Arc::ptr_eq(&status(&first), &status(&again)));
+
+    // The route's Namespace loses the label its listener selects: it attaches again, and
+    // no longer to that listener. Routes in other namespaces or on other listeners are
+    // reused.
+    let namespace = ObjectRef::new("", "apps");
+    let labelled = objects
+        .get(Kind::Namespace, &namespace)
+        .expect("the apps Namespace");
+    let unlabelled = edited(&namespace, &labelled).expect("an edited Namespace");
+    objects.insert(namespace.clone(), unlabelled);
+    let unselected = translator.translate(&objects);
+    assert_eq!(
+        unselected.status,
+        translate(&objects, DEFAULT_CONTROLLER_NAME).status
+    );
+    assert_eq!(accepted(&unselected), "False");
+    let reused = translator.attachments_reused_last;
+    assert!(0 < reused && reused < routes, "{reused} of {routes}");
+
+    // A listener of its Gateway changes: the routes of that Gateway attach again.
+    objects.insert(namespace, labelled);
+    translator.translate(&objects);
+    let gateway = ObjectRef::new("infra", "selective");
+    let Some(Object::Gateway(gw)) = objects.get(Kind::Gateway, &gateway) else {
+        panic!("the selective Gateway");
+    };
+    let mut gw = (*gw).clone();
+    gw.spec.listeners[0].hostname = Some("elsewhere.example".into());
+    objects.insert(gateway, Object::Gateway(Arc::new(gw)));
+    let moved = translator.translate(&objects);
+    assert_eq!(
+        moved.status,
+        translate(&objects, DEFAULT_CONTROLLER_NAME).status
+    );
+    assert_eq!(translator.attachments_reused_last, routes - 1);
 }

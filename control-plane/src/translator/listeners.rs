@@ -187,6 +187,37 @@ pub fn mark_hostname_conflicts(listeners: &mut [ListenerView<'_>]) {
 }
 
 impl ListenerView<'_> {
+    /// Appends everything attachment reads of this listener (`attachment.rs`: name, port,
+    /// hostname, the kinds it serves, its owner's namespace, allowedRoutes, whether it
+    /// supports routes at all), each field length-prefixed so that distinct listeners never
+    /// encode alike. Returns whether allowedRoutes selects namespaces by label, which makes
+    /// attachment read Namespaces too.
+    pub fn attach_inputs(&self, out: &mut Vec<u8>) -> bool {
+        fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+            out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        put(out, self.spec.name.as_bytes());
+        put(out, &self.spec.port.to_le_bytes());
+        match &self.spec.hostname {
+            Some(h) => put(out, h.as_bytes()),
+            None => put(out, b"\0none"),
+        }
+        let kinds: Vec<u8> = self.route_kinds.iter().map(|k| *k as u8).collect();
+        put(out, &kinds);
+        put(out, self.namespace.as_bytes());
+        let supported = self.problem.as_ref().is_none_or(|p| p.routes_supported);
+        put(out, &[u8::from(supported)]);
+        let allowed = serde_json::to_vec(&self.spec.allowed_routes).unwrap_or_default();
+        put(out, &allowed);
+        self.spec
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_ref())
+            == Some(&GatewayListenersAllowedRoutesNamespacesFrom::Selector)
+    }
+
     /// Whether a route of `kind` from `route_namespace` may attach: the listener's protocol
     /// serves the kind, and allowedRoutes admits its namespace and kind.
     pub fn admits(&self, objects: &ObjectSet, kind: RouteKind, route_namespace: &str) -> bool {

@@ -151,6 +151,7 @@ fn translate_with(
         objects,
         controller_name,
         &routes,
+        route_view::RouteEntry::view,
         &mut gateways,
         &mut out.status,
         compiler,

@@ -149,15 +149,95 @@ macro_rules! backend_only_rules {
     };
 }
 
+/// A route of the object set, before its view is read: the view (parentRefs, rules in HTTP
+/// shape) costs allocations a route whose attachment is reused does not need.
+#[derive(Clone, Copy)]
+pub struct RouteEntry<'a> {
+    pub key: &'a ObjectRef,
+    pub route: RouteRef<'a>,
+}
+
+/// A route object of the object set, whichever its kind.
+#[derive(Clone, Copy)]
+pub enum RouteRef<'a> {
+    Http(&'a Arc<HttpRoute>),
+    Tls(&'a Arc<TlsRoute>),
+    Grpc(&'a Arc<GrpcRoute>),
+    Tcp(&'a Arc<TcpRoute>),
+    Udp(&'a Arc<UdpRoute>),
+}
+
+impl<'a> RouteEntry<'a> {
+    pub fn kind(&self) -> RouteKind {
+        match self.route {
+            RouteRef::Http(_) => RouteKind::Http,
+            RouteRef::Tls(_) => RouteKind::Tls,
+            RouteRef::Grpc(_) => RouteKind::Grpc,
+            RouteRef::Tcp(_) => RouteKind::Tcp,
+            RouteRef::Udp(_) => RouteKind::Udp,
+        }
+    }
+
+    pub fn id(&self) -> RouteId {
+        (self.kind(), self.key.clone())
+    }
+
+    /// Whether `object` is this route's object or an equal one.
+    pub fn is(&self, object: &RouteObject) -> bool {
+        fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        match (self.route, object) {
+            (RouteRef::Http(a), RouteObject::Http(b)) => same(a, b),
+            (RouteRef::Tls(a), RouteObject::Tls(b)) => same(a, b),
+            (RouteRef::Grpc(a), RouteObject::Grpc(b)) => same(a, b),
+            (RouteRef::Tcp(a), RouteObject::Tcp(b)) => same(a, b),
+            (RouteRef::Udp(a), RouteObject::Udp(b)) => same(a, b),
+            _ => false,
+        }
+    }
+
+    pub fn view(&self) -> RouteView<'a> {
+        match self.route {
+            RouteRef::Http(r) => http(self.key, r),
+            RouteRef::Tls(r) => tls(self.key, r),
+            RouteRef::Grpc(r) => grpc(self.key, r),
+            RouteRef::Tcp(r) => tcp(self.key, r),
+            RouteRef::Udp(r) => udp(self.key, r),
+        }
+    }
+}
+
 /// Every route of the object set: HTTPRoutes, TLSRoutes, GRPCRoutes, TCPRoutes, then
-/// UDPRoutes, each by key.
-pub fn all(objects: &ObjectSet) -> Vec<RouteView<'_>> {
-    let http = objects.http_routes.iter().map(|(k, r)| http(k, r));
-    let tls = objects.tls_routes.iter().map(|(k, r)| tls(k, r));
-    let grpc = objects.grpc_routes.iter().map(|(k, r)| grpc(k, r));
-    let tcp = objects.tcp_routes.iter().map(|(k, r)| tcp(k, r));
-    let udp = objects.udp_routes.iter().map(|(k, r)| udp(k, r));
-    http.chain(tls).chain(grpc).chain(tcp).chain(udp).collect()
+/// UDPRoutes, each by key; that is, in `RouteId` order.
+pub fn all(objects: &ObjectSet) -> Vec<RouteEntry<'_>> {
+    let entry = |(key, route)| RouteEntry { key, route };
+    let http = objects
+        .http_routes
+        .iter()
+        .map(|(k, r)| (k, RouteRef::Http(r)));
+    let tls = objects
+        .tls_routes
+        .iter()
+        .map(|(k, r)| (k, RouteRef::Tls(r)));
+    let grpc = objects
+        .grpc_routes
+        .iter()
+        .map(|(k, r)| (k, RouteRef::Grpc(r)));
+    let tcp = objects
+        .tcp_routes
+        .iter()
+        .map(|(k, r)| (k, RouteRef::Tcp(r)));
+    let udp = objects
+        .udp_routes
+        .iter()
+        .map(|(k, r)| (k, RouteRef::Udp(r)));
+    http.chain(tls)
+        .chain(grpc)
+        .chain(tcp)
+        .chain(udp)
+        .map(entry)
+        .collect()
 }
 
 /// A route's view: what every kind shares (key, generation, creation time, parentRefs with

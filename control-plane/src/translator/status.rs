@@ -2,6 +2,7 @@
 //! (Kubernetes status subresource, or files and the admin service in standalone mode).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -143,21 +144,23 @@ pub struct PolicyStatus {
     pub ancestors: Vec<RouteParentStatus>,
 }
 
-/// Status of every object the translator looked at and owns.
+/// Status of every object the translator looked at and owns. A route's status is shared: a
+/// translation that attaches a route as the one before hands on the same allocation, which
+/// every comparison of reports then recognises by address (`Arc`'s equality does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     pub gateway_classes: BTreeMap<ObjectRef, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
-    pub http_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub http_routes: BTreeMap<ObjectRef, Arc<RouteStatus>>,
     pub backend_tls_policies: BTreeMap<ObjectRef, PolicyStatus>,
     pub listener_sets: BTreeMap<ObjectRef, ListenerSetStatus>,
-    pub tls_routes: BTreeMap<ObjectRef, RouteStatus>,
-    pub grpc_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub tls_routes: BTreeMap<ObjectRef, Arc<RouteStatus>>,
+    pub grpc_routes: BTreeMap<ObjectRef, Arc<RouteStatus>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tcp_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub tcp_routes: BTreeMap<ObjectRef, Arc<RouteStatus>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub udp_routes: BTreeMap<ObjectRef, RouteStatus>,
+    pub udp_routes: BTreeMap<ObjectRef, Arc<RouteStatus>>,
     /// Services used by a route whose `rauta.dev/*` annotations could not all be used, and why
     /// (the defaults apply instead).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

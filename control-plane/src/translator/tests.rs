@@ -777,13 +777,18 @@ fn a_route_whose_rules_cannot_be_read_is_reported_not_dropped() {
         .map(|(key, gw)| (key.clone(), gateway::GatewayView::new(&objects, key, gw)))
         .collect();
     // As a GRPCRoute whose rules do not read back as HTTP rules would be.
-    let mut routes = route_view::all(&objects);
-    routes[0].rules = Err("GRPCRoute rules cannot be read as HTTP rules: test".into());
+    let routes = route_view::all(&objects);
+    fn unreadable<'a>(entry: &route_view::RouteEntry<'a>) -> route_view::RouteView<'a> {
+        let mut view = entry.view();
+        view.rules = Err("GRPCRoute rules cannot be read as HTTP rules: test".into());
+        view
+    }
     let mut status = status::StatusReport::default();
     let compiled = attachment::attach_routes(
         &objects,
         DEFAULT_CONTROLLER_NAME,
         &routes,
+        unreadable,
         &mut gateways,
         &mut status,
         &mut incremental::Compiler::fresh(&objects),
