@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use super::gateway::{GatewayView, OwnedListeners};
 use super::hostnames;
 use super::incremental::Compiler;
+use super::listeners::AttachedRoute;
 use super::references::GATEWAY_GROUP;
 use super::route_view::{RouteEntry, RouteId, RouteKind, RouteObject, RouteView};
 use super::routes::CompiledRoute;
@@ -107,7 +108,7 @@ struct Attached {
     compiled: Option<Arc<CompiledRoute>>,
     /// Each listener the route attached to: (slot, position among the owner's listeners,
     /// the hostnames it serves there).
-    listeners: Vec<(usize, usize, Vec<String>)>,
+    listeners: Vec<(usize, usize, Arc<[String]>)>,
     status: Option<Arc<RouteStatus>>,
     /// The route's Namespace, when a listener it reached selects namespaces by label.
     namespace: Option<Option<Arc<Namespace>>>,
@@ -186,7 +187,7 @@ pub fn attach_routes<'a>(
         {
             Some(attached) => {
                 memo.reused += 1;
-                apply(&attached, &id, &mut parents);
+                apply(&attached, &mut parents);
                 attached
             }
             None => {
@@ -280,7 +281,10 @@ fn same_namespace(a: Option<&Arc<Namespace>>, b: Option<&Arc<Namespace>>) -> boo
 }
 
 /// Attaches a route again as it attached before.
-fn apply(attached: &Attached, id: &RouteId, parents: &mut Parents<'_, '_>) {
+fn apply(attached: &Attached, parents: &mut Parents<'_, '_>) {
+    let Some(compiled) = &attached.compiled else {
+        return;
+    };
     for (slot, position, hosts) in &attached.listeners {
         let Some(reached) = &attached.slots[*slot].reached else {
             continue;
@@ -293,7 +297,10 @@ fn apply(attached: &Attached, id: &RouteId, parents: &mut Parents<'_, '_>) {
             .get(&reached.owner)
             .and_then(|o| o.indices.get(*position).copied());
         if let Some(listener) = index.and_then(|i| gateway.listeners.get_mut(i)) {
-            listener.attached.push((hosts.clone(), id.clone()));
+            listener.attached.push(AttachedRoute {
+                hosts: Arc::clone(hosts),
+                compiled: Arc::clone(compiled),
+            });
         }
     }
 }
@@ -345,9 +352,11 @@ fn attach_route(
             .get_or_insert_with(|| compiler.compile(entry, route));
         let (conditions, attached) = attach(objects, gateway, route, parent_ref, compiled);
         for (position, index, hosts) in attached {
-            gateway.listeners[index]
-                .attached
-                .push((hosts.clone(), route.id()));
+            let hosts: Arc<[String]> = hosts.into();
+            gateway.listeners[index].attached.push(AttachedRoute {
+                hosts: Arc::clone(&hosts),
+                compiled: Arc::clone(compiled),
+            });
             out.listeners.push((slot, position, hosts));
         }
         statuses.push(RouteParentStatus {

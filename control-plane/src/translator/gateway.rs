@@ -15,8 +15,6 @@ use super::listener_sets::{self, ListenerSetView};
 use super::listeners::{self, ListenerView};
 use super::output::ResourceSet;
 use super::route_rules::RulesMemo;
-use super::route_view::RouteId;
-use super::routes::CompiledRoute;
 use super::status::{Condition, GatewayStatus, ListenerSetStatus, ListenerStatus, generation_of};
 use super::{addresses, tls};
 use crate::objects::{ObjectRef, ObjectSet};
@@ -133,7 +131,6 @@ impl<'a> GatewayView<'a> {
     /// Builds the Gateway's resources from its attached routes, and its status.
     pub fn build(
         &self,
-        compiled: &BTreeMap<RouteId, std::sync::Arc<CompiledRoute>>,
         endpoints: &EndpointIndex<'_>,
         memo: &mut RulesMemo,
         endpoints_memo: &mut EndpointsMemo,
@@ -157,11 +154,10 @@ impl<'a> GatewayView<'a> {
                 .ok()
                 .filter(|p| (1..=65535).contains(p));
             let Some(port) = port else { continue };
-            let status =
-                match ports.add(listener, port, compiled, client_certificate, &mut resources) {
-                    Ok(()) => listener.serving_status(g),
-                    Err(_) => listener.protocol_conflict_status(port, g),
-                };
+            let status = match ports.add(listener, port, client_certificate, &mut resources) {
+                Ok(()) => listener.serving_status(g),
+                Err(_) => listener.protocol_conflict_status(port, g),
+            };
             listener_statuses.push((owner, status));
         }
         ports.into_resources(&mut resources, memo);

@@ -4,6 +4,7 @@
 //! their routes use (`backends::EndpointIndex` fills in their endpoints).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
@@ -17,36 +18,35 @@ use super::l4_routes;
 use super::listeners::ListenerView;
 use super::output::ResourceSet;
 use super::route_rules::{self, Placed, RulesMemo};
-use super::route_view::RouteId;
 use super::routes::CompiledRoute;
 
 /// The Gateway listeners sharing one port (and so one proxy socket).
-struct PortListeners {
+struct PortListeners<'a> {
     protocol: ListenerProtocol,
     hostnames: Vec<String>,
     /// What each attached route contributes. Placed in virtual hosts once every listener of
     /// the port is known, because listener isolation depends on all of them.
-    contributions: Vec<Contribution>,
+    contributions: Vec<Contribution<'a>>,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
 }
 
-/// What one route contributes to one domain of a port.
-struct Contribution {
-    /// Hostname of the listener it attached to.
-    listener: Option<String>,
+/// What one route contributes to one domain of a port. Borrowed from the listener it
+/// attached to: thousands of routes, each placed on every translation.
+struct Contribution<'a> {
+    /// Hostname of the listener it attached to (lower case).
+    listener: Option<Rc<str>>,
     /// The virtual-host domain (L4: server name).
-    domain: String,
+    domain: &'a str,
     /// Attached through a TLS Passthrough listener.
     passthrough: bool,
-    route: RouteId,
-    compiled: Arc<CompiledRoute>,
+    compiled: &'a Arc<CompiledRoute>,
 }
 
 /// The served listeners of one Gateway, by port and transport (UDP or not): a TCP and a UDP
 /// listener may share a port number, as their sockets do.
 #[derive(Default)]
-pub struct Ports(BTreeMap<(u32, bool), PortListeners>);
+pub struct Ports<'a>(BTreeMap<(u32, bool), PortListeners<'a>>);
 
 /// Which protocols one proxy socket serves together: TLS Passthrough and Terminate listeners
 /// on one port become one TLS Terminate socket whose passthrough routes are relayed untouched
@@ -63,15 +63,14 @@ fn shared_protocol(a: ListenerProtocol, b: ListenerProtocol) -> Option<ListenerP
 /// Another protocol already holds the port (a ProtocolConflict).
 pub struct PortTaken;
 
-impl Ports {
+impl<'a> Ports<'a> {
     /// Adds a served listener to its port, and the clusters its routes use to `resources`.
     /// The first listener on a port decides its protocol: a listener of another protocol
     /// cannot share the socket.
     pub fn add(
         &mut self,
-        listener: &ListenerView<'_>,
+        listener: &'a ListenerView<'_>,
         port: u32,
-        compiled: &BTreeMap<RouteId, Arc<CompiledRoute>>,
         client_certificate: Option<&ClientCertificate>,
         resources: &mut ResourceSet,
     ) -> Result<(), PortTaken> {
@@ -92,30 +91,31 @@ impl Ports {
             .client_validation
             .take()
             .or_else(|| listener.client_validation.clone());
-        let listener_hostname = listener
+        let listener_hostname: Option<Rc<str>> = listener
             .spec
             .hostname
             .as_deref()
             .filter(|h| !h.is_empty())
-            .map(str::to_ascii_lowercase);
+            .map(|h| h.to_ascii_lowercase().into());
         if let Some(h) = &listener_hostname {
-            entry.hostnames.push(h.clone());
+            entry.hostnames.push(h.to_string());
         }
-        for (hosts, route) in &listener.attached {
-            let Some(compiled) = compiled.get(route) else {
-                continue;
-            };
-            for host in hosts {
+        let mut previous: Option<&Arc<CompiledRoute>> = None;
+        for attached in &listener.attached {
+            for host in attached.hosts.iter() {
                 entry.contributions.push(Contribution {
                     listener: listener_hostname.clone(),
-                    domain: host.clone(),
+                    domain: host,
                     passthrough,
-                    route: route.clone(),
-                    compiled: Arc::clone(compiled),
+                    compiled: &attached.compiled,
                 });
             }
-            let route = compiled;
-            add_backends(route, client_certificate, resources);
+            // A route attached through several parentRefs is listed once per parentRef, in
+            // a row: its clusters are added once.
+            if !previous.is_some_and(|p| Arc::ptr_eq(p, &attached.compiled)) {
+                add_backends(&attached.compiled, client_certificate, resources);
+            }
+            previous = Some(&attached.compiled);
         }
         Ok(())
     }
@@ -155,7 +155,7 @@ impl Ports {
                             .iter()
                             .flat_map(|p| p.entries().map(|e| (e.clone(), p.passthrough)))
                             .collect();
-                        (domain, entries)
+                        (domain.to_owned(), entries)
                     })
                     .collect();
                 let table = l4_routes::table(&name, vhosts);
@@ -185,21 +185,20 @@ impl Ports {
 /// less specific listener, e.g. "*.example.com" through the hostname-less one). Hosts a more
 /// specific listener owns inside a broader domain need nothing: that listener's own virtual
 /// host is more specific, so the proxy's lookup (exact, longest wildcard, "*") picks it.
-fn isolated_virtual_hosts(
-    listener_hostnames: &[String],
-    contributions: Vec<Contribution>,
-) -> BTreeMap<String, Vec<Placed>> {
-    let mut vhosts: BTreeMap<String, Vec<Placed>> = listener_hostnames
+fn isolated_virtual_hosts<'h, 'a: 'h>(
+    listener_hostnames: &'h [String],
+    contributions: Vec<Contribution<'a>>,
+) -> BTreeMap<&'h str, Vec<Placed<'a>>> {
+    let mut vhosts: BTreeMap<&'h str, Vec<Placed<'a>>> = listener_hostnames
         .iter()
-        .map(|h| (h.clone(), Vec::new()))
+        .map(|h| (h.as_str(), Vec::new()))
         .collect();
     let port = hostnames::PortHostnames::new(listener_hostnames);
     for c in contributions {
-        if port.owned_by_more_specific_listener(&c.domain, c.listener.as_deref()) {
+        if port.owned_by_more_specific_listener(c.domain, c.listener.as_deref()) {
             continue;
         }
         vhosts.entry(c.domain).or_default().push(Placed {
-            route: c.route,
             passthrough: c.passthrough,
             compiled: c.compiled,
         });

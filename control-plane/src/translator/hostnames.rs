@@ -47,7 +47,13 @@ impl<'a> PortHostnames<'a> {
     /// `domain`. The most specific listener that matches a request is the only one whose
     /// routes may serve it.
     pub fn owned_by_more_specific_listener(&self, domain: &str, listener: Option<&str>) -> bool {
-        let listener = listener.map(str::to_ascii_lowercase);
+        if self.all.is_empty() {
+            return false; // No listener has a hostname: none is more specific.
+        }
+        let listener = listener.map(|l| match l.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(l.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(l),
+        });
         let owns =
             |other: &str| Some(other) != listener.as_deref() && within(other, listener.as_deref());
         // The hostnames `domain` is within: itself, and each wildcard whose suffix (after

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
@@ -11,7 +12,8 @@ use gateway_api::gateways::{
 use rauta_common::api::v1::{ClientValidation, ListenerProtocol, ServerCertificate};
 
 use super::references::GATEWAY_GROUP;
-use super::route_view::{RouteId, RouteKind};
+use super::route_view::RouteKind;
+use super::routes::CompiledRoute;
 use super::selectors::{NamespaceSelector, Requirement};
 use super::status::{Condition, ListenerStatus};
 use super::tls;
@@ -41,8 +43,15 @@ pub struct ListenerView<'a> {
     pub client_validation: Option<ClientValidation>,
     /// The route kinds this listener's protocol serves.
     pub route_kinds: &'static [RouteKind],
-    /// (hostnames, route) for every route attached to this listener.
-    pub attached: Vec<(Vec<String>, RouteId)>,
+    /// Every route attached to this listener, in route order.
+    pub attached: Vec<AttachedRoute>,
+}
+
+/// A route attached to a listener.
+pub struct AttachedRoute {
+    /// The hostnames it serves there.
+    pub hosts: Arc<[String]>,
+    pub compiled: Arc<CompiledRoute>,
 }
 
 /// Why a listener is not served, as its conditions will say.
@@ -310,10 +319,15 @@ impl ListenerView<'_> {
         }
     }
 
-    /// How many routes are attached to the listener (served or not), each counted once.
+    /// How many routes are attached to the listener (served or not), each counted once. A
+    /// route attached through several parentRefs is attached as it is attached, one
+    /// parentRef after the other: its entries are next to each other.
     fn attached_route_count(&self) -> i32 {
-        let routes: BTreeSet<&RouteId> = self.attached.iter().map(|(_, r)| r).collect();
-        i32::try_from(routes.len()).unwrap_or(i32::MAX)
+        let distinct = self
+            .attached
+            .chunk_by(|a, b| Arc::ptr_eq(&a.compiled, &b.compiled))
+            .count();
+        i32::try_from(distinct).unwrap_or(i32::MAX)
     }
 
     /// The status of a listener that is served, with the number of routes attached to it.

@@ -165,12 +165,7 @@ fn translate_with(
     );
     let endpoints = backends::EndpointIndex::new(objects);
     for (key, gateway) in gateways {
-        let built = gateway.build(
-            &compiled,
-            &endpoints,
-            &mut compiler.rules,
-            &mut compiler.endpoints,
-        );
+        let built = gateway.build(&endpoints, &mut compiler.rules, &mut compiler.endpoints);
         out.gateways.insert(key.clone(), built.resources);
         out.status.gateways.insert(key, built.status);
         out.status.listener_sets.extend(built.listener_sets);

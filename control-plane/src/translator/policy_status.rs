@@ -32,8 +32,7 @@ pub fn report(
             // Routes attached to a listener that is not served use no backend through it.
             .filter(|l| l.problem.is_none())
             .flat_map(|l| &l.attached)
-            .filter_map(|(_, route)| compiled.get(route))
-            .flat_map(|c| &c.backends)
+            .flat_map(|a| &a.compiled.backends)
             .map(|b| b.service_port.clone())
             .collect();
         for policy in backend_tls::policies_targeting(objects, &used) {

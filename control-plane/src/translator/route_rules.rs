@@ -4,7 +4,7 @@
 //! its precedence key. An edit to one route then changes one small resource, which is all
 //! the proxies are sent; they assemble each virtual host from the keys.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -13,19 +13,17 @@ use rauta_common::api::v1::{RankedRule, RouteRule, RouteRules, RouteTable, Virtu
 
 use super::generations::Generations;
 use super::kernel;
-use super::route_view::RouteId;
 use super::routes::{CompiledRoute, MatchEntry};
 
 /// A route placed in a virtual host of a port.
-pub struct Placed {
-    pub route: RouteId,
+pub struct Placed<'a> {
     /// Attached through a TLS Passthrough listener (L4 tables only).
     pub passthrough: bool,
-    pub compiled: Arc<CompiledRoute>,
+    pub compiled: &'a Arc<CompiledRoute>,
 }
 
-impl Placed {
-    pub fn entries(&self) -> impl Iterator<Item = &MatchEntry> {
+impl<'a> Placed<'a> {
+    pub fn entries(&self) -> impl Iterator<Item = &'a MatchEntry> + use<'a> {
         self.compiled.entries.iter()
     }
 }
@@ -52,7 +50,7 @@ impl BuiltRules {
         &self,
         compiled: &Arc<CompiledRoute>,
         route_table: &str,
-        domains: &BTreeSet<&str>,
+        domains: &[&str],
         kernel: impl Iterator<Item = bool>,
     ) -> bool {
         Arc::ptr_eq(&self.compiled, compiled)
@@ -101,7 +99,7 @@ impl RulesMemo {
         &self,
         compiled: &Arc<CompiledRoute>,
         route_table: &str,
-        domains: &BTreeSet<&str>,
+        domains: &[&str],
         kernel: impl Iterator<Item = bool>,
     ) -> MemoKey {
         let mut h = self.hasher.build_hasher();
@@ -119,7 +117,7 @@ impl RulesMemo {
 pub fn table(
     name: &str,
     listener_hostnames: &[String],
-    vhosts: BTreeMap<String, Vec<Placed>>,
+    vhosts: BTreeMap<&str, Vec<Placed<'_>>>,
     kernel: bool,
     memo: &mut RulesMemo,
 ) -> (RouteTable, Vec<(String, Arc<Payload>)>) {
@@ -128,19 +126,24 @@ pub fn table(
     } else {
         HashMap::new()
     };
-    let mut by_route: BTreeMap<&RouteId, (BTreeSet<&str>, &Arc<CompiledRoute>)> = BTreeMap::new();
+    // Each route's domains, in order (the virtual hosts are): by its compiled route, of which
+    // a translation has one per route. Thousands of routes: found by address, not by name.
+    let mut by_route: HashMap<*const CompiledRoute, (Vec<&str>, &Arc<CompiledRoute>), _> =
+        HashMap::with_hasher(foldhash::fast::RandomState::default());
     for (domain, placed) in &vhosts {
         for p in placed {
-            let entry = by_route
-                .entry(&p.route)
-                .or_insert((BTreeSet::new(), &p.compiled));
-            entry.0.insert(domain);
+            let (domains, _) = by_route
+                .entry(Arc::as_ptr(p.compiled))
+                .or_insert_with(|| (Vec::with_capacity(1), p.compiled));
+            if !domains.contains(domain) {
+                domains.push(domain);
+            }
         }
     }
     let verdict = |e: &MatchEntry| verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
     let rules = by_route
-        .into_iter()
-        .map(|((kind, key), (domains, compiled))| {
+        .into_values()
+        .map(|(domains, compiled)| {
             let memo_key = memo.key(
                 compiled,
                 name,
@@ -172,6 +175,7 @@ pub fn table(
                 })
                 .collect();
             ranked.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+            let (kind, key) = &compiled.id;
             let rules = RouteRules {
                 name: format!("{name}/{}/{key}", kind.name()),
                 route_table: name.to_owned(),
@@ -207,24 +211,25 @@ pub fn table(
 /// Whether each rule (by precedence key) may be answered in the kernel: decided on each
 /// virtual host as the proxy assembles it, and true only where it is true in every virtual
 /// host the rule joins. Rules that can never qualify are left out (false).
-fn kernel_verdicts(vhosts: &BTreeMap<String, Vec<Placed>>) -> HashMap<&[u8], bool> {
+fn kernel_verdicts<'a>(vhosts: &BTreeMap<&str, Vec<Placed<'a>>>) -> HashMap<&'a [u8], bool> {
     let alone = vhosts.len() == 1;
     let mut verdicts: HashMap<&[u8], bool> = HashMap::new();
     for (domain, placed) in vhosts {
-        // In the proxies' order: by key (the route rules' names break ties there; a route
-        // placed twice is there once).
-        let mut seen = BTreeSet::new();
-        let mut entries: Vec<&MatchEntry> = placed
-            .iter()
-            .filter(|p| seen.insert(&p.route))
-            .flat_map(Placed::entries)
-            .collect();
-        if !entries.iter().any(|e| kernel::may_qualify(&e.rule)) {
+        let mut candidates = placed.iter().flat_map(Placed::entries);
+        if !candidates.any(|e| kernel::may_qualify(&e.rule)) {
             continue;
         }
+        // In the proxies' order: by key (the route rules' names break ties there; a route
+        // placed twice is there once).
+        let mut seen = HashSet::new();
+        let mut entries: Vec<&MatchEntry> = placed
+            .iter()
+            .filter(|p| seen.insert(Arc::as_ptr(p.compiled)))
+            .flat_map(Placed::entries)
+            .collect();
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         let rules: Vec<&RouteRule> = entries.iter().map(|e| &e.rule).collect();
-        let marks = kernel::verdicts(std::slice::from_ref(domain), alone, &rules);
+        let marks = kernel::verdicts(std::slice::from_ref(&(*domain).to_owned()), alone, &rules);
         for (entry, mark) in entries.iter().zip(marks) {
             if kernel::may_qualify(&entry.rule) {
                 *verdicts.entry(entry.key.as_slice()).or_insert(true) &= mark;

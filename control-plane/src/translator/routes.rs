@@ -17,7 +17,7 @@ use rauta_common::api::v1::{
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::precedence::Precedence;
-use super::route_view::{RouteObject, RouteView};
+use super::route_view::{RouteId, RouteObject, RouteView};
 use super::{extensions, filters};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -50,6 +50,8 @@ impl Ord for MatchEntry {
 /// Everything a route contributes, whichever parent it attaches to.
 #[derive(Debug)]
 pub struct CompiledRoute {
+    /// The route this is.
+    pub id: RouteId,
     /// The route object this was compiled from.
     pub source: RouteObject,
     pub entries: Vec<MatchEntry>,
@@ -93,6 +95,7 @@ impl CompiledRoute {
 /// Compiles a route's rules, whichever its kind.
 pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     let mut out = CompiledRoute {
+        id: route.id(),
         source: route.object.clone(),
         entries: Vec::new(),
         backends: Vec::new(),
