@@ -7,6 +7,9 @@ pub struct Usage {
     pub cpu_ms: f64,
     /// VmRSS, MiB.
     pub rss_mib: f64,
+    /// RssAnon, MiB: the process's own memory, without the pages of its binary and libraries
+    /// that are mapped from files (part of VmRSS, shared with the page cache).
+    pub anon_mib: f64,
     /// VmHWM (peak resident since start or the last [`reset_peak`]), MiB.
     pub hwm_mib: f64,
 }
@@ -47,6 +50,7 @@ pub fn usage(pid: u32) -> Usage {
     Usage {
         cpu_ms: (ticks(11) + ticks(12)) * 1000.0 / clock_ticks(),
         rss_mib: kb("VmRSS:") / 1024.0,
+        anon_mib: kb("RssAnon:") / 1024.0,
         hwm_mib: kb("VmHWM:") / 1024.0,
     }
 }

@@ -97,6 +97,8 @@ pub struct Cost {
     /// Resident at the end, and the peak during the phase (MiB).
     pub rss_mib: f64,
     pub peak_mib: f64,
+    /// Of `rss_mib`, anonymous (not mapped from files).
+    pub anon_mib: f64,
 }
 
 impl Cost {
@@ -340,6 +342,7 @@ impl Env {
             seconds,
             rss_mib: now.rss_mib,
             peak_mib: now.hwm_mib,
+            anon_mib: now.anon_mib,
         };
         PhaseCost {
             controller: cost(phase.controller, usage(self.controller_pid())),

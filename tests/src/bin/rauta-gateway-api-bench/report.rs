@@ -228,11 +228,13 @@ pub fn print(r: &Results) {
         let (cp, pp) = s.peaks();
         t.row(
             test,
-            "Proxy memory: idle; end of steady state (peak)",
+            "Proxy memory, RSS (of it anonymous, not mapped from files): idle; end of steady state; peak",
             format!(
-                "{}; {} ({})",
+                "{} ({}); {} ({}); {}",
                 mib(s.idle_proxy.rss_mib),
+                mib(s.idle_proxy.anon_mib),
                 mib(s.steady.proxy.rss_mib),
+                mib(s.steady.proxy.anon_mib),
                 mib(pp)
             ),
             published[0],
