@@ -12,9 +12,10 @@
 //! object instead, so if compilation came to read a kind left out here, the two would differ,
 //! and the property test (`incremental_tests.rs`, random sequences of changes to every kind)
 //! would say so. Of what a translation derives from compiled routes, each route's
-//! `RouteRules` and each cluster's endpoints are reused where they were built from the same
-//! things (`route_rules::RulesMemo`, `backends::EndpointsMemo`); attachment, listeners, route
-//! tables and status are recomputed each time.
+//! attachment (with its status), its `RouteRules` and each cluster's endpoints are reused
+//! where they were built from the same things (`attachment::AttachMemo`,
+//! `route_rules::RulesMemo`, `backends::EndpointsMemo`); listeners, the route tables' virtual
+//! hosts and Gateway status are recomputed each time.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, btree_map};

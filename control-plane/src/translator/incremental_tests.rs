@@ -13,9 +13,9 @@ use super::*;
 use crate::objects::{Kind, Object, ObjectRef};
 use crate::source::parse_manifests;
 
-/// Every object of every golden input, plus an edited copy of each route and Service: the
-/// versions a random change picks from. Golden cases reuse names (a Gateway `gw`, a Service
-/// `web`), so the same key has several versions here.
+/// Every object of every golden input, plus edited copies of routes, Services, Namespaces,
+/// Gateways and ListenerSets: the versions a random change picks from. Golden cases reuse
+/// names (a Gateway `gw`, a Service `web`), so the same key has several versions here.
 fn universe() -> Vec<(ObjectRef, Object)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translator/testdata");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -34,7 +34,7 @@ fn universe() -> Vec<(ObjectRef, Object)> {
                 let Some(object) = objects.get(kind, &key) else {
                     continue;
                 };
-                if let Some(edited) = edited(&key, &object) {
+                for edited in edits(&key, &object) {
                     out.push((key.clone(), edited));
                 }
                 out.push((key, object));
@@ -44,39 +44,115 @@ fn universe() -> Vec<(ObjectRef, Object)> {
     out
 }
 
-/// A changed version of a route (its first path, or its hostnames), a Service (its first
-/// port) or a Namespace (its labels gone), as an edit would make.
-fn edited(key: &ObjectRef, object: &Object) -> Option<Object> {
-    let (kind, mut value) = match object {
-        Object::HttpRoute(r) => (Kind::HttpRoute, serde_json::to_value(&**r).ok()?),
-        Object::GrpcRoute(r) => (Kind::GrpcRoute, serde_json::to_value(&**r).ok()?),
-        Object::Service(s) => (Kind::Service, serde_json::to_value(&**s).ok()?),
-        Object::Namespace(n) => (Kind::Namespace, serde_json::to_value(&**n).ok()?),
-        _ => return None,
+/// One edit of an object's JSON; `None` where the object lacks what it edits.
+type Change = Box<dyn Fn(&mut Value) -> Option<()>>;
+
+/// Changed versions of an object, as edits would make them, each changing one thing: a
+/// route's first path (or its hostnames), a Service's first port, a Namespace's labels (gone,
+/// or the ones golden listeners select), and each field of a Gateway's or ListenerSet's first
+/// listener that attachment reads, one at a time (several at once would hide one that the
+/// attachment memo failed to compare), and a ListenerSet's parent.
+fn edits(key: &ObjectRef, object: &Object) -> Vec<Object> {
+    let (kind, value) = match object {
+        Object::HttpRoute(r) => (Kind::HttpRoute, serde_json::to_value(&**r)),
+        Object::GrpcRoute(r) => (Kind::GrpcRoute, serde_json::to_value(&**r)),
+        Object::Service(s) => (Kind::Service, serde_json::to_value(&**s)),
+        Object::Namespace(n) => (Kind::Namespace, serde_json::to_value(&**n)),
+        Object::Gateway(g) => (Kind::Gateway, serde_json::to_value(&**g)),
+        Object::ListenerSet(l) => (Kind::ListenerSet, serde_json::to_value(&**l)),
+        _ => return Vec::new(),
     };
-    match kind {
-        Kind::Namespace => {
-            value
-                .get_mut("metadata")?
-                .as_object_mut()?
-                .remove("labels")?;
+    let Ok(value) = value else {
+        return Vec::new();
+    };
+    let edit = |change: &dyn Fn(&mut Value) -> Option<()>| {
+        let mut value = value.clone();
+        change(&mut value)?;
+        Object::decode(kind, key, value).ok()
+    };
+    let listener = |field: &'static str, new: fn(Option<&Value>) -> Value| {
+        move |v: &mut Value| {
+            let listener = v.pointer_mut("/spec/listeners/0")?.as_object_mut()?;
+            let value = new(listener.get(field));
+            listener.insert(field.into(), value);
+            Some(())
         }
-        Kind::Service => {
-            let port = value.pointer_mut("/spec/ports/0/port")?;
+    };
+    let changes: Vec<Change> = match kind {
+        Kind::Namespace => vec![
+            Box::new(|v| {
+                v.get_mut("metadata")?
+                    .as_object_mut()?
+                    .remove("labels")
+                    .map(drop)
+            }),
+            Box::new(|v| {
+                let metadata = v.get_mut("metadata")?.as_object_mut()?;
+                metadata.insert("labels".into(), serde_json::json!({"team": "blue"}));
+                Some(())
+            }),
+        ],
+        Kind::Service => vec![Box::new(|v| {
+            let port = v.pointer_mut("/spec/ports/0/port")?;
             *port = Value::from(port.as_i64()? + 1);
-        }
-        _ => match value.pointer_mut("/spec/rules/0/matches/0/path/value") {
-            Some(Value::String(path)) => path.push_str("/edited"),
-            _ => {
-                let spec = value.get_mut("spec")?.as_object_mut()?;
-                spec.insert(
-                    "hostnames".into(),
-                    serde_json::json!(["edited.example.com"]),
-                );
+            Some(())
+        })],
+        Kind::Gateway | Kind::ListenerSet => {
+            let mut changes: Vec<Change> = vec![
+                Box::new(listener("allowedRoutes", |now| {
+                    let from = now.and_then(|a| a.pointer("/namespaces/from"));
+                    let other = if from == Some(&Value::from("All")) {
+                        "Same"
+                    } else {
+                        "All"
+                    };
+                    serde_json::json!({"namespaces": {"from": other}})
+                })),
+                Box::new(listener(
+                    "allowedRoutes",
+                    |_| serde_json::json!({"kinds": [{"kind": "GRPCRoute"}]}),
+                )),
+                Box::new(listener("hostname", |_| Value::from("edited.example.com"))),
+                Box::new(listener("port", |now| {
+                    Value::from(now.and_then(Value::as_i64).unwrap_or(80) + 1)
+                })),
+                Box::new(listener("name", |now| {
+                    Value::from(format!(
+                        "{}-edited",
+                        now.and_then(Value::as_str).unwrap_or("")
+                    ))
+                })),
+                Box::new(listener("protocol", |now| {
+                    let http = now == Some(&Value::from("HTTP"));
+                    Value::from(if http { "TCP" } else { "HTTP" })
+                })),
+            ];
+            if kind == Kind::ListenerSet {
+                changes.push(Box::new(|v| {
+                    let parent = v.pointer_mut("/spec/parentRef/name")?;
+                    let other = if parent == "gw" { "selective" } else { "gw" };
+                    *parent = Value::from(other);
+                    Some(())
+                }));
             }
-        },
-    }
-    Object::decode(kind, key, value).ok()
+            changes
+        }
+        _ => vec![Box::new(|v| {
+            match v.pointer_mut("/spec/rules/0/matches/0/path/value") {
+                Some(Value::String(path)) => {
+                    path.push_str("/edited");
+                    Some(())
+                }
+                _ => {
+                    let spec = v.get_mut("spec")?.as_object_mut()?;
+                    let hostnames = serde_json::json!(["edited.example.com"]);
+                    spec.insert("hostnames".into(), hostnames);
+                    Some(())
+                }
+            }
+        })],
+    };
+    changes.iter().filter_map(|c| edit(&**c)).collect()
 }
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same sequence, so a
@@ -122,8 +198,7 @@ fn change(
 #[test]
 fn incremental_translation_equals_a_full_one_after_every_change() {
     let universe = universe();
-    let mut reused = 0;
-    let mut changes = 0;
+    let (mut reused, mut attachments_reused, mut changes) = (0, 0, 0);
     for seed in 0..12 {
         let mut random = Random(seed);
         let mut objects = ObjectSet::default();
@@ -137,13 +212,19 @@ fn incremental_translation_equals_a_full_one_after_every_change() {
             assert_eq!(incremental.gateways, full.gateways, "{}", context());
             assert_eq!(incremental.status, full.status, "{}", context());
             reused += translator.reused_last;
+            attachments_reused += translator.attachments_reused_last;
             changes += 1;
         }
     }
-    // The test means something only if routes were reused (and so could have been stale).
+    // The test means something only if routes and their attachments were reused (and so
+    // could have been stale).
     assert!(
         reused > changes,
         "only {reused} compiled routes reused over {changes} changes"
+    );
+    assert!(
+        attachments_reused > changes,
+        "only {attachments_reused} attachments reused over {changes} changes"
     );
 }
 
@@ -213,7 +294,10 @@ fn a_route_is_compiled_again_when_a_service_it_looked_up_changes_and_only_then()
     // The backend, the mirror and the other namespace's mirror: each edited, then deleted.
     for key in [("shop", "main"), ("shop", "shadow"), ("infra", "audit")] {
         let key = ObjectRef::new(key.0, key.1);
-        let edit = edited(&key, &service(&objects, &key)).expect("an edited Service");
+        let edit = edits(&key, &service(&objects, &key))
+            .into_iter()
+            .next()
+            .expect("an edited Service");
         for step in ["edit", "delete"] {
             match step {
                 "edit" => objects.insert(key.clone(), edit.clone()),
@@ -254,7 +338,10 @@ fn a_route_attaches_again_when_what_attachment_read_changes_and_only_then() {
     let labelled = objects
         .get(Kind::Namespace, &namespace)
         .expect("the apps Namespace");
-    let unlabelled = edited(&namespace, &labelled).expect("an edited Namespace");
+    let unlabelled = edits(&namespace, &labelled)
+        .into_iter()
+        .next()
+        .expect("an edited Namespace");
     objects.insert(namespace.clone(), unlabelled);
     let unselected = translator.translate(&objects);
     assert_eq!(

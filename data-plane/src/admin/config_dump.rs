@@ -73,7 +73,7 @@ pub fn render(shared: &Shared, kernel: Option<&KernelPath>) -> Vec<u8> {
                 .iter()
                 .map(|v| {
                     let rules = v.rules().iter().map(|r| json!(&*r.name)).collect();
-                    (v.name.clone(), Value::Array(rules))
+                    (v.name.to_string(), Value::Array(rules))
                 })
                 .collect();
             (listener, Value::Object(vhosts))

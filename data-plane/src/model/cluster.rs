@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use rauta_common::api::v1::{
-    Cluster, ClusterEndpoints, LoadBalancerPolicy, UpstreamProtocol, hash_key,
+    Cluster, ClusterEndpoints, LoadBalancerPolicy, Resource, UpstreamProtocol, hash_key,
 };
 use tracing::{debug, info};
 
@@ -398,7 +398,14 @@ pub struct Clusters {
     built_from: (TypeSet, TypeSet),
 }
 
-type ByName = HashMap<String, (String, String, Arc<ClusterRt>)>;
+/// Each cluster with the Cluster and Endpoints resources it was built from.
+type ByName = HashMap<Arc<str>, (Arc<Resource>, Option<Arc<Resource>>, Arc<ClusterRt>)>;
+
+/// Whether a cluster built from resource `then` is what `now` would build: the store keeps an
+/// unchanged resource as the same allocation; one sent again (a reconnection) has its version.
+fn same_resource(then: &Arc<Resource>, now: &Arc<Resource>) -> bool {
+    Arc::ptr_eq(then, now) || then.version == now.version
+}
 
 /// A cluster of a validated snapshot: the previous one, unchanged, or a new one to make.
 #[derive(Debug)]
@@ -419,11 +426,10 @@ enum PlannedChange {
     /// The snapshot has the previous state's very clusters and endpoints.
     None(Arc<ByName>),
     Some {
-        planned: Vec<(String, String, Planned)>,
+        /// Each cluster with the Cluster and Endpoints resources it is built from.
+        planned: Vec<(Arc<Resource>, Option<Arc<Resource>>, Planned)>,
         /// The clusters reused from the previous state (their addresses).
         reused: HashSet<usize>,
-        /// The name of every cluster.
-        names: HashSet<String>,
     },
 }
 
@@ -445,18 +451,32 @@ impl Clusters {
                 built_from,
             });
         }
-        let mut plan = Vec::new();
-        let (mut reused, mut names) = (HashSet::new(), HashSet::new());
+        let mut plan = Vec::with_capacity(previous.by_name.len());
+        let mut reused = HashSet::with_capacity(previous.by_name.len());
+        // Endpoints are named by their cluster: both in name order, walked side by side.
+        let mut all_endpoints = store.resources(ResourceType::Endpoints).peekable();
         for resource in store.resources(ResourceType::Cluster) {
             let Some(Payload::Cluster(cluster)) = &resource.payload else {
                 continue;
             };
-            let endpoints = store.get(ResourceType::Endpoints, &cluster.name);
-            let endpoints_version = endpoints.map(|e| e.version.clone()).unwrap_or_default();
+            let mut endpoints = all_endpoints.next_if(|e| e.name == cluster.name);
+            if endpoints.is_none() {
+                while all_endpoints
+                    .next_if(|e| e.name.as_str() < cluster.name.as_str())
+                    .is_some()
+                {}
+                endpoints = all_endpoints.next_if(|e| e.name == cluster.name);
+            }
             let unchanged = previous
                 .by_name
-                .get(&cluster.name)
-                .filter(|(cv, ev, _)| *cv == resource.version && *ev == endpoints_version);
+                .get(cluster.name.as_str())
+                .filter(|(c, e, _)| {
+                    same_resource(c, resource)
+                        && match (e, endpoints) {
+                            (Some(then), Some(now)) => same_resource(then, now),
+                            (then, now) => then.is_none() && now.is_none(),
+                        }
+                });
             let planned = match unchanged {
                 Some((_, _, rt)) => Planned::Reused(Arc::clone(rt)),
                 None => {
@@ -470,14 +490,12 @@ impl Clusters {
             if let Planned::Reused(rt) = &planned {
                 reused.insert(Arc::as_ptr(rt).addr());
             }
-            names.insert(cluster.name.clone());
-            plan.push((resource.version.clone(), endpoints_version, planned));
+            plan.push((Arc::clone(resource), endpoints.cloned(), planned));
         }
         Ok(ClusterPlan {
             change: PlannedChange::Some {
                 planned: plan,
                 reused,
-                names,
             },
             built_from,
         })
@@ -497,7 +515,7 @@ impl Clusters {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
         self.by_name
             .iter()
-            .map(|(name, (_, _, rt))| (name.as_str(), rt.as_ref()))
+            .map(|(name, (_, _, rt))| (&**name, rt.as_ref()))
     }
 }
 
@@ -521,7 +539,7 @@ impl ClusterPlan {
             (PlannedChange::Some { reused, .. }, Some(rt)) => {
                 reused.contains(&Arc::as_ptr(rt).addr())
             }
-            (PlannedChange::Some { names, .. }, None) => !names.contains(name),
+            (PlannedChange::Some { .. }, None) => !self.built_from.0.contains(name),
         }
     }
 
@@ -543,18 +561,18 @@ impl ClusterPlan {
         };
         let by_name = planned
             .into_iter()
-            .map(|(cluster_version, endpoints_version, planned)| {
+            .map(|(cluster, endpoints, planned)| {
                 let rt = match planned {
                     Planned::Reused(rt) => rt,
                     Planned::New(spec) => {
-                        let before = previous.by_name.get(&spec.name).map(|(_, _, rt)| &**rt);
+                        let before = previous
+                            .by_name
+                            .get(spec.name.as_str())
+                            .map(|(_, _, rt)| &**rt);
                         Arc::new(spec.instantiate(pools, metrics, before))
                     }
                 };
-                (
-                    rt.name.to_string(),
-                    (cluster_version, endpoints_version, rt),
-                )
+                (Arc::clone(&rt.name), (cluster, endpoints, rt))
             })
             .collect();
         Clusters {

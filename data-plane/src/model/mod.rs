@@ -37,8 +37,8 @@ use crate::upstream::UpstreamPools;
 use cluster::{ClusterError, ClusterRt, Clusters};
 use l4::{L4TableError, L4TableRt};
 use response_store::CacheStores;
-use route_table::{RouteTableError, RouteTableRt};
-use store::ResourceStore;
+use route_table::{RouteTableError, RouteTableRt, TableInputs};
+use store::{ResourceStore, TypeSet};
 
 /// An HTTPS listener's TLS: the listener resource version it was built from, the server
 /// configuration, and which Gateway listener each name belongs to.
@@ -58,6 +58,9 @@ pub struct RoutingState {
     /// The response caches of the rules that have one.
     caches: CacheStores,
     pub no_route: Option<Arc<RouteStats>>,
+    /// The store's `RouteRules` this state was built from, each checked: the next state
+    /// checks only those that are not the very same resources.
+    route_rules: TypeSet,
 }
 
 /// A listener the proxy must have open.
@@ -138,12 +141,22 @@ impl RoutingState {
         let mut caches = CacheStores::after(&previous.caches);
         // Each table's route rules; those of a table the store lacks serve nothing.
         let mut rules_of: HashMap<&str, Vec<(&RouteRules, &Arc<Resource>)>> = HashMap::new();
+        // The previous state's, checked already: both in name order, walked side by side.
+        let mut checked = previous.route_rules.resources().peekable();
         for resource in store.resources(ResourceType::RouteRules) {
+            let unchanged = checked.next_if(|c| Arc::ptr_eq(c, resource)).is_some();
+            if !unchanged {
+                while checked.next_if(|c| c.name <= resource.name).is_some() {}
+            }
             if let Some(Payload::RouteRules(rules)) = &resource.payload {
-                route_table::check_route_rules(rules).map_err(|source| BuildError::RouteTable {
-                    table: rules.route_table.clone(),
-                    source,
-                })?;
+                if !unchanged {
+                    route_table::check_route_rules(rules).map_err(|source| {
+                        BuildError::RouteTable {
+                            table: rules.route_table.clone(),
+                            source,
+                        }
+                    })?;
+                }
                 let named = (rules, resource);
                 rules_of.entry(&rules.route_table).or_default().push(named);
             }
@@ -155,6 +168,9 @@ impl RoutingState {
             .flatten()
             .map(|t| (t.name(), &**t))
             .collect();
+        let rules_unchanged = previous
+            .route_rules
+            .is(&store.type_set(ResourceType::RouteRules));
         let mut tables = HashMap::new();
         for resource in store.resources(ResourceType::RouteTable) {
             let Some(Payload::RouteTable(table)) = &resource.payload else {
@@ -164,11 +180,17 @@ impl RoutingState {
                 .get(table.name.as_str())
                 .map_or(&[][..], Vec::as_slice);
             let previous = before.get(table.name.as_str()).copied();
-            let rt = RouteTableRt::build(table, rules, previous, &clusters, metrics, &mut caches)
+            let inputs = TableInputs {
+                resource,
+                table,
+                rules,
+                rules_unchanged,
+            };
+            let rt = RouteTableRt::build(inputs, previous, &clusters, metrics, &mut caches)
                 .map_err(|source| BuildError::RouteTable {
-                table: table.name.clone(),
-                source,
-            })?;
+                    table: table.name.clone(),
+                    source,
+                })?;
             tables.insert(table.name.clone(), rt);
         }
         let mut l4_tables = HashMap::new();
@@ -240,6 +262,7 @@ impl RoutingState {
             l4,
             caches,
             no_route: Some(metrics.route_counters("")),
+            route_rules: store.type_set(ResourceType::RouteRules),
         };
         Ok((state, specs))
     }

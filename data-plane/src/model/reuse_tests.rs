@@ -228,3 +228,135 @@ fn a_route_edit_rebuilds_its_virtual_host_and_reuses_the_others() {
     assert!(four.clusters.kept_whole(&three.clusters));
     assert!(shared(&three, &four, "a.org") && shared(&three, &four, "b.org"));
 }
+
+fn builder() -> Builder {
+    Builder {
+        metrics: ProxyMetrics::new().unwrap(),
+        pools: UpstreamPools::default(),
+    }
+}
+
+#[test]
+fn an_edit_keeps_the_domain_index_and_a_new_domain_makes_it_anew() {
+    let mut builder = builder();
+    let first = store();
+    let one = builder.build(&first, &RoutingState::default());
+    let index = |state: &RoutingState| {
+        state
+            .route_table("http-80")
+            .map(|t| t.index_address())
+            .expect("table")
+    };
+
+    let edited = respond(
+        &first,
+        ResourceType::RouteRules,
+        vec![("r/a", "2", route("r/a", "a.org", "a-2", "ca"))],
+    );
+    let two = builder.build(&edited, &one);
+    assert_eq!(index(&one), index(&two), "same domains in the same places");
+    assert_eq!(&*vhost(&two, "a.org").rules()[0].name, "a-2");
+    let moved = respond(
+        &edited,
+        ResourceType::Endpoints,
+        vec![("ca", "2", endpoints("ca", 10))],
+    );
+    let relinked = builder.build(&moved, &two);
+    assert_eq!(index(&two), index(&relinked), "only endpoints changed");
+    assert!(shared(&two, &relinked, "b.org") && !shared(&two, &relinked, "a.org"));
+
+    // A route on a new domain, between the others by name: every virtual host after it
+    // moves, each is still found (and reused), and each domain reaches its own.
+    let added = respond(
+        &edited,
+        ResourceType::RouteRules,
+        vec![("r/aa", "1", route("r/aa", "aa.org", "aa-1", "ca"))],
+    );
+    let three = builder.build(&added, &two);
+    assert_ne!(index(&two), index(&three));
+    assert!(shared(&two, &three, "a.org") && shared(&two, &three, "b.org"));
+    for (host, rule) in [("a.org", "a-2"), ("aa.org", "aa-1"), ("b.org", "b-1")] {
+        assert_eq!(&*vhost(&three, host).rules()[0].name, rule, "{host}");
+    }
+
+    // And gone again: the domain no longer reaches anything.
+    let removed = first_without(&added, "r/aa");
+    let four = builder.build(&removed, &three);
+    assert!(
+        four.route_table("http-80")
+            .and_then(|t| t.virtual_host("aa.org"))
+            .is_none()
+    );
+    assert_eq!(&*vhost(&four, "b.org").rules()[0].name, "b-1");
+}
+
+/// `store` after a response removing the `RouteRules` called `name`.
+fn first_without(store: &ResourceStore, name: &str) -> ResourceStore {
+    let response = DeltaDiscoveryResponse {
+        type_url: ResourceType::RouteRules.type_url().into(),
+        removed_resources: vec![name.into()],
+        ..Default::default()
+    };
+    store
+        .with_response(ResourceType::RouteRules, &response)
+        .unwrap()
+}
+
+#[test]
+fn a_new_bad_route_rules_between_unchanged_ones_is_refused() {
+    let mut builder = builder();
+    let first = store();
+    let one = builder.build(&first, &RoutingState::default());
+    let Payload::RouteRules(mut bad) = route("r/ab", "a b.org", "ab-1", "ca") else {
+        unreachable!()
+    };
+    // On a table the store does not have: only the check of each `RouteRules` on its own
+    // sees it.
+    bad.route_table = "elsewhere".into();
+    let with_bad = respond(
+        &first,
+        ResourceType::RouteRules,
+        vec![("r/ab", "1", Payload::RouteRules(bad))],
+    );
+    let refused = RoutingState::build(&with_bad, &one, &mut builder.pools, &builder.metrics);
+    let Err(error) = refused else {
+        panic!("a RouteRules with a malformed domain was accepted");
+    };
+    assert!(error.to_string().contains("a b.org"), "{error}");
+}
+
+#[test]
+fn each_cluster_gets_its_own_endpoints_whichever_others_have_none() {
+    let mut builder = builder();
+    let cluster = |name: &str| {
+        Payload::Cluster(Box::new(Cluster {
+            name: name.into(),
+            ..Default::default()
+        }))
+    };
+    let store = respond(
+        &ResourceStore::default(),
+        ResourceType::Cluster,
+        vec![
+            ("a", "1", cluster("a")),
+            ("b", "1", cluster("b")),
+            ("c", "1", cluster("c")),
+        ],
+    );
+    // Endpoints for a cluster that does not exist, and none for b.
+    let store = respond(
+        &store,
+        ResourceType::Endpoints,
+        vec![
+            ("a", "1", endpoints("a", 1)),
+            ("aa", "1", endpoints("aa", 2)),
+            ("c", "1", endpoints("c", 3)),
+        ],
+    );
+    let state = builder.build(&store, &RoutingState::default());
+    let port = |name: &str| {
+        let (_, cluster) = state.clusters().find(|(n, _)| **n == *name).expect(name);
+        cluster.endpoints().first().map(|e| e.addr.port())
+    };
+    assert_eq!([port("a"), port("b"), port("c")], [Some(1), None, Some(3)]);
+}

@@ -2,8 +2,11 @@
 //! "*"), each with its rules in precedence order.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{Resource, RouteRule, RouteRules, RouteTable};
 
 use super::cluster::{ClusterPlan, Clusters};
@@ -18,7 +21,7 @@ use crate::observe::metrics::ProxyMetrics;
 
 #[derive(Debug, Clone)]
 pub struct VirtualHostRt {
-    pub name: String,
+    pub name: Arc<str>,
     rules: Arc<[RuleRt]>,
     /// What it was built from: the next state reuses it as it is where that is unchanged.
     source: Arc<VhostSource>,
@@ -59,34 +62,84 @@ impl VirtualHostRt {
 #[derive(Debug, Default)]
 pub struct RouteTableRt {
     name: Box<str>,
+    /// Its `RouteTable` resource, as the store holds it.
+    resource: Option<Arc<Resource>>,
     /// The session keys its rules were built with.
     session_keys: KeySource,
+    /// Which virtual host (by position) serves a domain. Shared with the table before when
+    /// its virtual hosts have the same domains in the same order, as after an edit of the
+    /// rules of routes already there.
+    index: Arc<DomainIndex>,
+    vhosts: Vec<VirtualHostRt>,
+}
+
+#[derive(Debug, Default)]
+struct DomainIndex {
     exact: HashMap<Box<str>, usize>,
     /// (suffix with its leading dot, vhost), longest suffix first.
     wildcards: Vec<(Box<str>, usize)>,
     any: Option<usize>,
-    vhosts: Vec<VirtualHostRt>,
+}
+
+impl DomainIndex {
+    /// The index of virtual hosts in this order, or why their domains cannot be served.
+    fn of(vhosts: &[Assembly<'_>]) -> Result<DomainIndex, RouteTableError> {
+        let mut index = DomainIndex {
+            exact: HashMap::with_capacity(vhosts.len()),
+            ..DomainIndex::default()
+        };
+        for (position, vhost) in vhosts.iter().enumerate() {
+            for domain in vhost.domains.iter().map(|d| &**d) {
+                if domain == "*" {
+                    if index.any.replace(position).is_some() {
+                        return Err(RouteTableError::TwoCatchAlls);
+                    }
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    if !suffix.starts_with('.') || suffix.len() < 2 {
+                        return Err(RouteTableError::Wildcard(domain.to_owned()));
+                    }
+                    index.wildcards.push((suffix.into(), position));
+                } else if domain.is_empty() || domain.contains(['*', '/', ' ', ':']) {
+                    return Err(RouteTableError::Domain(domain.to_owned()));
+                } else if index.exact.insert(domain.into(), position).is_some() {
+                    return Err(RouteTableError::Claimed(domain.to_owned()));
+                }
+            }
+        }
+        index
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        Ok(index)
+    }
+}
+
+/// Whether a virtual host built for `before` serves the same domains as `now`.
+fn same_domains(before: &[String], now: &[Cow<'_, str>]) -> bool {
+    before.len() == now.len() && before.iter().zip(now).all(|(b, n)| **b == **n)
 }
 
 impl RouteTableRt {
     /// The virtual host for a lower-case host without port: exact, then longest wildcard, then "*".
     #[inline]
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHostRt> {
-        let index = self.exact.get(host).copied().or_else(|| {
-            self.wildcards
+        let index = &*self.index;
+        let position = index.exact.get(host).copied().or_else(|| {
+            index
+                .wildcards
                 .iter()
                 .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
                 .map(|(_, i)| *i)
-                .or(self.any)
+                .or(index.any)
         })?;
-        self.vhosts.get(index)
+        self.vhosts.get(position)
     }
 }
 
 impl RouteTableRt {
     /// Each exact domain and its virtual host, for answers keyed by host (the kernel path).
     pub fn exact_domains(&self) -> impl Iterator<Item = (&str, &VirtualHostRt)> {
-        self.exact
+        self.index
+            .exact
             .iter()
             .filter_map(|(d, i)| Some((&**d, self.vhosts.get(*i)?)))
     }
@@ -98,7 +151,11 @@ impl RouteTableRt {
 
     /// The "*" virtual host when it is the table's only one: then every host reaches it.
     pub fn only_catch_all(&self) -> Option<&VirtualHostRt> {
-        match (self.exact.is_empty() && self.wildcards.is_empty(), self.any) {
+        let index = &*self.index;
+        match (
+            index.exact.is_empty() && index.wildcards.is_empty(),
+            index.any,
+        ) {
             (true, Some(i)) => self.vhosts.get(i),
             _ => None,
         }
@@ -183,33 +240,77 @@ const FEW_DOMAINS: usize = 16;
 /// position in it, rule).
 type Ranked<'a> = (&'a [u8], &'a str, &'a Arc<Resource>, usize, &'a RouteRule);
 
+/// What a route table is built from: its resource (as the store holds it) and payload, the
+/// `RouteRules` naming it, and whether those are the very ones of the state before (the
+/// store's `RouteRules` did not change).
+pub struct TableInputs<'a> {
+    pub resource: &'a Arc<Resource>,
+    pub table: &'a RouteTable,
+    pub rules: &'a [(&'a RouteRules, &'a Arc<Resource>)],
+    pub rules_unchanged: bool,
+}
+
 /// A virtual host being assembled: its domains, its own rules, and the ranked rules of the
 /// `RouteRules` that join it.
 struct Assembly<'a> {
     name: &'a str,
-    domains: Vec<String>,
+    /// In lower case.
+    domains: Vec<Cow<'a, str>>,
     inline: &'a [RouteRule],
     ranked: Vec<Ranked<'a>>,
 }
 
+/// `domain` in lower case: borrowed when it is already, as the controller sends them.
+fn lower(domain: &str) -> Cow<'_, str> {
+    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(domain.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(domain)
+    }
+}
+
 impl<'a> Assembly<'a> {
+    /// The assembly `vhost` was built from, again.
+    fn again(vhost: &'a VirtualHostRt) -> Result<Self, RouteTableError> {
+        let source = &*vhost.source;
+        let mut ranked = Vec::with_capacity(source.ranked.len());
+        for (resource, position) in &source.ranked {
+            let Some(Payload::RouteRules(rules)) = &resource.payload else {
+                return Err(RouteTableError::NoRule(resource.name.clone()));
+            };
+            let rule = rules
+                .rules
+                .get(*position)
+                .and_then(|r| Some((&r.precedence, r.rule.as_deref()?)));
+            let Some((precedence, rule)) = rule else {
+                return Err(RouteTableError::NoRule(rules.name.clone()));
+            };
+            ranked.push((&precedence[..], &rules.name[..], resource, *position, rule));
+        }
+        Ok(Assembly {
+            name: &vhost.name,
+            domains: source.domains.iter().map(|d| Cow::Borrowed(&**d)).collect(),
+            inline: &source.inline,
+            ranked,
+        })
+    }
+
     /// The table's virtual hosts, joined by the rules of `rules` (those naming this table):
     /// each to the virtual host listing its domain, or to a new one of that domain.
     fn of(
         table: &'a RouteTable,
         rules: &[(&'a RouteRules, &'a Arc<Resource>)],
     ) -> Result<Vec<Self>, RouteTableError> {
-        let mut out: Vec<Assembly<'a>> = table
-            .virtual_hosts
-            .iter()
-            .map(|v| Assembly {
-                name: &v.name,
-                domains: v.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                inline: &v.rules,
-                ranked: Vec::new(),
-            })
-            .collect();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        // Most routes have a domain (a virtual host) of their own.
+        let mut out: Vec<Assembly<'a>> =
+            Vec::with_capacity(table.virtual_hosts.len() + rules.len());
+        out.extend(table.virtual_hosts.iter().map(|v| Assembly {
+            name: &v.name,
+            domains: v.domains.iter().map(|d| lower(d)).collect(),
+            inline: &v.rules,
+            ranked: Vec::new(),
+        }));
+        let mut index: HashMap<Cow<'a, str>, usize> = HashMap::with_capacity(out.capacity());
         for (i, a) in out.iter().enumerate() {
             for d in &a.domains {
                 index.entry(d.clone()).or_insert(i);
@@ -232,22 +333,20 @@ impl<'a> Assembly<'a> {
                 if again {
                     continue;
                 }
-                let domain = domain.to_ascii_lowercase();
                 placements = placements.saturating_add(r.rules.len());
                 if placements > MAX_PLACEMENTS {
                     return Err(RouteTableError::TooManyPlacements { placements });
                 }
-                let i = match index.get(&domain) {
-                    Some(i) => *i,
-                    None => {
+                let i = match index.entry(lower(domain)) {
+                    Entry::Occupied(e) => *e.get(),
+                    Entry::Vacant(e) => {
                         out.push(Assembly {
-                            name: domain_name(r, &domain),
-                            domains: vec![domain.clone()],
+                            name: domain_name(r, e.key()),
+                            domains: vec![e.key().clone()],
                             inline: &[],
-                            ranked: Vec::new(),
+                            ranked: Vec::with_capacity(r.rules.len()),
                         });
-                        index.insert(domain, out.len() - 1);
-                        out.len() - 1
+                        *e.insert(out.len() - 1)
                     }
                 };
                 for (position, ranked) in r.rules.iter().enumerate() {
@@ -297,7 +396,7 @@ impl VirtualHostRt {
             })
         }))?;
         let source = VhostSource {
-            domains: vhost.domains.clone(),
+            domains: vhost.domains.iter().map(|d| d.to_string()).collect(),
             inline: vhost.inline.to_vec(),
             ranked: vhost
                 .ranked
@@ -306,7 +405,7 @@ impl VirtualHostRt {
                 .collect(),
         };
         Ok(VirtualHostRt {
-            name: vhost.name.to_owned(),
+            name: Arc::from(vhost.name),
             rules: rules.into(),
             source: Arc::new(source),
         })
@@ -321,24 +420,30 @@ impl VirtualHostRt {
             && source.ranked.iter().zip(&vhost.ranked).all(
                 |((resource, position), (_, _, r, p, _))| Arc::ptr_eq(resource, r) && position == p,
             );
-        self.name == vhost.name
-            && source.domains == vhost.domains
+        *self.name == *vhost.name
+            && same_domains(&source.domains, &vhost.domains)
             && source.inline == vhost.inline
             && same_rules
-            && self.rules.iter().all(|rule| {
-                let mut linked_the_same = true;
-                rule.shared_parts(&mut |part| match part {
-                    SharedPart::Cluster(name, linked) => {
-                        linked_the_same &= clusters.keeps(name, linked);
-                    }
-                    // Another copy of the rule (same name, another table) already has a
-                    // store of its own in the new state: built again, this copy shares it.
-                    SharedPart::Cache(store) => {
-                        linked_the_same &= !caches.has_other(&rule.name, store);
-                    }
-                });
-                linked_the_same
-            })
+            && self.links_kept(clusters, caches)
+    }
+
+    /// Whether every cluster its rules are linked to is the same in the new state, and
+    /// every response store of its rules is its own there.
+    fn links_kept(&self, clusters: &ClusterPlan, caches: &CacheStores) -> bool {
+        self.rules.iter().all(|rule| {
+            let mut linked_the_same = true;
+            rule.shared_parts(&mut |part| match part {
+                SharedPart::Cluster(name, linked) => {
+                    linked_the_same &= clusters.keeps(name, linked);
+                }
+                // Another copy of the rule (same name, another table) already has a store
+                // of its own in the new state: built again, this copy shares it.
+                SharedPart::Cache(store) => {
+                    linked_the_same &= !caches.has_other(&rule.name, store);
+                }
+            });
+            linked_the_same
+        })
     }
 
     /// This virtual host in a new state: its rules' response stores go with it.
@@ -360,55 +465,110 @@ impl RouteTableRt {
     /// nothing it is built from changed is reused as it is, not built again: a one-route
     /// change rebuilds the virtual hosts that route joins.
     pub fn build(
-        table: &RouteTable,
-        rules: &[(&RouteRules, &Arc<Resource>)],
+        inputs: TableInputs<'_>,
         previous: Option<&RouteTableRt>,
         clusters: &ClusterPlan,
         metrics: &ProxyMetrics,
         caches: &mut CacheStores,
     ) -> Result<RouteTableRt, RouteTableError> {
-        let mut rt = RouteTableRt {
-            name: table.name.as_str().into(),
-            session_keys: KeySource(table.session_keys.clone()),
-            ..RouteTableRt::default()
-        };
+        let TableInputs {
+            resource,
+            table,
+            rules,
+            rules_unchanged,
+        } = inputs;
         let keys = SessionKeys::build(&table.session_keys)?;
+        if let Some(previous) = previous.filter(|p| {
+            rules_unchanged
+                && p.resource
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(r, resource))
+        }) {
+            return previous.relinked(clusters, metrics, &keys, caches);
+        }
         // Rules built with other session keys are built again.
         let previous = previous.filter(|p| p.session_keys.0 == table.session_keys);
-        let before: HashMap<&[String], &VirtualHostRt> = previous
-            .map(|p| p.vhosts.iter())
-            .into_iter()
-            .flatten()
-            .map(|v| (v.source.domains.as_slice(), v))
-            .collect();
-        for vhost in Assembly::of(table, rules)? {
-            let index = rt.vhosts.len();
-            let reusable = before
-                .get(vhost.domains.as_slice())
-                .filter(|old| old.same_as(&vhost, clusters, caches));
-            rt.vhosts.push(match reusable {
-                Some(old) => old.reused(caches),
-                None => VirtualHostRt::build(&vhost, metrics, &keys, caches)?,
-            });
-            for domain in vhost.domains {
-                if domain == "*" {
-                    if rt.any.replace(index).is_some() {
-                        return Err(RouteTableError::TwoCatchAlls);
-                    }
-                } else if let Some(suffix) = domain.strip_prefix('*') {
-                    if !suffix.starts_with('.') || suffix.len() < 2 {
-                        return Err(RouteTableError::Wildcard(domain));
-                    }
-                    rt.wildcards.push((suffix.into(), index));
-                } else if domain.is_empty() || domain.contains(['*', '/', ' ', ':']) {
-                    return Err(RouteTableError::Domain(domain));
-                } else if rt.exact.insert(domain.clone().into(), index).is_some() {
-                    return Err(RouteTableError::Claimed(domain));
+        let assembled = Assembly::of(table, rules)?;
+        // An edit of routes already there leaves every virtual host where it was: then each
+        // is compared with the one at its position, and the domain index is the same.
+        let same_layout = previous.filter(|p| {
+            p.vhosts.len() == assembled.len()
+                && p.vhosts
+                    .iter()
+                    .zip(&assembled)
+                    .all(|(old, new)| same_domains(&old.source.domains, &new.domains))
+        });
+        let index = match same_layout {
+            Some(p) => Arc::clone(&p.index),
+            None => Arc::new(DomainIndex::of(&assembled)?),
+        };
+        // Otherwise the previous virtual hosts by first domain (a candidate: the comparison
+        // below decides).
+        let by_domain: HashMap<&str, &VirtualHostRt> = match (same_layout, previous) {
+            (None, Some(p)) => {
+                let mut map = HashMap::with_capacity(p.vhosts.len());
+                for v in &p.vhosts {
+                    let first = v.source.domains.first().map_or("", String::as_str);
+                    map.entry(first).or_insert(v);
                 }
+                map
             }
+            _ => HashMap::new(),
+        };
+        let mut vhosts = Vec::with_capacity(assembled.len());
+        for (position, vhost) in assembled.iter().enumerate() {
+            let candidate = match same_layout {
+                Some(p) => p.vhosts.get(position),
+                None => by_domain
+                    .get(vhost.domains.first().map_or("", |d| &**d))
+                    .copied(),
+            };
+            let reusable = candidate.filter(|old| old.same_as(vhost, clusters, caches));
+            vhosts.push(match reusable {
+                Some(old) => old.reused(caches),
+                None => VirtualHostRt::build(vhost, metrics, &keys, caches)?,
+            });
         }
-        rt.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        Ok(rt)
+        Ok(RouteTableRt {
+            name: table.name.as_str().into(),
+            resource: Some(Arc::clone(resource)),
+            session_keys: KeySource(table.session_keys.clone()),
+            index,
+            vhosts,
+        })
+    }
+
+    /// This table again, built from the very same resources (only clusters or endpoints
+    /// changed): its virtual hosts stay where they are, and only those linked to a cluster
+    /// the new state replaces are built again, from what they were built from.
+    fn relinked(
+        &self,
+        clusters: &ClusterPlan,
+        metrics: &ProxyMetrics,
+        keys: &SessionKeys,
+        caches: &mut CacheStores,
+    ) -> Result<RouteTableRt, RouteTableError> {
+        let mut vhosts = Vec::with_capacity(self.vhosts.len());
+        for old in &self.vhosts {
+            vhosts.push(if old.links_kept(clusters, caches) {
+                old.reused(caches)
+            } else {
+                VirtualHostRt::build(&Assembly::again(old)?, metrics, keys, caches)?
+            });
+        }
+        Ok(RouteTableRt {
+            name: self.name.clone(),
+            resource: self.resource.clone(),
+            session_keys: KeySource(self.session_keys.0.clone()),
+            index: Arc::clone(&self.index),
+            vhosts,
+        })
+    }
+
+    /// Where its domain index lives: equal for two tables that share it.
+    #[cfg(test)]
+    pub(super) fn index_address(&self) -> usize {
+        Arc::as_ptr(&self.index).addr()
     }
 
     /// The route table's name (its resource's).

@@ -64,6 +64,16 @@ impl TypeSet {
             _ => false,
         }
     }
+
+    /// Whether there is a resource called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.as_ref().is_some_and(|set| set.contains(name))
+    }
+
+    /// The resources, in name order (as [`ResourceStore::resources`] lists them).
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.0.iter().flat_map(|named| named.iter().map(|n| &n.0))
+    }
 }
 
 /// Why a discovery response is malformed.
