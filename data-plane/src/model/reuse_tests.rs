@@ -67,6 +67,14 @@ fn route(route: &str, domain: &str, rule: &str, cluster: &str) -> Payload {
     })
 }
 
+/// Cluster `name` with default settings.
+fn cluster(name: &str) -> Payload {
+    Payload::Cluster(Box::new(Cluster {
+        name: name.into(),
+        ..Default::default()
+    }))
+}
+
 fn endpoints(cluster: &str, port: u32) -> Payload {
     Payload::Endpoints(ClusterEndpoints {
         cluster: cluster.into(),
@@ -103,12 +111,6 @@ fn store() -> ResourceStore {
         ResourceType::RouteTable,
         vec![("t", "1", Payload::RouteTable(table))],
     );
-    let cluster = |name: &str| {
-        Payload::Cluster(Box::new(Cluster {
-            name: name.into(),
-            ..Default::default()
-        }))
-    };
     let store = respond(
         &store,
         ResourceType::Cluster,
@@ -328,12 +330,6 @@ fn a_new_bad_route_rules_between_unchanged_ones_is_refused() {
 #[test]
 fn each_cluster_gets_its_own_endpoints_whichever_others_have_none() {
     let mut builder = builder();
-    let cluster = |name: &str| {
-        Payload::Cluster(Box::new(Cluster {
-            name: name.into(),
-            ..Default::default()
-        }))
-    };
     let store = respond(
         &ResourceStore::default(),
         ResourceType::Cluster,
