@@ -1,7 +1,6 @@
 //! The set of Kubernetes objects the translator reads, keyed by namespace and name.
 //! Every source (directory of YAML, Kubernetes watches) fills one of these.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -107,7 +106,7 @@ macro_rules! object_kinds {
         /// All objects known to a source, one map per kind.
         #[derive(Debug, Clone, Default)]
         pub struct ObjectSet {
-            $(pub $field: BTreeMap<ObjectRef, Arc<$ty>>,)*
+            $(pub $field: KindMap<$ty>,)*
         }
 
         /// One decoded object of any supported kind.
@@ -199,7 +198,7 @@ macro_rules! object_kinds {
             /// shared, not copied.
             pub fn only(&self, kept: impl Fn(Kind) -> bool) -> ObjectSet {
                 ObjectSet {
-                    $($field: if kept(Kind::$variant) { self.$field.clone() } else { BTreeMap::new() },)*
+                    $($field: if kept(Kind::$variant) { self.$field.clone() } else { KindMap::new() },)*
                 }
             }
         }
@@ -301,14 +300,24 @@ pub fn without_quoted(text: &str) -> String {
     out
 }
 
-/// Equal maps; objects a source did not re-read are the same allocation, so most comparisons
-/// are a pointer check rather than a walk through a large spec.
-fn same<T: PartialEq>(a: &BTreeMap<ObjectRef, Arc<T>>, b: &BTreeMap<ObjectRef, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+/// Equal maps. A kind no change touched is the very same map (a shared copy), and is not
+/// read; objects a source did not re-read are the same allocation, so the other comparisons
+/// are mostly a pointer check rather than a walk through a large spec. (`OrdMap::diff` would
+/// skip shared parts of the tree, but compares the objects of a changed leaf in full.)
+fn same<T: PartialEq>(a: &KindMap<T>, b: &KindMap<T>) -> bool {
+    a.ptr_eq(b)
+        || (a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb)))
 }
+
+/// One kind's objects by key. A persistent map: a copy is a pointer, and a change to one
+/// copy copies only the path to what changed. Sources hand the publisher a copy of
+/// everything they know after each change, and the publisher keeps the last one to compare
+/// with; with an ordinary map each of those copies cost as much as a large part of a
+/// translation.
+pub type KindMap<T> = imbl::OrdMap<ObjectRef, Arc<T>>;
 
 /// The kind and key a manifest claims, readable even when the rest of it is invalid.
 pub fn identify(value: &Value) -> Result<(Option<Kind>, ObjectRef), ObjectError> {

@@ -9,7 +9,7 @@ use rauta_common::api::v1::{
     Cluster, ClusterEndpoints, DirectResponse, Endpoint, UpstreamProtocol,
 };
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -22,7 +22,7 @@ use super::generations::Generations;
 use super::output::ResourceSet;
 use super::references::{Target, is_core_group, reference_granted};
 use super::service_policy;
-use crate::objects::{ObjectRef, ObjectSet};
+use crate::objects::{KindMap, ObjectRef, ObjectSet};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -186,7 +186,7 @@ pub fn resolve(
 /// The EndpointSlices of each Service, found once per translation: a Gateway with thousands
 /// of clusters would otherwise scan every slice for each.
 pub struct EndpointIndex<'a> {
-    services: &'a BTreeMap<ObjectRef, Arc<Service>>,
+    services: &'a KindMap<Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
 }
 
