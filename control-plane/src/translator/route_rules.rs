@@ -4,6 +4,7 @@
 //! its precedence key. An edit to one route then changes one small resource, which is all
 //! the proxies are sent; they assemble each virtual host from the keys.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -29,11 +30,16 @@ impl<'a> Placed<'a> {
 }
 
 /// One `RouteRules` a translation built (its route table and domains are in it), with what
-/// else it was built from.
+/// else it was built from. Everything reuse compares is held here, in the memo's own entry,
+/// by address: with thousands of routes, reading the resource itself to compare its route
+/// table and domains cost a cache miss each, and most of what reuse saved.
 struct BuiltRules {
     compiled: Arc<CompiledRoute>,
+    /// Its route table and domains, interned: the same allocation means the same name.
+    route_table: Arc<str>,
+    domains: Domains,
     /// The kernel verdict of each of the compiled route's entries.
-    kernel: Vec<bool>,
+    kernel: Marks,
     /// A `RouteRules`.
     payload: Arc<Payload>,
 }
@@ -49,19 +55,14 @@ impl BuiltRules {
     fn built_from(
         &self,
         compiled: &Arc<CompiledRoute>,
-        route_table: &str,
-        domains: &[&str],
-        kernel: impl Iterator<Item = bool>,
+        route_table: &Arc<str>,
+        domains: &Domains,
+        kernel: &Marks,
     ) -> bool {
         Arc::ptr_eq(&self.compiled, compiled)
-            && self.rules().is_some_and(|r| {
-                r.route_table == route_table
-                    && r.domains
-                        .iter()
-                        .map(String::as_str)
-                        .eq(domains.iter().copied())
-            })
-            && self.kernel.iter().copied().eq(kernel)
+            && Arc::ptr_eq(&self.route_table, route_table)
+            && self.domains.same(domains)
+            && self.kernel == *kernel
     }
 
     /// The resource's name and payload, as a Gateway's resources hold them.
@@ -71,14 +72,80 @@ impl BuiltRules {
     }
 }
 
+/// A route's domains on a port, interned: nearly always one, held without a box.
+enum Domains {
+    One(Arc<str>),
+    Many(Box<[Arc<str>]>),
+}
+
+impl Domains {
+    fn new(mut domains: Vec<Arc<str>>) -> Self {
+        match domains.pop() {
+            Some(one) if domains.is_empty() => Domains::One(one),
+            Some(last) => {
+                domains.push(last);
+                Domains::Many(domains.into_boxed_slice())
+            }
+            None => Domains::Many(Box::new([])),
+        }
+    }
+
+    fn as_slice(&self) -> &[Arc<str>] {
+        match self {
+            Domains::One(one) => std::slice::from_ref(one),
+            Domains::Many(many) => many,
+        }
+    }
+
+    /// The same interned names in the same order.
+    fn same(&self, other: &Domains) -> bool {
+        let (a, b) = (self.as_slice(), other.as_slice());
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// The kernel verdicts of a compiled route's entries, in order: as bits when there are at
+/// most 64 (nearly always), held without a box.
+#[derive(PartialEq, Eq, Hash)]
+enum Marks {
+    Bits { len: u8, bits: u64 },
+    Long(Box<[bool]>),
+}
+
+impl Marks {
+    fn new(verdicts: impl ExactSizeIterator<Item = bool>) -> Self {
+        match u8::try_from(verdicts.len()) {
+            Ok(len) if len <= 64 => Marks::Bits {
+                len,
+                bits: verdicts
+                    .enumerate()
+                    .fold(0, |bits, (i, v)| bits | (u64::from(v) << i)),
+            },
+            _ => Marks::Long(verdicts.collect()),
+        }
+    }
+
+    fn get(&self, index: usize) -> bool {
+        match self {
+            Marks::Bits { bits, .. } => index < 64 && bits & (1 << index) != 0,
+            Marks::Long(marks) => marks.get(index).copied().unwrap_or(false),
+        }
+    }
+}
+
 /// Which `RouteRules` the previous translation built, so that this one hands on the very
 /// same allocation for a route placed as before and compiled to the same (reused)
 /// `CompiledRoute`: not rebuilt here, not compared in the snapshot. One edit then costs the
 /// edited route's rules, not every route's.
 #[derive(Default)]
 pub struct RulesMemo {
-    // Boxed: entries move from one map to the other, and a box moves in one word.
-    built: Generations<MemoKey, Box<BuiltRules>>,
+    built: Generations<MemoKey, BuiltRules>,
+    /// Route table names and domains as the entries hold them, each with the last
+    /// translation that used it. Interned once per port and virtual host, so that each
+    /// route's entry compares them by address.
+    interned: HashMap<Arc<str>, Cell<u64>, foldhash::fast::RandomState>,
+    /// The translation under way, counted from 0.
+    translation: u64,
     /// Seeded per process: domains are names users choose.
     hasher: foldhash::fast::RandomState,
 }
@@ -93,19 +160,37 @@ impl RulesMemo {
     /// What this translation built becomes what the next one may reuse.
     pub fn advance(&mut self) {
         self.built.advance();
+        let now = self.translation;
+        self.interned.retain(|_, used| used.get() == now);
+        self.translation += 1;
+    }
+
+    /// The interned copy of `name`. An entry holds its names, so an address is not reused
+    /// for another name while an entry could compare with it.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some((interned, used)) = self.interned.get_key_value(name) {
+            used.set(self.translation);
+            return Arc::clone(interned);
+        }
+        let interned: Arc<str> = Arc::from(name);
+        let used = Cell::new(self.translation);
+        self.interned.insert(Arc::clone(&interned), used);
+        interned
     }
 
     fn key(
         &self,
         compiled: &Arc<CompiledRoute>,
         route_table: &str,
-        domains: &[&str],
-        kernel: impl Iterator<Item = bool>,
+        domains: &Domains,
+        kernel: &Marks,
     ) -> MemoKey {
         let mut h = self.hasher.build_hasher();
         route_table.hash(&mut h);
-        domains.hash(&mut h);
-        kernel.for_each(|v| v.hash(&mut h));
+        for domain in domains.as_slice() {
+            domain.hash(&mut h);
+        }
+        kernel.hash(&mut h);
         (Arc::as_ptr(compiled) as usize, h.finish())
     }
 }
@@ -124,19 +209,24 @@ pub fn table(
     let verdicts = if kernel {
         kernel_verdicts(&vhosts)
     } else {
-        HashMap::new()
+        Verdicts::default()
     };
+    let route_table = memo.intern(name);
     // Each route's domains, in order (the virtual hosts are): by its compiled route, of which
     // a translation has one per route. Thousands of routes: found by address, not by name.
-    let mut by_route: HashMap<*const CompiledRoute, (Vec<&str>, &Arc<CompiledRoute>), _> =
+    let mut by_route: HashMap<*const CompiledRoute, (Vec<Arc<str>>, &Arc<CompiledRoute>), _> =
         HashMap::with_hasher(foldhash::fast::RandomState::default());
     for (domain, placed) in &vhosts {
+        if placed.is_empty() {
+            continue;
+        }
+        let domain = memo.intern(domain);
         for p in placed {
             let (domains, _) = by_route
                 .entry(Arc::as_ptr(p.compiled))
                 .or_insert_with(|| (Vec::with_capacity(1), p.compiled));
-            if !domains.contains(domain) {
-                domains.push(domain);
+            if !domains.iter().any(|d| Arc::ptr_eq(d, &domain)) {
+                domains.push(Arc::clone(&domain));
             }
         }
     }
@@ -144,30 +234,21 @@ pub fn table(
     let rules = by_route
         .into_values()
         .map(|(domains, compiled)| {
-            let memo_key = memo.key(
-                compiled,
-                name,
-                &domains,
-                compiled.entries.iter().map(verdict),
-            );
-            let built_now = |b: &BuiltRules| {
-                b.built_from(
-                    compiled,
-                    name,
-                    &domains,
-                    compiled.entries.iter().map(verdict),
-                )
-            };
+            let domains = Domains::new(domains);
+            let marks = Marks::new(compiled.entries.iter().map(verdict));
+            let memo_key = memo.key(compiled, name, &domains, &marks);
+            let built_now = |b: &BuiltRules| b.built_from(compiled, &route_table, &domains, &marks);
             // Built already in this translation (another Gateway with the same placement).
-            if let Some(built) = memo.built.reused(&memo_key, |b| built_now(b)) {
+            if let Some(built) = memo.built.reused(&memo_key, built_now) {
                 return built.handed_on();
             }
             let mut ranked: Vec<RankedRule> = compiled
                 .entries
                 .iter()
-                .map(|e| {
+                .enumerate()
+                .map(|(i, e)| {
                     let mut rule = e.rule.clone();
-                    rule.kernel_answerable = verdict(e);
+                    rule.kernel_answerable = marks.get(i);
                     RankedRule {
                         precedence: e.key.clone(),
                         rule: Some(Box::new(rule)),
@@ -179,15 +260,17 @@ pub fn table(
             let rules = RouteRules {
                 name: format!("{name}/{}/{key}", kind.name()),
                 route_table: name.to_owned(),
-                domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+                domains: domains.as_slice().iter().map(|d| d.to_string()).collect(),
                 rules: ranked,
             };
             let out = (rules.name.clone(), Arc::new(Payload::RouteRules(rules)));
-            let built = Box::new(BuiltRules {
+            let built = BuiltRules {
                 compiled: Arc::clone(compiled),
-                kernel: compiled.entries.iter().map(verdict).collect(),
+                route_table: Arc::clone(&route_table),
+                domains,
+                kernel: marks,
                 payload: Arc::clone(&out.1),
-            });
+            };
             memo.built.insert(memo_key, built);
             out
         })
@@ -208,12 +291,16 @@ pub fn table(
     (table, rules)
 }
 
+/// Kernel verdicts by precedence key; looked up once per rule of every route in each
+/// translation. Keys derive from paths users write: the hasher is seeded per process.
+type Verdicts<'a> = HashMap<&'a [u8], bool, foldhash::fast::RandomState>;
+
 /// Whether each rule (by precedence key) may be answered in the kernel: decided on each
 /// virtual host as the proxy assembles it, and true only where it is true in every virtual
 /// host the rule joins. Rules that can never qualify are left out (false).
-fn kernel_verdicts<'a>(vhosts: &BTreeMap<&str, Vec<Placed<'a>>>) -> HashMap<&'a [u8], bool> {
+fn kernel_verdicts<'a>(vhosts: &BTreeMap<&str, Vec<Placed<'a>>>) -> Verdicts<'a> {
     let alone = vhosts.len() == 1;
-    let mut verdicts: HashMap<&[u8], bool> = HashMap::new();
+    let mut verdicts = Verdicts::default();
     for (domain, placed) in vhosts {
         let mut candidates = placed.iter().flat_map(Placed::entries);
         if !candidates.any(|e| kernel::may_qualify(&e.rule)) {
@@ -296,4 +383,47 @@ pub fn assembled_table(set: &super::ResourceSet, name: &str) -> Option<RouteTabl
         })
         .collect();
     Some(assembled(table, &rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_keep_each_verdict_in_order_and_differ_when_one_does() {
+        for len in [0, 1, 63, 64, 65, 200] {
+            let verdicts: Vec<bool> = (0..len).map(|i| i % 3 == 1).collect();
+            let marks = Marks::new(verdicts.iter().copied());
+            assert_eq!(matches!(marks, Marks::Bits { .. }), len <= 64, "{len}");
+            for (i, v) in verdicts.iter().enumerate() {
+                assert_eq!(marks.get(i), *v, "{len}: {i}");
+            }
+            assert!(!marks.get(len), "past the end");
+            assert!(marks == Marks::new(verdicts.iter().copied()));
+            if let Some(last) = len.checked_sub(1) {
+                let mut flipped = verdicts.clone();
+                flipped[last] = !flipped[last];
+                assert!(marks != Marks::new(flipped.into_iter()), "{len}");
+            }
+            // One more false verdict: a longer route, not the same marks.
+            let longer: Vec<bool> = verdicts.iter().copied().chain([false]).collect();
+            assert!(marks != Marks::new(longer.into_iter()), "{len}");
+        }
+    }
+
+    #[test]
+    fn interned_names_are_shared_while_used_and_dropped_after() {
+        let mut memo = RulesMemo::default();
+        let a = memo.intern("a.example");
+        assert!(Arc::ptr_eq(&a, &memo.intern("a.example")));
+        assert!(!Arc::ptr_eq(&a, &memo.intern("b.example")));
+        memo.advance();
+        // Used in the second translation: the same allocation.
+        assert!(Arc::ptr_eq(&a, &memo.intern("a.example")));
+        memo.advance();
+        memo.advance();
+        // Not used in the third: forgotten (the old copy lives on only where it is held).
+        assert!(!Arc::ptr_eq(&a, &memo.intern("a.example")));
+        assert_eq!(memo.interned.len(), 1);
+    }
 }
