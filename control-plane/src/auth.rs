@@ -386,7 +386,7 @@ impl Authenticator {
         match identity {
             Identity::Anonymous | Identity::SharedToken => Ok(()),
             Identity::ServiceAccount { account, .. }
-                if account.namespace == gateway.namespace
+                if *account.namespace == *gateway.namespace
                     || self.proxy_accounts.contains(account) =>
             {
                 Ok(())

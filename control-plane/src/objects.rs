@@ -22,18 +22,60 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// Namespace and name of an object; the namespace is empty for cluster-scoped kinds.
+/// Namespace and name of an object; the namespace is empty for cluster-scoped kinds. Shared
+/// strings: a translation copies each route's key several times over (its compiled form,
+/// its status, the memos), thousands of routes at a time, and a copy is then a count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// What an [`ObjectRef`]'s namespace or name may be made from.
+pub trait NamePart {
+    fn into_name(self) -> Arc<str>;
+}
+
+impl NamePart for &str {
+    fn into_name(self) -> Arc<str> {
+        if self.is_empty() {
+            // Every cluster-scoped key has it: one allocation for all.
+            static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "".into());
+            return Arc::clone(&EMPTY);
+        }
+        Arc::from(self)
+    }
+}
+
+impl NamePart for &String {
+    fn into_name(self) -> Arc<str> {
+        self.as_str().into_name()
+    }
+}
+
+impl NamePart for String {
+    fn into_name(self) -> Arc<str> {
+        self.as_str().into_name()
+    }
+}
+
+impl NamePart for Arc<str> {
+    fn into_name(self) -> Arc<str> {
+        self
+    }
+}
+
+impl NamePart for &Arc<str> {
+    fn into_name(self) -> Arc<str> {
+        Arc::clone(self)
+    }
 }
 
 impl ObjectRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl NamePart, name: impl NamePart) -> Self {
         ObjectRef {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: namespace.into_name(),
+            name: name.into_name(),
         }
     }
 
@@ -122,7 +164,7 @@ macro_rules! object_kinds {
                 if kind.is_namespaced()
                     && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
                 {
-                    meta.insert("namespace".into(), Value::String(key.namespace.clone()));
+                    meta.insert("namespace".into(), Value::String(key.namespace.to_string()));
                 }
                 fn de<T: DeserializeOwned>(
                     kind: Kind,

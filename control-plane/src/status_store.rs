@@ -148,7 +148,7 @@ impl StatusStore {
             |key, s| api::ObjectStatus {
                 kind: "GatewayClass".into(),
                 namespace: String::new(),
-                name: key.name.clone(),
+                name: key.name.to_string(),
                 generation: s.generation,
                 conditions: render.conditions("GatewayClass", key, "", &s.conditions),
                 supported_features: s.supported_features.clone(),
@@ -161,8 +161,8 @@ impl StatusStore {
             since.map(|r| &r.listener_sets),
             |key, s| api::ObjectStatus {
                 kind: "ListenerSet".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 generation: s.generation,
                 conditions: render.conditions("ListenerSet", key, "", &s.conditions),
                 listeners: render.listeners("ListenerSet", key, &s.listeners),
@@ -197,8 +197,8 @@ impl StatusStore {
         for (kind, new, old) in routes {
             out.section(kind, new, old, |key, s| api::ObjectStatus {
                 kind: kind.into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 generation: s.generation,
                 parents: render.parent_entries(kind, key, &s.parents),
                 ..Default::default()
@@ -210,8 +210,8 @@ impl StatusStore {
             since.map(|r| &r.backend_tls_policies),
             |key, s| api::ObjectStatus {
                 kind: "BackendTLSPolicy".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 generation: s.generation,
                 ancestors: render
                     .parent_entries("BackendTLSPolicy", key, &s.ancestors)
@@ -392,8 +392,8 @@ impl Render<'_> {
         let addresses = status_addresses(s, &served, &mut conditions);
         api::ObjectStatus {
             kind: "Gateway".into(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
             generation: s.generation,
             conditions,
             listeners: self.listeners("Gateway", key, &s.listeners),

@@ -653,7 +653,7 @@ mod tests {
             .objects
             .http_routes
             .keys()
-            .map(|k| k.name.as_str())
+            .map(|k| &*k.name)
             .collect();
         assert_eq!(routes, ["web2"]);
         assert_eq!(report.objects.services.len(), 1, "last good Service kept");

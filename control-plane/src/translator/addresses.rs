@@ -50,7 +50,7 @@ pub fn of_services(objects: &ObjectSet, gateway: &ObjectRef) -> Vec<String> {
             .labels
             .as_ref()
             .and_then(|l| l.get(GATEWAY_NAME_LABEL))
-            .is_some_and(|name| *name == gateway.name);
+            .is_some_and(|name| **name == *gateway.name);
         if key.namespace != gateway.namespace || !labelled {
             continue;
         }

@@ -223,7 +223,7 @@ impl<'a> EndpointIndex<'a> {
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(service) = service {
                 slices
-                    .entry((key.namespace.as_str(), service.as_str()))
+                    .entry((&*key.namespace, service.as_str()))
                     .or_default()
                     .push(slice);
             }
@@ -290,7 +290,7 @@ impl<'a> EndpointIndex<'a> {
     /// The EndpointSlices of a Service.
     fn slices_of<'s>(&'s self, service: &'s ObjectRef) -> &'s [&'s Arc<EndpointSlice>] {
         self.slices
-            .get(&(service.namespace.as_str(), service.name.as_str()))
+            .get(&(&*service.namespace, &*service.name))
             .map_or(&[], Vec::as_slice)
     }
 

@@ -52,8 +52,8 @@ pub fn of_gateway<'a>(
             let p = &set.spec.parent_ref;
             p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
                 && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-                && p.name == gateway_key.name
-                && p.namespace.as_deref().unwrap_or(&key.namespace) == gateway_key.namespace
+                && *p.name == *gateway_key.name
+                && p.namespace.as_deref().unwrap_or(&key.namespace) == &*gateway_key.namespace
         })
         .map(|(key, set)| ListenerSetView {
             key: key.clone(),
@@ -85,7 +85,7 @@ fn allowed(
         .and_then(|a| a.namespaces.as_ref());
     let ok = match namespaces.and_then(|n| n.from.as_ref()) {
         None | Some(GatewayAllowedListenersNamespacesFrom::None) => false,
-        Some(GatewayAllowedListenersNamespacesFrom::Same) => namespace == gateway_key.namespace,
+        Some(GatewayAllowedListenersNamespacesFrom::Same) => namespace == &*gateway_key.namespace,
         Some(GatewayAllowedListenersNamespacesFrom::All) => true,
         Some(GatewayAllowedListenersNamespacesFrom::Selector) => namespaces
             .and_then(|n| n.selector.as_ref())

@@ -143,7 +143,7 @@ fn translate_with(
     let mut gateways: BTreeMap<ObjectRef, GatewayView<'_>> = objects
         .gateways
         .iter()
-        .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
+        .filter(|(_, gw)| classes.contains(gw.spec.gateway_class_name.as_str()))
         .map(|(key, gw)| (key.clone(), GatewayView::new(objects, key, gw)))
         .collect();
     let routes = route_view::all(objects);

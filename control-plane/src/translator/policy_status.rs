@@ -50,8 +50,8 @@ pub fn report(
                 parent_ref: ParentRef {
                     group: GATEWAY_GROUP.to_owned(),
                     kind: "Gateway".to_owned(),
-                    namespace: gw_key.namespace.clone(),
-                    name: gw_key.name.clone(),
+                    namespace: gw_key.namespace.to_string(),
+                    name: gw_key.name.to_string(),
                     section_name: None,
                     port: None,
                 },

@@ -40,7 +40,7 @@ pub fn reference_granted(
     objects
         .reference_grants
         .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
+        .filter(|(key, _)| *key.namespace == *to.namespace)
         .any(|(_, grant)| {
             let from_ok = grant.spec.from.iter().any(|f| {
                 f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace

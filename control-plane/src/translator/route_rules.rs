@@ -56,7 +56,7 @@ impl BuiltRules {
         &self,
         compiled: &Arc<CompiledRoute>,
         route_table: &Arc<str>,
-        domains: &Domains,
+        domains: &[&Arc<str>],
         kernel: &Marks,
     ) -> bool {
         Arc::ptr_eq(&self.compiled, compiled)
@@ -79,14 +79,10 @@ enum Domains {
 }
 
 impl Domains {
-    fn new(mut domains: Vec<Arc<str>>) -> Self {
-        match domains.pop() {
-            Some(one) if domains.is_empty() => Domains::One(one),
-            Some(last) => {
-                domains.push(last);
-                Domains::Many(domains.into_boxed_slice())
-            }
-            None => Domains::Many(Box::new([])),
+    fn new(domains: &[&Arc<str>]) -> Self {
+        match domains {
+            [one] => Domains::One(Arc::clone(one)),
+            many => Domains::Many(many.iter().map(|d| Arc::clone(d)).collect()),
         }
     }
 
@@ -98,9 +94,9 @@ impl Domains {
     }
 
     /// The same interned names in the same order.
-    fn same(&self, other: &Domains) -> bool {
-        let (a, b) = (self.as_slice(), other.as_slice());
-        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+    fn same(&self, other: &[&Arc<str>]) -> bool {
+        let mine = self.as_slice();
+        mine.len() == other.len() && mine.iter().zip(other).all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -182,12 +178,12 @@ impl RulesMemo {
         &self,
         compiled: &Arc<CompiledRoute>,
         route_table: &str,
-        domains: &Domains,
+        domains: &[&Arc<str>],
         kernel: &Marks,
     ) -> MemoKey {
         let mut h = self.hasher.build_hasher();
         route_table.hash(&mut h);
-        for domain in domains.as_slice() {
+        for domain in domains {
             domain.hash(&mut h);
         }
         kernel.hash(&mut h);
@@ -214,19 +210,19 @@ pub fn table(
     let route_table = memo.intern(name);
     // Each route's domains, in order (the virtual hosts are): by its compiled route, of which
     // a translation has one per route. Thousands of routes: found by address, not by name.
-    let mut by_route: HashMap<*const CompiledRoute, (Vec<Arc<str>>, &Arc<CompiledRoute>), _> =
+    let placed_vhosts: Vec<(Arc<str>, &Vec<Placed<'_>>)> = (vhosts.iter())
+        .filter(|(_, placed)| !placed.is_empty())
+        .map(|(domain, placed)| (memo.intern(domain), placed))
+        .collect();
+    let mut by_route: HashMap<*const CompiledRoute, (Vec<&Arc<str>>, &Arc<CompiledRoute>), _> =
         HashMap::with_hasher(foldhash::fast::RandomState::default());
-    for (domain, placed) in &vhosts {
-        if placed.is_empty() {
-            continue;
-        }
-        let domain = memo.intern(domain);
-        for p in placed {
+    for (domain, placed) in &placed_vhosts {
+        for p in placed.iter() {
             let (domains, _) = by_route
                 .entry(Arc::as_ptr(p.compiled))
                 .or_insert_with(|| (Vec::with_capacity(1), p.compiled));
-            if !domains.iter().any(|d| Arc::ptr_eq(d, &domain)) {
-                domains.push(Arc::clone(&domain));
+            if !domains.iter().any(|d| Arc::ptr_eq(d, domain)) {
+                domains.push(domain);
             }
         }
     }
@@ -234,8 +230,11 @@ pub fn table(
     let rules = by_route
         .into_values()
         .map(|(domains, compiled)| {
-            let domains = Domains::new(domains);
-            let marks = Marks::new(compiled.entries.iter().map(verdict));
+            let marks = if compiled.kernel_candidates && !verdicts.is_empty() {
+                Marks::new(compiled.entries.iter().map(verdict))
+            } else {
+                Marks::new(compiled.entries.iter().map(|_| false))
+            };
             let memo_key = memo.key(compiled, name, &domains, &marks);
             let built_now = |b: &BuiltRules| b.built_from(compiled, &route_table, &domains, &marks);
             // Built already in this translation (another Gateway with the same placement).
@@ -260,14 +259,14 @@ pub fn table(
             let rules = RouteRules {
                 name: format!("{name}/{}/{key}", kind.name()),
                 route_table: name.to_owned(),
-                domains: domains.as_slice().iter().map(|d| d.to_string()).collect(),
+                domains: domains.iter().map(|d| d.to_string()).collect(),
                 rules: ranked,
             };
             let out = (rules.name.clone(), Arc::new(Payload::RouteRules(rules)));
             let built = BuiltRules {
                 compiled: Arc::clone(compiled),
                 route_table: Arc::clone(&route_table),
-                domains,
+                domains: Domains::new(&domains),
                 kernel: marks,
                 payload: Arc::clone(&out.1),
             };
@@ -302,8 +301,7 @@ fn kernel_verdicts<'a>(vhosts: &BTreeMap<&str, Vec<Placed<'a>>>) -> Verdicts<'a>
     let alone = vhosts.len() == 1;
     let mut verdicts = Verdicts::default();
     for (domain, placed) in vhosts {
-        let mut candidates = placed.iter().flat_map(Placed::entries);
-        if !candidates.any(|e| kernel::may_qualify(&e.rule)) {
+        if !placed.iter().any(|p| p.compiled.kernel_candidates) {
             continue;
         }
         // In the proxies' order: by key (the route rules' names break ties there; a route

@@ -112,7 +112,7 @@ macro_rules! explicit_parent_ref {
             namespace: $p
                 .namespace
                 .clone()
-                .unwrap_or_else(|| $route_namespace.to_owned()),
+                .unwrap_or_else(|| $route_namespace.to_string()),
             name: $p.name.clone(),
             section_name: $p.section_name.clone(),
             port: $p.port,

@@ -18,7 +18,7 @@ use rauta_common::api::v1::{
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::precedence::Precedence;
 use super::route_view::{RouteId, RouteObject, RouteView};
-use super::{extensions, filters};
+use super::{extensions, filters, kernel};
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// One match of one rule, ready to be placed in a virtual host.
@@ -63,6 +63,10 @@ pub struct CompiledRoute {
     /// The Services compilation looked up, found or not: the only Services it read
     /// (`incremental.rs` compiles a route again when one of these changes).
     pub services_read: Vec<(ObjectRef, Option<Arc<Service>>)>,
+    /// Whether any entry could be answered in the kernel (`kernel::may_qualify`), decided
+    /// once: each translation asks it of every placed route, and reading the rules
+    /// themselves to answer cost a cache miss or two a route.
+    pub kernel_candidates: bool,
 }
 
 impl CompiledRoute {
@@ -102,6 +106,7 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
         ref_problem: None,
         unsupported: None,
         services_read: Vec::new(),
+        kernel_candidates: false,
     };
     let rules = match &route.rules {
         Ok(rules) => rules,
@@ -189,6 +194,7 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
     }
     // Compiled routes live until the next translation, thousands at a time.
     out.entries.shrink_to_fit();
+    out.kernel_candidates = out.entries.iter().any(|e| kernel::may_qualify(&e.rule));
     out.services_read.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out.services_read.dedup_by(|a, b| a.0 == b.0);
     out.services_read.shrink_to_fit();
