@@ -41,6 +41,9 @@ struct Contribution<'a> {
     /// Attached through a TLS Passthrough listener.
     passthrough: bool,
     compiled: &'a Arc<CompiledRoute>,
+    /// `compiled.kernel_candidates`, read here while the route's backends are: asking each
+    /// compiled route again later costs a cache miss a route.
+    kernel_candidates: bool,
 }
 
 /// The served listeners of one Gateway, by port and transport (UDP or not): a TCP and a UDP
@@ -102,12 +105,14 @@ impl<'a> Ports<'a> {
         }
         let mut previous: Option<&Arc<CompiledRoute>> = None;
         for attached in &listener.attached {
+            let kernel_candidates = attached.compiled.kernel_candidates;
             for host in attached.hosts.iter() {
                 entry.contributions.push(Contribution {
                     listener: listener_hostname.clone(),
                     domain: host,
                     passthrough,
                     compiled: &attached.compiled,
+                    kernel_candidates,
                 });
             }
             // A route attached through several parentRefs is listed once per parentRef, in
@@ -200,6 +205,7 @@ fn isolated_virtual_hosts<'h, 'a: 'h>(
         }
         vhosts.entry(c.domain).or_default().push(Placed {
             passthrough: c.passthrough,
+            kernel_candidates: c.kernel_candidates,
             compiled: c.compiled,
         });
     }

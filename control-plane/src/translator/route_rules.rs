@@ -21,6 +21,9 @@ pub struct Placed<'a> {
     /// Attached through a TLS Passthrough listener (L4 tables only).
     pub passthrough: bool,
     pub compiled: &'a Arc<CompiledRoute>,
+    /// `compiled.kernel_candidates`, carried here so that finding the virtual hosts with
+    /// none does not visit every compiled route.
+    pub kernel_candidates: bool,
 }
 
 impl<'a> Placed<'a> {
@@ -101,9 +104,11 @@ impl Domains {
 }
 
 /// The kernel verdicts of a compiled route's entries, in order: as bits when there are at
-/// most 64 (nearly always), held without a box.
+/// most 64 (nearly always), held without a box; `None` for a route with no entry the kernel
+/// could answer (`CompiledRoute::kernel_candidates`), which is known without reading it.
 #[derive(PartialEq, Eq, Hash)]
 enum Marks {
+    None,
     Bits { len: u8, bits: u64 },
     Long(Box<[bool]>),
 }
@@ -123,6 +128,7 @@ impl Marks {
 
     fn get(&self, index: usize) -> bool {
         match self {
+            Marks::None => false,
             Marks::Bits { bits, .. } => index < 64 && bits & (1 << index) != 0,
             Marks::Long(marks) => marks.get(index).copied().unwrap_or(false),
         }
@@ -214,13 +220,14 @@ pub fn table(
         .filter(|(_, placed)| !placed.is_empty())
         .map(|(domain, placed)| (memo.intern(domain), placed))
         .collect();
-    let mut by_route: HashMap<*const CompiledRoute, (Vec<&Arc<str>>, &Arc<CompiledRoute>), _> =
+    type ByRoute<'r, 'c> = (Vec<&'r Arc<str>>, &'c Arc<CompiledRoute>, bool);
+    let mut by_route: HashMap<*const CompiledRoute, ByRoute<'_, '_>, _> =
         HashMap::with_hasher(foldhash::fast::RandomState::default());
     for (domain, placed) in &placed_vhosts {
         for p in placed.iter() {
-            let (domains, _) = by_route
+            let (domains, ..) = by_route
                 .entry(Arc::as_ptr(p.compiled))
-                .or_insert_with(|| (Vec::with_capacity(1), p.compiled));
+                .or_insert_with(|| (Vec::with_capacity(1), p.compiled, p.kernel_candidates));
             if !domains.iter().any(|d| Arc::ptr_eq(d, domain)) {
                 domains.push(domain);
             }
@@ -229,11 +236,11 @@ pub fn table(
     let verdict = |e: &MatchEntry| verdicts.get(e.key.as_slice()).copied().unwrap_or(false);
     let rules = by_route
         .into_values()
-        .map(|(domains, compiled)| {
-            let marks = if compiled.kernel_candidates && !verdicts.is_empty() {
+        .map(|(domains, compiled, kernel_candidates)| {
+            let marks = if kernel_candidates {
                 Marks::new(compiled.entries.iter().map(verdict))
             } else {
-                Marks::new(compiled.entries.iter().map(|_| false))
+                Marks::None
             };
             let memo_key = memo.key(compiled, name, &domains, &marks);
             let built_now = |b: &BuiltRules| b.built_from(compiled, &route_table, &domains, &marks);
@@ -301,7 +308,7 @@ fn kernel_verdicts<'a>(vhosts: &BTreeMap<&str, Vec<Placed<'a>>>) -> Verdicts<'a>
     let alone = vhosts.len() == 1;
     let mut verdicts = Verdicts::default();
     for (domain, placed) in vhosts {
-        if !placed.iter().any(|p| p.compiled.kernel_candidates) {
+        if !placed.iter().any(|p| p.kernel_candidates) {
             continue;
         }
         // In the proxies' order: by key (the route rules' names break ties there; a route
