@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use rauta_common::api::v1::{
-    DiffSnapshotsRequest, ProxyVersion, ResourceChange, SnapshotDiff, VersionEvent,
-    WatchVersionsRequest, version_event,
+    DiffSnapshotsRequest, ResourceChange, SnapshotDiff, VersionEvent, WatchVersionsRequest,
+    version_event,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,7 +15,7 @@ use tonic::Status;
 use crate::admin::redacted;
 use crate::cache::{HISTORY, SnapshotCache};
 use crate::objects::ObjectRef;
-use crate::registry::ProxyRegistry;
+use crate::registry::{Answer, ProxyRegistry};
 
 fn parse_gateway(s: &str) -> Result<ObjectRef, Status> {
     ObjectRef::parse(s).ok_or_else(|| {
@@ -97,7 +97,8 @@ pub fn watch(
     // Subscribe before reading the current state, so nothing falls in between.
     let mut snapshots = cache.events();
     let mut answers = registry.events();
-    let now = Some(prost_types::Timestamp::from(SystemTime::now()));
+    let at = SystemTime::now();
+    let now = Some(prost_types::Timestamp::from(at));
     let mut initial: Vec<VersionEvent> = cache
         .all()
         .iter()
@@ -107,19 +108,22 @@ pub fn watch(
             event: Some(version_event::Event::SnapshotVersion(s.version)),
         })
         .collect();
-    for p in registry.list() {
+    // Every proxy's ACKed versions, this replica's and the other replicas' (from their
+    // reports), each with the replica it is on.
+    let replica = registry.replica();
+    let own = registry.list().into_iter().map(|p| (replica.clone(), p));
+    let peers = registry.peers().into_iter().map(|p| (p.replica, p.record));
+    for (controller, p) in own.chain(peers) {
         for (ty, t) in p.types.iter().filter(|(_, t)| !t.acked_version.is_empty()) {
-            initial.push(VersionEvent {
-                gateway: p.gateway.to_string(),
-                at: now,
-                event: Some(version_event::Event::Proxy(ProxyVersion {
-                    proxy: p.id.clone(),
-                    type_url: ty.type_url().to_owned(),
-                    version: t.acked_version.clone(),
-                    accepted: true,
-                    message: String::new(),
-                })),
-            });
+            let answer = Answer {
+                gateway: &p.gateway,
+                proxy: &p.id,
+                controller: &controller,
+                ty: *ty,
+                version: &t.acked_version,
+                nack: None,
+            };
+            initial.push(answer.event(at));
         }
     }
     let wanted = move |e: &VersionEvent| filter.as_ref().is_none_or(|g| *g == e.gateway);

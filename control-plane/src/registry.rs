@@ -58,6 +58,34 @@ pub struct PeerProxy {
     pub in_sync: BTreeMap<ResourceType, bool>,
 }
 
+/// A proxy's ACK (`nack` None) or NACK of a version, as WatchVersions shows it.
+pub struct Answer<'a> {
+    pub gateway: &'a ObjectRef,
+    pub proxy: &'a str,
+    /// The replica the proxy is connected to.
+    pub controller: &'a str,
+    pub ty: ResourceType,
+    pub version: &'a str,
+    pub nack: Option<&'a str>,
+}
+
+impl Answer<'_> {
+    pub fn event(&self, at: SystemTime) -> VersionEvent {
+        VersionEvent {
+            gateway: self.gateway.to_string(),
+            at: Some(prost_types::Timestamp::from(at)),
+            event: Some(version_event::Event::Proxy(ProxyVersion {
+                proxy: self.proxy.to_owned(),
+                type_url: self.ty.type_url().to_owned(),
+                version: self.version.to_owned(),
+                accepted: self.nack.is_none(),
+                message: self.nack.unwrap_or_default().to_owned(),
+                controller: self.controller.to_owned(),
+            })),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ProxyRegistry {
     next_stream: AtomicU64,
@@ -119,22 +147,20 @@ impl Registration {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match streams.get(&self.stream) {
-                Some(r) => (r.id.clone(), r.gateway.to_string()),
+                Some(r) => (r.id.clone(), r.gateway.clone()),
                 None => return,
             }
         };
+        let answer = Answer {
+            gateway: &gateway,
+            proxy: &proxy,
+            controller: &self.registry.replica(),
+            ty,
+            version,
+            nack,
+        };
         // Nobody watching is fine.
-        let _ = self.registry.events.send(VersionEvent {
-            gateway,
-            at: Some(prost_types::Timestamp::from(SystemTime::now())),
-            event: Some(version_event::Event::Proxy(ProxyVersion {
-                proxy,
-                type_url: ty.type_url().to_owned(),
-                version: version.to_owned(),
-                accepted: nack.is_none(),
-                message: nack.unwrap_or_default().to_owned(),
-            })),
-        });
+        let _ = self.registry.events.send(answer.event(SystemTime::now()));
     }
 
     pub fn update_type(&self, ty: ResourceType, f: impl FnOnce(&mut TypeRecord)) {
@@ -258,15 +284,60 @@ impl ProxyRegistry {
     }
 
     /// Replaces what is known of the other replicas' proxies; status writers are told only
-    /// when something changed.
+    /// when something changed, and WatchVersions of every ACK and NACK the reports show
+    /// anew.
     pub fn set_peers(&self, peers: Vec<PeerProxy>) {
         let mut current = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         if *current == peers {
             return;
         }
+        let before: BTreeMap<(&str, &ObjectRef, &str), &PeerProxy> = current
+            .iter()
+            .map(|p| {
+                (
+                    (p.replica.as_str(), &p.record.gateway, p.record.id.as_str()),
+                    p,
+                )
+            })
+            .collect();
+        let now = SystemTime::now();
+        let mut events = Vec::new();
+        for p in &peers {
+            let key = (p.replica.as_str(), &p.record.gateway, p.record.id.as_str());
+            let then = before.get(&key).map(|old| &old.record.types);
+            for (ty, t) in &p.record.types {
+                let old = then.and_then(|types| types.get(ty));
+                let event = |version: &str, nack: Option<&str>, at: SystemTime| {
+                    let answer = Answer {
+                        gateway: &p.record.gateway,
+                        proxy: &p.record.id,
+                        controller: &p.replica,
+                        ty: *ty,
+                        version,
+                        nack,
+                    };
+                    answer.event(at)
+                };
+                if !t.acked_version.is_empty()
+                    && old.is_none_or(|o| o.acked_version != t.acked_version)
+                {
+                    events.push(event(&t.acked_version, None, now));
+                }
+                if let Some(nack) = &t.last_nack
+                    && old.is_none_or(|o| o.last_nack.as_ref() != Some(nack))
+                {
+                    events.push(event(&nack.version, Some(&nack.message), nack.at));
+                }
+            }
+        }
+        drop(before);
         *current = peers;
         drop(current);
         self.membership.send_modify(|n| *n += 1);
+        for event in events {
+            // Nobody watching is fine.
+            let _ = self.events.send(event);
+        }
     }
 
     /// The other replicas' proxies, less those that have since connected here (a proxy that
@@ -353,5 +424,61 @@ mod tests {
         assert!(registry.peers().is_empty());
         assert!(registry.rejections(&gw).is_empty());
         assert_eq!(registry.list().len(), 2);
+    }
+
+    /// What WatchVersions receives: (proxy, controller, version, accepted, message).
+    fn answers(
+        events: &mut broadcast::Receiver<VersionEvent>,
+    ) -> Vec<(String, String, String, bool, String)> {
+        let mut out = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let Some(version_event::Event::Proxy(p)) = e.event {
+                out.push((p.proxy, p.controller, p.version, p.accepted, p.message));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn other_replicas_proxies_answers_reach_watchers_once_each() {
+        let registry = Arc::new(ProxyRegistry::default());
+        let mut events = registry.events();
+        let acked = |id: &str, version: &str| {
+            let mut r = record(id, 1, false);
+            if let Some(t) = r.types.get_mut(&ResourceType::Listener) {
+                t.acked_version = version.into();
+            }
+            r
+        };
+        registry.set_peers(vec![peer("r2", acked("b", "1"))]);
+        let ack = |version: &str| ("b".into(), "r2".into(), version.into(), true, String::new());
+        assert_eq!(answers(&mut events), [ack("1")]);
+        // A renewed report that says the same: nothing new.
+        let mut renewed = peer("r2", acked("b", "1"));
+        renewed.in_sync.insert(ResourceType::Listener, true);
+        registry.set_peers(vec![renewed]);
+        assert_eq!(answers(&mut events), []);
+        registry.set_peers(vec![peer("r2", acked("b", "2"))]);
+        assert_eq!(answers(&mut events), [ack("2")]);
+        // It rejects version 3 and keeps 2: the NACK, once.
+        let mut rejecting = record("b", 1, true);
+        if let Some(t) = rejecting.types.get_mut(&ResourceType::Listener) {
+            t.acked_version = "2".into();
+        }
+        registry.set_peers(vec![peer("r2", rejecting.clone())]);
+        let nack = (
+            "b".into(),
+            "r2".into(),
+            "2".into(),
+            false,
+            "cannot bind".into(),
+        );
+        assert_eq!(answers(&mut events), [nack]);
+        registry.set_peers(vec![peer("r2", rejecting)]);
+        assert_eq!(answers(&mut events), []);
+        // The same proxy id on another replica (it moved): its answers are news there.
+        registry.set_peers(vec![peer("r3", acked("b", "2"))]);
+        let moved = ("b".into(), "r3".into(), "2".into(), true, String::new());
+        assert_eq!(answers(&mut events), [moved]);
     }
 }

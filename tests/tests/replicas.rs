@@ -1,15 +1,16 @@
 //! Several controller replicas, one truth: three replicas in Kubernetes mode against one
 //! API server, a proxy on each. A NACK of a proxy on a replica that does not lead reaches the
-//! Gateway's status the leader writes, and every replica's ListProxies shows every proxy with
-//! the replica it is on. Killing the leader, then stopping another replica, while requests
-//! flow through every proxy loses none: proxies move to the replicas left, another replica
-//! takes the Lease, and status writing goes on.
+//! Gateway's status the leader writes and the leader's WatchVersions, and every replica's
+//! ListProxies shows every proxy with the replica it is on. Killing the leader, then stopping
+//! another replica, while requests flow through every proxy loses none: proxies move to the
+//! replicas left, another replica takes the Lease, and status writing goes on.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rauta_common::api::v1::{WatchVersionsRequest, version_event};
 use rauta_tests::fake_kube::FakeApiServer;
 use rauta_tests::harness::{
     Controller, Echo, Proxy, Workspace, eventually, eventually_served_by, free_port, http_get,
@@ -155,6 +156,18 @@ async fn a_nack_on_a_replica_that_does_not_lead_reaches_the_gateway_status() {
     let (victim, others): (Vec<_>, Vec<_>) =
         f.proxies.iter().enumerate().partition(|(i, _)| *i == n);
     let victim = victim[0].1;
+    // WatchVersions on the leader, which the victim is not connected to: its NACK arrives
+    // through the victim's replica's proxy report.
+    let leader_index = REPLICAS.iter().position(|r| *r == leader).unwrap();
+    let mut versions = f.controllers[leader_index]
+        .admin()
+        .await
+        .watch_versions(WatchVersionsRequest {
+            gateway: "infra/gw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     // A new listener whose port is taken on that proxy only: it NACKs, the others ACK.
     let (squatter, extra) = loop {
@@ -181,6 +194,23 @@ async fn a_nack_on_a_replica_that_does_not_lead_reaches_the_gateway_status() {
         })
     })
     .await;
+    // The leader's WatchVersions shows the NACK, naming the replica the proxy is on.
+    let nack = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = versions.message().await.unwrap() {
+            if let Some(version_event::Event::Proxy(p)) = event.event
+                && p.proxy == proxy_id(victim)
+                && !p.accepted
+            {
+                return p;
+            }
+        }
+        panic!("WatchVersions ended");
+    })
+    .await
+    .expect("the leader's WatchVersions shows the NACK of a proxy on another replica");
+    assert_eq!(nack.controller, REPLICAS[n]);
+    assert!(nack.message.contains("cannot bind"), "{}", nack.message);
+    drop(versions);
     // Any replica shows the rejection, on the replica the proxy is on.
     for controller in &f.controllers {
         eventually(Duration::from_secs(10), || async {

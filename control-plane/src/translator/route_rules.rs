@@ -417,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn domains_are_the_same_only_as_the_same_interned_names_in_the_same_order() {
+        let mut memo = RulesMemo::default();
+        let (a, b) = (memo.intern("a.example"), memo.intern("b.example"));
+        let one = Domains::new(&[&a]);
+        assert!(matches!(one, Domains::One(_)));
+        assert!(one.same(&[&a]));
+        assert!(!one.same(&[&b]));
+        assert!(!one.same(&[&a, &b]));
+        assert!(!one.same(&[]));
+        // Equal text in another allocation is not the same name (the memo rebuilds, safely).
+        let copy: Arc<str> = Arc::from("a.example");
+        assert!(!one.same(&[&copy]));
+        let two = Domains::new(&[&a, &b]);
+        assert!(two.same(&[&a, &b]));
+        assert!(!two.same(&[&b, &a]));
+        assert!(!two.same(&[&a]));
+        // A route with no candidate entry: no verdict is true, and it differs from bits.
+        assert!(!Marks::None.get(0));
+        assert!(Marks::None != Marks::new([false].into_iter()));
+    }
+
+    #[test]
     fn interned_names_are_shared_while_used_and_dropped_after() {
         let mut memo = RulesMemo::default();
         let a = memo.intern("a.example");
