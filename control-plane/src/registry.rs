@@ -140,6 +140,9 @@ impl Registration {
 
     /// Publishes a proxy's ACK (`nack` None) or NACK of a version, for WatchVersions.
     pub fn answered(&self, ty: ResourceType, version: &str, nack: Option<&str>) {
+        if self.registry.events.receiver_count() == 0 {
+            return; // Nobody watching: every ACK of the fleet would build an event for nothing.
+        }
         let (proxy, gateway) = {
             let streams = self
                 .registry
@@ -291,46 +294,12 @@ impl ProxyRegistry {
         if *current == peers {
             return;
         }
-        let before: BTreeMap<(&str, &ObjectRef, &str), &PeerProxy> = current
-            .iter()
-            .map(|p| {
-                (
-                    (p.replica.as_str(), &p.record.gateway, p.record.id.as_str()),
-                    p,
-                )
-            })
-            .collect();
-        let now = SystemTime::now();
-        let mut events = Vec::new();
-        for p in &peers {
-            let key = (p.replica.as_str(), &p.record.gateway, p.record.id.as_str());
-            let then = before.get(&key).map(|old| &old.record.types);
-            for (ty, t) in &p.record.types {
-                let old = then.and_then(|types| types.get(ty));
-                let event = |version: &str, nack: Option<&str>, at: SystemTime| {
-                    let answer = Answer {
-                        gateway: &p.record.gateway,
-                        proxy: &p.record.id,
-                        controller: &p.replica,
-                        ty: *ty,
-                        version,
-                        nack,
-                    };
-                    answer.event(at)
-                };
-                if !t.acked_version.is_empty()
-                    && old.is_none_or(|o| o.acked_version != t.acked_version)
-                {
-                    events.push(event(&t.acked_version, None, now));
-                }
-                if let Some(nack) = &t.last_nack
-                    && old.is_none_or(|o| o.last_nack.as_ref() != Some(nack))
-                {
-                    events.push(event(&nack.version, Some(&nack.message), nack.at));
-                }
-            }
-        }
-        drop(before);
+        // Nobody watching: no events to build.
+        let events = if self.events.receiver_count() > 0 {
+            peer_answers(&current, &peers)
+        } else {
+            Vec::new()
+        };
         *current = peers;
         drop(current);
         self.membership.send_modify(|n| *n += 1);
@@ -362,6 +331,50 @@ impl ProxyRegistry {
             .cloned()
             .collect()
     }
+}
+
+/// The ACKs and NACKs the other replicas' reports show anew, going from `before` to
+/// `after`: each answer once, however often its report is renewed.
+fn peer_answers(before: &[PeerProxy], after: &[PeerProxy]) -> Vec<VersionEvent> {
+    let then_by_key: BTreeMap<(&str, &ObjectRef, &str), &PeerProxy> = before
+        .iter()
+        .map(|p| {
+            (
+                (p.replica.as_str(), &p.record.gateway, p.record.id.as_str()),
+                p,
+            )
+        })
+        .collect();
+    let now = SystemTime::now();
+    let mut events = Vec::new();
+    for p in after {
+        let key = (p.replica.as_str(), &p.record.gateway, p.record.id.as_str());
+        let then = then_by_key.get(&key).map(|old| &old.record.types);
+        for (ty, t) in &p.record.types {
+            let old = then.and_then(|types| types.get(ty));
+            let event = |version: &str, nack: Option<&str>, at: SystemTime| {
+                let answer = Answer {
+                    gateway: &p.record.gateway,
+                    proxy: &p.record.id,
+                    controller: &p.replica,
+                    ty: *ty,
+                    version,
+                    nack,
+                };
+                answer.event(at)
+            };
+            if !t.acked_version.is_empty() && old.is_none_or(|o| o.acked_version != t.acked_version)
+            {
+                events.push(event(&t.acked_version, None, now));
+            }
+            if let Some(nack) = &t.last_nack
+                && old.is_none_or(|o| o.last_nack.as_ref() != Some(nack))
+            {
+                events.push(event(&nack.version, Some(&nack.message), nack.at));
+            }
+        }
+    }
+    events
 }
 
 #[cfg(test)]
