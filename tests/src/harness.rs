@@ -68,12 +68,39 @@ impl RefusingPort {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the kernel's ephemeral range. A port the kernel
+/// hands out for `bind(0)` comes from the range it also takes the source ports of outgoing
+/// connections from, and tests make many: one of those could take the port before the server
+/// it was picked for binds it (a proxy's listener then failed with "Address already in use").
+/// Below the range, only another explicit bind competes, and the pick is random.
 pub fn free_port() -> u16 {
+    let low = ephemeral_low().max(FREE_PORT_FLOOR + 1024);
+    // Room above each pick for `free_ports` to find consecutive ones.
+    let span = u64::from(low - FREE_PORT_FLOOR - 64);
+    for _ in 0..1000 {
+        let pick = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8) % span;
+        let port = FREE_PORT_FLOOR + u16::try_from(pick).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The lowest port `free_port` picks: above the well-known and registered services tests
+/// start (Redis at 6379, say).
+const FREE_PORT_FLOOR: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`; Linux's
+/// default where it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The first of `n` consecutive ports that were all free a moment ago, for TCP and for UDP
