@@ -10,7 +10,7 @@ use prost::Message;
 /// instead of about 300), in each proxy's store and in every snapshot the controller keeps; and
 /// every resource would be as large as a Cluster (320 bytes instead of about 150), though most
 /// are endpoints and route rules.
-const BOXED: [&str; 12] = [
+const BOXED: [&str; 13] = [
     ".rauta.v1.Resource.payload.cluster",
     ".rauta.v1.Resource.payload.listener",
     ".rauta.v1.RankedRule.rule",
@@ -21,6 +21,7 @@ const BOXED: [&str; 12] = [
     ".rauta.v1.RouteRule.retry",
     ".rauta.v1.RouteRule.session_persistence",
     ".rauta.v1.RouteRule.cache",
+    ".rauta.v1.RouteRule.policies",
     ".rauta.v1.WeightedCluster.request_headers",
     ".rauta.v1.WeightedCluster.response_headers",
 ];

@@ -35,7 +35,7 @@ fn shared_list(kind: Kind) -> Option<&'static str> {
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
             Some("parents")
         }
-        Kind::BackendTlsPolicy => Some("ancestors"),
+        Kind::BackendTlsPolicy | Kind::RateLimitPolicy => Some("ancestors"),
         _ => None,
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 
 use crate::crds::direct_response::DirectResponse;
+use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::crds::response_cache::ResponseCache;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::tcproutes::TcpRoute;
@@ -265,6 +266,7 @@ object_kinds! {
     UdpRoute, udp_routes, UdpRoute, "gateway.networking.k8s.io", "UDPRoute", true;
     DirectResponse, direct_responses, DirectResponse, "gateway.rauta.dev", "DirectResponse", true;
     ResponseCache, response_caches, ResponseCache, "gateway.rauta.dev", "ResponseCache", true;
+    RateLimitPolicy, rate_limit_policies, RateLimitPolicy, "gateway.rauta.dev", "RateLimitPolicy", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

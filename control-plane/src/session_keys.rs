@@ -215,6 +215,7 @@ mod tests {
                 ..Default::default()
             }],
             session_keys: vec!["stale".into()],
+            ..Default::default()
         }))
     }
 

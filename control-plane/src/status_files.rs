@@ -78,7 +78,7 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
             "conditions": conditions(&o.conditions),
             "listeners": listeners(&o.listeners),
         }),
-        "BackendTLSPolicy" => json!({
+        "BackendTLSPolicy" | "RateLimitPolicy" => json!({
             "ancestors": o.ancestors.iter().map(|a| json!({
                 "ancestorRef": parent_ref(a.ancestor_ref.clone().unwrap_or_default()),
                 "controllerName": a.controller_name,
@@ -93,7 +93,11 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
             })).collect::<Vec<_>>(),
         }),
     };
-    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": o.kind, "metadata": metadata, "status": status})
+    let api_version = match o.kind.as_str() {
+        "RateLimitPolicy" => "gateway.rauta.dev/v1alpha1",
+        _ => "gateway.networking.k8s.io/v1",
+    };
+    json!({"apiVersion": api_version, "kind": o.kind, "metadata": metadata, "status": status})
 }
 
 fn file_name(kind: &str, namespace: &str, name: &str) -> String {

@@ -89,6 +89,14 @@ impl StatusStore {
                 now,
                 o,
             ),
+            update_transitions(
+                t,
+                "RateLimitPolicy",
+                &new.rate_limit_policies,
+                &old.rate_limit_policies,
+                now,
+                o,
+            ),
             new.service_annotations != old.service_annotations,
         ];
         if !changed.contains(&true) {
@@ -204,17 +212,26 @@ impl StatusStore {
                 ..Default::default()
             });
         }
-        out.section(
-            "BackendTLSPolicy",
-            &report.backend_tls_policies,
-            since.map(|r| &r.backend_tls_policies),
-            |key, s| api::ObjectStatus {
-                kind: "BackendTLSPolicy".into(),
+        let policies = [
+            (
+                "BackendTLSPolicy",
+                &report.backend_tls_policies,
+                since.map(|r| &r.backend_tls_policies),
+            ),
+            (
+                "RateLimitPolicy",
+                &report.rate_limit_policies,
+                since.map(|r| &r.rate_limit_policies),
+            ),
+        ];
+        for (kind, new, old) in policies {
+            out.section(kind, new, old, |key, s| api::ObjectStatus {
+                kind: kind.into(),
                 namespace: key.namespace.to_string(),
                 name: key.name.to_string(),
                 generation: s.generation,
                 ancestors: render
-                    .parent_entries("BackendTLSPolicy", key, &s.ancestors)
+                    .parent_entries(kind, key, &s.ancestors)
                     .into_iter()
                     .map(|p| api::PolicyAncestorStatus {
                         ancestor_ref: p.parent_ref,
@@ -223,8 +240,8 @@ impl StatusStore {
                     })
                     .collect(),
                 ..Default::default()
-            },
-        );
+            });
+        }
         RenderedChanges {
             report: Arc::clone(report),
             changed: out.changed,

@@ -3,6 +3,8 @@
 //! fails when the committed file is stale).
 
 pub mod direct_response;
+pub mod policy;
+pub mod rate_limit_policy;
 pub mod response_cache;
 
 use kube::CustomResourceExt;
@@ -15,6 +17,7 @@ pub fn crd_manifests() -> Result<String, String> {
     let crds = [
         direct_response::DirectResponse::crd(),
         response_cache::ResponseCache::crd(),
+        rate_limit_policy::RateLimitPolicy::crd(),
     ];
     let mut out = String::from(
         "# Generated from control-plane/src/crds by `REGENERATE_CRDS=1 cargo test -p rauta-controller crd`;\n# do not edit.\n",

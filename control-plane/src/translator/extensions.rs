@@ -1,16 +1,20 @@
 //! ExtensionRef filters: objects of RAUTA's own group that a route rule names. A
-//! DirectResponse makes the rule answer by itself; a ResponseCache keeps its backends' answers. A reference to a kind RAUTA does not
+//! DirectResponse makes the rule answer by itself; a ResponseCache keeps its backends' answers;
+//! a RateLimitPolicy limits the rule's requests (over any policy attached to the rule, its
+//! route or its Gateway). A reference to a kind RAUTA does not
 //! define, or to an object that does not exist, makes the rule answer 500 and the route's
 //! ResolvedRefs False (InvalidKind, BackendNotFound): the spec forbids skipping a custom
 //! filter that cannot be resolved, and the route's other rules keep working.
 
 use rauta_common::api::v1::route_rule::Action;
-use rauta_common::api::v1::{DirectResponse, HeaderValue, ResponseCache};
+use rauta_common::api::v1::{DirectResponse, HeaderValue, RequestPolicies, ResponseCache};
 
 use super::backends::{RefProblem, error_answer};
 use super::filters::{ExtensionRef, RuleFilters};
+use super::rate_limits;
 use crate::crds::GROUP;
 use crate::crds::direct_response::{self, DirectResponseSpec};
+use crate::crds::rate_limit_policy::RateLimitPolicySpec;
 use crate::crds::response_cache::{self, ResponseCacheSpec};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -33,6 +37,8 @@ pub struct Extended {
     pub action: Option<Action>,
     /// A ResponseCache for the backends' answers.
     pub cache: Option<ResponseCache>,
+    /// What the RateLimitPolicies it names ask of its requests.
+    pub policies: Option<RequestPolicies>,
     /// The first reference that did not resolve.
     pub problem: Option<RefProblem>,
 }
@@ -41,6 +47,7 @@ pub struct Extended {
 enum Resolved {
     Direct(DirectResponseSpec),
     Cache(ResponseCacheSpec),
+    RateLimit(ObjectRef, Box<RateLimitPolicySpec>),
 }
 
 /// What a rule's ExtensionRef filters give it; `Err` when the rule cannot be served as written
@@ -52,6 +59,7 @@ pub fn resolve_all(
 ) -> Result<Extended, String> {
     let mut direct = None;
     let mut cache = None;
+    let mut policies: Option<RequestPolicies> = None;
     let mut unresolved = None;
     for e in &filters.extensions {
         match resolve(objects, namespace, e) {
@@ -77,6 +85,16 @@ pub fn resolve_all(
                 }
                 cache = Some(response_cache(&e.name, &spec)?);
             }
+            Ok(Resolved::RateLimit(key, spec)) => {
+                if policies.is_some() {
+                    return Err("a rule may name one RateLimitPolicy".into());
+                }
+                let local = rate_limits::local(&key, &spec)
+                    .map_err(|e| format!("RateLimitPolicy {key}: {e}"))?;
+                policies = Some(RequestPolicies {
+                    local_rate_limits: local,
+                });
+            }
             Err(problem) => {
                 unresolved.get_or_insert(problem);
             }
@@ -94,11 +112,13 @@ pub fn resolve_all(
         Some(problem) => Extended {
             action: Some(error_answer()),
             cache: None,
+            policies: None,
             problem: Some(problem),
         },
         None => Extended {
             action: direct.map(Action::DirectResponse),
             cache,
+            policies,
             problem: None,
         },
     })
@@ -116,12 +136,16 @@ fn resolve(objects: &ObjectSet, namespace: &str, e: &ExtensionRef) -> Result<Res
             .response_caches
             .get(&key)
             .map(|o| Resolved::Cache(o.spec.clone())),
+        (GROUP, "RateLimitPolicy") => objects
+            .rate_limit_policies
+            .get(&key)
+            .map(|o| Resolved::RateLimit(key.clone(), Box::new(o.spec.clone()))),
         _ => {
             return Err(RefProblem {
                 reason: "InvalidKind",
                 message: format!(
                     "ExtensionRef {}/{} is not a kind RAUTA defines \
-                     (gateway.rauta.dev/DirectResponse, gateway.rauta.dev/ResponseCache)",
+                     (gateway.rauta.dev/DirectResponse, ResponseCache, RateLimitPolicy)",
                     e.group, e.kind
                 ),
             });

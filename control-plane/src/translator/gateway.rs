@@ -14,6 +14,7 @@ use super::gateway_resources::Ports;
 use super::listener_sets::{self, ListenerSetView};
 use super::listeners::{self, ListenerView};
 use super::output::ResourceSet;
+use super::policies::PolicyIndex;
 use super::route_rules::RulesMemo;
 use super::status::{Condition, GatewayStatus, ListenerSetStatus, ListenerStatus, generation_of};
 use super::{addresses, tls};
@@ -131,6 +132,8 @@ impl<'a> GatewayView<'a> {
     /// Builds the Gateway's resources from its attached routes, and its status.
     pub fn build(
         &self,
+        key: &ObjectRef,
+        policies: &PolicyIndex,
         endpoints: &EndpointIndex<'_>,
         memo: &mut RulesMemo,
         endpoints_memo: &mut EndpointsMemo,
@@ -154,10 +157,15 @@ impl<'a> GatewayView<'a> {
                 .ok()
                 .filter(|p| (1..=65535).contains(p));
             let Some(port) = port else { continue };
-            let status = match ports.add(listener, port, client_certificate, &mut resources) {
-                Ok(()) => listener.serving_status(g),
-                Err(_) => listener.protocol_conflict_status(port, g),
-            };
+            // Gateway policies reach a ListenerSet's listeners too; sectionName names the
+            // Gateway's own.
+            let section = owner.is_none().then_some(listener.spec.name.as_str());
+            let attached = policies.for_listener(key, section);
+            let status =
+                match ports.add(listener, port, client_certificate, attached, &mut resources) {
+                    Ok(()) => listener.serving_status(g),
+                    Err(_) => listener.protocol_conflict_status(port, g),
+                };
             listener_statuses.push((owner, status));
         }
         ports.into_resources(&mut resources, memo);

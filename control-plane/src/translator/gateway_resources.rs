@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::api::v1::{
-    ClientCertificate, ClientValidation, Listener, ListenerProtocol, ServerCertificate,
+    ClientCertificate, ClientValidation, Listener, ListenerPolicies, ListenerProtocol,
+    RequestPolicies, ServerCertificate,
 };
 use rauta_common::types::ResourceType;
 
@@ -29,6 +30,8 @@ struct PortListeners<'a> {
     contributions: Vec<Contribution<'a>>,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
+    /// The policies attached to each listener (by hostname) or to the Gateway.
+    policies: Vec<ListenerPolicies>,
 }
 
 /// What one route contributes to one domain of a port. Borrowed from the listener it
@@ -75,6 +78,7 @@ impl<'a> Ports<'a> {
         listener: &'a ListenerView<'_>,
         port: u32,
         client_certificate: Option<&ClientCertificate>,
+        policies: Option<RequestPolicies>,
         resources: &mut ResourceSet,
     ) -> Result<(), PortTaken> {
         let udp = listener.protocol == ListenerProtocol::Udp;
@@ -84,6 +88,7 @@ impl<'a> Ports<'a> {
             contributions: Vec::new(),
             certificates: Vec::new(),
             client_validation: None,
+            policies: Vec::new(),
         });
         entry.protocol = shared_protocol(entry.protocol, listener.protocol).ok_or(PortTaken)?;
         let passthrough = listener.protocol == ListenerProtocol::TlsPassthrough;
@@ -102,6 +107,12 @@ impl<'a> Ports<'a> {
             .map(|h| h.to_ascii_lowercase().into());
         if let Some(h) = &listener_hostname {
             entry.hostnames.push(h.to_string());
+        }
+        if let Some(policies) = policies {
+            entry.policies.push(ListenerPolicies {
+                hostname: listener_hostname.as_deref().unwrap_or("").to_owned(),
+                policies: Some(policies),
+            });
         }
         let mut previous: Option<&Arc<CompiledRoute>> = None;
         for attached in &listener.attached {
@@ -171,7 +182,8 @@ impl<'a> Ports<'a> {
                 continue;
             }
             let kernel = listeners.protocol == ListenerProtocol::Http;
-            let (table, rules) = route_rules::table(&name, &hostnames, vhosts, kernel, memo);
+            let (mut table, rules) = route_rules::table(&name, &hostnames, vhosts, kernel, memo);
+            table.listener_policies = listeners.policies;
             resources
                 .entry(ResourceType::RouteTable)
                 .or_default()

@@ -94,6 +94,13 @@ fn status_json(report: &StatusReport) -> Value {
         &report.backend_tls_policies,
         |s| generation(s.generation),
     );
+    if v.get("rateLimitPolicies").is_some() {
+        add_fields(
+            &mut v["rateLimitPolicies"],
+            &report.rate_limit_policies,
+            |s| generation(s.generation),
+        );
+    }
     add_fields(&mut v["listenerSets"], &report.listener_sets, |s| {
         generation(s.generation)
     });

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use super::attachment::AttachMemo;
 use super::backends::{EndpointIndex, EndpointsMemo};
+use super::policies::PolicyIndex;
 use super::route_rules::RulesMemo;
 use super::route_view::{RouteEntry, RouteId, RouteKind, RouteView};
 use super::routes::{self, CompiledRoute};
@@ -70,6 +71,8 @@ struct Memo {
 /// routes where nothing they were compiled from has changed.
 pub struct Compiler<'a> {
     inputs: Cow<'a, ObjectSet>,
+    /// The policies attached to routes and Gateways.
+    pub policies: PolicyIndex,
     /// The previous translation's work, if its compilation inputs equal these.
     reusable: Option<&'a Memo>,
     /// Where `previous` is in the previous translation's compiled routes.
@@ -93,6 +96,7 @@ impl<'a> Compiler<'a> {
                 .same_kinds(&inputs, |kind| kind != Kind::Service)
         });
         Compiler {
+            policies: PolicyIndex::new(objects),
             inputs: Cow::Owned(inputs),
             reusable,
             cursor: None,
@@ -106,6 +110,7 @@ impl<'a> Compiler<'a> {
     /// A compiler that reuses nothing and lets compilation read every object: the reference.
     pub fn fresh(objects: &'a ObjectSet) -> Compiler<'a> {
         Compiler {
+            policies: PolicyIndex::new(objects),
             inputs: Cow::Borrowed(objects),
             reusable: None,
             cursor: None,
@@ -118,7 +123,7 @@ impl<'a> Compiler<'a> {
 
     pub fn compile(&mut self, entry: &RouteEntry<'_>, route: &RouteView<'_>) -> Arc<CompiledRoute> {
         self.reuse(entry)
-            .unwrap_or_else(|| Arc::new(routes::compile(&self.inputs, route)))
+            .unwrap_or_else(|| Arc::new(routes::compile(&self.inputs, &self.policies, route)))
     }
 
     /// The previous translation's compiled form of the route, if nothing it was compiled

@@ -9,6 +9,7 @@
 //! below uses this one: the modules form a tree of dependencies without cycles.
 
 pub mod addresses;
+mod attached_status;
 mod attachment;
 pub mod backend_tls;
 pub mod backends;
@@ -25,8 +26,10 @@ mod l4_routes;
 mod listener_sets;
 mod listeners;
 mod output;
+mod policies;
 mod policy_status;
 mod precedence;
+mod rate_limits;
 mod references;
 pub mod route_rules;
 mod route_view;
@@ -163,9 +166,22 @@ fn translate_with(
         &compiled,
         &mut out.status,
     );
+    attached_status::report(
+        objects,
+        controller_name,
+        &gateways,
+        &compiler.policies,
+        &mut out.status,
+    );
     let endpoints = backends::EndpointIndex::new(objects);
     for (key, gateway) in gateways {
-        let built = gateway.build(&endpoints, &mut compiler.rules, &mut compiler.endpoints);
+        let built = gateway.build(
+            &key,
+            &compiler.policies,
+            &endpoints,
+            &mut compiler.rules,
+            &mut compiler.endpoints,
+        );
         out.gateways.insert(key.clone(), built.resources);
         out.status.gateways.insert(key, built.status);
         out.status.listener_sets.extend(built.listener_sets);
@@ -178,6 +194,9 @@ mod tests;
 
 #[cfg(test)]
 mod golden_tests;
+
+#[cfg(test)]
+mod policy_tests;
 
 #[cfg(test)]
 mod listener_tests;

@@ -293,6 +293,8 @@ pub fn table(
             })
             .collect(),
         session_keys: Vec::new(),
+        // The Gateway's to add (`gateway_resources.rs`).
+        listener_policies: Vec::new(),
     };
     (table, rules)
 }

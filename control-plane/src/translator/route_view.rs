@@ -21,7 +21,7 @@ use super::status::{ParentRef, generation_of};
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// The route kinds RAUTA serves; a listener serves the kinds of its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
     Http,
     Tls,

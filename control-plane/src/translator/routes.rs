@@ -16,6 +16,7 @@ use rauta_common::api::v1::{
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
+use super::policies::PolicyIndex;
 use super::precedence::Precedence;
 use super::route_view::{RouteId, RouteObject, RouteView};
 use super::{extensions, filters, kernel};
@@ -97,7 +98,11 @@ impl CompiledRoute {
 }
 
 /// Compiles a route's rules, whichever its kind.
-pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
+pub fn compile(
+    objects: &ObjectSet,
+    policies: &PolicyIndex,
+    route: &RouteView<'_>,
+) -> CompiledRoute {
     let mut out = CompiledRoute {
         id: route.id(),
         source: route.object.clone(),
@@ -154,6 +159,14 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
         if let Some(problem) = extended.problem {
             out.ref_problem.get_or_insert(problem);
         }
+        let rule_policies = policies
+            .for_rule(
+                route.kind,
+                key,
+                rule.name.as_deref(),
+                extended.policies.as_ref(),
+            )
+            .map(Box::new);
         let action = match (extended.action, &filters.redirect) {
             (Some(action), _) => action,
             (None, Some(redirect)) => Action::Redirect(redirect.clone()),
@@ -182,6 +195,7 @@ pub fn compile(objects: &ObjectSet, route: &RouteView<'_>) -> CompiledRoute {
                 response_headers: filters.response_headers.clone().map(Box::new),
                 url_rewrite: filters.url_rewrite.clone().map(Box::new),
                 cache: extended.cache.clone().map(Box::new),
+                policies: rule_policies.clone(),
                 // Decided once the table's precedence is known (`kernel.rs`).
                 kernel_answerable: false,
             };

@@ -165,6 +165,9 @@ pub struct StatusReport {
     /// (the defaults apply instead).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub service_annotations: BTreeMap<ObjectRef, Vec<String>>,
+    /// RAUTA's attached policies (`policies.rs`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limit_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 impl serde::Serialize for ObjectRef {

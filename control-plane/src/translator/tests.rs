@@ -67,7 +67,7 @@ ports: [{name: http, port: 1}]
 endpoints: [{addresses: [10.9.9.9]}]
 "#;
 
-fn translate_yaml(extra: &str) -> Translation {
+pub(super) fn translate_yaml(extra: &str) -> Translation {
     let (objects, problems) = parse_manifests(&format!("{BASE}---\n{extra}"));
     assert!(problems.is_empty(), "{problems:?}");
     translate(&objects, DEFAULT_CONTROLLER_NAME)
@@ -78,7 +78,7 @@ fn gw() -> ObjectRef {
 }
 
 /// The table as the proxies assemble it from the table and its routes' `RouteRules`.
-fn route_table(t: &Translation, name: &str) -> RouteTable {
+pub(super) fn route_table(t: &Translation, name: &str) -> RouteTable {
     super::route_rules::assembled_table(&t.gateways[&gw()], name).expect("no such route table")
 }
 
@@ -89,7 +89,7 @@ fn parent_conditions(t: &Translation, route: &str) -> Vec<Condition> {
         .clone()
 }
 
-fn condition(conditions: &[Condition], type_: &str) -> (String, String) {
+pub(super) fn condition(conditions: &[Condition], type_: &str) -> (String, String) {
     let c = conditions
         .iter()
         .find(|c| c.type_ == type_)
@@ -97,7 +97,7 @@ fn condition(conditions: &[Condition], type_: &str) -> (String, String) {
     (c.status.clone(), c.reason.clone())
 }
 
-fn route(name: &str, extra_meta: &str, spec: &str) -> String {
+pub(super) fn route(name: &str, extra_meta: &str, spec: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: apps{extra_meta}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra, sectionName: http}}]\n{spec}\n---\n"
     )

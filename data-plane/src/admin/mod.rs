@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 mod cache_metrics;
 mod config_dump;
 mod ejection_metrics;
+mod rate_limit_metrics;
 use crate::kernel::KernelPath;
 use crate::shared::Shared;
 
@@ -25,6 +26,7 @@ fn respond(
             let mut from_state = String::new();
             cache_metrics::render(&state, &mut from_state);
             ejection_metrics::render(&state, &mut from_state);
+            rate_limit_metrics::render(&state, &mut from_state);
             body.extend_from_slice(from_state.as_bytes());
             body.extend_from_slice(stale_gauge(shared).as_bytes());
             (StatusCode::OK, plain_http::PROMETHEUS, body)

@@ -11,8 +11,9 @@ use rauta_common::api::v1::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::model::filters::Inherited;
 use crate::model::filters::session::SessionKeys;
-use crate::model::response_store::CacheStores;
+use crate::model::kept::RuleStores;
 use crate::observe::metrics::ProxyMetrics;
 
 fn header(name: &str, value: &str) -> ApiHeader {
@@ -38,8 +39,9 @@ fn rule(path: &str, action: Action, response_headers: Option<HeaderModifier>) ->
         ..Default::default()
     };
     let metrics = ProxyMetrics::new().unwrap();
-    let mut caches = CacheStores::default();
-    RuleRt::build(&rule, &metrics, &SessionKeys::default(), &mut caches).unwrap()
+    let mut stores = RuleStores::default();
+    let keys = SessionKeys::default();
+    RuleRt::build(&rule, &metrics, &keys, &mut stores, Inherited::default()).unwrap()
 }
 
 /// What hyper, serving user space's answers, writes for `template` to a request with

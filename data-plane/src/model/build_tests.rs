@@ -12,7 +12,7 @@ use rauta_common::types::ResourceType;
 use super::*;
 use crate::model::store::ResourceStore;
 
-fn store_with(table: RouteTable, listeners: &[(&str, u32)]) -> ResourceStore {
+pub(super) fn store_with(table: RouteTable, listeners: &[(&str, u32)]) -> ResourceStore {
     let mut store = ResourceStore::default();
     let resource = |name: &str, payload| Resource {
         name: name.into(),
@@ -52,7 +52,7 @@ fn store_with(table: RouteTable, listeners: &[(&str, u32)]) -> ResourceStore {
         .unwrap()
 }
 
-fn rule(path: &str, header: Option<(&str, &str)>) -> RouteRule {
+pub(super) fn rule(path: &str, header: Option<(&str, &str)>) -> RouteRule {
     RouteRule {
         name: "ns/r/rule/0".into(),
         matches: vec![RouteMatch {

@@ -6,9 +6,11 @@
 pub mod cluster;
 pub mod collect;
 pub mod filters;
+pub mod kept;
 pub mod l4;
 pub mod maglev;
 pub mod matchers;
+pub mod rate_limit;
 pub mod redirect;
 pub mod request;
 pub mod response_store;
@@ -20,6 +22,8 @@ pub mod tls;
 
 #[cfg(test)]
 mod build_tests;
+#[cfg(test)]
+mod rate_limit_tests;
 #[cfg(test)]
 mod reuse_tests;
 #[cfg(test)]
@@ -35,8 +39,8 @@ use rauta_common::types::ResourceType;
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 use crate::upstream::UpstreamPools;
 use cluster::{ClusterError, ClusterRt, Clusters};
+use kept::RuleStores;
 use l4::{L4TableError, L4TableRt};
-use response_store::CacheStores;
 use route_table::{RouteTableError, RouteTableRt, TableInputs};
 use store::{ResourceStore, TypeSet};
 
@@ -55,8 +59,8 @@ pub struct RoutingState {
     /// TCP, UDP and TLS Terminate listener name -> its L4 route table (`None` until the table
     /// arrives: connections are closed).
     l4: HashMap<String, Option<Arc<L4TableRt>>>,
-    /// The response caches of the rules that have one.
-    caches: CacheStores,
+    /// The response caches and rate limiters of the rules that have them.
+    stores: RuleStores,
     pub no_route: Option<Arc<RouteStats>>,
     /// The store's `RouteRules` this state was built from, each checked: the next state
     /// checks only those that are not the very same resources.
@@ -115,7 +119,12 @@ impl RoutingState {
 
     /// Every rule's response cache, by rule name.
     pub fn caches(&self) -> impl Iterator<Item = (&str, &Arc<response_store::ResponseStore>)> {
-        self.caches.iter()
+        self.stores.caches.iter()
+    }
+
+    /// Every rate limiter, by its name among the kept stores.
+    pub fn limiters(&self) -> impl Iterator<Item = (&str, &Arc<rate_limit::Limiter>)> {
+        self.stores.limiters.iter()
     }
 
     /// Every cluster, by name.
@@ -138,7 +147,7 @@ impl RoutingState {
         metrics: &ProxyMetrics,
     ) -> Result<(RoutingState, Vec<ListenerSpec>), BuildError> {
         let clusters = Clusters::validate(store, &previous.clusters, pools)?;
-        let mut caches = CacheStores::after(&previous.caches);
+        let mut stores = RuleStores::after(&previous.stores);
         // Each table's route rules; those of a table the store lacks serve nothing.
         let mut rules_of: HashMap<&str, Vec<(&RouteRules, &Arc<Resource>)>> = HashMap::new();
         // The previous state's, checked already: both in name order, walked side by side.
@@ -186,7 +195,7 @@ impl RoutingState {
                 rules,
                 rules_unchanged,
             };
-            let rt = RouteTableRt::build(inputs, previous, &clusters, metrics, &mut caches)
+            let rt = RouteTableRt::build(inputs, previous, &clusters, metrics, &mut stores)
                 .map_err(|source| BuildError::RouteTable {
                     table: table.name.clone(),
                     source,
@@ -254,13 +263,13 @@ impl RoutingState {
             .filter(|(_, _, l4)| l4.is_empty())
             .map(|(name, table, _)| (name, tables.get(&table).cloned()))
             .collect();
-        caches.finish();
+        stores.finish();
         let state = RoutingState {
             listeners,
             clusters,
             tls: tls_configs,
             l4,
-            caches,
+            stores,
             no_route: Some(metrics.route_counters("")),
             route_rules: store.type_set(ResourceType::RouteRules),
         };

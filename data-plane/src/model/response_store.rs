@@ -3,7 +3,6 @@
 //! readers. Bounded by the rule's `max_entries`: over it, expired answers go first, then the
 //! least recently used eighth (so eviction's sort is paid once per many inserts).
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -289,61 +288,6 @@ impl ResponseStore {
     }
 }
 
-/// The stores of a routing state, by rule name. A rule keeps its store (and the answers in it)
-/// across snapshots while its cache configuration stays the same; every copy of a rule (one per
-/// match, one per listener) shares it.
-#[derive(Debug, Default)]
-pub struct CacheStores {
-    by_rule: HashMap<Box<str>, Arc<ResponseStore>>,
-    /// The previous state's stores, while a new state is built.
-    previous: HashMap<Box<str>, Arc<ResponseStore>>,
-}
-
-impl CacheStores {
-    /// An empty set for a new state, which may take over `previous`'s stores.
-    pub fn after(previous: &CacheStores) -> CacheStores {
-        CacheStores {
-            by_rule: HashMap::new(),
-            previous: previous.by_rule.clone(),
-        }
-    }
-
-    /// The store of a rule: the one this state already made for it, the previous state's if
-    /// its configuration is the same, else a new one.
-    pub fn store_for(&mut self, rule: &str, config: CacheConfig) -> Arc<ResponseStore> {
-        if let Some(store) = self.by_rule.get(rule).filter(|s| s.config == config) {
-            return Arc::clone(store);
-        }
-        let store = match self.previous.get(rule).filter(|s| s.config == config) {
-            Some(kept) => Arc::clone(kept),
-            None => Arc::new(ResponseStore::new(config)),
-        };
-        self.by_rule.insert(rule.into(), Arc::clone(&store));
-        store
-    }
-
-    /// Whether this state already has a store for `rule` other than `store`.
-    pub fn has_other(&self, rule: &str, store: &Arc<ResponseStore>) -> bool {
-        self.by_rule
-            .get(rule)
-            .is_some_and(|s| !Arc::ptr_eq(s, store))
-    }
-
-    /// Takes over the store of a rule reused as it was from the previous state.
-    pub fn keep(&mut self, rule: &str, store: &Arc<ResponseStore>) {
-        self.by_rule.insert(rule.into(), Arc::clone(store));
-    }
-
-    /// Lets go of the previous state's stores that were not taken over.
-    pub fn finish(&mut self) {
-        self.previous = HashMap::new();
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<ResponseStore>)> {
-        self.by_rule.iter().map(|(k, v)| (&**k, v))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,37 +366,5 @@ mod tests {
         assert!(s.get(key("/0").as_ref(), later).is_some());
         assert!(s.get(key("/1").as_ref(), later).is_none());
         assert!(s.get(key("/7").as_ref(), later).is_some());
-    }
-
-    #[test]
-    fn a_rule_keeps_its_answers_across_snapshots_while_its_configuration_stays() {
-        let config = store(8).config;
-        let mut first = CacheStores::default();
-        let a = first.store_for("rule-a", config.clone());
-        assert!(Arc::ptr_eq(&a, &first.store_for("rule-a", config.clone())));
-        first.finish();
-        let mut second = CacheStores::after(&first);
-        assert!(Arc::ptr_eq(&a, &second.store_for("rule-a", config.clone())));
-        let changed = CacheConfig {
-            max_entries: 9,
-            ..config
-        };
-        let mut third = CacheStores::after(&second);
-        assert!(!Arc::ptr_eq(&a, &third.store_for("rule-a", changed)));
-    }
-
-    #[test]
-    fn a_rule_reused_with_its_store_may_not_split_from_a_copy_built_anew() {
-        let mut caches = CacheStores::after(&CacheStores::default());
-        let kept = Arc::new(store(10));
-        assert!(!caches.has_other("r", &kept), "nothing there yet");
-        let built = caches.store_for("r", store(10).config);
-        assert!(
-            caches.has_other("r", &kept),
-            "the new state has its own store for r"
-        );
-        assert!(!caches.has_other("r", &built));
-        caches.keep("s", &kept);
-        assert!(!caches.has_other("s", &kept));
     }
 }

@@ -1,21 +1,22 @@
 //! A listener's route table: virtual hosts by domain (exact, then the longest wildcard, then
 //! "*"), each with its rules in precedence order.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use rauta_common::api::v1::resource::Payload;
-use rauta_common::api::v1::{Resource, RouteRule, RouteRules, RouteTable};
+use rauta_common::api::v1::{RequestPolicies, Resource, RouteRule, RouteRules, RouteTable};
 
 use super::cluster::{ClusterPlan, Clusters};
 use super::collect::exact;
-use super::filters::SharedPart;
 use super::filters::session::{SessionError, SessionKeys};
+use super::filters::{Inherited, SharedPart};
+use super::kept::RuleStores;
 use super::matchers::MatchRt;
 use super::request::RequestView;
-use super::response_store::CacheStores;
+use assembly::Assembly;
+
+mod assembly;
 use super::rule::{RuleError, RuleRt};
 use crate::observe::metrics::ProxyMetrics;
 
@@ -43,6 +44,8 @@ impl std::fmt::Debug for KeySource {
 struct VhostSource {
     domains: Vec<String>,
     inline: Vec<RouteRule>,
+    /// Its listener's policies.
+    policies: Option<RequestPolicies>,
     /// Each ranked rule as (the RouteRules resource as received, position in it), in order.
     /// The store keeps a resource that did not change as the same allocation, so an unchanged
     /// one is found by address, without comparing or copying any of it.
@@ -232,14 +235,6 @@ fn well_formed_domain(domain: &str) -> bool {
     }
 }
 
-/// Up to this many domains, a route's duplicates are found by comparing each with the ones
-/// before it.
-const FEW_DOMAINS: usize = 16;
-
-/// A ranked rule in a virtual host: (precedence, RouteRules name, the RouteRules resource,
-/// position in it, rule).
-type Ranked<'a> = (&'a [u8], &'a str, &'a Arc<Resource>, usize, &'a RouteRule);
-
 /// What a route table is built from: its resource (as the store holds it) and payload, the
 /// `RouteRules` naming it, and whether those are the very ones of the state before (the
 /// store's `RouteRules` did not change).
@@ -250,144 +245,29 @@ pub struct TableInputs<'a> {
     pub rules_unchanged: bool,
 }
 
-/// A virtual host being assembled: its domains, its own rules, and the ranked rules of the
-/// `RouteRules` that join it.
-struct Assembly<'a> {
-    name: &'a str,
-    /// In lower case.
-    domains: Vec<Cow<'a, str>>,
-    inline: &'a [RouteRule],
-    ranked: Vec<Ranked<'a>>,
-}
-
-/// `domain` in lower case: borrowed when it is already, as the controller sends them.
-fn lower(domain: &str) -> Cow<'_, str> {
-    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(domain.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(domain)
-    }
-}
-
-impl<'a> Assembly<'a> {
-    /// The assembly `vhost` was built from, again.
-    fn again(vhost: &'a VirtualHostRt) -> Result<Self, RouteTableError> {
-        let source = &*vhost.source;
-        let mut ranked = Vec::with_capacity(source.ranked.len());
-        for (resource, position) in &source.ranked {
-            let Some(Payload::RouteRules(rules)) = &resource.payload else {
-                return Err(RouteTableError::NoRule(resource.name.clone()));
-            };
-            let rule = rules
-                .rules
-                .get(*position)
-                .and_then(|r| Some((&r.precedence, r.rule.as_deref()?)));
-            let Some((precedence, rule)) = rule else {
-                return Err(RouteTableError::NoRule(rules.name.clone()));
-            };
-            ranked.push((&precedence[..], &rules.name[..], resource, *position, rule));
-        }
-        Ok(Assembly {
-            name: &vhost.name,
-            domains: source.domains.iter().map(|d| Cow::Borrowed(&**d)).collect(),
-            inline: &source.inline,
-            ranked,
-        })
-    }
-
-    /// The table's virtual hosts, joined by the rules of `rules` (those naming this table):
-    /// each to the virtual host listing its domain, or to a new one of that domain.
-    fn of(
-        table: &'a RouteTable,
-        rules: &[(&'a RouteRules, &'a Arc<Resource>)],
-    ) -> Result<Vec<Self>, RouteTableError> {
-        // Most routes have a domain (a virtual host) of their own.
-        let mut out: Vec<Assembly<'a>> =
-            Vec::with_capacity(table.virtual_hosts.len() + rules.len());
-        out.extend(table.virtual_hosts.iter().map(|v| Assembly {
-            name: &v.name,
-            domains: v.domains.iter().map(|d| lower(d)).collect(),
-            inline: &v.rules,
-            ranked: Vec::new(),
-        }));
-        let mut index: HashMap<Cow<'a, str>, usize> = HashMap::with_capacity(out.capacity());
-        for (i, a) in out.iter().enumerate() {
-            for d in &a.domains {
-                index.entry(d.clone()).or_insert(i);
-            }
-        }
-        let mut placements = out.iter().map(|a| a.inline.len()).sum::<usize>();
-        let mut seen = HashSet::new();
-        for &(r, resource) in rules {
-            seen.clear();
-            for (j, domain) in r.domains.iter().enumerate() {
-                // A domain listed twice (in any case) joins its virtual host once. Most routes
-                // list one or a few: those are compared, not hashed.
-                let again = if r.domains.len() <= FEW_DOMAINS {
-                    r.domains[..j]
-                        .iter()
-                        .any(|d| d.eq_ignore_ascii_case(domain))
-                } else {
-                    !seen.insert(domain.to_ascii_lowercase())
-                };
-                if again {
-                    continue;
-                }
-                placements = placements.saturating_add(r.rules.len());
-                if placements > MAX_PLACEMENTS {
-                    return Err(RouteTableError::TooManyPlacements { placements });
-                }
-                let i = match index.entry(lower(domain)) {
-                    Entry::Occupied(e) => *e.get(),
-                    Entry::Vacant(e) => {
-                        out.push(Assembly {
-                            name: domain_name(r, e.key()),
-                            domains: vec![e.key().clone()],
-                            inline: &[],
-                            ranked: Vec::with_capacity(r.rules.len()),
-                        });
-                        *e.insert(out.len() - 1)
-                    }
-                };
-                for (position, ranked) in r.rules.iter().enumerate() {
-                    let rule = ranked
-                        .rule
-                        .as_ref()
-                        .ok_or_else(|| RouteTableError::NoRule(r.name.clone()))?;
-                    out[i]
-                        .ranked
-                        .push((&ranked.precedence, &r.name, resource, position, rule));
-                }
-            }
-        }
-        for a in &mut out {
-            a.ranked
-                .sort_unstable_by(|x, y| (x.0, x.1, x.3).cmp(&(y.0, y.1, y.3)));
-        }
-        Ok(out)
-    }
-}
-
-/// The name of a virtual host made for a domain of `r`: the domain as `r` spells it.
-fn domain_name<'a>(r: &'a RouteRules, lower: &str) -> &'a str {
-    r.domains
-        .iter()
-        .find(|d| d.eq_ignore_ascii_case(lower))
-        .map_or("", String::as_str)
-}
-
 impl VirtualHostRt {
     fn build(
         vhost: &Assembly<'_>,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
-        caches: &mut CacheStores,
+        stores: &mut RuleStores,
     ) -> Result<VirtualHostRt, RouteTableError> {
-        let mut all: Vec<&RouteRule> = Vec::with_capacity(vhost.inline.len() + vhost.ranked.len());
-        all.extend(vhost.inline);
-        all.extend(vhost.ranked.iter().map(|(.., rule)| *rule));
-        let rules = exact(all.into_iter().map(|rule| {
-            RuleRt::build(rule, metrics, session_keys, caches).map_err(|source| {
+        // Each rule with the route it belongs to: its RouteRules, or itself for an inline rule.
+        let mut all: Vec<(&RouteRule, &str)> =
+            Vec::with_capacity(vhost.inline.len() + vhost.ranked.len());
+        all.extend(vhost.inline.iter().map(|rule| (rule, rule.name.as_str())));
+        all.extend(
+            vhost
+                .ranked
+                .iter()
+                .map(|(_, route, .., rule)| (*rule, *route)),
+        );
+        let rules = exact(all.into_iter().map(|(rule, route)| {
+            let inherited = Inherited {
+                policies: vhost.policies,
+                route,
+            };
+            RuleRt::build(rule, metrics, session_keys, stores, inherited).map_err(|source| {
                 RouteTableError::Rule {
                     vhost: vhost.name.to_owned(),
                     rule: rule.name.clone(),
@@ -398,6 +278,7 @@ impl VirtualHostRt {
         let source = VhostSource {
             domains: vhost.domains.iter().map(|d| d.to_string()).collect(),
             inline: vhost.inline.to_vec(),
+            policies: vhost.policies.cloned(),
             ranked: vhost
                 .ranked
                 .iter()
@@ -414,7 +295,7 @@ impl VirtualHostRt {
     /// Whether this virtual host, of the previous state, is what `vhost` would build: same
     /// name, domains and rules (the same RouteRules resources), and every cluster its rules
     /// are linked to the same in the new state. The caller checks the session keys.
-    fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan, caches: &CacheStores) -> bool {
+    fn same_as(&self, vhost: &Assembly<'_>, clusters: &ClusterPlan, stores: &RuleStores) -> bool {
         let source = &self.source;
         let same_rules = source.ranked.len() == vhost.ranked.len()
             && source.ranked.iter().zip(&vhost.ranked).all(
@@ -423,13 +304,14 @@ impl VirtualHostRt {
         *self.name == *vhost.name
             && same_domains(&source.domains, &vhost.domains)
             && source.inline == vhost.inline
+            && source.policies.as_ref() == vhost.policies
             && same_rules
-            && self.links_kept(clusters, caches)
+            && self.links_kept(clusters, stores)
     }
 
     /// Whether every cluster its rules are linked to is the same in the new state, and
     /// every response store of its rules is its own there.
-    fn links_kept(&self, clusters: &ClusterPlan, caches: &CacheStores) -> bool {
+    fn links_kept(&self, clusters: &ClusterPlan, stores: &RuleStores) -> bool {
         self.rules.iter().all(|rule| {
             let mut linked_the_same = true;
             rule.shared_parts(&mut |part| match part {
@@ -439,7 +321,11 @@ impl VirtualHostRt {
                 // Another copy of the rule (same name, another table) already has a store
                 // of its own in the new state: built again, this copy shares it.
                 SharedPart::Cache(store) => {
-                    linked_the_same &= !caches.has_other(&rule.name, store);
+                    linked_the_same &= !stores.caches.has_other(&rule.name, store);
+                }
+                // Likewise for a limiter made anew in the new state.
+                SharedPart::Limiter(name, limiter) => {
+                    linked_the_same &= !stores.limiters.has_other(name, limiter);
                 }
             });
             linked_the_same
@@ -447,10 +333,11 @@ impl VirtualHostRt {
     }
 
     /// This virtual host in a new state: its rules' response stores go with it.
-    fn reused(&self, caches: &mut CacheStores) -> VirtualHostRt {
+    fn reused(&self, stores: &mut RuleStores) -> VirtualHostRt {
         for rule in self.rules.iter() {
             rule.shared_parts(&mut |part| match part {
-                SharedPart::Cache(store) => caches.keep(&rule.name, store),
+                SharedPart::Cache(store) => stores.caches.keep(&rule.name, store),
+                SharedPart::Limiter(name, limiter) => stores.limiters.keep(name, limiter),
                 SharedPart::Cluster(..) => {}
             });
         }
@@ -469,7 +356,7 @@ impl RouteTableRt {
         previous: Option<&RouteTableRt>,
         clusters: &ClusterPlan,
         metrics: &ProxyMetrics,
-        caches: &mut CacheStores,
+        stores: &mut RuleStores,
     ) -> Result<RouteTableRt, RouteTableError> {
         let TableInputs {
             resource,
@@ -484,7 +371,7 @@ impl RouteTableRt {
                     .as_ref()
                     .is_some_and(|r| Arc::ptr_eq(r, resource))
         }) {
-            return previous.relinked(clusters, metrics, &keys, caches);
+            return previous.relinked(clusters, metrics, &keys, stores);
         }
         // Rules built with other session keys are built again.
         let previous = previous.filter(|p| p.session_keys.0 == table.session_keys);
@@ -523,10 +410,10 @@ impl RouteTableRt {
                     .get(vhost.domains.first().map_or("", |d| &**d))
                     .copied(),
             };
-            let reusable = candidate.filter(|old| old.same_as(vhost, clusters, caches));
+            let reusable = candidate.filter(|old| old.same_as(vhost, clusters, stores));
             vhosts.push(match reusable {
-                Some(old) => old.reused(caches),
-                None => VirtualHostRt::build(vhost, metrics, &keys, caches)?,
+                Some(old) => old.reused(stores),
+                None => VirtualHostRt::build(vhost, metrics, &keys, stores)?,
             });
         }
         Ok(RouteTableRt {
@@ -546,14 +433,14 @@ impl RouteTableRt {
         clusters: &ClusterPlan,
         metrics: &ProxyMetrics,
         keys: &SessionKeys,
-        caches: &mut CacheStores,
+        stores: &mut RuleStores,
     ) -> Result<RouteTableRt, RouteTableError> {
         let mut vhosts = Vec::with_capacity(self.vhosts.len());
         for old in &self.vhosts {
-            vhosts.push(if old.links_kept(clusters, caches) {
-                old.reused(caches)
+            vhosts.push(if old.links_kept(clusters, stores) {
+                old.reused(stores)
             } else {
-                VirtualHostRt::build(&Assembly::again(old)?, metrics, keys, caches)?
+                VirtualHostRt::build(&Assembly::again(old)?, metrics, keys, stores)?
             });
         }
         Ok(RouteTableRt {

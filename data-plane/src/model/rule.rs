@@ -13,10 +13,10 @@ use rauta_common::api::v1::route_rule::Action;
 use super::cluster::{ClusterRt, Clusters};
 use super::collect::exact;
 use super::filters::session::SessionKeys;
-use super::filters::{FilterError, Filters, SharedPart};
+use super::filters::{FilterError, Filters, Inherited, SharedPart};
+use super::kept::RuleStores;
 use super::matchers::{MatchError, MatchRt};
 use super::redirect::{RedirectError, RedirectRt};
-use super::response_store::CacheStores;
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 
 #[derive(Debug)]
@@ -239,14 +239,15 @@ impl RuleRt {
         rule: &RouteRule,
         metrics: &ProxyMetrics,
         session_keys: &SessionKeys,
-        caches: &mut CacheStores,
+        stores: &mut RuleStores,
+        inherited: Inherited<'_>,
     ) -> Result<RuleRt, RuleError> {
         if rule.matches.is_empty() {
             return Err(RuleError::NoMatches);
         }
         let matches = exact(rule.matches.iter().map(MatchRt::build))?;
         let action = ActionRt::build(rule.action.as_ref())?;
-        let filters = Filters::of_rule(rule, session_keys, caches)?;
+        let filters = Filters::of_rule(rule, session_keys, stores, inherited)?;
         let timeout = |d: Option<&prost_types::Duration>, field: &'static str| {
             d.map(|d| {
                 Duration::try_from(*d).map_err(|e| RuleError::Timeout {
@@ -365,9 +366,15 @@ mod tests {
     fn kernel_of(rule: &RouteRule) -> Option<KernelRule> {
         let metrics = ProxyMetrics::new().unwrap();
         let keys = SessionKeys::build(&[]).unwrap();
-        RuleRt::build(rule, &metrics, &keys, &mut CacheStores::default())
-            .unwrap()
-            .kernel
+        RuleRt::build(
+            rule,
+            &metrics,
+            &keys,
+            &mut RuleStores::default(),
+            Inherited::default(),
+        )
+        .unwrap()
+        .kernel
     }
 
     /// The kernel's part of a rule exists only where the controller marked the rule and the

@@ -19,6 +19,7 @@ use super::forward::{Client, Picked, forward};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
 use super::local_reply::{
     LocalReply, ProxyBody, body_too_large, direct, grpc_local_reply, is_grpc, local,
+    too_many_requests,
 };
 use super::request_log::{LogDetails, LoggedRequest};
 use crate::body::client::ClientBody;
@@ -147,6 +148,12 @@ async fn serve(
     };
     if let Some(log) = details {
         log.route = Some(Arc::clone(&rule.name));
+    }
+    if let Some(limits) = rule.filters.rate_limit()
+        && let Err(limited) = limits.check(conn.peer.ip(), req.headers())
+    {
+        rule.counters.record(429, started);
+        return too_many_requests(&limited);
     }
     let cors = rule.filters.cors();
     if let Some(cors) = cors

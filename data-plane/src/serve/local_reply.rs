@@ -2,10 +2,11 @@
 //! form: a gRPC client gets a trailers-only answer with grpc-status, as Envoy sends.
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::model::rate_limit::Limited;
 use crate::upstream::ResponseBody;
 
 /// A response body: the upstream's, streamed, or one the proxy made.
@@ -92,4 +93,28 @@ pub(crate) fn body_too_large() -> Response<ProxyBody> {
         StatusCode::PAYLOAD_TOO_LARGE,
         Bytes::from_static(b"request body too large\n"),
     )
+}
+
+/// A request over a rate limit: 429, with when to come back (Retry-After, whole seconds,
+/// rounded up) and the limit it is over (RateLimit-Policy and RateLimit, as
+/// draft-ietf-httpapi-ratelimit-headers writes them).
+pub(crate) fn too_many_requests(limited: &Limited<'_>) -> Response<ProxyBody> {
+    let mut resp = local(
+        StatusCode::TOO_MANY_REQUESTS,
+        Bytes::from_static(b"rate limited\n"),
+    );
+    let wait = limited.retry_after;
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let limiter = limited.limiter;
+    let headers = resp.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    let policy = HeaderValue::from_str(&limiter.policy_header());
+    let state = HeaderValue::from_str(&format!("\"{}\";r=0;t={seconds}", limiter.name));
+    // Names are checked printable when the snapshot is built.
+    if let (Ok(policy), Ok(state)) = (policy, state) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), policy);
+        headers.insert(HeaderName::from_static("ratelimit"), state);
+    }
+    resp
 }

@@ -10,17 +10,20 @@ pub mod cache;
 pub mod cors;
 pub mod header_ops;
 pub mod mirror;
+pub mod rate_limit;
 pub mod retry;
 pub mod rewrite;
 pub mod session;
 
 use std::sync::Arc;
 
-use rauta_common::api::v1::{RouteRule, WeightedCluster};
+use rauta_common::api::v1::{RequestPolicies, RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
 use super::cluster::{ClusterRt, Clusters};
-use super::response_store::{CacheConfig, CacheError, CacheStores, ResponseStore};
+use super::kept::RuleStores;
+use super::rate_limit::{Limiter, RateLimitError};
+use super::response_store::{CacheConfig, CacheError, ResponseStore};
 use cache::CacheRt;
 use cors::CorsError;
 use header_ops::HeaderOpsError;
@@ -43,11 +46,14 @@ pub enum FilterError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
 }
 
 pub use cors::CorsRt;
 pub use header_ops::HeaderOps;
 pub use mirror::MirrorRt;
+pub use rate_limit::RateLimitRt;
 pub use retry::RetryRt;
 pub use rewrite::Rewrite;
 pub use session::SessionRt;
@@ -70,6 +76,16 @@ pub enum SharedPart<'a> {
     Cluster(&'a str, Option<&'a Arc<ClusterRt>>),
     /// A response store.
     Cache(&'a Arc<ResponseStore>),
+    /// A rate limiter, by its name in the kept stores.
+    Limiter(&'a str, &'a Arc<Limiter>),
+}
+
+/// What a rule takes from where it is placed: its listener's policies, under its own, and
+/// the route it belongs to (limits counted per route are counted per this name).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inherited<'a> {
+    pub policies: Option<&'a RequestPolicies>,
+    pub route: &'a str,
 }
 
 /// One filter of a rule (or of one of its backends).
@@ -91,6 +107,8 @@ pub enum FilterRt {
     Session(SessionRt),
     /// A ResponseCache: backend answers kept and served while fresh.
     Cache(CacheRt),
+    /// Local rate limits (RateLimitPolicy).
+    RateLimit(RateLimitRt),
 }
 
 impl FilterRt {
@@ -107,7 +125,8 @@ impl FilterRt {
             | FilterRt::Cors(_)
             | FilterRt::Retry(_)
             | FilterRt::Session(_)
-            | FilterRt::Cache(_) => false,
+            | FilterRt::Cache(_)
+            | FilterRt::RateLimit(_) => false,
         }
     }
 
@@ -122,8 +141,12 @@ impl FilterRt {
             | FilterRt::UrlRewrite(_)
             | FilterRt::Retry(_)
             | FilterRt::Cache(_) => true,
-            // A copy per request; an answer per Origin; a token per client.
-            FilterRt::Mirror(_) | FilterRt::Cors(_) | FilterRt::Session(_) => false,
+            // A copy per request; an answer per Origin; a token per client; a count per
+            // request.
+            FilterRt::Mirror(_)
+            | FilterRt::Cors(_)
+            | FilterRt::Session(_)
+            | FilterRt::RateLimit(_) => false,
         }
     }
 }
@@ -161,9 +184,19 @@ impl Filters {
     pub fn of_rule(
         rule: &RouteRule,
         session_keys: &SessionKeys,
-        caches: &mut CacheStores,
+        stores: &mut RuleStores,
+        inherited: Inherited<'_>,
     ) -> Result<Filters, FilterError> {
         let mut list = Vec::new();
+        // Refusals first: a request over a limit costs nothing more.
+        let own = rule.policies.as_deref();
+        let limits = own
+            .and_then(|p| p.local_rate_limits.as_ref())
+            .or_else(|| inherited.policies?.local_rate_limits.as_ref());
+        if let Some(limits) = limits {
+            let rt = RateLimitRt::build(limits, inherited.route, &mut stores.limiters)?;
+            list.push(FilterRt::RateLimit(rt));
+        }
         if let Some(m) = &rule.request_headers {
             list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
         }
@@ -192,7 +225,7 @@ impl Filters {
         }
         if let Some(c) = &rule.cache {
             let config = CacheConfig::try_from(&**c)?;
-            let store = caches.store_for(&rule.name, config);
+            let store = stores.caches.store_for(&rule.name, config);
             list.push(FilterRt::Cache(CacheRt { store }));
         }
         Ok(Filters::new(list))
@@ -221,7 +254,8 @@ impl Filters {
                 | FilterRt::Cors(_)
                 | FilterRt::Retry(_)
                 | FilterRt::Session(_)
-                | FilterRt::Cache(_) => {}
+                | FilterRt::Cache(_)
+                | FilterRt::RateLimit(_) => {}
             }
         }
     }
@@ -234,6 +268,11 @@ impl Filters {
             match filter {
                 FilterRt::Mirror(m) => f(SharedPart::Cluster(&m.cluster_name, m.cluster.as_ref())),
                 FilterRt::Cache(c) => f(SharedPart::Cache(&c.store)),
+                FilterRt::RateLimit(r) => {
+                    for l in r.limiters.iter() {
+                        f(SharedPart::Limiter(l.kept_name(), l));
+                    }
+                }
                 FilterRt::RequestHeaders(_)
                 | FilterRt::ResponseHeaders(_)
                 | FilterRt::UrlRewrite(_)
@@ -302,6 +341,11 @@ impl Filters {
     #[inline]
     pub fn cache(&self) -> Option<&CacheRt> {
         first!(self.list, Cache)
+    }
+
+    #[inline]
+    pub fn rate_limit(&self) -> Option<&RateLimitRt> {
+        first!(self.list, RateLimit)
     }
 
     /// Every mirror, in order.

@@ -1,0 +1,194 @@
+//! Policy attachment (Gateway API GEP-713, direct policies): which of RAUTA's policies apply to
+//! each Gateway, listener, route and rule, and what they ask of requests there.
+//!
+//! A policy names its targets (`targetRefs`): a Gateway, optionally one listener
+//! (`sectionName`), or an HTTPRoute or GRPCRoute, optionally one named rule. Two policies of
+//! the same kind naming the same target conflict: the older one (then the first by namespace
+//! and name) applies there, the other is Conflicted for that target. Invalid policies apply
+//! nowhere. What applies to a request is merged by concern (`RequestPolicies`' fields), the
+//! most specific attachment first: an ExtensionRef filter, the rule, the route, the listener,
+//! the Gateway. Routes and rules are merged here, into each `RouteRule`; listeners and
+//! Gateways into the route table's `listener_policies`, which the proxy puts under each rule.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rauta_common::api::v1::RequestPolicies;
+
+use super::rate_limits;
+use super::references::GATEWAY_GROUP;
+use super::route_view::RouteKind;
+use crate::crds::policy::PolicyTargetRef;
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// What a target reference names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Gateway(ObjectRef, Option<String>),
+    Route(RouteKind, ObjectRef, Option<String>),
+}
+
+impl Target {
+    fn of(namespace: &str, t: &PolicyTargetRef) -> Option<Target> {
+        if t.group != GATEWAY_GROUP {
+            return None;
+        }
+        let key = ObjectRef::new(namespace, t.name.as_str());
+        let section = t.section_name.clone();
+        match t.kind.as_str() {
+            "Gateway" => Some(Target::Gateway(key, section)),
+            "HTTPRoute" => Some(Target::Route(RouteKind::Http, key, section)),
+            "GRPCRoute" => Some(Target::Route(RouteKind::Grpc, key, section)),
+            _ => None,
+        }
+    }
+}
+
+/// How one of a policy's target references ended up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It applies there (unless the policy is invalid).
+    Applied(Target),
+    /// An older policy of the same kind applies there instead.
+    Conflicted(Target, ObjectRef),
+    /// Not a kind policies can target.
+    Unsupported(PolicyTargetRef),
+}
+
+/// One policy as attachment sees it.
+#[derive(Debug)]
+pub struct PolicyEntry {
+    pub kind: &'static str,
+    pub generation: i64,
+    /// Why the policy cannot be used; it then applies nowhere.
+    pub invalid: Option<String>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Every policy's attachments, built once per translation (policies are few).
+#[derive(Debug, Default)]
+pub struct PolicyIndex {
+    /// What applies at each target.
+    applied: HashMap<Target, Arc<RequestPolicies>>,
+    /// Every policy, by kind and key, with how each of its targets ended up.
+    pub entries: BTreeMap<(&'static str, ObjectRef), PolicyEntry>,
+}
+
+/// `general`'s concerns that `specific` does not set, added to it.
+pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
+    let RequestPolicies { local_rate_limits } = specific;
+    if local_rate_limits.is_none() {
+        local_rate_limits.clone_from(&general.local_rate_limits);
+    }
+}
+
+/// The policies merged by concern, most specific first; `None` when none sets anything.
+pub fn merged<'a>(
+    layers: impl IntoIterator<Item = Option<&'a RequestPolicies>>,
+) -> Option<RequestPolicies> {
+    let mut out: Option<RequestPolicies> = None;
+    for layer in layers.into_iter().flatten() {
+        match &mut out {
+            Some(o) => fill_from(o, layer),
+            None => out = Some(layer.clone()),
+        }
+    }
+    out
+}
+
+impl PolicyIndex {
+    pub fn new(objects: &ObjectSet) -> PolicyIndex {
+        let mut index = PolicyIndex::default();
+        // Oldest first, then by namespace and name: the first to claim a target keeps it.
+        let mut by_age: Vec<_> = objects.rate_limit_policies.iter().collect();
+        by_age.sort_by_key(|(key, p)| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), *key));
+        let mut claimed: HashMap<Target, ObjectRef> = HashMap::new();
+        for (key, policy) in by_age {
+            let mut entry = PolicyEntry {
+                kind: "RateLimitPolicy",
+                generation: policy.metadata.generation.unwrap_or(0),
+                invalid: None,
+                outcomes: Vec::new(),
+            };
+            let policies = match rate_limits::local(key, &policy.spec) {
+                Ok(local) => Some(Arc::new(RequestPolicies {
+                    local_rate_limits: local,
+                })),
+                Err(e) => {
+                    entry.invalid = Some(e);
+                    None
+                }
+            };
+            for t in &policy.spec.target_refs {
+                let Some(target) = Target::of(&key.namespace, t) else {
+                    entry.outcomes.push(Outcome::Unsupported(t.clone()));
+                    continue;
+                };
+                // An invalid policy claims nothing: it applies nowhere.
+                let Some(policies) = &policies else {
+                    entry.outcomes.push(Outcome::Applied(target));
+                    continue;
+                };
+                match claimed.get(&target) {
+                    Some(winner) if winner != key => {
+                        entry
+                            .outcomes
+                            .push(Outcome::Conflicted(target, winner.clone()));
+                    }
+                    _ => {
+                        claimed.insert(target.clone(), key.clone());
+                        index.applied.insert(target.clone(), Arc::clone(policies));
+                        entry.outcomes.push(Outcome::Applied(target));
+                    }
+                }
+            }
+            index.entries.insert((entry.kind, key.clone()), entry);
+        }
+        index
+    }
+
+    /// What applies to one rule of a route (`section`: the rule's name, if it has one), under
+    /// what its ExtensionRef filters set.
+    pub fn for_rule(
+        &self,
+        kind: RouteKind,
+        route: &ObjectRef,
+        section: Option<&str>,
+        extension: Option<&RequestPolicies>,
+    ) -> Option<RequestPolicies> {
+        if self.applied.is_empty() {
+            return extension.cloned();
+        }
+        let at = |section: Option<&str>| {
+            self.applied
+                .get(&Target::Route(
+                    kind,
+                    route.clone(),
+                    section.map(str::to_owned),
+                ))
+                .map(|p| &**p)
+        };
+        merged([extension, section.and_then(|s| at(Some(s))), at(None)])
+    }
+
+    /// What applies to one listener of a Gateway (`None`: a listener of a ListenerSet, which
+    /// only the Gateway's own policies reach).
+    pub fn for_listener(
+        &self,
+        gateway: &ObjectRef,
+        listener: Option<&str>,
+    ) -> Option<RequestPolicies> {
+        if self.applied.is_empty() {
+            return None;
+        }
+        let at = |section: Option<&str>| {
+            self.applied
+                .get(&Target::Gateway(
+                    gateway.clone(),
+                    section.map(str::to_owned),
+                ))
+                .map(|p| &**p)
+        };
+        merged([listener.and_then(|l| at(Some(l))), at(None)])
+    }
+}

@@ -1,0 +1,60 @@
+//! A rule's local rate limits (its own RateLimitPolicy's, else its listener's): every limit is
+//! counted, and a request over any is refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use rauta_common::api::v1::LocalRateLimits;
+
+use crate::model::kept::Kept;
+use crate::model::rate_limit::{KeyPart, LimitConfig, Limited, Limiter, RateLimitError};
+
+/// Most limits one rule may count.
+const MAX_LIMITS: usize = 8;
+
+#[derive(Debug)]
+pub struct RateLimitRt {
+    pub limiters: Box<[Arc<Limiter>]>,
+}
+
+impl RateLimitRt {
+    /// The limiters of `limits` for a rule of `route` (limits counted per route get a
+    /// limiter of their own for each route).
+    pub fn build(
+        limits: &LocalRateLimits,
+        route: &str,
+        stores: &mut Kept<Limiter>,
+    ) -> Result<RateLimitRt, RateLimitError> {
+        if limits.limits.is_empty() || limits.limits.len() > MAX_LIMITS {
+            return Err(RateLimitError::Count);
+        }
+        let limiters = limits
+            .limits
+            .iter()
+            .map(|l| {
+                let config = LimitConfig::try_from(l)?;
+                let name = match config.key.contains(&KeyPart::Route) {
+                    true => format!("{}@{route}", l.name),
+                    false => l.name.clone(),
+                };
+                Ok(stores.store_for(&name, config))
+            })
+            .collect::<Result<_, RateLimitError>>()?;
+        Ok(RateLimitRt { limiters })
+    }
+
+    /// Counts the request against every limit; the first it is over, if any.
+    #[inline]
+    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Limited<'_>> {
+        for limiter in self.limiters.iter() {
+            if let Err(retry_after) = limiter.check(peer, headers) {
+                return Err(Limited {
+                    limiter,
+                    retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+}
