@@ -65,6 +65,8 @@ RAUTA is running. Try:
   curl -s http://127.0.0.1:8080/healthz                        # answered by the gateway (DirectResponse)
   curl -s -H 'Host: api.example.com' http://127.0.0.1:8080/x   # hostname -> api
   curl -s http://127.0.0.1:9080/hello                          # TCP listener, relayed to web-v1
+  for i in $(seq 45); do curl -s -o /dev/null -w '%{http_code} ' -H 'Host: api.example.com' http://127.0.0.1:8080/x; done; echo
+                                                               # 429 past a burst of 40 (RateLimitPolicy)
   curl -s http://127.0.0.1:15000/metrics | grep rauta_proxy_requests_total
   curl -s http://127.0.0.1:18001/metrics | grep rauta_controller
 

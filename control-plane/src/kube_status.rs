@@ -208,14 +208,7 @@ impl StatusWriter {
     /// before a restart) left: they are treated as written, so the next sync takes out those
     /// of objects that no longer reach a RAUTA Gateway.
     async fn seed_from_cluster(&mut self) {
-        for kind in [
-            Kind::HttpRoute,
-            Kind::GrpcRoute,
-            Kind::TlsRoute,
-            Kind::TcpRoute,
-            Kind::UdpRoute,
-            Kind::BackendTlsPolicy,
-        ] {
+        for kind in Kind::ALL {
             let Some(list) = shared_list(kind) else {
                 continue;
             };
@@ -268,8 +261,7 @@ impl StatusWriter {
         // Only what changed since the last round is rendered again.
         let changes = store.render_changes(registry, self.rendered_from.as_deref());
         for object in changes.changed {
-            let Some(kind) = Kind::from_type_meta("gateway.networking.k8s.io/v1", &object.kind)
-            else {
+            let Some(kind) = Kind::from_name(&object.kind) else {
                 continue;
             };
             let key = ObjectRef::new(object.namespace.clone(), object.name.clone());
@@ -278,7 +270,7 @@ impl StatusWriter {
             self.desired.insert((kind, key), Arc::new(status));
         }
         for (kind, key) in changes.removed {
-            if let Some(kind) = Kind::from_type_meta("gateway.networking.k8s.io/v1", kind) {
+            if let Some(kind) = Kind::from_name(kind) {
                 self.desired.remove(&(kind, key));
             }
         }

@@ -123,6 +123,15 @@ macro_rules! object_kinds {
                 }
             }
 
+            /// The kind of a name as status and manifests write it (names are unique across
+            /// the groups RAUTA reads).
+            pub fn from_name(kind: &str) -> Option<Kind> {
+                match kind {
+                    $($kind => Some(Kind::$variant),)*
+                    _ => None,
+                }
+            }
+
             pub fn is_namespaced(self) -> bool {
                 match self {
                     $(Kind::$variant => $namespaced,)*

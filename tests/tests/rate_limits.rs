@@ -3,7 +3,8 @@
 //! and a named rule, and named by an ExtensionRef filter, each applying where it is the most
 //! specific; 429 answers with Retry-After, RateLimit-Policy and RateLimit; counts per client
 //! address and per header value, shared by HTTP/1.1 and HTTP/2 and by the proxy's workers,
-//! and kept across snapshots; policy status in the admin service; the counters in /metrics.
+//! and kept across snapshots; policy status in the admin service, the status files and, in
+//! Kubernetes mode, written back to the cluster; the counters in /metrics.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -11,11 +12,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Empty;
 use rauta_common::api::v1::ListStatusesRequest;
+use rauta_tests::fake_kube::FakeApiServer;
 use rauta_tests::harness::{
-    Echo, HttpResponse, Proxy, Workspace, eventually, h2c_connect, http_request, metric_value,
-    start_gateway_at,
+    Controller, Echo, HttpResponse, Proxy, Workspace, eventually, free_port, h2c_connect,
+    http_request, metric_value, start_gateway_at,
 };
-use rauta_tests::manifests::{documents, gateway_class, service};
+use rauta_tests::manifests::{
+    CONTROLLER_NAME, documents, gateway_class, infra, prefix_route, service,
+};
+use serde_json::json;
 
 const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n  - {name: admin, port: 80, protocol: HTTP, hostname: admin.example, allowedRoutes: {namespaces: {from: All}}}\n";
 
@@ -317,4 +322,79 @@ async fn concurrent_requests_over_both_workers_get_exactly_the_limit() {
         "{allowed} allowed, {limited} limited; limit 25 (+{refilled} refilled)"
     );
     assert_eq!(allowed + limited, 100);
+}
+
+/// In Kubernetes mode the policy comes from the cluster and its status goes back to it, next
+/// to another controller's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_kubernetes_mode_the_policy_applies_and_its_status_is_written_back() {
+    let ws = Workspace::new();
+    let blue = Echo::start("blue-1-a", "apps", ws.path());
+    let fake = FakeApiServer::start().await;
+    fake.apply_yaml(&infra(&[("blue", &[blue.http])]));
+    fake.apply_yaml(&prefix_route("web", "/", "blue"));
+    // Counted per x-client header: the readiness probes below, without it, are not counted.
+    fake.apply_yaml(&policy(
+        "web",
+        "apps",
+        "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: web}]",
+        "{requests: 2, unit: Hour, key: [{type: Header, name: x-client}]}",
+    ));
+    const API: &str = "gateway.rauta.dev/v1alpha1";
+    let theirs = json!({
+        "ancestorRef": {"name": "their-gateway", "namespace": "apps"},
+        "controllerName": "example.com/other-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+    });
+    let mut object = fake.object(API, "RateLimitPolicy", "apps", "web").unwrap();
+    object["status"] = json!({"ancestors": [theirs.clone()]});
+    fake.apply(object);
+
+    let kubeconfig = fake.kubeconfig(ws.path());
+    let args = [
+        "--identity",
+        "replica-a",
+        "--leader-election-namespace",
+        "rauta-system",
+    ];
+    let controller = Controller::start_kubernetes(&kubeconfig, ws.path(), &args);
+    let proxy = Proxy::start(&controller.url(), "infra/gw", free_port() - 80, ws.path());
+    proxy.wait_ready().await;
+    let url = format!("http://{}/app", proxy.listener(80));
+    let get = |client: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = client.map(|c| ("x-client", c)).into_iter().collect();
+            http_request(&url, Some("web.example"), &headers, None)
+                .await
+                .map_or(0, |r| r.status)
+        }
+    };
+    eventually(Duration::from_secs(20), || async { get(None).await == 200 }).await;
+    assert_eq!(
+        [
+            get(Some("a")).await,
+            get(Some("a")).await,
+            get(Some("a")).await
+        ],
+        [200, 200, 429]
+    );
+    assert_eq!(get(Some("b")).await, 200);
+
+    eventually(Duration::from_secs(20), || async {
+        let object = fake.object(API, "RateLimitPolicy", "apps", "web").unwrap();
+        let ancestors = object["status"]["ancestors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ancestors.contains(&theirs)
+            && ancestors.iter().any(|a| {
+                a["controllerName"] == CONTROLLER_NAME
+                    && a["ancestorRef"]["name"] == "gw"
+                    && a["conditions"][0]["type"] == "Accepted"
+                    && a["conditions"][0]["status"] == "True"
+            })
+    })
+    .await;
 }
