@@ -113,8 +113,12 @@ async fn the_most_specific_policy_limits_each_rule_and_answers_429() {
     })
     .await;
 
-    // Rule beats route beats Gateway; each client has its own count.
+    // Rule beats route beats Gateway; each client has its own count. The HTTP/1.1 fast path
+    // serves all three requests, the 429 included.
+    let fast = |m: &str| metric_value(m, "rauta_proxy_http1_fast_path_requests_total");
+    let before = fast(&proxy.metrics().await);
     let (n, limited) = passes(&proxy, "api.example", "/login", 2, &[]).await;
+    assert_eq!(fast(&proxy.metrics().await) - before, 3.0);
     assert_eq!(n, 2, "the login rule's policy: 2 an hour");
     assert_eq!(limited.body, "rate limited\n");
     let retry_after: u64 = limited.headers["retry-after"]
@@ -134,11 +138,17 @@ async fn the_most_specific_policy_limits_each_rule_and_answers_429() {
         limited.headers["ratelimit"].to_str().unwrap(),
         format!("\"apps/login/0\";r=0;t={retry_after}")
     );
+    // Another client, on the general path (a Host in capitals is not the fast path's).
+    let (n, general) = passes(&proxy, "API.EXAMPLE", "/login", 3, &[]).await;
+    assert_eq!(n, 2, "another client");
     assert_eq!(
-        passes(&proxy, "api.example", "/login", 3, &[]).await.0,
-        2,
-        "another client"
+        general.headers["ratelimit-policy"],
+        limited.headers["ratelimit-policy"]
     );
+    assert!(
+        general.headers.contains_key("retry-after") && general.headers.contains_key("ratelimit")
+    );
+    assert_eq!(general.body, "rate limited\n");
     assert_eq!(
         passes(&proxy, "api.example", "/", 2, &[]).await.0,
         4,

@@ -15,8 +15,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderName;
 use rauta_common::api::v1::{LocalRateLimit, rate_limit_key};
+
+use super::request::RequestHeaders;
 
 /// Why a rate limit is invalid (one boxed message: it travels inside every build error).
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +173,7 @@ impl Limiter {
 
     /// Counts a request from `peer` with `headers`; `Err` when it is over the limit. A request
     /// lacking a header the key is made of is not counted.
-    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
+    pub fn check(&self, peer: IpAddr, headers: RequestHeaders<'_>) -> Result<(), Duration> {
         let now = self.now();
         let verdict = if self.keyed {
             let Some(hash) = self.key_hash(peer, headers) else {
@@ -213,7 +215,7 @@ impl Limiter {
         }
     }
 
-    fn key_hash(&self, peer: IpAddr, headers: &HeaderMap) -> Option<u64> {
+    fn key_hash(&self, peer: IpAddr, headers: RequestHeaders<'_>) -> Option<u64> {
         let mut h = self.seed.build_hasher();
         for part in &self.config.key {
             match part {
@@ -222,9 +224,9 @@ impl Limiter {
                     IpAddr::V6(a) => h.write(&a.octets()),
                 },
                 KeyPart::Header(name) => {
-                    let value: &HeaderValue = headers.get(name)?;
+                    let value = headers.get(name)?;
                     h.write_usize(value.len());
-                    h.write(value.as_bytes());
+                    h.write(value);
                 }
                 KeyPart::Route => {}
             }
@@ -279,6 +281,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use rauta_common::api::v1::{ClientAddressKey, RateLimitKey};
 
     fn limiter(requests: u32, period_s: i64, burst: u32, by_client: bool) -> Limiter {
@@ -312,9 +315,12 @@ mod tests {
         let l = limiter(5, 60, 0, false);
         let h = HeaderMap::new();
         for i in 0..5 {
-            assert!(l.check(ip(1), &h).is_ok(), "request {i}");
+            assert!(
+                l.check(ip(1), RequestHeaders::Map(&h)).is_ok(),
+                "request {i}"
+            );
         }
-        let wait = l.check(ip(1), &h).unwrap_err();
+        let wait = l.check(ip(1), RequestHeaders::Map(&h)).unwrap_err();
         // One request every 12 s: the sixth waits about that long.
         assert!(
             wait > Duration::from_secs(11) && wait <= Duration::from_secs(12),
@@ -329,9 +335,12 @@ mod tests {
         let l = limiter(2, 60, 0, true);
         let h = HeaderMap::new();
         for client in 1..=3 {
-            assert!(l.check(ip(client), &h).is_ok());
-            assert!(l.check(ip(client), &h).is_ok());
-            assert!(l.check(ip(client), &h).is_err(), "client {client}");
+            assert!(l.check(ip(client), RequestHeaders::Map(&h)).is_ok());
+            assert!(l.check(ip(client), RequestHeaders::Map(&h)).is_ok());
+            assert!(
+                l.check(ip(client), RequestHeaders::Map(&h)).is_err(),
+                "client {client}"
+            );
         }
     }
 
@@ -340,11 +349,14 @@ mod tests {
         let l = limiter(1, 3600, 0, true);
         let h = HeaderMap::new();
         for client in 0..100u8 {
-            assert!(l.check(ip(client), &h).is_ok(), "a new client passes");
+            assert!(
+                l.check(ip(client), RequestHeaders::Map(&h)).is_ok(),
+                "a new client passes"
+            );
         }
         assert!(l.len() <= 9, "{} keys for max_keys 8", l.len());
         // The latest client is still counted.
-        assert!(l.check(ip(99), &h).is_err());
+        assert!(l.check(ip(99), RequestHeaders::Map(&h)).is_err());
     }
 
     #[test]

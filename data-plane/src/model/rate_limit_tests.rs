@@ -12,6 +12,7 @@ use rauta_common::api::v1::{
 
 use super::build_tests::{build, rule, store_with};
 use super::rate_limit::Limiter;
+use super::request::RequestHeaders;
 use super::*;
 use crate::observe::metrics::ProxyMetrics;
 use crate::upstream::UpstreamPools;
@@ -106,14 +107,14 @@ fn rules_take_their_listeners_limits_where_they_set_none() {
     // A listener of its own inside the wildcard's hostnames, without policies: none, not the
     // wildcard listener's.
     assert_eq!(name("x.wild.example.com"), None);
-    // A limit is fast-path and kernel ineligible by construction.
+    // The fast paths count requests themselves; the kernel cannot: ineligible by construction.
     let rule = &state
         .route_table("http-80")
         .unwrap()
         .virtual_host("a.org")
         .unwrap()
         .rules()[0];
-    assert!(!rule.filters.fast_path() && !rule.filters.kernel());
+    assert!(rule.filters.fast_path() && !rule.filters.kernel());
 }
 
 #[test]
@@ -131,7 +132,11 @@ fn counts_outlive_a_snapshot_that_keeps_the_limit() {
         RoutingState::build(&with(1), &RoutingState::default(), &mut pools, &metrics).unwrap();
     let limiter = limiter_of(&first, "a.org").unwrap();
     let peer = IpAddr::from([10, 0, 0, 1]);
-    assert!(limiter.check(peer, &HeaderMap::new()).is_ok());
+    assert!(
+        limiter
+            .check(peer, RequestHeaders::Map(&HeaderMap::new()))
+            .is_ok()
+    );
     // Every rule under the listener shares the one count.
     assert!(Arc::ptr_eq(&limiter, &limiter_of(&first, "b.org").unwrap()));
     let (second, _) = RoutingState::build(&with(1), &first, &mut pools, &metrics).unwrap();
@@ -140,7 +145,11 @@ fn counts_outlive_a_snapshot_that_keeps_the_limit() {
         Arc::ptr_eq(&limiter, &kept),
         "the same limit: the same counts"
     );
-    assert!(kept.check(peer, &HeaderMap::new()).is_err(), "still spent");
+    assert!(
+        kept.check(peer, RequestHeaders::Map(&HeaderMap::new()))
+            .is_err(),
+        "still spent"
+    );
     let (third, _) = RoutingState::build(&with(5), &second, &mut pools, &metrics).unwrap();
     assert!(
         !Arc::ptr_eq(&limiter, &limiter_of(&third, "a.org").unwrap()),

@@ -150,7 +150,7 @@ async fn serve(
         log.route = Some(Arc::clone(&rule.name));
     }
     if let Some(limits) = rule.filters.rate_limit()
-        && let Err(limited) = limits.check(conn.peer.ip(), req.headers())
+        && let Err(limited) = limits.check(conn.peer.ip(), RequestHeaders::Map(req.headers()))
     {
         rule.counters.record(429, started);
         return too_many_requests(&limited);

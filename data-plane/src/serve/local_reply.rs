@@ -101,20 +101,27 @@ pub(crate) fn body_too_large() -> Response<ProxyBody> {
 pub(crate) fn too_many_requests(limited: &Limited<'_>) -> Response<ProxyBody> {
     let mut resp = local(
         StatusCode::TOO_MANY_REQUESTS,
-        Bytes::from_static(b"rate limited\n"),
+        Bytes::from_static(RATE_LIMITED),
     );
+    resp.headers_mut().extend(rate_limit_fields(limited));
+    resp
+}
+
+/// The body of a 429.
+pub(crate) const RATE_LIMITED: &[u8] = b"rate limited\n";
+
+/// The fields of a 429 (the fast path writes them itself).
+pub(crate) fn rate_limit_fields(limited: &Limited<'_>) -> Vec<(HeaderName, HeaderValue)> {
     let wait = limited.retry_after;
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     let limiter = limited.limiter;
-    let headers = resp.headers_mut();
-    headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    let mut fields = vec![(RETRY_AFTER, HeaderValue::from(seconds))];
     let policy = HeaderValue::from_str(&limiter.policy_header());
     let state = HeaderValue::from_str(&format!("\"{}\";r=0;t={seconds}", limiter.name));
     // Names are checked printable when the snapshot is built.
     if let (Ok(policy), Ok(state)) = (policy, state) {
-        headers.insert(HeaderName::from_static("ratelimit-policy"), policy);
-        headers.insert(HeaderName::from_static("ratelimit"), state);
+        fields.push((HeaderName::from_static("ratelimit-policy"), policy));
+        fields.push((HeaderName::from_static("ratelimit"), state));
     }
-    resp
+    fields
 }

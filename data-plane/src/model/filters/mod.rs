@@ -120,13 +120,14 @@ impl FilterRt {
                 !ops.touches(CONNECTION_FIELDS) && !ops.touches(GATEWAY_REQUEST_FIELDS)
             }
             FilterRt::ResponseHeaders(ops) => !ops.touches(CONNECTION_FIELDS),
+            // Counted once the fast path commits to the request, refused with its own 429.
+            FilterRt::RateLimit(_) => true,
             FilterRt::UrlRewrite(_)
             | FilterRt::Mirror(_)
             | FilterRt::Cors(_)
             | FilterRt::Retry(_)
             | FilterRt::Session(_)
-            | FilterRt::Cache(_)
-            | FilterRt::RateLimit(_) => false,
+            | FilterRt::Cache(_) => false,
         }
     }
 

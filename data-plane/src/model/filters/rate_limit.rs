@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use rauta_common::api::v1::LocalRateLimits;
 
 use crate::model::kept::Kept;
 use crate::model::rate_limit::{KeyPart, LimitConfig, Limited, Limiter, RateLimitError};
+use crate::model::request::RequestHeaders;
 
 /// Most limits one rule may count.
 const MAX_LIMITS: usize = 8;
@@ -46,7 +46,7 @@ impl RateLimitRt {
 
     /// Counts the request against every limit; the first it is over, if any.
     #[inline]
-    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Limited<'_>> {
+    pub fn check(&self, peer: IpAddr, headers: RequestHeaders<'_>) -> Result<(), Limited<'_>> {
         for limiter in self.limiters.iter() {
             if let Err(retry_after) = limiter.check(peer, headers) {
                 return Err(Limited {

@@ -28,6 +28,7 @@ use crate::codec::h1::response::BadResponse;
 use crate::model::filters::HeaderOps;
 use crate::serve::attempt::Attempt;
 use crate::serve::context::{Connection, ListenerCtx};
+use crate::serve::local_reply::{RATE_LIMITED, rate_limit_fields};
 use crate::shared::{Shared, drain_started};
 use crate::upstream::stream::RawStream;
 use crate::upstream::{RawConn, UpstreamError};
@@ -81,7 +82,7 @@ where
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + shared.limits.header_timeout;
         let state = shared.state.load_full();
-        let plan = loop {
+        let plan = 'planned: loop {
             let cx = RequestCtx {
                 listener,
                 conn,
@@ -89,7 +90,7 @@ where
                 logged: shared.access_log.as_ref().is_some_and(|l| l.sampled()),
             };
             match request::plan(&buf, &state, cx, &mut upstream_request) {
-                Planned::Go(plan) => break plan,
+                Planned::Go(plan) => break Some(plan),
                 Planned::Handoff => {
                     shared.metrics.fast_path_handoffs.inc();
                     return Ended::Handoff(buf.freeze());
@@ -98,6 +99,16 @@ where
                     local_reply(&mut down, (status, text), &[], true);
                     let _ = io.write_all(&down).await;
                     return close(io).await;
+                }
+                Planned::Limited(refused) => {
+                    buf.advance(refused.len);
+                    shared.metrics.fast_path_requests.inc();
+                    refused.rule.counters.record(429, started);
+                    limited_reply(&mut down, &refused);
+                    if io.write_all(&down).await.is_err() || refused.close {
+                        return close(io).await;
+                    }
+                    break 'planned None;
                 }
                 Planned::Partial => match read_more(io, &mut buf, deadline, drain).await {
                     Read::More => {}
@@ -128,6 +139,7 @@ where
                 }
             }
         };
+        let Some(plan) = plan else { continue };
         buf.advance(plan.len);
         shared.metrics.fast_path_requests.inc();
         let exchange = Exchange {
@@ -431,6 +443,21 @@ async fn relay<IO: AsyncWrite + Unpin>(
 
 /// An answer the fast path makes itself (the upstream failed or timed out), with the route's
 /// response header modifiers applied as the general path applies them to its own answers.
+/// A 429 for a request over a rate limit, with the general path's fields.
+fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>) {
+    local_reply(out, (429, RATE_LIMITED), &[], refused.close);
+    // Before the blank line that ends the head.
+    let body_and_end = out.len() - RATE_LIMITED.len() - 2;
+    let mut fields = Vec::with_capacity(128);
+    for (name, value) in rate_limit_fields(&refused.limited) {
+        fields.extend_from_slice(name.as_str().as_bytes());
+        fields.extend_from_slice(b": ");
+        fields.extend_from_slice(value.as_bytes());
+        fields.extend_from_slice(b"\r\n");
+    }
+    out.splice(body_and_end..body_and_end, fields);
+}
+
 fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOps], close: bool) {
     use std::io::Write;
     let reason = http::StatusCode::from_u16(status)

@@ -9,6 +9,7 @@ use crate::limits::Limits;
 use crate::model::RoutingState;
 use crate::model::cluster::{ClusterRt, EndpointRt};
 use crate::model::filters::HeaderOps;
+use crate::model::rate_limit::Limited;
 use crate::model::request::{RequestHeaders, RequestView};
 use crate::model::rule::{Pick, RuleRt, WeightedBackend};
 use crate::observe::trace::TraceContext;
@@ -134,10 +135,22 @@ pub enum Planned<'s> {
     Body(usize),
     /// Not for the fast path: hyper serves it (and the rest of the connection).
     Handoff,
+    /// Over one of the rule's rate limits: answered 429 in place of forwarding (the request,
+    /// `len` bytes with its body, is consumed; the connection stays open unless it asked to
+    /// close).
+    Limited(RateLimited<'s>),
     /// Answered with this status and text, and the connection closed: 400 for a malformed
     /// head, as hyper answers it; 414 for a request line longer than the whole head may be
     /// (hyper would say 431).
     Refuse(u16, &'static [u8]),
+}
+
+/// A request refused by a rate limit on the fast path.
+pub struct RateLimited<'s> {
+    pub rule: &'s RuleRt,
+    pub limited: Limited<'s>,
+    pub len: usize,
+    pub close: bool,
 }
 
 /// Targets hyper's URI parser takes as they are; others go to hyper, which decides.
@@ -347,6 +360,18 @@ pub fn plan<'s>(
     let len = head_len + scanned.length as usize;
     if buf.len() < len {
         return Planned::Body(len);
+    }
+    // Counted here, once the fast path takes the request whole: not when it may still hand
+    // it to the general path (which counts it then) or plan it again with its body.
+    if let Some(limits) = rule.filters.rate_limit()
+        && let Err(limited) = limits.check(cx.conn.peer.ip(), RequestHeaders::Raw(fields))
+    {
+        return Planned::Limited(RateLimited {
+            rule,
+            limited,
+            len,
+            close: scanned.close,
+        });
     }
     let traceparent = fields
         .iter()

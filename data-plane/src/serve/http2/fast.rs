@@ -36,8 +36,14 @@ pub async fn serve(
         logged: shared.access_log.as_ref().is_some_and(|l| l.sampled()),
     };
     let mut upstream_request = Vec::with_capacity(512);
-    let Planned::Go(plan) = planner::plan(head, &state, cx, &mut upstream_request) else {
-        return None;
+    let plan = match planner::plan(head, &state, cx, &mut upstream_request) {
+        Planned::Go(plan) => plan,
+        Planned::Limited(refused) => {
+            shared.metrics.http2_fast_path_requests.inc();
+            refused.rule.counters.record(429, started);
+            return Some(local_reply::too_many_requests(&refused.limited));
+        }
+        _ => return None,
     };
     shared.metrics.http2_fast_path_requests.inc();
     let _open = conn.activity.request();
