@@ -22,6 +22,10 @@
 # percent: BASELINE runs a second rauta-proxy (say, a build of the previous commit) in the same
 # run, alternating with the others, and prints rauta's CPU per request over the baseline's.
 #
+# Rows rauta-rl and nginx-rl: the same proxies with a local rate limit on the route, per client
+# address, set so high that nothing is refused (RateLimitPolicy; nginx limit_req with nodelay):
+# what counting costs per request, printed as rate_limit_added_cpu_us_{rauta,nginx}=X.
+#
 # The HTTP part's last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's,
 # HTTP/1.1; lower is better); benches/fresh.sh's and benches/l4.sh's lines follow.
 set -euo pipefail
@@ -70,6 +74,7 @@ trap cleanup EXIT
 
 BACKEND=18081 BACKEND_H2=18082
 NGINX=18091 NGINX_H2=18092 HAPROXY=18093 RAUTA=18094 RAUTA_BASELINE=18194
+NGINX_RL=18097 NGINX_RL_H2=18098
 
 # Background servers are started with taskset directly (not through a shell function), so
 # that $! is the server's own pid.
@@ -105,10 +110,21 @@ http {
   access_log off;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  limit_req_zone \$binary_remote_addr zone=perclient:10m rate=100000000r/s;
   server {
     listen 127.0.0.1:$NGINX;
     listen 127.0.0.1:$NGINX_H2 http2;
     location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_RL;
+    listen 127.0.0.1:$NGINX_RL_H2 http2;
+    location / {
+      limit_req zone=perclient burst=1000000 nodelay;
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -175,7 +191,19 @@ kind: HTTPRoute
 metadata: {name: all, namespace: bench}
 spec:
   parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: backend, port: 80}]}]
+  rules:
+  - name: limited
+    matches: [{path: {type: PathPrefix, value: /limited}}]
+    backendRefs: [{name: backend, port: 80}]
+  - backendRefs: [{name: backend, port: 80}]
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: perclient, namespace: bench}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: all, sectionName: limited}]
+  local:
+    limits: [{requests: 1000000000, unit: Second, key: [{type: ClientAddress}]}]
 EOF
 taskset -c "$OTHER_CPU" target/release/rauta-controller --config-dir "$work/config" --no-status-files \
   --grpc-listen 127.0.0.1:18095 --plaintext 2>"$work/controller.log" &
@@ -203,7 +231,7 @@ wait_http() {
   echo "nothing answers on port $1" >&2
   exit 1
 }
-for port in $BACKEND $NGINX $HAPROXY $RAUTA ${BASELINE:+$RAUTA_BASELINE}; do wait_http "$port"; done
+for port in $BACKEND $NGINX $NGINX_RL $HAPROXY $RAUTA ${BASELINE:+$RAUTA_BASELINE}; do wait_http "$port"; done
 # Something else on a port (a leftover run) would answer for a server that failed to start.
 for p in "${pids[@]}"; do
   kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
@@ -212,9 +240,9 @@ done
 nginx_pids() { echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"; }
 pids_of() {
   case $1 in
-    nginx) nginx_pids ;;
+    nginx|nginx-rl) nginx_pids ;;
     haproxy) echo "$haproxy_pid" ;;
-    rauta) echo "$rauta_pid" ;;
+    rauta|rauta-rl) echo "$rauta_pid" ;;
     baseline) echo "$baseline_pid" ;;
     direct) echo "" ;;
   esac
@@ -223,25 +251,31 @@ port_of() {
   case $1:$2 in
     direct:h1) echo $BACKEND ;; direct:h2c) echo $BACKEND_H2 ;;
     nginx:h1) echo $NGINX ;; nginx:h2c) echo $NGINX_H2 ;;
+    nginx-rl:h1) echo $NGINX_RL ;; nginx-rl:h2c) echo $NGINX_RL_H2 ;;
+    rauta-rl:*) echo $RAUTA ;;
     haproxy:*) echo $HAPROXY ;;
     rauta:*) echo $RAUTA ;;
     baseline:*) echo $RAUTA_BASELINE ;;
   esac
 }
 
+# The rate-limited rows ask for the rule the limit is on.
+path_of() { [ "$1" = rauta-rl ] && echo /limited || echo /; }
+
 # One load run: prints "requests rps cpu_us_per_req".
 run_load() {
-  local target=$1 proto=$2 conns=$3 port out before after requests rps
+  local target=$1 proto=$2 conns=$3 port out before after requests rps path
   port=$(port_of "$target" "$proto")
+  path=$(path_of "$target")
   local procs; procs=$(pids_of "$target")
   before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
   if [ "$proto" = h1 ]; then
-    out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "http://127.0.0.1:$port/")
+    out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "http://127.0.0.1:$port$path")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   else
     local streams=8; [ "$conns" = 1 ] && streams=1
-    out=$(pinned h2load -c"$conns" -m"$streams" -D "$DURATION" "http://127.0.0.1:$port/")
+    out=$(pinned h2load -c"$conns" -m"$streams" -D "$DURATION" "http://127.0.0.1:$port$path")
     requests=$(echo "$out" | awk '/^requests:/ {print $8}')
     rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
   fi
@@ -250,7 +284,7 @@ run_load() {
     'BEGIN { printf "%d %.0f %.2f\n", r, rps, (r > 0 ? t * 10000 / r : 0) }'
 }
 
-targets=(direct nginx haproxy rauta)
+targets=(direct nginx nginx-rl haproxy rauta rauta-rl)
 [ -n "$BASELINE" ] && targets+=(baseline)
 declare -A rps cpu lat
 for _ in $(seq 1 "$REPEATS"); do
@@ -322,6 +356,18 @@ sleep 3
 echo "rauta-proxy RSS: $(rss) MiB with $ROUTES_FOR_RSS routes, settled ($on_arrival MiB when the last route arrived)"
 # The baseline subscribes to the same controller: it has the same routes by now.
 [ -n "$baseline_pid" ] && echo "baseline RSS: $(rss "$baseline_pid") MiB with $ROUTES_FOR_RSS routes, settled"
+
+# Nothing may have been refused: a 429 costs less than forwarding and would flatter the row.
+if curl -s "http://127.0.0.1:18096/metrics" | grep -q 'rauta_proxy_rate_limit_requests_total{.*result="limited"} [1-9]'; then
+  echo "the rate-limited rows were refused requests: the limit is too low for this machine" >&2
+  exit 1
+fi
+for proto in h1 h2c; do
+  for t in rauta nginx; do
+    awk -v l="$(echo "${cpu[$t-rl:$proto]}" | med)" -v b="$(echo "${cpu[$t:$proto]}" | med)" \
+      -v t="$t" -v p="$proto" 'BEGIN { printf "rate_limit_added_cpu_us_%s_%s=%.2f\n", t, p, l - b }'
+  done
+done
 
 n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)
