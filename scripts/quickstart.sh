@@ -4,6 +4,8 @@
 # Stop everything with Ctrl-C.
 #
 # Environment: PROFILE=release builds optimised binaries (slower to build, faster to run).
+# REDIS=1 also starts Debian's redis-server on 127.0.0.1:6380 (installed as root when missing)
+# and gives it to the proxy for global rate limits (docs/policies.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,10 +51,21 @@ echo "==> starting rauta-controller (config: $config_dir, gRPC 127.0.0.1:18000 i
   --plaintext 2>"$logs/controller.log" & pids+=($!)
 wait_http http://127.0.0.1:18001/healthz "rauta-controller"
 
+redis_flags=()
+if [ "${REDIS:-0}" = 1 ]; then
+  if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing redis-server (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  echo "==> starting redis-server on 127.0.0.1:6380 (global rate limits)"
+  redis-server --bind 127.0.0.1 --port 6380 --save "" --appendonly no >"$logs/redis.log" 2>&1 & pids+=($!)
+  redis_flags=(--rate-limit-redis redis://127.0.0.1:6380)
+fi
+
 echo "==> starting rauta-proxy for Gateway default/example (port 80 -> 127.0.0.1:8080, TCP 1080 -> :9080, admin 127.0.0.1:15000)"
 "$bin/rauta-proxy" --controller http://127.0.0.1:18000 --gateway default/example \
   --listener-port-offset 8000 --bind-address 127.0.0.1 --admin-listen 127.0.0.1:15000 \
-  2>"$logs/proxy.log" & pids+=($!)
+  "${redis_flags[@]}" 2>"$logs/proxy.log" & pids+=($!)
 wait_http http://127.0.0.1:15000/readyz "rauta-proxy"
 
 cat <<'TXT'

@@ -34,13 +34,15 @@ fi
 
 # The XDP program's object is committed (cargo alone builds); data-plane/tests/xdp_object.rs
 # checks it is what its source compiles to, wherever clang and libbpf-dev are installed, and
-# tests/tests/xdp.rs (root) needs ip and ss. As root, install what is missing (Debian).
+# tests/tests/xdp.rs (root) needs ip and ss; tests/tests/global_rate_limits.rs starts a real
+# Redis. As root, install what is missing (Debian).
 need=()
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v clang >/dev/null || need+=(clang)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "==> installing ${need[*]} (Debian packages: the XDP object's check, the XDP tests)"
+  echo "==> installing ${need[*]} (Debian packages: the XDP object's check and tests, Redis for global rate limits)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } \
     || echo "could not install ${need[*]}: the XDP object's check and tests may skip"
 fi

@@ -21,6 +21,7 @@ use rauta_proxy::observe::access_log::AccessLog;
 use rauta_proxy::observe::metrics::ProxyMetrics;
 use rauta_proxy::serve::accept::Acceptor;
 use rauta_proxy::shared::Shared;
+use rauta_proxy::upstream::redis::RedisCounter;
 use rauta_proxy::workers::Workers;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpListener;
@@ -147,6 +148,11 @@ struct Args {
     /// Access log: one JSON line per request on stdout.
     #[arg(long, value_enum, default_value = "off")]
     access_log: AccessLogMode,
+    /// The Redis server global rate limits (RateLimitPolicy `global`) are counted in, shared
+    /// by every proxy of the fleet: redis://[USER:PASSWORD@]HOST:PORT[/DB]. Without it, global
+    /// limits fail open or closed, as their policies say.
+    #[arg(long, value_name = "URL")]
+    rate_limit_redis: Option<String>,
     /// Share of requests written to the access log, from 0 to 1.
     #[arg(long, value_name = "RATE", default_value_t = 1.0, value_parser = sample_rate)]
     access_log_sample: f64,
@@ -354,6 +360,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut shared = Shared::new(metrics.clone(), limits, access_log);
     shared.http1_fast_path = args.http1_fast_path == Switch::On;
     shared.own_http2 = args.http2_server == Http2Server::Rauta;
+    if let Some(url) = &args.rate_limit_redis {
+        let counter =
+            RedisCounter::start(url, metrics.redis_errors.clone()).context("--rate-limit-redis")?;
+        shared.redis = Some(counter);
+    }
     let shared = Arc::new(shared);
     let kernel = start_kernel_path(&args, &metrics);
     if let Some(k) = &kernel {

@@ -12,6 +12,7 @@ use crate::model::RoutingState;
 use crate::model::store::ResourceStore;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::ProxyMetrics;
+use crate::upstream::redis::RedisCounter;
 
 #[derive(Debug)]
 pub struct Shared {
@@ -27,6 +28,8 @@ pub struct Shared {
     pub http1_fast_path: bool,
     /// Whether HTTP/2 connections are served by the proxy's own server (`http2`), not hyper's.
     pub own_http2: bool,
+    /// Where global rate limits are counted (`--rate-limit-redis`).
+    pub redis: Option<Arc<RedisCounter>>,
     ready: AtomicBool,
     /// Set while the proxy serves a configuration read back from `--state-dir` that no
     /// controller has confirmed yet: what /readyz and the stale gauge say about it.
@@ -52,6 +55,7 @@ impl Shared {
             access_log,
             http1_fast_path: true,
             own_http2: true,
+            redis: None,
             ready: AtomicBool::new(false),
             stale: ArcSwapOption::empty(),
             restore_refused: ArcSwapOption::empty(),

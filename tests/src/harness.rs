@@ -130,7 +130,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("log file");
         cmd.stderr(file).stdin(Stdio::null());
         let child = cmd

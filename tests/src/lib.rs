@@ -11,3 +11,4 @@ pub mod l4_echo;
 pub mod manifests;
 pub mod proc_stats;
 pub mod raw_h2;
+pub mod redis;

@@ -1,7 +1,7 @@
 //! `RateLimitPolicy` (gateway.rauta.dev/v1alpha1): how often requests may pass, attached to a
 //! Gateway, a listener, an HTTPRoute or GRPCRoute, or one of its rules (`targetRefs`), or named
 //! by a rule's `ExtensionRef` filter. The most specific attachment wins (see docs/policies.md).
-//! `local` limits are counted by each proxy on its own.
+//! `local` limits are counted by each proxy on its own, `global` ones by the fleet in Redis.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -38,6 +38,31 @@ pub struct RateLimitPolicySpec {
     /// the limit through the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalRateLimit>,
+    /// Limits counted across every proxy of the fleet, in the Redis server the proxies are
+    /// given (`rauta-proxy --rate-limit-redis`), in fixed windows of the limit's unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalRateLimit>,
+}
+
+/// Limits counted by the whole fleet together.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalRateLimit {
+    /// Every limit applies; a request over any of them is refused (429). `burst` does not
+    /// apply: each unit of time is a window of `requests`.
+    #[schemars(length(min = 1, max = 8))]
+    pub limits: Vec<RateLimit>,
+    /// When Redis does not answer (or a proxy has no --rate-limit-redis): `Open` (default)
+    /// lets requests through, `Closed` answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, Default, PartialEq, Eq)]
+pub enum FailureMode {
+    #[default]
+    Open,
+    Closed,
 }
 
 /// Limits counted in each proxy.

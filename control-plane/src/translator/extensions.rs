@@ -89,11 +89,9 @@ pub fn resolve_all(
                 if policies.is_some() {
                     return Err("a rule may name one RateLimitPolicy".into());
                 }
-                let local = rate_limits::local(&key, &spec)
+                let named = rate_limits::policies(&key, &spec)
                     .map_err(|e| format!("RateLimitPolicy {key}: {e}"))?;
-                policies = Some(RequestPolicies {
-                    local_rate_limits: local,
-                });
+                policies = Some(named);
             }
             Err(problem) => {
                 unresolved.get_or_insert(problem);

@@ -76,9 +76,15 @@ pub struct PolicyIndex {
 
 /// `general`'s concerns that `specific` does not set, added to it.
 pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
-    let RequestPolicies { local_rate_limits } = specific;
+    let RequestPolicies {
+        local_rate_limits,
+        global_rate_limits,
+    } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
+    }
+    if global_rate_limits.is_none() {
+        global_rate_limits.clone_from(&general.global_rate_limits);
     }
 }
 
@@ -110,10 +116,8 @@ impl PolicyIndex {
                 invalid: None,
                 outcomes: Vec::new(),
             };
-            let policies = match rate_limits::local(key, &policy.spec) {
-                Ok(local) => Some(Arc::new(RequestPolicies {
-                    local_rate_limits: local,
-                })),
+            let policies = match rate_limits::policies(key, &policy.spec) {
+                Ok(policies) => Some(Arc::new(policies)),
                 Err(e) => {
                     entry.invalid = Some(e);
                     None

@@ -2,11 +2,12 @@
 //! be counted.
 
 use rauta_common::api::v1::{
-    ClientAddressKey, LocalRateLimit, LocalRateLimits, RateLimitKey, RouteKey, rate_limit_key,
+    ClientAddressKey, GlobalRateLimits, LocalRateLimits, RateLimit as Limit, RateLimitKey,
+    RequestPolicies, RouteKey, rate_limit_key,
 };
 
 use crate::crds::rate_limit_policy::{
-    self, RateLimit, RateLimitKeyType, RateLimitPolicySpec, RateLimitUnit,
+    self, FailureMode, RateLimit, RateLimitKeyType, RateLimitPolicySpec, RateLimitUnit,
 };
 use crate::objects::ObjectRef;
 
@@ -36,7 +37,48 @@ pub fn local(
     Ok(Some(LocalRateLimits { limits }))
 }
 
-fn one(name: String, limit: &RateLimit) -> Result<LocalRateLimit, String> {
+/// The policy's global limits, named `<policy>/global/<index>`; `Ok(None)` when it sets none.
+pub fn global(
+    key: &ObjectRef,
+    spec: &RateLimitPolicySpec,
+) -> Result<Option<GlobalRateLimits>, String> {
+    let Some(global) = &spec.global else {
+        return Ok(None);
+    };
+    if global.limits.is_empty() || global.limits.len() > rate_limit_policy::MAX_LIMITS {
+        return Err(format!(
+            "global.limits must list 1 to {} limits",
+            rate_limit_policy::MAX_LIMITS
+        ));
+    }
+    let limits = global
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, limit)| {
+            if limit.burst.is_some() {
+                return Err(format!(
+                    "global.limits[{i}]: burst applies to local limits only (global ones count fixed windows)"
+                ));
+            }
+            one(format!("{key}/global/{i}"), limit).map_err(|e| format!("global.limits[{i}]: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(GlobalRateLimits {
+        limits,
+        fail_closed: global.failure_mode == Some(FailureMode::Closed),
+    }))
+}
+
+/// Both kinds of limits of a policy, as the concerns they are.
+pub fn policies(key: &ObjectRef, spec: &RateLimitPolicySpec) -> Result<RequestPolicies, String> {
+    Ok(RequestPolicies {
+        local_rate_limits: local(key, spec)?,
+        global_rate_limits: global(key, spec)?,
+    })
+}
+
+fn one(name: String, limit: &RateLimit) -> Result<Limit, String> {
     if limit.requests == 0 {
         return Err("requests must be at least 1".into());
     }
@@ -80,7 +122,7 @@ fn one(name: String, limit: &RateLimit) -> Result<LocalRateLimit, String> {
             Ok(RateLimitKey { part: Some(part) })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(LocalRateLimit {
+    Ok(Limit {
         name,
         requests: limit.requests,
         period: Some(prost_types::Duration { seconds, nanos: 0 }),

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::global_limit::{GlobalConfig, GlobalLimiter};
 use super::rate_limit::{LimitConfig, Limiter};
 use super::response_store::{CacheConfig, ResponseStore};
 
@@ -86,6 +87,8 @@ pub struct RuleStores {
     pub caches: Kept<ResponseStore>,
     /// Rate limiters, by limit name (with the route's, for limits counted per route).
     pub limiters: Kept<Limiter>,
+    /// Global rate limits' local state, the same way.
+    pub global_limiters: Kept<GlobalLimiter>,
 }
 
 impl RuleStores {
@@ -93,12 +96,14 @@ impl RuleStores {
         RuleStores {
             caches: Kept::after(&previous.caches),
             limiters: Kept::after(&previous.limiters),
+            global_limiters: Kept::after(&previous.global_limiters),
         }
     }
 
     pub fn finish(&mut self) {
         self.caches.finish();
         self.limiters.finish();
+        self.global_limiters.finish();
     }
 }
 
@@ -123,6 +128,18 @@ impl KeptStore for Limiter {
 
     fn made(name: &str, config: LimitConfig) -> Limiter {
         Limiter::new(name, config)
+    }
+}
+
+impl KeptStore for GlobalLimiter {
+    type Config = GlobalConfig;
+
+    fn config(&self) -> &GlobalConfig {
+        &self.config
+    }
+
+    fn made(name: &str, config: GlobalConfig) -> GlobalLimiter {
+        GlobalLimiter::new(name, config)
     }
 }
 

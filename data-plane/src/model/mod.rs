@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod collect;
 pub mod filters;
+pub mod global_limit;
 pub mod kept;
 pub mod l4;
 pub mod maglev;
@@ -120,6 +121,13 @@ impl RoutingState {
     /// Every rule's response cache, by rule name.
     pub fn caches(&self) -> impl Iterator<Item = (&str, &Arc<response_store::ResponseStore>)> {
         self.stores.caches.iter()
+    }
+
+    /// Every global rate limit's local state, by its name among the kept stores.
+    pub fn global_limiters(
+        &self,
+    ) -> impl Iterator<Item = (&str, &Arc<global_limit::GlobalLimiter>)> {
+        self.stores.global_limiters.iter()
     }
 
     /// Every rate limiter, by its name among the kept stores.

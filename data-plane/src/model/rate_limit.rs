@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderName;
-use rauta_common::api::v1::{LocalRateLimit, rate_limit_key};
+use rauta_common::api::v1::{RateLimit, rate_limit_key};
 
 use super::request::RequestHeaders;
 
@@ -52,10 +52,10 @@ pub struct LimitConfig {
     pub max_keys: usize,
 }
 
-impl TryFrom<&LocalRateLimit> for LimitConfig {
+impl TryFrom<&RateLimit> for LimitConfig {
     type Error = RateLimitError;
 
-    fn try_from(l: &LocalRateLimit) -> Result<LimitConfig, RateLimitError> {
+    fn try_from(l: &RateLimit) -> Result<LimitConfig, RateLimitError> {
         let name = l.name.as_str();
         let sf_string_ok = l
             .name
@@ -291,7 +291,7 @@ mod tests {
             }],
             false => Vec::new(),
         };
-        let config = LimitConfig::try_from(&LocalRateLimit {
+        let config = LimitConfig::try_from(&RateLimit {
             name: "apps/limit/0".into(),
             requests,
             period: Some(prost_types::Duration {
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn invalid_limits_are_refused() {
-        let mut bad = LocalRateLimit {
+        let mut bad = RateLimit {
             name: "a".into(),
             requests: 0,
             period: Some(prost_types::Duration {
@@ -370,7 +370,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let error = |l: &LocalRateLimit| LimitConfig::try_from(l).unwrap_err().to_string();
+        let error = |l: &RateLimit| LimitConfig::try_from(l).unwrap_err().to_string();
         assert!(
             error(&bad).contains("requests must be more than 0"),
             "{}",

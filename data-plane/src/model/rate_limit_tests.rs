@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use rauta_common::api::v1::{
-    ListenerPolicies, LocalRateLimit, LocalRateLimits, RequestPolicies, RouteRule, RouteTable,
+    ListenerPolicies, LocalRateLimits, RateLimit, RequestPolicies, RouteRule, RouteTable,
     VirtualHost,
 };
 
@@ -20,7 +20,7 @@ use crate::upstream::UpstreamPools;
 fn limits(name: &str, requests: u32) -> RequestPolicies {
     RequestPolicies {
         local_rate_limits: Some(LocalRateLimits {
-            limits: vec![LocalRateLimit {
+            limits: vec![RateLimit {
                 name: name.into(),
                 requests,
                 period: Some(prost_types::Duration {
@@ -30,6 +30,7 @@ fn limits(name: &str, requests: u32) -> RequestPolicies {
                 ..Default::default()
             }],
         }),
+        ..Default::default()
     }
 }
 
@@ -165,6 +166,7 @@ fn invalid_limits_are_refused_with_a_reason() {
         (
             RequestPolicies {
                 local_rate_limits: Some(LocalRateLimits { limits: vec![] }),
+                ..Default::default()
             },
             "1 to 8 limits",
         ),

@@ -327,6 +327,9 @@ impl VirtualHostRt {
                 SharedPart::Limiter(name, limiter) => {
                     linked_the_same &= !stores.limiters.has_other(name, limiter);
                 }
+                SharedPart::GlobalLimiter(name, limiter) => {
+                    linked_the_same &= !stores.global_limiters.has_other(name, limiter);
+                }
             });
             linked_the_same
         })
@@ -338,6 +341,9 @@ impl VirtualHostRt {
             rule.shared_parts(&mut |part| match part {
                 SharedPart::Cache(store) => stores.caches.keep(&rule.name, store),
                 SharedPart::Limiter(name, limiter) => stores.limiters.keep(name, limiter),
+                SharedPart::GlobalLimiter(name, limiter) => {
+                    stores.global_limiters.keep(name, limiter)
+                }
                 SharedPart::Cluster(..) => {}
             });
         }

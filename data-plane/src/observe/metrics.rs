@@ -24,6 +24,8 @@ pub struct ProxyMetrics {
     /// Connections the fast path handed to hyper at a request it does not take.
     pub fast_path_handoffs: IntCounter,
     pub connections_refused: IntCounter,
+    /// Requests to the global rate limits' Redis that failed or timed out.
+    pub redis_errors: IntCounter,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     pub(crate) upstream_raw_requests: IntCounter,
     /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
@@ -147,6 +149,11 @@ impl ProxyMetrics {
                 "http1_fast_path_handoffs_total",
                 "HTTP/1.1 connections handed from the fast path to the general path, at the first \
                  request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
+            )?,
+            redis_errors: r.counter(
+                "rate_limit_redis_errors_total",
+                "Requests to the Redis server of global rate limits that failed or timed out \
+                 (the limits then fail open or closed, as their policy says)",
             )?,
             connections_refused: r.counter(
                 "connections_refused_total",

@@ -16,10 +16,11 @@ use tracing::debug;
 use super::cached;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
+use super::global_limit::{self, Verdict};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
 use super::local_reply::{
-    LocalReply, ProxyBody, body_too_large, direct, grpc_local_reply, is_grpc, local,
-    too_many_requests,
+    LocalReply, ProxyBody, Refusal, body_too_large, direct, grpc_local_reply, is_grpc, local,
+    rate_limit_unavailable, too_many_requests,
 };
 use super::request_log::{LogDetails, LoggedRequest};
 use crate::body::client::ClientBody;
@@ -149,11 +150,9 @@ async fn serve(
     if let Some(log) = details {
         log.route = Some(Arc::clone(&rule.name));
     }
-    if let Some(limits) = rule.filters.rate_limit()
-        && let Err(limited) = limits.check(conn.peer.ip(), RequestHeaders::Map(req.headers()))
-    {
-        rule.counters.record(429, started);
-        return too_many_requests(&limited);
+    if let Some(refused) = over_limits(shared, rule, conn, &req).await {
+        rule.counters.record(refused.status().as_u16(), started);
+        return refused;
     }
     let cors = rule.filters.cors();
     if let Some(cors) = cors
@@ -206,6 +205,31 @@ async fn serve(
     }
     rule.counters.record(resp.status().as_u16(), started);
     resp
+}
+
+/// The answer to a request over one of the rule's rate limits, local or global.
+async fn over_limits(
+    shared: &Shared,
+    rule: &RuleRt,
+    conn: &Connection,
+    req: &Request<ClientBody>,
+) -> Option<Response<ProxyBody>> {
+    let headers = RequestHeaders::Map(req.headers());
+    if let Some(limits) = rule.filters.rate_limit()
+        && let Err(limited) = limits.check(conn.peer.ip(), headers)
+    {
+        return Some(too_many_requests(&Refusal::from(&limited)));
+    }
+    let global = rule.filters.global_rate_limit()?;
+    match global_limit::check(global, shared.redis.as_deref(), conn.peer.ip(), headers).await {
+        Verdict::Allowed => None,
+        Verdict::Limited(limiter, retry_after) => Some(too_many_requests(&Refusal {
+            name: &limiter.name,
+            policy: limiter.policy_header(),
+            retry_after,
+        })),
+        Verdict::Unavailable => Some(rate_limit_unavailable()),
+    }
 }
 
 /// The redirect a rule answers with.

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use std::time::Duration;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
@@ -98,30 +100,56 @@ pub(crate) fn body_too_large() -> Response<ProxyBody> {
 /// A request over a rate limit: 429, with when to come back (Retry-After, whole seconds,
 /// rounded up) and the limit it is over (RateLimit-Policy and RateLimit, as
 /// draft-ietf-httpapi-ratelimit-headers writes them).
-pub(crate) fn too_many_requests(limited: &Limited<'_>) -> Response<ProxyBody> {
+pub(crate) fn too_many_requests(refusal: &Refusal<'_>) -> Response<ProxyBody> {
     let mut resp = local(
         StatusCode::TOO_MANY_REQUESTS,
         Bytes::from_static(RATE_LIMITED),
     );
-    resp.headers_mut().extend(rate_limit_fields(limited));
+    resp.headers_mut().extend(rate_limit_fields(refusal));
     resp
 }
 
 /// The body of a 429.
 pub(crate) const RATE_LIMITED: &[u8] = b"rate limited\n";
 
+/// Which limit refused a request, and for how long.
+pub(crate) struct Refusal<'a> {
+    /// The limit's name.
+    pub name: &'a str,
+    /// Its RateLimit-Policy item.
+    pub policy: String,
+    pub retry_after: Duration,
+}
+
+impl<'a> From<&Limited<'a>> for Refusal<'a> {
+    fn from(l: &Limited<'a>) -> Refusal<'a> {
+        Refusal {
+            name: &l.limiter.name,
+            policy: l.limiter.policy_header(),
+            retry_after: l.retry_after,
+        }
+    }
+}
+
 /// The fields of a 429 (the fast path writes them itself).
-pub(crate) fn rate_limit_fields(limited: &Limited<'_>) -> Vec<(HeaderName, HeaderValue)> {
-    let wait = limited.retry_after;
+pub(crate) fn rate_limit_fields(refusal: &Refusal<'_>) -> Vec<(HeaderName, HeaderValue)> {
+    let wait = refusal.retry_after;
     let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-    let limiter = limited.limiter;
     let mut fields = vec![(RETRY_AFTER, HeaderValue::from(seconds))];
-    let policy = HeaderValue::from_str(&limiter.policy_header());
-    let state = HeaderValue::from_str(&format!("\"{}\";r=0;t={seconds}", limiter.name));
+    let policy = HeaderValue::from_str(&refusal.policy);
+    let state = HeaderValue::from_str(&format!("\"{}\";r=0;t={seconds}", refusal.name));
     // Names are checked printable when the snapshot is built.
     if let (Ok(policy), Ok(state)) = (policy, state) {
         fields.push((HeaderName::from_static("ratelimit-policy"), policy));
         fields.push((HeaderName::from_static("ratelimit"), state));
     }
     fields
+}
+
+/// A request a global limit could not count (Redis away) where the limit fails closed.
+pub(crate) fn rate_limit_unavailable() -> Response<ProxyBody> {
+    local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(b"rate limit service unavailable\n"),
+    )
 }

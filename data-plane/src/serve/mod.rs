@@ -5,8 +5,9 @@
 //!   request straight from the client's fields, for rules whose filters it implements;
 //! - the HTTP/2 fast path (`http2::fast`): HTTP/2 requests without a body, planned by the same
 //!   planner as HTTP/1.1;
-//! - the general path (`general`, `forward`, `cached` for rules with a response cache) for
-//!   everything else, through hyper's types.
+//! - the general path (`general`, `forward`, `cached` for rules with a response cache,
+//!   `global_limit` for rules with global rate limits) for everything else, through hyper's
+//!   types.
 //!
 //! Also the proxy's own HTTP/2 server (`http2`), the TCP, TLS and UDP relays, and protocol upgrades.
 
@@ -19,6 +20,7 @@ pub mod context;
 pub mod copy;
 pub mod forward;
 pub mod general;
+pub mod global_limit;
 pub mod h1;
 pub mod headers;
 pub mod http2;

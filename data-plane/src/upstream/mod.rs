@@ -10,6 +10,7 @@ pub mod outlier;
 mod pool;
 mod pools;
 pub mod raw;
+pub mod redis;
 mod response_body;
 mod send;
 pub mod stream;

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod cors;
+pub mod global_rate_limit;
 pub mod header_ops;
 pub mod mirror;
 pub mod rate_limit;
@@ -21,6 +22,7 @@ use rauta_common::api::v1::{RequestPolicies, RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
 use super::cluster::{ClusterRt, Clusters};
+use super::global_limit::GlobalLimiter;
 use super::kept::RuleStores;
 use super::rate_limit::{Limiter, RateLimitError};
 use super::response_store::{CacheConfig, CacheError, ResponseStore};
@@ -51,6 +53,7 @@ pub enum FilterError {
 }
 
 pub use cors::CorsRt;
+pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
 pub use mirror::MirrorRt;
 pub use rate_limit::RateLimitRt;
@@ -78,6 +81,8 @@ pub enum SharedPart<'a> {
     Cache(&'a Arc<ResponseStore>),
     /// A rate limiter, by its name in the kept stores.
     Limiter(&'a str, &'a Arc<Limiter>),
+    /// A global rate limit's local state, the same way.
+    GlobalLimiter(&'a str, &'a Arc<GlobalLimiter>),
 }
 
 /// What a rule takes from where it is placed: its listener's policies, under its own, and
@@ -109,6 +114,8 @@ pub enum FilterRt {
     Cache(CacheRt),
     /// Local rate limits (RateLimitPolicy).
     RateLimit(RateLimitRt),
+    /// Global rate limits (RateLimitPolicy), counted in Redis.
+    GlobalRateLimit(GlobalRateLimitRt),
 }
 
 impl FilterRt {
@@ -127,7 +134,9 @@ impl FilterRt {
             | FilterRt::Cors(_)
             | FilterRt::Retry(_)
             | FilterRt::Session(_)
-            | FilterRt::Cache(_) => false,
+            | FilterRt::Cache(_)
+            // May wait for Redis: the fast paths do not wait.
+            | FilterRt::GlobalRateLimit(_) => false,
         }
     }
 
@@ -147,7 +156,8 @@ impl FilterRt {
             FilterRt::Mirror(_)
             | FilterRt::Cors(_)
             | FilterRt::Session(_)
-            | FilterRt::RateLimit(_) => false,
+            | FilterRt::RateLimit(_)
+            | FilterRt::GlobalRateLimit(_) => false,
         }
     }
 }
@@ -197,6 +207,14 @@ impl Filters {
         if let Some(limits) = limits {
             let rt = RateLimitRt::build(limits, inherited.route, &mut stores.limiters)?;
             list.push(FilterRt::RateLimit(rt));
+        }
+        let global = own
+            .and_then(|p| p.global_rate_limits.as_ref())
+            .or_else(|| inherited.policies?.global_rate_limits.as_ref());
+        if let Some(limits) = global {
+            let rt =
+                GlobalRateLimitRt::build(limits, inherited.route, &mut stores.global_limiters)?;
+            list.push(FilterRt::GlobalRateLimit(rt));
         }
         if let Some(m) = &rule.request_headers {
             list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
@@ -256,7 +274,8 @@ impl Filters {
                 | FilterRt::Retry(_)
                 | FilterRt::Session(_)
                 | FilterRt::Cache(_)
-                | FilterRt::RateLimit(_) => {}
+                | FilterRt::RateLimit(_)
+                | FilterRt::GlobalRateLimit(_) => {}
             }
         }
     }
@@ -272,6 +291,11 @@ impl Filters {
                 FilterRt::RateLimit(r) => {
                     for l in r.limiters.iter() {
                         f(SharedPart::Limiter(l.kept_name(), l));
+                    }
+                }
+                FilterRt::GlobalRateLimit(r) => {
+                    for l in r.limiters.iter() {
+                        f(SharedPart::GlobalLimiter(l.kept_name(), l));
                     }
                 }
                 FilterRt::RequestHeaders(_)
@@ -347,6 +371,11 @@ impl Filters {
     #[inline]
     pub fn rate_limit(&self) -> Option<&RateLimitRt> {
         first!(self.list, RateLimit)
+    }
+
+    #[inline]
+    pub fn global_rate_limit(&self) -> Option<&GlobalRateLimitRt> {
+        first!(self.list, GlobalRateLimit)
     }
 
     /// Every mirror, in order.

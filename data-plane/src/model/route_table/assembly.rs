@@ -193,11 +193,12 @@ mod tests {
     fn a_domain_belongs_to_the_most_specific_listener_covering_it() {
         let policies = |n: u32| RequestPolicies {
             local_rate_limits: Some(rauta_common::api::v1::LocalRateLimits {
-                limits: vec![rauta_common::api::v1::LocalRateLimit {
+                limits: vec![rauta_common::api::v1::RateLimit {
                     requests: n,
                     ..Default::default()
                 }],
             }),
+            ..Default::default()
         };
         let listener = |hostname: &str, n| ListenerPolicies {
             hostname: hostname.into(),

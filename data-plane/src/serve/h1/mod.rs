@@ -28,7 +28,7 @@ use crate::codec::h1::response::BadResponse;
 use crate::model::filters::HeaderOps;
 use crate::serve::attempt::Attempt;
 use crate::serve::context::{Connection, ListenerCtx};
-use crate::serve::local_reply::{RATE_LIMITED, rate_limit_fields};
+use crate::serve::local_reply::{RATE_LIMITED, Refusal, rate_limit_fields};
 use crate::shared::{Shared, drain_started};
 use crate::upstream::stream::RawStream;
 use crate::upstream::{RawConn, UpstreamError};
@@ -449,7 +449,7 @@ fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>) {
     // Before the blank line that ends the head.
     let body_and_end = out.len() - RATE_LIMITED.len() - 2;
     let mut fields = Vec::with_capacity(128);
-    for (name, value) in rate_limit_fields(&refused.limited) {
+    for (name, value) in rate_limit_fields(&Refusal::from(&refused.limited)) {
         fields.extend_from_slice(name.as_str().as_bytes());
         fields.extend_from_slice(b": ");
         fields.extend_from_slice(value.as_bytes());

@@ -41,7 +41,8 @@ pub async fn serve(
         Planned::Limited(refused) => {
             shared.metrics.http2_fast_path_requests.inc();
             refused.rule.counters.record(429, started);
-            return Some(local_reply::too_many_requests(&refused.limited));
+            let refusal = local_reply::Refusal::from(&refused.limited);
+            return Some(local_reply::too_many_requests(&refusal));
         }
         _ => return None,
     };
