@@ -143,4 +143,50 @@ async fn two_proxies_share_one_limit_in_redis_and_survive_its_loss() {
         assert!(allowed <= LIMIT, "past the limit after Redis came back");
     }
     assert!(allowed >= LIMIT - 2, "{allowed}");
+
+    // Redis frozen: the connection stays up and nothing answers. One request waits out the
+    // deadline; the others fail open at once for a second instead of each waiting 100 ms.
+    let pid = redis.process.pid().to_string();
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill").args([s, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {s}");
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    for i in 0..30 {
+        let client = format!("frozen-{i}");
+        assert_eq!(status(&proxies[0], "/open", &client).await, 200);
+    }
+    let took = started.elapsed();
+    signal("-CONT");
+    assert!(
+        took < Duration::from_millis(1500),
+        "30 requests took {took:?}: each waited for a silent Redis"
+    );
+    // And the connection made anew after the timeout counts again: a request for a new
+    // client is counted in Redis, not let through for want of it.
+    let failed_open = |m: &str| {
+        metric_value(
+            m,
+            "rauta_proxy_global_rate_limit_requests_total{limit=\"apps/open/global/0\",route=\"\",result=\"failed_open\"}",
+        )
+    };
+    let mut n = 0;
+    let first = &proxies[0];
+    eventually(Duration::from_secs(15), || {
+        n += 1;
+        let client = format!("thawed-{n}");
+        async move {
+            let before = failed_open(&first.metrics().await);
+            let ok = status(first, "/open", &client).await == 200;
+            ok && failed_open(&first.metrics().await) == before
+        }
+    })
+    .await;
+    let mut allowed = 0;
+    while status(&proxies[0], "/open", "after-freeze-2").await == 200 {
+        allowed += 1;
+        assert!(allowed <= LIMIT, "past the limit after Redis thawed");
+    }
+    assert!(allowed >= LIMIT - 2, "{allowed}");
 }

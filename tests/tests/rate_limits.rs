@@ -408,3 +408,62 @@ async fn in_kubernetes_mode_the_policy_applies_and_its_status_is_written_back() 
     })
     .await;
 }
+
+/// A HEAD over a limit on a kept-alive HTTP/1.1 connection gets a 429 head without a body,
+/// and the next request's answer follows it cleanly (a body there would be read as the start
+/// of the next answer). Both requests arrive together, as a pipelining client sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_gets_a_head_alone_and_the_connection_stays_in_step() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = Workspace::new();
+    let echo = Echo::start("echo-1-a", "apps", ws.path());
+    let none_left = policy(
+        "none-left",
+        "apps",
+        "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: console}]",
+        "{requests: 1, unit: Hour}",
+    );
+    let docs = [
+        gateway_class("rauta"),
+        GATEWAY.to_owned(),
+        service("apps", "echo", &[echo.http]),
+        ROUTES.to_owned(),
+        none_left,
+    ];
+    ws.write("all.yaml", &documents(&docs));
+    let (_controller, proxy) = start_gateway_at(&ws, 80, 1, &[]).await;
+    eventually(Duration::from_secs(15), || async {
+        get(&proxy, "admin.example", "/", 9, &[]).await.status == 429
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.listener(80))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"HEAD / HTTP/1.1\r\nHost: admin.example\r\n\r\nGET / HTTP/1.1\r\nHost: admin.example\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.ends_with(b"rate limited\n") && Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(1), conn.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let answers: Vec<&str> = text.split("\r\n\r\n").collect();
+    assert_eq!(answers.len(), 3, "two heads and one body: {text:?}");
+    assert!(answers[0].starts_with("HTTP/1.1 429"), "{text:?}");
+    assert!(
+        answers[0].contains("content-length: 13"),
+        "the GET's length: {text:?}"
+    );
+    assert!(
+        answers[1].starts_with("HTTP/1.1 429"),
+        "the second answer right after the first head: {text:?}"
+    );
+    assert_eq!(answers[2], "rate limited\n");
+}

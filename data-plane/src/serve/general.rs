@@ -221,7 +221,7 @@ async fn over_limits(
         return Some(too_many_requests(&Refusal::from(&limited)));
     }
     let global = rule.filters.global_rate_limit()?;
-    match global_limit::check(global, shared.redis.as_deref(), conn.peer.ip(), headers).await {
+    match global_limit::check(global, shared.redis.as_ref(), conn.peer.ip(), headers).await {
         Verdict::Allowed => None,
         Verdict::Limited(limiter, retry_after) => Some(too_many_requests(&Refusal {
             name: &limiter.name,

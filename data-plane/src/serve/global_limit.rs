@@ -3,19 +3,23 @@
 //! only when this proxy's batch for the key is spent.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use crate::model::filters::GlobalRateLimitRt;
 use crate::model::global_limit::{GlobalLimiter, Local};
 use crate::model::request::RequestHeaders;
-use crate::upstream::redis::RedisCounter;
+use crate::upstream::redis::{RESPONSE_TIMEOUT, RedisCounter};
 
-/// How long Redis keeps a window's counter after the window ends: long enough for a proxy
-/// whose clock is a little behind.
-const KEY_GRACE: Duration = Duration::from_secs(5);
+/// How long Redis keeps a window's counter after the window ends: a proxy whose clock is
+/// behind by less than this still counts in it (and not in a fresh one). A tenth of the
+/// window, 5 s to a minute.
+fn key_grace(period: Duration) -> Duration {
+    (period / 10).clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
 
 /// What the global limits say about a request.
 pub enum Verdict<'a> {
@@ -30,12 +34,14 @@ pub enum Verdict<'a> {
 static NO_REDIS_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Counts the request against every global limit of the rule.
+/// Redis is asked at most once per limit, all within one deadline for the request.
 pub async fn check<'a>(
     rt: &'a GlobalRateLimitRt,
-    redis: Option<&RedisCounter>,
+    redis: Option<&Arc<RedisCounter>>,
     peer: IpAddr,
     headers: RequestHeaders<'_>,
 ) -> Verdict<'a> {
+    let deadline = Instant::now() + RESPONSE_TIMEOUT;
     for limiter in rt.limiters.iter() {
         let Some(key) = limiter.local_key(peer, headers) else {
             continue;
@@ -57,10 +63,8 @@ pub async fn check<'a>(
             Some(redis) => {
                 counters.reservations.fetch_add(1, Ordering::Relaxed);
                 let redis_key = limiter.redis_key(peer, headers, window);
-                redis
-                    .add(&redis_key, batch, until_end + KEY_GRACE)
-                    .await
-                    .ok()
+                let ttl = until_end + key_grace(limiter.config.limit.period);
+                redis.add(&redis_key, batch, ttl, deadline).await.ok()
             }
             None => {
                 if !NO_REDIS_LOGGED.swap(true, Ordering::Relaxed) {

@@ -96,7 +96,7 @@ where
                     return Ended::Handoff(buf.freeze());
                 }
                 Planned::Refuse(status, text) => {
-                    local_reply(&mut down, (status, text), &[], true);
+                    local_reply(&mut down, (status, text), &[], (true, false));
                     let _ = io.write_all(&down).await;
                     return close(io).await;
                 }
@@ -104,8 +104,10 @@ where
                     buf.advance(refused.len);
                     shared.metrics.fast_path_requests.inc();
                     refused.rule.counters.record(429, started);
-                    limited_reply(&mut down, &refused);
-                    if io.write_all(&down).await.is_err() || refused.close {
+                    let closing = refused.close || shared.is_draining();
+                    limited_reply(&mut down, &refused, closing);
+                    let sent = io.write_all(&down).await.is_ok() && io.flush().await.is_ok();
+                    if !sent || closing {
                         return close(io).await;
                     }
                     break 'planned None;
@@ -291,7 +293,12 @@ impl<'s> Exchange<'_, 's> {
                     b"upstream connect error\n"
                 };
                 let close = self.close || shared.is_draining();
-                local_reply(down, (status, body), &self.response_ops(), close);
+                local_reply(
+                    down,
+                    (status, body),
+                    &self.response_ops(),
+                    (close, self.plan.head),
+                );
                 return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !close;
             }
         };
@@ -441,13 +448,12 @@ async fn relay<IO: AsyncWrite + Unpin>(
     Ok(extra == 0)
 }
 
-/// An answer the fast path makes itself (the upstream failed or timed out), with the route's
-/// response header modifiers applied as the general path applies them to its own answers.
 /// A 429 for a request over a rate limit, with the general path's fields.
-fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>) {
-    local_reply(out, (429, RATE_LIMITED), &[], refused.close);
-    // Before the blank line that ends the head.
-    let body_and_end = out.len() - RATE_LIMITED.len() - 2;
+fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>, close: bool) {
+    local_reply(out, (429, RATE_LIMITED), &[], (close, refused.head));
+    // Before the blank line that ends the head (and the body, unless it is a HEAD's answer).
+    let body = if refused.head { 0 } else { RATE_LIMITED.len() };
+    let end_of_fields = out.len() - body - 2;
     let mut fields = Vec::with_capacity(128);
     for (name, value) in rate_limit_fields(&Refusal::from(&refused.limited)) {
         fields.extend_from_slice(name.as_str().as_bytes());
@@ -455,10 +461,19 @@ fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>) {
         fields.extend_from_slice(value.as_bytes());
         fields.extend_from_slice(b"\r\n");
     }
-    out.splice(body_and_end..body_and_end, fields);
+    out.splice(end_of_fields..end_of_fields, fields);
 }
 
-fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOps], close: bool) {
+/// An answer the fast path makes itself (the upstream failed or timed out, a rate limit), with
+/// the route's response header modifiers applied as the general path applies them to its own
+/// answers. The answer to a HEAD has the head alone (its Content-Length says what a GET's body
+/// would be), or the client would read the body as the next response.
+fn local_reply(
+    out: &mut Vec<u8>,
+    (status, body): (u16, &[u8]),
+    ops: &[&HeaderOps],
+    (close, head): (bool, bool),
+) {
     use std::io::Write;
     let reason = http::StatusCode::from_u16(status)
         .ok()
@@ -476,5 +491,7 @@ fn local_reply(out: &mut Vec<u8>, (status, body): (u16, &[u8]), ops: &[&HeaderOp
         body.len(),
         if close { "connection: close\r\n" } else { "" }
     );
-    out.extend_from_slice(body);
+    if !head {
+        out.extend_from_slice(body);
+    }
 }

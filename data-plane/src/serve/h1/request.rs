@@ -151,6 +151,8 @@ pub struct RateLimited<'s> {
     pub limited: Limited<'s>,
     pub len: usize,
     pub close: bool,
+    /// A HEAD: the answer has no body.
+    pub head: bool,
 }
 
 /// Targets hyper's URI parser takes as they are; others go to hyper, which decides.
@@ -371,6 +373,7 @@ pub fn plan<'s>(
             limited,
             len,
             close: scanned.close,
+            head: method == "HEAD",
         });
     }
     let traceparent = fields
