@@ -6,6 +6,8 @@
 //! ResolvedRefs False (InvalidKind, BackendNotFound): the spec forbids skipping a custom
 //! filter that cannot be resolved, and the route's other rules keep working.
 
+use std::sync::Arc;
+
 use rauta_common::api::v1::route_rule::Action;
 use rauta_common::api::v1::{DirectResponse, HeaderValue, RequestPolicies, ResponseCache};
 
@@ -14,7 +16,7 @@ use super::filters::{ExtensionRef, RuleFilters};
 use super::rate_limits;
 use crate::crds::GROUP;
 use crate::crds::direct_response::{self, DirectResponseSpec};
-use crate::crds::rate_limit_policy::RateLimitPolicySpec;
+use crate::crds::rate_limit_policy::{RateLimitPolicy, RateLimitPolicySpec};
 use crate::crds::response_cache::{self, ResponseCacheSpec};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -39,6 +41,9 @@ pub struct Extended {
     pub cache: Option<ResponseCache>,
     /// What the RateLimitPolicies it names ask of its requests.
     pub policies: Option<RequestPolicies>,
+    /// The RateLimitPolicies looked up, found or not (a route is compiled again when one of
+    /// these changes, not when any policy does).
+    pub rate_limits_read: Vec<(ObjectRef, Option<Arc<RateLimitPolicy>>)>,
     /// The first reference that did not resolve.
     pub problem: Option<RefProblem>,
 }
@@ -61,8 +66,9 @@ pub fn resolve_all(
     let mut cache = None;
     let mut policies: Option<RequestPolicies> = None;
     let mut unresolved = None;
+    let mut rate_limits_read = Vec::new();
     for e in &filters.extensions {
-        match resolve(objects, namespace, e) {
+        match resolve(objects, namespace, e, &mut rate_limits_read) {
             Ok(Resolved::Direct(spec)) => {
                 if filters.redirect.is_some()
                     || filters.url_rewrite.is_some()
@@ -111,19 +117,26 @@ pub fn resolve_all(
             action: Some(error_answer()),
             cache: None,
             policies: None,
+            rate_limits_read,
             problem: Some(problem),
         },
         None => Extended {
             action: direct.map(Action::DirectResponse),
             cache,
             policies,
+            rate_limits_read,
             problem: None,
         },
     })
 }
 
 /// The object an ExtensionRef names, or why it cannot be used.
-fn resolve(objects: &ObjectSet, namespace: &str, e: &ExtensionRef) -> Result<Resolved, RefProblem> {
+fn resolve(
+    objects: &ObjectSet,
+    namespace: &str,
+    e: &ExtensionRef,
+    rate_limits_read: &mut Vec<(ObjectRef, Option<Arc<RateLimitPolicy>>)>,
+) -> Result<Resolved, RefProblem> {
     let key = ObjectRef::new(namespace, e.name.as_str());
     let found = match (e.group.as_str(), e.kind.as_str()) {
         (GROUP, "DirectResponse") => objects
@@ -134,10 +147,11 @@ fn resolve(objects: &ObjectSet, namespace: &str, e: &ExtensionRef) -> Result<Res
             .response_caches
             .get(&key)
             .map(|o| Resolved::Cache(o.spec.clone())),
-        (GROUP, "RateLimitPolicy") => objects
-            .rate_limit_policies
-            .get(&key)
-            .map(|o| Resolved::RateLimit(key.clone(), Box::new(o.spec.clone()))),
+        (GROUP, "RateLimitPolicy") => {
+            let found = objects.rate_limit_policies.get(&key).cloned();
+            rate_limits_read.push((key.clone(), found.clone()));
+            found.map(|o| Resolved::RateLimit(key.clone(), Box::new(o.spec.clone())))
+        }
         _ => {
             return Err(RefProblem {
                 reason: "InvalidKind",

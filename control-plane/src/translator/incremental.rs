@@ -7,7 +7,9 @@
 //! that set; except Services, which compilation only looks up by key (`CompiledRoute::resolve`
 //! records which, with the object it found): a route is compiled again when one of the
 //! Services it looked up changed, not when any did (one Service per app: each new app would
-//! compile every route again). The Services stay in the compilation inputs all the same, so
+//! compile every route again). Attached policies likewise: a route records the targets it
+//! looked up in the `PolicyIndex` (its own, its rules') with what applied there, and the
+//! RateLimitPolicies its filters named, and is compiled again when one of those changes. The Services stay in the compilation inputs all the same, so
 //! that compilation can read nothing else. `translate`, the reference, hands compilation every
 //! object instead, so if compilation came to read a kind left out here, the two would differ,
 //! and the property test (`incremental_tests.rs`, random sequences of changes to every kind)
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 use super::attachment::AttachMemo;
 use super::backends::{EndpointIndex, EndpointsMemo};
-use super::policies::PolicyIndex;
+use super::policies::{PolicyIndex, same_reads};
 use super::route_rules::RulesMemo;
 use super::route_view::{RouteEntry, RouteId, RouteKind, RouteView};
 use super::routes::{self, CompiledRoute};
@@ -91,9 +93,11 @@ pub struct Compiler<'a> {
 impl<'a> Compiler<'a> {
     fn new(objects: &ObjectSet, previous: Option<&'a Memo>) -> Self {
         let inputs = objects.only(compile_reads);
+        // Services and RateLimitPolicies are compared per route, by what it read.
         let reusable = previous.filter(|memo| {
-            memo.inputs
-                .same_kinds(&inputs, |kind| kind != Kind::Service)
+            memo.inputs.same_kinds(&inputs, |kind| {
+                kind != Kind::Service && kind != Kind::RateLimitPolicy
+            })
         });
         Compiler {
             policies: PolicyIndex::new(objects),
@@ -137,7 +141,18 @@ impl<'a> Compiler<'a> {
                 _ => false,
             }
         });
-        if !(entry.is(&compiled.source) && services_same) {
+        let rate_limits_same = compiled.rate_limits_read.iter().all(|(key, before)| {
+            match (before, self.inputs.rate_limit_policies.get(key)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            }
+        });
+        if !(entry.is(&compiled.source)
+            && services_same
+            && rate_limits_same
+            && same_reads(&self.policies, &compiled.policies_read))
+        {
             return None;
         }
         self.reused += 1;

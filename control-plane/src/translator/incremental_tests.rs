@@ -1,7 +1,7 @@
 //! The incremental translator against the reference: random sequences of object changes
 //! (adds, edits and deletes of every kind the golden cases use: Gateways, routes of each
 //! kind, Services, EndpointSlices, ReferenceGrants, Secrets, ConfigMaps, BackendTLSPolicies,
-//! ListenerSets, our policy kinds), and after each one the incremental result and status must
+//! ListenerSets, our policy kinds, RateLimitPolicies), and after each one the incremental result and status must
 //! equal a full translation of the same objects.
 
 use std::path::Path;
@@ -60,6 +60,7 @@ fn edits(key: &ObjectRef, object: &Object) -> Vec<Object> {
         Object::Namespace(n) => (Kind::Namespace, serde_json::to_value(&**n)),
         Object::Gateway(g) => (Kind::Gateway, serde_json::to_value(&**g)),
         Object::ListenerSet(l) => (Kind::ListenerSet, serde_json::to_value(&**l)),
+        Object::RateLimitPolicy(p) => (Kind::RateLimitPolicy, serde_json::to_value(&**p)),
         _ => return Vec::new(),
     };
     let Ok(value) = value else {
@@ -97,6 +98,22 @@ fn edits(key: &ObjectRef, object: &Object) -> Vec<Object> {
             *port = Value::from(port.as_i64()? + 1);
             Some(())
         })],
+        // A limit's value, and its first target's rule (none, or one that may not exist).
+        Kind::RateLimitPolicy => vec![
+            Box::new(|v| {
+                let requests = v.pointer_mut("/spec/local/limits/0/requests")?;
+                *requests = Value::from(requests.as_i64()? + 1);
+                Some(())
+            }),
+            Box::new(|v| {
+                let target = v.pointer_mut("/spec/targetRefs/0")?.as_object_mut()?;
+                match target.remove("sectionName") {
+                    Some(_) => {}
+                    None => drop(target.insert("sectionName".into(), Value::from("login"))),
+                }
+                Some(())
+            }),
+        ],
         Kind::Gateway | Kind::ListenerSet => {
             let mut changes: Vec<Change> = vec![
                 Box::new(listener("allowedRoutes", |now| {
@@ -368,4 +385,47 @@ fn a_route_attaches_again_when_what_attachment_read_changes_and_only_then() {
         translate(&objects, DEFAULT_CONTROLLER_NAME).status
     );
     assert_eq!(translator.attachments_reused_last, routes - 1);
+}
+
+#[test]
+fn a_policy_change_compiles_again_only_the_routes_that_looked_it_up() {
+    let base = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: rauta}\nspec: {controllerName: rauta.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: rauta\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{name: login, matches: [{path: {value: /a}}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: b, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{matches: [{path: {value: /b}}], filters: [{type: ExtensionRef, extensionRef: {group: gateway.rauta.dev, kind: RateLimitPolicy, name: named}}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: c, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{matches: [{path: {value: /c}}]}]\n";
+    let policy = |name: &str, target: &str, requests: u32| {
+        format!(
+            "---\napiVersion: gateway.rauta.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  targetRefs: {target}\n  local: {{limits: [{{requests: {requests}, unit: Second}}]}}\n"
+        )
+    };
+    let on_a = |section: &str| {
+        format!("[{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: a{section}}}]")
+    };
+    let mut translator = Translator::new(DEFAULT_CONTROLLER_NAME);
+    let mut step = |extra: String, reused: usize| {
+        let (objects, problems) = parse_manifests(&format!("{base}{extra}"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let incremental = translator.translate(&objects);
+        let full = translate(&objects, DEFAULT_CONTROLLER_NAME);
+        assert_eq!(incremental.gateways, full.gateways, "{extra}");
+        assert_eq!(incremental.status, full.status, "{extra}");
+        assert_eq!(
+            translator.reused_last, reused,
+            "routes reused after: {extra}"
+        );
+    };
+    step(String::new(), 0);
+    // A policy for route a: a compiled again, b and c reused.
+    step(policy("p", &on_a(""), 5), 2);
+    step(policy("p", &on_a(""), 6), 2);
+    // Now for its login rule only, then a second one for the whole route.
+    step(policy("p", &on_a(", sectionName: login"), 6), 2);
+    let both = policy("p", &on_a(", sectionName: login"), 6) + &policy("q", &on_a(""), 7);
+    step(both.clone(), 2);
+    // The policy b's filter names appears, then changes: b compiled again, a and c reused.
+    step(both.clone() + &policy("named", "[]", 1), 2);
+    step(both.clone() + &policy("named", "[]", 2), 2);
+    // A Gateway's policy reaches the proxies in the route table: no route is compiled again.
+    let gateway = "[{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]";
+    let all = both + &policy("named", "[]", 2) + &policy("g", gateway, 9);
+    step(all, 3);
+    // Every policy gone: a and b compiled again.
+    step(String::new(), 1);
 }

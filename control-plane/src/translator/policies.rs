@@ -21,6 +21,19 @@ use super::route_view::RouteKind;
 use crate::crds::policy::PolicyTargetRef;
 use crate::objects::{ObjectRef, ObjectSet};
 
+/// A target a compiled route looked up, and what applied there.
+pub type PolicyRead = (Target, Option<Arc<RequestPolicies>>);
+
+/// Whether the index gives every target what it gave when `read` was recorded.
+pub fn same_reads(index: &PolicyIndex, read: &[PolicyRead]) -> bool {
+    read.iter()
+        .all(|(target, before)| match (before, index.get(target)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        })
+}
+
 /// What a target reference names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
@@ -151,28 +164,33 @@ impl PolicyIndex {
         index
     }
 
+    /// What applies at one target, if anything.
+    pub fn get(&self, target: &Target) -> Option<&Arc<RequestPolicies>> {
+        if self.applied.is_empty() {
+            return None; // The common case, without hashing the target.
+        }
+        self.applied.get(target)
+    }
+
     /// What applies to one rule of a route (`section`: the rule's name, if it has one), under
-    /// what its ExtensionRef filters set.
+    /// what its ExtensionRef filters set. Each target looked up is recorded in `read` with what
+    /// was found, so that the route is compiled again only when one of those changes.
     pub fn for_rule(
         &self,
-        kind: RouteKind,
-        route: &ObjectRef,
+        (kind, route): (RouteKind, &ObjectRef),
         section: Option<&str>,
         extension: Option<&RequestPolicies>,
+        read: &mut Vec<PolicyRead>,
     ) -> Option<RequestPolicies> {
-        if self.applied.is_empty() {
-            return extension.cloned();
-        }
-        let at = |section: Option<&str>| {
-            self.applied
-                .get(&Target::Route(
-                    kind,
-                    route.clone(),
-                    section.map(str::to_owned),
-                ))
-                .map(|p| &**p)
+        let mut at = |section: Option<&str>| {
+            let target = Target::Route(kind, route.clone(), section.map(str::to_owned));
+            let found = self.get(&target).cloned();
+            read.push((target, found.clone()));
+            found
         };
-        merged([extension, section.and_then(|s| at(Some(s))), at(None)])
+        let rule = section.and_then(|s| at(Some(s)));
+        let whole = at(None);
+        merged([extension, rule.as_deref(), whole.as_deref()])
     }
 
     /// What applies to one listener of a Gateway (`None`: a listener of a ListenerSet, which

@@ -16,10 +16,11 @@ use rauta_common::api::v1::{
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
-use super::policies::PolicyIndex;
+use super::policies::{PolicyIndex, PolicyRead};
 use super::precedence::Precedence;
 use super::route_view::{RouteId, RouteObject, RouteView};
 use super::{extensions, filters, kernel};
+use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::objects::{ObjectRef, ObjectSet};
 
 /// One match of one rule, ready to be placed in a virtual host.
@@ -64,6 +65,11 @@ pub struct CompiledRoute {
     /// The Services compilation looked up, found or not: the only Services it read
     /// (`incremental.rs` compiles a route again when one of these changes).
     pub services_read: Vec<(ObjectRef, Option<Arc<Service>>)>,
+    /// The policy targets compilation looked up and what applied there, and the
+    /// RateLimitPolicies its ExtensionRef filters named: the route is compiled again when one
+    /// of these changes, not when any policy does.
+    pub policies_read: Vec<PolicyRead>,
+    pub rate_limits_read: Vec<(ObjectRef, Option<Arc<RateLimitPolicy>>)>,
     /// Whether any entry could be answered in the kernel (`kernel::may_qualify`), decided
     /// once: each translation asks it of every placed route, and reading the rules
     /// themselves to answer cost a cache miss or two a route.
@@ -111,6 +117,8 @@ pub fn compile(
         ref_problem: None,
         unsupported: None,
         services_read: Vec::new(),
+        policies_read: Vec::new(),
+        rate_limits_read: Vec::new(),
         kernel_candidates: false,
     };
     let rules = match &route.rules {
@@ -155,16 +163,17 @@ pub fn compile(
             &mut out,
         );
         let extended = extensions::resolve_all(objects, &key.namespace, &filters);
-        let extended = out.or_unsupported(extended, extensions::Extended::default());
+        let mut extended = out.or_unsupported(extended, extensions::Extended::default());
+        out.rate_limits_read.append(&mut extended.rate_limits_read);
         if let Some(problem) = extended.problem {
             out.ref_problem.get_or_insert(problem);
         }
         let rule_policies = policies
             .for_rule(
-                route.kind,
-                key,
+                (route.kind, key),
                 rule.name.as_deref(),
                 extended.policies.as_ref(),
+                &mut out.policies_read,
             )
             .map(Box::new);
         let action = match (extended.action, &filters.redirect) {
@@ -212,6 +221,12 @@ pub fn compile(
     out.services_read.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out.services_read.dedup_by(|a, b| a.0 == b.0);
     out.services_read.shrink_to_fit();
+    // The route-wide target is looked up for every rule: kept once.
+    out.policies_read.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.policies_read.dedup_by(|a, b| a.0 == b.0);
+    out.policies_read.shrink_to_fit();
+    out.rate_limits_read.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.rate_limits_read.dedup_by(|a, b| a.0 == b.0);
     out
 }
 
