@@ -78,8 +78,10 @@ RAUTA is running. Try:
   curl -s http://127.0.0.1:8080/healthz                        # answered by the gateway (DirectResponse)
   curl -s -H 'Host: api.example.com' http://127.0.0.1:8080/x   # hostname -> api
   curl -s http://127.0.0.1:9080/hello                          # TCP listener, relayed to web-v1
-  for i in $(seq 45); do curl -s -o /dev/null -w '%{http_code} ' -H 'Host: api.example.com' http://127.0.0.1:8080/x; done; echo
-                                                               # 429 past a burst of 40 (RateLimitPolicy)
+  for i in $(seq 40); do curl -s -o /dev/null -w '%{http_code} ' -H 'Host: api.example.com' http://127.0.0.1:8080/x; done; echo
+                                                               # 429 past a burst of 20 (RateLimitPolicy)
+  curl -si -H 'Host: partner.example.com' http://127.0.0.1:8080/ | head -1   # 401 (SecurityPolicy: API keys)
+  curl -s -H 'Host: partner.example.com' -H 'x-api-key: demo-key-alice-7c1f0d' http://127.0.0.1:8080/ | grep -i client-id
   curl -s http://127.0.0.1:15000/metrics | grep rauta_proxy_requests_total
   curl -s http://127.0.0.1:18001/metrics | grep rauta_controller
 

@@ -1,7 +1,8 @@
-//! Admin output (controller and proxy) never shows private keys or session signing keys.
+//! Admin output (controller and proxy) never shows private keys, session signing keys or API
+//! key digests.
 
-use crate::api::v1::Resource;
 use crate::api::v1::resource::Payload;
+use crate::api::v1::{RequestPolicies, Resource};
 
 /// A copy of a resource without private key material or session keys: admin output is for
 /// people and logs.
@@ -17,6 +18,18 @@ pub fn redacted(resource: &Resource) -> Resource {
             for key in &mut t.session_keys {
                 *key = REDACTED.to_owned();
             }
+            for l in &mut t.listener_policies {
+                redact_policies(l.policies.as_mut());
+            }
+            for rule in t.virtual_hosts.iter_mut().flat_map(|v| &mut v.rules) {
+                redact_policies(rule.policies.as_deref_mut());
+            }
+        }
+        Some(Payload::RouteRules(r)) => {
+            for ranked in &mut r.rules {
+                let rule = ranked.rule.as_deref_mut();
+                redact_policies(rule.and_then(|r| r.policies.as_deref_mut()));
+            }
         }
         Some(Payload::Cluster(c)) => {
             if let Some(cert) = c.tls.as_mut().and_then(|t| t.client_certificate.as_mut()) {
@@ -26,6 +39,14 @@ pub fn redacted(resource: &Resource) -> Resource {
         _ => {}
     }
     r
+}
+
+/// API key digests: a digest of a short key can be searched for.
+fn redact_policies(policies: Option<&mut RequestPolicies>) {
+    let auth = policies.and_then(|p| p.api_key_auth.as_mut());
+    for c in auth.into_iter().flat_map(|a| &mut a.credentials) {
+        c.key_sha256 = REDACTED.as_bytes().to_vec();
+    }
 }
 
 /// What the admin service shows instead of a private key.

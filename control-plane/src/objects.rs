@@ -9,6 +9,7 @@ use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use crate::crds::direct_response::DirectResponse;
 use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::crds::response_cache::ResponseCache;
+use crate::crds::security_policy::SecurityPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use gateway_api::experimental::udproutes::UdpRoute;
@@ -276,6 +277,7 @@ object_kinds! {
     DirectResponse, direct_responses, DirectResponse, "gateway.rauta.dev", "DirectResponse", true;
     ResponseCache, response_caches, ResponseCache, "gateway.rauta.dev", "ResponseCache", true;
     RateLimitPolicy, rate_limit_policies, RateLimitPolicy, "gateway.rauta.dev", "RateLimitPolicy", true;
+    SecurityPolicy, security_policies, SecurityPolicy, "gateway.rauta.dev", "SecurityPolicy", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

@@ -97,6 +97,14 @@ impl StatusStore {
                 now,
                 o,
             ),
+            update_transitions(
+                t,
+                "SecurityPolicy",
+                &new.security_policies,
+                &old.security_policies,
+                now,
+                o,
+            ),
             new.service_annotations != old.service_annotations,
         ];
         if !changed.contains(&true) {
@@ -222,6 +230,11 @@ impl StatusStore {
                 "RateLimitPolicy",
                 &report.rate_limit_policies,
                 since.map(|r| &r.rate_limit_policies),
+            ),
+            (
+                "SecurityPolicy",
+                &report.security_policies,
+                since.map(|r| &r.security_policies),
             ),
         ];
         for (kind, new, old) in policies {

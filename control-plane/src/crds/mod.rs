@@ -6,6 +6,7 @@ pub mod direct_response;
 pub mod policy;
 pub mod rate_limit_policy;
 pub mod response_cache;
+pub mod security_policy;
 
 use kube::CustomResourceExt;
 
@@ -18,6 +19,7 @@ pub fn crd_manifests() -> Result<String, String> {
         direct_response::DirectResponse::crd(),
         response_cache::ResponseCache::crd(),
         rate_limit_policy::RateLimitPolicy::crd(),
+        security_policy::SecurityPolicy::crd(),
     ];
     let mut out = String::from(
         "# Generated from control-plane/src/crds by `REGENERATE_CRDS=1 cargo test -p rauta-controller crd`;\n# do not edit.\n",

@@ -3,6 +3,7 @@
 //! older policy of the kind targets the same thing), Invalid (the policy, or a target kind
 //! policies cannot name), TargetNotFound (no such Gateway, listener, route or rule). A target
 //! that exists but belongs to no Gateway of ours gets no entry: another controller owns it.
+//! Kinds that name Secrets (SecurityPolicy) also carry ResolvedRefs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub fn report(
         };
         match *kind {
             "RateLimitPolicy" => out.rate_limit_policies.insert(key.clone(), status),
+            "SecurityPolicy" => out.security_policies.insert(key.clone(), status),
             _ => None,
         };
     }
@@ -90,6 +92,18 @@ impl Ours<'_> {
     ) -> Vec<RouteParentStatus> {
         let g = entry.generation;
         let mut out: Vec<RouteParentStatus> = Vec::new();
+        // Kinds that name Secrets say whether they all exist. A missing one gives no key: the
+        // policy still applies, and refuses that Secret's clients.
+        let resolved = entry.missing.as_ref().map(|missing| match missing.first() {
+            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g),
+            Some(secret) => Condition::new(
+                "ResolvedRefs",
+                false,
+                "InvalidCredentialRef",
+                format!("Secret {secret} not found: its clients are refused"),
+                g,
+            ),
+        });
         let mut push = |parent_ref: ParentRef, condition: Condition| {
             if out.iter().any(|a| a.parent_ref == parent_ref) {
                 return; // Another target reached the same ancestor first.
@@ -97,7 +111,10 @@ impl Ours<'_> {
             out.push(RouteParentStatus {
                 parent_ref,
                 controller_name: controller_name.to_owned(),
-                conditions: vec![condition],
+                conditions: [Some(condition), resolved.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             });
         };
         for outcome in &entry.outcomes {
@@ -136,7 +153,13 @@ impl Ours<'_> {
                 Reach::Gateways(parents) => {
                     let condition = match (&entry.invalid, conflict) {
                         (Some(why), _) => {
-                            Condition::new("Accepted", false, "Invalid", why.clone(), g)
+                            let message = match entry.kind {
+                                "SecurityPolicy" => format!(
+                                    "{why}: its targets refuse every request until it is fixed"
+                                ),
+                                _ => why.clone(),
+                            };
+                            Condition::new("Accepted", false, "Invalid", message, g)
                         }
                         (None, Some(winner)) => Condition::new(
                             "Accepted",

@@ -52,6 +52,8 @@ fn compile_reads(kind: Kind) -> bool {
             | Kind::ListenerSet
             | Kind::Namespace
             | Kind::Secret
+            // Read through the PolicyIndex (with the Secrets it names), per route.
+            | Kind::SecurityPolicy
     )
 }
 

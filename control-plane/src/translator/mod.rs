@@ -34,6 +34,7 @@ mod references;
 pub mod route_rules;
 mod route_view;
 mod routes;
+mod security;
 mod selectors;
 pub mod service_policy;
 pub mod status;

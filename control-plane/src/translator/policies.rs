@@ -1,6 +1,8 @@
 //! Policy attachment (Gateway API GEP-713, direct policies): which of RAUTA's policies apply to
 //! each Gateway, listener, route and rule, and what they ask of requests there.
 //!
+//! Kinds: RateLimitPolicy (rate limits), SecurityPolicy (authentication).
+//!
 //! A policy names its targets (`targetRefs`): a Gateway, optionally one listener
 //! (`sectionName`), or an HTTPRoute or GRPCRoute, optionally one named rule. Two policies of
 //! the same kind naming the same target conflict: the older one (then the first by namespace
@@ -15,9 +17,9 @@ use std::sync::Arc;
 
 use rauta_common::api::v1::RequestPolicies;
 
-use super::rate_limits;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteKind;
+use super::{rate_limits, security};
 use crate::crds::policy::PolicyTargetRef;
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -75,6 +77,8 @@ pub struct PolicyEntry {
     pub generation: i64,
     /// Why the policy cannot be used; it then applies nowhere.
     pub invalid: Option<String>,
+    /// For kinds that refer to Secrets: those that do not exist.
+    pub missing: Option<Vec<ObjectRef>>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -92,12 +96,16 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     let RequestPolicies {
         local_rate_limits,
         global_rate_limits,
+        api_key_auth,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
     }
     if global_rate_limits.is_none() {
         global_rate_limits.clone_from(&general.global_rate_limits);
+    }
+    if api_key_auth.is_none() {
+        api_key_auth.clone_from(&general.api_key_auth);
     }
 }
 
@@ -115,53 +123,103 @@ pub fn merged<'a>(
     out
 }
 
+/// One policy of any kind, as attachment reads it.
+struct Candidate<'a> {
+    key: &'a ObjectRef,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    generation: i64,
+    target_refs: &'a [PolicyTargetRef],
+    /// What it asks of requests and the Secrets it names that are missing, or why it
+    /// cannot be used.
+    resolved: Result<(RequestPolicies, Vec<ObjectRef>), String>,
+    /// What applies at its targets when it cannot be used: nothing for most kinds; for an
+    /// authentication policy, refusing every request (a typo must not open a route).
+    when_invalid: Option<RequestPolicies>,
+}
+
 impl PolicyIndex {
     pub fn new(objects: &ObjectSet) -> PolicyIndex {
         let mut index = PolicyIndex::default();
-        // Oldest first, then by namespace and name: the first to claim a target keeps it.
-        let mut by_age: Vec<_> = objects.rate_limit_policies.iter().collect();
-        by_age.sort_by_key(|(key, p)| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), *key));
-        let mut claimed: HashMap<Target, ObjectRef> = HashMap::new();
-        for (key, policy) in by_age {
+        let mut applied: HashMap<Target, RequestPolicies> = HashMap::new();
+        let rate_limits = objects
+            .rate_limit_policies
+            .iter()
+            .map(|(key, p)| Candidate {
+                key,
+                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                generation: p.metadata.generation.unwrap_or(0),
+                target_refs: &p.spec.target_refs,
+                resolved: rate_limits::policies(key, &p.spec).map(|r| (r, Vec::new())),
+                when_invalid: None,
+            });
+        index.attach("RateLimitPolicy", rate_limits.collect(), &mut applied);
+        let security = objects.security_policies.iter().map(|(key, p)| Candidate {
+            key,
+            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            generation: p.metadata.generation.unwrap_or(0),
+            target_refs: &p.spec.target_refs,
+            resolved: security::policies(objects, key, &p.spec).map(|r| (r.policies, r.missing)),
+            when_invalid: Some(security::refusing_all(key)),
+        });
+        index.attach("SecurityPolicy", security.collect(), &mut applied);
+        index.applied = applied.into_iter().map(|(t, p)| (t, Arc::new(p))).collect();
+        index
+    }
+
+    /// The policies of one kind: oldest first, then by namespace and name, the first to claim
+    /// a target keeps it. Kinds set different concerns, so what they apply at one target adds
+    /// up.
+    fn attach(
+        &mut self,
+        kind: &'static str,
+        mut candidates: Vec<Candidate<'_>>,
+        applied: &mut HashMap<Target, RequestPolicies>,
+    ) {
+        candidates.sort_by(|a, b| (a.created, a.key).cmp(&(b.created, b.key)));
+        let mut claimed: HashMap<Target, &ObjectRef> = HashMap::new();
+        for c in candidates {
             let mut entry = PolicyEntry {
-                kind: "RateLimitPolicy",
-                generation: policy.metadata.generation.unwrap_or(0),
+                kind,
+                generation: c.generation,
                 invalid: None,
+                missing: None,
                 outcomes: Vec::new(),
             };
-            let policies = match rate_limits::policies(key, &policy.spec) {
-                Ok(policies) => Some(Arc::new(policies)),
+            let policies = match c.resolved {
+                Ok((policies, missing)) => {
+                    entry.missing = (kind == "SecurityPolicy").then_some(missing);
+                    Some(policies)
+                }
                 Err(e) => {
                     entry.invalid = Some(e);
-                    None
+                    c.when_invalid
                 }
             };
-            for t in &policy.spec.target_refs {
-                let Some(target) = Target::of(&key.namespace, t) else {
+            for t in c.target_refs {
+                let Some(target) = Target::of(&c.key.namespace, t) else {
                     entry.outcomes.push(Outcome::Unsupported(t.clone()));
                     continue;
                 };
-                // An invalid policy claims nothing: it applies nowhere.
+                // An invalid policy of most kinds claims nothing: it applies nowhere.
                 let Some(policies) = &policies else {
                     entry.outcomes.push(Outcome::Applied(target));
                     continue;
                 };
                 match claimed.get(&target) {
-                    Some(winner) if winner != key => {
-                        entry
-                            .outcomes
-                            .push(Outcome::Conflicted(target, winner.clone()));
+                    Some(winner) if *winner != c.key => {
+                        let winner = (*winner).clone();
+                        entry.outcomes.push(Outcome::Conflicted(target, winner));
                     }
                     _ => {
-                        claimed.insert(target.clone(), key.clone());
-                        index.applied.insert(target.clone(), Arc::clone(policies));
+                        claimed.insert(target.clone(), c.key);
+                        let at = applied.entry(target.clone()).or_default();
+                        fill_from(at, policies);
                         entry.outcomes.push(Outcome::Applied(target));
                     }
                 }
             }
-            index.entries.insert((entry.kind, key.clone()), entry);
+            self.entries.insert((kind, c.key.clone()), entry);
         }
-        index
     }
 
     /// What applies at one target, if anything.

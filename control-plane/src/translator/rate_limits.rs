@@ -75,6 +75,7 @@ pub fn policies(key: &ObjectRef, spec: &RateLimitPolicySpec) -> Result<RequestPo
     Ok(RequestPolicies {
         local_rate_limits: local(key, spec)?,
         global_rate_limits: global(key, spec)?,
+        ..Default::default()
     })
 }
 

@@ -175,6 +175,21 @@ pub fn secret_tls_pair(objects: &ObjectSet, key: &ObjectRef) -> Result<TlsPair, 
     })
 }
 
+/// Every entry of Secret `key` (from `data`, and `stringData` for names `data` lacks), in name
+/// order; `None` when there is no such Secret.
+pub fn secret_entries(objects: &ObjectSet, key: &ObjectRef) -> Option<Vec<(String, Vec<u8>)>> {
+    let secret = objects.secrets.get(key)?;
+    let mut entries: std::collections::BTreeMap<String, Vec<u8>> =
+        std::collections::BTreeMap::new();
+    for (name, value) in secret.string_data.iter().flatten() {
+        entries.insert(name.clone(), value.as_bytes().to_vec());
+    }
+    for (name, value) in secret.data.iter().flatten() {
+        entries.insert(name.clone(), value.0.clone());
+    }
+    Some(entries.into_iter().collect())
+}
+
 /// One value of a Secret, from `data` or else `stringData`.
 fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<Cow<'a, [u8]>> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {

@@ -168,6 +168,8 @@ pub struct StatusReport {
     /// RAUTA's attached policies (`policies.rs`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limit_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub security_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 impl serde::Serialize for ObjectRef {

@@ -26,6 +26,8 @@ pub struct ProxyMetrics {
     pub connections_refused: IntCounter,
     /// Requests to the global rate limits' Redis that failed or timed out.
     pub redis_errors: IntCounter,
+    /// Requests a SecurityPolicy checked, by policy and result.
+    pub auth_results: IntCounterVec,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     pub(crate) upstream_raw_requests: IntCounter,
     /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
@@ -149,6 +151,12 @@ impl ProxyMetrics {
                 "http1_fast_path_handoffs_total",
                 "HTTP/1.1 connections handed from the fast path to the general path, at the first \
                  request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
+            )?,
+            auth_results: r.counters(
+                "auth_requests_total",
+                "Requests a SecurityPolicy checked, by policy, method (api_key) and result \
+                 (allowed; missing or invalid: answered 401)",
+                &["policy", "method", "result"],
             )?,
             redis_errors: r.counter(
                 "rate_limit_redis_errors_total",

@@ -20,7 +20,7 @@ use super::global_limit::{self, Verdict};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
 use super::local_reply::{
     LocalReply, ProxyBody, Refusal, body_too_large, direct, grpc_local_reply, is_grpc, local,
-    rate_limit_unavailable, too_many_requests,
+    rate_limit_unavailable, too_many_requests, unauthorized,
 };
 use super::request_log::{LogDetails, LoggedRequest};
 use crate::body::client::ClientBody;
@@ -150,10 +150,6 @@ async fn serve(
     if let Some(log) = details {
         log.route = Some(Arc::clone(&rule.name));
     }
-    if let Some(refused) = over_limits(shared, rule, conn, &req).await {
-        rule.counters.record(refused.status().as_u16(), started);
-        return refused;
-    }
     let cors = rule.filters.cors();
     if let Some(cors) = cors
         && CorsRt::is_preflight(req.method(), req.headers())
@@ -164,6 +160,30 @@ async fn serve(
         rule.counters.record(resp.status().as_u16(), started);
         return resp;
     }
+    // Who the request is from, if the rule asks (SecurityPolicy): after CORS preflights (a
+    // browser sends no credentials with them), before rate limits (which then count only
+    // requests that may pass).
+    let client_id = match rule.filters.api_key_auth() {
+        None => None,
+        Some(auth) => {
+            let checked = auth.check(req.headers(), req.uri().query());
+            let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
+            (shared.metrics.auth_results)
+                .with_label_values(&[&*auth.name, "api_key", result])
+                .inc();
+            match checked {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    rule.counters.record(401, started);
+                    return unauthorized(&auth.name);
+                }
+            }
+        }
+    };
+    if let Some(refused) = over_limits(shared, rule, conn, &req).await {
+        rule.counters.record(refused.status().as_u16(), started);
+        return refused;
+    }
     let origin = cors.and_then(|_| req.headers().get(ORIGIN).cloned());
     let routed = Routed {
         rule,
@@ -171,6 +191,7 @@ async fn serve(
         listener,
         conn,
         shared,
+        client_id,
     };
     let (mut resp, session_token) = match &rule.action {
         ActionRt::Direct {
@@ -267,6 +288,8 @@ struct Routed<'a> {
     listener: &'a ListenerCtx,
     conn: &'a Connection,
     shared: &'a Shared,
+    /// The client an API key named, when the rule asks for one.
+    client_id: Option<HeaderValue>,
 }
 
 impl Routed<'_> {
@@ -289,6 +312,11 @@ impl Routed<'_> {
             Ok(target) => target,
             Err((status, text)) => return (local(status, Bytes::from_static(text)), None),
         };
+        if let (Some(auth), Some(id)) = (self.rule.filters.api_key_auth(), &self.client_id) {
+            let (mut parts, body) = req.into_parts();
+            auth.prepare(&mut parts.headers, &mut parts.uri, id.clone());
+            req = Request::from_parts(parts, body);
+        }
         let trace = TraceContext::propagate(req.headers_mut());
         if let Some(log) = details {
             log.cluster = Some(Arc::clone(&cluster.name));

@@ -2,7 +2,7 @@
 //! form: a gRPC client gets a trailers-only answer with grpc-status, as Envoy sends.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -144,6 +144,19 @@ pub(crate) fn rate_limit_fields(refusal: &Refusal<'_>) -> Vec<(HeaderName, Heade
         fields.push((HeaderName::from_static("ratelimit"), state));
     }
     fields
+}
+
+/// A request without a valid credential: 401, naming the policy as the realm.
+pub(crate) fn unauthorized(policy: &str) -> Response<ProxyBody> {
+    let mut resp = local(
+        StatusCode::UNAUTHORIZED,
+        Bytes::from_static(b"authentication required\n"),
+    );
+    let challenge = HeaderValue::from_str(&format!("ApiKey realm=\"{policy}\""));
+    if let Ok(challenge) = challenge {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+    }
+    resp
 }
 
 /// A request a global limit could not count (Redis away) where the limit fails closed.

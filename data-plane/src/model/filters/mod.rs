@@ -6,6 +6,7 @@
 //! `match`: a new filter does not compile until it says whether the fast paths handle it, so
 //! a rule can never reach a fast path that would silently skip one of its filters.
 
+pub mod api_key;
 pub mod cache;
 pub mod cors;
 pub mod global_rate_limit;
@@ -50,8 +51,12 @@ pub enum FilterError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    ApiKey(#[from] ApiKeyError),
 }
 
+pub use api_key::ApiKeyAuthRt;
+use api_key::ApiKeyError;
 pub use cors::CorsRt;
 pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
@@ -116,6 +121,8 @@ pub enum FilterRt {
     RateLimit(RateLimitRt),
     /// Global rate limits (RateLimitPolicy), counted in Redis.
     GlobalRateLimit(GlobalRateLimitRt),
+    /// API keys (SecurityPolicy).
+    ApiKeyAuth(ApiKeyAuthRt),
 }
 
 impl FilterRt {
@@ -136,7 +143,9 @@ impl FilterRt {
             | FilterRt::Session(_)
             | FilterRt::Cache(_)
             // May wait for Redis: the fast paths do not wait.
-            | FilterRt::GlobalRateLimit(_) => false,
+            | FilterRt::GlobalRateLimit(_)
+            // Removes the key and sets the client's id before forwarding.
+            | FilterRt::ApiKeyAuth(_) => false,
         }
     }
 
@@ -157,7 +166,8 @@ impl FilterRt {
             | FilterRt::Cors(_)
             | FilterRt::Session(_)
             | FilterRt::RateLimit(_)
-            | FilterRt::GlobalRateLimit(_) => false,
+            | FilterRt::GlobalRateLimit(_)
+            | FilterRt::ApiKeyAuth(_) => false,
         }
     }
 }
@@ -199,8 +209,14 @@ impl Filters {
         inherited: Inherited<'_>,
     ) -> Result<Filters, FilterError> {
         let mut list = Vec::new();
-        // Refusals first: a request over a limit costs nothing more.
+        // Refusals first: a request refused costs nothing more.
         let own = rule.policies.as_deref();
+        let api_keys = own
+            .and_then(|p| p.api_key_auth.as_ref())
+            .or_else(|| inherited.policies?.api_key_auth.as_ref());
+        if let Some(auth) = api_keys {
+            list.push(FilterRt::ApiKeyAuth(ApiKeyAuthRt::build(auth)?));
+        }
         let limits = own
             .and_then(|p| p.local_rate_limits.as_ref())
             .or_else(|| inherited.policies?.local_rate_limits.as_ref());
@@ -275,7 +291,8 @@ impl Filters {
                 | FilterRt::Session(_)
                 | FilterRt::Cache(_)
                 | FilterRt::RateLimit(_)
-                | FilterRt::GlobalRateLimit(_) => {}
+                | FilterRt::GlobalRateLimit(_)
+                | FilterRt::ApiKeyAuth(_) => {}
             }
         }
     }
@@ -303,7 +320,8 @@ impl Filters {
                 | FilterRt::UrlRewrite(_)
                 | FilterRt::Cors(_)
                 | FilterRt::Retry(_)
-                | FilterRt::Session(_) => {}
+                | FilterRt::Session(_)
+                | FilterRt::ApiKeyAuth(_) => {}
             }
         }
     }
@@ -376,6 +394,11 @@ impl Filters {
     #[inline]
     pub fn global_rate_limit(&self) -> Option<&GlobalRateLimitRt> {
         first!(self.list, GlobalRateLimit)
+    }
+
+    #[inline]
+    pub fn api_key_auth(&self) -> Option<&ApiKeyAuthRt> {
+        first!(self.list, ApiKeyAuth)
     }
 
     /// Every mirror, in order.

@@ -1,0 +1,124 @@
+//! A SecurityPolicy's authentication in its snapshot form: API keys from Secrets, sent to the
+//! proxies as SHA-256 digests (the keys themselves never leave the controller).
+
+use rauta_common::api::v1::{ApiKeyAuth, ApiKeyCredential, RequestPolicies};
+
+use super::references::secret_entries;
+use crate::crds::security_policy::{self, SecurityPolicySpec};
+use crate::objects::{ObjectRef, ObjectSet};
+
+/// Default header an API key is looked for in.
+const DEFAULT_KEY_HEADER: &str = "x-api-key";
+
+/// What a SecurityPolicy asks of requests, and the Secrets it names that do not exist
+/// (their clients get no key: the policy fails closed).
+pub struct Resolved {
+    pub policies: RequestPolicies,
+    pub missing: Vec<ObjectRef>,
+}
+
+pub fn policies(
+    objects: &ObjectSet,
+    key: &ObjectRef,
+    spec: &SecurityPolicySpec,
+) -> Result<Resolved, String> {
+    let mut missing = Vec::new();
+    let api_key_auth = match &spec.api_key_auth {
+        None => None,
+        Some(auth) => {
+            if auth.credential_refs.is_empty()
+                || auth.credential_refs.len() > security_policy::MAX_CREDENTIAL_REFS
+            {
+                return Err(format!(
+                    "apiKeyAuth.credentialRefs must name 1 to {} Secrets",
+                    security_policy::MAX_CREDENTIAL_REFS
+                ));
+            }
+            let mut credentials = Vec::new();
+            for r in &auth.credential_refs {
+                let secret = ObjectRef::new(&key.namespace, r.name.as_str());
+                let Some(entries) = secret_entries(objects, &secret) else {
+                    missing.push(secret);
+                    continue;
+                };
+                for (client_id, value) in entries {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    let digest = ring::digest::digest(&ring::digest::SHA256, &value);
+                    credentials.push(ApiKeyCredential {
+                        client_id,
+                        key_sha256: digest.as_ref().to_vec(),
+                    });
+                }
+            }
+            if credentials.len() > security_policy::MAX_API_KEYS {
+                return Err(format!(
+                    "apiKeyAuth: more than {} keys",
+                    security_policy::MAX_API_KEYS
+                ));
+            }
+            let mut headers = Vec::new();
+            let mut query_params = Vec::new();
+            for source in &auth.extract_from {
+                for h in &source.headers {
+                    if !is_token(h) {
+                        return Err(format!(
+                            "apiKeyAuth.extractFrom: {h:?} is not a header name"
+                        ));
+                    }
+                    headers.push(h.to_ascii_lowercase());
+                }
+                query_params.extend(source.params.iter().cloned());
+            }
+            if headers.is_empty() && query_params.is_empty() {
+                headers.push(DEFAULT_KEY_HEADER.to_owned());
+            }
+            let forward_client_id_header = match &auth.forward_client_id_header {
+                Some(h) if !is_token(h) => {
+                    return Err(format!(
+                        "apiKeyAuth.forwardClientIDHeader: {h:?} is not a header name"
+                    ));
+                }
+                Some(h) => h.to_ascii_lowercase(),
+                None => String::new(),
+            };
+            Some(ApiKeyAuth {
+                credentials,
+                headers,
+                query_params,
+                forward_client_id_header,
+                forward_credentials: auth.forward_credentials.unwrap_or(false),
+                name: key.to_string(),
+            })
+        }
+    };
+    Ok(Resolved {
+        policies: RequestPolicies {
+            api_key_auth,
+            ..Default::default()
+        },
+        missing,
+    })
+}
+
+/// What an invalid SecurityPolicy applies: API keys with no valid key, so that its targets
+/// refuse every request until it is fixed (fail closed, as Envoy Gateway does).
+pub fn refusing_all(key: &ObjectRef) -> RequestPolicies {
+    RequestPolicies {
+        api_key_auth: Some(ApiKeyAuth {
+            headers: vec![DEFAULT_KEY_HEADER.to_owned()],
+            name: key.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An HTTP field name (RFC 9110 token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
