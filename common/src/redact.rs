@@ -8,6 +8,7 @@ use crate::api::v1::{RequestPolicies, Resource};
 /// people and logs.
 pub fn redacted(resource: &Resource) -> Resource {
     let mut r = resource.clone();
+    let mut digests = false;
     match &mut r.payload {
         Some(Payload::Listener(l)) => {
             for c in &mut l.certificates {
@@ -19,16 +20,16 @@ pub fn redacted(resource: &Resource) -> Resource {
                 *key = REDACTED.to_owned();
             }
             for l in &mut t.listener_policies {
-                redact_policies(l.policies.as_mut());
+                digests |= redact_policies(l.policies.as_mut());
             }
             for rule in t.virtual_hosts.iter_mut().flat_map(|v| &mut v.rules) {
-                redact_policies(rule.policies.as_deref_mut());
+                digests |= redact_policies(rule.policies.as_deref_mut());
             }
         }
         Some(Payload::RouteRules(r)) => {
             for ranked in &mut r.rules {
                 let rule = ranked.rule.as_deref_mut();
-                redact_policies(rule.and_then(|r| r.policies.as_deref_mut()));
+                digests |= redact_policies(rule.and_then(|r| r.policies.as_deref_mut()));
             }
         }
         Some(Payload::Cluster(c)) => {
@@ -38,15 +39,23 @@ pub fn redacted(resource: &Resource) -> Resource {
         }
         _ => {}
     }
+    // The version is a hash of the resource as sent: with the digests taken out, it would
+    // let a guessed key be checked against it.
+    if digests {
+        r.version = REDACTED.to_owned();
+    }
     r
 }
 
-/// API key digests: a digest of a short key can be searched for.
-fn redact_policies(policies: Option<&mut RequestPolicies>) {
+/// API key digests: a digest of a short key can be searched for. Whether there were any.
+fn redact_policies(policies: Option<&mut RequestPolicies>) -> bool {
     let auth = policies.and_then(|p| p.api_key_auth.as_mut());
+    let mut any = false;
     for c in auth.into_iter().flat_map(|a| &mut a.credentials) {
         c.key_sha256 = REDACTED.as_bytes().to_vec();
+        any = true;
     }
+    any
 }
 
 /// What the admin service shows instead of a private key.

@@ -16,7 +16,7 @@ use rauta_tests::manifests::{documents, gateway_class, service};
 
 const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n";
 
-const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api, namespace: apps}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules:\n  - name: partner\n    matches: [{path: {type: PathPrefix, value: /partner}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - name: broken\n    matches: [{path: {type: PathPrefix, value: /broken}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - backendRefs: [{name: echo, port: 8080}]\n";
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api, namespace: apps}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules:\n  - name: partner\n    matches: [{path: {type: PathPrefix, value: /partner}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: gateway.rauta.dev, kind: ResponseCache, name: short}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - name: broken\n    matches: [{path: {type: PathPrefix, value: /broken}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - backendRefs: [{name: echo, port: 8080}]\n";
 
 fn secret(name: &str, entries: &str) -> String {
     format!(
@@ -41,6 +41,10 @@ fn config(echo: std::net::SocketAddr, clients: &str) -> String {
         "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: gateway-keys, namespace: infra}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  apiKeyAuth:\n    credentialRefs: [{name: gateway-clients}]\n".to_owned(),
         // The partner rule: the partners' keys, in a header or the query, the client id passed on.
         "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: partner-keys, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: partner}]\n  apiKeyAuth:\n    credentialRefs: [{name: clients}, {name: not-there}]\n    extractFrom: [{headers: [x-partner-key], params: [key]}]\n    forwardClientIDHeader: x-client-id\n".to_owned(),
+        // The partner rule: 4 requests an hour per client, counted by the id the proxy sets,
+        // and a response cache.
+        "apiVersion: gateway.rauta.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: per-partner, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: partner}]\n  local:\n    limits: [{requests: 4, unit: Hour, key: [{type: Header, name: x-client-id}]}]\n".to_owned(),
+        "apiVersion: gateway.rauta.dev/v1alpha1\nkind: ResponseCache\nmetadata: {name: short, namespace: apps}\nspec: {maxTTL: 60s}\n".to_owned(),
         // The broken rule: an invalid policy, which must not leave it open.
         "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: broken, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: broken}]\n  apiKeyAuth:\n    credentialRefs: [{name: clients}]\n    extractFrom: [{headers: [\"not a header\"]}]\n".to_owned(),
     ])
@@ -71,9 +75,12 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
     let echo = Echo::start("echo-1-a", "apps", ws.path());
     ws.write(
         "all.yaml",
-        &config(echo.http, "alice: alice-key-1, bob: bob-key-2"),
+        &config(
+            echo.http,
+            "alice: alice-key-1, bob: bob-key-2, carol: carol-key-4",
+        ),
     );
-    let (controller, proxy) = start_gateway_at(&ws, 80, 1, &[]).await;
+    let (controller, proxy) = start_gateway_at(&ws, 80, 1, &["--access-log", "json"]).await;
     eventually(Duration::from_secs(15), || async {
         get(&proxy, "/", &[("x-api-key", "ops-key-0")]).await.status == 200
     })
@@ -82,10 +89,7 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
     // The Gateway's policy: no key, a wrong key, the right one.
     let refused = get(&proxy, "/", &[]).await;
     assert_eq!(refused.status, 401);
-    assert_eq!(
-        refused.headers["www-authenticate"],
-        "ApiKey realm=\"infra/gateway-keys\""
-    );
+    assert_eq!(refused.headers["www-authenticate"], "ApiKey");
     assert_eq!(
         get(&proxy, "/", &[("x-api-key", "ops-key-1")]).await.status,
         401
@@ -122,6 +126,38 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
         echoed["path"], "/partner/x?a=1&b=2",
         "the key is taken out of the query"
     );
+
+    // Per-client limits count the id the proxy sets: a forged or missing id escapes nothing
+    // (the partner rule allows each client 3 requests an hour; alice used 1).
+    for forged in ["mallory", "", "bob"] {
+        let headers = [("x-partner-key", "alice-key-1"), ("x-client-id", forged)];
+        assert_eq!(
+            get(&proxy, "/partner", &headers).await.status,
+            200,
+            "{forged:?}"
+        );
+    }
+    let over = get(&proxy, "/partner", &[("x-partner-key", "alice-key-1")]).await;
+    assert_eq!(over.status, 429, "alice's fourth request");
+    // An authenticated answer is for its client: the rule's response cache neither keeps it
+    // nor answers another client with it.
+    for client in ["bob-key-2", "carol-key-4"] {
+        let headers = [
+            ("x-partner-key", client),
+            ("x-echo-set-header", "Cache-Control: max-age=60"),
+        ];
+        let resp = get(&proxy, "/partner/cacheable", &headers).await;
+        let id = client.split('-').next().unwrap_or("");
+        assert_eq!(
+            (resp.status, seen(&resp, "x-client-id")),
+            (200, vec![id.to_owned()])
+        );
+        assert!(
+            !resp.headers.contains_key("cache-status"),
+            "{:?}",
+            resp.headers
+        );
+    }
 
     // An invalid policy refuses everything on its rule, whatever key.
     for key in ["ops-key-0", "alice-key-1"] {
@@ -171,7 +207,7 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
             ),
         )
     };
-    assert_eq!(count("apps/partner-keys", "allowed"), 2.0, "{metrics}");
+    assert_eq!(count("apps/partner-keys", "allowed"), 8.0, "{metrics}");
     assert_eq!(
         count("apps/partner-keys", "missing"),
         1.0,
@@ -202,7 +238,10 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
     // Rotation: bob's key replaced; the old one is refused as soon as the new one passes.
     ws.write(
         "all.yaml",
-        &config(echo.http, "alice: alice-key-1, bob: bob-key-3"),
+        &config(
+            echo.http,
+            "alice: alice-key-1, bob: bob-key-3, carol: carol-key-4",
+        ),
     );
     eventually(Duration::from_secs(15), || async {
         get(&proxy, "/partner", &[("x-partner-key", "bob-key-3")])
@@ -217,4 +256,15 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
             .status,
         401
     );
+
+    // The access log has the request with its key taken out of the query, and no key.
+    let log = || std::fs::read_to_string(&proxy.stdout).unwrap_or_default();
+    eventually(Duration::from_secs(10), || async {
+        log().contains("/partner/x?a=1&b=2")
+    })
+    .await;
+    let log = log();
+    for key in ["alice-key-1", "bob-key-2", "ops-key-0"] {
+        assert!(!log.contains(key), "{key} in the access log");
+    }
 }

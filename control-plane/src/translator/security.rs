@@ -42,10 +42,18 @@ pub fn policies(
                     continue;
                 };
                 for (client_id, value) in entries {
+                    // `kubectl create secret --from-file` keeps the file's final newline.
+                    let value = value.trim_ascii();
                     if value.is_empty() {
                         continue;
                     }
-                    let digest = ring::digest::digest(&ring::digest::SHA256, &value);
+                    // The id travels in a request header: printable ASCII only.
+                    if !client_id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                        return Err(format!(
+                            "Secret {secret}: client id {client_id:?} cannot be sent in a header"
+                        ));
+                    }
+                    let digest = ring::digest::digest(&ring::digest::SHA256, value);
                     credentials.push(ApiKeyCredential {
                         client_id,
                         key_sha256: digest.as_ref().to_vec(),

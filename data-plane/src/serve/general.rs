@@ -160,31 +160,23 @@ async fn serve(
         rule.counters.record(resp.status().as_u16(), started);
         return resp;
     }
+    let origin = cors.and_then(|_| req.headers().get(ORIGIN).cloned());
     // Who the request is from, if the rule asks (SecurityPolicy): after CORS preflights (a
-    // browser sends no credentials with them), before rate limits (which then count only
-    // requests that may pass).
-    let client_id = match rule.filters.api_key_auth() {
-        None => None,
-        Some(auth) => {
-            let checked = auth.check(req.headers(), req.uri().query());
-            let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
-            (shared.metrics.auth_results)
-                .with_label_values(&[&*auth.name, "api_key", result])
-                .inc();
-            match checked {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    rule.counters.record(401, started);
-                    return unauthorized(&auth.name);
-                }
+    // browser sends no credentials with them), before rate limits.
+    let (client_id, stripped) = match authenticate(shared, rule, &req, details) {
+        Ok(found) => found,
+        Err(mut refused) => {
+            rule.counters.record(401, started);
+            if let Some(cors) = cors {
+                cors.decorate(origin.as_ref(), refused.headers_mut());
             }
+            return refused;
         }
     };
-    if let Some(refused) = over_limits(shared, rule, conn, &req).await {
+    if let Some(refused) = over_limits(shared, rule, conn, &req, client_id.as_ref()).await {
         rule.counters.record(refused.status().as_u16(), started);
         return refused;
     }
-    let origin = cors.and_then(|_| req.headers().get(ORIGIN).cloned());
     let routed = Routed {
         rule,
         matched,
@@ -192,6 +184,7 @@ async fn serve(
         conn,
         shared,
         client_id,
+        stripped,
     };
     let (mut resp, session_token) = match &rule.action {
         ActionRt::Direct {
@@ -199,19 +192,26 @@ async fn serve(
             body,
             headers,
         } => (direct(*status, body, headers), None),
-        ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, &req), None),
-        action @ ActionRt::Forward { backends, .. } => match rule.filters.cache() {
-            Some(cache) => {
-                // The key outlives the request, which is forwarded on a miss.
-                let host = host.into_owned();
-                let routed = &routed;
-                cached::serve(cache, (listener.tls, &host), req, move |req| {
-                    routed.forward(action, backends, req, details)
-                })
-                .await
+        ActionRt::Redirect(redirect) => {
+            let uri = routed.stripped.as_ref().unwrap_or(req.uri());
+            (redirected(redirect, &routed, &host, uri), None)
+        }
+        // An authenticated request is answered for its client: like one with Authorization,
+        // a shared cache neither answers it nor keeps its answer (RFC 9111 3.5).
+        action @ ActionRt::Forward { backends, .. } => {
+            match rule.filters.cache().filter(|_| routed.client_id.is_none()) {
+                Some(cache) => {
+                    // The key outlives the request, which is forwarded on a miss.
+                    let host = host.into_owned();
+                    let routed = &routed;
+                    cached::serve(cache, (listener.tls, &host), req, move |req| {
+                        routed.forward(action, backends, req, details)
+                    })
+                    .await
+                }
+                None => routed.forward(action, backends, req, details).await,
             }
-            None => routed.forward(action, backends, req, details).await,
-        },
+        }
     };
     if let Some(ops) = rule.filters.response_headers() {
         ops.apply(resp.headers_mut());
@@ -228,14 +228,51 @@ async fn serve(
     resp
 }
 
-/// The answer to a request over one of the rule's rate limits, local or global.
+/// The client an API key names and the target without the key's query parameters (also for
+/// the access log), when the rule asks for a key; the 401 otherwise.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    shared: &Shared,
+    rule: &RuleRt,
+    req: &Request<ClientBody>,
+    details: &mut Option<LogDetails>,
+) -> Result<(Option<HeaderValue>, Option<Uri>), Response<ProxyBody>> {
+    let Some(auth) = rule.filters.api_key_auth() else {
+        return Ok((None, None));
+    };
+    let stripped = auth.without_credentials(req.uri());
+    if let (Some(log), Some(uri)) = (details.as_mut(), &stripped) {
+        log.path = uri.path_and_query().map(ToString::to_string);
+    }
+    let checked = auth.check(req.headers(), req.uri().query());
+    let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
+    (shared.metrics.auth_results)
+        .with_label_values(&[&*auth.name, "api_key", result])
+        .inc();
+    match checked {
+        Ok(id) => Ok((Some(id), stripped)),
+        Err(_) => Err(unauthorized()),
+    }
+}
+
+/// The answer to a request over one of the rule's rate limits, local or global. Limits
+/// counted per client read the id the proxy sets (`client_id`), not one the client sent.
 async fn over_limits(
     shared: &Shared,
     rule: &RuleRt,
     conn: &Connection,
     req: &Request<ClientBody>,
+    client_id: Option<&HeaderValue>,
 ) -> Option<Response<ProxyBody>> {
-    let headers = RequestHeaders::Map(req.headers());
+    let limited = rule.filters.rate_limit().is_some() || rule.filters.global_rate_limit().is_some();
+    if !limited {
+        return None;
+    }
+    let auth = rule.filters.api_key_auth();
+    let with_id = auth
+        .zip(client_id)
+        .and_then(|(a, id)| a.with_client_id(req.headers(), id));
+    let headers = RequestHeaders::Map(with_id.as_ref().unwrap_or(req.headers()));
     if let Some(limits) = rule.filters.rate_limit()
         && let Err(limited) = limits.check(conn.peer.ip(), headers)
     {
@@ -258,13 +295,13 @@ fn redirected(
     redirect: &RedirectRt,
     routed: &Routed<'_>,
     host: &str,
-    req: &Request<ClientBody>,
+    uri: &Uri,
 ) -> Response<ProxyBody> {
     let location = redirect.location(
         routed.listener.scheme(),
         host,
-        req.uri().path(),
-        req.uri().query(),
+        uri.path(),
+        uri.query(),
         routed.listener.port,
         routed.matched.prefix(),
     );
@@ -290,6 +327,8 @@ struct Routed<'a> {
     shared: &'a Shared,
     /// The client an API key named, when the rule asks for one.
     client_id: Option<HeaderValue>,
+    /// The request target without the query parameters an API key may be in.
+    stripped: Option<Uri>,
 }
 
 impl Routed<'_> {
@@ -314,7 +353,8 @@ impl Routed<'_> {
         };
         if let (Some(auth), Some(id)) = (self.rule.filters.api_key_auth(), &self.client_id) {
             let (mut parts, body) = req.into_parts();
-            auth.prepare(&mut parts.headers, &mut parts.uri, id.clone());
+            let stripped = self.stripped.as_ref();
+            auth.prepare(&mut parts.headers, &mut parts.uri, stripped, id.clone());
             req = Request::from_parts(parts, body);
         }
         let trace = TraceContext::propagate(req.headers_mut());

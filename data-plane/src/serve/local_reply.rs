@@ -146,16 +146,15 @@ pub(crate) fn rate_limit_fields(refusal: &Refusal<'_>) -> Vec<(HeaderName, Heade
     fields
 }
 
-/// A request without a valid credential: 401, naming the policy as the realm.
-pub(crate) fn unauthorized(policy: &str) -> Response<ProxyBody> {
+/// A request without a valid credential: 401, with a challenge naming the scheme (not the
+/// policy: its name is nobody's business outside).
+pub(crate) fn unauthorized() -> Response<ProxyBody> {
     let mut resp = local(
         StatusCode::UNAUTHORIZED,
         Bytes::from_static(b"authentication required\n"),
     );
-    let challenge = HeaderValue::from_str(&format!("ApiKey realm=\"{policy}\""));
-    if let Ok(challenge) = challenge {
-        resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
-    }
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
     resp
 }
 

@@ -20,6 +20,8 @@ pub(crate) struct LogDetails {
     pub cluster: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
     pub trace: Option<TraceContext>,
+    /// The request target with credentials taken out (API keys in the query), logged instead.
+    pub path: Option<String>,
 }
 
 /// The request line of a logged request.
@@ -70,7 +72,7 @@ impl LoggedRequest {
             client: conn.peer,
             method: self.method.as_str(),
             authority: &self.authority,
-            path: &self.path,
+            path: details.path.as_deref().unwrap_or(&self.path),
             protocol: self.protocol,
             status,
             route: details.route.as_deref(),

@@ -101,16 +101,16 @@ impl ApiKeyAuthRt {
         let from_header = self
             .headers
             .iter()
-            .find_map(|h| headers.get(h))
+            .find_map(|h| headers.get(h).filter(|v| !v.is_empty()))
             .map(HeaderValue::as_bytes);
         let key = from_header.or_else(|| {
             let query = query?;
             self.query_params
                 .iter()
-                .find_map(|p| query_value(query, p))
+                .find_map(|p| query_value(query, p).filter(|v| !v.is_empty()))
                 .map(str::as_bytes)
         });
-        let key = key.filter(|k| !k.is_empty()).ok_or(AuthFailure::Missing)?;
+        let key = key.ok_or(AuthFailure::Missing)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         let digest: &[u8; 32] = digest
             .as_ref()
@@ -119,17 +119,40 @@ impl ApiKeyAuthRt {
         self.keys.get(digest).cloned().ok_or(AuthFailure::Invalid)
     }
 
-    /// The request as the backend gets it: the key removed (unless forwarded), the client's
-    /// id set (whatever the client sent in that header is replaced).
-    pub fn prepare(&self, headers: &mut HeaderMap, uri: &mut Uri, client: HeaderValue) {
+    /// The request target without the query parameters a key may be in, when it has any:
+    /// what the access log, redirects and (unless the policy forwards keys) the backend see.
+    pub fn without_credentials(&self, uri: &Uri) -> Option<Uri> {
+        if self.query_params.is_empty() {
+            return None;
+        }
+        without_params(uri, &self.query_params)
+    }
+
+    /// A copy of the request's fields with the client's id set, for rate limits counted per
+    /// client; `None` when the policy sets no client id.
+    pub fn with_client_id(&self, headers: &HeaderMap, client: &HeaderValue) -> Option<HeaderMap> {
+        let name = self.forward_client_id.as_ref()?;
+        let mut copy = headers.clone();
+        copy.insert(name.clone(), client.clone());
+        Some(copy)
+    }
+
+    /// The request as the backend gets it: the key removed (unless forwarded; `stripped` is
+    /// [`ApiKeyAuthRt::without_credentials`]), the client's id set (whatever the client sent
+    /// in that header is replaced).
+    pub fn prepare(
+        &self,
+        headers: &mut HeaderMap,
+        uri: &mut Uri,
+        stripped: Option<&Uri>,
+        client: HeaderValue,
+    ) {
         if !self.forward_credentials {
             for h in self.headers.iter() {
                 headers.remove(h);
             }
-            if !self.query_params.is_empty()
-                && let Some(stripped) = without_params(uri, &self.query_params)
-            {
-                *uri = stripped;
+            if let Some(stripped) = stripped {
+                *uri = stripped.clone();
             }
         }
         if let Some(h) = &self.forward_client_id {
@@ -160,7 +183,8 @@ fn without_params(uri: &Uri, names: &[Box<str>]) -> Option<Uri> {
         false => format!("{}?{}", uri.path(), kept.join("&")),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = target.parse().ok();
+    // A target that does not parse again loses its whole query rather than keep a key.
+    parts.path_and_query = target.parse().or_else(|_| uri.path().parse()).ok();
     Uri::from_parts(parts).ok()
 }
 
@@ -202,15 +226,33 @@ mod tests {
             Err(AuthFailure::Missing)
         );
 
+        // An empty header is no key: the query is looked at.
+        let mut blank = HeaderMap::new();
+        blank.insert("x-api-key", HeaderValue::from_static(""));
+        assert_eq!(a.check(&blank, Some("key=s3cret")).unwrap(), "alice");
+
         let mut uri: Uri = "/p?a=1&key=s3cret&b=2".parse().unwrap();
         h.insert("x-client-id", HeaderValue::from_static("forged"));
-        a.prepare(&mut h, &mut uri, HeaderValue::from_static("alice"));
+        let stripped = a.without_credentials(&uri);
+        a.prepare(
+            &mut h,
+            &mut uri,
+            stripped.as_ref(),
+            HeaderValue::from_static("alice"),
+        );
         assert_eq!(uri, "/p?a=1&b=2");
         assert!(!h.contains_key("x-api-key"));
         assert_eq!(h["x-client-id"], "alice");
         let mut only: Uri = "/p?key=s3cret".parse().unwrap();
-        a.prepare(&mut h, &mut only, HeaderValue::from_static("alice"));
+        let stripped = a.without_credentials(&only);
+        a.prepare(
+            &mut h,
+            &mut only,
+            stripped.as_ref(),
+            HeaderValue::from_static("alice"),
+        );
         assert_eq!(only, "/p");
+        assert_eq!(a.without_credentials(&"/p?a=1".parse().unwrap()), None);
     }
 
     #[test]
