@@ -44,8 +44,9 @@ impl std::fmt::Debug for KeySource {
 struct VhostSource {
     domains: Vec<String>,
     inline: Vec<RouteRule>,
-    /// Its listener's policies.
-    policies: Option<RequestPolicies>,
+    /// Its listener's policies (boxed: most virtual hosts have none, and there may be tens of
+    /// thousands).
+    policies: Option<Box<RequestPolicies>>,
     /// Each ranked rule as (the RouteRules resource as received, position in it), in order.
     /// The store keeps a resource that did not change as the same allocation, so an unchanged
     /// one is found by address, without comparing or copying any of it.
@@ -278,7 +279,7 @@ impl VirtualHostRt {
         let source = VhostSource {
             domains: vhost.domains.iter().map(|d| d.to_string()).collect(),
             inline: vhost.inline.to_vec(),
-            policies: vhost.policies.cloned(),
+            policies: vhost.policies.cloned().map(Box::new),
             ranked: vhost
                 .ranked
                 .iter()
@@ -304,7 +305,7 @@ impl VirtualHostRt {
         *self.name == *vhost.name
             && same_domains(&source.domains, &vhost.domains)
             && source.inline == vhost.inline
-            && source.policies.as_ref() == vhost.policies
+            && source.policies.as_deref() == vhost.policies
             && same_rules
             && self.links_kept(clusters, stores)
     }

@@ -64,7 +64,7 @@ impl<'a> Assembly<'a> {
             domains: source.domains.iter().map(|d| Cow::Borrowed(&**d)).collect(),
             inline: &source.inline,
             ranked,
-            policies: source.policies.as_ref(),
+            policies: source.policies.as_deref(),
         })
     }
 
