@@ -46,7 +46,7 @@ pub struct ApiKeyAuthRt {
     query_params: Box<[Box<str>]>,
     forward_client_id: Option<HeaderName>,
     forward_credentials: bool,
-    /// The policy, for WWW-Authenticate and metrics.
+    /// The policy, for metrics.
     pub name: Box<str>,
 }
 
