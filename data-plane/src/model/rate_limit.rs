@@ -33,6 +33,31 @@ fn invalid(name: &str, problem: impl std::fmt::Display) -> RateLimitError {
     RateLimitError::Invalid(format!("{name}: {problem}").into())
 }
 
+/// Most limits one rule may count, of each kind.
+const MAX_LIMITS: usize = 8;
+
+/// Each limit of a rule's list (local or global) with its configuration and its name among
+/// the kept stores: the limit's, and for a limit counted per route, `@` and the route's.
+pub fn configured(
+    limits: &[RateLimit],
+    route: &str,
+) -> Result<Vec<(LimitConfig, String)>, RateLimitError> {
+    if limits.is_empty() || limits.len() > MAX_LIMITS {
+        return Err(RateLimitError::Count);
+    }
+    limits
+        .iter()
+        .map(|l| {
+            let config = LimitConfig::try_from(l)?;
+            let name = match config.key.contains(&KeyPart::Route) {
+                true => format!("{}@{route}", l.name),
+                false => l.name.clone(),
+            };
+            Ok((config, name))
+        })
+        .collect()
+}
+
 /// What a request's key is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {

@@ -7,10 +7,7 @@ use rauta_common::api::v1::GlobalRateLimits;
 
 use crate::model::global_limit::{GlobalConfig, GlobalLimiter};
 use crate::model::kept::Kept;
-use crate::model::rate_limit::{KeyPart, LimitConfig, RateLimitError};
-
-/// Most limits one rule may count.
-const MAX_LIMITS: usize = 8;
+use crate::model::rate_limit::{RateLimitError, configured};
 
 #[derive(Debug)]
 pub struct GlobalRateLimitRt {
@@ -23,25 +20,16 @@ impl GlobalRateLimitRt {
         route: &str,
         stores: &mut Kept<GlobalLimiter>,
     ) -> Result<GlobalRateLimitRt, RateLimitError> {
-        if limits.limits.is_empty() || limits.limits.len() > MAX_LIMITS {
-            return Err(RateLimitError::Count);
-        }
-        let limiters = limits
-            .limits
-            .iter()
-            .map(|l| {
-                let limit = LimitConfig::try_from(l)?;
-                let name = match limit.key.contains(&KeyPart::Route) {
-                    true => format!("{}@{route}", l.name),
-                    false => l.name.clone(),
-                };
+        let limiters = configured(&limits.limits, route)?
+            .into_iter()
+            .map(|(limit, name)| {
                 let config = GlobalConfig {
                     limit,
                     fail_closed: limits.fail_closed,
                 };
-                Ok(stores.store_for(&name, config))
+                stores.store_for(&name, config)
             })
-            .collect::<Result<_, RateLimitError>>()?;
+            .collect();
         Ok(GlobalRateLimitRt { limiters })
     }
 }

@@ -7,11 +7,8 @@ use std::sync::Arc;
 use rauta_common::api::v1::LocalRateLimits;
 
 use crate::model::kept::Kept;
-use crate::model::rate_limit::{KeyPart, LimitConfig, Limited, Limiter, RateLimitError};
+use crate::model::rate_limit::{Limited, Limiter, RateLimitError, configured};
 use crate::model::request::RequestHeaders;
-
-/// Most limits one rule may count.
-const MAX_LIMITS: usize = 8;
 
 #[derive(Debug)]
 pub struct RateLimitRt {
@@ -26,21 +23,10 @@ impl RateLimitRt {
         route: &str,
         stores: &mut Kept<Limiter>,
     ) -> Result<RateLimitRt, RateLimitError> {
-        if limits.limits.is_empty() || limits.limits.len() > MAX_LIMITS {
-            return Err(RateLimitError::Count);
-        }
-        let limiters = limits
-            .limits
-            .iter()
-            .map(|l| {
-                let config = LimitConfig::try_from(l)?;
-                let name = match config.key.contains(&KeyPart::Route) {
-                    true => format!("{}@{route}", l.name),
-                    false => l.name.clone(),
-                };
-                Ok(stores.store_for(&name, config))
-            })
-            .collect::<Result<_, RateLimitError>>()?;
+        let limiters = configured(&limits.limits, route)?
+            .into_iter()
+            .map(|(config, name)| stores.store_for(&name, config))
+            .collect();
         Ok(RateLimitRt { limiters })
     }
 
