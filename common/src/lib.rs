@@ -6,6 +6,7 @@ pub mod api;
 pub mod credentials;
 pub mod fields;
 pub mod hash;
+pub mod jwks;
 pub mod matching;
 pub mod plain_http;
 pub mod process;

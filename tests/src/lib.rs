@@ -7,6 +7,7 @@ pub mod echo;
 pub mod fake_kube;
 pub mod grpc_dynamic;
 pub mod harness;
+pub mod jwt;
 pub mod l4_echo;
 pub mod manifests;
 pub mod proc_stats;

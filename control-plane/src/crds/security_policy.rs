@@ -1,6 +1,6 @@
 //! `SecurityPolicy` (gateway.rauta.dev/v1alpha1): who may send requests, attached to a Gateway,
 //! a listener, an HTTPRoute or GRPCRoute, or one of its rules (`targetRefs`), the most specific
-//! attachment winning (see docs/policies.md). Today: API keys.
+//! attachment winning (see docs/policies.md). Today: API keys and JSON Web Tokens.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -34,6 +34,142 @@ pub struct SecurityPolicySpec {
     /// Requests must carry one of these API keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_auth: Option<ApiKeyAuth>,
+    /// Requests must carry a JSON Web Token one of these providers verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Jwt>,
+}
+
+/// JSON Web Tokens: a request with a token one of the providers verifies passes; any other
+/// is answered 401 with a `WWW-Authenticate: Bearer` challenge.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Jwt {
+    /// Tried in order: the first that finds a token where it looks decides.
+    #[schemars(length(min = 1, max = 4))]
+    pub providers: Vec<JwtProvider>,
+    /// Let requests without any token through, unauthenticated (a token that is there must
+    /// still be valid). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    /// Unique within the policy; shown in metrics.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The `iss` claim tokens must have; unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `aud` claim must name one of these; empty: not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub audiences: Vec<String>,
+    /// A JWK Set each proxy fetches. Exactly one of `remoteJWKS` and `localJWKS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "remoteJWKS")]
+    pub remote_jwks: Option<RemoteJwks>,
+    /// A JWK Set given here or in a ConfigMap or Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "localJWKS")]
+    pub local_jwks: Option<LocalJwks>,
+    /// Where tokens are looked for; default: the Authorization header, after "Bearer ".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_from: Option<JwtExtractFrom>,
+    /// Claims copied into request headers (a client's own values of those headers are
+    /// removed). A rate limit keyed by such a header counts per claim value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    /// Claims tokens must have, each with one of its values (any value when `values` is
+    /// empty). Nested claims are named with dots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub required_claims: Vec<RequiredClaim>,
+    /// Forward the token to the backend too (default: removed from the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_token: Option<bool>,
+    /// Clock skew allowed for `exp` and `nbf` (a Gateway API duration; default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub clock_skew: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    /// http or https (checked against the Web PKI roots); e.g. a Service's cluster DNS name.
+    #[schemars(length(min = 1, max = 2048))]
+    pub uri: String,
+    /// How often each proxy fetches the keys again (default 5m, at least 1s). A fetch that
+    /// fails keeps the last good keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub cache_duration: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalJwks {
+    /// `Inline` (the default when `inline` is set) or `ValueRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    /// The JWK Set document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// A ConfigMap or Secret in the policy's namespace whose `jwks` entry (or only entry) is
+    /// the JWK Set document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_ref: Option<LocalObjectRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectRef {
+    /// "" (core).
+    #[serde(default)]
+    pub group: String,
+    /// ConfigMap or Secret.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtExtractFrom {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub headers: Vec<JwtHeaderSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub cookies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub params: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtHeaderSource {
+    pub name: String,
+    /// Text before the token, e.g. "Bearer " (compared without regard to case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_prefix: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+pub struct RequiredClaim {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub values: Vec<String>,
 }
 
 /// API keys: a request carrying one of the keys passes, as the key's client; any other is

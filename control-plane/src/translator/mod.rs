@@ -21,6 +21,7 @@ mod generations;
 mod grpc;
 pub mod hostnames;
 mod incremental;
+mod jwt;
 mod kernel;
 mod l4_routes;
 mod listener_sets;

@@ -97,6 +97,7 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         local_rate_limits,
         global_rate_limits,
         api_key_auth,
+        jwt_auth,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -106,6 +107,9 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if api_key_auth.is_none() {
         api_key_auth.clone_from(&general.api_key_auth);
+    }
+    if jwt_auth.is_none() {
+        jwt_auth.clone_from(&general.jwt_auth);
     }
 }
 

@@ -1,8 +1,10 @@
 //! A SecurityPolicy's authentication in its snapshot form: API keys from Secrets, sent to the
-//! proxies as SHA-256 digests (the keys themselves never leave the controller).
+//! proxies as SHA-256 digests (the keys themselves never leave the controller); JSON Web
+//! Tokens (`jwt`).
 
 use rauta_common::api::v1::{ApiKeyAuth, ApiKeyCredential, RequestPolicies};
 
+use super::jwt::{is_token, jwt_auth};
 use super::references::secret_entries;
 use crate::crds::security_policy::{self, SecurityPolicySpec};
 use crate::objects::{ObjectRef, ObjectSet};
@@ -101,9 +103,14 @@ pub fn policies(
             })
         }
     };
+    let jwt_auth = match &spec.jwt {
+        Some(jwt) => Some(jwt_auth(objects, key, jwt, &mut missing)?),
+        None => None,
+    };
     Ok(Resolved {
         policies: RequestPolicies {
             api_key_auth,
+            jwt_auth,
             ..Default::default()
         },
         missing,
@@ -121,12 +128,4 @@ pub fn refusing_all(key: &ObjectRef) -> RequestPolicies {
         }),
         ..Default::default()
     }
-}
-
-/// An HTTP field name (RFC 9110 token).
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::filters::jwt::JwtVerifier;
 use super::global_limit::{GlobalConfig, GlobalLimiter};
 use super::rate_limit::{LimitConfig, Limiter};
 use super::response_store::{CacheConfig, ResponseStore};
@@ -15,6 +16,10 @@ use super::response_store::{CacheConfig, ResponseStore};
 pub trait KeptStore {
     type Config: PartialEq;
     fn config(&self) -> &Self::Config;
+}
+
+/// A kept store any valid configuration makes.
+pub trait MadeStore: KeptStore + Sized {
     fn made(name: &str, config: Self::Config) -> Self;
 }
 
@@ -46,16 +51,36 @@ impl<T: KeptStore> Kept<T> {
 
     /// The store of a name: the one this state already made for it, the previous state's if
     /// its configuration is the same, else a new one.
-    pub fn store_for(&mut self, name: &str, config: T::Config) -> Arc<T> {
+    pub fn store_for(&mut self, name: &str, config: T::Config) -> Arc<T>
+    where
+        T: MadeStore,
+    {
+        let made = self.try_store_for(name, config, |c| {
+            Ok::<T, std::convert::Infallible>(T::made(name, c))
+        });
+        match made {
+            Ok(store) => store,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Kept::store_for`], for stores whose making may fail (`make` is called only when
+    /// neither this state nor the previous one has the store).
+    pub fn try_store_for<E>(
+        &mut self,
+        name: &str,
+        config: T::Config,
+        make: impl FnOnce(T::Config) -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         if let Some(store) = self.by_name.get(name).filter(|s| *s.config() == config) {
-            return Arc::clone(store);
+            return Ok(Arc::clone(store));
         }
         let store = match self.previous.get(name).filter(|s| *s.config() == config) {
             Some(kept) => Arc::clone(kept),
-            None => Arc::new(T::made(name, config)),
+            None => Arc::new(make(config)?),
         };
         self.by_name.insert(name.into(), Arc::clone(&store));
-        store
+        Ok(store)
     }
 
     /// Whether this state already has a store for `name` other than `store`.
@@ -89,6 +114,8 @@ pub struct RuleStores {
     pub limiters: Kept<Limiter>,
     /// Global rate limits' local state, the same way.
     pub global_limiters: Kept<GlobalLimiter>,
+    /// JWT verifiers (keys, verified tokens), by policy.
+    pub jwt: Kept<JwtVerifier>,
 }
 
 impl RuleStores {
@@ -97,6 +124,7 @@ impl RuleStores {
             caches: Kept::after(&previous.caches),
             limiters: Kept::after(&previous.limiters),
             global_limiters: Kept::after(&previous.global_limiters),
+            jwt: Kept::after(&previous.jwt),
         }
     }
 
@@ -104,6 +132,15 @@ impl RuleStores {
         self.caches.finish();
         self.limiters.finish();
         self.global_limiters.finish();
+        self.jwt.finish();
+    }
+}
+
+impl KeptStore for JwtVerifier {
+    type Config = rauta_common::api::v1::JwtAuth;
+
+    fn config(&self) -> &Self::Config {
+        JwtVerifier::config(self)
     }
 }
 
@@ -113,7 +150,9 @@ impl KeptStore for ResponseStore {
     fn config(&self) -> &CacheConfig {
         &self.config
     }
+}
 
+impl MadeStore for ResponseStore {
     fn made(_name: &str, config: CacheConfig) -> ResponseStore {
         ResponseStore::new(config)
     }
@@ -125,7 +164,9 @@ impl KeptStore for Limiter {
     fn config(&self) -> &LimitConfig {
         &self.config
     }
+}
 
+impl MadeStore for Limiter {
     fn made(name: &str, config: LimitConfig) -> Limiter {
         Limiter::new(name, config)
     }
@@ -137,7 +178,9 @@ impl KeptStore for GlobalLimiter {
     fn config(&self) -> &GlobalConfig {
         &self.config
     }
+}
 
+impl MadeStore for GlobalLimiter {
     fn made(name: &str, config: GlobalConfig) -> GlobalLimiter {
         GlobalLimiter::new(name, config)
     }

@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod collect;
 pub mod filters;
 pub mod global_limit;
+pub mod jwks;
+pub mod jwt_claims;
 pub mod kept;
 pub mod l4;
 pub mod maglev;

@@ -331,6 +331,9 @@ impl VirtualHostRt {
                 SharedPart::GlobalLimiter(name, limiter) => {
                     linked_the_same &= !stores.global_limiters.has_other(name, limiter);
                 }
+                SharedPart::Jwt(name, verifier) => {
+                    linked_the_same &= !stores.jwt.has_other(name, verifier);
+                }
             });
             linked_the_same
         })
@@ -345,6 +348,7 @@ impl VirtualHostRt {
                 SharedPart::GlobalLimiter(name, limiter) => {
                     stores.global_limiters.keep(name, limiter)
                 }
+                SharedPart::Jwt(name, verifier) => stores.jwt.keep(name, verifier),
                 SharedPart::Cluster(..) => {}
             });
         }

@@ -13,6 +13,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, LOCATION, ORIGIN};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tracing::debug;
 
+use super::authenticate::authenticate;
 use super::cached;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
@@ -20,7 +21,7 @@ use super::global_limit::{self, Verdict};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
 use super::local_reply::{
     LocalReply, ProxyBody, Refusal, body_too_large, direct, grpc_local_reply, is_grpc, local,
-    rate_limit_unavailable, too_many_requests, unauthorized,
+    rate_limit_unavailable, too_many_requests,
 };
 use super::request_log::{LogDetails, LoggedRequest};
 use crate::body::client::ClientBody;
@@ -163,8 +164,9 @@ async fn serve(
     let origin = cors.and_then(|_| req.headers().get(ORIGIN).cloned());
     // Who the request is from, if the rule asks (SecurityPolicy): after CORS preflights (a
     // browser sends no credentials with them), before rate limits.
-    let (client_id, stripped) = match authenticate(shared, rule, &req, details) {
-        Ok(found) => found,
+    let mut req = req;
+    let authenticated = match authenticate(shared, rule, &mut req, details).await {
+        Ok(authenticated) => authenticated,
         Err(mut refused) => {
             rule.counters.record(401, started);
             if let Some(cors) = cors {
@@ -173,18 +175,18 @@ async fn serve(
             return refused;
         }
     };
-    if let Some(refused) = over_limits(shared, rule, conn, &req, client_id.as_ref()).await {
+    if let Some(refused) = over_limits(shared, rule, conn, &req).await {
         rule.counters.record(refused.status().as_u16(), started);
         return refused;
     }
+    // Looked up again: authentication may have changed the request's fields.
+    let host = request_host(&req).unwrap_or(Cow::Borrowed(""));
     let routed = Routed {
         rule,
         matched,
         listener,
         conn,
         shared,
-        client_id,
-        stripped,
     };
     let (mut resp, session_token) = match &rule.action {
         ActionRt::Direct {
@@ -192,14 +194,11 @@ async fn serve(
             body,
             headers,
         } => (direct(*status, body, headers), None),
-        ActionRt::Redirect(redirect) => {
-            let uri = routed.stripped.as_ref().unwrap_or(req.uri());
-            (redirected(redirect, &routed, &host, uri), None)
-        }
+        ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, req.uri()), None),
         // An authenticated request is answered for its client: like one with Authorization,
         // a shared cache neither answers it nor keeps its answer (RFC 9111 3.5).
         action @ ActionRt::Forward { backends, .. } => {
-            match rule.filters.cache().filter(|_| routed.client_id.is_none()) {
+            match rule.filters.cache().filter(|_| !authenticated) {
                 Some(cache) => {
                     // The key outlives the request, which is forwarded on a miss.
                     let host = host.into_owned();
@@ -228,51 +227,16 @@ async fn serve(
     resp
 }
 
-/// The client an API key names and the target without the key's query parameters (also for
-/// the access log), when the rule asks for a key; the 401 otherwise.
-#[allow(clippy::result_large_err)]
-fn authenticate(
-    shared: &Shared,
-    rule: &RuleRt,
-    req: &Request<ClientBody>,
-    details: &mut Option<LogDetails>,
-) -> Result<(Option<HeaderValue>, Option<Uri>), Response<ProxyBody>> {
-    let Some(auth) = rule.filters.api_key_auth() else {
-        return Ok((None, None));
-    };
-    let stripped = auth.without_credentials(req.uri());
-    if let (Some(log), Some(uri)) = (details.as_mut(), &stripped) {
-        log.path = uri.path_and_query().map(ToString::to_string);
-    }
-    let checked = auth.check(req.headers(), req.uri().query());
-    let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
-    (shared.metrics.auth_results)
-        .with_label_values(&[&*auth.name, "api_key", result])
-        .inc();
-    match checked {
-        Ok(id) => Ok((Some(id), stripped)),
-        Err(_) => Err(unauthorized()),
-    }
-}
-
 /// The answer to a request over one of the rule's rate limits, local or global. Limits
-/// counted per client read the id the proxy sets (`client_id`), not one the client sent.
+/// counted per client read the headers authentication set (client id, claims), not ones the
+/// client sent.
 async fn over_limits(
     shared: &Shared,
     rule: &RuleRt,
     conn: &Connection,
     req: &Request<ClientBody>,
-    client_id: Option<&HeaderValue>,
 ) -> Option<Response<ProxyBody>> {
-    let limited = rule.filters.rate_limit().is_some() || rule.filters.global_rate_limit().is_some();
-    if !limited {
-        return None;
-    }
-    let auth = rule.filters.api_key_auth();
-    let with_id = auth
-        .zip(client_id)
-        .and_then(|(a, id)| a.with_client_id(req.headers(), id));
-    let headers = RequestHeaders::Map(with_id.as_ref().unwrap_or(req.headers()));
+    let headers = RequestHeaders::Map(req.headers());
     if let Some(limits) = rule.filters.rate_limit()
         && let Err(limited) = limits.check(conn.peer.ip(), headers)
     {
@@ -325,10 +289,6 @@ struct Routed<'a> {
     listener: &'a ListenerCtx,
     conn: &'a Connection,
     shared: &'a Shared,
-    /// The client an API key named, when the rule asks for one.
-    client_id: Option<HeaderValue>,
-    /// The request target without the query parameters an API key may be in.
-    stripped: Option<Uri>,
 }
 
 impl Routed<'_> {
@@ -351,12 +311,6 @@ impl Routed<'_> {
             Ok(target) => target,
             Err((status, text)) => return (local(status, Bytes::from_static(text)), None),
         };
-        if let (Some(auth), Some(id)) = (self.rule.filters.api_key_auth(), &self.client_id) {
-            let (mut parts, body) = req.into_parts();
-            let stripped = self.stripped.as_ref();
-            auth.prepare(&mut parts.headers, &mut parts.uri, stripped, id.clone());
-            req = Request::from_parts(parts, body);
-        }
         let trace = TraceContext::propagate(req.headers_mut());
         if let Some(log) = details {
             log.cluster = Some(Arc::clone(&cluster.name));

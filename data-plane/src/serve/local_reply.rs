@@ -148,13 +148,12 @@ pub(crate) fn rate_limit_fields(refusal: &Refusal<'_>) -> Vec<(HeaderName, Heade
 
 /// A request without a valid credential: 401, with a challenge naming the scheme (not the
 /// policy: its name is nobody's business outside).
-pub(crate) fn unauthorized() -> Response<ProxyBody> {
+pub(crate) fn unauthorized(challenge: HeaderValue) -> Response<ProxyBody> {
     let mut resp = local(
         StatusCode::UNAUTHORIZED,
         Bytes::from_static(b"authentication required\n"),
     );
-    resp.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+    resp.headers_mut().insert(WWW_AUTHENTICATE, challenge);
     resp
 }
 

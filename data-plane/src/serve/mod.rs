@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod activity;
 pub mod attempt;
+pub mod authenticate;
 pub mod cached;
 pub mod client_hello;
 pub mod context;

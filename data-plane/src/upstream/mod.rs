@@ -6,6 +6,7 @@
 
 mod buffered;
 mod error;
+pub mod jwks_fetch;
 pub mod outlier;
 mod pool;
 mod pools;

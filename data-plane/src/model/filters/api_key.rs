@@ -128,15 +128,6 @@ impl ApiKeyAuthRt {
         without_params(uri, &self.query_params)
     }
 
-    /// A copy of the request's fields with the client's id set, for rate limits counted per
-    /// client; `None` when the policy sets no client id.
-    pub fn with_client_id(&self, headers: &HeaderMap, client: &HeaderValue) -> Option<HeaderMap> {
-        let name = self.forward_client_id.as_ref()?;
-        let mut copy = headers.clone();
-        copy.insert(name.clone(), client.clone());
-        Some(copy)
-    }
-
     /// The request as the backend gets it: the key removed (unless forwarded; `stripped` is
     /// [`ApiKeyAuthRt::without_credentials`]), the client's id set (whatever the client sent
     /// in that header is replaced).
@@ -162,7 +153,7 @@ impl ApiKeyAuthRt {
 }
 
 /// The first value of query parameter `name`, as sent (not percent-decoded).
-fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+pub(super) fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
@@ -171,7 +162,7 @@ fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 }
 
 /// `uri` without the query parameters `names`; `None` when it has none of them.
-fn without_params(uri: &Uri, names: &[Box<str>]) -> Option<Uri> {
+pub(super) fn without_params(uri: &Uri, names: &[Box<str>]) -> Option<Uri> {
     let query = uri.query()?;
     let named = |pair: &str| names.iter().any(|n| pair.split('=').next() == Some(&**n));
     if !query.split('&').any(named) {

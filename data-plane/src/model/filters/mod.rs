@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cors;
 pub mod global_rate_limit;
 pub mod header_ops;
+pub mod jwt;
 pub mod mirror;
 pub mod rate_limit;
 pub mod retry;
@@ -53,6 +54,8 @@ pub enum FilterError {
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
     ApiKey(#[from] ApiKeyError),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
 }
 
 pub use api_key::ApiKeyAuthRt;
@@ -60,6 +63,8 @@ use api_key::ApiKeyError;
 pub use cors::CorsRt;
 pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
+pub use jwt::JwtAuthRt;
+use jwt::{JwtError, JwtVerifier};
 pub use mirror::MirrorRt;
 pub use rate_limit::RateLimitRt;
 pub use retry::RetryRt;
@@ -88,6 +93,8 @@ pub enum SharedPart<'a> {
     Limiter(&'a str, &'a Arc<Limiter>),
     /// A global rate limit's local state, the same way.
     GlobalLimiter(&'a str, &'a Arc<GlobalLimiter>),
+    /// A JWT policy's verifier, by policy.
+    Jwt(&'a str, &'a Arc<JwtVerifier>),
 }
 
 /// What a rule takes from where it is placed: its listener's policies, under its own, and
@@ -123,6 +130,8 @@ pub enum FilterRt {
     GlobalRateLimit(GlobalRateLimitRt),
     /// API keys (SecurityPolicy).
     ApiKeyAuth(ApiKeyAuthRt),
+    /// JSON Web Tokens (SecurityPolicy).
+    JwtAuth(JwtAuthRt),
 }
 
 impl FilterRt {
@@ -144,8 +153,9 @@ impl FilterRt {
             | FilterRt::Cache(_)
             // May wait for Redis: the fast paths do not wait.
             | FilterRt::GlobalRateLimit(_)
-            // Removes the key and sets the client's id before forwarding.
-            | FilterRt::ApiKeyAuth(_) => false,
+            // Remove the credentials and set the client's headers before forwarding.
+            | FilterRt::ApiKeyAuth(_)
+            | FilterRt::JwtAuth(_) => false,
         }
     }
 
@@ -167,7 +177,8 @@ impl FilterRt {
             | FilterRt::Session(_)
             | FilterRt::RateLimit(_)
             | FilterRt::GlobalRateLimit(_)
-            | FilterRt::ApiKeyAuth(_) => false,
+            | FilterRt::ApiKeyAuth(_)
+            | FilterRt::JwtAuth(_) => false,
         }
     }
 }
@@ -216,6 +227,16 @@ impl Filters {
             .or_else(|| inherited.policies?.api_key_auth.as_ref());
         if let Some(auth) = api_keys {
             list.push(FilterRt::ApiKeyAuth(ApiKeyAuthRt::build(auth)?));
+        }
+        let jwt = own
+            .and_then(|p| p.jwt_auth.as_ref())
+            .or_else(|| inherited.policies?.jwt_auth.as_ref());
+        if let Some(auth) = jwt {
+            let verifier =
+                stores
+                    .jwt
+                    .try_store_for(&auth.name, auth.clone(), JwtVerifier::build)?;
+            list.push(FilterRt::JwtAuth(JwtAuthRt { verifier }));
         }
         let limits = own
             .and_then(|p| p.local_rate_limits.as_ref())
@@ -292,7 +313,8 @@ impl Filters {
                 | FilterRt::Cache(_)
                 | FilterRt::RateLimit(_)
                 | FilterRt::GlobalRateLimit(_)
-                | FilterRt::ApiKeyAuth(_) => {}
+                | FilterRt::ApiKeyAuth(_)
+                | FilterRt::JwtAuth(_) => {}
             }
         }
     }
@@ -315,6 +337,7 @@ impl Filters {
                         f(SharedPart::GlobalLimiter(l.kept_name(), l));
                     }
                 }
+                FilterRt::JwtAuth(j) => f(SharedPart::Jwt(&j.verifier.name, &j.verifier)),
                 FilterRt::RequestHeaders(_)
                 | FilterRt::ResponseHeaders(_)
                 | FilterRt::UrlRewrite(_)
@@ -399,6 +422,11 @@ impl Filters {
     #[inline]
     pub fn api_key_auth(&self) -> Option<&ApiKeyAuthRt> {
         first!(self.list, ApiKeyAuth)
+    }
+
+    #[inline]
+    pub fn jwt_auth(&self) -> Option<&JwtAuthRt> {
+        first!(self.list, JwtAuth)
     }
 
     /// Every mirror, in order.

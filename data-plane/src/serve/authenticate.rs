@@ -1,0 +1,87 @@
+//! A rule's authentication (SecurityPolicy): API keys, then JSON Web Tokens, every method the
+//! rule has must pass. A request that passes is rewritten for its backend here, before rate
+//! limits and the rule's action: credentials removed (unless forwarded), the headers the
+//! proxy sets (client id, claims) set, so rate limits keyed by those headers count what the
+//! proxy vouches for, never what a client claims.
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+
+use super::local_reply::{ProxyBody, unauthorized};
+use super::request_log::LogDetails;
+use crate::body::client::ClientBody;
+use crate::model::filters::jwt::JwtFailure;
+use crate::model::rule::RuleRt;
+use crate::shared::Shared;
+
+/// Whether the request is now authenticated (its answer is for its client alone), or the 401.
+pub(crate) async fn authenticate(
+    shared: &Shared,
+    rule: &RuleRt,
+    req: &mut Request<ClientBody>,
+    details: &mut Option<LogDetails>,
+) -> Result<bool, Response<ProxyBody>> {
+    let mut authenticated = false;
+    let results = &shared.metrics.auth_results;
+    if let Some(auth) = rule.filters.api_key_auth() {
+        let checked = auth.check(req.headers(), req.uri().query());
+        let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
+        results
+            .with_label_values(&[&*auth.name, "api_key", result])
+            .inc();
+        let Ok(client) = checked else {
+            return Err(unauthorized(HeaderValue::from_static("ApiKey")));
+        };
+        let stripped = auth.without_credentials(req.uri());
+        let mut uri = req.uri().clone();
+        auth.prepare(req.headers_mut(), &mut uri, stripped.as_ref(), client);
+        *req.uri_mut() = uri;
+        authenticated = true;
+    }
+    if let Some(jwt) = rule.filters.jwt_auth() {
+        let verifier = &jwt.verifier;
+        let found = verifier.find(req.headers(), req.uri().query());
+        let outcome = match &found {
+            None if verifier.optional() => Ok(None),
+            None => Err(JwtFailure::Missing),
+            Some(found) => verifier.verify(found).await.map(|v| Some((found.at(), v))),
+        };
+        let result = outcome.as_ref().map_or_else(
+            |f| f.label(),
+            |v| match v {
+                Some(_) => "allowed",
+                None => "anonymous",
+            },
+        );
+        results
+            .with_label_values(&[&*verifier.name, "jwt", result])
+            .inc();
+        let verified = outcome.map_err(|f| unauthorized(bearer_challenge(f)))?;
+        if let Some(stripped) = verifier.without_credentials(req.uri()) {
+            *req.uri_mut() = stripped;
+        }
+        let token = verified.as_ref().map(|(at, v)| (*at, &**v));
+        verifier.prepare(req.headers_mut(), token);
+        authenticated |= verified.is_some();
+    }
+    if authenticated && let Some(log) = details.as_mut() {
+        // The target as forwarded: without credentials in its query.
+        log.path = req.uri().path_and_query().map(ToString::to_string);
+    }
+    Ok(authenticated)
+}
+
+/// The challenge of a refused token (RFC 6750 3): without a token, just the scheme.
+fn bearer_challenge(failure: JwtFailure) -> HeaderValue {
+    match failure {
+        JwtFailure::Missing => HeaderValue::from_static("Bearer realm=\"rauta\""),
+        f => {
+            let text = format!(
+                "Bearer realm=\"rauta\", error=\"invalid_token\", error_description=\"{}\"",
+                f.description()
+            );
+            HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"rauta\""))
+        }
+    }
+}
