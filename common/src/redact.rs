@@ -1,5 +1,5 @@
-//! Admin output (controller and proxy) never shows private keys, session signing keys or API
-//! key digests.
+//! Admin output (controller and proxy) never shows private keys, session signing keys, API
+//! key digests or password hashes.
 
 use crate::api::v1::resource::Payload;
 use crate::api::v1::{RequestPolicies, Resource};
@@ -47,12 +47,23 @@ pub fn redacted(resource: &Resource) -> Resource {
     r
 }
 
-/// API key digests: a digest of a short key can be searched for. Whether there were any.
+/// API key digests and password hashes: a digest of a short key or password can be searched
+/// for. Whether there were any.
 fn redact_policies(policies: Option<&mut RequestPolicies>) -> bool {
-    let auth = policies.and_then(|p| p.api_key_auth.as_mut());
+    let Some(policies) = policies else {
+        return false;
+    };
     let mut any = false;
-    for c in auth.into_iter().flat_map(|a| &mut a.credentials) {
+    for c in policies
+        .api_key_auth
+        .iter_mut()
+        .flat_map(|a| &mut a.credentials)
+    {
         c.key_sha256 = REDACTED.as_bytes().to_vec();
+        any = true;
+    }
+    for u in policies.basic_auth.iter_mut().flat_map(|b| &mut b.users) {
+        u.password_hash = REDACTED.to_owned();
         any = true;
     }
     any

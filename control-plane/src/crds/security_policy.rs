@@ -37,6 +37,28 @@ pub struct SecurityPolicySpec {
     /// Requests must carry a JSON Web Token one of these providers verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<Jwt>,
+    /// Requests must carry the name and password of one of these users (HTTP Basic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// HTTP Basic authentication: a request with the name and password of a user passes as that
+/// user; any other is answered 401 with a `WWW-Authenticate: Basic` challenge.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// A Secret in the policy's namespace whose `.htpasswd` entry (or only entry) is an
+    /// htpasswd file: `name:hash` lines, bcrypt (`htpasswd -B`) or SHA-1 (`htpasswd -s`). A
+    /// Secret that does not exist gives no user (every request is refused; ResolvedRefs says
+    /// so).
+    pub users: SecretRef,
+    /// A request header the proxy sets to the user's name before forwarding (a client's own
+    /// value is replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_username_header: Option<String>,
+    /// Forward the Authorization header to the backend too (default: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_credentials: Option<bool>,
 }
 
 /// JSON Web Tokens: a request with a token one of the providers verifies passes; any other

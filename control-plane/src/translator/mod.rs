@@ -13,6 +13,7 @@ mod attached_status;
 mod attachment;
 pub mod backend_tls;
 pub mod backends;
+mod basic_auth;
 mod extensions;
 mod filters;
 mod gateway;

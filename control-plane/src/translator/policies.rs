@@ -98,6 +98,7 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         global_rate_limits,
         api_key_auth,
         jwt_auth,
+        basic_auth,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -110,6 +111,9 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if jwt_auth.is_none() {
         jwt_auth.clone_from(&general.jwt_auth);
+    }
+    if basic_auth.is_none() {
+        basic_auth.clone_from(&general.basic_auth);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use rauta_common::api::v1::{ApiKeyAuth, ApiKeyCredential, RequestPolicies};
 
+use super::basic_auth::basic_auth;
 use super::jwt::{is_token, jwt_auth};
 use super::references::secret_entries;
 use crate::crds::security_policy::{self, SecurityPolicySpec};
@@ -107,10 +108,15 @@ pub fn policies(
         Some(jwt) => Some(jwt_auth(objects, key, jwt, &mut missing)?),
         None => None,
     };
+    let basic_auth = match &spec.basic_auth {
+        Some(basic) => Some(basic_auth(objects, key, basic, &mut missing)?),
+        None => None,
+    };
     Ok(Resolved {
         policies: RequestPolicies {
             api_key_auth,
             jwt_auth,
+            basic_auth,
             ..Default::default()
         },
         missing,

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::filters::basic_auth::BasicAuthRt;
 use super::filters::jwt::JwtVerifier;
 use super::global_limit::{GlobalConfig, GlobalLimiter};
 use super::rate_limit::{LimitConfig, Limiter};
@@ -116,6 +117,8 @@ pub struct RuleStores {
     pub global_limiters: Kept<GlobalLimiter>,
     /// JWT verifiers (keys, verified tokens), by policy.
     pub jwt: Kept<JwtVerifier>,
+    /// Basic auth users (and passwords that passed), by policy.
+    pub basic_auth: Kept<BasicAuthRt>,
 }
 
 impl RuleStores {
@@ -125,6 +128,7 @@ impl RuleStores {
             limiters: Kept::after(&previous.limiters),
             global_limiters: Kept::after(&previous.global_limiters),
             jwt: Kept::after(&previous.jwt),
+            basic_auth: Kept::after(&previous.basic_auth),
         }
     }
 
@@ -133,6 +137,7 @@ impl RuleStores {
         self.limiters.finish();
         self.global_limiters.finish();
         self.jwt.finish();
+        self.basic_auth.finish();
     }
 }
 
@@ -141,6 +146,14 @@ impl KeptStore for JwtVerifier {
 
     fn config(&self) -> &Self::Config {
         JwtVerifier::config(self)
+    }
+}
+
+impl KeptStore for BasicAuthRt {
+    type Config = rauta_common::api::v1::BasicAuth;
+
+    fn config(&self) -> &Self::Config {
+        BasicAuthRt::config(self)
     }
 }
 

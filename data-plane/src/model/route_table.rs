@@ -334,6 +334,9 @@ impl VirtualHostRt {
                 SharedPart::Jwt(name, verifier) => {
                     linked_the_same &= !stores.jwt.has_other(name, verifier);
                 }
+                SharedPart::BasicAuth(name, users) => {
+                    linked_the_same &= !stores.basic_auth.has_other(name, users);
+                }
             });
             linked_the_same
         })
@@ -349,6 +352,7 @@ impl VirtualHostRt {
                     stores.global_limiters.keep(name, limiter)
                 }
                 SharedPart::Jwt(name, verifier) => stores.jwt.keep(name, verifier),
+                SharedPart::BasicAuth(name, users) => stores.basic_auth.keep(name, users),
                 SharedPart::Cluster(..) => {}
             });
         }

@@ -1,4 +1,4 @@
-//! A rule's authentication (SecurityPolicy): API keys, then JSON Web Tokens, every method the
+//! A rule's authentication (SecurityPolicy): API keys, Basic, then JSON Web Tokens; every method the
 //! rule has must pass. A request that passes is rewritten for its backend here, before rate
 //! limits and the rule's action: credentials removed (unless forwarded), the headers the
 //! proxy sets (client id, claims) set, so rate limits keyed by those headers count what the
@@ -36,6 +36,20 @@ pub(crate) async fn authenticate(
         let mut uri = req.uri().clone();
         auth.prepare(req.headers_mut(), &mut uri, stripped.as_ref(), client);
         *req.uri_mut() = uri;
+        authenticated = true;
+    }
+    if let Some(basic) = rule.filters.basic_auth() {
+        let checked = basic.check(req.headers()).await;
+        let result = checked.as_ref().map_or_else(|f| f.label(), |_| "allowed");
+        results
+            .with_label_values(&[&*basic.name, "basic", result])
+            .inc();
+        let user = checked.map_err(|_| {
+            unauthorized(HeaderValue::from_static(
+                "Basic realm=\"rauta\", charset=\"UTF-8\"",
+            ))
+        })?;
+        basic.prepare(req.headers_mut(), user);
         authenticated = true;
     }
     if let Some(jwt) = rule.filters.jwt_auth() {

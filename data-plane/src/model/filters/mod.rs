@@ -7,6 +7,7 @@
 //! a rule can never reach a fast path that would silently skip one of its filters.
 
 pub mod api_key;
+pub mod basic_auth;
 pub mod cache;
 pub mod cors;
 pub mod global_rate_limit;
@@ -56,10 +57,14 @@ pub enum FilterError {
     ApiKey(#[from] ApiKeyError),
     #[error(transparent)]
     Jwt(#[from] JwtError),
+    #[error(transparent)]
+    BasicAuth(#[from] BasicAuthError),
 }
 
 pub use api_key::ApiKeyAuthRt;
 use api_key::ApiKeyError;
+use basic_auth::BasicAuthError;
+pub use basic_auth::BasicAuthRt;
 pub use cors::CorsRt;
 pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
@@ -95,6 +100,8 @@ pub enum SharedPart<'a> {
     GlobalLimiter(&'a str, &'a Arc<GlobalLimiter>),
     /// A JWT policy's verifier, by policy.
     Jwt(&'a str, &'a Arc<JwtVerifier>),
+    /// A basic auth policy's users and remembered passwords, by policy.
+    BasicAuth(&'a str, &'a Arc<BasicAuthRt>),
 }
 
 /// What a rule takes from where it is placed: its listener's policies, under its own, and
@@ -132,6 +139,8 @@ pub enum FilterRt {
     ApiKeyAuth(ApiKeyAuthRt),
     /// JSON Web Tokens (SecurityPolicy).
     JwtAuth(JwtAuthRt),
+    /// HTTP Basic users (SecurityPolicy), shared by every rule under the policy.
+    BasicAuth(Arc<BasicAuthRt>),
 }
 
 impl FilterRt {
@@ -155,7 +164,8 @@ impl FilterRt {
             | FilterRt::GlobalRateLimit(_)
             // Remove the credentials and set the client's headers before forwarding.
             | FilterRt::ApiKeyAuth(_)
-            | FilterRt::JwtAuth(_) => false,
+            | FilterRt::JwtAuth(_)
+            | FilterRt::BasicAuth(_) => false,
         }
     }
 
@@ -178,7 +188,8 @@ impl FilterRt {
             | FilterRt::RateLimit(_)
             | FilterRt::GlobalRateLimit(_)
             | FilterRt::ApiKeyAuth(_)
-            | FilterRt::JwtAuth(_) => false,
+            | FilterRt::JwtAuth(_)
+            | FilterRt::BasicAuth(_) => false,
         }
     }
 }
@@ -227,6 +238,15 @@ impl Filters {
             .or_else(|| inherited.policies?.api_key_auth.as_ref());
         if let Some(auth) = api_keys {
             list.push(FilterRt::ApiKeyAuth(ApiKeyAuthRt::build(auth)?));
+        }
+        let basic = own
+            .and_then(|p| p.basic_auth.as_ref())
+            .or_else(|| inherited.policies?.basic_auth.as_ref());
+        if let Some(auth) = basic {
+            let users = stores
+                .basic_auth
+                .try_store_for(&auth.name, auth.clone(), |c| BasicAuthRt::build(&c))?;
+            list.push(FilterRt::BasicAuth(users));
         }
         let jwt = own
             .and_then(|p| p.jwt_auth.as_ref())
@@ -314,7 +334,8 @@ impl Filters {
                 | FilterRt::RateLimit(_)
                 | FilterRt::GlobalRateLimit(_)
                 | FilterRt::ApiKeyAuth(_)
-                | FilterRt::JwtAuth(_) => {}
+                | FilterRt::JwtAuth(_)
+                | FilterRt::BasicAuth(_) => {}
             }
         }
     }
@@ -338,6 +359,7 @@ impl Filters {
                     }
                 }
                 FilterRt::JwtAuth(j) => f(SharedPart::Jwt(&j.verifier.name, &j.verifier)),
+                FilterRt::BasicAuth(b) => f(SharedPart::BasicAuth(&b.name, b)),
                 FilterRt::RequestHeaders(_)
                 | FilterRt::ResponseHeaders(_)
                 | FilterRt::UrlRewrite(_)
@@ -427,6 +449,11 @@ impl Filters {
     #[inline]
     pub fn jwt_auth(&self) -> Option<&JwtAuthRt> {
         first!(self.list, JwtAuth)
+    }
+
+    #[inline]
+    pub fn basic_auth(&self) -> Option<&BasicAuthRt> {
+        first!(self.list, BasicAuth).map(|b| &**b)
     }
 
     /// Every mirror, in order.
