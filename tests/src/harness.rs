@@ -599,12 +599,23 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     local: Option<std::net::IpAddr>,
 ) -> Result<HttpResponse, String> {
+    http_method_request("GET", url, host, headers, local).await
+}
+
+/// [`http_request`] with another method.
+pub async fn http_method_request(
+    method: &str,
+    url: &str,
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+    local: Option<std::net::IpAddr>,
+) -> Result<HttpResponse, String> {
     let mut connector = HttpConnector::new();
     connector.set_local_address(local);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
-    let mut req = http::Request::get(url);
+    let mut req = http::Request::builder().method(method).uri(url);
     if let Some(h) = host {
         req = req.header(http::header::HOST, h);
     }

@@ -40,6 +40,99 @@ pub struct SecurityPolicySpec {
     /// Requests must carry the name and password of one of these users (HTTP Basic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// Who may send which requests, checked after authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// Allow and deny rules: the first rule that matches a request decides; none matching,
+/// `defaultAction` does. A denied request is answered 403.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// `Allow` or `Deny` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub rules: Vec<AuthorizationRule>,
+    /// How the client's address is found; default: the connection's peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "clientIPDetection")]
+    pub client_ip_detection: Option<ClientIpDetection>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_forwarded_for: Option<XForwardedFor>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct XForwardedFor {
+    /// The proxies in front of the gateway that each append the address they saw to
+    /// X-Forwarded-For: the client is the address this many places from the right (a header
+    /// with fewer addresses: the connection's peer). Addresses further left are the client's
+    /// own say-so and are never used.
+    #[schemars(range(min = 0, max = 16))]
+    pub num_trusted_hops: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    /// For metrics; unique within the policy (default: `rule-<index>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Allow` or `Deny`.
+    pub action: String,
+    /// Who: every condition set must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+    /// What: every condition set must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    /// The client's address is in one of these ("10.0.0.0/8", "2001:db8::/32").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "clientCIDRs")]
+    #[schemars(length(max = 64))]
+    pub client_cidrs: Vec<String>,
+    /// The request's verified JWT (see `jwt`) has these claims and scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtPrincipal>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtPrincipal {
+    /// Each with one of its values (nested claims named with dots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claims: Vec<RequiredClaim>,
+    /// Every one of these in the token's `scope` or `scp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// The request's method is one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub methods: Vec<String>,
+    /// The request's path is one of these or under it, by whole segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub paths: Vec<String>,
 }
 
 /// HTTP Basic authentication: a request with the name and password of a user passes as that

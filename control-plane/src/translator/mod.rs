@@ -11,6 +11,7 @@
 pub mod addresses;
 mod attached_status;
 mod attachment;
+mod authorization;
 pub mod backend_tls;
 pub mod backends;
 mod basic_auth;

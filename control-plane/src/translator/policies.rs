@@ -99,6 +99,7 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         api_key_auth,
         jwt_auth,
         basic_auth,
+        authorization,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -114,6 +115,9 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if basic_auth.is_none() {
         basic_auth.clone_from(&general.basic_auth);
+    }
+    if authorization.is_none() {
+        authorization.clone_from(&general.authorization);
     }
 }
 

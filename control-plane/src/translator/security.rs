@@ -4,6 +4,7 @@
 
 use rauta_common::api::v1::{ApiKeyAuth, ApiKeyCredential, RequestPolicies};
 
+use super::authorization::authorization;
 use super::basic_auth::basic_auth;
 use super::jwt::{is_token, jwt_auth};
 use super::references::secret_entries;
@@ -112,11 +113,16 @@ pub fn policies(
         Some(basic) => Some(basic_auth(objects, key, basic, &mut missing)?),
         None => None,
     };
+    let authorization = match &spec.authorization {
+        Some(a) => Some(authorization(key, a)?),
+        None => None,
+    };
     Ok(Resolved {
         policies: RequestPolicies {
             api_key_auth,
             jwt_auth,
             basic_auth,
+            authorization,
             ..Default::default()
         },
         missing,

@@ -43,7 +43,7 @@ pub struct RequiredClaimRt {
 }
 
 impl RequiredClaimRt {
-    fn holds(&self, claims: &Map<String, Value>) -> bool {
+    pub fn holds(&self, claims: &Map<String, Value>) -> bool {
         let Some(value) = self.path.get(claims) else {
             return false;
         };

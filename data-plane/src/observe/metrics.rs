@@ -28,6 +28,8 @@ pub struct ProxyMetrics {
     pub redis_errors: IntCounter,
     /// Requests a SecurityPolicy checked, by policy and result.
     pub auth_results: IntCounterVec,
+    /// Requests a SecurityPolicy's authorization decided, by policy, rule and result.
+    pub authorization_results: IntCounterVec,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     pub(crate) upstream_raw_requests: IntCounter,
     /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
@@ -154,9 +156,16 @@ impl ProxyMetrics {
             )?,
             auth_results: r.counters(
                 "auth_requests_total",
-                "Requests a SecurityPolicy checked, by policy, method (api_key) and result \
-                 (allowed; missing or invalid: answered 401)",
+                "Requests a SecurityPolicy authenticated, by policy, method (api_key, basic, jwt) \
+                 and result (allowed, anonymous for an optional JWT; any other: answered 401, \
+                 the label says why)",
                 &["policy", "method", "result"],
+            )?,
+            authorization_results: r.counters(
+                "authorization_requests_total",
+                "Requests a SecurityPolicy's authorization decided, by policy, the rule that \
+                 decided (empty: the default) and result (allowed; denied: answered 403)",
+                &["policy", "rule", "result"],
             )?,
             redis_errors: r.counter(
                 "rate_limit_redis_errors_total",

@@ -1,27 +1,43 @@
-//! A rule's authentication (SecurityPolicy): API keys, Basic, then JSON Web Tokens; every method the
+//! A rule's authentication and authorization (SecurityPolicy). Authentication: API keys,
+//! Basic, then JSON Web Tokens; every method the
 //! rule has must pass. A request that passes is rewritten for its backend here, before rate
 //! limits and the rule's action: credentials removed (unless forwarded), the headers the
 //! proxy sets (client id, claims) set, so rate limits keyed by those headers count what the
 //! proxy vouches for, never what a client claims.
 
-use http::header::HeaderValue;
-use http::{Request, Response};
+use std::net::IpAddr;
+use std::sync::Arc;
 
-use super::local_reply::{ProxyBody, unauthorized};
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+
+use super::local_reply::{ProxyBody, local, unauthorized};
 use super::request_log::LogDetails;
 use crate::body::client::ClientBody;
-use crate::model::filters::jwt::JwtFailure;
+use crate::model::filters::authorization::Asking;
+use crate::model::filters::jwt::{JwtFailure, Verified};
 use crate::model::rule::RuleRt;
 use crate::shared::Shared;
 
-/// Whether the request is now authenticated (its answer is for its client alone), or the 401.
+/// Who a request is from, as authentication found.
+#[derive(Default)]
+pub(crate) struct Identity {
+    /// Some method vouched for the client: the answer is for it alone.
+    pub authenticated: bool,
+    /// The verified JWT, if any.
+    pub jwt: Option<Arc<Verified>>,
+}
+
+/// Who the request is from, or the 401.
 pub(crate) async fn authenticate(
     shared: &Shared,
     rule: &RuleRt,
     req: &mut Request<ClientBody>,
     details: &mut Option<LogDetails>,
-) -> Result<bool, Response<ProxyBody>> {
+) -> Result<Identity, Response<ProxyBody>> {
     let mut authenticated = false;
+    let mut jwt_verified = None;
     let results = &shared.metrics.auth_results;
     if let Some(auth) = rule.filters.api_key_auth() {
         let checked = auth.check(req.headers(), req.uri().query());
@@ -77,12 +93,40 @@ pub(crate) async fn authenticate(
         let token = verified.as_ref().map(|(at, v)| (*at, &**v));
         verifier.prepare(req.headers_mut(), token);
         authenticated |= verified.is_some();
+        jwt_verified = verified.map(|(_, v)| v);
     }
     if authenticated && let Some(log) = details.as_mut() {
         // The target as forwarded: without credentials in its query.
         log.path = req.uri().path_and_query().map(ToString::to_string);
     }
-    Ok(authenticated)
+    Ok(Identity {
+        authenticated,
+        jwt: jwt_verified,
+    })
+}
+
+/// The 403 of a request the rule's authorization denies.
+pub(crate) fn authorize(
+    shared: &Shared,
+    rule: &RuleRt,
+    req: &Request<ClientBody>,
+    peer: IpAddr,
+    identity: &Identity,
+) -> Option<Response<ProxyBody>> {
+    let authorization = rule.filters.authorization()?;
+    let asking = Asking {
+        peer,
+        headers: req.headers(),
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        claims: identity.jwt.as_deref().map(|v| &v.claims),
+    };
+    let (allowed, by) = authorization.decide(&asking);
+    let result = if allowed { "allowed" } else { "denied" };
+    (shared.metrics.authorization_results)
+        .with_label_values(&[&*authorization.name, by, result])
+        .inc();
+    (!allowed).then(|| local(StatusCode::FORBIDDEN, Bytes::from_static(b"forbidden\n")))
 }
 
 /// The challenge of a refused token (RFC 6750 3): without a token, just the scheme.

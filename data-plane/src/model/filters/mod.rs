@@ -7,6 +7,7 @@
 //! a rule can never reach a fast path that would silently skip one of its filters.
 
 pub mod api_key;
+pub mod authorization;
 pub mod basic_auth;
 pub mod cache;
 pub mod cors;
@@ -59,10 +60,14 @@ pub enum FilterError {
     Jwt(#[from] JwtError),
     #[error(transparent)]
     BasicAuth(#[from] BasicAuthError),
+    #[error(transparent)]
+    Authorization(#[from] AuthorizationError),
 }
 
 pub use api_key::ApiKeyAuthRt;
 use api_key::ApiKeyError;
+use authorization::AuthorizationError;
+pub use authorization::AuthorizationRt;
 use basic_auth::BasicAuthError;
 pub use basic_auth::BasicAuthRt;
 pub use cors::CorsRt;
@@ -141,6 +146,8 @@ pub enum FilterRt {
     JwtAuth(JwtAuthRt),
     /// HTTP Basic users (SecurityPolicy), shared by every rule under the policy.
     BasicAuth(Arc<BasicAuthRt>),
+    /// Allow and deny rules (SecurityPolicy).
+    Authorization(AuthorizationRt),
 }
 
 impl FilterRt {
@@ -165,7 +172,9 @@ impl FilterRt {
             // Remove the credentials and set the client's headers before forwarding.
             | FilterRt::ApiKeyAuth(_)
             | FilterRt::JwtAuth(_)
-            | FilterRt::BasicAuth(_) => false,
+            | FilterRt::BasicAuth(_)
+            // Reads the request's client, claims, method and path.
+            | FilterRt::Authorization(_) => false,
         }
     }
 
@@ -189,7 +198,9 @@ impl FilterRt {
             | FilterRt::GlobalRateLimit(_)
             | FilterRt::ApiKeyAuth(_)
             | FilterRt::JwtAuth(_)
-            | FilterRt::BasicAuth(_) => false,
+            | FilterRt::BasicAuth(_)
+            // Reads the request's client, claims, method and path.
+            | FilterRt::Authorization(_) => false,
         }
     }
 }
@@ -257,6 +268,12 @@ impl Filters {
                     .jwt
                     .try_store_for(&auth.name, auth.clone(), JwtVerifier::build)?;
             list.push(FilterRt::JwtAuth(JwtAuthRt { verifier }));
+        }
+        let authorization = own
+            .and_then(|p| p.authorization.as_ref())
+            .or_else(|| inherited.policies?.authorization.as_ref());
+        if let Some(a) = authorization {
+            list.push(FilterRt::Authorization(AuthorizationRt::build(a)?));
         }
         let limits = own
             .and_then(|p| p.local_rate_limits.as_ref())
@@ -335,7 +352,8 @@ impl Filters {
                 | FilterRt::GlobalRateLimit(_)
                 | FilterRt::ApiKeyAuth(_)
                 | FilterRt::JwtAuth(_)
-                | FilterRt::BasicAuth(_) => {}
+                | FilterRt::BasicAuth(_)
+                | FilterRt::Authorization(_) => {}
             }
         }
     }
@@ -366,7 +384,8 @@ impl Filters {
                 | FilterRt::Cors(_)
                 | FilterRt::Retry(_)
                 | FilterRt::Session(_)
-                | FilterRt::ApiKeyAuth(_) => {}
+                | FilterRt::ApiKeyAuth(_)
+                | FilterRt::Authorization(_) => {}
             }
         }
     }
@@ -449,6 +468,11 @@ impl Filters {
     #[inline]
     pub fn jwt_auth(&self) -> Option<&JwtAuthRt> {
         first!(self.list, JwtAuth)
+    }
+
+    #[inline]
+    pub fn authorization(&self) -> Option<&AuthorizationRt> {
+        first!(self.list, Authorization)
     }
 
     #[inline]
