@@ -43,6 +43,56 @@ pub struct SecurityPolicySpec {
     /// Who may send which requests, checked after authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Ask an HTTP authorization service about each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExtAuth>,
+}
+
+/// External authorization ("forward auth"): each request is first sent, without its body, to
+/// an HTTP service; a 2xx answer lets it through, any other goes back to the client.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuth {
+    pub http: HttpExtAuth,
+    /// Request headers sent to the service besides Host and X-Forwarded-Method, -Proto,
+    /// -Host, -Uri and -For (default: Authorization and Cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_to_ext_auth: Option<Vec<String>>,
+    /// Without an answer in time: let the request through (default false: 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<bool>,
+    /// Longest wait for the service (a Gateway API duration; default 2s, at most 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub timeout: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpExtAuth {
+    /// The service: a Service port (in another namespace only with a ReferenceGrant).
+    pub backend_ref: ExtAuthBackendRef,
+    /// Prepended to the request's path (e.g. `/verify` asks `/verify/orders?id=1` for
+    /// `/orders?id=1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Headers of a 2xx answer set on the request before forwarding (e.g. `x-user`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers_to_backend: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthBackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub port: i32,
 }
 
 /// Allow and deny rules: the first rule that matches a request decides; none matching,

@@ -169,6 +169,7 @@ impl<'a> GatewayView<'a> {
             listener_statuses.push((owner, status));
         }
         ports.into_resources(&mut resources, memo);
+        policies.add_clusters(&mut resources);
         endpoints.fill(&mut resources, endpoints_memo);
 
         let mut set_statuses = self.listener_set_statuses(&listener_statuses);

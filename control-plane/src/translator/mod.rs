@@ -15,6 +15,7 @@ mod authorization;
 pub mod backend_tls;
 pub mod backends;
 mod basic_auth;
+mod ext_auth;
 mod extensions;
 mod filters;
 mod gateway;

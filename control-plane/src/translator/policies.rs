@@ -16,12 +16,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rauta_common::api::v1::RequestPolicies;
+use rauta_common::api::v1::resource::Payload;
 
+use super::backends::SharedCluster;
+use super::output::ResourceSet;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteKind;
 use super::{rate_limits, security};
 use crate::crds::policy::PolicyTargetRef;
 use crate::objects::{ObjectRef, ObjectSet};
+use rauta_common::types::ResourceType;
 
 /// A target a compiled route looked up, and what applied there.
 pub type PolicyRead = (Target, Option<Arc<RequestPolicies>>);
@@ -89,6 +93,8 @@ pub struct PolicyIndex {
     applied: HashMap<Target, Arc<RequestPolicies>>,
     /// Every policy, by kind and key, with how each of its targets ended up.
     pub entries: BTreeMap<(&'static str, ObjectRef), PolicyEntry>,
+    /// The clusters policies call (external authorization services), by name.
+    clusters: BTreeMap<String, SharedCluster>,
 }
 
 /// `general`'s concerns that `specific` does not set, added to it.
@@ -100,6 +106,7 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         jwt_auth,
         basic_auth,
         authorization,
+        ext_auth,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -118,6 +125,9 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if authorization.is_none() {
         authorization.clone_from(&general.authorization);
+    }
+    if ext_auth.is_none() {
+        ext_auth.clone_from(&general.ext_auth);
     }
 }
 
@@ -150,6 +160,41 @@ struct Candidate<'a> {
 }
 
 impl PolicyIndex {
+    /// Adds the clusters that the policies in a Gateway's tables call (its listeners' and
+    /// its rules'), which no route names as a backend.
+    pub fn add_clusters(&self, resources: &mut ResourceSet) {
+        if self.clusters.is_empty() {
+            return;
+        }
+        let mut named = std::collections::BTreeSet::new();
+        let mut note = |p: Option<&RequestPolicies>| {
+            if let Some(e) = p.and_then(|p| p.ext_auth.as_ref()) {
+                named.insert(e.cluster.clone());
+            }
+        };
+        for payload in resources.values().flat_map(|by_name| by_name.values()) {
+            match &**payload {
+                Payload::RouteTable(t) => {
+                    for l in &t.listener_policies {
+                        note(l.policies.as_ref());
+                    }
+                }
+                Payload::RouteRules(r) => {
+                    for ranked in &r.rules {
+                        note(ranked.rule.as_ref().and_then(|r| r.policies.as_deref()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let clusters = resources.entry(ResourceType::Cluster).or_default();
+        for name in named {
+            if let Some(cluster) = self.clusters.get(&name) {
+                clusters.insert(name, Arc::clone(cluster.payload()));
+            }
+        }
+    }
+
     pub fn new(objects: &ObjectSet) -> PolicyIndex {
         let mut index = PolicyIndex::default();
         let mut applied: HashMap<Target, RequestPolicies> = HashMap::new();
@@ -165,15 +210,25 @@ impl PolicyIndex {
                 when_invalid: None,
             });
         index.attach("RateLimitPolicy", rate_limits.collect(), &mut applied);
-        let security = objects.security_policies.iter().map(|(key, p)| Candidate {
-            key,
-            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            generation: p.metadata.generation.unwrap_or(0),
-            target_refs: &p.spec.target_refs,
-            resolved: security::policies(objects, key, &p.spec).map(|r| (r.policies, r.missing)),
-            when_invalid: Some(security::refusing_all(key)),
-        });
-        index.attach("SecurityPolicy", security.collect(), &mut applied);
+        let mut security = Vec::new();
+        for (key, p) in &objects.security_policies {
+            let resolved = security::policies(objects, key, &p.spec).map(|r| {
+                for backend in r.clusters {
+                    let cluster = backend.cluster;
+                    index.clusters.insert(cluster.name.clone(), cluster);
+                }
+                (r.policies, r.missing)
+            });
+            security.push(Candidate {
+                key,
+                created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                generation: p.metadata.generation.unwrap_or(0),
+                target_refs: &p.spec.target_refs,
+                resolved,
+                when_invalid: Some(security::refusing_all(key)),
+            });
+        }
+        index.attach("SecurityPolicy", security, &mut applied);
         index.applied = applied.into_iter().map(|(t, p)| (t, Arc::new(p))).collect();
         index
     }

@@ -30,20 +30,24 @@ pub struct Target<'a> {
 }
 
 /// Whether a ReferenceGrant in the target's namespace lets `from_kind` objects (of the Gateway
-/// API group) in `from_namespace` refer to the target.
+/// API group, or ours for our policies) in `from_namespace` refer to the target.
 pub fn reference_granted(
     objects: &ObjectSet,
     from_kind: &str,
     from_namespace: &str,
     to: Target<'_>,
 ) -> bool {
+    let from_group = match from_kind {
+        "SecurityPolicy" | "RateLimitPolicy" => crate::crds::GROUP,
+        _ => GATEWAY_GROUP,
+    };
     objects
         .reference_grants
         .iter()
         .filter(|(key, _)| *key.namespace == *to.namespace)
         .any(|(_, grant)| {
             let from_ok = grant.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace
+                f.group == from_group && f.kind == from_kind && f.namespace == from_namespace
             });
             let to_ok = grant.spec.to.iter().any(|t| {
                 t.group == to.group

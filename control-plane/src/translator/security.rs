@@ -5,7 +5,9 @@
 use rauta_common::api::v1::{ApiKeyAuth, ApiKeyCredential, RequestPolicies};
 
 use super::authorization::authorization;
+use super::backends::ResolvedBackend;
 use super::basic_auth::basic_auth;
+use super::ext_auth::ext_auth;
 use super::jwt::{is_token, jwt_auth};
 use super::references::secret_entries;
 use crate::crds::security_policy::{self, SecurityPolicySpec};
@@ -19,6 +21,8 @@ const DEFAULT_KEY_HEADER: &str = "x-api-key";
 pub struct Resolved {
     pub policies: RequestPolicies,
     pub missing: Vec<ObjectRef>,
+    /// The clusters it calls (an external authorization service).
+    pub clusters: Vec<ResolvedBackend>,
 }
 
 pub fn policies(
@@ -117,15 +121,26 @@ pub fn policies(
         Some(a) => Some(authorization(key, a)?),
         None => None,
     };
+    let mut clusters = Vec::new();
+    let ext_auth = match &spec.ext_auth {
+        Some(e) => {
+            let (ext, cluster) = ext_auth(objects, key, e)?;
+            clusters.push(cluster);
+            Some(ext)
+        }
+        None => None,
+    };
     Ok(Resolved {
         policies: RequestPolicies {
             api_key_auth,
             jwt_auth,
             basic_auth,
             authorization,
+            ext_auth,
             ..Default::default()
         },
         missing,
+        clusters,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct ProxyMetrics {
     pub auth_results: IntCounterVec,
     /// Requests a SecurityPolicy's authorization decided, by policy, rule and result.
     pub authorization_results: IntCounterVec,
+    /// How long external authorization calls took, by policy.
+    pub ext_auth_seconds: HistogramVec,
     /// General-path requests sent upstream on the proxy's own HTTP/1.1 client.
     pub(crate) upstream_raw_requests: IntCounter,
     /// HTTP/2 requests served on the fast path's terms (`http2::fast`).
@@ -156,10 +158,18 @@ impl ProxyMetrics {
             )?,
             auth_results: r.counters(
                 "auth_requests_total",
-                "Requests a SecurityPolicy authenticated, by policy, method (api_key, basic, jwt) \
-                 and result (allowed, anonymous for an optional JWT; any other: answered 401, \
-                 the label says why)",
+                "Requests a SecurityPolicy authenticated, by policy, method (api_key, basic, jwt, \
+                 ext_auth) and result (allowed, anonymous for an optional JWT; for ext_auth \
+                 denied, error_allowed, error_denied; any other: answered 401, the label says \
+                 why)",
                 &["policy", "method", "result"],
+            )?,
+            ext_auth_seconds: r.histograms(
+                "ext_auth_seconds",
+                "Time each request waited for its external authorization service (SecurityPolicy \
+                 extAuth), by policy; timeouts included",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
+                &["policy"],
             )?,
             authorization_results: r.counters(
                 "authorization_requests_total",

@@ -5,13 +5,14 @@
 //! proxy sets (client id, claims) set, so rate limits keyed by those headers count what the
 //! proxy vouches for, never what a client claims.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 
+use super::ext_auth;
 use super::local_reply::{ProxyBody, local, unauthorized};
 use super::request_log::LogDetails;
 use crate::body::client::ClientBody;
@@ -23,14 +24,38 @@ use crate::shared::Shared;
 /// Who a request is from, as authentication found.
 #[derive(Default)]
 pub(crate) struct Identity {
-    /// Some method vouched for the client: the answer is for it alone.
+    /// Some method vouched for the client (or an authorization service let it through): the
+    /// answer is for it alone.
     pub authenticated: bool,
     /// The verified JWT, if any.
     pub jwt: Option<Arc<Verified>>,
 }
 
+/// The rule's access checks in order: authentication (a 401), authorization (a 403), the
+/// external authorization service (its answer). Who the request is from, or the refusal.
+pub(crate) async fn check_access(
+    shared: &Shared,
+    rule: &RuleRt,
+    req: &mut Request<ClientBody>,
+    (peer, scheme): (SocketAddr, &str),
+    details: &mut Option<LogDetails>,
+) -> Result<Identity, Response<ProxyBody>> {
+    let mut identity = authenticate(shared, rule, req, details).await?;
+    if let Some(denied) = authorize(shared, rule, req, peer.ip(), &identity) {
+        return Err(denied);
+    }
+    if let Some(ext) = rule.filters.ext_auth() {
+        if let Some(answer) = ext_auth::check(shared, ext, req, peer, scheme).await {
+            return Err(answer);
+        }
+        // Let through by the service, perhaps with headers of its own: for this client.
+        identity.authenticated = true;
+    }
+    Ok(identity)
+}
+
 /// Who the request is from, or the 401.
-pub(crate) async fn authenticate(
+async fn authenticate(
     shared: &Shared,
     rule: &RuleRt,
     req: &mut Request<ClientBody>,
@@ -106,7 +131,7 @@ pub(crate) async fn authenticate(
 }
 
 /// The 403 of a request the rule's authorization denies.
-pub(crate) fn authorize(
+fn authorize(
     shared: &Shared,
     rule: &RuleRt,
     req: &Request<ClientBody>,

@@ -13,7 +13,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, LOCATION, ORIGIN};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tracing::debug;
 
-use super::authenticate::{authenticate, authorize};
+use super::authenticate::check_access;
 use super::cached;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
@@ -165,23 +165,24 @@ async fn serve(
     // Who the request is from, if the rule asks (SecurityPolicy): after CORS preflights (a
     // browser sends no credentials with them), before rate limits.
     let mut req = req;
-    let identity = match authenticate(shared, rule, &mut req, details).await {
+    let identity = match check_access(
+        shared,
+        rule,
+        &mut req,
+        (conn.peer, listener.scheme()),
+        details,
+    )
+    .await
+    {
         Ok(identity) => identity,
         Err(mut refused) => {
-            rule.counters.record(401, started);
+            rule.counters.record(refused.status().as_u16(), started);
             if let Some(cors) = cors {
                 cors.decorate(origin.as_ref(), refused.headers_mut());
             }
             return refused;
         }
     };
-    if let Some(mut denied) = authorize(shared, rule, &req, conn.peer.ip(), &identity) {
-        rule.counters.record(403, started);
-        if let Some(cors) = cors {
-            cors.decorate(origin.as_ref(), denied.headers_mut());
-        }
-        return denied;
-    }
     if let Some(refused) = over_limits(shared, rule, conn, &req).await {
         rule.counters.record(refused.status().as_u16(), started);
         return refused;
@@ -202,10 +203,15 @@ async fn serve(
             headers,
         } => (direct(*status, body, headers), None),
         ActionRt::Redirect(redirect) => (redirected(redirect, &routed, &host, req.uri()), None),
-        // An authenticated request is answered for its client: like one with Authorization,
+        // An authenticated request (or one an authorization service let through, perhaps
+        // with headers of its own) is answered for its client: like one with Authorization,
         // a shared cache neither answers it nor keeps its answer (RFC 9111 3.5).
         action @ ActionRt::Forward { backends, .. } => {
-            match rule.filters.cache().filter(|_| !identity.authenticated) {
+            match rule
+                .filters
+                .cache()
+                .filter(|_| !identity.authenticated && rule.filters.ext_auth().is_none())
+            {
                 Some(cache) => {
                     // The key outlives the request, which is forwarded on a miss.
                     let host = host.into_owned();

@@ -19,6 +19,7 @@ pub mod cached;
 pub mod client_hello;
 pub mod context;
 pub mod copy;
+pub mod ext_auth;
 pub mod forward;
 pub mod general;
 pub mod global_limit;

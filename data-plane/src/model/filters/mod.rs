@@ -11,6 +11,7 @@ pub mod authorization;
 pub mod basic_auth;
 pub mod cache;
 pub mod cors;
+pub mod ext_auth;
 pub mod global_rate_limit;
 pub mod header_ops;
 pub mod jwt;
@@ -62,6 +63,8 @@ pub enum FilterError {
     BasicAuth(#[from] BasicAuthError),
     #[error(transparent)]
     Authorization(#[from] AuthorizationError),
+    #[error(transparent)]
+    ExtAuth(#[from] ExtAuthError),
 }
 
 pub use api_key::ApiKeyAuthRt;
@@ -71,6 +74,8 @@ pub use authorization::AuthorizationRt;
 use basic_auth::BasicAuthError;
 pub use basic_auth::BasicAuthRt;
 pub use cors::CorsRt;
+use ext_auth::ExtAuthError;
+pub use ext_auth::ExtAuthRt;
 pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
 pub use jwt::JwtAuthRt;
@@ -148,6 +153,8 @@ pub enum FilterRt {
     BasicAuth(Arc<BasicAuthRt>),
     /// Allow and deny rules (SecurityPolicy).
     Authorization(AuthorizationRt),
+    /// A call to an authorization service (SecurityPolicy).
+    ExtAuth(ExtAuthRt),
 }
 
 impl FilterRt {
@@ -174,7 +181,9 @@ impl FilterRt {
             | FilterRt::JwtAuth(_)
             | FilterRt::BasicAuth(_)
             // Reads the request's client, claims, method and path.
-            | FilterRt::Authorization(_) => false,
+            | FilterRt::Authorization(_)
+            // Waits for the authorization service.
+            | FilterRt::ExtAuth(_) => false,
         }
     }
 
@@ -200,7 +209,9 @@ impl FilterRt {
             | FilterRt::JwtAuth(_)
             | FilterRt::BasicAuth(_)
             // Reads the request's client, claims, method and path.
-            | FilterRt::Authorization(_) => false,
+            | FilterRt::Authorization(_)
+            // Waits for the authorization service.
+            | FilterRt::ExtAuth(_) => false,
         }
     }
 }
@@ -275,6 +286,12 @@ impl Filters {
         if let Some(a) = authorization {
             list.push(FilterRt::Authorization(AuthorizationRt::build(a)?));
         }
+        let ext_auth = own
+            .and_then(|p| p.ext_auth.as_ref())
+            .or_else(|| inherited.policies?.ext_auth.as_ref());
+        if let Some(e) = ext_auth {
+            list.push(FilterRt::ExtAuth(ExtAuthRt::build(e)?));
+        }
         let limits = own
             .and_then(|p| p.local_rate_limits.as_ref())
             .or_else(|| inherited.policies?.local_rate_limits.as_ref());
@@ -341,6 +358,7 @@ impl Filters {
         for filter in self.list.iter_mut() {
             match filter {
                 FilterRt::Mirror(m) => m.cluster = clusters.get(&m.cluster_name),
+                FilterRt::ExtAuth(e) => e.cluster = clusters.get(&e.cluster_name),
                 FilterRt::RequestHeaders(_)
                 | FilterRt::ResponseHeaders(_)
                 | FilterRt::UrlRewrite(_)
@@ -365,6 +383,7 @@ impl Filters {
         for filter in self.list.iter() {
             match filter {
                 FilterRt::Mirror(m) => f(SharedPart::Cluster(&m.cluster_name, m.cluster.as_ref())),
+                FilterRt::ExtAuth(e) => f(SharedPart::Cluster(&e.cluster_name, e.cluster.as_ref())),
                 FilterRt::Cache(c) => f(SharedPart::Cache(&c.store)),
                 FilterRt::RateLimit(r) => {
                     for l in r.limiters.iter() {
@@ -468,6 +487,11 @@ impl Filters {
     #[inline]
     pub fn jwt_auth(&self) -> Option<&JwtAuthRt> {
         first!(self.list, JwtAuth)
+    }
+
+    #[inline]
+    pub fn ext_auth(&self) -> Option<&ExtAuthRt> {
+        first!(self.list, ExtAuth)
     }
 
     #[inline]
