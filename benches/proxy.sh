@@ -26,6 +26,13 @@
 # address, set so high that nothing is refused (RateLimitPolicy; nginx limit_req with nodelay):
 # what counting costs per request, printed as rate_limit_added_cpu_us_{rauta,nginx}=X.
 #
+# Rows rauta-jwt and rauta-jwt-cold: a JWT policy on the route (SecurityPolicy jwt, keys
+# inline). rauta-jwt sends one RS256 token, as a client reusing its token does: its signature
+# is checked once and the token then remembered (jwt_added_cpu_us_{h1,h2c}=X, the figure the
+# target of 10 us is for). rauta-jwt-cold (HTTP/1.1 only: a wrk script) sends 20000 distinct
+# ES256 tokens in turn, more than the proxy remembers, so every request has its signature
+# checked: the worst case (jwt_cold_added_cpu_us_h1=X). nginx has no JWT module to compare.
+#
 # The HTTP part's last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's,
 # HTTP/1.1; lower is better); benches/fresh.sh's and benches/l4.sh's lines follow.
 set -euo pipefail
@@ -61,7 +68,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-cargo build --release --quiet -p rauta-controller -p rauta-proxy --bin rauta-controller --bin rauta-proxy
+cargo build --release --quiet -p rauta-controller -p rauta-proxy -p rauta-tests \
+  --bin rauta-controller --bin rauta-proxy --bin rauta-jwt-tokens
 
 work=$(mktemp -d)
 pids=()
@@ -159,7 +167,9 @@ pids+=($!)
 haproxy_pid=$!
 
 # --- RAUTA: the controller (on the other CPU) and one proxy with one worker thread ----------
-mkdir -p "$work/config"
+mkdir -p "$work/config" "$work/jwt"
+target/release/rauta-jwt-tokens --dir "$work/jwt" --count 20000
+JWT_TOKEN=$(cat "$work/jwt/token-rs256")
 cat >"$work/config/bench.yaml" <<EOF
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -195,7 +205,31 @@ spec:
   - name: limited
     matches: [{path: {type: PathPrefix, value: /limited}}]
     backendRefs: [{name: backend, port: 80}]
+  - name: jwt
+    matches: [{path: {type: PathPrefix, value: /jwt}}]
+    backendRefs: [{name: backend, port: 80}]
+  - name: jwt-cold
+    matches: [{path: {type: PathPrefix, value: /jwt-cold}}]
+    backendRefs: [{name: backend, port: 80}]
   - backendRefs: [{name: backend, port: 80}]
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: SecurityPolicy
+metadata: {name: jwt, namespace: bench}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: all, sectionName: jwt}]
+  jwt:
+    providers:
+    - {name: bench, issuer: https://bench, audiences: [bench], localJWKS: {inline: '$(cat "$work/jwt/jwks-rs256.json")'}, claimToHeaders: [{header: x-sub, claim: sub}]}
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: SecurityPolicy
+metadata: {name: jwt-cold, namespace: bench}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: all, sectionName: jwt-cold}]
+  jwt:
+    providers:
+    - {name: bench, issuer: https://bench, audiences: [bench], localJWKS: {inline: '$(cat "$work/jwt/jwks-es256.json")'}, claimToHeaders: [{header: x-sub, claim: sub}]}
 ---
 apiVersion: gateway.rauta.dev/v1alpha1
 kind: RateLimitPolicy
@@ -242,7 +276,7 @@ pids_of() {
   case $1 in
     nginx|nginx-rl) nginx_pids ;;
     haproxy) echo "$haproxy_pid" ;;
-    rauta|rauta-rl) echo "$rauta_pid" ;;
+    rauta|rauta-rl|rauta-jwt|rauta-jwt-cold) echo "$rauta_pid" ;;
     baseline) echo "$baseline_pid" ;;
     direct) echo "" ;;
   esac
@@ -252,15 +286,17 @@ port_of() {
     direct:h1) echo $BACKEND ;; direct:h2c) echo $BACKEND_H2 ;;
     nginx:h1) echo $NGINX ;; nginx:h2c) echo $NGINX_H2 ;;
     nginx-rl:h1) echo $NGINX_RL ;; nginx-rl:h2c) echo $NGINX_RL_H2 ;;
-    rauta-rl:*) echo $RAUTA ;;
+    rauta-rl:*|rauta-jwt:*|rauta-jwt-cold:*) echo $RAUTA ;;
     haproxy:*) echo $HAPROXY ;;
     rauta:*) echo $RAUTA ;;
     baseline:*) echo $RAUTA_BASELINE ;;
   esac
 }
 
-# The rate-limited rows ask for the rule the limit is on.
-path_of() { [ "$1" = rauta-rl ] && echo /limited || echo /; }
+# The rate-limited and JWT rows ask for the rule their policy is on.
+path_of() {
+  case $1 in rauta-rl) echo /limited ;; rauta-jwt) echo /jwt ;; rauta-jwt-cold) echo /jwt-cold ;; *) echo / ;; esac
+}
 
 # One load run: prints "requests rps cpu_us_per_req".
 run_load() {
@@ -269,13 +305,15 @@ run_load() {
   path=$(path_of "$target")
   local procs; procs=$(pids_of "$target")
   before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  local auth=(); [ "$target" = rauta-jwt ] && auth=(-H "Authorization: Bearer $JWT_TOKEN")
+  [ "$target" = rauta-jwt-cold ] && auth=(-s "$work/jwt/tokens-es256.lua")
   if [ "$proto" = h1 ]; then
-    out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "http://127.0.0.1:$port$path")
+    out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "${auth[@]}" "http://127.0.0.1:$port$path")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   else
     local streams=8; [ "$conns" = 1 ] && streams=1
-    out=$(pinned h2load -c"$conns" -m"$streams" -D "$DURATION" "http://127.0.0.1:$port$path")
+    out=$(pinned h2load -c"$conns" -m"$streams" -D "$DURATION" "${auth[@]}" "http://127.0.0.1:$port$path")
     requests=$(echo "$out" | awk '/^requests:/ {print $8}')
     rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
   fi
@@ -284,12 +322,14 @@ run_load() {
     'BEGIN { printf "%d %.0f %.2f\n", r, rps, (r > 0 ? t * 10000 / r : 0) }'
 }
 
-targets=(direct nginx nginx-rl haproxy rauta rauta-rl)
+targets=(direct nginx nginx-rl haproxy rauta rauta-rl rauta-jwt rauta-jwt-cold)
 [ -n "$BASELINE" ] && targets+=(baseline)
 declare -A rps cpu lat
 for _ in $(seq 1 "$REPEATS"); do
   for proto in h1 h2c; do
     for t in "${targets[@]}"; do
+      # One wrk script varies the token per request; h2load cannot.
+      [ "$t:$proto" = rauta-jwt-cold:h2c ] && continue
       conns=32; [ $proto = h2c ] && conns=4
       read -r _ r c < <(run_load "$t" "$proto" "$conns")
       rps[$t:$proto]+="$r "
@@ -305,15 +345,16 @@ echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"
 echo "HTTP/1.1: wrk -t1 -c32 keep-alive; h2c: h2load -c4 -m8 prior knowledge; latency: one connection, 1e6/(req/s)"
 echo
-printf "| %-8s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
+printf "| %-14s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
 printf "|%s|%s|%s|%s|%s|\n" ---------- ------- ------------------------------ ---------------------------- ------------------
 for proto in h1 h2c; do
   base=$(echo "${lat[direct:$proto]}" | med)
   for t in "${targets[@]}"; do
+    [ -n "${rps[$t:$proto]:-}" ] || continue
     l=$(echo "${lat[$t:$proto]}" | med)
     added=$(awk -v l="$l" -v b="$base" 'BEGIN { printf "%+.1f", l - b }')
     c="-"; [ "$t" != direct ] && c=$(echo "${cpu[$t:$proto]}" | median)
-    printf "| %-8s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
+    printf "| %-14s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
   done
 done
 if [ -n "$BASELINE" ]; then
@@ -368,6 +409,19 @@ for proto in h1 h2c; do
       -v t="$t" -v p="$proto" 'BEGIN { printf "rate_limit_added_cpu_us_%s_%s=%.2f\n", t, p, l - b }'
   done
 done
+
+# Every JWT row request must have passed: a 401 costs less than forwarding.
+if curl -s "http://127.0.0.1:18096/metrics" |
+  grep -E 'rauta_proxy_auth_requests_total\{method="jwt"' | grep -v 'result="allowed"' | grep -qE ' [1-9]'; then
+  echo "JWT rows had requests refused: see rauta_proxy_auth_requests_total" >&2
+  exit 1
+fi
+for proto in h1 h2c; do
+  awk -v l="$(echo "${cpu[rauta-jwt:$proto]}" | med)" -v b="$(echo "${cpu[rauta:$proto]}" | med)" \
+    -v p="$proto" 'BEGIN { printf "jwt_added_cpu_us_%s=%.2f\n", p, l - b }'
+done
+awk -v l="$(echo "${cpu[rauta-jwt-cold:h1]}" | med)" -v b="$(echo "${cpu[rauta:h1]}" | med)" \
+  'BEGIN { printf "jwt_cold_added_cpu_us_h1=%.2f\n", l - b }'
 
 n_cpu=$(echo "${cpu[nginx:h1]}" | med)
 r_cpu=$(echo "${cpu[rauta:h1]}" | med)
