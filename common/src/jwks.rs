@@ -71,7 +71,7 @@ impl KeySet {
         let doc: Document =
             serde_json::from_slice(document).map_err(|e| JwksError::Json(e.to_string()))?;
         let total = doc.keys.len();
-        let keys: Vec<PublicKey> = doc.keys.into_iter().filter_map(public_key).collect();
+        let keys: Vec<PublicKey> = doc.keys.iter().filter_map(public_key).collect();
         if keys.is_empty() {
             return Err(JwksError::NoKeys);
         }
@@ -80,6 +80,24 @@ impl KeySet {
             keys: keys.into_boxed_slice(),
             generation,
         })
+    }
+
+    /// A JWK Set document with only the keys [`KeySet::parse`] would use: what the controller
+    /// sends the proxies, so that a private or symmetric key someone pasted in by mistake
+    /// goes nowhere (and shows nowhere). Fails as `parse` does.
+    pub fn public_document(document: &[u8]) -> Result<String, JwksError> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(document).map_err(|e| JwksError::Json(e.to_string()))?;
+        let keys = doc
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| JwksError::Json("no \"keys\" array".into()))?;
+        let usable: Vec<&serde_json::Value> =
+            keys.iter().filter(|k| public_key(k).is_some()).collect();
+        if usable.is_empty() {
+            return Err(JwksError::NoKeys);
+        }
+        Ok(serde_json::json!({ "keys": usable }).to_string())
     }
 
     /// A set without keys: a provider whose JWK Set is missing, whose tokens are all refused.
@@ -113,11 +131,11 @@ impl KeySet {
 
 /// A JWK of a kind we verify with, as a public key. Private members (`d`) and symmetric keys
 /// are not taken: a token must never verify with a key that could also sign it here.
-fn public_key(value: serde_json::Value) -> Option<PublicKey> {
+fn public_key(value: &serde_json::Value) -> Option<PublicKey> {
     if value.get("d").is_some() {
         return None;
     }
-    let jwk: Jwk = serde_json::from_value(value).ok()?;
+    let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
     let kind = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => KeyKind::Rsa,
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
@@ -196,5 +214,8 @@ mod tests {
             KeySet::parse(b"not json", 1),
             Err(JwksError::Json(_))
         ));
+        let public = KeySet::public_document(doc).unwrap();
+        assert!(public.contains("\"ed\"") && !public.contains("hmac") && !public.contains("nWGx"));
+        assert_eq!(KeySet::parse(public.as_bytes(), 1).unwrap().skipped, 0);
     }
 }

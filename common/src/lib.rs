@@ -8,6 +8,7 @@ pub mod fields;
 pub mod hash;
 pub mod jwks;
 pub mod matching;
+pub mod paths;
 pub mod plain_http;
 pub mod process;
 pub mod redact;

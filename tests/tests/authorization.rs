@@ -26,7 +26,7 @@ fn config(echo: std::net::SocketAddr, keys: &str) -> String {
         GATEWAY.to_owned(),
         service("apps", "echo", &[echo]),
         ROUTE.to_owned(),
-        format!("apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: authz, namespace: infra}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}]\n  jwt:\n    optional: true\n    providers:\n    - name: idp\n      issuer: https://idp\n      localJWKS: {{inline: '{keys}'}}\n  authorization:\n    defaultAction: Deny\n    clientIPDetection: {{xForwardedFor: {{numTrustedHops: 1}}}}\n    rules:\n    - name: blocked\n      action: Deny\n      principal: {{clientCIDRs: [192.0.2.0/24]}}\n    - name: admins\n      action: Allow\n      principal: {{jwt: {{claims: [{{name: groups, values: [admin]}}], scopes: [write]}}}}\n      operation: {{paths: [/admin]}}\n    - name: readers\n      action: Allow\n      operation: {{methods: [GET], paths: [/public]}}\n"),
+        format!("apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: authz, namespace: infra}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}]\n  jwt:\n    optional: true\n    providers:\n    - name: idp\n      issuer: https://idp\n      localJWKS: {{inline: '{keys}'}}\n  authorization:\n    defaultAction: Deny\n    clientIPDetection: {{xForwardedFor: {{numTrustedHops: 1}}}}\n    rules:\n    - name: blocked\n      action: Deny\n      principal: {{clientCIDRs: [192.0.2.0/24]}}\n    - name: admins\n      action: Allow\n      principal: {{jwt: {{claims: [{{name: groups, values: [admin]}}], scopes: [write]}}}}\n      operation: {{paths: [/admin]}}\n    - name: secrets\n      action: Deny\n      operation: {{paths: [/public/secret]}}\n    - name: readers\n      action: Allow\n      operation: {{methods: [GET], paths: [/public]}}\n"),
         "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: open, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: open}]\n  authorization: {defaultAction: Allow}\n".to_owned(),
         "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: typo, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: typo}]\n  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.0/33]}}]\n".to_owned(),
     ])
@@ -98,6 +98,13 @@ async fn the_first_matching_rule_decides_and_the_default_denies() {
             vec![("x-forwarded-for", "192.0.2.7, 10.1.1.1")],
             200,
         ),
+        // A path is compared in one form: however a client spells /public/secret, it is denied.
+        ("GET", "/public/secret", vec![], 403),
+        ("GET", "//public//secret", vec![], 403),
+        ("GET", "/public/%73ecret", vec![], 403),
+        ("GET", "/public%2Fsecret", vec![], 403),
+        ("GET", "/public/x/../secret", vec![], 403),
+        ("GET", "/public/secrets", vec![], 200),
         // The route's own authorization allows all; the Gateway's JWT still checks tokens.
         ("POST", "/open/x", vec![], 200),
         (
@@ -148,4 +155,5 @@ async fn the_first_matching_rule_decides_and_the_default_denies() {
     assert_eq!(count("blocked", "denied"), 2.0, "{metrics}");
     assert_eq!(count("admins", "allowed"), 1.0, "{metrics}");
     assert_eq!(count("", "denied"), 4.0, "{metrics}");
+    assert_eq!(count("secrets", "denied"), 5.0, "{metrics}");
 }

@@ -62,6 +62,11 @@ async fn auth_service() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                     }
                     let resp = match auth {
+                        // A refusal whose body is over what the proxy passes back.
+                        "Bearer big" => http::Response::builder()
+                            .status(302)
+                            .header("location", "https://login.example/")
+                            .body(Full::new(Bytes::from(vec![b'x'; 100_000]))),
                         "Bearer good" | "Bearer slow" => http::Response::builder()
                             .header("x-user", "alice")
                             .header("x-other", "not for the backend")
@@ -191,12 +196,34 @@ async fn the_service_decides_and_its_refusals_reach_the_client() {
         "{:?}",
         started.elapsed()
     );
-    let lenient = send(&proxy, "GET", "/lenient", &slow).await;
+    // Failing open vouches for nothing: the client's own x-user (or a twin) goes.
+    let forged = [
+        ("authorization", "Bearer slow"),
+        ("x-user", "admin"),
+        ("x_user", "admin"),
+    ];
+    let lenient = send(&proxy, "GET", "/lenient", &forged).await;
     assert_eq!(lenient.status, 200);
     assert!(
         seen_by_backend(&lenient, "x-user").is_empty(),
-        "nothing vouched for"
+        "{}",
+        lenient.body
     );
+    assert!(
+        seen_by_backend(&lenient, "x_user").is_empty(),
+        "{}",
+        lenient.body
+    );
+    // A refusal stays one, however long its body: even where failing opens.
+    let big = send(
+        &proxy,
+        "GET",
+        "/lenient",
+        &[("authorization", "Bearer big")],
+    )
+    .await;
+    assert_eq!(big.status, 302);
+    assert_eq!(big.headers["location"], "https://login.example/");
 
     // A policy whose Service does not exist refuses everything, and says why.
     assert_eq!(send(&proxy, "GET", "/nowhere", &good).await.status, 401);
@@ -236,6 +263,7 @@ async fn the_service_decides_and_its_refusals_reach_the_client() {
         "{metrics}"
     );
     assert_eq!(count("apps/lenient", "error_allowed"), 1.0, "{metrics}");
+    assert_eq!(count("apps/lenient", "denied"), 1.0, "{metrics}");
     assert!(
         metric_value(
             &metrics,

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use rauta_common::api::v1::ListStatusesRequest;
+use rauta_common::api::v1::{GetSnapshotRequest, ListStatusesRequest};
 use rauta_tests::harness::{
     Echo, HttpResponse, Proxy, Workspace, eventually, http_request, metric_value, start_gateway_at,
 };
@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: rauta\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n";
 
 const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api, namespace: apps}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules:\n  - name: admin\n    matches: [{path: {type: PathPrefix, value: /admin}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - name: limited\n    matches: [{path: {type: PathPrefix, value: /limited}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - name: broken\n    matches: [{path: {type: PathPrefix, value: /broken}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - name: missing\n    matches: [{path: {type: PathPrefix, value: /missing}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - backendRefs: [{name: echo, port: 8080}]\n";
+
+/// A private key's member, pasted into the local JWK Set by mistake (RFC 8037's example).
+const PRIVATE_MEMBER: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
 
 /// Indents a JSON document to sit in a YAML block scalar.
 fn block(text: &str, indent: usize) -> String {
@@ -88,11 +91,15 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     let remote_1 = SigningKey::es256("remote-1");
     let remote_2 = SigningKey::es256("remote-2");
     let server = JwksServer::start(&jwks(&[&remote_1])).await;
+    let mut local: Value = serde_json::from_str(&jwks(&[&rsa, &ed])).unwrap_or_default();
+    if let Some(keys) = local["keys"].as_array_mut() {
+        keys.push(json!({"kty": "OKP", "crv": "Ed25519", "kid": "oops", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "d": PRIVATE_MEMBER}));
+    }
     ws.write(
         "all.yaml",
         &config(
             echo.http,
-            &jwks(&[&rsa, &ed]),
+            &local.to_string(),
             &jwks(&[&admin_key]),
             &server.url(),
         ),
@@ -119,11 +126,20 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     let ok = get(
         &proxy,
         "/",
-        &[("authorization", &bearer(&alice)), ("x-user", "mallory")],
+        &[
+            ("authorization", &bearer(&alice)),
+            ("x-user", "mallory"),
+            ("x_user", "mallory"),
+        ],
     )
     .await;
     assert_eq!(ok.status, 200);
     assert_eq!(seen(&ok, "x-user"), ["alice"], "{}", ok.body);
+    assert!(
+        seen(&ok, "x_user").is_empty(),
+        "a twin of a claim header: {}",
+        ok.body
+    );
     assert_eq!(seen(&ok, "x-team"), ["core"]);
     assert!(seen(&ok, "authorization").is_empty(), "{}", ok.body);
 
@@ -230,6 +246,11 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     let ok = get(&proxy, &format!("/q?a=1&access_token={carol}"), &[]).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.echo().unwrap_or_default()["path"], "/q?a=1");
+
+    // A refused token in the query is not logged either.
+    let refused_in_query = remote_1.sign(&claims("https://issuer.elsewhere", "eve", json!({})));
+    let resp = get(&proxy, &format!("/q?access_token={refused_in_query}"), &[]).await;
+    assert_eq!(resp.status, 401);
 
     // Rotation: the provider publishes a new key and drops the old one.
     server.set(Some(&jwks(&[&remote_2])));
@@ -393,9 +414,31 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     assert_eq!(count("apps/admin-jwt", "claims"), 1.0);
 
     // No token in the access log.
-    let log = std::fs::read_to_string(&proxy.stdout).unwrap_or_default();
+    let log = || std::fs::read_to_string(&proxy.stdout).unwrap_or_default();
+    eventually(Duration::from_secs(10), || async {
+        log().contains("/q?a=1")
+    })
+    .await;
+    let log = log();
+    for token in [&carol, &alice, &refused_in_query] {
+        assert!(!log.contains(token.as_str()), "a token in the access log");
+    }
+
+    // Only public keys travel: a private key pasted into the JWK Set reaches no dump.
+    let dump = controller
+        .admin()
+        .await
+        .get_snapshot(GetSnapshotRequest {
+            gateway: "infra/gw".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let text = format!("{dump:?}");
+    assert!(text.contains("rsa-1"), "public keys are shown");
     assert!(
-        !log.contains(&carol) && !log.contains(&alice),
-        "a token in the access log"
+        !text.contains(PRIVATE_MEMBER),
+        "a private key member in the dump"
     );
 }

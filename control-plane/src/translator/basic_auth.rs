@@ -2,6 +2,8 @@
 //! Secret, checked here (a line of another kind than bcrypt or SHA-1 makes the policy invalid,
 //! naming the user, never the hash).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use rauta_common::api::v1::{BasicAuth, BasicAuthUser};
 
 use super::jwt::is_token;
@@ -75,10 +77,10 @@ fn htpasswd(text: &str) -> Result<Vec<BasicAuthUser>, String> {
                 n + 1
             ));
         }
+        // As the proxy reads them: a bcrypt hash, or the base64 of a 20-byte SHA-1 digest.
+        let sha1 = |b64: &str| STANDARD.decode(b64).is_ok_and(|d| d.len() == 20);
         let supported = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-            || hash
-                .strip_prefix("{SHA}")
-                .is_some_and(|b64| b64.len() == 28);
+            || hash.strip_prefix("{SHA}").is_some_and(sha1);
         if !supported {
             return Err(format!(
                 "user {name:?}: only bcrypt (htpasswd -B) and SHA-1 (htpasswd -s) entries are supported"
@@ -114,7 +116,9 @@ mod tests {
             "joe:$apr1$x$y",
             "joe",
             "joe:plain",
-            "ann:{SHA}x\nann:{SHA}x",
+            "ann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
+            // 28 characters that are not the base64 of 20 bytes.
+            "joe:{SHA}AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             let e = htpasswd(bad).unwrap_err();
             assert!(

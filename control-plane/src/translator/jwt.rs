@@ -146,7 +146,7 @@ fn remote_jwks(remote: &crd::RemoteJwks) -> Result<RemoteJwks, String> {
     })
 }
 
-/// The JWK Set document, checked to hold a usable key; "" when the object it is in does not
+/// The JWK Set document, cut to its usable public keys (at least one); "" when the object it is in does not
 /// exist (recorded in `missing`).
 fn local_jwks(
     objects: &ObjectSet,
@@ -198,8 +198,9 @@ fn local_jwks(
             );
         }
     };
-    KeySet::parse(document.as_bytes(), 0).map_err(|e| format!("localJWKS: {e}"))?;
-    Ok(document)
+    // Only the usable public keys travel: a private member or a symmetric key pasted in by
+    // mistake reaches no proxy and no dump.
+    KeySet::public_document(document.as_bytes()).map_err(|e| format!("localJWKS: {e}"))
 }
 
 fn duration(value: &str) -> Result<Duration, String> {

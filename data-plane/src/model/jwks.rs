@@ -39,6 +39,8 @@ pub struct RemoteJwks {
     unknown_key_due_ms: AtomicU64,
     /// Sets fetched so far.
     generations: AtomicU64,
+    /// The first 8 bytes of the SHA-256 of the document the keys came from.
+    document: AtomicU64,
     epoch: Instant,
     fetched: Notify,
     /// The last fetch failed: logged once when failing starts, once when it ends.
@@ -61,6 +63,7 @@ impl RemoteJwks {
             due_ms: AtomicU64::new(0),
             unknown_key_due_ms: AtomicU64::new(0),
             generations: AtomicU64::new(0),
+            document: AtomicU64::new(0),
             epoch: Instant::now(),
             fetched: Notify::new(),
             failing: AtomicBool::new(false),
@@ -71,7 +74,8 @@ impl RemoteJwks {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The keys, fetching them when due; waits only for the first fetch.
+    /// The keys, fetching them when due; waits only for the first fetch, and only while one
+    /// is under way.
     pub async fn keys(self: &Arc<Self>) -> Option<Arc<KeySet>> {
         if self.now_ms() >= self.due_ms.load(Ordering::Relaxed) {
             self.start_fetch();
@@ -85,6 +89,10 @@ impl RemoteJwks {
         fetched.as_mut().enable();
         if let Some(keys) = self.keys.load_full() {
             return Some(keys);
+        }
+        // A failed first fetch is retried when due: nobody waits for one that is not running.
+        if !self.fetching.load(Ordering::Acquire) {
+            return None;
         }
         let _ = tokio::time::timeout(FIRST_FETCH_WAIT, fetched).await;
         self.keys.load_full()
@@ -128,15 +136,26 @@ impl RemoteJwks {
 
     fn fetch_done(&self, result: Result<bytes::Bytes, FetchError>) {
         let parsed = result.map_err(|e| e.to_string()).and_then(|body| {
+            // The same document keeps its set and generation: a refetch (say, one a token with
+            // a made-up kid asked for) then forgets no verified token.
+            let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+            let digest = u64::from_le_bytes(digest.as_ref()[..8].try_into().unwrap_or([0; 8]));
+            if digest == self.document.load(Ordering::Relaxed) && self.keys.load().is_some() {
+                return Ok(None);
+            }
             let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-            KeySet::parse(&body, generation).map_err(|e| e.to_string())
+            let set = KeySet::parse(&body, generation).map_err(|e| e.to_string())?;
+            self.document.store(digest, Ordering::Relaxed);
+            Ok(Some(set))
         });
         let next = match parsed {
             Ok(set) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     info!(uri = %self.uri, "JWK Set fetched again");
                 }
-                self.keys.store(Some(Arc::new(set)));
+                if let Some(set) = set {
+                    self.keys.store(Some(Arc::new(set)));
+                }
                 self.refresh
             }
             Err(e) => {
@@ -151,5 +170,28 @@ impl RemoteJwks {
             .store(self.now_ms().saturating_add(next), Ordering::Relaxed);
         self.fetching.store(false, Ordering::Release);
         self.fetched.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nobody_waits_for_a_fetch_that_is_not_running() {
+        // Nothing listens on port 1: each fetch fails at once.
+        let remote = Arc::new(RemoteJwks::new(
+            "http://127.0.0.1:1/jwks".parse().unwrap(),
+            Duration::from_secs(60),
+        ));
+        assert!(remote.keys().await.is_none(), "the first fetch failed");
+        // The next fetch is due in RETRY_AFTER_FAILURE: this request must not wait for it.
+        let started = Instant::now();
+        assert!(remote.keys().await.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -25,7 +25,18 @@ impl ClaimPath {
         ClaimPath(name.split('.').map(Into::into).collect())
     }
 
+    fn is_scope(&self) -> bool {
+        matches!(&*self.0, [one] if &**one == "scope")
+    }
+
+    /// The claim: a top-level claim of the whole name first (names such as
+    /// `https://example.com/roles` have dots of their own), else the nested one.
     pub fn get<'c>(&self, claims: &'c Map<String, Value>) -> Option<&'c Value> {
+        if self.0.len() > 1
+            && let Some(v) = claims.get(&self.0.join("."))
+        {
+            return Some(v);
+        }
         let (first, rest) = self.0.split_first()?;
         let mut value = claims.get(&**first)?;
         for part in rest {
@@ -52,8 +63,10 @@ impl RequiredClaimRt {
         }
         let wanted = |s: &str| self.values.iter().any(|v| **v == *s);
         match value {
-            // A space-separated list (`scope`, RFC 8693) holds each of its words.
-            Value::String(s) => wanted(s) || s.split(' ').any(wanted),
+            // `scope` is a space-separated list (RFC 8693): it holds each of its words. Other
+            // strings are compared whole ("x admin" is not "admin").
+            Value::String(s) if self.path.is_scope() => s.split(' ').any(wanted),
+            Value::String(s) => wanted(s),
             Value::Array(items) => items.iter().filter_map(Value::as_str).any(wanted),
             Value::Bool(b) => wanted(if *b { "true" } else { "false" }),
             Value::Number(n) => wanted(&n.to_string()),
@@ -209,6 +222,18 @@ mod tests {
                 "{c}"
             );
         }
+        let name = RequiredClaimRt {
+            path: ClaimPath::new("role"),
+            values: vec!["admin".into()].into(),
+        };
+        assert!(
+            !name.holds(&claims(json!({"role": "x admin"}))),
+            "words only in scope"
+        );
+        assert!(name.holds(&claims(json!({"role": "admin"}))));
+        let dotted = ClaimPath::new("https://x.example/roles");
+        let c = claims(json!({"https://x.example/roles": ["a"]}));
+        assert_eq!(dotted.get(&c), Some(&json!(["a"])));
         let no_exp = json!({"iss": "https://issuer", "aud": "api", "scope": ["read"]});
         assert_eq!(checks.check(&claims(no_exp), 1000.0), Ok(f64::INFINITY));
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 
 use super::ext_auth;
 use super::local_reply::{ProxyBody, local, unauthorized};
@@ -40,7 +40,11 @@ pub(crate) async fn check_access(
     (peer, scheme): (SocketAddr, &str),
     details: &mut Option<LogDetails>,
 ) -> Result<Identity, Response<ProxyBody>> {
-    let mut identity = authenticate(shared, rule, req, details).await?;
+    // The log shows the target without credentials, whatever comes of them.
+    if let (Some(log), Some(clean)) = (details.as_mut(), credential_free(rule, req.uri())) {
+        log.path = clean.path_and_query().map(ToString::to_string);
+    }
+    let mut identity = authenticate(shared, rule, req).await?;
     if let Some(denied) = authorize(shared, rule, req, peer.ip(), &identity) {
         return Err(denied);
     }
@@ -54,12 +58,26 @@ pub(crate) async fn check_access(
     Ok(identity)
 }
 
+/// The request target without any credential a SecurityPolicy of the rule may read from the
+/// query, forwarded or not: what the access log and redirects show. `None`: nothing to take.
+pub(crate) fn credential_free(rule: &RuleRt, uri: &Uri) -> Option<Uri> {
+    let without_keys = rule
+        .filters
+        .api_key_auth()
+        .and_then(|a| a.without_credentials(uri));
+    let after_keys = without_keys.as_ref().unwrap_or(uri);
+    let without_tokens = rule
+        .filters
+        .jwt_auth()
+        .and_then(|j| j.verifier.without_any_token(after_keys));
+    without_tokens.or(without_keys)
+}
+
 /// Who the request is from, or the 401.
 async fn authenticate(
     shared: &Shared,
     rule: &RuleRt,
     req: &mut Request<ClientBody>,
-    details: &mut Option<LogDetails>,
 ) -> Result<Identity, Response<ProxyBody>> {
     let mut authenticated = false;
     let mut jwt_verified = None;
@@ -119,10 +137,6 @@ async fn authenticate(
         verifier.prepare(req.headers_mut(), token);
         authenticated |= verified.is_some();
         jwt_verified = verified.map(|(_, v)| v);
-    }
-    if authenticated && let Some(log) = details.as_mut() {
-        // The target as forwarded: without credentials in its query.
-        log.path = req.uri().path_and_query().map(ToString::to_string);
     }
     Ok(Identity {
         authenticated,

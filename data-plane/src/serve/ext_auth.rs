@@ -14,15 +14,15 @@ use tracing::debug;
 
 use super::local_reply::{ProxyBody, local};
 use crate::body::client::ClientBody;
-use crate::model::filters::ExtAuthRt;
+use crate::model::filters::{ExtAuthRt, remove_field};
 use crate::model::request::RequestHeaders;
 use crate::shared::Shared;
 
 /// Largest answer body passed back to the client on a refusal.
 const MAX_DENIAL_BODY: usize = 64 * 1024;
 
-/// Headers of a refusal not passed back: they describe the service's connection, not the
-/// answer.
+/// Headers of a refusal not passed back: they describe the service's connection (or the body
+/// as it came), not the answer.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -71,11 +71,16 @@ pub async fn check(
     (shared.metrics.ext_auth_seconds)
         .with_label_values(&[&*ext.name])
         .observe(started.elapsed().as_secs_f64());
+    // Whatever lets the request through, the client's own values of the service's headers go.
+    if !matches!(outcome, Outcome::Denied(_)) {
+        for name in ext.headers_to_backend.iter() {
+            remove_field(req.headers_mut(), name);
+        }
+    }
     match outcome {
         Outcome::Allowed(answer) => {
             let headers = req.headers_mut();
             for name in ext.headers_to_backend.iter() {
-                headers.remove(name);
                 for value in answer.get_all(name) {
                     headers.append(name.clone(), value.clone());
                 }
@@ -119,10 +124,12 @@ async fn call(
         let _ = Limited::new(body, MAX_DENIAL_BODY).collect().await;
         return Outcome::Allowed(parts.headers);
     }
-    let Ok(body) = Limited::new(body, MAX_DENIAL_BODY).collect().await else {
-        return Outcome::Failed;
+    // A refusal stays one whatever its body does: past the limit, or cut off, it goes without.
+    let body = match Limited::new(body, MAX_DENIAL_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
     };
-    let mut denial = local(parts.status, body.to_bytes());
+    let mut denial = local(parts.status, body);
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
             denial.headers_mut().append(name.clone(), value.clone());

@@ -13,7 +13,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, LOCATION, ORIGIN};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tracing::debug;
 
-use super::authenticate::check_access;
+use super::authenticate::{check_access, credential_free};
 use super::cached;
 use super::context::{Connection, ListenerCtx};
 use super::forward::{Client, Picked, forward};
@@ -274,6 +274,9 @@ fn redirected(
     host: &str,
     uri: &Uri,
 ) -> Response<ProxyBody> {
+    // A Location may point elsewhere: never with a credential in it.
+    let clean = credential_free(routed.rule, uri);
+    let uri = clean.as_ref().unwrap_or(uri);
     let location = redirect.location(
         routed.listener.scheme(),
         host,

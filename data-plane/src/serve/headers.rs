@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, COOKIE, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+use rauta_common::paths;
 
 use crate::body::client::ClientBody;
 
@@ -72,54 +73,18 @@ pub(crate) fn without_port(raw: &str) -> &str {
             .map_or(raw, |(h, _)| h)
     }
 }
-/// A path segment that means "." or ".." once %2e is decoded.
-fn dot_segment(segment: &str) -> Option<&'static str> {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    match decoded.as_str() {
-        "." => Some("."),
-        ".." => Some(".."),
-        _ => None,
-    }
-}
-
-/// Whether a path has "." or ".." segments (also written %2e).
-pub(crate) fn has_dot_segments(path: &str) -> bool {
-    // Only segments starting with '.' or '%' can be dot segments: no allocation otherwise.
-    path.split('/')
-        .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some())
-}
-
-/// The request target with "." and ".." path segments (also written %2e) resolved, RFC 3986
-/// section 5.2.4. `None` when the path has none (the common case, no allocation);
-/// `Some(None)` when the result is not a valid target.
+/// The request target with its path in normal form (`rauta_common::paths`: dot segments
+/// resolved, repeated slashes merged, encoded unreserved characters decoded). `None` when it
+/// already is (the common case, no allocation); `Some(None)` when the result is not a valid
+/// target.
 pub(crate) fn normalized_target(uri: &Uri) -> Option<Option<PathAndQuery>> {
-    let path = uri.path();
-    if !has_dot_segments(path) {
-        return None;
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match dot_segment(segment).unwrap_or(segment) {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let normalized = format!("/{}", out.join("/"));
+    let path = match paths::normalized(uri.path()) {
+        Cow::Borrowed(_) => return None,
+        Cow::Owned(p) => p,
+    };
     let target = match uri.query() {
-        Some(q) => format!("{normalized}?{q}"),
-        None => normalized,
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
     Some(PathAndQuery::try_from(target).ok())
 }
@@ -275,6 +240,8 @@ mod tests {
         assert_eq!(n("/public/%2e%2E/admin"), Some("/admin".into()));
         assert_eq!(n("/public/.%2e/x"), Some("/x".into()));
         assert_eq!(n("/%2Fetc"), None);
+        assert_eq!(n("//admin?x=%61"), Some("/admin?x=%61".into()));
+        assert_eq!(n("/%61dmin"), Some("/admin".into()));
     }
 
     #[test]

@@ -98,19 +98,35 @@ impl ApiKeyAuthRt {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<HeaderValue, AuthFailure> {
+        // A key given twice in its place is refused: a backend forwarded the key might read
+        // the other one.
+        let mut twice = false;
         let from_header = self
             .headers
             .iter()
-            .find_map(|h| headers.get(h).filter(|v| !v.is_empty()))
+            .find(|h| headers.get(*h).is_some_and(|v| !v.is_empty()))
+            .and_then(|h| {
+                twice = headers.get_all(h).iter().nth(1).is_some();
+                headers.get(h)
+            })
             .map(HeaderValue::as_bytes);
         let key = from_header.or_else(|| {
             let query = query?;
-            self.query_params
+            let param = self
+                .query_params
                 .iter()
-                .find_map(|p| query_value(query, p).filter(|v| !v.is_empty()))
-                .map(str::as_bytes)
+                .find(|p| query_value(query, p).is_some_and(|v| !v.is_empty()))?;
+            twice = query
+                .split('&')
+                .filter(|pair| pair.split('=').next() == Some(&**param))
+                .count()
+                > 1;
+            query_value(query, param).map(str::as_bytes)
         });
         let key = key.ok_or(AuthFailure::Missing)?;
+        if twice {
+            return Err(AuthFailure::Invalid);
+        }
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         let digest: &[u8; 32] = digest
             .as_ref()
@@ -147,6 +163,7 @@ impl ApiKeyAuthRt {
             }
         }
         if let Some(h) = &self.forward_client_id {
+            super::remove_field(headers, h);
             headers.insert(h.clone(), client);
         }
     }
@@ -215,6 +232,16 @@ mod tests {
         assert_eq!(
             a.check(&empty, Some("keyx=s3cret")),
             Err(AuthFailure::Missing)
+        );
+
+        // Given twice: refused.
+        let mut dup = HeaderMap::new();
+        dup.append("x-api-key", HeaderValue::from_static("s3cret"));
+        dup.append("x-api-key", HeaderValue::from_static("other"));
+        assert_eq!(a.check(&dup, None), Err(AuthFailure::Invalid));
+        assert_eq!(
+            a.check(&empty, Some("key=s3cret&key=x")),
+            Err(AuthFailure::Invalid)
         );
 
         // An empty header is no key: the query is looked at.

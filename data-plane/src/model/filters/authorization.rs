@@ -3,11 +3,13 @@
 //! path prefix; the first rule that matches decides, else the default. Checked after
 //! authentication, so claims are the verified token's, never the client's say-so.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use ipnet::IpNet;
 use rauta_common::api::v1::Authorization;
+use rauta_common::paths;
 use serde_json::{Map, Value};
 
 use crate::model::jwt_claims::{ClaimPath, RequiredClaimRt};
@@ -102,9 +104,10 @@ impl AuthorizationRt {
     /// default).
     pub fn decide(&self, asking: &Asking<'_>) -> (bool, &str) {
         let client = self.client(asking.peer, asking.headers);
+        let path = matching_path(asking.path);
         self.rules
             .iter()
-            .find(|r| r.matches(client, asking))
+            .find(|r| r.matches(client, &path, asking))
             .map_or((self.default_allow, ""), |r| (r.allow, &r.name))
     }
 
@@ -128,11 +131,10 @@ impl AuthorizationRt {
 }
 
 impl RuleRt {
-    fn matches(&self, client: IpAddr, asking: &Asking<'_>) -> bool {
+    fn matches(&self, client: IpAddr, path: &str, asking: &Asking<'_>) -> bool {
         (self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(&client)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| **m == *asking.method))
-            && (self.path_prefixes.is_empty()
-                || self.path_prefixes.iter().any(|p| under(asking.path, p)))
+            && (self.path_prefixes.is_empty() || self.path_prefixes.iter().any(|p| under(path, p)))
             && self.claims_hold(asking.claims)
     }
 
@@ -150,6 +152,27 @@ impl RuleRt {
         };
         self.claims.iter().all(|c| c.holds(claims)) && self.scopes.iter().all(|s| has_scope(s))
     }
+}
+
+/// The path rules compare: the request's (already in normal form, `rauta_common::paths`),
+/// with encoded slashes and backslashes read as slashes too, as a backend that decodes them
+/// would: a deny rule for `/admin` must catch `/admin%2Fusers`. (An allow rule may then miss
+/// a path with an encoded slash in a segment; failing that way is safe.)
+fn matching_path(path: &str) -> Cow<'_, str> {
+    let encoded_slash = |w: &[u8]| {
+        w[0] == b'%'
+            && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
+                || w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+    };
+    if !path.as_bytes().windows(3).any(encoded_slash) {
+        return Cow::Borrowed(path);
+    }
+    let decoded = path
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%5C", "/")
+        .replace("%5c", "/");
+    Cow::Owned(paths::normalized(&decoded).into_owned())
 }
 
 /// Whether `path` is `prefix` or under it, by whole segments.
@@ -257,6 +280,15 @@ mod tests {
         assert_eq!(
             p.decide(&ask("10.0.0.1", "POST", "/admin", reader.as_object())),
             (false, "")
+        );
+        // An encoded slash is read as one: /public%2F..%2Fadmin is /admin, not under /public.
+        assert_eq!(
+            p.decide(&ask("10.0.0.1", "GET", "/public%2F..%2Fadmin", None)),
+            (false, "")
+        );
+        assert_eq!(
+            p.decide(&ask("10.0.0.1", "GET", "/public%2fx", None)),
+            (true, "readers")
         );
     }
 

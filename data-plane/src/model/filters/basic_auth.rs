@@ -26,7 +26,10 @@ pub const REMEMBERED_FOR: Duration = Duration::from_secs(300);
 /// Most remembered per policy; past it, it starts over.
 const MAX_REMEMBERED: usize = 10_000;
 
-static BCRYPT_CHECKS: Semaphore = Semaphore::const_new(MAX_BCRYPT_CHECKS);
+/// Permits for bcrypt checks; a permit goes with its check to the blocking thread, so a
+/// client that hangs up does not free it while the check still runs.
+static BCRYPT_CHECKS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(MAX_BCRYPT_CHECKS)));
 static SALT: LazyLock<[u8; 16]> = LazyLock::new(rand::random);
 
 /// Why a BasicAuth is invalid.
@@ -182,15 +185,18 @@ impl BasicAuthRt {
         if remembered.is_some_and(|at| at.elapsed() < REMEMBERED_FOR) {
             return Ok(true);
         }
-        let permit = tokio::time::timeout(BCRYPT_QUEUE_WAIT, BCRYPT_CHECKS.acquire())
+        let permits = Arc::clone(&BCRYPT_CHECKS);
+        let permit = tokio::time::timeout(BCRYPT_QUEUE_WAIT, permits.acquire_owned())
             .await
             .map_err(|_| BasicFailure::Busy)?
             .map_err(|_| BasicFailure::Busy)?;
         let (password, hash) = (password.to_owned(), Arc::clone(hash));
-        let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .map_err(|_| BasicFailure::Busy)?;
-        drop(permit);
+        let verified = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .map_err(|_| BasicFailure::Busy)?;
         let ok = verified.unwrap_or(false);
         if ok {
             let map = self.passed.pin();
@@ -209,6 +215,7 @@ impl BasicAuthRt {
             headers.remove(header::AUTHORIZATION);
         }
         if let Some(h) = &self.forward_username {
+            super::remove_field(headers, h);
             headers.insert(h.clone(), user);
         }
     }
@@ -258,8 +265,12 @@ mod tests {
         h
     }
 
+    /// The tests that use the process's bcrypt permits, one at a time.
+    static PERMITS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn bcrypt_and_sha_users_pass_with_their_passwords_only() {
+        let _serial = PERMITS.lock().await;
         let a = auth();
         assert_eq!(a.check(&with("ann:bcrypt-pass")).await.unwrap(), "ann");
         // Remembered: a second check needs no bcrypt.
@@ -290,6 +301,33 @@ mod tests {
         a.prepare(&mut h, HeaderValue::from_static("ann"));
         assert_eq!(h["x-user"], "ann");
         assert!(!h.contains_key(header::AUTHORIZATION));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_whose_client_left_keeps_its_permit_until_it_ends() {
+        let _serial = PERMITS.lock().await;
+        let slow = BasicAuthRt::build(&BasicAuth {
+            users: vec![BasicAuthUser {
+                username: "u".into(),
+                password_hash: bcrypt::hash("p", 12).unwrap_or_default(),
+            }],
+            ..Default::default()
+        })
+        .map(Arc::new)
+        .unwrap();
+        let before = BCRYPT_CHECKS.available_permits();
+        let check = {
+            let slow = Arc::clone(&slow);
+            tokio::spawn(async move { slow.check(&with("u:wrong")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        check.abort();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            BCRYPT_CHECKS.available_permits(),
+            before - 1,
+            "the hash still runs on its blocking thread: its permit with it"
+        );
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct Found<'r> {
     provider: usize,
     place: usize,
     token: &'r str,
+    /// The place holds more than one token (two headers, cookies or parameters of its name):
+    /// refused, since a backend might read the other one.
+    ambiguous: bool,
 }
 
 /// Which provider found a token, and where.
@@ -191,6 +194,7 @@ impl JwtVerifier {
                     provider,
                     place,
                     token,
+                    ambiguous: more_than_one(at, headers, query),
                 })
             })
         })
@@ -208,6 +212,9 @@ impl JwtVerifier {
 
     /// Verifies a found token (see the module's comment).
     pub async fn verify(&self, found: &Found<'_>) -> Result<Arc<Verified>, JwtFailure> {
+        if found.ambiguous {
+            return Err(JwtFailure::Malformed);
+        }
         let p = &self.providers[found.provider];
         let now = unix_now();
         let digest = digest(found);
@@ -286,12 +293,22 @@ impl JwtVerifier {
     }
 
     /// The request target without the query parameters tokens may be in, when it has any and
-    /// tokens are not forwarded: what the access log, redirects and the backend see.
+    /// tokens are not forwarded: what the backend sees.
     pub fn without_credentials(&self, uri: &Uri) -> Option<Uri> {
+        self.without_tokens(uri, false)
+    }
+
+    /// The request target without any query parameter a token may be in, forwarded or not:
+    /// what the access log and redirects show.
+    pub fn without_any_token(&self, uri: &Uri) -> Option<Uri> {
+        self.without_tokens(uri, true)
+    }
+
+    fn without_tokens(&self, uri: &Uri, forwarded_too: bool) -> Option<Uri> {
         let params: Vec<Box<str>> = self
             .providers
             .iter()
-            .filter(|p| !p.forward_token)
+            .filter(|p| forwarded_too || !p.forward_token)
             .flat_map(|p| p.places.iter())
             .filter_map(|place| match place {
                 TokenPlace::Query(name) => Some(name.clone()),
@@ -309,7 +326,7 @@ impl JwtVerifier {
     /// forwards it (a token in the query goes with [`JwtVerifier::without_credentials`]).
     pub fn prepare(&self, headers: &mut HeaderMap, verified: Option<(TokenAt, &Verified)>) {
         for h in self.providers.iter().flat_map(|p| p.claim_headers.iter()) {
-            headers.remove(&h.header);
+            super::remove_field(headers, &h.header);
         }
         let Some((found, verified)) = verified else {
             return;
@@ -437,6 +454,28 @@ fn token_at<'r>(
         TokenPlace::Query(name) => query_value(query?, name)?,
     };
     (!token.is_empty()).then_some(token)
+}
+
+/// Whether a place holds more than one value of its name.
+fn more_than_one(place: &TokenPlace, headers: &HeaderMap, query: Option<&str>) -> bool {
+    match place {
+        TokenPlace::Header { name, .. } => headers.get_all(name).iter().nth(1).is_some(),
+        TokenPlace::Cookie(name) => {
+            let named = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter(|pair| pair.trim().split('=').next() == Some(&**name));
+            named.count() > 1
+        }
+        TokenPlace::Query(name) => query.is_some_and(|q| {
+            q.split('&')
+                .filter(|pair| pair.split('=').next() == Some(&**name))
+                .count()
+                > 1
+        }),
+    }
 }
 
 /// Removes one cookie from the request's Cookie fields.
@@ -567,6 +606,7 @@ mod tests {
             provider: 0,
             place: 0,
             token: &expired,
+            ambiguous: false,
         };
         assert_eq!(
             v.verify(&found).await.err(),
@@ -621,6 +661,7 @@ mod tests {
             provider: 0,
             place: 0,
             token: &other,
+            ambiguous: false,
         };
         assert_eq!(
             v.verify(&found).await.err(),
@@ -629,5 +670,15 @@ mod tests {
         let mut empty = HeaderMap::new();
         empty.insert(header::COOKIE, HeaderValue::from_static("session="));
         assert!(v.find(&empty, None).is_none());
+
+        // Two tokens in one place: refused, whichever is valid.
+        let mut two = HeaderMap::new();
+        let both = format!("session={token}; session=forged");
+        two.insert(header::COOKIE, HeaderValue::from_str(&both).unwrap());
+        let found = v.find(&two, None).unwrap();
+        assert_eq!(v.verify(&found).await.err(), Some(JwtFailure::Malformed));
+        let twice: Uri = format!("/p?t={token}&t=x").parse().unwrap();
+        let found = v.find(&none, twice.query()).unwrap();
+        assert_eq!(v.verify(&found).await.err(), Some(JwtFailure::Malformed));
     }
 }

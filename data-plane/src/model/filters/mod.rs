@@ -233,6 +233,27 @@ impl Default for Filters {
     }
 }
 
+/// Removes a field the proxy sets (an identity header) with its twins: fields whose names
+/// differ only by `_` for `-` (`x_user` for `x-user`), which CGI-style backends read as the
+/// same variable. Otherwise a client could send a twin the backend may take for the proxy's.
+pub fn remove_field(headers: &mut http::HeaderMap, name: &http::HeaderName) {
+    headers.remove(name);
+    if !name.as_str().contains('-') {
+        return;
+    }
+    let twin = |k: &http::HeaderName| {
+        k.as_str().len() == name.as_str().len()
+            && k.as_str()
+                .bytes()
+                .zip(name.as_str().bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let twins: Vec<http::HeaderName> = headers.keys().filter(|k| twin(k)).cloned().collect();
+    for k in twins {
+        headers.remove(k);
+    }
+}
+
 /// The first filter of a kind.
 macro_rules! first {
     ($list:expr, $kind:ident) => {

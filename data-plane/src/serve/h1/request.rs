@@ -14,7 +14,7 @@ use crate::model::request::{RequestHeaders, RequestView};
 use crate::model::rule::{Pick, RuleRt, WeightedBackend};
 use crate::observe::trace::TraceContext;
 use crate::serve::context::{Connection, ListenerCtx};
-use crate::serve::headers::{has_dot_segments, without_port};
+use crate::serve::headers::without_port;
 use crate::shared::Shared;
 use crate::upstream::Protocol;
 
@@ -332,7 +332,7 @@ pub fn plan<'s>(
     if fields.len() > cx.limits.max_headers
         || method == "CONNECT"
         || !plain_target(target)
-        || has_dot_segments(target.split_once('?').map_or(target, |(p, _)| p))
+        || rauta_common::paths::needs_normalizing(target.split_once('?').map_or(target, |(p, _)| p))
     {
         return Planned::Handoff;
     }

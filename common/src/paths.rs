@@ -1,0 +1,123 @@
+//! Request paths in the one form routing and policies compare: "." and ".." segments resolved
+//! (also written `%2e`, RFC 3986 5.2.4), repeated slashes merged (as Envoy Gateway does by
+//! default), percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2: `%61` is `a`).
+//! Otherwise `/%61dmin`, `//admin` or `/public/../admin` would miss a rule for `/admin` that a
+//! backend, reading them as `/admin`, serves. Encoded slashes (`%2F`) stay as they are: they
+//! may be part of a segment (an id with a slash in it).
+
+use std::borrow::Cow;
+
+/// Whether `path` is not in normal form. Cheap: no allocation, one pass.
+pub fn needs_normalizing(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.windows(2).any(|w| w == b"//")
+        || bytes
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'%' && encoded_unreserved(&bytes[i..]).is_some())
+        || has_dot_segments(path)
+}
+
+/// Whether a path has "." or ".." segments (also written %2e).
+pub fn has_dot_segments(path: &str) -> bool {
+    // Only segments starting with '.' or '%' can be dot segments: no allocation otherwise.
+    path.split('/')
+        .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some())
+}
+
+/// `path` in normal form (see the module's comment); borrowed when it already is.
+pub fn normalized(path: &str) -> Cow<'_, str> {
+    if !needs_normalizing(path) {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match dot_segment(segment).unwrap_or(segment) {
+            // An empty segment is a repeated slash, but for the last: a trailing slash.
+            "" if !last => {}
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
+/// A path segment that means "." or ".." once %2e is decoded.
+fn dot_segment(segment: &str) -> Option<&'static str> {
+    if segment.len() > 6 {
+        return None;
+    }
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    match decoded.as_str() {
+        "." => Some("."),
+        ".." => Some(".."),
+        _ => None,
+    }
+}
+
+/// The unreserved character `%XX` at the start of `bytes` encodes, if it encodes one.
+fn encoded_unreserved(bytes: &[u8]) -> Option<char> {
+    let [b'%', hi, lo, ..] = bytes else {
+        return None;
+    };
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let value = u8::try_from(hex(*hi)? * 16 + hex(*lo)?).ok()?;
+    let c = char::from(value);
+    (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(c) = encoded_unreserved(&bytes[i..]) {
+            out.push(c);
+            i += 3;
+        } else {
+            // Char boundaries: only ASCII '%' sequences are replaced, the rest copied as is.
+            let next = path[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&path[i..i + next]);
+            i += next;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_put_in_one_form() {
+        let n = |p: &str| normalized(p).into_owned();
+        assert_eq!(n("/public/../admin"), "/admin");
+        assert_eq!(n("/a/./b/../c"), "/a/c");
+        assert_eq!(n("/../../etc"), "/etc");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/public/%2e%2E/admin"), "/admin");
+        assert_eq!(n("//admin//x/"), "/admin/x/");
+        assert_eq!(n("/%61dmin/%7Euser"), "/admin/~user");
+        assert_eq!(n("/%2561"), "/%2561", "only one level of decoding");
+        assert_eq!(n("/a%2Fb"), "/a%2Fb", "encoded slashes stay");
+        assert_eq!(n("/caf\u{e9}/%41"), "/caf\u{e9}/A");
+        assert_eq!(n("//"), "/");
+        for already in ["/", "/a/b", "/a..b/.c", "/%2Fetc", "/x%20y"] {
+            assert!(!needs_normalizing(already), "{already}");
+            assert!(matches!(normalized(already), Cow::Borrowed(_)));
+        }
+    }
+}
