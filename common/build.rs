@@ -69,5 +69,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::wire::EncodedDeltaResponse",
         )
         .compile_fds(server_only)?;
+    // Envoy's external authorization API (a wire-compatible subset), which proxies call:
+    // generated on its own so that it stays out of the controller's reflection.
+    let ext_authz = "envoy/ext_authz.proto";
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join(ext_authz).display()
+    );
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(protox::compile([ext_authz], [&proto_root])?)?;
     Ok(())
 }

@@ -271,3 +271,194 @@ async fn the_service_decides_and_its_refusals_reach_the_client() {
         ) >= 4.0
     );
 }
+
+mod grpc {
+    //! The same through Envoy's gRPC API (`envoy.service.auth.v3.Authorization`), with a
+    //! tonic server in the test.
+
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rauta_common::api::ext_authz::authorization_server::{Authorization, AuthorizationServer};
+    use rauta_common::api::ext_authz::{
+        BoolValue, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+        HttpStatus, OkHttpResponse, RpcStatus, check_response,
+    };
+    use rauta_tests::harness::{Echo, Workspace, eventually, metric_value, start_gateway_at};
+    use rauta_tests::manifests::{documents, gateway_class, service};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::{GATEWAY, seen_by_backend, send};
+
+    #[derive(Clone, Default)]
+    struct Authz {
+        asked: Arc<Mutex<Vec<CheckRequest>>>,
+    }
+
+    fn option(key: &str, value: &str, append: Option<bool>) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+            append: append.map(|value| BoolValue { value }),
+            append_action: 0,
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Authorization for Authz {
+        async fn check(
+            &self,
+            request: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            let check = request.into_inner();
+            self.asked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(check.clone());
+            let http = check
+                .attributes
+                .and_then(|a| a.request)
+                .and_then(|r| r.http)
+                .unwrap_or_default();
+            let auth = http
+                .headers
+                .get("authorization")
+                .cloned()
+                .unwrap_or_default();
+            let answer = match auth.as_str() {
+                "Bearer good" => CheckResponse {
+                    status: Some(RpcStatus::default()),
+                    http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
+                        headers: vec![
+                            option("x-user", "alice", None),
+                            option("x-trace", "authz", Some(true)),
+                        ],
+                        headers_to_remove: vec!["authorization".into(), "host".into()],
+                        ..Default::default()
+                    })),
+                },
+                "Bearer teapot" => CheckResponse {
+                    status: Some(RpcStatus {
+                        code: 16,
+                        message: "no".into(),
+                    }),
+                    http_response: Some(check_response::HttpResponse::DeniedResponse(
+                        DeniedHttpResponse {
+                            status: Some(HttpStatus { code: 401 }),
+                            headers: vec![option("www-authenticate", "Custom", None)],
+                            body: "denied over gRPC\n".into(),
+                        },
+                    )),
+                },
+                _ => CheckResponse {
+                    status: Some(RpcStatus {
+                        code: 7,
+                        message: "denied".into(),
+                    }),
+                    http_response: None,
+                },
+            };
+            Ok(tonic::Response::new(answer))
+        }
+    }
+
+    async fn authz_server() -> (SocketAddr, Authz) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let authz = Authz::default();
+        let service = AuthorizationServer::new(authz.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (addr, authz)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_envoy_ext_authz_server_decides_over_grpc() {
+        let ws = Workspace::new();
+        let echo = Echo::start("echo-1-a", "apps", ws.path());
+        let (authz_addr, authz) = authz_server().await;
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api, namespace: apps}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules:\n  - backendRefs: [{name: echo, port: 8080}]\n";
+        let policy = "apiVersion: gateway.rauta.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: opa, namespace: apps}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}]\n  extAuth:\n    grpc: {backendRef: {name: authz, port: 9001}}\n    timeout: 1s\n";
+        ws.write(
+            "all.yaml",
+            &documents(&[
+                gateway_class("rauta"),
+                GATEWAY.to_owned(),
+                service("apps", "echo", &[echo.http]),
+                service("apps", "authz", &[authz_addr]).replace("port: 8080", "port: 9001"),
+                route.to_owned(),
+                policy.to_owned(),
+            ]),
+        );
+        let (_controller, proxy) = start_gateway_at(&ws, 80, 1, &[]).await;
+        let good = [
+            ("authorization", "Bearer good"),
+            ("x-user", "mallory"),
+            ("x-tenant", "t1"),
+        ];
+        eventually(Duration::from_secs(15), || async {
+            send(&proxy, "GET", "/", &good).await.status == 200
+        })
+        .await;
+
+        // Allowed: the service's headers set (x-user overwritten, x-trace added), the
+        // headers it removes removed (but Host).
+        let ok = send(&proxy, "POST", "/orders?id=1", &good).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(seen_by_backend(&ok, "x-user"), ["alice"], "{}", ok.body);
+        assert_eq!(seen_by_backend(&ok, "x-trace"), ["authz"]);
+        assert!(
+            seen_by_backend(&ok, "authorization").is_empty(),
+            "{}",
+            ok.body
+        );
+        assert_eq!(ok.echo().unwrap_or_default()["host"], "api.example");
+        let asked = authz
+            .asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned();
+        let attributes = asked.and_then(|c| c.attributes).unwrap_or_default();
+        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        assert_eq!(
+            (
+                http.method.as_str(),
+                http.path.as_str(),
+                http.host.as_str(),
+                http.scheme.as_str()
+            ),
+            ("POST", "/orders?id=1", "api.example", "http")
+        );
+        assert_eq!(http.headers.get("x-tenant").map(String::as_str), Some("t1"));
+        let source = format!("{:?}", attributes.source);
+        assert!(source.contains("127.0.0.1"), "{source}");
+
+        // Denied with the service's own answer, or 403 without one.
+        let teapot = send(&proxy, "GET", "/", &[("authorization", "Bearer teapot")]).await;
+        assert_eq!(teapot.status, 401);
+        assert_eq!(teapot.headers["www-authenticate"], "Custom");
+        assert_eq!(teapot.body, "denied over gRPC\n");
+        assert_eq!(send(&proxy, "GET", "/", &[]).await.status, 403);
+
+        let metrics = proxy.metrics().await;
+        let count = |result: &str| {
+            metric_value(
+                &metrics,
+                &format!(
+                    "rauta_proxy_auth_requests_total{{method=\"ext_auth\",policy=\"apps/opa\",result=\"{result}\"}}"
+                ),
+            )
+        };
+        assert!(count("allowed") >= 2.0, "{metrics}");
+        assert_eq!(count("denied"), 2.0, "{metrics}");
+    }
+}

@@ -53,9 +53,17 @@ pub struct SecurityPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtAuth {
-    pub http: HttpExtAuth,
-    /// Request headers sent to the service besides Host and X-Forwarded-Method, -Proto,
-    /// -Host, -Uri and -For (default: Authorization and Cookie).
+    /// Forward auth: the service answers a copy of the request. Exactly one of `http` and
+    /// `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpExtAuth>,
+    /// The service speaks Envoy's gRPC `envoy.service.auth.v3.Authorization` (OPA-Envoy,
+    /// Authorino, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcExtAuth>,
+    /// Request headers sent to the service: for `http`, besides Host and X-Forwarded-Method,
+    /// -Proto, -Host, -Uri and -For (default: Authorization and Cookie); for `grpc`, in the
+    /// CheckRequest (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_to_ext_auth: Option<Vec<String>>,
     /// Without an answer in time: let the request through (default false: 403).
@@ -80,6 +88,13 @@ pub struct HttpExtAuth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers_to_backend: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcExtAuth {
+    /// The service: a Service port speaking gRPC (HTTP/2 without TLS).
+    pub backend_ref: ExtAuthBackendRef,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]

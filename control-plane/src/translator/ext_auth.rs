@@ -20,7 +20,11 @@ pub fn ext_auth(
     key: &ObjectRef,
     e: &crd::ExtAuth,
 ) -> Result<(ExtAuth, ResolvedBackend), String> {
-    let r = &e.http.backend_ref;
+    let (r, grpc) = match (&e.http, &e.grpc) {
+        (Some(http), None) => (&http.backend_ref, false),
+        (None, Some(grpc)) => (&grpc.backend_ref, true),
+        _ => return Err("extAuth: set exactly one of http and grpc".into()),
+    };
     let backend = BackendRef {
         group: r.group.as_deref(),
         kind: r.kind.as_deref(),
@@ -30,10 +34,10 @@ pub fn ext_auth(
     };
     let referrer = Referrer {
         kind: "SecurityPolicy",
-        grpc: false,
+        grpc,
     };
     let resolved = backends::resolve(objects, &key.namespace, referrer, backend)
-        .map_err(|p| format!("extAuth.http.backendRef: {}", p.message))?;
+        .map_err(|p| format!("extAuth backendRef: {}", p.message))?;
     let headers = |what: &str, names: &[String]| {
         names
             .iter()
@@ -45,13 +49,16 @@ pub fn ext_auth(
     };
     let to_auth = match &e.headers_to_ext_auth {
         Some(names) => headers("extAuth.headersToExtAuth", names)?,
+        // A gRPC service gets every header unless told otherwise (as Envoy Gateway sends).
+        None if grpc => Vec::new(),
         None => DEFAULT_HEADERS_TO_AUTH
             .iter()
             .map(|h| (*h).to_owned())
             .collect(),
     };
-    let to_backend = headers("extAuth.http.headersToBackend", &e.http.headers_to_backend)?;
-    let path_prefix = e.http.path.clone().unwrap_or_default();
+    let http = e.http.clone().unwrap_or_default();
+    let to_backend = headers("extAuth.http.headersToBackend", &http.headers_to_backend)?;
+    let path_prefix = http.path.clone().unwrap_or_default();
     if !path_prefix.is_empty()
         && (!path_prefix.starts_with('/') || path_prefix.contains(['?', '#']))
     {
@@ -77,6 +84,7 @@ pub fn ext_auth(
         fail_open: e.fail_open.unwrap_or(false),
         timeout: prost_types::Duration::try_from(timeout).ok(),
         name: key.to_string(),
+        grpc,
     };
     Ok((ext, resolved))
 }

@@ -8,39 +8,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tracing::debug;
 
+use super::ext_auth_answer::{Edits, HOP_BY_HOP, MAX_DENIAL_BODY, Outcome, SetMode};
+use super::ext_authz_grpc;
 use super::local_reply::{ProxyBody, local};
 use crate::body::client::ClientBody;
 use crate::model::filters::{ExtAuthRt, remove_field};
 use crate::model::request::RequestHeaders;
 use crate::shared::Shared;
-
-/// Largest answer body passed back to the client on a refusal.
-const MAX_DENIAL_BODY: usize = 64 * 1024;
-
-/// Headers of a refusal not passed back: they describe the service's connection (or the body
-/// as it came), not the answer.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "content-length",
-];
-
-/// How a call ended.
-enum Outcome {
-    Allowed(HeaderMap),
-    Denied(Response<ProxyBody>),
-    /// No answer (timeout, no endpoint, connection failure): fail open or closed.
-    Failed,
-}
 
 /// `None` when the request may go on (the service's chosen headers now set on it), else the
 /// answer to send the client.
@@ -78,16 +56,11 @@ pub async fn check(
         }
     }
     match outcome {
-        Outcome::Allowed(answer) => {
-            let headers = req.headers_mut();
-            for name in ext.headers_to_backend.iter() {
-                for value in answer.get_all(name) {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
+        Outcome::Allowed(edits) => {
+            edits.apply(req.headers_mut());
             None
         }
-        Outcome::Denied(resp) => Some(resp),
+        Outcome::Denied(resp) => Some(*resp),
         Outcome::Failed if ext.fail_open => None,
         Outcome::Failed => Some(local(
             StatusCode::FORBIDDEN,
@@ -108,6 +81,9 @@ async fn call(
     let Some(endpoint) = cluster.pick(peer.ip(), RequestHeaders::Map(req.headers())) else {
         return Outcome::Failed;
     };
+    if ext.grpc {
+        return ext_authz_grpc::check(ext, req, endpoint, peer, scheme).await;
+    }
     let Some(ask) = auth_request(ext, req, peer, scheme) else {
         return Outcome::Failed;
     };
@@ -122,7 +98,15 @@ async fn call(
     if parts.status.is_success() {
         // Drained, so that the connection goes back to its pool.
         let _ = Limited::new(body, MAX_DENIAL_BODY).collect().await;
-        return Outcome::Allowed(parts.headers);
+        let mut edits = Edits::default();
+        for name in ext.headers_to_backend.iter() {
+            for value in parts.headers.get_all(name) {
+                edits
+                    .set
+                    .push((name.clone(), value.clone(), SetMode::Append));
+            }
+        }
+        return Outcome::Allowed(edits);
     }
     // A refusal stays one whatever its body does: past the limit, or cut off, it goes without.
     let body = match Limited::new(body, MAX_DENIAL_BODY).collect().await {
@@ -135,7 +119,7 @@ async fn call(
             denial.headers_mut().append(name.clone(), value.clone());
         }
     }
-    Outcome::Denied(denial)
+    Outcome::Denied(Box::new(denial))
 }
 
 /// The request the service is asked: the client's method, the prefix and the client's path

@@ -20,6 +20,8 @@ pub mod client_hello;
 pub mod context;
 pub mod copy;
 pub mod ext_auth;
+mod ext_auth_answer;
+mod ext_authz_grpc;
 pub mod forward;
 pub mod general;
 pub mod global_limit;

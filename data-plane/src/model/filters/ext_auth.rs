@@ -31,6 +31,8 @@ pub struct ExtAuthRt {
     pub headers_to_backend: Box<[HeaderName]>,
     pub fail_open: bool,
     pub timeout: Duration,
+    /// The service speaks Envoy's gRPC ext_authz API.
+    pub grpc: bool,
     /// The policy, for metrics.
     pub name: Box<str>,
 }
@@ -65,6 +67,7 @@ impl ExtAuthRt {
             headers_to_backend: headers(&e.headers_to_backend)?,
             fail_open: e.fail_open,
             timeout,
+            grpc: e.grpc,
             name: e.name.as_str().into(),
         })
     }
