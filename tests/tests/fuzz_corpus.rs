@@ -74,3 +74,8 @@ fn snapshot() {
 fn controller_yaml() {
     replay("controller_yaml", rauta_controller::fuzz::yaml);
 }
+
+#[test]
+fn credentials() {
+    replay("credentials", rauta_proxy::fuzz::credentials);
+}

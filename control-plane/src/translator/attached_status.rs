@@ -96,11 +96,15 @@ impl Ours<'_> {
         // policy still applies, and refuses that Secret's clients.
         let resolved = entry.missing.as_ref().map(|missing| match missing.first() {
             None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", g),
-            Some(secret) => Condition::new(
+            Some(m) => Condition::new(
                 "ResolvedRefs",
                 false,
                 "InvalidCredentialRef",
-                format!("Secret {secret} not found: its clients are refused"),
+                format!(
+                    "{} {} not found: the credentials or keys it holds are missing, so the \
+                     requests that need them are refused",
+                    m.kind, m.object
+                ),
                 g,
             ),
         });

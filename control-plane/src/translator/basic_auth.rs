@@ -8,6 +8,7 @@ use rauta_common::api::v1::{BasicAuth, BasicAuthUser};
 
 use super::jwt::is_token;
 use super::references::secret_entries;
+use super::security::MissingRef;
 use crate::crds::security_policy as crd;
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -20,7 +21,7 @@ pub fn basic_auth(
     objects: &ObjectSet,
     key: &ObjectRef,
     basic: &crd::BasicAuth,
-    missing: &mut Vec<ObjectRef>,
+    missing: &mut Vec<MissingRef>,
 ) -> Result<BasicAuth, String> {
     let forward_username_header = match &basic.forward_username_header {
         Some(h) if !is_token(h) || h.eq_ignore_ascii_case("host") => {
@@ -34,7 +35,10 @@ pub fn basic_auth(
     let secret = ObjectRef::new(&key.namespace, basic.users.name.as_str());
     let users = match secret_entries(objects, &secret) {
         None => {
-            missing.push(secret);
+            missing.push(MissingRef {
+                kind: "Secret",
+                object: secret,
+            });
             Vec::new()
         }
         Some(entries) => {

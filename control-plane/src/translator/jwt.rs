@@ -13,6 +13,7 @@ use rauta_common::fields::CONNECTION_FIELDS;
 use rauta_common::jwks::KeySet;
 
 use super::references::secret_entries;
+use super::security::MissingRef;
 use crate::crds::security_policy::{self as crd, LocalJwks};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -27,7 +28,7 @@ pub fn jwt_auth(
     objects: &ObjectSet,
     key: &ObjectRef,
     jwt: &crd::Jwt,
-    missing: &mut Vec<ObjectRef>,
+    missing: &mut Vec<MissingRef>,
 ) -> Result<JwtAuth, String> {
     if jwt.providers.is_empty() || jwt.providers.len() > 4 {
         return Err("jwt.providers: 1 to 4 providers".into());
@@ -52,7 +53,7 @@ fn provider(
     objects: &ObjectSet,
     key: &ObjectRef,
     p: &crd::JwtProvider,
-    missing: &mut Vec<ObjectRef>,
+    missing: &mut Vec<MissingRef>,
 ) -> Result<JwtProvider, String> {
     let keys = match (&p.remote_jwks, &p.local_jwks) {
         (Some(remote), None) => jwt_provider::Keys::RemoteJwks(remote_jwks(remote)?),
@@ -152,7 +153,7 @@ fn local_jwks(
     objects: &ObjectSet,
     key: &ObjectRef,
     local: &LocalJwks,
-    missing: &mut Vec<ObjectRef>,
+    missing: &mut Vec<MissingRef>,
 ) -> Result<String, String> {
     let kind = local.r#type.as_deref().unwrap_or(match local.value_ref {
         Some(_) => "ValueRef",
@@ -176,7 +177,14 @@ fn local_jwks(
                 }
             };
             let Some(entries) = entries else {
-                missing.push(object);
+                missing.push(MissingRef {
+                    kind: if r.kind == "Secret" {
+                        "Secret"
+                    } else {
+                        "ConfigMap"
+                    },
+                    object,
+                });
                 return Ok(String::new());
             };
             let value = match entries.iter().find(|(k, _)| k == JWKS_ENTRY) {

@@ -22,6 +22,7 @@ use super::backends::SharedCluster;
 use super::output::ResourceSet;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteKind;
+use super::security::MissingRef;
 use super::{rate_limits, security};
 use crate::crds::policy::PolicyTargetRef;
 use crate::objects::{ObjectRef, ObjectSet};
@@ -82,7 +83,7 @@ pub struct PolicyEntry {
     /// Why the policy cannot be used; it then applies nowhere.
     pub invalid: Option<String>,
     /// For kinds that refer to Secrets: those that do not exist.
-    pub missing: Option<Vec<ObjectRef>>,
+    pub missing: Option<Vec<MissingRef>>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -153,7 +154,7 @@ struct Candidate<'a> {
     target_refs: &'a [PolicyTargetRef],
     /// What it asks of requests and the Secrets it names that are missing, or why it
     /// cannot be used.
-    resolved: Result<(RequestPolicies, Vec<ObjectRef>), String>,
+    resolved: Result<(RequestPolicies, Vec<MissingRef>), String>,
     /// What applies at its targets when it cannot be used: nothing for most kinds; for an
     /// authentication policy, refusing every request (a typo must not open a route).
     when_invalid: Option<RequestPolicies>,

@@ -16,11 +16,18 @@ use crate::objects::{ObjectRef, ObjectSet};
 /// Default header an API key is looked for in.
 const DEFAULT_KEY_HEADER: &str = "x-api-key";
 
+/// A ConfigMap or Secret a policy names that does not exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingRef {
+    pub kind: &'static str,
+    pub object: ObjectRef,
+}
+
 /// What a SecurityPolicy asks of requests, and the Secrets it names that do not exist
 /// (their clients get no key: the policy fails closed).
 pub struct Resolved {
     pub policies: RequestPolicies,
-    pub missing: Vec<ObjectRef>,
+    pub missing: Vec<MissingRef>,
     /// The clusters it calls (an external authorization service).
     pub clusters: Vec<ResolvedBackend>,
 }
@@ -46,7 +53,10 @@ pub fn policies(
             for r in &auth.credential_refs {
                 let secret = ObjectRef::new(&key.namespace, r.name.as_str());
                 let Some(entries) = secret_entries(objects, &secret) else {
-                    missing.push(secret);
+                    missing.push(MissingRef {
+                        kind: "Secret",
+                        object: secret,
+                    });
                     continue;
                 };
                 for (client_id, value) in entries {

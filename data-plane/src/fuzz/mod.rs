@@ -4,6 +4,10 @@
 //! input warrants. The HTTP ones run the real serving code over in-memory connections, in
 //! front of a backend on 127.0.0.1 in the same process.
 
+mod credentials;
+
+pub use credentials::credentials;
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
