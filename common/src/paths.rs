@@ -3,19 +3,25 @@
 //! default), percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2: `%61` is `a`).
 //! Otherwise `/%61dmin`, `//admin` or `/public/../admin` would miss a rule for `/admin` that a
 //! backend, reading them as `/admin`, serves. Encoded slashes (`%2F`) stay as they are: they
-//! may be part of a segment (an id with a slash in it).
+//! may be part of a segment (an id with a slash in it). A `%` that does not start an escape
+//! (two hex digits) makes the path invalid: decoding next to it could make a new escape
+//! (`%6%61` would become `%6a`), and backends would read it each their own way.
 
 use std::borrow::Cow;
 
-/// Whether `path` is not in normal form. Cheap: no allocation, one pass.
+/// Whether `path` is not in normal form (or is invalid). Cheap: no allocation.
 pub fn needs_normalizing(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.windows(2).any(|w| w == b"//")
-        || bytes
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'%' && encoded_unreserved(&bytes[i..]).is_some())
+        || bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%' && (!is_escape(&bytes[i..]) || encoded_unreserved(&bytes[i..]).is_some())
+        })
         || has_dot_segments(path)
+}
+
+/// Whether `bytes` starts with `%` and two hex digits.
+fn is_escape(bytes: &[u8]) -> bool {
+    matches!(bytes, [b'%', hi, lo, ..] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit())
 }
 
 /// Whether a path has "." or ".." segments (also written %2e).
@@ -25,10 +31,19 @@ pub fn has_dot_segments(path: &str) -> bool {
         .any(|s| (s.starts_with('.') || s.starts_with('%')) && dot_segment(s).is_some())
 }
 
-/// `path` in normal form (see the module's comment); borrowed when it already is.
-pub fn normalized(path: &str) -> Cow<'_, str> {
+/// `path` in normal form (see the module's comment); borrowed when it already is; `None` when
+/// it holds a `%` that starts no escape.
+pub fn normalized(path: &str) -> Option<Cow<'_, str>> {
     if !needs_normalizing(path) {
-        return Cow::Borrowed(path);
+        return Some(Cow::Borrowed(path));
+    }
+    let bytes = path.as_bytes();
+    if bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' && !is_escape(&bytes[i..]))
+    {
+        return None;
     }
     let decoded = decode_unreserved(path);
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
@@ -52,7 +67,7 @@ pub fn normalized(path: &str) -> Cow<'_, str> {
             s => out.push(s),
         }
     }
-    Cow::Owned(format!("/{}", out.join("/")))
+    Some(Cow::Owned(format!("/{}", out.join("/"))))
 }
 
 /// A path segment that means "." or ".." once %2e is decoded.
@@ -103,7 +118,7 @@ mod tests {
 
     #[test]
     fn paths_are_put_in_one_form() {
-        let n = |p: &str| normalized(p).into_owned();
+        let n = |p: &str| normalized(p).map(Cow::into_owned).unwrap_or_default();
         assert_eq!(n("/public/../admin"), "/admin");
         assert_eq!(n("/a/./b/../c"), "/a/c");
         assert_eq!(n("/../../etc"), "/etc");
@@ -115,9 +130,16 @@ mod tests {
         assert_eq!(n("/a%2Fb"), "/a%2Fb", "encoded slashes stay");
         assert_eq!(n("/caf\u{e9}/%41"), "/caf\u{e9}/A");
         assert_eq!(n("//"), "/");
+        // A '%' that starts no escape: invalid, not decoded around (no %6%61 -> %6a).
+        for invalid in ["/%6%61", "/a%", "/%zz", "/%2"] {
+            assert!(
+                needs_normalizing(invalid) && normalized(invalid).is_none(),
+                "{invalid}"
+            );
+        }
         for already in ["/", "/a/b", "/a..b/.c", "/%2Fetc", "/x%20y"] {
             assert!(!needs_normalizing(already), "{already}");
-            assert!(matches!(normalized(already), Cow::Borrowed(_)));
+            assert!(matches!(normalized(already), Some(Cow::Borrowed(_))));
         }
     }
 }

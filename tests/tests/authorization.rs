@@ -105,6 +105,8 @@ async fn the_first_matching_rule_decides_and_the_default_denies() {
         ("GET", "/public%2Fsecret", vec![], 403),
         ("GET", "/public/x/../secret", vec![], 403),
         ("GET", "/public/secrets", vec![], 200),
+        // A '%' that starts no escape: refused, not decoded around ("%6%73" is not "%6s").
+        ("GET", "/public/%6%73ecret", vec![], 400),
         // The route's own authorization allows all; the Gateway's JWT still checks tokens.
         ("POST", "/open/x", vec![], 200),
         (

@@ -75,12 +75,14 @@ pub(crate) fn without_port(raw: &str) -> &str {
 }
 /// The request target with its path in normal form (`rauta_common::paths`: dot segments
 /// resolved, repeated slashes merged, encoded unreserved characters decoded). `None` when it
-/// already is (the common case, no allocation); `Some(None)` when the result is not a valid
-/// target.
+/// already is (the common case, no allocation); `Some(None)` when the path or the result is
+/// not a valid target.
 pub(crate) fn normalized_target(uri: &Uri) -> Option<Option<PathAndQuery>> {
     let path = match paths::normalized(uri.path()) {
-        Cow::Borrowed(_) => return None,
-        Cow::Owned(p) => p,
+        Some(Cow::Borrowed(_)) => return None,
+        Some(Cow::Owned(p)) => p,
+        // A '%' that starts no escape: not a valid target.
+        None => return Some(None),
     };
     let target = match uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -242,6 +244,8 @@ mod tests {
         assert_eq!(n("/%2Fetc"), None);
         assert_eq!(n("//admin?x=%61"), Some("/admin?x=%61".into()));
         assert_eq!(n("/%61dmin"), Some("/admin".into()));
+        let invalid = |t: &str| normalized_target(&t.parse::<Uri>().unwrap());
+        assert!(matches!(invalid("/%6%61dmin"), Some(None)));
     }
 
     #[test]

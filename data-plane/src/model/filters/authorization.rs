@@ -172,7 +172,9 @@ fn matching_path(path: &str) -> Cow<'_, str> {
         .replace("%2f", "/")
         .replace("%5C", "/")
         .replace("%5c", "/");
-    Cow::Owned(paths::normalized(&decoded).into_owned())
+    // The request's path was valid (admission checks): decoding slashes keeps it so.
+    let normalized = paths::normalized(&decoded).map(Cow::into_owned);
+    Cow::Owned(normalized.unwrap_or(decoded))
 }
 
 /// Whether `path` is `prefix` or under it, by whole segments.
