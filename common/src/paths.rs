@@ -5,7 +5,9 @@
 //! backend, reading them as `/admin`, serves. Encoded slashes (`%2F`) stay as they are: they
 //! may be part of a segment (an id with a slash in it). A `%` that does not start an escape
 //! (two hex digits) makes the path invalid: decoding next to it could make a new escape
-//! (`%6%61` would become `%6a`), and backends would read it each their own way.
+//! (`%6%61` would become `%6a`), and backends would read it each their own way. So do a
+//! backslash and a dot segment with parameters (`..;`), which some backends read as a slash or
+//! `..`.
 
 use std::borrow::Cow;
 
@@ -13,10 +15,22 @@ use std::borrow::Cow;
 pub fn needs_normalizing(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.windows(2).any(|w| w == b"//")
+        || has_ambiguous_part(path)
         || bytes.iter().enumerate().any(|(i, &b)| {
             b == b'%' && (!is_escape(&bytes[i..]) || encoded_unreserved(&bytes[i..]).is_some())
         })
         || has_dot_segments(path)
+}
+
+/// Parts some backends read as separators or dot segments where others do not: a backslash
+/// (a slash to IIS and ASP.NET) and a dot segment with parameters (`..;x`, which Tomcat and
+/// Spring read as `..`). Paths holding them are refused rather than guessed at.
+fn has_ambiguous_part(path: &str) -> bool {
+    path.contains('\\')
+        || path.split('/').any(|s| {
+            s.split_once(';')
+                .is_some_and(|(before, _)| before.is_empty() || dot_segment(before).is_some())
+        })
 }
 
 /// Whether `bytes` starts with `%` and two hex digits.
@@ -38,10 +52,11 @@ pub fn normalized(path: &str) -> Option<Cow<'_, str>> {
         return Some(Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
-    if bytes
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'%' && !is_escape(&bytes[i..]))
+    if has_ambiguous_part(path)
+        || bytes
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'%' && !is_escape(&bytes[i..]))
     {
         return None;
     }
@@ -131,13 +146,29 @@ mod tests {
         assert_eq!(n("/caf\u{e9}/%41"), "/caf\u{e9}/A");
         assert_eq!(n("//"), "/");
         // A '%' that starts no escape: invalid, not decoded around (no %6%61 -> %6a).
-        for invalid in ["/%6%61", "/a%", "/%zz", "/%2"] {
+        for invalid in [
+            "/%6%61",
+            "/a%",
+            "/%zz",
+            "/%2",
+            "/a\\b",
+            "/public/..;/admin",
+            "/.;x/",
+            "/;x",
+        ] {
             assert!(
                 needs_normalizing(invalid) && normalized(invalid).is_none(),
                 "{invalid}"
             );
         }
-        for already in ["/", "/a/b", "/a..b/.c", "/%2Fetc", "/x%20y"] {
+        for already in [
+            "/",
+            "/a/b",
+            "/a..b/.c",
+            "/%2Fetc",
+            "/x%20y",
+            "/app;jsessionid=1/x",
+        ] {
             assert!(!needs_normalizing(already), "{already}");
             assert!(matches!(normalized(already), Some(Cow::Borrowed(_))));
         }

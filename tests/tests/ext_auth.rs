@@ -439,6 +439,15 @@ mod grpc {
             ("POST", "/orders?id=1", "api.example", "http")
         );
         assert_eq!(http.headers.get("x-tenant").map(String::as_str), Some("t1"));
+        // Pseudo-headers as Envoy sends them.
+        assert_eq!(
+            http.headers.get(":method").map(String::as_str),
+            Some("POST")
+        );
+        assert_eq!(
+            http.headers.get(":path").map(String::as_str),
+            Some("/orders?id=1")
+        );
         let source = format!("{:?}", attributes.source);
         assert!(source.contains("127.0.0.1"), "{source}");
 

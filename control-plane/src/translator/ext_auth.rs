@@ -48,6 +48,13 @@ pub fn ext_auth(
             .collect::<Result<Vec<_>, _>>()
     };
     let to_auth = match &e.headers_to_ext_auth {
+        // For gRPC an empty list is how "all" travels: saying none must not send all.
+        Some(names) if grpc && names.is_empty() => {
+            return Err(
+                "extAuth.headersToExtAuth: an empty list with grpc; leave it out to send every header"
+                    .into(),
+            );
+        }
         Some(names) => headers("extAuth.headersToExtAuth", names)?,
         // A gRPC service gets every header unless told otherwise (as Envoy Gateway sends).
         None if grpc => Vec::new(),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TE};
 use http::{HeaderName, HeaderValue, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use prost::Message;
@@ -56,8 +56,11 @@ pub(super) async fn check(
         }
     };
     let (parts, body) = resp.into_parts();
+    // Once the service answers, a refusal stays a refusal: an answer that cannot be read is
+    // one (403), never a failure that failing open would let through.
+    let unreadable = || Outcome::Denied(Box::new(local(StatusCode::FORBIDDEN, Bytes::new())));
     let Ok(collected) = Limited::new(body, MAX_DENIAL_BODY * 4).collect().await else {
-        return Outcome::Failed;
+        return unreadable();
     };
     // grpc-status comes in the trailers, or in the headers of a trailers-only answer.
     let trailers = collected.trailers().cloned().unwrap_or_default();
@@ -70,12 +73,15 @@ pub(super) async fn check(
         return Outcome::Failed;
     }
     let data = collected.to_bytes();
-    let Some(answer) = data
-        .get(5..)
-        .filter(|_| data.first() == Some(&0))
-        .and_then(|m| CheckResponse::decode(m).ok())
+    // One uncompressed message: flag 0, its length, the message.
+    let framed = data.len() >= 5
+        && data[0] == 0
+        && u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize == data.len() - 5;
+    let Some(answer) = framed
+        .then(|| CheckResponse::decode(&data[5..]).ok())
+        .flatten()
     else {
-        return Outcome::Failed;
+        return unreadable();
     };
     outcome(answer)
 }
@@ -85,7 +91,15 @@ fn outcome(answer: CheckResponse) -> Outcome {
     let allowed = answer.status.as_ref().is_none_or(|s| s.code == 0);
     match (allowed, answer.http_response) {
         (true, Some(check_response::HttpResponse::OkResponse(ok))) => Outcome::Allowed(Edits {
-            set: ok.headers.iter().filter_map(header_set).collect(),
+            // Fields that frame the request or name its host are the proxy's.
+            set: ok
+                .headers
+                .iter()
+                .filter_map(header_set)
+                .filter(|(name, _, _)| {
+                    *name != HOST && *name != CONTENT_LENGTH && !HOP_BY_HOP.contains(&name.as_str())
+                })
+                .collect(),
             remove: ok
                 .headers_to_remove
                 .iter()
@@ -108,7 +122,8 @@ fn outcome(answer: CheckResponse) -> Outcome {
             let mut resp = local(status, Bytes::from(denied.body));
             for (name, value, _) in denied.headers.iter().filter_map(header_set) {
                 if !HOP_BY_HOP.contains(&name.as_str()) && name != CONTENT_LENGTH {
-                    resp.headers_mut().insert(name, value);
+                    // Several of a name (Set-Cookie, WWW-Authenticate challenges) all go.
+                    resp.headers_mut().append(name, value);
                 }
             }
             Outcome::Denied(Box::new(resp))
@@ -146,16 +161,20 @@ fn check_request(
     peer: SocketAddr,
     scheme: &str,
 ) -> CheckRequest {
+    // As Envoy sends them: a name's values joined with "," (cookies with "; "), without the
+    // connection's own fields, with the pseudo-headers.
     let mut headers: HashMap<String, String> = HashMap::new();
     let chosen = |name: &HeaderName| {
-        ext.headers_to_auth.is_empty() || ext.headers_to_auth.iter().any(|h| h == name)
+        !HOP_BY_HOP.contains(&name.as_str())
+            && (ext.headers_to_auth.is_empty() || ext.headers_to_auth.iter().any(|h| h == name))
     };
     for (name, value) in req.headers().iter().filter(|(n, _)| chosen(n)) {
         let value = String::from_utf8_lossy(value.as_bytes());
+        let separator = if *name == COOKIE { "; " } else { "," };
         headers
             .entry(name.as_str().to_owned())
             .and_modify(|v| {
-                v.push(',');
+                v.push_str(separator);
                 v.push_str(&value);
             })
             .or_insert_with(|| value.into_owned());
@@ -172,17 +191,26 @@ fn check_request(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(-1);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    for (name, value) in [
+        (":authority", host.clone()),
+        (":method", req.method().as_str().to_owned()),
+        (":path", target.clone()),
+        (":scheme", scheme.to_owned()),
+    ] {
+        headers.insert(name.to_owned(), value);
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let http = attribute_context::HttpRequest {
         method: req.method().as_str().to_owned(),
         headers,
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
+        path: target,
         host,
         scheme: scheme.to_owned(),
         size,

@@ -74,6 +74,14 @@ fn admit(
     if let Some(problem) = host_problem(&req) {
         return Err(local(StatusCode::BAD_REQUEST, Bytes::from_static(problem)));
     }
+    // A target with an authority names the host: the Host field gives way to it (RFC 9112
+    // 3.2.2), so that whatever reads Host (an authorization service, a backend) reads what
+    // routing read.
+    if let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
     if req.method() == Method::CONNECT {
         // No route tunnels: CONNECT would otherwise go upstream as a request for "/".
         let mut resp = local(

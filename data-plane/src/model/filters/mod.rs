@@ -238,6 +238,7 @@ impl Default for Filters {
 /// same variable. Otherwise a client could send a twin the backend may take for the proxy's.
 pub fn remove_field(headers: &mut http::HeaderMap, name: &http::HeaderName) {
     headers.remove(name);
+    unlist_from_connection(headers, name);
     if !name.as_str().contains('-') {
         return;
     }
@@ -251,6 +252,39 @@ pub fn remove_field(headers: &mut http::HeaderMap, name: &http::HeaderName) {
     let twins: Vec<http::HeaderName> = headers.keys().filter(|k| twin(k)).cloned().collect();
     for k in twins {
         headers.remove(k);
+    }
+}
+
+/// Takes `name` out of the Connection field's list: a client naming a field there would have
+/// the proxy drop it as hop-by-hop, after it set the field (an identity header) itself.
+fn unlist_from_connection(headers: &mut http::HeaderMap, name: &http::HeaderName) {
+    let connection = http::header::CONNECTION;
+    let tokens = |headers: &http::HeaderMap| -> Vec<String> {
+        headers
+            .get_all(&connection)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    if !headers.contains_key(&connection) {
+        return;
+    }
+    let all = tokens(headers);
+    if !all.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())) {
+        return;
+    }
+    let kept: Vec<String> = all
+        .into_iter()
+        .filter(|t| !t.eq_ignore_ascii_case(name.as_str()))
+        .collect();
+    headers.remove(&connection);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(connection, v);
     }
 }
 
@@ -554,6 +588,20 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_identity_header_and_its_twins_go_and_connection_cannot_drop_it() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", http::HeaderValue::from_static("forged"));
+        h.insert("x_user", http::HeaderValue::from_static("forged"));
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("keep-alive, X-User"),
+        );
+        remove_field(&mut h, &http::HeaderName::from_static("x-user"));
+        assert!(!h.contains_key("x-user") && !h.contains_key("x_user"));
+        assert_eq!(h[http::header::CONNECTION], "keep-alive");
     }
 
     #[test]
