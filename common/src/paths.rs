@@ -27,7 +27,8 @@ pub fn needs_normalizing(path: &str) -> bool {
 /// Spring read as `..`). Paths holding them are refused rather than guessed at.
 fn has_ambiguous_part(path: &str) -> bool {
     path.contains('\\')
-        || path.split('/').any(|s| {
+        // Most paths have no ';': one memchr, no split.
+        || path.contains(';') && path.split('/').any(|s| {
             s.split_once(';')
                 .is_some_and(|(before, _)| before.is_empty() || dot_segment(before).is_some())
         })
