@@ -562,6 +562,18 @@ impl HttpResponse {
             .flatten()
     }
 
+    /// The values of a request header the echo backend saw (any case of the name).
+    pub fn seen_header(&self, name: &str) -> Vec<String> {
+        let echo = self.echo().unwrap_or_default();
+        let headers = echo["headers"].as_object().cloned().unwrap_or_default();
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The echo backend's pod name, or "" if the answer did not come from one.
     pub fn pod(&self) -> String {
         self.echo()

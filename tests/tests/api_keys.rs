@@ -57,18 +57,6 @@ async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> HttpRespons
         .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-/// The values of a header the backend saw (the echo backend's JSON, canonical names).
-fn seen(resp: &HttpResponse, name: &str) -> Vec<String> {
-    let echo = resp.echo().unwrap_or_default();
-    let headers = echo["headers"].as_object().cloned().unwrap_or_default();
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_let_their_clients_in_and_nobody_else() {
     let ws = Workspace::new();
@@ -97,7 +85,7 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
     let ok = get(&proxy, "/", &[("x-api-key", "ops-key-0")]).await;
     assert_eq!(ok.status, 200);
     assert!(
-        seen(&ok, "x-api-key").is_empty(),
+        ok.seen_header("x-api-key").is_empty(),
         "the key is not forwarded: {}",
         ok.body
     );
@@ -116,11 +104,16 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
     )
     .await;
     assert_eq!(alice.status, 200);
-    assert_eq!(seen(&alice, "x-client-id"), ["alice"], "{}", alice.body);
-    assert!(seen(&alice, "x-partner-key").is_empty());
+    assert_eq!(
+        alice.seen_header("x-client-id"),
+        ["alice"],
+        "{}",
+        alice.body
+    );
+    assert!(alice.seen_header("x-partner-key").is_empty());
     let bob = get(&proxy, "/partner/x?a=1&key=bob-key-2&b=2", &[]).await;
     assert_eq!(bob.status, 200);
-    assert_eq!(seen(&bob, "x-client-id"), ["bob"]);
+    assert_eq!(bob.seen_header("x-client-id"), ["bob"]);
     let echoed = bob.echo().unwrap_or_default();
     assert_eq!(
         echoed["path"], "/partner/x?a=1&b=2",
@@ -149,7 +142,7 @@ async fn api_keys_let_their_clients_in_and_nobody_else() {
         let resp = get(&proxy, "/partner/cacheable", &headers).await;
         let id = client.split('-').next().unwrap_or("");
         assert_eq!(
-            (resp.status, seen(&resp, "x-client-id")),
+            (resp.status, resp.seen_header("x-client-id")),
             (200, vec![id.to_owned()])
         );
         assert!(

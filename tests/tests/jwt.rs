@@ -57,18 +57,6 @@ async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> HttpRespons
         .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
-/// The values of a header the backend saw (the echo backend's JSON, canonical names).
-fn seen(resp: &HttpResponse, name: &str) -> Vec<String> {
-    let echo = resp.echo().unwrap_or_default();
-    let headers = echo["headers"].as_object().cloned().unwrap_or_default();
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
 fn claims(iss: &str, sub: &str, extra: Value) -> Value {
     let mut c = json!({"iss": iss, "sub": sub, "aud": "api", "exp": unix_time(600), "org": {"team": "core"}});
     if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
@@ -136,20 +124,20 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     )
     .await;
     assert_eq!(ok.status, 200);
-    assert_eq!(seen(&ok, "x-user"), ["alice"], "{}", ok.body);
+    assert_eq!(ok.seen_header("x-user"), ["alice"], "{}", ok.body);
     assert!(
-        seen(&ok, "x_user").is_empty(),
+        ok.seen_header("x_user").is_empty(),
         "a twin of a claim header: {}",
         ok.body
     );
-    assert_eq!(seen(&ok, "x-team"), ["core"]);
-    assert!(seen(&ok, "authorization").is_empty(), "{}", ok.body);
+    assert_eq!(ok.seen_header("x-team"), ["core"]);
+    assert!(ok.seen_header("authorization").is_empty(), "{}", ok.body);
 
     // EdDSA, and a token without exp.
     let bob = ed.sign(&json!({"iss": "https://issuer.local", "sub": "bob", "aud": ["x", "api"]}));
     let ok = get(&proxy, "/", &[("authorization", &bearer(&bob))]).await;
     assert_eq!(
-        (ok.status, seen(&ok, "x-user")),
+        (ok.status, ok.seen_header("x-user")),
         (200, vec!["bob".to_owned()])
     );
 
@@ -241,10 +229,10 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     let carol = remote_1.sign(&claims("https://issuer.remote", "carol", json!({})));
     let ok = get(&proxy, "/", &[("x-remote-token", &carol)]).await;
     assert_eq!(
-        (ok.status, seen(&ok, "x-user")),
+        (ok.status, ok.seen_header("x-user")),
         (200, vec!["carol".to_owned()])
     );
-    assert!(seen(&ok, "x-remote-token").is_empty());
+    assert!(ok.seen_header("x-remote-token").is_empty());
     let ok = get(&proxy, &format!("/q?a=1&access_token={carol}"), &[]).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.echo().unwrap_or_default()["path"], "/q?a=1");
@@ -310,7 +298,7 @@ async fn tokens_that_verify_pass_with_their_claims_and_no_other_does() {
     .await;
     assert_eq!(ok.status, 200);
     assert_eq!(
-        seen(&ok, "cookie"),
+        ok.seen_header("cookie"),
         ["theme=dark"],
         "the token's cookie is taken out"
     );
