@@ -78,6 +78,11 @@ fn admit(
     // 3.2.2), so that whatever reads Host (an authorization service, a backend) reads what
     // routing read.
     if let Some(authority) = req.uri().authority()
+        && req
+            .headers()
+            .get(http::header::HOST)
+            .map(HeaderValue::as_bytes)
+            != Some(authority.as_str().as_bytes())
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         req.headers_mut().insert(http::header::HOST, host);
