@@ -288,6 +288,16 @@ fn unlist_from_connection(headers: &mut http::HeaderMap, name: &http::HeaderName
     }
 }
 
+/// A rule's own policies over its listener's.
+struct Layers<'p>(Option<&'p RequestPolicies>, Option<&'p RequestPolicies>);
+
+impl<'p> Layers<'p> {
+    /// A concern the rule's own policies set, else its listener's.
+    fn concern<T>(&self, field: impl Fn(&'p RequestPolicies) -> Option<&'p T>) -> Option<&'p T> {
+        self.0.and_then(&field).or_else(|| self.1.and_then(&field))
+    }
+}
+
 /// The first filter of a kind.
 macro_rules! first {
     ($list:expr, $kind:ident) => {
@@ -310,24 +320,19 @@ impl Filters {
         let mut list = Vec::new();
         // Refusals first: a request refused costs nothing more.
         let own = rule.policies.as_deref();
-        let api_keys = own
-            .and_then(|p| p.api_key_auth.as_ref())
-            .or_else(|| inherited.policies?.api_key_auth.as_ref());
+        let layers = Layers(own, inherited.policies);
+        let api_keys = layers.concern(|p| p.api_key_auth.as_ref());
         if let Some(auth) = api_keys {
             list.push(FilterRt::ApiKeyAuth(ApiKeyAuthRt::build(auth)?));
         }
-        let basic = own
-            .and_then(|p| p.basic_auth.as_ref())
-            .or_else(|| inherited.policies?.basic_auth.as_ref());
+        let basic = layers.concern(|p| p.basic_auth.as_ref());
         if let Some(auth) = basic {
             let users = stores
                 .basic_auth
                 .try_store_for(&auth.name, auth.clone(), |c| BasicAuthRt::build(&c))?;
             list.push(FilterRt::BasicAuth(users));
         }
-        let jwt = own
-            .and_then(|p| p.jwt_auth.as_ref())
-            .or_else(|| inherited.policies?.jwt_auth.as_ref());
+        let jwt = layers.concern(|p| p.jwt_auth.as_ref());
         if let Some(auth) = jwt {
             let verifier =
                 stores
@@ -335,28 +340,20 @@ impl Filters {
                     .try_store_for(&auth.name, auth.clone(), JwtVerifier::build)?;
             list.push(FilterRt::JwtAuth(JwtAuthRt { verifier }));
         }
-        let authorization = own
-            .and_then(|p| p.authorization.as_ref())
-            .or_else(|| inherited.policies?.authorization.as_ref());
+        let authorization = layers.concern(|p| p.authorization.as_ref());
         if let Some(a) = authorization {
             list.push(FilterRt::Authorization(AuthorizationRt::build(a)?));
         }
-        let ext_auth = own
-            .and_then(|p| p.ext_auth.as_ref())
-            .or_else(|| inherited.policies?.ext_auth.as_ref());
+        let ext_auth = layers.concern(|p| p.ext_auth.as_ref());
         if let Some(e) = ext_auth {
             list.push(FilterRt::ExtAuth(ExtAuthRt::build(e)?));
         }
-        let limits = own
-            .and_then(|p| p.local_rate_limits.as_ref())
-            .or_else(|| inherited.policies?.local_rate_limits.as_ref());
+        let limits = layers.concern(|p| p.local_rate_limits.as_ref());
         if let Some(limits) = limits {
             let rt = RateLimitRt::build(limits, inherited.route, &mut stores.limiters)?;
             list.push(FilterRt::RateLimit(rt));
         }
-        let global = own
-            .and_then(|p| p.global_rate_limits.as_ref())
-            .or_else(|| inherited.policies?.global_rate_limits.as_ref());
+        let global = layers.concern(|p| p.global_rate_limits.as_ref());
         if let Some(limits) = global {
             let rt =
                 GlobalRateLimitRt::build(limits, inherited.route, &mut stores.global_limiters)?;
