@@ -35,7 +35,10 @@ fn shared_list(kind: Kind) -> Option<&'static str> {
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute => {
             Some("parents")
         }
-        Kind::BackendTlsPolicy | Kind::RateLimitPolicy | Kind::SecurityPolicy => Some("ancestors"),
+        Kind::BackendTlsPolicy
+        | Kind::RateLimitPolicy
+        | Kind::SecurityPolicy
+        | Kind::BackendPolicy => Some("ancestors"),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 
+use crate::crds::backend_policy::BackendPolicy;
 use crate::crds::direct_response::DirectResponse;
 use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::crds::response_cache::ResponseCache;
@@ -278,6 +279,7 @@ object_kinds! {
     ResponseCache, response_caches, ResponseCache, "gateway.rauta.dev", "ResponseCache", true;
     RateLimitPolicy, rate_limit_policies, RateLimitPolicy, "gateway.rauta.dev", "RateLimitPolicy", true;
     SecurityPolicy, security_policies, SecurityPolicy, "gateway.rauta.dev", "SecurityPolicy", true;
+    BackendPolicy, backend_policies, BackendPolicy, "gateway.rauta.dev", "BackendPolicy", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

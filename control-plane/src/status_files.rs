@@ -78,7 +78,7 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
             "conditions": conditions(&o.conditions),
             "listeners": listeners(&o.listeners),
         }),
-        "BackendTLSPolicy" | "RateLimitPolicy" | "SecurityPolicy" => json!({
+        "BackendTLSPolicy" | "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" => json!({
             "ancestors": o.ancestors.iter().map(|a| json!({
                 "ancestorRef": parent_ref(a.ancestor_ref.clone().unwrap_or_default()),
                 "controllerName": a.controller_name,
@@ -94,7 +94,7 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
         }),
     };
     let api_version = match o.kind.as_str() {
-        "RateLimitPolicy" | "SecurityPolicy" => "gateway.rauta.dev/v1alpha1",
+        "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" => "gateway.rauta.dev/v1alpha1",
         _ => "gateway.networking.k8s.io/v1",
     };
     json!({"apiVersion": api_version, "kind": o.kind, "metadata": metadata, "status": status})

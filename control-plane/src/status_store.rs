@@ -81,33 +81,16 @@ impl StatusStore {
             update_transitions(t, "GRPCRoute", &new.grpc_routes, &old.grpc_routes, now, o),
             update_transitions(t, "TCPRoute", &new.tcp_routes, &old.tcp_routes, now, o),
             update_transitions(t, "UDPRoute", &new.udp_routes, &old.udp_routes, now, o),
-            update_transitions(
-                t,
-                "BackendTLSPolicy",
-                &new.backend_tls_policies,
-                &old.backend_tls_policies,
-                now,
-                o,
-            ),
-            update_transitions(
-                t,
-                "RateLimitPolicy",
-                &new.rate_limit_policies,
-                &old.rate_limit_policies,
-                now,
-                o,
-            ),
-            update_transitions(
-                t,
-                "SecurityPolicy",
-                &new.security_policies,
-                &old.security_policies,
-                now,
-                o,
-            ),
             new.service_annotations != old.service_annotations,
         ];
-        if !changed.contains(&true) {
+        let old_policies = old.policies();
+        let policies_changed = new
+            .policies()
+            .into_iter()
+            .zip(old_policies)
+            .map(|((kind, new), (_, old))| update_transitions(t, kind, new, old, now, o))
+            .fold(false, |any, changed| any | changed);
+        if !changed.contains(&true) && !policies_changed {
             return None;
         }
         let report = Arc::new(report);
@@ -220,24 +203,9 @@ impl StatusStore {
                 ..Default::default()
             });
         }
-        let policies = [
-            (
-                "BackendTLSPolicy",
-                &report.backend_tls_policies,
-                since.map(|r| &r.backend_tls_policies),
-            ),
-            (
-                "RateLimitPolicy",
-                &report.rate_limit_policies,
-                since.map(|r| &r.rate_limit_policies),
-            ),
-            (
-                "SecurityPolicy",
-                &report.security_policies,
-                since.map(|r| &r.security_policies),
-            ),
-        ];
-        for (kind, new, old) in policies {
+        let before = since.map(|r| r.policies());
+        for (i, (kind, new)) in report.policies().into_iter().enumerate() {
+            let old = before.map(|b| b[i].1);
             out.section(kind, new, old, |key, s| api::ObjectStatus {
                 kind: kind.into(),
                 namespace: key.namespace.to_string(),

@@ -2,6 +2,7 @@
 //! reads, from which the CRD manifests in `manifests/` are generated (`crd_manifests`; a test
 //! fails when the committed file is stale).
 
+pub mod backend_policy;
 pub mod direct_response;
 pub mod policy;
 pub mod rate_limit_policy;
@@ -20,6 +21,7 @@ pub fn crd_manifests() -> Result<String, String> {
         response_cache::ResponseCache::crd(),
         rate_limit_policy::RateLimitPolicy::crd(),
         security_policy::SecurityPolicy::crd(),
+        backend_policy::BackendPolicy::crd(),
     ];
     let mut out = String::from(
         "# Generated from control-plane/src/crds by `REGENERATE_CRDS=1 cargo test -p rauta-controller crd`;\n# do not edit.\n",

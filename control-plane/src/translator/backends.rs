@@ -17,6 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rauta_common::api::v1::resource::Payload;
 use rauta_common::types::ResourceType;
 
+use super::backend_policy;
 use super::backend_tls::{self, ServicePortKey};
 use super::generations::Generations;
 use super::output::ResourceSet;
@@ -164,7 +165,12 @@ pub fn resolve(
     } else {
         format!("{key}:{port}")
     };
-    let policy = service_policy::from_annotations(service.metadata.annotations.as_ref());
+    let mut policy = service_policy::from_annotations(service.metadata.annotations.as_ref());
+    if let Some(backend_policy) =
+        backend_policy::policy_for(objects, &key, service_port.name.as_deref())
+    {
+        backend_policy::apply(&backend_policy.spec, &mut policy);
+    }
     let cluster = Cluster {
         name: cluster_name.clone(),
         protocol: protocol as i32,
@@ -175,6 +181,10 @@ pub fn resolve(
             .and_then(|policy| backend_tls::upstream_tls(objects, &policy)),
         outlier_detection: Some(policy.outlier_detection),
         hash_key: policy.hash_key,
+        health_check: policy.health_check,
+        panic_threshold_percent: policy.panic_threshold_percent,
+        circuit_breakers: policy.circuit_breakers,
+        idle_timeout: policy.idle_timeout,
     };
     Ok(ResolvedBackend {
         cluster: SharedCluster::new(cluster),

@@ -12,6 +12,7 @@ pub mod addresses;
 mod attached_status;
 mod attachment;
 mod authorization;
+mod backend_policy;
 pub mod backend_tls;
 pub mod backends;
 mod basic_auth;

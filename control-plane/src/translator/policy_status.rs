@@ -1,14 +1,16 @@
-//! Status of the policies that act on backends: BackendTLSPolicies (one ancestor entry per
-//! Gateway whose routes use a targeted Service port) and the `rauta.dev/*` Service annotations
-//! that could not be used.
+//! Status of the policies that act on backends: BackendTLSPolicies and BackendPolicies (one
+//! ancestor entry per Gateway whose routes use a targeted Service port) and the `rauta.dev/*`
+//! Service annotations that could not be used.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::backend_policy;
 use super::backend_tls::{self, ServicePortKey};
 use super::gateway::GatewayView;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteId;
 use super::routes::CompiledRoute;
+use super::status::Condition;
 use super::status::{ParentRef, PolicyStatus, RouteParentStatus, StatusReport, generation_of};
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -22,7 +24,7 @@ pub fn report(
     out: &mut StatusReport,
 ) {
     service_annotations(compiled, out);
-    if objects.backend_tls_policies.is_empty() {
+    if objects.backend_tls_policies.is_empty() && objects.backend_policies.is_empty() {
         return; // The common case: no pass over every Gateway's routes.
     }
     for (gw_key, gateway) in gateways {
@@ -35,31 +37,50 @@ pub fn report(
             .flat_map(|a| &a.compiled.backends)
             .map(|b| b.service_port.clone())
             .collect();
+        let ancestor = |conditions: Vec<Condition>| RouteParentStatus {
+            parent_ref: ParentRef {
+                group: GATEWAY_GROUP.to_owned(),
+                kind: "Gateway".to_owned(),
+                namespace: gw_key.namespace.to_string(),
+                name: gw_key.name.to_string(),
+                section_name: None,
+                port: None,
+            },
+            controller_name: controller_name.to_owned(),
+            conditions,
+        };
         for policy in backend_tls::policies_targeting(objects, &used) {
-            let entry = out
+            let generation = objects
                 .backend_tls_policies
-                .entry(policy.clone())
-                .or_insert_with(|| PolicyStatus {
-                    generation: objects
-                        .backend_tls_policies
-                        .get(policy)
-                        .map_or(0, |p| generation_of(&p.metadata)),
-                    ancestors: Vec::new(),
-                });
-            entry.ancestors.push(RouteParentStatus {
-                parent_ref: ParentRef {
-                    group: GATEWAY_GROUP.to_owned(),
-                    kind: "Gateway".to_owned(),
-                    namespace: gw_key.namespace.to_string(),
-                    name: gw_key.name.to_string(),
-                    section_name: None,
-                    port: None,
-                },
-                controller_name: controller_name.to_owned(),
-                conditions: backend_tls::conditions(objects, policy),
-            });
+                .get(policy)
+                .map_or(0, |p| generation_of(&p.metadata));
+            entry(&mut out.backend_tls_policies, policy, generation)
+                .ancestors
+                .push(ancestor(backend_tls::conditions(objects, policy)));
+        }
+        for policy in backend_policy::policies_targeting(objects, &used) {
+            let generation = objects
+                .backend_policies
+                .get(policy)
+                .map_or(0, |p| generation_of(&p.metadata));
+            entry(&mut out.backend_policies, policy, generation)
+                .ancestors
+                .push(ancestor(backend_policy::conditions(objects, policy)));
         }
     }
+}
+
+fn entry<'a>(
+    statuses: &'a mut BTreeMap<ObjectRef, PolicyStatus>,
+    policy: &ObjectRef,
+    generation: i64,
+) -> &'a mut PolicyStatus {
+    statuses
+        .entry(policy.clone())
+        .or_insert_with(|| PolicyStatus {
+            generation,
+            ancestors: Vec::new(),
+        })
 }
 
 /// The annotation problems of every Service a compiled route uses.

@@ -38,7 +38,7 @@ pub fn reference_granted(
     to: Target<'_>,
 ) -> bool {
     let from_group = match from_kind {
-        "SecurityPolicy" | "RateLimitPolicy" => crate::crds::GROUP,
+        "SecurityPolicy" | "RateLimitPolicy" | "BackendPolicy" => crate::crds::GROUP,
         _ => GATEWAY_GROUP,
     };
     objects

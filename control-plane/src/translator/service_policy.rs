@@ -1,12 +1,15 @@
 //! Per-Service traffic settings the Gateway API has no field for (load balancing, session
 //! affinity, connect timeout, outlier detection), read from `rauta.dev/*` annotations on the
 //! Service, as ingress controllers do. A value that does not parse keeps the default and is
-//! reported: a typo must not take a backend down.
+//! reported: a typo must not take a backend down. Deprecated for BackendPolicy
+//! (`backend_policy.rs`), which sets all of these and more, and wins field by field.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rauta_common::api::v1::{HashKey, LoadBalancerPolicy, OutlierDetection, hash_key};
+use rauta_common::api::v1::{
+    CircuitBreakers, HashKey, HealthCheck, LoadBalancerPolicy, OutlierDetection, hash_key,
+};
 
 pub const LOAD_BALANCER: &str = "rauta.dev/load-balancer";
 pub const HASH_ON: &str = "rauta.dev/hash-on";
@@ -28,11 +31,16 @@ pub struct ServicePolicy {
     pub hash_key: Option<HashKey>,
     pub connect_timeout: Option<prost_types::Duration>,
     pub outlier_detection: OutlierDetection,
+    /// BackendPolicy only.
+    pub idle_timeout: Option<prost_types::Duration>,
+    pub health_check: Option<HealthCheck>,
+    pub panic_threshold_percent: Option<u32>,
+    pub circuit_breakers: Option<CircuitBreakers>,
     /// One message per annotation that was ignored.
     pub problems: Vec<String>,
 }
 
-fn duration(value: &str) -> Result<Duration, String> {
+pub(super) fn duration(value: &str) -> Result<Duration, String> {
     let d = value
         .parse::<gateway_api::Duration>()
         .map_err(|e| e.to_string())?;
@@ -41,7 +49,7 @@ fn duration(value: &str) -> Result<Duration, String> {
     ))
 }
 
-fn proto(d: Duration) -> Option<prost_types::Duration> {
+pub(super) fn proto(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
@@ -147,6 +155,10 @@ pub fn from_annotations(annotations: Option<&BTreeMap<String, String>>) -> Servi
             base_ejection_time: proto(base_ejection_time),
             max_ejection_percent,
         },
+        idle_timeout: None,
+        health_check: None,
+        panic_threshold_percent: None,
+        circuit_breakers: None,
         problems,
     }
 }

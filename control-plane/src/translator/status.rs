@@ -170,6 +170,20 @@ pub struct StatusReport {
     pub rate_limit_policies: BTreeMap<ObjectRef, PolicyStatus>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub security_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend_policies: BTreeMap<ObjectRef, PolicyStatus>,
+}
+
+impl StatusReport {
+    /// Each policy kind's statuses, by kind name, always in this order.
+    pub fn policies(&self) -> [(&'static str, &BTreeMap<ObjectRef, PolicyStatus>); 4] {
+        [
+            ("BackendTLSPolicy", &self.backend_tls_policies),
+            ("RateLimitPolicy", &self.rate_limit_policies),
+            ("SecurityPolicy", &self.security_policies),
+            ("BackendPolicy", &self.backend_policies),
+        ]
+    }
 }
 
 impl serde::Serialize for ObjectRef {

@@ -1,6 +1,6 @@
 //! `/config_dump` on the admin port: the configuration this proxy serves right now, as JSON
 //! (the resources as last applied, private keys redacted) and the live state of every
-//! endpoint (ejected, requests in flight, open connections) and the XDP fast path's answers,
+//! endpoint (usable or why not, health checks, requests in flight, open connections) and the XDP fast path's answers,
 //! for a person debugging routing.
 
 use std::sync::OnceLock;
@@ -51,16 +51,10 @@ pub fn render(shared: &Shared, kernel: Option<&KernelPath>) -> Vec<u8> {
     let endpoints: Vec<Value> = state
         .clusters()
         .flat_map(|(name, cluster)| {
-            cluster.endpoints().iter().map(move |e| {
-                let health = e.pool.health();
-                json!({
-                    "cluster": name,
-                    "endpoint": e.addr.to_string(),
-                    "ejected": health.is_ejected(),
-                    "requestsInFlight": health.in_flight(),
-                    "openConnections": e.pool.open_connections(),
-                })
-            })
+            cluster
+                .endpoints()
+                .iter()
+                .map(move |e| super::endpoints::endpoint_state(name, cluster, e))
         })
         .collect();
     // The rule order the route tables were assembled into (a table's own rules, then its

@@ -1,4 +1,4 @@
-//! The proxy's admin HTTP endpoint: /metrics, /healthz, /readyz, /config_dump.
+//! The proxy's admin HTTP endpoint: /metrics, /healthz, /readyz, /config_dump, /endpoints.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 mod cache_metrics;
 mod config_dump;
 mod ejection_metrics;
+mod endpoints;
 mod rate_limit_metrics;
 use crate::kernel::KernelPath;
 use crate::shared::Shared;
@@ -35,6 +36,11 @@ fn respond(
             StatusCode::OK,
             plain_http::JSON,
             config_dump::render(shared, kernel),
+        ),
+        "/endpoints" => (
+            StatusCode::OK,
+            plain_http::JSON,
+            endpoints::render(&shared.state.load()),
         ),
         "/healthz" => text(StatusCode::OK, b"ok\n"),
         "/readyz" => readyz(shared),

@@ -1,52 +1,54 @@
-//! Runtime form of a Cluster and its endpoints: the endpoint picker used per request.
+//! Runtime form of a Cluster and its endpoints: the endpoint picker used per request, which
+//! passes over endpoints that are ejected (passive health) or failing their probes (active
+//! health) while enough others are left.
 
-use foldhash::{HashMap, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
-use rauta_common::api::v1::{
-    Cluster, ClusterEndpoints, LoadBalancerPolicy, Resource, UpstreamProtocol, hash_key,
-};
-use tracing::{debug, info};
+use tracing::info;
 
-use rauta_common::api::v1::resource::Payload;
-use rauta_common::types::ResourceType;
-
+use super::circuit_breakers::CircuitBreakers;
 use super::maglev::{MaglevTable, hash_key};
 use super::request::RequestHeaders;
 use super::retry_budget::RetryBudget;
-use super::store::{ResourceStore, TypeSet};
-use crate::observe::metrics::ProxyMetrics;
 use crate::observe::upstream_stats::ClusterStats;
+use crate::upstream::health_check::Prober;
 use crate::upstream::outlier::OutlierPolicy;
-use crate::upstream::tls::UpstreamTlsError;
-use crate::upstream::{ClusterTls, EndpointPool, Protocol, UpstreamPools};
+use crate::upstream::{EndpointPool, Protocol};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A ready endpoint and its connection pool.
+/// A ready endpoint, its connection pool and its prober when the cluster checks health.
 #[derive(Debug, Clone)]
 pub struct EndpointRt {
     pub addr: SocketAddr,
     pub pool: Arc<EndpointPool>,
+    pub prober: Option<Arc<Prober>>,
+}
+
+impl EndpointRt {
+    /// Whether the endpoint's probes find it healthy (true when nothing probes it).
+    #[inline]
+    pub fn probed_healthy(&self) -> bool {
+        self.prober.as_ref().is_none_or(|p| p.health.is_healthy())
+    }
 }
 
 /// What Maglev hashes.
 #[derive(Debug)]
-enum HashOn {
+pub(super) enum HashOn {
     SourceIp,
     Header(HeaderName),
     Cookie(String),
 }
 
 #[derive(Debug)]
-enum Picker {
+pub(super) enum Picker {
     Maglev(MaglevTable, HashOn),
     RoundRobin(AtomicUsize),
     LeastRequest,
+    Random,
 }
 
 /// A cluster as the request path uses it.
@@ -59,204 +61,13 @@ pub struct ClusterRt {
     pub stats: Arc<ClusterStats>,
     /// Kept from the cluster's previous build: a config change does not refill it.
     pub retry_budget: Arc<RetryBudget>,
-    endpoints: Vec<EndpointRt>,
-    picker: Picker,
-    outlier: Option<OutlierPolicy>,
-}
-
-/// Why a cluster in a snapshot is invalid (the NACK's text).
-#[derive(Debug, thiserror::Error)]
-#[error("cluster {cluster}: {problem}")]
-pub struct ClusterError {
-    pub cluster: String,
-    pub problem: ClusterProblem,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterProblem {
-    #[error("unknown protocol {0}")]
-    Protocol(i32),
-    #[error("unknown lb_policy {0}")]
-    LbPolicy(i32),
-    #[error("{field}: invalid duration: {reason}")]
-    Duration { field: &'static str, reason: String },
-    #[error("tls: {0}")]
-    Tls(#[from] UpstreamTlsError),
-    #[error("hash_key header {header:?}: {reason}")]
-    HashHeader { header: String, reason: String },
-}
-
-fn duration(
-    d: Option<&prost_types::Duration>,
-    field: &'static str,
-) -> Result<Option<Duration>, ClusterProblem> {
-    d.map(|d| {
-        Duration::try_from(*d).map_err(|e| ClusterProblem::Duration {
-            field,
-            reason: e.to_string(),
-        })
-    })
-    .transpose()
-}
-
-/// A cluster validated from its resources, before any connection pool exists for it:
-/// [`ClusterSpec::instantiate`] makes it a [`ClusterRt`] once the whole snapshot is valid.
-#[derive(Debug)]
-pub struct ClusterSpec {
-    name: String,
-    protocol: Protocol,
-    policy: LoadBalancerPolicy,
-    connect_timeout: Duration,
-    request_timeout: Option<Duration>,
-    tls: Option<ClusterTls>,
-    /// Ready endpoints with their weights.
-    endpoints: Vec<(SocketAddr, u32)>,
-    hash_on: HashOn,
-    outlier: Option<OutlierPolicy>,
-}
-
-impl ClusterSpec {
-    /// Validates a Cluster and its endpoints (which may be absent yet). Reads `pools` only to
-    /// share TLS settings already in use.
-    pub fn validate(
-        cluster: &Cluster,
-        endpoints: Option<&ClusterEndpoints>,
-        pools: &UpstreamPools,
-    ) -> Result<ClusterSpec, ClusterError> {
-        Self::check(cluster, endpoints, pools).map_err(|problem| ClusterError {
-            cluster: cluster.name.clone(),
-            problem,
-        })
-    }
-
-    fn check(
-        cluster: &Cluster,
-        endpoints: Option<&ClusterEndpoints>,
-        pools: &UpstreamPools,
-    ) -> Result<ClusterSpec, ClusterProblem> {
-        let name = &cluster.name;
-        let protocol = match UpstreamProtocol::try_from(cluster.protocol) {
-            Ok(UpstreamProtocol::Unspecified | UpstreamProtocol::Http1) => Protocol::Http1,
-            Ok(UpstreamProtocol::H2c) => Protocol::H2c,
-            Err(_) => return Err(ClusterProblem::Protocol(cluster.protocol)),
-        };
-        let policy = LoadBalancerPolicy::try_from(cluster.lb_policy)
-            .map_err(|_| ClusterProblem::LbPolicy(cluster.lb_policy))?;
-        let connect_timeout = duration(cluster.connect_timeout.as_ref(), "connect_timeout")?
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let request_timeout = duration(cluster.request_timeout.as_ref(), "request_timeout")?;
-        // Checked even without endpoints: bad TLS settings NACK the snapshot.
-        let tls = cluster
-            .tls
-            .as_ref()
-            .map(|t| pools.validate_tls(protocol, t))
-            .transpose()?;
-        let mut ready = Vec::new();
-        for ep in endpoints
-            .map(|e| e.endpoints.as_slice())
-            .unwrap_or_default()
-        {
-            if !ep.ready {
-                continue;
-            }
-            // One unusable address must not cost the whole cluster: skip it and keep the rest.
-            let (Ok(ip), Ok(port)) = (ep.address.parse::<IpAddr>(), u16::try_from(ep.port)) else {
-                debug!(cluster = %name, address = %ep.address, port = ep.port, "skipping unusable endpoint");
-                continue;
-            };
-            if port != 0 {
-                ready.push((SocketAddr::new(ip, port), ep.weight));
-            }
-        }
-        let hash_on = match cluster.hash_key.as_ref().and_then(|k| k.key.as_ref()) {
-            None => HashOn::SourceIp,
-            Some(hash_key::Key::Header(h)) => {
-                HashOn::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
-                    ClusterProblem::HashHeader {
-                        header: h.clone(),
-                        reason: e.to_string(),
-                    }
-                })?)
-            }
-            Some(hash_key::Key::Cookie(c)) => HashOn::Cookie(c.clone()),
-        };
-        let outlier = match &cluster.outlier_detection {
-            Some(o) if o.consecutive_failures > 0 => Some(OutlierPolicy {
-                consecutive_failures: o.consecutive_failures,
-                base_ejection: duration(o.base_ejection_time.as_ref(), "base_ejection_time")?
-                    .unwrap_or(Duration::from_secs(30)),
-                max_ejection_percent: match o.max_ejection_percent {
-                    0 => 50,
-                    p => p.min(100),
-                },
-            }),
-            _ => None,
-        };
-        Ok(ClusterSpec {
-            name: name.clone(),
-            protocol,
-            policy,
-            connect_timeout,
-            request_timeout,
-            tls,
-            endpoints: ready,
-            hash_on,
-            outlier,
-        })
-    }
-
-    /// The runtime cluster: a pool for each endpoint (existing or new) and the picker. A
-    /// rebuilt cluster keeps its predecessor's Maglev table size (a table never shrinks, so
-    /// fewer keys move) and its retry budget.
-    pub fn instantiate(
-        self,
-        pools: &mut UpstreamPools,
-        metrics: &ProxyMetrics,
-        previous: Option<&ClusterRt>,
-    ) -> ClusterRt {
-        let min_table_size = previous.map_or(0, ClusterRt::table_size);
-        let ClusterSpec {
-            name,
-            protocol,
-            policy,
-            connect_timeout,
-            request_timeout,
-            tls,
-            endpoints,
-            hash_on,
-            outlier,
-        } = self;
-        let ready: Vec<EndpointRt> = endpoints
-            .iter()
-            .map(|(addr, _)| EndpointRt {
-                addr: *addr,
-                pool: pools.endpoint(*addr, protocol, connect_timeout, tls.as_ref(), metrics),
-            })
-            .collect();
-        let picker = match policy {
-            LoadBalancerPolicy::RoundRobin => Picker::RoundRobin(AtomicUsize::new(0)),
-            LoadBalancerPolicy::LeastRequest => Picker::LeastRequest,
-            LoadBalancerPolicy::Unspecified | LoadBalancerPolicy::Maglev => {
-                let ids: Vec<String> = ready.iter().map(|e| e.addr.to_string()).collect();
-                let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
-                let size = MaglevTable::size_for(ids.len()).max(min_table_size);
-                match MaglevTable::build_with_size(&ids, &weights, size) {
-                    Some(table) => Picker::Maglev(table, hash_on),
-                    None => Picker::RoundRobin(AtomicUsize::new(0)),
-                }
-            }
-        };
-        ClusterRt {
-            name: Arc::from(name.as_str()),
-            protocol,
-            request_timeout,
-            stats: metrics.cluster_stats(&name),
-            retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
-            endpoints: ready,
-            picker,
-            outlier,
-        }
-    }
+    /// Limits on requests and retries in flight (their counts kept across builds).
+    pub breakers: CircuitBreakers,
+    pub(super) endpoints: Vec<EndpointRt>,
+    pub(super) picker: Picker,
+    pub(super) outlier: Option<OutlierPolicy>,
+    /// Below this share of usable endpoints (percent), health is ignored; None: never.
+    pub(super) panic_percent: Option<u32>,
 }
 
 impl ClusterRt {
@@ -277,25 +88,46 @@ impl ClusterRt {
                 let a = (r as usize) % count;
                 let b = ((r >> 32) as usize) % count;
                 let load = |i: usize| {
-                    let h = self.endpoints[i].pool.health();
-                    (h.is_ejected(), h.in_flight())
+                    let e = &self.endpoints[i];
+                    (!self.usable(e), e.pool.health().in_flight())
                 };
                 if load(b) < load(a) { b } else { a }
             }
+            Picker::Random => (rand::random::<u64>() as usize) % count,
         };
         self.healthy_from(index)
     }
 
-    /// The first endpoint from `index` on that is not ejected; `index`'s when all are.
+    /// Whether requests may go to `endpoint`: not ejected by outlier detection, not failing
+    /// its health check.
+    #[inline]
+    pub fn usable(&self, endpoint: &EndpointRt) -> bool {
+        endpoint.probed_healthy()
+            && (self.outlier.is_none() || !endpoint.pool.health().is_ejected())
+    }
+
+    /// Whether so few endpoints are usable that the cluster spreads requests over all of them
+    /// (the panic threshold).
+    pub fn panicking(&self) -> bool {
+        let Some(percent) = self.panic_percent else {
+            return false;
+        };
+        let usable = self.endpoints.iter().filter(|e| self.usable(e)).count();
+        usable * 100 < self.endpoints.len() * percent as usize
+    }
+
+    /// The first usable endpoint from `index` on; `index`'s when none is, or when the cluster
+    /// is below its panic threshold. Counting the usable ones is only needed when the first
+    /// choice is not.
     fn healthy_from(&self, index: usize) -> Option<&EndpointRt> {
         let first = self.endpoints.get(index)?;
-        if self.outlier.is_none() || !first.pool.health().is_ejected() {
+        if self.usable(first) || self.panicking() {
             return Some(first);
         }
         let count = self.endpoints.len();
         (1..count)
             .map(|n| &self.endpoints[(index + n) % count])
-            .find(|e| !e.pool.health().is_ejected())
+            .find(|e| self.usable(e))
             .or(Some(first))
     }
 
@@ -358,17 +190,19 @@ impl ClusterRt {
         }
     }
 
-    /// Whether the picker needs each endpoint's requests in flight (least request).
+    /// Whether each endpoint's requests in flight must be counted: the picker balances on
+    /// them (least request), or a circuit breaker limits them.
     #[inline]
-    pub fn balances_on_load(&self) -> bool {
+    pub fn counts_endpoint_load(&self) -> bool {
         matches!(self.picker, Picker::LeastRequest)
+            || self.breakers.limits.max_requests_per_endpoint.is_some()
     }
 
     /// Size of the Maglev table (0 for other pickers).
     pub fn table_size(&self) -> usize {
         match &self.picker {
             Picker::Maglev(t, _) => t.len(),
-            Picker::RoundRobin(_) | Picker::LeastRequest => 0,
+            Picker::RoundRobin(_) | Picker::LeastRequest | Picker::Random => 0,
         }
     }
 }
@@ -385,200 +219,6 @@ fn request_hash(hash_on: &HashOn, client: IpAddr, headers: RequestHeaders<'_>) -
         (Some(v), _) => hash_key(v),
         (None, IpAddr::V4(ip)) => hash_key(&ip.octets()),
         (None, IpAddr::V6(ip)) => hash_key(&ip.octets()),
-    }
-}
-
-/// The clusters of a routing state by name, each with the cluster and endpoints versions it
-/// was built from, so that the next snapshot reuses those that did not change.
-#[derive(Debug, Default)]
-pub struct Clusters {
-    by_name: Arc<ByName>,
-    /// The store's clusters and endpoints these were built from: a snapshot with the very same
-    /// ones (a route change) keeps them all without looking at each.
-    built_from: (TypeSet, TypeSet),
-}
-
-/// Each cluster with the Cluster and Endpoints resources it was built from.
-type ByName = HashMap<Arc<str>, (Arc<Resource>, Option<Arc<Resource>>, Arc<ClusterRt>)>;
-
-/// Whether a cluster built from resource `then` is what `now` would build: the store keeps an
-/// unchanged resource as the same allocation; one sent again (a reconnection) has its version.
-fn same_resource(then: &Arc<Resource>, now: &Arc<Resource>) -> bool {
-    Arc::ptr_eq(then, now) || then.version == now.version
-}
-
-/// A cluster of a validated snapshot: the previous one, unchanged, or a new one to make.
-#[derive(Debug)]
-enum Planned {
-    Reused(Arc<ClusterRt>),
-    New(Box<ClusterSpec>),
-}
-
-/// Every cluster of a snapshot, validated; [`ClusterPlan::instantiate`] makes them.
-#[derive(Debug)]
-pub struct ClusterPlan {
-    change: PlannedChange,
-    built_from: (TypeSet, TypeSet),
-}
-
-#[derive(Debug)]
-enum PlannedChange {
-    /// The snapshot has the previous state's very clusters and endpoints.
-    None(Arc<ByName>),
-    Some {
-        /// Each cluster with the Cluster and Endpoints resources it is built from.
-        planned: Vec<(Arc<Resource>, Option<Arc<Resource>>, Planned)>,
-        /// The clusters reused from the previous state (their addresses).
-        reused: HashSet<usize>,
-    },
-}
-
-impl Clusters {
-    /// Validates every cluster of `store`; those whose resources did not change since
-    /// `previous` are reused as they are.
-    pub fn validate(
-        store: &ResourceStore,
-        previous: &Clusters,
-        pools: &UpstreamPools,
-    ) -> Result<ClusterPlan, ClusterError> {
-        let built_from = (
-            store.type_set(ResourceType::Cluster),
-            store.type_set(ResourceType::Endpoints),
-        );
-        if built_from.0.is(&previous.built_from.0) && built_from.1.is(&previous.built_from.1) {
-            return Ok(ClusterPlan {
-                change: PlannedChange::None(Arc::clone(&previous.by_name)),
-                built_from,
-            });
-        }
-        let mut plan = Vec::with_capacity(previous.by_name.len());
-        let mut reused = HashSet::with_capacity(previous.by_name.len());
-        // Endpoints are named by their cluster: both in name order, walked side by side.
-        let mut all_endpoints = store.resources(ResourceType::Endpoints).peekable();
-        for resource in store.resources(ResourceType::Cluster) {
-            let Some(Payload::Cluster(cluster)) = &resource.payload else {
-                continue;
-            };
-            let mut endpoints = all_endpoints.next_if(|e| e.name == cluster.name);
-            if endpoints.is_none() {
-                while all_endpoints
-                    .next_if(|e| e.name.as_str() < cluster.name.as_str())
-                    .is_some()
-                {}
-                endpoints = all_endpoints.next_if(|e| e.name == cluster.name);
-            }
-            let unchanged = previous
-                .by_name
-                .get(cluster.name.as_str())
-                .filter(|(c, e, _)| {
-                    same_resource(c, resource)
-                        && match (e, endpoints) {
-                            (Some(then), Some(now)) => same_resource(then, now),
-                            (then, now) => then.is_none() && now.is_none(),
-                        }
-                });
-            let planned = match unchanged {
-                Some((_, _, rt)) => Planned::Reused(Arc::clone(rt)),
-                None => {
-                    let endpoints = endpoints.and_then(|e| match &e.payload {
-                        Some(Payload::Endpoints(e)) => Some(e),
-                        _ => None,
-                    });
-                    Planned::New(Box::new(ClusterSpec::validate(cluster, endpoints, pools)?))
-                }
-            };
-            if let Planned::Reused(rt) = &planned {
-                reused.insert(Arc::as_ptr(rt).addr());
-            }
-            plan.push((Arc::clone(resource), endpoints.cloned(), planned));
-        }
-        Ok(ClusterPlan {
-            change: PlannedChange::Some {
-                planned: plan,
-                reused,
-            },
-            built_from,
-        })
-    }
-
-    /// Whether both are the very same clusters, kept whole (no cluster or endpoints change).
-    #[cfg(test)]
-    pub(super) fn kept_whole(&self, before: &Clusters) -> bool {
-        Arc::ptr_eq(&self.by_name, &before.by_name)
-    }
-
-    /// The cluster called `name`, if the snapshot has it.
-    pub fn get(&self, name: &str) -> Option<Arc<ClusterRt>> {
-        self.by_name.get(name).map(|(_, _, rt)| Arc::clone(rt))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &ClusterRt)> {
-        self.by_name
-            .iter()
-            .map(|(name, (_, _, rt))| (&**name, rt.as_ref()))
-    }
-}
-
-impl ClusterPlan {
-    /// Whether a rule linked to `linked` for cluster `name` would be linked the same in this
-    /// snapshot: the cluster is reused as it was, or it was missing and still is.
-    pub fn keeps(&self, name: &str, linked: Option<&Arc<ClusterRt>>) -> bool {
-        match (&self.change, linked) {
-            // Every rule of the previous state is linked to that state's own cluster of its
-            // name, or to none when it had none (reused rules because this method said so,
-            // the others by `link`): with the very same clusters, each stays right. "The very
-            // same" is pointer identity of the store's sets, which the previous `Clusters`
-            // holds, so no other set can have taken their address.
-            (PlannedChange::None(by_name), linked) => {
-                debug_assert_eq!(
-                    by_name.get(name).map(|(_, _, kept)| Arc::as_ptr(kept)),
-                    linked.map(Arc::as_ptr)
-                );
-                true
-            }
-            (PlannedChange::Some { reused, .. }, Some(rt)) => {
-                reused.contains(&Arc::as_ptr(rt).addr())
-            }
-            (PlannedChange::Some { .. }, None) => !self.built_from.0.contains(name),
-        }
-    }
-
-    /// Makes the new clusters (pools for their endpoints) and keeps the reused ones.
-    pub fn instantiate(
-        self,
-        previous: &Clusters,
-        pools: &mut UpstreamPools,
-        metrics: &ProxyMetrics,
-    ) -> Clusters {
-        let planned = match self.change {
-            PlannedChange::None(by_name) => {
-                return Clusters {
-                    by_name,
-                    built_from: self.built_from,
-                };
-            }
-            PlannedChange::Some { planned, .. } => planned,
-        };
-        let by_name = planned
-            .into_iter()
-            .map(|(cluster, endpoints, planned)| {
-                let rt = match planned {
-                    Planned::Reused(rt) => rt,
-                    Planned::New(spec) => {
-                        let before = previous
-                            .by_name
-                            .get(spec.name.as_str())
-                            .map(|(_, _, rt)| &**rt);
-                        Arc::new(spec.instantiate(pools, metrics, before))
-                    }
-                };
-                (Arc::clone(&rt.name), (cluster, endpoints, rt))
-            })
-            .collect();
-        Clusters {
-            by_name: Arc::new(by_name),
-            built_from: self.built_from,
-        }
     }
 }
 
@@ -604,6 +244,101 @@ mod tests {
         assert_eq!(
             request_hash(&on_header, ip, RequestHeaders::Map(&none)),
             request_hash(&HashOn::SourceIp, ip, h)
+        );
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use std::collections::HashSet;
+
+    use rauta_common::api::v1::{
+        Cluster, ClusterEndpoints, Endpoint, HealthCheck, LoadBalancerPolicy, TcpHealthCheck,
+        health_check,
+    };
+
+    use super::*;
+    use crate::model::cluster_spec::ClusterSpec;
+    use crate::observe::metrics::ProxyMetrics;
+    use crate::upstream::UpstreamPools;
+    use crate::upstream::health_check::ProbeOutcome;
+
+    /// Four round-robin endpoints with a TCP health check; the panic threshold as given.
+    fn cluster(panic: Option<u32>) -> ClusterRt {
+        let cluster = Cluster {
+            name: "c".into(),
+            lb_policy: LoadBalancerPolicy::RoundRobin as i32,
+            health_check: Some(HealthCheck {
+                unhealthy_threshold: 1,
+                probe: Some(health_check::Probe::Tcp(TcpHealthCheck {})),
+                ..HealthCheck::default()
+            }),
+            panic_threshold_percent: panic,
+            ..Cluster::default()
+        };
+        let endpoints = ClusterEndpoints {
+            cluster: "c".into(),
+            endpoints: (1..=4)
+                .map(|i| Endpoint {
+                    address: format!("10.0.0.{i}"),
+                    port: 80,
+                    weight: 1,
+                    ready: true,
+                })
+                .collect(),
+        };
+        let mut pools = UpstreamPools::default();
+        let spec = ClusterSpec::validate(&cluster, Some(&endpoints), &pools).unwrap();
+        spec.instantiate(&mut pools, &ProxyMetrics::new().unwrap(), None)
+    }
+
+    fn fail(rt: &ClusterRt, i: usize) {
+        let prober = rt.endpoints()[i].prober.as_ref().unwrap();
+        prober
+            .health
+            .record(ProbeOutcome::ConnectFailed, &prober.spec);
+    }
+
+    fn picked(rt: &ClusterRt) -> HashSet<SocketAddr> {
+        let headers = http::HeaderMap::new();
+        (0..40)
+            .map(|_| {
+                rt.pick("10.1.1.1".parse().unwrap(), RequestHeaders::Map(&headers))
+                    .unwrap()
+                    .addr
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_passed_over_until_the_panic_threshold() {
+        let rt = cluster(None);
+        fail(&rt, 0);
+        assert_eq!(picked(&rt).len(), 3, "one failing endpoint is passed over");
+        assert!(!rt.panicking());
+        fail(&rt, 1);
+        assert_eq!(
+            picked(&rt).len(),
+            2,
+            "half usable: not below the default 50%"
+        );
+        fail(&rt, 2);
+        assert!(rt.panicking(), "one of four usable");
+        assert_eq!(
+            picked(&rt).len(),
+            4,
+            "below the threshold, all share the load"
+        );
+
+        let never = cluster(Some(0));
+        for i in 0..3 {
+            fail(&never, i);
+        }
+        assert!(!never.panicking());
+        assert_eq!(
+            picked(&never).len(),
+            1,
+            "panic mode off: the one healthy endpoint"
         );
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rauta_common::api::v1::route_rule::Action;
 use rauta_common::api::v1::{L4Route, L4RouteTable};
 
-use super::cluster::Clusters;
+use super::clusters::Clusters;
 use super::rule::{ActionRt, RuleError};
 use crate::observe::l4_metrics::L4Stats;
 use crate::observe::metrics::ProxyMetrics;

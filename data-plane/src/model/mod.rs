@@ -3,7 +3,10 @@
 //! from a [`store::ResourceStore`] off the request path, then published with one atomic swap
 //! (`shared::Shared::state`).
 
+pub mod circuit_breakers;
 pub mod cluster;
+pub mod cluster_spec;
+pub mod clusters;
 pub mod collect;
 pub mod filters;
 pub mod global_limit;
@@ -41,7 +44,9 @@ use rauta_common::types::ResourceType;
 
 use crate::observe::metrics::{ProxyMetrics, RouteStats};
 use crate::upstream::UpstreamPools;
-use cluster::{ClusterError, ClusterRt, Clusters};
+use cluster::ClusterRt;
+use cluster_spec::ClusterError;
+use clusters::Clusters;
 use kept::RuleStores;
 use l4::{L4TableError, L4TableRt};
 use route_table::{RouteTableError, RouteTableRt, TableInputs};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rauta_common::api::v1::{RequestPolicies, Resource, RouteRule, RouteRules, RouteTable};
 
-use super::cluster::{ClusterPlan, Clusters};
+use super::clusters::{ClusterPlan, Clusters};
 use super::collect::exact;
 use super::filters::session::{SessionError, SessionKeys};
 use super::filters::{Inherited, SharedPart};

@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use rauta_common::api::v1::RouteRule;
 use rauta_common::api::v1::route_rule::Action;
 
-use super::cluster::{ClusterRt, Clusters};
+use super::cluster::ClusterRt;
+use super::clusters::Clusters;
 use super::collect::exact;
 use super::filters::session::SessionKeys;
 use super::filters::{FilterError, Filters, Inherited, SharedPart};

@@ -6,7 +6,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::model::circuit_breakers::InFlightSlot;
 use crate::model::cluster::{ClusterRt, EndpointRt};
+use crate::upstream::Overflow;
 use crate::upstream::outlier::InFlight;
 
 /// The attempt did not finish within its limit.
@@ -21,20 +23,39 @@ pub struct Attempt<'a> {
     endpoint: &'a EndpointRt,
     started: Instant,
     in_flight: Option<InFlight<'a>>,
+    /// The cluster's count of requests in flight (circuit breaker).
+    _slot: InFlightSlot,
 }
 
 impl<'a> Attempt<'a> {
-    /// Starts an attempt at `endpoint` of `cluster`.
+    /// Starts an attempt at `endpoint` of `cluster`, unless a circuit-breaker limit refuses
+    /// it: every request path must then answer 503 with the limit's reason.
     #[inline]
-    pub fn start(cluster: &'a ClusterRt, endpoint: &'a EndpointRt) -> Attempt<'a> {
-        Attempt {
+    pub fn start(
+        cluster: &'a ClusterRt,
+        endpoint: &'a EndpointRt,
+    ) -> Result<Attempt<'a>, Overflow> {
+        let slot = cluster.breakers.request()?;
+        let in_flight = if cluster.counts_endpoint_load() {
+            let limit = cluster.breakers.limits.max_requests_per_endpoint;
+            let Some(guard) = endpoint.pool.health().start_request(limit) else {
+                cluster
+                    .breakers
+                    .counts
+                    .overflowed(Overflow::RequestsPerEndpoint);
+                return Err(Overflow::RequestsPerEndpoint);
+            };
+            Some(guard)
+        } else {
+            None
+        };
+        Ok(Attempt {
             cluster,
             endpoint,
             started: Instant::now(),
-            in_flight: cluster
-                .balances_on_load()
-                .then(|| endpoint.pool.health().start_request()),
-        }
+            in_flight,
+            _slot: slot,
+        })
     }
 
     /// Runs the exchange within `limit` (none: no limit).

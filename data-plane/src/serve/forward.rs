@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::attempt::Attempt;
 use super::headers::{X_FORWARDED_PROTO, append_forwarded_for, join_cookies, strip_hop_by_hop};
-use super::local_reply::{ProxyBody, body_too_large, local};
+use super::local_reply::{ProxyBody, body_too_large, local, overflow};
 use super::{mirror, upgrade};
 use crate::body::client::{BodyState, ClientBody, RequestBody};
 use crate::model::cluster::{ClusterRt, EndpointRt};
@@ -146,6 +146,7 @@ pub(crate) async fn forward(
         // A body the client broke off or framed wrongly (a malformed chunk): the client's
         // error, not the upstream's.
         Err(_) if body_state.client_failed() => body_failed(&body_state),
+        Err(err) if let Some(limit) = err.overflow() => overflow(limit),
         Err(err) => {
             debug!(cluster = %cluster.name, %err, "upstream request failed");
             local(
@@ -269,6 +270,8 @@ async fn attempts(
     }
     let mut endpoint = first;
     let mut attempt = 0;
+    // Held from a retry's start until the exchange ends: the retries in flight.
+    let mut retry_slot: Option<crate::model::circuit_breakers::InFlightSlot>;
     loop {
         let body = match &outgoing.replay {
             Some(bytes) if attempt > 0 => Either::Right(Full::new(bytes.clone())),
@@ -289,14 +292,16 @@ async fn attempts(
         }
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = [attempt_limit, remaining].into_iter().flatten().min();
-        let guard = Attempt::start(cluster, endpoint);
+        let guard = Attempt::start(cluster, endpoint).map_err(overflow)?;
         let outcome = guard
             .within(limit, endpoint.pool.send(req, upgrade, raw))
             .await;
         let endpoint_failed = match &outcome {
             Ok(Ok(resp)) => resp.status().is_server_error(),
-            // The client's fault (body too large, client gone), not the endpoint's.
+            // The client's fault (body too large, client gone), not the endpoint's; nor is
+            // a circuit breaker's refusal.
             Ok(Err(_)) if outgoing.body_state.client_failed() => false,
+            Ok(Err(e)) if e.overflow().is_some() => false,
             Ok(Err(_)) | Err(_) => true,
         };
         guard.finish(endpoint_failed);
@@ -313,7 +318,10 @@ async fn attempts(
             if !granted {
                 cluster.stats.retry_refused();
             }
-            granted
+            granted && {
+                retry_slot = cluster.breakers.retry().ok();
+                retry_slot.is_some()
+            }
         };
         if !retrying {
             return match outcome {

@@ -370,7 +370,7 @@ impl Routed<'_> {
 }
 
 /// The backend, cluster and endpoint of a forward action that serve `addr` (a session's
-/// endpoint), when it is still there and not ejected.
+/// endpoint), when it is still there and usable (neither ejected nor failing its probes).
 fn sticky_target(
     backends: &[WeightedBackend],
     addr: SocketAddr,
@@ -380,7 +380,7 @@ fn sticky_target(
         let endpoint = cluster
             .endpoints()
             .iter()
-            .find(|e| e.addr == addr && !e.pool.health().is_ejected())?;
+            .find(|e| e.addr == addr && cluster.usable(e))?;
         Some((backend, cluster, endpoint))
     })
 }

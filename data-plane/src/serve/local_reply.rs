@@ -157,6 +157,23 @@ pub(crate) fn unauthorized(challenge: HeaderValue) -> Response<ProxyBody> {
     resp
 }
 
+/// Header naming the circuit-breaker limit that refused a request (as Envoy's
+/// x-envoy-overloaded, with the reason).
+pub(crate) const OVERFLOW_HEADER: &str = "x-rauta-overflow";
+
+/// A request a cluster's circuit breaker refused: 503 naming the limit.
+pub(crate) fn overflow(limit: crate::upstream::Overflow) -> Response<ProxyBody> {
+    let mut resp = local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(limit.body()),
+    );
+    resp.headers_mut().insert(
+        http::HeaderName::from_static(OVERFLOW_HEADER),
+        HeaderValue::from_static(limit.name()),
+    );
+    resp
+}
+
 /// A request a global limit could not count (Redis away) where the limit fails closed.
 pub(crate) fn rate_limit_unavailable() -> Response<ProxyBody> {
     local(

@@ -6,6 +6,7 @@
 
 mod buffered;
 mod error;
+pub mod health_check;
 pub mod jwks_fetch;
 pub mod outlier;
 mod pool;
@@ -28,8 +29,8 @@ use crate::observe::metrics::ProxyMetrics;
 use crate::observe::upstream_stats::EndpointStats;
 
 pub use buffered::{BUFFERED_BODY_LIMIT, BodyError, buffer_body};
-pub use error::{ExchangeError, UpstreamError};
-pub use pool::{EndpointPool, RawConn};
+pub use error::{ExchangeError, Overflow, UpstreamError};
+pub use pool::{DEFAULT_IDLE_TIMEOUT, EndpointPool, PoolSettings, RawConn};
 pub use pools::{ClusterTls, UpstreamPools};
 pub use response_body::{ResponseBody, ResponseBodyError};
 

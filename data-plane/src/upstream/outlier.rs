@@ -83,10 +83,15 @@ impl EndpointHealth {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard is dropped.
-    pub fn start_request(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+    /// Counts a request in flight until the guard is dropped; none when `limit` requests are
+    /// in flight already (a circuit breaker's max_requests_per_endpoint).
+    pub fn start_request(&self, limit: Option<u32>) -> Option<InFlight<'_>> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self);
+        match limit {
+            Some(limit) if before >= limit as usize => None,
+            _ => Some(guard),
+        }
     }
 
     /// A request to the endpoint succeeded.

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::error::UpstreamError;
+use super::error::{Overflow, UpstreamError};
 use super::{PoolStats, Protocol, UpstreamBody};
 use crate::body::client::BodyState;
 use crate::observe::upstream_stats::EndpointStats;
@@ -31,10 +31,19 @@ use crate::workers;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed when released.
 const MAX_IDLE_PER_SHARD: usize = 64;
-/// An idle connection older than this is closed instead of reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// An idle connection older than this is closed instead of reused, unless the cluster says.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// HTTP/2 PING interval on upstream connections, to notice dead peers.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// What makes two pools of one endpoint different (with the TLS settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolSettings {
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: Option<u32>,
+}
 
 /// The client TLS settings of pools with the same UpstreamTls and protocol.
 pub struct TlsRt {
@@ -136,6 +145,9 @@ pub struct EndpointPool {
     pub(super) authority: HeaderValue,
     pub(super) protocol: Protocol,
     pub(super) connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Most connections open to the endpoint (its series counts those of every pool).
+    max_connections: Option<u32>,
     pub(super) tls: Option<Arc<TlsRt>>,
     /// Made at the first request: a proxy knows thousands of endpoints, most never used by
     /// a given replica, and these are a few hundred bytes each.
@@ -160,7 +172,8 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl EndpointPool {
     pub(super) fn new(
         addr: SocketAddr,
-        (protocol, connect_timeout, tls): (Protocol, Duration, Option<Arc<TlsRt>>),
+        settings: PoolSettings,
+        tls: Option<Arc<TlsRt>>,
         stats: PoolStats,
         health: EndpointHealth,
     ) -> EndpointPool {
@@ -168,8 +181,10 @@ impl EndpointPool {
             addr,
             authority: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            protocol,
-            connect_timeout,
+            protocol: settings.protocol,
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections,
             tls,
             shards: OnceLock::new(),
             stats,
@@ -211,7 +226,7 @@ impl EndpointPool {
     pub(super) fn checkout_h1(&self, shard: usize) -> Option<H1Sender> {
         let mut shard = lock(&self.shards().conns[shard]);
         while let Some(idle) = shard.idle.pop_back() {
-            if !idle.sender.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+            if !idle.sender.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
                 return Some(idle.sender);
             }
         }
@@ -227,7 +242,7 @@ impl EndpointPool {
         // Connections that sat unused past the idle timeout are closed here, not kept until
         // the upstream closes them.
         while shard.idle.front().is_some_and(|i| {
-            i.sender.sender.is_closed() || now.duration_since(i.since) >= IDLE_TIMEOUT
+            i.sender.sender.is_closed() || now.duration_since(i.since) >= self.idle_timeout
         }) {
             shard.idle.pop_front();
         }
@@ -246,7 +261,7 @@ impl EndpointPool {
     pub fn checkout_raw(&self) -> Option<RawConn> {
         let mut shard = lock(&self.shards().conns[self.shard()]);
         while let Some(mut idle) = shard.raw_idle.pop_back() {
-            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.stream.is_reusable() {
+            if idle.since.elapsed() < self.idle_timeout && idle.conn.stream.is_reusable() {
                 return Some(idle.conn);
             }
         }
@@ -274,7 +289,7 @@ impl EndpointPool {
         while shard
             .raw_idle
             .front()
-            .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
         {
             shard.raw_idle.pop_front();
         }
@@ -414,8 +429,28 @@ impl EndpointPool {
         Ok(tcp)
     }
 
-    /// A TCP connection within the connect timeout, with TLS on top when configured.
+    /// A new connection for a request: within the connection limit, failures counted.
     async fn connect(
+        &self,
+    ) -> Result<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, UpstreamError> {
+        if let Some(limit) = self.max_connections
+            && self.stats.endpoint.open() >= i64::from(limit)
+        {
+            return Err(UpstreamError::Overflow {
+                addr: self.addr,
+                limit: Overflow::ConnectionsPerEndpoint,
+            });
+        }
+        let result = self.connect_uncounted().await;
+        if result.is_err() {
+            self.stats.endpoint.failed();
+        }
+        result
+    }
+
+    /// A TCP connection within the connect timeout, with TLS on top when configured; not
+    /// counted anywhere (health probes use it too).
+    pub(super) async fn connect_uncounted(
         &self,
     ) -> Result<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, UpstreamError> {
         let started = Instant::now();
@@ -423,27 +458,20 @@ impl EndpointPool {
             addr: self.addr,
             timeout: self.connect_timeout,
         };
-        let result = async {
-            let tcp = self.connect_tcp().await?;
-            let Some(tls) = &self.tls else {
-                return Ok(Either::Left(tcp));
-            };
-            let left = self.connect_timeout.saturating_sub(started.elapsed());
-            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
-            tokio::time::timeout(left, handshake)
-                .await
-                .map_err(|_| timed_out())?
-                .map(Either::Right)
-                .map_err(|source| UpstreamError::Tls {
-                    addr: self.addr,
-                    source,
-                })
-        }
-        .await;
-        if result.is_err() {
-            self.stats.endpoint.failed();
-        }
-        result
+        let tcp = self.connect_tcp().await?;
+        let Some(tls) = &self.tls else {
+            return Ok(Either::Left(tcp));
+        };
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+        tokio::time::timeout(left, handshake)
+            .await
+            .map_err(|_| timed_out())?
+            .map(Either::Right)
+            .map_err(|source| UpstreamError::Tls {
+                addr: self.addr,
+                source,
+            })
     }
 }
 

@@ -3,26 +3,28 @@
 use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use rauta_common::api::v1::UpstreamTls;
 use tokio_rustls::TlsConnector;
 
-use super::pool::{EndpointPool, TlsRt};
+use super::health_check::{HealthCheckSpec, Prober};
+use super::pool::{EndpointPool, PoolSettings, TlsRt};
 use super::tls::{UpstreamTlsError, client_config, server_name};
 use super::{PoolStats, Protocol};
 use crate::observe::metrics::ProxyMetrics;
 use crate::upstream::outlier::EndpointHealth;
 
-/// Pool identity: endpoint, protocol, connect timeout and a digest of the TLS settings.
-type PoolKey = (SocketAddr, Protocol, Duration, Option<u64>);
+/// Pool identity: endpoint, settings and a digest of the TLS settings.
+type PoolKey = (SocketAddr, PoolSettings, Option<u64>);
 
-/// Every endpoint pool, keyed by its settings, so pools survive snapshot swaps that keep them.
+/// Every endpoint pool, keyed by its settings, so pools survive snapshot swaps that keep them;
+/// and every prober, by pool and check, so that probes (and what they found) survive them too.
 #[derive(Debug, Default)]
 pub struct UpstreamPools {
     pools: HashMap<PoolKey, Arc<EndpointPool>>,
     tls: HashMap<(u64, Protocol), Arc<TlsRt>>,
+    probers: HashMap<(PoolKey, Arc<HealthCheckSpec>), Arc<Prober>>,
 }
 
 /// The TLS settings of a cluster, validated once and shared by its endpoints' pools.
@@ -65,39 +67,50 @@ impl UpstreamPools {
         })
     }
 
-    /// The pool for an endpoint with these settings, existing or new.
+    /// The pool for an endpoint with these settings, existing or new, and the prober of the
+    /// health check, existing or new: one per pool and check, however many clusters use it.
     pub fn endpoint(
         &mut self,
-        addr: SocketAddr,
-        protocol: Protocol,
-        connect_timeout: Duration,
+        (addr, settings): (SocketAddr, PoolSettings),
         tls: Option<&ClusterTls>,
+        health_check: Option<&Arc<HealthCheckSpec>>,
         metrics: &ProxyMetrics,
-    ) -> Arc<EndpointPool> {
+    ) -> (Arc<EndpointPool>, Option<Arc<Prober>>) {
         if let Some(t) = tls {
             self.tls
                 .entry((t.digest, t.protocol))
                 .or_insert_with(|| Arc::clone(&t.rt));
         }
-        let key = (addr, protocol, connect_timeout, tls.map(|t| t.digest));
+        let key = (addr, settings, tls.map(|t| t.digest));
         let pool = self.pools.entry(key).or_insert_with(|| {
             let endpoint = metrics.endpoint_stats(&addr.to_string());
             let health = EndpointHealth::new(Arc::clone(&endpoint));
-            let stats = PoolStats::new(metrics, endpoint, protocol);
+            let stats = PoolStats::new(metrics, endpoint, settings.protocol);
             let tls = tls.map(|t| Arc::clone(&t.rt));
-            Arc::new(EndpointPool::new(
-                addr,
-                (protocol, connect_timeout, tls),
-                stats,
-                health,
-            ))
+            Arc::new(EndpointPool::new(addr, settings, tls, stats, health))
         });
-        Arc::clone(pool)
+        let pool = Arc::clone(pool);
+        let prober = health_check.map(|spec| {
+            let prober = self
+                .probers
+                .entry((key, Arc::clone(spec)))
+                .or_insert_with(|| Arc::new(Prober::start(&pool, Arc::clone(spec))));
+            Arc::clone(prober)
+        });
+        (pool, prober)
+    }
+
+    /// Probers running now.
+    pub fn probers(&self) -> usize {
+        self.probers.len()
     }
 
     /// Forgets pools and TLS settings nothing uses any more (their connections close), and
     /// the metric series of endpoints no pool reaches any more.
     pub fn prune(&mut self, metrics: &ProxyMetrics) {
+        // Probers first: a prober is used while a cluster holds its pool too.
+        self.probers
+            .retain(|_, prober| Arc::strong_count(prober) > 1);
         let mut gone = Vec::new();
         self.pools.retain(|key, pool| {
             let used = Arc::strong_count(pool) > 1;

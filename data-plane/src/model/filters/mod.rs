@@ -26,7 +26,8 @@ use std::sync::Arc;
 use rauta_common::api::v1::{RequestPolicies, RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
 
-use super::cluster::{ClusterRt, Clusters};
+use super::cluster::ClusterRt;
+use super::clusters::Clusters;
 use super::global_limit::GlobalLimiter;
 use super::kept::RuleStores;
 use super::rate_limit::{Limiter, RateLimitError};

@@ -28,7 +28,7 @@ use crate::codec::h1::response::BadResponse;
 use crate::model::filters::HeaderOps;
 use crate::serve::attempt::Attempt;
 use crate::serve::context::{Connection, ListenerCtx};
-use crate::serve::local_reply::{RATE_LIMITED, Refusal, rate_limit_fields};
+use crate::serve::local_reply::{OVERFLOW_HEADER, RATE_LIMITED, Refusal, rate_limit_fields};
 use crate::shared::{Shared, drain_started};
 use crate::upstream::stream::RawStream;
 use crate::upstream::{RawConn, UpstreamError};
@@ -96,7 +96,7 @@ where
                     return Ended::Handoff(buf.freeze());
                 }
                 Planned::Refuse(status, text) => {
-                    local_reply(&mut down, (status, text), &[], (true, false));
+                    local_reply(&mut down, (status, text), (&[], None), (true, false));
                     let _ = io.write_all(&down).await;
                     return close(io).await;
                 }
@@ -270,33 +270,48 @@ impl<'s> Exchange<'_, 's> {
             cluster, endpoint, ..
         } = *self.plan;
         let limit = self.plan.timeout();
-        let attempt = Attempt::start(cluster, endpoint);
-        let result = attempt
-            .within(limit, self.response_head(ubuf, down))
-            .await
-            .unwrap_or(Err(Failure::Timeout));
+        let result = match Attempt::start(cluster, endpoint) {
+            Ok(attempt) => {
+                let result = attempt
+                    .within(limit, self.response_head(ubuf, down))
+                    .await
+                    .unwrap_or(Err(Failure::Timeout));
+                let overflow =
+                    matches!(&result, Err(Failure::Connect(e)) if e.overflow().is_some());
+                attempt.finish(!overflow && result.as_ref().map_or(true, |(_, h)| h.status >= 500));
+                result
+            }
+            Err(limit) => Err(Failure::Connect(UpstreamError::Overflow {
+                addr: endpoint.addr,
+                limit,
+            })),
+        };
         let status = match &result {
             Ok((_, head)) => head.status,
             Err(Failure::Timeout) => 504,
+            Err(Failure::Connect(e)) if e.overflow().is_some() => 503,
             Err(_) => 502,
         };
-        attempt.finish(status >= 500);
         self.plan
             .record(shared, (listener, conn), (status, self.started), "HTTP/1.1");
         let (mut upstream, head) = match result {
             Ok(ok) => ok,
             Err(failure) => {
                 debug!(cluster = %cluster.name, upstream = %endpoint.addr, %failure, "upstream request failed");
-                let body: &[u8] = if status == 504 {
-                    b"upstream request timeout\n"
-                } else {
-                    b"upstream connect error\n"
+                let overflow = match &failure {
+                    Failure::Connect(e) => e.overflow(),
+                    _ => None,
+                };
+                let (body, extra): (&[u8], _) = match overflow {
+                    Some(limit) => (limit.body(), Some((OVERFLOW_HEADER, limit.name()))),
+                    None if status == 504 => (b"upstream request timeout\n", None),
+                    None => (b"upstream connect error\n", None),
                 };
                 let close = self.close || shared.is_draining();
                 local_reply(
                     down,
                     (status, body),
-                    &self.response_ops(),
+                    (&self.response_ops(), extra),
                     (close, self.plan.head),
                 );
                 return io.write_all(down).await.is_ok() && io.flush().await.is_ok() && !close;
@@ -450,7 +465,7 @@ async fn relay<IO: AsyncWrite + Unpin>(
 
 /// A 429 for a request over a rate limit, with the general path's fields.
 fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>, close: bool) {
-    local_reply(out, (429, RATE_LIMITED), &[], (close, refused.head));
+    local_reply(out, (429, RATE_LIMITED), (&[], None), (close, refused.head));
     // Before the blank line that ends the head (and the body, unless it is a HEAD's answer).
     let body = if refused.head { 0 } else { RATE_LIMITED.len() };
     let end_of_fields = out.len() - body - 2;
@@ -471,7 +486,7 @@ fn limited_reply(out: &mut Vec<u8>, refused: &request::RateLimited<'_>, close: b
 fn local_reply(
     out: &mut Vec<u8>,
     (status, body): (u16, &[u8]),
-    ops: &[&HeaderOps],
+    (ops, extra): (&[&HeaderOps], Option<(&str, &str)>),
     (close, head): (bool, bool),
 ) {
     use std::io::Write;
@@ -483,6 +498,9 @@ fn local_reply(
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
     if HeaderOps::keeps(ops, "content-type") {
         out.extend_from_slice(b"content-type: text/plain\r\n");
+    }
+    if let Some((name, value)) = extra {
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     push_added(out, ops);
     let _ = write!(

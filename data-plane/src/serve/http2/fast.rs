@@ -49,19 +49,34 @@ pub async fn serve(
     shared.metrics.http2_fast_path_requests.inc();
     let _open = conn.activity.request();
     let (cluster, endpoint) = (plan.cluster, plan.endpoint);
-    let attempt = Attempt::start(cluster, endpoint);
+    let attempt = match Attempt::start(cluster, endpoint) {
+        Ok(attempt) => attempt,
+        Err(limit) => {
+            plan.record(shared, (listener, conn), (503, started), "HTTP/2");
+            return Some(local_reply::overflow(limit));
+        }
+    };
     let sent = raw::send_head(&endpoint.pool, &upstream_request, plan.head);
     // Err(None): timed out; Err(Some(_)): failed.
     let result = match attempt.within(plan.timeout(), sent).await {
         Ok(sent) => sent.map_err(Some),
         Err(TimedOut) => Err(None),
     };
+    let overflow = match &result {
+        Err(Some(e)) => e.overflow(),
+        _ => None,
+    };
     let status = match &result {
         Ok(resp) => resp.status().as_u16(),
         Err(None) => 504,
+        Err(Some(_)) if overflow.is_some() => 503,
         Err(Some(_)) => 502,
     };
-    attempt.finish(status >= 500);
+    attempt.finish(overflow.is_none() && status >= 500);
+    if let Some(limit) = overflow {
+        plan.record(shared, (listener, conn), (status, started), "HTTP/2");
+        return Some(local_reply::overflow(limit));
+    }
     plan.record(shared, (listener, conn), (status, started), "HTTP/2");
     let mut resp = match result {
         Ok(resp) => {
