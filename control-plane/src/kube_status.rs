@@ -38,7 +38,8 @@ fn shared_list(kind: Kind) -> Option<&'static str> {
         Kind::BackendTlsPolicy
         | Kind::RateLimitPolicy
         | Kind::SecurityPolicy
-        | Kind::BackendPolicy => Some("ancestors"),
+        | Kind::BackendPolicy
+        | Kind::TrafficPolicy => Some("ancestors"),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ use crate::crds::direct_response::DirectResponse;
 use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::crds::response_cache::ResponseCache;
 use crate::crds::security_policy::SecurityPolicy;
+use crate::crds::traffic_policy::TrafficPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use gateway_api::experimental::udproutes::UdpRoute;
@@ -280,6 +281,7 @@ object_kinds! {
     RateLimitPolicy, rate_limit_policies, RateLimitPolicy, "gateway.rauta.dev", "RateLimitPolicy", true;
     SecurityPolicy, security_policies, SecurityPolicy, "gateway.rauta.dev", "SecurityPolicy", true;
     BackendPolicy, backend_policies, BackendPolicy, "gateway.rauta.dev", "BackendPolicy", true;
+    TrafficPolicy, traffic_policies, TrafficPolicy, "gateway.rauta.dev", "TrafficPolicy", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

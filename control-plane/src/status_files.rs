@@ -78,7 +78,8 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
             "conditions": conditions(&o.conditions),
             "listeners": listeners(&o.listeners),
         }),
-        "BackendTLSPolicy" | "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" => json!({
+        "BackendTLSPolicy" | "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy"
+        | "TrafficPolicy" => json!({
             "ancestors": o.ancestors.iter().map(|a| json!({
                 "ancestorRef": parent_ref(a.ancestor_ref.clone().unwrap_or_default()),
                 "controllerName": a.controller_name,
@@ -94,7 +95,9 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
         }),
     };
     let api_version = match o.kind.as_str() {
-        "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" => "gateway.rauta.dev/v1alpha1",
+        "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" | "TrafficPolicy" => {
+            "gateway.rauta.dev/v1alpha1"
+        }
         _ => "gateway.networking.k8s.io/v1",
     };
     json!({"apiVersion": api_version, "kind": o.kind, "metadata": metadata, "status": status})

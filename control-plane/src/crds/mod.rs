@@ -8,6 +8,7 @@ pub mod policy;
 pub mod rate_limit_policy;
 pub mod response_cache;
 pub mod security_policy;
+pub mod traffic_policy;
 
 use kube::CustomResourceExt;
 
@@ -22,6 +23,7 @@ pub fn crd_manifests() -> Result<String, String> {
         rate_limit_policy::RateLimitPolicy::crd(),
         security_policy::SecurityPolicy::crd(),
         backend_policy::BackendPolicy::crd(),
+        traffic_policy::TrafficPolicy::crd(),
     ];
     let mut out = String::from(
         "# Generated from control-plane/src/crds by `REGENERATE_CRDS=1 cargo test -p rauta-controller crd`;\n# do not edit.\n",

@@ -53,6 +53,7 @@ pub fn report(
         match *kind {
             "RateLimitPolicy" => out.rate_limit_policies.insert(key.clone(), status),
             "SecurityPolicy" => out.security_policies.insert(key.clone(), status),
+            "TrafficPolicy" => out.traffic_policies.insert(key.clone(), status),
             _ => None,
         };
     }

@@ -54,6 +54,7 @@ fn compile_reads(kind: Kind) -> bool {
             | Kind::Secret
             // Read through the PolicyIndex (with the Secrets it names), per route.
             | Kind::SecurityPolicy
+            | Kind::TrafficPolicy
     )
 }
 

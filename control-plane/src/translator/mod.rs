@@ -44,6 +44,7 @@ mod selectors;
 pub mod service_policy;
 pub mod status;
 mod tls;
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! Policy attachment (Gateway API GEP-713, direct policies): which of RAUTA's policies apply to
 //! each Gateway, listener, route and rule, and what they ask of requests there.
 //!
-//! Kinds: RateLimitPolicy (rate limits), SecurityPolicy (authentication).
+//! Kinds: RateLimitPolicy (rate limits), SecurityPolicy (authentication), TrafficPolicy
+//! (compression, request limits, default timeouts).
 //!
 //! A policy names its targets (`targetRefs`): a Gateway, optionally one listener
 //! (`sectionName`), or an HTTPRoute or GRPCRoute, optionally one named rule. Two policies of
@@ -23,7 +24,7 @@ use super::output::ResourceSet;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteKind;
 use super::security::MissingRef;
-use super::{rate_limits, security};
+use super::{rate_limits, security, traffic};
 use crate::crds::policy::PolicyTargetRef;
 use crate::objects::{ObjectRef, ObjectSet};
 use rauta_common::types::ResourceType;
@@ -108,6 +109,8 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         basic_auth,
         authorization,
         ext_auth,
+        compression,
+        request_limits,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -129,6 +132,12 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if ext_auth.is_none() {
         ext_auth.clone_from(&general.ext_auth);
+    }
+    if compression.is_none() {
+        compression.clone_from(&general.compression);
+    }
+    if request_limits.is_none() {
+        request_limits.clone_from(&general.request_limits);
     }
 }
 
@@ -230,6 +239,15 @@ impl PolicyIndex {
             });
         }
         index.attach("SecurityPolicy", security, &mut applied);
+        let traffic = objects.traffic_policies.iter().map(|(key, p)| Candidate {
+            key,
+            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            generation: p.metadata.generation.unwrap_or(0),
+            target_refs: &p.spec.target_refs,
+            resolved: traffic::policies(&p.spec).map(|r| (r, Vec::new())),
+            when_invalid: None,
+        });
+        index.attach("TrafficPolicy", traffic.collect(), &mut applied);
         index.applied = applied.into_iter().map(|(t, p)| (t, Arc::new(p))).collect();
         index
     }

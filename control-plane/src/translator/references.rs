@@ -38,7 +38,9 @@ pub fn reference_granted(
     to: Target<'_>,
 ) -> bool {
     let from_group = match from_kind {
-        "SecurityPolicy" | "RateLimitPolicy" | "BackendPolicy" => crate::crds::GROUP,
+        "SecurityPolicy" | "RateLimitPolicy" | "BackendPolicy" | "TrafficPolicy" => {
+            crate::crds::GROUP
+        }
         _ => GATEWAY_GROUP,
     };
     objects

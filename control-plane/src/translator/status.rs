@@ -172,16 +172,19 @@ pub struct StatusReport {
     pub security_policies: BTreeMap<ObjectRef, PolicyStatus>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub backend_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 impl StatusReport {
     /// Each policy kind's statuses, by kind name, always in this order.
-    pub fn policies(&self) -> [(&'static str, &BTreeMap<ObjectRef, PolicyStatus>); 4] {
+    pub fn policies(&self) -> [(&'static str, &BTreeMap<ObjectRef, PolicyStatus>); 5] {
         [
             ("BackendTLSPolicy", &self.backend_tls_policies),
             ("RateLimitPolicy", &self.rate_limit_policies),
             ("SecurityPolicy", &self.security_policies),
             ("BackendPolicy", &self.backend_policies),
+            ("TrafficPolicy", &self.traffic_policies),
         ]
     }
 }

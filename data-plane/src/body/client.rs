@@ -205,6 +205,16 @@ impl RequestBody {
         }
     }
 
+    /// Holds the body to `max` bytes too, when that is below the listener's limit (a route's
+    /// TrafficPolicy); called before anything is read.
+    pub fn limit_to(mut self, max: Option<u64>) -> Self {
+        if let Some(max) = max.filter(|m| *m < self.limit) {
+            self.limit = max;
+            self.remaining = Some(self.remaining.map_or(max, |r| r.min(max)));
+        }
+        self
+    }
+
     /// What happens to this body, to be read once it has been sent.
     pub fn state(&self) -> Arc<BodyState> {
         Arc::clone(&self.state)

@@ -2,4 +2,5 @@
 //! stream's DATA frames arrive through, and the client body with its limits.
 
 pub mod client;
+pub mod compress;
 pub mod h2;

@@ -79,9 +79,17 @@ impl ClusterRt {
         if count == 0 {
             return None;
         }
-        let index = match &self.picker {
-            Picker::Maglev(table, hash_on) => table.get(request_hash(hash_on, client, headers)),
-            Picker::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % count,
+        // The index, and a per-request number that spreads a replacement for an unusable
+        // choice over the usable endpoints as the picker spreads requests over all.
+        let (index, spread) = match &self.picker {
+            Picker::Maglev(table, hash_on) => {
+                let hash = request_hash(hash_on, client, headers);
+                (table.get(hash), hash)
+            }
+            Picker::RoundRobin(next) => {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                (n % count, n as u64)
+            }
             Picker::LeastRequest => {
                 // Power of two choices: two endpoints at random, the one with fewer in flight.
                 let r: u64 = rand::random();
@@ -91,11 +99,14 @@ impl ClusterRt {
                     let e = &self.endpoints[i];
                     (!self.usable(e), e.pool.health().in_flight())
                 };
-                if load(b) < load(a) { b } else { a }
+                (if load(b) < load(a) { b } else { a }, r.rotate_left(16))
             }
-            Picker::Random => (rand::random::<u64>() as usize) % count,
+            Picker::Random => {
+                let r: u64 = rand::random();
+                ((r as usize) % count, r.rotate_left(32))
+            }
         };
-        self.healthy_from(index)
+        self.healthy_from(index, spread)
     }
 
     /// Whether requests may go to `endpoint`: not ejected by outlier detection, not failing
@@ -116,19 +127,25 @@ impl ClusterRt {
         usable * 100 < self.endpoints.len() * percent as usize
     }
 
-    /// The first usable endpoint from `index` on; `index`'s when none is, or when the cluster
-    /// is below its panic threshold. Counting the usable ones is only needed when the first
-    /// choice is not.
-    fn healthy_from(&self, index: usize) -> Option<&EndpointRt> {
+    /// `index`'s endpoint when it is usable; else the `spread`-th usable one (modulo their
+    /// number), so that an unusable endpoint's share is spread over all the others, not handed
+    /// to its neighbour (benches/failover.sh saw round robin double one endpoint's load);
+    /// `index`'s when none is usable or the cluster is below its panic threshold. The usable
+    /// ones are only counted when the first choice is not.
+    fn healthy_from(&self, index: usize, spread: u64) -> Option<&EndpointRt> {
         let first = self.endpoints.get(index)?;
-        if self.usable(first) || self.panicking() {
+        if self.usable(first) {
             return Some(first);
         }
-        let count = self.endpoints.len();
-        (1..count)
-            .map(|n| &self.endpoints[(index + n) % count])
-            .find(|e| self.usable(e))
-            .or(Some(first))
+        let usable = self.endpoints.iter().filter(|e| self.usable(e)).count();
+        let panicking = self
+            .panic_percent
+            .is_some_and(|p| usable * 100 < self.endpoints.len() * p as usize);
+        if usable == 0 || panicking {
+            return Some(first);
+        }
+        let nth = (spread % usable as u64) as usize;
+        self.endpoints.iter().filter(|e| self.usable(e)).nth(nth)
     }
 
     /// Records how a request to `endpoint` went (`failed`: 5xx, connect error, reset or
@@ -175,7 +192,7 @@ impl ClusterRt {
         &self.endpoints
     }
 
-    /// The endpoint `n` places after `first` (or the next one not ejected): retries go
+    /// The endpoint `n` places after `first` (or the next usable one): retries go
     /// elsewhere when they can. When every endpoint not ejected is `first` itself (which just
     /// failed), the retry goes to the ejected one `n` places on: it may have recovered, and
     /// `first` has failed already.
@@ -183,11 +200,12 @@ impl ClusterRt {
         let Some(index) = self.endpoints.iter().position(|e| e.addr == first.addr) else {
             return first;
         };
-        let next = (index + n) % self.endpoints.len();
-        match self.healthy_from(next) {
-            Some(e) if e.addr != first.addr => e,
-            _ => &self.endpoints[next],
-        }
+        let count = self.endpoints.len();
+        let next = (index + n) % count;
+        (0..count)
+            .map(|k| &self.endpoints[(next + k) % count])
+            .find(|e| e.addr != first.addr && self.usable(e))
+            .unwrap_or(&self.endpoints[next])
     }
 
     /// Whether each endpoint's requests in flight must be counted: the picker balances on
@@ -329,6 +347,20 @@ mod health_tests {
             4,
             "below the threshold, all share the load"
         );
+
+        // An unusable endpoint's share goes to all the others, not to its neighbour.
+        let spread = cluster(Some(0));
+        fail(&spread, 1);
+        let headers = http::HeaderMap::new();
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..300 {
+            let e = spread
+                .pick("10.1.1.1".parse().unwrap(), RequestHeaders::Map(&headers))
+                .unwrap();
+            *counts.entry(e.addr).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|n| *n == 100), "{counts:?}");
 
         let never = cluster(Some(0));
         for i in 0..3 {

@@ -258,6 +258,7 @@ impl RuleRt {
             })
             .transpose()
         };
+        let limits = filters.request_limits().copied().unwrap_or_default();
         Ok(RuleRt {
             name: Arc::from(rule.name.as_str()),
             fast_path: action.on_fast_path() && filters.fast_path(),
@@ -265,11 +266,14 @@ impl RuleRt {
             matches,
             action,
             filters,
-            request_timeout: timeout(rule.request_timeout.as_ref(), "request_timeout")?,
+            // The route's own timeouts, else a TrafficPolicy's.
+            request_timeout: timeout(rule.request_timeout.as_ref(), "request_timeout")?
+                .or(limits.request_timeout),
             backend_timeout: timeout(
                 rule.backend_request_timeout.as_ref(),
                 "backend_request_timeout",
-            )?,
+            )?
+            .or(limits.backend_timeout),
             counters: metrics.route_counters(&rule.name),
         })
     }

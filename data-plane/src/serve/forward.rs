@@ -72,7 +72,8 @@ pub(crate) async fn forward(
         upgrade::restore_headers(req.headers_mut(), protocol);
     }
     let (parts, incoming) = req.into_parts();
-    let incoming = RequestBody::new(incoming, &client.shared.limits);
+    let route_max = rule.filters.request_limits().and_then(|l| l.max_body_bytes);
+    let incoming = RequestBody::new(incoming, &client.shared.limits).limit_to(route_max);
     let body_state = incoming.state();
     // A body held in memory can be sent more than once: to mirrors, and again on retries.
     let wants_copy =

@@ -24,6 +24,7 @@ use super::local_reply::{
     rate_limit_unavailable, too_many_requests,
 };
 use super::request_log::{LogDetails, LoggedRequest};
+use super::traffic;
 use crate::body::client::ClientBody;
 use crate::model::cluster::{ClusterRt, EndpointRt};
 use crate::model::filters::CorsRt;
@@ -200,6 +201,8 @@ async fn serve(
         rule.counters.record(refused.status().as_u16(), started);
         return refused;
     }
+    // Chosen now: the request is gone once forwarded.
+    let compression = traffic::encoding_for(rule, &req);
     // Looked up again: authentication may have changed the request's fields.
     let host = request_host(&req).unwrap_or(Cow::Borrowed(""));
     let routed = Routed {
@@ -241,27 +244,39 @@ async fn serve(
     if let Some(ops) = rule.filters.response_headers() {
         ops.apply(resp.headers_mut());
     }
+    let mut resp = traffic::compress(compression, resp);
     if let Some(cors) = cors {
         cors.decorate(origin.as_ref(), resp.headers_mut());
     }
-    // Last, so that the rule's header changes (say, removing upstream Set-Cookies) cannot
-    // remove the session's own token.
-    if let Some((name, value)) = session_token {
-        resp.headers_mut().append(name, value);
-    }
+    with_session_token(&mut resp, session_token);
     rule.counters.record(resp.status().as_u16(), started);
     resp
 }
 
-/// The answer to a request over one of the rule's rate limits, local or global. Limits
-/// counted per client read the headers authentication set (client id, claims), not ones the
-/// client sent.
+/// Last, so that the rule's header changes (say, removing upstream Set-Cookies) cannot remove
+/// the session's own token.
+fn with_session_token(
+    resp: &mut Response<ProxyBody>,
+    token: Option<(http::HeaderName, HeaderValue)>,
+) {
+    if let Some((name, value)) = token {
+        resp.headers_mut().append(name, value);
+    }
+}
+
+/// The answer to a request over the route's request limits or one of its rate limits, local
+/// or global. Limits counted per client read the headers authentication set (client id,
+/// claims), not ones the client sent.
 async fn over_limits(
     shared: &Shared,
     rule: &RuleRt,
     conn: &Connection,
     req: &Request<ClientBody>,
 ) -> Option<Response<ProxyBody>> {
+    // The route's size limits first: a request refused for its size spends no rate.
+    if let Some(refused) = traffic::over_request_limits(rule, req) {
+        return Some(refused);
+    }
     let headers = RequestHeaders::Map(req.headers());
     if let Some(limits) = rule.filters.rate_limit()
         && let Err(limited) = limits.check(conn.peer.ip(), headers)

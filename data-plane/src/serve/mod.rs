@@ -33,5 +33,6 @@ pub mod mirror;
 pub mod relay;
 pub mod request_log;
 pub mod rewind;
+pub mod traffic;
 pub mod udp;
 pub mod upgrade;

@@ -9,6 +9,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::pool::Release;
 use super::raw::{RawBody, RawBodyError};
+use crate::body::compress::{CompressedBody, Encoding};
 
 /// An upstream response body; when it ends cleanly its connection can carry the next request.
 /// Dropped early (the client went away), the connection is closed instead.
@@ -24,6 +25,8 @@ enum Inner {
         release: Option<Release>,
     },
     Raw(RawBody),
+    /// Compressed on the way to the client (TrafficPolicy compression).
+    Compressed(Box<CompressedBody<ResponseBody>>),
 }
 
 /// Why an upstream response body could not be read to its end.
@@ -33,6 +36,8 @@ pub enum ResponseBodyError {
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
     Raw(#[from] RawBodyError),
+    #[error("compressing: {0}")]
+    Compress(#[from] std::io::Error),
 }
 
 impl ResponseBody {
@@ -40,6 +45,13 @@ impl ResponseBody {
     pub fn raw(body: RawBody) -> ResponseBody {
         ResponseBody {
             inner: Inner::Raw(body),
+        }
+    }
+
+    /// This body, compressed in `encoding`.
+    pub fn compressed(self, encoding: Encoding, level: Option<i32>) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Compressed(Box::new(CompressedBody::new(self, encoding, level))),
         }
     }
 
@@ -76,6 +88,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let (body, release) = match &mut self.inner {
             Inner::Raw(raw) => return Pin::new(raw).poll_frame(cx).map_err(Into::into),
+            Inner::Compressed(c) => return Pin::new(&mut **c).poll_frame(cx),
             Inner::Hyper { body, release } => (body, release),
         };
         let polled = Pin::new(body).poll_frame(cx);
@@ -96,6 +109,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Hyper { body, .. } => body.is_end_stream(),
             Inner::Raw(raw) => raw.is_end_stream(),
+            Inner::Compressed(c) => c.is_end_stream(),
         }
     }
 
@@ -103,6 +117,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Hyper { body, .. } => body.size_hint(),
             Inner::Raw(raw) => raw.size_hint(),
+            Inner::Compressed(c) => c.size_hint(),
         }
     }
 }

@@ -10,13 +10,16 @@ pub mod api_key;
 pub mod authorization;
 pub mod basic_auth;
 pub mod cache;
+pub mod compression;
 pub mod cors;
 pub mod ext_auth;
+mod fields;
 pub mod global_rate_limit;
 pub mod header_ops;
 pub mod jwt;
 pub mod mirror;
 pub mod rate_limit;
+pub mod request_limits;
 pub mod retry;
 pub mod rewrite;
 pub mod session;
@@ -33,8 +36,10 @@ use super::kept::RuleStores;
 use super::rate_limit::{Limiter, RateLimitError};
 use super::response_store::{CacheConfig, CacheError, ResponseStore};
 use cache::CacheRt;
+use compression::CompressionRt;
 use cors::CorsError;
 use header_ops::HeaderOpsError;
+use request_limits::RequestLimitsRt;
 use retry::RetryError;
 use rewrite::RewriteError;
 use session::{SessionError, SessionKeys};
@@ -66,6 +71,10 @@ pub enum FilterError {
     Authorization(#[from] AuthorizationError),
     #[error(transparent)]
     ExtAuth(#[from] ExtAuthError),
+    #[error("compression: {0}")]
+    Compression(String),
+    #[error("request limits: {0}")]
+    RequestLimits(String),
 }
 
 pub use api_key::ApiKeyAuthRt;
@@ -77,6 +86,7 @@ pub use basic_auth::BasicAuthRt;
 pub use cors::CorsRt;
 use ext_auth::ExtAuthError;
 pub use ext_auth::ExtAuthRt;
+pub use fields::remove_field;
 pub use global_rate_limit::GlobalRateLimitRt;
 pub use header_ops::HeaderOps;
 pub use jwt::JwtAuthRt;
@@ -156,6 +166,10 @@ pub enum FilterRt {
     Authorization(AuthorizationRt),
     /// A call to an authorization service (SecurityPolicy).
     ExtAuth(ExtAuthRt),
+    /// Response compression (TrafficPolicy).
+    Compression(CompressionRt),
+    /// Body and head limits, and default timeouts (TrafficPolicy).
+    RequestLimits(RequestLimitsRt),
 }
 
 impl FilterRt {
@@ -169,6 +183,10 @@ impl FilterRt {
             FilterRt::ResponseHeaders(ops) => !ops.touches(CONNECTION_FIELDS),
             // Counted once the fast path commits to the request, refused with its own 429.
             FilterRt::RateLimit(_) => true,
+            // Timeouts reach the fast paths through the rule; they check no per-route size.
+            FilterRt::RequestLimits(l) => l.only_timeouts(),
+            // The fast paths relay response bodies as they come.
+            FilterRt::Compression(_) => false,
             FilterRt::UrlRewrite(_)
             | FilterRt::Mirror(_)
             | FilterRt::Cors(_)
@@ -212,7 +230,10 @@ impl FilterRt {
             // Reads the request's client, claims, method and path.
             | FilterRt::Authorization(_)
             // Waits for the authorization service.
-            | FilterRt::ExtAuth(_) => false,
+            | FilterRt::ExtAuth(_)
+            // A coding per client's Accept-Encoding; a size check per request.
+            | FilterRt::Compression(_)
+            | FilterRt::RequestLimits(_) => false,
         }
     }
 }
@@ -231,61 +252,6 @@ impl Default for Filters {
     /// No filters, which the fast paths serve.
     fn default() -> Self {
         Filters::new(Vec::new())
-    }
-}
-
-/// Removes a field the proxy sets (an identity header) with its twins: fields whose names
-/// differ only by `_` for `-` (`x_user` for `x-user`), which CGI-style backends read as the
-/// same variable. Otherwise a client could send a twin the backend may take for the proxy's.
-pub fn remove_field(headers: &mut http::HeaderMap, name: &http::HeaderName) {
-    headers.remove(name);
-    unlist_from_connection(headers, name);
-    if !name.as_str().contains('-') {
-        return;
-    }
-    let twin = |k: &http::HeaderName| {
-        k.as_str().len() == name.as_str().len()
-            && k.as_str()
-                .bytes()
-                .zip(name.as_str().bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-    };
-    let twins: Vec<http::HeaderName> = headers.keys().filter(|k| twin(k)).cloned().collect();
-    for k in twins {
-        headers.remove(k);
-    }
-}
-
-/// Takes `name` out of the Connection field's list: a client naming a field there would have
-/// the proxy drop it as hop-by-hop, after it set the field (an identity header) itself.
-fn unlist_from_connection(headers: &mut http::HeaderMap, name: &http::HeaderName) {
-    let connection = http::header::CONNECTION;
-    let tokens = |headers: &http::HeaderMap| -> Vec<String> {
-        headers
-            .get_all(&connection)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect()
-    };
-    if !headers.contains_key(&connection) {
-        return;
-    }
-    let all = tokens(headers);
-    if !all.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())) {
-        return;
-    }
-    let kept: Vec<String> = all
-        .into_iter()
-        .filter(|t| !t.eq_ignore_ascii_case(name.as_str()))
-        .collect();
-    headers.remove(&connection);
-    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", "))
-        && !kept.is_empty()
-    {
-        headers.insert(connection, v);
     }
 }
 
@@ -360,6 +326,12 @@ impl Filters {
                 GlobalRateLimitRt::build(limits, inherited.route, &mut stores.global_limiters)?;
             list.push(FilterRt::GlobalRateLimit(rt));
         }
+        if let Some(l) = layers.concern(|p| p.request_limits.as_ref()) {
+            list.push(FilterRt::RequestLimits(RequestLimitsRt::build(l)?));
+        }
+        if let Some(c) = layers.concern(|p| p.compression.as_ref()) {
+            list.push(FilterRt::Compression(CompressionRt::build(c)?));
+        }
         if let Some(m) = &rule.request_headers {
             list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
         }
@@ -424,7 +396,9 @@ impl Filters {
                 | FilterRt::ApiKeyAuth(_)
                 | FilterRt::JwtAuth(_)
                 | FilterRt::BasicAuth(_)
-                | FilterRt::Authorization(_) => {}
+                | FilterRt::Authorization(_)
+                | FilterRt::Compression(_)
+                | FilterRt::RequestLimits(_) => {}
             }
         }
     }
@@ -457,7 +431,9 @@ impl Filters {
                 | FilterRt::Retry(_)
                 | FilterRt::Session(_)
                 | FilterRt::ApiKeyAuth(_)
-                | FilterRt::Authorization(_) => {}
+                | FilterRt::Authorization(_)
+                | FilterRt::Compression(_)
+                | FilterRt::RequestLimits(_) => {}
             }
         }
     }
@@ -500,6 +476,16 @@ impl Filters {
     #[inline]
     pub fn rewrite(&self) -> Option<&Rewrite> {
         first!(self.list, UrlRewrite)
+    }
+
+    #[inline]
+    pub fn compression(&self) -> Option<&CompressionRt> {
+        first!(self.list, Compression)
+    }
+
+    #[inline]
+    pub fn request_limits(&self) -> Option<&RequestLimitsRt> {
+        first!(self.list, RequestLimits)
     }
 
     #[inline]
