@@ -80,5 +80,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(protox::compile([ext_authz], [&proto_root])?)?;
+    // OpenTelemetry's OTLP trace export (a wire-compatible subset), which proxies call.
+    let otlp = "opentelemetry/trace_service.proto";
+    println!("cargo:rerun-if-changed={}", proto_root.join(otlp).display());
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(protox::compile([otlp], [&proto_root])?)?;
     Ok(())
 }

@@ -19,6 +19,7 @@ use rauta_proxy::kernel::{KernelPath, XdpMode};
 use rauta_proxy::limits::Limits;
 use rauta_proxy::observe::access_log::AccessLog;
 use rauta_proxy::observe::metrics::ProxyMetrics;
+use rauta_proxy::observe::otlp::{SpanCounters, Tracer};
 use rauta_proxy::serve::accept::Acceptor;
 use rauta_proxy::shared::Shared;
 use rauta_proxy::upstream::redis::RedisCounter;
@@ -153,6 +154,15 @@ struct Args {
     /// limits fail open or closed, as their policies say.
     #[arg(long, value_name = "URL")]
     rate_limit_redis: Option<String>,
+    /// OpenTelemetry collector to export a span per sampled request to, over OTLP/gRPC, e.g.
+    /// http://otel-collector:4317 (docs/operations.md). Without it no span is made.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (exported, and marked sampled in the traceparent sent
+    /// upstream), from 0 to 1. A request whose traceparent says whether it is sampled follows
+    /// it.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sample_rate)]
+    trace_sampling: f64,
     /// Share of requests written to the access log, from 0 to 1.
     #[arg(long, value_name = "RATE", default_value_t = 1.0, value_parser = sample_rate)]
     access_log_sample: f64,
@@ -184,6 +194,28 @@ struct Args {
 enum XdpModeArg {
     Native,
     Generic,
+}
+
+/// The span exporter, when `--otlp-endpoint` is given.
+fn start_tracer(
+    args: &Args,
+    metrics: &ProxyMetrics,
+    node_id: &str,
+) -> anyhow::Result<Option<Arc<Tracer>>> {
+    let Some(endpoint) = &args.otlp_endpoint else {
+        return Ok(None);
+    };
+    let counters = SpanCounters {
+        exported: metrics.trace_spans.with_label_values(&["exported"]),
+        dropped: metrics.trace_spans.with_label_values(&["dropped"]),
+        failed: metrics.trace_spans.with_label_values(&["failed"]),
+    };
+    Ok(Some(Tracer::start(
+        endpoint,
+        args.trace_sampling,
+        node_id,
+        counters,
+    )?))
 }
 
 /// The XDP fast path, when asked for and possible; otherwise one warning and `None`.
@@ -357,7 +389,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("starting the access log writer")?,
         ),
     };
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "proxy".into());
+        format!("{host}-{}", std::process::id())
+    });
     let mut shared = Shared::new(metrics.clone(), limits, access_log);
+    shared.tracer = start_tracer(&args, &metrics, &node_id)?;
     shared.http1_fast_path = args.http1_fast_path == Switch::On;
     shared.own_http2 = args.http2_server == Http2Server::Rauta;
     if let Some(url) = &args.rate_limit_redis {
@@ -380,12 +419,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         kernel.clone(),
     ));
 
-    let node_id = args.node_id.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "proxy".into());
-        format!("{host}-{}", std::process::id())
-    });
     let (namespace, name) = args.gateway;
     let gateway = format!("{namespace}/{name}");
     info!(node = %node_id, %gateway, controller = %args.controller.join(","), "starting");

@@ -12,6 +12,7 @@ use crate::model::RoutingState;
 use crate::model::store::ResourceStore;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::ProxyMetrics;
+use crate::observe::otlp::Tracer;
 use crate::upstream::redis::RedisCounter;
 
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Shared {
     pub own_http2: bool,
     /// Where global rate limits are counted (`--rate-limit-redis`).
     pub redis: Option<Arc<RedisCounter>>,
+    /// Where request spans go (`--otlp-endpoint`).
+    pub tracer: Option<Arc<Tracer>>,
     ready: AtomicBool,
     /// Set while the proxy serves a configuration read back from `--state-dir` that no
     /// controller has confirmed yet: what /readyz and the stale gauge say about it.
@@ -56,6 +59,7 @@ impl Shared {
             http1_fast_path: true,
             own_http2: true,
             redis: None,
+            tracer: None,
             ready: AtomicBool::new(false),
             stale: ArcSwapOption::empty(),
             restore_refused: ArcSwapOption::empty(),

@@ -382,6 +382,7 @@ pub fn http1_request_head(data: &[u8]) {
             conn: &conn,
             limits: &w.shared.limits,
             logged: false,
+            tracer: None,
         };
         let mut out = Vec::new();
         let _ = request::plan(data, &state, cx, &mut out);

@@ -42,6 +42,8 @@ pub struct ProxyMetrics {
     pub http2_stream_errors: IntCounterVec,
     /// The TCP, UDP and TLS Terminate relays'.
     pub l4: L4Metrics,
+    /// Spans exported, dropped (queue full) and failed (the collector refused or was away).
+    pub trace_spans: IntCounterVec,
 }
 
 use crate::observe::l4_metrics::L4Metrics;
@@ -155,6 +157,12 @@ impl ProxyMetrics {
                 "http1_fast_path_handoffs_total",
                 "HTTP/1.1 connections handed from the fast path to the general path, at the first \
                  request the fast path does not take (filters, retries, upgrades, large bodies, ...)",
+            )?,
+            trace_spans: r.counters(
+                "trace_spans_total",
+                "Request spans for OpenTelemetry (--otlp-endpoint), by result: exported, dropped \
+                 (the export queue was full) or failed (the collector refused them or was away)",
+                &["result"],
             )?,
             auth_results: r.counters(
                 "auth_requests_total",

@@ -1,9 +1,10 @@
 //! What the proxy tells about itself: Prometheus metrics (with per-route counters), the access
-//! log, and W3C trace context.
+//! log, W3C trace context and OpenTelemetry spans.
 
 pub mod access_log;
 pub mod l4_metrics;
 pub mod metrics;
+pub mod otlp;
 pub mod route_stats;
 pub mod series;
 pub mod trace;

@@ -11,6 +11,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// The proxy's span: the parent the upstream sees.
     pub span_id: [u8; 8],
+    /// The client's span, when it sent a valid traceparent.
+    pub parent_span_id: Option<[u8; 8]>,
     pub flags: u8,
 }
 
@@ -72,9 +74,12 @@ pub fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 
 impl TraceContext {
     /// Continues the request's trace (a new trace when it has no valid traceparent) and sets
-    /// the traceparent the upstream will see.
-    pub fn propagate(headers: &mut HeaderMap) -> TraceContext {
-        let ctx = TraceContext::continue_from(headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
+    /// the traceparent the upstream will see. `sample_root`: whether a new trace is sampled.
+    pub fn propagate(headers: &mut HeaderMap, sample_root: bool) -> TraceContext {
+        let ctx = TraceContext::continue_from(
+            headers.get(&TRACEPARENT).map(|v| v.as_bytes()),
+            sample_root,
+        );
         if let Ok(v) = HeaderValue::from_bytes(&ctx.value()) {
             headers.insert(&TRACEPARENT, v);
         }
@@ -82,17 +87,19 @@ impl TraceContext {
     }
 
     /// The proxy's span in the trace of a request with this traceparent (a new trace when it
-    /// has none or an invalid one).
-    pub fn continue_from(traceparent: Option<&[u8]>) -> TraceContext {
+    /// has none or an invalid one). A continued trace keeps the client's sampled flag (parent
+    /// based sampling, as OpenTelemetry's default); a new one is sampled when `sample_root`.
+    pub fn continue_from(traceparent: Option<&[u8]>, sample_root: bool) -> TraceContext {
         let inherited = traceparent.and_then(parse);
         let mut span_id: [u8; 8] = rand::random();
         if span_id == [0; 8] {
             span_id[7] = 1;
         }
         match inherited {
-            Some((trace_id, _, flags)) => TraceContext {
+            Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
                 span_id,
+                parent_span_id: Some(parent),
                 flags: flags & 0x01,
             },
             None => {
@@ -103,7 +110,8 @@ impl TraceContext {
                 TraceContext {
                     trace_id,
                     span_id,
-                    flags: 0,
+                    parent_span_id: None,
+                    flags: u8::from(sample_root),
                 }
             }
         }
@@ -129,6 +137,12 @@ impl TraceContext {
     /// Appends the traceparent value to a head being written.
     pub fn write_header(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.value());
+    }
+
+    /// Whether the trace is sampled (recorded and exported).
+    #[inline]
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -170,7 +184,7 @@ mod tests {
     fn continues_a_trace_with_a_new_parent() {
         let mut h = HeaderMap::new();
         h.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
-        let ctx = TraceContext::propagate(&mut h);
+        let ctx = TraceContext::propagate(&mut h, false);
         let sent = h.get(&TRACEPARENT).unwrap().to_str().unwrap().to_owned();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(sent.ends_with("-01"));
@@ -182,7 +196,7 @@ mod tests {
         assert_eq!(ctx.header(), sent);
 
         let mut fresh = HeaderMap::new();
-        let ctx = TraceContext::propagate(&mut fresh);
+        let ctx = TraceContext::propagate(&mut fresh, false);
         let (trace, _, flags) = parse(fresh.get(&TRACEPARENT).unwrap().as_bytes()).unwrap();
         assert_eq!((trace, flags), (ctx.trace_id, 0));
     }

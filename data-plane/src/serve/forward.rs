@@ -56,7 +56,7 @@ pub(crate) async fn forward(
     picked: Picked<'_>,
     mut req: Request<ClientBody>,
     client: Client<'_>,
-    served_by: &mut SocketAddr,
+    served_by: &mut Served,
 ) -> Response<ProxyBody> {
     let rule = picked.rule;
     let path = match upstream_target(rule, picked.matched, &req) {
@@ -231,6 +231,13 @@ fn set_headers(req: &mut Request<ClientBody>, cluster: &ClusterRt, rule: &RuleRt
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
 }
 
+/// Which endpoint answered (the last one tried), after how many retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub endpoint: SocketAddr,
+    pub retries: u32,
+}
+
 type Answered = (
     Result<Response<ResponseBody>, UpstreamError>,
     std::sync::Arc<BodyState>,
@@ -245,7 +252,7 @@ async fn attempts(
     Picked { rule, backend, .. }: Picked<'_>,
     mut outgoing: Outgoing,
     (upgrade, raw): (bool, bool),
-    served_by: &mut SocketAddr,
+    served_by: &mut Served,
 ) -> Result<Answered, Response<ProxyBody>> {
     let retry = rule.filters.retry();
     // timeouts.request bounds the whole exchange, retries and backoff included; the cluster's
@@ -336,7 +343,8 @@ async fn attempts(
         cluster.stats.retried();
         attempt += 1;
         endpoint = cluster.nth_after(first, attempt as usize);
-        *served_by = endpoint.addr;
+        served_by.endpoint = endpoint.addr;
+        served_by.retries += 1;
         if let Some(backoff) = retry.map(|r| r.backoff) {
             tokio::time::sleep(backoff).await;
         }

@@ -16,7 +16,7 @@ use tracing::debug;
 use super::authenticate::{check_access, credential_free};
 use super::cached;
 use super::context::{Connection, ListenerCtx};
-use super::forward::{Client, Picked, forward};
+use super::forward::{Client, Picked, Served, forward};
 use super::global_limit::{self, Verdict};
 use super::headers::{ALLOWED_METHODS, host_problem, normalized_target, request_host};
 use super::local_reply::{
@@ -44,11 +44,10 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _open = conn.activity.request();
     let started = Instant::now();
-    let logged = shared
-        .access_log
-        .as_ref()
-        .filter(|log| log.sampled())
-        .map(|_| LoggedRequest::of(&req));
+    // The request line and what routing chose are kept for the access log's sample, and for
+    // a span whenever spans are exported (whether the trace is sampled is known later).
+    let log_line = shared.access_log.as_ref().is_some_and(|log| log.sampled());
+    let logged = (log_line || shared.tracer.is_some()).then(|| LoggedRequest::of(&req));
     let mut details = logged.as_ref().map(|_| LogDetails::default());
     let grpc = is_grpc(req.headers());
     // Boxed: the request future is large, and an HTTP/2 stream keeps it in a box of its own
@@ -58,9 +57,19 @@ pub async fn handle(
     if grpc && resp.status().as_u16() >= 400 && resp.extensions().get::<LocalReply>().is_some() {
         resp = grpc_local_reply(resp);
     }
-    if let (Some(log), Some(request), Some(details)) = (&shared.access_log, logged, details) {
-        let status = resp.status().as_u16();
-        log.record(&request.entry((&listener, &conn), &details, status, started));
+    if let (Some(request), Some(details)) = (logged, details) {
+        let entry = request.entry(
+            (&listener, &conn),
+            &details,
+            resp.status().as_u16(),
+            started,
+        );
+        if let Some(log) = shared.access_log.as_ref().filter(|_| log_line) {
+            log.record(&entry);
+        }
+        if let (Some(tracer), Some(trace)) = (&shared.tracer, &details.trace) {
+            tracer.record(&entry, trace, details.retries);
+        }
     }
     Ok(resp)
 }
@@ -355,7 +364,8 @@ impl Routed<'_> {
             Ok(target) => target,
             Err((status, text)) => return (local(status, Bytes::from_static(text)), None),
         };
-        let trace = TraceContext::propagate(req.headers_mut());
+        let sample_root = self.shared.tracer.as_ref().is_some_and(|t| t.sample_root());
+        let trace = TraceContext::propagate(req.headers_mut(), sample_root);
         if let Some(log) = details {
             log.cluster = Some(Arc::clone(&cluster.name));
             log.upstream = Some(endpoint.addr);
@@ -371,15 +381,21 @@ impl Routed<'_> {
             scheme: self.listener.scheme(),
             shared: self.shared,
         };
-        let mut served_by = endpoint.addr;
+        let mut served_by = Served {
+            endpoint: endpoint.addr,
+            retries: 0,
+        };
         let mut resp = forward(cluster, endpoint, picked, req, client, &mut served_by).await;
+        if let Some(log) = details {
+            log.retries = served_by.retries;
+        }
         if let Some(ops) = backend.filters.response_headers() {
             ops.apply(resp.headers_mut());
         }
         // The endpoint that answered (a retry may have gone elsewhere).
         let token = session
             .filter(|_| resp.extensions().get::<LocalReply>().is_none())
-            .and_then(|s| s.response_header(served_by, brought, self.listener.tls));
+            .and_then(|s| s.response_header(served_by.endpoint, brought, self.listener.tls));
         (resp, token)
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct LogDetails {
     pub cluster: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
     pub trace: Option<TraceContext>,
+    /// Retries sent after the first attempt.
+    pub retries: u32,
     /// The request target with credentials taken out (API keys in the query), logged instead.
     pub path: Option<String>,
 }

@@ -88,6 +88,7 @@ where
                 conn,
                 limits: &shared.limits,
                 logged: shared.access_log.as_ref().is_some_and(|l| l.sampled()),
+                tracer: shared.tracer.as_deref(),
             };
             match request::plan(&buf, &state, cx, &mut upstream_request) {
                 Planned::Go(plan) => break Some(plan),

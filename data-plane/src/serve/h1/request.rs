@@ -12,6 +12,7 @@ use crate::model::filters::HeaderOps;
 use crate::model::rate_limit::Limited;
 use crate::model::request::{RequestHeaders, RequestView};
 use crate::model::rule::{Pick, RuleRt, WeightedBackend};
+use crate::observe::otlp::Tracer;
 use crate::observe::trace::TraceContext;
 use crate::serve::context::{Connection, ListenerCtx};
 use crate::serve::headers::without_port;
@@ -36,6 +37,8 @@ pub struct RequestCtx<'a> {
     pub limits: &'a Limits,
     /// Whether this request is in the access log sample.
     pub logged: bool,
+    /// Where spans go, when they are exported.
+    pub tracer: Option<&'a Tracer>,
 }
 
 /// What the fast path does with a request whose bytes are in the buffer.
@@ -66,9 +69,15 @@ impl Plan<'_> {
         protocol: &'static str,
     ) {
         self.rule.counters.record(status, started);
-        if let (Some(log), Some(line)) = (&shared.access_log, &self.log) {
+        if let Some(line) = &self.log {
             let answered = (status, self.endpoint.addr);
-            log.record(&line.entry((listener, conn), answered, started, protocol));
+            let entry = line.entry((listener, conn), answered, started, protocol);
+            if let Some(log) = shared.access_log.as_ref().filter(|_| line.logged) {
+                log.record(&entry);
+            }
+            if let Some(tracer) = &shared.tracer {
+                tracer.record(&entry, &line.trace, 0);
+            }
         }
     }
 
@@ -86,8 +95,11 @@ impl Plan<'_> {
     }
 }
 
-/// The request line of a logged request.
+/// The request line of a logged request (or one whose span is exported).
 pub struct LogLine {
+    /// In the access log's sample.
+    pub logged: bool,
+    pub trace: TraceContext,
     pub start_time: String,
     pub method: String,
     pub authority: String,
@@ -380,7 +392,8 @@ pub fn plan<'s>(
         .iter()
         .find(|f| is(f.name, "traceparent"))
         .map(|f| f.value);
-    let trace = TraceContext::continue_from(traceparent);
+    let trace =
+        TraceContext::continue_from(traceparent, cx.tracer.is_some_and(|t| t.sample_root()));
     let connection = connection_values(fields, scanned.connection_lists);
     // In the general path's order: the rule's changes, then the backend's (responses: the
     // backend's, then the rule's).
@@ -403,8 +416,11 @@ pub fn plan<'s>(
         },
     );
     out.extend_from_slice(&buf[head_len..len]);
-    let log = cx.logged.then(|| {
+    let traced = cx.tracer.is_some() && trace.sampled();
+    let log = (cx.logged || traced).then(|| {
         Box::new(LogLine {
+            logged: cx.logged,
+            trace,
             start_time: jiff::Timestamp::now().to_string(),
             method: method.to_owned(),
             authority: host.to_owned(),
@@ -525,9 +541,10 @@ mod tests {
                 value: b"*/*",
             },
         ];
-        let trace = TraceContext::continue_from(Some(
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ));
+        let trace = TraceContext::continue_from(
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            false,
+        );
         let mut out = Vec::new();
         write_head(
             &mut out,

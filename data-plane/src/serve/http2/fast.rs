@@ -34,6 +34,7 @@ pub async fn serve(
         conn,
         limits: &shared.limits,
         logged: shared.access_log.as_ref().is_some_and(|l| l.sampled()),
+        tracer: shared.tracer.as_deref(),
     };
     let mut upstream_request = Vec::with_capacity(512);
     let plan = match planner::plan(head, &state, cx, &mut upstream_request) {
