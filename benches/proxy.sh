@@ -11,6 +11,7 @@
 #   REPEATS=5 DURATION=10 benches/proxy.sh
 #   BASELINE=/tmp/rauta-proxy-old benches/proxy.sh   # also measures another build, side by side
 #   PARTS=http benches/proxy.sh           # HTTP only; PARTS=l4: the TCP/UDP relays only
+#   ROWS=rauta,rauta-gzip,nginx-gzip PARTS=http benches/proxy.sh   # some rows only (and direct)
 #
 # PARTS=http,fresh,l4 (the default) runs the HTTP part, then benches/fresh.sh (a new
 # connection per request, HTTP/1.1 and HTTPS with a TLS 1.3 handshake each, against nginx and
@@ -32,6 +33,27 @@
 # target of 10 us is for). rauta-jwt-cold (HTTP/1.1 only: a wrk script) sends 20000 distinct
 # ES256 tokens in turn, more than the proxy remembers, so every request has its signature
 # checked: the worst case (jwt_cold_added_cpu_us_h1=X). nginx has no JWT module to compare.
+#
+# Rows rauta-gzip and nginx-gzip: a 10 KB JSON document (150 user objects, a static file of the
+# backend, which does not compress) asked for with Accept-Encoding: gzip, the proxy compressing
+# it at level 1 (TrafficPolicy compression on the route; nginx gzip_comp_level 1, gzip_proxied
+# any); rows rauta-json and nginx-json: the same request without compression. Both proxies are
+# checked once with curl to answer gzip that decompresses to the file. Printed:
+# compression_cpu_us_per_req_{rauta,nginx}=X (HTTP/1.1; _h2c for h2c), what compressing adds
+# to the CPU per request (gzip row over json row), and compression_vs_nginx=X, rauta's CPU per
+# request over nginx's, both compressing (HTTP/1.1). rauta compresses on its general path, not
+# its fast paths.
+#
+# Rows rauta-trace-100 and rauta-trace-1: two more rauta-proxy processes, the plain route, each
+# exporting a span per sampled request over OTLP/gRPC (--trace-sampling 1 and 0.01; requests
+# carry no traceparent, so the ratio decides) to one rauta-otlp-sink on the other CPU, which
+# counts them: trace_added_cpu_us_{100,1}_{h1,h2c}=X (over the plain rauta row), then
+# trace_{100,1}_spans_exported=N dropped=M failed=F requests=R (rauta_proxy_trace_spans_total
+# of that proxy; requests: those the loads served) and trace_sink_spans=N (what the sink got
+# from both). nginx has no tracing built in to compare.
+#
+# ROWS=a,b,... measures those rows only (direct, the base of the latency column, always
+# runs) and prints the lines they allow; the default is every row.
 #
 # The HTTP part's last line: cpu_per_req_vs_nginx=X (rauta's CPU us/request over nginx's,
 # HTTP/1.1; lower is better); benches/fresh.sh's and benches/l4.sh's lines follow.
@@ -69,7 +91,7 @@ fi
 export PATH="$PATH:/usr/sbin"
 
 cargo build --release --quiet -p rauta-controller -p rauta-proxy -p rauta-tests \
-  --bin rauta-controller --bin rauta-proxy --bin rauta-jwt-tokens
+  --bin rauta-controller --bin rauta-proxy --bin rauta-jwt-tokens --bin rauta-otlp-sink
 
 work=$(mktemp -d)
 pids=()
@@ -82,14 +104,27 @@ trap cleanup EXIT
 
 BACKEND=18081 BACKEND_H2=18082
 NGINX=18091 NGINX_H2=18092 HAPROXY=18093 RAUTA=18094 RAUTA_BASELINE=18194
-NGINX_RL=18097 NGINX_RL_H2=18098
+NGINX_RL=18097 NGINX_RL_H2=18098 NGINX_GZIP=18087 NGINX_GZIP_H2=18088
+RAUTA_TRACE100=18294 RAUTA_TRACE1=18394 OTLP_SINK=18099
 
 # Background servers are started with taskset directly (not through a shell function), so
 # that $! is the server's own pid.
 pinned() { taskset -c "$CPU" "$@"; }
 
 # --- backend: nginx answering a tiny body, HTTP/1.1 and h2c ---------------------------------
-mkdir -p "$work/backend" "$work/nginx"
+# and, at /doc.json and /gzip/doc.json, a 10 KB JSON document (uncompressed: nginx's gzip is off).
+mkdir -p "$work/backend/www" "$work/nginx"
+DOC="$work/backend/www/doc.json"
+python3 - "$DOC" <<'EOF'
+import json, random, sys
+rng = random.Random(7)
+first = ["ada", "alan", "grace", "linus", "barbara", "ken", "margaret", "dennis", "edsger", "frances", "john", "radia"]
+last = ["lovelace", "turing", "hopper", "torvalds", "liskov", "thompson", "hamilton", "ritchie", "dijkstra", "allen", "backus", "perlman"]
+users = [{"id": 48213 + i * 7 + rng.randrange(7), "login": rng.choice(first)[0] + rng.choice(last),
+          "role": rng.choice(["admin", "editor", "viewer"]), "seen": f"2024-{rng.randint(1, 12):02}-{rng.randint(1, 28):02}"}
+         for i in range(150)]
+open(sys.argv[1], "w").write(json.dumps({"users": users, "total": len(users)}, separators=(",", ":")))
+EOF
 # What both nginx instances share: one worker, in the foreground, files under their folder.
 nginx_head() {
   cat <<EOF
@@ -104,8 +139,14 @@ EOF
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$BACKEND_H2 http2; location / { return 200 "ok\n"; } }
+  open_file_cache max=16;
+  server {
+    listen 127.0.0.1:$BACKEND;
+    listen 127.0.0.1:$BACKEND_H2 http2;
+    location / { return 200 "ok\n"; }
+    location = /doc.json { root $work/backend/www; default_type application/json; }
+    location = /gzip/doc.json { alias $DOC; default_type application/json; }
+  }
 }
 EOF
 } >"$work/backend/nginx.conf"
@@ -133,6 +174,21 @@ http {
     listen 127.0.0.1:$NGINX_RL_H2 http2;
     location / {
       limit_req zone=perclient burst=1000000 nodelay;
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_GZIP;
+    listen 127.0.0.1:$NGINX_GZIP_H2 http2;
+    gzip on;
+    gzip_comp_level 1;
+    gzip_types application/json;
+    gzip_min_length 1024;
+    gzip_proxied any;
+    gzip_vary on;
+    location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -211,6 +267,9 @@ spec:
   - name: jwt-cold
     matches: [{path: {type: PathPrefix, value: /jwt-cold}}]
     backendRefs: [{name: backend, port: 80}]
+  - name: gzip
+    matches: [{path: {type: PathPrefix, value: /gzip}}]
+    backendRefs: [{name: backend, port: 80}]
   - backendRefs: [{name: backend, port: 80}]
 ---
 apiVersion: gateway.rauta.dev/v1alpha1
@@ -232,6 +291,13 @@ spec:
     - {name: bench, issuer: https://bench, audiences: [bench], localJWKS: {inline: '$(cat "$work/jwt/jwks-es256.json")'}, claimToHeaders: [{header: x-sub, claim: sub}]}
 ---
 apiVersion: gateway.rauta.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: gzip, namespace: bench}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: all, sectionName: gzip}]
+  compression: {encodings: [Gzip], level: 1}
+---
+apiVersion: gateway.rauta.dev/v1alpha1
 kind: RateLimitPolicy
 metadata: {name: perclient, namespace: bench}
 spec:
@@ -247,6 +313,24 @@ taskset -c "$CPU" target/release/rauta-proxy --controller http://127.0.0.1:18095
   --worker-threads 1 2>"$work/proxy.log" &
 pids+=($!)
 rauta_pid=$!
+# The tracing rows' proxies, exporting to one span sink on the other CPU (as the controller):
+# a collector sharing the proxies' CPU would be measured with them.
+taskset -c "$OTHER_CPU" target/release/rauta-otlp-sink --listen 127.0.0.1:$OTLP_SINK \
+  >"$work/sink.out" 2>"$work/sink.log" &
+pids+=($!)
+sink_pid=$!
+declare -A trace_pid trace_admin
+for ratio in 100 1; do
+  port=RAUTA_TRACE$ratio
+  trace_admin[$ratio]=$(( ${!port} + 2 ))
+  taskset -c "$CPU" target/release/rauta-proxy --controller http://127.0.0.1:18095 --gateway bench/gw \
+    --bind-address 127.0.0.1 --listener-port-offset $(( ${!port} - 80 )) \
+    --admin-listen 127.0.0.1:${trace_admin[$ratio]} --worker-threads 1 \
+    --otlp-endpoint http://127.0.0.1:$OTLP_SINK --trace-sampling "$(awk -v r=$ratio 'BEGIN { print r / 100 }')" \
+    2>"$work/proxy-trace-$ratio.log" &
+  pids+=($!)
+  trace_pid[$ratio]=$!
+done
 baseline_pid=
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
@@ -265,18 +349,63 @@ wait_http() {
   echo "nothing answers on port $1" >&2
   exit 1
 }
-for port in $BACKEND $NGINX $NGINX_RL $HAPROXY $RAUTA ${BASELINE:+$RAUTA_BASELINE}; do wait_http "$port"; done
+for port in $BACKEND $NGINX $NGINX_RL $NGINX_GZIP $HAPROXY $RAUTA $RAUTA_TRACE100 $RAUTA_TRACE1 \
+  ${BASELINE:+$RAUTA_BASELINE}; do
+  wait_http "$port"
+done
 # Something else on a port (a leftover run) would answer for a server that failed to start.
 for p in "${pids[@]}"; do
   kill -0 "$p" 2>/dev/null || { echo "a server exited at start (pid $p); is a port in use?" >&2; exit 1; }
 done
 
+# The compression rows must measure what they say: the backend answers the document as it is,
+# the json rows pass it through, the gzip rows answer gzip that decompresses to it; both
+# protocols. A route not yet arrived (the gzip rule) answers 404: wait for it.
+fetch() { # fetch PORT PATH CURL-ARGS...: the headers in $work/fetch.head, the body in $work/fetch.body
+  local port=$1 path=$2; shift 2
+  curl -sS --max-time 5 "$@" -H 'Accept-Encoding: gzip' -D "$work/fetch.head" -o "$work/fetch.body" \
+    -w '%{http_code}' "http://127.0.0.1:$port$path"
+}
+check_doc() { # check_doc NAME PORT PATH gzip|plain CURL-ARGS...
+  local name=$1 port=$2 path=$3 want=$4 status ok=
+  shift 4
+  for _ in $(seq 1 100); do
+    status=$(fetch "$port" "$path" "$@" || true)
+    [ "$status" = 200 ] && break
+    sleep 0.1
+  done
+  if [ "$want" = gzip ]; then
+    grep -qi '^content-encoding: *gzip' "$work/fetch.head" &&
+      gunzip -c "$work/fetch.body" 2>/dev/null | cmp -s - "$DOC" && ok=1
+  else
+    ! grep -qi '^content-encoding:' "$work/fetch.head" && cmp -s "$work/fetch.body" "$DOC" && ok=1
+  fi
+  if [ "$status" != 200 ] || [ -z "$ok" ]; then
+    echo "$name ($*): expected a 200 with the document, $want; got $status and:" >&2
+    cat "$work/fetch.head" >&2
+    exit 1
+  fi
+}
+for proto in h1 h2c; do
+  args=(); [ $proto = h2c ] && args=(--http2-prior-knowledge)
+  bport=$BACKEND; [ $proto = h2c ] && bport=$BACKEND_H2
+  nport=$NGINX; [ $proto = h2c ] && nport=$NGINX_H2
+  gport=$NGINX_GZIP; [ $proto = h2c ] && gport=$NGINX_GZIP_H2
+  check_doc backend "$bport" /gzip/doc.json plain "${args[@]}"
+  check_doc nginx-json "$nport" /doc.json plain "${args[@]}"
+  check_doc nginx-gzip "$gport" /gzip/doc.json gzip "${args[@]}"
+  check_doc rauta-json "$RAUTA" /doc.json plain "${args[@]}"
+  check_doc rauta-gzip "$RAUTA" /gzip/doc.json gzip "${args[@]}"
+done
+
 nginx_pids() { echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"; }
 pids_of() {
   case $1 in
-    nginx|nginx-rl) nginx_pids ;;
+    nginx|nginx-rl|nginx-json|nginx-gzip) nginx_pids ;;
     haproxy) echo "$haproxy_pid" ;;
-    rauta|rauta-rl|rauta-jwt|rauta-jwt-cold) echo "$rauta_pid" ;;
+    rauta|rauta-rl|rauta-jwt|rauta-jwt-cold|rauta-json|rauta-gzip) echo "$rauta_pid" ;;
+    rauta-trace-100) echo "${trace_pid[100]}" ;;
+    rauta-trace-1) echo "${trace_pid[1]}" ;;
     baseline) echo "$baseline_pid" ;;
     direct) echo "" ;;
   esac
@@ -286,16 +415,25 @@ port_of() {
     direct:h1) echo $BACKEND ;; direct:h2c) echo $BACKEND_H2 ;;
     nginx:h1) echo $NGINX ;; nginx:h2c) echo $NGINX_H2 ;;
     nginx-rl:h1) echo $NGINX_RL ;; nginx-rl:h2c) echo $NGINX_RL_H2 ;;
-    rauta-rl:*|rauta-jwt:*|rauta-jwt-cold:*) echo $RAUTA ;;
+    nginx-json:h1) echo $NGINX ;; nginx-json:h2c) echo $NGINX_H2 ;;
+    nginx-gzip:h1) echo $NGINX_GZIP ;; nginx-gzip:h2c) echo $NGINX_GZIP_H2 ;;
+    rauta-rl:*|rauta-jwt:*|rauta-jwt-cold:*|rauta-json:*|rauta-gzip:*) echo $RAUTA ;;
+    rauta-trace-100:*) echo $RAUTA_TRACE100 ;;
+    rauta-trace-1:*) echo $RAUTA_TRACE1 ;;
     haproxy:*) echo $HAPROXY ;;
     rauta:*) echo $RAUTA ;;
     baseline:*) echo $RAUTA_BASELINE ;;
   esac
 }
 
-# The rate-limited and JWT rows ask for the rule their policy is on.
+# The rate-limited, JWT and gzip rows ask for the rule their policy is on; the json rows for
+# the same document uncompressed.
 path_of() {
-  case $1 in rauta-rl) echo /limited ;; rauta-jwt) echo /jwt ;; rauta-jwt-cold) echo /jwt-cold ;; *) echo / ;; esac
+  case $1 in
+    rauta-rl) echo /limited ;; rauta-jwt) echo /jwt ;; rauta-jwt-cold) echo /jwt-cold ;;
+    rauta-json|nginx-json) echo /doc.json ;; rauta-gzip|nginx-gzip) echo /gzip/doc.json ;;
+    *) echo / ;;
+  esac
 }
 
 # One load run: prints "requests rps cpu_us_per_req".
@@ -307,6 +445,7 @@ run_load() {
   before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
   local auth=(); [ "$target" = rauta-jwt ] && auth=(-H "Authorization: Bearer $JWT_TOKEN")
   [ "$target" = rauta-jwt-cold ] && auth=(-s "$work/jwt/tokens-es256.lua")
+  case $target in *-json|*-gzip) auth=(-H "Accept-Encoding: gzip") ;; esac
   if [ "$proto" = h1 ]; then
     out=$(pinned wrk -t1 -c"$conns" -d"${DURATION}s" "${auth[@]}" "http://127.0.0.1:$port$path")
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -322,31 +461,49 @@ run_load() {
     'BEGIN { printf "%d %.0f %.2f\n", r, rps, (r > 0 ? t * 10000 / r : 0) }'
 }
 
-targets=(direct nginx nginx-rl haproxy rauta rauta-rl rauta-jwt rauta-jwt-cold)
+all_targets=(direct nginx nginx-rl nginx-json nginx-gzip haproxy rauta rauta-rl rauta-jwt rauta-jwt-cold
+  rauta-json rauta-gzip rauta-trace-100 rauta-trace-1)
+ROWS=${ROWS:-}
+for t in ${ROWS//,/ }; do
+  [[ " ${all_targets[*]} " == *" $t "* ]] || { echo "ROWS: no row $t (rows: ${all_targets[*]})" >&2; exit 2; }
+done
+targets=()
+for t in "${all_targets[@]}"; do
+  [ -z "$ROWS" ] || [ "$t" = direct ] || [[ ",$ROWS," == *",$t,"* ]] && targets+=("$t")
+done
 [ -n "$BASELINE" ] && targets+=(baseline)
-declare -A rps cpu lat
+declare -A rps cpu lat served
 for _ in $(seq 1 "$REPEATS"); do
   for proto in h1 h2c; do
     for t in "${targets[@]}"; do
       # One wrk script varies the token per request; h2load cannot.
       [ "$t:$proto" = rauta-jwt-cold:h2c ] && continue
       conns=32; [ $proto = h2c ] && conns=4
-      read -r _ r c < <(run_load "$t" "$proto" "$conns")
+      read -r n r c < <(run_load "$t" "$proto" "$conns")
       rps[$t:$proto]+="$r "
       cpu[$t:$proto]+="$c "
-      read -r _ r1 _ < <(run_load "$t" "$proto" 1)
+      read -r n1 r1 _ < <(run_load "$t" "$proto" 1)
       lat[$t:$proto]+="$(awk -v r="$r1" 'BEGIN { printf "%.1f", 1e6 / r }') "
+      served[$t]=$(( ${served[$t]:-0} + n + n1 ))
     done
   done
 done
+# Whether a row was measured (ROWS), and a derived figure of two rows' median CPU per request:
+# derived KEY difference|ratio ROW BASE-ROW PROTO prints KEY=X when both were measured.
+measured() { [ -n "${cpu[$1:$2]:-}" ]; }
+derived() {
+  measured "$3" "$5" && measured "$4" "$5" || return 0
+  awk -v a="$(echo "${cpu[$3:$5]}" | med)" -v b="$(echo "${cpu[$4:$5]}" | med)" -v k="$1" -v op="$2" \
+    'BEGIN { if (op == "ratio") printf "%s=%.2f\n", k, a / b; else printf "%s=%.2f\n", k, a - b }'
+}
 
 
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr); everything on CPU $CPU; ${REPEATS}x${DURATION}s per cell"
 echo "HTTP/1.1: wrk -t1 -c32 keep-alive; h2c: h2load -c4 -m8 prior knowledge; latency: one connection, 1e6/(req/s)"
 echo
-printf "| %-14s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
-printf "|%s|%s|%s|%s|%s|\n" ---------- ------- ------------------------------ ---------------------------- ------------------
+printf "| %-15s | %-5s | %-28s | %-24s | %-16s |\n" target proto "req/s median [min-max]" "CPU us/req median [min-max]" "added us/req @c1"
+printf "|%s|%s|%s|%s|%s|\n" ----------------- ------- ------------------------------ ---------------------------- ------------------
 for proto in h1 h2c; do
   base=$(echo "${lat[direct:$proto]}" | med)
   for t in "${targets[@]}"; do
@@ -354,12 +511,13 @@ for proto in h1 h2c; do
     l=$(echo "${lat[$t:$proto]}" | med)
     added=$(awk -v l="$l" -v b="$base" 'BEGIN { printf "%+.1f", l - b }')
     c="-"; [ "$t" != direct ] && c=$(echo "${cpu[$t:$proto]}" | median)
-    printf "| %-14s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
+    printf "| %-15s | %-5s | %-28s | %-26s | %-16s |\n" "$t" "$proto" "$(echo "${rps[$t:$proto]}" | median)" "$c" "$added"
   done
 done
 if [ -n "$BASELINE" ]; then
   echo
   for proto in h1 h2c; do
+    measured rauta "$proto" || continue
     awk -v r="$(echo "${cpu[rauta:$proto]}" | med)" -v b="$(echo "${cpu[baseline:$proto]}" | med)" \
       -v p="$proto" 'BEGIN { printf "cpu_per_req_vs_baseline_%s=%.3f\n", p, r / b }'
   done
@@ -405,8 +563,7 @@ if curl -s "http://127.0.0.1:18096/metrics" | grep -q 'rauta_proxy_rate_limit_re
 fi
 for proto in h1 h2c; do
   for t in rauta nginx; do
-    awk -v l="$(echo "${cpu[$t-rl:$proto]}" | med)" -v b="$(echo "${cpu[$t:$proto]}" | med)" \
-      -v t="$t" -v p="$proto" 'BEGIN { printf "rate_limit_added_cpu_us_%s_%s=%.2f\n", t, p, l - b }'
+    derived "rate_limit_added_cpu_us_${t}_$proto" difference "$t-rl" "$t" "$proto"
   done
 done
 
@@ -417,15 +574,50 @@ if curl -s "http://127.0.0.1:18096/metrics" |
   exit 1
 fi
 for proto in h1 h2c; do
-  awk -v l="$(echo "${cpu[rauta-jwt:$proto]}" | med)" -v b="$(echo "${cpu[rauta:$proto]}" | med)" \
-    -v p="$proto" 'BEGIN { printf "jwt_added_cpu_us_%s=%.2f\n", p, l - b }'
+  derived "jwt_added_cpu_us_$proto" difference rauta-jwt rauta "$proto"
 done
-awk -v l="$(echo "${cpu[rauta-jwt-cold:h1]}" | med)" -v b="$(echo "${cpu[rauta:h1]}" | med)" \
-  'BEGIN { printf "jwt_cold_added_cpu_us_h1=%.2f\n", l - b }'
+derived jwt_cold_added_cpu_us_h1 difference rauta-jwt-cold rauta h1
 
-n_cpu=$(echo "${cpu[nginx:h1]}" | med)
-r_cpu=$(echo "${cpu[rauta:h1]}" | med)
-awk -v r="$r_cpu" -v n="$n_cpu" 'BEGIN { printf "cpu_per_req_vs_nginx=%.2f\n", r / n }'
+# Compression: what compressing adds (the gzip row over the json row, the same document
+# uncompressed), then rauta's CPU per request over nginx's, both compressing.
+for proto in h1 h2c; do
+  suffix=; [ "$proto" = h2c ] && suffix=_h2c
+  for t in rauta nginx; do
+    derived "compression_cpu_us_per_req_$t$suffix" difference "$t-gzip" "$t-json" "$proto"
+  done
+done
+derived compression_vs_nginx ratio rauta-gzip nginx-gzip h1
+derived compression_vs_nginx_h2c ratio rauta-gzip nginx-gzip h2c
+
+# Tracing: what exporting a span per sampled request adds over the plain row, then whether the
+# exporter kept up. The exporter sends a batch at least once a second: the RSS part above took
+# longer than that since the last request, so every span is counted by now.
+for ratio in 100 1; do
+  for proto in h1 h2c; do
+    derived "trace_added_cpu_us_${ratio}_$proto" difference "rauta-trace-$ratio" rauta "$proto"
+  done
+done
+spans() { # spans ADMIN-PORT RESULT
+  curl -s "http://127.0.0.1:$1/metrics" |
+    awk -v k="rauta_proxy_trace_spans_total{result=\"$2\"}" '$1 == k { n = $2 } END { print n + 0 }'
+}
+exported=0
+for ratio in 100 1; do
+  e=$(spans "${trace_admin[$ratio]}" exported)
+  d=$(spans "${trace_admin[$ratio]}" dropped)
+  f=$(spans "${trace_admin[$ratio]}" failed)
+  exported=$(( exported + e ))
+  echo "trace_${ratio}_spans_exported=$e dropped=$d failed=$f requests=${served[rauta-trace-$ratio]:-0}"
+  [ "$d$f" = 00 ] || echo "rauta-trace-$ratio: $d spans dropped, $f failed (the exporter fell behind)" >&2
+done
+kill -TERM "$sink_pid"
+wait "$sink_pid" || true
+sink_spans=$(awk -F= '/^spans=/ { n = $2 } END { print n + 0 }' "$work/sink.out")
+echo "trace_sink_spans=$sink_spans"
+[ "$sink_spans" = "$exported" ] ||
+  echo "the sink counted $sink_spans spans, the proxies $exported exported" >&2
+
+derived cpu_per_req_vs_nginx ratio rauta nginx h1
 
 if part fresh || part l4; then
   cleanup

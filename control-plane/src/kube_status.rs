@@ -39,7 +39,8 @@ fn shared_list(kind: Kind) -> Option<&'static str> {
         | Kind::RateLimitPolicy
         | Kind::SecurityPolicy
         | Kind::BackendPolicy
-        | Kind::TrafficPolicy => Some("ancestors"),
+        | Kind::TrafficPolicy
+        | Kind::XBackendTrafficPolicy => Some("ancestors"),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::experimental::xbackendtrafficpolicies::XBackendTrafficPolicy;
 
 use crate::crds::backend_policy::BackendPolicy;
 use crate::crds::direct_response::DirectResponse;
@@ -282,6 +283,7 @@ object_kinds! {
     SecurityPolicy, security_policies, SecurityPolicy, "gateway.rauta.dev", "SecurityPolicy", true;
     BackendPolicy, backend_policies, BackendPolicy, "gateway.rauta.dev", "BackendPolicy", true;
     TrafficPolicy, traffic_policies, TrafficPolicy, "gateway.rauta.dev", "TrafficPolicy", true;
+    XBackendTrafficPolicy, x_backend_traffic_policies, XBackendTrafficPolicy, "gateway.networking.x-k8s.io", "XBackendTrafficPolicy", true;
 }
 
 /// TCPRoute and UDPRoute are served as `v1` since Gateway API v1.6 (the conformance manifests

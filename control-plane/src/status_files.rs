@@ -78,8 +78,12 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
             "conditions": conditions(&o.conditions),
             "listeners": listeners(&o.listeners),
         }),
-        "BackendTLSPolicy" | "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy"
-        | "TrafficPolicy" => json!({
+        "BackendTLSPolicy"
+        | "RateLimitPolicy"
+        | "SecurityPolicy"
+        | "BackendPolicy"
+        | "TrafficPolicy"
+        | "XBackendTrafficPolicy" => json!({
             "ancestors": o.ancestors.iter().map(|a| json!({
                 "ancestorRef": parent_ref(a.ancestor_ref.clone().unwrap_or_default()),
                 "controllerName": a.controller_name,
@@ -98,6 +102,7 @@ pub fn to_manifest(o: &api::ObjectStatus) -> Value {
         "RateLimitPolicy" | "SecurityPolicy" | "BackendPolicy" | "TrafficPolicy" => {
             "gateway.rauta.dev/v1alpha1"
         }
+        "XBackendTrafficPolicy" => "gateway.networking.x-k8s.io/v1alpha1",
         _ => "gateway.networking.k8s.io/v1",
     };
     json!({"apiVersion": api_version, "kind": o.kind, "metadata": metadata, "status": status})

@@ -411,3 +411,89 @@ async fn circuit_breakers_answer_503_with_the_limit_reached() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_backend_traffic_policy_gives_a_service_one_session_and_a_retry_budget() {
+    use rauta_tests::harness::Echo;
+    let ws = Workspace::new();
+    let pods = [
+        Echo::start("echo-0", "apps", ws.path()),
+        Echo::start("echo-1", "apps", ws.path()),
+    ];
+    let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.http).collect();
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n{spec}"
+        )
+    };
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "echo", &addrs),
+            route_to("a", "a.example", "echo", 8080),
+            route_to("b", "b.example", "echo", 8080),
+            policy(
+                "sticky",
+                "  sessionPersistence: {sessionName: sticky, type: Cookie}\n  retryConstraint:\n    budget: {percent: 30, interval: 20s}\n    minRetryRate: {count: 5, interval: 1s}\n",
+            ),
+            // Later by name (standalone objects have no creation time), for the same Service:
+            // conflicted, and invalid besides.
+            policy("zz-later", "  retryConstraint: {budget: {percent: 500}}\n"),
+        ]),
+    );
+    let (controller, proxy) = start_gateway(&ws, &[]).await;
+    let url = format!("http://{}/", proxy.listener(80));
+    let objects = controller
+        .admin()
+        .await
+        .list_statuses(ListStatusesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    let condition = |name: &str| {
+        let o = objects
+            .iter()
+            .find(|o| o.kind == "XBackendTrafficPolicy" && o.name == name)
+            .unwrap_or_else(|| panic!("{name}: {objects:?}"));
+        let c = &o.ancestors[0].conditions[0];
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(condition("sticky"), ("True".into(), "Accepted".into()));
+    assert_eq!(condition("zz-later"), ("False".into(), "Invalid".into()));
+    let first = http_request(&url, Some("a.example"), &[], None)
+        .await
+        .unwrap();
+    let cookie = first
+        .headers
+        .get("set-cookie")
+        .expect("a session token")
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("sticky="), "{cookie}");
+    let pod = first.pod();
+    // Every later request with the token, through either route, reaches the same pod.
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let r = http_request(&url, Some(host), &[("cookie", &cookie)], None)
+            .await
+            .unwrap();
+        assert_eq!(r.pod(), pod, "{host}");
+    }
+    let dump = proxy.config_dump().await;
+    let cluster = dump["resources"]["cluster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "apps/echo:8080")
+        .cloned()
+        .expect("the cluster");
+    let budget = &cluster["cluster"]["retryBudget"];
+    assert_eq!(budget["percent"], 30, "{cluster:#}");
+    assert_eq!(budget["minRetryCount"], 5, "{cluster:#}");
+}

@@ -19,6 +19,7 @@ use rauta_common::types::ResourceType;
 
 use super::backend_policy;
 use super::backend_tls::{self, ServicePortKey};
+use super::backend_traffic;
 use super::generations::Generations;
 use super::output::ResourceSet;
 use super::references::{Target, is_core_group, reference_granted};
@@ -185,6 +186,8 @@ pub fn resolve(
         panic_threshold_percent: policy.panic_threshold_percent,
         circuit_breakers: policy.circuit_breakers,
         idle_timeout: policy.idle_timeout,
+        retry_budget: backend_traffic::policy_for(objects, &key)
+            .and_then(|(_, p)| backend_traffic::retry_budget(p)),
     };
     Ok(ResolvedBackend {
         cluster: SharedCluster::new(cluster),

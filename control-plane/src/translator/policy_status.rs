@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::backend_policy;
 use super::backend_tls::{self, ServicePortKey};
+use super::backend_traffic;
 use super::gateway::GatewayView;
 use super::references::GATEWAY_GROUP;
 use super::route_view::RouteId;
@@ -24,7 +25,10 @@ pub fn report(
     out: &mut StatusReport,
 ) {
     service_annotations(compiled, out);
-    if objects.backend_tls_policies.is_empty() && objects.backend_policies.is_empty() {
+    if objects.backend_tls_policies.is_empty()
+        && objects.backend_policies.is_empty()
+        && objects.x_backend_traffic_policies.is_empty()
+    {
         return; // The common case: no pass over every Gateway's routes.
     }
     for (gw_key, gateway) in gateways {
@@ -66,6 +70,15 @@ pub fn report(
             entry(&mut out.backend_policies, policy, generation)
                 .ancestors
                 .push(ancestor(backend_policy::conditions(objects, policy)));
+        }
+        for policy in backend_traffic::policies_targeting(objects, &used) {
+            let generation = objects
+                .x_backend_traffic_policies
+                .get(policy)
+                .map_or(0, |p| generation_of(&p.metadata));
+            entry(&mut out.x_backend_traffic_policies, policy, generation)
+                .ancestors
+                .push(ancestor(backend_traffic::conditions(objects, policy)));
         }
     }
 }

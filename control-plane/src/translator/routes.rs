@@ -11,15 +11,15 @@ use gateway_api::experimental::httproutes::{
 };
 use rauta_common::api::v1::{
     ForwardAction, HeaderMatch, Mirror, PathMatch, PathMatchKind, QueryParamMatch, RetryPolicy,
-    RouteMatch, RouteRule, SessionPersistence, ValueMatchKind, WeightedCluster, route_rule::Action,
-    session_persistence,
+    RouteMatch, RouteRule, ValueMatchKind, WeightedCluster, route_rule::Action,
 };
 
 use super::backends::{self, BackendRef, RefProblem, Referrer, ResolvedBackend};
 use super::policies::{PolicyIndex, PolicyRead};
 use super::precedence::Precedence;
 use super::route_view::{RouteId, RouteObject, RouteView};
-use super::{extensions, filters, kernel};
+use super::sessions::compile_session;
+use super::{backend_traffic, extensions, filters, kernel};
 use crate::crds::rate_limit_policy::RateLimitPolicy;
 use crate::objects::{ObjectRef, ObjectSet};
 
@@ -153,7 +153,9 @@ pub fn compile(
             .map_err(|e| e.to_string());
         let filters = out.or_unsupported(filters, filters::RuleFilters::default());
         let retry = out.or_unsupported(compile_retry(rule), None);
-        let session = out.or_unsupported(compile_session(rule, &name, matches), None);
+        let session = out
+            .or_unsupported(compile_session(rule, &name, matches), None)
+            .or_else(|| backend_traffic::session_of_rule(objects, &key.namespace, rule));
         let timeouts = out.or_unsupported(compile_timeouts(rule), (None, None));
         let mirrors = resolve_mirrors(
             objects,
@@ -413,7 +415,7 @@ fn compile_action(
     })
 }
 
-fn parse_timeout(
+pub(super) fn parse_timeout(
     field: &str,
     value: Option<&String>,
 ) -> Result<Option<std::time::Duration>, String> {
@@ -465,101 +467,6 @@ fn backend_filters(
         return Err("only header modifier filters are supported on backendRefs".into());
     }
     Ok(compiled)
-}
-
-/// The cookie Path of a sticky rule: its path match when all its matches share one Exact or
-/// PathPrefix path, "/" otherwise.
-fn session_cookie_path(matches: &[HttpRouteRulesMatches]) -> String {
-    let paths: Vec<&str> = matches
-        .iter()
-        .map(|m| match &m.path {
-            Some(p) if p.r#type != Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
-                p.value.as_deref().unwrap_or("/")
-            }
-            Some(_) => "/",
-            None => "/",
-        })
-        .collect();
-    match paths.split_first() {
-        Some((first, rest))
-            if rest.iter().all(|p| p == first)
-                && first.starts_with('/')
-                && first.bytes().all(|b| b.is_ascii_graphic() && b != b';') =>
-        {
-            (*first).to_owned()
-        }
-        _ => "/".to_owned(),
-    }
-}
-
-/// A rule's session persistence (GEP-1619). Without a sessionName the name is derived from
-/// the rule's, so that two sticky rules never share (and overwrite) one token.
-fn compile_session(
-    rule: &HttpRouteRules,
-    rule_name: &str,
-    matches: &[HttpRouteRulesMatches],
-) -> Result<Option<SessionPersistence>, String> {
-    use gateway_api::experimental::httproutes::{
-        HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
-        HttpRouteRulesSessionPersistenceType as Type,
-    };
-    let Some(p) = &rule.session_persistence else {
-        return Ok(None);
-    };
-    let derived = format!(
-        "rauta-session-{:08x}",
-        rauta_common::hash::fnv1a64(rule_name.as_bytes()) as u32
-    );
-    let name = p.session_name.as_deref().unwrap_or(&derived);
-    // A token: valid as a cookie name and as a header name.
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    {
-        return Err(format!(
-            "sessionPersistence.sessionName {name:?} is not a valid token"
-        ));
-    }
-    let duration = |field: &str, value: Option<&String>| {
-        parse_timeout(&format!("sessionPersistence.{field}"), value)
-            .map(|d| d.and_then(|d| prost_types::Duration::try_from(d).ok()))
-    };
-    let absolute_timeout = duration("absoluteTimeout", p.absolute_timeout.as_ref())?;
-    let idle_timeout = duration("idleTimeout", p.idle_timeout.as_ref())?;
-    let kind = match p.r#type {
-        Some(Type::Header) => session_persistence::Kind::Header,
-        Some(Type::Cookie) | None => session_persistence::Kind::Cookie,
-    };
-    if kind == session_persistence::Kind::Header
-        && rauta_common::fields::reserved_for_session(&name.to_ascii_lowercase())
-    {
-        return Err(format!(
-            "sessionPersistence.sessionName {name:?} is a header the gateway manages"
-        ));
-    }
-    let permanent = kind == session_persistence::Kind::Cookie
-        && p.cookie_config
-            .as_ref()
-            .and_then(|c| c.lifetime_type.as_ref())
-            .is_some_and(|l| *l == Lifetime::Permanent);
-    if permanent && absolute_timeout.is_none() {
-        return Err(
-            "sessionPersistence: a Permanent cookie needs absoluteTimeout (its Max-Age)".into(),
-        );
-    }
-    Ok(Some(SessionPersistence {
-        name: name.to_owned(),
-        kind: kind.into(),
-        absolute_timeout,
-        idle_timeout,
-        permanent,
-        cookie_path: if kind == session_persistence::Kind::Cookie {
-            session_cookie_path(matches)
-        } else {
-            String::new()
-        },
-    }))
 }
 
 /// A rule's retry policy (GEP-1731): attempts are retries after the first try.

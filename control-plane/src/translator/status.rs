@@ -174,17 +174,20 @@ pub struct StatusReport {
     pub backend_policies: BTreeMap<ObjectRef, PolicyStatus>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub traffic_policies: BTreeMap<ObjectRef, PolicyStatus>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub x_backend_traffic_policies: BTreeMap<ObjectRef, PolicyStatus>,
 }
 
 impl StatusReport {
     /// Each policy kind's statuses, by kind name, always in this order.
-    pub fn policies(&self) -> [(&'static str, &BTreeMap<ObjectRef, PolicyStatus>); 5] {
+    pub fn policies(&self) -> [(&'static str, &BTreeMap<ObjectRef, PolicyStatus>); 6] {
         [
             ("BackendTLSPolicy", &self.backend_tls_policies),
             ("RateLimitPolicy", &self.rate_limit_policies),
             ("SecurityPolicy", &self.security_policies),
             ("BackendPolicy", &self.backend_policies),
             ("TrafficPolicy", &self.traffic_policies),
+            ("XBackendTrafficPolicy", &self.x_backend_traffic_policies),
         ]
     }
 }

@@ -18,6 +18,7 @@ use tracing::debug;
 use super::circuit_breakers::{BreakerLimits, CircuitBreakers};
 use super::cluster::{ClusterRt, EndpointRt, HashOn, Picker};
 use super::maglev::MaglevTable;
+use super::retry_budget::{BudgetParams, MAX_WINDOW_SECONDS, RetryBudget};
 use crate::observe::metrics::ProxyMetrics;
 use crate::upstream::health_check::{HealthCheckSpec, Probe};
 use crate::upstream::outlier::OutlierPolicy;
@@ -57,6 +58,8 @@ pub enum ClusterProblem {
     HealthCheck(String),
     #[error("panic_threshold_percent {0}: at most 100")]
     PanicThreshold(u32),
+    #[error("retry_budget: {0}")]
+    RetryBudget(String),
 }
 
 fn duration(
@@ -88,6 +91,7 @@ pub struct ClusterSpec {
     health_check: Option<Arc<HealthCheckSpec>>,
     panic_percent: Option<u32>,
     breakers: BreakerLimits,
+    retry_budget: BudgetParams,
 }
 
 impl ClusterSpec {
@@ -179,6 +183,12 @@ impl ClusterSpec {
                 .map(Arc::new),
             panic_percent,
             breakers,
+            retry_budget: cluster
+                .retry_budget
+                .as_ref()
+                .map(budget_params)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -229,7 +239,11 @@ impl ClusterSpec {
             name: Arc::from(self.name.as_str()),
             protocol: self.settings.protocol,
             request_timeout: self.request_timeout,
-            retry_budget: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retry_budget)),
+            // Kept while its settings stay: a config change elsewhere does not refill it.
+            retry_budget: previous
+                .map(|p| &p.retry_budget)
+                .filter(|b| b.params == self.retry_budget)
+                .map_or_else(|| Arc::new(RetryBudget::new(self.retry_budget)), Arc::clone),
             breakers: CircuitBreakers {
                 limits: self.breakers,
                 counts: previous.map_or_else(Arc::default, |p| Arc::clone(&p.breakers.counts)),
@@ -240,6 +254,38 @@ impl ClusterSpec {
             panic_percent: self.panic_percent,
         }
     }
+}
+
+/// A retry budget's settings, validated.
+fn budget_params(b: &rauta_common::api::v1::RetryBudget) -> Result<BudgetParams, ClusterProblem> {
+    let bad = |why: String| ClusterProblem::RetryBudget(why);
+    if b.percent > 100 {
+        return Err(bad(format!("percent {} over 100", b.percent)));
+    }
+    let window =
+        duration(b.interval.as_ref(), "retry_budget.interval")?.unwrap_or(Duration::from_secs(10));
+    let window_seconds = u32::try_from(window.as_secs()).unwrap_or(u32::MAX);
+    if !(1..=MAX_WINDOW_SECONDS).contains(&window_seconds) {
+        return Err(bad(format!(
+            "interval {window:?}: 1 s to {MAX_WINDOW_SECONDS} s"
+        )));
+    }
+    let min_interval = duration(
+        b.min_retry_interval.as_ref(),
+        "retry_budget.min_retry_interval",
+    )?;
+    let reserve_retries = match (b.min_retry_count, min_interval) {
+        (0, None) => 10 * window_seconds,
+        (count, None) => count.saturating_mul(window_seconds),
+        (_, Some(i)) if i.is_zero() => return Err(bad("min_retry_interval 0".into())),
+        // count per interval, over the window.
+        (count, Some(i)) => (f64::from(count) * window.as_secs_f64() / i.as_secs_f64()) as u32,
+    };
+    Ok(BudgetParams {
+        percent: if b.percent == 0 { 20 } else { b.percent },
+        window_seconds,
+        reserve_retries,
+    })
 }
 
 /// The ready endpoints with usable addresses.
