@@ -406,3 +406,80 @@ async fn a_route_policy_limits_bodies_heads_and_time() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_chooses_its_access_log_fields() {
+    let ws = Workspace::new();
+    let addr = backend().await;
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "api", &[addr]),
+            route("api", "api.example"),
+            route("short", "short.example"),
+            traffic_policy(
+                "log-format",
+                "{group: gateway.networking.k8s.io, kind: Gateway, name: gw}",
+                "  accessLog:\n    fields:\n    - {name: code, value: status}\n    - {name: rule, value: route}\n    - {name: request_id, requestHeader: X-Request-Id}\n    - {name: ms, value: durationMs}\n",
+            ),
+            // A route's own format (no request header: its requests keep the fast path).
+            traffic_policy(
+                "short-format",
+                "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: short}",
+                "  accessLog: {fields: [{name: s, value: status}, {name: m, value: method}]}\n",
+            ),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &["--access-log", "json"]).await;
+    let url = format!("http://{}/json", proxy.listener(80));
+    let with_id = [("x-request-id", "req-42")];
+    assert_eq!(
+        request(&url, "GET", "api.example", &with_id, "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        request(&url, "GET", "short.example", &[], "").await.status,
+        200
+    );
+    let text = || std::fs::read_to_string(&proxy.stdout).unwrap_or_default();
+    rauta_tests::harness::eventually(Duration::from_secs(5), || async {
+        text().lines().count() >= 2
+    })
+    .await;
+    let text = text();
+    let raw = text
+        .lines()
+        .find(|l| l.contains("request_id"))
+        .expect("the api line");
+    let at = |key: &str| raw.find(&format!("\"{key}\":")).unwrap_or(usize::MAX);
+    assert!(
+        at("code") < at("rule") && at("rule") < at("request_id") && at("request_id") < at("ms"),
+        "fields in the format's order: {raw}"
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let api = lines
+        .iter()
+        .find(|l| l.get("request_id").is_some())
+        .expect("the api line");
+    assert_eq!(api["code"], 200);
+    assert_eq!(api["request_id"], "req-42");
+    assert!(api["rule"].as_str().unwrap().contains("apps/api"), "{api}");
+    let short = lines
+        .iter()
+        .find(|l| l.get("s").is_some())
+        .expect("the short line");
+    assert_eq!(*short, serde_json::json!({"s": 200, "m": "GET"}));
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        rauta_tests::harness::metric_value(&metrics, "rauta_proxy_http1_fast_path_requests_total"),
+        1.0,
+        "the short route's request (its format logs no header) took the fast path"
+    );
+}

@@ -32,6 +32,51 @@ pub struct TrafficPolicySpec {
     /// Timeouts for routes that set none of their own (HTTPRoute `timeouts` wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// The access log line's fields, when proxies write one (`rauta-proxy --access-log
+    /// json`). Usually set on a Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// A JSON line with these fields, in this order.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLog {
+    #[schemars(length(min = 1, max = 64))]
+    pub fields: Vec<AccessLogField>,
+}
+
+/// One field: `value` or `requestHeader`.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLogField {
+    /// The key in the JSON line.
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<AccessLogValue>,
+    /// A request header's first value, as the client sent it (null when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessLogValue {
+    StartTime,
+    DurationMs,
+    Listener,
+    Client,
+    Method,
+    Authority,
+    Path,
+    Protocol,
+    Status,
+    Route,
+    Cluster,
+    Upstream,
+    TraceId,
+    UserAgent,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]

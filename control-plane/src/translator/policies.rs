@@ -111,6 +111,7 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
         ext_auth,
         compression,
         request_limits,
+        access_log,
     } = specific;
     if local_rate_limits.is_none() {
         local_rate_limits.clone_from(&general.local_rate_limits);
@@ -138,6 +139,9 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     }
     if request_limits.is_none() {
         request_limits.clone_from(&general.request_limits);
+    }
+    if access_log.is_none() {
+        access_log.clone_from(&general.access_log);
     }
 }
 

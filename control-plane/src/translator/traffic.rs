@@ -1,7 +1,10 @@
 //! A TrafficPolicy's concerns as the proxy applies them (`Compression`, `RequestLimits`), or
 //! why they cannot be applied.
 
-use rauta_common::api::v1::{Compression, ContentEncoding, RequestLimits, RequestPolicies};
+use rauta_common::api::v1::{
+    AccessLogField, AccessLogFormat, AccessLogValue, Compression, ContentEncoding, RequestLimits,
+    RequestPolicies, access_log_field,
+};
 
 use super::service_policy::{duration, proto};
 use crate::crds::traffic_policy::{self as crd, TrafficPolicySpec};
@@ -29,14 +32,65 @@ pub fn policies(spec: &TrafficPolicySpec) -> Result<RequestPolicies, String> {
         limits.backend_request_timeout = parse("backendRequest", &t.backend_request)?;
     }
     let request_limits = (limits != RequestLimits::default()).then_some(limits);
-    if compression.is_none() && request_limits.is_none() {
-        return Err("sets nothing: give compression, requestLimits or timeouts".into());
+    let access_log = spec.access_log.as_ref().map(access_log).transpose()?;
+    if compression.is_none() && request_limits.is_none() && access_log.is_none() {
+        return Err("sets nothing: give compression, requestLimits, timeouts or accessLog".into());
     }
     Ok(RequestPolicies {
         compression,
         request_limits,
+        access_log,
         ..RequestPolicies::default()
     })
+}
+
+fn access_log(log: &crd::AccessLog) -> Result<AccessLogFormat, String> {
+    use crd::AccessLogValue as V;
+    if log.fields.is_empty() || log.fields.len() > 64 {
+        return Err("accessLog.fields: 1 to 64 fields".into());
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut fields = Vec::new();
+    for f in &log.fields {
+        if f.name.is_empty() || !names.insert(f.name.as_str()) {
+            return Err(format!(
+                "accessLog field name {:?} empty or repeated",
+                f.name
+            ));
+        }
+        let source = match (&f.value, &f.request_header) {
+            (Some(v), None) => access_log_field::Source::Value(match v {
+                V::StartTime => AccessLogValue::StartTime,
+                V::DurationMs => AccessLogValue::DurationMs,
+                V::Listener => AccessLogValue::Listener,
+                V::Client => AccessLogValue::Client,
+                V::Method => AccessLogValue::Method,
+                V::Authority => AccessLogValue::Authority,
+                V::Path => AccessLogValue::Path,
+                V::Protocol => AccessLogValue::Protocol,
+                V::Status => AccessLogValue::Status,
+                V::Route => AccessLogValue::Route,
+                V::Cluster => AccessLogValue::Cluster,
+                V::Upstream => AccessLogValue::Upstream,
+                V::TraceId => AccessLogValue::TraceId,
+                V::UserAgent => AccessLogValue::UserAgent,
+            } as i32),
+            (None, Some(h)) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                access_log_field::Source::RequestHeader(h.to_ascii_lowercase())
+            }
+            _ => {
+                return Err(format!(
+                    "accessLog field {:?}: one of value or a valid requestHeader",
+                    f.name
+                ));
+            }
+        };
+        fields.push(AccessLogField {
+            name: f.name.clone(),
+            source: Some(source),
+        });
+    }
+    Ok(AccessLogFormat { fields })
 }
 
 fn compression(c: &crd::Compression) -> Result<Compression, String> {

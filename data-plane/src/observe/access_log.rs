@@ -75,6 +75,11 @@ impl AccessLog {
             return;
         };
         line.push(b'\n');
+        self.send(line);
+    }
+
+    /// Records a line rendered already (a route's or Gateway's own format).
+    pub fn send(&self, line: Vec<u8>) {
         match self.queue.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped.inc(),

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod l4_metrics;
+pub mod log_format;
 pub mod metrics;
 pub mod otlp;
 pub mod route_stats;

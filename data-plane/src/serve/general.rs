@@ -65,7 +65,7 @@ pub async fn handle(
             started,
         );
         if let Some(log) = shared.access_log.as_ref().filter(|_| log_line) {
-            log.record(&entry);
+            details.record(log, &entry);
         }
         if let (Some(tracer), Some(trace)) = (&shared.tracer, &details.trace) {
             tracer.record(&entry, trace, details.retries);
@@ -172,7 +172,7 @@ async fn serve(
         return local(StatusCode::NOT_FOUND, Bytes::from_static(b"no route\n"));
     };
     if let Some(log) = details {
-        log.route = Some(Arc::clone(&rule.name));
+        log.routed_to(rule, req.headers());
     }
     let cors = rule.filters.cors();
     if let Some(cors) = cors

@@ -10,7 +10,9 @@ use http::{Request, Version};
 use super::context::{Connection, ListenerCtx};
 use super::headers::request_host;
 use crate::body::client::ClientBody;
-use crate::observe::access_log;
+use crate::model::rule::RuleRt;
+use crate::observe::access_log::{self, AccessLog};
+use crate::observe::log_format::LogFormat;
 use crate::observe::trace::TraceContext;
 
 /// What routing chose, filled in while the request is served.
@@ -22,8 +24,33 @@ pub(crate) struct LogDetails {
     pub trace: Option<TraceContext>,
     /// Retries sent after the first attempt.
     pub retries: u32,
+    /// The route's own line format, with the request headers it logs.
+    pub format: Option<(Arc<LogFormat>, Vec<Option<String>>)>,
     /// The request target with credentials taken out (API keys in the query), logged instead.
     pub path: Option<String>,
+}
+
+impl LogDetails {
+    /// Notes the rule a request was routed to: its name, and its line format with the
+    /// request headers that format logs (taken now: the request is gone once forwarded).
+    pub fn routed_to(&mut self, rule: &RuleRt, headers: &http::HeaderMap) {
+        self.route = Some(Arc::clone(&rule.name));
+        self.format = rule.filters.access_log().map(|format| {
+            let captured = format
+                .headers()
+                .map(|h| headers.get(h)?.to_str().ok().map(str::to_owned))
+                .collect();
+            (Arc::clone(format), captured)
+        });
+    }
+
+    /// Writes the request's line: in the route's format if it has one.
+    pub fn record(&self, log: &AccessLog, entry: &access_log::Entry<'_>) {
+        match &self.format {
+            Some((format, captured)) => log.send(format.render(entry, captured)),
+            None => log.record(entry),
+        }
+    }
 }
 
 /// The request line of a logged request.

@@ -6,6 +6,7 @@
 //! `match`: a new filter does not compile until it says whether the fast paths handle it, so
 //! a rule can never reach a fast path that would silently skip one of its filters.
 
+pub mod access_log;
 pub mod api_key;
 pub mod authorization;
 pub mod basic_auth;
@@ -28,6 +29,8 @@ use std::sync::Arc;
 
 use rauta_common::api::v1::{RequestPolicies, RouteRule, WeightedCluster};
 use rauta_common::fields::CONNECTION_FIELDS;
+
+use crate::observe::log_format::LogFormat;
 
 use super::cluster::ClusterRt;
 use super::clusters::Clusters;
@@ -75,6 +78,8 @@ pub enum FilterError {
     Compression(String),
     #[error("request limits: {0}")]
     RequestLimits(String),
+    #[error("access log: {0}")]
+    AccessLog(String),
 }
 
 pub use api_key::ApiKeyAuthRt;
@@ -170,6 +175,8 @@ pub enum FilterRt {
     Compression(CompressionRt),
     /// Body and head limits, and default timeouts (TrafficPolicy).
     RequestLimits(RequestLimitsRt),
+    /// The access log line's own format (TrafficPolicy).
+    AccessLog(Arc<LogFormat>),
 }
 
 impl FilterRt {
@@ -187,6 +194,8 @@ impl FilterRt {
             FilterRt::RequestLimits(l) => l.only_timeouts(),
             // The fast paths relay response bodies as they come.
             FilterRt::Compression(_) => false,
+            // The fast paths log the fields they have; request headers they do not keep.
+            FilterRt::AccessLog(format) => format.headers().next().is_none(),
             FilterRt::UrlRewrite(_)
             | FilterRt::Mirror(_)
             | FilterRt::Cors(_)
@@ -231,9 +240,10 @@ impl FilterRt {
             | FilterRt::Authorization(_)
             // Waits for the authorization service.
             | FilterRt::ExtAuth(_)
-            // A coding per client's Accept-Encoding; a size check per request.
+            // A coding per client's Accept-Encoding; a size check per request; a log line.
             | FilterRt::Compression(_)
-            | FilterRt::RequestLimits(_) => false,
+            | FilterRt::RequestLimits(_)
+            | FilterRt::AccessLog(_) => false,
         }
     }
 }
@@ -332,6 +342,9 @@ impl Filters {
         if let Some(c) = layers.concern(|p| p.compression.as_ref()) {
             list.push(FilterRt::Compression(CompressionRt::build(c)?));
         }
+        if let Some(f) = layers.concern(|p| p.access_log.as_ref()) {
+            list.push(FilterRt::AccessLog(access_log::build(f)?));
+        }
         if let Some(m) = &rule.request_headers {
             list.push(FilterRt::RequestHeaders(HeaderOps::build(m)?));
         }
@@ -398,7 +411,8 @@ impl Filters {
                 | FilterRt::BasicAuth(_)
                 | FilterRt::Authorization(_)
                 | FilterRt::Compression(_)
-                | FilterRt::RequestLimits(_) => {}
+                | FilterRt::RequestLimits(_)
+                | FilterRt::AccessLog(_) => {}
             }
         }
     }
@@ -433,7 +447,8 @@ impl Filters {
                 | FilterRt::ApiKeyAuth(_)
                 | FilterRt::Authorization(_)
                 | FilterRt::Compression(_)
-                | FilterRt::RequestLimits(_) => {}
+                | FilterRt::RequestLimits(_)
+                | FilterRt::AccessLog(_) => {}
             }
         }
     }
@@ -481,6 +496,11 @@ impl Filters {
     #[inline]
     pub fn compression(&self) -> Option<&CompressionRt> {
         first!(self.list, Compression)
+    }
+
+    #[inline]
+    pub fn access_log(&self) -> Option<&Arc<LogFormat>> {
+        first!(self.list, AccessLog)
     }
 
     #[inline]

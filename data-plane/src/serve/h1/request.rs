@@ -73,7 +73,11 @@ impl Plan<'_> {
             let answered = (status, self.endpoint.addr);
             let entry = line.entry((listener, conn), answered, started, protocol);
             if let Some(log) = shared.access_log.as_ref().filter(|_| line.logged) {
-                log.record(&entry);
+                // The fast paths only take rules whose format logs no request header.
+                match self.rule.filters.access_log() {
+                    Some(format) => log.send(format.render(&entry, &[])),
+                    None => log.record(&entry),
+                }
             }
             if let Some(tracer) = &shared.tracer {
                 tracer.record(&entry, &line.trace, 0);
