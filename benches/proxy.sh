@@ -125,6 +125,8 @@ users = [{"id": 48213 + i * 7 + rng.randrange(7), "login": rng.choice(first)[0] 
          for i in range(150)]
 open(sys.argv[1], "w").write(json.dumps({"users": users, "total": len(users)}, separators=(",", ":")))
 EOF
+# nginx's worker (nobody, when started as root) reads it through the private scratch folder.
+chmod 755 "$work" "$work/backend" "$work/backend/www"
 # What both nginx instances share: one worker, in the foreground, files under their folder.
 nginx_head() {
   cat <<EOF

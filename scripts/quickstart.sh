@@ -84,6 +84,8 @@ RAUTA is running. Try:
   curl -s -H 'Host: partner.example.com' -H 'x-api-key: demo-key-alice-7c1f0d' http://127.0.0.1:8080/ | grep -i client-id
   curl -s -u staff:demo-password -H 'Host: staff.example.com' http://127.0.0.1:8080/ | grep -i x-user   # Basic auth
   curl -si -u staff:demo-password -X POST -H 'Host: staff.example.com' http://127.0.0.1:8080/ | head -1   # 403 (authorization: read-only)
+  curl -s -D - -o /dev/null -H 'Accept-Encoding: br' http://127.0.0.1:8080/status | grep -i content-encoding   # br (TrafficPolicy)
+  curl -s http://127.0.0.1:15000/endpoints                     # endpoint health: usable, and why not (BackendPolicy)
   curl -s http://127.0.0.1:15000/metrics | grep rauta_proxy_requests_total
   curl -s http://127.0.0.1:18001/metrics | grep rauta_controller
 
