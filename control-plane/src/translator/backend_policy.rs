@@ -207,13 +207,28 @@ fn health_check(hc: &crd::HealthCheck) -> Result<HealthCheck, String> {
         return Err("healthCheck: exactly one of http, tcp or grpc".into());
     }
     let interval = optional_duration("healthCheck.interval", hc.interval.as_ref())?;
-    if interval
-        .as_ref()
-        .and_then(|d| std::time::Duration::try_from(*d).ok())
-        .is_some_and(|d| d < std::time::Duration::from_millis(100))
-    {
-        return Err("healthCheck.interval: at least 100ms".into());
+    let within = |d: Option<&prost_types::Duration>, min_ms: u64, max_s: u64| {
+        d.and_then(|d| std::time::Duration::try_from(*d).ok())
+            .is_none_or(|d| {
+                (std::time::Duration::from_millis(min_ms)..=std::time::Duration::from_secs(max_s))
+                    .contains(&d)
+            })
+    };
+    if !within(interval.as_ref(), 100, 3600) {
+        return Err("healthCheck.interval: 100ms to 1h".into());
     }
+    let timeout = optional_duration("healthCheck.timeout", hc.timeout.as_ref())?;
+    if !within(timeout.as_ref(), 1, 60) {
+        return Err("healthCheck.timeout: at most 60s".into());
+    }
+    // Host and :authority of the probes: a typo would fail every probe.
+    let authority = |field: &str, value: &str| {
+        if value.is_empty() || value.parse::<http::uri::Authority>().is_ok() {
+            Ok(())
+        } else {
+            Err(format!("healthCheck.{field} {value:?}: host[:port]"))
+        }
+    };
     let probe = if let Some(h) = &hc.http {
         if !h.path.starts_with('/') || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err() {
             return Err(format!(
@@ -222,9 +237,7 @@ fn health_check(hc: &crd::HealthCheck) -> Result<HealthCheck, String> {
             ));
         }
         let host = h.host.clone().unwrap_or_default();
-        if http::HeaderValue::from_str(&host).is_err() {
-            return Err(format!("healthCheck.http.host {host:?}"));
-        }
+        authority("http.host", &host)?;
         health_check::Probe::Http(HttpHealthCheck {
             path: h.path.clone(),
             host,
@@ -235,30 +248,32 @@ fn health_check(hc: &crd::HealthCheck) -> Result<HealthCheck, String> {
                 .collect::<Result<_, _>>()?,
         })
     } else if let Some(g) = &hc.grpc {
-        let authority = g.authority.clone().unwrap_or_default();
-        if http::HeaderValue::from_str(&authority).is_err() {
-            return Err(format!("healthCheck.grpc.authority {authority:?}"));
-        }
+        let grpc_authority = g.authority.clone().unwrap_or_default();
+        authority("grpc.authority", &grpc_authority)?;
         health_check::Probe::Grpc(GrpcHealthCheck {
             service: g.service.clone().unwrap_or_default(),
-            authority,
+            authority: grpc_authority,
         })
     } else {
         health_check::Probe::Tcp(TcpHealthCheck {})
     };
+    let jitter = hc
+        .jitter
+        .as_ref()
+        .map(|j| {
+            duration(j)
+                .map_err(|e| format!("healthCheck.jitter {j:?}: {e}"))
+                .map(proto)
+        })
+        .transpose()?
+        .flatten();
+    if !within(jitter.as_ref(), 0, 3600) {
+        return Err("healthCheck.jitter: at most 1h".into());
+    }
     Ok(HealthCheck {
         interval,
-        timeout: optional_duration("healthCheck.timeout", hc.timeout.as_ref())?,
-        jitter: hc
-            .jitter
-            .as_ref()
-            .map(|j| {
-                duration(j)
-                    .map_err(|e| format!("healthCheck.jitter {j:?}: {e}"))
-                    .map(proto)
-            })
-            .transpose()?
-            .flatten(),
+        timeout,
+        jitter,
         healthy_threshold: hc.healthy_threshold.unwrap_or(1),
         unhealthy_threshold: hc.unhealthy_threshold.unwrap_or(3),
         probe: Some(probe),
@@ -380,7 +395,13 @@ mod tests {
     fn an_invalid_policy_changes_nothing_and_says_why() {
         for (yaml, why) in [
             ("healthCheck: {interval: 1s}", "exactly one of"),
-            ("healthCheck: {interval: 10ms, tcp: {}}", "at least 100ms"),
+            ("healthCheck: {interval: 10ms, tcp: {}}", "100ms to 1h"),
+            ("healthCheck: {interval: 2h, tcp: {}}", "100ms to 1h"),
+            ("healthCheck: {jitter: 100000h, tcp: {}}", "jitter"),
+            (
+                "healthCheck: {http: {path: /h, host: 'a b'}}",
+                "host[:port]",
+            ),
             ("healthCheck: {http: {path: healthz}}", "absolute path"),
             (
                 "healthCheck: {http: {path: /h, expectedStatuses: ['99']}}",

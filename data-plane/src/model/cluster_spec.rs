@@ -33,6 +33,10 @@ const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Shortest probe interval: a proxy fleet probing every endpoint more often than this is a
 /// load test on the backends.
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest probe interval, timeout and jitter: beyond these a check is a mistake, and sums of
+/// durations stay far from overflowing.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(3600);
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a cluster in a snapshot is invalid (the NACK's text).
 #[derive(Debug, thiserror::Error)]
@@ -315,20 +319,34 @@ fn health_check_spec(hc: &HealthCheck) -> Result<HealthCheckSpec, ClusterProblem
     let bad = |why: String| ClusterProblem::HealthCheck(why);
     let interval =
         duration(hc.interval.as_ref(), "health_check.interval")?.unwrap_or(DEFAULT_PROBE_INTERVAL);
-    if interval < MIN_PROBE_INTERVAL {
+    if !(MIN_PROBE_INTERVAL..=MAX_PROBE_INTERVAL).contains(&interval) {
         return Err(bad(format!(
-            "interval {interval:?} is shorter than {MIN_PROBE_INTERVAL:?}"
+            "interval {interval:?}: {MIN_PROBE_INTERVAL:?} to {MAX_PROBE_INTERVAL:?}"
         )));
     }
     let timeout =
         duration(hc.timeout.as_ref(), "health_check.timeout")?.unwrap_or(DEFAULT_PROBE_TIMEOUT);
-    if timeout.is_zero() {
-        return Err(bad("timeout must be longer than 0".into()));
+    if timeout.is_zero() || timeout > MAX_PROBE_TIMEOUT {
+        return Err(bad(format!(
+            "timeout {timeout:?}: above 0, at most {MAX_PROBE_TIMEOUT:?}"
+        )));
     }
+    let jitter = duration(hc.jitter.as_ref(), "health_check.jitter")?.unwrap_or_default();
+    if jitter > MAX_PROBE_INTERVAL {
+        return Err(bad(format!(
+            "jitter {jitter:?}: at most {MAX_PROBE_INTERVAL:?}"
+        )));
+    }
+    // Sent as Host or :authority: it must be a valid authority, or every probe would fail
+    // and take the endpoints out.
     let header = |field: &str, value: &str| {
         (!value.is_empty())
             .then(|| {
-                http::HeaderValue::from_str(value).map_err(|_| bad(format!("{field} {value:?}")))
+                value
+                    .parse::<http::uri::Authority>()
+                    .ok()
+                    .and_then(|_| http::HeaderValue::from_str(value).ok())
+                    .ok_or_else(|| bad(format!("{field} {value:?} is not a host[:port]")))
             })
             .transpose()
     };
@@ -361,7 +379,7 @@ fn health_check_spec(hc: &HealthCheck) -> Result<HealthCheckSpec, ClusterProblem
     Ok(HealthCheckSpec {
         interval,
         timeout,
-        jitter: duration(hc.jitter.as_ref(), "health_check.jitter")?.unwrap_or_default(),
+        jitter,
         healthy_threshold: hc.healthy_threshold.max(1),
         unhealthy_threshold: match hc.unhealthy_threshold {
             0 => DEFAULT_UNHEALTHY_THRESHOLD,
@@ -369,4 +387,61 @@ fn health_check_spec(hc: &HealthCheck) -> Result<HealthCheckSpec, ClusterProblem
         },
         probe,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rauta_common::api::v1::{GrpcHealthCheck, TcpHealthCheck};
+
+    use super::*;
+
+    fn check(hc: HealthCheck) -> Result<HealthCheckSpec, ClusterProblem> {
+        health_check_spec(&hc)
+    }
+
+    #[test]
+    fn health_checks_out_of_bounds_are_refused_not_run() {
+        let tcp = Some(health_check::Probe::Tcp(TcpHealthCheck {}));
+        let secs = |s: i64| {
+            Some(prost_types::Duration {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        assert!(
+            check(HealthCheck {
+                probe: tcp.clone(),
+                ..HealthCheck::default()
+            })
+            .is_ok()
+        );
+        // An interval plus a jitter near the top of the range would overflow an Instant.
+        for hc in [
+            HealthCheck {
+                interval: secs(i64::MAX / 4),
+                probe: tcp.clone(),
+                ..HealthCheck::default()
+            },
+            HealthCheck {
+                jitter: secs(i64::MAX / 4),
+                probe: tcp.clone(),
+                ..HealthCheck::default()
+            },
+            HealthCheck {
+                timeout: secs(3600),
+                probe: tcp.clone(),
+                ..HealthCheck::default()
+            },
+            HealthCheck {
+                probe: Some(health_check::Probe::Grpc(GrpcHealthCheck {
+                    service: String::new(),
+                    authority: "not an authority".into(),
+                })),
+                ..HealthCheck::default()
+            },
+            HealthCheck::default(),
+        ] {
+            assert!(check(hc.clone()).is_err(), "{hc:?}");
+        }
+    }
 }

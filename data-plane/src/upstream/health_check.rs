@@ -219,7 +219,7 @@ fn jittered(base: Duration, jitter: Duration) -> Duration {
     if jitter.is_zero() {
         return base;
     }
-    base + jitter.mul_f64(rand::random::<f64>())
+    base.saturating_add(jitter.mul_f64(rand::random::<f64>()))
 }
 
 /// Probes until the pool is gone (or the prober is dropped and aborts this).
