@@ -3,7 +3,7 @@
 //! a prometheus-crate child per cluster and endpoint would be made again at every scrape
 //! (thousands of them). Also each cluster's circuit-breaker refusals.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -55,7 +55,10 @@ pub fn render(state: &RoutingState, out: &mut String) {
          endpoint and check however many clusters use it",
         "counter",
     );
+    // Each prober once (clusters share them), summed by address: two checks of one endpoint
+    // (an HTTP and an h2c cluster of one Service port) must not make two series of one name.
     let mut seen = HashSet::new();
+    let mut by_endpoint: BTreeMap<std::net::SocketAddr, (u64, u64)> = BTreeMap::new();
     for (_, cluster) in &clusters {
         for endpoint in cluster.endpoints() {
             let Some(prober) = &endpoint.prober else {
@@ -65,13 +68,16 @@ pub fn render(state: &RoutingState, out: &mut String) {
                 continue;
             }
             let (passed, failed) = prober.health.counts();
-            for (result, n) in [("passed", passed), ("failed", failed)] {
-                let _ = writeln!(
-                    out,
-                    "rauta_proxy_health_checks_total{{endpoint=\"{}\",result=\"{result}\"}} {n}",
-                    endpoint.addr
-                );
-            }
+            let sum = by_endpoint.entry(endpoint.addr).or_default();
+            *sum = (sum.0 + passed, sum.1 + failed);
+        }
+    }
+    for (addr, (passed, failed)) in by_endpoint {
+        for (result, n) in [("passed", passed), ("failed", failed)] {
+            let _ = writeln!(
+                out,
+                "rauta_proxy_health_checks_total{{endpoint=\"{addr}\",result=\"{result}\"}} {n}"
+            );
         }
     }
     header(
