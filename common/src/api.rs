@@ -22,3 +22,22 @@ pub mod otlp {
 /// Encoded `FileDescriptorSet` of every RAUTA proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/rauta_descriptor.bin"));
+
+impl v1::RequestLimits {
+    /// Takes `general`'s value for each limit this one leaves unset: a route's `timeouts`
+    /// must not drop its Gateway's body limit, nor its `requestLimits` the Gateway's timeouts.
+    pub fn fill_from(&mut self, general: &v1::RequestLimits) {
+        if self.max_body_bytes == 0 {
+            self.max_body_bytes = general.max_body_bytes;
+        }
+        if self.max_header_bytes == 0 {
+            self.max_header_bytes = general.max_header_bytes;
+        }
+        if self.request_timeout.is_none() {
+            self.request_timeout = general.request_timeout;
+        }
+        if self.backend_request_timeout.is_none() {
+            self.backend_request_timeout = general.backend_request_timeout;
+        }
+    }
+}

@@ -497,3 +497,73 @@ async fn x_backend_traffic_policy_gives_a_service_one_session_and_a_retry_budget
     assert_eq!(budget["percent"], 30, "{cluster:#}");
     assert_eq!(budget["minRetryCount"], 5, "{cluster:#}");
 }
+
+/// A connection limit is a share per worker (one worker here): requests past it get 503
+/// naming it, connections are counted from before they are made (a burst cannot overshoot),
+/// and once the exchanges end their connections serve the next requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_limit_refuses_the_burst_past_it_and_frees_its_slots() {
+    let ws = Workspace::new();
+    let slow = probed("slow", Duration::from_millis(1000)).await;
+    ws.write(
+        "all.yaml",
+        &documents(&[
+            gateway_class("rauta"),
+            gateway("infra", "gw", "rauta", &[("http", 80, None)]),
+            service("apps", "slow", &[slow.addr]),
+            backend_policy(
+                "slow",
+                "slow",
+                "  circuitBreaker: {maxConnectionsPerEndpoint: 2}\n",
+            ),
+            route_to("slow", "slow.example", "slow", 8080),
+        ]),
+    );
+    let (_controller, proxy) = start_gateway(&ws, &["--worker-threads", "1"]).await;
+    let url = format!("http://{}/", proxy.listener(80));
+    let burst = || async {
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    http_request(&url, Some("slow.example"), &[], None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for r in requests {
+            answers.push(r.await.unwrap());
+        }
+        answers
+    };
+    let answers = burst().await;
+    let refused: Vec<_> = answers.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in refused {
+        assert_eq!(
+            r.headers
+                .get("x-rauta-overflow")
+                .map(|v| v.to_str().unwrap()),
+            Some("max_connections_per_endpoint")
+        );
+    }
+    // The two connections are idle now, and serve the next two requests.
+    for _ in 0..2 {
+        let r = http_request(&url, Some("slow.example"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        slow.requests.load(Ordering::SeqCst),
+        4,
+        "refused requests never reached it"
+    );
+}

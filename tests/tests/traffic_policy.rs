@@ -257,6 +257,10 @@ async fn responses_are_compressed_by_accept_encoding_where_the_policy_allows() {
     let none = request(&url("/json"), "GET", "api.example", &[], "").await;
     assert!(none.headers.get("content-encoding").is_none());
     assert_eq!(none.body.len(), json.len());
+    assert_eq!(
+        none.headers["vary"], "accept-encoding",
+        "it could have been compressed"
+    );
     let head = request(
         &url("/json"),
         "HEAD",
@@ -355,10 +359,22 @@ async fn a_route_policy_limits_bodies_heads_and_time() {
             service("apps", "api", &[addr]),
             route("api", "api.example"),
             route("open", "open.example"),
+            route("timed", "timed.example"),
             traffic_policy(
                 "limits",
                 "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}",
                 "  requestLimits: {maxBodyBytes: 100, maxHeaderBytes: 400}\n  timeouts: {request: 300ms}\n",
+            ),
+            // The Gateway's body limit reaches every route; a route's timeouts do not drop it.
+            traffic_policy(
+                "gateway-limits",
+                "{group: gateway.networking.k8s.io, kind: Gateway, name: gw}",
+                "  requestLimits: {maxBodyBytes: 1000}\n",
+            ),
+            traffic_policy(
+                "timed",
+                "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: timed}",
+                "  timeouts: {request: 300ms}\n",
             ),
         ]),
     );
@@ -404,6 +420,19 @@ async fn a_route_policy_limits_bodies_heads_and_time() {
             .await
             .status,
         200
+    );
+    let huge = "z".repeat(2000);
+    for host in ["open.example", "timed.example"] {
+        let status = request(&url("/json"), "POST", host, &[], &huge)
+            .await
+            .status;
+        assert_eq!(status, 413, "{host}: the Gateway's limit");
+    }
+    assert_eq!(
+        request(&url("/slow"), "GET", "timed.example", &[], "")
+            .await
+            .status,
+        504
     );
 }
 

@@ -59,6 +59,8 @@ pub fn policy_for<'o>(
             .filter(|(key, policy)| {
                 targets(key, policy).any(|(s, sec)| s == *service && sec.as_deref() == section)
             })
+            // An invalid policy claims nothing: a valid one for the same target applies.
+            .filter(|(_, policy)| settings(&policy.spec).is_ok())
             .min_by_key(|(key, policy)| precedence(key, policy))
             .map(|(_, policy)| &**policy)
     };
@@ -316,7 +318,7 @@ fn conflict_winner(
         .backend_policies
         .iter()
         .filter(|(other, _)| *other != key)
-        .filter(|(other, p)| precedence(other, p) < mine)
+        .filter(|(other, p)| precedence(other, p) < mine && settings(&p.spec).is_ok())
         .find(|(other, p)| targets(other, p).any(|t| my_targets.contains(&t)))
         .map(|(other, _)| other.clone())
 }

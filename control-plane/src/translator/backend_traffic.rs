@@ -47,8 +47,14 @@ pub fn policy_for<'o>(
         .x_backend_traffic_policies
         .iter()
         .filter(|(key, p)| targets(key, p).any(|s| s == *service))
+        // An invalid policy claims nothing: a valid one for the same Service applies.
+        .filter(|(key, p)| valid(key, p))
         .min_by_key(|(key, p)| precedence(key, p))
         .map(|(key, p)| (key, &**p))
+}
+
+fn valid(key: &ObjectRef, policy: &XBackendTrafficPolicy) -> bool {
+    budget(policy).is_ok() && sticky(key, policy).is_ok()
 }
 
 /// The Service's retry budget, when the policy sets a valid one.
@@ -94,6 +100,11 @@ fn budget(policy: &XBackendTrafficPolicy) -> Result<Option<RetryBudget>, String>
         None => (10, None),
     };
     let count = u32::try_from(count).map_err(|_| "retryConstraint.minRetryRate.count < 0")?;
+    // Always sent: without an interval a count of 0 would read as "unset" (10 a second).
+    let min_interval = min_interval.or(Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    }));
     Ok(Some(RetryBudget {
         percent,
         interval,
@@ -154,7 +165,7 @@ pub fn conditions(objects: &ObjectSet, key: &ObjectRef) -> Vec<Condition> {
         objects
             .x_backend_traffic_policies
             .iter()
-            .filter(|(other, p)| *other != key && precedence(other, p) < mine)
+            .filter(|(other, p)| *other != key && precedence(other, p) < mine && valid(other, p))
             .find(|(other, p)| targets(other, p).any(|t| my_targets.contains(&t)))
             .map(|(other, _)| other.clone())
     };

@@ -137,8 +137,11 @@ pub fn fill_from(specific: &mut RequestPolicies, general: &RequestPolicies) {
     if compression.is_none() {
         compression.clone_from(&general.compression);
     }
-    if request_limits.is_none() {
-        request_limits.clone_from(&general.request_limits);
+    // Limits merge field by field: each is a concern of its own.
+    match (request_limits.as_mut(), &general.request_limits) {
+        (None, general) => request_limits.clone_from(general),
+        (Some(specific), Some(general)) => specific.fill_from(general),
+        (Some(_), None) => {}
     }
     if access_log.is_none() {
         access_log.clone_from(&general.access_log);

@@ -17,6 +17,10 @@ use hyper::body::{Body, Frame, SizeHint};
 
 /// Scratch output per encoder call.
 const CHUNK: usize = 16 * 1024;
+/// Brotli's window: 256 KiB.
+const BROTLI_WINDOW_LOG: i32 = 18;
+/// zstd's window (1 MiB) and, two less, its hash and chain tables (256 Ki entries each).
+const ZSTD_LOG: u32 = 20;
 
 /// A content coding the proxy can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,13 +45,29 @@ impl Encoding {
         let level = Level::Precise(level.unwrap_or(1));
         match self {
             Encoding::Gzip => Box::new(GzipEncoder::new(level.into())),
+            // Windows and tables bounded whatever the level: an encoder per response in
+            // flight, and a response of unknown size would get zstd's largest (level 22:
+            // about 770 MB of tables) or brotli's 16 MB window.
             Encoding::Brotli => Box::new(BrotliEncoder::new(
-                compression_codecs::brotli::params::EncoderParams::default().quality(level),
+                compression_codecs::brotli::params::EncoderParams::default()
+                    .quality(level)
+                    .window_size(BROTLI_WINDOW_LOG),
             )),
-            Encoding::Zstd => Box::new(ZstdEncoder::new(match level {
-                Level::Precise(l) => l,
-                _ => 1,
-            })),
+            Encoding::Zstd => {
+                use compression_codecs::zstd::params::CParameter;
+                let level = match level {
+                    Level::Precise(l) => l,
+                    _ => 1,
+                };
+                Box::new(ZstdEncoder::new_with_params(
+                    level,
+                    &[
+                        CParameter::window_log(ZSTD_LOG),
+                        CParameter::hash_log(ZSTD_LOG - 2),
+                        CParameter::chain_log(ZSTD_LOG - 2),
+                    ],
+                ))
+            }
         }
     }
 }
@@ -237,8 +257,17 @@ mod tests {
             .chunks(777)
             .map(|c| std::str::from_utf8(c).unwrap())
             .collect();
-        for encoding in [Encoding::Gzip, Encoding::Brotli, Encoding::Zstd] {
-            let body = CompressedBody::new(chunks(&parts), encoding, None);
+        let levels = [
+            (Encoding::Gzip, None),
+            (Encoding::Brotli, None),
+            (Encoding::Zstd, None),
+            // The highest levels, with the bounded windows.
+            (Encoding::Gzip, Some(9)),
+            (Encoding::Brotli, Some(11)),
+            (Encoding::Zstd, Some(22)),
+        ];
+        for (encoding, level) in levels {
+            let body = CompressedBody::new(chunks(&parts), encoding, level);
             let encoded = body.collect().await.unwrap().to_bytes();
             assert!(
                 encoded.len() < text.len() / 10,

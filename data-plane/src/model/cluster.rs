@@ -87,19 +87,27 @@ impl ClusterRt {
                 (table.get(hash), hash)
             }
             Picker::RoundRobin(next) => {
+                // The round, not the counter: the counters that land on one unusable index
+                // share its residue, and would reach only some of the usable endpoints.
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                (n % count, n as u64)
+                (n % count, (n / count) as u64)
             }
             Picker::LeastRequest => {
                 // Power of two choices: two endpoints at random, the one with fewer in flight.
                 let r: u64 = rand::random();
                 let a = (r as usize) % count;
                 let b = ((r >> 32) as usize) % count;
-                let load = |i: usize| {
-                    let e = &self.endpoints[i];
-                    (!self.usable(e), e.pool.health().in_flight())
+                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+                // Health decides first, unless the cluster is in panic (counted only when one
+                // of the two is unusable).
+                let health = |e: &EndpointRt| !self.usable(e);
+                let (ua, ub) = (health(ea), health(eb));
+                let by_health = ua != ub && !self.panicking();
+                let fewer = |x: &EndpointRt, y: &EndpointRt| {
+                    x.pool.health().in_flight() < y.pool.health().in_flight()
                 };
-                (if load(b) < load(a) { b } else { a }, r.rotate_left(16))
+                let pick_b = if by_health { ua } else { fewer(eb, ea) };
+                (if pick_b { b } else { a }, r.rotate_left(16))
             }
             Picker::Random => {
                 let r: u64 = rand::random();
@@ -145,7 +153,12 @@ impl ClusterRt {
             return Some(first);
         }
         let nth = (spread % usable as u64) as usize;
-        self.endpoints.iter().filter(|e| self.usable(e)).nth(nth)
+        // An endpoint may have left the rotation since it was counted.
+        self.endpoints
+            .iter()
+            .filter(|e| self.usable(e))
+            .nth(nth)
+            .or(Some(first))
     }
 
     /// Records how a request to `endpoint` went (`failed`: 5xx, connect error, reset or
@@ -361,6 +374,20 @@ mod health_tests {
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|n| *n == 100), "{counts:?}");
+        // Two unusable endpoints whose indices share a residue with the usable count: the
+        // replacements still reach both usable ones alike (a counter modulo 2 did not).
+        let two = cluster(Some(0));
+        fail(&two, 1);
+        fail(&two, 3);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..400 {
+            let e = two
+                .pick("10.1.1.1".parse().unwrap(), RequestHeaders::Map(&headers))
+                .unwrap();
+            *counts.entry(e.addr).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 2);
+        assert!(counts.values().all(|n| *n == 200), "{counts:?}");
 
         let never = cluster(Some(0));
         for i in 0..3 {

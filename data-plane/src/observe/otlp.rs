@@ -88,7 +88,12 @@ impl Tracer {
         ));
         Ok(Arc::new(Tracer {
             queue,
-            threshold: (ratio.clamp(0.0, 1.0) * f64::from(u32::MAX) + 1.0) as u64,
+            // 0 samples no new trace at all; 1 samples every one.
+            threshold: if ratio <= 0.0 {
+                0
+            } else {
+                (ratio.min(1.0) * f64::from(u32::MAX) + 1.0) as u64
+            },
             counters,
         }))
     }

@@ -73,6 +73,12 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// Ends an attempt a connection limit refused before anything was sent: no longer in
+    /// flight, and neither timed nor reported to outlier detection (the endpoint did nothing,
+    /// well or badly).
+    #[inline]
+    pub fn abandon(self) {}
+
     /// Ends the attempt: no longer in flight, its time observed, and the endpoint's health
     /// told whether it failed (a 5xx, no answer, or no answer in time).
     #[inline]

@@ -306,13 +306,15 @@ async fn attempts(
             .await;
         let endpoint_failed = match &outcome {
             Ok(Ok(resp)) => resp.status().is_server_error(),
-            // The client's fault (body too large, client gone), not the endpoint's; nor is
-            // a circuit breaker's refusal.
+            // The client's fault (body too large, client gone), not the endpoint's.
             Ok(Err(_)) if outgoing.body_state.client_failed() => false,
-            Ok(Err(e)) if e.overflow().is_some() => false,
             Ok(Err(_)) | Err(_) => true,
         };
-        guard.finish(endpoint_failed);
+        match &outcome {
+            // A circuit breaker's refusal: the endpoint was not asked.
+            Ok(Err(e)) if e.overflow().is_some() => guard.abandon(),
+            _ => guard.finish(endpoint_failed),
+        }
         if outcome.is_err() && deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(timed_out());
         }

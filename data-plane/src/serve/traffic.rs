@@ -32,20 +32,22 @@ pub fn over_request_limits<B>(rule: &RuleRt, req: &Request<B>) -> Option<Respons
     }
 }
 
-/// The rule's compression and the coding this request accepts, if both: chosen before the
-/// request is forwarded (and gone).
+/// The rule's compression, with the coding this request accepts if it accepts one: chosen
+/// before the request is forwarded (and gone).
 pub fn encoding_for<'r, B>(
     rule: &'r RuleRt,
     req: &Request<B>,
-) -> Option<(&'r CompressionRt, Encoding)> {
+) -> Option<(&'r CompressionRt, Option<Encoding>)> {
     let c = rule.filters.compression()?;
-    Some((c, c.choose(req.method(), req.headers())?))
+    Some((c, c.choose(req.method(), req.headers())))
 }
 
 /// Compresses an upstream answer in the chosen coding when the policy allows it for this
-/// response. Answers the proxy made itself, and cached ones, are sent as they are.
+/// response. Answers the proxy made itself, and cached ones, are sent as they are. An answer
+/// that could have been compressed says `Vary: accept-encoding` either way, so a shared cache
+/// does not hand one client's coding to another.
 pub fn compress(
-    chosen: Option<(&CompressionRt, Encoding)>,
+    chosen: Option<(&CompressionRt, Option<Encoding>)>,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     let Some((compression, encoding)) = chosen else {
@@ -61,9 +63,6 @@ pub fn compress(
         return Response::from_parts(parts, body);
     };
     let h = &mut parts.headers;
-    h.remove(CONTENT_LENGTH);
-    h.remove(ACCEPT_RANGES);
-    h.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding.token()));
     let varies = h
         .get_all(VARY)
         .iter()
@@ -73,6 +72,12 @@ pub fn compress(
     if !varies {
         h.append(VARY, HeaderValue::from_static("accept-encoding"));
     }
+    let Some(encoding) = encoding else {
+        return Response::from_parts(parts, Either::Left(body));
+    };
+    h.remove(CONTENT_LENGTH);
+    h.remove(ACCEPT_RANGES);
+    h.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding.token()));
     // The bytes differ from the uncompressed representation's: a strong validator no longer
     // holds (RFC 9110 8.8.1).
     if let Some(tag) = h.get(ETAG)

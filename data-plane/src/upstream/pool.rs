@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,19 @@ struct OpenConn {
     open: Arc<EndpointStats>,
     per_connection: Histogram,
     requests: Requests,
+    /// The worker's connection slot, under a connection limit.
+    _slot: Option<ConnSlot>,
+}
+
+/// One of a worker's connections to an endpoint, counted from before it is made (so a burst
+/// cannot overshoot) until it closes.
+#[derive(Debug)]
+struct ConnSlot(Arc<AtomicU32>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for OpenConn {
@@ -163,6 +176,8 @@ struct Shards {
     /// Held while an HTTP/2 connection is being made, so that a burst of requests waits for
     /// one connection instead of opening one each.
     h2_connecting: Box<[tokio::sync::Mutex<()>]>,
+    /// Connections each worker has open or opening (counted under a connection limit).
+    slots: Box<[Arc<AtomicU32>]>,
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -216,6 +231,7 @@ impl EndpointPool {
             h2_connecting: (0..workers::count())
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            slots: (0..workers::count()).map(|_| Arc::default()).collect(),
         })
     }
 
@@ -272,13 +288,14 @@ impl EndpointPool {
     /// the connect timeout.
     pub async fn connect_raw(&self) -> Result<RawConn, UpstreamError> {
         // Boxed: a TLS handshake future is large (see send_h1).
-        let stream = match Box::pin(self.connect()).await? {
+        let (io, slot) = Box::pin(self.connect()).await?;
+        let stream = match io {
             Either::Left(tcp) => RawStream::Plain(tcp),
             Either::Right(tls) => RawStream::Tls(Box::new(tls)),
         };
         Ok(RawConn {
             stream,
-            open: self.opened(),
+            open: self.opened(slot),
         })
     }
 
@@ -314,7 +331,9 @@ impl EndpointPool {
         }
         // Boxed: a TLS handshake future is large (see send_h1).
         let connected = Box::pin(self.connect_h2(shard)).await;
-        if connected.is_err() {
+        // A connection limit's refusal is no failure of the endpoint: the requests waiting
+        // for this one try again, rather than fail with it.
+        if connected.as_ref().is_err_and(|e| e.overflow().is_none()) {
             lock(&self.shards().conns[shard]).h2_failed_at = Some(Instant::now());
         }
         connected
@@ -330,12 +349,12 @@ impl EndpointPool {
 
     pub(super) async fn connect_h1(&self) -> Result<H1Sender, UpstreamError> {
         match self.connect().await? {
-            Either::Left(tcp) => self.start_h1(tcp).await,
-            Either::Right(tls) => self.start_h1(tls).await,
+            (Either::Left(tcp), slot) => self.start_h1(tcp, slot).await,
+            (Either::Right(tls), slot) => self.start_h1(tls, slot).await,
         }
     }
 
-    async fn start_h1<I>(&self, io: I) -> Result<H1Sender, UpstreamError>
+    async fn start_h1<I>(&self, io: I, slot: Option<ConnSlot>) -> Result<H1Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -343,7 +362,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| self.handshake_failed(source))?;
-        let open = self.opened();
+        let open = self.opened(slot);
         let requests = Arc::clone(&open.requests);
         tokio::spawn(async move {
             if let Err(err) = conn.with_upgrades().await {
@@ -357,14 +376,14 @@ impl EndpointPool {
     /// A new HTTP/2 connection, stored as the shard's connection for later requests.
     async fn connect_h2(&self, shard: usize) -> Result<H2Sender, UpstreamError> {
         let sender = match self.connect().await? {
-            Either::Left(tcp) => self.start_h2(tcp).await?,
-            Either::Right(tls) => self.start_h2(tls).await?,
+            (Either::Left(tcp), slot) => self.start_h2(tcp, slot).await?,
+            (Either::Right(tls), slot) => self.start_h2(tls, slot).await?,
         };
         lock(&self.shards().conns[shard]).h2 = Some(sender.clone());
         Ok(sender)
     }
 
-    async fn start_h2<I>(&self, io: I) -> Result<H2Sender, UpstreamError>
+    async fn start_h2<I>(&self, io: I, slot: Option<ConnSlot>) -> Result<H2Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -374,7 +393,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| self.handshake_failed(source))?;
-        let open = self.opened();
+        let open = self.opened(slot);
         let requests = Arc::clone(&open.requests);
         tokio::spawn(async move {
             if let Err(err) = conn.await {
@@ -393,9 +412,10 @@ impl EndpointPool {
         }
     }
 
-    fn opened(&self) -> OpenConn {
+    fn opened(&self, slot: Option<ConnSlot>) -> OpenConn {
         self.stats.endpoint.opened();
         OpenConn {
+            _slot: slot,
             open: Arc::clone(&self.stats.endpoint),
             per_connection: self.stats.requests_per_connection.clone(),
             requests: Requests::default(),
@@ -429,23 +449,44 @@ impl EndpointPool {
         Ok(tcp)
     }
 
-    /// A new connection for a request: within the connection limit, failures counted.
+    /// A new connection for a request, within the worker's share of the connection limit
+    /// (the limit over the workers, rounded up: each worker's connections are its own, as
+    /// nginx's max_conns per worker process), failures counted.
     async fn connect(
         &self,
-    ) -> Result<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, UpstreamError> {
-        if let Some(limit) = self.max_connections
-            && self.stats.endpoint.open() >= i64::from(limit)
-        {
-            return Err(UpstreamError::Overflow {
-                addr: self.addr,
-                limit: Overflow::ConnectionsPerEndpoint,
-            });
-        }
+    ) -> Result<
+        (
+            Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>,
+            Option<ConnSlot>,
+        ),
+        UpstreamError,
+    > {
+        let slot = match self.max_connections {
+            None => None,
+            Some(limit) => {
+                let slots = &self.shards().slots;
+                let share = limit.div_ceil(slots.len() as u32).max(1);
+                let counter = &slots[self.shard()];
+                let taken = counter
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < share).then_some(n + 1)
+                    })
+                    .is_ok();
+                if !taken {
+                    return Err(UpstreamError::Overflow {
+                        addr: self.addr,
+                        limit: Overflow::ConnectionsPerEndpoint,
+                    });
+                }
+                Some(ConnSlot(Arc::clone(counter)))
+            }
+        };
         let result = self.connect_uncounted().await;
         if result.is_err() {
             self.stats.endpoint.failed();
         }
-        result
+        // A failed connect drops its slot here.
+        result.map(|io| (io, slot))
     }
 
     /// A TCP connection within the connect timeout, with TLS on top when configured; not

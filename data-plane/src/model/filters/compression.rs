@@ -96,8 +96,14 @@ impl CompressionRt {
         for entry in entries {
             let mut parts = entry.split(';');
             let token = parts.next().unwrap_or("").trim();
+            // Parameter names are case-insensitive (RFC 9110 5.6.6): Q=0 refuses too.
             let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|p| {
+                    let p = p.trim();
+                    p.get(..2)
+                        .filter(|n| n.eq_ignore_ascii_case("q="))
+                        .map(|_| &p[2..])
+                })
                 .next()
                 .map_or(Some(1000), qvalue);
             let Some(q) = q else { continue };
@@ -162,8 +168,9 @@ impl CompressionRt {
         else {
             return false;
         };
-        // Events must reach the client as they are sent, not when a compressed block fills.
-        if media == "text/event-stream" {
+        // Events must reach the client as they are sent, not when a compressed block fills;
+        // gRPC compresses its messages itself, and its clients refuse a Content-Encoding.
+        if media == "text/event-stream" || media.starts_with("application/grpc") {
             return false;
         }
         if self.types.is_empty() {
@@ -251,6 +258,12 @@ mod tests {
         assert_eq!(all.choose(&get, &HeaderMap::new()), None);
         assert_eq!(all.choose(&Method::HEAD, &accept("gzip")), None);
         assert_eq!(
+            all.choose(&get, &accept("gzip;Q=0")),
+            None,
+            "parameter names ignore case"
+        );
+        assert_eq!(all.choose(&get, &accept("GZIP")), Some(Encoding::Gzip));
+        assert_eq!(
             rt(&[]).choose(&get, &accept("br, gzip")),
             Some(Encoding::Gzip)
         );
@@ -303,5 +316,11 @@ mod tests {
         .unwrap();
         assert!(images.compresses(ok, &with(&[("content-type", "image/bmp")])));
         assert!(!images.compresses(ok, &with(&[("content-type", "text/html")])));
+        let everything = CompressionRt::build(&Compression {
+            content_types: vec!["application/*".into()],
+            ..Compression::default()
+        })
+        .unwrap();
+        assert!(!everything.compresses(ok, &with(&[("content-type", "application/grpc+proto")])));
     }
 }

@@ -336,7 +336,19 @@ impl Filters {
                 GlobalRateLimitRt::build(limits, inherited.route, &mut stores.global_limiters)?;
             list.push(FilterRt::GlobalRateLimit(rt));
         }
-        if let Some(l) = layers.concern(|p| p.request_limits.as_ref()) {
+        // Each limit on its own: the rule's, else its listener's.
+        let limits = match (
+            own.and_then(|p| p.request_limits.as_ref()),
+            inherited.policies.and_then(|p| p.request_limits.as_ref()),
+        ) {
+            (Some(rule), Some(listener)) => {
+                let mut merged = *rule;
+                merged.fill_from(listener);
+                Some(merged)
+            }
+            (rule, listener) => rule.or(listener).copied(),
+        };
+        if let Some(l) = &limits {
             list.push(FilterRt::RequestLimits(RequestLimitsRt::build(l)?));
         }
         if let Some(c) = layers.concern(|p| p.compression.as_ref()) {

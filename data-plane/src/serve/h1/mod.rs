@@ -279,7 +279,11 @@ impl<'s> Exchange<'_, 's> {
                     .unwrap_or(Err(Failure::Timeout));
                 let overflow =
                     matches!(&result, Err(Failure::Connect(e)) if e.overflow().is_some());
-                attempt.finish(!overflow && result.as_ref().map_or(true, |(_, h)| h.status >= 500));
+                if overflow {
+                    attempt.abandon();
+                } else {
+                    attempt.finish(result.as_ref().map_or(true, |(_, h)| h.status >= 500));
+                }
                 result
             }
             Err(limit) => Err(Failure::Connect(UpstreamError::Overflow {

@@ -73,7 +73,11 @@ pub async fn serve(
         Err(Some(_)) if overflow.is_some() => 503,
         Err(Some(_)) => 502,
     };
-    attempt.finish(overflow.is_none() && status >= 500);
+    if overflow.is_some() {
+        attempt.abandon();
+    } else {
+        attempt.finish(status >= 500);
+    }
     if let Some(limit) = overflow {
         plan.record(shared, (listener, conn), (status, started), "HTTP/2");
         return Some(local_reply::overflow(limit));
