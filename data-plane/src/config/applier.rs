@@ -133,7 +133,16 @@ impl Applier {
         let (state, listener_specs) =
             RoutingState::build(&candidate, &previous, &mut self.pools, &self.shared.metrics)?;
         drop(previous);
-        let prepared = self.listeners.prepare(&listener_specs)?;
+        let prepared = match self.listeners.prepare(&listener_specs) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // The state built is dropped: its new pools and probers go now, not at the
+                // next successful apply (probers would keep probing meanwhile).
+                drop(state);
+                self.pools.prune(&self.shared.metrics);
+                return Err(e.into());
+            }
+        };
         let state = Arc::new(state);
         if let Some(kernel) = &self.kernel {
             kernel.sync(&state, &listener_specs);
