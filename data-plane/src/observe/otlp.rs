@@ -9,6 +9,7 @@
 //! probability. The upstream sees the decision in the traceparent's flags.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
@@ -17,6 +18,7 @@ use rauta_common::api::otlp::{
     AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
     ScopeSpans, Span, Status, any_value, span, status,
 };
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{self, Receiver, Sender, error::TrySendError};
 use tracing::{debug, warn};
 
@@ -30,6 +32,8 @@ pub const BATCH: usize = 512;
 /// Longest a span waits for its batch to fill.
 const LINGER: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Export calls under way at most.
+const EXPORTS_IN_FLIGHT: usize = 4;
 
 /// Export outcomes, counted.
 #[derive(Debug, Clone)]
@@ -201,13 +205,14 @@ pub fn server_span(entry: &Entry<'_>, trace: &TraceContext, retries: u32) -> Spa
 
 /// Sends the queued spans in batches until the tracer is dropped.
 async fn export(
-    mut client: TraceServiceClient<tonic::transport::Channel>,
+    client: TraceServiceClient<tonic::transport::Channel>,
     mut spans: Receiver<Span>,
     resource: Resource,
     counters: SpanCounters,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut warned = false;
+    let warned = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(Semaphore::new(EXPORTS_IN_FLIGHT));
     loop {
         if spans.recv_many(&mut batch, BATCH).await == 0 {
             return;
@@ -237,26 +242,35 @@ async fn export(
                 schema_url: String::new(),
             }],
         };
-        match client.export(request).await {
-            Ok(answer) => {
-                let rejected = answer
-                    .into_inner()
-                    .partial_success
-                    .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0));
-                counters.exported.inc_by(count.saturating_sub(rejected));
-                counters.failed.inc_by(rejected.min(count));
-                warned = false;
-            }
-            Err(status) => {
-                counters.failed.inc_by(count);
-                if !warned {
-                    warn!(%status, "exporting spans failed; counting them in rauta_proxy_trace_spans_total{{result=\"failed\"}} until an export succeeds");
-                    warned = true;
-                } else {
-                    debug!(%status, "exporting spans failed");
+        // A few calls at once: one slow answer must not stall the queue behind it. With all
+        // of them waiting, the queue fills and new spans are dropped (and counted).
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let (mut client, counters, warned) =
+            (client.clone(), counters.clone(), Arc::clone(&warned));
+        tokio::spawn(async move {
+            let _permit = permit;
+            match client.export(request).await {
+                Ok(answer) => {
+                    let rejected = answer
+                        .into_inner()
+                        .partial_success
+                        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0));
+                    counters.exported.inc_by(count.saturating_sub(rejected));
+                    counters.failed.inc_by(rejected.min(count));
+                    warned.store(false, Ordering::Relaxed);
+                }
+                Err(status) => {
+                    counters.failed.inc_by(count);
+                    if !warned.swap(true, Ordering::Relaxed) {
+                        warn!(%status, "exporting spans failed; counting them in rauta_proxy_trace_spans_total{{result=\"failed\"}} until an export succeeds");
+                    } else {
+                        debug!(%status, "exporting spans failed");
+                    }
                 }
             }
-        }
+        });
     }
 }
 
