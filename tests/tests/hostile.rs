@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rauta_tests::backend::gateway_to_backend;
-use rauta_tests::harness::Workspace;
+use rauta_tests::harness::{Workspace, eventually};
 use rauta_tests::raw_h2::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -393,8 +393,15 @@ async fn the_admin_port_bounds_its_connections_and_their_heads() {
         .expect("closed, not left waiting");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     drop(idle);
+    // The slots are free once the port has noticed those connections closed: until then a new
+    // one is refused at once, which the check below would take for a head cut off early.
+    eventually(Duration::from_secs(10), || async {
+        proxy.metrics().await.contains("rauta_proxy_")
+    })
+    .await;
 
-    // A request head trickled and never finished is cut off.
+    // A request head trickled and never finished is cut off (after the header timeout, not
+    // at once: the connection was let in).
     let mut slow = TcpStream::connect(proxy.admin).await.unwrap();
     slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
     let started = Instant::now();
