@@ -605,6 +605,8 @@ spans() { # spans ADMIN-PORT RESULT
 }
 exported=0
 for ratio in 100 1; do
+  # Rows left out (ROWS=) print nothing: their proxies served only the start-up check.
+  measured "rauta-trace-$ratio" h1 || measured "rauta-trace-$ratio" h2c || continue
   e=$(spans "${trace_admin[$ratio]}" exported)
   d=$(spans "${trace_admin[$ratio]}" dropped)
   f=$(spans "${trace_admin[$ratio]}" failed)
@@ -615,9 +617,11 @@ done
 kill -TERM "$sink_pid"
 wait "$sink_pid" || true
 sink_spans=$(awk -F= '/^spans=/ { n = $2 } END { print n + 0 }' "$work/sink.out")
-echo "trace_sink_spans=$sink_spans"
-[ "$sink_spans" = "$exported" ] ||
-  echo "the sink counted $sink_spans spans, the proxies $exported exported" >&2
+if measured rauta-trace-100 h1 || measured rauta-trace-1 h1; then
+  echo "trace_sink_spans=$sink_spans"
+  [ "$sink_spans" -ge "$exported" ] ||
+    echo "the sink counted $sink_spans spans, the proxies $exported exported" >&2
+fi
 
 derived cpu_per_req_vs_nginx ratio rauta nginx h1
 

@@ -35,6 +35,15 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Export calls under way at most.
 const EXPORTS_IN_FLIGHT: usize = 4;
 
+/// A request's sampling decision ([`Tracer::decide`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sampling {
+    /// A new trace started for this request is sampled.
+    pub root: bool,
+    /// This request's trace is sampled: its span is exported.
+    pub sampled: bool,
+}
+
 /// Export outcomes, counted.
 #[derive(Debug, Clone)]
 pub struct SpanCounters {
@@ -106,6 +115,18 @@ impl Tracer {
     #[inline]
     pub fn sample_root(&self) -> bool {
         u64::from(rand::random::<u32>()) < self.threshold
+    }
+
+    /// The sampling decision for a request with this traceparent, made once it arrives (so a
+    /// request whose span will not be exported keeps nothing for it): whether a new trace
+    /// would be sampled, and whether this request's is.
+    pub fn decide(&self, traceparent: Option<&[u8]>) -> Sampling {
+        let root = self.sample_root();
+        let sampled = match traceparent.and_then(super::trace::parse) {
+            Some((_, _, flags)) => flags & 0x01 != 0,
+            None => root,
+        };
+        Sampling { root, sampled }
     }
 
     /// Records the span of a finished request, if its trace is sampled.

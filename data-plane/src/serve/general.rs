@@ -32,7 +32,7 @@ use crate::model::matchers::MatchRt;
 use crate::model::redirect::RedirectRt;
 use crate::model::request::{RequestHeaders, RequestView};
 use crate::model::rule::{ActionRt, Pick, RuleRt, WeightedBackend};
-use crate::observe::trace::TraceContext;
+use crate::observe::trace::{TRACEPARENT, TraceContext};
 use crate::shared::Shared;
 
 /// Handles one request. Never fails: every problem becomes an HTTP answer.
@@ -45,10 +45,16 @@ pub async fn handle(
     let _open = conn.activity.request();
     let started = Instant::now();
     // The request line and what routing chose are kept for the access log's sample, and for
-    // a span whenever spans are exported (whether the trace is sampled is known later).
+    // a span when the request's trace is sampled.
     let log_line = shared.access_log.as_ref().is_some_and(|log| log.sampled());
-    let logged = (log_line || shared.tracer.is_some()).then(|| LoggedRequest::of(&req));
-    let mut details = logged.as_ref().map(|_| LogDetails::default());
+    let sampling = shared.tracer.as_ref().map_or_else(Default::default, |t| {
+        t.decide(req.headers().get(&TRACEPARENT).map(|v| v.as_bytes()))
+    });
+    let logged = (log_line || sampling.sampled).then(|| LoggedRequest::of(&req));
+    let mut details = logged.as_ref().map(|_| LogDetails {
+        sample_root: sampling.root,
+        ..LogDetails::default()
+    });
     let grpc = is_grpc(req.headers());
     // Boxed: the request future is large, and an HTTP/2 stream keeps it in a box of its own
     // (or a task, with hyper's server); a small future moves cheaply where a large one was
@@ -364,7 +370,8 @@ impl Routed<'_> {
             Ok(target) => target,
             Err((status, text)) => return (local(status, Bytes::from_static(text)), None),
         };
-        let sample_root = self.shared.tracer.as_ref().is_some_and(|t| t.sample_root());
+        // Decided when the request arrived (a sampled new trace always has details).
+        let sample_root = details.as_ref().is_some_and(|d| d.sample_root);
         let trace = TraceContext::propagate(req.headers_mut(), sample_root);
         if let Some(log) = details {
             log.cluster = Some(Arc::clone(&cluster.name));

@@ -24,6 +24,8 @@ pub(crate) struct LogDetails {
     pub trace: Option<TraceContext>,
     /// Retries sent after the first attempt.
     pub retries: u32,
+    /// A new trace started for this request is sampled (decided when it arrived).
+    pub sample_root: bool,
     /// The route's own line format, with the request headers it logs.
     pub format: Option<(Arc<LogFormat>, Vec<Option<String>>)>,
     /// The request target with credentials taken out (API keys in the query), logged instead.
