@@ -304,6 +304,17 @@ impl Controller {
             .expect("admin client")
     }
 
+    /// The status of every object, as the admin service lists it.
+    pub async fn statuses(&self) -> Vec<rauta_common::api::v1::ObjectStatus> {
+        self.admin()
+            .await
+            .list_statuses(rauta_common::api::v1::ListStatusesRequest::default())
+            .await
+            .expect("ListStatuses")
+            .into_inner()
+            .objects
+    }
+
     /// The current snapshot version of a Gateway ("namespace/name"), or "" if it has none.
     pub async fn snapshot_version(&self, gateway: &str) -> String {
         let req = rauta_common::api::v1::ListSnapshotsRequest {};

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rauta_common::api::v1::ListStatusesRequest;
 use rauta_tests::harness::{
     RefusingPort, Workspace, eventually, http_get, http_request, metric_value, start_gateway,
 };
@@ -223,14 +222,7 @@ async fn active_health_checks_take_a_failing_endpoint_out_and_bring_it_back() {
     assert!(a.requests.load(Ordering::SeqCst) > served_before);
 
     // The policy's status: accepted through the Gateway.
-    let objects = controller
-        .admin()
-        .await
-        .list_statuses(ListStatusesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let objects = controller.statuses().await;
     let policy = objects
         .iter()
         .find(|o| o.kind == "BackendPolicy")
@@ -445,14 +437,7 @@ async fn x_backend_traffic_policy_gives_a_service_one_session_and_a_retry_budget
     );
     let (controller, proxy) = start_gateway(&ws, &[]).await;
     let url = format!("http://{}/", proxy.listener(80));
-    let objects = controller
-        .admin()
-        .await
-        .list_statuses(ListStatusesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let objects = controller.statuses().await;
     let condition = |name: &str| {
         let o = objects
             .iter()

@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rauta_common::api::v1::ListStatusesRequest;
 use rauta_tests::harness::{Workspace, h2c_connect, start_gateway};
 use rauta_tests::manifests::{documents, gateway, gateway_class, http_route, service};
 
@@ -321,14 +320,7 @@ async fn responses_are_compressed_by_accept_encoding_where_the_policy_allows() {
     assert_eq!(decoded(&over_h2), json);
     assert_eq!(over_h2.headers["content-encoding"], "gzip");
 
-    let objects = controller
-        .admin()
-        .await
-        .list_statuses(ListStatusesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let objects = controller.statuses().await;
     let accepted: Vec<_> = objects
         .iter()
         .filter(|o| o.kind == "TrafficPolicy")
@@ -344,7 +336,6 @@ async fn responses_are_compressed_by_accept_encoding_where_the_policy_allows() {
         [("zstd", "True"), ("gateway-wide", "True")],
         "{objects:?}"
     );
-    let _ = proxy;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

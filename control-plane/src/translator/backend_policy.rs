@@ -11,21 +11,15 @@ use rauta_common::api::v1::{
     StatusRange, TcpHealthCheck, hash_key, health_check,
 };
 
-use super::backend_tls::ServicePortKey;
+use super::backend_tls::{Precedence, ServicePortKey, port_used, precedence_of};
 use super::references::is_core_group;
 use super::service_policy::{ServicePolicy, duration, proto};
 use super::status::Condition;
 use crate::crds::backend_policy::{self as crd, BackendPolicy, BackendPolicySpec};
 use crate::objects::{ObjectRef, ObjectSet};
 
-/// Precedence among policies for the same target: older first, then namespace/name.
-type Precedence = (Option<k8s_openapi::jiff::Timestamp>, ObjectRef);
-
 fn precedence(key: &ObjectRef, policy: &BackendPolicy) -> Precedence {
-    (
-        policy.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        key.clone(),
-    )
+    precedence_of(key, &policy.metadata)
 }
 
 fn targets<'a>(
@@ -45,13 +39,14 @@ fn targets<'a>(
         })
 }
 
-/// The policy in effect for one Service port: one naming the port beats one for the whole
-/// Service; among equals the oldest, then the first by name.
-pub fn policy_for<'o>(
-    objects: &'o ObjectSet,
-    service: &ObjectRef,
-    port_name: Option<&str>,
-) -> Option<&'o BackendPolicy> {
+/// Lays the policy in effect for one Service port over `base`: one naming the port beats one
+/// for the whole Service; among equals the oldest, then the first by name. An invalid policy
+/// claims nothing (a valid one for the same target applies); with none, `base` stays.
+pub fn apply_for(
+    objects: &ObjectSet,
+    (service, port_name): (&ObjectRef, Option<&str>),
+    base: &mut ServicePolicy,
+) {
     let winner = |section: Option<&str>| {
         objects
             .backend_policies
@@ -59,18 +54,24 @@ pub fn policy_for<'o>(
             .filter(|(key, policy)| {
                 targets(key, policy).any(|(s, sec)| s == *service && sec.as_deref() == section)
             })
-            // An invalid policy claims nothing: a valid one for the same target applies.
-            .filter(|(_, policy)| settings(&policy.spec).is_ok())
-            .min_by_key(|(key, policy)| precedence(key, policy))
-            .map(|(_, policy)| &**policy)
+            // Each candidate validated once: the winner's settings are what applies.
+            .filter_map(|(key, policy)| {
+                Some((precedence(key, policy), settings(&policy.spec).ok()?))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, settings)| settings)
     };
-    port_name
+    if let Some(settings) = port_name
         .and_then(|n| winner(Some(n)))
         .or_else(|| winner(None))
+    {
+        settings.apply(base);
+    }
 }
 
 /// Lays a valid policy over `base`; an invalid one leaves it as it is.
-pub fn apply(spec: &BackendPolicySpec, base: &mut ServicePolicy) {
+#[cfg(test)]
+fn apply(spec: &BackendPolicySpec, base: &mut ServicePolicy) {
     if let Ok(settings) = settings(spec) {
         settings.apply(base);
     }
@@ -332,16 +333,7 @@ pub fn policies_targeting<'a>(
     objects
         .backend_policies
         .iter()
-        .filter(move |(key, policy)| {
-            targets(key, policy).any(|(service, section)| {
-                used.iter().any(|(s, port)| {
-                    *s == service
-                        && section
-                            .as_ref()
-                            .is_none_or(|sec| Some(sec) == port.as_ref())
-                })
-            })
-        })
+        .filter(move |(key, policy)| targets(key, policy).any(|t| port_used(used, &t)))
         .map(|(key, _)| key)
 }
 

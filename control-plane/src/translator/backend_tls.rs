@@ -16,13 +16,29 @@ use crate::objects::{ObjectRef, ObjectSet};
 pub type ServicePortKey = (ObjectRef, Option<String>);
 
 /// Precedence among policies for the same target: older first, then namespace/name.
-type Precedence = (Option<k8s_openapi::jiff::Timestamp>, ObjectRef);
+pub type Precedence = (Option<k8s_openapi::jiff::Timestamp>, ObjectRef);
+
+/// The precedence of the policy `key` with this metadata (any kind attached to Services).
+pub fn precedence_of(
+    key: &ObjectRef,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Precedence {
+    (meta.creation_timestamp.as_ref().map(|t| t.0), key.clone())
+}
 
 fn precedence(key: &ObjectRef, policy: &BackendTlsPolicy) -> Precedence {
-    (
-        policy.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        key.clone(),
-    )
+    precedence_of(key, &policy.metadata)
+}
+
+/// Whether a route uses the Service port a policy targets: one in `used` of that Service,
+/// of the named port when the target names one.
+pub fn port_used(used: &BTreeSet<ServicePortKey>, (service, section): &ServicePortKey) -> bool {
+    used.iter().any(|(s, port)| {
+        s == service
+            && section
+                .as_ref()
+                .is_none_or(|sec| Some(sec) == port.as_ref())
+    })
 }
 
 /// The (Service, sectionName) pairs a policy names. Targets of other kinds are ignored here and
@@ -193,15 +209,6 @@ pub fn policies_targeting<'a>(
     objects
         .backend_tls_policies
         .iter()
-        .filter(move |(key, policy)| {
-            targets(key, policy).any(|(service, section)| {
-                used.iter().any(|(s, port)| {
-                    *s == service
-                        && section
-                            .as_ref()
-                            .is_none_or(|sec| Some(sec) == port.as_ref())
-                })
-            })
-        })
+        .filter(move |(key, policy)| targets(key, policy).any(|t| port_used(used, &t)))
         .map(|(key, _)| key)
 }

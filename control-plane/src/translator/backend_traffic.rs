@@ -10,7 +10,7 @@ use gateway_api::experimental::httproutes::{HttpRouteRules, HttpRouteRulesSessio
 use gateway_api::experimental::xbackendtrafficpolicies::XBackendTrafficPolicy;
 use rauta_common::api::v1::{RetryBudget, SessionPersistence};
 
-use super::backend_tls::ServicePortKey;
+use super::backend_tls::{Precedence, ServicePortKey, port_used, precedence_of};
 use super::references::is_core_group;
 use super::service_policy::{duration, proto};
 use super::sessions::session_persistence;
@@ -29,13 +29,8 @@ fn targets<'a>(
         .map(|t| ObjectRef::new(&key.namespace, &t.name))
 }
 
-type Precedence = (Option<k8s_openapi::jiff::Timestamp>, ObjectRef);
-
 fn precedence(key: &ObjectRef, policy: &XBackendTrafficPolicy) -> Precedence {
-    (
-        policy.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        key.clone(),
-    )
+    precedence_of(key, &policy.metadata)
 }
 
 /// The policy in effect for a Service: the oldest naming it, then the first by name.
@@ -191,6 +186,6 @@ pub fn policies_targeting<'a>(
     objects
         .x_backend_traffic_policies
         .iter()
-        .filter(move |(key, p)| targets(key, p).any(|s| used.iter().any(|(u, _)| *u == s)))
+        .filter(move |(key, p)| targets(key, p).any(|s| port_used(used, &(s, None))))
         .map(|(key, _)| key)
 }

@@ -167,11 +167,7 @@ pub fn resolve(
         format!("{key}:{port}")
     };
     let mut policy = service_policy::from_annotations(service.metadata.annotations.as_ref());
-    if let Some(backend_policy) =
-        backend_policy::policy_for(objects, &key, service_port.name.as_deref())
-    {
-        backend_policy::apply(&backend_policy.spec, &mut policy);
-    }
+    backend_policy::apply_for(objects, (&key, service_port.name.as_deref()), &mut policy);
     let cluster = Cluster {
         name: cluster_name.clone(),
         protocol: protocol as i32,
